@@ -1,0 +1,166 @@
+"""JSON documents for orders, fills and events as stored in Redis (orjson, decimals as strings)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from oms.domain.events import FillRecorded, OrderEventType, OrderUpdated, UserEvent
+from oms.domain.fills import Fill, Liquidity
+from oms.domain.orders import Order, OrderStatus, OrderType, PositionSide, Side, TimeInForce
+
+
+def _dec(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _undec(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def order_to_dict(order: Order) -> dict[str, Any]:
+    return {
+        "order_id": order.order_id,
+        "client_order_id": order.client_order_id,
+        "user_id": order.user_id,
+        "exchange": order.exchange,
+        "symbol": order.symbol,
+        "side": order.side.value,
+        "type": order.type.value,
+        "time_in_force": order.time_in_force.value,
+        "quantity": str(order.quantity),
+        "price": _dec(order.price),
+        "stop_price": _dec(order.stop_price),
+        "reduce_only": order.reduce_only,
+        "position_side": order.position_side.value,
+        "leverage": order.leverage,
+        "strategy": order.strategy,
+        "grid_level": order.grid_level,
+        "metadata": order.metadata,
+        "fingerprint": order.fingerprint,
+        "created_at_ns": order.created_at_ns,
+        "updated_at_ns": order.updated_at_ns,
+        "status": order.status.value,
+        "exchange_order_id": order.exchange_order_id,
+        "filled_quantity": str(order.filled_quantity),
+        "filled_notional": str(order.filled_notional),
+        "fees": str(order.fees),
+        "fee_currency": order.fee_currency,
+        "reject_reason": order.reject_reason,
+        "triggered": order.triggered,
+        "version": order.version,
+        "fill_ids": list(order.fill_ids),
+    }
+
+
+def order_from_dict(doc: dict[str, Any]) -> Order:
+    return Order(
+        order_id=doc["order_id"],
+        client_order_id=doc["client_order_id"],
+        user_id=doc["user_id"],
+        exchange=doc["exchange"],
+        symbol=doc["symbol"],
+        side=Side(doc["side"]),
+        type=OrderType(doc["type"]),
+        time_in_force=TimeInForce(doc["time_in_force"]),
+        quantity=Decimal(doc["quantity"]),
+        price=_undec(doc["price"]),
+        stop_price=_undec(doc["stop_price"]),
+        reduce_only=doc["reduce_only"],
+        position_side=PositionSide(doc["position_side"]),
+        leverage=doc["leverage"],
+        strategy=doc["strategy"],
+        grid_level=doc["grid_level"],
+        metadata=doc["metadata"],
+        fingerprint=doc["fingerprint"],
+        created_at_ns=doc["created_at_ns"],
+        updated_at_ns=doc["updated_at_ns"],
+        status=OrderStatus(doc["status"]),
+        exchange_order_id=doc["exchange_order_id"],
+        filled_quantity=Decimal(doc["filled_quantity"]),
+        filled_notional=Decimal(doc["filled_notional"]),
+        fees=Decimal(doc["fees"]),
+        fee_currency=doc["fee_currency"],
+        reject_reason=doc["reject_reason"],
+        triggered=doc["triggered"],
+        version=doc["version"],
+        fill_ids=tuple(doc["fill_ids"]),
+    )
+
+
+def fill_to_dict(fill: Fill) -> dict[str, Any]:
+    return {
+        "fill_id": fill.fill_id,
+        "order_id": fill.order_id,
+        "client_order_id": fill.client_order_id,
+        "user_id": fill.user_id,
+        "exchange": fill.exchange,
+        "symbol": fill.symbol,
+        "side": fill.side.value,
+        "position_side": fill.position_side.value,
+        "price": str(fill.price),
+        "quantity": str(fill.quantity),
+        "fee": str(fill.fee),
+        "fee_currency": fill.fee_currency,
+        "liquidity": fill.liquidity.value,
+        "time_ns": fill.time_ns,
+        "exchange_trade_id": fill.exchange_trade_id,
+    }
+
+
+def fill_from_dict(doc: dict[str, Any]) -> Fill:
+    return Fill(
+        fill_id=doc["fill_id"],
+        order_id=doc["order_id"],
+        client_order_id=doc["client_order_id"],
+        user_id=doc["user_id"],
+        exchange=doc["exchange"],
+        symbol=doc["symbol"],
+        side=Side(doc["side"]),
+        position_side=PositionSide(doc["position_side"]),
+        price=Decimal(doc["price"]),
+        quantity=Decimal(doc["quantity"]),
+        fee=Decimal(doc["fee"]),
+        fee_currency=doc["fee_currency"],
+        liquidity=Liquidity(doc["liquidity"]),
+        time_ns=doc["time_ns"],
+        exchange_trade_id=doc["exchange_trade_id"],
+    )
+
+
+def encode_order(order: Order) -> bytes:
+    return orjson.dumps(order_to_dict(order))
+
+
+def decode_order(raw: bytes) -> Order:
+    return order_from_dict(orjson.loads(raw))
+
+
+def encode_fill(fill: Fill) -> bytes:
+    return orjson.dumps(fill_to_dict(fill))
+
+
+def decode_fill(raw: bytes) -> Fill:
+    return fill_from_dict(orjson.loads(raw))
+
+
+def encode_event(event: UserEvent) -> bytes:
+    match event:
+        case OrderUpdated(event_type=event_type, order=order):
+            return orjson.dumps(
+                {"kind": "order", "type": event_type.value, "order": order_to_dict(order)}
+            )
+        case FillRecorded(fill=fill):
+            return orjson.dumps({"kind": "fill", "fill": fill_to_dict(fill)})
+
+
+def decode_event(raw: bytes) -> UserEvent:
+    doc = orjson.loads(raw)
+    kind = doc["kind"]
+    if kind == "order":
+        return OrderUpdated(OrderEventType(doc["type"]), order_from_dict(doc["order"]))
+    if kind == "fill":
+        return FillRecorded(fill_from_dict(doc["fill"]))
+    raise ValueError(f"unknown event kind {kind!r} in the event stream")

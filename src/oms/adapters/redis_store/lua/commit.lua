@@ -1,0 +1,67 @@
+-- One atomic transition: guards first, then events (each takes the next per-user sequence
+-- and is appended to that user's stream), then writes. Nothing is written unless every guard
+-- holds, so a state change and its events are never seen apart.
+--
+-- ARGV[1] = events kept per user stream. Then a flat list of instructions:
+--   U key field doc_key   unique: field must be absent from hash key; if present, return
+--                         {'exists', guard_no, value, HGET(doc_key, value)}
+--   E key field value     equal: HGET key field must equal value (absent reads as '')
+--   A key field           absent: field must not exist in hash key
+--   X seq_key stream_key payload    event: INCR seq_key, XADD stream_key <seq>-0 d payload
+--   H key field value     HSET          D key field   HDEL
+--   S key member          SADD          R key member  SREM
+--   Z key event_no member ZADD with the sequence of event event_no as score
+-- Keys are indexes into KEYS. Failed guards return {'conflict', guard_no, current}.
+-- Returns {'ok', seq_1, ..., seq_n}.
+local retention = ARGV[1]
+local seqs = {}
+local guard_no = 0
+local i = 2
+local n = #ARGV
+while i <= n do
+  local op = ARGV[i]
+  if op == 'U' then
+    guard_no = guard_no + 1
+    local cur = redis.call('HGET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+    if cur then
+      return {'exists', guard_no, cur, redis.call('HGET', KEYS[tonumber(ARGV[i + 3])], cur)}
+    end
+    i = i + 4
+  elseif op == 'E' then
+    guard_no = guard_no + 1
+    local cur = redis.call('HGET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2]) or ''
+    if cur ~= ARGV[i + 3] then return {'conflict', guard_no, cur} end
+    i = i + 4
+  elseif op == 'A' then
+    guard_no = guard_no + 1
+    local cur = redis.call('HGET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+    if cur then return {'conflict', guard_no, cur} end
+    i = i + 3
+  elseif op == 'X' then
+    local seq = redis.call('INCR', KEYS[tonumber(ARGV[i + 1])])
+    redis.call('XADD', KEYS[tonumber(ARGV[i + 2])], 'MAXLEN', retention,
+      string.format('%d-0', seq), 'd', ARGV[i + 3])
+    seqs[#seqs + 1] = seq
+    i = i + 4
+  elseif op == 'H' then
+    redis.call('HSET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3])
+    i = i + 4
+  elseif op == 'D' then
+    redis.call('HDEL', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+    i = i + 3
+  elseif op == 'S' then
+    redis.call('SADD', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+    i = i + 3
+  elseif op == 'R' then
+    redis.call('SREM', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+    i = i + 3
+  elseif op == 'Z' then
+    redis.call('ZADD', KEYS[tonumber(ARGV[i + 1])], seqs[tonumber(ARGV[i + 2])], ARGV[i + 3])
+    i = i + 4
+  else
+    return redis.error_reply('commit.lua: unknown instruction ' .. tostring(op))
+  end
+end
+local reply = {'ok'}
+for k = 1, #seqs do reply[k + 1] = seqs[k] end
+return reply

@@ -1,0 +1,320 @@
+"""The Redis state store: every transition is one `commit.lua` call (one round trip)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from importlib import resources
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from oms.adapters.redis_store import keys
+from oms.adapters.redis_store.codec import (
+    decode_event,
+    decode_fill,
+    decode_order,
+    encode_event,
+    encode_fill,
+    encode_order,
+)
+from oms.domain.errors import ConcurrentModification
+from oms.domain.events import FillRecorded, SequencedEvent
+from oms.domain.fills import Fill
+from oms.domain.orders import Order
+from oms.engine.ports import (
+    DuplicateFill,
+    ExistingOrder,
+    FillQuery,
+    OrderChange,
+    OrderQuery,
+    Page,
+    PriceUpdate,
+)
+
+# Most index entries one page may examine: bounds the time a filtered listing holds Redis.
+_SCAN_BUDGET = 5000
+
+
+def _script(name: str) -> str:
+    return resources.files("oms.adapters.redis_store").joinpath(f"lua/{name}").read_text()
+
+
+class _Transaction:
+    """Builds the instruction list of one commit.lua call."""
+
+    def __init__(self, retention_events: int) -> None:
+        self.keys: list[str] = []
+        self._key_index: dict[str, str] = {}
+        self.args: list[str | bytes] = [str(retention_events)]
+        self.guards = 0
+        self.events = 0
+
+    def _k(self, key: str) -> str:
+        index = self._key_index.get(key)
+        if index is None:
+            self.keys.append(key)
+            index = self._key_index[key] = str(len(self.keys))
+        return index
+
+    def unique(self, key: str, field: str, doc_key: str) -> int:
+        self.args += ["U", self._k(key), field, self._k(doc_key)]
+        self.guards += 1
+        return self.guards
+
+    def equal(self, key: str, field: str, value: str) -> int:
+        self.args += ["E", self._k(key), field, value]
+        self.guards += 1
+        return self.guards
+
+    def absent(self, key: str, field: str) -> int:
+        self.args += ["A", self._k(key), field]
+        self.guards += 1
+        return self.guards
+
+    def event(self, user_id: str, payload: bytes) -> int:
+        self.args += ["X", self._k(keys.sequence(user_id)), self._k(keys.events(user_id)), payload]
+        self.events += 1
+        return self.events
+
+    def hset(self, key: str, field: str, value: str | bytes) -> None:
+        self.args += ["H", self._k(key), field, value]
+
+    def hdel(self, key: str, field: str) -> None:
+        self.args += ["D", self._k(key), field]
+
+    def sadd(self, key: str, member: str) -> None:
+        self.args += ["S", self._k(key), member]
+
+    def srem(self, key: str, member: str) -> None:
+        self.args += ["R", self._k(key), member]
+
+    def zadd_at_event(self, key: str, event_no: int, member: str) -> None:
+        self.args += ["Z", self._k(key), str(event_no), member]
+
+
+class RedisStore:
+    """StateStore on Redis. This process is the single writer of its keyspace.
+
+    The `type: ignore[misc]` on awaits: redis-py types its asyncio client with the sync
+    return types (`Awaitable[T] | T`).
+    """
+
+    def __init__(self, redis: Redis, retention_events: int) -> None:
+        self._redis = redis
+        self._retention = retention_events
+        self._commit = redis.register_script(_script("commit.lua"))
+        self._list_page = redis.register_script(_script("list_page.lua"))
+
+    @property
+    def redis(self) -> Redis:
+        return self._redis
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def commit(
+        self, changes: Sequence[OrderChange], prices: Sequence[PriceUpdate] = ()
+    ) -> list[SequencedEvent] | ExistingOrder | DuplicateFill:
+        """Apply order changes and price updates in one atomic step.
+
+        Returns the sequenced events on success; `ExistingOrder` when a new order's client order id
+        already exists (the existing order is returned instead); `DuplicateFill` when a fill's
+        trade id was applied before. Raises ConcurrentModification on a stale version.
+        """
+        tx = _Transaction(self._retention)
+        guard_owner: dict[int, tuple[str, OrderChange]] = {}
+        for change in changes:
+            order = change.order
+            user = order.user_id
+            if change.previous_version is None:
+                guard = tx.unique(
+                    keys.client_order_ids(user), order.client_order_id, keys.orders(user)
+                )
+                guard_owner[guard] = ("create", change)
+            else:
+                guard = tx.equal(
+                    keys.order_versions(user), order.order_id, str(change.previous_version)
+                )
+                guard_owner[guard] = ("version", change)
+            for event in change.events:
+                if isinstance(event, FillRecorded):
+                    trade_key = f"{event.fill.exchange}|{event.fill.exchange_trade_id}"
+                    guard = tx.absent(keys.trade_ids(user), trade_key)
+                    guard_owner[guard] = ("trade", change)
+        for change in changes:
+            self._write_change(tx, change)
+        for price in prices:
+            tx.hset(
+                keys.prices(), f"{price.exchange}|{price.symbol}", f"{price.price}|{price.time_ns}"
+            )
+        reply = await self._commit(keys=tx.keys, args=tx.args)
+        status = reply[0]
+        if status == b"ok":
+            sequences = reply[1:]
+            published = [event for change in changes for event in change.events]
+            return [
+                SequencedEvent(int(seq), event)
+                for seq, event in zip(sequences, published, strict=True)
+            ]
+        kind, change = guard_owner[int(reply[1])]
+        if status == b"exists":
+            return ExistingOrder(decode_order(reply[3]))
+        if kind == "trade":
+            return DuplicateFill(change.order.order_id)
+        raise ConcurrentModification(
+            f"order {change.order.order_id} changed concurrently (version {reply[2]!r}, "
+            f"expected {change.previous_version})"
+        )
+
+    def _write_change(self, tx: _Transaction, change: OrderChange) -> None:
+        order = change.order
+        user = order.user_id
+        first_event = tx.events + 1
+        for event in change.events:
+            event_no = tx.event(user, encode_event(event))
+            if isinstance(event, FillRecorded):
+                fill = event.fill
+                tx.hset(keys.fills(user), fill.fill_id, encode_fill(fill))
+                tx.zadd_at_event(keys.fill_index(user), event_no, fill.fill_id)
+                tx.hset(
+                    keys.trade_ids(user), f"{fill.exchange}|{fill.exchange_trade_id}", fill.fill_id
+                )
+        tx.hset(keys.orders(user), order.order_id, encode_order(order))
+        tx.hset(keys.order_versions(user), order.order_id, str(order.version))
+        if change.previous_version is None:
+            tx.hset(keys.client_order_ids(user), order.client_order_id, order.order_id)
+            tx.zadd_at_event(keys.order_index(user), first_event, order.order_id)
+        member = f"{user}|{order.order_id}"
+        if order.is_open:
+            tx.sadd(keys.open_orders(user), order.order_id)
+            tx.sadd(keys.exchange_open_orders(order.exchange), member)
+        else:
+            tx.srem(keys.open_orders(user), order.order_id)
+            tx.srem(keys.exchange_open_orders(order.exchange), member)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get_order(self, user_id: str, order_id: str) -> Order | None:
+        raw = await self._redis.hget(keys.orders(user_id), order_id)  # type: ignore[misc]
+        return None if raw is None else decode_order(raw)
+
+    async def get_order_by_client_id(self, user_id: str, client_order_id: str) -> Order | None:
+        order_id = await self._redis.hget(keys.client_order_ids(user_id), client_order_id)  # type: ignore[misc]
+        return None if order_id is None else await self.get_order(user_id, order_id.decode())
+
+    async def open_orders(self, user_id: str) -> list[Order]:
+        ids = await self._redis.smembers(keys.open_orders(user_id))  # type: ignore[misc]
+        if not ids:
+            return []
+        docs = await self._redis.hmget(keys.orders(user_id), sorted(ids))  # type: ignore[misc]
+        return [decode_order(doc) for doc in docs if doc is not None]
+
+    async def open_orders_on(self, exchange: str) -> list[Order]:
+        members = await self._redis.smembers(keys.exchange_open_orders(exchange))  # type: ignore[misc]
+        pipe = self._redis.pipeline(transaction=False)
+        for member in sorted(members):
+            user_id, order_id = member.decode().split("|", 1)
+            pipe.hget(keys.orders(user_id), order_id)
+        return [decode_order(doc) for doc in await pipe.execute() if doc is not None]
+
+    async def list_orders(self, query: OrderQuery) -> Page[Order]:
+        filters: dict[str, list[str]] = {}
+        if query.exchange:
+            filters["exchange"] = [query.exchange]
+        if query.symbol:
+            filters["symbol"] = [query.symbol]
+        if query.statuses:
+            filters["status"] = [status.value for status in query.statuses]
+        if query.grid_level is not None:
+            filters["grid_level"] = [str(query.grid_level)]
+        if query.strategy:
+            filters["strategy"] = [query.strategy]
+        user = query.user_id
+        raw = await self._page(
+            [
+                keys.sequence(user),
+                keys.order_index(user),
+                keys.orders(user),
+                keys.open_orders(user),
+            ],
+            query.cursor,
+            query.page_size,
+            filters,
+            from_candidates=query.open_only,
+        )
+        return Page([decode_order(doc) for doc, _ in raw[2]], raw[1], raw[0])
+
+    async def list_fills(self, query: FillQuery) -> Page[tuple[int, Fill]]:
+        filters: dict[str, list[str]] = {}
+        if query.order_id:
+            filters["order_id"] = [query.order_id]
+        if query.exchange:
+            filters["exchange"] = [query.exchange]
+        if query.symbol:
+            filters["symbol"] = [query.symbol]
+        user = query.user_id
+        raw = await self._page(
+            [keys.sequence(user), keys.fill_index(user), keys.fills(user)],
+            query.cursor,
+            query.page_size,
+            filters,
+            from_candidates=False,
+        )
+        return Page([(score, decode_fill(doc)) for doc, score in raw[2]], raw[1], raw[0])
+
+    async def _page(
+        self,
+        page_keys: list[str],
+        cursor: int | None,
+        page_size: int,
+        filters: dict[str, list[str]],
+        from_candidates: bool,
+    ) -> tuple[int, int | None, list[tuple[bytes, int]]]:
+        reply: list[Any] = await self._list_page(
+            keys=page_keys,
+            args=[
+                "+inf" if cursor is None else str(cursor),
+                str(page_size),
+                str(_SCAN_BUDGET),
+                orjson.dumps(filters),
+                "1" if from_candidates else "0",
+            ],
+        )
+        rows = [(reply[k], int(reply[k + 1])) for k in range(2, len(reply), 2)]
+        next_cursor = int(reply[1]) if reply[1] else None
+        return int(reply[0]), next_cursor, rows
+
+    async def read_events(self, user_id: str, after: int, limit: int) -> list[SequencedEvent]:
+        rows = await self._redis.xrange(
+            keys.events(user_id), min=f"({after}-0", max="+", count=limit
+        )
+        return [
+            SequencedEvent(int(entry_id.split(b"-", 1)[0]), decode_event(fields[b"d"]))
+            for entry_id, fields in rows
+        ]
+
+    async def sequence_bounds(self, user_id: str) -> tuple[int, int]:
+        """(oldest retained sequence, newest sequence); (newest + 1, newest) when none kept."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.get(keys.sequence(user_id))
+        pipe.xrange(keys.events(user_id), min="-", max="+", count=1)
+        newest_raw, first = await pipe.execute()
+        newest = int(newest_raw or 0)
+        oldest = int(first[0][0].split(b"-", 1)[0]) if first else newest + 1
+        return oldest, newest
+
+    async def load_prices(self) -> list[PriceUpdate]:
+        rows = await self._redis.hgetall(keys.prices())  # type: ignore[misc]
+        updates = []
+        for field, value in rows.items():
+            exchange, symbol = field.decode().split("|", 1)
+            price, time_ns = value.decode().split("|", 1)
+            updates.append(PriceUpdate(exchange, symbol, Decimal(price), int(time_ns)))
+        return updates

@@ -1,0 +1,127 @@
+"""OrderService: proto in, engine call, proto out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from tradingboost.oms.v1 import order_service_pb2 as pb
+from tradingboost.oms.v1 import order_service_pb2_grpc
+
+from oms.api.converters import (
+    fill_to_proto,
+    heartbeat_to_proto,
+    order_statuses,
+    order_to_proto,
+    order_update_to_proto,
+    place_order_command,
+)
+from oms.api.unimplemented import abort_unimplemented
+from oms.domain.events import Heartbeat
+from oms.domain.paging import encode_page_token
+from oms.engine.order_lifecycle import OrderLifecycle, OrderRef, StreamFilter
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class OrderService(order_service_pb2_grpc.OrderServiceServicer):
+    def __init__(self, orders: OrderLifecycle) -> None:
+        self._orders = orders
+
+    async def PlaceOrder(
+        self, request: pb.PlaceOrderRequest, context: Context
+    ) -> pb.PlaceOrderResponse:
+        order = await self._orders.place(place_order_command(request))
+        return pb.PlaceOrderResponse(order=order_to_proto(order))
+
+    async def CancelOrder(
+        self, request: pb.CancelOrderRequest, context: Context
+    ) -> pb.CancelOrderResponse:
+        ref = OrderRef(request.user_id, request.order_id, request.client_order_id)
+        return pb.CancelOrderResponse(order=order_to_proto(await self._orders.cancel(ref)))
+
+    async def CancelAllOrders(
+        self, request: pb.CancelAllOrdersRequest, context: Context
+    ) -> pb.CancelAllOrdersResponse:
+        orders = await self._orders.cancel_all(request.user_id, request.exchange, request.symbol)
+        return pb.CancelAllOrdersResponse(orders=[order_to_proto(order) for order in orders])
+
+    async def GetOrder(self, request: pb.GetOrderRequest, context: Context) -> pb.GetOrderResponse:
+        ref = OrderRef(request.user_id, request.order_id, request.client_order_id)
+        return pb.GetOrderResponse(order=order_to_proto(await self._orders.get(ref)))
+
+    async def ListOrders(
+        self, request: pb.ListOrdersRequest, context: Context
+    ) -> pb.ListOrdersResponse:
+        page = await self._orders.list_orders(
+            request.user_id,
+            exchange=request.exchange,
+            symbol=request.symbol,
+            open_only=request.open_only,
+            statuses=order_statuses(list(request.statuses)),
+            grid_level=request.grid_level if request.HasField("grid_level") else None,
+            strategy=request.strategy,
+            size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListOrdersResponse(
+            orders=[order_to_proto(order) for order in page.items],
+            next_page_token=encode_page_token(page.next_cursor),
+            as_of_sequence=page.as_of_sequence,
+        )
+
+    async def ListFills(
+        self, request: pb.ListFillsRequest, context: Context
+    ) -> pb.ListFillsResponse:
+        page = await self._orders.list_fills(
+            request.user_id,
+            order_id=request.order_id,
+            exchange=request.exchange,
+            symbol=request.symbol,
+            size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListFillsResponse(
+            fills=[fill_to_proto(fill, sequence) for sequence, fill in page.items],
+            next_page_token=encode_page_token(page.next_cursor),
+            as_of_sequence=page.as_of_sequence,
+        )
+
+    async def StreamOrderUpdates(
+        self, request: pb.StreamOrderUpdatesRequest, context: Context
+    ) -> AsyncIterator[pb.StreamOrderUpdatesResponse]:
+        query = StreamFilter(
+            request.user_id, request.exchange, request.symbol, request.after_sequence
+        )
+        async for item in self._orders.follow_orders(query):
+            if isinstance(item, Heartbeat):
+                yield pb.StreamOrderUpdatesResponse(heartbeat=heartbeat_to_proto(item))
+            else:
+                yield pb.StreamOrderUpdatesResponse(order_update=order_update_to_proto(item))
+
+    async def StreamFills(
+        self, request: pb.StreamFillsRequest, context: Context
+    ) -> AsyncIterator[pb.StreamFillsResponse]:
+        query = StreamFilter(
+            request.user_id, request.exchange, request.symbol, request.after_sequence
+        )
+        async for item in self._orders.follow_fills(query):
+            if isinstance(item, Heartbeat):
+                yield pb.StreamFillsResponse(heartbeat=heartbeat_to_proto(item))
+            else:
+                assert hasattr(item.event, "fill")
+                yield pb.StreamFillsResponse(fill=fill_to_proto(item.event.fill, item.sequence))
+
+    # Conditional rules land with the trailing-stop work; until then they say so by name.
+    async def CreateConditionalRule(self, request: Any, context: Context) -> Any:
+        await abort_unimplemented(context, "CreateConditionalRule")
+
+    async def GetConditionalRule(self, request: Any, context: Context) -> Any:
+        await abort_unimplemented(context, "GetConditionalRule")
+
+    async def ListConditionalRules(self, request: Any, context: Context) -> Any:
+        await abort_unimplemented(context, "ListConditionalRules")
+
+    async def DeleteConditionalRule(self, request: Any, context: Context) -> Any:
+        await abort_unimplemented(context, "DeleteConditionalRule")

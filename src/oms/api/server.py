@@ -1,0 +1,92 @@
+"""The gRPC server: services, health, reflection, and the shutdown order."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tradingboost.oms.v1 import (
+    account_service_pb2,
+    market_data_service_pb2,
+    market_data_service_pb2_grpc,
+    order_service_pb2,
+    order_service_pb2_grpc,
+    position_service_pb2,
+    trailing_stop_service_pb2,
+)
+
+from oms.api.error_mapping import ErrorMappingInterceptor
+from oms.api.market_data_service import MarketDataService
+from oms.api.order_service import OrderService
+from oms.api.unimplemented import unimplemented_service
+
+log = logging.getLogger(__name__)
+
+_IMPLEMENTED = (
+    order_service_pb2.DESCRIPTOR.services_by_name["OrderService"],
+    market_data_service_pb2.DESCRIPTOR.services_by_name["MarketDataService"],
+)
+_PENDING = (
+    position_service_pb2.DESCRIPTOR.services_by_name["PositionService"],
+    trailing_stop_service_pb2.DESCRIPTOR.services_by_name["TrailingStopService"],
+    account_service_pb2.DESCRIPTOR.services_by_name["AccountService"],
+)
+SERVICE_NAMES = tuple(service.full_name for service in (*_IMPLEMENTED, *_PENDING))
+
+
+class OmsServer:
+    """A grpc.aio server with health and reflection always on; NOT_SERVING until `ready()`."""
+
+    def __init__(
+        self,
+        orders: OrderService,
+        market_data: MarketDataService,
+        extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
+    ) -> None:
+        self.server = grpc.aio.server(
+            interceptors=[ErrorMappingInterceptor()],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        order_service_pb2_grpc.add_OrderServiceServicer_to_server(orders, self.server)
+        market_data_service_pb2_grpc.add_MarketDataServiceServicer_to_server(
+            market_data, self.server
+        )
+        self.server.add_generic_rpc_handlers(
+            [unimplemented_service(service) for service in _PENDING] + list(extra_handlers)
+        )
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+
+    def bind(self, listen: str) -> int:
+        port = self.server.add_insecure_port(listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {listen}")
+        return port
+
+    async def start(self) -> None:
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+
+    async def ready(self) -> None:
+        """Recovery is done: report SERVING overall and per service."""
+        await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+
+    async def begin_shutdown(self) -> None:
+        await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace_s: float) -> None:
+        await self.server.stop(grace_s)
+
+    async def _set_all(
+        self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
+    ) -> None:
+        await self.health.set(health.OVERALL_HEALTH, status)
+        for name in SERVICE_NAMES:
+            await self.health.set(name, status)

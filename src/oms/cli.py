@@ -1,0 +1,70 @@
+"""`oms serve`: the console script."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import uvloop
+
+from oms.adapters.redis_store.embedded import EmbeddedRedis
+from oms.bootstrap import serve
+from oms.config import ConfigError, is_loopback, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oms", description="gRPC order-management service")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("serve", help="run the gRPC server")
+    # Every flag defaults to None so that an absent flag leaves env and TOML in force.
+    run.add_argument("--listen", default=None, help="HOST:PORT (env OMS_LISTEN)")
+    run.add_argument("--redis-url", default=None, help="Redis URL; unset starts an embedded Redis")
+    run.add_argument("--data-dir", default=None, help="embedded Redis data (env OMS_DATA_DIR)")
+    run.add_argument("--config", default=None, help="TOML settings file (env OMS_CONFIG)")
+    run.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --listen address without auth",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(
+            {
+                "listen": args.listen,
+                "redis_url": args.redis_url,
+                "data_dir": args.data_dir,
+                "config": args.config,
+                "insecure": args.insecure,
+            }
+        )
+    except ConfigError as error:
+        print(f"oms: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not is_loopback(settings.listen) and not settings.insecure:
+        print(
+            f"oms: refusing to listen on {settings.listen} without auth; "
+            "use a loopback address or pass --insecure",
+            file=sys.stderr,
+        )
+        return 2
+    embedded = None
+    redis_url = settings.redis_url
+    if redis_url is None:
+        embedded = EmbeddedRedis(settings.data_dir)
+        redis_url = embedded.start()
+    try:
+        uvloop.run(serve(settings, redis_url))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0

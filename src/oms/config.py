@@ -1,0 +1,365 @@
+"""Typed settings for `oms serve`.
+
+Each value comes from the first of these that sets it:
+
+1. command-line flags (the CLI passes them to `load_settings`),
+2. environment variables `OMS_<FIELD>` (`OMS_LISTEN`, `OMS_REDIS_URL`, ...),
+3. the TOML settings file named by `--config` / `OMS_CONFIG`,
+4. the defaults below.
+
+The TOML file holds the same keys at its top level (`listen = "127.0.0.1:50051"`) plus the
+`[paper]` table. Money and precision values are `Decimal`s written as TOML strings
+(`maker_fee_rate = "0.0002"`) or integers; TOML floats are refused because they are binary
+and would round silently. Example::
+
+    heartbeat_interval_s = 10
+
+    [paper]
+    maker_fee_rate = "0.0001"
+
+    [[paper.markets]]               # added to the default BTC, ETH and SOL swaps
+    symbol = "DOGE/USDT:USDT"
+    market_id = "DOGE-USDT-SWAP"
+    price_tick = "0.00001"
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = [
+    "DEFAULT_PAPER_MARKETS",
+    "ConfigError",
+    "MarketSettings",
+    "PaperSettings",
+    "Settings",
+    "is_loopback",
+    "load_settings",
+]
+
+
+class ConfigError(ValueError):
+    """The settings are invalid; the message names each offending key."""
+
+
+def _refuse_float(value: object) -> object:
+    # Float -> Decimal keeps the binary error (0.1 -> 0.1000000000000000055...), so a
+    # decimal must arrive as a string or an integer.
+    if isinstance(value, float):
+        raise ValueError(
+            f'must be a decimal string such as "{Decimal(repr(value)):f}" or an integer, '
+            f"not the float {value!r} (floats are binary and would not be exact)"
+        )
+    if isinstance(value, bool):
+        raise ValueError("must be a decimal string or an integer, not a boolean")
+    return value
+
+
+ExactDecimal = Annotated[Decimal, BeforeValidator(_refuse_float), Field(allow_inf_nan=False)]
+"""A finite Decimal parsed from a string or integer, never from a float."""
+
+PositiveDecimal = Annotated[ExactDecimal, Field(gt=0)]
+
+FeeRate = Annotated[ExactDecimal, Field(gt=-1, lt=1)]
+"""A fraction of notional; negative for a maker rebate."""
+
+_UNIFIED_SYMBOL = re.compile(
+    r"(?P<base>[A-Za-z0-9]+)/(?P<quote>[A-Za-z0-9]+):(?P<settle>[A-Za-z0-9]+)"
+)
+_MARKET_ID = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
+
+
+class MarketSettings(BaseModel):
+    """One paper-exchange market: a linear swap, settled in its quote currency.
+
+    Precision fields default to the paper exchange's usual values, so a new market can be
+    added with just its symbol and id.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    symbol: str
+    """ccxt unified symbol BASE/QUOTE:SETTLE, e.g. "BTC/USDT:USDT"."""
+    market_id: str
+    """The exchange's own id, e.g. "BTC-USDT-SWAP"; requests may name the market by either."""
+    base: str = ""
+    """Base currency; taken from the symbol when omitted."""
+    quote: str = ""
+    """Quote currency; taken from the symbol when omitted."""
+    settle: str = ""
+    """Settlement currency (fees, PnL), equal to quote; taken from the symbol when omitted."""
+    contract_size: PositiveDecimal = Decimal(1)
+    """Base units per contract; order quantities are in contracts."""
+    amount_step: PositiveDecimal = Decimal("0.001")
+    """Order quantities must be a multiple of this, in contracts."""
+    min_amount: PositiveDecimal = Decimal("0.001")
+    """Smallest order quantity, in contracts."""
+    price_tick: PositiveDecimal = Decimal("0.01")
+    """Prices must be a multiple of this, in the quote currency."""
+    maintenance_margin_rate: Annotated[ExactDecimal, Field(gt=0, lt=1)] = Decimal("0.005")
+    """Fraction of notional, used for the isolated-margin liquidation estimate."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _currencies_from_symbol(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and isinstance(data.get("symbol"), str):
+            match = _UNIFIED_SYMBOL.fullmatch(data["symbol"])
+            if match:
+                return {**match.groupdict(), **data}
+        return data
+
+    @field_validator("symbol")
+    @classmethod
+    def _check_symbol(cls, symbol: str) -> str:
+        if not _UNIFIED_SYMBOL.fullmatch(symbol):
+            raise ValueError(f"{symbol!r} is not a unified swap symbol such as 'BTC/USDT:USDT'")
+        return symbol
+
+    @field_validator("market_id")
+    @classmethod
+    def _check_market_id(cls, market_id: str) -> str:
+        if not _MARKET_ID.fullmatch(market_id):
+            raise ValueError(f"{market_id!r} must be 1 to 64 chars of [A-Za-z0-9_.:/-]")
+        return market_id
+
+    @model_validator(mode="after")
+    def _check_linear_swap(self) -> MarketSettings:
+        expected = f"{self.base}/{self.quote}:{self.settle}"
+        if self.symbol != expected:
+            raise ValueError(f"base/quote/settle say {expected!r} but symbol is {self.symbol!r}")
+        if self.settle != self.quote:
+            raise ValueError(
+                f"{self.symbol}: paper markets are linear swaps, settle must equal quote"
+            )
+        return self
+
+
+def _paper_swap(base: str) -> MarketSettings:
+    return MarketSettings(
+        symbol=f"{base}/USDT:USDT",
+        market_id=f"{base}-USDT-SWAP",
+        base=base,
+        quote="USDT",
+        settle="USDT",
+    )
+
+
+DEFAULT_PAPER_MARKETS: tuple[MarketSettings, ...] = tuple(
+    _paper_swap(base) for base in ("BTC", "ETH", "SOL")
+)
+"""The paper exchange's built-in markets (contract section 7)."""
+
+
+class PaperSettings(BaseModel):
+    """The built-in deterministic `paper` exchange (TOML table `[paper]`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    maker_fee_rate: FeeRate = Decimal("0.0002")
+    """Fee on a maker fill, as a fraction of notional, charged in the settle currency."""
+    taker_fee_rate: FeeRate = Decimal("0.0005")
+    """Fee on a taker fill, as a fraction of notional, charged in the settle currency."""
+    markets: tuple[MarketSettings, ...] = DEFAULT_PAPER_MARKETS
+    """Markets listed here are added to DEFAULT_PAPER_MARKETS; one with the symbol of a
+    default market replaces it. The result always includes the defaults."""
+
+    @field_validator("markets")
+    @classmethod
+    def _add_to_defaults(cls, listed: tuple[MarketSettings, ...]) -> tuple[MarketSettings, ...]:
+        seen: set[str] = set()
+        for market in listed:
+            if market.symbol in seen:
+                raise ValueError(f"{market.symbol} is listed more than once")
+            seen.add(market.symbol)
+        merged = {market.symbol: market for market in DEFAULT_PAPER_MARKETS}
+        merged.update((market.symbol, market) for market in listed)
+        # Requests may name a market by its id, so an id must not name two markets.
+        symbol_by_id: dict[str, str] = {}
+        for market in merged.values():
+            other = symbol_by_id.setdefault(market.market_id, market.symbol)
+            if other != market.symbol:
+                raise ValueError(
+                    f"market_id {market.market_id!r} is used by both {other} and {market.symbol}"
+                )
+        return tuple(merged.values())
+
+
+LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
+
+
+class Settings(BaseSettings):
+    """Everything `oms serve` needs to start. Build it with `load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OMS_",
+        # `OMS_REDIS_URL=` (as compose files write it) means unset, not "".
+        env_ignore_empty=True,
+        frozen=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_default=True,
+    )
+
+    listen: str = "127.0.0.1:50051"
+    """gRPC listen address, HOST:PORT ("[::1]:50051" for IPv6) or "unix:PATH"."""
+    redis_url: str | None = None
+    """Redis holding all state; None starts an embedded private Redis under data_dir."""
+    data_dir: Path = Path(".oms-data")
+    """Where the embedded Redis keeps its append-only file (unused with redis_url).
+    A relative path is from the working directory, wherever it was set."""
+    postgres_dsn: str | None = None
+    """PostgreSQL for the history archive; None disables the archive."""
+    config: Path | None = None
+    """The TOML settings file that was read, if any (flag or OMS_CONFIG only)."""
+    insecure: bool = False
+    """Allow a non-loopback listen address while authentication is off."""
+    heartbeat_interval_s: float = Field(default=15.0, gt=0)
+    """An idle stream sends a heartbeat at least this often."""
+    stream_buffer_events: int = Field(default=10_000, ge=1)
+    """Events buffered per stream; a subscriber that falls further behind gets
+    RESOURCE_EXHAUSTED and resumes from its last sequence."""
+    retention_events: int = Field(default=100_000, ge=1)
+    """Events kept per user in the Redis stream; older resume points are OUT_OF_RANGE."""
+    shutdown_grace_s: float = Field(default=5.0, ge=0)
+    """On SIGTERM, how long in-flight unary calls may take to finish."""
+    log_level: LogLevel = "INFO"
+    """Root log level (case-insensitive)."""
+    paper: PaperSettings = Field(default_factory=PaperSettings)
+    """The built-in paper exchange; TOML table [paper] only."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No .env or secrets directory: one settings file, named explicitly.
+        return init_settings, env_settings, _TomlFileSource(settings_cls)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, listen: str) -> str:
+        _split_listen(listen)
+        return listen
+
+    @field_validator("data_dir", "config")
+    @classmethod
+    def _expand_home(cls, path: Path | None) -> Path | None:
+        return None if path is None else path.expanduser()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, level: object) -> object:
+        return level.upper() if isinstance(level, str) else level
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """Reads the TOML file that the flags or environment named in `config`."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        # current_state holds what the higher-priority sources (flags, env) resolved.
+        raw_path = self.current_state.get("config")
+        if raw_path is None:
+            return {}
+        path = Path(raw_path).expanduser()
+        try:
+            with path.open("rb") as file:
+                data = tomllib.load(file)
+        except OSError as exc:
+            raise ConfigError(f"config: cannot read settings file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config: {path} is not valid TOML: {exc}") from exc
+        if "config" in data:
+            raise ConfigError(f"config: {path} must not name another settings file")
+        return data
+
+
+def load_settings(argv_overrides: Mapping[str, object] | None = None) -> Settings:
+    """Resolve settings from flags, environment, TOML file and defaults, in that order.
+
+    `argv_overrides` maps field names (`listen`, `redis_url`, `data_dir`, `config`,
+    `insecure`, ...) to flag values. None means "flag not given" and is skipped, so the
+    CLI must default every flag to None (argparse: `default=None`; for `--insecure`
+    `action="store_true", default=None`), or an absent flag would mask env and TOML.
+
+    Raises ConfigError, with one line per offending key, when anything is invalid.
+    """
+    # Any: BaseSettings validates each value; the static field types do not apply here.
+    overrides: dict[str, Any] = {
+        key: value for key, value in (argv_overrides or {}).items() if value is not None
+    }
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False):
+            key = ".".join(str(part) for part in error["loc"]) or "settings"
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"  {key}: {message} (got {_shorten(repr(error['input']))})")
+        raise ConfigError("invalid settings:\n" + "\n".join(lines)) from exc
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _split_listen(listen: str) -> tuple[str, int] | None:
+    """(host, port) of a HOST:PORT address, None for a unix socket; ValueError if malformed."""
+    if listen.startswith(("unix:", "unix-abstract:")):
+        return None
+    host, sep, port = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{listen!r}: write an IPv6 address in brackets, e.g. '[::1]:50051'")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{listen!r} is not HOST:PORT (e.g. '127.0.0.1:50051') or unix:PATH")
+    return host, int(port)
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether a listen address is reachable from this host only.
+
+    True for 127.0.0.0/8, ::1 (also IPv4-mapped), `localhost` and unix sockets; False for
+    anything else, including wildcard and malformed addresses, so callers fail safe.
+    Host names are not resolved.
+    """
+    try:
+        split = _split_listen(listen)
+    except ValueError:
+        return False
+    if split is None:
+        return True
+    host = split[0]
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback

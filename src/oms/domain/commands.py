@@ -1,0 +1,164 @@
+"""Commands: what a caller asks for, as received (decimals still strings), and their checks."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from decimal import Decimal
+
+import orjson
+
+from oms.domain.decimals import fmt, parse_positive
+from oms.domain.errors import InvalidArgument
+from oms.domain.identifiers import check_client_order_id, check_user_id
+from oms.domain.markets import Market, MarketCatalog
+from oms.domain.orders import OrderType, PositionSide, Side, TimeInForce, default_position_side
+
+MAX_STRATEGY_CHARS = 64
+MAX_METADATA_ENTRIES = 32
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 256
+MAX_LEVERAGE = 125
+MAX_GRID_LEVEL = 20
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceOrder:
+    """A PlaceOrder request. `None` means the caller left the field unset."""
+
+    user_id: str
+    exchange: str
+    symbol: str
+    side: Side | None
+    type: OrderType | None
+    time_in_force: TimeInForce | None
+    quantity: str
+    price: str
+    stop_price: str
+    reduce_only: bool
+    position_side: PositionSide | None
+    leverage: int | None
+    client_order_id: str
+    strategy: str
+    grid_level: int | None
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class OrderSpec:
+    """A validated PlaceOrder: every field parsed and checked against the market."""
+
+    user_id: str
+    market: Market
+    side: Side
+    type: OrderType
+    time_in_force: TimeInForce
+    quantity: Decimal
+    price: Decimal | None
+    stop_price: Decimal | None
+    reduce_only: bool
+    position_side: PositionSide
+    leverage: int | None
+    client_order_id: str | None
+    strategy: str
+    grid_level: int | None
+    metadata: dict[str, str]
+
+    def fingerprint(self) -> str:
+        """Digest of every parameter but the client order id, in normalised form."""
+        canonical = orjson.dumps(
+            [
+                self.market.exchange,
+                self.market.symbol,
+                self.side.value,
+                self.type.value,
+                self.time_in_force.value,
+                fmt(self.quantity),
+                None if self.price is None else fmt(self.price),
+                None if self.stop_price is None else fmt(self.stop_price),
+                self.reduce_only,
+                self.position_side.value,
+                self.leverage,
+                self.strategy,
+                self.grid_level,
+                sorted(self.metadata.items()),
+            ]
+        )
+        return hashlib.blake2b(canonical, digest_size=12).hexdigest()
+
+
+def _required(field: str, value: object) -> None:
+    if value is None:
+        raise InvalidArgument(field, "is required")
+
+
+def _optional_price(
+    field: str, raw: str, market: Market, needed: bool, kind: str
+) -> Decimal | None:
+    if not needed:
+        if raw:
+            raise InvalidArgument(field, f"must be empty for {kind} orders")
+        return None
+    if not raw:
+        raise InvalidArgument(field, f"is required for {kind} orders")
+    value = parse_positive(field, raw)
+    market.check_price(field, value)
+    return value
+
+
+def check_metadata(metadata: dict[str, str], field: str = "metadata") -> None:
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        raise InvalidArgument(field, f"has more than {MAX_METADATA_ENTRIES} entries")
+    for key, value in metadata.items():
+        if not key or len(key) > MAX_METADATA_KEY_CHARS:
+            raise InvalidArgument(field, f"keys must be 1 to {MAX_METADATA_KEY_CHARS} characters")
+        if len(value) > MAX_METADATA_VALUE_CHARS:
+            raise InvalidArgument(
+                f"{field}[{key}]", f"is longer than {MAX_METADATA_VALUE_CHARS} characters"
+            )
+
+
+def validate_place_order(command: PlaceOrder, catalog: MarketCatalog) -> OrderSpec:
+    check_user_id(command.user_id)
+    market = catalog.resolve(command.exchange, command.symbol)
+    _required("side", command.side)
+    _required("type", command.type)
+    assert command.side is not None and command.type is not None
+    order_type = command.type
+    quantity = parse_positive("quantity", command.quantity)
+    market.check_quantity("quantity", quantity)
+    kind = order_type.value
+    price = _optional_price("price", command.price, market, order_type.needs_price, kind)
+    stop_price = _optional_price(
+        "stop_price", command.stop_price, market, order_type.needs_stop_price, kind
+    )
+    time_in_force = command.time_in_force or TimeInForce.GTC
+    if time_in_force is TimeInForce.POST_ONLY and order_type is not OrderType.LIMIT:
+        raise InvalidArgument("time_in_force", "POST_ONLY is only valid for LIMIT orders")
+    if command.leverage is not None and not 1 <= command.leverage <= MAX_LEVERAGE:
+        raise InvalidArgument("leverage", f"must be 1 to {MAX_LEVERAGE}")
+    if command.grid_level is not None and not 0 <= command.grid_level <= MAX_GRID_LEVEL:
+        raise InvalidArgument("grid_level", f"must be 0 to {MAX_GRID_LEVEL}")
+    if command.client_order_id:
+        check_client_order_id(command.client_order_id)
+    if len(command.strategy) > MAX_STRATEGY_CHARS:
+        raise InvalidArgument("strategy", f"is longer than {MAX_STRATEGY_CHARS} characters")
+    check_metadata(command.metadata)
+    return OrderSpec(
+        user_id=command.user_id,
+        market=market,
+        side=command.side,
+        type=order_type,
+        time_in_force=time_in_force,
+        quantity=quantity,
+        price=price,
+        stop_price=stop_price,
+        reduce_only=command.reduce_only,
+        position_side=command.position_side
+        or default_position_side(command.side, command.reduce_only),
+        leverage=command.leverage,
+        client_order_id=command.client_order_id or None,
+        strategy=command.strategy,
+        grid_level=command.grid_level,
+        metadata=dict(command.metadata),
+    )

@@ -1,0 +1,64 @@
+"""Exact decimal handling for money and quantities.
+
+Wire decimals are plain strings ("0.01", "45000.5"): no sign, exponent, separators or
+whitespace, at most MAX_DECIMAL_CHARS characters. Arithmetic runs in a wide context so that
+products of prices, quantities, contract sizes and fee rates are exact.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Context, Decimal
+
+from oms.domain.errors import InvalidArgument
+
+MAX_DECIMAL_CHARS = 32
+_PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
+# 4 factors of at most 32 digits each stay exact.
+_EXACT = Context(prec=160)
+ZERO = Decimal(0)
+
+
+def parse_positive(field: str, raw: str) -> Decimal:
+    """A required finite decimal > 0."""
+    value = parse_decimal(field, raw)
+    if value <= 0:
+        raise InvalidArgument(field, f"must be greater than zero, got {raw!r}")
+    return value
+
+
+def parse_decimal(field: str, raw: str) -> Decimal:
+    if not raw:
+        raise InvalidArgument(field, "is required")
+    if len(raw) > MAX_DECIMAL_CHARS:
+        raise InvalidArgument(field, f"is longer than {MAX_DECIMAL_CHARS} characters")
+    if not _PLAIN_DECIMAL.fullmatch(raw):
+        raise InvalidArgument(field, f"must be a plain decimal string such as '0.01', got {raw!r}")
+    return Decimal(raw)
+
+
+def mul(*factors: Decimal) -> Decimal:
+    result = Decimal(1)
+    for factor in factors:
+        result = _EXACT.multiply(result, factor)
+    return result
+
+
+def add(a: Decimal, b: Decimal) -> Decimal:
+    return _EXACT.add(a, b)
+
+
+def div(a: Decimal, b: Decimal) -> Decimal:
+    """Division is the one inexact operation (average prices): 160 significant digits."""
+    return _EXACT.divide(a, b)
+
+
+def is_multiple(value: Decimal, step: Decimal) -> bool:
+    return _EXACT.remainder(value, step) == 0
+
+
+def fmt(value: Decimal) -> str:
+    """Plain notation without trailing zeros: 45000, 0.0000225, 0."""
+    if value == 0:
+        return "0"
+    return format(value.normalize(_EXACT), "f")

@@ -1,0 +1,48 @@
+"""Domain errors. Each names the contract's status code; the API layer maps them in one place."""
+
+from __future__ import annotations
+
+
+class OmsError(Exception):
+    """Base class: a request the OMS refuses, with a message for the caller."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(OmsError):
+    """A malformed or out-of-range field; `field` names it (dotted path as in the request)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.description = message
+
+
+class NotFound(OmsError):
+    pass
+
+
+class AlreadyExists(OmsError):
+    pass
+
+
+class FailedPrecondition(OmsError):
+    pass
+
+
+class OutOfRange(OmsError):
+    pass
+
+
+class ResourceExhausted(OmsError):
+    pass
+
+
+class Unavailable(OmsError):
+    pass
+
+
+class ConcurrentModification(OmsError):
+    """An optimistic version check failed; the engine re-reads and retries."""

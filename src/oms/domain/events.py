@@ -1,0 +1,100 @@
+"""Events published on a user's sequence: what the streams carry and the store retains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from oms.domain.fills import Fill
+from oms.domain.orders import (
+    Order,
+    OrderAccepted,
+    OrderCanceled,
+    OrderEvent,
+    OrderExpired,
+    OrderFilled,
+    OrderPendingCancel,
+    OrderRejected,
+    OrderTriggered,
+)
+
+
+class OrderEventType(Enum):
+    CREATED = "CREATED"
+    ACCEPTED = "ACCEPTED"
+    PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    FILLED = "FILLED"
+    PENDING_CANCEL = "PENDING_CANCEL"
+    CANCELED = "CANCELED"
+    REJECTED = "REJECTED"
+    EXPIRED = "EXPIRED"
+    TRIGGERED = "TRIGGERED"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdated:
+    """An order changed; carries the whole order as it is after the change."""
+
+    event_type: OrderEventType
+    order: Order
+
+
+@dataclass(frozen=True, slots=True)
+class FillRecorded:
+    fill: Fill
+
+
+UserEvent = OrderUpdated | FillRecorded
+
+
+@dataclass(frozen=True, slots=True)
+class SequencedEvent:
+    sequence: int
+    event: UserEvent
+
+
+def order_event_type(event: OrderEvent, after: Order) -> OrderEventType:
+    match event:
+        case OrderAccepted():
+            return OrderEventType.ACCEPTED
+        case OrderRejected():
+            return OrderEventType.REJECTED
+        case OrderTriggered():
+            return OrderEventType.TRIGGERED
+        case OrderFilled():
+            # By quantity, not status: a fill after a cancel keeps the CANCELED status.
+            if after.filled_quantity == after.quantity:
+                return OrderEventType.FILLED
+            return OrderEventType.PARTIALLY_FILLED
+        case OrderPendingCancel():
+            return OrderEventType.PENDING_CANCEL
+        case OrderCanceled():
+            return OrderEventType.CANCELED
+        case OrderExpired():
+            return OrderEventType.EXPIRED
+
+
+def apply_all(order: Order, events: list[OrderEvent], now_ns: int) -> tuple[Order, list[UserEvent]]:
+    """Apply venue events in order; returns the final order and what to publish.
+
+    A fill publishes the fill, then the order as it is after it.
+    """
+    published: list[UserEvent] = []
+    for event in events:
+        order = order.apply(event, now_ns)
+        if isinstance(event, OrderFilled):
+            published.append(FillRecorded(event.fill))
+        published.append(OrderUpdated(order_event_type(event, order), order))
+    return order, published
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Sent on an idle stream: the user's newest sequence, so quiet is told from dead."""
+
+    latest_sequence: int
+    time_ns: int
+
+
+def event_user(event: UserEvent) -> str:
+    return event.order.user_id if isinstance(event, OrderUpdated) else event.fill.user_id

@@ -1,0 +1,52 @@
+"""Identifiers: validation of caller ids and generation of OMS ids."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from oms.domain.errors import InvalidArgument
+
+_USER_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_CLIENT_ORDER_ID = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def check_user_id(raw: str, field: str = "user_id") -> str:
+    if not _USER_ID.fullmatch(raw):
+        raise InvalidArgument(field, "must be 1 to 64 characters of [A-Za-z0-9_.-]")
+    return raw
+
+
+def check_client_order_id(raw: str, field: str = "client_order_id") -> str:
+    if not _CLIENT_ORDER_ID.fullmatch(raw):
+        raise InvalidArgument(field, "must be 1 to 64 characters of [A-Za-z0-9_.:/-]")
+    return raw
+
+
+class IdGenerator:
+    """Time-ordered 26-character ULIDs (Crockford base32), monotonic within one process.
+
+    26 alphanumerics fit every exchange's client-id rules (OKX: 32 alphanumerics).
+    """
+
+    def __init__(self) -> None:
+        self._last_ms = 0
+        self._last_random = 0
+
+    def new_id(self) -> str:
+        now_ms = time.time_ns() // 1_000_000
+        if now_ms <= self._last_ms:
+            # Same millisecond (or a clock step back): keep ids strictly increasing.
+            now_ms = self._last_ms
+            self._last_random += 1
+        else:
+            self._last_random = int.from_bytes(os.urandom(10), "big") >> 1
+        self._last_ms = now_ms
+        value = (now_ms << 80) | (self._last_random & ((1 << 80) - 1))
+        chars = []
+        for _ in range(26):
+            chars.append(_CROCKFORD[value & 31])
+            value >>= 5
+        return "".join(reversed(chars))

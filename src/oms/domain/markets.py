@@ -1,0 +1,80 @@
+"""Markets: precision and contract specs, looked up by unified symbol or exchange id."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from oms.domain.decimals import is_multiple
+from oms.domain.errors import InvalidArgument
+
+
+@dataclass(frozen=True, slots=True)
+class Market:
+    exchange: str
+    symbol: str
+    """ccxt unified symbol, e.g. BTC/USDT:USDT."""
+    market_id: str
+    """The exchange's own id, e.g. BTC-USDT-SWAP."""
+    settle: str
+    contract_size: Decimal
+    amount_step: Decimal
+    min_amount: Decimal
+    price_tick: Decimal
+    maintenance_margin_rate: Decimal
+
+    def check_quantity(self, field: str, quantity: Decimal) -> None:
+        if quantity < self.min_amount:
+            raise InvalidArgument(
+                field, f"{quantity} is below the minimum {self.min_amount} for {self.symbol}"
+            )
+        if not is_multiple(quantity, self.amount_step):
+            raise InvalidArgument(
+                field, f"{quantity} is not a multiple of the amount step {self.amount_step}"
+            )
+
+    def check_price(self, field: str, price: Decimal) -> None:
+        if not is_multiple(price, self.price_tick):
+            raise InvalidArgument(
+                field, f"{price} is not a multiple of the price tick {self.price_tick}"
+            )
+
+
+class MarketCatalog:
+    """The markets of every configured exchange."""
+
+    def __init__(self, markets: Iterable[Market]) -> None:
+        self._by_key: dict[tuple[str, str], Market] = {}
+        self._exchanges: set[str] = set()
+        for market in markets:
+            self._exchanges.add(market.exchange)
+            self._by_key[(market.exchange, market.symbol)] = market
+            self._by_key[(market.exchange, market.market_id)] = market
+
+    @property
+    def exchanges(self) -> frozenset[str]:
+        return frozenset(self._exchanges)
+
+    def check_exchange(self, exchange: str, field: str = "exchange") -> str:
+        if not exchange:
+            raise InvalidArgument(field, "is required")
+        if exchange not in self._exchanges:
+            known = ", ".join(sorted(self._exchanges))
+            raise InvalidArgument(field, f"unknown exchange {exchange[:64]!r} (known: {known})")
+        return exchange
+
+    def resolve(self, exchange: str, symbol: str, field: str = "symbol") -> Market:
+        """A market by unified symbol or exchange market id."""
+        self.check_exchange(exchange)
+        if not symbol:
+            raise InvalidArgument(field, "is required")
+        market = self._by_key.get((exchange, symbol))
+        if market is None:
+            raise InvalidArgument(field, f"unknown symbol {symbol[:64]!r} on {exchange}")
+        return market
+
+    def markets(self, exchange: str) -> list[Market]:
+        return sorted(
+            {m for (ex, _), m in self._by_key.items() if ex == exchange}, key=lambda m: m.symbol
+        )

@@ -1,0 +1,246 @@
+"""The order model: a frozen record changed only through `apply(event)` and a readable table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from enum import Enum
+
+from oms.domain.decimals import ZERO, add, div, mul
+from oms.domain.errors import FailedPrecondition
+from oms.domain.fills import Fill
+
+
+class Side(Enum):
+    BUY = "BUY"
+    SELL = "SELL"
+
+
+class OrderType(Enum):
+    MARKET = "MARKET"
+    LIMIT = "LIMIT"
+    STOP_MARKET = "STOP_MARKET"
+    STOP_LIMIT = "STOP_LIMIT"
+    TAKE_PROFIT_MARKET = "TAKE_PROFIT_MARKET"
+
+    @property
+    def needs_price(self) -> bool:
+        return self in (OrderType.LIMIT, OrderType.STOP_LIMIT)
+
+    @property
+    def needs_stop_price(self) -> bool:
+        return self in (
+            OrderType.STOP_MARKET,
+            OrderType.STOP_LIMIT,
+            OrderType.TAKE_PROFIT_MARKET,
+        )
+
+
+class TimeInForce(Enum):
+    GTC = "GTC"
+    IOC = "IOC"
+    FOK = "FOK"
+    POST_ONLY = "POST_ONLY"
+
+
+class PositionSide(Enum):
+    LONG = "LONG"
+    SHORT = "SHORT"
+
+
+class OrderStatus(Enum):
+    PENDING_NEW = "PENDING_NEW"
+    OPEN = "OPEN"
+    PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    FILLED = "FILLED"
+    PENDING_CANCEL = "PENDING_CANCEL"
+    CANCELED = "CANCELED"
+    REJECTED = "REJECTED"
+    EXPIRED = "EXPIRED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED, OrderStatus.EXPIRED}
+)
+
+
+def default_position_side(side: Side, reduce_only: bool) -> PositionSide:
+    """Hedge mode: BUY opens LONG and SELL opens SHORT; reduce-only flips that."""
+    opens_long = side is Side.BUY
+    return PositionSide.LONG if opens_long != reduce_only else PositionSide.SHORT
+
+
+# Events an order can undergo: reports from the venue turned into facts by the engine.
+
+
+@dataclass(frozen=True, slots=True)
+class OrderAccepted:
+    exchange_order_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRejected:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderTriggered:
+    """A stop or take-profit condition was met; the order now works as market or limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderFilled:
+    fill: Fill
+
+
+@dataclass(frozen=True, slots=True)
+class OrderPendingCancel:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class OrderCanceled:
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderExpired:
+    reason: str = ""
+
+
+OrderEvent = (
+    OrderAccepted
+    | OrderRejected
+    | OrderTriggered
+    | OrderFilled
+    | OrderPendingCancel
+    | OrderCanceled
+    | OrderExpired
+)
+
+S = OrderStatus
+# (status, event) -> status after it. `None` means "from the fill": PARTIALLY_FILLED or FILLED.
+_TRANSITIONS: dict[tuple[OrderStatus, type], OrderStatus | None] = {
+    (S.PENDING_NEW, OrderAccepted): S.OPEN,
+    (S.PENDING_NEW, OrderRejected): S.REJECTED,
+    (S.PENDING_NEW, OrderFilled): None,  # the fill report can overtake the acknowledgement
+    (S.PENDING_NEW, OrderCanceled): S.CANCELED,
+    (S.PENDING_NEW, OrderExpired): S.EXPIRED,
+    (S.OPEN, OrderTriggered): S.OPEN,
+    (S.OPEN, OrderFilled): None,
+    (S.OPEN, OrderPendingCancel): S.PENDING_CANCEL,
+    (S.OPEN, OrderCanceled): S.CANCELED,
+    (S.OPEN, OrderExpired): S.EXPIRED,
+    (S.PARTIALLY_FILLED, OrderFilled): None,
+    (S.PARTIALLY_FILLED, OrderPendingCancel): S.PENDING_CANCEL,
+    (S.PARTIALLY_FILLED, OrderCanceled): S.CANCELED,
+    (S.PARTIALLY_FILLED, OrderExpired): S.EXPIRED,
+    (S.PENDING_CANCEL, OrderFilled): None,  # filled while the cancel was in flight
+    (S.PENDING_CANCEL, OrderCanceled): S.CANCELED,
+    (S.PENDING_CANCEL, OrderExpired): S.EXPIRED,
+    # A fill reported after the cancel: a real-world race. The fill is applied (quantities and
+    # positions must stay true) but the terminal status is kept.
+    (S.CANCELED, OrderFilled): S.CANCELED,
+    (S.EXPIRED, OrderFilled): S.EXPIRED,
+}
+
+_ACTION_NAMES: dict[type, str] = {
+    OrderAccepted: "accept",
+    OrderRejected: "reject",
+    OrderTriggered: "trigger",
+    OrderFilled: "fill",
+    OrderPendingCancel: "cancel",
+    OrderCanceled: "cancel",
+    OrderExpired: "expire",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    order_id: str
+    client_order_id: str
+    user_id: str
+    exchange: str
+    symbol: str
+    side: Side
+    type: OrderType
+    time_in_force: TimeInForce
+    quantity: Decimal
+    price: Decimal | None
+    stop_price: Decimal | None
+    reduce_only: bool
+    position_side: PositionSide
+    leverage: int | None
+    strategy: str
+    grid_level: int | None
+    metadata: dict[str, str]
+    fingerprint: str
+    """Digest of the request parameters: a retry with the same client_order_id must match it."""
+    created_at_ns: int
+    updated_at_ns: int
+    status: OrderStatus = OrderStatus.PENDING_NEW
+    exchange_order_id: str = ""
+    filled_quantity: Decimal = ZERO
+    filled_notional: Decimal = ZERO
+    """Sum of price x quantity over fills: the exact source of average_fill_price."""
+    fees: Decimal = ZERO
+    fee_currency: str = ""
+    reject_reason: str = ""
+    triggered: bool = False
+    version: int = 0
+    """Bumped on every change; the store refuses a write based on a stale version."""
+    fill_ids: tuple[str, ...] = field(default=())
+
+    @property
+    def remaining_quantity(self) -> Decimal:
+        if self.status.is_terminal:
+            return ZERO
+        return self.quantity - self.filled_quantity
+
+    @property
+    def average_fill_price(self) -> Decimal | None:
+        if not self.filled_quantity:
+            return None
+        return div(self.filled_notional, self.filled_quantity)
+
+    @property
+    def is_open(self) -> bool:
+        return not self.status.is_terminal
+
+    def apply(self, event: OrderEvent, now_ns: int) -> Order:
+        key = (self.status, type(event))
+        if key not in _TRANSITIONS:
+            action = _ACTION_NAMES[type(event)]
+            raise FailedPrecondition(
+                f"cannot {action} order {self.order_id}: it is {self.status.value}"
+            )
+        target = _TRANSITIONS[key]
+        changes: dict[str, object] = {"version": self.version + 1, "updated_at_ns": now_ns}
+        match event:
+            case OrderAccepted(exchange_order_id=exchange_order_id):
+                changes["exchange_order_id"] = exchange_order_id
+            case OrderRejected(reason=reason):
+                changes["reject_reason"] = reason
+            case OrderTriggered():
+                changes["triggered"] = True
+            case OrderFilled(fill=fill):
+                filled = add(self.filled_quantity, fill.quantity)
+                if filled > self.quantity:
+                    raise FailedPrecondition(
+                        f"fill {fill.fill_id} would overfill order {self.order_id}"
+                    )
+                changes["filled_quantity"] = filled
+                changes["filled_notional"] = add(
+                    self.filled_notional, mul(fill.price, fill.quantity)
+                )
+                changes["fees"] = add(self.fees, fill.fee)
+                changes["fee_currency"] = fill.fee_currency
+                changes["fill_ids"] = (*self.fill_ids, fill.fill_id)
+                if target is None:
+                    target = S.FILLED if filled == self.quantity else S.PARTIALLY_FILLED
+        changes["status"] = target
+        return replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,122 @@
+"""The paper exchange's matching rules (CONTRACT section 7), as pure functions.
+
+Deterministic: an order fills completely, at one price, on the tick that reaches it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from oms.domain.decimals import mul
+from oms.domain.fills import Fill, Liquidity
+from oms.domain.markets import Market
+from oms.domain.orders import (
+    Order,
+    OrderAccepted,
+    OrderEvent,
+    OrderExpired,
+    OrderFilled,
+    OrderRejected,
+    OrderTriggered,
+    OrderType,
+    Side,
+    TimeInForce,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FeeSchedule:
+    maker_rate: Decimal
+    taker_rate: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class PaperContext:
+    """Everything a matching decision depends on besides the order."""
+
+    market: Market
+    fees: FeeSchedule
+    new_id: Callable[[], str]
+    now_ns: int
+
+
+def _fill(order: Order, price: Decimal, liquidity: Liquidity, ctx: PaperContext) -> OrderFilled:
+    rate = ctx.fees.maker_rate if liquidity is Liquidity.MAKER else ctx.fees.taker_rate
+    quantity = order.quantity - order.filled_quantity
+    fill_id = ctx.new_id()
+    return OrderFilled(
+        Fill(
+            fill_id=fill_id,
+            order_id=order.order_id,
+            client_order_id=order.client_order_id,
+            user_id=order.user_id,
+            exchange=order.exchange,
+            symbol=order.symbol,
+            side=order.side,
+            position_side=order.position_side,
+            price=price,
+            quantity=quantity,
+            fee=mul(price, quantity, ctx.market.contract_size, rate),
+            fee_currency=ctx.market.settle,
+            liquidity=liquidity,
+            time_ns=ctx.now_ns,
+            exchange_trade_id=fill_id,
+        )
+    )
+
+
+def _crosses(side: Side, limit: Decimal, last: Decimal) -> bool:
+    return limit >= last if side is Side.BUY else limit <= last
+
+
+def _stop_reached(order: Order, price: Decimal) -> bool:
+    assert order.stop_price is not None
+    # A stop buys on a rise and sells on a fall; a take-profit is the opposite.
+    rising = (order.side is Side.BUY) == (order.type is not OrderType.TAKE_PROFIT_MARKET)
+    return price >= order.stop_price if rising else price <= order.stop_price
+
+
+def _limit_on_arrival(order: Order, last: Decimal | None, ctx: PaperContext) -> list[OrderEvent]:
+    """A limit order meeting the book now: take at `last`, rest, or expire per its TIF."""
+    assert order.price is not None
+    if last is not None and _crosses(order.side, order.price, last):
+        if order.time_in_force is TimeInForce.POST_ONLY:
+            return [OrderRejected("post-only order would take liquidity")]
+        return [_fill(order, last, Liquidity.TAKER, ctx)]
+    if order.time_in_force in (TimeInForce.IOC, TimeInForce.FOK):
+        return [OrderExpired(f"{order.time_in_force.value} order could not fill at once")]
+    return []
+
+
+def on_submit(order: Order, last: Decimal | None, ctx: PaperContext) -> list[OrderEvent]:
+    """What the paper exchange does with a new order, given the last price."""
+    match order.type:
+        case OrderType.MARKET:
+            if last is None:
+                return [OrderRejected("no price")]
+            return [OrderAccepted(order.order_id), _fill(order, last, Liquidity.TAKER, ctx)]
+        case OrderType.LIMIT:
+            outcome = _limit_on_arrival(order, last, ctx)
+            if outcome and isinstance(outcome[0], OrderRejected):
+                return outcome  # refused outright, never accepted
+            return [OrderAccepted(order.order_id), *outcome]
+        case _:
+            if last is not None and _stop_reached(order, last):
+                # As Binance does (-2021): a stop that is already reached is refused.
+                return [OrderRejected("order would trigger immediately")]
+            return [OrderAccepted(order.order_id)]
+
+
+def on_tick(order: Order, price: Decimal, ctx: PaperContext) -> list[OrderEvent]:
+    """What one price tick does to a resting order (empty: nothing)."""
+    if order.type is OrderType.LIMIT or (order.type is OrderType.STOP_LIMIT and order.triggered):
+        assert order.price is not None
+        reached = price <= order.price if order.side is Side.BUY else price >= order.price
+        return [_fill(order, order.price, Liquidity.MAKER, ctx)] if reached else []
+    if not _stop_reached(order, price):
+        return []
+    if order.type is OrderType.STOP_LIMIT:
+        return [OrderTriggered(), *_limit_on_arrival(order, price, ctx)]
+    return [OrderTriggered(), _fill(order, price, Liquidity.TAKER, ctx)]

@@ -1,0 +1,23 @@
+"""Commit, then publish: the one path by which state changes reach the store and the streams."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from oms.domain.events import SequencedEvent
+from oms.engine.ports import DuplicateFill, ExistingOrder, OrderChange, PriceUpdate, StateStore
+from oms.engine.subscriptions import EventHub
+
+
+class Journal:
+    def __init__(self, store: StateStore, hub: EventHub) -> None:
+        self.store = store
+        self._hub = hub
+
+    async def record(
+        self, changes: Sequence[OrderChange], prices: Sequence[PriceUpdate] = ()
+    ) -> list[SequencedEvent] | ExistingOrder | DuplicateFill:
+        result = await self.store.commit(changes, prices)
+        if isinstance(result, list):
+            self._hub.publish(result)
+        return result

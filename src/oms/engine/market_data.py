@@ -1,0 +1,113 @@
+"""Prices: publish paper ticks (synchronously, through every effect), read and follow them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from oms.domain.decimals import parse_positive
+from oms.domain.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from oms.domain.markets import Market, MarketCatalog
+from oms.engine.paper_exchange import PAPER, PaperExchange
+from oms.engine.ports import PriceUpdate
+
+MAX_TICKS_PER_CALL = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    exchange: str
+    symbol: str
+    price: str
+
+
+class _PriceSubscription:
+    def __init__(self, instruments: frozenset[tuple[str, str]], capacity: int) -> None:
+        self.instruments = instruments
+        self.queue: asyncio.Queue[PriceUpdate | None] = asyncio.Queue(capacity)
+        self.overflowed = False
+
+    def push(self, update: PriceUpdate | None) -> None:
+        try:
+            self.queue.put_nowait(update)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+
+class MarketData:
+    def __init__(self, catalog: MarketCatalog, paper: PaperExchange, buffer_events: int) -> None:
+        self._catalog = catalog
+        self._paper = paper
+        self._capacity = buffer_events
+        self._subscriptions: set[_PriceSubscription] = set()
+
+    async def publish(self, ticks: Sequence[Tick]) -> list[PriceUpdate]:
+        """Apply ticks in order; returns once every effect of every tick is committed."""
+        if not ticks:
+            raise InvalidArgument("prices", "must hold at least one tick")
+        if len(ticks) > MAX_TICKS_PER_CALL:
+            raise InvalidArgument("prices", f"holds more than {MAX_TICKS_PER_CALL} ticks")
+        # Check every tick before applying any, so a bad one changes nothing.
+        parsed = []
+        for index, tick in enumerate(ticks):
+            field = f"prices[{index}]"
+            market = self._resolve(tick.exchange, tick.symbol, field)
+            price = parse_positive(f"{field}.price", tick.price)
+            market.check_price(f"{field}.price", price)
+            if market.exchange != PAPER:
+                raise FailedPrecondition(
+                    f"{field}: prices for {market.exchange} come from its own feed"
+                )
+            parsed.append((market, price))
+        updates = []
+        for market, price in parsed:
+            update = await self._paper.on_price(market.symbol, price)
+            updates.append(update)
+            for subscription in self._subscriptions:
+                if (update.exchange, update.symbol) in subscription.instruments:
+                    subscription.push(update)
+        return updates
+
+    def get(self, exchange: str, symbol: str) -> PriceUpdate:
+        market = self._resolve(exchange, symbol, "")
+        last = self._paper.last_price(market.symbol)
+        if last is None:
+            raise NotFound(f"no price yet for {market.symbol} on {market.exchange}")
+        return last
+
+    async def follow(self, instruments: Sequence[tuple[str, str]]) -> AsyncIterator[PriceUpdate]:
+        if not instruments:
+            raise InvalidArgument("instruments", "must name at least one exchange and symbol")
+        resolved = frozenset(
+            (market.exchange, market.symbol)
+            for index, (exchange, symbol) in enumerate(instruments)
+            for market in [self._resolve(exchange, symbol, f"instruments[{index}]")]
+        )
+        subscription = _PriceSubscription(resolved, self._capacity)
+        self._subscriptions.add(subscription)
+        try:
+            while True:
+                update = await subscription.queue.get()
+                if subscription.overflowed:
+                    raise ResourceExhausted(f"price stream fell more than {self._capacity} behind")
+                if update is None:
+                    raise Unavailable("server is shutting down")
+                yield update
+        finally:
+            self._subscriptions.discard(subscription)
+
+    def close(self) -> None:
+        for subscription in self._subscriptions:
+            subscription.push(None)
+
+    def _resolve(self, exchange: str, symbol: str, prefix: str) -> Market:
+        dot = f"{prefix}." if prefix else ""
+        self._catalog.check_exchange(exchange, f"{dot}exchange")
+        return self._catalog.resolve(exchange, symbol, f"{dot}symbol")

@@ -1,0 +1,216 @@
+"""Order use cases: place, cancel, look up, list and follow orders and fills."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from oms.domain.commands import PlaceOrder, validate_place_order
+from oms.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from oms.domain.events import FillRecorded, Heartbeat, OrderUpdated, SequencedEvent, UserEvent
+from oms.domain.fills import Fill
+from oms.domain.identifiers import check_client_order_id, check_user_id
+from oms.domain.markets import MarketCatalog
+from oms.domain.orders import Order, OrderStatus
+from oms.domain.paging import decode_page_token, page_size
+from oms.engine.paper_exchange import PAPER, PaperExchange
+from oms.engine.ports import FillQuery, OrderQuery, Page, StateStore
+from oms.engine.subscriptions import EventHub
+
+CANCELED_BY_USER = "canceled by user"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRef:
+    """An order named by exactly one of its OMS id or client order id."""
+
+    user_id: str
+    order_id: str = ""
+    client_order_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFilter:
+    user_id: str
+    exchange: str = ""
+    symbol: str = ""
+    after_sequence: int = 0
+
+
+class OrderLifecycle:
+    def __init__(
+        self,
+        store: StateStore,
+        catalog: MarketCatalog,
+        paper: PaperExchange,
+        hub: EventHub,
+        new_id: Callable[[], str],
+        clock_ns: Callable[[], int],
+    ) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._paper = paper
+        self._hub = hub
+        self._new_id = new_id
+        self._clock_ns = clock_ns
+
+    async def place(self, command: PlaceOrder) -> Order:
+        spec = validate_place_order(command, self._catalog)
+        now = self._clock_ns()
+        order_id = self._new_id()
+        fingerprint = spec.fingerprint()
+        order = Order(
+            order_id=order_id,
+            client_order_id=spec.client_order_id or order_id,
+            user_id=spec.user_id,
+            exchange=spec.market.exchange,
+            symbol=spec.market.symbol,
+            side=spec.side,
+            type=spec.type,
+            time_in_force=spec.time_in_force,
+            quantity=spec.quantity,
+            price=spec.price,
+            stop_price=spec.stop_price,
+            reduce_only=spec.reduce_only,
+            position_side=spec.position_side,
+            leverage=spec.leverage,
+            strategy=spec.strategy,
+            grid_level=spec.grid_level,
+            metadata=spec.metadata,
+            fingerprint=fingerprint,
+            created_at_ns=now,
+            updated_at_ns=now,
+        )
+        placed, created = await self._venue(order.exchange).place(order)
+        if not created and placed.fingerprint != fingerprint:
+            raise AlreadyExists(
+                f"client_order_id {order.client_order_id!r} already names order "
+                f"{placed.order_id} with different parameters"
+            )
+        return placed
+
+    async def cancel(self, ref: OrderRef) -> Order:
+        order = await self.get(ref)
+        return await self._venue(order.exchange).cancel(order, CANCELED_BY_USER)
+
+    async def cancel_all(self, user_id: str, exchange: str, symbol: str) -> list[Order]:
+        check_user_id(user_id)
+        exchange, symbol = self._instrument_filter(exchange, symbol)
+        canceled = []
+        for order in sorted(await self._store.open_orders(user_id), key=lambda o: o.order_id):
+            if (exchange and order.exchange != exchange) or (symbol and order.symbol != symbol):
+                continue
+            try:
+                canceled.append(await self._venue(order.exchange).cancel(order, CANCELED_BY_USER))
+            except FailedPrecondition:
+                continue  # it filled or was canceled meanwhile: nothing left to cancel
+        return canceled
+
+    async def get(self, ref: OrderRef) -> Order:
+        check_user_id(ref.user_id)
+        if bool(ref.order_id) == bool(ref.client_order_id):
+            raise InvalidArgument("order_id", "give exactly one of order_id and client_order_id")
+        if ref.order_id:
+            if len(ref.order_id) > 64:
+                raise InvalidArgument("order_id", "is longer than 64 characters")
+            order = await self._store.get_order(ref.user_id, ref.order_id)
+            name = f"order {ref.order_id}"
+        else:
+            check_client_order_id(ref.client_order_id)
+            order = await self._store.get_order_by_client_id(ref.user_id, ref.client_order_id)
+            name = f"order with client_order_id {ref.client_order_id!r}"
+        if order is None:
+            raise NotFound(f"{name} not found for user {ref.user_id}")
+        return order
+
+    async def list_orders(
+        self,
+        user_id: str,
+        *,
+        exchange: str = "",
+        symbol: str = "",
+        open_only: bool = False,
+        statuses: frozenset[OrderStatus] = frozenset(),
+        grid_level: int | None = None,
+        strategy: str = "",
+        size: int = 0,
+        page_token: str = "",
+    ) -> Page[Order]:
+        check_user_id(user_id)
+        exchange, symbol = self._instrument_filter(exchange, symbol)
+        return await self._store.list_orders(
+            OrderQuery(
+                user_id=user_id,
+                page_size=page_size(size),
+                cursor=decode_page_token(page_token),
+                exchange=exchange,
+                symbol=symbol,
+                open_only=open_only,
+                statuses=statuses,
+                grid_level=grid_level,
+                strategy=strategy,
+            )
+        )
+
+    async def list_fills(
+        self,
+        user_id: str,
+        *,
+        order_id: str = "",
+        exchange: str = "",
+        symbol: str = "",
+        size: int = 0,
+        page_token: str = "",
+    ) -> Page[tuple[int, Fill]]:
+        check_user_id(user_id)
+        exchange, symbol = self._instrument_filter(exchange, symbol)
+        if len(order_id) > 64:
+            raise InvalidArgument("order_id", "is longer than 64 characters")
+        return await self._store.list_fills(
+            FillQuery(
+                user_id=user_id,
+                page_size=page_size(size),
+                cursor=decode_page_token(page_token),
+                order_id=order_id,
+                exchange=exchange,
+                symbol=symbol,
+            )
+        )
+
+    def follow_orders(self, query: StreamFilter) -> AsyncIterator[SequencedEvent | Heartbeat]:
+        def accept(event: UserEvent) -> bool:
+            return isinstance(event, OrderUpdated) and self._matches(event.order, exchange, symbol)
+
+        exchange, symbol = self._stream_filter(query)
+        return self._hub.follow(query.user_id, query.after_sequence, accept)
+
+    def follow_fills(self, query: StreamFilter) -> AsyncIterator[SequencedEvent | Heartbeat]:
+        def accept(event: UserEvent) -> bool:
+            return isinstance(event, FillRecorded) and self._matches(event.fill, exchange, symbol)
+
+        exchange, symbol = self._stream_filter(query)
+        return self._hub.follow(query.user_id, query.after_sequence, accept)
+
+    def _stream_filter(self, query: StreamFilter) -> tuple[str, str]:
+        check_user_id(query.user_id)
+        return self._instrument_filter(query.exchange, query.symbol)
+
+    @staticmethod
+    def _matches(record: Order | Fill, exchange: str, symbol: str) -> bool:
+        return (not exchange or record.exchange == exchange) and (
+            not symbol or record.symbol == symbol
+        )
+
+    def _instrument_filter(self, exchange: str, symbol: str) -> tuple[str, str]:
+        """Validate optional exchange/symbol filters; the symbol comes back unified."""
+        if symbol and not exchange:
+            raise InvalidArgument("exchange", "is required when symbol is given")
+        if not exchange:
+            return "", ""
+        self._catalog.check_exchange(exchange)
+        return exchange, self._catalog.resolve(exchange, symbol).symbol if symbol else ""
+
+    def _venue(self, exchange: str) -> PaperExchange:
+        if exchange != PAPER:
+            raise FailedPrecondition(f"exchange {exchange} has no trading gateway configured")
+        return self._paper

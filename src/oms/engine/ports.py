@@ -1,0 +1,119 @@
+"""What the engine needs from the outside world, as Protocols the adapters satisfy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Generic, Protocol, TypeVar
+
+from oms.domain.events import SequencedEvent, UserEvent
+from oms.domain.fills import Fill
+from oms.domain.orders import Order, OrderStatus
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class OrderChange:
+    """One order's transition: the order after it and the events it publishes.
+
+    `previous_version` None means the order is new: it is created only if its client order id
+    is unused for the user.
+    """
+
+    order: Order
+    previous_version: int | None
+    events: Sequence[UserEvent]
+
+
+@dataclass(frozen=True, slots=True)
+class PriceUpdate:
+    exchange: str
+    symbol: str
+    price: Decimal
+    time_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExistingOrder:
+    """The commit created nothing: the client order id already names this order."""
+
+    order: Order
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateFill:
+    """The commit wrote nothing: a fill of this order was applied before (same trade id)."""
+
+    order_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderQuery:
+    user_id: str
+    page_size: int
+    cursor: int | None = None
+    exchange: str = ""
+    symbol: str = ""
+    open_only: bool = False
+    statuses: frozenset[OrderStatus] = frozenset()
+    grid_level: int | None = None
+    strategy: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FillQuery:
+    user_id: str
+    page_size: int
+    cursor: int | None = None
+    order_id: str = ""
+    exchange: str = ""
+    symbol: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: int | None
+    """None at the end of the listing."""
+    as_of_sequence: int
+
+
+class StateStore(Protocol):
+    """Durable state. Every commit is atomic: state, per-user sequence and events together.
+
+    | method                 | what it does                                               |
+    |------------------------|------------------------------------------------------------|
+    | commit                 | apply order changes (+ last prices) in one atomic step      |
+    | get_order              | one order by id, within the user                           |
+    | get_order_by_client_id | one order by client order id, within the user              |
+    | open_orders            | a user's open orders                                        |
+    | open_orders_on         | every user's open orders on one exchange (recovery)        |
+    | list_orders/list_fills | one page, newest first, with the sequence it is as of       |
+    | read_events            | retained events after a sequence, oldest first              |
+    | sequence_bounds        | (oldest retained, newest) sequence of a user                |
+    | load_prices            | the last price of every instrument                          |
+    """
+
+    async def commit(
+        self, changes: Sequence[OrderChange], prices: Sequence[PriceUpdate] = ()
+    ) -> list[SequencedEvent] | ExistingOrder | DuplicateFill: ...
+
+    async def get_order(self, user_id: str, order_id: str) -> Order | None: ...
+
+    async def get_order_by_client_id(self, user_id: str, client_order_id: str) -> Order | None: ...
+
+    async def open_orders(self, user_id: str) -> list[Order]: ...
+
+    async def open_orders_on(self, exchange: str) -> list[Order]: ...
+
+    async def list_orders(self, query: OrderQuery) -> Page[Order]: ...
+
+    async def list_fills(self, query: FillQuery) -> Page[tuple[int, Fill]]: ...
+
+    async def read_events(self, user_id: str, after: int, limit: int) -> list[SequencedEvent]: ...
+
+    async def sequence_bounds(self, user_id: str) -> tuple[int, int]: ...
+
+    async def load_prices(self) -> list[PriceUpdate]: ...

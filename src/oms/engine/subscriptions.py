@@ -1,0 +1,160 @@
+"""Per-user event streams: replay from the store, then live from the in-process hub.
+
+This process is the single writer of its keyspace, so every committed event passes through
+`EventHub.publish`. Commits answered out of order (seq 7 before 6) are healed from the store:
+when seq N is committed every seq below N already is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+from oms.domain.errors import OutOfRange, ResourceExhausted, Unavailable
+from oms.domain.events import Heartbeat, SequencedEvent, UserEvent, event_user
+from oms.engine.ports import StateStore
+
+_REPLAY_BATCH = 1000
+
+
+class _Subscription:
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._queue: deque[SequencedEvent] = deque()
+        self._ready = asyncio.Event()
+        self.overflowed = False
+        self.closed = False
+
+    def push(self, events: list[SequencedEvent]) -> None:
+        if self.overflowed or self.closed:
+            return
+        if len(self._queue) + len(events) > self._capacity:
+            # Drop the backlog now so a stalled client cannot hold memory; the stream ends with
+            # RESOURCE_EXHAUSTED and the client resumes from its last sequence.
+            self.overflowed = True
+            self._queue.clear()
+        else:
+            self._queue.extend(events)
+        self._ready.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
+    async def next_batch(self, timeout_s: float) -> list[SequencedEvent] | None:
+        """Queued events; None when `timeout_s` passed with nothing to deliver."""
+        if not self._queue and not (self.overflowed or self.closed):
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout_s)
+            except TimeoutError:
+                return None
+        batch = list(self._queue)
+        self._queue.clear()
+        return batch
+
+
+class EventHub:
+    def __init__(self, store: StateStore, heartbeat_interval_s: float, buffer_events: int) -> None:
+        self._store = store
+        self._heartbeat_s = heartbeat_interval_s
+        self._capacity = buffer_events
+        self._subscribers: dict[str, set[_Subscription]] = {}
+        self._latest: dict[str, int] = {}
+        self._closed = False
+
+    def publish(self, events: list[SequencedEvent]) -> None:
+        by_user: dict[str, list[SequencedEvent]] = {}
+        for event in events:
+            by_user.setdefault(event_user(event.event), []).append(event)
+        for user_id, user_events in by_user.items():
+            newest = user_events[-1].sequence
+            if newest > self._latest.get(user_id, 0):
+                self._latest[user_id] = newest
+            for subscription in self._subscribers.get(user_id, ()):
+                subscription.push(user_events)
+
+    def close(self) -> None:
+        """Shutting down: every stream ends with UNAVAILABLE."""
+        self._closed = True
+        for subscriptions in self._subscribers.values():
+            for subscription in subscriptions:
+                subscription.close()
+
+    async def follow(
+        self, user_id: str, after_sequence: int, accept: Callable[[UserEvent], bool]
+    ) -> AsyncIterator[SequencedEvent | Heartbeat]:
+        """Events of one user that `accept` admits: those after `after_sequence`, then live.
+
+        `after_sequence` 0 means live only. Heartbeats are interleaved when idle.
+        """
+        if self._closed:
+            raise Unavailable("server is shutting down")
+        subscription = _Subscription(self._capacity)
+        self._subscribers.setdefault(user_id, set()).add(subscription)
+        try:
+            cursor = await self._start_cursor(user_id, after_sequence)
+            while True:
+                batch = await self._store.read_events(user_id, cursor, _REPLAY_BATCH)
+                for event in batch:
+                    cursor = event.sequence
+                    if accept(event.event):
+                        yield event
+                if len(batch) < _REPLAY_BATCH:
+                    break
+            last_sent = time.monotonic()
+            while True:
+                wait_s = max(0.0, self._heartbeat_s - (time.monotonic() - last_sent))
+                live = await subscription.next_batch(wait_s)
+                if subscription.overflowed:
+                    raise ResourceExhausted(
+                        f"stream fell more than {self._capacity} events behind; "
+                        f"resume with after_sequence={cursor}"
+                    )
+                if subscription.closed:
+                    raise Unavailable(
+                        f"server is shutting down; resume with after_sequence={cursor}"
+                    )
+                if live is None:
+                    yield Heartbeat(max(cursor, self._latest.get(user_id, 0)), time.time_ns())
+                    last_sent = time.monotonic()
+                    continue
+                for event in live:
+                    if event.sequence <= cursor:
+                        continue
+                    if event.sequence > cursor + 1:
+                        missed = await self._store.read_events(
+                            user_id, cursor, event.sequence - cursor - 1
+                        )
+                    else:
+                        missed = []
+                    for item in (*missed, event):
+                        cursor = item.sequence
+                        if accept(item.event):
+                            yield item
+                            last_sent = time.monotonic()
+        finally:
+            subscribers = self._subscribers.get(user_id)
+            if subscribers is not None:
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del self._subscribers[user_id]
+
+    async def _start_cursor(self, user_id: str, after_sequence: int) -> int:
+        oldest, newest = await self._store.sequence_bounds(user_id)
+        if newest > self._latest.get(user_id, 0):
+            self._latest[user_id] = newest
+        if not after_sequence:
+            return newest
+        if after_sequence > newest:
+            raise OutOfRange(
+                f"after_sequence {after_sequence} is beyond the newest sequence {newest}"
+            )
+        if after_sequence < oldest - 1:
+            raise OutOfRange(
+                f"after_sequence {after_sequence} is older than the retained history; "
+                f"the oldest available sequence is {oldest}"
+            )
+        return after_sequence

@@ -1,0 +1,274 @@
+"""Settings: defaults, precedence (flags > env > TOML > defaults), exact decimals."""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from oms.config import DEFAULT_PAPER_MARKETS, ConfigError, is_loopback, load_settings
+
+
+@pytest.fixture(autouse=True)
+def no_oms_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The developer's own OMS_* variables must not leak into these tests.
+    for name in list(os.environ):
+        if name.upper().startswith("OMS_"):
+            monkeypatch.delenv(name)
+
+
+def write_toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "oms.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults() -> None:
+    settings = load_settings()
+
+    assert settings.listen == "127.0.0.1:50051"
+    assert settings.redis_url is None
+    assert settings.data_dir == Path(".oms-data")
+    assert settings.config is None
+    assert settings.insecure is False
+    assert settings.heartbeat_interval_s == 15.0
+    assert settings.stream_buffer_events == 10_000
+    assert settings.retention_events == 100_000
+    assert settings.shutdown_grace_s == 5.0
+    assert settings.log_level == "INFO"
+    assert settings.paper.maker_fee_rate == Decimal("0.0002")
+    assert settings.paper.taker_fee_rate == Decimal("0.0005")
+    assert [(m.symbol, m.market_id) for m in settings.paper.markets] == [
+        ("BTC/USDT:USDT", "BTC-USDT-SWAP"),
+        ("ETH/USDT:USDT", "ETH-USDT-SWAP"),
+        ("SOL/USDT:USDT", "SOL-USDT-SWAP"),
+    ]
+    btc = settings.paper.markets[0]
+    assert (btc.base, btc.quote, btc.settle) == ("BTC", "USDT", "USDT")
+    assert btc.contract_size == Decimal(1)
+    assert btc.amount_step == Decimal("0.001")
+    assert btc.min_amount == Decimal("0.001")
+    assert btc.price_tick == Decimal("0.01")
+    assert btc.maintenance_margin_rate == Decimal("0.005")
+
+
+def test_env_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMS_LISTEN", "0.0.0.0:6000")
+    monkeypatch.setenv("OMS_REDIS_URL", "redis://10.0.0.5:6379/0")
+    monkeypatch.setenv("OMS_RETENTION_EVENTS", "500")
+    monkeypatch.setenv("OMS_INSECURE", "true")
+    monkeypatch.setenv("OMS_LOG_LEVEL", "debug")
+
+    settings = load_settings()
+
+    assert settings.listen == "0.0.0.0:6000"
+    assert settings.redis_url == "redis://10.0.0.5:6379/0"
+    assert settings.retention_events == 500
+    assert settings.insecure is True
+    assert settings.log_level == "DEBUG"
+
+
+def test_empty_env_var_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMS_REDIS_URL", "")
+    monkeypatch.setenv("OMS_CONFIG", "")
+
+    settings = load_settings()
+
+    assert settings.redis_url is None
+    assert settings.config is None
+
+
+def test_toml_file_adds_a_market_and_changes_fees(tmp_path: Path) -> None:
+    config = write_toml(
+        tmp_path,
+        """
+        heartbeat_interval_s = 2.5
+
+        [paper]
+        maker_fee_rate = "0.0001"
+        taker_fee_rate = "0.00035"
+
+        [[paper.markets]]
+        symbol = "DOGE/USDT:USDT"
+        market_id = "DOGE-USDT-SWAP"
+        contract_size = 1000
+        price_tick = "0.00001"
+
+        [[paper.markets]]   # same symbol as a default: replaces it
+        symbol = "BTC/USDT:USDT"
+        market_id = "BTC-USDT-SWAP"
+        price_tick = "0.1"
+        """,
+    )
+
+    settings = load_settings({"config": config})
+
+    assert settings.config == config
+    assert settings.heartbeat_interval_s == 2.5
+    assert settings.paper.maker_fee_rate == Decimal("0.0001")
+    assert settings.paper.taker_fee_rate == Decimal("0.00035")
+    markets = {m.symbol: m for m in settings.paper.markets}
+    assert list(markets) == ["BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT", "DOGE/USDT:USDT"]
+    assert markets["BTC/USDT:USDT"].price_tick == Decimal("0.1")
+    assert markets["ETH/USDT:USDT"] == DEFAULT_PAPER_MARKETS[1]
+    doge = markets["DOGE/USDT:USDT"]
+    assert (doge.base, doge.quote, doge.settle) == ("DOGE", "USDT", "USDT")
+    assert doge.contract_size == Decimal(1000)
+    assert doge.amount_step == Decimal("0.001")  # unset precision takes the paper default
+
+
+def test_config_path_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = write_toml(tmp_path, 'listen = "127.0.0.1:7000"\n')
+    monkeypatch.setenv("OMS_CONFIG", str(config))
+
+    assert load_settings().listen == "127.0.0.1:7000"
+
+
+def test_env_beats_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = write_toml(tmp_path, 'listen = "127.0.0.1:7000"\nshutdown_grace_s = 1\n')
+    monkeypatch.setenv("OMS_LISTEN", "127.0.0.1:8000")
+
+    settings = load_settings({"config": config})
+
+    assert settings.listen == "127.0.0.1:8000"
+    assert settings.shutdown_grace_s == 1.0
+
+
+def test_cli_override_beats_env_and_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = write_toml(tmp_path, 'listen = "127.0.0.1:7000"\ndata_dir = "/srv/toml"\n')
+    monkeypatch.setenv("OMS_LISTEN", "127.0.0.1:8000")
+    monkeypatch.setenv("OMS_DATA_DIR", "/srv/env")
+
+    settings = load_settings(
+        {"config": config, "listen": "127.0.0.1:9000", "data_dir": None, "redis_url": None}
+    )
+
+    assert settings.listen == "127.0.0.1:9000"
+    # None means the flag was not given: the env value stands.
+    assert settings.data_dir == Path("/srv/env")
+    assert settings.redis_url is None
+
+
+def test_float_in_toml_for_a_decimal_is_refused_naming_the_key(tmp_path: Path) -> None:
+    config = write_toml(
+        tmp_path,
+        """
+        [paper]
+        taker_fee_rate = 0.0005
+
+        [[paper.markets]]
+        symbol = "XRP/USDT:USDT"
+        market_id = "XRP-USDT-SWAP"
+        price_tick = 0.0001
+        """,
+    )
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"config": config})
+
+    message = str(raised.value)
+    assert 'paper.taker_fee_rate: must be a decimal string such as "0.0005"' in message
+    assert 'paper.markets.0.price_tick: must be a decimal string such as "0.0001"' in message
+
+
+def test_decimals_stay_exact(tmp_path: Path) -> None:
+    config = write_toml(
+        tmp_path,
+        """
+        [paper]
+        maker_fee_rate = "0.1"
+
+        [[paper.markets]]
+        symbol = "PEPE/USDT:USDT"
+        market_id = "PEPE-USDT-SWAP"
+        price_tick = "0.000000001"
+        amount_step = "100"
+        min_amount = "100"
+        """,
+    )
+
+    settings = load_settings({"config": config})
+
+    assert settings.paper.maker_fee_rate * 3 == Decimal("0.3")
+    pepe = settings.paper.markets[-1]
+    assert str(pepe.price_tick) == "1E-9"
+    assert pepe.price_tick == Decimal("0.000000001")
+    assert pepe.amount_step == Decimal(100)
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "key"),
+    [
+        ("OMS_RETENTION_EVENTS", "0", "retention_events"),
+        ("OMS_HEARTBEAT_INTERVAL_S", "-1", "heartbeat_interval_s"),
+        ("OMS_LISTEN", "localhost", "listen"),
+        ("OMS_LISTEN", "::1:50051", "listen"),
+        ("OMS_LOG_LEVEL", "LOUD", "log_level"),
+    ],
+)
+def test_invalid_env_value_names_the_key(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, key: str
+) -> None:
+    monkeypatch.setenv(env, value)
+
+    with pytest.raises(ConfigError, match=rf"\n  {key}: "):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("[auth]\ntokens = []\n", "auth"),
+        ('[paper]\nmaker_fee = "0.1"\n', "paper.maker_fee"),
+        ('[[paper.markets]]\nsymbol = "BTCUSDT"\nmarket_id = "BTCUSDT"\n', "paper.markets.0"),
+        (
+            '[[paper.markets]]\nsymbol = "BTC/USD:BTC"\nmarket_id = "BTCUSD"\n',
+            "paper.markets.0",
+        ),
+        (
+            '[[paper.markets]]\nsymbol = "BTC/USDC:USDC"\nmarket_id = "BTC-USDT-SWAP"\n',
+            "paper.markets",
+        ),
+        ('[[paper.markets]]\nsymbol = "X/USDT:USDT"\nmarket_id = "X"\nprice_tick = "0"\n', "paper"),
+    ],
+)
+def test_invalid_toml_value_names_the_key(tmp_path: Path, toml: str, key: str) -> None:
+    config = write_toml(tmp_path, toml)
+
+    with pytest.raises(ConfigError, match=rf"\n  {key}"):
+        load_settings({"config": config})
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^config: cannot read settings file .*nope\.toml"):
+        load_settings({"config": tmp_path / "nope.toml"})
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings()
+
+    with pytest.raises(ValidationError):
+        settings.listen = "0.0.0.0:1"
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("127.0.0.1:50051", True),
+        ("127.1.2.3:1", True),
+        ("localhost:50051", True),
+        ("[::1]:50051", True),
+        ("[::ffff:127.0.0.1]:50051", True),
+        ("unix:/tmp/oms.sock", True),
+        ("0.0.0.0:50051", False),
+        ("[::]:50051", False),
+        ("10.1.2.3:50051", False),
+        ("oms.example.com:50051", False),
+        ("127.0.0.1", False),  # malformed: fail safe
+    ],
+)
+def test_is_loopback(listen: str, expected: bool) -> None:
+    assert is_loopback(listen) is expected

@@ -88,7 +88,8 @@ class EventHub:
     ) -> AsyncIterator[SequencedEvent | Heartbeat]:
         """Events of one user that `accept` admits: those after `after_sequence`, then live.
 
-        `after_sequence` 0 means live only. Heartbeats are interleaved when idle.
+        `after_sequence` 0 means live only. A heartbeat marks the switch from replay to live;
+        more are interleaved when idle.
         """
         if self._closed:
             raise Unavailable("server is shutting down")
@@ -104,6 +105,8 @@ class EventHub:
                         yield event
                 if len(batch) < _REPLAY_BATCH:
                     break
+            # Tells the client it is live: everything committed from here on reaches it.
+            yield Heartbeat(max(cursor, self._latest.get(user_id, 0)), time.time_ns())
             last_sent = time.monotonic()
             while True:
                 wait_s = max(0.0, self._heartbeat_s - (time.monotonic() - last_sent))

@@ -19,8 +19,9 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class Heartbeat(_message.Message):
-    """A keep-alive sent on an otherwise idle server stream, at least every 15 s.
-    It lets a client tell a quiet stream from a dead one, and tells it how far
+    """A keep-alive sent on an otherwise idle server stream, at least every 15 s,
+    and once when the stream goes live (after any replay): from that heartbeat on,
+    every new event reaches the stream. It lets a client tell a quiet stream from a dead one, and tells it how far
     the user's event sequence has advanced even when none of those events match
     the stream's kind or filters. A heartbeat carries no event: a client resumes
     from the `sequence` of the last event it received, not from a heartbeat.

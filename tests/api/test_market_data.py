@@ -1,0 +1,61 @@
+"""MarketDataService: synchronous ticks, last prices, price streams."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+from fixtures.oms_server import OmsHarness
+from fixtures.trading import get, place
+from tradingboost.oms.v1 import market_data_pb2, order_pb2
+from tradingboost.oms.v1 import market_data_service_pb2 as md
+
+S = order_pb2
+
+
+def ticks(*items: tuple[str, str]) -> md.PublishPricesRequest:
+    return md.PublishPricesRequest(
+        prices=[market_data_pb2.PriceTick(exchange="paper", symbol=s, price=p) for s, p in items]
+    )
+
+
+async def test_publish_applies_ticks_in_order_and_answers_with_unified_symbols(
+    oms: OmsHarness,
+) -> None:
+    await oms.market.PublishPrices(ticks(("BTC-USDT-SWAP", "50000")))
+    buy = await place(oms, type=S.ORDER_TYPE_LIMIT, price="49000")
+    sell = await place(oms, side=S.SIDE_SELL, type=S.ORDER_TYPE_LIMIT, price="51000")
+    response = await oms.market.PublishPrices(
+        ticks(("BTC-USDT-SWAP", "48000.5"), ("BTC/USDT:USDT", "52000"))
+    )
+    assert [(p.symbol, p.price) for p in response.prices] == [
+        ("BTC/USDT:USDT", "48000.5"),
+        ("BTC/USDT:USDT", "52000"),
+    ]
+    # Returned only after both ticks' fills were committed.
+    assert (await get(oms, buy.order_id)).status == S.ORDER_STATUS_FILLED
+    assert (await get(oms, sell.order_id)).status == S.ORDER_STATUS_FILLED
+    last = await oms.market.GetPrice(md.GetPriceRequest(exchange="paper", symbol="BTC-USDT-SWAP"))
+    assert (last.price.symbol, last.price.price) == ("BTC/USDT:USDT", "52000")
+    assert last.price.time.seconds > 0
+
+
+async def test_price_stream_carries_only_the_instruments_asked_for(oms: OmsHarness) -> None:
+    stream = oms.market.StreamPrices(
+        md.StreamPricesRequest(
+            instruments=[market_data_pb2.Instrument(exchange="paper", symbol="ETH-USDT-SWAP")]
+        )
+    )
+    # The subscription starts when the server handles the call: publish until it is seen.
+    first = asyncio.ensure_future(stream.read())
+    while not first.done():
+        await oms.market.PublishPrices(ticks(("ETH/USDT:USDT", "3000")))
+        await asyncio.sleep(0.01)
+    assert cast(md.StreamPricesResponse, await first).price.symbol == "ETH/USDT:USDT"
+    await oms.market.PublishPrices(ticks(("BTC/USDT:USDT", "50000"), ("ETH/USDT:USDT", "3001.5")))
+    while True:
+        update = cast(md.StreamPricesResponse, await asyncio.wait_for(stream.read(), 5))
+        if update.price.price != "3000":
+            break
+    assert (update.price.symbol, update.price.price) == ("ETH/USDT:USDT", "3001.5")
+    stream.cancel()

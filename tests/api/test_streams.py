@@ -1,0 +1,225 @@
+"""Streams: live delivery, resume, list-then-watch, retention, heartbeats, slow subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from fixtures.oms_server import OmsHarness, make_oms
+from fixtures.streams import StreamReader
+from fixtures.trading import USER, place, tick
+from tradingboost.oms.v1 import order_pb2
+from tradingboost.oms.v1 import order_service_pb2 as pb
+
+S = order_pb2
+
+
+def order_stream(oms: OmsHarness, after: int = 0, **filters: str) -> StreamReader[S.OrderUpdate]:
+    call = oms.orders.StreamOrderUpdates(
+        pb.StreamOrderUpdatesRequest(user_id=USER, after_sequence=after, **filters)
+    )
+    return StreamReader(call, "order_update")
+
+
+def fill_stream(oms: OmsHarness, after: int = 0, **filters: str) -> StreamReader[S.Fill]:
+    call = oms.orders.StreamFills(
+        pb.StreamFillsRequest(user_id=USER, after_sequence=after, **filters)
+    )
+    return StreamReader(call, "fill")
+
+
+async def test_live_order_updates_and_fills(oms: OmsHarness) -> None:
+    await tick(oms, "50000")
+    updates, fills = order_stream(oms), fill_stream(oms)
+    assert await updates.until_live() == 0
+    await fills.until_live()
+
+    order = await place(oms, type=S.ORDER_TYPE_LIMIT, price="49000", quantity="0.01")
+    await tick(oms, "48000")
+
+    accepted, filled = await updates.events(2)
+    assert (accepted.event_type, accepted.order.status) == (
+        S.ORDER_EVENT_TYPE_ACCEPTED,
+        S.ORDER_STATUS_OPEN,
+    )
+    assert (filled.event_type, filled.order.status) == (
+        S.ORDER_EVENT_TYPE_FILLED,
+        S.ORDER_STATUS_FILLED,
+    )
+    [fill] = await fills.events(1)
+    assert (fill.order_id, fill.price, fill.quantity) == (order.order_id, "49000", "0.01")
+    # One sequence across kinds: ACCEPTED, then the fill, then FILLED.
+    assert accepted.sequence < fill.sequence < filled.sequence
+    assert filled.sequence - accepted.sequence == 2
+    updates.cancel()
+    fills.cancel()
+
+
+async def test_filters_deliver_only_their_symbol(oms: OmsHarness) -> None:
+    await tick(oms, "50000")
+    await tick(oms, "3000", symbol="ETH/USDT:USDT")
+    eth = fill_stream(oms, exchange="paper", symbol="ETH-USDT-SWAP")
+    await eth.until_live()
+    await place(oms)  # BTC
+    eth_order = await place(oms, symbol="ETH/USDT:USDT")
+    [fill] = await eth.events(1)
+    assert fill.order_id == eth_order.order_id
+    assert fill.symbol == "ETH/USDT:USDT"
+    eth.cancel()
+
+
+async def test_resume_after_disconnect_delivers_exactly_the_missed_events(
+    oms: OmsHarness,
+) -> None:
+    await tick(oms, "50000")
+    stream = order_stream(oms)
+    await stream.until_live()
+    await place(oms)
+    seen = await stream.events(2)
+    stream.cancel()
+    last = seen[-1].sequence
+
+    missed = [await place(oms) for _ in range(3)]  # while disconnected
+    resumed = order_stream(oms, after=last)
+    replayed = await resumed.events(6)
+    assert [u.sequence for u in replayed] == sorted({u.sequence for u in replayed})
+    assert all(u.sequence > last for u in replayed)
+    assert [(u.order.order_id, u.event_type) for u in replayed] == [
+        (o.order_id, kind)
+        for o in missed
+        for kind in (S.ORDER_EVENT_TYPE_ACCEPTED, S.ORDER_EVENT_TYPE_FILLED)
+    ]
+    await resumed.until_live()
+    later = await place(oms)
+    accepted, filled = await resumed.events(2)
+    assert accepted.order.order_id == later.order_id == filled.order.order_id
+    assert accepted.sequence > replayed[-1].sequence
+    assert await resumed.no_event_within(0.2)
+    resumed.cancel()
+
+
+async def test_list_then_stream_misses_nothing_and_counts_nothing_twice(
+    oms: OmsHarness,
+) -> None:
+    await tick(oms, "50000")
+    for price in ("49000", "48000", "47000"):
+        await place(oms, type=S.ORDER_TYPE_LIMIT, price=price)
+    snapshot = await oms.orders.ListOrders(pb.ListOrdersRequest(user_id=USER, open_only=True))
+    book = {o.order_id: o for o in snapshot.orders}
+    assert len(book) == 3
+
+    # Changes land between the snapshot and the watch: the stream must replay them.
+    await tick(oms, "48500")  # fills the 49000 buy
+    new = await place(oms, type=S.ORDER_TYPE_LIMIT, price="46000")
+    stream = order_stream(oms, after=snapshot.as_of_sequence)
+    for update in await stream.events(2):
+        assert update.sequence > snapshot.as_of_sequence
+        book[update.order.order_id] = update.order
+    assert {o.order_id for o in book.values() if o.status == S.ORDER_STATUS_OPEN} == {
+        o.order_id
+        for o in (
+            await oms.orders.ListOrders(pb.ListOrdersRequest(user_id=USER, open_only=True))
+        ).orders
+    }
+    assert new.order_id in book
+    stream.cancel()
+
+
+async def test_resume_point_in_the_future_is_out_of_range(oms: OmsHarness) -> None:
+    await tick(oms, "50000")
+    await place(oms)
+    stream = order_stream(oms, after=1000)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await stream.next_message()
+    assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert "newest sequence 3" in (error.value.details() or "")
+
+
+async def test_resume_point_older_than_retention_is_out_of_range(redis_url: str) -> None:
+    oms = await make_oms(redis_url, retention_events=5)
+    try:
+        await tick(oms, "50000")
+        for _ in range(4):
+            await place(oms)  # 12 events; the last 5 are kept: 8..12
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await order_stream(oms, after=6).next_message()
+        assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert "oldest available sequence is 8" in (error.value.details() or "")
+        # Resuming right before the oldest retained event still works.
+        ok = order_stream(oms, after=7)
+        [first] = await ok.events(1)
+        assert first.sequence == 9  # 7, 8, 9: the 3rd order's ACCEPTED, fill, FILLED
+        ok.cancel()
+    finally:
+        await oms.close()
+
+
+async def test_idle_stream_sends_heartbeats_with_the_latest_sequence(redis_url: str) -> None:
+    oms = await make_oms(redis_url, heartbeat_interval_s=0.2)
+    try:
+        await tick(oms, "50000")
+        await place(oms)
+        stream = fill_stream(oms)
+        assert await stream.until_live() == 3
+        beat = await stream.next_message(timeout_s=2)
+        assert beat.WhichOneof("payload") == "heartbeat"
+        assert beat.heartbeat.latest_sequence == 3
+        stream.cancel()
+    finally:
+        await oms.close()
+
+
+async def test_a_stalled_subscriber_is_cut_off_while_others_keep_flowing(redis_url: str) -> None:
+    oms = await make_oms(redis_url, stream_buffer_events=20)
+    # A client channel that never widens its receive window (no BDP probing): once the
+    # client stops reading, the server's writes block after ~64 KiB.
+    stalled_channel = grpc.aio.insecure_channel(oms.address, options=[("grpc.http2.bdp_probe", 0)])
+    try:
+        from tradingboost.oms.v1 import order_service_pb2_grpc
+
+        stalled = StreamReader[S.OrderUpdate](
+            order_service_pb2_grpc.OrderServiceStub(stalled_channel).StreamOrderUpdates(
+                pb.StreamOrderUpdatesRequest(user_id=USER)
+            ),
+            "order_update",
+        )
+        healthy = order_stream(oms)
+        await stalled.until_live()
+        await healthy.until_live()
+        await tick(oms, "50000")
+
+        orders = 400
+        received: list[S.OrderUpdate] = []
+
+        async def drain() -> None:
+            received.extend(await healthy.events(2 * orders, timeout_s=10))
+
+        drainer = asyncio.create_task(drain())
+        for _ in range(orders):
+            await place(oms, metadata={"pad": "x" * 200})
+        await drainer
+        assert len(received) == 2 * orders  # the healthy stream got everything, in order
+        assert [u.sequence for u in received] == sorted(u.sequence for u in received)
+
+        # The stalled client reads again: what was in flight, then RESOURCE_EXHAUSTED.
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stalled.events(2 * orders, timeout_s=5)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "resume with after_sequence=" in (error.value.details() or "")
+        healthy.cancel()
+    finally:
+        await stalled_channel.close(grace=None)
+        await oms.close()
+
+
+async def test_shutdown_ends_streams_with_unavailable(redis_url: str) -> None:
+    oms = await make_oms(redis_url)
+    stream = order_stream(oms)
+    await stream.until_live()
+    stop = asyncio.create_task(oms.app.stop())
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await stream.next_message()
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    await stop
+    await oms.channel.close(grace=None)

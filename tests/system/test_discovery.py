@@ -1,0 +1,48 @@
+"""Health and reflection are always on; later capabilities answer UNIMPLEMENTED by name."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from fixtures.oms_server import OmsHarness
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tradingboost.oms.v1 import order_service_pb2 as pb
+from tradingboost.oms.v1 import position_service_pb2, position_service_pb2_grpc
+
+SERVICES = [
+    "tradingboost.oms.v1.OrderService",
+    "tradingboost.oms.v1.PositionService",
+    "tradingboost.oms.v1.TrailingStopService",
+    "tradingboost.oms.v1.MarketDataService",
+    "tradingboost.oms.v1.AccountService",
+]
+
+
+@pytest.mark.parametrize("service", ["", *SERVICES])
+async def test_health_serving_overall_and_per_service(oms: OmsHarness, service: str) -> None:
+    response = await oms.health.Check(health_pb2.HealthCheckRequest(service=service))
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_lists_every_service(oms: OmsHarness) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(oms.channel)
+    responses = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
+    async for response in responses:
+        names = {s.name for s in response.list_services_response.service}
+        break
+    assert set(SERVICES) <= names
+    assert "grpc.health.v1.Health" in names
+
+
+async def test_pending_capabilities_answer_unimplemented(oms: OmsHarness) -> None:
+    positions = position_service_pb2_grpc.PositionServiceStub(oms.channel)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await positions.GetPosition(position_service_pb2.GetPositionRequest(user_id="alice"))
+    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "GetPosition" in (error.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await oms.orders.GetConditionalRule(pb.GetConditionalRuleRequest(user_id="alice"))
+    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED

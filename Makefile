@@ -8,7 +8,7 @@ BUF ?= .tools/node_modules/.bin/buf
 VENV_STAMP := $(VENV)/.installed.stamp
 BUF_STAMP := .tools/.buf-$(BUF_VERSION).stamp
 
-.PHONY: run test lint venv buf proto lint-proto
+.PHONY: run test lint bench venv buf proto lint-proto
 
 # Set up everything and start the server on the paper exchange (embedded Redis unless
 # OMS_REDIS_URL is set). Extra flags: make run ARGS="--listen 127.0.0.1:6000".
@@ -20,9 +20,14 @@ test: lint lint-proto
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV_STAMP)
-	$(VENV)/bin/ruff check src tests clients
-	$(VENV)/bin/ruff format --check src tests clients
+	$(VENV)/bin/ruff check src tests clients bench
+	$(VENV)/bin/ruff format --check src tests clients bench
 	$(VENV)/bin/mypy
+
+# Throughput and latency against a no-op RPC on the same server stack, from a separate
+# load-generator process. BENCH_ARGS="--seconds 10" for steadier figures.
+bench: $(VENV_STAMP)
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 # Create $(VENV) and install the project (editable) with its dev extras.
 # No-op while the stamp is newer than pyproject.toml.

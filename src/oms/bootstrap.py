@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from redis.asyncio import Redis
 
+from oms.adapters.redis_store.connection import connect
 from oms.adapters.redis_store.store import RedisStore
 from oms.api.market_data_service import MarketDataService
 from oms.api.order_service import OrderService
@@ -56,7 +56,7 @@ class Application:
         extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
     ) -> None:
         self.settings = settings
-        self.store = RedisStore(Redis.from_url(redis_url), settings.retention_events)
+        self.store = RedisStore(connect(redis_url), settings.retention_events)
         self.hub = EventHub(
             self.store, settings.heartbeat_interval_s, settings.stream_buffer_events
         )
@@ -96,8 +96,12 @@ class Application:
         await self.store.close()
 
 
-async def serve(settings: Settings, redis_url: str) -> None:
-    app = Application(settings, redis_url)
+async def serve(
+    settings: Settings,
+    redis_url: str,
+    extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
+) -> None:
+    app = Application(settings, redis_url, extra_handlers)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, app.request_stop)

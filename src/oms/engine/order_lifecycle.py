@@ -90,7 +90,10 @@ class OrderLifecycle:
         return placed
 
     async def cancel(self, ref: OrderRef) -> Order:
-        order = await self.get(ref)
+        # A resting paper order is known in memory: no store read before the cancel commit.
+        order = self._paper.resting_order(ref.user_id, ref.order_id, ref.client_order_id)
+        if order is None or bool(ref.order_id) == bool(ref.client_order_id):
+            order = await self.get(ref)
         return await self._venue(order.exchange).cancel(order, CANCELED_BY_USER)
 
     async def cancel_all(self, user_id: str, exchange: str, symbol: str) -> list[Order]:

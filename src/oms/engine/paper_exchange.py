@@ -23,6 +23,37 @@ from oms.engine.ports import ExistingOrder, OrderChange, PriceUpdate
 PAPER = "paper"
 
 
+class _RestingBook:
+    """Open paper orders, per symbol in placement order, and by id and client order id."""
+
+    def __init__(self) -> None:
+        self._by_symbol: dict[str, dict[str, Order]] = {}
+        self._by_id: dict[str, Order] = {}
+        self._by_client_id: dict[tuple[str, str], str] = {}
+
+    def put(self, order: Order) -> None:
+        self._by_symbol.setdefault(order.symbol, {})[order.order_id] = order
+        self._by_id[order.order_id] = order
+        self._by_client_id[(order.user_id, order.client_order_id)] = order.order_id
+
+    def remove(self, order: Order) -> None:
+        del self._by_symbol[order.symbol][order.order_id]
+        del self._by_id[order.order_id]
+        del self._by_client_id[(order.user_id, order.client_order_id)]
+
+    def get(self, order_id: str) -> Order | None:
+        return self._by_id.get(order_id)
+
+    def find(self, user_id: str, order_id: str, client_order_id: str) -> Order | None:
+        if not order_id:
+            order_id = self._by_client_id.get((user_id, client_order_id), "")
+        order = self._by_id.get(order_id)
+        return order if order is not None and order.user_id == user_id else None
+
+    def on(self, symbol: str) -> list[Order]:
+        return list(self._by_symbol.get(symbol, {}).values())
+
+
 class PaperExchange:
     def __init__(
         self,
@@ -39,8 +70,7 @@ class PaperExchange:
         self._clock_ns = clock_ns
         self._locks: dict[str, asyncio.Lock] = {}
         self._last: dict[str, PriceUpdate] = {}
-        self._resting: dict[str, dict[str, Order]] = {}
-        """symbol -> order_id -> order, in placement order."""
+        self._book = _RestingBook()
 
     async def recover(self) -> None:
         """Rebuild prices and the resting book from the store (the crash-recovery path)."""
@@ -50,13 +80,14 @@ class PaperExchange:
                 self._last[price.symbol] = price
         # ULIDs sort by placement time: the book keeps matching in placement order.
         for order in sorted(await store.open_orders_on(PAPER), key=lambda o: o.order_id):
-            self._book(order.symbol)[order.order_id] = order
+            self._book.put(order)
 
     def last_price(self, symbol: str) -> PriceUpdate | None:
         return self._last.get(symbol)
 
-    def resting_order(self, order_id: str, symbol: str) -> Order | None:
-        return self._book(symbol).get(order_id)
+    def resting_order(self, user_id: str, order_id: str, client_order_id: str) -> Order | None:
+        """An open order of this user, by either id, without a store read."""
+        return self._book.find(user_id, order_id, client_order_id)
 
     async def place(self, order: Order) -> tuple[Order, bool]:
         """Submit a new order; returns (order, created). Not created: the client order id
@@ -70,12 +101,12 @@ class PaperExchange:
             if isinstance(result, ExistingOrder):
                 return result.order, False
             if placed.is_open:
-                self._book(order.symbol)[placed.order_id] = placed
+                self._book.put(placed)
             return placed, True
 
     async def cancel(self, order: Order, reason: str) -> Order:
         async with self._lock(order.symbol):
-            current = self._book(order.symbol).get(order.order_id)
+            current = self._book.get(order.order_id)
             if current is None:
                 # Not resting, so not open: report the order as it is now.
                 fresh = await self._journal.store.get_order(order.user_id, order.order_id)
@@ -85,16 +116,15 @@ class PaperExchange:
             canceled = current.apply(OrderCanceled(reason), self._clock_ns())
             event = OrderUpdated(OrderEventType.CANCELED, canceled)
             await self._journal.record([OrderChange(canceled, current.version, [event])])
-            del self._book(order.symbol)[order.order_id]
+            self._book.remove(current)
             return canceled
 
     async def on_price(self, symbol: str, price: Decimal) -> PriceUpdate:
         """One tick: match the resting orders, commit fills and the price together."""
         async with self._lock(symbol):
             now = self._clock_ns()
-            book = self._book(symbol)
             changes = []
-            for order in list(book.values()):
+            for order in self._book.on(symbol):
                 events = on_tick(order, price, self._context(order, now))
                 if events:
                     after, published = apply_all(order, events, now)
@@ -103,9 +133,9 @@ class PaperExchange:
             await self._journal.record(changes, [update])
             for change in changes:
                 if change.order.is_open:
-                    book[change.order.order_id] = change.order
+                    self._book.put(change.order)
                 else:
-                    del book[change.order.order_id]
+                    self._book.remove(change.order)
             self._last[symbol] = update
             return update
 
@@ -118,9 +148,3 @@ class PaperExchange:
         if lock is None:
             lock = self._locks[symbol] = asyncio.Lock()
         return lock
-
-    def _book(self, symbol: str) -> dict[str, Order]:
-        book = self._resting.get(symbol)
-        if book is None:
-            book = self._resting[symbol] = {}
-        return book

@@ -1,0 +1,128 @@
+"""The load generator: its own process, `concurrency` callers in a closed loop for a while."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+from tradingboost.oms.v1 import (
+    market_data_pb2,
+    market_data_service_pb2_grpc,
+    order_pb2,
+    order_service_pb2_grpc,
+)
+from tradingboost.oms.v1 import market_data_service_pb2 as md
+from tradingboost.oms.v1 import order_service_pb2 as pb
+
+from bench.server import NOOP_METHOD
+
+
+@dataclass
+class Result:
+    name: str
+    concurrency: int
+    calls: int
+    seconds: float
+    latencies_s: dict[str, list[float]]
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.calls / self.seconds
+
+    def p(self, rpc: str, q: float) -> float:
+        """Latency quantile `q` of one RPC, in ms."""
+        values = sorted(self.latencies_s[rpc])
+        return values[min(len(values) - 1, int(q * len(values)))] * 1000
+
+    def p50(self, rpc: str) -> float:
+        return statistics.median(self.latencies_s[rpc]) * 1000
+
+
+Step = Callable[[int, dict[str, list[float]]], Awaitable[None]]
+
+
+async def run(name: str, concurrency: int, seconds: float, step: Step) -> Result:
+    latencies: dict[str, list[float]] = {}
+    counter = itertools.count()
+    calls = 0
+    deadline = 0.0
+
+    async def caller() -> None:
+        nonlocal calls
+        while time.perf_counter() < deadline:
+            before = sum(len(v) for v in latencies.values())
+            await step(next(counter), latencies)
+            calls += sum(len(v) for v in latencies.values()) - before
+
+    # Warm up (connections, caches, JIT-free but allocator-warm), then measure.
+    deadline = time.perf_counter() + min(1.0, seconds / 3)
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    latencies.clear()
+    calls = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return Result(name, concurrency, calls, time.perf_counter() - started, latencies)
+
+
+def _timed(latencies: dict[str, list[float]], rpc: str, started: float) -> None:
+    latencies.setdefault(rpc, []).append(time.perf_counter() - started)
+
+
+async def measure(address: str, seconds: float) -> list[Result]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        orders = order_service_pb2_grpc.OrderServiceStub(channel)
+        market = market_data_service_pb2_grpc.MarketDataServiceStub(channel)
+        noop = channel.unary_unary(
+            NOOP_METHOD,
+            request_serializer=pb.PlaceOrderRequest.SerializeToString,
+            response_deserializer=pb.PlaceOrderResponse.FromString,
+        )
+        await market.PublishPrices(
+            md.PublishPricesRequest(
+                prices=[
+                    market_data_pb2.PriceTick(
+                        exchange="paper", symbol="BTC/USDT:USDT", price="50000"
+                    )
+                ]
+            )
+        )
+
+        def request(n: int) -> pb.PlaceOrderRequest:
+            # A resting limit (below the market) under a fresh client order id each time.
+            return pb.PlaceOrderRequest(
+                user_id=f"bench{n % 8}",
+                exchange="paper",
+                symbol="BTC/USDT:USDT",
+                side=order_pb2.SIDE_BUY,
+                type=order_pb2.ORDER_TYPE_LIMIT,
+                quantity="0.01",
+                price="40000",
+                client_order_id=f"bench-{time.monotonic_ns()}-{n}",
+            )
+
+        async def noop_step(n: int, latencies: dict[str, list[float]]) -> None:
+            started = time.perf_counter()
+            await noop(request(n))
+            _timed(latencies, "Noop", started)
+
+        async def place_cancel_step(n: int, latencies: dict[str, list[float]]) -> None:
+            started = time.perf_counter()
+            placed = await orders.PlaceOrder(request(n))
+            _timed(latencies, "PlaceOrder", started)
+            started = time.perf_counter()
+            await orders.CancelOrder(
+                pb.CancelOrderRequest(user_id=placed.order.user_id, order_id=placed.order.order_id)
+            )
+            _timed(latencies, "CancelOrder", started)
+
+        results = []
+        for concurrency in (1, 32):
+            results.append(await run("no-op", concurrency, seconds, noop_step))
+            results.append(await run("place+cancel", concurrency, seconds, place_cancel_step))
+        return results

@@ -1,0 +1,94 @@
+"""`make bench`: start the server, drive it from a separate process, print the figures.
+
+Every figure is also given as a ratio against the no-op RPC measured in the same run, on the
+same server stack, so results compare across machines and noisy neighbours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import uvloop
+
+from bench.load import Result, measure
+
+
+def _start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.server", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert server.stdout is not None
+    for line in server.stdout:
+        if line.startswith("oms serving on "):
+            return server, line.removeprefix("oms serving on ").strip()
+    raise RuntimeError("bench server did not start")
+
+
+def _report(results: list[Result]) -> None:
+    print(f"{'scenario':<14}{'conc':>5}{'rpc':>13}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    for result in results:
+        for rpc in result.latencies_s:
+            share = len(result.latencies_s[rpc]) / result.calls
+            rate = result.calls_per_s * share
+            print(
+                f"{result.name:<14}{result.concurrency:>5}{rpc:>13}{rate:>10.0f}"
+                f"{result.p50(rpc):>9.3f}{result.p(rpc, 0.99):>9.3f}"
+            )
+    print()
+    by_key = {(r.name, r.concurrency): r for r in results}
+    for concurrency in (1, 32):
+        noop = by_key[("no-op", concurrency)]
+        work = by_key[("place+cancel", concurrency)]
+        ratio = work.calls_per_s / noop.calls_per_s
+        extra = work.p50("PlaceOrder") - noop.p50("Noop")
+        print(
+            f"concurrency {concurrency:>2}: PlaceOrder+CancelOrder calls/s = {ratio:.2f}x no-op "
+            f"(target >= 0.6); PlaceOrder p50 = no-op p50 + {extra:.3f} ms"
+            + (" (target <= 0.5 ms)" if concurrency == 1 else "")
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=4.0, help="per scenario")
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="oms-bench-") as data_dir:
+        server, address = _start_server(Path(data_dir))
+        try:
+            load = subprocess.run(
+                [sys.executable, "-m", "bench.run", "--load", address, str(args.seconds)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+        finally:
+            server.terminate()
+            server.wait(30)
+    results = [
+        Result(r["name"], r["concurrency"], r["calls"], r["seconds"], r["latencies_s"])
+        for r in json.loads(load.stdout)
+    ]
+    _report(results)
+    if args.json:
+        args.json.write_text(load.stdout)
+
+
+def load_main(address: str, seconds: float) -> None:
+    results = uvloop.run(measure(address, seconds))
+    json.dump([r.__dict__ for r in results], sys.stdout)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--load":
+        load_main(sys.argv[2], float(sys.argv[3]))
+    else:
+        main()

@@ -224,8 +224,6 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".oms-data")
     """Where the embedded Redis keeps its append-only file (unused with redis_url).
     A relative path is from the working directory, wherever it was set."""
-    postgres_dsn: str | None = None
-    """PostgreSQL for the history archive; None disables the archive."""
     config: Path | None = None
     """The TOML settings file that was read, if any (flag or OMS_CONFIG only)."""
     insecure: bool = False

@@ -10,9 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from redis.asyncio import Redis
 
-from oms.adapters.redis_store.store import RedisStore
+from oms.adapters.redis_store.store import RedisStore, connect
 from oms.api.market_data_service import MarketDataService
 from oms.api.order_service import OrderService
 from oms.api.server import OmsServer
@@ -56,7 +55,7 @@ class Application:
         extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
     ) -> None:
         self.settings = settings
-        self.store = RedisStore(Redis.from_url(redis_url), settings.retention_events)
+        self.store = RedisStore(connect(redis_url), settings.retention_events)
         self.hub = EventHub(
             self.store, settings.heartbeat_interval_s, settings.stream_buffer_events
         )

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Coroutine, Sequence
 from decimal import Decimal
 from importlib import resources
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from oms.adapters.redis_store import keys
 from oms.adapters.redis_store.codec import (
@@ -19,7 +24,7 @@ from oms.adapters.redis_store.codec import (
     encode_fill,
     encode_order,
 )
-from oms.domain.errors import ConcurrentModification
+from oms.domain.errors import ConcurrentModification, Unavailable
 from oms.domain.events import FillRecorded, SequencedEvent
 from oms.domain.fills import Fill
 from oms.domain.orders import Order
@@ -33,12 +38,39 @@ from oms.engine.ports import (
     PriceUpdate,
 )
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 # Most index entries one page may examine: bounds the time a filtered listing holds Redis.
 _SCAN_BUDGET = 5000
 
 
 def _script(name: str) -> str:
     return resources.files("oms.adapters.redis_store").joinpath(f"lua/{name}").read_text()
+
+
+def connect(url: str) -> Redis:
+    """A client that gives up within ~0.5 s: a caller gets UNAVAILABLE, not a long hang.
+
+    redis-py's default retries back off for up to 10 s per attempt.
+    """
+    client: Redis = Redis.from_url(
+        url, retry=Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.02), 3)
+    )
+    return client
+
+
+def _unavailable_when_down(
+    method: Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, R]]:
+    async def guarded(self: RedisStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(self, *args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            raise Unavailable(f"state store unreachable: {error}") from error
+
+    functools.update_wrapper(guarded, method)
+    return guarded
 
 
 class _Transaction:
@@ -119,6 +151,7 @@ class RedisStore:
 
     # -- writes --------------------------------------------------------------------------
 
+    @_unavailable_when_down
     async def commit(
         self, changes: Sequence[OrderChange], prices: Sequence[PriceUpdate] = ()
     ) -> list[SequencedEvent] | ExistingOrder | DuplicateFill:
@@ -201,14 +234,17 @@ class RedisStore:
 
     # -- reads ---------------------------------------------------------------------------
 
+    @_unavailable_when_down
     async def get_order(self, user_id: str, order_id: str) -> Order | None:
         raw = await self._redis.hget(keys.orders(user_id), order_id)  # type: ignore[misc]
         return None if raw is None else decode_order(raw)
 
+    @_unavailable_when_down
     async def get_order_by_client_id(self, user_id: str, client_order_id: str) -> Order | None:
         order_id = await self._redis.hget(keys.client_order_ids(user_id), client_order_id)  # type: ignore[misc]
         return None if order_id is None else await self.get_order(user_id, order_id.decode())
 
+    @_unavailable_when_down
     async def open_orders(self, user_id: str) -> list[Order]:
         ids = await self._redis.smembers(keys.open_orders(user_id))  # type: ignore[misc]
         if not ids:
@@ -216,6 +252,7 @@ class RedisStore:
         docs = await self._redis.hmget(keys.orders(user_id), sorted(ids))  # type: ignore[misc]
         return [decode_order(doc) for doc in docs if doc is not None]
 
+    @_unavailable_when_down
     async def open_orders_on(self, exchange: str) -> list[Order]:
         members = await self._redis.smembers(keys.exchange_open_orders(exchange))  # type: ignore[misc]
         pipe = self._redis.pipeline(transaction=False)
@@ -224,6 +261,7 @@ class RedisStore:
             pipe.hget(keys.orders(user_id), order_id)
         return [decode_order(doc) for doc in await pipe.execute() if doc is not None]
 
+    @_unavailable_when_down
     async def list_orders(self, query: OrderQuery) -> Page[Order]:
         filters: dict[str, list[str]] = {}
         if query.exchange:
@@ -251,6 +289,7 @@ class RedisStore:
         )
         return Page([decode_order(doc) for doc, _ in raw[2]], raw[1], raw[0])
 
+    @_unavailable_when_down
     async def list_fills(self, query: FillQuery) -> Page[tuple[int, Fill]]:
         filters: dict[str, list[str]] = {}
         if query.order_id:
@@ -291,6 +330,7 @@ class RedisStore:
         next_cursor = int(reply[1]) if reply[1] else None
         return int(reply[0]), next_cursor, rows
 
+    @_unavailable_when_down
     async def read_events(self, user_id: str, after: int, limit: int) -> list[SequencedEvent]:
         rows = await self._redis.xrange(
             keys.events(user_id), min=f"({after}-0", max="+", count=limit
@@ -300,6 +340,7 @@ class RedisStore:
             for entry_id, fields in rows
         ]
 
+    @_unavailable_when_down
     async def sequence_bounds(self, user_id: str) -> tuple[int, int]:
         """(oldest retained sequence, newest sequence); (newest + 1, newest) when none kept."""
         pipe = self._redis.pipeline(transaction=True)
@@ -310,6 +351,7 @@ class RedisStore:
         oldest = int(first[0][0].split(b"-", 1)[0]) if first else newest + 1
         return oldest, newest
 
+    @_unavailable_when_down
     async def load_prices(self) -> list[PriceUpdate]:
         rows = await self._redis.hgetall(keys.prices())  # type: ignore[misc]
         updates = []

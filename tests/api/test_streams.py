@@ -9,7 +9,7 @@ import pytest
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.streams import StreamReader
 from fixtures.trading import USER, place, tick
-from tradingboost.oms.v1 import order_pb2
+from tradingboost.oms.v1 import order_pb2, order_service_pb2_grpc
 from tradingboost.oms.v1 import order_service_pb2 as pb
 
 S = order_pb2
@@ -176,8 +176,6 @@ async def test_a_stalled_subscriber_is_cut_off_while_others_keep_flowing(redis_u
     # client stops reading, the server's writes block after ~64 KiB.
     stalled_channel = grpc.aio.insecure_channel(oms.address, options=[("grpc.http2.bdp_probe", 0)])
     try:
-        from tradingboost.oms.v1 import order_service_pb2_grpc
-
         stalled = StreamReader[S.OrderUpdate](
             order_service_pb2_grpc.OrderServiceStub(stalled_channel).StreamOrderUpdates(
                 pb.StreamOrderUpdatesRequest(user_id=USER)

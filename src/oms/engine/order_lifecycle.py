@@ -37,6 +37,17 @@ class StreamFilter:
     after_sequence: int = 0
 
 
+def _check_ref(ref: OrderRef) -> None:
+    check_user_id(ref.user_id)
+    if bool(ref.order_id) == bool(ref.client_order_id):
+        raise InvalidArgument("order_id", "give exactly one of order_id and client_order_id")
+    if ref.order_id:
+        if len(ref.order_id) > 64:
+            raise InvalidArgument("order_id", "is longer than 64 characters")
+    else:
+        check_client_order_id(ref.client_order_id)
+
+
 class OrderLifecycle:
     def __init__(
         self,
@@ -90,10 +101,11 @@ class OrderLifecycle:
         return placed
 
     async def cancel(self, ref: OrderRef) -> Order:
+        _check_ref(ref)
         # A resting paper order is known in memory: no store read before the cancel commit.
         order = self._paper.resting_order(ref.user_id, ref.order_id, ref.client_order_id)
-        if order is None or bool(ref.order_id) == bool(ref.client_order_id):
-            order = await self.get(ref)
+        if order is None:
+            order = await self._load(ref)
         return await self._venue(order.exchange).cancel(order, CANCELED_BY_USER)
 
     async def cancel_all(self, user_id: str, exchange: str, symbol: str) -> list[Order]:
@@ -110,16 +122,14 @@ class OrderLifecycle:
         return canceled
 
     async def get(self, ref: OrderRef) -> Order:
-        check_user_id(ref.user_id)
-        if bool(ref.order_id) == bool(ref.client_order_id):
-            raise InvalidArgument("order_id", "give exactly one of order_id and client_order_id")
+        _check_ref(ref)
+        return await self._load(ref)
+
+    async def _load(self, ref: OrderRef) -> Order:
         if ref.order_id:
-            if len(ref.order_id) > 64:
-                raise InvalidArgument("order_id", "is longer than 64 characters")
             order = await self._store.get_order(ref.user_id, ref.order_id)
             name = f"order {ref.order_id}"
         else:
-            check_client_order_id(ref.client_order_id)
             order = await self._store.get_order_by_client_id(ref.user_id, ref.client_order_id)
             name = f"order with client_order_id {ref.client_order_id!r}"
         if order is None:

@@ -17,6 +17,7 @@ from grpc_status import rpc_status
 
 from oms.domain.errors import (
     AlreadyExists,
+    ConcurrentModification,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -39,6 +40,7 @@ _CODES: dict[type[OmsError], grpc.StatusCode] = {
     OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    ConcurrentModification: grpc.StatusCode.ABORTED,
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from oms.domain.events import SequencedEvent
-from oms.engine.ports import DuplicateFill, ExistingOrder, OrderChange, PriceUpdate, StateStore
+from oms.engine.ports import Conflict, OrderChange, PriceUpdate, StateStore
 from oms.engine.subscriptions import EventHub
 
 
@@ -16,7 +16,7 @@ class Journal:
 
     async def record(
         self, changes: Sequence[OrderChange], prices: Sequence[PriceUpdate] = ()
-    ) -> list[SequencedEvent] | ExistingOrder | DuplicateFill:
+    ) -> list[SequencedEvent] | Conflict:
         result = await self.store.commit(changes, prices)
         if isinstance(result, list):
             self._hub.publish(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -111,14 +112,23 @@ class OrderLifecycle:
     async def cancel_all(self, user_id: str, exchange: str, symbol: str) -> list[Order]:
         check_user_id(user_id)
         exchange, symbol = self._instrument_filter(exchange, symbol)
+        targets = [
+            order
+            for order in sorted(await self._store.open_orders(user_id), key=lambda o: o.order_id)
+            if self._matches(order, exchange, symbol)
+        ]
+        # Concurrent cancels share commits on each symbol's desk.
+        outcomes = await asyncio.gather(
+            *(self._venue(order.exchange).cancel(order, CANCELED_BY_USER) for order in targets),
+            return_exceptions=True,
+        )
         canceled = []
-        for order in sorted(await self._store.open_orders(user_id), key=lambda o: o.order_id):
-            if (exchange and order.exchange != exchange) or (symbol and order.symbol != symbol):
-                continue
-            try:
-                canceled.append(await self._venue(order.exchange).cancel(order, CANCELED_BY_USER))
-            except FailedPrecondition:
-                continue  # it filled or was canceled meanwhile: nothing left to cancel
+        for outcome in outcomes:
+            if isinstance(outcome, Order):
+                canceled.append(outcome)
+            elif not isinstance(outcome, FailedPrecondition):
+                raise outcome
+            # FailedPrecondition: it filled or was canceled meanwhile, nothing left to cancel.
         return canceled
 
     async def get(self, ref: OrderRef) -> Order:

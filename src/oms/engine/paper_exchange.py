@@ -1,48 +1,53 @@
 """The built-in deterministic `paper` exchange.
 
 Matching rules live in `domain.paper_matching`; this module holds the resting book and the last
-prices in memory (rebuilt from the store at start) and commits every decision in one atomic
-step. A lock per symbol orders submits, cancels and ticks, so a tick sees every order placed
-before it and a cancel never races a fill.
+prices in memory (rebuilt from the store at start) and commits every decision atomically.
+
+Each symbol has one desk: submits, cancels and ticks queue there and are decided in arrival
+order, and every decision queued while the previous commit was in flight goes to the store in
+one commit (group commit). A tick therefore sees every order placed before it, a cancel never
+races a fill, and concurrent callers share the store round trip instead of queueing behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
-from oms.domain.errors import NotFound
+from oms.domain.errors import ConcurrentModification, NotFound, OmsError
 from oms.domain.events import OrderEventType, OrderUpdated, apply_all
 from oms.domain.markets import MarketCatalog
 from oms.domain.orders import Order, OrderCanceled
 from oms.domain.paper_matching import FeeSchedule, PaperContext, on_submit, on_tick
 from oms.engine.journal import Journal
-from oms.engine.ports import ExistingOrder, OrderChange, PriceUpdate
+from oms.engine.ports import Conflict, ConflictKind, OrderChange, PriceUpdate
 
 PAPER = "paper"
 
+# Decisions per commit: bounds how long one commit script holds Redis.
+MAX_BATCH = 256
+
+log = logging.getLogger(__name__)
+
 
 class _RestingBook:
-    """Open paper orders, per symbol in placement order, and by id and client order id."""
+    """Open paper orders of one symbol in placement order, by id and by client order id."""
 
     def __init__(self) -> None:
-        self._by_symbol: dict[str, dict[str, Order]] = {}
         self._by_id: dict[str, Order] = {}
         self._by_client_id: dict[tuple[str, str], str] = {}
 
     def put(self, order: Order) -> None:
-        self._by_symbol.setdefault(order.symbol, {})[order.order_id] = order
         self._by_id[order.order_id] = order
         self._by_client_id[(order.user_id, order.client_order_id)] = order.order_id
 
     def remove(self, order: Order) -> None:
-        del self._by_symbol[order.symbol][order.order_id]
         del self._by_id[order.order_id]
         del self._by_client_id[(order.user_id, order.client_order_id)]
-
-    def get(self, order_id: str) -> Order | None:
-        return self._by_id.get(order_id)
 
     def find(self, user_id: str, order_id: str, client_order_id: str) -> Order | None:
         if not order_id:
@@ -50,8 +55,227 @@ class _RestingBook:
         order = self._by_id.get(order_id)
         return order if order is not None and order.user_id == user_id else None
 
-    def on(self, symbol: str) -> list[Order]:
-        return list(self._by_symbol.get(symbol, {}).values())
+    def orders(self) -> list[Order]:
+        return list(self._by_id.values())
+
+    def replace_all(self, orders: list[Order]) -> None:
+        """Reset to these orders; ULIDs sort by placement time, so matching order holds."""
+        self._by_id.clear()
+        self._by_client_id.clear()
+        for order in sorted(orders, key=lambda o: o.order_id):
+            self.put(order)
+
+
+class _NotResting(Exception):
+    """A cancel found no open order in the book: the caller reports the order as it is."""
+
+
+@dataclass(eq=False)
+class _Op:
+    """One queued decision and the future its caller awaits."""
+
+    future: asyncio.Future[Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.future = asyncio.get_running_loop().create_future()
+
+    def decide(self, desk: _Desk, batch: _Batch) -> Any:
+        """Decide against the desk's state, record changes in `batch`; returns the result
+        the caller gets once the batch is committed."""
+        raise NotImplementedError
+
+
+@dataclass(eq=False)
+class _Place(_Op):
+    order: Order
+
+    def decide(self, desk: _Desk, batch: _Batch) -> Any:
+        key = (self.order.user_id, self.order.client_order_id)
+        if key in batch.new_client_ids:
+            # Same client order id twice in one commit would pass both uniqueness guards:
+            # decide it in the next batch, where the guard sees the first one.
+            raise _Deferred
+        batch.new_client_ids.add(key)
+        now = desk.clock_ns()
+        last = desk.last
+        events = on_submit(self.order, last.price if last else None, desk.context(now))
+        placed, published = apply_all(self.order, events, now)
+        batch.add(self, OrderChange(placed, None, published))
+        if placed.is_open:
+            batch.put(desk.book, placed)
+        return placed, True
+
+
+@dataclass(eq=False)
+class _Cancel(_Op):
+    user_id: str
+    order_id: str
+    reason: str
+
+    def decide(self, desk: _Desk, batch: _Batch) -> Any:
+        current = desk.book.find(self.user_id, self.order_id, "")
+        if current is None:
+            raise _NotResting
+        canceled = current.apply(OrderCanceled(self.reason), desk.clock_ns())
+        event = OrderUpdated(OrderEventType.CANCELED, canceled)
+        batch.add(self, OrderChange(canceled, current.version, [event]))
+        batch.remove(desk.book, current)
+        return canceled
+
+
+@dataclass(eq=False)
+class _Tick(_Op):
+    price: Decimal
+
+    def decide(self, desk: _Desk, batch: _Batch) -> Any:
+        now = desk.clock_ns()
+        for order in desk.book.orders():
+            events = on_tick(order, self.price, desk.context(now))
+            if events:
+                after, published = apply_all(order, events, now)
+                batch.add(self, OrderChange(after, order.version, published))
+                batch.remove(desk.book, order)
+                if after.is_open:
+                    batch.put(desk.book, after)
+        update = PriceUpdate(PAPER, desk.symbol, self.price, now)
+        batch.prices.append(update)
+        batch.set_last(desk, update)
+        return update
+
+
+class _Deferred(Exception):
+    """The op cannot be decided in this batch; it goes first in the next one."""
+
+
+class _Batch:
+    """The changes of one commit, who caused each, and how to undo them in memory."""
+
+    def __init__(self) -> None:
+        self.changes: list[OrderChange] = []
+        self.owners: list[_Op] = []
+        self.prices: list[PriceUpdate] = []
+        self.new_client_ids: set[tuple[str, str]] = set()
+        self._undo: list[Callable[[], None]] = []
+
+    def add(self, owner: _Op, change: OrderChange) -> None:
+        self.changes.append(change)
+        self.owners.append(owner)
+
+    def put(self, book: _RestingBook, order: Order) -> None:
+        book.put(order)
+        self._undo.append(lambda: book.remove(order))
+
+    def remove(self, book: _RestingBook, order: Order) -> None:
+        book.remove(order)
+        self._undo.append(lambda: book.put(order))
+
+    def set_last(self, desk: _Desk, update: PriceUpdate) -> None:
+        previous = desk.last
+        desk.last = update
+
+        def undo() -> None:
+            desk.last = previous
+
+        self._undo.append(undo)
+
+    def rollback(self, desk: _Desk) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        desk.book.replace_all(desk.book.orders())
+
+
+class _Desk:
+    """One symbol's book, last price and decision queue."""
+
+    def __init__(self, exchange: PaperExchange, symbol: str) -> None:
+        self.symbol = symbol
+        self.book = _RestingBook()
+        self.last: PriceUpdate | None = None
+        self.clock_ns = exchange.clock_ns
+        self._exchange = exchange
+        self._queue: list[_Op] = []
+        self._worker: asyncio.Task[None] | None = None
+        self._stale = False
+
+    def context(self, now_ns: int) -> PaperContext:
+        return self._exchange.context(self.symbol, now_ns)
+
+    async def submit(self, op: _Op) -> Any:
+        self._queue.append(op)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._drain())
+        # A caller that goes away cancels only its future: the queued op is still decided.
+        return await op.future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            ops, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            try:
+                if self._stale:
+                    await self._exchange.reload(self)
+                    self._stale = False
+                await self._run(ops)
+            except Exception as error:
+                # The commit may or may not have landed: rebuild from the store before
+                # deciding anything else.
+                self._stale = True
+                for op in ops:
+                    _settle(op, error=error)
+
+    async def _run(self, ops: list[_Op]) -> None:
+        while ops:
+            batch = _Batch()
+            results: dict[int, Any] = {}
+            decided: list[_Op] = []
+            deferred: list[_Op] = []
+            for op in ops:
+                try:
+                    results[id(op)] = op.decide(self, batch)
+                    decided.append(op)
+                except _Deferred:
+                    deferred.append(op)
+                except (OmsError, _NotResting) as error:
+                    _settle(op, error=error)
+            if not decided:
+                ops = deferred
+                continue
+            try:
+                outcome = await self._exchange.journal.record(batch.changes, batch.prices)
+            except BaseException:
+                batch.rollback(self)
+                raise
+            if not isinstance(outcome, Conflict):
+                for op in decided:
+                    _settle(op, result=results[id(op)])
+                ops = deferred
+                continue
+            batch.rollback(self)
+            culprit = batch.owners[outcome.change_index]
+            _settle(culprit, **_conflict_outcome(outcome, batch.changes[outcome.change_index]))
+            if outcome.kind is not ConflictKind.CLIENT_ORDER_ID_TAKEN:
+                self._stale = True
+                await self._exchange.reload(self)
+                self._stale = False
+            ops = [op for op in decided if op is not culprit] + deferred
+
+
+def _conflict_outcome(conflict: Conflict, change: OrderChange) -> dict[str, Any]:
+    if conflict.kind is ConflictKind.CLIENT_ORDER_ID_TAKEN:
+        return {"result": (conflict.existing, False)}
+    return {
+        "error": ConcurrentModification(
+            f"order {change.order.order_id} changed concurrently ({conflict.kind.value})"
+        )
+    }
+
+
+def _settle(op: _Op, *, result: Any = None, error: BaseException | None = None) -> None:
+    if op.future.done():
+        return
+    if error is not None:
+        op.future.set_exception(error)
+    else:
+        op.future.set_result(result)
 
 
 class PaperExchange:
@@ -63,88 +287,80 @@ class PaperExchange:
         new_id: Callable[[], str],
         clock_ns: Callable[[], int],
     ) -> None:
+        self.journal = journal
+        self.clock_ns = clock_ns
         self._catalog = catalog
         self._fees = fees
-        self._journal = journal
         self._new_id = new_id
-        self._clock_ns = clock_ns
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._last: dict[str, PriceUpdate] = {}
-        self._book = _RestingBook()
+        self._desks: dict[str, _Desk] = {}
 
     async def recover(self) -> None:
-        """Rebuild prices and the resting book from the store (the crash-recovery path)."""
-        store = self._journal.store
+        """Rebuild prices and resting books from the store (the crash-recovery path)."""
+        for desk in await self._load():
+            self._desks[desk.symbol] = desk
+
+    async def reload(self, desk: _Desk) -> None:
+        """Rebuild one desk from the store, after a commit whose outcome is unknown."""
+        fresh = next((d for d in await self._load() if d.symbol == desk.symbol), None)
+        desk.book.replace_all(fresh.book.orders() if fresh else [])
+        desk.last = fresh.last if fresh else None
+
+    async def _load(self) -> list[_Desk]:
+        store = self.journal.store
+        desks: dict[str, _Desk] = {}
         for price in await store.load_prices():
             if price.exchange == PAPER:
-                self._last[price.symbol] = price
-        # ULIDs sort by placement time: the book keeps matching in placement order.
-        for order in sorted(await store.open_orders_on(PAPER), key=lambda o: o.order_id):
-            self._book.put(order)
+                desks.setdefault(price.symbol, _Desk(self, price.symbol)).last = price
+        by_symbol: dict[str, list[Order]] = {}
+        for order in await store.open_orders_on(PAPER):
+            by_symbol.setdefault(order.symbol, []).append(order)
+        for symbol, orders in by_symbol.items():
+            desks.setdefault(symbol, _Desk(self, symbol)).book.replace_all(orders)
+        return list(desks.values())
 
     def last_price(self, symbol: str) -> PriceUpdate | None:
-        return self._last.get(symbol)
+        desk = self._desks.get(symbol)
+        return desk.last if desk else None
 
     def resting_order(self, user_id: str, order_id: str, client_order_id: str) -> Order | None:
         """An open order of this user, by either id, without a store read."""
-        return self._book.find(user_id, order_id, client_order_id)
+        for desk in self._desks.values():
+            order = desk.book.find(user_id, order_id, client_order_id)
+            if order is not None:
+                return order
+        return None
 
     async def place(self, order: Order) -> tuple[Order, bool]:
         """Submit a new order; returns (order, created). Not created: the client order id
         already names an order, which is returned unchanged."""
-        async with self._lock(order.symbol):
-            now = self._clock_ns()
-            last = self._last.get(order.symbol)
-            events = on_submit(order, last.price if last else None, self._context(order, now))
-            placed, published = apply_all(order, events, now)
-            result = await self._journal.record([OrderChange(placed, None, published)])
-            if isinstance(result, ExistingOrder):
-                return result.order, False
-            if placed.is_open:
-                self._book.put(placed)
-            return placed, True
+        placed: tuple[Order, bool] = await self._desk(order.symbol).submit(_Place(order))
+        return placed
 
     async def cancel(self, order: Order, reason: str) -> Order:
-        async with self._lock(order.symbol):
-            current = self._book.get(order.order_id)
-            if current is None:
-                # Not resting, so not open: report the order as it is now.
-                fresh = await self._journal.store.get_order(order.user_id, order.order_id)
-                if fresh is None:
-                    raise NotFound(f"order {order.order_id} not found")
-                current = fresh
-            canceled = current.apply(OrderCanceled(reason), self._clock_ns())
-            event = OrderUpdated(OrderEventType.CANCELED, canceled)
-            await self._journal.record([OrderChange(canceled, current.version, [event])])
-            self._book.remove(current)
+        try:
+            canceled: Order = await self._desk(order.symbol).submit(
+                _Cancel(order.user_id, order.order_id, reason)
+            )
             return canceled
+        except _NotResting:
+            pass
+        # Not resting, so not open: the domain refuses to cancel it as it is now.
+        current = await self.journal.store.get_order(order.user_id, order.order_id)
+        if current is None:
+            raise NotFound(f"order {order.order_id} not found")
+        current.apply(OrderCanceled(reason), self.clock_ns())
+        raise ConcurrentModification(f"order {order.order_id} is open but not on the paper book")
 
     async def on_price(self, symbol: str, price: Decimal) -> PriceUpdate:
         """One tick: match the resting orders, commit fills and the price together."""
-        async with self._lock(symbol):
-            now = self._clock_ns()
-            changes = []
-            for order in self._book.on(symbol):
-                events = on_tick(order, price, self._context(order, now))
-                if events:
-                    after, published = apply_all(order, events, now)
-                    changes.append(OrderChange(after, order.version, published))
-            update = PriceUpdate(PAPER, symbol, price, now)
-            await self._journal.record(changes, [update])
-            for change in changes:
-                if change.order.is_open:
-                    self._book.put(change.order)
-                else:
-                    self._book.remove(change.order)
-            self._last[symbol] = update
-            return update
+        update: PriceUpdate = await self._desk(symbol).submit(_Tick(price))
+        return update
 
-    def _context(self, order: Order, now_ns: int) -> PaperContext:
-        market = self._catalog.resolve(PAPER, order.symbol)
-        return PaperContext(market, self._fees, self._new_id, now_ns)
+    def context(self, symbol: str, now_ns: int) -> PaperContext:
+        return PaperContext(self._catalog.resolve(PAPER, symbol), self._fees, self._new_id, now_ns)
 
-    def _lock(self, symbol: str) -> asyncio.Lock:
-        lock = self._locks.get(symbol)
-        if lock is None:
-            lock = self._locks[symbol] = asyncio.Lock()
-        return lock
+    def _desk(self, symbol: str) -> _Desk:
+        desk = self._desks.get(symbol)
+        if desk is None:
+            desk = self._desks[symbol] = _Desk(self, symbol)
+        return desk

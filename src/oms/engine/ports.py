@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -35,18 +36,22 @@ class PriceUpdate:
     time_ns: int
 
 
+class ConflictKind(enum.Enum):
+    CLIENT_ORDER_ID_TAKEN = "client_order_id_taken"
+    """A new order's client order id already names `existing`."""
+    STALE_VERSION = "stale_version"
+    """The order changed since the version the change was computed from."""
+    DUPLICATE_FILL = "duplicate_fill"
+    """A fill with this exchange trade id was applied before."""
+
+
 @dataclass(frozen=True, slots=True)
-class ExistingOrder:
-    """The commit created nothing: the client order id already names this order."""
+class Conflict:
+    """The commit wrote nothing: the guard of `changes[change_index]` did not hold."""
 
-    order: Order
-
-
-@dataclass(frozen=True, slots=True)
-class DuplicateFill:
-    """The commit wrote nothing: a fill of this order was applied before (same trade id)."""
-
-    order_id: str
+    kind: ConflictKind
+    change_index: int
+    existing: Order | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +103,7 @@ class StateStore(Protocol):
 
     async def commit(
         self, changes: Sequence[OrderChange], prices: Sequence[PriceUpdate] = ()
-    ) -> list[SequencedEvent] | ExistingOrder | DuplicateFill: ...
+    ) -> list[SequencedEvent] | Conflict: ...
 
     async def get_order(self, user_id: str, order_id: str) -> Order | None: ...
 

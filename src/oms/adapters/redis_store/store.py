@@ -24,13 +24,13 @@ from oms.adapters.redis_store.codec import (
     encode_fill,
     encode_order,
 )
-from oms.domain.errors import ConcurrentModification, Unavailable
+from oms.domain.errors import Unavailable
 from oms.domain.events import FillRecorded, SequencedEvent
 from oms.domain.fills import Fill
 from oms.domain.orders import Order
 from oms.engine.ports import (
-    DuplicateFill,
-    ExistingOrder,
+    Conflict,
+    ConflictKind,
     FillQuery,
     OrderChange,
     OrderQuery,
@@ -154,33 +154,36 @@ class RedisStore:
     @_unavailable_when_down
     async def commit(
         self, changes: Sequence[OrderChange], prices: Sequence[PriceUpdate] = ()
-    ) -> list[SequencedEvent] | ExistingOrder | DuplicateFill:
+    ) -> list[SequencedEvent] | Conflict:
         """Apply order changes and price updates in one atomic step.
 
-        Returns the sequenced events on success; `ExistingOrder` when a new order's client order id
-        already exists (the existing order is returned instead); `DuplicateFill` when a fill's
-        trade id was applied before. Raises ConcurrentModification on a stale version.
+        Returns the sequenced events, or the Conflict of the first change whose guard failed
+        (nothing is written then). An order may change more than once in one commit: only its
+        first change is guarded, the later ones build on it.
         """
         tx = _Transaction(self._retention)
-        guard_owner: dict[int, tuple[str, OrderChange]] = {}
-        for change in changes:
+        guard_owner: dict[int, tuple[ConflictKind, int]] = {}
+        guarded: set[str] = set()
+        for index, change in enumerate(changes):
             order = change.order
             user = order.user_id
-            if change.previous_version is None:
-                guard = tx.unique(
-                    keys.client_order_ids(user), order.client_order_id, keys.orders(user)
-                )
-                guard_owner[guard] = ("create", change)
-            else:
-                guard = tx.equal(
-                    keys.order_versions(user), order.order_id, str(change.previous_version)
-                )
-                guard_owner[guard] = ("version", change)
+            if order.order_id not in guarded:
+                guarded.add(order.order_id)
+                if change.previous_version is None:
+                    guard = tx.unique(
+                        keys.client_order_ids(user), order.client_order_id, keys.orders(user)
+                    )
+                    guard_owner[guard] = (ConflictKind.CLIENT_ORDER_ID_TAKEN, index)
+                else:
+                    guard = tx.equal(
+                        keys.order_versions(user), order.order_id, str(change.previous_version)
+                    )
+                    guard_owner[guard] = (ConflictKind.STALE_VERSION, index)
             for event in change.events:
                 if isinstance(event, FillRecorded):
                     trade_key = f"{event.fill.exchange}|{event.fill.exchange_trade_id}"
                     guard = tx.absent(keys.trade_ids(user), trade_key)
-                    guard_owner[guard] = ("trade", change)
+                    guard_owner[guard] = (ConflictKind.DUPLICATE_FILL, index)
         for change in changes:
             self._write_change(tx, change)
         for price in prices:
@@ -188,23 +191,15 @@ class RedisStore:
                 keys.prices(), f"{price.exchange}|{price.symbol}", f"{price.price}|{price.time_ns}"
             )
         reply = await self._commit(keys=tx.keys, args=tx.args)
-        status = reply[0]
-        if status == b"ok":
-            sequences = reply[1:]
+        if reply[0] == b"ok":
             published = [event for change in changes for event in change.events]
             return [
                 SequencedEvent(int(seq), event)
-                for seq, event in zip(sequences, published, strict=True)
+                for seq, event in zip(reply[1:], published, strict=True)
             ]
-        kind, change = guard_owner[int(reply[1])]
-        if status == b"exists":
-            return ExistingOrder(decode_order(reply[3]))
-        if kind == "trade":
-            return DuplicateFill(change.order.order_id)
-        raise ConcurrentModification(
-            f"order {change.order.order_id} changed concurrently (version {reply[2]!r}, "
-            f"expected {change.previous_version})"
-        )
+        kind, index = guard_owner[int(reply[1])]
+        existing = decode_order(reply[3]) if reply[0] == b"exists" else None
+        return Conflict(kind, index, existing)
 
     def _write_change(self, tx: _Transaction, change: OrderChange) -> None:
         order = change.order

@@ -1,0 +1,72 @@
+"""Concurrent calls on one symbol share commits; one refused decision never sinks the others."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fixtures.oms_server import OmsHarness
+from fixtures.trading import USER, fills_of, order_request, place, tick
+from tradingboost.oms.v1 import order_pb2
+from tradingboost.oms.v1 import order_service_pb2 as pb
+
+
+async def all_orders(oms: OmsHarness) -> pb.ListOrdersResponse:
+    return await oms.orders.ListOrders(pb.ListOrdersRequest(user_id=USER, page_size=1000))
+
+
+async def test_a_retried_client_order_id_among_new_orders_keeps_both_outcomes(
+    oms: OmsHarness,
+) -> None:
+    await tick(oms, "50000")
+    first = await place(oms, client_order_id="retry-me")
+    new_ids = [f"new-{n}" for n in range(10)]
+    requests = [order_request(client_order_id="retry-me")] + [
+        order_request(client_order_id=coid) for coid in new_ids
+    ]
+    # Issued together, they are decided in one batch; the retry's taken client order id
+    # fails the batch's guard, and the rest must be committed again without it.
+    responses = await asyncio.gather(*(oms.orders.PlaceOrder(r) for r in requests))
+
+    assert responses[0].order == first
+    assert [r.order.client_order_id for r in responses[1:]] == new_ids
+    assert all(r.order.status == order_pb2.ORDER_STATUS_FILLED for r in responses[1:])
+    listing = await all_orders(oms)
+    assert len(listing.orders) == 11
+    # Per market order: ACCEPTED, FILLED and the fill, nothing more for the retry.
+    assert listing.as_of_sequence == 11 * 3
+    assert len(await fills_of(oms, first.order_id)) == 1
+
+
+async def test_orders_racing_a_tick_each_fill_exactly_once(oms: OmsHarness) -> None:
+    await tick(oms, "50000")
+    requests = [
+        order_request(client_order_id=f"grid-{n}", type=order_pb2.ORDER_TYPE_LIMIT, price="49000")
+        for n in range(30)
+    ]
+    await asyncio.gather(*(oms.orders.PlaceOrder(r) for r in requests[:15]), tick(oms, "48000"))
+    await asyncio.gather(*(oms.orders.PlaceOrder(r) for r in requests[15:]))
+
+    resting_fill = ("49000", "0.01", order_pb2.LIQUIDITY_MAKER)
+    crossing_fill = ("48000", "0.01", order_pb2.LIQUIDITY_TAKER)
+    listing = await all_orders(oms)
+    assert len(listing.orders) == 30
+    assert {o.status for o in listing.orders} == {order_pb2.ORDER_STATUS_FILLED}
+    for order in listing.orders:
+        fills = [(f.price, f.quantity, f.liquidity) for f in await fills_of(oms, order.order_id)]
+        # Decided before the tick: rested, then filled by it as maker. After: crossed at once.
+        racing = int(order.client_order_id.removeprefix("grid-")) < 15
+        assert fills in ([resting_fill], [crossing_fill]) if racing else fills == [crossing_fill]
+
+
+async def test_cancel_all_cancels_every_resting_order_in_shared_commits(oms: OmsHarness) -> None:
+    await tick(oms, "50000")
+    for n in range(25):
+        await place(
+            oms, client_order_id=f"rest-{n}", type=order_pb2.ORDER_TYPE_LIMIT, price="49000"
+        )
+    response = await oms.orders.CancelAllOrders(pb.CancelAllOrdersRequest(user_id=USER))
+    assert len(response.orders) == 25
+    assert {o.status for o in response.orders} == {order_pb2.ORDER_STATUS_CANCELED}
+    await tick(oms, "48000")
+    listing = await all_orders(oms)
+    assert {o.status for o in listing.orders} == {order_pb2.ORDER_STATUS_CANCELED}

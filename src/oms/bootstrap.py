@@ -14,6 +14,7 @@ import grpc
 from oms.adapters.redis_store.store import RedisStore, connect
 from oms.api.market_data_service import MarketDataService
 from oms.api.order_service import OrderService
+from oms.api.position_service import PositionService
 from oms.api.server import OmsServer
 from oms.config import Settings
 from oms.domain.identifiers import IdGenerator
@@ -23,6 +24,7 @@ from oms.engine.journal import Journal
 from oms.engine.market_data import MarketData
 from oms.engine.order_lifecycle import OrderLifecycle
 from oms.engine.paper_exchange import PAPER, PaperExchange
+from oms.engine.positions import Positions
 from oms.engine.subscriptions import EventHub
 
 log = logging.getLogger("oms")
@@ -66,8 +68,12 @@ class Application:
         self.paper = PaperExchange(catalog, fees, journal, ids.new_id, time.time_ns)
         orders = OrderLifecycle(self.store, catalog, self.paper, self.hub, ids.new_id, time.time_ns)
         self.market_data = MarketData(catalog, self.paper, settings.stream_buffer_events)
+        positions = Positions(self.store, catalog, orders, self.hub, self.paper.last_price_of)
         self.server = OmsServer(
-            OrderService(orders), MarketDataService(self.market_data), extra_handlers
+            OrderService(orders),
+            MarketDataService(self.market_data),
+            PositionService(positions),
+            extra_handlers,
         )
         self._stopping = asyncio.Event()
 

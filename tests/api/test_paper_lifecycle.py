@@ -150,6 +150,7 @@ async def test_stop_already_reached_at_placement_is_rejected(oms: OmsHarness) ->
 
 async def test_take_profit_market_sell_fills_when_the_price_rises_to_it(oms: OmsHarness) -> None:
     await tick(oms, "50000")
+    await place(oms)  # the long position it takes profit on
     order = await place(
         oms,
         side=S.SIDE_SELL,

@@ -133,7 +133,8 @@ async def test_resume_point_in_the_future_is_out_of_range(oms: OmsHarness) -> No
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stream.next_message()
     assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
-    assert "newest sequence 3" in (error.value.details() or "")
+    # ACCEPTED, fill, FILLED and the position's update.
+    assert "newest sequence 4" in (error.value.details() or "")
 
 
 async def test_resume_point_older_than_retention_is_out_of_range(redis_url: str) -> None:
@@ -141,15 +142,15 @@ async def test_resume_point_older_than_retention_is_out_of_range(redis_url: str)
     try:
         await tick(oms, "50000")
         for _ in range(4):
-            await place(oms)  # 12 events; the last 5 are kept: 8..12
+            await place(oms)  # 16 events (ACCEPTED, fill, FILLED, position); 5 kept: 12..16
         with pytest.raises(grpc.aio.AioRpcError) as error:
-            await order_stream(oms, after=6).next_message()
+            await order_stream(oms, after=10).next_message()
         assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
-        assert "oldest available sequence is 8" in (error.value.details() or "")
+        assert "oldest available sequence is 12" in (error.value.details() or "")
         # Resuming right before the oldest retained event still works.
-        ok = order_stream(oms, after=7)
+        ok = order_stream(oms, after=11)
         [first] = await ok.events(1)
-        assert first.sequence == 9  # 7, 8, 9: the 3rd order's ACCEPTED, fill, FILLED
+        assert first.sequence == 13  # 12 is the 3rd position update; 13 the 4th ACCEPTED
         ok.cancel()
     finally:
         await oms.close()
@@ -161,10 +162,10 @@ async def test_idle_stream_sends_heartbeats_with_the_latest_sequence(redis_url: 
         await tick(oms, "50000")
         await place(oms)
         stream = fill_stream(oms)
-        assert await stream.until_live() == 3
+        assert await stream.until_live() == 4
         beat = await stream.next_message(timeout_s=2)
         assert beat.WhichOneof("payload") == "heartbeat"
-        assert beat.heartbeat.latest_sequence == 3
+        assert beat.heartbeat.latest_sequence == 4
         stream.cancel()
     finally:
         await oms.close()

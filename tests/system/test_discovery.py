@@ -8,7 +8,7 @@ from fixtures.oms_server import OmsHarness
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tradingboost.oms.v1 import order_service_pb2 as pb
-from tradingboost.oms.v1 import position_service_pb2, position_service_pb2_grpc
+from tradingboost.oms.v1 import trailing_stop_service_pb2, trailing_stop_service_pb2_grpc
 
 SERVICES = [
     "tradingboost.oms.v1.OrderService",
@@ -38,11 +38,13 @@ async def test_reflection_lists_every_service(oms: OmsHarness) -> None:
 
 
 async def test_pending_capabilities_answer_unimplemented(oms: OmsHarness) -> None:
-    positions = position_service_pb2_grpc.PositionServiceStub(oms.channel)
+    stops = trailing_stop_service_pb2_grpc.TrailingStopServiceStub(oms.channel)
     with pytest.raises(grpc.aio.AioRpcError) as error:
-        await positions.GetPosition(position_service_pb2.GetPositionRequest(user_id="alice"))
+        await stops.GetTrailingStop(
+            trailing_stop_service_pb2.GetTrailingStopRequest(user_id="alice")
+        )
     assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "GetPosition" in (error.value.details() or "")
+    assert "GetTrailingStop" in (error.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await oms.orders.GetConditionalRule(pb.GetConditionalRuleRequest(user_id="alice"))
     assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED

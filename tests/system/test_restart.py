@@ -53,7 +53,7 @@ async def test_kill_9_then_restart_keeps_orders_fills_and_sequences(
         orders, market = oms_process.stubs(channel)
         after = await orders.ListOrders(pb.ListOrdersRequest(user_id=USER))
         assert list(after.orders) == list(before.orders)
-        assert after.as_of_sequence == before.as_of_sequence == 4
+        assert after.as_of_sequence == before.as_of_sequence == 5
         fills_after = await orders.ListFills(pb.ListFillsRequest(user_id=USER))
         assert list(fills_after.fills) == list(fills_before.fills)
         # The last price survived too: a market order fills without a new tick.
@@ -64,14 +64,14 @@ async def test_kill_9_then_restart_keeps_orders_fills_and_sequences(
         now = await orders.GetOrder(pb.GetOrderRequest(user_id=USER, order_id=resting.order_id))
         assert now.order.status == S.ORDER_STATUS_FILLED
         assert now.order.average_fill_price == "49000"
-        # Sequences continue without a gap: the fill and FILLED update are 5 and 6.
+        # Sequences continue without a gap: the fill and FILLED update are 6 and 7.
         fills = await orders.ListFills(pb.ListFillsRequest(user_id=USER, order_id=resting.order_id))
-        assert [f.sequence for f in fills.fills] == [5]
+        assert [f.sequence for f in fills.fills] == [6]
         stream = orders.StreamOrderUpdates(
-            pb.StreamOrderUpdatesRequest(user_id=USER, after_sequence=4)
+            pb.StreamOrderUpdatesRequest(user_id=USER, after_sequence=5)
         )
         first = cast(pb.StreamOrderUpdatesResponse, await asyncio.wait_for(stream.read(), 5))
-        assert first.order_update.sequence == 6
+        assert first.order_update.sequence == 7
         assert first.order_update.order.status == S.ORDER_STATUS_FILLED
         stream.cancel()
 

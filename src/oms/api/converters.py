@@ -12,14 +12,23 @@ from tradingboost.oms.v1 import (
     market_data_pb2,
     order_pb2,
     order_service_pb2,
+    position_pb2,
+    position_service_pb2,
 )
 
-from oms.domain.commands import PlaceOrder
+from oms.domain.commands import OpenPosition, PlaceOrder
 from oms.domain.decimals import fmt
-from oms.domain.errors import InvalidArgument
-from oms.domain.events import Heartbeat, OrderEventType, OrderUpdated, SequencedEvent
+from oms.domain.errors import InvalidArgument, Unimplemented
+from oms.domain.events import (
+    Heartbeat,
+    OrderEventType,
+    OrderUpdated,
+    PositionUpdated,
+    SequencedEvent,
+)
 from oms.domain.fills import Fill, Liquidity
 from oms.domain.orders import Order, OrderStatus, OrderType, PositionSide, Side, TimeInForce
+from oms.domain.positions import PortfolioSummary, Position, PositionStatus, display
 from oms.engine.ports import PriceUpdate
 
 E = TypeVar("E", bound=Enum)
@@ -53,6 +62,7 @@ POSITION_SIDES = _EnumMap(PositionSide, order_pb2, "POSITION_SIDE")
 ORDER_STATUSES = _EnumMap(OrderStatus, order_pb2, "ORDER_STATUS")
 LIQUIDITIES = _EnumMap(Liquidity, order_pb2, "LIQUIDITY")
 ORDER_EVENT_TYPES = _EnumMap(OrderEventType, order_pb2, "ORDER_EVENT_TYPE")
+POSITION_STATUSES = _EnumMap(PositionStatus, position_pb2, "POSITION_STATUS")
 
 
 def timestamp(time_ns: int) -> Timestamp:
@@ -119,6 +129,9 @@ def order_to_proto(order: Order) -> order_pb2.Order:
         fees=fmt(order.fees),
         fee_currency=order.fee_currency,
         reject_reason=order.reject_reason,
+        cancel_reason=order.cancel_reason,
+        parent_order_id=order.parent_order_id,
+        linked_order_id=order.linked_order_id,
         strategy=order.strategy,
         metadata=order.metadata,
         created_at=timestamp(order.created_at_ns),
@@ -175,3 +188,92 @@ def price_to_proto(update: PriceUpdate) -> market_data_pb2.Price:
         price=fmt(update.price),
         time=timestamp(update.time_ns),
     )
+
+
+def open_position_command(request: position_service_pb2.OpenPositionRequest) -> OpenPosition:
+    if request.HasField("trailing_stop"):
+        raise Unimplemented("OpenPosition.trailing_stop: trailing stops are not implemented yet")
+    return OpenPosition(
+        user_id=request.user_id,
+        exchange=request.exchange,
+        symbol=request.symbol,
+        position_side=POSITION_SIDES.parse("position_side", request.position_side, PositionSide),
+        type=ORDER_TYPES.parse("type", request.type, OrderType),
+        time_in_force=TIME_IN_FORCES.parse("time_in_force", request.time_in_force, TimeInForce),
+        quantity=request.quantity,
+        price=request.price,
+        leverage=request.leverage if request.HasField("leverage") else None,
+        stop_loss_price=request.stop_loss_price,
+        take_profit_price=request.take_profit_price,
+        client_order_id=request.client_order_id,
+        strategy=request.strategy,
+        grid_level=request.grid_level if request.HasField("grid_level") else None,
+        metadata=dict(request.metadata),
+    )
+
+
+def position_to_proto(position: Position) -> position_pb2.Position:
+    message = position_pb2.Position(
+        position_id=position.position_id,
+        user_id=position.user_id,
+        exchange=position.exchange,
+        symbol=position.symbol,
+        position_side=POSITION_SIDES.to_proto[position.position_side],
+        status=POSITION_STATUSES.to_proto[position.status],
+        size=fmt(position.size),
+        entry_price=fmt(display(position.entry_price)),
+        mark_price=fmt(position.mark_price),
+        unrealized_pnl=fmt(display(position.unrealized_pnl)),
+        realized_pnl=fmt(display(position.realized_pnl)),
+        fees=fmt(position.fees),
+        leverage=position.leverage,
+        notional=fmt(position.notional),
+        pnl_percentage=fmt(display(position.pnl_percentage)),
+        liquidation_price=fmt(display(position.liquidation_price)),
+        grid_levels=[
+            position_pb2.PositionGridLevel(
+                grid_level=grid.level,
+                quantity=fmt(grid.quantity),
+                entry_price=fmt(display(grid.entry_price)),
+            )
+            for grid in position.grid_levels
+        ],
+        opened_at=timestamp(position.opened_at_ns),
+        updated_at=timestamp(position.updated_at_ns),
+        contract_size=fmt(position.contract_size),
+        settle_currency=position.settle_currency,
+    )
+    if position.closed_at_ns:
+        message.closed_at.CopyFrom(timestamp(position.closed_at_ns))
+    return message
+
+
+def position_update_to_proto(item: SequencedEvent) -> position_pb2.PositionUpdate:
+    event = item.event
+    assert isinstance(event, PositionUpdated)
+    return position_pb2.PositionUpdate(
+        sequence=item.sequence, position=position_to_proto(event.position)
+    )
+
+
+def portfolio_summary_to_proto(
+    user_id: str, exchange: str, summary: PortfolioSummary
+) -> position_pb2.PortfolioSummary:
+    message = position_pb2.PortfolioSummary(
+        user_id=user_id,
+        exchange=exchange,
+        total_positions=summary.total_positions,
+        open_positions=summary.open_positions,
+        closed_positions=summary.closed_positions,
+        total_notional=fmt(summary.total_notional),
+        total_unrealized_pnl=fmt(display(summary.total_unrealized_pnl)),
+        total_realized_pnl=fmt(display(summary.total_realized_pnl)),
+        total_fees=fmt(summary.total_fees),
+    )
+    if summary.win_rate is not None:
+        message.win_rate = fmt(display(summary.win_rate))
+    if summary.profit_factor is not None:
+        message.profit_factor = fmt(display(summary.profit_factor))
+    if summary.largest_position_pct is not None:
+        message.largest_position_pct = fmt(display(summary.largest_position_pct))
+    return message

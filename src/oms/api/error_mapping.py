@@ -25,6 +25,7 @@ from oms.domain.errors import (
     OutOfRange,
     ResourceExhausted,
     Unavailable,
+    Unimplemented,
 )
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ _CODES: dict[type[OmsError], grpc.StatusCode] = {
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     ConcurrentModification: grpc.StatusCode.ABORTED,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 

@@ -10,6 +10,7 @@ from tradingboost.oms.v1 import order_service_pb2 as pb
 from tradingboost.oms.v1 import order_service_pb2_grpc
 
 from oms.api.converters import (
+    SIDES,
     fill_to_proto,
     heartbeat_to_proto,
     order_statuses,
@@ -19,8 +20,9 @@ from oms.api.converters import (
 )
 from oms.api.unimplemented import abort_unimplemented
 from oms.domain.events import Heartbeat
+from oms.domain.orders import Side
 from oms.domain.paging import encode_page_token
-from oms.engine.order_lifecycle import OrderLifecycle, OrderRef, StreamFilter
+from oms.engine.order_lifecycle import OpenOrderSearch, OrderLifecycle, OrderRef, StreamFilter
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -70,6 +72,22 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             next_page_token=encode_page_token(page.next_cursor),
             as_of_sequence=page.as_of_sequence,
         )
+
+    async def FindOpenOrders(
+        self, request: pb.FindOpenOrdersRequest, context: Context
+    ) -> pb.FindOpenOrdersResponse:
+        orders = await self._orders.find_open_orders(
+            OpenOrderSearch(
+                user_id=request.user_id,
+                exchange=request.exchange,
+                symbol=request.symbol,
+                grid_level=request.grid_level if request.HasField("grid_level") else None,
+                price=request.price,
+                price_tolerance=request.price_tolerance,
+                side=SIDES.parse("side", request.side, Side),
+            )
+        )
+        return pb.FindOpenOrdersResponse(orders=[order_to_proto(order) for order in orders])
 
     async def ListFills(
         self, request: pb.ListFillsRequest, context: Context

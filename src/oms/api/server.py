@@ -16,12 +16,14 @@ from tradingboost.oms.v1 import (
     order_service_pb2,
     order_service_pb2_grpc,
     position_service_pb2,
+    position_service_pb2_grpc,
     trailing_stop_service_pb2,
 )
 
 from oms.api.error_mapping import ErrorMappingInterceptor
 from oms.api.market_data_service import MarketDataService
 from oms.api.order_service import OrderService
+from oms.api.position_service import PositionService
 from oms.api.unimplemented import unimplemented_service
 
 log = logging.getLogger(__name__)
@@ -29,9 +31,9 @@ log = logging.getLogger(__name__)
 _IMPLEMENTED = (
     order_service_pb2.DESCRIPTOR.services_by_name["OrderService"],
     market_data_service_pb2.DESCRIPTOR.services_by_name["MarketDataService"],
+    position_service_pb2.DESCRIPTOR.services_by_name["PositionService"],
 )
 _PENDING = (
-    position_service_pb2.DESCRIPTOR.services_by_name["PositionService"],
     trailing_stop_service_pb2.DESCRIPTOR.services_by_name["TrailingStopService"],
     account_service_pb2.DESCRIPTOR.services_by_name["AccountService"],
 )
@@ -45,6 +47,7 @@ class OmsServer:
         self,
         orders: OrderService,
         market_data: MarketDataService,
+        positions: PositionService,
         extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
     ) -> None:
         self.server = grpc.aio.server(
@@ -55,6 +58,7 @@ class OmsServer:
         market_data_service_pb2_grpc.add_MarketDataServiceServicer_to_server(
             market_data, self.server
         )
+        position_service_pb2_grpc.add_PositionServiceServicer_to_server(positions, self.server)
         self.server.add_generic_rpc_handlers(
             [unimplemented_service(service) for service in _PENDING] + list(extra_handlers)
         )

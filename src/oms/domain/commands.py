@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 import orjson
@@ -63,6 +63,8 @@ class OrderSpec:
     strategy: str
     grid_level: int | None
     metadata: dict[str, str]
+    take_profit_price: Decimal | None = None
+    stop_loss_price: Decimal | None = None
 
     def fingerprint(self) -> str:
         """Digest of every parameter but the client order id, in normalised form."""
@@ -74,17 +76,27 @@ class OrderSpec:
                 self.type.value,
                 self.time_in_force.value,
                 fmt(self.quantity),
-                None if self.price is None else fmt(self.price),
-                None if self.stop_price is None else fmt(self.stop_price),
+                _opt_fmt(self.price),
+                _opt_fmt(self.stop_price),
                 self.reduce_only,
                 self.position_side.value,
                 self.leverage,
                 self.strategy,
                 self.grid_level,
                 sorted(self.metadata.items()),
+                # Only OpenPosition entries have exits; plain orders keep their digest.
+                *(
+                    [_opt_fmt(self.take_profit_price), _opt_fmt(self.stop_loss_price)]
+                    if self.take_profit_price is not None or self.stop_loss_price is not None
+                    else []
+                ),
             ]
         )
         return hashlib.blake2b(canonical, digest_size=12).hexdigest()
+
+
+def _opt_fmt(value: Decimal | None) -> str | None:
+    return None if value is None else fmt(value)
 
 
 def _required(field: str, value: object) -> None:
@@ -162,3 +174,79 @@ def validate_place_order(command: PlaceOrder, catalog: MarketCatalog) -> OrderSp
         grid_level=command.grid_level,
         metadata=dict(command.metadata),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class OpenPosition:
+    """An OpenPosition request: an entry order plus the exits to place once it fills."""
+
+    user_id: str
+    exchange: str
+    symbol: str
+    position_side: PositionSide | None
+    type: OrderType | None
+    time_in_force: TimeInForce | None
+    quantity: str
+    price: str
+    leverage: int | None
+    stop_loss_price: str
+    take_profit_price: str
+    client_order_id: str
+    strategy: str
+    grid_level: int | None
+    metadata: dict[str, str]
+
+
+def validate_open_position(
+    command: OpenPosition, catalog: MarketCatalog, last_price: Decimal | None
+) -> OrderSpec:
+    """The entry as an OrderSpec carrying its exits. The exits must lie on the profitable
+    and the losing side of the entry (its limit price, or the last price for MARKET)."""
+    _required("position_side", command.position_side)
+    assert command.position_side is not None
+    if command.type not in (OrderType.MARKET, OrderType.LIMIT):
+        raise InvalidArgument("type", "must be ORDER_TYPE_MARKET or ORDER_TYPE_LIMIT")
+    long = command.position_side is PositionSide.LONG
+    spec = validate_place_order(
+        PlaceOrder(
+            user_id=command.user_id,
+            exchange=command.exchange,
+            symbol=command.symbol,
+            side=Side.BUY if long else Side.SELL,
+            type=command.type,
+            time_in_force=command.time_in_force,
+            quantity=command.quantity,
+            price=command.price,
+            stop_price="",
+            reduce_only=False,
+            position_side=command.position_side,
+            leverage=command.leverage,
+            client_order_id=command.client_order_id,
+            strategy=command.strategy,
+            grid_level=command.grid_level,
+            metadata=command.metadata,
+        ),
+        catalog,
+    )
+    exits = {}
+    for field, raw in (
+        ("take_profit_price", command.take_profit_price),
+        ("stop_loss_price", command.stop_loss_price),
+    ):
+        exits[field] = _optional_price(field, raw, spec.market, bool(raw), "these")
+    take_profit, stop_loss = exits["take_profit_price"], exits["stop_loss_price"]
+    entry = spec.price if spec.price is not None else last_price
+    if entry is not None:
+        if take_profit is not None and (take_profit <= entry if long else take_profit >= entry):
+            raise InvalidArgument(
+                "take_profit_price",
+                f"must be {'above' if long else 'below'} the entry price {fmt(entry)} "
+                f"for a {command.position_side.value} position",
+            )
+        if stop_loss is not None and (stop_loss >= entry if long else stop_loss <= entry):
+            raise InvalidArgument(
+                "stop_loss_price",
+                f"must be {'below' if long else 'above'} the entry price {fmt(entry)} "
+                f"for a {command.position_side.value} position",
+            )
+    return replace(spec, take_profit_price=take_profit, stop_loss_price=stop_loss)

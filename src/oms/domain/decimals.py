@@ -8,7 +8,7 @@ products of prices, quantities, contract sizes and fee rates are exact.
 from __future__ import annotations
 
 import re
-from decimal import Context, Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 
 from oms.domain.errors import InvalidArgument
 
@@ -51,6 +51,14 @@ def add(a: Decimal, b: Decimal) -> Decimal:
 def div(a: Decimal, b: Decimal) -> Decimal:
     """Division is the one inexact operation (average prices): 160 significant digits."""
     return _EXACT.divide(a, b)
+
+
+def rounded(value: Decimal, places: int) -> Decimal:
+    """Half-even to at most `places` decimal places; a value with fewer stays as it is."""
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent >= -places:
+        return value
+    return value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN, context=_EXACT)
 
 
 def is_multiple(value: Decimal, step: Decimal) -> bool:

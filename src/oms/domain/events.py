@@ -17,6 +17,7 @@ from oms.domain.orders import (
     OrderRejected,
     OrderTriggered,
 )
+from oms.domain.positions import Position
 
 
 class OrderEventType(Enum):
@@ -44,7 +45,14 @@ class FillRecorded:
     fill: Fill
 
 
-UserEvent = OrderUpdated | FillRecorded
+@dataclass(frozen=True, slots=True)
+class PositionUpdated:
+    """A position record changed (fills or mark price); carries it as it is after."""
+
+    position: Position
+
+
+UserEvent = OrderUpdated | FillRecorded | PositionUpdated
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,4 +105,10 @@ class Heartbeat:
 
 
 def event_user(event: UserEvent) -> str:
-    return event.order.user_id if isinstance(event, OrderUpdated) else event.fill.user_id
+    match event:
+        case OrderUpdated(order=order):
+            return order.user_id
+        case FillRecorded(fill=fill):
+            return fill.user_id
+        case PositionUpdated(position=position):
+            return position.user_id

@@ -122,6 +122,17 @@ OrderEvent = (
     | OrderExpired
 )
 
+
+@dataclass(frozen=True, slots=True)
+class Bracket:
+    """Take-profit and stop-loss of an entry order, with the order ids reserved for them."""
+
+    take_profit_price: Decimal | None
+    stop_loss_price: Decimal | None
+    take_profit_order_id: str
+    stop_loss_order_id: str
+
+
 S = OrderStatus
 # (status, event) -> status after it. `None` means "from the fill": PARTIALLY_FILLED or FILLED.
 _TRANSITIONS: dict[tuple[OrderStatus, type], OrderStatus | None] = {
@@ -194,6 +205,14 @@ class Order:
     version: int = 0
     """Bumped on every change; the store refuses a write based on a stale version."""
     fill_ids: tuple[str, ...] = field(default=())
+    cancel_reason: str = ""
+    """Why the OMS or the venue ended the order CANCELED or EXPIRED."""
+    bracket: Bracket | None = None
+    """On an entry order: the exits to place once it fills."""
+    parent_order_id: str = ""
+    """On a take-profit or stop-loss: the entry order it protects."""
+    linked_order_id: str = ""
+    """One-cancels-other: the order this one cancels when it fills (and vice versa)."""
 
     @property
     def remaining_quantity(self) -> Decimal:
@@ -225,6 +244,8 @@ class Order:
                 changes["exchange_order_id"] = exchange_order_id
             case OrderRejected(reason=reason):
                 changes["reject_reason"] = reason
+            case OrderCanceled(reason=reason) | OrderExpired(reason=reason):
+                changes["cancel_reason"] = reason
             case OrderTriggered():
                 changes["triggered"] = True
             case OrderFilled(fill=fill):

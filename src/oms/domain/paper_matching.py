@@ -15,6 +15,7 @@ from oms.domain.markets import Market
 from oms.domain.orders import (
     Order,
     OrderAccepted,
+    OrderCanceled,
     OrderEvent,
     OrderExpired,
     OrderFilled,
@@ -40,11 +41,29 @@ class PaperContext:
     fees: FeeSchedule
     new_id: Callable[[], str]
     now_ns: int
+    reducible: Decimal | None = None
+    """For an order that reduces its position: the position's size, which caps the fill."""
 
 
-def _fill(order: Order, price: Decimal, liquidity: Liquidity, ctx: PaperContext) -> OrderFilled:
+def _fill(
+    order: Order, price: Decimal, liquidity: Liquidity, ctx: PaperContext
+) -> list[OrderEvent]:
+    """Fill the rest of the order; a reduction stops at the position's size (hedge mode never
+    flips a side) and the remainder is canceled."""
+    remaining = order.quantity - order.filled_quantity
+    quantity = remaining if ctx.reducible is None else min(remaining, ctx.reducible)
+    if quantity <= 0:
+        return [OrderCanceled("reduce-only: the position is flat")]
+    events: list[OrderEvent] = [_filled(order, quantity, price, liquidity, ctx)]
+    if quantity < remaining:
+        events.append(OrderCanceled("reduce-only: capped at the position size"))
+    return events
+
+
+def _filled(
+    order: Order, quantity: Decimal, price: Decimal, liquidity: Liquidity, ctx: PaperContext
+) -> OrderFilled:
     rate = ctx.fees.maker_rate if liquidity is Liquidity.MAKER else ctx.fees.taker_rate
-    quantity = order.quantity - order.filled_quantity
     fill_id = ctx.new_id()
     return OrderFilled(
         Fill(
@@ -84,7 +103,7 @@ def _limit_on_arrival(order: Order, last: Decimal | None, ctx: PaperContext) -> 
     if last is not None and _crosses(order.side, order.price, last):
         if order.time_in_force is TimeInForce.POST_ONLY:
             return [OrderRejected("post-only order would take liquidity")]
-        return [_fill(order, last, Liquidity.TAKER, ctx)]
+        return _fill(order, last, Liquidity.TAKER, ctx)
     if order.time_in_force in (TimeInForce.IOC, TimeInForce.FOK):
         return [OrderExpired(f"{order.time_in_force.value} order could not fill at once")]
     return []
@@ -96,7 +115,7 @@ def on_submit(order: Order, last: Decimal | None, ctx: PaperContext) -> list[Ord
         case OrderType.MARKET:
             if last is None:
                 return [OrderRejected("no price")]
-            return [OrderAccepted(order.order_id), _fill(order, last, Liquidity.TAKER, ctx)]
+            return [OrderAccepted(order.order_id), *_fill(order, last, Liquidity.TAKER, ctx)]
         case OrderType.LIMIT:
             outcome = _limit_on_arrival(order, last, ctx)
             if outcome and isinstance(outcome[0], OrderRejected):
@@ -114,9 +133,9 @@ def on_tick(order: Order, price: Decimal, ctx: PaperContext) -> list[OrderEvent]
     if order.type is OrderType.LIMIT or (order.type is OrderType.STOP_LIMIT and order.triggered):
         assert order.price is not None
         reached = price <= order.price if order.side is Side.BUY else price >= order.price
-        return [_fill(order, order.price, Liquidity.MAKER, ctx)] if reached else []
+        return _fill(order, order.price, Liquidity.MAKER, ctx) if reached else []
     if not _stop_reached(order, price):
         return []
     if order.type is OrderType.STOP_LIMIT:
         return [OrderTriggered(), *_limit_on_arrival(order, price, ctx)]
-    return [OrderTriggered(), _fill(order, price, Liquidity.TAKER, ctx)]
+    return [OrderTriggered(), *_fill(order, price, Liquidity.TAKER, ctx)]

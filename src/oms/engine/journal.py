@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from oms.domain.events import SequencedEvent
+from oms.domain.events import PositionUpdated, SequencedEvent
 from oms.engine.ports import Conflict, OrderChange, PriceUpdate, StateStore
 from oms.engine.subscriptions import EventHub
 
@@ -15,9 +15,12 @@ class Journal:
         self._hub = hub
 
     async def record(
-        self, changes: Sequence[OrderChange], prices: Sequence[PriceUpdate] = ()
+        self,
+        changes: Sequence[OrderChange],
+        prices: Sequence[PriceUpdate] = (),
+        positions: Sequence[PositionUpdated] = (),
     ) -> list[SequencedEvent] | Conflict:
-        result = await self.store.commit(changes, prices)
+        result = await self.store.commit(changes, prices, positions)
         if isinstance(result, list):
             self._hub.publish(result)
         return result

@@ -6,19 +6,21 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from oms.domain.commands import PlaceOrder, validate_place_order
+from oms.domain.commands import MAX_GRID_LEVEL, OrderSpec, PlaceOrder, validate_place_order
+from oms.domain.decimals import parse_decimal, parse_positive
 from oms.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from oms.domain.events import FillRecorded, Heartbeat, OrderUpdated, SequencedEvent, UserEvent
 from oms.domain.fills import Fill
 from oms.domain.identifiers import check_client_order_id, check_user_id
 from oms.domain.markets import MarketCatalog
-from oms.domain.orders import Order, OrderStatus
+from oms.domain.orders import Bracket, Order, OrderStatus, Side
 from oms.domain.paging import decode_page_token, page_size
 from oms.engine.paper_exchange import PAPER, PaperExchange
 from oms.engine.ports import FillQuery, OrderQuery, Page, StateStore
 from oms.engine.subscriptions import EventHub
 
 CANCELED_BY_USER = "canceled by user"
+MAX_FOUND_ORDERS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +30,17 @@ class OrderRef:
     user_id: str
     order_id: str = ""
     client_order_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenOrderSearch:
+    user_id: str
+    exchange: str
+    symbol: str
+    grid_level: int | None = None
+    price: str = ""
+    price_tolerance: str = ""
+    side: Side | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +80,22 @@ class OrderLifecycle:
         self._clock_ns = clock_ns
 
     async def place(self, command: PlaceOrder) -> Order:
-        spec = validate_place_order(command, self._catalog)
+        return await self.submit(validate_place_order(command, self._catalog))
+
+    async def submit(self, spec: OrderSpec) -> Order:
+        """Create the order a validated spec describes and send it to its venue; idempotent
+        on the client order id."""
         now = self._clock_ns()
         order_id = self._new_id()
         fingerprint = spec.fingerprint()
+        bracket = None
+        if spec.take_profit_price is not None or spec.stop_loss_price is not None:
+            bracket = Bracket(
+                take_profit_price=spec.take_profit_price,
+                stop_loss_price=spec.stop_loss_price,
+                take_profit_order_id=self._new_id() if spec.take_profit_price else "",
+                stop_loss_order_id=self._new_id() if spec.stop_loss_price else "",
+            )
         order = Order(
             order_id=order_id,
             client_order_id=spec.client_order_id or order_id,
@@ -92,6 +117,7 @@ class OrderLifecycle:
             fingerprint=fingerprint,
             created_at_ns=now,
             updated_at_ns=now,
+            bracket=bracket,
         )
         placed, created = await self._venue(order.exchange).place(order)
         if not created and placed.fingerprint != fingerprint:
@@ -111,7 +137,7 @@ class OrderLifecycle:
 
     async def cancel_all(self, user_id: str, exchange: str, symbol: str) -> list[Order]:
         check_user_id(user_id)
-        exchange, symbol = self._instrument_filter(exchange, symbol)
+        exchange, symbol = self.instrument_filter(exchange, symbol)
         targets = [
             order
             for order in sorted(await self._store.open_orders(user_id), key=lambda o: o.order_id)
@@ -130,6 +156,9 @@ class OrderLifecycle:
                 raise outcome
             # FailedPrecondition: it filled or was canceled meanwhile, nothing left to cancel.
         return canceled
+
+    async def find_by_client_id(self, user_id: str, client_order_id: str) -> Order | None:
+        return await self._store.get_order_by_client_id(user_id, client_order_id)
 
     async def get(self, ref: OrderRef) -> Order:
         _check_ref(ref)
@@ -160,7 +189,7 @@ class OrderLifecycle:
         page_token: str = "",
     ) -> Page[Order]:
         check_user_id(user_id)
-        exchange, symbol = self._instrument_filter(exchange, symbol)
+        exchange, symbol = self.instrument_filter(exchange, symbol)
         return await self._store.list_orders(
             OrderQuery(
                 user_id=user_id,
@@ -175,6 +204,35 @@ class OrderLifecycle:
             )
         )
 
+    async def find_open_orders(self, query: OpenOrderSearch) -> list[Order]:
+        """Open orders of one instrument at a grid level OR within a price window."""
+        check_user_id(query.user_id)
+        market = self._catalog.resolve(query.exchange, query.symbol)
+        window = None
+        if query.price:
+            price = parse_positive("price", query.price)
+            tolerance = parse_decimal("price_tolerance", query.price_tolerance)
+            window = (price - tolerance, price + tolerance)
+        elif query.price_tolerance:
+            raise InvalidArgument("price_tolerance", "must be empty without price")
+        if query.grid_level is None and window is None:
+            raise InvalidArgument("grid_level", "give grid_level, or price with price_tolerance")
+        if query.grid_level is not None and not 0 <= query.grid_level <= MAX_GRID_LEVEL:
+            raise InvalidArgument("grid_level", f"must be 0 to {MAX_GRID_LEVEL}")
+
+        def matches(order: Order) -> bool:
+            if order.exchange != market.exchange or order.symbol != market.symbol:
+                return False
+            if query.side is not None and order.side is not query.side:
+                return False
+            at_level = query.grid_level is not None and order.grid_level == query.grid_level
+            price = order.price if order.price is not None else order.stop_price
+            near = window is not None and price is not None and window[0] <= price <= window[1]
+            return at_level or near
+
+        found = [order for order in await self._store.open_orders(query.user_id) if matches(order)]
+        return sorted(found, key=lambda o: o.order_id)[:MAX_FOUND_ORDERS]
+
     async def list_fills(
         self,
         user_id: str,
@@ -186,7 +244,7 @@ class OrderLifecycle:
         page_token: str = "",
     ) -> Page[tuple[int, Fill]]:
         check_user_id(user_id)
-        exchange, symbol = self._instrument_filter(exchange, symbol)
+        exchange, symbol = self.instrument_filter(exchange, symbol)
         if len(order_id) > 64:
             raise InvalidArgument("order_id", "is longer than 64 characters")
         return await self._store.list_fills(
@@ -216,7 +274,7 @@ class OrderLifecycle:
 
     def _stream_filter(self, query: StreamFilter) -> tuple[str, str]:
         check_user_id(query.user_id)
-        return self._instrument_filter(query.exchange, query.symbol)
+        return self.instrument_filter(query.exchange, query.symbol)
 
     @staticmethod
     def _matches(record: Order | Fill, exchange: str, symbol: str) -> bool:
@@ -224,7 +282,7 @@ class OrderLifecycle:
             not symbol or record.symbol == symbol
         )
 
-    def _instrument_filter(self, exchange: str, symbol: str) -> tuple[str, str]:
+    def instrument_filter(self, exchange: str, symbol: str) -> tuple[str, str]:
         """Validate optional exchange/symbol filters; the symbol comes back unified."""
         if symbol and not exchange:
             raise InvalidArgument("exchange", "is required when symbol is given")

@@ -18,15 +18,22 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from oms.domain.errors import ConcurrentModification, NotFound, OmsError
-from oms.domain.events import OrderEventType, OrderUpdated, apply_all
-from oms.domain.markets import MarketCatalog
-from oms.domain.orders import Order, OrderCanceled
+from oms.domain.brackets import bracket_legs
+from oms.domain.decimals import ZERO
+from oms.domain.errors import ConcurrentModification, FailedPrecondition, NotFound, OmsError
+from oms.domain.events import FillRecorded, PositionUpdated, apply_all
+from oms.domain.fills import Fill
+from oms.domain.markets import Market, MarketCatalog
+from oms.domain.orders import Order, OrderCanceled, OrderEvent, PositionSide
 from oms.domain.paper_matching import FeeSchedule, PaperContext, on_submit, on_tick
+from oms.domain.positions import Position, apply_fill, open_record, reduces
 from oms.engine.journal import Journal
 from oms.engine.ports import Conflict, ConflictKind, OrderChange, PriceUpdate
 
 PAPER = "paper"
+
+PositionSlot = tuple[str, PositionSide]
+"""(user_id, position side): one desk's key for a position on its symbol."""
 
 # Decisions per commit: bounds how long one commit script holds Redis.
 MAX_BATCH = 256
@@ -48,6 +55,9 @@ class _RestingBook:
     def remove(self, order: Order) -> None:
         del self._by_id[order.order_id]
         del self._by_client_id[(order.user_id, order.client_order_id)]
+
+    def get(self, order_id: str) -> Order | None:
+        return self._by_id.get(order_id)
 
     def find(self, user_id: str, order_id: str, client_order_id: str) -> Order | None:
         if not order_id:
@@ -90,20 +100,21 @@ class _Place(_Op):
     order: Order
 
     def decide(self, desk: _Desk, batch: _Batch) -> Any:
-        key = (self.order.user_id, self.order.client_order_id)
+        order = self.order
+        key = (order.user_id, order.client_order_id)
         if key in batch.new_client_ids:
             # Same client order id twice in one commit would pass both uniqueness guards:
             # decide it in the next batch, where the guard sees the first one.
             raise _Deferred
-        batch.new_client_ids.add(key)
-        now = desk.clock_ns()
-        last = desk.last
-        events = on_submit(self.order, last.price if last else None, desk.context(now))
-        placed, published = apply_all(self.order, events, now)
-        batch.add(self, OrderChange(placed, None, published))
-        if placed.is_open:
-            batch.put(desk.book, placed)
-        return placed, True
+        if reduces(order.side, order.position_side) and not order.reduce_only:
+            size = desk.open_size(order.user_id, order.position_side)
+            if order.quantity > size:
+                raise FailedPrecondition(
+                    f"quantity {order.quantity} exceeds the {order.position_side.value} position "
+                    f"of {size}: in hedge mode an order may not flip a side (use reduce_only to "
+                    "cap it, or open the other side)"
+                )
+        return desk.submit_new(self, batch, order)
 
 
 @dataclass(eq=False)
@@ -116,11 +127,7 @@ class _Cancel(_Op):
         current = desk.book.find(self.user_id, self.order_id, "")
         if current is None:
             raise _NotResting
-        canceled = current.apply(OrderCanceled(self.reason), desk.clock_ns())
-        event = OrderUpdated(OrderEventType.CANCELED, canceled)
-        batch.add(self, OrderChange(canceled, current.version, [event]))
-        batch.remove(desk.book, current)
-        return canceled
+        return desk.cancel_resting(self, batch, current, self.reason)
 
 
 @dataclass(eq=False)
@@ -129,17 +136,18 @@ class _Tick(_Op):
 
     def decide(self, desk: _Desk, batch: _Batch) -> Any:
         now = desk.clock_ns()
-        for order in desk.book.orders():
-            events = on_tick(order, self.price, desk.context(now))
-            if events:
-                after, published = apply_all(order, events, now)
-                batch.add(self, OrderChange(after, order.version, published))
-                batch.remove(desk.book, order)
-                if after.is_open:
-                    batch.put(desk.book, after)
         update = PriceUpdate(PAPER, desk.symbol, self.price, now)
         batch.prices.append(update)
         batch.set_last(desk, update)
+        for order in desk.book.orders():
+            if desk.book.get(order.order_id) is not order:
+                continue  # canceled or changed by an earlier fill of this tick (OCO)
+            events = on_tick(order, self.price, desk.context(order, now))
+            if events:
+                desk.record(self, batch, order, events, now)
+        for key, position in list(desk.positions.items()):
+            if position.is_open and position.mark_price != self.price:
+                batch.set_position(desk, key, position.mark(self.price, now))
         return update
 
 
@@ -155,6 +163,8 @@ class _Batch:
         self.owners: list[_Op] = []
         self.prices: list[PriceUpdate] = []
         self.new_client_ids: set[tuple[str, str]] = set()
+        self.touched: dict[PositionSlot, None] = {}
+        """Positions changed in this batch, in order: one event each, coalesced."""
         self._undo: list[Callable[[], None]] = []
 
     def add(self, owner: _Op, change: OrderChange) -> None:
@@ -178,6 +188,22 @@ class _Batch:
 
         self._undo.append(undo)
 
+    def set_position(self, desk: _Desk, slot: PositionSlot, position: Position) -> None:
+        previous = desk.positions.get(slot)
+        desk.positions[slot] = position
+        self.touched[slot] = None
+
+        def undo() -> None:
+            if previous is None:
+                del desk.positions[slot]
+            else:
+                desk.positions[slot] = previous
+
+        self._undo.append(undo)
+
+    def position_updates(self, desk: _Desk) -> list[PositionUpdated]:
+        return [PositionUpdated(desk.positions[slot]) for slot in self.touched]
+
     def rollback(self, desk: _Desk) -> None:
         for undo in reversed(self._undo):
             undo()
@@ -191,14 +217,97 @@ class _Desk:
         self.symbol = symbol
         self.book = _RestingBook()
         self.last: PriceUpdate | None = None
+        self.positions: dict[PositionSlot, Position] = {}
+        """The current record of each (user, side) on this symbol: open, or the last closed."""
         self.clock_ns = exchange.clock_ns
         self._exchange = exchange
         self._queue: list[_Op] = []
         self._worker: asyncio.Task[None] | None = None
         self._stale = False
 
-    def context(self, now_ns: int) -> PaperContext:
-        return self._exchange.context(self.symbol, now_ns)
+    def context(self, order: Order, now_ns: int) -> PaperContext:
+        reducible = None
+        if reduces(order.side, order.position_side):
+            reducible = self.open_size(order.user_id, order.position_side)
+        return self._exchange.context(self.symbol, now_ns, reducible)
+
+    def open_size(self, user_id: str, side: PositionSide) -> Decimal:
+        position = self.positions.get((user_id, side))
+        return position.size if position is not None and position.is_open else ZERO
+
+    # -- decisions: each records its order changes and their consequences in the batch ----
+
+    def submit_new(self, owner: _Op, batch: _Batch, order: Order) -> tuple[Order, bool]:
+        batch.new_client_ids.add((order.user_id, order.client_order_id))
+        now = self.clock_ns()
+        last = self.last.price if self.last else None
+        placed = self.record(
+            owner, batch, None, on_submit(order, last, self.context(order, now)), now, order
+        )
+        return placed, True
+
+    def cancel_resting(self, owner: _Op, batch: _Batch, order: Order, reason: str) -> Order:
+        return self.record(owner, batch, order, [OrderCanceled(reason)], self.clock_ns())
+
+    def record(
+        self,
+        owner: _Op,
+        batch: _Batch,
+        before: Order | None,
+        events: list[OrderEvent],
+        now: int,
+        new: Order | None = None,
+    ) -> Order:
+        """Apply venue events to an order (`before`, or `new` when it is being placed) and
+        everything they cause: resting book, positions, bracket exits, one-cancels-other."""
+        start = before if before is not None else new
+        assert start is not None
+        after, published = apply_all(start, events, now)
+        batch.add(owner, OrderChange(after, None if before is None else before.version, published))
+        if before is not None and self.book.get(before.order_id) is before:
+            batch.remove(self.book, before)
+        if after.is_open:
+            batch.put(self.book, after)
+        fills = [event.fill for event in published if isinstance(event, FillRecorded)]
+        for fill in fills:
+            self._apply_fill(batch, after, fill)
+        if not fills:
+            return after
+        if after.bracket is not None and start.filled_quantity == 0:
+            for leg in bracket_legs(after, now):
+                self.submit_new(owner, batch, leg)
+        if after.linked_order_id:
+            self._cancel_if_resting(
+                owner, batch, after.linked_order_id, f"one-cancels-other: {after.order_id} filled"
+            )
+        if self.open_size(after.user_id, after.position_side) == 0:
+            for order in self.book.orders():
+                if order.parent_order_id and (order.user_id, order.position_side) == (
+                    after.user_id,
+                    after.position_side,
+                ):
+                    self.cancel_resting(owner, batch, order, "position closed")
+        return after
+
+    def _cancel_if_resting(self, owner: _Op, batch: _Batch, order_id: str, reason: str) -> None:
+        order = self.book.get(order_id)
+        if order is not None:
+            self.cancel_resting(owner, batch, order, reason)
+
+    def _apply_fill(self, batch: _Batch, order: Order, fill: Fill) -> None:
+        slot = (order.user_id, order.position_side)
+        position = self.positions.get(slot)
+        opening = not reduces(fill.side, order.position_side)
+        if position is None or not position.is_open:
+            if not opening:
+                raise AssertionError(f"reducing fill {fill.fill_id} with no open position")
+            market = self._exchange.market(self.symbol)
+            position = open_record(
+                self._exchange.new_id(), order.user_id, market, order.position_side, fill.time_ns
+            )
+        after = apply_fill(position, fill, order.grid_level, order.leverage if opening else None)
+        mark = self.last.price if self.last else fill.price
+        batch.set_position(self, slot, after.mark(mark, fill.time_ns))
 
     async def submit(self, op: _Op) -> Any:
         self._queue.append(op)
@@ -240,7 +349,9 @@ class _Desk:
                 ops = deferred
                 continue
             try:
-                outcome = await self._exchange.journal.record(batch.changes, batch.prices)
+                outcome = await self._exchange.journal.record(
+                    batch.changes, batch.prices, batch.position_updates(self)
+                )
             except BaseException:
                 batch.rollback(self)
                 raise
@@ -289,9 +400,9 @@ class PaperExchange:
     ) -> None:
         self.journal = journal
         self.clock_ns = clock_ns
+        self.new_id = new_id
         self._catalog = catalog
         self._fees = fees
-        self._new_id = new_id
         self._desks: dict[str, _Desk] = {}
 
     async def recover(self) -> None:
@@ -304,6 +415,7 @@ class PaperExchange:
         fresh = next((d for d in await self._load() if d.symbol == desk.symbol), None)
         desk.book.replace_all(fresh.book.orders() if fresh else [])
         desk.last = fresh.last if fresh else None
+        desk.positions = fresh.positions if fresh else {}
 
     async def _load(self) -> list[_Desk]:
         store = self.journal.store
@@ -316,11 +428,18 @@ class PaperExchange:
             by_symbol.setdefault(order.symbol, []).append(order)
         for symbol, orders in by_symbol.items():
             desks.setdefault(symbol, _Desk(self, symbol)).book.replace_all(orders)
+        for position in await store.current_positions_on(PAPER):
+            desk = desks.setdefault(position.symbol, _Desk(self, position.symbol))
+            desk.positions[(position.user_id, position.position_side)] = position
         return list(desks.values())
 
     def last_price(self, symbol: str) -> PriceUpdate | None:
         desk = self._desks.get(symbol)
         return desk.last if desk else None
+
+    def last_price_of(self, exchange: str, symbol: str) -> Decimal | None:
+        last = self.last_price(symbol) if exchange == PAPER else None
+        return last.price if last else None
 
     def resting_order(self, user_id: str, order_id: str, client_order_id: str) -> Order | None:
         """An open order of this user, by either id, without a store read."""
@@ -356,8 +475,16 @@ class PaperExchange:
         update: PriceUpdate = await self._desk(symbol).submit(_Tick(price))
         return update
 
-    def context(self, symbol: str, now_ns: int) -> PaperContext:
-        return PaperContext(self._catalog.resolve(PAPER, symbol), self._fees, self._new_id, now_ns)
+    def position(self, user_id: str, symbol: str, side: PositionSide) -> Position | None:
+        """The current record of one side, from memory."""
+        desk = self._desks.get(symbol)
+        return desk.positions.get((user_id, side)) if desk else None
+
+    def market(self, symbol: str) -> Market:
+        return self._catalog.resolve(PAPER, symbol)
+
+    def context(self, symbol: str, now_ns: int, reducible: Decimal | None) -> PaperContext:
+        return PaperContext(self.market(symbol), self._fees, self.new_id, now_ns, reducible)
 
     def _desk(self, symbol: str) -> _Desk:
         desk = self._desks.get(symbol)

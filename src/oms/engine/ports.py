@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Generic, Protocol, TypeVar
 
-from oms.domain.events import SequencedEvent, UserEvent
+from oms.domain.events import PositionUpdated, SequencedEvent, UserEvent
 from oms.domain.fills import Fill
-from oms.domain.orders import Order, OrderStatus
+from oms.domain.orders import Order, OrderStatus, PositionSide
+from oms.domain.positions import Position, PositionKey
 
 T = TypeVar("T")
 
@@ -78,6 +79,17 @@ class FillQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class PositionQuery:
+    user_id: str
+    page_size: int
+    cursor: int | None = None
+    exchange: str = ""
+    symbol: str = ""
+    position_side: PositionSide | None = None
+    include_closed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
     items: list[T]
     next_cursor: int | None
@@ -90,7 +102,7 @@ class StateStore(Protocol):
 
     | method                 | what it does                                               |
     |------------------------|------------------------------------------------------------|
-    | commit                 | apply order changes (+ last prices) in one atomic step      |
+    | commit                 | apply order changes (+ prices, positions) in one atomic step |
     | get_order              | one order by id, within the user                           |
     | get_order_by_client_id | one order by client order id, within the user              |
     | open_orders            | a user's open orders                                        |
@@ -99,10 +111,18 @@ class StateStore(Protocol):
     | read_events            | retained events after a sequence, oldest first              |
     | sequence_bounds        | (oldest retained, newest) sequence of a user                |
     | load_prices            | the last price of every instrument                          |
+    | get_position           | one position record by id, within the user                  |
+    | current_position       | the current record of one (user, exchange, symbol, side)    |
+    | current_positions_on   | every current record on one exchange (recovery)            |
+    | all_positions          | every record of a user, open and closed                    |
+    | list_positions         | one page, most recently updated first, with its sequence    |
     """
 
     async def commit(
-        self, changes: Sequence[OrderChange], prices: Sequence[PriceUpdate] = ()
+        self,
+        changes: Sequence[OrderChange],
+        prices: Sequence[PriceUpdate] = (),
+        positions: Sequence[PositionUpdated] = (),
     ) -> list[SequencedEvent] | Conflict: ...
 
     async def get_order(self, user_id: str, order_id: str) -> Order | None: ...
@@ -122,3 +142,13 @@ class StateStore(Protocol):
     async def sequence_bounds(self, user_id: str) -> tuple[int, int]: ...
 
     async def load_prices(self) -> list[PriceUpdate]: ...
+
+    async def get_position(self, user_id: str, position_id: str) -> Position | None: ...
+
+    async def current_position(self, key: PositionKey) -> Position | None: ...
+
+    async def current_positions_on(self, exchange: str) -> list[Position]: ...
+
+    async def all_positions(self, user_id: str) -> list[Position]: ...
+
+    async def list_positions(self, query: PositionQuery) -> Page[Position]: ...

@@ -400,6 +400,9 @@ class Order(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    CANCEL_REASON_FIELD_NUMBER: _builtins.int
+    PARENT_ORDER_ID_FIELD_NUMBER: _builtins.int
+    LINKED_ORDER_ID_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     """The OMS's id for the order: a 26-character ULID, time-ordered. Unique
     across all users. Output only.
@@ -476,6 +479,20 @@ class Order(_message.Message):
     """Grid level (0 to 20) for grid bots; absent when the order is not part of a
     grid. Filterable in ListOrders; positions keep per-level quantities.
     """
+    cancel_reason: _builtins.str
+    """Why the order ended CANCELED or EXPIRED: "canceled by user", "position
+    closed", "one-cancels-other: <order_id> filled", "reduce-only: capped at
+    the position size", or the exchange's reason; empty otherwise. Output
+    only.
+    """
+    parent_order_id: _builtins.str
+    """On a take-profit or stop-loss placed by OpenPosition: the entry order
+    it protects. Empty otherwise. Output only.
+    """
+    linked_order_id: _builtins.str
+    """One-cancels-other: the order this one cancels when it fills, and that
+    cancels this one when it fills. Empty otherwise. Output only.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller's key/value tags: at most 32 entries, keys 1 to 64 characters,
@@ -520,10 +537,13 @@ class Order(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        cancel_reason: _builtins.str = ...,
+        parent_order_id: _builtins.str = ...,
+        linked_order_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_grid_level", b"_grid_level", "_leverage", b"_leverage", "created_at", b"created_at", "grid_level", b"grid_level", "leverage", b"leverage", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_grid_level", b"_grid_level", "_leverage", b"_leverage", "average_fill_price", b"average_fill_price", "client_order_id", b"client_order_id", "created_at", b"created_at", "exchange", b"exchange", "exchange_order_id", b"exchange_order_id", "fee_currency", b"fee_currency", "fees", b"fees", "filled_quantity", b"filled_quantity", "grid_level", b"grid_level", "leverage", b"leverage", "metadata", b"metadata", "order_id", b"order_id", "position_side", b"position_side", "price", b"price", "quantity", b"quantity", "reduce_only", b"reduce_only", "reject_reason", b"reject_reason", "remaining_quantity", b"remaining_quantity", "side", b"side", "status", b"status", "stop_price", b"stop_price", "strategy", b"strategy", "symbol", b"symbol", "time_in_force", b"time_in_force", "type", b"type", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_grid_level", b"_grid_level", "_leverage", b"_leverage", "average_fill_price", b"average_fill_price", "cancel_reason", b"cancel_reason", "client_order_id", b"client_order_id", "created_at", b"created_at", "exchange", b"exchange", "exchange_order_id", b"exchange_order_id", "fee_currency", b"fee_currency", "fees", b"fees", "filled_quantity", b"filled_quantity", "grid_level", b"grid_level", "leverage", b"leverage", "linked_order_id", b"linked_order_id", "metadata", b"metadata", "order_id", b"order_id", "parent_order_id", b"parent_order_id", "position_side", b"position_side", "price", b"price", "quantity", b"quantity", "reduce_only", b"reduce_only", "reject_reason", b"reject_reason", "remaining_quantity", b"remaining_quantity", "side", b"side", "status", b"status", "stop_price", b"stop_price", "strategy", b"strategy", "symbol", b"symbol", "time_in_force", b"time_in_force", "type", b"type", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__grid_level: _TypeAlias = _typing.Literal["grid_level"]  # noqa: Y015
     _WhichOneofArgType__grid_level: _TypeAlias = _typing.Literal["_grid_level", b"_grid_level"]  # noqa: Y015

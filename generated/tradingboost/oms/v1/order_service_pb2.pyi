@@ -456,6 +456,82 @@ class ListOrdersResponse(_message.Message):
 Global___ListOrdersResponse: _TypeAlias = ListOrdersResponse  # noqa: Y015
 
 @_typing.final
+class FindOpenOrdersRequest(_message.Message):
+    """Request of OrderService.FindOpenOrders."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    EXCHANGE_FIELD_NUMBER: _builtins.int
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    GRID_LEVEL_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
+    PRICE_TOLERANCE_FIELD_NUMBER: _builtins.int
+    SIDE_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Required. The orders' owner."""
+    exchange: _builtins.str
+    """Required. The ccxt exchange id."""
+    symbol: _builtins.str
+    """Required. The ccxt unified symbol or the exchange's market id."""
+    grid_level: _builtins.int
+    """Optional: match open orders at this grid level (0 to 20)."""
+    price: _builtins.str
+    """Optional: match open orders priced within `price_tolerance` of this
+    price. A decimal > 0; requires `price_tolerance`.
+    """
+    price_tolerance: _builtins.str
+    """The half-width of the price window: a decimal >= 0 ("0" matches the
+    exact price). Required with `price`, must be empty without it.
+    """
+    side: _order_pb2.Side.ValueType
+    """Optional: only orders on this side. Unspecified: both sides."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        exchange: _builtins.str = ...,
+        symbol: _builtins.str = ...,
+        grid_level: _builtins.int | None = ...,
+        price: _builtins.str = ...,
+        price_tolerance: _builtins.str = ...,
+        side: _order_pb2.Side.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_grid_level", b"_grid_level", "grid_level", b"grid_level"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_grid_level", b"_grid_level", "exchange", b"exchange", "grid_level", b"grid_level", "price", b"price", "price_tolerance", b"price_tolerance", "side", b"side", "symbol", b"symbol", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__grid_level: _TypeAlias = _typing.Literal["grid_level"]  # noqa: Y015
+    _WhichOneofArgType__grid_level: _TypeAlias = _typing.Literal["_grid_level", b"_grid_level"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__grid_level) -> _WhichOneofReturnType__grid_level | None: ...
+
+Global___FindOpenOrdersRequest: _TypeAlias = FindOpenOrdersRequest  # noqa: Y015
+
+@_typing.final
+class FindOpenOrdersResponse(_message.Message):
+    """Response of OrderService.FindOpenOrders."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def orders(self) -> _containers.RepeatedCompositeFieldContainer[_order_pb2.Order]:
+        """The matching open orders, oldest first; empty when the level is free."""
+
+    def __init__(
+        self,
+        *,
+        orders: _abc.Iterable[_order_pb2.Order] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["orders", b"orders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindOpenOrdersResponse: _TypeAlias = FindOpenOrdersResponse  # noqa: Y015
+
+@_typing.final
 class ListFillsRequest(_message.Message):
     """Request of OrderService.ListFills. Every filter given must match."""
 

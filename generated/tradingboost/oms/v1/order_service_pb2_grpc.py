@@ -72,6 +72,11 @@ class OrderServiceStub:
                 request_serializer=tradingboost_dot_oms_dot_v1_dot_order__service__pb2.ListOrdersRequest.SerializeToString,
                 response_deserializer=tradingboost_dot_oms_dot_v1_dot_order__service__pb2.ListOrdersResponse.FromString,
                 _registered_method=True)
+        self.FindOpenOrders = channel.unary_unary(
+                '/tradingboost.oms.v1.OrderService/FindOpenOrders',
+                request_serializer=tradingboost_dot_oms_dot_v1_dot_order__service__pb2.FindOpenOrdersRequest.SerializeToString,
+                response_deserializer=tradingboost_dot_oms_dot_v1_dot_order__service__pb2.FindOpenOrdersResponse.FromString,
+                _registered_method=True)
         self.ListFills = channel.unary_unary(
                 '/tradingboost.oms.v1.OrderService/ListFills',
                 request_serializer=tradingboost_dot_oms_dot_v1_dot_order__service__pb2.ListFillsRequest.SerializeToString,
@@ -182,6 +187,19 @@ class OrderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindOpenOrders(self, request, context):
+        """A grid bot's "is this level already taken?" in one call: the user's open
+        orders on one instrument that carry `grid_level`, OR whose price is
+        within `price_tolerance` of `price` (an order's price is its limit price,
+        else its stop price; the window is inclusive). Give `grid_level`, or
+        `price` with `price_tolerance`, or both. Oldest first, at most 1000.
+        Errors: INVALID_ARGUMENT (missing or bad field, unknown exchange or
+        symbol, neither a level nor a price window given).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListFills(self, request, context):
         """Lists the user's fills, optionally of one order or one exchange/symbol,
         newest first (by `sequence`), paged. Errors: INVALID_ARGUMENT (bad filter,
@@ -284,6 +302,11 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     servicer.ListOrders,
                     request_deserializer=tradingboost_dot_oms_dot_v1_dot_order__service__pb2.ListOrdersRequest.FromString,
                     response_serializer=tradingboost_dot_oms_dot_v1_dot_order__service__pb2.ListOrdersResponse.SerializeToString,
+            ),
+            'FindOpenOrders': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindOpenOrders,
+                    request_deserializer=tradingboost_dot_oms_dot_v1_dot_order__service__pb2.FindOpenOrdersRequest.FromString,
+                    response_serializer=tradingboost_dot_oms_dot_v1_dot_order__service__pb2.FindOpenOrdersResponse.SerializeToString,
             ),
             'ListFills': grpc.unary_unary_rpc_method_handler(
                     servicer.ListFills,
@@ -469,6 +492,33 @@ class OrderService:
             '/tradingboost.oms.v1.OrderService/ListOrders',
             tradingboost_dot_oms_dot_v1_dot_order__service__pb2.ListOrdersRequest.SerializeToString,
             tradingboost_dot_oms_dot_v1_dot_order__service__pb2.ListOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindOpenOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradingboost.oms.v1.OrderService/FindOpenOrders',
+            tradingboost_dot_oms_dot_v1_dot_order__service__pb2.FindOpenOrdersRequest.SerializeToString,
+            tradingboost_dot_oms_dot_v1_dot_order__service__pb2.FindOpenOrdersResponse.FromString,
             options,
             channel_credentials,
             insecure,

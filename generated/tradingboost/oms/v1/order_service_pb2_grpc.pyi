@@ -83,6 +83,15 @@ class OrderServiceStub:
     change. Errors: INVALID_ARGUMENT (bad filter, negative `page_size`, bad
     `page_token`).
     """
+    FindOpenOrders: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.FindOpenOrdersRequest, _order_service_pb2.FindOpenOrdersResponse]
+    """A grid bot's "is this level already taken?" in one call: the user's open
+    orders on one instrument that carry `grid_level`, OR whose price is
+    within `price_tolerance` of `price` (an order's price is its limit price,
+    else its stop price; the window is inclusive). Give `grid_level`, or
+    `price` with `price_tolerance`, or both. Oldest first, at most 1000.
+    Errors: INVALID_ARGUMENT (missing or bad field, unknown exchange or
+    symbol, neither a level nor a price window given).
+    """
     ListFills: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.ListFillsRequest, _order_service_pb2.ListFillsResponse]
     """Lists the user's fills, optionally of one order or one exchange/symbol,
     newest first (by `sequence`), paged. Errors: INVALID_ARGUMENT (bad filter,
@@ -184,6 +193,15 @@ class OrderServiceAsyncStub(OrderServiceStub):
     with StreamOrderUpdates' `after_sequence` to never miss or double-count a
     change. Errors: INVALID_ARGUMENT (bad filter, negative `page_size`, bad
     `page_token`).
+    """
+    FindOpenOrders: _aio.UnaryUnaryMultiCallable[_order_service_pb2.FindOpenOrdersRequest, _order_service_pb2.FindOpenOrdersResponse]  # type: ignore[assignment]
+    """A grid bot's "is this level already taken?" in one call: the user's open
+    orders on one instrument that carry `grid_level`, OR whose price is
+    within `price_tolerance` of `price` (an order's price is its limit price,
+    else its stop price; the window is inclusive). Give `grid_level`, or
+    `price` with `price_tolerance`, or both. Oldest first, at most 1000.
+    Errors: INVALID_ARGUMENT (missing or bad field, unknown exchange or
+    symbol, neither a level nor a price window given).
     """
     ListFills: _aio.UnaryUnaryMultiCallable[_order_service_pb2.ListFillsRequest, _order_service_pb2.ListFillsResponse]  # type: ignore[assignment]
     """Lists the user's fills, optionally of one order or one exchange/symbol,
@@ -313,6 +331,21 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         with StreamOrderUpdates' `after_sequence` to never miss or double-count a
         change. Errors: INVALID_ARGUMENT (bad filter, negative `page_size`, bad
         `page_token`).
+        """
+
+    @_abc_1.abstractmethod
+    def FindOpenOrders(
+        self,
+        request: _order_service_pb2.FindOpenOrdersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_order_service_pb2.FindOpenOrdersResponse, _abc.Awaitable[_order_service_pb2.FindOpenOrdersResponse]]:
+        """A grid bot's "is this level already taken?" in one call: the user's open
+        orders on one instrument that carry `grid_level`, OR whose price is
+        within `price_tolerance` of `price` (an order's price is its limit price,
+        else its stop price; the window is inclusive). Give `grid_level`, or
+        `price` with `price_tolerance`, or both. Oldest first, at most 1000.
+        Errors: INVALID_ARGUMENT (missing or bad field, unknown exchange or
+        symbol, neither a level nor a price window given).
         """
 
     @_abc_1.abstractmethod

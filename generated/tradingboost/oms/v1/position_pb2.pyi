@@ -104,8 +104,12 @@ class Position(_message.Message):
     CLOSED. Output only.
     """
     entry_price: _builtins.str
-    """Quantity-weighted average price of the fills that opened or increased
-    this record (reductions leave it unchanged). Output only.
+    """Average cost of the open size: the quantity-weighted average of the
+    fills that opened or increased this record, where a reduction removes
+    quantity at this average and leaves it unchanged (so after 0.01 @ 50000,
+    a sale of 0.005 and 0.01 @ 53000 it is 52000). That keeps realized plus
+    unrealized PnL equal to the total PnL. Rounded half-even to 12 decimal
+    places when the average does not terminate. Output only.
     """
     mark_price: _builtins.str
     """The instrument's last price used for valuation; empty before any price

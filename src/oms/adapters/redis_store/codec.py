@@ -1,4 +1,4 @@
-"""JSON documents for orders, fills and events as stored in Redis (orjson, decimals as strings)."""
+"""JSON documents for orders, fills, positions and events in Redis (orjson, decimals as strings)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,24 @@ from typing import Any
 
 import orjson
 
-from oms.domain.events import FillRecorded, OrderEventType, OrderUpdated, UserEvent
+from oms.domain.events import (
+    FillRecorded,
+    OrderEventType,
+    OrderUpdated,
+    PositionUpdated,
+    UserEvent,
+)
 from oms.domain.fills import Fill, Liquidity
-from oms.domain.orders import Order, OrderStatus, OrderType, PositionSide, Side, TimeInForce
+from oms.domain.orders import (
+    Bracket,
+    Order,
+    OrderStatus,
+    OrderType,
+    PositionSide,
+    Side,
+    TimeInForce,
+)
+from oms.domain.positions import GridLevel, Position, PositionStatus
 
 
 def _dec(value: Decimal | None) -> str | None:
@@ -52,7 +67,31 @@ def order_to_dict(order: Order) -> dict[str, Any]:
         "triggered": order.triggered,
         "version": order.version,
         "fill_ids": list(order.fill_ids),
+        "cancel_reason": order.cancel_reason,
+        "bracket": None if order.bracket is None else _bracket_to_dict(order.bracket),
+        "parent_order_id": order.parent_order_id,
+        "linked_order_id": order.linked_order_id,
     }
+
+
+def _bracket_to_dict(bracket: Bracket) -> dict[str, Any]:
+    return {
+        "take_profit_price": _dec(bracket.take_profit_price),
+        "stop_loss_price": _dec(bracket.stop_loss_price),
+        "take_profit_order_id": bracket.take_profit_order_id,
+        "stop_loss_order_id": bracket.stop_loss_order_id,
+    }
+
+
+def _bracket_from_dict(doc: dict[str, Any] | None) -> Bracket | None:
+    if doc is None:
+        return None
+    return Bracket(
+        take_profit_price=_undec(doc["take_profit_price"]),
+        stop_loss_price=_undec(doc["stop_loss_price"]),
+        take_profit_order_id=doc["take_profit_order_id"],
+        stop_loss_order_id=doc["stop_loss_order_id"],
+    )
 
 
 def order_from_dict(doc: dict[str, Any]) -> Order:
@@ -87,6 +126,10 @@ def order_from_dict(doc: dict[str, Any]) -> Order:
         triggered=doc["triggered"],
         version=doc["version"],
         fill_ids=tuple(doc["fill_ids"]),
+        cancel_reason=doc.get("cancel_reason", ""),
+        bracket=_bracket_from_dict(doc.get("bracket")),
+        parent_order_id=doc.get("parent_order_id", ""),
+        linked_order_id=doc.get("linked_order_id", ""),
     )
 
 
@@ -130,6 +173,67 @@ def fill_from_dict(doc: dict[str, Any]) -> Fill:
     )
 
 
+def position_to_dict(position: Position) -> dict[str, Any]:
+    return {
+        "position_id": position.position_id,
+        "user_id": position.user_id,
+        "exchange": position.exchange,
+        "symbol": position.symbol,
+        "position_side": position.position_side.value,
+        "contract_size": str(position.contract_size),
+        "settle_currency": position.settle_currency,
+        "maintenance_margin_rate": str(position.maintenance_margin_rate),
+        "opened_at_ns": position.opened_at_ns,
+        "updated_at_ns": position.updated_at_ns,
+        "status": position.status.value,
+        "size": str(position.size),
+        "entry_price": str(position.entry_price),
+        "mark_price": str(position.mark_price),
+        "realized_pnl": str(position.realized_pnl),
+        "fees": str(position.fees),
+        "leverage": position.leverage,
+        "grid_levels": [
+            [grid.level, str(grid.quantity), str(grid.entry_price)] for grid in position.grid_levels
+        ],
+        "closed_at_ns": position.closed_at_ns,
+    }
+
+
+def position_from_dict(doc: dict[str, Any]) -> Position:
+    return Position(
+        position_id=doc["position_id"],
+        user_id=doc["user_id"],
+        exchange=doc["exchange"],
+        symbol=doc["symbol"],
+        position_side=PositionSide(doc["position_side"]),
+        contract_size=Decimal(doc["contract_size"]),
+        settle_currency=doc["settle_currency"],
+        maintenance_margin_rate=Decimal(doc["maintenance_margin_rate"]),
+        opened_at_ns=doc["opened_at_ns"],
+        updated_at_ns=doc["updated_at_ns"],
+        status=PositionStatus(doc["status"]),
+        size=Decimal(doc["size"]),
+        entry_price=Decimal(doc["entry_price"]),
+        mark_price=Decimal(doc["mark_price"]),
+        realized_pnl=Decimal(doc["realized_pnl"]),
+        fees=Decimal(doc["fees"]),
+        leverage=doc["leverage"],
+        grid_levels=tuple(
+            GridLevel(level, Decimal(quantity), Decimal(entry))
+            for level, quantity, entry in doc["grid_levels"]
+        ),
+        closed_at_ns=doc["closed_at_ns"],
+    )
+
+
+def encode_position(position: Position) -> bytes:
+    return orjson.dumps(position_to_dict(position))
+
+
+def decode_position(raw: bytes) -> Position:
+    return position_from_dict(orjson.loads(raw))
+
+
 def encode_order(order: Order) -> bytes:
     return orjson.dumps(order_to_dict(order))
 
@@ -154,6 +258,8 @@ def encode_event(event: UserEvent) -> bytes:
             )
         case FillRecorded(fill=fill):
             return orjson.dumps({"kind": "fill", "fill": fill_to_dict(fill)})
+        case PositionUpdated(position=position):
+            return orjson.dumps({"kind": "position", "position": position_to_dict(position)})
 
 
 def decode_event(raw: bytes) -> UserEvent:
@@ -163,4 +269,6 @@ def decode_event(raw: bytes) -> UserEvent:
         return OrderUpdated(OrderEventType(doc["type"]), order_from_dict(doc["order"]))
     if kind == "fill":
         return FillRecorded(fill_from_dict(doc["fill"]))
+    if kind == "position":
+        return PositionUpdated(position_from_dict(doc["position"]))
     raise ValueError(f"unknown event kind {kind!r} in the event stream")

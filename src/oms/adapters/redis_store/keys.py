@@ -54,6 +54,30 @@ def trade_ids(user_id: str) -> str:
     return user_key(user_id, "trade_ids")
 
 
+def positions(user_id: str) -> str:
+    """Hash position_id -> position document (open and closed records)."""
+    return user_key(user_id, "positions")
+
+
+def current_positions(user_id: str) -> str:
+    """Hash '<exchange>|<symbol>|<side>' -> position_id of the side's current record."""
+    return user_key(user_id, "current_positions")
+
+
+def position_index(user_id: str) -> str:
+    """Zset position_id scored by the sequence of its latest update."""
+    return user_key(user_id, "position_index")
+
+
+def open_positions(user_id: str) -> str:
+    return user_key(user_id, "open_positions")
+
+
+def exchange_positions(exchange: str) -> str:
+    """Set '<user_id>|<exchange>|<symbol>|<side>' of sides with a record (start-up recovery)."""
+    return f"{PREFIX}:x:{exchange}:positions"
+
+
 def exchange_open_orders(exchange: str) -> str:
     """Set '<user_id>|<order_id>' of open orders on one exchange (start-up recovery)."""
     return f"{PREFIX}:x:{exchange}:open_orders"

@@ -20,14 +20,17 @@ from oms.adapters.redis_store.codec import (
     decode_event,
     decode_fill,
     decode_order,
+    decode_position,
     encode_event,
     encode_fill,
     encode_order,
+    encode_position,
 )
 from oms.domain.errors import Unavailable
-from oms.domain.events import FillRecorded, SequencedEvent
+from oms.domain.events import FillRecorded, PositionUpdated, SequencedEvent
 from oms.domain.fills import Fill
 from oms.domain.orders import Order
+from oms.domain.positions import Position, PositionKey
 from oms.engine.ports import (
     Conflict,
     ConflictKind,
@@ -35,6 +38,7 @@ from oms.engine.ports import (
     OrderChange,
     OrderQuery,
     Page,
+    PositionQuery,
     PriceUpdate,
 )
 
@@ -153,9 +157,12 @@ class RedisStore:
 
     @_unavailable_when_down
     async def commit(
-        self, changes: Sequence[OrderChange], prices: Sequence[PriceUpdate] = ()
+        self,
+        changes: Sequence[OrderChange],
+        prices: Sequence[PriceUpdate] = (),
+        positions: Sequence[PositionUpdated] = (),
     ) -> list[SequencedEvent] | Conflict:
-        """Apply order changes and price updates in one atomic step.
+        """Apply order changes, price updates and position updates in one atomic step.
 
         Returns the sequenced events, or the Conflict of the first change whose guard failed
         (nothing is written then). An order may change more than once in one commit: only its
@@ -186,6 +193,8 @@ class RedisStore:
                     guard_owner[guard] = (ConflictKind.DUPLICATE_FILL, index)
         for change in changes:
             self._write_change(tx, change)
+        for update in positions:
+            self._write_position(tx, update)
         for price in prices:
             tx.hset(
                 keys.prices(), f"{price.exchange}|{price.symbol}", f"{price.price}|{price.time_ns}"
@@ -193,6 +202,7 @@ class RedisStore:
         reply = await self._commit(keys=tx.keys, args=tx.args)
         if reply[0] == b"ok":
             published = [event for change in changes for event in change.events]
+            published += positions
             return [
                 SequencedEvent(int(seq), event)
                 for seq, event in zip(reply[1:], published, strict=True)
@@ -226,6 +236,19 @@ class RedisStore:
         else:
             tx.srem(keys.open_orders(user), order.order_id)
             tx.srem(keys.exchange_open_orders(order.exchange), member)
+
+    def _write_position(self, tx: _Transaction, update: PositionUpdated) -> None:
+        position = update.position
+        user = position.user_id
+        event_no = tx.event(user, encode_event(update))
+        tx.hset(keys.positions(user), position.position_id, encode_position(position))
+        tx.hset(keys.current_positions(user), position.key.field(), position.position_id)
+        tx.zadd_at_event(keys.position_index(user), event_no, position.position_id)
+        if position.is_open:
+            tx.sadd(keys.open_positions(user), position.position_id)
+        else:
+            tx.srem(keys.open_positions(user), position.position_id)
+        tx.sadd(keys.exchange_positions(position.exchange), f"{user}|{position.key.field()}")
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -345,6 +368,64 @@ class RedisStore:
         newest = int(newest_raw or 0)
         oldest = int(first[0][0].split(b"-", 1)[0]) if first else newest + 1
         return oldest, newest
+
+    @_unavailable_when_down
+    async def get_position(self, user_id: str, position_id: str) -> Position | None:
+        raw = await self._redis.hget(keys.positions(user_id), position_id)  # type: ignore[misc]
+        return None if raw is None else decode_position(raw)
+
+    @_unavailable_when_down
+    async def current_position(self, key: PositionKey) -> Position | None:
+        position_id = await self._redis.hget(keys.current_positions(key.user_id), key.field())  # type: ignore[misc]
+        return (
+            None
+            if position_id is None
+            else await self.get_position(key.user_id, position_id.decode())
+        )
+
+    @_unavailable_when_down
+    async def current_positions_on(self, exchange: str) -> list[Position]:
+        members = await self._redis.smembers(keys.exchange_positions(exchange))  # type: ignore[misc]
+        pipe = self._redis.pipeline(transaction=False)
+        users = []
+        for member in sorted(members):
+            user_id, field = member.decode().split("|", 1)
+            users.append(user_id)
+            pipe.hget(keys.current_positions(user_id), field)
+        ids = await pipe.execute()
+        pipe = self._redis.pipeline(transaction=False)
+        for user_id, position_id in zip(users, ids, strict=True):
+            pipe.hget(keys.positions(user_id), position_id)
+        return [decode_position(doc) for doc in await pipe.execute() if doc is not None]
+
+    @_unavailable_when_down
+    async def all_positions(self, user_id: str) -> list[Position]:
+        docs = await self._redis.hvals(keys.positions(user_id))  # type: ignore[misc]
+        return [decode_position(doc) for doc in docs]
+
+    @_unavailable_when_down
+    async def list_positions(self, query: PositionQuery) -> Page[Position]:
+        filters: dict[str, list[str]] = {}
+        if query.exchange:
+            filters["exchange"] = [query.exchange]
+        if query.symbol:
+            filters["symbol"] = [query.symbol]
+        if query.position_side is not None:
+            filters["position_side"] = [query.position_side.value]
+        user = query.user_id
+        raw = await self._page(
+            [
+                keys.sequence(user),
+                keys.position_index(user),
+                keys.positions(user),
+                keys.open_positions(user),
+            ],
+            query.cursor,
+            query.page_size,
+            filters,
+            from_candidates=not query.include_closed,
+        )
+        return Page([decode_position(doc) for doc, _ in raw[2]], raw[1], raw[0])
 
     @_unavailable_when_down
     async def load_prices(self) -> list[PriceUpdate]:

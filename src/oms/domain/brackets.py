@@ -1,0 +1,62 @@
+"""Take-profit and stop-loss exits of an entry order, linked one-cancels-other."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from decimal import Decimal
+
+from oms.domain.orders import Order, OrderType, Side, TimeInForce
+
+
+def bracket_legs(entry: Order, now_ns: int) -> list[Order]:
+    """The exits of a filled entry, sized to what filled, reduce-only on its position.
+
+    Their ids were reserved when the entry was placed; their client order ids derive from the
+    entry's order id, so placing them again can never make a second pair.
+    """
+    bracket = entry.bracket
+    assert bracket is not None
+    legs = []
+    wanted = [
+        (OrderType.TAKE_PROFIT_MARKET, bracket.take_profit_price, bracket.take_profit_order_id),
+        (OrderType.STOP_MARKET, bracket.stop_loss_price, bracket.stop_loss_order_id),
+    ]
+    for order_type, trigger, order_id in wanted:
+        if trigger is not None:
+            legs.append(_leg(entry, order_type, trigger, order_id, now_ns))
+    if len(legs) == 2:
+        take_profit, stop_loss = legs
+        legs = [
+            replace(take_profit, linked_order_id=stop_loss.order_id),
+            replace(stop_loss, linked_order_id=take_profit.order_id),
+        ]
+    return legs
+
+
+def _leg(
+    entry: Order, order_type: OrderType, trigger: Decimal, order_id: str, now_ns: int
+) -> Order:
+    prefix = "tp" if order_type is OrderType.TAKE_PROFIT_MARKET else "sl"
+    return Order(
+        order_id=order_id,
+        client_order_id=f"{prefix}-{entry.order_id}",
+        user_id=entry.user_id,
+        exchange=entry.exchange,
+        symbol=entry.symbol,
+        side=Side.SELL if entry.side is Side.BUY else Side.BUY,
+        type=order_type,
+        time_in_force=TimeInForce.GTC,
+        quantity=entry.filled_quantity,
+        price=None,
+        stop_price=trigger,
+        reduce_only=True,
+        position_side=entry.position_side,
+        leverage=None,
+        strategy=entry.strategy,
+        grid_level=entry.grid_level,
+        metadata={},
+        fingerprint="",
+        created_at_ns=now_ns,
+        updated_at_ns=now_ns,
+        parent_order_id=entry.order_id,
+    )

@@ -8,6 +8,7 @@ products of prices, quantities, contract sizes and fee rates are exact.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 
 from oms.domain.errors import InvalidArgument
@@ -46,6 +47,17 @@ def mul(*factors: Decimal) -> Decimal:
 
 def add(a: Decimal, b: Decimal) -> Decimal:
     return _EXACT.add(a, b)
+
+
+def total(values: Iterable[Decimal]) -> Decimal:
+    result = ZERO
+    for value in values:
+        result = _EXACT.add(result, value)
+    return result
+
+
+def sub(a: Decimal, b: Decimal) -> Decimal:
+    return _EXACT.subtract(a, b)
 
 
 def div(a: Decimal, b: Decimal) -> Decimal:

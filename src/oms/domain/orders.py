@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from enum import Enum
 
-from oms.domain.decimals import ZERO, add, div, mul
+from oms.domain.decimals import ZERO, add, div, mul, sub
 from oms.domain.errors import FailedPrecondition
 from oms.domain.fills import Fill
 
@@ -218,7 +218,7 @@ class Order:
     def remaining_quantity(self) -> Decimal:
         if self.status.is_terminal:
             return ZERO
-        return self.quantity - self.filled_quantity
+        return sub(self.quantity, self.filled_quantity)
 
     @property
     def average_fill_price(self) -> Decimal | None:

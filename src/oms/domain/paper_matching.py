@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from oms.domain.decimals import mul
+from oms.domain.decimals import mul, sub
 from oms.domain.fills import Fill, Liquidity
 from oms.domain.markets import Market
 from oms.domain.orders import (
@@ -50,7 +50,7 @@ def _fill(
 ) -> list[OrderEvent]:
     """Fill the rest of the order; a reduction stops at the position's size (hedge mode never
     flips a side) and the remainder is canceled."""
-    remaining = order.quantity - order.filled_quantity
+    remaining = sub(order.quantity, order.filled_quantity)
     quantity = remaining if ctx.reducible is None else min(remaining, ctx.reducible)
     if quantity <= 0:
         return [OrderCanceled("reduce-only: the position is flat")]

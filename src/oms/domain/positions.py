@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import Enum
 
-from oms.domain.decimals import ZERO, add, div, mul, rounded
+from oms.domain.decimals import ZERO, add, div, mul, rounded, sub, total
 from oms.domain.fills import Fill
 from oms.domain.markets import Market
 from oms.domain.orders import PositionSide, Side
@@ -87,7 +87,7 @@ class Position:
         return self.status is PositionStatus.OPEN
 
     @property
-    def _direction(self) -> Decimal:
+    def direction(self) -> Decimal:
         return Decimal(1) if self.position_side is PositionSide.LONG else Decimal(-1)
 
     @property
@@ -95,7 +95,7 @@ class Position:
         if not self.is_open:
             return ZERO
         return mul(
-            self.mark_price - self.entry_price, self.size, self.contract_size, self._direction
+            sub(self.mark_price, self.entry_price), self.size, self.contract_size, self.direction
         )
 
     @property
@@ -116,8 +116,8 @@ class Position:
         """Isolated-margin estimate: where the loss eats the margin down to maintenance."""
         if not self.is_open:
             return ZERO
-        swing = div(Decimal(1), Decimal(self.leverage)) - self.maintenance_margin_rate
-        return mul(self.entry_price, Decimal(1) - self._direction * swing)
+        swing = sub(div(Decimal(1), Decimal(self.leverage)), self.maintenance_margin_rate)
+        return mul(self.entry_price, sub(Decimal(1), mul(self.direction, swing)))
 
     def mark(self, price: Decimal, now_ns: int) -> Position:
         return replace(self, mark_price=price, updated_at_ns=now_ns)
@@ -170,13 +170,18 @@ def _reduce(position: Position, fill: Fill, grid_level: int | None) -> Position:
             f"fill {fill.fill_id} of {fill.quantity} exceeds position {position.position_id} "
             f"of {position.size}"
         )
-    size = position.size - fill.quantity
-    pnl = mul(fill.price - position.entry_price, fill.quantity, position.contract_size)
+    size = sub(position.size, fill.quantity)
+    pnl = mul(
+        sub(fill.price, position.entry_price),
+        fill.quantity,
+        position.contract_size,
+        position.direction,
+    )
     closed = size == 0
     return replace(
         position,
         size=size,
-        realized_pnl=add(position.realized_pnl, pnl * position._direction),
+        realized_pnl=add(position.realized_pnl, pnl),
         fees=add(position.fees, fill.fee),
         grid_levels=()
         if closed
@@ -210,9 +215,9 @@ def _take_from_levels(
     kept: list[GridLevel] = []
     for grid in order:
         taken = min(grid.quantity, left)
-        left -= taken
+        left = sub(left, taken)
         if grid.quantity > taken:
-            kept.append(replace(grid, quantity=grid.quantity - taken))
+            kept.append(replace(grid, quantity=sub(grid.quantity, taken)))
     return tuple(sorted(kept, key=lambda g: g.level))
 
 
@@ -236,22 +241,22 @@ class PortfolioSummary:
 def summarize(positions: list[Position]) -> PortfolioSummary:
     open_ = [p for p in positions if p.is_open]
     closed = [p for p in positions if not p.is_open]
-    total_notional = sum((p.notional for p in open_), ZERO)
-    profit = sum((p.realized_pnl for p in closed if p.realized_pnl > 0), ZERO)
-    loss = -sum((p.realized_pnl for p in closed if p.realized_pnl < 0), ZERO)
+    total_notional = total(p.notional for p in open_)
+    profit = total(p.realized_pnl for p in closed if p.realized_pnl > 0)
+    loss = -total(p.realized_pnl for p in closed if p.realized_pnl < 0)
     wins = sum(1 for p in closed if p.realized_pnl > 0)
     return PortfolioSummary(
         total_positions=len(positions),
         open_positions=len(open_),
         closed_positions=len(closed),
         total_notional=total_notional,
-        total_unrealized_pnl=sum((p.unrealized_pnl for p in open_), ZERO),
-        total_realized_pnl=sum((p.realized_pnl for p in positions), ZERO),
-        total_fees=sum((p.fees for p in positions), ZERO),
+        total_unrealized_pnl=total(p.unrealized_pnl for p in open_),
+        total_realized_pnl=total(p.realized_pnl for p in positions),
+        total_fees=total(p.fees for p in positions),
         win_rate=div(Decimal(wins) * _HUNDRED, Decimal(len(closed))) if closed else None,
         profit_factor=div(profit, loss) if loss else None,
         largest_position_pct=(
-            div(max(p.notional for p in open_) * _HUNDRED, total_notional)
+            div(mul(max(p.notional for p in open_), _HUNDRED), total_notional)
             if total_notional
             else None
         ),

@@ -1,0 +1,142 @@
+"""Position keeping: average cost, realized PnL, grid levels and the portfolio figures."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from oms.domain.fills import Fill, Liquidity
+from oms.domain.markets import Market
+from oms.domain.orders import PositionSide, Side
+from oms.domain.positions import (
+    GridLevel,
+    Position,
+    PositionStatus,
+    apply_fill,
+    display,
+    open_record,
+    summarize,
+)
+
+MARKET = Market(
+    exchange="paper",
+    symbol="BTC/USDT:USDT",
+    market_id="BTC-USDT-SWAP",
+    settle="USDT",
+    contract_size=Decimal("1"),
+    amount_step=Decimal("0.001"),
+    min_amount=Decimal("0.001"),
+    price_tick=Decimal("0.01"),
+    maintenance_margin_rate=Decimal("0.005"),
+)
+
+
+def fill(side: Side, quantity: str, price: str, fee: str = "0") -> Fill:
+    return Fill(
+        fill_id="f",
+        order_id="o",
+        client_order_id="c",
+        user_id="u",
+        exchange="paper",
+        symbol=MARKET.symbol,
+        side=side,
+        position_side=PositionSide.LONG,
+        price=Decimal(price),
+        quantity=Decimal(quantity),
+        fee=Decimal(fee),
+        fee_currency="USDT",
+        liquidity=Liquidity.TAKER,
+        time_ns=1,
+        exchange_trade_id="t",
+    )
+
+
+def long(*fills: tuple[Fill, int | None]) -> Position:
+    position = open_record("p", "u", MARKET, PositionSide.LONG, 0)
+    for one, level in fills:
+        position = apply_fill(position, one, level, None)
+    return position
+
+
+def test_a_reduction_keeps_the_average_cost_and_realizes_at_the_fill_price() -> None:
+    position = long(
+        (fill(Side.BUY, "0.01", "50000", "0.25"), None),
+        (fill(Side.SELL, "0.005", "52000", "0.13"), None),
+        (fill(Side.BUY, "0.01", "53000", "0.265"), None),
+    )
+    assert position.size == Decimal("0.015")
+    assert position.entry_price == Decimal("52000")
+    assert position.realized_pnl == Decimal("10")
+    assert position.fees == Decimal("0.645")
+
+
+def test_closing_the_whole_size_closes_the_record() -> None:
+    position = long((fill(Side.BUY, "0.01", "50000"), 1), (fill(Side.SELL, "0.01", "49000"), 1))
+    assert position.status is PositionStatus.CLOSED
+    assert position.realized_pnl == Decimal("-10")
+    assert position.grid_levels == ()
+    assert position.unrealized_pnl == position.notional == position.liquidation_price == 0
+
+
+def test_grid_levels_reduce_their_own_level_first_then_in_level_order() -> None:
+    position = long(
+        (fill(Side.BUY, "0.01", "50000"), 3),
+        (fill(Side.BUY, "0.01", "49000"), 2),
+        (fill(Side.BUY, "0.01", "48000"), 3),
+        (fill(Side.BUY, "0.005", "47000"), None),
+        (fill(Side.SELL, "0.025", "51000"), 3),
+    )
+    # Level 3 (0.02 @ 49000) goes first, then 0.005 of level 2.
+    assert position.grid_levels == (GridLevel(2, Decimal("0.005"), Decimal("49000")),)
+    assert position.size == Decimal("0.01")
+
+
+def test_non_terminating_figures_are_displayed_to_12_places() -> None:
+    position = long((fill(Side.BUY, "0.01", "100"), None), (fill(Side.BUY, "0.02", "101"), None))
+    assert display(position.entry_price) == Decimal("100.666666666667")
+    assert display(Decimal("52000")) == Decimal("52000")
+
+
+def test_summary_of_wins_and_losses() -> None:
+    win = long((fill(Side.BUY, "1", "100", "1"), None), (fill(Side.SELL, "1", "130", "1"), None))
+    loss = long((fill(Side.BUY, "1", "100", "1"), None), (fill(Side.SELL, "1", "90", "1"), None))
+    opened = long((fill(Side.BUY, "2", "100", "1"), None)).mark(Decimal("110"), 2)
+    summary = summarize([win, win, loss, opened])
+    assert (summary.total_positions, summary.open_positions, summary.closed_positions) == (4, 1, 3)
+    assert summary.total_realized_pnl == Decimal("50")
+    assert summary.total_unrealized_pnl == Decimal("20")
+    assert summary.total_fees == Decimal("7")
+    assert display(summary.win_rate or Decimal(0)) == Decimal("66.666666666667")
+    assert summary.profit_factor == Decimal("6")
+    assert summary.largest_position_pct == Decimal("100")
+    assert summarize([]).win_rate is None
+
+
+prices = st.integers(min_value=1, max_value=10**6).map(lambda cents: Decimal(cents) / 100)
+quantities = st.integers(min_value=1, max_value=10_000).map(lambda n: Decimal(n) / 1000)
+
+
+@given(st.lists(st.tuples(st.booleans(), quantities, prices), min_size=1, max_size=30), prices)
+def test_realized_plus_unrealized_is_the_total_pnl(
+    trades: list[tuple[bool, Decimal, Decimal]], mark: Decimal
+) -> None:
+    position = open_record("p", "u", MARKET, PositionSide.LONG, 0)
+    cash = Decimal(0)
+    for buy, quantity, price in trades:
+        if not buy:
+            quantity = min(quantity, position.size)
+            if not quantity:
+                continue
+        position = apply_fill(
+            position, fill(Side.BUY if buy else Side.SELL, str(quantity), str(price)), None, None
+        )
+        cash += -quantity * price if buy else quantity * price
+        if not position.is_open:
+            position = open_record("p2", "u", MARKET, PositionSide.LONG, 0)
+            cash = Decimal(0)
+    total = cash + position.size * mark
+    marked = position.mark(mark, 1)
+    # Only the averaging division is inexact (160 significant digits).
+    assert abs(marked.realized_pnl + marked.unrealized_pnl - total) < Decimal("1e-100")

@@ -229,7 +229,7 @@ def position_to_proto(position: Position) -> position_pb2.Position:
         leverage=position.leverage,
         notional=fmt(position.notional),
         pnl_percentage=fmt(display(position.pnl_percentage)),
-        liquidation_price=fmt(display(position.liquidation_price)),
+        liquidation_price=fmt(display(position.liquidation_price)) if position.is_open else "",
         grid_levels=[
             position_pb2.PositionGridLevel(
                 grid_level=grid.level,

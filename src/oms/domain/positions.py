@@ -114,8 +114,6 @@ class Position:
     @property
     def liquidation_price(self) -> Decimal:
         """Isolated-margin estimate: where the loss eats the margin down to maintenance."""
-        if not self.is_open:
-            return ZERO
         swing = sub(div(Decimal(1), Decimal(self.leverage)), self.maintenance_margin_rate)
         return mul(self.entry_price, sub(Decimal(1), mul(self.direction, swing)))
 

@@ -56,8 +56,9 @@ class Position(_message.Message):
     the OMS's own fills (its size is always the signed sum of its fills).
 
     PnL and notional use the market's contract size, in the settle currency,
-    with exact decimal arithmetic; quotients (averages, percentages) carry at
-    least 28 significant digits.
+    with exact decimal arithmetic; quotients (averages, percentages) are
+    computed to 160 significant digits and shown rounded half-even to 12
+    decimal places when they do not terminate.
     LONG: unrealized = (mark - entry) x size x contract size; realized on a
     reduction = (exit - entry) x qty x contract size. SHORT: the mirror
     ((entry - mark), (entry - exit)).
@@ -128,8 +129,8 @@ class Position(_message.Message):
     only.
     """
     leverage: _builtins.int
-    """Leverage of the position: the latest one set by an order on it; absent
-    when no order set one. Output only.
+    """Leverage of the position: the one of the latest opening order that set
+    one; 1 when none did. Output only.
     """
     notional: _builtins.str
     """size x contract size x mark price; "0" when CLOSED or without a mark
@@ -137,13 +138,13 @@ class Position(_message.Message):
     """
     pnl_percentage: _builtins.str
     """Unrealized PnL as a percent of the initial margin (entry x size x
-    contract size / leverage; leverage 1 when absent), signed; "0" when
-    CLOSED. Output only.
+    contract size / leverage), signed; "0" when CLOSED. Output only.
     """
     liquidation_price: _builtins.str
     """Isolated-margin liquidation price estimate from entry price, leverage and
-    the market's maintenance margin rate; empty when leverage is absent, the
-    estimate is not positive, or the position is CLOSED. Output only.
+    the market's maintenance margin rate (mmr): LONG entry x (1 - 1/leverage
+    + mmr), SHORT entry x (1 + 1/leverage - mmr); empty when CLOSED. Output
+    only.
     """
     contract_size: _builtins.str
     """The market's contract size, in base currency per contract ("1" on the

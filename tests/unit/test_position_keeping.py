@@ -77,7 +77,7 @@ def test_closing_the_whole_size_closes_the_record() -> None:
     assert position.status is PositionStatus.CLOSED
     assert position.realized_pnl == Decimal("-10")
     assert position.grid_levels == ()
-    assert position.unrealized_pnl == position.notional == position.liquidation_price == 0
+    assert position.unrealized_pnl == position.notional == 0
 
 
 def test_grid_levels_reduce_their_own_level_first_then_in_level_order() -> None:

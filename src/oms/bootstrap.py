@@ -65,7 +65,9 @@ class Application:
         ids = IdGenerator()
         fees = FeeSchedule(settings.paper.maker_fee_rate, settings.paper.taker_fee_rate)
         journal = Journal(self.store, self.hub)
-        self.paper = PaperExchange(catalog, fees, journal, ids.new_id, time.time_ns)
+        self.paper = PaperExchange(
+            catalog, fees, journal, ids.new_id, time.time_ns, settings.paper.maker_fill_limit
+        )
         orders = OrderLifecycle(self.store, catalog, self.paper, self.hub, ids.new_id, time.time_ns)
         self.market_data = MarketData(catalog, self.paper, settings.stream_buffer_events)
         positions = Positions(self.store, catalog, orders, self.hub, self.paper.last_price_of)

@@ -6,8 +6,12 @@ fills and the other exit's cancel are both visible as soon as the tick returns.
 
 from __future__ import annotations
 
+import asyncio
+from decimal import Decimal
+from typing import cast
+
 import grpc
-from fixtures.oms_server import OmsHarness
+from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.positions import (
     ETH,
     LONG,
@@ -25,6 +29,8 @@ from fixtures.trading import BTC, USER, get, place, tick
 from tradingboost.oms.v1 import order_pb2, position_pb2, trailing_stop_pb2
 from tradingboost.oms.v1 import order_service_pb2 as opb
 from tradingboost.oms.v1 import position_service_pb2 as ppb
+
+from oms.config import PaperSettings
 
 S = order_pb2
 P = position_pb2
@@ -403,3 +409,57 @@ async def test_a_trailing_stop_is_not_implemented_yet_and_nothing_is_placed(
     assert await order_count(oms) == 0
     assert await all_fills(oms.orders) == []
     await check_invariants(oms)
+
+
+async def test_a_partial_entry_fill_sizes_the_exits_and_later_fills_grow_them(
+    redis_url: str,
+) -> None:
+    # Thin paper liquidity: a resting order fills at most 0.004 per tick.
+    oms = await make_oms(redis_url, paper=PaperSettings(maker_fill_limit=Decimal("0.004")))
+    try:
+        await tick(oms, "50000")
+        opened = await open_position(
+            oms,
+            type=S.ORDER_TYPE_LIMIT,
+            price="49000",
+            take_profit_price="52000",
+            stop_loss_price="48000",
+        )
+        stream = oms.orders.StreamOrderUpdates(
+            opb.StreamOrderUpdatesRequest(user_id=USER, after_sequence=1)
+        )
+        expected = []
+        for price, filled in (("49000", "0.004"), ("48999", "0.008"), ("49000", "0.01")):
+            await tick(oms, price)
+            entry = await get(oms, opened.entry_order.order_id)
+            assert entry.filled_quantity == filled
+            tp, sl = await exits(oms, opened)
+            assert (tp.quantity, sl.quantity) == (filled, filled)
+            assert tp.status == sl.status == S.ORDER_STATUS_OPEN
+            expected.append(filled)
+        assert entry.status == S.ORDER_STATUS_FILLED
+        assert (await position(oms)).size == "0.01"
+        # The exits were placed at the first fill and amended at each later one.
+        amended: list[tuple[str, str]] = []
+        while len(amended) < 4:
+            message = cast(opb.StreamOrderUpdatesResponse, await asyncio.wait_for(stream.read(), 5))
+            update = message.order_update
+            if update.event_type == S.ORDER_EVENT_TYPE_AMENDED:
+                amended.append((update.order.order_id, update.order.quantity))
+        stream.cancel()
+        assert sorted(amended) == sorted(
+            (leg, quantity)
+            for leg in (opened.take_profit_order_id, opened.stop_loss_order_id)
+            for quantity in expected[1:]
+        )
+
+        await tick(oms, "52000")
+        tp, sl = await exits(oms, opened)
+        assert tp.status == S.ORDER_STATUS_FILLED and tp.filled_quantity == "0.01"
+        assert sl.status == S.ORDER_STATUS_CANCELED
+        closed = await position(oms)
+        assert closed.status == P.POSITION_STATUS_CLOSED
+        assert closed.realized_pnl == "30"  # (52000 - 49000) x 0.01
+        await check_invariants(oms)
+    finally:
+        await oms.close()

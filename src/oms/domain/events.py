@@ -9,6 +9,7 @@ from oms.domain.fills import Fill
 from oms.domain.orders import (
     Order,
     OrderAccepted,
+    OrderAmended,
     OrderCanceled,
     OrderEvent,
     OrderExpired,
@@ -30,6 +31,7 @@ class OrderEventType(Enum):
     REJECTED = "REJECTED"
     EXPIRED = "EXPIRED"
     TRIGGERED = "TRIGGERED"
+    AMENDED = "AMENDED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,8 @@ def order_event_type(event: OrderEvent, after: Order) -> OrderEventType:
             if after.filled_quantity == after.quantity:
                 return OrderEventType.FILLED
             return OrderEventType.PARTIALLY_FILLED
+        case OrderAmended():
+            return OrderEventType.AMENDED
         case OrderPendingCancel():
             return OrderEventType.PENDING_CANCEL
         case OrderCanceled():

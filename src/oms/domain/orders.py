@@ -98,6 +98,13 @@ class OrderFilled:
 
 
 @dataclass(frozen=True, slots=True)
+class OrderAmended:
+    """The OMS changed the quantity of a working order (an exit growing with its entry)."""
+
+    quantity: Decimal
+
+
+@dataclass(frozen=True, slots=True)
 class OrderPendingCancel:
     pass
 
@@ -117,6 +124,7 @@ OrderEvent = (
     | OrderRejected
     | OrderTriggered
     | OrderFilled
+    | OrderAmended
     | OrderPendingCancel
     | OrderCanceled
     | OrderExpired
@@ -142,6 +150,8 @@ _TRANSITIONS: dict[tuple[OrderStatus, type], OrderStatus | None] = {
     (S.PENDING_NEW, OrderCanceled): S.CANCELED,
     (S.PENDING_NEW, OrderExpired): S.EXPIRED,
     (S.OPEN, OrderTriggered): S.OPEN,
+    (S.OPEN, OrderAmended): S.OPEN,
+    (S.PARTIALLY_FILLED, OrderAmended): S.PARTIALLY_FILLED,
     (S.OPEN, OrderFilled): None,
     (S.OPEN, OrderPendingCancel): S.PENDING_CANCEL,
     (S.OPEN, OrderCanceled): S.CANCELED,
@@ -164,6 +174,7 @@ _ACTION_NAMES: dict[type, str] = {
     OrderRejected: "reject",
     OrderTriggered: "trigger",
     OrderFilled: "fill",
+    OrderAmended: "amend",
     OrderPendingCancel: "cancel",
     OrderCanceled: "cancel",
     OrderExpired: "expire",
@@ -244,6 +255,12 @@ class Order:
                 changes["exchange_order_id"] = exchange_order_id
             case OrderRejected(reason=reason):
                 changes["reject_reason"] = reason
+            case OrderAmended(quantity=quantity):
+                if quantity < self.filled_quantity:
+                    raise FailedPrecondition(
+                        f"cannot amend order {self.order_id} below its filled quantity"
+                    )
+                changes["quantity"] = quantity
             case OrderCanceled(reason=reason) | OrderExpired(reason=reason):
                 changes["cancel_reason"] = reason
             case OrderTriggered():

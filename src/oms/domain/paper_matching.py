@@ -43,19 +43,26 @@ class PaperContext:
     now_ns: int
     reducible: Decimal | None = None
     """For an order that reduces its position: the position's size, which caps the fill."""
+    maker_fill_limit: Decimal | None = None
+    """Most a resting order fills per tick; None: all of it."""
 
 
 def _fill(
-    order: Order, price: Decimal, liquidity: Liquidity, ctx: PaperContext
+    order: Order,
+    price: Decimal,
+    liquidity: Liquidity,
+    ctx: PaperContext,
+    limit: Decimal | None = None,
 ) -> list[OrderEvent]:
-    """Fill the rest of the order; a reduction stops at the position's size (hedge mode never
-    flips a side) and the remainder is canceled."""
+    """Fill the rest of the order, or `limit` of it. A reduction stops at the position's size
+    (hedge mode never flips a side) and what it cannot fill is canceled."""
     remaining = sub(order.quantity, order.filled_quantity)
-    quantity = remaining if ctx.reducible is None else min(remaining, ctx.reducible)
-    if quantity <= 0:
+    allowed = remaining if ctx.reducible is None else min(remaining, ctx.reducible)
+    if allowed <= 0:
         return [OrderCanceled("reduce-only: the position is flat")]
+    quantity = allowed if limit is None else min(allowed, limit)
     events: list[OrderEvent] = [_filled(order, quantity, price, liquidity, ctx)]
-    if quantity < remaining:
+    if quantity == allowed < remaining:
         events.append(OrderCanceled("reduce-only: capped at the position size"))
     return events
 
@@ -133,7 +140,9 @@ def on_tick(order: Order, price: Decimal, ctx: PaperContext) -> list[OrderEvent]
     if order.type is OrderType.LIMIT or (order.type is OrderType.STOP_LIMIT and order.triggered):
         assert order.price is not None
         reached = price <= order.price if order.side is Side.BUY else price >= order.price
-        return _fill(order, order.price, Liquidity.MAKER, ctx) if reached else []
+        if not reached:
+            return []
+        return _fill(order, order.price, Liquidity.MAKER, ctx, ctx.maker_fill_limit)
     if not _stop_reached(order, price):
         return []
     if order.type is OrderType.STOP_LIMIT:

@@ -24,7 +24,7 @@ from oms.domain.errors import ConcurrentModification, FailedPrecondition, NotFou
 from oms.domain.events import FillRecorded, PositionUpdated, apply_all
 from oms.domain.fills import Fill
 from oms.domain.markets import Market, MarketCatalog
-from oms.domain.orders import Order, OrderCanceled, OrderEvent, PositionSide
+from oms.domain.orders import Order, OrderAmended, OrderCanceled, OrderEvent, PositionSide
 from oms.domain.paper_matching import FeeSchedule, PaperContext, on_submit, on_tick
 from oms.domain.positions import Position, apply_fill, open_record, reduces
 from oms.engine.journal import Journal
@@ -273,9 +273,12 @@ class _Desk:
             self._apply_fill(batch, after, fill)
         if not fills:
             return after
-        if after.bracket is not None and start.filled_quantity == 0:
-            for leg in bracket_legs(after, now):
-                self.submit_new(owner, batch, leg)
+        if after.bracket is not None:
+            if start.filled_quantity == 0:
+                for leg in bracket_legs(after, now):
+                    self.submit_new(owner, batch, leg)
+            else:
+                self._grow_exits(owner, batch, after, now)
         if after.linked_order_id:
             self._cancel_if_resting(
                 owner, batch, after.linked_order_id, f"one-cancels-other: {after.order_id} filled"
@@ -288,6 +291,14 @@ class _Desk:
                 ):
                     self.cancel_resting(owner, batch, order, "position closed")
         return after
+
+    def _grow_exits(self, owner: _Op, batch: _Batch, entry: Order, now: int) -> None:
+        """A further fill of an entry: its exits cover everything filled so far."""
+        assert entry.bracket is not None
+        for leg_id in (entry.bracket.take_profit_order_id, entry.bracket.stop_loss_order_id):
+            leg = self.book.get(leg_id)
+            if leg is not None and leg.quantity < entry.filled_quantity:
+                self.record(owner, batch, leg, [OrderAmended(entry.filled_quantity)], now)
 
     def _cancel_if_resting(self, owner: _Op, batch: _Batch, order_id: str, reason: str) -> None:
         order = self.book.get(order_id)
@@ -397,12 +408,14 @@ class PaperExchange:
         journal: Journal,
         new_id: Callable[[], str],
         clock_ns: Callable[[], int],
+        maker_fill_limit: Decimal | None = None,
     ) -> None:
         self.journal = journal
         self.clock_ns = clock_ns
         self.new_id = new_id
         self._catalog = catalog
         self._fees = fees
+        self._maker_fill_limit = maker_fill_limit
         self._desks: dict[str, _Desk] = {}
 
     async def recover(self) -> None:
@@ -484,7 +497,14 @@ class PaperExchange:
         return self._catalog.resolve(PAPER, symbol)
 
     def context(self, symbol: str, now_ns: int, reducible: Decimal | None) -> PaperContext:
-        return PaperContext(self.market(symbol), self._fees, self.new_id, now_ns, reducible)
+        return PaperContext(
+            self.market(symbol),
+            self._fees,
+            self.new_id,
+            now_ns,
+            reducible,
+            self._maker_fill_limit,
+        )
 
     def _desk(self, symbol: str) -> _Desk:
         desk = self._desks.get(symbol)

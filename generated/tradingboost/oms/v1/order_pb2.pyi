@@ -311,6 +311,10 @@ class _OrderEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrderE
     """A stop or take-profit order's trigger condition was met: it now works as
     a market or limit order. The status does not change.
     """
+    ORDER_EVENT_TYPE_AMENDED: _OrderEventType.ValueType  # 10
+    """The OMS changed the order's quantity: a take-profit or stop-loss of
+    OpenPosition grows with each further fill of its entry.
+    """
 
 class OrderEventType(_OrderEventType, metaclass=_OrderEventTypeEnumTypeWrapper):
     """What happened to an order in an OrderUpdate."""
@@ -338,6 +342,10 @@ ORDER_EVENT_TYPE_EXPIRED: OrderEventType.ValueType  # 8
 ORDER_EVENT_TYPE_TRIGGERED: OrderEventType.ValueType  # 9
 """A stop or take-profit order's trigger condition was met: it now works as
 a market or limit order. The status does not change.
+"""
+ORDER_EVENT_TYPE_AMENDED: OrderEventType.ValueType  # 10
+"""The OMS changed the order's quantity: a take-profit or stop-loss of
+OpenPosition grows with each further fill of its entry.
 """
 Global___OrderEventType: _TypeAlias = OrderEventType  # noqa: Y015
 

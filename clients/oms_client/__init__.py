@@ -1,0 +1,32 @@
+"""Typed async client of the OMS (tradingboost.oms.v1), on grpcio and the generated stubs:
+`OmsClient` (retrying unary calls, pages as `async for`, streams that resume by themselves)
+and the rounding helpers for amount steps and price ticks.
+"""
+
+from oms_client.client import (
+    DEFAULT_RETRY,
+    DEFAULT_STREAM_RETRY,
+    FillStream,
+    OmsClient,
+    OrderUpdateStream,
+)
+from oms_client.retry import NO_RETRY, RETRYABLE_CODES, RetryPolicy
+from oms_client.rounding import PriceRounding, round_price, round_quantity
+from oms_client.streams import RESUMABLE_CODES, EventStream, PriceStream
+
+__all__ = [
+    "DEFAULT_RETRY",
+    "DEFAULT_STREAM_RETRY",
+    "NO_RETRY",
+    "RESUMABLE_CODES",
+    "RETRYABLE_CODES",
+    "EventStream",
+    "FillStream",
+    "OmsClient",
+    "OrderUpdateStream",
+    "PriceRounding",
+    "PriceStream",
+    "RetryPolicy",
+    "round_price",
+    "round_quantity",
+]

@@ -1,0 +1,497 @@
+"""OmsClient: OrderService and MarketDataService over one grpc.aio channel.
+
+Requests and results are the generated messages themselves (`order_pb2.Order`, ...). Every
+unary method takes either a ready request message or its fields as keywords, and the same
+call options: `timeout_s` (the deadline of each attempt), `rpc_metadata` (extra metadata)
+and `retry`. Errors are the `grpc.aio.AioRpcError` the server answered, after any retries.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
+from types import TracebackType
+from typing import TypeVar, Unpack
+
+import grpc
+from google.protobuf.message import Message
+from tradingboost.oms.v1 import (
+    market_data_pb2,
+    market_data_service_pb2_grpc,
+    order_pb2,
+    order_service_pb2_grpc,
+)
+from tradingboost.oms.v1 import market_data_service_pb2 as md
+from tradingboost.oms.v1 import order_service_pb2 as pb
+
+from oms_client.pagination import paginate
+from oms_client.request_fields import (
+    CancelAllOrdersFields,
+    GetPriceFields,
+    ListFillsFields,
+    ListOrdersFields,
+    OrderRefFields,
+    PlaceOrderFields,
+    PublishPricesFields,
+    build_request,
+)
+from oms_client.retry import NO_RETRY, RetryPolicy, call_with_retry
+from oms_client.streams import EventStream, PriceStream, fill_payload, order_update_payload
+
+__all__ = [
+    "DEFAULT_RETRY",
+    "DEFAULT_STREAM_RETRY",
+    "FillStream",
+    "OmsClient",
+    "OrderUpdateStream",
+]
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+M = TypeVar("M", bound=Message)
+
+OrderUpdateStream = EventStream[pb.StreamOrderUpdatesResponse, order_pb2.OrderUpdate]
+FillStream = EventStream[pb.StreamFillsResponse, order_pb2.Fill]
+
+DEFAULT_RETRY = RetryPolicy()
+"""Unary calls: 5 attempts over about 0.75 s, for a blip, not for an outage."""
+
+DEFAULT_STREAM_RETRY = RetryPolicy(attempts=20)
+"""Streams: reconnect attempts over about 30 s, long enough to ride out a server restart."""
+
+# gRPC's reconnect backoff defaults (first retry after 1 s, growing to 120 s) suit big fleets;
+# a strategy next to its OMS wants its channel back within moments of a restart.
+_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+
+
+class OmsClient:
+    """An async client of the OMS.
+
+    `OmsClient.connect(target)` opens (and on close, closes) an insecure channel;
+    `OmsClient(channel)` uses a channel you own. Use it as an async context manager, or call
+    `close()`.
+
+    Args:
+        token: sent as `authorization: Bearer <token>` on every call when auth is on.
+        retry: for unary calls (PublishPrices excepted, see `publish_prices`); only
+            UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED are retried.
+        stream_retry: reconnects of the resuming streams.
+        default_timeout_s: deadline of each attempt when a call gives no `timeout_s`;
+            None for no deadline.
+        stream_idle_timeout_s: an event stream with no message at all (the server sends a
+            heartbeat at least every 15 s) for this long is taken for a dead connection and
+            reconnected; None to wait forever.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        token: str | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        stream_retry: RetryPolicy = DEFAULT_STREAM_RETRY,
+        default_timeout_s: float | None = 10.0,
+        stream_idle_timeout_s: float | None = 45.0,
+    ) -> None:
+        self._channel = channel
+        self._owns_channel = False
+        self._orders: order_service_pb2_grpc.OrderServiceAsyncStub = (
+            order_service_pb2_grpc.OrderServiceStub(channel)
+        )
+        self._market: market_data_service_pb2_grpc.MarketDataServiceAsyncStub = (
+            market_data_service_pb2_grpc.MarketDataServiceStub(channel)
+        )
+        self._auth: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        self._retry = retry
+        self._stream_retry = stream_retry
+        self._default_timeout_s = default_timeout_s
+        self._stream_idle_timeout_s = stream_idle_timeout_s
+
+    @classmethod
+    def connect(
+        cls,
+        target: str,
+        *,
+        token: str | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        stream_retry: RetryPolicy = DEFAULT_STREAM_RETRY,
+        default_timeout_s: float | None = 10.0,
+        stream_idle_timeout_s: float | None = 45.0,
+    ) -> OmsClient:
+        """A client on a new insecure channel to `target` ("host:port"), closed with it.
+
+        The channel reconnects by itself; a server restarted on the same address is found
+        again, and the streams resume on it.
+        """
+        client = cls(
+            grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS),
+            token=token,
+            retry=retry,
+            stream_retry=stream_retry,
+            default_timeout_s=default_timeout_s,
+            stream_idle_timeout_s=stream_idle_timeout_s,
+        )
+        client._owns_channel = True
+        return client
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The channel, for the services this client does not wrap."""
+        return self._channel
+
+    async def close(self) -> None:
+        """Closes the channel if `connect` opened it; a channel passed in stays open."""
+        if self._owns_channel:
+            await self._channel.close(grace=None)
+
+    async def __aenter__(self) -> OmsClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # Orders
+
+    async def place_order(
+        self,
+        request: pb.PlaceOrderRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[PlaceOrderFields],
+    ) -> order_pb2.Order:
+        """Places an order; returns it as it stands after the submit.
+
+        Without a `client_order_id` the client makes one ("c-" + 32 hex digits) once, before
+        the first attempt: every retry sends the same id, and the server's idempotency on
+        (user_id, client_order_id) turns a retry after a lost response into a read of the
+        order already placed, never a second order. The id is on the returned order.
+        """
+        prepared = build_request(pb.PlaceOrderRequest, request, fields)
+        if not prepared.client_order_id:
+            prepared = _copy(prepared)  # the caller's message stays as it was
+            prepared.client_order_id = f"c-{uuid.uuid4().hex}"
+        response = await self._unary(
+            self._orders.PlaceOrder, prepared, timeout_s, rpc_metadata, retry
+        )
+        return response.order
+
+    async def cancel_order(
+        self,
+        request: pb.CancelOrderRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[OrderRefFields],
+    ) -> order_pb2.Order:
+        """Cancels an order by `order_id` or `client_order_id`; returns it (CANCELED, or
+        PENDING_CANCEL while the exchange confirms).
+
+        A retry whose lost predecessor did cancel the order would meet FAILED_PRECONDITION
+        (the order is terminal); the client then reads the order and returns it if it is
+        CANCELED, since that is the outcome asked for.
+        """
+        prepared = build_request(pb.CancelOrderRequest, request, fields)
+        metadata = self._metadata(rpc_metadata)
+        attempt_timeout = self._attempt_timeout(timeout_s)
+        attempts = 0
+
+        async def attempt() -> order_pb2.Order:
+            nonlocal attempts
+            attempts += 1
+            try:
+                response = await self._orders.CancelOrder(
+                    prepared, timeout=attempt_timeout, metadata=metadata
+                )
+            except grpc.aio.AioRpcError as error:
+                if attempts > 1 and error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    current = await self._orders.GetOrder(
+                        pb.GetOrderRequest(
+                            user_id=prepared.user_id,
+                            order_id=prepared.order_id,
+                            client_order_id=prepared.client_order_id,
+                        ),
+                        timeout=attempt_timeout,
+                        metadata=metadata,
+                    )
+                    if current.order.status == order_pb2.ORDER_STATUS_CANCELED:
+                        return current.order
+                raise
+            return response.order
+
+        return await call_with_retry(self._retry if retry is None else retry, attempt)
+
+    async def cancel_all_orders(
+        self,
+        request: pb.CancelAllOrdersRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[CancelAllOrdersFields],
+    ) -> list[order_pb2.Order]:
+        """Cancels every open order of the user (optionally one exchange or symbol); returns
+        the orders acted on. After a retry, orders that a lost earlier attempt cancelled are
+        not in the list (they are no longer open): list them with `list_orders` if needed."""
+        prepared = build_request(pb.CancelAllOrdersRequest, request, fields)
+        response = await self._unary(
+            self._orders.CancelAllOrders, prepared, timeout_s, rpc_metadata, retry
+        )
+        return list(response.orders)
+
+    async def get_order(
+        self,
+        request: pb.GetOrderRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[OrderRefFields],
+    ) -> order_pb2.Order:
+        """One order, by `order_id` or `client_order_id`."""
+        prepared = build_request(pb.GetOrderRequest, request, fields)
+        response = await self._unary(
+            self._orders.GetOrder, prepared, timeout_s, rpc_metadata, retry
+        )
+        return response.order
+
+    async def list_orders_page(
+        self,
+        request: pb.ListOrdersRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[ListOrdersFields],
+    ) -> pb.ListOrdersResponse:
+        """One page of orders, newest first, with `next_page_token` and `as_of_sequence`
+        (stream with `after_sequence=as_of_sequence` to continue from this snapshot)."""
+        prepared = build_request(pb.ListOrdersRequest, request, fields)
+        return await self._unary(self._orders.ListOrders, prepared, timeout_s, rpc_metadata, retry)
+
+    def list_orders(
+        self,
+        request: pb.ListOrdersRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[ListOrdersFields],
+    ) -> AsyncIterator[order_pb2.Order]:
+        """Every matching order across all pages (`page_size` sets the page length)."""
+        first = build_request(pb.ListOrdersRequest, request, fields)
+
+        async def fetch_page(token: str) -> tuple[Iterable[order_pb2.Order], str]:
+            page_request = _copy(first)
+            page_request.page_token = token
+            page = await self.list_orders_page(
+                page_request, timeout_s=timeout_s, rpc_metadata=rpc_metadata, retry=retry
+            )
+            return page.orders, page.next_page_token
+
+        return paginate(fetch_page, first.page_token)
+
+    async def list_fills_page(
+        self,
+        request: pb.ListFillsRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[ListFillsFields],
+    ) -> pb.ListFillsResponse:
+        """One page of fills, newest first, with `next_page_token` and `as_of_sequence`."""
+        prepared = build_request(pb.ListFillsRequest, request, fields)
+        return await self._unary(self._orders.ListFills, prepared, timeout_s, rpc_metadata, retry)
+
+    def list_fills(
+        self,
+        request: pb.ListFillsRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[ListFillsFields],
+    ) -> AsyncIterator[order_pb2.Fill]:
+        """Every matching fill across all pages."""
+        first = build_request(pb.ListFillsRequest, request, fields)
+
+        async def fetch_page(token: str) -> tuple[Iterable[order_pb2.Fill], str]:
+            page_request = _copy(first)
+            page_request.page_token = token
+            page = await self.list_fills_page(
+                page_request, timeout_s=timeout_s, rpc_metadata=rpc_metadata, retry=retry
+            )
+            return page.fills, page.next_page_token
+
+        return paginate(fetch_page, first.page_token)
+
+    def stream_order_updates(
+        self,
+        user_id: str,
+        *,
+        exchange: str = "",
+        symbol: str = "",
+        after_sequence: int = 0,
+        rpc_metadata: Mapping[str, str] | None = None,
+    ) -> OrderUpdateStream:
+        """Every order change of the user, each once and in order, resuming by itself after
+        a server restart, a dropped connection or a slow-consumer cut-off.
+
+        `after_sequence` 0 is live only; pass a snapshot's `as_of_sequence` or a persisted
+        `last_sequence` to replay from there. The stream connects on the first read.
+        """
+        metadata = self._metadata(rpc_metadata)
+
+        def open_call(
+            after: int,
+        ) -> grpc.aio.UnaryStreamCall[pb.StreamOrderUpdatesRequest, pb.StreamOrderUpdatesResponse]:
+            return self._orders.StreamOrderUpdates(
+                pb.StreamOrderUpdatesRequest(
+                    user_id=user_id, exchange=exchange, symbol=symbol, after_sequence=after
+                ),
+                metadata=metadata,
+            )
+
+        return EventStream(
+            open_call,
+            order_update_payload,
+            after_sequence,
+            self._stream_retry,
+            self._stream_idle_timeout_s,
+        )
+
+    def stream_fills(
+        self,
+        user_id: str,
+        *,
+        exchange: str = "",
+        symbol: str = "",
+        after_sequence: int = 0,
+        rpc_metadata: Mapping[str, str] | None = None,
+    ) -> FillStream:
+        """Every fill of the user, each once and in order; resumes as `stream_order_updates`."""
+        metadata = self._metadata(rpc_metadata)
+
+        def open_call(
+            after: int,
+        ) -> grpc.aio.UnaryStreamCall[pb.StreamFillsRequest, pb.StreamFillsResponse]:
+            return self._orders.StreamFills(
+                pb.StreamFillsRequest(
+                    user_id=user_id, exchange=exchange, symbol=symbol, after_sequence=after
+                ),
+                metadata=metadata,
+            )
+
+        return EventStream(
+            open_call, fill_payload, after_sequence, self._stream_retry, self._stream_idle_timeout_s
+        )
+
+    # Market data
+
+    async def publish_prices(
+        self,
+        request: md.PublishPricesRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy = NO_RETRY,
+        **fields: Unpack[PublishPricesFields],
+    ) -> list[market_data_pb2.Price]:
+        """Applies price ticks (paper exchange); returns once all they cause is committed.
+
+        Not retried by default: a tick is an event, not an idempotent state write. If a
+        response is lost after the server applied the tick, a retry applies it a second time,
+        which streams it twice and matches it again against orders resting since. Pass a
+        `retry` only where a repeated tick is harmless.
+        """
+        prepared = build_request(md.PublishPricesRequest, request, fields)
+        response = await self._unary(
+            self._market.PublishPrices, prepared, timeout_s, rpc_metadata, retry
+        )
+        return list(response.prices)
+
+    async def get_price(
+        self,
+        request: md.GetPriceRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[GetPriceFields],
+    ) -> market_data_pb2.Price:
+        """The last price of one instrument."""
+        prepared = build_request(md.GetPriceRequest, request, fields)
+        response = await self._unary(
+            self._market.GetPrice, prepared, timeout_s, rpc_metadata, retry
+        )
+        return response.price
+
+    def stream_prices(
+        self,
+        instruments: Iterable[market_data_pb2.Instrument],
+        *,
+        rpc_metadata: Mapping[str, str] | None = None,
+    ) -> PriceStream:
+        """Live ticks of the instruments, reconnecting by itself; see PriceStream for what an
+        outage means for ticks."""
+        request = md.StreamPricesRequest(instruments=instruments)
+        metadata = self._metadata(rpc_metadata)
+
+        def open_call() -> grpc.aio.UnaryStreamCall[
+            md.StreamPricesRequest, md.StreamPricesResponse
+        ]:
+            return self._market.StreamPrices(request, metadata=metadata)
+
+        return PriceStream(open_call, self._stream_retry)
+
+    # Plumbing
+
+    def _metadata(self, rpc_metadata: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+        return self._auth + tuple((rpc_metadata or {}).items())
+
+    def _attempt_timeout(self, timeout_s: float | None) -> float | None:
+        return self._default_timeout_s if timeout_s is None else timeout_s
+
+    async def _unary(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        timeout_s: float | None,
+        rpc_metadata: Mapping[str, str] | None,
+        retry: RetryPolicy | None,
+    ) -> Resp:
+        metadata = self._metadata(rpc_metadata)
+        attempt_timeout = self._attempt_timeout(timeout_s)
+        return await call_with_retry(
+            self._retry if retry is None else retry,
+            lambda: method(request, timeout=attempt_timeout, metadata=metadata),
+        )
+
+
+def _copy(message: M) -> M:
+    duplicate = type(message)()
+    duplicate.CopyFrom(message)
+    return duplicate

@@ -1,0 +1,80 @@
+"""Which failures are worth another attempt, and how long to wait before it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+
+__all__ = ["NO_RETRY", "RETRYABLE_CODES", "RetryPolicy", "call_with_retry"]
+
+T = TypeVar("T")
+
+RETRYABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+"""Transient by the contract: Redis or the exchange unreachable, a server shutting down, an
+attempt that ran out of time, a rate limit. Every other code (INVALID_ARGUMENT, ALREADY_EXISTS,
+NOT_FOUND, FAILED_PRECONDITION, UNKNOWN, INTERNAL...) would fail the same way again, or means
+something the caller must look at, so it is raised after the first attempt."""
+
+# gRPC's connection-backoff spec: +/-20% spreads clients that failed together, while keeping
+# the total wait predictable (full jitter can make a whole retry budget collapse to ~0 s).
+_JITTER = 0.2
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff with jitter.
+
+    The wait before retry n (n = 1, 2, ...) is about
+    `min(max_backoff_s, initial_backoff_s * multiplier ** (n - 1))`, +/-20%.
+    """
+
+    attempts: int = 5
+    """Attempts in all, the first one included; 1 means no retry."""
+    initial_backoff_s: float = 0.05
+    """Wait before the first retry."""
+    max_backoff_s: float = 2.0
+    """No wait is longer than this."""
+    multiplier: float = 2.0
+    """Growth of the wait from one retry to the next."""
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1, not {self.attempts}")
+        if not 0 <= self.initial_backoff_s <= self.max_backoff_s:
+            raise ValueError("need 0 <= initial_backoff_s <= max_backoff_s")
+        if self.multiplier < 1:
+            raise ValueError(f"multiplier must be at least 1, not {self.multiplier}")
+
+    def backoff_s(self, retry: int) -> float:
+        """The wait before retry number `retry` (1 for the first retry)."""
+        base = self.initial_backoff_s * self.multiplier ** (retry - 1)
+        return min(self.max_backoff_s, base * random.uniform(1 - _JITTER, 1 + _JITTER))
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+"""One attempt: for calls that must not be repeated blindly (PublishPrices)."""
+
+
+async def call_with_retry(policy: RetryPolicy, attempt: Callable[[], Awaitable[T]]) -> T:
+    """Runs `attempt` until it succeeds, fails with a code outside RETRYABLE_CODES, or
+    `policy.attempts` are used up; then raises the last grpc.aio.AioRpcError unchanged."""
+    retry = 0
+    while True:
+        try:
+            return await attempt()
+        except grpc.aio.AioRpcError as error:
+            retry += 1
+            if error.code() not in RETRYABLE_CODES or retry >= policy.attempts:
+                raise
+        await asyncio.sleep(policy.backoff_s(retry))

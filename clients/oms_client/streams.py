@@ -1,0 +1,229 @@
+"""Server streams that reconnect by themselves, and resume where they left off.
+
+Resume point. Each event carries the user's `sequence`; a stream remembers the last one it
+delivered and reconnects with `after_sequence` set to it, so the server replays exactly what
+the consumer has not seen yet: no gap, no duplicate.
+
+Heartbeats are not resume points, as heartbeat.proto says, and the server shows why: a
+heartbeat carries `max(stream cursor, user's newest sequence)`. When it goes out, events
+above the stream's cursor can still sit in the stream's buffer, unsent: at the going-live
+heartbeat (events committed during the replay), and at an idle one when a push races the idle
+timer. Resuming from such a heartbeat would skip those events.
+
+One exception: a live-only stream (`after_sequence` 0) that has delivered nothing yet. Its only
+other choice is to reconnect live-only, which starts at the newest sequence at reconnect time,
+later than any heartbeat it saw; so the latest heartbeat loses nothing that live-only would
+not lose too, and keeps every event committed during the outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Any, Generic, Protocol, Self, TypeVar
+
+import grpc
+from tradingboost.oms.v1 import heartbeat_pb2, market_data_pb2, order_pb2
+from tradingboost.oms.v1 import market_data_service_pb2 as md
+from tradingboost.oms.v1 import order_service_pb2 as pb
+
+from oms_client.retry import RetryPolicy
+
+__all__ = ["RESUMABLE_CODES", "EventStream", "PriceStream", "fill_payload", "order_update_payload"]
+
+RESUMABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+"""How a stream ends when resuming is the cure: server shutting down or connection lost
+(UNAVAILABLE), or the consumer fell behind its bounded buffer (RESOURCE_EXHAUSTED).
+OUT_OF_RANGE and every other code are raised: reconnecting would fail the same way."""
+
+
+class Sequenced(Protocol):
+    @property
+    def sequence(self) -> int: ...
+
+
+R = TypeVar("R")
+T = TypeVar("T")
+E = TypeVar("E", bound=Sequenced)
+
+
+class _ReconnectingStream(ABC, Generic[R, T]):
+    """An async iterator over a server stream that opens a new call whenever the current
+    one ends with a RESUMABLE_CODES status, after a backoff.
+
+    `retry.attempts` bounds the connection attempts in a row that receive nothing at all;
+    any message received starts the count again, so a long-lived stream survives any number
+    of separate outages.
+    """
+
+    def __init__(self, retry: RetryPolicy, idle_timeout_s: float | None) -> None:
+        self._retry = retry
+        self._idle_timeout_s = idle_timeout_s
+        self._call: grpc.aio.UnaryStreamCall[Any, R] | None = None
+        self._responses: AsyncIterator[R] | None = None
+        self._failures = 0
+        self._closed = False
+
+    @abstractmethod
+    def _open(self) -> grpc.aio.UnaryStreamCall[Any, R]: ...
+
+    @abstractmethod
+    def _accept(self, response: R) -> T | None:
+        """The item to deliver, or None for a message the stream consumes itself."""
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        while not self._closed:
+            if self._responses is None:
+                self._call = self._open()
+                self._responses = aiter(self._call)
+            try:
+                async with asyncio.timeout(self._idle_timeout_s):
+                    response = await anext(self._responses)
+            except StopAsyncIteration:
+                # An OK status: the server says the stream is complete, not interrupted.
+                self._closed = True
+                raise
+            except grpc.aio.AioRpcError as error:
+                self._drop_call()
+                if error.code() not in RESUMABLE_CODES:
+                    raise
+                await self._back_off(error)
+                continue
+            except TimeoutError:
+                # Not even a heartbeat for idle_timeout_s: a silently dead connection, one
+                # where no RST ever arrives.
+                self._drop_call()
+                await self._back_off(
+                    TimeoutError(f"no message on the stream for {self._idle_timeout_s} s")
+                )
+                continue
+            except asyncio.CancelledError:
+                # gRPC raises this both when our task is cancelled (the consumer gave up
+                # waiting) and when aclose() cancelled the call. Either way the call is gone;
+                # a later read reconnects from the last delivered event.
+                self._drop_call()
+                task = asyncio.current_task()
+                if self._closed and task is not None and not task.cancelling():
+                    break
+                raise
+            self._failures = 0
+            item = self._accept(response)
+            if item is not None:
+                return item
+        raise StopAsyncIteration
+
+    async def _back_off(self, error: Exception) -> None:
+        self._failures += 1
+        if self._failures >= self._retry.attempts:
+            raise error
+        await asyncio.sleep(self._retry.backoff_s(self._failures))
+
+    def _drop_call(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        self._call = self._responses = None
+
+    async def aclose(self) -> None:
+        """Ends the stream: cancels the current call; iteration then stops."""
+        self._closed = True
+        self._drop_call()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class EventStream(_ReconnectingStream[R, E]):
+    """Events of one user's sequenced stream (OrderUpdate, Fill), each exactly once and in
+    sequence order across reconnects. Heartbeats are consumed here.
+
+    Persist `last_sequence` after handling an event to continue from it in a later process
+    (`after_sequence=`). Not for concurrent readers: one consumer per stream.
+    """
+
+    def __init__(
+        self,
+        open_call: Callable[[int], grpc.aio.UnaryStreamCall[Any, R]],
+        unwrap: Callable[[R], E | heartbeat_pb2.Heartbeat | None],
+        after_sequence: int,
+        retry: RetryPolicy,
+        idle_timeout_s: float | None,
+    ) -> None:
+        super().__init__(retry, idle_timeout_s)
+        self._open_call = open_call
+        self._unwrap = unwrap
+        self._last_sequence = after_sequence
+        self._heartbeat_sequence = 0
+
+    @property
+    def last_sequence(self) -> int:
+        """The sequence of the last event delivered; `after_sequence` until the first one."""
+        return self._last_sequence
+
+    def _open(self) -> grpc.aio.UnaryStreamCall[Any, R]:
+        # Only a live-only stream that delivered nothing has _last_sequence 0 (module doc).
+        return self._open_call(self._last_sequence or self._heartbeat_sequence)
+
+    def _accept(self, response: R) -> E | None:
+        item = self._unwrap(response)
+        if isinstance(item, heartbeat_pb2.Heartbeat):
+            self._heartbeat_sequence = max(self._heartbeat_sequence, item.latest_sequence)
+            return None
+        if item is not None:
+            self._last_sequence = item.sequence
+        return item
+
+
+class PriceStream(_ReconnectingStream[md.StreamPricesResponse, market_data_pb2.Price]):
+    """Live price ticks. Prices carry no sequence and the server keeps no history of them, so
+    a reconnect continues with the next tick: ticks during an outage are not replayed (a price
+    is a last value; call get_price for the current one)."""
+
+    def __init__(
+        self,
+        open_call: Callable[[], grpc.aio.UnaryStreamCall[Any, md.StreamPricesResponse]],
+        retry: RetryPolicy,
+    ) -> None:
+        # No idle limit: a quiet market sends nothing, and this stream has no heartbeat.
+        super().__init__(retry, idle_timeout_s=None)
+        self._open_call = open_call
+
+    def _open(self) -> grpc.aio.UnaryStreamCall[Any, md.StreamPricesResponse]:
+        return self._open_call()
+
+    def _accept(self, response: md.StreamPricesResponse) -> market_data_pb2.Price:
+        return response.price
+
+
+def order_update_payload(
+    response: pb.StreamOrderUpdatesResponse,
+) -> order_pb2.OrderUpdate | heartbeat_pb2.Heartbeat | None:
+    kind = response.WhichOneof("payload")
+    if kind == "order_update":
+        return response.order_update
+    if kind == "heartbeat":
+        return response.heartbeat
+    return None  # a payload kind newer than this client: skipped
+
+
+def fill_payload(
+    response: pb.StreamFillsResponse,
+) -> order_pb2.Fill | heartbeat_pb2.Heartbeat | None:
+    kind = response.WhichOneof("payload")
+    if kind == "fill":
+        return response.fill
+    if kind == "heartbeat":
+        return response.heartbeat
+    return None  # a payload kind newer than this client: skipped

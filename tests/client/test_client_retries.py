@@ -1,0 +1,190 @@
+"""Retries: a lost response is retried with the same client order id, so nothing is placed
+twice; errors that would repeat are raised at once.
+
+A client interceptor stands in for the network: it lets the call reach the real server, waits
+for the server's answer, then throws it away and reports UNAVAILABLE, as a connection dropped
+after the server committed would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import grpc
+import pytest
+from fixtures.oms_server import OmsHarness
+from oms_client import OmsClient, RetryPolicy
+from tradingboost.oms.v1 import market_data_pb2, order_pb2
+
+S = order_pb2
+BTC = "BTC/USDT:USDT"
+USER = "alice"
+FAST_RETRY = RetryPolicy(attempts=3, initial_backoff_s=0.01, max_backoff_s=0.01)
+
+
+class LoseResponses(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """Records the requests of one RPC and loses the responses of its first `times` calls."""
+
+    def __init__(self, rpc: str, times: int = 0) -> None:
+        self.rpc = rpc
+        self.times = times
+        self.requests: list[Any] = []
+
+    async def intercept_unary_unary(
+        self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        call = await continuation(details, request)
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        if not method.endswith(f"/{self.rpc}"):
+            return call
+        self.requests.append(request)
+        if len(self.requests) <= self.times:
+            await call  # the server has done the work
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                details="response lost on the way back (test)",
+                debug_error_string="",
+            )
+        return call
+
+
+@pytest.fixture
+async def oms_priced(oms: OmsHarness) -> OmsHarness:
+    async with OmsClient(oms.channel) as client:
+        await client.publish_prices(
+            prices=[market_data_pb2.PriceTick(exchange="paper", symbol=BTC, price="50000")]
+        )
+    return oms
+
+
+@asynccontextmanager
+async def client_losing(oms: OmsHarness, interceptor: LoseResponses) -> AsyncIterator[OmsClient]:
+    channel = grpc.aio.insecure_channel(
+        oms.address, interceptors=[cast("grpc.aio.ClientInterceptor", interceptor)]
+    )
+    try:
+        yield OmsClient(channel, retry=FAST_RETRY)
+    finally:
+        await channel.close(grace=None)
+
+
+async def test_a_lost_place_order_response_is_retried_with_the_same_id_and_places_once(
+    oms_priced: OmsHarness,
+) -> None:
+    lose = LoseResponses("PlaceOrder", times=1)
+    async with client_losing(oms_priced, lose) as client:
+        order = await client.place_order(
+            user_id=USER,
+            exchange="paper",
+            symbol=BTC,
+            side=S.SIDE_BUY,
+            type=S.ORDER_TYPE_MARKET,
+            quantity="0.01",
+        )
+        first, retry = lose.requests
+        assert first.client_order_id == retry.client_order_id == order.client_order_id
+        assert first.client_order_id.startswith("c-")
+        orders = [o async for o in client.list_orders(user_id=USER)]
+        assert orders == [order]
+        fills = [f async for f in client.list_fills(user_id=USER)]
+        assert [f.order_id for f in fills] == [order.order_id]  # sent to the exchange once
+
+
+async def test_retries_give_up_after_the_policy_attempts(oms_priced: OmsHarness) -> None:
+    lose = LoseResponses("GetPrice", times=10)
+    async with client_losing(oms_priced, lose) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await client.get_price(exchange="paper", symbol=BTC)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert len(lose.requests) == FAST_RETRY.attempts
+
+
+async def test_invalid_argument_is_raised_after_one_attempt(oms_priced: OmsHarness) -> None:
+    count = LoseResponses("PlaceOrder")
+    async with client_losing(oms_priced, count) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await client.place_order(
+                user_id=USER,
+                exchange="paper",
+                symbol=BTC,
+                side=S.SIDE_BUY,
+                type=S.ORDER_TYPE_MARKET,
+                quantity="0.0101",  # off the 0.001 step: the OMS never rounds
+            )
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "quantity" in (error.value.details() or "")
+        assert len(count.requests) == 1
+
+
+async def test_already_exists_is_raised_after_one_attempt(oms_priced: OmsHarness) -> None:
+    count = LoseResponses("PlaceOrder")
+    async with client_losing(oms_priced, count) as client:
+        fields: dict[str, Any] = {
+            "user_id": USER,
+            "exchange": "paper",
+            "symbol": BTC,
+            "side": S.SIDE_BUY,
+            "type": S.ORDER_TYPE_MARKET,
+            "client_order_id": "dca-1",
+        }
+        await client.place_order(quantity="0.01", **fields)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await client.place_order(quantity="0.02", **fields)
+        assert error.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert len(count.requests) == 2
+
+
+async def test_a_retried_cancel_whose_first_attempt_cancelled_returns_the_canceled_order(
+    oms_priced: OmsHarness,
+) -> None:
+    lose = LoseResponses("CancelOrder", times=1)
+    async with client_losing(oms_priced, lose) as client:
+        resting = await client.place_order(
+            user_id=USER,
+            exchange="paper",
+            symbol=BTC,
+            side=S.SIDE_BUY,
+            type=S.ORDER_TYPE_LIMIT,
+            quantity="0.01",
+            price="49000",
+        )
+        canceled = await client.cancel_order(user_id=USER, order_id=resting.order_id)
+        assert len(lose.requests) == 2  # the retry met FAILED_PRECONDITION, then read it
+        assert canceled.order_id == resting.order_id
+        assert canceled.status == S.ORDER_STATUS_CANCELED
+
+
+async def test_cancelling_a_filled_order_stays_failed_precondition(
+    oms_priced: OmsHarness,
+) -> None:
+    lose = LoseResponses("CancelOrder", times=1)
+    async with client_losing(oms_priced, lose) as client:
+        filled = await client.place_order(
+            user_id=USER,
+            exchange="paper",
+            symbol=BTC,
+            side=S.SIDE_BUY,
+            type=S.ORDER_TYPE_MARKET,
+            quantity="0.01",
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await client.cancel_order(user_id=USER, order_id=filled.order_id)
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_publish_prices_is_not_retried_because_a_tick_is_not_idempotent(
+    oms_priced: OmsHarness,
+) -> None:
+    lose = LoseResponses("PublishPrices", times=1)
+    async with client_losing(oms_priced, lose) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await client.publish_prices(
+                prices=[market_data_pb2.PriceTick(exchange="paper", symbol=BTC, price="51000")]
+            )
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert len(lose.requests) == 1
+        assert (await client.get_price(exchange="paper", symbol=BTC)).price == "51000"

@@ -1,0 +1,386 @@
+"""Self-resuming streams: every event exactly once, in order, across a server restart, a
+slow-consumer cut-off and a dropped connection; errors that would repeat are raised."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import grpc
+import pytest
+from fixtures.oms_process import OmsProcess
+from fixtures.oms_server import OmsHarness, make_oms
+from oms_client import OmsClient, RetryPolicy
+from tradingboost.oms.v1 import market_data_pb2, order_pb2
+
+S = order_pb2
+BTC = "BTC/USDT:USDT"
+ETH = "ETH/USDT:USDT"
+USER = "alice"
+BOTH_KINDS = [S.ORDER_EVENT_TYPE_ACCEPTED, S.ORDER_EVENT_TYPE_FILLED]
+
+T = TypeVar("T")
+
+
+async def buy(client: OmsClient, symbol: str = BTC, **fields: Any) -> S.Order:
+    return await client.place_order(
+        user_id=USER,
+        exchange="paper",
+        symbol=symbol,
+        side=S.SIDE_BUY,
+        type=S.ORDER_TYPE_MARKET,
+        quantity="0.01",
+        **fields,
+    )
+
+
+async def tick(client: OmsClient, price: str, symbol: str = BTC) -> None:
+    await client.publish_prices(
+        prices=[market_data_pb2.PriceTick(exchange="paper", symbol=symbol, price=price)]
+    )
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Polls a condition that other tasks make true (a consumer, the interceptors)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"still false after {timeout_s} s")
+        await asyncio.sleep(0.01)
+
+
+class Consumer(Generic[T]):
+    """Reads a stream into `items` in the background, as a strategy's consumer task would."""
+
+    def __init__(self, stream: AsyncIterator[T]) -> None:
+        self.items: list[T] = []
+        self.task = asyncio.create_task(self._consume(stream))
+
+    async def _consume(self, stream: AsyncIterator[T]) -> None:
+        async for item in stream:
+            self.items.append(item)
+
+    async def until(self, count: int) -> list[T]:
+        await until(lambda: len(self.items) >= count or self.task.done())
+        if self.task.done():
+            self.task.result()  # the error the stream raised, if any
+        return self.items
+
+
+def assert_exactly_once_in_order(sequences: list[int]) -> None:
+    assert sequences == sorted(set(sequences)), sequences
+
+
+class RecordStreams(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+    """Records each stream request; `drop_first_after_live` turns the first connection into
+    one that is lost right after the server's going-live heartbeat, once `drop` is set."""
+
+    def __init__(self, *, drop_first_after_live: bool = False) -> None:
+        self.requests: list[Any] = []
+        self._drop_first = drop_first_after_live
+        self.live = asyncio.Event()
+        self.drop = asyncio.Event()
+
+    async def intercept_unary_stream(
+        self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        call = await continuation(details, request)
+        self.requests.append(request)
+        if not self._drop_first or len(self.requests) > 1:
+            return call
+
+        async def lost_after_live() -> AsyncIterator[Any]:
+            async for response in call:
+                yield response
+                if response.WhichOneof("payload") == "heartbeat":
+                    break
+            self.live.set()
+            await self.drop.wait()
+            call.cancel()
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                details="connection lost (test)",
+                debug_error_string="",
+            )
+
+        return lost_after_live()
+
+
+@asynccontextmanager
+async def client_with(
+    address: str, *interceptors: Any, options: list[tuple[str, Any]] | None = None, **kw: Any
+) -> AsyncIterator[OmsClient]:
+    channel = grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+    try:
+        yield OmsClient(channel, **kw)
+    finally:
+        await channel.close(grace=None)
+
+
+# Across a server restart, with the real `oms serve` process and its embedded Redis
+
+
+def free_loopback_address() -> str:
+    # The restarted server must come back on the same address: port 0 would pick a new one.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[tuple[OmsProcess, OmsProcess]]:
+    address = free_loopback_address()
+    first = OmsProcess(tmp_path / "data", "--listen", address)
+    second = OmsProcess(tmp_path / "data", "--listen", address)
+    yield first, second
+    first.stop()
+    second.stop()
+
+
+@pytest.mark.parametrize("stop", ["terminate", "kill9"])
+async def test_streams_resume_across_a_restart_with_every_event_once_in_order(
+    servers: tuple[OmsProcess, OmsProcess], stop: str
+) -> None:
+    first, second = servers
+    address = await asyncio.to_thread(first.start)
+    # Patient unary retries too: the test places orders right after the restart.
+    async with OmsClient.connect(address, retry=RetryPolicy(attempts=20)) as client:
+        await tick(client, "50000")
+        await buy(client)
+        snapshot = await client.list_orders_page(user_id=USER)
+        updates = client.stream_order_updates(USER, after_sequence=snapshot.as_of_sequence)
+        fills = client.stream_fills(USER, after_sequence=snapshot.as_of_sequence)
+        update_consumer, fill_consumer = Consumer(updates), Consumer(fills)
+
+        placed = [await buy(client) for _ in range(3)]
+        await update_consumer.until(6)
+        await fill_consumer.until(3)
+        # Committed just before the stop: delivered before it, or replayed after the restart.
+        placed += [await buy(client) for _ in range(2)]
+        if stop == "kill9":
+            first.kill9()
+        else:
+            await asyncio.to_thread(first.terminate)
+        await asyncio.to_thread(second.start)
+        placed += [await buy(client) for _ in range(3)]
+        got_updates = await update_consumer.until(16)
+        got_fills = await fill_consumer.until(8)
+
+        assert [(u.order.order_id, u.event_type) for u in got_updates] == [
+            (order.order_id, kind) for order in placed for kind in BOTH_KINDS
+        ]
+        assert_exactly_once_in_order([u.sequence for u in got_updates])
+        listed = [f async for f in client.list_fills(user_id=USER)]
+        assert [f.sequence for f in got_fills] == sorted(
+            f.sequence for f in listed if f.sequence > snapshot.as_of_sequence
+        )
+        assert [f.order_id for f in got_fills] == [order.order_id for order in placed]
+        assert updates.last_sequence == got_updates[-1].sequence
+        assert fills.last_sequence == got_fills[-1].sequence
+        await updates.aclose()
+        await fills.aclose()
+        await asyncio.gather(update_consumer.task, fill_consumer.task)
+
+
+# Cut off for falling behind: RESOURCE_EXHAUSTED
+
+
+async def test_a_slow_consumer_cut_off_resumes_and_still_sees_every_event_once(
+    redis_url: str,
+) -> None:
+    oms = await make_oms(redis_url, stream_buffer_events=10)
+    streams = RecordStreams()
+    # No BDP probing: the receive window stays at 64 KiB, so a consumer that stops reading
+    # stalls the server's writes and its bounded buffer overflows.
+    options = [("grpc.http2.bdp_probe", 0)]
+    try:
+        async with client_with(oms.address, streams, options=options) as client:
+            await tick(client, "50000")
+            await buy(client)
+            snapshot = await client.list_orders_page(user_id=USER)
+            stream = client.stream_order_updates(USER, after_sequence=snapshot.as_of_sequence)
+            orders = 120
+            reading = asyncio.Event()
+            got: list[S.OrderUpdate] = []
+
+            async def slow_consumer() -> None:
+                async for update in stream:
+                    got.append(update)
+                    await reading.wait()  # busy elsewhere after the first event
+                    if len(got) == 2 * orders:
+                        return
+
+            consumer = asyncio.create_task(slow_consumer())
+            placed = [await buy(client, metadata={"pad": "x" * 256})]
+            await until(lambda: len(got) == 1)
+            pad = {f"k{i}": "x" * 256 for i in range(8)}
+            placed += [await buy(client, metadata=pad) for _ in range(orders - 1)]
+            reading.set()
+            await asyncio.wait_for(consumer, 10)
+
+            assert [(u.order.order_id, u.event_type) for u in got] == [
+                (order.order_id, kind) for order in placed for kind in BOTH_KINDS
+            ]
+            assert_exactly_once_in_order([u.sequence for u in got])
+            # It was cut off and resumed from the last event it had, not from scratch.
+            assert len(streams.requests) >= 2
+            resumed_at = streams.requests[1].after_sequence
+            assert snapshot.as_of_sequence < resumed_at < got[-1].sequence
+            assert resumed_at in {u.sequence for u in got}
+            await stream.aclose()
+    finally:
+        await oms.close()
+
+
+# Dropped connections, and the heartbeat as a resume point
+
+
+async def test_a_live_only_stream_dropped_before_any_event_resumes_from_the_heartbeat(
+    oms: OmsHarness,
+) -> None:
+    streams = RecordStreams(drop_first_after_live=True)
+    async with client_with(oms.address, streams) as client:
+        await tick(client, "50000")
+        await buy(client)
+        newest = (await client.list_orders_page(user_id=USER)).as_of_sequence
+        stream = client.stream_order_updates(USER)  # live only
+        consumer = Consumer(stream)
+        await asyncio.wait_for(streams.live.wait(), 5)
+
+        missed = [await buy(client) for _ in range(2)]  # while the connection is down
+        streams.drop.set()
+        got = await consumer.until(4)
+
+        # Live-only again would have started after these orders; the heartbeat did not.
+        first_request, resumed = streams.requests
+        assert first_request.after_sequence == 0
+        assert newest <= resumed.after_sequence < got[0].sequence
+        assert [(u.order.order_id, u.event_type) for u in got] == [
+            (order.order_id, kind) for order in missed for kind in BOTH_KINDS
+        ]
+        await stream.aclose()
+        await consumer.task
+
+
+async def test_a_resuming_stream_never_skips_ahead_to_a_heartbeat(oms: OmsHarness) -> None:
+    streams = RecordStreams(drop_first_after_live=True)
+    async with client_with(oms.address, streams) as client:
+        await tick(client, "50000")
+        await tick(client, "3000", symbol=ETH)
+        await buy(client, symbol=ETH)
+        snapshot = await client.list_fills_page(user_id=USER)
+        await buy(client)  # BTC: the heartbeat's sequence moves past what the stream sent
+        eth_fills = client.stream_fills(
+            USER, exchange="paper", symbol=ETH, after_sequence=snapshot.as_of_sequence
+        )
+        consumer = Consumer(eth_fills)
+        await asyncio.wait_for(streams.live.wait(), 5)
+        eth = await buy(client, symbol=ETH)
+        streams.drop.set()
+        got = await consumer.until(1)
+
+        assert [r.after_sequence for r in streams.requests] == [snapshot.as_of_sequence] * 2
+        assert [f.order_id for f in got] == [eth.order_id]
+        await eth_fills.aclose()
+        await consumer.task
+
+
+async def test_a_silent_connection_is_reconnected_without_losing_events(redis_url: str) -> None:
+    # Heartbeats every 30 s against a 0.3 s idle limit: the client takes the quiet stream
+    # for a dead connection, as it would one that vanished without a reset.
+    oms = await make_oms(redis_url, heartbeat_interval_s=30)
+    streams = RecordStreams()
+    try:
+        async with client_with(oms.address, streams, stream_idle_timeout_s=0.3) as client:
+            await tick(client, "50000")
+            await buy(client)
+            snapshot = await client.list_orders_page(user_id=USER)
+            stream = client.stream_order_updates(USER, after_sequence=snapshot.as_of_sequence)
+            consumer = Consumer(stream)
+            first = await buy(client)
+            await consumer.until(2)
+            await until(lambda: len(streams.requests) >= 3)
+            second = await buy(client)
+            got = await consumer.until(4)
+
+            assert [(u.order.order_id, u.event_type) for u in got] == [
+                (order.order_id, kind) for order in (first, second) for kind in BOTH_KINDS
+            ]
+            assert streams.requests[-1].after_sequence == got[1].sequence
+            await stream.aclose()
+            await consumer.task
+    finally:
+        await oms.close()
+
+
+async def test_a_consumer_timeout_does_not_lose_events(oms: OmsHarness) -> None:
+    async with client_with(oms.address) as client:
+        await tick(client, "50000")
+        await buy(client)
+        snapshot = await client.list_orders_page(user_id=USER)
+        stream = client.stream_order_updates(USER, after_sequence=snapshot.as_of_sequence)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(stream), 0.2)  # nothing yet; cancels the call
+        order = await buy(client)
+        got = [await asyncio.wait_for(anext(stream), 5) for _ in range(2)]
+        assert [(u.order.order_id, u.event_type) for u in got] == [
+            (order.order_id, kind) for kind in BOTH_KINDS
+        ]
+        await stream.aclose()
+
+
+async def test_aclose_ends_a_waiting_consumer_cleanly(oms: OmsHarness) -> None:
+    async with client_with(oms.address) as client:
+        stream = client.stream_fills(USER)
+        consumer = Consumer(stream)
+        await asyncio.sleep(0.1)  # the consumer is now waiting for a fill
+        await stream.aclose()
+        await asyncio.wait_for(consumer.task, 2)  # ends without an exception
+        assert consumer.items == []
+
+
+# Errors that reconnecting would not cure
+
+
+async def test_out_of_range_is_raised_after_one_attempt(oms: OmsHarness) -> None:
+    streams = RecordStreams()
+    async with client_with(oms.address, streams) as client:
+        stream = client.stream_order_updates(USER, after_sequence=1000)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await anext(stream)
+        assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert len(streams.requests) == 1
+
+
+async def test_reconnects_give_up_after_the_policy_attempts(oms: OmsHarness) -> None:
+    retry = RetryPolicy(attempts=3, initial_backoff_s=0.01, max_backoff_s=0.01)
+    async with OmsClient.connect(
+        free_loopback_address(), stream_retry=retry
+    ) as client:  # nobody listens there
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await anext(client.stream_fills(USER))
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# Prices
+
+
+async def test_stream_prices_delivers_the_ticks_of_its_instruments(oms: OmsHarness) -> None:
+    async with client_with(oms.address) as client:
+        prices = client.stream_prices([market_data_pb2.Instrument(exchange="paper", symbol=BTC)])
+        consumer = Consumer(prices)
+        async with asyncio.timeout(5):
+            while not consumer.items:  # live only, with no marker: tick until it is live
+                await tick(client, "50000")
+        await tick(client, "3000", symbol=ETH)
+        await tick(client, "50001")
+        await until(lambda: consumer.items[-1].price == "50001")
+        assert {p.symbol for p in consumer.items} == {BTC}
+        await prices.aclose()
+        await consumer.task

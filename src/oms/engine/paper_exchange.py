@@ -85,6 +85,7 @@ class _Op:
     """One queued decision and the future its caller awaits."""
 
     future: asyncio.Future[Any] = field(init=False)
+    redecided: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.future = asyncio.get_running_loop().create_future()
@@ -373,22 +374,30 @@ class _Desk:
                 continue
             batch.rollback(self)
             culprit = batch.owners[outcome.change_index]
-            _settle(culprit, **_conflict_outcome(outcome, batch.changes[outcome.change_index]))
-            if outcome.kind is not ConflictKind.CLIENT_ORDER_ID_TAKEN:
+            change = batch.changes[outcome.change_index]
+            # The store is ahead of memory when an earlier attempt of this very commit landed
+            # but its reply was lost (the Redis client re-sent it) or after a fault: reload,
+            # then decide the culprit again against the truth, once.
+            ahead = outcome.kind is not ConflictKind.CLIENT_ORDER_ID_TAKEN or (
+                outcome.existing is not None and outcome.existing.order_id == change.order.order_id
+            )
+            if ahead:
                 self._stale = True
                 await self._exchange.reload(self)
                 self._stale = False
-            ops = [op for op in decided if op is not culprit] + deferred
-
-
-def _conflict_outcome(conflict: Conflict, change: OrderChange) -> dict[str, Any]:
-    if conflict.kind is ConflictKind.CLIENT_ORDER_ID_TAKEN:
-        return {"result": (conflict.existing, False)}
-    return {
-        "error": ConcurrentModification(
-            f"order {change.order.order_id} changed concurrently ({conflict.kind.value})"
-        )
-    }
+            again = False
+            if outcome.kind is ConflictKind.CLIENT_ORDER_ID_TAKEN:
+                _settle(culprit, result=(outcome.existing, False))
+            elif culprit.redecided:
+                _settle(
+                    culprit,
+                    error=ConcurrentModification(
+                        f"order {change.order.order_id} changed concurrently ({outcome.kind.value})"
+                    ),
+                )
+            else:
+                culprit.redecided = again = True
+            ops = [op for op in decided if op is not culprit or again] + deferred
 
 
 def _settle(op: _Op, *, result: Any = None, error: BaseException | None = None) -> None:

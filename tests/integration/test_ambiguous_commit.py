@@ -1,0 +1,86 @@
+"""A commit whose reply is lost after Redis applied it: the Redis client sends it again, the
+guards refuse the repeat, and the OMS reloads the desk instead of trusting its memory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from fixtures.oms_server import OmsHarness, make_oms
+from fixtures.positions import position
+from fixtures.redis_proxy import ReplyLosingProxy
+from fixtures.trading import USER, fills_of, get, place, tick
+from tradingboost.oms.v1 import order_pb2 as S
+from tradingboost.oms.v1 import order_service_pb2 as pb
+
+from oms.adapters.redis_store.embedded import EmbeddedRedis
+
+COMMIT = b"EVALSHA"
+
+
+@pytest.fixture
+async def proxy(redis_server: EmbeddedRedis, redis_url: str) -> AsyncIterator[ReplyLosingProxy]:
+    proxy = ReplyLosingProxy(redis_server.socket_path)  # redis_url: a flushed server
+    yield proxy
+    await proxy.close()
+
+
+@pytest.fixture
+async def oms_via_proxy(proxy: ReplyLosingProxy) -> AsyncIterator[OmsHarness]:
+    harness = await make_oms(await proxy.start())
+    try:
+        yield harness
+    finally:
+        await harness.close()
+
+
+async def test_a_place_whose_reply_was_lost_is_the_one_order_and_still_rests(
+    oms_via_proxy: OmsHarness, proxy: ReplyLosingProxy
+) -> None:
+    oms = oms_via_proxy
+    await tick(oms, "50000")
+    proxy.lose_reply_to(COMMIT)
+    order = await place(oms, client_order_id="dip", type=S.ORDER_TYPE_LIMIT, price="49000")
+    assert proxy.lost_replies == 1
+    assert order.status == S.ORDER_STATUS_OPEN
+    listing = await oms.orders.ListOrders(pb.ListOrdersRequest(user_id=USER))
+    assert [o.order_id for o in listing.orders] == [order.order_id]
+    assert listing.as_of_sequence == 1
+    # Memory was reloaded from the store: the order is on the book and fills on its tick.
+    await tick(oms, "48000")
+    assert (await get(oms, order.order_id)).status == S.ORDER_STATUS_FILLED
+
+
+async def test_a_tick_whose_reply_was_lost_fills_each_order_once(
+    oms_via_proxy: OmsHarness, proxy: ReplyLosingProxy
+) -> None:
+    oms = oms_via_proxy
+    await tick(oms, "50000")
+    resting = await place(oms, type=S.ORDER_TYPE_LIMIT, price="49000")
+    proxy.lose_reply_to(COMMIT)
+    await tick(oms, "48000")
+    assert proxy.lost_replies == 1
+    assert (await get(oms, resting.order_id)).status == S.ORDER_STATUS_FILLED
+    assert len(await fills_of(oms, resting.order_id)) == 1
+    assert (await position(oms)).size == "0.01"
+    await tick(oms, "47000")
+    assert (await position(oms)).mark_price == "47000"
+
+
+async def test_a_cancel_whose_reply_was_lost_leaves_the_order_canceled(
+    oms_via_proxy: OmsHarness, proxy: ReplyLosingProxy
+) -> None:
+    oms = oms_via_proxy
+    await tick(oms, "50000")
+    resting = await place(oms, type=S.ORDER_TYPE_LIMIT, price="49000")
+    proxy.lose_reply_to(COMMIT)
+    with pytest.raises(Exception) as error:
+        await oms.orders.CancelOrder(pb.CancelOrderRequest(user_id=USER, order_id=resting.order_id))
+    # The repeat finds the order already canceled; the caller is told so, and a read
+    # (as the client library does) shows the truth.
+    assert "CANCELED" in str(error.value)
+    assert proxy.lost_replies == 1
+    assert (await get(oms, resting.order_id)).status == S.ORDER_STATUS_CANCELED
+    await tick(oms, "48000")
+    assert (await get(oms, resting.order_id)).status == S.ORDER_STATUS_CANCELED
+    assert await fills_of(oms, resting.order_id) == []

@@ -1,6 +1,7 @@
 """Typed async client of the OMS (tradingboost.oms.v1), on grpcio and the generated stubs:
-`OmsClient` (retrying unary calls, pages as `async for`, streams that resume by themselves)
-and the rounding helpers for amount steps and price ticks.
+`OmsClient` over OrderService, PositionService and MarketDataService (retrying unary calls,
+pages as `async for`, streams that resume by themselves) and the rounding helpers for amount
+steps and price ticks.
 """
 
 from oms_client.client import (
@@ -9,6 +10,7 @@ from oms_client.client import (
     FillStream,
     OmsClient,
     OrderUpdateStream,
+    PositionUpdateStream,
 )
 from oms_client.retry import NO_RETRY, RETRYABLE_CODES, RetryPolicy
 from oms_client.rounding import PriceRounding, round_price, round_quantity
@@ -24,6 +26,7 @@ __all__ = [
     "FillStream",
     "OmsClient",
     "OrderUpdateStream",
+    "PositionUpdateStream",
     "PriceRounding",
     "PriceStream",
     "RetryPolicy",

@@ -1,4 +1,4 @@
-"""OmsClient: OrderService and MarketDataService over one grpc.aio channel.
+"""OmsClient: OrderService, PositionService and MarketDataService over one grpc.aio channel.
 
 Requests and results are the generated messages themselves (`order_pb2.Order`, ...). Every
 unary method takes either a ready request message or its fields as keywords, and the same
@@ -9,9 +9,9 @@ and `retry`. Errors are the `grpc.aio.AioRpcError` the server answered, after an
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import TypeVar, Unpack
+from typing import Protocol, TypeVar, Unpack, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -20,23 +20,38 @@ from tradingboost.oms.v1 import (
     market_data_service_pb2_grpc,
     order_pb2,
     order_service_pb2_grpc,
+    position_pb2,
+    position_service_pb2_grpc,
 )
 from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_service_pb2 as pb
+from tradingboost.oms.v1 import position_service_pb2 as ppb
 
 from oms_client.pagination import paginate
 from oms_client.request_fields import (
     CancelAllOrdersFields,
+    ClosePositionFields,
+    FindOpenOrdersFields,
+    GetPortfolioSummaryFields,
+    GetPositionFields,
     GetPriceFields,
     ListFillsFields,
     ListOrdersFields,
+    ListPositionsFields,
+    OpenPositionFields,
     OrderRefFields,
     PlaceOrderFields,
     PublishPricesFields,
     build_request,
 )
 from oms_client.retry import NO_RETRY, RetryPolicy, call_with_retry
-from oms_client.streams import EventStream, PriceStream, fill_payload, order_update_payload
+from oms_client.streams import (
+    EventStream,
+    PriceStream,
+    fill_payload,
+    order_update_payload,
+    position_update_payload,
+)
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -44,14 +59,18 @@ __all__ = [
     "FillStream",
     "OmsClient",
     "OrderUpdateStream",
+    "PositionUpdateStream",
 ]
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 M = TypeVar("M", bound=Message)
+# The requests whose client order id the client makes when the caller gives none.
+C = TypeVar("C", pb.PlaceOrderRequest, ppb.OpenPositionRequest, ppb.ClosePositionRequest)
 
 OrderUpdateStream = EventStream[pb.StreamOrderUpdatesResponse, order_pb2.OrderUpdate]
 FillStream = EventStream[pb.StreamFillsResponse, order_pb2.Fill]
+PositionUpdateStream = EventStream[ppb.StreamPositionsResponse, position_pb2.PositionUpdate]
 
 DEFAULT_RETRY = RetryPolicy()
 """Unary calls: 5 attempts over about 0.75 s, for a blip, not for an outage."""
@@ -104,6 +123,9 @@ class OmsClient:
         self._market: market_data_service_pb2_grpc.MarketDataServiceAsyncStub = (
             market_data_service_pb2_grpc.MarketDataServiceStub(channel)
         )
+        self._positions: position_service_pb2_grpc.PositionServiceAsyncStub = (
+            position_service_pb2_grpc.PositionServiceStub(channel)
+        )
         self._auth: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
@@ -141,7 +163,8 @@ class OmsClient:
 
     @property
     def channel(self) -> grpc.aio.Channel:
-        """The channel, for the services this client does not wrap."""
+        """The channel, for the services this client does not wrap (TrailingStopService,
+        AccountService, the conditional rules of OrderService)."""
         return self._channel
 
     async def close(self) -> None:
@@ -179,10 +202,7 @@ class OmsClient:
         (user_id, client_order_id) turns a retry after a lost response into a read of the
         order already placed, never a second order. The id is on the returned order.
         """
-        prepared = build_request(pb.PlaceOrderRequest, request, fields)
-        if not prepared.client_order_id:
-            prepared = _copy(prepared)  # the caller's message stays as it was
-            prepared.client_order_id = f"c-{uuid.uuid4().hex}"
+        prepared = _with_client_order_id(build_request(pb.PlaceOrderRequest, request, fields))
         response = await self._unary(
             self._orders.PlaceOrder, prepared, timeout_s, rpc_metadata, retry
         )
@@ -297,17 +317,32 @@ class OmsClient:
         **fields: Unpack[ListOrdersFields],
     ) -> AsyncIterator[order_pb2.Order]:
         """Every matching order across all pages (`page_size` sets the page length)."""
-        first = build_request(pb.ListOrdersRequest, request, fields)
+        return _every_item(
+            build_request(pb.ListOrdersRequest, request, fields),
+            lambda page: self.list_orders_page(
+                page, timeout_s=timeout_s, rpc_metadata=rpc_metadata, retry=retry
+            ),
+            lambda response: response.orders,
+        )
 
-        async def fetch_page(token: str) -> tuple[Iterable[order_pb2.Order], str]:
-            page_request = _copy(first)
-            page_request.page_token = token
-            page = await self.list_orders_page(
-                page_request, timeout_s=timeout_s, rpc_metadata=rpc_metadata, retry=retry
-            )
-            return page.orders, page.next_page_token
-
-        return paginate(fetch_page, first.page_token)
+    async def find_open_orders(
+        self,
+        request: pb.FindOpenOrdersRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[FindOpenOrdersFields],
+    ) -> list[order_pb2.Order]:
+        """A grid bot's "is this level taken?": the open orders of one instrument that carry
+        `grid_level`, or whose price (limit, else stop) is within `price_tolerance` of `price`
+        (give either, or both); oldest first, at most 1000."""
+        prepared = build_request(pb.FindOpenOrdersRequest, request, fields)
+        response = await self._unary(
+            self._orders.FindOpenOrders, prepared, timeout_s, rpc_metadata, retry
+        )
+        return list(response.orders)
 
     async def list_fills_page(
         self,
@@ -334,17 +369,13 @@ class OmsClient:
         **fields: Unpack[ListFillsFields],
     ) -> AsyncIterator[order_pb2.Fill]:
         """Every matching fill across all pages."""
-        first = build_request(pb.ListFillsRequest, request, fields)
-
-        async def fetch_page(token: str) -> tuple[Iterable[order_pb2.Fill], str]:
-            page_request = _copy(first)
-            page_request.page_token = token
-            page = await self.list_fills_page(
-                page_request, timeout_s=timeout_s, rpc_metadata=rpc_metadata, retry=retry
-            )
-            return page.fills, page.next_page_token
-
-        return paginate(fetch_page, first.page_token)
+        return _every_item(
+            build_request(pb.ListFillsRequest, request, fields),
+            lambda page: self.list_fills_page(
+                page, timeout_s=timeout_s, rpc_metadata=rpc_metadata, retry=retry
+            ),
+            lambda response: response.fills,
+        )
 
     def stream_order_updates(
         self,
@@ -406,6 +437,170 @@ class OmsClient:
         return EventStream(
             open_call, fill_payload, after_sequence, self._stream_retry, self._stream_idle_timeout_s
         )
+
+    # Positions
+
+    async def get_position(
+        self,
+        request: ppb.GetPositionRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[GetPositionFields],
+    ) -> position_pb2.Position:
+        """One position record: by `position_id`, or the current record of (`exchange`,
+        `symbol`, `position_side`), which is the latest CLOSED one while that side is flat."""
+        prepared = build_request(ppb.GetPositionRequest, request, fields)
+        response = await self._unary(
+            self._positions.GetPosition, prepared, timeout_s, rpc_metadata, retry
+        )
+        return response.position
+
+    async def list_positions_page(
+        self,
+        request: ppb.ListPositionsRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[ListPositionsFields],
+    ) -> ppb.ListPositionsResponse:
+        """One page of position records (OPEN only unless `include_closed`), most recently
+        updated first, with `next_page_token` and `as_of_sequence` (stream positions with
+        `after_sequence=as_of_sequence` to continue from this snapshot)."""
+        prepared = build_request(ppb.ListPositionsRequest, request, fields)
+        return await self._unary(
+            self._positions.ListPositions, prepared, timeout_s, rpc_metadata, retry
+        )
+
+    def list_positions(
+        self,
+        request: ppb.ListPositionsRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[ListPositionsFields],
+    ) -> AsyncIterator[position_pb2.Position]:
+        """Every matching position record across all pages (`page_size` sets the page
+        length), newest record first, each once. A record opened while the pages are read
+        may be missed: for a consistent view read one page (up to 1000) and follow
+        `stream_positions` from its `as_of_sequence`."""
+        return _every_item(
+            build_request(ppb.ListPositionsRequest, request, fields),
+            lambda page: self.list_positions_page(
+                page, timeout_s=timeout_s, rpc_metadata=rpc_metadata, retry=retry
+            ),
+            lambda response: response.positions,
+        )
+
+    async def open_position(
+        self,
+        request: ppb.OpenPositionRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[OpenPositionFields],
+    ) -> ppb.OpenPositionResponse:
+        """Places an entry order (MARKET or LIMIT) for `position_side`, with the take-profit
+        and stop-loss the server places, linked one-cancels-other, once the entry has filled.
+        Returns the entry as it stands after the submit and the order ids reserved for the
+        exits (they exist from the entry's fill on).
+
+        The entry's `client_order_id`, when not given, is made here once, as in
+        `place_order`: a retry after a lost response returns the same entry and the same
+        reserved exit ids, never a second position entry.
+
+        One gap, on the server: it checks the exits of a MARKET entry against the last price
+        before looking the id up, so a retry after the price crossed an exit fails with
+        INVALID_ARGUMENT although the first attempt opened the position. Pass your own
+        `client_order_id` with exits on a MARKET entry to be able to look the entry up
+        (`get_order(client_order_id=...)`) after such an error.
+        """
+        prepared = _with_client_order_id(build_request(ppb.OpenPositionRequest, request, fields))
+        return await self._unary(
+            self._positions.OpenPosition, prepared, timeout_s, rpc_metadata, retry
+        )
+
+    async def close_position(
+        self,
+        request: ppb.ClosePositionRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[ClosePositionFields],
+    ) -> order_pb2.Order:
+        """Closes `quantity` of the position on one side (the whole of it when empty) with a
+        reduce-only MARKET order; returns that order as it stands after the submit.
+
+        The `client_order_id`, when not given, is made here once, as in `place_order`: a
+        retry after a lost response returns the order the first attempt placed, instead of
+        closing a second time (or meeting FAILED_PRECONDITION on a position already flat).
+        """
+        prepared = _with_client_order_id(build_request(ppb.ClosePositionRequest, request, fields))
+        response = await self._unary(
+            self._positions.ClosePosition, prepared, timeout_s, rpc_metadata, retry
+        )
+        return response.order
+
+    def stream_positions(
+        self,
+        user_id: str,
+        *,
+        exchange: str = "",
+        symbol: str = "",
+        after_sequence: int = 0,
+        rpc_metadata: Mapping[str, str] | None = None,
+    ) -> PositionUpdateStream:
+        """Every position change of the user (fills, and mark price moves coalesced to one
+        update per position per tick), each once and in order; resumes as
+        `stream_order_updates`. Pass a `list_positions_page` snapshot's `as_of_sequence` as
+        `after_sequence` for list-then-watch."""
+        metadata = self._metadata(rpc_metadata)
+
+        def open_call(
+            after: int,
+        ) -> grpc.aio.UnaryStreamCall[ppb.StreamPositionsRequest, ppb.StreamPositionsResponse]:
+            return self._positions.StreamPositions(
+                ppb.StreamPositionsRequest(
+                    user_id=user_id, exchange=exchange, symbol=symbol, after_sequence=after
+                ),
+                metadata=metadata,
+            )
+
+        return EventStream(
+            open_call,
+            position_update_payload,
+            after_sequence,
+            self._stream_retry,
+            self._stream_idle_timeout_s,
+        )
+
+    async def get_portfolio_summary(
+        self,
+        request: ppb.GetPortfolioSummaryRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[GetPortfolioSummaryFields],
+    ) -> position_pb2.PortfolioSummary:
+        """Totals over the user's position records, OPEN and CLOSED (optionally on one
+        exchange); zero totals for a user with no position."""
+        prepared = build_request(ppb.GetPortfolioSummaryRequest, request, fields)
+        response = await self._unary(
+            self._positions.GetPortfolioSummary, prepared, timeout_s, rpc_metadata, retry
+        )
+        return response.portfolio_summary
 
     # Market data
 
@@ -491,7 +686,48 @@ class OmsClient:
         )
 
 
+class _PageRequest(Protocol):
+    page_token: str
+
+
+class _PageResponse(Protocol):
+    @property
+    def next_page_token(self) -> str: ...
+
+
+Q = TypeVar("Q", bound=Message)
+R = TypeVar("R", bound=_PageResponse)
+T = TypeVar("T")
+
+
+def _every_item(
+    first: Q, read_page: Callable[[Q], Awaitable[R]], items: Callable[[R], Iterable[T]]
+) -> AsyncIterator[T]:
+    """Every item of every page, each page read with `first` and the previous page's token."""
+
+    async def fetch_page(token: str) -> tuple[Iterable[T], str]:
+        request = _copy(first)
+        cast(_PageRequest, request).page_token = token
+        response = await read_page(request)
+        return items(response), response.next_page_token
+
+    return paginate(fetch_page, cast(_PageRequest, first).page_token)
+
+
 def _copy(message: M) -> M:
     duplicate = type(message)()
     duplicate.CopyFrom(message)
     return duplicate
+
+
+def _with_client_order_id(request: C) -> C:
+    """The request with a client order id: its own, or a new one ("c-" + 32 hex digits) on a
+    copy, so the caller's message stays as it was. Made once, before the first attempt, so
+    every retry sends the same id and the server's idempotency on (user_id,
+    client_order_id) turns a retry after a lost response into a read of what the first
+    attempt did."""
+    if request.client_order_id:
+        return request
+    prepared = _copy(request)
+    prepared.client_order_id = f"c-{uuid.uuid4().hex}"
+    return prepared

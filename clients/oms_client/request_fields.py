@@ -8,13 +8,19 @@ from collections.abc import Iterable, Mapping
 from typing import TypedDict, TypeVar
 
 from google.protobuf.message import Message
-from tradingboost.oms.v1 import market_data_pb2, order_pb2
+from tradingboost.oms.v1 import market_data_pb2, order_pb2, trailing_stop_pb2
 
 __all__ = [
     "CancelAllOrdersFields",
+    "ClosePositionFields",
+    "FindOpenOrdersFields",
+    "GetPortfolioSummaryFields",
+    "GetPositionFields",
     "GetPriceFields",
     "ListFillsFields",
     "ListOrdersFields",
+    "ListPositionsFields",
+    "OpenPositionFields",
     "OrderRefFields",
     "PlaceOrderFields",
     "PublishPricesFields",
@@ -69,6 +75,18 @@ class ListOrdersFields(TypedDict, total=False):
     page_token: str
 
 
+class FindOpenOrdersFields(TypedDict, total=False):
+    """`grid_level`, or `price` with `price_tolerance`, or both."""
+
+    user_id: str
+    exchange: str
+    symbol: str
+    grid_level: int
+    price: str
+    price_tolerance: str
+    side: order_pb2.Side.ValueType
+
+
 class ListFillsFields(TypedDict, total=False):
     user_id: str
     order_id: str
@@ -76,6 +94,59 @@ class ListFillsFields(TypedDict, total=False):
     symbol: str
     page_size: int
     page_token: str
+
+
+class GetPositionFields(TypedDict, total=False):
+    """`user_id` plus `position_id`, or all of `exchange`, `symbol` and `position_side`."""
+
+    user_id: str
+    exchange: str
+    symbol: str
+    position_side: order_pb2.PositionSide.ValueType
+    position_id: str
+
+
+class ListPositionsFields(TypedDict, total=False):
+    user_id: str
+    exchange: str
+    symbol: str
+    position_side: order_pb2.PositionSide.ValueType
+    include_closed: bool
+    page_size: int
+    page_token: str
+
+
+class OpenPositionFields(TypedDict, total=False):
+    user_id: str
+    exchange: str
+    symbol: str
+    position_side: order_pb2.PositionSide.ValueType
+    type: order_pb2.OrderType.ValueType
+    time_in_force: order_pb2.TimeInForce.ValueType
+    quantity: str
+    price: str
+    leverage: int
+    stop_loss_price: str
+    take_profit_price: str
+    trailing_stop: trailing_stop_pb2.TrailingStopConfig
+    client_order_id: str
+    strategy: str
+    grid_level: int
+    metadata: Mapping[str, str]
+
+
+class ClosePositionFields(TypedDict, total=False):
+    user_id: str
+    exchange: str
+    symbol: str
+    position_side: order_pb2.PositionSide.ValueType
+    quantity: str
+    client_order_id: str
+
+
+class GetPortfolioSummaryFields(TypedDict, total=False):
+    user_id: str
+    exchange: str
 
 
 class PublishPricesFields(TypedDict, total=False):

@@ -22,16 +22,23 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, Generic, Literal, Protocol, Self, TypeVar
 
 import grpc
-from tradingboost.oms.v1 import heartbeat_pb2, market_data_pb2, order_pb2
+from tradingboost.oms.v1 import heartbeat_pb2, market_data_pb2, order_pb2, position_pb2
 from tradingboost.oms.v1 import market_data_service_pb2 as md
-from tradingboost.oms.v1 import order_service_pb2 as pb
 
 from oms_client.retry import RetryPolicy
 
-__all__ = ["RESUMABLE_CODES", "EventStream", "PriceStream", "fill_payload", "order_update_payload"]
+__all__ = [
+    "RESUMABLE_CODES",
+    "EventStream",
+    "PriceStream",
+    "fill_payload",
+    "order_update_payload",
+    "position_update_payload",
+    "sequenced_payload",
+]
 
 RESUMABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 """How a stream ends when resuming is the cure: server shutting down or connection lost
@@ -146,8 +153,8 @@ class _ReconnectingStream(ABC, Generic[R, T]):
 
 
 class EventStream(_ReconnectingStream[R, E]):
-    """Events of one user's sequenced stream (OrderUpdate, Fill), each exactly once and in
-    sequence order across reconnects. Heartbeats are consumed here.
+    """Events of one user's sequenced stream (OrderUpdate, Fill, PositionUpdate), each
+    exactly once and in sequence order across reconnects. Heartbeats are consumed here.
 
     Persist `last_sequence` after handling an event to continue from it in a later process
     (`after_sequence=`). Not for concurrent readers: one consumer per stream.
@@ -207,23 +214,33 @@ class PriceStream(_ReconnectingStream[md.StreamPricesResponse, market_data_pb2.P
         return response.price
 
 
-def order_update_payload(
-    response: pb.StreamOrderUpdatesResponse,
-) -> order_pb2.OrderUpdate | heartbeat_pb2.Heartbeat | None:
-    kind = response.WhichOneof("payload")
-    if kind == "order_update":
-        return response.order_update
-    if kind == "heartbeat":
-        return response.heartbeat
-    return None  # a payload kind newer than this client: skipped
+class _PayloadResponse(Protocol):
+    """A sequenced stream's response: a `payload` oneof of one event kind or a heartbeat."""
+
+    @property
+    def heartbeat(self) -> heartbeat_pb2.Heartbeat: ...
+
+    def WhichOneof(self, oneof_group: Literal["payload"]) -> str | None: ...
 
 
-def fill_payload(
-    response: pb.StreamFillsResponse,
-) -> order_pb2.Fill | heartbeat_pb2.Heartbeat | None:
-    kind = response.WhichOneof("payload")
-    if kind == "fill":
-        return response.fill
-    if kind == "heartbeat":
-        return response.heartbeat
-    return None  # a payload kind newer than this client: skipped
+def sequenced_payload(
+    event_field: str, event_type: type[E]
+) -> Callable[[_PayloadResponse], E | heartbeat_pb2.Heartbeat | None]:
+    """The `unwrap` of an EventStream whose responses carry `event_field` (an `event_type`)
+    or `heartbeat` in their `payload` oneof."""
+
+    def unwrap(response: _PayloadResponse) -> E | heartbeat_pb2.Heartbeat | None:
+        kind = response.WhichOneof("payload")
+        if kind == event_field:
+            event: E = getattr(response, event_field)
+            return event
+        if kind == "heartbeat":
+            return response.heartbeat
+        return None  # a payload kind newer than this client: skipped
+
+    return unwrap
+
+
+order_update_payload = sequenced_payload("order_update", order_pb2.OrderUpdate)
+fill_payload = sequenced_payload("fill", order_pb2.Fill)
+position_update_payload = sequenced_payload("position_update", position_pb2.PositionUpdate)

@@ -6,7 +6,11 @@ import re
 
 import oms_client
 from oms_client import OmsClient
-from tradingboost.oms.v1 import market_data_service_pb2, order_service_pb2
+from tradingboost.oms.v1 import (
+    market_data_service_pb2,
+    order_service_pb2,
+    position_service_pb2,
+)
 
 NOT_WRAPPED = {
     # The server answers UNIMPLEMENTED until conditional rules land.
@@ -14,8 +18,6 @@ NOT_WRAPPED = {
     "GetConditionalRule",
     "ListConditionalRules",
     "DeleteConditionalRule",
-    # Added to the proto while this client was written; not wrapped yet.
-    "FindOpenOrders",
 }
 
 
@@ -29,6 +31,7 @@ def test_every_rpc_of_the_wrapped_services_has_a_client_method_or_is_listed() ->
         for module, service in (
             (order_service_pb2, "OrderService"),
             (market_data_service_pb2, "MarketDataService"),
+            (position_service_pb2, "PositionService"),
         )
         for method in module.DESCRIPTOR.services_by_name[service].methods
     }
@@ -48,6 +51,7 @@ def test_public_names() -> None:
         "FillStream",
         "OmsClient",
         "OrderUpdateStream",
+        "PositionUpdateStream",
         "PriceRounding",
         "PriceStream",
         "RetryPolicy",
@@ -64,10 +68,18 @@ def test_public_names() -> None:
         "get_order",
         "list_orders",
         "list_orders_page",
+        "find_open_orders",
         "list_fills",
         "list_fills_page",
         "stream_order_updates",
         "stream_fills",
+        "get_position",
+        "list_positions",
+        "list_positions_page",
+        "open_position",
+        "close_position",
+        "stream_positions",
+        "get_portfolio_summary",
         "publish_prices",
         "get_price",
         "stream_prices",

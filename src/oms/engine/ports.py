@@ -115,7 +115,7 @@ class StateStore(Protocol):
     | current_position       | the current record of one (user, exchange, symbol, side)    |
     | current_positions_on   | every current record on one exchange (recovery)            |
     | all_positions          | every record of a user, open and closed                    |
-    | list_positions         | one page, most recently updated first, with its sequence    |
+    | list_positions         | one page, newest record first, with its sequence            |
     """
 
     async def commit(

@@ -140,9 +140,15 @@ class Positions:
 
     async def open(self, command: OpenPosition) -> OpenedPosition:
         market = self._catalog.resolve(command.exchange, command.symbol)
-        spec = validate_open_position(
-            command, self._catalog, self._last_price(market.exchange, market.symbol)
-        )
+        last = self._last_price(market.exchange, market.symbol)
+        if command.client_order_id:
+            check_user_id(command.user_id)
+            check_client_order_id(command.client_order_id)
+            # A retry is answered by idempotency, not judged again against a price that has
+            # moved since the first attempt.
+            if await self._orders.find_by_client_id(command.user_id, command.client_order_id):
+                last = None
+        spec = validate_open_position(command, self._catalog, last)
         entry = await self._orders.submit(spec)
         bracket = entry.bracket
         return OpenedPosition(

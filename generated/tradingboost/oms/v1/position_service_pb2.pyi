@@ -156,7 +156,7 @@ class ListPositionsResponse(_message.Message):
     """
     @_builtins.property
     def positions(self) -> _containers.RepeatedCompositeFieldContainer[_position_pb2.Position]:
-        """The page of position records, most recently updated first."""
+        """The page of position records, newest record first."""
 
     def __init__(
         self,

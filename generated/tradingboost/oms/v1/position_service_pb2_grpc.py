@@ -98,7 +98,8 @@ class PositionServiceServicer:
 
     def ListPositions(self, request, context):
         """Lists the user's position records matching every given filter, paged:
-        OPEN ones only unless `include_closed`. Most recently updated first.
+        OPEN ones only unless `include_closed`. Newest record first (by when it
+        opened), so pages stay stable while positions move.
         Errors: INVALID_ARGUMENT (bad filter, negative `page_size`, bad
         `page_token`).
         """

@@ -50,7 +50,8 @@ class PositionServiceStub:
     """
     ListPositions: _grpc.UnaryUnaryMultiCallable[_position_service_pb2.ListPositionsRequest, _position_service_pb2.ListPositionsResponse]
     """Lists the user's position records matching every given filter, paged:
-    OPEN ones only unless `include_closed`. Most recently updated first.
+    OPEN ones only unless `include_closed`. Newest record first (by when it
+    opened), so pages stay stable while positions move.
     Errors: INVALID_ARGUMENT (bad filter, negative `page_size`, bad
     `page_token`).
     """
@@ -123,7 +124,8 @@ class PositionServiceAsyncStub(PositionServiceStub):
     """
     ListPositions: _aio.UnaryUnaryMultiCallable[_position_service_pb2.ListPositionsRequest, _position_service_pb2.ListPositionsResponse]  # type: ignore[assignment]
     """Lists the user's position records matching every given filter, paged:
-    OPEN ones only unless `include_closed`. Most recently updated first.
+    OPEN ones only unless `include_closed`. Newest record first (by when it
+    opened), so pages stay stable while positions move.
     Errors: INVALID_ARGUMENT (bad filter, negative `page_size`, bad
     `page_token`).
     """
@@ -205,7 +207,8 @@ class PositionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_position_service_pb2.ListPositionsResponse, _abc.Awaitable[_position_service_pb2.ListPositionsResponse]]:
         """Lists the user's position records matching every given filter, paged:
-        OPEN ones only unless `include_closed`. Most recently updated first.
+        OPEN ones only unless `include_closed`. Newest record first (by when it
+        opened), so pages stay stable while positions move.
         Errors: INVALID_ARGUMENT (bad filter, negative `page_size`, bad
         `page_token`).
         """

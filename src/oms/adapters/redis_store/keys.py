@@ -65,7 +65,7 @@ def current_positions(user_id: str) -> str:
 
 
 def position_index(user_id: str) -> str:
-    """Zset position_id scored by the sequence of its latest update."""
+    """Zset position_id scored by the sequence of its first event: newest-first listing."""
     return user_key(user_id, "position_index")
 
 

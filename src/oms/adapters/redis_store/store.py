@@ -126,8 +126,10 @@ class _Transaction:
     def srem(self, key: str, member: str) -> None:
         self.args += ["R", self._k(key), member]
 
-    def zadd_at_event(self, key: str, event_no: int, member: str) -> None:
-        self.args += ["Z", self._k(key), str(event_no), member]
+    def zadd_at_event(
+        self, key: str, event_no: int, member: str, *, only_new: bool = False
+    ) -> None:
+        self.args += ["N" if only_new else "Z", self._k(key), str(event_no), member]
 
 
 class RedisStore:
@@ -243,7 +245,8 @@ class RedisStore:
         event_no = tx.event(user, encode_event(update))
         tx.hset(keys.positions(user), position.position_id, encode_position(position))
         tx.hset(keys.current_positions(user), position.key.field(), position.position_id)
-        tx.zadd_at_event(keys.position_index(user), event_no, position.position_id)
+        # Scored by the record's first event: pages stay stable while positions move.
+        tx.zadd_at_event(keys.position_index(user), event_no, position.position_id, only_new=True)
         if position.is_open:
             tx.sadd(keys.open_positions(user), position.position_id)
         else:

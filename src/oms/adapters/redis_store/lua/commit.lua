@@ -11,6 +11,7 @@
 --   H key field value     HSET          D key field   HDEL
 --   S key member          SADD          R key member  SREM
 --   Z key event_no member ZADD with the sequence of event event_no as score
+--   N key event_no member the same with NX: only a new member gets a score
 -- Keys are indexes into KEYS. Failed guards return {'conflict', guard_no, current}.
 -- Returns {'ok', seq_1, ..., seq_n}.
 local retention = ARGV[1]
@@ -57,6 +58,9 @@ while i <= n do
     i = i + 3
   elseif op == 'Z' then
     redis.call('ZADD', KEYS[tonumber(ARGV[i + 1])], seqs[tonumber(ARGV[i + 2])], ARGV[i + 3])
+    i = i + 4
+  elseif op == 'N' then
+    redis.call('ZADD', KEYS[tonumber(ARGV[i + 1])], 'NX', seqs[tonumber(ARGV[i + 2])], ARGV[i + 3])
     i = i + 4
   else
     return redis.error_reply('commit.lua: unknown instruction ' .. tostring(op))

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import pytest
+from fixtures.lossy_network import LoseResponses, client_with
 from fixtures.oms_server import OmsHarness, make_oms
 from oms_client import OmsClient, RetryPolicy
 from tradingboost.oms.v1 import market_data_pb2, order_pb2, position_pb2
@@ -90,58 +90,6 @@ async def client(oms: OmsHarness) -> AsyncIterator[OmsClient]:
     async with OmsClient.connect(oms.address) as client:
         await tick(client, "50000")
         yield client
-
-
-# Lost responses. As in test_client_retries: the call reaches the real server, which commits;
-# the interceptor then throws the answer away and reports UNAVAILABLE.
-
-
-class LoseResponses(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-    """Records the requests of one RPC and loses the responses of its first `times` calls,
-    running `meanwhile` (what the world does before the retry) after each loss."""
-
-    def __init__(
-        self,
-        rpc: str,
-        times: int = 0,
-        meanwhile: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        self.rpc = rpc
-        self.times = times
-        self.meanwhile = meanwhile
-        self.requests: list[Any] = []
-
-    async def intercept_unary_unary(
-        self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        call = await continuation(details, request)
-        method = details.method.decode() if isinstance(details.method, bytes) else details.method
-        if not method.endswith(f"/{self.rpc}"):
-            return call
-        self.requests.append(request)
-        if len(self.requests) <= self.times:
-            await call  # the server has done the work
-            if self.meanwhile is not None:
-                await self.meanwhile()
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.UNAVAILABLE,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
-                details="response lost on the way back (test)",
-                debug_error_string="",
-            )
-        return call
-
-
-@asynccontextmanager
-async def client_with(address: str, *interceptors: Any, **kw: Any) -> AsyncIterator[OmsClient]:
-    channel = grpc.aio.insecure_channel(
-        address, interceptors=[cast("grpc.aio.ClientInterceptor", i) for i in interceptors]
-    )
-    try:
-        yield OmsClient(channel, **kw)
-    finally:
-        await channel.close(grace=None)
 
 
 # Open with take-profit and stop-loss

@@ -1,19 +1,16 @@
 """Retries: a lost response is retried with the same client order id, so nothing is placed
 twice; errors that would repeat are raised at once.
 
-A client interceptor stands in for the network: it lets the call reach the real server, waits
-for the server's answer, then throws it away and reports UNAVAILABLE, as a connection dropped
-after the server committed would.
+`fixtures.lossy_network` stands in for a network that loses answers after the server committed.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import pytest
+from fixtures.lossy_network import LoseResponses, client_with
 from fixtures.oms_server import OmsHarness
 from oms_client import OmsClient, RetryPolicy
 from tradingboost.oms.v1 import market_data_pb2, order_pb2
@@ -22,34 +19,6 @@ S = order_pb2
 BTC = "BTC/USDT:USDT"
 USER = "alice"
 FAST_RETRY = RetryPolicy(attempts=3, initial_backoff_s=0.01, max_backoff_s=0.01)
-
-
-class LoseResponses(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-    """Records the requests of one RPC and loses the responses of its first `times` calls."""
-
-    def __init__(self, rpc: str, times: int = 0) -> None:
-        self.rpc = rpc
-        self.times = times
-        self.requests: list[Any] = []
-
-    async def intercept_unary_unary(
-        self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        call = await continuation(details, request)
-        method = details.method.decode() if isinstance(details.method, bytes) else details.method
-        if not method.endswith(f"/{self.rpc}"):
-            return call
-        self.requests.append(request)
-        if len(self.requests) <= self.times:
-            await call  # the server has done the work
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.UNAVAILABLE,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
-                details="response lost on the way back (test)",
-                debug_error_string="",
-            )
-        return call
 
 
 @pytest.fixture
@@ -61,22 +30,11 @@ async def oms_priced(oms: OmsHarness) -> OmsHarness:
     return oms
 
 
-@asynccontextmanager
-async def client_losing(oms: OmsHarness, interceptor: LoseResponses) -> AsyncIterator[OmsClient]:
-    channel = grpc.aio.insecure_channel(
-        oms.address, interceptors=[cast("grpc.aio.ClientInterceptor", interceptor)]
-    )
-    try:
-        yield OmsClient(channel, retry=FAST_RETRY)
-    finally:
-        await channel.close(grace=None)
-
-
 async def test_a_lost_place_order_response_is_retried_with_the_same_id_and_places_once(
     oms_priced: OmsHarness,
 ) -> None:
     lose = LoseResponses("PlaceOrder", times=1)
-    async with client_losing(oms_priced, lose) as client:
+    async with client_with(oms_priced.address, lose, retry=FAST_RETRY) as client:
         order = await client.place_order(
             user_id=USER,
             exchange="paper",
@@ -96,7 +54,7 @@ async def test_a_lost_place_order_response_is_retried_with_the_same_id_and_place
 
 async def test_retries_give_up_after_the_policy_attempts(oms_priced: OmsHarness) -> None:
     lose = LoseResponses("GetPrice", times=10)
-    async with client_losing(oms_priced, lose) as client:
+    async with client_with(oms_priced.address, lose, retry=FAST_RETRY) as client:
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await client.get_price(exchange="paper", symbol=BTC)
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -105,7 +63,7 @@ async def test_retries_give_up_after_the_policy_attempts(oms_priced: OmsHarness)
 
 async def test_invalid_argument_is_raised_after_one_attempt(oms_priced: OmsHarness) -> None:
     count = LoseResponses("PlaceOrder")
-    async with client_losing(oms_priced, count) as client:
+    async with client_with(oms_priced.address, count, retry=FAST_RETRY) as client:
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await client.place_order(
                 user_id=USER,
@@ -122,7 +80,7 @@ async def test_invalid_argument_is_raised_after_one_attempt(oms_priced: OmsHarne
 
 async def test_already_exists_is_raised_after_one_attempt(oms_priced: OmsHarness) -> None:
     count = LoseResponses("PlaceOrder")
-    async with client_losing(oms_priced, count) as client:
+    async with client_with(oms_priced.address, count, retry=FAST_RETRY) as client:
         fields: dict[str, Any] = {
             "user_id": USER,
             "exchange": "paper",
@@ -142,7 +100,7 @@ async def test_a_retried_cancel_whose_first_attempt_cancelled_returns_the_cancel
     oms_priced: OmsHarness,
 ) -> None:
     lose = LoseResponses("CancelOrder", times=1)
-    async with client_losing(oms_priced, lose) as client:
+    async with client_with(oms_priced.address, lose, retry=FAST_RETRY) as client:
         resting = await client.place_order(
             user_id=USER,
             exchange="paper",
@@ -162,7 +120,7 @@ async def test_cancelling_a_filled_order_stays_failed_precondition(
     oms_priced: OmsHarness,
 ) -> None:
     lose = LoseResponses("CancelOrder", times=1)
-    async with client_losing(oms_priced, lose) as client:
+    async with client_with(oms_priced.address, lose, retry=FAST_RETRY) as client:
         filled = await client.place_order(
             user_id=USER,
             exchange="paper",
@@ -180,7 +138,7 @@ async def test_publish_prices_is_not_retried_because_a_tick_is_not_idempotent(
     oms_priced: OmsHarness,
 ) -> None:
     lose = LoseResponses("PublishPrices", times=1)
-    async with client_losing(oms_priced, lose) as client:
+    async with client_with(oms_priced.address, lose, retry=FAST_RETRY) as client:
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await client.publish_prices(
                 prices=[market_data_pb2.PriceTick(exchange="paper", symbol=BTC, price="51000")]

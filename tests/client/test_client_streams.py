@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import grpc
 import pytest
+from fixtures.lossy_network import client_with
 from fixtures.oms_process import OmsProcess
 from fixtures.oms_server import OmsHarness, make_oms
 from oms_client import OmsClient, RetryPolicy
@@ -110,17 +110,6 @@ class RecordStreams(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type
             )
 
         return lost_after_live()
-
-
-@asynccontextmanager
-async def client_with(
-    address: str, *interceptors: Any, options: list[tuple[str, Any]] | None = None, **kw: Any
-) -> AsyncIterator[OmsClient]:
-    channel = grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
-    try:
-        yield OmsClient(channel, **kw)
-    finally:
-        await channel.close(grace=None)
 
 
 # Across a server restart, with the real `oms serve` process and its embedded Redis

@@ -5,47 +5,20 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from fixtures.domain import new_order
 
 from oms.domain.errors import FailedPrecondition
 from oms.domain.fills import Fill, Liquidity
 from oms.domain.orders import (
-    Order,
     OrderAccepted,
     OrderCanceled,
     OrderFilled,
     OrderRejected,
     OrderStatus,
-    OrderType,
     PositionSide,
     Side,
-    TimeInForce,
     default_position_side,
 )
-
-
-def new_order(quantity: str = "1") -> Order:
-    return Order(
-        order_id="O1",
-        client_order_id="c1",
-        user_id="u1",
-        exchange="paper",
-        symbol="BTC/USDT:USDT",
-        side=Side.BUY,
-        type=OrderType.LIMIT,
-        time_in_force=TimeInForce.GTC,
-        quantity=Decimal(quantity),
-        price=Decimal("100"),
-        stop_price=None,
-        reduce_only=False,
-        position_side=PositionSide.LONG,
-        leverage=None,
-        strategy="",
-        grid_level=None,
-        metadata={},
-        fingerprint="f",
-        created_at_ns=1,
-        updated_at_ns=1,
-    )
 
 
 def fill(quantity: str, price: str = "100", fill_id: str = "F1") -> OrderFilled:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from fixtures.domain import MARKET
 from hypothesis import given
 from hypothesis import strategies as st
 
 from oms.domain.fills import Fill, Liquidity
-from oms.domain.markets import Market
 from oms.domain.orders import PositionSide, Side
 from oms.domain.positions import (
     GridLevel,
@@ -18,18 +18,6 @@ from oms.domain.positions import (
     display,
     open_record,
     summarize,
-)
-
-MARKET = Market(
-    exchange="paper",
-    symbol="BTC/USDT:USDT",
-    market_id="BTC-USDT-SWAP",
-    settle="USDT",
-    contract_size=Decimal("1"),
-    amount_step=Decimal("0.001"),
-    min_amount=Decimal("0.001"),
-    price_tick=Decimal("0.01"),
-    maintenance_margin_rate=Decimal("0.005"),
 )
 
 

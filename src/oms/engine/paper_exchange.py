@@ -163,7 +163,7 @@ class _Batch:
         self.changes: list[OrderChange] = []
         self.owners: list[_Op] = []
         self.prices: list[PriceUpdate] = []
-        self.new_client_ids: set[tuple[str, str]] = set()
+        self.new_client_ids: dict[tuple[str, str], None] = {}
         self.touched: dict[PositionSlot, None] = {}
         """Positions changed in this batch, in order: one event each, coalesced."""
         self._undo: list[Callable[[], None]] = []
@@ -205,9 +205,23 @@ class _Batch:
     def position_updates(self, desk: _Desk) -> list[PositionUpdated]:
         return [PositionUpdated(desk.positions[slot]) for slot in self.touched]
 
-    def rollback(self, desk: _Desk) -> None:
-        for undo in reversed(self._undo):
-            undo()
+    def mark(self) -> tuple[int, ...]:
+        """Where the batch stands now, for `rollback(desk, to=mark)`."""
+        sizes = (self.changes, self.prices, self.new_client_ids, self.touched, self._undo)
+        return tuple(len(part) for part in sizes)
+
+    def rollback(self, desk: _Desk, to: tuple[int, ...] = (0, 0, 0, 0, 0)) -> None:
+        """Undo in memory everything recorded since `to` (default: all of it)."""
+        changes, prices, client_ids, touched, undo = to
+        for step in reversed(self._undo[undo:]):
+            step()
+        del self._undo[undo:], self.changes[changes:], self.owners[changes:]
+        del self.prices[prices:]
+        # Dicts keep insertion order: the entries added since the mark are the last ones.
+        for added in list(self.new_client_ids)[client_ids:]:
+            del self.new_client_ids[added]
+        for slot in list(self.touched)[touched:]:
+            del self.touched[slot]
         desk.book.replace_all(desk.book.orders())
 
 
@@ -239,7 +253,7 @@ class _Desk:
     # -- decisions: each records its order changes and their consequences in the batch ----
 
     def submit_new(self, owner: _Op, batch: _Batch, order: Order) -> tuple[Order, bool]:
-        batch.new_client_ids.add((order.user_id, order.client_order_id))
+        batch.new_client_ids[(order.user_id, order.client_order_id)] = None
         now = self.clock_ns()
         last = self.last.price if self.last else None
         placed = self.record(
@@ -350,12 +364,16 @@ class _Desk:
             decided: list[_Op] = []
             deferred: list[_Op] = []
             for op in ops:
+                mark = batch.mark()
                 try:
                     results[id(op)] = op.decide(self, batch)
                     decided.append(op)
                 except _Deferred:
                     deferred.append(op)
                 except (OmsError, _NotResting) as error:
+                    # A refused op leaves nothing behind, even if it failed half-way.
+                    if batch.mark() != mark:
+                        batch.rollback(self, to=mark)
                     _settle(op, error=error)
             if not decided:
                 ops = deferred
@@ -372,9 +390,9 @@ class _Desk:
                     _settle(op, result=results[id(op)])
                 ops = deferred
                 continue
-            batch.rollback(self)
             culprit = batch.owners[outcome.change_index]
             change = batch.changes[outcome.change_index]
+            batch.rollback(self)
             # The store is ahead of memory when an earlier attempt of this very commit landed
             # but its reply was lost (the Redis client re-sent it) or after a fault: reload,
             # then decide the culprit again against the truth, once.

@@ -1,0 +1,54 @@
+"""A desk's batch undoes, in memory, exactly what one refused decision recorded."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any, cast
+
+from fixtures.domain import MARKET, new_order
+
+from oms.domain.orders import PositionSide
+from oms.domain.positions import open_record
+from oms.engine.paper_exchange import _Batch, _Desk, _Op, _RestingBook
+from oms.engine.ports import OrderChange
+
+
+class _DeskState:
+    """The parts of a desk a batch touches."""
+
+    def __init__(self) -> None:
+        self.book = _RestingBook()
+        self.positions: dict[Any, Any] = {}
+
+
+def test_rollback_to_a_mark_keeps_what_came_before_it() -> None:
+    state = _DeskState()
+    desk = cast(_Desk, state)
+    owner = cast(_Op, object())
+    batch = _Batch()
+    kept = new_order()
+    batch.put(state.book, kept)
+    batch.add(owner, OrderChange(kept, None, []))
+    batch.new_client_ids[("u1", "c1")] = None
+
+    mark = batch.mark()
+    later = replace(new_order(), order_id="O2", client_order_id="c2")
+    batch.put(state.book, later)
+    batch.add(owner, OrderChange(later, None, []))
+    batch.new_client_ids[("u1", "c2")] = None
+    position = open_record("P1", "u1", MARKET, PositionSide.LONG, 1)
+    batch.set_position(desk, ("u1", PositionSide.LONG), replace(position, size=Decimal(1)))
+    batch.rollback(desk, to=mark)
+
+    assert state.book.orders() == [kept]
+    assert [change.order for change in batch.changes] == [kept]
+    assert batch.owners == [owner]
+    assert list(batch.new_client_ids) == [("u1", "c1")]
+    assert state.positions == {}
+    assert batch.touched == {}
+    assert batch.mark() == mark
+
+    batch.rollback(desk)
+    assert state.book.orders() == []
+    assert batch.changes == []

@@ -16,16 +16,19 @@ from oms.api.market_data_service import MarketDataService
 from oms.api.order_service import OrderService
 from oms.api.position_service import PositionService
 from oms.api.server import OmsServer
+from oms.api.trailing_stop_service import TrailingStopService
 from oms.config import Settings
 from oms.domain.identifiers import IdGenerator
 from oms.domain.markets import Market, MarketCatalog
 from oms.domain.paper_matching import FeeSchedule
+from oms.engine.conditional_rules import ConditionalRules
 from oms.engine.journal import Journal
 from oms.engine.market_data import MarketData
 from oms.engine.order_lifecycle import OrderLifecycle
 from oms.engine.paper_exchange import PAPER, PaperExchange
 from oms.engine.positions import Positions
 from oms.engine.subscriptions import EventHub
+from oms.engine.trailing_stops import TrailingStops
 
 log = logging.getLogger("oms")
 
@@ -71,10 +74,15 @@ class Application:
         orders = OrderLifecycle(self.store, catalog, self.paper, self.hub, ids.new_id, time.time_ns)
         self.market_data = MarketData(catalog, self.paper, settings.stream_buffer_events)
         positions = Positions(self.store, catalog, orders, self.hub, self.paper.last_price_of)
+        self.rules = ConditionalRules(self.store, journal, self.paper, ids.new_id, time.time_ns)
+        trailing_stops = TrailingStops(
+            self.store, catalog, orders, self.paper, self.hub, ids.new_id
+        )
         self.server = OmsServer(
-            OrderService(orders),
+            OrderService(orders, self.rules),
             MarketDataService(self.market_data),
             PositionService(positions),
+            TrailingStopService(trailing_stops),
             extra_handlers,
         )
         self._stopping = asyncio.Event()
@@ -83,6 +91,7 @@ class Application:
         """Recover, listen, report SERVING; returns the bound port."""
         await self.store.ping()
         await self.paper.recover()
+        await self.rules.finish_pending()
         port = self.server.bind(self.settings.listen)
         await self.server.start()
         await self.server.ready()

@@ -6,8 +6,8 @@ from typing import Any, cast
 
 import grpc
 import pytest
-import redis.asyncio as redis
 from fixtures.oms_server import OmsHarness
+from fixtures.positions import redis_snapshot
 from fixtures.trading import USER, order_request, tick
 from google.rpc import error_details_pb2, status_pb2
 from tradingboost.oms.v1 import market_data_pb2, order_pb2
@@ -87,26 +87,14 @@ async def expect_invalid(call: Any, field: str) -> None:
     assert field_violations(error.value) == [field]
 
 
-async def snapshot(redis_url: str) -> dict[bytes, bytes]:
-    """Every key with its type and size: a rejected request must change none of them."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        state = {}
-        for key in await client.keys("*"):
-            state[key] = await client.dump(key)
-        return state
-    finally:
-        await client.aclose()
-
-
 @pytest.mark.parametrize(("field", "change"), BAD_ORDERS, ids=[f for f, _ in BAD_ORDERS])
 async def test_bad_place_order_is_invalid_argument_and_leaves_no_state(
     oms: OmsHarness, redis_url: str, field: str, change: dict[str, Any]
 ) -> None:
     await tick(oms, "50000")
-    before = await snapshot(redis_url)
+    before = await redis_snapshot(redis_url)
     await expect_invalid(oms.orders.PlaceOrder(order_request(**change)), field)
-    assert await snapshot(redis_url) == before
+    assert await redis_snapshot(redis_url) == before
 
 
 @pytest.mark.parametrize(
@@ -166,12 +154,12 @@ async def test_bad_list_fills_and_streams(oms: OmsHarness) -> None:
 async def test_bad_publish_prices_applies_no_tick(
     oms: OmsHarness, redis_url: str, field: str, ticks: list[tuple[str, str, str]]
 ) -> None:
-    before = await snapshot(redis_url)
+    before = await redis_snapshot(redis_url)
     request = md.PublishPricesRequest(
         prices=[market_data_pb2.PriceTick(exchange=e, symbol=s, price=p) for e, s, p in ticks]
     )
     await expect_invalid(oms.market.PublishPrices(request), field)
-    assert await snapshot(redis_url) == before
+    assert await redis_snapshot(redis_url) == before
 
 
 async def test_get_price_before_any_tick_is_not_found(oms: OmsHarness) -> None:

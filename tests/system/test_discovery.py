@@ -7,8 +7,7 @@ import pytest
 from fixtures.oms_server import OmsHarness
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from tradingboost.oms.v1 import order_service_pb2 as pb
-from tradingboost.oms.v1 import trailing_stop_service_pb2, trailing_stop_service_pb2_grpc
+from tradingboost.oms.v1 import account_service_pb2, account_service_pb2_grpc
 
 SERVICES = [
     "tradingboost.oms.v1.OrderService",
@@ -38,13 +37,8 @@ async def test_reflection_lists_every_service(oms: OmsHarness) -> None:
 
 
 async def test_pending_capabilities_answer_unimplemented(oms: OmsHarness) -> None:
-    stops = trailing_stop_service_pb2_grpc.TrailingStopServiceStub(oms.channel)
+    accounts = account_service_pb2_grpc.AccountServiceStub(oms.channel)
     with pytest.raises(grpc.aio.AioRpcError) as error:
-        await stops.GetTrailingStop(
-            trailing_stop_service_pb2.GetTrailingStopRequest(user_id="alice")
-        )
+        await accounts.ListActiveAccounts(account_service_pb2.ListActiveAccountsRequest())
     assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "GetTrailingStop" in (error.value.details() or "")
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await oms.orders.GetConditionalRule(pb.GetConditionalRuleRequest(user_id="alice"))
-    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "ListActiveAccounts" in (error.value.details() or "")

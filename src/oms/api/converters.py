@@ -8,15 +8,25 @@ from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from tradingboost.oms.v1 import (
+    conditional_rule_pb2,
     heartbeat_pb2,
     market_data_pb2,
     order_pb2,
     order_service_pb2,
     position_pb2,
     position_service_pb2,
+    trailing_stop_pb2,
+    trailing_stop_service_pb2,
 )
 
 from oms.domain.commands import OpenPosition, PlaceOrder
+from oms.domain.conditional_rules import (
+    CancelOutcome,
+    ConditionalRule,
+    CreateRule,
+    RuleCondition,
+    RuleStatus,
+)
 from oms.domain.decimals import fmt
 from oms.domain.errors import InvalidArgument, Unimplemented
 from oms.domain.events import (
@@ -25,10 +35,17 @@ from oms.domain.events import (
     OrderUpdated,
     PositionUpdated,
     SequencedEvent,
+    TrailingStopUpdated,
 )
 from oms.domain.fills import Fill, Liquidity
 from oms.domain.orders import Order, OrderStatus, OrderType, PositionSide, Side, TimeInForce
 from oms.domain.positions import PortfolioSummary, Position, PositionStatus, display
+from oms.domain.trailing_stops import (
+    CreateTrailingStop,
+    TrailingStop,
+    TrailingStopEventType,
+    TrailingStopStatus,
+)
 from oms.engine.ports import PriceUpdate
 
 E = TypeVar("E", bound=Enum)
@@ -63,6 +80,13 @@ ORDER_STATUSES = _EnumMap(OrderStatus, order_pb2, "ORDER_STATUS")
 LIQUIDITIES = _EnumMap(Liquidity, order_pb2, "LIQUIDITY")
 ORDER_EVENT_TYPES = _EnumMap(OrderEventType, order_pb2, "ORDER_EVENT_TYPE")
 POSITION_STATUSES = _EnumMap(PositionStatus, position_pb2, "POSITION_STATUS")
+TRAILING_STOP_STATUSES = _EnumMap(TrailingStopStatus, trailing_stop_pb2, "TRAILING_STOP_STATUS")
+TRAILING_STOP_EVENT_TYPES = _EnumMap(
+    TrailingStopEventType, trailing_stop_pb2, "TRAILING_STOP_EVENT_TYPE"
+)
+RULE_CONDITIONS = _EnumMap(RuleCondition, conditional_rule_pb2, "RULE_CONDITION")
+RULE_STATUSES = _EnumMap(RuleStatus, conditional_rule_pb2, "RULE_STATUS")
+CANCEL_OUTCOMES = _EnumMap(CancelOutcome, conditional_rule_pb2, "RULE_CANCEL_OUTCOME")
 
 
 def timestamp(time_ns: int) -> Timestamp:
@@ -96,14 +120,15 @@ def place_order_command(request: order_service_pb2.PlaceOrderRequest) -> PlaceOr
     )
 
 
-def order_statuses(values: list[int]) -> frozenset[OrderStatus]:
-    statuses = set()
+def statuses(mapping: _EnumMap, values: list[int], domain: type[E]) -> frozenset[E]:
+    """A `statuses` filter: every value a known status, UNSPECIFIED refused."""
+    found = set()
     for index, value in enumerate(values):
-        status = ORDER_STATUSES.parse(f"statuses[{index}]", value, OrderStatus)
+        status = mapping.parse(f"statuses[{index}]", value, domain)
         if status is None:
             raise InvalidArgument(f"statuses[{index}]", "must not be UNSPECIFIED")
-        statuses.add(status)
-    return frozenset(statuses)
+        found.add(status)
+    return frozenset(found)
 
 
 def order_to_proto(order: Order) -> order_pb2.Order:
@@ -276,4 +301,97 @@ def portfolio_summary_to_proto(
         message.profit_factor = fmt(display(summary.profit_factor))
     if summary.largest_position_pct is not None:
         message.largest_position_pct = fmt(display(summary.largest_position_pct))
+    return message
+
+
+def create_trailing_stop_command(
+    request: trailing_stop_service_pb2.CreateTrailingStopRequest,
+) -> CreateTrailingStop:
+    callback = request.WhichOneof("callback")
+    return CreateTrailingStop(
+        user_id=request.user_id,
+        exchange=request.exchange,
+        symbol=request.symbol,
+        position_side=POSITION_SIDES.parse("position_side", request.position_side, PositionSide),
+        callback_rate=request.callback_rate if callback == "callback_rate" else None,
+        callback_spread=request.callback_spread if callback == "callback_spread" else None,
+        activation_price=request.activation_price,
+        quantity=request.quantity,
+        client_id=request.client_id,
+    )
+
+
+def trailing_stop_to_proto(stop: TrailingStop) -> trailing_stop_pb2.TrailingStop:
+    message = trailing_stop_pb2.TrailingStop(
+        trailing_stop_id=stop.trailing_stop_id,
+        client_id=stop.client_id,
+        user_id=stop.user_id,
+        exchange=stop.exchange,
+        symbol=stop.symbol,
+        position_side=POSITION_SIDES.to_proto[stop.position_side],
+        activation_price=_opt(stop.activation_price),
+        quantity=_opt(stop.quantity),
+        status=TRAILING_STOP_STATUSES.to_proto[stop.status],
+        status_reason=stop.status_reason,
+        watermark_price=_opt(stop.watermark_price),
+        stop_price=_opt(stop.stop_price),
+        triggered_price=_opt(stop.triggered_price),
+        order_id=stop.order_id,
+        position_id=stop.position_id,
+        created_at=timestamp(stop.created_at_ns),
+        updated_at=timestamp(stop.updated_at_ns),
+    )
+    if stop.callback_rate is not None:
+        message.callback_rate = fmt(stop.callback_rate)
+    if stop.callback_spread is not None:
+        message.callback_spread = fmt(stop.callback_spread)
+    if stop.activated_at_ns is not None:
+        message.activated_at.CopyFrom(timestamp(stop.activated_at_ns))
+    if stop.triggered_at_ns is not None:
+        message.triggered_at.CopyFrom(timestamp(stop.triggered_at_ns))
+    return message
+
+
+def trailing_stop_event_to_proto(item: SequencedEvent) -> trailing_stop_pb2.TrailingStopEvent:
+    event = item.event
+    assert isinstance(event, TrailingStopUpdated)
+    return trailing_stop_pb2.TrailingStopEvent(
+        sequence=item.sequence,
+        event_type=TRAILING_STOP_EVENT_TYPES.to_proto[event.event_type],
+        trailing_stop=trailing_stop_to_proto(event.trailing_stop),
+    )
+
+
+def create_rule_command(request: order_service_pb2.CreateConditionalRuleRequest) -> CreateRule:
+    return CreateRule(
+        user_id=request.user_id,
+        trigger_order_id=request.trigger_order_id,
+        condition=RULE_CONDITIONS.parse("condition", request.condition, RuleCondition),
+        cancel_order_ids=list(request.cancel_order_ids),
+    )
+
+
+def rule_to_proto(rule: ConditionalRule) -> conditional_rule_pb2.ConditionalRule:
+    message = conditional_rule_pb2.ConditionalRule(
+        rule_id=rule.rule_id,
+        user_id=rule.user_id,
+        trigger_order_id=rule.trigger_order_id,
+        condition=RULE_CONDITIONS.to_proto[rule.condition],
+        cancel_order_ids=rule.cancel_order_ids,
+        status=RULE_STATUSES.to_proto[rule.status],
+        status_reason=rule.status_reason,
+        results=[
+            conditional_rule_pb2.RuleCancelResult(
+                order_id=result.order_id,
+                outcome=CANCEL_OUTCOMES.to_proto[result.outcome],
+                order_status=ORDER_STATUSES.to_proto[result.order_status],
+                error=result.error,
+            )
+            for result in rule.results
+        ],
+        created_at=timestamp(rule.created_at_ns),
+        updated_at=timestamp(rule.updated_at_ns),
+    )
+    if rule.triggered_at_ns is not None:
+        message.triggered_at.CopyFrom(timestamp(rule.triggered_at_ns))
     return message

@@ -10,26 +10,32 @@ from tradingboost.oms.v1 import order_service_pb2 as pb
 from tradingboost.oms.v1 import order_service_pb2_grpc
 
 from oms.api.converters import (
+    ORDER_STATUSES,
+    RULE_STATUSES,
     SIDES,
+    create_rule_command,
     fill_to_proto,
     heartbeat_to_proto,
-    order_statuses,
     order_to_proto,
     order_update_to_proto,
     place_order_command,
+    rule_to_proto,
+    statuses,
 )
-from oms.api.unimplemented import abort_unimplemented
+from oms.domain.conditional_rules import RuleStatus
 from oms.domain.events import Heartbeat
-from oms.domain.orders import Side
+from oms.domain.orders import OrderStatus, Side
 from oms.domain.paging import encode_page_token
+from oms.engine.conditional_rules import ConditionalRules
 from oms.engine.order_lifecycle import OpenOrderSearch, OrderLifecycle, OrderRef, StreamFilter
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class OrderService(order_service_pb2_grpc.OrderServiceServicer):
-    def __init__(self, orders: OrderLifecycle) -> None:
+    def __init__(self, orders: OrderLifecycle, rules: ConditionalRules) -> None:
         self._orders = orders
+        self._rules = rules
 
     async def PlaceOrder(
         self, request: pb.PlaceOrderRequest, context: Context
@@ -61,7 +67,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             exchange=request.exchange,
             symbol=request.symbol,
             open_only=request.open_only,
-            statuses=order_statuses(list(request.statuses)),
+            statuses=statuses(ORDER_STATUSES, list(request.statuses), OrderStatus),
             grid_level=request.grid_level if request.HasField("grid_level") else None,
             strategy=request.strategy,
             size=request.page_size,
@@ -131,15 +137,36 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
                 assert hasattr(item.event, "fill")
                 yield pb.StreamFillsResponse(fill=fill_to_proto(item.event.fill, item.sequence))
 
-    # Conditional rules land with the trailing-stop work; until then they say so by name.
-    async def CreateConditionalRule(self, request: Any, context: Context) -> Any:
-        await abort_unimplemented(context, "CreateConditionalRule")
+    async def CreateConditionalRule(
+        self, request: pb.CreateConditionalRuleRequest, context: Context
+    ) -> pb.CreateConditionalRuleResponse:
+        rule = await self._rules.create(create_rule_command(request))
+        return pb.CreateConditionalRuleResponse(rule=rule_to_proto(rule))
 
-    async def GetConditionalRule(self, request: Any, context: Context) -> Any:
-        await abort_unimplemented(context, "GetConditionalRule")
+    async def GetConditionalRule(
+        self, request: pb.GetConditionalRuleRequest, context: Context
+    ) -> pb.GetConditionalRuleResponse:
+        rule = await self._rules.get(request.user_id, request.rule_id)
+        return pb.GetConditionalRuleResponse(rule=rule_to_proto(rule))
 
-    async def ListConditionalRules(self, request: Any, context: Context) -> Any:
-        await abort_unimplemented(context, "ListConditionalRules")
+    async def ListConditionalRules(
+        self, request: pb.ListConditionalRulesRequest, context: Context
+    ) -> pb.ListConditionalRulesResponse:
+        page = await self._rules.list(
+            request.user_id,
+            trigger_order_id=request.trigger_order_id,
+            statuses=statuses(RULE_STATUSES, list(request.statuses), RuleStatus),
+            size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListConditionalRulesResponse(
+            rules=[rule_to_proto(rule) for rule in page.items],
+            next_page_token=encode_page_token(page.next_cursor),
+            as_of_sequence=page.as_of_sequence,
+        )
 
-    async def DeleteConditionalRule(self, request: Any, context: Context) -> Any:
-        await abort_unimplemented(context, "DeleteConditionalRule")
+    async def DeleteConditionalRule(
+        self, request: pb.DeleteConditionalRuleRequest, context: Context
+    ) -> pb.DeleteConditionalRuleResponse:
+        rule = await self._rules.delete(request.user_id, request.rule_id)
+        return pb.DeleteConditionalRuleResponse(rule=rule_to_proto(rule))

@@ -18,12 +18,14 @@ from tradingboost.oms.v1 import (
     position_service_pb2,
     position_service_pb2_grpc,
     trailing_stop_service_pb2,
+    trailing_stop_service_pb2_grpc,
 )
 
 from oms.api.error_mapping import ErrorMappingInterceptor
 from oms.api.market_data_service import MarketDataService
 from oms.api.order_service import OrderService
 from oms.api.position_service import PositionService
+from oms.api.trailing_stop_service import TrailingStopService
 from oms.api.unimplemented import unimplemented_service
 
 log = logging.getLogger(__name__)
@@ -32,11 +34,9 @@ _IMPLEMENTED = (
     order_service_pb2.DESCRIPTOR.services_by_name["OrderService"],
     market_data_service_pb2.DESCRIPTOR.services_by_name["MarketDataService"],
     position_service_pb2.DESCRIPTOR.services_by_name["PositionService"],
-)
-_PENDING = (
     trailing_stop_service_pb2.DESCRIPTOR.services_by_name["TrailingStopService"],
-    account_service_pb2.DESCRIPTOR.services_by_name["AccountService"],
 )
+_PENDING = (account_service_pb2.DESCRIPTOR.services_by_name["AccountService"],)
 SERVICE_NAMES = tuple(service.full_name for service in (*_IMPLEMENTED, *_PENDING))
 
 
@@ -48,6 +48,7 @@ class OmsServer:
         orders: OrderService,
         market_data: MarketDataService,
         positions: PositionService,
+        trailing_stops: TrailingStopService,
         extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
     ) -> None:
         self.server = grpc.aio.server(
@@ -59,6 +60,9 @@ class OmsServer:
             market_data, self.server
         )
         position_service_pb2_grpc.add_PositionServiceServicer_to_server(positions, self.server)
+        trailing_stop_service_pb2_grpc.add_TrailingStopServiceServicer_to_server(
+            trailing_stops, self.server
+        )
         self.server.add_generic_rpc_handlers(
             [unimplemented_service(service) for service in _PENDING] + list(extra_handlers)
         )

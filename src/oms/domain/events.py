@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from oms.domain.conditional_rules import ConditionalRule
 from oms.domain.fills import Fill
 from oms.domain.orders import (
     Order,
@@ -19,6 +20,7 @@ from oms.domain.orders import (
     OrderTriggered,
 )
 from oms.domain.positions import Position
+from oms.domain.trailing_stops import TrailingStop, TrailingStopEventType
 
 
 class OrderEventType(Enum):
@@ -54,7 +56,34 @@ class PositionUpdated:
     position: Position
 
 
-UserEvent = OrderUpdated | FillRecorded | PositionUpdated
+@dataclass(frozen=True, slots=True)
+class TrailingStopUpdated:
+    """A trailing stop changed state or stop price; carries it as it is after."""
+
+    event_type: TrailingStopEventType
+    trailing_stop: TrailingStop
+
+
+@dataclass(frozen=True, slots=True)
+class RuleUpdated:
+    """A conditional rule was created, fired, finished or cancelled."""
+
+    rule: ConditionalRule
+
+
+UserEvent = OrderUpdated | FillRecorded | PositionUpdated | TrailingStopUpdated | RuleUpdated
+
+
+@dataclass(frozen=True, slots=True)
+class WatermarkMoved:
+    """A trailing stop's watermark moved and its rounded stop price did not: the state is
+    written (a restart resumes from the exact watermark) but no event is published."""
+
+    trailing_stop: TrailingStop
+
+
+Update = PositionUpdated | TrailingStopUpdated | RuleUpdated | WatermarkMoved
+"""What a commit writes besides order changes and prices."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +145,7 @@ def event_user(event: UserEvent) -> str:
             return fill.user_id
         case PositionUpdated(position=position):
             return position.user_id
+        case TrailingStopUpdated(trailing_stop=stop):
+            return stop.user_id
+        case RuleUpdated(rule=rule):
+            return rule.user_id

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from oms.domain.events import PositionUpdated, SequencedEvent
+from oms.domain.events import SequencedEvent, Update
 from oms.engine.ports import Conflict, OrderChange, PriceUpdate, StateStore
 from oms.engine.subscriptions import EventHub
 
@@ -18,9 +18,9 @@ class Journal:
         self,
         changes: Sequence[OrderChange],
         prices: Sequence[PriceUpdate] = (),
-        positions: Sequence[PositionUpdated] = (),
+        updates: Sequence[Update] = (),
     ) -> list[SequencedEvent] | Conflict:
-        result = await self.store.commit(changes, prices, positions)
+        result = await self.store.commit(changes, prices, updates)
         if isinstance(result, list):
             self._hub.publish(result)
         return result

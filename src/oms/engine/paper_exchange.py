@@ -13,22 +13,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from oms.domain.brackets import bracket_legs
+from oms.domain.conditional_rules import ConditionalRule, RuleStatus
 from oms.domain.decimals import ZERO
 from oms.domain.errors import ConcurrentModification, FailedPrecondition, NotFound, OmsError
-from oms.domain.events import FillRecorded, PositionUpdated, apply_all
+from oms.domain.events import (
+    FillRecorded,
+    PositionUpdated,
+    RuleUpdated,
+    TrailingStopUpdated,
+    Update,
+    WatermarkMoved,
+    apply_all,
+)
 from oms.domain.fills import Fill
 from oms.domain.markets import Market, MarketCatalog
 from oms.domain.orders import Order, OrderAmended, OrderCanceled, OrderEvent, PositionSide
 from oms.domain.paper_matching import FeeSchedule, PaperContext, on_submit, on_tick
 from oms.domain.positions import Position, apply_fill, open_record, reduces
+from oms.domain.trailing_stops import (
+    CANCELED_BY_USER,
+    POSITION_CLOSED,
+    TrailingStop,
+    TrailingStopEventType,
+    TrailingStopSpec,
+)
 from oms.engine.journal import Journal
 from oms.engine.ports import Conflict, ConflictKind, OrderChange, PriceUpdate
+from oms.engine.trailing_book import TrailingBook
 
 PAPER = "paper"
 
@@ -37,6 +54,9 @@ PositionSlot = tuple[str, PositionSide]
 
 # Decisions per commit: bounds how long one commit script holds Redis.
 MAX_BATCH = 256
+
+T_contra = TypeVar("T_contra", contravariant=True)
+RuleRunner = Callable[[ConditionalRule], Awaitable[object]]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +96,37 @@ class _RestingBook:
             self.put(order)
 
 
+class _RuleBook:
+    """ACTIVE conditional rules whose trigger order trades on this desk, by trigger order."""
+
+    def __init__(self) -> None:
+        self._by_trigger: dict[str, dict[str, ConditionalRule]] = {}
+
+    def put(self, rule: ConditionalRule) -> None:
+        self._by_trigger.setdefault(rule.trigger_order_id, {})[rule.rule_id] = rule
+
+    def remove(self, rule: ConditionalRule) -> None:
+        rules = self._by_trigger[rule.trigger_order_id]
+        del rules[rule.rule_id]
+        if not rules:
+            del self._by_trigger[rule.trigger_order_id]
+
+    def on(self, order_id: str) -> list[ConditionalRule]:
+        return list(self._by_trigger.get(order_id, {}).values())
+
+    def get(self, trigger_order_id: str, rule_id: str) -> ConditionalRule | None:
+        return self._by_trigger.get(trigger_order_id, {}).get(rule_id)
+
+    def rules(self) -> list[ConditionalRule]:
+        return [rule for rules in self._by_trigger.values() for rule in rules.values()]
+
+
+class _Keeps(Protocol[T_contra]):
+    def put(self, item: T_contra) -> None: ...
+
+    def remove(self, item: T_contra) -> None: ...
+
+
 class _NotResting(Exception):
     """A cancel found no open order in the book: the caller reports the order as it is."""
 
@@ -86,6 +137,8 @@ class _Op:
 
     future: asyncio.Future[Any] = field(init=False)
     redecided: bool = field(init=False, default=False)
+    followups: list[asyncio.Future[object]] = field(init=False, default_factory=list)
+    """Work the decision started that its caller waits for too (a fired rule's cancels)."""
 
     def __post_init__(self) -> None:
         self.future = asyncio.get_running_loop().create_future()
@@ -102,7 +155,7 @@ class _Place(_Op):
 
     def decide(self, desk: _Desk, batch: _Batch) -> Any:
         order = self.order
-        key = (order.user_id, order.client_order_id)
+        key = ("order", order.user_id, order.client_order_id)
         if key in batch.new_client_ids:
             # Same client order id twice in one commit would pass both uniqueness guards:
             # decide it in the next batch, where the guard sees the first one.
@@ -146,10 +199,79 @@ class _Tick(_Op):
             events = on_tick(order, self.price, desk.context(order, now))
             if events:
                 desk.record(self, batch, order, events, now)
+        desk.trail(self, batch, self.price, now)
         for key, position in list(desk.positions.items()):
             if position.is_open and position.mark_price != self.price:
                 batch.set_position(desk, key, position.mark(self.price, now))
         return update
+
+
+@dataclass(eq=False)
+class _CreateStop(_Op):
+    spec: TrailingStopSpec
+    trailing_stop_id: str
+
+    def decide(self, desk: _Desk, batch: _Batch) -> Any:
+        spec = self.spec
+        key = ("trailing", spec.user_id, spec.client_id)
+        if spec.client_id and key in batch.new_client_ids:
+            raise _Deferred
+        side = spec.position_side
+        position = desk.positions.get((spec.user_id, side))
+        if position is None or not position.is_open:
+            raise FailedPrecondition(
+                f"no open {side.value} position on {spec.market.exchange} {spec.market.symbol} "
+                "for a trailing stop to protect"
+            )
+        if desk.last is None:
+            raise FailedPrecondition(f"no price yet for {spec.market.symbol}")
+        now = desk.clock_ns()
+        stop = spec.new_stop(self.trailing_stop_id, position.position_id, desk.last.price, now)
+        if spec.client_id:
+            batch.new_client_ids[key] = None
+        batch.put(desk.trailing, stop)
+        batch.note(self, TrailingStopUpdated(TrailingStopEventType.CREATED, stop))
+        return stop, True
+
+
+@dataclass(eq=False)
+class _CancelStop(_Op):
+    user_id: str
+    trailing_stop_id: str
+
+    def decide(self, desk: _Desk, batch: _Batch) -> Any:
+        stop = desk.trailing.get(self.trailing_stop_id)
+        if stop is None or stop.user_id != self.user_id:
+            raise _NotResting
+        canceled = stop.cancel(CANCELED_BY_USER, desk.clock_ns())
+        desk.change_stop(self, batch, stop, canceled, TrailingStopEventType.CANCELED)
+        return canceled
+
+
+@dataclass(eq=False)
+class _CreateRule(_Op):
+    rule: ConditionalRule
+
+    def decide(self, desk: _Desk, batch: _Batch) -> Any:
+        rule = self.rule
+        trigger = desk.book.find(rule.user_id, rule.trigger_order_id, "")
+        if trigger is None:
+            raise _NotResting
+        desk.change_rule(self, batch, None, rule)
+        return desk.judge_rules(self, batch, trigger, desk.clock_ns()).get(rule.rule_id, rule)
+
+
+@dataclass(eq=False)
+class _DeleteRule(_Op):
+    rule: ConditionalRule
+
+    def decide(self, desk: _Desk, batch: _Batch) -> Any:
+        rule = desk.rules.get(self.rule.trigger_order_id, self.rule.rule_id)
+        if rule is None:
+            raise _NotResting
+        deleted = rule.delete(desk.clock_ns())
+        desk.change_rule(self, batch, rule, deleted)
+        return deleted
 
 
 class _Deferred(Exception):
@@ -163,22 +285,44 @@ class _Batch:
         self.changes: list[OrderChange] = []
         self.owners: list[_Op] = []
         self.prices: list[PriceUpdate] = []
-        self.new_client_ids: dict[tuple[str, str], None] = {}
+        self.updates: list[Update] = []
+        self.update_owners: list[_Op] = []
+        self.fired: list[tuple[_Op, ConditionalRule]] = []
+        """Rules fired in this batch, whose cancels follow the commit."""
+        self.new_client_ids: dict[tuple[str, str, str], None] = {}
+        """(kind, user, client id) created in this batch."""
         self.touched: dict[PositionSlot, None] = {}
         """Positions changed in this batch, in order: one event each, coalesced."""
         self._undo: list[Callable[[], None]] = []
+
+    def _parts(self) -> tuple[list[Any] | dict[Any, None], ...]:
+        return (
+            self.changes,
+            self.owners,
+            self.prices,
+            self.updates,
+            self.update_owners,
+            self.fired,
+            self.new_client_ids,
+            self.touched,
+            self._undo,
+        )
 
     def add(self, owner: _Op, change: OrderChange) -> None:
         self.changes.append(change)
         self.owners.append(owner)
 
-    def put(self, book: _RestingBook, order: Order) -> None:
-        book.put(order)
-        self._undo.append(lambda: book.remove(order))
+    def note(self, owner: _Op, update: Update) -> None:
+        self.updates.append(update)
+        self.update_owners.append(owner)
 
-    def remove(self, book: _RestingBook, order: Order) -> None:
-        book.remove(order)
-        self._undo.append(lambda: book.put(order))
+    def put(self, book: _Keeps[T_contra], item: T_contra) -> None:
+        book.put(item)
+        self._undo.append(lambda: book.remove(item))
+
+    def remove(self, book: _Keeps[T_contra], item: T_contra) -> None:
+        book.remove(item)
+        self._undo.append(lambda: book.put(item))
 
     def set_last(self, desk: _Desk, update: PriceUpdate) -> None:
         previous = desk.last
@@ -202,26 +346,27 @@ class _Batch:
 
         self._undo.append(undo)
 
-    def position_updates(self, desk: _Desk) -> list[PositionUpdated]:
-        return [PositionUpdated(desk.positions[slot]) for slot in self.touched]
+    def all_updates(self, desk: _Desk) -> list[Update]:
+        """What the commit writes besides order changes: the noted updates, then one event
+        per touched position."""
+        return [*self.updates, *(PositionUpdated(desk.positions[slot]) for slot in self.touched)]
 
     def mark(self) -> tuple[int, ...]:
         """Where the batch stands now, for `rollback(desk, to=mark)`."""
-        sizes = (self.changes, self.prices, self.new_client_ids, self.touched, self._undo)
-        return tuple(len(part) for part in sizes)
+        return tuple(len(part) for part in self._parts())
 
-    def rollback(self, desk: _Desk, to: tuple[int, ...] = (0, 0, 0, 0, 0)) -> None:
+    def rollback(self, desk: _Desk, to: tuple[int, ...] | None = None) -> None:
         """Undo in memory everything recorded since `to` (default: all of it)."""
-        changes, prices, client_ids, touched, undo = to
-        for step in reversed(self._undo[undo:]):
+        sizes = to or (0,) * len(self._parts())
+        for step in reversed(self._undo[sizes[-1] :]):
             step()
-        del self._undo[undo:], self.changes[changes:], self.owners[changes:]
-        del self.prices[prices:]
-        # Dicts keep insertion order: the entries added since the mark are the last ones.
-        for added in list(self.new_client_ids)[client_ids:]:
-            del self.new_client_ids[added]
-        for slot in list(self.touched)[touched:]:
-            del self.touched[slot]
+        for part, size in zip(self._parts(), sizes, strict=True):
+            if isinstance(part, list):
+                del part[size:]
+            else:
+                # Dicts keep insertion order: the entries added since the mark are the last.
+                for added in list(part)[size:]:
+                    del part[added]
         desk.book.replace_all(desk.book.orders())
 
 
@@ -231,6 +376,8 @@ class _Desk:
     def __init__(self, exchange: PaperExchange, symbol: str) -> None:
         self.symbol = symbol
         self.book = _RestingBook()
+        self.trailing = TrailingBook()
+        self.rules = _RuleBook()
         self.last: PriceUpdate | None = None
         self.positions: dict[PositionSlot, Position] = {}
         """The current record of each (user, side) on this symbol: open, or the last closed."""
@@ -253,7 +400,7 @@ class _Desk:
     # -- decisions: each records its order changes and their consequences in the batch ----
 
     def submit_new(self, owner: _Op, batch: _Batch, order: Order) -> tuple[Order, bool]:
-        batch.new_client_ids[(order.user_id, order.client_order_id)] = None
+        batch.new_client_ids[("order", order.user_id, order.client_order_id)] = None
         now = self.clock_ns()
         last = self.last.price if self.last else None
         placed = self.record(
@@ -283,6 +430,7 @@ class _Desk:
             batch.remove(self.book, before)
         if after.is_open:
             batch.put(self.book, after)
+        self.judge_rules(owner, batch, after, now)
         fills = [event.fill for event in published if isinstance(event, FillRecorded)]
         for fill in fills:
             self._apply_fill(batch, after, fill)
@@ -305,7 +453,69 @@ class _Desk:
                     after.position_side,
                 ):
                     self.cancel_resting(owner, batch, order, "position closed")
+            for stop in self.trailing.of_position(after.user_id, after.position_side):
+                closed = stop.cancel(POSITION_CLOSED, now)
+                self.change_stop(owner, batch, stop, closed, TrailingStopEventType.CANCELED)
         return after
+
+    def trail(self, owner: _Op, batch: _Batch, price: Decimal, now: int) -> None:
+        """A tick's effect on the trailing stops: activate, follow, trigger."""
+        for stop in self.trailing.activated_by(price):
+            self.change_stop(
+                owner, batch, stop, stop.follow(price, now), TrailingStopEventType.ACTIVATED
+            )
+        for stop in self.trailing.improved_by(price):
+            moved = stop.follow(price, now)
+            kind = TrailingStopEventType.STOP_PRICE_UPDATED
+            self.change_stop(
+                owner, batch, stop, moved, kind if moved.stop_price != stop.stop_price else None
+            )
+        for stop in self.trailing.crossed_by(price):
+            if self.trailing.get(stop.trailing_stop_id) is not stop:
+                continue  # cancelled: an earlier trigger of this tick closed its position
+            size = self.open_size(stop.user_id, stop.position_side)
+            order = stop.close_order(self._exchange.new_id(), size, now)
+            triggered = stop.trigger(price, order.order_id, now)
+            self.change_stop(owner, batch, stop, triggered, TrailingStopEventType.TRIGGERED)
+            self.submit_new(owner, batch, order)
+
+    def change_stop(
+        self,
+        owner: _Op,
+        batch: _Batch,
+        before: TrailingStop,
+        after: TrailingStop,
+        kind: TrailingStopEventType | None,
+    ) -> None:
+        """Replace a working stop; `kind` None: a silent watermark move."""
+        batch.remove(self.trailing, before)
+        if after.status.is_working:
+            batch.put(self.trailing, after)
+        update = WatermarkMoved(after) if kind is None else TrailingStopUpdated(kind, after)
+        batch.note(owner, update)
+
+    def judge_rules(
+        self, owner: _Op, batch: _Batch, trigger: Order, now: int
+    ) -> dict[str, ConditionalRule]:
+        """Fire or retire the rules an order change meets; returns the changed rules by id."""
+        changed = {}
+        for rule in self.rules.on(trigger.order_id):
+            after = rule.on_trigger_change(trigger, now)
+            if after is not None:
+                self.change_rule(owner, batch, rule, after)
+                changed[rule.rule_id] = after
+        return changed
+
+    def change_rule(
+        self, owner: _Op, batch: _Batch, before: ConditionalRule | None, after: ConditionalRule
+    ) -> None:
+        if before is not None:
+            batch.remove(self.rules, before)
+        if after.status is RuleStatus.ACTIVE:
+            batch.put(self.rules, after)
+        batch.note(owner, RuleUpdated(after))
+        if after.pending:
+            batch.fired.append((owner, after))
 
     def _grow_exits(self, owner: _Op, batch: _Batch, entry: Order, now: int) -> None:
         """A further fill of an entry: its exits cover everything filled so far."""
@@ -340,7 +550,10 @@ class _Desk:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._drain())
         # A caller that goes away cancels only its future: the queued op is still decided.
-        return await op.future
+        result = await op.future
+        if op.followups:
+            await asyncio.gather(*op.followups)
+        return result
 
     async def _drain(self) -> None:
         while self._queue:
@@ -380,42 +593,58 @@ class _Desk:
                 continue
             try:
                 outcome = await self._exchange.journal.record(
-                    batch.changes, batch.prices, batch.position_updates(self)
+                    batch.changes, batch.prices, batch.all_updates(self)
                 )
             except BaseException:
                 batch.rollback(self)
                 raise
             if not isinstance(outcome, Conflict):
+                for owner, rule in batch.fired:
+                    owner.followups.append(self._exchange.rule_fired(rule))
                 for op in decided:
                     _settle(op, result=results[id(op)])
                 ops = deferred
                 continue
-            culprit = batch.owners[outcome.change_index]
-            change = batch.changes[outcome.change_index]
+            culprit, ahead, existing = _blame(batch, outcome)
             batch.rollback(self)
             # The store is ahead of memory when an earlier attempt of this very commit landed
             # but its reply was lost (the Redis client re-sent it) or after a fault: reload,
             # then decide the culprit again against the truth, once.
-            ahead = outcome.kind is not ConflictKind.CLIENT_ORDER_ID_TAKEN or (
-                outcome.existing is not None and outcome.existing.order_id == change.order.order_id
-            )
             if ahead:
                 self._stale = True
                 await self._exchange.reload(self)
                 self._stale = False
             again = False
-            if outcome.kind is ConflictKind.CLIENT_ORDER_ID_TAKEN:
-                _settle(culprit, result=(outcome.existing, False))
+            if existing is not None:
+                _settle(culprit, result=(existing, False))
             elif culprit.redecided:
                 _settle(
                     culprit,
                     error=ConcurrentModification(
-                        f"order {change.order.order_id} changed concurrently ({outcome.kind.value})"
+                        f"state changed concurrently ({outcome.kind.value}); try again"
                     ),
                 )
             else:
                 culprit.redecided = again = True
             ops = [op for op in decided if op is not culprit or again] + deferred
+
+
+def _blame(batch: _Batch, conflict: Conflict) -> tuple[_Op, bool, Order | TrailingStop | None]:
+    """(the op whose change failed its guard, whether the store is ahead of memory, the
+    record that already holds the client id if that was the guard)."""
+    index = conflict.change_index
+    if conflict.kind is ConflictKind.TRAILING_CLIENT_ID_TAKEN:
+        update = batch.updates[index]
+        stop = conflict.existing_stop
+        assert isinstance(update, TrailingStopUpdated) and stop is not None
+        ours = stop.trailing_stop_id == update.trailing_stop.trailing_stop_id
+        return batch.update_owners[index], ours, stop
+    owner, change = batch.owners[index], batch.changes[index]
+    if conflict.kind is ConflictKind.CLIENT_ORDER_ID_TAKEN:
+        order = conflict.existing
+        assert order is not None
+        return owner, order.order_id == change.order.order_id, order
+    return owner, True, None
 
 
 def _settle(op: _Op, *, result: Any = None, error: BaseException | None = None) -> None:
@@ -444,6 +673,15 @@ class PaperExchange:
         self._fees = fees
         self._maker_fill_limit = maker_fill_limit
         self._desks: dict[str, _Desk] = {}
+        self._rule_runner: RuleRunner | None = None
+
+    def run_rules_with(self, runner: RuleRunner) -> None:
+        """Who sends a fired rule's cancels (the engine's ConditionalRules)."""
+        self._rule_runner = runner
+
+    def rule_fired(self, rule: ConditionalRule) -> asyncio.Future[object]:
+        assert self._rule_runner is not None, "run_rules_with was not called"
+        return asyncio.ensure_future(self._rule_runner(rule))
 
     async def recover(self) -> None:
         """Rebuild prices and resting books from the store (the crash-recovery path)."""
@@ -453,9 +691,12 @@ class PaperExchange:
     async def reload(self, desk: _Desk) -> None:
         """Rebuild one desk from the store, after a commit whose outcome is unknown."""
         fresh = next((d for d in await self._load() if d.symbol == desk.symbol), None)
-        desk.book.replace_all(fresh.book.orders() if fresh else [])
-        desk.last = fresh.last if fresh else None
-        desk.positions = fresh.positions if fresh else {}
+        fresh = fresh or _Desk(self, desk.symbol)
+        desk.book.replace_all(fresh.book.orders())
+        desk.trailing.replace_all(fresh.trailing.stops())
+        desk.rules = fresh.rules
+        desk.last = fresh.last
+        desk.positions = fresh.positions
 
     async def _load(self) -> list[_Desk]:
         store = self.journal.store
@@ -471,6 +712,10 @@ class PaperExchange:
         for position in await store.current_positions_on(PAPER):
             desk = desks.setdefault(position.symbol, _Desk(self, position.symbol))
             desk.positions[(position.user_id, position.position_side)] = position
+        for stop in await store.working_trailing_stops_on(PAPER):
+            desks.setdefault(stop.symbol, _Desk(self, stop.symbol)).trailing.put(stop)
+        for rule in await store.active_rules_on(PAPER):
+            desks.setdefault(rule.trigger_symbol, _Desk(self, rule.trigger_symbol)).rules.put(rule)
         return list(desks.values())
 
     def last_price(self, symbol: str) -> PriceUpdate | None:
@@ -509,6 +754,44 @@ class PaperExchange:
             raise NotFound(f"order {order.order_id} not found")
         current.apply(OrderCanceled(reason), self.clock_ns())
         raise ConcurrentModification(f"order {order.order_id} is open but not on the paper book")
+
+    async def create_trailing_stop(
+        self, spec: TrailingStopSpec, trailing_stop_id: str
+    ) -> tuple[TrailingStop, bool]:
+        """(stop, created). Not created: the client id already names that stop."""
+        created: tuple[TrailingStop, bool] = await self._desk(spec.market.symbol).submit(
+            _CreateStop(spec, trailing_stop_id)
+        )
+        return created
+
+    async def cancel_trailing_stop(self, stop: TrailingStop) -> TrailingStop | None:
+        """The stop, CANCELED by its user; None when it is no longer working."""
+        try:
+            canceled: TrailingStop = await self._desk(stop.symbol).submit(
+                _CancelStop(stop.user_id, stop.trailing_stop_id)
+            )
+            return canceled
+        except _NotResting:
+            return None
+
+    async def add_rule(self, rule: ConditionalRule) -> ConditionalRule | None:
+        """The rule as committed with its trigger order's current state (ACTIVE, or fired
+        and finished); None when the trigger order is no longer open."""
+        try:
+            added: ConditionalRule = await self._desk(rule.trigger_symbol).submit(_CreateRule(rule))
+            return added
+        except _NotResting:
+            return None
+
+    async def delete_rule(self, rule: ConditionalRule) -> ConditionalRule | None:
+        """The rule, CANCELED "deleted"; None when it is no longer ACTIVE."""
+        try:
+            deleted: ConditionalRule = await self._desk(rule.trigger_symbol).submit(
+                _DeleteRule(rule)
+            )
+            return deleted
+        except _NotResting:
+            return None
 
     async def on_price(self, symbol: str, price: Decimal) -> PriceUpdate:
         """One tick: match the resting orders, commit fills and the price together."""

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Generic, Protocol, TypeVar
 
-from oms.domain.events import PositionUpdated, SequencedEvent, UserEvent
+from oms.domain.conditional_rules import ConditionalRule, RuleStatus
+from oms.domain.events import SequencedEvent, Update, UserEvent
 from oms.domain.fills import Fill
 from oms.domain.orders import Order, OrderStatus, PositionSide
 from oms.domain.positions import Position, PositionKey
+from oms.domain.trailing_stops import TrailingStop, TrailingStopStatus
 
 T = TypeVar("T")
 
@@ -44,6 +46,9 @@ class ConflictKind(enum.Enum):
     """The order changed since the version the change was computed from."""
     DUPLICATE_FILL = "duplicate_fill"
     """A fill with this exchange trade id was applied before."""
+    TRAILING_CLIENT_ID_TAKEN = "trailing_client_id_taken"
+    """A new trailing stop's client id already names `existing_stop`; `change_index` indexes
+    the commit's updates."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +58,7 @@ class Conflict:
     kind: ConflictKind
     change_index: int
     existing: Order | None = None
+    existing_stop: TrailingStop | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +96,27 @@ class PositionQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class TrailingStopQuery:
+    user_id: str
+    page_size: int
+    cursor: int | None = None
+    exchange: str = ""
+    symbol: str = ""
+    position_side: PositionSide | None = None
+    working_only: bool = False
+    statuses: frozenset[TrailingStopStatus] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class RuleQuery:
+    user_id: str
+    page_size: int
+    cursor: int | None = None
+    trigger_order_id: str = ""
+    statuses: frozenset[RuleStatus] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
     items: list[T]
     next_cursor: int | None
@@ -102,7 +129,7 @@ class StateStore(Protocol):
 
     | method                 | what it does                                               |
     |------------------------|------------------------------------------------------------|
-    | commit                 | apply order changes (+ prices, positions) in one atomic step |
+    | commit                 | apply order changes (+ prices, other updates) atomically   |
     | get_order              | one order by id, within the user                           |
     | get_order_by_client_id | one order by client order id, within the user              |
     | open_orders            | a user's open orders                                        |
@@ -116,13 +143,20 @@ class StateStore(Protocol):
     | current_positions_on   | every current record on one exchange (recovery)            |
     | all_positions          | every record of a user, open and closed                    |
     | list_positions         | one page, newest record first, with its sequence            |
+    | get_orders             | several orders by id, within the user (None where unknown) |
+    | get_trailing_stop(_by_client_id) | one trailing stop, within the user               |
+    | working_trailing_stops_on | every working trailing stop on one exchange (recovery)  |
+    | list_trailing_stops    | one page, newest first, with its sequence                  |
+    | get_rule / list_rules  | one conditional rule; one page of them, newest first        |
+    | active_rules_on        | every ACTIVE rule whose trigger is on one exchange (recovery) |
+    | pending_rules          | every fired rule whose cancels are unfinished (recovery)    |
     """
 
     async def commit(
         self,
         changes: Sequence[OrderChange],
         prices: Sequence[PriceUpdate] = (),
-        positions: Sequence[PositionUpdated] = (),
+        updates: Sequence[Update] = (),
     ) -> list[SequencedEvent] | Conflict: ...
 
     async def get_order(self, user_id: str, order_id: str) -> Order | None: ...
@@ -152,3 +186,25 @@ class StateStore(Protocol):
     async def all_positions(self, user_id: str) -> list[Position]: ...
 
     async def list_positions(self, query: PositionQuery) -> Page[Position]: ...
+
+    async def get_orders(self, user_id: str, order_ids: Sequence[str]) -> list[Order | None]: ...
+
+    async def get_trailing_stop(
+        self, user_id: str, trailing_stop_id: str
+    ) -> TrailingStop | None: ...
+
+    async def get_trailing_stop_by_client_id(
+        self, user_id: str, client_id: str
+    ) -> TrailingStop | None: ...
+
+    async def working_trailing_stops_on(self, exchange: str) -> list[TrailingStop]: ...
+
+    async def list_trailing_stops(self, query: TrailingStopQuery) -> Page[TrailingStop]: ...
+
+    async def get_rule(self, user_id: str, rule_id: str) -> ConditionalRule | None: ...
+
+    async def active_rules_on(self, exchange: str) -> list[ConditionalRule]: ...
+
+    async def pending_rules(self) -> list[ConditionalRule]: ...
+
+    async def list_rules(self, query: RuleQuery) -> Page[ConditionalRule]: ...

@@ -1,4 +1,5 @@
-"""JSON documents for orders, fills, positions and events in Redis (orjson, decimals as strings)."""
+"""JSON documents in Redis (orjson, decimals as strings): orders, fills, positions, trailing
+stops, rules and events."""
 
 from __future__ import annotations
 
@@ -7,11 +8,20 @@ from typing import Any
 
 import orjson
 
+from oms.domain.conditional_rules import (
+    CancelOutcome,
+    ConditionalRule,
+    RuleCancelResult,
+    RuleCondition,
+    RuleStatus,
+)
 from oms.domain.events import (
     FillRecorded,
     OrderEventType,
     OrderUpdated,
     PositionUpdated,
+    RuleUpdated,
+    TrailingStopUpdated,
     UserEvent,
 )
 from oms.domain.fills import Fill, Liquidity
@@ -25,6 +35,7 @@ from oms.domain.orders import (
     TimeInForce,
 )
 from oms.domain.positions import GridLevel, Position, PositionStatus
+from oms.domain.trailing_stops import TrailingStop, TrailingStopEventType, TrailingStopStatus
 
 
 def _dec(value: Decimal | None) -> str | None:
@@ -226,6 +237,120 @@ def position_from_dict(doc: dict[str, Any]) -> Position:
     )
 
 
+def trailing_stop_to_dict(stop: TrailingStop) -> dict[str, Any]:
+    return {
+        "trailing_stop_id": stop.trailing_stop_id,
+        "client_id": stop.client_id,
+        "user_id": stop.user_id,
+        "exchange": stop.exchange,
+        "symbol": stop.symbol,
+        "position_side": stop.position_side.value,
+        "callback_rate": _dec(stop.callback_rate),
+        "callback_spread": _dec(stop.callback_spread),
+        "activation_price": _dec(stop.activation_price),
+        "quantity": _dec(stop.quantity),
+        "price_tick": str(stop.price_tick),
+        "position_id": stop.position_id,
+        "fingerprint": stop.fingerprint,
+        "status": stop.status.value,
+        "created_at_ns": stop.created_at_ns,
+        "updated_at_ns": stop.updated_at_ns,
+        "status_reason": stop.status_reason,
+        "watermark_price": _dec(stop.watermark_price),
+        "stop_price": _dec(stop.stop_price),
+        "triggered_price": _dec(stop.triggered_price),
+        "order_id": stop.order_id,
+        "activated_at_ns": stop.activated_at_ns,
+        "triggered_at_ns": stop.triggered_at_ns,
+    }
+
+
+def trailing_stop_from_dict(doc: dict[str, Any]) -> TrailingStop:
+    return TrailingStop(
+        trailing_stop_id=doc["trailing_stop_id"],
+        client_id=doc["client_id"],
+        user_id=doc["user_id"],
+        exchange=doc["exchange"],
+        symbol=doc["symbol"],
+        position_side=PositionSide(doc["position_side"]),
+        callback_rate=_undec(doc["callback_rate"]),
+        callback_spread=_undec(doc["callback_spread"]),
+        activation_price=_undec(doc["activation_price"]),
+        quantity=_undec(doc["quantity"]),
+        price_tick=Decimal(doc["price_tick"]),
+        position_id=doc["position_id"],
+        fingerprint=doc["fingerprint"],
+        status=TrailingStopStatus(doc["status"]),
+        created_at_ns=doc["created_at_ns"],
+        updated_at_ns=doc["updated_at_ns"],
+        status_reason=doc["status_reason"],
+        watermark_price=_undec(doc["watermark_price"]),
+        stop_price=_undec(doc["stop_price"]),
+        triggered_price=_undec(doc["triggered_price"]),
+        order_id=doc["order_id"],
+        activated_at_ns=doc["activated_at_ns"],
+        triggered_at_ns=doc["triggered_at_ns"],
+    )
+
+
+def rule_to_dict(rule: ConditionalRule) -> dict[str, Any]:
+    return {
+        "rule_id": rule.rule_id,
+        "user_id": rule.user_id,
+        "trigger_order_id": rule.trigger_order_id,
+        "trigger_exchange": rule.trigger_exchange,
+        "trigger_symbol": rule.trigger_symbol,
+        "condition": rule.condition.value,
+        "cancel_order_ids": list(rule.cancel_order_ids),
+        "created_at_ns": rule.created_at_ns,
+        "updated_at_ns": rule.updated_at_ns,
+        "status": rule.status.value,
+        "status_reason": rule.status_reason,
+        "results": [
+            [result.order_id, result.outcome.value, result.order_status.value, result.error]
+            for result in rule.results
+        ],
+        "triggered_at_ns": rule.triggered_at_ns,
+    }
+
+
+def rule_from_dict(doc: dict[str, Any]) -> ConditionalRule:
+    return ConditionalRule(
+        rule_id=doc["rule_id"],
+        user_id=doc["user_id"],
+        trigger_order_id=doc["trigger_order_id"],
+        trigger_exchange=doc["trigger_exchange"],
+        trigger_symbol=doc["trigger_symbol"],
+        condition=RuleCondition(doc["condition"]),
+        cancel_order_ids=tuple(doc["cancel_order_ids"]),
+        created_at_ns=doc["created_at_ns"],
+        updated_at_ns=doc["updated_at_ns"],
+        status=RuleStatus(doc["status"]),
+        status_reason=doc["status_reason"],
+        results=tuple(
+            RuleCancelResult(order_id, CancelOutcome(outcome), OrderStatus(status), error)
+            for order_id, outcome, status, error in doc["results"]
+        ),
+        triggered_at_ns=doc["triggered_at_ns"],
+    )
+
+
+def encode_trailing_stop(stop: TrailingStop) -> bytes:
+    return orjson.dumps(trailing_stop_to_dict(stop))
+
+
+def decode_trailing_stop(raw: bytes) -> TrailingStop:
+    return trailing_stop_from_dict(orjson.loads(raw))
+
+
+def encode_rule(rule: ConditionalRule) -> bytes:
+    return orjson.dumps(rule_to_dict(rule))
+
+
+def decode_rule(raw: bytes) -> ConditionalRule:
+    return rule_from_dict(orjson.loads(raw))
+
+
 def encode_position(position: Position) -> bytes:
     return orjson.dumps(position_to_dict(position))
 
@@ -260,6 +385,16 @@ def encode_event(event: UserEvent) -> bytes:
             return orjson.dumps({"kind": "fill", "fill": fill_to_dict(fill)})
         case PositionUpdated(position=position):
             return orjson.dumps({"kind": "position", "position": position_to_dict(position)})
+        case TrailingStopUpdated(event_type=event_type, trailing_stop=stop):
+            return orjson.dumps(
+                {
+                    "kind": "trailing_stop",
+                    "type": event_type.value,
+                    "trailing_stop": trailing_stop_to_dict(stop),
+                }
+            )
+        case RuleUpdated(rule=rule):
+            return orjson.dumps({"kind": "rule", "rule": rule_to_dict(rule)})
 
 
 def decode_event(raw: bytes) -> UserEvent:
@@ -271,4 +406,10 @@ def decode_event(raw: bytes) -> UserEvent:
         return FillRecorded(fill_from_dict(doc["fill"]))
     if kind == "position":
         return PositionUpdated(position_from_dict(doc["position"]))
+    if kind == "trailing_stop":
+        return TrailingStopUpdated(
+            TrailingStopEventType(doc["type"]), trailing_stop_from_dict(doc["trailing_stop"])
+        )
+    if kind == "rule":
+        return RuleUpdated(rule_from_dict(doc["rule"]))
     raise ValueError(f"unknown event kind {kind!r} in the event stream")

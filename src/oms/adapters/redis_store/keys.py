@@ -73,6 +73,51 @@ def open_positions(user_id: str) -> str:
     return user_key(user_id, "open_positions")
 
 
+def trailing_stops(user_id: str) -> str:
+    """Hash trailing_stop_id -> trailing stop document."""
+    return user_key(user_id, "trailing_stops")
+
+
+def trailing_client_ids(user_id: str) -> str:
+    """Hash client_id -> trailing_stop_id: idempotency of CreateTrailingStop."""
+    return user_key(user_id, "trailing_client_ids")
+
+
+def trailing_index(user_id: str) -> str:
+    """Zset trailing_stop_id scored by the sequence of its first event: newest-first listing."""
+    return user_key(user_id, "trailing_index")
+
+
+def working_trailing_stops(user_id: str) -> str:
+    """Set of PENDING_ACTIVATION or ACTIVE trailing_stop_ids."""
+    return user_key(user_id, "working_trailing_stops")
+
+
+def rules(user_id: str) -> str:
+    """Hash rule_id -> conditional rule document."""
+    return user_key(user_id, "rules")
+
+
+def rule_index(user_id: str) -> str:
+    """Zset rule_id scored by the sequence of its first event: newest-first listing."""
+    return user_key(user_id, "rule_index")
+
+
+def exchange_trailing_stops(exchange: str) -> str:
+    """Set '<user_id>|<trailing_stop_id>' of working trailing stops (start-up recovery)."""
+    return f"{PREFIX}:x:{exchange}:trailing_stops"
+
+
+def exchange_active_rules(exchange: str) -> str:
+    """Set '<user_id>|<rule_id>' of ACTIVE rules by their trigger's exchange (recovery)."""
+    return f"{PREFIX}:x:{exchange}:active_rules"
+
+
+def pending_rules() -> str:
+    """Set '<user_id>|<rule_id>' of fired rules whose cancels are not finished (recovery)."""
+    return f"{PREFIX}:pending_rules"
+
+
 def exchange_positions(exchange: str) -> str:
     """Set '<user_id>|<exchange>|<symbol>|<side>' of sides with a record (start-up recovery)."""
     return f"{PREFIX}:x:{exchange}:positions"

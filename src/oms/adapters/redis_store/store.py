@@ -21,16 +21,31 @@ from oms.adapters.redis_store.codec import (
     decode_fill,
     decode_order,
     decode_position,
+    decode_rule,
+    decode_trailing_stop,
     encode_event,
     encode_fill,
     encode_order,
     encode_position,
+    encode_rule,
+    encode_trailing_stop,
 )
+from oms.domain.conditional_rules import ConditionalRule, RuleStatus
 from oms.domain.errors import Unavailable
-from oms.domain.events import FillRecorded, PositionUpdated, SequencedEvent
+from oms.domain.events import (
+    FillRecorded,
+    PositionUpdated,
+    RuleUpdated,
+    SequencedEvent,
+    TrailingStopUpdated,
+    Update,
+    UserEvent,
+    WatermarkMoved,
+)
 from oms.domain.fills import Fill
 from oms.domain.orders import Order
 from oms.domain.positions import Position, PositionKey
+from oms.domain.trailing_stops import TrailingStop, TrailingStopEventType
 from oms.engine.ports import (
     Conflict,
     ConflictKind,
@@ -40,6 +55,8 @@ from oms.engine.ports import (
     Page,
     PositionQuery,
     PriceUpdate,
+    RuleQuery,
+    TrailingStopQuery,
 )
 
 P = ParamSpec("P")
@@ -162,13 +179,14 @@ class RedisStore:
         self,
         changes: Sequence[OrderChange],
         prices: Sequence[PriceUpdate] = (),
-        positions: Sequence[PositionUpdated] = (),
+        updates: Sequence[Update] = (),
     ) -> list[SequencedEvent] | Conflict:
-        """Apply order changes, price updates and position updates in one atomic step.
+        """Apply order changes, price updates and other updates in one atomic step.
 
-        Returns the sequenced events, or the Conflict of the first change whose guard failed
-        (nothing is written then). An order may change more than once in one commit: only its
-        first change is guarded, the later ones build on it.
+        Returns the sequenced events (those of `changes`, then those of `updates`), or the
+        Conflict of the first change whose guard failed (nothing is written then). An order
+        may change more than once in one commit: only its first change is guarded, the later
+        ones build on it.
         """
         tx = _Transaction(self._retention)
         guard_owner: dict[int, tuple[ConflictKind, int]] = {}
@@ -193,25 +211,41 @@ class RedisStore:
                     trade_key = f"{event.fill.exchange}|{event.fill.exchange_trade_id}"
                     guard = tx.absent(keys.trade_ids(user), trade_key)
                     guard_owner[guard] = (ConflictKind.DUPLICATE_FILL, index)
+        for index, update in enumerate(updates):
+            if (
+                isinstance(update, TrailingStopUpdated)
+                and update.event_type is TrailingStopEventType.CREATED
+                and update.trailing_stop.client_id
+            ):
+                stop = update.trailing_stop
+                guard = tx.unique(
+                    keys.trailing_client_ids(stop.user_id),
+                    stop.client_id,
+                    keys.trailing_stops(stop.user_id),
+                )
+                guard_owner[guard] = (ConflictKind.TRAILING_CLIENT_ID_TAKEN, index)
         for change in changes:
             self._write_change(tx, change)
-        for update in positions:
-            self._write_position(tx, update)
+        for update in updates:
+            self._write_update(tx, update)
         for price in prices:
             tx.hset(
                 keys.prices(), f"{price.exchange}|{price.symbol}", f"{price.price}|{price.time_ns}"
             )
         reply = await self._commit(keys=tx.keys, args=tx.args)
         if reply[0] == b"ok":
-            published = [event for change in changes for event in change.events]
-            published += positions
+            published: list[UserEvent] = [event for change in changes for event in change.events]
+            published += [update for update in updates if not isinstance(update, WatermarkMoved)]
             return [
                 SequencedEvent(int(seq), event)
                 for seq, event in zip(reply[1:], published, strict=True)
             ]
         kind, index = guard_owner[int(reply[1])]
-        existing = decode_order(reply[3]) if reply[0] == b"exists" else None
-        return Conflict(kind, index, existing)
+        if reply[0] != b"exists":
+            return Conflict(kind, index)
+        if kind is ConflictKind.TRAILING_CLIENT_ID_TAKEN:
+            return Conflict(kind, index, existing_stop=decode_trailing_stop(reply[3]))
+        return Conflict(kind, index, decode_order(reply[3]))
 
     def _write_change(self, tx: _Transaction, change: OrderChange) -> None:
         order = change.order
@@ -239,8 +273,24 @@ class RedisStore:
             tx.srem(keys.open_orders(user), order.order_id)
             tx.srem(keys.exchange_open_orders(order.exchange), member)
 
-    def _write_position(self, tx: _Transaction, update: PositionUpdated) -> None:
-        position = update.position
+    def _write_update(self, tx: _Transaction, update: Update) -> None:
+        match update:
+            case PositionUpdated(position=position):
+                self._write_position(tx, update, position)
+            case TrailingStopUpdated(trailing_stop=stop):
+                self._write_trailing_stop(tx, update, stop)
+            case WatermarkMoved(trailing_stop=stop):
+                tx.hset(
+                    keys.trailing_stops(stop.user_id),
+                    stop.trailing_stop_id,
+                    encode_trailing_stop(stop),
+                )
+            case RuleUpdated(rule=rule):
+                self._write_rule(tx, update, rule)
+
+    def _write_position(
+        self, tx: _Transaction, update: PositionUpdated, position: Position
+    ) -> None:
         user = position.user_id
         event_no = tx.event(user, encode_event(update))
         tx.hset(keys.positions(user), position.position_id, encode_position(position))
@@ -252,6 +302,39 @@ class RedisStore:
         else:
             tx.srem(keys.open_positions(user), position.position_id)
         tx.sadd(keys.exchange_positions(position.exchange), f"{user}|{position.key.field()}")
+
+    def _write_trailing_stop(
+        self, tx: _Transaction, update: TrailingStopUpdated, stop: TrailingStop
+    ) -> None:
+        user, stop_id = stop.user_id, stop.trailing_stop_id
+        event_no = tx.event(user, encode_event(update))
+        tx.hset(keys.trailing_stops(user), stop_id, encode_trailing_stop(stop))
+        if update.event_type is TrailingStopEventType.CREATED:
+            if stop.client_id:
+                tx.hset(keys.trailing_client_ids(user), stop.client_id, stop_id)
+            tx.zadd_at_event(keys.trailing_index(user), event_no, stop_id)
+        member = f"{user}|{stop_id}"
+        if stop.status.is_working:
+            tx.sadd(keys.working_trailing_stops(user), stop_id)
+            tx.sadd(keys.exchange_trailing_stops(stop.exchange), member)
+        else:
+            tx.srem(keys.working_trailing_stops(user), stop_id)
+            tx.srem(keys.exchange_trailing_stops(stop.exchange), member)
+
+    def _write_rule(self, tx: _Transaction, update: RuleUpdated, rule: ConditionalRule) -> None:
+        user = rule.user_id
+        event_no = tx.event(user, encode_event(update))
+        tx.hset(keys.rules(user), rule.rule_id, encode_rule(rule))
+        tx.zadd_at_event(keys.rule_index(user), event_no, rule.rule_id, only_new=True)
+        member = f"{user}|{rule.rule_id}"
+        if rule.status is RuleStatus.ACTIVE:
+            tx.sadd(keys.exchange_active_rules(rule.trigger_exchange), member)
+        else:
+            tx.srem(keys.exchange_active_rules(rule.trigger_exchange), member)
+        if rule.pending:
+            tx.sadd(keys.pending_rules(), member)
+        else:
+            tx.srem(keys.pending_rules(), member)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -275,12 +358,8 @@ class RedisStore:
 
     @_unavailable_when_down
     async def open_orders_on(self, exchange: str) -> list[Order]:
-        members = await self._redis.smembers(keys.exchange_open_orders(exchange))  # type: ignore[misc]
-        pipe = self._redis.pipeline(transaction=False)
-        for member in sorted(members):
-            user_id, order_id = member.decode().split("|", 1)
-            pipe.hget(keys.orders(user_id), order_id)
-        return [decode_order(doc) for doc in await pipe.execute() if doc is not None]
+        docs = await self._members_docs(keys.exchange_open_orders(exchange), keys.orders)
+        return [decode_order(doc) for doc in docs]
 
     @_unavailable_when_down
     async def list_orders(self, query: OrderQuery) -> Page[Order]:
@@ -429,6 +508,99 @@ class RedisStore:
             from_candidates=not query.include_closed,
         )
         return Page([decode_position(doc) for doc, _ in raw[2]], raw[1], raw[0])
+
+    @_unavailable_when_down
+    async def get_orders(self, user_id: str, order_ids: Sequence[str]) -> list[Order | None]:
+        docs = await self._redis.hmget(keys.orders(user_id), list(order_ids))  # type: ignore[misc]
+        return [None if doc is None else decode_order(doc) for doc in docs]
+
+    @_unavailable_when_down
+    async def get_trailing_stop(self, user_id: str, trailing_stop_id: str) -> TrailingStop | None:
+        raw = await self._redis.hget(keys.trailing_stops(user_id), trailing_stop_id)  # type: ignore[misc]
+        return None if raw is None else decode_trailing_stop(raw)
+
+    @_unavailable_when_down
+    async def get_trailing_stop_by_client_id(
+        self, user_id: str, client_id: str
+    ) -> TrailingStop | None:
+        stop_id = await self._redis.hget(keys.trailing_client_ids(user_id), client_id)  # type: ignore[misc]
+        return None if stop_id is None else await self.get_trailing_stop(user_id, stop_id.decode())
+
+    @_unavailable_when_down
+    async def working_trailing_stops_on(self, exchange: str) -> list[TrailingStop]:
+        return [
+            decode_trailing_stop(doc)
+            for doc in await self._members_docs(
+                keys.exchange_trailing_stops(exchange), keys.trailing_stops
+            )
+        ]
+
+    @_unavailable_when_down
+    async def list_trailing_stops(self, query: TrailingStopQuery) -> Page[TrailingStop]:
+        filters: dict[str, list[str]] = {}
+        if query.exchange:
+            filters["exchange"] = [query.exchange]
+        if query.symbol:
+            filters["symbol"] = [query.symbol]
+        if query.position_side is not None:
+            filters["position_side"] = [query.position_side.value]
+        if query.statuses:
+            filters["status"] = [status.value for status in query.statuses]
+        user = query.user_id
+        raw = await self._page(
+            [
+                keys.sequence(user),
+                keys.trailing_index(user),
+                keys.trailing_stops(user),
+                keys.working_trailing_stops(user),
+            ],
+            query.cursor,
+            query.page_size,
+            filters,
+            from_candidates=query.working_only,
+        )
+        return Page([decode_trailing_stop(doc) for doc, _ in raw[2]], raw[1], raw[0])
+
+    @_unavailable_when_down
+    async def get_rule(self, user_id: str, rule_id: str) -> ConditionalRule | None:
+        raw = await self._redis.hget(keys.rules(user_id), rule_id)  # type: ignore[misc]
+        return None if raw is None else decode_rule(raw)
+
+    @_unavailable_when_down
+    async def active_rules_on(self, exchange: str) -> list[ConditionalRule]:
+        docs = await self._members_docs(keys.exchange_active_rules(exchange), keys.rules)
+        return [decode_rule(doc) for doc in docs]
+
+    @_unavailable_when_down
+    async def pending_rules(self) -> list[ConditionalRule]:
+        docs = await self._members_docs(keys.pending_rules(), keys.rules)
+        return [decode_rule(doc) for doc in docs]
+
+    @_unavailable_when_down
+    async def list_rules(self, query: RuleQuery) -> Page[ConditionalRule]:
+        filters: dict[str, list[str]] = {}
+        if query.trigger_order_id:
+            filters["trigger_order_id"] = [query.trigger_order_id]
+        if query.statuses:
+            filters["status"] = [status.value for status in query.statuses]
+        user = query.user_id
+        raw = await self._page(
+            [keys.sequence(user), keys.rule_index(user), keys.rules(user)],
+            query.cursor,
+            query.page_size,
+            filters,
+            from_candidates=False,
+        )
+        return Page([decode_rule(doc) for doc, _ in raw[2]], raw[1], raw[0])
+
+    async def _members_docs(self, members_key: str, docs_key: Callable[[str], str]) -> list[bytes]:
+        """The documents a set of '<user_id>|<id>' members names, in member order."""
+        members = await self._redis.smembers(members_key)  # type: ignore[misc]
+        pipe = self._redis.pipeline(transaction=False)
+        for member in sorted(members):
+            user_id, record_id = member.decode().split("|", 1)
+            pipe.hget(docs_key(user_id), record_id)
+        return [doc for doc in await pipe.execute() if doc is not None]
 
     @_unavailable_when_down
     async def load_prices(self) -> list[PriceUpdate]:

@@ -1,0 +1,182 @@
+"""Conditional rule use cases: create, look up, list and delete rules, and finish fired ones.
+
+A rule is decided on the desk of its trigger order, in the same commit as the change that
+fires it, which leaves it TRIGGERED and pending. `finish` then cancels the listed orders and
+commits the results; a rule still pending at start-up is finished before the server serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from oms.domain.conditional_rules import (
+    CancelOutcome,
+    ConditionalRule,
+    CreateRule,
+    RuleCancelResult,
+    RuleStatus,
+    check_order_id,
+    validate_create_rule,
+)
+from oms.domain.errors import ConcurrentModification, FailedPrecondition, NotFound, OmsError
+from oms.domain.events import RuleUpdated
+from oms.domain.identifiers import check_user_id
+from oms.domain.orders import Order
+from oms.domain.paging import decode_page_token, page_size
+from oms.engine.journal import Journal
+from oms.engine.paper_exchange import PaperExchange
+from oms.engine.ports import Page, RuleQuery, StateStore
+from oms.failpoints import crash_point
+
+log = logging.getLogger(__name__)
+
+
+class ConditionalRules:
+    def __init__(
+        self,
+        store: StateStore,
+        journal: Journal,
+        paper: PaperExchange,
+        new_id: Callable[[], str],
+        clock_ns: Callable[[], int],
+    ) -> None:
+        self._store = store
+        self._journal = journal
+        self._paper = paper
+        self._new_id = new_id
+        self._clock_ns = clock_ns
+        paper.run_rules_with(self.finish)
+
+    async def create(self, command: CreateRule) -> ConditionalRule:
+        trigger_id, condition, cancel_ids = validate_create_rule(command)
+        user = command.user_id
+        trigger, *listed = await self._store.get_orders(user, [trigger_id, *cancel_ids])
+        if trigger is None:
+            raise NotFound(f"trigger_order_id: order {trigger_id} not found for user {user}")
+        missing = [oid for oid, order in zip(cancel_ids, listed, strict=True) if order is None]
+        if missing:
+            raise NotFound(f"cancel_order_ids: order {missing[0]} not found for user {user}")
+        now = self._clock_ns()
+        rule = ConditionalRule(
+            rule_id=self._new_id(),
+            user_id=user,
+            trigger_order_id=trigger.order_id,
+            trigger_exchange=trigger.exchange,
+            trigger_symbol=trigger.symbol,
+            condition=condition,
+            cancel_order_ids=cancel_ids,
+            created_at_ns=now,
+            updated_at_ns=now,
+        )
+        if trigger.is_open:
+            added = await self._paper.add_rule(rule)
+            if added is not None:
+                # Fired at once: the desk's caller has waited for the cancels too.
+                return await self._reread(added) if added.pending else added
+            # The trigger ended meanwhile; a terminal order never changes again.
+            trigger = await self._order(user, trigger_id)
+        return await self._fire_on_terminal(rule, trigger)
+
+    async def _fire_on_terminal(self, rule: ConditionalRule, trigger: Order) -> ConditionalRule:
+        fired = rule.on_trigger_change(trigger, self._clock_ns())
+        if fired is None or not fired.pending:
+            raise FailedPrecondition(
+                f"trigger order {trigger.order_id} is {trigger.status.value}: it can never "
+                f"become {rule.condition.value}, so the rule could never fire"
+            )
+        await self._journal.record([], (), [RuleUpdated(fired)])
+        return await self.finish(fired)
+
+    async def finish(self, rule: ConditionalRule) -> ConditionalRule:
+        """Cancel the listed orders of a fired rule and commit what happened to each.
+
+        Safe to repeat after a crash: an order this rule already cancelled reads as CANCELED
+        with the rule's reason, and is reported as cancelled by it.
+        """
+        crash_point("rule-fired")
+        try:
+            orders = await self._store.get_orders(rule.user_id, rule.cancel_order_ids)
+            results = await asyncio.gather(
+                *(self._cancel(rule, order) for order in orders if order is not None)
+            )
+            finished = rule.finish(results, self._clock_ns())
+            await self._journal.record([], (), [RuleUpdated(finished)])
+            return finished
+        except OmsError:
+            # Left pending in the store; the next start finishes it.
+            log.exception("conditional rule %s: cancels not finished", rule.rule_id)
+            return rule
+
+    async def _cancel(self, rule: ConditionalRule, order: Order) -> RuleCancelResult:
+        if order.is_open:
+            try:
+                canceled = await self._paper.cancel(order, rule.cancel_reason)
+                return RuleCancelResult(order.order_id, CancelOutcome.CANCELED, canceled.status)
+            except FailedPrecondition:
+                order = await self._order(order.user_id, order.order_id)  # ended meanwhile
+            except OmsError as error:
+                return RuleCancelResult(
+                    order.order_id, CancelOutcome.FAILED, order.status, error.message
+                )
+        return rule.result_for(order)
+
+    async def finish_pending(self) -> None:
+        """Start-up: finish every rule that fired before a crash."""
+        for rule in await self._store.pending_rules():
+            log.info("finishing conditional rule %s fired before the restart", rule.rule_id)
+            await self.finish(rule)
+
+    async def get(self, user_id: str, rule_id: str) -> ConditionalRule:
+        check_user_id(user_id)
+        check_order_id(rule_id, "rule_id")
+        rule = await self._store.get_rule(user_id, rule_id)
+        if rule is None:
+            raise NotFound(f"rule {rule_id} not found for user {user_id}")
+        return rule
+
+    async def delete(self, user_id: str, rule_id: str) -> ConditionalRule:
+        rule = await self.get(user_id, rule_id)
+        deleted = rule.delete(self._clock_ns())
+        if deleted is rule:
+            return rule  # already CANCELED: a safe retry
+        outcome = await self._paper.delete_rule(rule)
+        if outcome is not None:
+            return outcome
+        # It fired or was retired meanwhile: answer as for the rule as it is now.
+        current = await self.get(user_id, rule_id)
+        if current.status is RuleStatus.ACTIVE:
+            raise ConcurrentModification(f"rule {rule_id} is not on its trigger's desk")
+        return current.delete(self._clock_ns())
+
+    async def list(
+        self,
+        user_id: str,
+        *,
+        trigger_order_id: str = "",
+        statuses: frozenset[RuleStatus] = frozenset(),
+        size: int = 0,
+        page_token: str = "",
+    ) -> Page[ConditionalRule]:
+        check_user_id(user_id)
+        if trigger_order_id:
+            check_order_id(trigger_order_id, "trigger_order_id")
+        return await self._store.list_rules(
+            RuleQuery(
+                user_id=user_id,
+                page_size=page_size(size),
+                cursor=decode_page_token(page_token),
+                trigger_order_id=trigger_order_id,
+                statuses=statuses,
+            )
+        )
+
+    async def _order(self, user_id: str, order_id: str) -> Order:
+        order = await self._store.get_order(user_id, order_id)
+        if order is None:
+            raise NotFound(f"order {order_id} not found for user {user_id}")
+        return order
+
+    async def _reread(self, rule: ConditionalRule) -> ConditionalRule:
+        return await self.get(rule.user_id, rule.rule_id)

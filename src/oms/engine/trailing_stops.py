@@ -1,0 +1,155 @@
+"""Trailing stop use cases: create, look up, list, cancel and follow trailing stops.
+
+The stops themselves live on the venue desks, which evaluate them on every tick in the same
+commit as the tick's fills; this module validates requests and reads the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from oms.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from oms.domain.events import Heartbeat, SequencedEvent, TrailingStopUpdated, UserEvent
+from oms.domain.identifiers import check_client_order_id, check_user_id
+from oms.domain.markets import MarketCatalog
+from oms.domain.orders import PositionSide
+from oms.domain.paging import decode_page_token, page_size
+from oms.domain.trailing_stops import (
+    CreateTrailingStop,
+    TrailingStop,
+    TrailingStopStatus,
+    validate_create_trailing_stop,
+)
+from oms.engine.order_lifecycle import OrderLifecycle, StreamFilter
+from oms.engine.paper_exchange import PAPER, PaperExchange
+from oms.engine.ports import Page, StateStore, TrailingStopQuery
+from oms.engine.subscriptions import EventHub
+
+
+@dataclass(frozen=True, slots=True)
+class TrailingStopRef:
+    """A trailing stop named by exactly one of its OMS id or client id."""
+
+    user_id: str
+    trailing_stop_id: str = ""
+    client_id: str = ""
+
+
+class TrailingStops:
+    def __init__(
+        self,
+        store: StateStore,
+        catalog: MarketCatalog,
+        orders: OrderLifecycle,
+        paper: PaperExchange,
+        hub: EventHub,
+        new_id: Callable[[], str],
+    ) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._orders = orders
+        self._paper = paper
+        self._hub = hub
+        self._new_id = new_id
+
+    async def create(self, command: CreateTrailingStop) -> TrailingStop:
+        spec = validate_create_trailing_stop(command, self._catalog)
+        if spec.client_id:
+            # A retry is answered by idempotency, not judged again against a moved price.
+            existing = await self._store.get_trailing_stop_by_client_id(
+                spec.user_id, spec.client_id
+            )
+            if existing is not None:
+                return self._same(existing, spec.fingerprint())
+        if spec.market.exchange != PAPER:
+            raise FailedPrecondition(
+                f"no {spec.position_side.value} position on {spec.market.exchange}: trailing "
+                "stops follow the OMS's own positions"
+            )
+        stop, created = await self._paper.create_trailing_stop(spec, self._new_id())
+        return stop if created else self._same(stop, spec.fingerprint())
+
+    @staticmethod
+    def _same(stop: TrailingStop, fingerprint: str) -> TrailingStop:
+        if stop.fingerprint != fingerprint:
+            raise AlreadyExists(
+                f"client_id {stop.client_id!r} already names trailing stop "
+                f"{stop.trailing_stop_id} with different parameters"
+            )
+        return stop
+
+    async def get(self, ref: TrailingStopRef) -> TrailingStop:
+        _check_ref(ref)
+        if ref.trailing_stop_id:
+            stop = await self._store.get_trailing_stop(ref.user_id, ref.trailing_stop_id)
+            name = f"trailing stop {ref.trailing_stop_id}"
+        else:
+            stop = await self._store.get_trailing_stop_by_client_id(ref.user_id, ref.client_id)
+            name = f"trailing stop with client_id {ref.client_id!r}"
+        if stop is None:
+            raise NotFound(f"{name} not found for user {ref.user_id}")
+        return stop
+
+    async def cancel(self, ref: TrailingStopRef) -> TrailingStop:
+        stop = await self.get(ref)
+        if stop.status.is_working:
+            canceled = await self._paper.cancel_trailing_stop(stop)
+            if canceled is not None:
+                return canceled
+            stop = await self.get(ref)  # it triggered or was cancelled meanwhile
+        raise stop.not_working()
+
+    async def list(
+        self,
+        user_id: str,
+        *,
+        exchange: str = "",
+        symbol: str = "",
+        position_side: PositionSide | None = None,
+        working_only: bool = False,
+        statuses: frozenset[TrailingStopStatus] = frozenset(),
+        size: int = 0,
+        page_token: str = "",
+    ) -> Page[TrailingStop]:
+        check_user_id(user_id)
+        exchange, symbol = self._orders.instrument_filter(exchange, symbol)
+        return await self._store.list_trailing_stops(
+            TrailingStopQuery(
+                user_id=user_id,
+                page_size=page_size(size),
+                cursor=decode_page_token(page_token),
+                exchange=exchange,
+                symbol=symbol,
+                position_side=position_side,
+                working_only=working_only,
+                statuses=statuses,
+            )
+        )
+
+    def follow(self, query: StreamFilter) -> AsyncIterator[SequencedEvent | Heartbeat]:
+        check_user_id(query.user_id)
+        exchange, symbol = self._orders.instrument_filter(query.exchange, query.symbol)
+
+        def accept(event: UserEvent) -> bool:
+            if not isinstance(event, TrailingStopUpdated):
+                return False
+            stop = event.trailing_stop
+            return (not exchange or stop.exchange == exchange) and (
+                not symbol or stop.symbol == symbol
+            )
+
+        return self._hub.follow(query.user_id, query.after_sequence, accept)
+
+
+def _check_ref(ref: TrailingStopRef) -> None:
+    check_user_id(ref.user_id)
+    if bool(ref.trailing_stop_id) == bool(ref.client_id):
+        raise InvalidArgument(
+            "trailing_stop_id", "give exactly one of trailing_stop_id and client_id"
+        )
+    if ref.trailing_stop_id:
+        if len(ref.trailing_stop_id) > 64:
+            raise InvalidArgument("trailing_stop_id", "is longer than 64 characters")
+    else:
+        check_client_order_id(ref.client_id, "client_id")

@@ -1,0 +1,784 @@
+"""Conditional (one-cancels-others) rules: CreateConditionalRule, GetConditionalRule,
+ListConditionalRules, DeleteConditionalRule.
+
+Paper exchange, last BTC price 50000: a limit buy below it rests OPEN and fills completely at
+its limit on the first tick at or below it. PublishPrices (the tick that fills a trigger) and
+CancelOrder (that cancels one) return after the rule's cancels are committed, so every check
+below runs right after the call, with no waiting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from fixtures.oms_server import OmsHarness
+from fixtures.positions import ETH, SOL, expect_code, expect_invalid, redis_snapshot
+from fixtures.rules import (
+    ACTIVE,
+    CANCELED,
+    FILLED,
+    OUT_ALREADY_TERMINAL,
+    OUT_CANCELED,
+    PARTIALLY_FILLED,
+    RULE_CANCEL_PREFIX,
+    RULE_CANCELED,
+    TRIGGERED,
+    UNKNOWN_ID,
+    UNKNOWN_ID_2,
+    Condition,
+    all_cancelled,
+    all_rules,
+    assert_active,
+    assert_cancelled_by_rule,
+    assert_rule_canceled,
+    assert_triggered,
+    cancel_order,
+    create_request,
+    create_rule,
+    delete_rule,
+    fill_count,
+    fresh_user,
+    get_rule,
+    list_rules,
+    order_of,
+    place_order,
+    publish,
+    resting,
+)
+from fixtures.trading import BTC
+from tradingboost.oms.v1 import conditional_rule_pb2, order_pb2
+from tradingboost.oms.v1 import order_service_pb2 as opb
+
+S = order_pb2
+R = conditional_rule_pb2
+OPEN = S.ORDER_STATUS_OPEN
+
+# Limit buy prices with the last price at 50000: a tick at A's price fills A and nothing below.
+A_PRICE, B_PRICE, C_PRICE, D_PRICE = "49500", "49000", "48500", "48000"
+
+
+@dataclass
+class Book:
+    """Four resting limit buys of one fresh user: A (the trigger), B, C, D."""
+
+    user: str
+    a: order_pb2.Order
+    b: order_pb2.Order
+    c: order_pb2.Order
+    d: order_pb2.Order
+
+
+async def book(oms: OmsHarness) -> Book:
+    user = fresh_user()
+    await publish(oms.market, "50000")
+    return Book(
+        user=user,
+        a=await resting(oms.orders, user, A_PRICE),
+        b=await resting(oms.orders, user, B_PRICE),
+        c=await resting(oms.orders, user, C_PRICE),
+        d=await resting(oms.orders, user, D_PRICE),
+    )
+
+
+async def fill_a(oms: OmsHarness, bk: Book) -> None:
+    await publish(oms.market, A_PRICE)
+    assert (await order_of(oms.orders, bk.user, bk.a.order_id)).status == S.ORDER_STATUS_FILLED
+
+
+async def status_of(oms: OmsHarness, user: str, order_id: str) -> int:
+    return (await order_of(oms.orders, user, order_id)).status
+
+
+# --- firing ---------------------------------------------------------------------------------
+
+
+async def test_filled_trigger_cancels_the_listed_orders_and_nothing_else(
+    oms: OmsHarness,
+) -> None:
+    bk = await book(oms)
+    listed = [bk.c.order_id, bk.b.order_id]  # not in placement order: results follow this list
+    rule = await create_rule(oms.orders, bk.user, bk.a.order_id, FILLED, listed)
+    assert_active(rule, bk.user, bk.a.order_id, FILLED, listed)
+    assert await get_rule(oms.orders, bk.user, rule.rule_id) == rule
+    d_before = await order_of(oms.orders, bk.user, bk.d.order_id)
+
+    await fill_a(oms, bk)
+
+    await assert_cancelled_by_rule(oms.orders, bk.user, bk.b.order_id, bk.c.order_id)
+    assert await order_of(oms.orders, bk.user, bk.d.order_id) == d_before
+    fired = await get_rule(oms.orders, bk.user, rule.rule_id)
+    assert_triggered(fired, all_cancelled(bk.c.order_id, bk.b.order_id))
+    assert (fired.rule_id, fired.user_id, fired.trigger_order_id, fired.condition) == (
+        rule.rule_id,
+        bk.user,
+        bk.a.order_id,
+        FILLED,
+    )
+    assert fired.created_at == rule.created_at
+
+    # The cancels reached the exchange: ticks at B's and C's limits fill neither; D fills.
+    await publish(oms.market, C_PRICE)
+    await publish(oms.market, D_PRICE)
+    for order_id in (bk.b.order_id, bk.c.order_id):
+        assert await status_of(oms, bk.user, order_id) == S.ORDER_STATUS_CANCELED
+        assert await fill_count(oms.orders, bk.user, order_id) == 0
+    assert await status_of(oms, bk.user, bk.d.order_id) == S.ORDER_STATUS_FILLED
+    # Fired once: later events leave the rule as it was.
+    assert await get_rule(oms.orders, bk.user, rule.rule_id) == fired
+
+
+async def test_partially_filled_rule_fires_on_a_fill_that_completes_the_trigger(
+    oms: OmsHarness,
+) -> None:
+    bk = await book(oms)
+    listed = [bk.b.order_id, bk.c.order_id]
+    rule = await create_rule(oms.orders, bk.user, bk.a.order_id, PARTIALLY_FILLED, listed)
+    assert_active(rule, bk.user, bk.a.order_id, PARTIALLY_FILLED, listed)
+
+    await fill_a(oms, bk)
+
+    await assert_cancelled_by_rule(oms.orders, bk.user, *listed)
+    assert await status_of(oms, bk.user, bk.d.order_id) == OPEN
+    assert_triggered(await get_rule(oms.orders, bk.user, rule.rule_id), all_cancelled(*listed))
+
+
+async def test_canceled_rule_fires_when_the_trigger_is_cancelled(oms: OmsHarness) -> None:
+    bk = await book(oms)
+    listed = [bk.b.order_id, bk.c.order_id]
+    rule = await create_rule(oms.orders, bk.user, bk.a.order_id, CANCELED, listed)
+    assert_active(rule, bk.user, bk.a.order_id, CANCELED, listed)
+
+    cancelled = await cancel_order(oms.orders, bk.user, bk.a.order_id)
+    assert cancelled.status == S.ORDER_STATUS_CANCELED
+
+    await assert_cancelled_by_rule(oms.orders, bk.user, *listed)
+    assert await status_of(oms, bk.user, bk.d.order_id) == OPEN
+    assert_triggered(await get_rule(oms.orders, bk.user, rule.rule_id), all_cancelled(*listed))
+
+
+async def test_canceled_rule_whose_trigger_fills_instead_is_cancelled_and_never_fires(
+    oms: OmsHarness,
+) -> None:
+    bk = await book(oms)
+    rule = await create_rule(oms.orders, bk.user, bk.a.order_id, CANCELED, [bk.b.order_id])
+    b_before = await order_of(oms.orders, bk.user, bk.b.order_id)
+
+    await fill_a(oms, bk)
+
+    assert await order_of(oms.orders, bk.user, bk.b.order_id) == b_before
+    after = await get_rule(oms.orders, bk.user, rule.rule_id)
+    assert_rule_canceled(after, "trigger_order_terminal")
+    assert list(after.cancel_order_ids) == [bk.b.order_id]
+
+
+async def test_fill_rules_whose_trigger_is_cancelled_are_cancelled_and_never_fire(
+    oms: OmsHarness,
+) -> None:
+    bk = await book(oms)
+    on_fill = await create_rule(oms.orders, bk.user, bk.a.order_id, FILLED, [bk.b.order_id])
+    on_first_fill = await create_rule(
+        oms.orders, bk.user, bk.a.order_id, PARTIALLY_FILLED, [bk.c.order_id]
+    )
+
+    await cancel_order(oms.orders, bk.user, bk.a.order_id)
+
+    for rule in (on_fill, on_first_fill):
+        assert_rule_canceled(
+            await get_rule(oms.orders, bk.user, rule.rule_id), "trigger_order_terminal"
+        )
+    for order in (bk.b, bk.c, bk.d):
+        assert await status_of(oms, bk.user, order.order_id) == OPEN
+
+
+async def _filled(oms: OmsHarness, user: str) -> order_pb2.Order:
+    order = await place_order(oms.orders, user)  # market: fills at once
+    assert order.status == S.ORDER_STATUS_FILLED, order
+    return order
+
+
+async def _cancelled(oms: OmsHarness, user: str) -> order_pb2.Order:
+    order = await resting(oms.orders, user, "47000")
+    order = await cancel_order(oms.orders, user, order.order_id)
+    assert order.status == S.ORDER_STATUS_CANCELED, order
+    return order
+
+
+async def _rejected(oms: OmsHarness, user: str) -> order_pb2.Order:
+    order = await place_order(oms.orders, user, symbol=SOL)  # no SOL price yet: "no price"
+    assert order.status == S.ORDER_STATUS_REJECTED, order
+    return order
+
+
+async def _expired(oms: OmsHarness, user: str) -> order_pb2.Order:
+    order = await place_order(
+        oms.orders,
+        user,
+        type=S.ORDER_TYPE_LIMIT,
+        price="47000",
+        time_in_force=S.TIME_IN_FORCE_IOC,
+    )
+    assert order.status == S.ORDER_STATUS_EXPIRED, order
+    return order
+
+
+MakeTrigger = Callable[[OmsHarness, str], Awaitable[order_pb2.Order]]
+
+PAST_THE_CONDITION: list[tuple[Condition, MakeTrigger]] = [
+    (FILLED, _filled),
+    (PARTIALLY_FILLED, _filled),
+    (CANCELED, _cancelled),
+]
+
+
+@pytest.mark.parametrize(
+    ("condition", "make_trigger"),
+    PAST_THE_CONDITION,
+    ids=["filled", "partially_filled-on-filled", "canceled"],
+)
+async def test_trigger_already_past_the_condition_fires_at_creation(
+    oms: OmsHarness, condition: Condition, make_trigger: MakeTrigger
+) -> None:
+    bk = await book(oms)
+    trigger = await make_trigger(oms, bk.user)
+    d_before = await order_of(oms.orders, bk.user, bk.d.order_id)
+    listed = [bk.c.order_id, bk.b.order_id]
+
+    rule = await create_rule(oms.orders, bk.user, trigger.order_id, condition, listed)
+
+    assert len(rule.rule_id) == 26
+    assert (rule.user_id, rule.trigger_order_id, rule.condition) == (
+        bk.user,
+        trigger.order_id,
+        condition,
+    )
+    assert_triggered(rule, all_cancelled(*listed))
+    await assert_cancelled_by_rule(oms.orders, bk.user, *listed)
+    assert await order_of(oms.orders, bk.user, bk.d.order_id) == d_before
+    assert await get_rule(oms.orders, bk.user, rule.rule_id) == rule
+
+
+NEVER_MEETS_THE_CONDITION: list[tuple[Condition, MakeTrigger]] = [
+    (FILLED, _cancelled),
+    (PARTIALLY_FILLED, _cancelled),  # cancelled with no fill
+    (CANCELED, _filled),
+    (FILLED, _rejected),
+    (PARTIALLY_FILLED, _rejected),
+    (CANCELED, _rejected),
+    (FILLED, _expired),
+    (PARTIALLY_FILLED, _expired),
+    (CANCELED, _expired),
+]
+
+
+@pytest.mark.parametrize(
+    ("condition", "make_trigger"),
+    NEVER_MEETS_THE_CONDITION,
+    ids=[
+        f"{R.RuleCondition.Name(c).removeprefix('RULE_CONDITION_').lower()}-on-"
+        f"{m.__name__.strip('_')}"
+        for c, m in NEVER_MEETS_THE_CONDITION
+    ],
+)
+async def test_trigger_terminal_without_the_condition_is_failed_precondition(
+    oms: OmsHarness, redis_url: str, condition: Condition, make_trigger: MakeTrigger
+) -> None:
+    bk = await book(oms)
+    trigger = await make_trigger(oms, bk.user)
+    before = await redis_snapshot(redis_url)
+
+    await expect_code(
+        oms.orders.CreateConditionalRule(
+            create_request(bk.user, trigger.order_id, condition, [bk.b.order_id])
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+
+    assert await redis_snapshot(redis_url) == before
+    assert await all_rules(oms.orders, bk.user) == []
+    assert await status_of(oms, bk.user, bk.b.order_id) == OPEN
+
+
+async def test_listed_orders_already_terminal_when_the_rule_fires_are_already_terminal(
+    oms: OmsHarness,
+) -> None:
+    bk = await book(oms)
+    fills_first = await resting(oms.orders, bk.user, "49800")  # above A: fills on its own tick
+    listed = [fills_first.order_id, bk.b.order_id, bk.c.order_id]
+    rule = await create_rule(oms.orders, bk.user, bk.a.order_id, FILLED, listed)
+    assert_active(rule, bk.user, bk.a.order_id, FILLED, listed)
+
+    await publish(oms.market, "49800")
+    assert await status_of(oms, bk.user, fills_first.order_id) == S.ORDER_STATUS_FILLED
+    assert await status_of(oms, bk.user, bk.a.order_id) == OPEN
+    user_cancelled = await cancel_order(oms.orders, bk.user, bk.b.order_id)
+    assert user_cancelled.status == S.ORDER_STATUS_CANCELED
+    assert (await get_rule(oms.orders, bk.user, rule.rule_id)).status == ACTIVE
+
+    await fill_a(oms, bk)
+
+    assert_triggered(
+        await get_rule(oms.orders, bk.user, rule.rule_id),
+        [
+            (fills_first.order_id, OUT_ALREADY_TERMINAL, S.ORDER_STATUS_FILLED),
+            (bk.b.order_id, OUT_ALREADY_TERMINAL, S.ORDER_STATUS_CANCELED),
+            (bk.c.order_id, OUT_CANCELED, S.ORDER_STATUS_CANCELED),
+        ],
+    )
+    # Nothing was sent for the terminal ones: they are as they were.
+    assert await fill_count(oms.orders, bk.user, fills_first.order_id) == 1
+    b_now = await order_of(oms.orders, bk.user, bk.b.order_id)
+    assert b_now == user_cancelled
+    assert not b_now.cancel_reason.startswith(RULE_CANCEL_PREFIX)
+    await assert_cancelled_by_rule(oms.orders, bk.user, bk.c.order_id)
+    assert await status_of(oms, bk.user, bk.d.order_id) == OPEN
+
+
+async def test_a_rule_may_span_symbols(oms: OmsHarness) -> None:
+    user = fresh_user()
+    for symbol, price in ((BTC, "50000"), (ETH, "3000"), (SOL, "100")):
+        await publish(oms.market, price, symbol)
+    a = await resting(oms.orders, user, A_PRICE)
+    b = await resting(oms.orders, user, "2900", ETH)
+    c = await resting(oms.orders, user, "90", SOL)
+    d = await resting(oms.orders, user, "2800", ETH)  # same symbol as B, not listed
+    rule = await create_rule(oms.orders, user, a.order_id, FILLED, [b.order_id, c.order_id])
+    assert_active(rule, user, a.order_id, FILLED, [b.order_id, c.order_id])
+
+    await publish(oms.market, A_PRICE)
+
+    assert await status_of(oms, user, a.order_id) == S.ORDER_STATUS_FILLED
+    await assert_cancelled_by_rule(oms.orders, user, b.order_id, c.order_id)
+    assert await status_of(oms, user, d.order_id) == OPEN
+    assert_triggered(
+        await get_rule(oms.orders, user, rule.rule_id), all_cancelled(b.order_id, c.order_id)
+    )
+    # Gone from the exchange: ticks at their limits fill nothing.
+    await publish(oms.market, "2900", ETH)
+    await publish(oms.market, "90", SOL)
+    assert await fill_count(oms.orders, user, b.order_id) == 0
+    assert await fill_count(oms.orders, user, c.order_id) == 0
+
+
+async def test_two_rules_on_one_trigger_both_fire(oms: OmsHarness) -> None:
+    bk = await book(oms)
+    untouched = await resting(oms.orders, bk.user, "47000")
+    first = await create_rule(
+        oms.orders, bk.user, bk.a.order_id, FILLED, [bk.b.order_id, bk.c.order_id]
+    )
+    second = await create_rule(
+        oms.orders, bk.user, bk.a.order_id, PARTIALLY_FILLED, [bk.d.order_id, bk.c.order_id]
+    )
+    assert first.rule_id != second.rule_id
+
+    await fill_a(oms, bk)
+
+    await assert_cancelled_by_rule(oms.orders, bk.user, bk.b.order_id, bk.c.order_id)
+    await assert_cancelled_by_rule(oms.orders, bk.user, bk.d.order_id)
+    assert await status_of(oms, bk.user, untouched.order_id) == OPEN
+    first_now = await get_rule(oms.orders, bk.user, first.rule_id)
+    second_now = await get_rule(oms.orders, bk.user, second.rule_id)
+    assert first_now.status == TRIGGERED
+    assert second_now.status == TRIGGERED
+    assert first_now.HasField("triggered_at")
+    assert second_now.HasField("triggered_at")
+    assert [(r.order_id, r.order_status) for r in first_now.results] == [
+        (bk.b.order_id, S.ORDER_STATUS_CANCELED),
+        (bk.c.order_id, S.ORDER_STATUS_CANCELED),
+    ]
+    assert [(r.order_id, r.order_status) for r in second_now.results] == [
+        (bk.d.order_id, S.ORDER_STATUS_CANCELED),
+        (bk.c.order_id, S.ORDER_STATUS_CANCELED),
+    ]
+    assert first_now.results[0].outcome == OUT_CANCELED
+    assert second_now.results[0].outcome == OUT_CANCELED
+    # C is listed by both: one of them cancelled it; the other cancelled it or found it
+    # already cancelled. Never a failed cancel.
+    c_outcomes = {first_now.results[1].outcome, second_now.results[1].outcome}
+    assert OUT_CANCELED in c_outcomes
+    assert c_outcomes <= {OUT_CANCELED, OUT_ALREADY_TERMINAL}
+
+
+async def test_a_rule_may_list_100_orders(oms: OmsHarness) -> None:
+    user = fresh_user()
+    await publish(oms.market, "50000")
+    a = await resting(oms.orders, user, A_PRICE)
+    listed = [(await resting(oms.orders, user, f"{40000 + i}")).order_id for i in range(100)]
+    rule = await create_rule(oms.orders, user, a.order_id, FILLED, listed)
+    assert_active(rule, user, a.order_id, FILLED, listed)
+
+    await publish(oms.market, A_PRICE)
+
+    assert_triggered(await get_rule(oms.orders, user, rule.rule_id), all_cancelled(*listed))
+    await assert_cancelled_by_rule(oms.orders, user, *listed)
+
+
+# --- refused creates ------------------------------------------------------------------------
+
+
+@dataclass
+class Ids:
+    user: str
+    a: str
+    b: str
+    c: str
+    many: list[str]  # more open orders of the user (BadCreate.extra_orders of them)
+    foreign: str  # an open order of another user
+
+
+async def _ids(oms: OmsHarness, extra_orders: int) -> Ids:
+    bk = await book(oms)
+    many = [
+        (await resting(oms.orders, bk.user, f"{40000 + i}")).order_id for i in range(extra_orders)
+    ]
+    other = fresh_user("other")
+    foreign = await resting(oms.orders, other, A_PRICE)
+    return Ids(bk.user, bk.a.order_id, bk.b.order_id, bk.c.order_id, many, foreign.order_id)
+
+
+@dataclass
+class BadCreate:
+    name: str
+    code: grpc.StatusCode
+    # INVALID_ARGUMENT: the field the message starts with. NOT_FOUND: which id (an attribute
+    # of the request, or "foreign"/"unknown") the message must name.
+    names: str
+    change: Callable[[Ids], dict[str, Any]]
+    extra_orders: int = 0
+
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+
+BAD_CREATES: list[BadCreate] = [
+    BadCreate("user_id-empty", INVALID, "user_id", lambda i: {"user_id": ""}),
+    BadCreate("user_id-chars", INVALID, "user_id", lambda i: {"user_id": "bad user!"}),
+    BadCreate("user_id-65", INVALID, "user_id", lambda i: {"user_id": "u" * 65}),
+    BadCreate(
+        "trigger_order_id-empty", INVALID, "trigger_order_id", lambda i: {"trigger_order_id": ""}
+    ),
+    BadCreate(
+        "condition-unspecified",
+        INVALID,
+        "condition",
+        lambda i: {"condition": R.RULE_CONDITION_UNSPECIFIED},
+    ),
+    BadCreate("condition-99", INVALID, "condition", lambda i: {"condition": 99}),
+    BadCreate(
+        "cancel_order_ids-empty", INVALID, "cancel_order_ids", lambda i: {"cancel_order_ids": []}
+    ),
+    BadCreate(
+        "cancel_order_ids-duplicate",
+        INVALID,
+        "cancel_order_ids",
+        lambda i: {"cancel_order_ids": [i.b, i.c, i.b]},
+    ),
+    BadCreate(
+        "cancel_order_ids-101",
+        INVALID,
+        "cancel_order_ids",
+        lambda i: {"cancel_order_ids": i.many},
+        extra_orders=101,
+    ),
+    BadCreate(
+        "cancel_order_ids-has-trigger",
+        INVALID,
+        "cancel_order_ids",
+        lambda i: {"cancel_order_ids": [i.b, i.a]},
+    ),
+    BadCreate("trigger-unknown", NOT_FOUND, "trigger", lambda i: {"trigger_order_id": UNKNOWN_ID}),
+    BadCreate("trigger-garbage", NOT_FOUND, "trigger", lambda i: {"trigger_order_id": "NOPE"}),
+    BadCreate(
+        "trigger-of-another-user",
+        NOT_FOUND,
+        "trigger",
+        lambda i: {"trigger_order_id": i.foreign},
+    ),
+    BadCreate(
+        "cancel-unknown",
+        NOT_FOUND,
+        "unknown",
+        lambda i: {"cancel_order_ids": [i.b, UNKNOWN_ID_2]},
+    ),
+    BadCreate(
+        "cancel-of-another-user",
+        NOT_FOUND,
+        "foreign",
+        lambda i: {"cancel_order_ids": [i.foreign, i.c]},
+    ),
+    BadCreate(
+        "another-user-naming-these-orders",
+        NOT_FOUND,
+        "trigger",
+        lambda i: {"user_id": fresh_user("stranger")},
+    ),
+]
+
+
+@pytest.mark.parametrize("case", BAD_CREATES, ids=[case.name for case in BAD_CREATES])
+async def test_refused_create_names_the_problem_and_changes_nothing(
+    oms: OmsHarness, redis_url: str, case: BadCreate
+) -> None:
+    ids = await _ids(oms, case.extra_orders)
+    values: dict[str, Any] = {
+        "user_id": ids.user,
+        "trigger_order_id": ids.a,
+        "condition": FILLED,
+        "cancel_order_ids": [ids.b, ids.c],
+    }
+    values.update(case.change(ids))
+    before = await redis_snapshot(redis_url)
+
+    call = oms.orders.CreateConditionalRule(opb.CreateConditionalRuleRequest(**values))
+    if case.code == INVALID:
+        await expect_invalid(call, case.names)
+    else:
+        details = await expect_code(call, case.code)
+        named = {
+            "trigger": values["trigger_order_id"],
+            "unknown": UNKNOWN_ID_2,
+            "foreign": ids.foreign,
+        }[case.names]
+        if case.names == "trigger":
+            assert named in details or "trigger_order_id" in details, details
+        else:
+            assert named in details, details
+
+    assert await redis_snapshot(redis_url) == before
+    assert await all_rules(oms.orders, ids.user) == []
+    # The same orders with a valid request make a rule: the refusal was about the change.
+    rule = await create_rule(oms.orders, ids.user, ids.a, FILLED, [ids.b, ids.c])
+    assert rule.status == ACTIVE
+
+
+# --- get ------------------------------------------------------------------------------------
+
+
+async def test_get_rule_returns_it_within_its_user_only(oms: OmsHarness) -> None:
+    bk = await book(oms)
+    rule = await create_rule(oms.orders, bk.user, bk.a.order_id, FILLED, [bk.b.order_id])
+    assert await get_rule(oms.orders, bk.user, rule.rule_id) == rule
+
+    stranger = fresh_user("stranger")
+    for user, rule_id in ((stranger, rule.rule_id), (bk.user, UNKNOWN_ID), (bk.user, "NOPE")):
+        await expect_code(
+            oms.orders.GetConditionalRule(
+                opb.GetConditionalRuleRequest(user_id=user, rule_id=rule_id)
+            ),
+            grpc.StatusCode.NOT_FOUND,
+        )
+    await expect_invalid(
+        oms.orders.GetConditionalRule(opb.GetConditionalRuleRequest(user_id=bk.user)), "rule_id"
+    )
+    for bad_user in ("", "bad user!", "u" * 65):
+        await expect_invalid(
+            oms.orders.GetConditionalRule(
+                opb.GetConditionalRuleRequest(user_id=bad_user, rule_id=rule.rule_id)
+            ),
+            "user_id",
+        )
+
+
+# --- list -----------------------------------------------------------------------------------
+
+
+async def test_list_rules_newest_first_paged(oms: OmsHarness) -> None:
+    bk = await book(oms)
+    created = [
+        await create_rule(oms.orders, bk.user, bk.a.order_id, FILLED, [order.order_id])
+        for order in (bk.b, bk.c, bk.d, bk.b, bk.c)
+    ]
+    newest_first = [rule.rule_id for rule in reversed(created)]
+
+    everything = await list_rules(oms.orders, bk.user)  # page_size 0: up to 100
+    assert [rule.rule_id for rule in everything.rules] == newest_first
+    assert list(everything.rules) == list(reversed(created))
+    assert everything.next_page_token == ""
+    assert everything.as_of_sequence > 0
+    capped = await list_rules(oms.orders, bk.user, page_size=5000)
+    assert [rule.rule_id for rule in capped.rules] == newest_first
+
+    pages: list[list[str]] = []
+    token = ""
+    while True:
+        page = await list_rules(oms.orders, bk.user, page_size=2, page_token=token)
+        pages.append([rule.rule_id for rule in page.rules])
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages == [newest_first[0:2], newest_first[2:4], newest_first[4:5]]
+
+    assert (await list_rules(oms.orders, fresh_user("stranger"))).rules == []
+
+
+async def test_list_rules_filters_by_trigger_and_status(oms: OmsHarness) -> None:
+    bk = await book(oms)
+    other_trigger = await resting(oms.orders, bk.user, "49900")
+    waiting = await create_rule(oms.orders, bk.user, bk.a.order_id, FILLED, [bk.b.order_id])
+    fires = await create_rule(oms.orders, bk.user, other_trigger.order_id, FILLED, [bk.c.order_id])
+    deleted = await create_rule(oms.orders, bk.user, bk.a.order_id, FILLED, [bk.d.order_id])
+    await delete_rule(oms.orders, bk.user, deleted.rule_id)
+    before_fire = await list_rules(oms.orders, bk.user)
+    await publish(oms.market, "49900")  # fills other_trigger only
+    assert (await get_rule(oms.orders, bk.user, fires.rule_id)).status == TRIGGERED
+
+    async def ids(**filters: Any) -> list[str]:
+        return [rule.rule_id for rule in (await list_rules(oms.orders, bk.user, **filters)).rules]
+
+    assert await ids() == [deleted.rule_id, fires.rule_id, waiting.rule_id]
+    assert await ids(trigger_order_id=bk.a.order_id) == [deleted.rule_id, waiting.rule_id]
+    assert await ids(trigger_order_id=other_trigger.order_id) == [fires.rule_id]
+    assert await ids(trigger_order_id=bk.b.order_id) == []
+    assert await ids(statuses=[ACTIVE]) == [waiting.rule_id]
+    assert await ids(statuses=[TRIGGERED]) == [fires.rule_id]
+    assert await ids(statuses=[RULE_CANCELED]) == [deleted.rule_id]
+    assert await ids(statuses=[TRIGGERED, RULE_CANCELED]) == [deleted.rule_id, fires.rule_id]
+    assert await ids(trigger_order_id=bk.a.order_id, statuses=[TRIGGERED]) == []
+    assert await ids(trigger_order_id=bk.a.order_id, statuses=[RULE_CANCELED, ACTIVE]) == [
+        deleted.rule_id,
+        waiting.rule_id,
+    ]
+
+    first = await list_rules(oms.orders, bk.user, statuses=[ACTIVE, RULE_CANCELED], page_size=1)
+    assert [rule.rule_id for rule in first.rules] == [deleted.rule_id]
+    assert first.next_page_token
+    second = await list_rules(
+        oms.orders,
+        bk.user,
+        statuses=[ACTIVE, RULE_CANCELED],
+        page_size=1,
+        page_token=first.next_page_token,
+    )
+    assert [rule.rule_id for rule in second.rules] == [waiting.rule_id]
+
+    listed = await list_rules(oms.orders, bk.user)
+    assert list(listed.rules) == [
+        await get_rule(oms.orders, bk.user, rule_id)
+        for rule_id in (deleted.rule_id, fires.rule_id, waiting.rule_id)
+    ]
+    assert listed.as_of_sequence >= before_fire.as_of_sequence > 0
+
+
+BAD_LISTS: list[tuple[str, dict[str, Any]]] = [
+    ("user_id", {"user_id": ""}),
+    ("user_id", {"user_id": "bad user!"}),
+    # The message names the offending element, as ListOrders does.
+    ("statuses[0]", {"statuses": [R.RULE_STATUS_UNSPECIFIED]}),
+    ("statuses[1]", {"statuses": [R.RULE_STATUS_ACTIVE, R.RULE_STATUS_UNSPECIFIED]}),
+    ("statuses[0]", {"statuses": [99]}),
+    ("page_size", {"page_size": -1}),
+    ("page_token", {"page_token": "not-a-token"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "change"), BAD_LISTS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_LISTS)]
+)
+async def test_bad_list_rules_names_the_field(
+    oms: OmsHarness, field: str, change: dict[str, Any]
+) -> None:
+    values: dict[str, Any] = {"user_id": fresh_user()}
+    values.update(change)
+    await expect_invalid(
+        oms.orders.ListConditionalRules(opb.ListConditionalRulesRequest(**values)), field
+    )
+
+
+# --- delete ---------------------------------------------------------------------------------
+
+
+async def test_deleted_rule_is_cancelled_and_never_fires(oms: OmsHarness) -> None:
+    bk = await book(oms)
+    listed = [bk.b.order_id, bk.c.order_id]
+    rule = await create_rule(oms.orders, bk.user, bk.a.order_id, FILLED, listed)
+
+    deleted = await delete_rule(oms.orders, bk.user, rule.rule_id)
+
+    assert_rule_canceled(deleted, "deleted")
+    assert (deleted.rule_id, deleted.trigger_order_id, deleted.condition) == (
+        rule.rule_id,
+        bk.a.order_id,
+        FILLED,
+    )
+    assert list(deleted.cancel_order_ids) == listed
+    assert deleted.created_at == rule.created_at
+    assert await get_rule(oms.orders, bk.user, rule.rule_id) == deleted
+
+    await fill_a(oms, bk)
+
+    for order in (bk.b, bk.c, bk.d):
+        assert await status_of(oms, bk.user, order.order_id) == OPEN
+    assert await get_rule(oms.orders, bk.user, rule.rule_id) == deleted
+    # A safe retry: the same CANCELED rule, unchanged.
+    assert await delete_rule(oms.orders, bk.user, rule.rule_id) == deleted
+
+
+async def test_deleting_a_rule_cancelled_by_its_trigger_returns_it_unchanged(
+    oms: OmsHarness,
+) -> None:
+    bk = await book(oms)
+    rule = await create_rule(oms.orders, bk.user, bk.a.order_id, CANCELED, [bk.b.order_id])
+    await fill_a(oms, bk)
+    cancelled = await get_rule(oms.orders, bk.user, rule.rule_id)
+    assert_rule_canceled(cancelled, "trigger_order_terminal")
+
+    assert await delete_rule(oms.orders, bk.user, rule.rule_id) == cancelled
+    assert await get_rule(oms.orders, bk.user, rule.rule_id) == cancelled
+
+
+async def test_deleting_a_triggered_rule_is_failed_precondition(
+    oms: OmsHarness, redis_url: str
+) -> None:
+    bk = await book(oms)
+    rule = await create_rule(oms.orders, bk.user, bk.a.order_id, FILLED, [bk.b.order_id])
+    await fill_a(oms, bk)
+    fired = await get_rule(oms.orders, bk.user, rule.rule_id)
+    assert_triggered(fired, all_cancelled(bk.b.order_id))
+    before = await redis_snapshot(redis_url)
+
+    await expect_code(
+        oms.orders.DeleteConditionalRule(
+            opb.DeleteConditionalRuleRequest(user_id=bk.user, rule_id=rule.rule_id)
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+
+    assert await redis_snapshot(redis_url) == before
+    assert await get_rule(oms.orders, bk.user, rule.rule_id) == fired
+
+
+async def test_refused_deletes_change_nothing(oms: OmsHarness, redis_url: str) -> None:
+    bk = await book(oms)
+    listed = [bk.b.order_id]
+    rule = await create_rule(oms.orders, bk.user, bk.a.order_id, FILLED, listed)
+    before = await redis_snapshot(redis_url)
+    stranger = fresh_user("stranger")
+
+    for user, rule_id in ((stranger, rule.rule_id), (bk.user, UNKNOWN_ID), (bk.user, "NOPE")):
+        await expect_code(
+            oms.orders.DeleteConditionalRule(
+                opb.DeleteConditionalRuleRequest(user_id=user, rule_id=rule_id)
+            ),
+            grpc.StatusCode.NOT_FOUND,
+        )
+    await expect_invalid(
+        oms.orders.DeleteConditionalRule(opb.DeleteConditionalRuleRequest(user_id=bk.user)),
+        "rule_id",
+    )
+    for bad_user in ("", "bad user!"):
+        await expect_invalid(
+            oms.orders.DeleteConditionalRule(
+                opb.DeleteConditionalRuleRequest(user_id=bad_user, rule_id=rule.rule_id)
+            ),
+            "user_id",
+        )
+
+    assert await redis_snapshot(redis_url) == before
+    assert await get_rule(oms.orders, bk.user, rule.rule_id) == rule
+    # Still ACTIVE, so it still fires.
+    await fill_a(oms, bk)
+    assert_triggered(await get_rule(oms.orders, bk.user, rule.rule_id), all_cancelled(*listed))
+    await assert_cancelled_by_rule(oms.orders, bk.user, *listed)

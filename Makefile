@@ -28,6 +28,7 @@ lint: $(VENV_STAMP)
 # load-generator process. BENCH_ARGS="--seconds 10" for steadier figures.
 bench: $(VENV_STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.trailing
 
 # Create $(VENV) and install the project (editable) with its dev extras.
 # No-op while the stamp is newer than pyproject.toml.

@@ -26,7 +26,7 @@ from fixtures.positions import (
     position,
 )
 from fixtures.trading import BTC, USER, get, place, tick
-from tradingboost.oms.v1 import order_pb2, position_pb2, trailing_stop_pb2
+from tradingboost.oms.v1 import order_pb2, position_pb2
 from tradingboost.oms.v1 import order_service_pb2 as opb
 from tradingboost.oms.v1 import position_service_pb2 as ppb
 
@@ -390,24 +390,6 @@ async def test_open_position_is_idempotent_on_client_order_id(oms: OmsHarness) -
     )
     await expect_code(oms.positions.OpenPosition(changed), grpc.StatusCode.ALREADY_EXISTS)
     assert await order_count(oms) == 3
-    await check_invariants(oms)
-
-
-async def test_a_trailing_stop_is_not_implemented_yet_and_nothing_is_placed(
-    oms: OmsHarness,
-) -> None:
-    await tick(oms, "50000")
-    details = await expect_code(
-        open_position(
-            oms,
-            take_profit_price="51000",
-            trailing_stop=trailing_stop_pb2.TrailingStopConfig(callback_rate="0.02"),
-        ),
-        grpc.StatusCode.UNIMPLEMENTED,
-    )
-    assert "trailing" in details.lower()
-    assert await order_count(oms) == 0
-    assert await all_fills(oms.orders) == []
     await check_invariants(oms)
 
 

@@ -37,9 +37,10 @@ from fixtures.trailing import (
     open_side,
     publish,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from tradingboost.oms.v1 import position_service_pb2 as ppb
+from tradingboost.oms.v1 import trailing_stop_pb2 as T
 
 TICK = Decimal("0.01")
 RATES = ["0.001", "0.005", "0.01", "0.02", "0.1"]
@@ -180,7 +181,7 @@ def next_price(data: st.DataObject, ref: Reference, price: int, scale: int) -> i
 
 
 @settings(
-    max_examples=22,
+    max_examples=25,
     deadline=None,
     derandomize=True,
     database=None,
@@ -244,6 +245,7 @@ async def test_the_stop_follows_the_reference_tick_by_tick(
     assert len(fired_at) <= 1
 
     final = await get_stop(oms, user, stop.trailing_stop_id)
+    event(f"ended {T.TrailingStopStatus.Name(final.status)}")  # --hypothesis-show-statistics
     if final.status in WORKING:
         # Leave nothing trailing for the next example; flat by ClosePosition: position_closed.
         await oms.positions.ClosePosition(

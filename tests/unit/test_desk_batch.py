@@ -30,13 +30,13 @@ def test_rollback_to_a_mark_keeps_what_came_before_it() -> None:
     kept = new_order()
     batch.put(state.book, kept)
     batch.add(owner, OrderChange(kept, None, []))
-    batch.new_client_ids[("u1", "c1")] = None
+    batch.new_client_ids[("order", "u1", "c1")] = None
 
     mark = batch.mark()
     later = replace(new_order(), order_id="O2", client_order_id="c2")
     batch.put(state.book, later)
     batch.add(owner, OrderChange(later, None, []))
-    batch.new_client_ids[("u1", "c2")] = None
+    batch.new_client_ids[("order", "u1", "c2")] = None
     position = open_record("P1", "u1", MARKET, PositionSide.LONG, 1)
     batch.set_position(desk, ("u1", PositionSide.LONG), replace(position, size=Decimal(1)))
     batch.rollback(desk, to=mark)
@@ -44,7 +44,7 @@ def test_rollback_to_a_mark_keeps_what_came_before_it() -> None:
     assert state.book.orders() == [kept]
     assert [change.order for change in batch.changes] == [kept]
     assert batch.owners == [owner]
-    assert list(batch.new_client_ids) == [("u1", "c1")]
+    assert list(batch.new_client_ids) == [("order", "u1", "c1")]
     assert state.positions == {}
     assert batch.touched == {}
     assert batch.mark() == mark

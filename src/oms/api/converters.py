@@ -19,7 +19,7 @@ from tradingboost.oms.v1 import (
     trailing_stop_service_pb2,
 )
 
-from oms.domain.commands import OpenPosition, PlaceOrder
+from oms.domain.commands import OpenPosition, PlaceOrder, TrailingStopConfig
 from oms.domain.conditional_rules import (
     CancelOutcome,
     ConditionalRule,
@@ -28,7 +28,7 @@ from oms.domain.conditional_rules import (
     RuleStatus,
 )
 from oms.domain.decimals import fmt
-from oms.domain.errors import InvalidArgument, Unimplemented
+from oms.domain.errors import InvalidArgument
 from oms.domain.events import (
     Heartbeat,
     OrderEventType,
@@ -216,8 +216,15 @@ def price_to_proto(update: PriceUpdate) -> market_data_pb2.Price:
 
 
 def open_position_command(request: position_service_pb2.OpenPositionRequest) -> OpenPosition:
+    trailing = None
     if request.HasField("trailing_stop"):
-        raise Unimplemented("OpenPosition.trailing_stop: trailing stops are not implemented yet")
+        config = request.trailing_stop
+        callback = config.WhichOneof("callback")
+        trailing = TrailingStopConfig(
+            callback_rate=config.callback_rate if callback == "callback_rate" else None,
+            callback_spread=config.callback_spread if callback == "callback_spread" else None,
+            activation_price=config.activation_price,
+        )
     return OpenPosition(
         user_id=request.user_id,
         exchange=request.exchange,
@@ -234,6 +241,7 @@ def open_position_command(request: position_service_pb2.OpenPositionRequest) -> 
         strategy=request.strategy,
         grid_level=request.grid_level if request.HasField("grid_level") else None,
         metadata=dict(request.metadata),
+        trailing_stop=trailing,
     )
 
 

@@ -25,7 +25,6 @@ from oms.domain.errors import (
     OutOfRange,
     ResourceExhausted,
     Unavailable,
-    Unimplemented,
 )
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,6 @@ _CODES: dict[type[OmsError], grpc.StatusCode] = {
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     ConcurrentModification: grpc.StatusCode.ABORTED,
-    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 

@@ -69,6 +69,7 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
             entry_order=order_to_proto(opened.entry_order),
             take_profit_order_id=opened.take_profit_order_id,
             stop_loss_order_id=opened.stop_loss_order_id,
+            trailing_stop_id=opened.trailing_stop_id,
         )
 
     async def ClosePosition(

@@ -12,7 +12,15 @@ from oms.domain.decimals import fmt, parse_positive
 from oms.domain.errors import InvalidArgument
 from oms.domain.identifiers import check_client_order_id, check_user_id
 from oms.domain.markets import Market, MarketCatalog
-from oms.domain.orders import OrderType, PositionSide, Side, TimeInForce, default_position_side
+from oms.domain.orders import (
+    OrderType,
+    PositionSide,
+    Side,
+    TimeInForce,
+    TrailingExit,
+    default_position_side,
+)
+from oms.domain.trailing_stops import parse_activation, parse_callback, refuse_reached_activation
 
 MAX_STRATEGY_CHARS = 64
 MAX_METADATA_ENTRIES = 32
@@ -65,6 +73,8 @@ class OrderSpec:
     metadata: dict[str, str]
     take_profit_price: Decimal | None = None
     stop_loss_price: Decimal | None = None
+    trailing: TrailingExit | None = None
+    """An OpenPosition's trailing stop; its id is reserved when the entry is placed."""
 
     def fingerprint(self) -> str:
         """Digest of every parameter but the client order id, in normalised form."""
@@ -88,6 +98,15 @@ class OrderSpec:
                 *(
                     [_opt_fmt(self.take_profit_price), _opt_fmt(self.stop_loss_price)]
                     if self.take_profit_price is not None or self.stop_loss_price is not None
+                    else []
+                ),
+                *(
+                    [
+                        _opt_fmt(self.trailing.callback_rate),
+                        _opt_fmt(self.trailing.callback_spread),
+                        _opt_fmt(self.trailing.activation_price),
+                    ]
+                    if self.trailing is not None
                     else []
                 ),
             ]
@@ -195,6 +214,16 @@ class OpenPosition:
     strategy: str
     grid_level: int | None
     metadata: dict[str, str]
+    trailing_stop: TrailingStopConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrailingStopConfig:
+    """OpenPosition's trailing stop on the whole position. `None`: the field is unset."""
+
+    callback_rate: str | None
+    callback_spread: str | None
+    activation_price: str
 
 
 def validate_open_position(
@@ -249,4 +278,18 @@ def validate_open_position(
                 f"must be {'below' if long else 'above'} the entry price {fmt(entry)} "
                 f"for a {command.position_side.value} position",
             )
-    return replace(spec, take_profit_price=take_profit, stop_loss_price=stop_loss)
+    trailing = None
+    if command.trailing_stop is not None:
+        config = command.trailing_stop
+        rate, spread = parse_callback(
+            config.callback_rate, config.callback_spread, "trailing_stop."
+        )
+        activation = parse_activation(
+            config.activation_price, spec.market, "trailing_stop.activation_price"
+        )
+        if activation is not None and last_price is not None:
+            refuse_reached_activation(command.position_side, activation, last_price)
+        trailing = TrailingExit("", rate, spread, activation)
+    return replace(
+        spec, take_profit_price=take_profit, stop_loss_price=stop_loss, trailing=trailing
+    )

@@ -44,9 +44,5 @@ class Unavailable(OmsError):
     pass
 
 
-class Unimplemented(OmsError):
-    """A capability (or an option of one) that has not landed yet."""
-
-
 class ConcurrentModification(OmsError):
     """An optimistic version check failed; the engine re-reads and retries."""

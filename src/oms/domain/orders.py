@@ -132,13 +132,25 @@ OrderEvent = (
 
 
 @dataclass(frozen=True, slots=True)
+class TrailingExit:
+    """An entry order's trailing stop: started on its first fill, under a reserved id."""
+
+    trailing_stop_id: str
+    callback_rate: Decimal | None
+    callback_spread: Decimal | None
+    activation_price: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
 class Bracket:
-    """Take-profit and stop-loss of an entry order, with the order ids reserved for them."""
+    """The exits of an entry order: take-profit and stop-loss (with the order ids reserved
+    for them) and a trailing stop."""
 
     take_profit_price: Decimal | None
     stop_loss_price: Decimal | None
     take_profit_order_id: str
     stop_loss_order_id: str
+    trailing: TrailingExit | None = None
 
 
 S = OrderStatus

@@ -48,6 +48,29 @@ class TrailingStopEventType(Enum):
     FAILED = "FAILED"
 
 
+def reaches_activation(side: PositionSide, activation: Decimal, price: Decimal) -> bool:
+    """LONG activates on the first price >= activation, SHORT on the first price <= it."""
+    return price >= activation if side is PositionSide.LONG else price <= activation
+
+
+def refuse_reached_activation(side: PositionSide, activation: Decimal, last: Decimal) -> None:
+    """As an exchange refuses a trailing order that would trigger at once."""
+    if reaches_activation(side, activation, last):
+        relation = "at or below" if side is PositionSide.LONG else "at or above"
+        raise FailedPrecondition(
+            f"activation_price {fmt(activation)} is {relation} the last price {fmt(last)}: "
+            "the stop would activate at once (leave it empty for that)"
+        )
+
+
+def parse_activation(raw: str, market: Market, field: str = "activation_price") -> Decimal | None:
+    if not raw:
+        return None
+    value = parse_positive(field, raw)
+    market.check_price(field, value)
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class TrailingStop:
     trailing_stop_id: str
@@ -81,7 +104,7 @@ class TrailingStop:
 
     def reaches_activation(self, price: Decimal) -> bool:
         assert self.activation_price is not None
-        return price >= self.activation_price if self.is_long else price <= self.activation_price
+        return reaches_activation(self.position_side, self.activation_price, price)
 
     def improves(self, price: Decimal) -> bool:
         """A better watermark: LONG higher, SHORT lower."""
@@ -223,12 +246,18 @@ class TrailingStopSpec:
         return hashlib.blake2b(canonical, digest_size=12).hexdigest()
 
     def new_stop(
-        self, trailing_stop_id: str, position_id: str, last: Decimal, now_ns: int
+        self,
+        trailing_stop_id: str,
+        position_id: str,
+        last: Decimal,
+        now_ns: int,
+        refuse_reached: bool = True,
     ) -> TrailingStop:
         """PENDING_ACTIVATION, or ACTIVE at `last` when there is no activation price.
 
         An activation price the last price already reached is refused, as an exchange refuses
-        a trailing order that would trigger at once.
+        a trailing order that would trigger at once; or, with `refuse_reached` False (the stop
+        of an OpenPosition whose entry just filled), it activates at once.
         """
         stop = TrailingStop(
             trailing_stop_id=trailing_stop_id,
@@ -250,13 +279,32 @@ class TrailingStopSpec:
         )
         if self.activation_price is None:
             return stop.follow(last, now_ns)
-        if stop.reaches_activation(last):
-            relation = "at or below" if stop.is_long else "at or above"
-            raise FailedPrecondition(
-                f"activation_price {fmt(self.activation_price)} is {relation} the last price "
-                f"{fmt(last)}: the stop would activate at once (leave it empty for that)"
+        if refuse_reached:
+            refuse_reached_activation(self.position_side, self.activation_price, last)
+        return stop.follow(last, now_ns) if stop.reaches_activation(last) else stop
+
+
+def parse_callback(
+    rate_raw: str | None, spread_raw: str | None, prefix: str = ""
+) -> tuple[Decimal | None, Decimal | None]:
+    """(callback_rate, callback_spread): exactly one given, the rate within its bounds."""
+    rate_field, spread_field = f"{prefix}callback_rate", f"{prefix}callback_spread"
+    if rate_raw is not None and spread_raw is not None:
+        raise InvalidArgument(rate_field, "set exactly one of callback_rate and callback_spread")
+    if rate_raw is not None:
+        rate = parse_positive(rate_field, rate_raw)
+        if not MIN_CALLBACK_RATE <= rate <= MAX_CALLBACK_RATE:
+            raise InvalidArgument(
+                rate_field,
+                f"must be a fraction from {MIN_CALLBACK_RATE} to {MAX_CALLBACK_RATE} "
+                f'("0.02" is 2%), got {rate_raw!r}',
             )
-        return stop
+        return rate, None
+    if spread_raw is not None:
+        return None, parse_positive(spread_field, spread_raw)
+    raise InvalidArgument(
+        rate_field, "is required: set exactly one of callback_rate and callback_spread"
+    )
 
 
 def validate_create_trailing_stop(
@@ -266,29 +314,8 @@ def validate_create_trailing_stop(
     market = catalog.resolve(command.exchange, command.symbol)
     if command.position_side is None:
         raise InvalidArgument("position_side", "is required: POSITION_SIDE_LONG or _SHORT")
-    rate = spread = None
-    if command.callback_rate is not None and command.callback_spread is not None:
-        raise InvalidArgument(
-            "callback_rate", "set exactly one of callback_rate and callback_spread"
-        )
-    if command.callback_rate is not None:
-        rate = parse_positive("callback_rate", command.callback_rate)
-        if not MIN_CALLBACK_RATE <= rate <= MAX_CALLBACK_RATE:
-            raise InvalidArgument(
-                "callback_rate",
-                f"must be a fraction from {MIN_CALLBACK_RATE} to {MAX_CALLBACK_RATE} "
-                f'("0.02" is 2%), got {command.callback_rate!r}',
-            )
-    elif command.callback_spread is not None:
-        spread = parse_positive("callback_spread", command.callback_spread)
-    else:
-        raise InvalidArgument(
-            "callback_rate", "is required: set exactly one of callback_rate and callback_spread"
-        )
-    activation = None
-    if command.activation_price:
-        activation = parse_positive("activation_price", command.activation_price)
-        market.check_price("activation_price", activation)
+    rate, spread = parse_callback(command.callback_rate, command.callback_spread)
+    activation = parse_activation(command.activation_price, market)
     quantity = None
     if command.quantity:
         quantity = parse_positive("quantity", command.quantity)

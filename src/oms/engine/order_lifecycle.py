@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from oms.domain.commands import MAX_GRID_LEVEL, OrderSpec, PlaceOrder, validate_place_order
 from oms.domain.decimals import parse_decimal, parse_positive
@@ -89,12 +89,16 @@ class OrderLifecycle:
         order_id = self._new_id()
         fingerprint = spec.fingerprint()
         bracket = None
-        if spec.take_profit_price is not None or spec.stop_loss_price is not None:
+        exits = (spec.take_profit_price, spec.stop_loss_price, spec.trailing)
+        if any(exit is not None for exit in exits):
             bracket = Bracket(
                 take_profit_price=spec.take_profit_price,
                 stop_loss_price=spec.stop_loss_price,
                 take_profit_order_id=self._new_id() if spec.take_profit_price else "",
                 stop_loss_order_id=self._new_id() if spec.stop_loss_price else "",
+                trailing=replace(spec.trailing, trailing_stop_id=self._new_id())
+                if spec.trailing
+                else None,
             )
         order = Order(
             order_id=order_id,

@@ -33,7 +33,14 @@ from oms.domain.events import (
 )
 from oms.domain.fills import Fill
 from oms.domain.markets import Market, MarketCatalog
-from oms.domain.orders import Order, OrderAmended, OrderCanceled, OrderEvent, PositionSide
+from oms.domain.orders import (
+    Order,
+    OrderAmended,
+    OrderCanceled,
+    OrderEvent,
+    PositionSide,
+    TrailingExit,
+)
 from oms.domain.paper_matching import FeeSchedule, PaperContext, on_submit, on_tick
 from oms.domain.positions import Position, apply_fill, open_record, reduces
 from oms.domain.trailing_stops import (
@@ -229,8 +236,7 @@ class _CreateStop(_Op):
         stop = spec.new_stop(self.trailing_stop_id, position.position_id, desk.last.price, now)
         if spec.client_id:
             batch.new_client_ids[key] = None
-        batch.put(desk.trailing, stop)
-        batch.note(self, TrailingStopUpdated(TrailingStopEventType.CREATED, stop))
+        desk.add_stop(self, batch, stop)
         return stop, True
 
 
@@ -440,6 +446,8 @@ class _Desk:
             if start.filled_quantity == 0:
                 for leg in bracket_legs(after, now):
                     self.submit_new(owner, batch, leg)
+                if after.bracket.trailing is not None:
+                    self._start_trailing(owner, batch, after, after.bracket.trailing, now)
             else:
                 self._grow_exits(owner, batch, after, now)
         if after.linked_order_id:
@@ -516,6 +524,31 @@ class _Desk:
         batch.note(owner, RuleUpdated(after))
         if after.pending:
             batch.fired.append((owner, after))
+
+    def _start_trailing(
+        self, owner: _Op, batch: _Batch, entry: Order, exit: TrailingExit, now: int
+    ) -> None:
+        """An OpenPosition's trailing stop, on the whole position its entry just opened."""
+        position = self.positions[(entry.user_id, entry.position_side)]
+        spec = TrailingStopSpec(
+            entry.user_id,
+            self._exchange.market(self.symbol),
+            entry.position_side,
+            exit.callback_rate,
+            exit.callback_spread,
+            exit.activation_price,
+            quantity=None,
+            client_id="",
+        )
+        assert self.last is not None, "a fill has a price"
+        stop = spec.new_stop(
+            exit.trailing_stop_id, position.position_id, self.last.price, now, refuse_reached=False
+        )
+        self.add_stop(owner, batch, stop)
+
+    def add_stop(self, owner: _Op, batch: _Batch, stop: TrailingStop) -> None:
+        batch.put(self.trailing, stop)
+        batch.note(owner, TrailingStopUpdated(TrailingStopEventType.CREATED, stop))
 
     def _grow_exits(self, owner: _Op, batch: _Batch, entry: Order, now: int) -> None:
         """A further fill of an entry: its exits cover everything filled so far."""

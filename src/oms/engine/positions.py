@@ -34,6 +34,7 @@ class OpenedPosition:
     entry_order: Order
     take_profit_order_id: str
     stop_loss_order_id: str
+    trailing_stop_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +156,9 @@ class Positions:
             entry_order=entry,
             take_profit_order_id=bracket.take_profit_order_id if bracket else "",
             stop_loss_order_id=bracket.stop_loss_order_id if bracket else "",
+            trailing_stop_id=bracket.trailing.trailing_stop_id
+            if bracket and bracket.trailing
+            else "",
         )
 
     async def close(self, command: ClosePosition) -> Order:

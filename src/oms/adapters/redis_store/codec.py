@@ -33,6 +33,7 @@ from oms.domain.orders import (
     PositionSide,
     Side,
     TimeInForce,
+    TrailingExit,
 )
 from oms.domain.positions import GridLevel, Position, PositionStatus
 from oms.domain.trailing_stops import TrailingStop, TrailingStopEventType, TrailingStopStatus
@@ -91,6 +92,14 @@ def _bracket_to_dict(bracket: Bracket) -> dict[str, Any]:
         "stop_loss_price": _dec(bracket.stop_loss_price),
         "take_profit_order_id": bracket.take_profit_order_id,
         "stop_loss_order_id": bracket.stop_loss_order_id,
+        "trailing": None
+        if bracket.trailing is None
+        else {
+            "trailing_stop_id": bracket.trailing.trailing_stop_id,
+            "callback_rate": _dec(bracket.trailing.callback_rate),
+            "callback_spread": _dec(bracket.trailing.callback_spread),
+            "activation_price": _dec(bracket.trailing.activation_price),
+        },
     }
 
 
@@ -102,6 +111,18 @@ def _bracket_from_dict(doc: dict[str, Any] | None) -> Bracket | None:
         stop_loss_price=_undec(doc["stop_loss_price"]),
         take_profit_order_id=doc["take_profit_order_id"],
         stop_loss_order_id=doc["stop_loss_order_id"],
+        trailing=_trailing_exit_from_dict(doc.get("trailing")),
+    )
+
+
+def _trailing_exit_from_dict(doc: dict[str, Any] | None) -> TrailingExit | None:
+    if doc is None:
+        return None
+    return TrailingExit(
+        trailing_stop_id=doc["trailing_stop_id"],
+        callback_rate=_undec(doc["callback_rate"]),
+        callback_spread=_undec(doc["callback_spread"]),
+        activation_price=_undec(doc["activation_price"]),
     )
 
 

@@ -133,6 +133,15 @@ class ConditionalRule(_message.Message):
     condition, every listed order still open is cancelled, once. Created by
     OrderService.CreateConditionalRule; kept for history after it fires or is
     deleted. Rule state survives a server restart.
+
+    Firing is two steps. The change of the trigger order that meets the
+    condition commits the rule as TRIGGERED with no `results` yet, in the same
+    atomic write; then the OMS cancels the listed orders (reason "conditional
+    rule <rule_id>") and commits the results. A crash between the two steps is
+    finished at the next start, before the server reports SERVING. The call
+    that caused the firing (PublishPrices, CancelOrder, PlaceOrder) returns
+    only after the results are committed. Rule changes take sequence numbers
+    in the user's event sequence; no stream carries them.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -172,8 +181,8 @@ class ConditionalRule(_message.Message):
 
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleCancelResult]:
-        """Once TRIGGERED: one result per entry of `cancel_order_ids`, in the same
-        order. Empty before. Output only.
+        """Once TRIGGERED and its cancels are done: one result per entry of
+        `cancel_order_ids`, in the same order. Empty before. Output only.
         """
 
     @_builtins.property

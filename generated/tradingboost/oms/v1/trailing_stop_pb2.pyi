@@ -142,9 +142,13 @@ class TrailingStop(_message.Message):
     watermark x (1 + callback_rate) or watermark + callback_spread, rounded down
     to the tick; it only ever falls; the first price >= `stop_price` triggers.
     On trigger the OMS places a reduce-only MARKET order for `quantity` (or the
-    whole position), capped at the position size, with a client order id
-    derived from `trailing_stop_id`, so a retry after a crash never sends it
-    twice. Watermark, state and stop price survive a server restart.
+    whole position), capped at the position size, with client order id
+    "ts-<trailing_stop_id>" (so it can never be sent twice) and metadata
+    `trailing_stop_id`, in the same atomic write as the TRIGGERED state; on
+    paper it fills in that tick. Watermark, state and stop price are written on
+    every change in the tick's atomic write and survive a server restart; a
+    watermark move that leaves the rounded stop price unchanged is written
+    without an event.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

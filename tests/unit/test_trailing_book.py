@@ -1,16 +1,24 @@
-"""The trailing book's ordered queries agree with a scan of every stop, boundaries included."""
+"""The trailing book's ordered queries agree with a scan of every stop, boundaries included;
+callback parameters are exactly one of rate and spread."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Decimal
 
+import pytest
 from fixtures.domain import MARKET
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from oms.domain.errors import InvalidArgument
 from oms.domain.orders import PositionSide
-from oms.domain.trailing_stops import TrailingStop, TrailingStopSpec, TrailingStopStatus
+from oms.domain.trailing_stops import (
+    TrailingStop,
+    TrailingStopSpec,
+    TrailingStopStatus,
+    parse_callback,
+)
 from oms.engine.trailing_book import TrailingBook
 
 CENTS = st.integers(min_value=9_500, max_value=10_500)
@@ -50,9 +58,7 @@ def test_queries_match_a_scan_of_every_stop(working: list[TrailingStop], cents: 
 
     pending = [s for s in working if s.status is TrailingStopStatus.PENDING_ACTIVATION]
     active = [s for s in working if s.status is TrailingStopStatus.ACTIVE]
-    assert _ids(book.activated_by(price)) == _ids(
-        s for s in pending if s.reaches_activation(price)
-    )
+    assert _ids(book.activated_by(price)) == _ids(s for s in pending if s.reaches_activation(price))
     assert _ids(book.improved_by(price)) == _ids(s for s in active if s.improves(price))
     assert _ids(book.crossed_by(price)) == _ids(s for s in active if s.crossed_by(price))
 
@@ -66,3 +72,27 @@ def test_queries_match_a_scan_of_every_stop(working: list[TrailingStop], cents: 
 
 def _ids(stops: Iterable[TrailingStop]) -> set[str]:
     return {stop.trailing_stop_id for stop in stops}
+
+
+@pytest.mark.parametrize(
+    ("rate", "spread", "field"),
+    [
+        ("0.02", "25", "callback_rate"),  # both: the proto oneof cannot carry this on the wire
+        (None, None, "callback_rate"),
+        ("0.0009", None, "callback_rate"),
+        ("0.11", None, "callback_rate"),
+        (None, "0", "callback_spread"),
+    ],
+)
+def test_a_callback_is_exactly_one_of_rate_and_spread_within_bounds(
+    rate: str | None, spread: str | None, field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as error:
+        parse_callback(rate, spread)
+    assert error.value.field == field
+
+
+def test_callback_bounds_are_inclusive() -> None:
+    assert parse_callback("0.001", None) == (Decimal("0.001"), None)
+    assert parse_callback("0.1", None) == (Decimal("0.1"), None)
+    assert parse_callback(None, "0.01") == (None, Decimal("0.01"))

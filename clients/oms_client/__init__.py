@@ -1,7 +1,7 @@
 """Typed async client of the OMS (tradingboost.oms.v1), on grpcio and the generated stubs:
-`OmsClient` over OrderService, PositionService and MarketDataService (retrying unary calls,
-pages as `async for`, streams that resume by themselves) and the rounding helpers for amount
-steps and price ticks.
+`OmsClient` over OrderService (conditional rules included), PositionService,
+TrailingStopService and MarketDataService (retrying unary calls, pages as `async for`, streams
+that resume by themselves) and the rounding helpers for amount steps and price ticks.
 """
 
 from oms_client.client import (
@@ -11,6 +11,7 @@ from oms_client.client import (
     OmsClient,
     OrderUpdateStream,
     PositionUpdateStream,
+    TrailingStopEventStream,
 )
 from oms_client.retry import NO_RETRY, RETRYABLE_CODES, RetryPolicy
 from oms_client.rounding import PriceRounding, round_price, round_quantity
@@ -30,6 +31,7 @@ __all__ = [
     "PriceRounding",
     "PriceStream",
     "RetryPolicy",
+    "TrailingStopEventStream",
     "round_price",
     "round_quantity",
 ]

@@ -1,4 +1,5 @@
-"""OmsClient: OrderService, PositionService and MarketDataService over one grpc.aio channel.
+"""OmsClient: OrderService (conditional rules included), PositionService, TrailingStopService
+and MarketDataService over one grpc.aio channel.
 
 Requests and results are the generated messages themselves (`order_pb2.Order`, ...). Every
 unary method takes either a ready request message or its fields as keywords, and the same
@@ -10,39 +11,51 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from decimal import Decimal
 from types import TracebackType
 from typing import Protocol, TypeVar, Unpack, cast
 
 import grpc
 from google.protobuf.message import Message
 from tradingboost.oms.v1 import (
+    conditional_rule_pb2,
     market_data_pb2,
     market_data_service_pb2_grpc,
     order_pb2,
     order_service_pb2_grpc,
     position_pb2,
     position_service_pb2_grpc,
+    trailing_stop_pb2,
+    trailing_stop_service_pb2_grpc,
 )
 from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_service_pb2 as pb
 from tradingboost.oms.v1 import position_service_pb2 as ppb
+from tradingboost.oms.v1 import trailing_stop_service_pb2 as tpb
 
 from oms_client.pagination import paginate
 from oms_client.request_fields import (
     CancelAllOrdersFields,
     ClosePositionFields,
+    CreateConditionalRuleFields,
+    CreateTrailingStopFields,
     FindOpenOrdersFields,
     GetPortfolioSummaryFields,
     GetPositionFields,
     GetPriceFields,
+    ListConditionalRulesFields,
     ListFillsFields,
     ListOrdersFields,
     ListPositionsFields,
+    ListTrailingStopsFields,
     OpenPositionFields,
     OrderRefFields,
     PlaceOrderFields,
     PublishPricesFields,
+    RuleRefFields,
+    TrailingStopRefFields,
     build_request,
+    decimal_text,
 )
 from oms_client.retry import NO_RETRY, RetryPolicy, call_with_retry
 from oms_client.streams import (
@@ -51,6 +64,7 @@ from oms_client.streams import (
     fill_payload,
     order_update_payload,
     position_update_payload,
+    trailing_stop_event_payload,
 )
 
 __all__ = [
@@ -60,10 +74,12 @@ __all__ = [
     "OmsClient",
     "OrderUpdateStream",
     "PositionUpdateStream",
+    "TrailingStopEventStream",
 ]
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+Result = TypeVar("Result")
 M = TypeVar("M", bound=Message)
 # The requests whose client order id the client makes when the caller gives none.
 C = TypeVar("C", pb.PlaceOrderRequest, ppb.OpenPositionRequest, ppb.ClosePositionRequest)
@@ -71,6 +87,9 @@ C = TypeVar("C", pb.PlaceOrderRequest, ppb.OpenPositionRequest, ppb.ClosePositio
 OrderUpdateStream = EventStream[pb.StreamOrderUpdatesResponse, order_pb2.OrderUpdate]
 FillStream = EventStream[pb.StreamFillsResponse, order_pb2.Fill]
 PositionUpdateStream = EventStream[ppb.StreamPositionsResponse, position_pb2.PositionUpdate]
+TrailingStopEventStream = EventStream[
+    tpb.StreamTrailingStopEventsResponse, trailing_stop_pb2.TrailingStopEvent
+]
 
 DEFAULT_RETRY = RetryPolicy()
 """Unary calls: 5 attempts over about 0.75 s, for a blip, not for an outage."""
@@ -95,8 +114,9 @@ class OmsClient:
 
     Args:
         token: sent as `authorization: Bearer <token>` on every call when auth is on.
-        retry: for unary calls (PublishPrices excepted, see `publish_prices`); only
-            UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED are retried.
+        retry: for unary calls (PublishPrices and CreateConditionalRule excepted, see
+            `publish_prices` and `create_rule`); only UNAVAILABLE, DEADLINE_EXCEEDED and
+            RESOURCE_EXHAUSTED are retried.
         stream_retry: reconnects of the resuming streams.
         default_timeout_s: deadline of each attempt when a call gives no `timeout_s`;
             None for no deadline.
@@ -125,6 +145,9 @@ class OmsClient:
         )
         self._positions: position_service_pb2_grpc.PositionServiceAsyncStub = (
             position_service_pb2_grpc.PositionServiceStub(channel)
+        )
+        self._trailing_stops: trailing_stop_service_pb2_grpc.TrailingStopServiceAsyncStub = (
+            trailing_stop_service_pb2_grpc.TrailingStopServiceStub(channel)
         )
         self._auth: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
@@ -163,8 +186,7 @@ class OmsClient:
 
     @property
     def channel(self) -> grpc.aio.Channel:
-        """The channel, for the services this client does not wrap (TrailingStopService,
-        AccountService, the conditional rules of OrderService)."""
+        """The channel, for the services this client does not wrap (AccountService)."""
         return self._channel
 
     async def close(self) -> None:
@@ -228,32 +250,28 @@ class OmsClient:
         prepared = build_request(pb.CancelOrderRequest, request, fields)
         metadata = self._metadata(rpc_metadata)
         attempt_timeout = self._attempt_timeout(timeout_s)
-        attempts = 0
 
-        async def attempt() -> order_pb2.Order:
-            nonlocal attempts
-            attempts += 1
-            try:
-                response = await self._orders.CancelOrder(
-                    prepared, timeout=attempt_timeout, metadata=metadata
-                )
-            except grpc.aio.AioRpcError as error:
-                if attempts > 1 and error.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                    current = await self._orders.GetOrder(
-                        pb.GetOrderRequest(
-                            user_id=prepared.user_id,
-                            order_id=prepared.order_id,
-                            client_order_id=prepared.client_order_id,
-                        ),
-                        timeout=attempt_timeout,
-                        metadata=metadata,
-                    )
-                    if current.order.status == order_pb2.ORDER_STATUS_CANCELED:
-                        return current.order
-                raise
+        async def cancel() -> order_pb2.Order:
+            response = await self._orders.CancelOrder(
+                prepared, timeout=attempt_timeout, metadata=metadata
+            )
             return response.order
 
-        return await call_with_retry(self._retry if retry is None else retry, attempt)
+        async def read() -> order_pb2.Order:
+            response = await self._orders.GetOrder(
+                pb.GetOrderRequest(
+                    user_id=prepared.user_id,
+                    order_id=prepared.order_id,
+                    client_order_id=prepared.client_order_id,
+                ),
+                timeout=attempt_timeout,
+                metadata=metadata,
+            )
+            return response.order
+
+        return await self._cancel_with_retry(
+            cancel, read, lambda order: order.status == order_pb2.ORDER_STATUS_CANCELED, retry
+        )
 
     async def cancel_all_orders(
         self,
@@ -438,6 +456,122 @@ class OmsClient:
             open_call, fill_payload, after_sequence, self._stream_retry, self._stream_idle_timeout_s
         )
 
+    # Conditional rules
+
+    async def create_rule(
+        self,
+        request: pb.CreateConditionalRuleRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy = NO_RETRY,
+        **fields: Unpack[CreateConditionalRuleFields],
+    ) -> conditional_rule_pb2.ConditionalRule:
+        """Creates a one-shot one-cancels-others rule: when the trigger order reaches
+        `condition` (FILLED, PARTIALLY_FILLED = its first fill, or CANCELED), every order of
+        `cancel_order_ids` still open is cancelled, once. Returns the rule: ACTIVE, or already
+        TRIGGERED (with its results) when the trigger was past the condition.
+
+        Not retried by default, because CreateConditionalRule has no idempotency key: after a
+        lost response a retry would create a second, identical rule, and deleting "the" rule
+        later would leave its twin armed. The one case that is safe to repeat, a request that
+        never reached the server, needs no retry here: the call waits for the channel to be
+        connected (gRPC's wait-for-ready) instead of failing at once while the server is
+        restarting, and gRPC re-sends by itself a call the server's transport refused before
+        its application saw it. An error that can follow a send (UNAVAILABLE,
+        DEADLINE_EXCEEDED) leaves it unknown whether the rule exists: look for it with
+        `list_rules(user_id=..., trigger_order_id=...)` before creating it again. Pass a
+        `retry` only where a duplicate rule is harmless.
+        """
+        prepared = build_request(pb.CreateConditionalRuleRequest, request, fields)
+        response = await self._unary(
+            self._orders.CreateConditionalRule,
+            prepared,
+            timeout_s,
+            rpc_metadata,
+            retry,
+            wait_for_ready=True,
+        )
+        return response.rule
+
+    async def get_rule(
+        self,
+        request: pb.GetConditionalRuleRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[RuleRefFields],
+    ) -> conditional_rule_pb2.ConditionalRule:
+        """One conditional rule, by `rule_id`."""
+        prepared = build_request(pb.GetConditionalRuleRequest, request, fields)
+        response = await self._unary(
+            self._orders.GetConditionalRule, prepared, timeout_s, rpc_metadata, retry
+        )
+        return response.rule
+
+    async def list_rules_page(
+        self,
+        request: pb.ListConditionalRulesRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[ListConditionalRulesFields],
+    ) -> pb.ListConditionalRulesResponse:
+        """One page of conditional rules (optionally of one `trigger_order_id`, or in
+        `statuses`), newest first, with `next_page_token` and `as_of_sequence`."""
+        prepared = build_request(pb.ListConditionalRulesRequest, request, fields)
+        return await self._unary(
+            self._orders.ListConditionalRules, prepared, timeout_s, rpc_metadata, retry
+        )
+
+    def list_rules(
+        self,
+        request: pb.ListConditionalRulesRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[ListConditionalRulesFields],
+    ) -> AsyncIterator[conditional_rule_pb2.ConditionalRule]:
+        """Every matching conditional rule across all pages (`page_size` sets the page
+        length), newest first."""
+        return _every_item(
+            build_request(pb.ListConditionalRulesRequest, request, fields),
+            lambda page: self.list_rules_page(
+                page, timeout_s=timeout_s, rpc_metadata=rpc_metadata, retry=retry
+            ),
+            lambda response: response.rules,
+        )
+
+    async def delete_rule(
+        self,
+        request: pb.DeleteConditionalRuleRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[RuleRefFields],
+    ) -> conditional_rule_pb2.ConditionalRule:
+        """Deletes an ACTIVE rule so that it never fires; returns it, CANCELED with
+        `status_reason` "deleted" (kept for history). FAILED_PRECONDITION when the rule has
+        already TRIGGERED.
+
+        Retried like a read: the server answers the delete of a CANCELED rule with the rule
+        unchanged, so a retry after a lost response returns what the first attempt did.
+        """
+        prepared = build_request(pb.DeleteConditionalRuleRequest, request, fields)
+        response = await self._unary(
+            self._orders.DeleteConditionalRule, prepared, timeout_s, rpc_metadata, retry
+        )
+        return response.rule
+
     # Positions
 
     async def get_position(
@@ -602,6 +736,181 @@ class OmsClient:
         )
         return response.portfolio_summary
 
+    # Trailing stops
+
+    async def create_trailing_stop(
+        self,
+        request: tpb.CreateTrailingStopRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[CreateTrailingStopFields],
+    ) -> trailing_stop_pb2.TrailingStop:
+        """Starts a trailing stop on the user's open position on one side; returns it: ACTIVE
+        at once with the last price as watermark, or PENDING_ACTIVATION until the price
+        reaches `activation_price`. Give exactly one of `callback_rate` (a fraction: "0.02"
+        is 2%, from 0.001 to 0.1) and `callback_spread` (a price distance), as a Decimal or a
+        decimal string, like `activation_price` and `quantity` (empty: the whole position at
+        trigger time).
+
+        Without a `client_id` the client makes one ("c-" + 32 hex digits) once, before the
+        first attempt, as `place_order` does: every retry sends the same id, and the server
+        answers a known (user_id, client_id) with the stop it already has, before judging the
+        request against the current price again, so a retry after a lost response returns
+        the stop the first attempt created and never starts a second one. The id is on the
+        returned stop.
+        """
+        prepared = _with_client_id(
+            build_request(
+                tpb.CreateTrailingStopRequest, request, _create_trailing_stop_fields(fields)
+            )
+        )
+        response = await self._unary(
+            self._trailing_stops.CreateTrailingStop, prepared, timeout_s, rpc_metadata, retry
+        )
+        return response.trailing_stop
+
+    async def get_trailing_stop(
+        self,
+        request: tpb.GetTrailingStopRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[TrailingStopRefFields],
+    ) -> trailing_stop_pb2.TrailingStop:
+        """One trailing stop, by `trailing_stop_id` or `client_id`."""
+        prepared = build_request(tpb.GetTrailingStopRequest, request, fields)
+        response = await self._unary(
+            self._trailing_stops.GetTrailingStop, prepared, timeout_s, rpc_metadata, retry
+        )
+        return response.trailing_stop
+
+    async def list_trailing_stops_page(
+        self,
+        request: tpb.ListTrailingStopsRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[ListTrailingStopsFields],
+    ) -> tpb.ListTrailingStopsResponse:
+        """One page of trailing stops, newest first, with `next_page_token` and
+        `as_of_sequence` (stream with `after_sequence=as_of_sequence` to continue from this
+        snapshot). `active_only` keeps the working ones (PENDING_ACTIVATION, ACTIVE)."""
+        prepared = build_request(tpb.ListTrailingStopsRequest, request, fields)
+        return await self._unary(
+            self._trailing_stops.ListTrailingStops, prepared, timeout_s, rpc_metadata, retry
+        )
+
+    def list_trailing_stops(
+        self,
+        request: tpb.ListTrailingStopsRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[ListTrailingStopsFields],
+    ) -> AsyncIterator[trailing_stop_pb2.TrailingStop]:
+        """Every matching trailing stop across all pages (`page_size` sets the page length),
+        newest first."""
+        return _every_item(
+            build_request(tpb.ListTrailingStopsRequest, request, fields),
+            lambda page: self.list_trailing_stops_page(
+                page, timeout_s=timeout_s, rpc_metadata=rpc_metadata, retry=retry
+            ),
+            lambda response: response.trailing_stops,
+        )
+
+    async def cancel_trailing_stop(
+        self,
+        request: tpb.CancelTrailingStopRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[TrailingStopRefFields],
+    ) -> trailing_stop_pb2.TrailingStop:
+        """Cancels a working trailing stop by `trailing_stop_id` or `client_id`; returns it,
+        CANCELED with `status_reason` "canceled_by_user". FAILED_PRECONDITION when it is
+        already TRIGGERED, CANCELED or FAILED.
+
+        A retry whose lost predecessor did cancel the stop would meet FAILED_PRECONDITION;
+        the client then reads the stop and returns it if it is CANCELED with reason
+        "canceled_by_user", since that is the outcome asked for. A stop that ended any other
+        way (triggered, or "position_closed") keeps the error.
+        """
+        prepared = build_request(tpb.CancelTrailingStopRequest, request, fields)
+        metadata = self._metadata(rpc_metadata)
+        attempt_timeout = self._attempt_timeout(timeout_s)
+
+        async def cancel() -> trailing_stop_pb2.TrailingStop:
+            response = await self._trailing_stops.CancelTrailingStop(
+                prepared, timeout=attempt_timeout, metadata=metadata
+            )
+            return response.trailing_stop
+
+        async def read() -> trailing_stop_pb2.TrailingStop:
+            response = await self._trailing_stops.GetTrailingStop(
+                tpb.GetTrailingStopRequest(
+                    user_id=prepared.user_id,
+                    trailing_stop_id=prepared.trailing_stop_id,
+                    client_id=prepared.client_id,
+                ),
+                timeout=attempt_timeout,
+                metadata=metadata,
+            )
+            return response.trailing_stop
+
+        def canceled_by_user(stop: trailing_stop_pb2.TrailingStop) -> bool:
+            return (
+                stop.status == trailing_stop_pb2.TRAILING_STOP_STATUS_CANCELED
+                and stop.status_reason == _CANCELED_BY_USER
+            )
+
+        return await self._cancel_with_retry(cancel, read, canceled_by_user, retry)
+
+    def stream_trailing_stop_events(
+        self,
+        user_id: str,
+        *,
+        exchange: str = "",
+        symbol: str = "",
+        after_sequence: int = 0,
+        rpc_metadata: Mapping[str, str] | None = None,
+    ) -> TrailingStopEventStream:
+        """Every trailing stop change of the user (created, activated, stop price moved,
+        triggered, canceled, failed), each once and in order; resumes as
+        `stream_order_updates`. Pass a `list_trailing_stops_page` snapshot's
+        `as_of_sequence` as `after_sequence` for list-then-watch."""
+        metadata = self._metadata(rpc_metadata)
+
+        def open_call(
+            after: int,
+        ) -> grpc.aio.UnaryStreamCall[
+            tpb.StreamTrailingStopEventsRequest, tpb.StreamTrailingStopEventsResponse
+        ]:
+            return self._trailing_stops.StreamTrailingStopEvents(
+                tpb.StreamTrailingStopEventsRequest(
+                    user_id=user_id, exchange=exchange, symbol=symbol, after_sequence=after
+                ),
+                metadata=metadata,
+            )
+
+        return EventStream(
+            open_call,
+            trailing_stop_event_payload,
+            after_sequence,
+            self._stream_retry,
+            self._stream_idle_timeout_s,
+        )
+
     # Market data
 
     async def publish_prices(
@@ -677,13 +986,44 @@ class OmsClient:
         timeout_s: float | None,
         rpc_metadata: Mapping[str, str] | None,
         retry: RetryPolicy | None,
+        *,
+        wait_for_ready: bool | None = None,
     ) -> Resp:
         metadata = self._metadata(rpc_metadata)
         attempt_timeout = self._attempt_timeout(timeout_s)
         return await call_with_retry(
             self._retry if retry is None else retry,
-            lambda: method(request, timeout=attempt_timeout, metadata=metadata),
+            lambda: method(
+                request, timeout=attempt_timeout, metadata=metadata, wait_for_ready=wait_for_ready
+            ),
         )
+
+    async def _cancel_with_retry(
+        self,
+        cancel: Callable[[], Awaitable[Result]],
+        read: Callable[[], Awaitable[Result]],
+        cancelled: Callable[[Result], bool],
+        retry: RetryPolicy | None,
+    ) -> Result:
+        """`cancel`, retried. A retry whose lost predecessor did cancel meets
+        FAILED_PRECONDITION (the thing is terminal now): then `read` it, and return it when
+        `cancelled` says it ended as a cancel ends it, since that is the outcome asked for;
+        otherwise the error stands."""
+        attempts = 0
+
+        async def attempt() -> Result:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return await cancel()
+            except grpc.aio.AioRpcError as error:
+                if attempts > 1 and error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    current = await read()
+                    if cancelled(current):
+                        return current
+                raise
+
+        return await call_with_retry(self._retry if retry is None else retry, attempt)
 
 
 class _PageRequest(Protocol):
@@ -720,6 +1060,10 @@ def _copy(message: M) -> M:
     return duplicate
 
 
+def _new_client_id() -> str:
+    return f"c-{uuid.uuid4().hex}"
+
+
 def _with_client_order_id(request: C) -> C:
     """The request with a client order id: its own, or a new one ("c-" + 32 hex digits) on a
     copy, so the caller's message stays as it was. Made once, before the first attempt, so
@@ -729,5 +1073,33 @@ def _with_client_order_id(request: C) -> C:
     if request.client_order_id:
         return request
     prepared = _copy(request)
-    prepared.client_order_id = f"c-{uuid.uuid4().hex}"
+    prepared.client_order_id = _new_client_id()
+    return prepared
+
+
+def _with_client_id(request: tpb.CreateTrailingStopRequest) -> tpb.CreateTrailingStopRequest:
+    """The request with its idempotency key `client_id`: its own, or a new one on a copy,
+    made once before the first attempt, as `_with_client_order_id` does for orders."""
+    if request.client_id:
+        return request
+    prepared = _copy(request)
+    prepared.client_id = _new_client_id()
+    return prepared
+
+
+_CANCELED_BY_USER = "canceled_by_user"
+"""The `status_reason` of a trailing stop that CancelTrailingStop ended."""
+
+_TRAILING_STOP_DECIMALS = ("callback_rate", "callback_spread", "activation_price", "quantity")
+
+
+def _create_trailing_stop_fields(fields: CreateTrailingStopFields) -> dict[str, object]:
+    """The keyword fields with their decimals as strings. Both callbacks given is refused
+    here: the request's `callback` oneof would silently keep only the last one set."""
+    if "callback_rate" in fields and "callback_spread" in fields:
+        raise TypeError("give exactly one of callback_rate and callback_spread, not both")
+    prepared: dict[str, object] = dict(fields)
+    for name in _TRAILING_STOP_DECIMALS:
+        if name in prepared:
+            prepared[name] = decimal_text(cast("Decimal | str", prepared[name]), name)
     return prepared

@@ -5,26 +5,34 @@ comments (and the .pyi stubs) document each field."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from typing import TypedDict, TypeVar
 
 from google.protobuf.message import Message
-from tradingboost.oms.v1 import market_data_pb2, order_pb2, trailing_stop_pb2
+from tradingboost.oms.v1 import conditional_rule_pb2, market_data_pb2, order_pb2, trailing_stop_pb2
 
 __all__ = [
     "CancelAllOrdersFields",
     "ClosePositionFields",
+    "CreateConditionalRuleFields",
+    "CreateTrailingStopFields",
     "FindOpenOrdersFields",
     "GetPortfolioSummaryFields",
     "GetPositionFields",
     "GetPriceFields",
+    "ListConditionalRulesFields",
     "ListFillsFields",
     "ListOrdersFields",
     "ListPositionsFields",
+    "ListTrailingStopsFields",
     "OpenPositionFields",
     "OrderRefFields",
     "PlaceOrderFields",
     "PublishPricesFields",
+    "RuleRefFields",
+    "TrailingStopRefFields",
     "build_request",
+    "decimal_text",
 ]
 
 M = TypeVar("M", bound=Message)
@@ -156,6 +164,76 @@ class PublishPricesFields(TypedDict, total=False):
 class GetPriceFields(TypedDict, total=False):
     exchange: str
     symbol: str
+
+
+class CreateTrailingStopFields(TypedDict, total=False):
+    """Exactly one of `callback_rate` and `callback_spread`. The decimals may be given as
+    `Decimal` too (never float): they travel as plain decimal strings."""
+
+    user_id: str
+    exchange: str
+    symbol: str
+    position_side: order_pb2.PositionSide.ValueType
+    callback_rate: Decimal | str
+    callback_spread: Decimal | str
+    activation_price: Decimal | str
+    quantity: Decimal | str
+    client_id: str
+
+
+class TrailingStopRefFields(TypedDict, total=False):
+    """GetTrailingStop and CancelTrailingStop: `user_id` plus exactly one of the two ids."""
+
+    user_id: str
+    trailing_stop_id: str
+    client_id: str
+
+
+class ListTrailingStopsFields(TypedDict, total=False):
+    user_id: str
+    exchange: str
+    symbol: str
+    position_side: order_pb2.PositionSide.ValueType
+    active_only: bool
+    statuses: Iterable[trailing_stop_pb2.TrailingStopStatus.ValueType]
+    page_size: int
+    page_token: str
+
+
+class CreateConditionalRuleFields(TypedDict, total=False):
+    user_id: str
+    trigger_order_id: str
+    condition: conditional_rule_pb2.RuleCondition.ValueType
+    cancel_order_ids: Iterable[str]
+
+
+class RuleRefFields(TypedDict, total=False):
+    """GetConditionalRule and DeleteConditionalRule."""
+
+    user_id: str
+    rule_id: str
+
+
+class ListConditionalRulesFields(TypedDict, total=False):
+    user_id: str
+    trigger_order_id: str
+    statuses: Iterable[conditional_rule_pb2.RuleStatus.ValueType]
+    page_size: int
+    page_token: str
+
+
+def decimal_text(value: Decimal | str, name: str) -> str:
+    """A decimal field as the wire carries it. A string goes as it is (the server judges it
+    and names the field when it is not a finite decimal); a Decimal is written out in full,
+    without exponent ("1E-3" is sent as "0.001"). A float is refused: it has already lost the
+    decimal the caller meant."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, Decimal):
+        raise TypeError(f"{name} must be a Decimal or a decimal string, not {type(value).__name__}")
+    if not value.is_finite():
+        raise ValueError(f"{name} must be a finite decimal, not {value}")
+    return f"{value:f}"
 
 
 def build_request(message_type: type[M], request: M | None, fields: Mapping[str, object]) -> M:

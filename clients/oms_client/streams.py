@@ -25,7 +25,13 @@ from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, Self, TypeVar
 
 import grpc
-from tradingboost.oms.v1 import heartbeat_pb2, market_data_pb2, order_pb2, position_pb2
+from tradingboost.oms.v1 import (
+    heartbeat_pb2,
+    market_data_pb2,
+    order_pb2,
+    position_pb2,
+    trailing_stop_pb2,
+)
 from tradingboost.oms.v1 import market_data_service_pb2 as md
 
 from oms_client.retry import RetryPolicy
@@ -38,6 +44,7 @@ __all__ = [
     "order_update_payload",
     "position_update_payload",
     "sequenced_payload",
+    "trailing_stop_event_payload",
 ]
 
 RESUMABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
@@ -153,8 +160,9 @@ class _ReconnectingStream(ABC, Generic[R, T]):
 
 
 class EventStream(_ReconnectingStream[R, E]):
-    """Events of one user's sequenced stream (OrderUpdate, Fill, PositionUpdate), each
-    exactly once and in sequence order across reconnects. Heartbeats are consumed here.
+    """Events of one user's sequenced stream (OrderUpdate, Fill, PositionUpdate,
+    TrailingStopEvent), each exactly once and in sequence order across reconnects.
+    Heartbeats are consumed here.
 
     Persist `last_sequence` after handling an event to continue from it in a later process
     (`after_sequence=`). Not for concurrent readers: one consumer per stream.
@@ -244,3 +252,6 @@ def sequenced_payload(
 order_update_payload = sequenced_payload("order_update", order_pb2.OrderUpdate)
 fill_payload = sequenced_payload("fill", order_pb2.Fill)
 position_update_payload = sequenced_payload("position_update", position_pb2.PositionUpdate)
+trailing_stop_event_payload = sequenced_payload(
+    "trailing_stop_event", trailing_stop_pb2.TrailingStopEvent
+)

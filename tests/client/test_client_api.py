@@ -10,19 +10,23 @@ from tradingboost.oms.v1 import (
     market_data_service_pb2,
     order_service_pb2,
     position_service_pb2,
+    trailing_stop_service_pb2,
 )
 
-NOT_WRAPPED = {
-    # The server answers UNIMPLEMENTED until conditional rules land.
-    "CreateConditionalRule",
-    "GetConditionalRule",
-    "ListConditionalRules",
-    "DeleteConditionalRule",
+NOT_WRAPPED: set[str] = set()
+
+# RPCs whose client method is not the RPC's name in snake case: the client's only rules are the
+# conditional ones, so the short names.
+RENAMED = {
+    "CreateConditionalRule": "create_rule",
+    "GetConditionalRule": "get_rule",
+    "ListConditionalRules": "list_rules",
+    "DeleteConditionalRule": "delete_rule",
 }
 
 
 def snake_case(rpc: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", rpc).lower()
+    return RENAMED.get(rpc) or re.sub(r"(?<!^)(?=[A-Z])", "_", rpc).lower()
 
 
 def test_every_rpc_of_the_wrapped_services_has_a_client_method_or_is_listed() -> None:
@@ -32,9 +36,11 @@ def test_every_rpc_of_the_wrapped_services_has_a_client_method_or_is_listed() ->
             (order_service_pb2, "OrderService"),
             (market_data_service_pb2, "MarketDataService"),
             (position_service_pb2, "PositionService"),
+            (trailing_stop_service_pb2, "TrailingStopService"),
         )
         for method in module.DESCRIPTOR.services_by_name[service].methods
     }
+    assert set(RENAMED) <= rpcs
     wrapped = {rpc for rpc in rpcs if hasattr(OmsClient, snake_case(rpc))}
     assert rpcs - wrapped <= NOT_WRAPPED
     assert not wrapped & NOT_WRAPPED
@@ -55,6 +61,7 @@ def test_public_names() -> None:
         "PriceRounding",
         "PriceStream",
         "RetryPolicy",
+        "TrailingStopEventStream",
         "round_price",
         "round_quantity",
     }
@@ -73,6 +80,11 @@ def test_public_names() -> None:
         "list_fills_page",
         "stream_order_updates",
         "stream_fills",
+        "create_rule",
+        "get_rule",
+        "list_rules",
+        "list_rules_page",
+        "delete_rule",
         "get_position",
         "list_positions",
         "list_positions_page",
@@ -80,6 +92,12 @@ def test_public_names() -> None:
         "close_position",
         "stream_positions",
         "get_portfolio_summary",
+        "create_trailing_stop",
+        "get_trailing_stop",
+        "list_trailing_stops",
+        "list_trailing_stops_page",
+        "cancel_trailing_stop",
+        "stream_trailing_stop_events",
         "publish_prices",
         "get_price",
         "stream_prices",

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from fixtures.client_streams import until
 from fixtures.lossy_network import LoseResponses, client_with
 from fixtures.oms_server import OmsHarness, make_oms
 from oms_client import OmsClient, RetryPolicy
@@ -75,14 +76,6 @@ async def held(
     return await client.get_position(
         user_id=USER, exchange="paper", symbol=symbol, position_side=position_side
     )
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"still false after {timeout_s} s")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

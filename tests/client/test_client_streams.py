@@ -4,13 +4,19 @@ slow-consumer cut-off and a dropped connection; errors that would repeat are rai
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import grpc
 import pytest
+from fixtures.client_streams import (
+    Consumer,
+    assert_exactly_once_in_order,
+    free_loopback_address,
+    restartable_servers,
+    until,
+)
 from fixtures.lossy_network import client_with
 from fixtures.oms_process import OmsProcess
 from fixtures.oms_server import OmsHarness, make_oms
@@ -22,8 +28,6 @@ BTC = "BTC/USDT:USDT"
 ETH = "ETH/USDT:USDT"
 USER = "alice"
 BOTH_KINDS = [S.ORDER_EVENT_TYPE_ACCEPTED, S.ORDER_EVENT_TYPE_FILLED]
-
-T = TypeVar("T")
 
 
 async def buy(client: OmsClient, symbol: str = BTC, **fields: Any) -> S.Order:
@@ -42,37 +46,6 @@ async def tick(client: OmsClient, price: str, symbol: str = BTC) -> None:
     await client.publish_prices(
         prices=[market_data_pb2.PriceTick(exchange="paper", symbol=symbol, price=price)]
     )
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    """Polls a condition that other tasks make true (a consumer, the interceptors)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"still false after {timeout_s} s")
-        await asyncio.sleep(0.01)
-
-
-class Consumer(Generic[T]):
-    """Reads a stream into `items` in the background, as a strategy's consumer task would."""
-
-    def __init__(self, stream: AsyncIterator[T]) -> None:
-        self.items: list[T] = []
-        self.task = asyncio.create_task(self._consume(stream))
-
-    async def _consume(self, stream: AsyncIterator[T]) -> None:
-        async for item in stream:
-            self.items.append(item)
-
-    async def until(self, count: int) -> list[T]:
-        await until(lambda: len(self.items) >= count or self.task.done())
-        if self.task.done():
-            self.task.result()  # the error the stream raised, if any
-        return self.items
-
-
-def assert_exactly_once_in_order(sequences: list[int]) -> None:
-    assert sequences == sorted(set(sequences)), sequences
 
 
 class RecordStreams(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
@@ -115,21 +88,10 @@ class RecordStreams(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type
 # Across a server restart, with the real `oms serve` process and its embedded Redis
 
 
-def free_loopback_address() -> str:
-    # The restarted server must come back on the same address: port 0 would pick a new one.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{probe.getsockname()[1]}"
-
-
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[tuple[OmsProcess, OmsProcess]]:
-    address = free_loopback_address()
-    first = OmsProcess(tmp_path / "data", "--listen", address)
-    second = OmsProcess(tmp_path / "data", "--listen", address)
-    yield first, second
-    first.stop()
-    second.stop()
+    with restartable_servers(tmp_path / "data") as pair:
+        yield pair
 
 
 @pytest.mark.parametrize("stop", ["terminate", "kill9"])

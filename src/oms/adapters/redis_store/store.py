@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Coroutine, Sequence
 from decimal import Decimal
+from enum import Enum
 from importlib import resources
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -68,6 +69,18 @@ _SCAN_BUDGET = 5000
 
 def _script(name: str) -> str:
     return resources.files("oms.adapters.redis_store").joinpath(f"lua/{name}").read_text()
+
+
+def _filters(**fields: object) -> dict[str, list[str]]:
+    """list_page.lua filters by document field: the allowed values of each field given.
+    Unset values (None, "", an empty set) filter nothing; enums compare by value."""
+    found = {}
+    for name, value in fields.items():
+        values = value if isinstance(value, frozenset | set | list | tuple) else [value]
+        texts = [v.value if isinstance(v, Enum) else str(v) for v in values if v not in (None, "")]
+        if texts:
+            found[name] = texts
+    return found
 
 
 def connect(url: str) -> Redis:
@@ -363,17 +376,13 @@ class RedisStore:
 
     @_unavailable_when_down
     async def list_orders(self, query: OrderQuery) -> Page[Order]:
-        filters: dict[str, list[str]] = {}
-        if query.exchange:
-            filters["exchange"] = [query.exchange]
-        if query.symbol:
-            filters["symbol"] = [query.symbol]
-        if query.statuses:
-            filters["status"] = [status.value for status in query.statuses]
-        if query.grid_level is not None:
-            filters["grid_level"] = [str(query.grid_level)]
-        if query.strategy:
-            filters["strategy"] = [query.strategy]
+        filters = _filters(
+            exchange=query.exchange,
+            symbol=query.symbol,
+            status=query.statuses,
+            grid_level=query.grid_level,
+            strategy=query.strategy,
+        )
         user = query.user_id
         raw = await self._page(
             [
@@ -391,13 +400,7 @@ class RedisStore:
 
     @_unavailable_when_down
     async def list_fills(self, query: FillQuery) -> Page[tuple[int, Fill]]:
-        filters: dict[str, list[str]] = {}
-        if query.order_id:
-            filters["order_id"] = [query.order_id]
-        if query.exchange:
-            filters["exchange"] = [query.exchange]
-        if query.symbol:
-            filters["symbol"] = [query.symbol]
+        filters = _filters(order_id=query.order_id, exchange=query.exchange, symbol=query.symbol)
         user = query.user_id
         raw = await self._page(
             [keys.sequence(user), keys.fill_index(user), keys.fills(user)],
@@ -487,13 +490,9 @@ class RedisStore:
 
     @_unavailable_when_down
     async def list_positions(self, query: PositionQuery) -> Page[Position]:
-        filters: dict[str, list[str]] = {}
-        if query.exchange:
-            filters["exchange"] = [query.exchange]
-        if query.symbol:
-            filters["symbol"] = [query.symbol]
-        if query.position_side is not None:
-            filters["position_side"] = [query.position_side.value]
+        filters = _filters(
+            exchange=query.exchange, symbol=query.symbol, position_side=query.position_side
+        )
         user = query.user_id
         raw = await self._page(
             [
@@ -537,15 +536,12 @@ class RedisStore:
 
     @_unavailable_when_down
     async def list_trailing_stops(self, query: TrailingStopQuery) -> Page[TrailingStop]:
-        filters: dict[str, list[str]] = {}
-        if query.exchange:
-            filters["exchange"] = [query.exchange]
-        if query.symbol:
-            filters["symbol"] = [query.symbol]
-        if query.position_side is not None:
-            filters["position_side"] = [query.position_side.value]
-        if query.statuses:
-            filters["status"] = [status.value for status in query.statuses]
+        filters = _filters(
+            exchange=query.exchange,
+            symbol=query.symbol,
+            position_side=query.position_side,
+            status=query.statuses,
+        )
         user = query.user_id
         raw = await self._page(
             [
@@ -578,11 +574,7 @@ class RedisStore:
 
     @_unavailable_when_down
     async def list_rules(self, query: RuleQuery) -> Page[ConditionalRule]:
-        filters: dict[str, list[str]] = {}
-        if query.trigger_order_id:
-            filters["trigger_order_id"] = [query.trigger_order_id]
-        if query.statuses:
-            filters["status"] = [status.value for status in query.statuses]
+        filters = _filters(trigger_order_id=query.trigger_order_id, status=query.statuses)
         user = query.user_id
         raw = await self._page(
             [keys.sequence(user), keys.rule_index(user), keys.rules(user)],

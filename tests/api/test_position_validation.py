@@ -17,6 +17,7 @@ from fixtures.positions import (
     position_stream,
     redis_snapshot,
 )
+from fixtures.streams import BAD_STREAM_FILTERS
 from fixtures.trading import BTC, USER, place, tick
 from tradingboost.oms.v1 import order_pb2
 from tradingboost.oms.v1 import order_service_pb2 as opb
@@ -186,25 +187,16 @@ async def test_bad_list_positions_names_the_field(
     )
 
 
-BAD_STREAMS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
-    (("user_id",), {"user_id": ""}),
-    (("user_id",), {"user_id": "bad user!"}),
-    (("exchange",), {"exchange": "binance"}),
-    (("symbol",), {"exchange": "paper", "symbol": "DOGE/USDT:USDT"}),
-    (("exchange", "symbol"), {"symbol": BTC}),
-]
-
-
 @pytest.mark.parametrize(
     ("fields", "request_fields"),
-    BAD_STREAMS,
-    ids=[f"{f[0]}-{i}" for i, (f, _) in enumerate(BAD_STREAMS)],
+    BAD_STREAM_FILTERS,
+    ids=[f"{f[0]}-{i}" for i, (f, _) in enumerate(BAD_STREAM_FILTERS)],
 )
 async def test_bad_stream_positions_names_the_field(
     oms: OmsHarness, fields: tuple[str, ...], request_fields: dict[str, Any]
 ) -> None:
-    user_id = request_fields.pop("user_id", USER)
-    stream = position_stream(oms, user_id=user_id, **request_fields)
+    values = {"user_id": USER, **request_fields}
+    stream = position_stream(oms, **values)
     await expect_invalid(stream.next_message(), *fields)
 
 

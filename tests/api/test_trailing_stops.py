@@ -29,7 +29,7 @@ from fixtures.positions import (
     redis_snapshot,
     ticks,
 )
-from fixtures.streams import StreamReader
+from fixtures.streams import BAD_STREAM_FILTERS, StreamReader
 from fixtures.trading import BTC, place
 from fixtures.trailing import (
     ACTIVATED,
@@ -1074,19 +1074,10 @@ async def test_bad_get_and_cancel_name_the_field(
     )
 
 
-BAD_STREAMS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
-    (("user_id",), {"user_id": ""}),
-    (("user_id",), {"user_id": "bad user!"}),
-    (("exchange",), {"exchange": "binance"}),
-    (("symbol",), {"exchange": "paper", "symbol": "DOGE/USDT:USDT"}),
-    (("exchange", "symbol"), {"symbol": BTC}),
-]
-
-
 @pytest.mark.parametrize(
     ("fields", "request_fields"),
-    BAD_STREAMS,
-    ids=[f"{f[0]}-{i}" for i, (f, _) in enumerate(BAD_STREAMS)],
+    BAD_STREAM_FILTERS,
+    ids=[f"{f[0]}-{i}" for i, (f, _) in enumerate(BAD_STREAM_FILTERS)],
 )
 async def test_bad_stream_request_names_the_field(
     oms: OmsHarness, fields: tuple[str, ...], request_fields: dict[str, Any]

@@ -6,23 +6,29 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 
+from oms.adapters.credential_vault import CredentialVault, parse_master_key
+from oms.adapters.exchanges.ccxt_gateway import CcxtConnector, CcxtSettings, exchange_ids
+from oms.adapters.redis_store.accounts import RedisAccountStore
 from oms.adapters.redis_store.store import RedisStore, connect
+from oms.api.account_service import AccountService
 from oms.api.market_data_service import MarketDataService
 from oms.api.order_service import OrderService
 from oms.api.position_service import PositionService
 from oms.api.server import OmsServer
 from oms.api.trailing_stop_service import TrailingStopService
-from oms.config import Settings
+from oms.config import ExchangeSettings, Settings
 from oms.domain.identifiers import IdGenerator
 from oms.domain.markets import Market, MarketCatalog
 from oms.domain.paper_matching import FeeSchedule
+from oms.engine.accounts import Accounts
 from oms.engine.conditional_rules import ConditionalRules
 from oms.engine.journal import Journal
+from oms.engine.live_exchanges import LiveExchanges, VenuePolicy
 from oms.engine.market_data import MarketData
 from oms.engine.order_lifecycle import OrderLifecycle
 from oms.engine.paper_exchange import PAPER, PaperExchange
@@ -50,6 +56,30 @@ def paper_catalog(settings: Settings) -> MarketCatalog:
     )
 
 
+def ccxt_connector(settings: Settings) -> CcxtConnector:
+    return CcxtConnector(
+        {
+            exchange: CcxtSettings(
+                rest_url=table.rest_url,
+                timeout_ms=table.timeout_ms,
+                rate_limit=table.rate_limit,
+                options=table.options,
+            )
+            for exchange, table in settings.exchanges.items()
+        }
+    )
+
+
+def venue_policy(settings: Settings) -> Callable[[str], VenuePolicy]:
+    def policy(exchange: str) -> VenuePolicy:
+        table = settings.exchanges.get(exchange, ExchangeSettings())
+        return VenuePolicy(
+            poll_interval_s=table.poll_interval_s, lookup_grace_s=table.lookup_grace_s
+        )
+
+    return policy
+
+
 class Application:
     """The running service. `start` recovers state before it reports SERVING."""
 
@@ -71,18 +101,40 @@ class Application:
         self.paper = PaperExchange(
             catalog, fees, journal, ids.new_id, time.time_ns, settings.paper.maker_fill_limit
         )
-        orders = OrderLifecycle(self.store, catalog, self.paper, self.hub, ids.new_id, time.time_ns)
+        self.connector = ccxt_connector(settings)
+        self.exchanges = LiveExchanges(
+            self.store,
+            journal,
+            catalog,
+            self.connector,
+            ids.new_id,
+            time.time_ns,
+            venue_policy(settings),
+        )
+        orders = OrderLifecycle(
+            self.store, catalog, self.paper, self.exchanges, self.hub, ids.new_id, time.time_ns
+        )
         self.market_data = MarketData(catalog, self.paper, settings.stream_buffer_events)
         positions = Positions(self.store, catalog, orders, self.hub, self.paper.last_price_of)
         self.rules = ConditionalRules(self.store, journal, self.paper, ids.new_id, time.time_ns)
         trailing_stops = TrailingStops(
             self.store, catalog, orders, self.paper, self.hub, ids.new_id
         )
+        master_key = settings.master_key
+        vault = (
+            None
+            if master_key is None
+            else CredentialVault(parse_master_key(master_key.get_secret_value()))
+        )
+        self.accounts = Accounts(
+            RedisAccountStore(self.store.redis), vault, self.exchanges, exchange_ids(), time.time_ns
+        )
         self.server = OmsServer(
             OrderService(orders, self.rules),
             MarketDataService(self.market_data),
             PositionService(positions),
             TrailingStopService(trailing_stops),
+            AccountService(self.accounts),
             extra_handlers,
         )
         self._stopping = asyncio.Event()
@@ -94,6 +146,13 @@ class Application:
         await self.rules.finish_pending()
         port = self.server.bind(self.settings.listen)
         await self.server.start()
+        # Listening but NOT_SERVING while the exchanges are reconciled: an unreachable one
+        # keeps the server here, visible to health checks.
+        try:
+            await self.accounts.resume()
+        except BaseException:
+            await self.stop()
+            raise
         await self.server.ready()
         return port
 
@@ -109,6 +168,8 @@ class Application:
         self.hub.close()
         self.market_data.close()
         await self.server.stop(self.settings.shutdown_grace_s)
+        await self.exchanges.close()
+        await self.connector.close()
         await self.store.close()
 
 

@@ -38,15 +38,19 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from oms.adapters.credential_vault import parse_master_key
+
 __all__ = [
     "DEFAULT_PAPER_MARKETS",
     "ConfigError",
+    "ExchangeSettings",
     "MarketSettings",
     "PaperSettings",
     "Settings",
@@ -205,6 +209,34 @@ class PaperSettings(BaseModel):
         return tuple(merged.values())
 
 
+class ExchangeSettings(BaseModel):
+    """One real exchange, by its ccxt id (TOML table `[exchanges.<id>]`). Every ccxt exchange
+    works without a table; one is needed only to change these defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    rest_url: str | None = None
+    """Replaces the scheme and host of every REST URL ccxt uses (a proxy, a local exchange)."""
+    timeout_ms: int = Field(default=10_000, gt=0)
+    """A request to the exchange that takes longer is treated as of unknown outcome."""
+    rate_limit: bool = True
+    """ccxt's own request throttle, spacing requests by the exchange's published limits."""
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    """How often each active account's open orders are read back from the exchange."""
+    lookup_grace_s: float = Field(default=15.0, ge=0)
+    """How long after an ambiguous submit the exchange may still show the order; only after
+    it can the OMS conclude the order was never taken (REJECTED)."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Merged into the ccxt instance's `options` (e.g. `defaultType`)."""
+
+    @field_validator("rest_url")
+    @classmethod
+    def _check_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.fullmatch(r"https?://[^/\s]+/?", url):
+            raise ValueError(f"{url!r} must be scheme and host only, such as 'https://proxy:8443'")
+        return url
+
+
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 
 
@@ -245,6 +277,19 @@ class Settings(BaseSettings):
     """Root log level (case-insensitive)."""
     paper: PaperSettings = Field(default_factory=PaperSettings)
     """The built-in paper exchange; TOML table [paper] only."""
+    exchanges: dict[str, ExchangeSettings] = Field(default_factory=dict)
+    """Real exchanges by ccxt id; TOML tables [exchanges.<id>] only."""
+    master_key: SecretStr | None = None
+    """32 bytes in urlsafe base64 that seal exchange credentials at rest (env
+    OMS_MASTER_KEY). Unset: RegisterCredentials is refused. Starting with another key than
+    the one the stored credentials were sealed with fails."""
+
+    @field_validator("master_key")
+    @classmethod
+    def _check_master_key(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None:
+            parse_master_key(key.get_secret_value())
+        return key
 
     @classmethod
     def settings_customise_sources(

@@ -1,13 +1,11 @@
-"""Health and reflection are always on; later capabilities answer UNIMPLEMENTED by name."""
+"""Health and reflection are always on, for every service of the contract."""
 
 from __future__ import annotations
 
-import grpc
 import pytest
 from fixtures.oms_server import OmsHarness
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from tradingboost.oms.v1 import account_service_pb2, account_service_pb2_grpc
 
 SERVICES = [
     "tradingboost.oms.v1.OrderService",
@@ -34,11 +32,3 @@ async def test_reflection_lists_every_service(oms: OmsHarness) -> None:
         break
     assert set(SERVICES) <= names
     assert "grpc.health.v1.Health" in names
-
-
-async def test_pending_capabilities_answer_unimplemented(oms: OmsHarness) -> None:
-    accounts = account_service_pb2_grpc.AccountServiceStub(oms.channel)
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await accounts.ListActiveAccounts(account_service_pb2.ListActiveAccountsRequest())
-    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "ListActiveAccounts" in (error.value.details() or "")

@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from tradingboost.oms.v1 import (
+    account_pb2,
+    account_service_pb2,
     conditional_rule_pb2,
     heartbeat_pb2,
     market_data_pb2,
@@ -19,6 +21,7 @@ from tradingboost.oms.v1 import (
     trailing_stop_service_pb2,
 )
 
+from oms.domain.accounts import Account, AccountStatus
 from oms.domain.commands import OpenPosition, PlaceOrder, TrailingStopConfig
 from oms.domain.conditional_rules import (
     CancelOutcome,
@@ -46,6 +49,7 @@ from oms.domain.trailing_stops import (
     TrailingStopEventType,
     TrailingStopStatus,
 )
+from oms.engine.accounts import RegisterCredentials
 from oms.engine.ports import PriceUpdate
 
 E = TypeVar("E", bound=Enum)
@@ -87,6 +91,7 @@ TRAILING_STOP_EVENT_TYPES = _EnumMap(
 RULE_CONDITIONS = _EnumMap(RuleCondition, conditional_rule_pb2, "RULE_CONDITION")
 RULE_STATUSES = _EnumMap(RuleStatus, conditional_rule_pb2, "RULE_STATUS")
 CANCEL_OUTCOMES = _EnumMap(CancelOutcome, conditional_rule_pb2, "RULE_CANCEL_OUTCOME")
+ACCOUNT_STATUSES = _EnumMap(AccountStatus, account_pb2, "ACCOUNT_STATUS")
 
 
 def timestamp(time_ns: int) -> Timestamp:
@@ -403,3 +408,29 @@ def rule_to_proto(rule: ConditionalRule) -> conditional_rule_pb2.ConditionalRule
     if rule.triggered_at_ns is not None:
         message.triggered_at.CopyFrom(timestamp(rule.triggered_at_ns))
     return message
+
+
+def register_credentials_command(
+    request: account_service_pb2.RegisterCredentialsRequest,
+) -> RegisterCredentials:
+    return RegisterCredentials(
+        user_id=request.user_id,
+        exchange=request.exchange,
+        api_key=request.api_key,
+        secret=request.secret,
+        password=request.password if request.HasField("password") else None,
+        sandbox=request.sandbox,
+    )
+
+
+def account_to_proto(account: Account) -> account_pb2.Account:
+    return account_pb2.Account(
+        user_id=account.user_id,
+        exchange=account.exchange,
+        sandbox=account.sandbox,
+        has_password=account.has_password,
+        status=ACCOUNT_STATUSES.to_proto[account.status],
+        created_at=timestamp(account.created_at_ns),
+        credentials_updated_at=timestamp(account.credentials_updated_at_ns),
+        updated_at=timestamp(account.updated_at_ns),
+    )

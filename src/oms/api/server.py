@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tradingboost.oms.v1 import (
     account_service_pb2,
+    account_service_pb2_grpc,
     market_data_service_pb2,
     market_data_service_pb2_grpc,
     order_service_pb2,
@@ -21,23 +22,23 @@ from tradingboost.oms.v1 import (
     trailing_stop_service_pb2_grpc,
 )
 
+from oms.api.account_service import AccountService
 from oms.api.error_mapping import ErrorMappingInterceptor
 from oms.api.market_data_service import MarketDataService
 from oms.api.order_service import OrderService
 from oms.api.position_service import PositionService
 from oms.api.trailing_stop_service import TrailingStopService
-from oms.api.unimplemented import unimplemented_service
 
 log = logging.getLogger(__name__)
 
-_IMPLEMENTED = (
+_SERVICES = (
+    account_service_pb2.DESCRIPTOR.services_by_name["AccountService"],
     order_service_pb2.DESCRIPTOR.services_by_name["OrderService"],
     market_data_service_pb2.DESCRIPTOR.services_by_name["MarketDataService"],
     position_service_pb2.DESCRIPTOR.services_by_name["PositionService"],
     trailing_stop_service_pb2.DESCRIPTOR.services_by_name["TrailingStopService"],
 )
-_PENDING = (account_service_pb2.DESCRIPTOR.services_by_name["AccountService"],)
-SERVICE_NAMES = tuple(service.full_name for service in (*_IMPLEMENTED, *_PENDING))
+SERVICE_NAMES = tuple(service.full_name for service in _SERVICES)
 
 
 class OmsServer:
@@ -49,6 +50,7 @@ class OmsServer:
         market_data: MarketDataService,
         positions: PositionService,
         trailing_stops: TrailingStopService,
+        accounts: AccountService,
         extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
     ) -> None:
         self.server = grpc.aio.server(
@@ -63,9 +65,8 @@ class OmsServer:
         trailing_stop_service_pb2_grpc.add_TrailingStopServiceServicer_to_server(
             trailing_stops, self.server
         )
-        self.server.add_generic_rpc_handlers(
-            [unimplemented_service(service) for service in _PENDING] + list(extra_handlers)
-        )
+        account_service_pb2_grpc.add_AccountServiceServicer_to_server(accounts, self.server)
+        self.server.add_generic_rpc_handlers(list(extra_handlers))
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -25,6 +25,16 @@ def check_client_order_id(raw: str, field: str = "client_order_id") -> str:
     return raw
 
 
+EXCHANGE_CLIENT_ID_PREFIX = "oms"
+
+
+def exchange_client_id(order_id: str) -> str:
+    """The client order id the OMS sends for an order: derived from the OMS id alone, so a
+    lookup after an ambiguous submit names the same order. 29 alphanumerics fit Binance
+    (36 of [.A-Za-z0-9:/_-]) and OKX (32 alphanumerics)."""
+    return EXCHANGE_CLIENT_ID_PREFIX + order_id
+
+
 class IdGenerator:
     """Time-ordered 26-character ULIDs (Crockford base32), monotonic within one process.
 

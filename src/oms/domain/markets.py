@@ -9,6 +9,9 @@ from decimal import Decimal
 from oms.domain.decimals import is_multiple
 from oms.domain.errors import InvalidArgument
 
+PAPER = "paper"
+"""The built-in deterministic exchange: always present, needs no account."""
+
 
 @dataclass(frozen=True, slots=True)
 class Market:
@@ -47,6 +50,10 @@ class MarketCatalog:
     def __init__(self, markets: Iterable[Market]) -> None:
         self._by_key: dict[tuple[str, str], Market] = {}
         self._exchanges: set[str] = set()
+        self.add(markets)
+
+    def add(self, markets: Iterable[Market]) -> None:
+        """Add an exchange's markets (real exchanges load theirs when first needed)."""
         for market in markets:
             self._exchanges.add(market.exchange)
             self._by_key[(market.exchange, market.symbol)] = market

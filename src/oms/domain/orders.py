@@ -106,7 +106,9 @@ class OrderAmended:
 
 @dataclass(frozen=True, slots=True)
 class OrderPendingCancel:
-    pass
+    """A cancel was sent and the exchange has not confirmed it yet."""
+
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +275,11 @@ class Order:
                         f"cannot amend order {self.order_id} below its filled quantity"
                     )
                 changes["quantity"] = quantity
-            case OrderCanceled(reason=reason) | OrderExpired(reason=reason):
+            case (
+                OrderCanceled(reason=reason)
+                | OrderExpired(reason=reason)
+                | OrderPendingCancel(reason=reason)
+            ):
                 changes["cancel_reason"] = reason
             case OrderTriggered():
                 changes["triggered"] = True
@@ -292,5 +298,8 @@ class Order:
                 changes["fill_ids"] = (*self.fill_ids, fill.fill_id)
                 if target is None:
                     target = S.FILLED if filled == self.quantity else S.PARTIALLY_FILLED
+                if target is S.FILLED:
+                    # It filled before a pending cancel could land: it was not cancelled.
+                    changes["cancel_reason"] = ""
         changes["status"] = target
         return replace(self, **changes)  # type: ignore[arg-type]

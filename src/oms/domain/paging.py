@@ -34,3 +34,22 @@ def decode_page_token(token: str) -> int | None:
         return int(cursor)
     except (ValueError, binascii.Error, UnicodeDecodeError) as error:
         raise InvalidArgument("page_token", "is not a token from a previous page") from error
+
+
+def encode_key_token(key: str | None) -> str:
+    """A token for listings ordered by a string key (the last key of the page)."""
+    if key is None:
+        return ""
+    return base64.urlsafe_b64encode(f"k1:{key}".encode()).decode()
+
+
+def decode_key_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        version, key = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as error:
+        raise InvalidArgument("page_token", "is not a token from a previous page") from error
+    if version != "k1" or not key:
+        raise InvalidArgument("page_token", "is not a token from a previous page")
+    return key

@@ -26,7 +26,7 @@ from oms.domain.identifiers import check_user_id
 from oms.domain.orders import Order
 from oms.domain.paging import decode_page_token, page_size
 from oms.engine.journal import Journal
-from oms.engine.paper_exchange import PaperExchange
+from oms.engine.paper_exchange import PAPER, PaperExchange
 from oms.engine.ports import Page, RuleQuery, StateStore
 from oms.failpoints import crash_point
 
@@ -58,6 +58,12 @@ class ConditionalRules:
         missing = [oid for oid, order in zip(cancel_ids, listed, strict=True) if order is None]
         if missing:
             raise NotFound(f"cancel_order_ids: order {missing[0]} not found for user {user}")
+        live = next((o for o in (trigger, *listed) if o is not None and o.exchange != PAPER), None)
+        if live is not None:
+            raise FailedPrecondition(
+                f"order {live.order_id} is on {live.exchange}: conditional rules work on "
+                f"{PAPER} orders only for now"
+            )
         now = self._clock_ns()
         rule = ConditionalRule(
             rule_id=self._new_id(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from oms.domain.commands import MAX_GRID_LEVEL, OrderSpec, PlaceOrder, validate_place_order
 from oms.domain.decimals import parse_decimal, parse_positive
@@ -62,12 +63,24 @@ def _check_ref(ref: OrderRef) -> None:
         check_client_order_id(ref.client_order_id)
 
 
+class Venue(Protocol):
+    """Where orders go: the paper exchange, or real exchanges through their gateways."""
+
+    async def place(self, order: Order) -> tuple[Order, bool]:
+        """The order as placed, and whether this call created it (False: its client order id
+        already named that order, which is returned and not sent again)."""
+        ...
+
+    async def cancel(self, order: Order, reason: str) -> Order: ...
+
+
 class OrderLifecycle:
     def __init__(
         self,
         store: StateStore,
         catalog: MarketCatalog,
         paper: PaperExchange,
+        live: Venue,
         hub: EventHub,
         new_id: Callable[[], str],
         clock_ns: Callable[[], int],
@@ -75,6 +88,7 @@ class OrderLifecycle:
         self._store = store
         self._catalog = catalog
         self._paper = paper
+        self._live = live
         self._hub = hub
         self._new_id = new_id
         self._clock_ns = clock_ns
@@ -295,7 +309,5 @@ class OrderLifecycle:
         self._catalog.check_exchange(exchange)
         return exchange, self._catalog.resolve(exchange, symbol).symbol if symbol else ""
 
-    def _venue(self, exchange: str) -> PaperExchange:
-        if exchange != PAPER:
-            raise FailedPrecondition(f"exchange {exchange} has no trading gateway configured")
-        return self._paper
+    def _venue(self, exchange: str) -> Venue:
+        return self._paper if exchange == PAPER else self._live

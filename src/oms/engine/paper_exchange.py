@@ -32,7 +32,7 @@ from oms.domain.events import (
     apply_all,
 )
 from oms.domain.fills import Fill
-from oms.domain.markets import Market, MarketCatalog
+from oms.domain.markets import PAPER, Market, MarketCatalog
 from oms.domain.orders import (
     Order,
     OrderAmended,
@@ -54,7 +54,7 @@ from oms.engine.journal import Journal
 from oms.engine.ports import Conflict, ConflictKind, OrderChange, PriceUpdate
 from oms.engine.trailing_book import TrailingBook
 
-PAPER = "paper"
+__all__ = ["PAPER", "PaperExchange"]
 
 PositionSlot = tuple[str, PositionSide]
 """(user_id, position side): one desk's key for a position on its symbol."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Generic, Protocol, TypeVar
 
+from oms.domain.accounts import Account, Credentials
 from oms.domain.conditional_rules import ConditionalRule, RuleStatus
 from oms.domain.events import SequencedEvent, Update, UserEvent
 from oms.domain.fills import Fill
@@ -134,6 +135,7 @@ class StateStore(Protocol):
     | get_order_by_client_id | one order by client order id, within the user              |
     | open_orders            | a user's open orders                                        |
     | open_orders_on         | every user's open orders on one exchange (recovery)        |
+    | applied_trade_ids      | which of an exchange's trade ids were applied already      |
     | list_orders/list_fills | one page, newest first, with the sequence it is as of       |
     | read_events            | retained events after a sequence, oldest first              |
     | sequence_bounds        | (oldest retained, newest) sequence of a user                |
@@ -166,6 +168,10 @@ class StateStore(Protocol):
     async def open_orders(self, user_id: str) -> list[Order]: ...
 
     async def open_orders_on(self, exchange: str) -> list[Order]: ...
+
+    async def applied_trade_ids(
+        self, user_id: str, exchange: str, trade_ids: Sequence[str]
+    ) -> set[str]: ...
 
     async def list_orders(self, query: OrderQuery) -> Page[Order]: ...
 
@@ -208,3 +214,49 @@ class StateStore(Protocol):
     async def pending_rules(self) -> list[ConditionalRule]: ...
 
     async def list_rules(self, query: RuleQuery) -> Page[ConditionalRule]: ...
+
+
+class AccountStore(Protocol):
+    """Exchange accounts and their sealed credentials.
+
+    | method           | what it does                                                     |
+    |------------------|------------------------------------------------------------------|
+    | get              | one account and its sealed credentials, or None                  |
+    | put              | write an account (with new sealed credentials when given)        |
+    | list_active      | members '<user_id> <exchange>' of active accounts after a member |
+    | get_many         | the accounts those members name                                  |
+    | all_active       | every active account (start-up)                                  |
+    | vault_check      | the sealed constant that proves which master key is in use       |
+    | init_vault_check | store it unless one is stored                                    |
+    | has_credentials  | whether any credentials are stored                               |
+    """
+
+    async def get(self, user_id: str, exchange: str) -> tuple[Account, bytes] | None: ...
+
+    async def put(self, account: Account, sealed: bytes | None = None) -> None: ...
+
+    async def list_active(
+        self, user_id: str, exchange: str, after: str, limit: int
+    ) -> list[str]: ...
+
+    async def get_many(self, members: list[str]) -> list[Account]: ...
+
+    async def all_active(self) -> list[Account]: ...
+
+    async def vault_check(self) -> bytes | None: ...
+
+    async def init_vault_check(self, sealed: bytes) -> None: ...
+
+    async def has_credentials(self) -> bool: ...
+
+
+class Vault(Protocol):
+    """Seals credentials for storage; `owner` binds a blob to its account."""
+
+    def seal(self, owner: str, credentials: Credentials) -> bytes: ...
+
+    def open(self, owner: str, sealed: bytes) -> Credentials: ...
+
+    def check_value(self) -> bytes: ...
+
+    def verify_check_value(self, sealed: bytes) -> None: ...

@@ -131,3 +131,23 @@ def exchange_open_orders(exchange: str) -> str:
 def prices() -> str:
     """Hash '<exchange>|<symbol>' -> '<price>|<time_ns>'."""
     return f"{PREFIX}:prices"
+
+
+def accounts() -> str:
+    """Hash '<user_id> <exchange>' -> account document (never the credentials)."""
+    return f"{PREFIX}:accounts"
+
+
+def account_credentials() -> str:
+    """Hash '<user_id> <exchange>' -> credentials sealed under the master key."""
+    return f"{PREFIX}:account_credentials"
+
+
+def active_accounts() -> str:
+    """Zset (all scores 0) of '<user_id> <exchange>' members of ACTIVE accounts, by lex."""
+    return f"{PREFIX}:active_accounts"
+
+
+def vault_check() -> str:
+    """A constant sealed under the master key: a start with another key fails on it."""
+    return f"{PREFIX}:vault_check"

@@ -62,6 +62,7 @@ from oms.engine.ports import (
 
 P = ParamSpec("P")
 R = TypeVar("R")
+S = TypeVar("S")
 
 # Most index entries one page may examine: bounds the time a filtered listing holds Redis.
 _SCAN_BUDGET = 5000
@@ -94,10 +95,10 @@ def connect(url: str) -> Redis:
     return client
 
 
-def _unavailable_when_down(
-    method: Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, R]],
-) -> Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, R]]:
-    async def guarded(self: RedisStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+def unavailable_when_down(
+    method: Callable[Concatenate[S, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
+    async def guarded(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await method(self, *args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError) as error:
@@ -187,7 +188,7 @@ class RedisStore:
 
     # -- writes --------------------------------------------------------------------------
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def commit(
         self,
         changes: Sequence[OrderChange],
@@ -351,17 +352,17 @@ class RedisStore:
 
     # -- reads ---------------------------------------------------------------------------
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def get_order(self, user_id: str, order_id: str) -> Order | None:
         raw = await self._redis.hget(keys.orders(user_id), order_id)  # type: ignore[misc]
         return None if raw is None else decode_order(raw)
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def get_order_by_client_id(self, user_id: str, client_order_id: str) -> Order | None:
         order_id = await self._redis.hget(keys.client_order_ids(user_id), client_order_id)  # type: ignore[misc]
         return None if order_id is None else await self.get_order(user_id, order_id.decode())
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def open_orders(self, user_id: str) -> list[Order]:
         ids = await self._redis.smembers(keys.open_orders(user_id))  # type: ignore[misc]
         if not ids:
@@ -369,12 +370,22 @@ class RedisStore:
         docs = await self._redis.hmget(keys.orders(user_id), sorted(ids))  # type: ignore[misc]
         return [decode_order(doc) for doc in docs if doc is not None]
 
-    @_unavailable_when_down
+    @unavailable_when_down
+    async def applied_trade_ids(
+        self, user_id: str, exchange: str, trade_ids: Sequence[str]
+    ) -> set[str]:
+        if not trade_ids:
+            return set()
+        fields = [f"{exchange}|{trade_id}" for trade_id in trade_ids]
+        found = await self._redis.hmget(keys.trade_ids(user_id), fields)  # type: ignore[misc]
+        return {trade_id for trade_id, hit in zip(trade_ids, found, strict=True) if hit is not None}
+
+    @unavailable_when_down
     async def open_orders_on(self, exchange: str) -> list[Order]:
         docs = await self._members_docs(keys.exchange_open_orders(exchange), keys.orders)
         return [decode_order(doc) for doc in docs]
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def list_orders(self, query: OrderQuery) -> Page[Order]:
         filters = _filters(
             exchange=query.exchange,
@@ -398,7 +409,7 @@ class RedisStore:
         )
         return Page([decode_order(doc) for doc, _ in raw[2]], raw[1], raw[0])
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def list_fills(self, query: FillQuery) -> Page[tuple[int, Fill]]:
         filters = _filters(order_id=query.order_id, exchange=query.exchange, symbol=query.symbol)
         user = query.user_id
@@ -433,7 +444,7 @@ class RedisStore:
         next_cursor = int(reply[1]) if reply[1] else None
         return int(reply[0]), next_cursor, rows
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def read_events(self, user_id: str, after: int, limit: int) -> list[SequencedEvent]:
         rows = await self._redis.xrange(
             keys.events(user_id), min=f"({after}-0", max="+", count=limit
@@ -443,7 +454,7 @@ class RedisStore:
             for entry_id, fields in rows
         ]
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def sequence_bounds(self, user_id: str) -> tuple[int, int]:
         """(oldest retained sequence, newest sequence); (newest + 1, newest) when none kept."""
         pipe = self._redis.pipeline(transaction=True)
@@ -454,12 +465,12 @@ class RedisStore:
         oldest = int(first[0][0].split(b"-", 1)[0]) if first else newest + 1
         return oldest, newest
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def get_position(self, user_id: str, position_id: str) -> Position | None:
         raw = await self._redis.hget(keys.positions(user_id), position_id)  # type: ignore[misc]
         return None if raw is None else decode_position(raw)
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def current_position(self, key: PositionKey) -> Position | None:
         position_id = await self._redis.hget(keys.current_positions(key.user_id), key.field())  # type: ignore[misc]
         return (
@@ -468,7 +479,7 @@ class RedisStore:
             else await self.get_position(key.user_id, position_id.decode())
         )
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def current_positions_on(self, exchange: str) -> list[Position]:
         members = await self._redis.smembers(keys.exchange_positions(exchange))  # type: ignore[misc]
         pipe = self._redis.pipeline(transaction=False)
@@ -483,12 +494,12 @@ class RedisStore:
             pipe.hget(keys.positions(user_id), position_id)
         return [decode_position(doc) for doc in await pipe.execute() if doc is not None]
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def all_positions(self, user_id: str) -> list[Position]:
         docs = await self._redis.hvals(keys.positions(user_id))  # type: ignore[misc]
         return [decode_position(doc) for doc in docs]
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def list_positions(self, query: PositionQuery) -> Page[Position]:
         filters = _filters(
             exchange=query.exchange, symbol=query.symbol, position_side=query.position_side
@@ -508,24 +519,24 @@ class RedisStore:
         )
         return Page([decode_position(doc) for doc, _ in raw[2]], raw[1], raw[0])
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def get_orders(self, user_id: str, order_ids: Sequence[str]) -> list[Order | None]:
         docs = await self._redis.hmget(keys.orders(user_id), list(order_ids))  # type: ignore[misc]
         return [None if doc is None else decode_order(doc) for doc in docs]
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def get_trailing_stop(self, user_id: str, trailing_stop_id: str) -> TrailingStop | None:
         raw = await self._redis.hget(keys.trailing_stops(user_id), trailing_stop_id)  # type: ignore[misc]
         return None if raw is None else decode_trailing_stop(raw)
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def get_trailing_stop_by_client_id(
         self, user_id: str, client_id: str
     ) -> TrailingStop | None:
         stop_id = await self._redis.hget(keys.trailing_client_ids(user_id), client_id)  # type: ignore[misc]
         return None if stop_id is None else await self.get_trailing_stop(user_id, stop_id.decode())
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def working_trailing_stops_on(self, exchange: str) -> list[TrailingStop]:
         return [
             decode_trailing_stop(doc)
@@ -534,7 +545,7 @@ class RedisStore:
             )
         ]
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def list_trailing_stops(self, query: TrailingStopQuery) -> Page[TrailingStop]:
         filters = _filters(
             exchange=query.exchange,
@@ -557,22 +568,22 @@ class RedisStore:
         )
         return Page([decode_trailing_stop(doc) for doc, _ in raw[2]], raw[1], raw[0])
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def get_rule(self, user_id: str, rule_id: str) -> ConditionalRule | None:
         raw = await self._redis.hget(keys.rules(user_id), rule_id)  # type: ignore[misc]
         return None if raw is None else decode_rule(raw)
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def active_rules_on(self, exchange: str) -> list[ConditionalRule]:
         docs = await self._members_docs(keys.exchange_active_rules(exchange), keys.rules)
         return [decode_rule(doc) for doc in docs]
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def pending_rules(self) -> list[ConditionalRule]:
         docs = await self._members_docs(keys.pending_rules(), keys.rules)
         return [decode_rule(doc) for doc in docs]
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def list_rules(self, query: RuleQuery) -> Page[ConditionalRule]:
         filters = _filters(trigger_order_id=query.trigger_order_id, status=query.statuses)
         user = query.user_id
@@ -594,7 +605,7 @@ class RedisStore:
             pipe.hget(docs_key(user_id), record_id)
         return [doc for doc in await pipe.execute() if doc is not None]
 
-    @_unavailable_when_down
+    @unavailable_when_down
     async def load_prices(self) -> list[PriceUpdate]:
         rows = await self._redis.hgetall(keys.prices())  # type: ignore[misc]
         updates = []

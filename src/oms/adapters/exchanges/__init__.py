@@ -1,0 +1,1 @@
+"""Exchange gateways: real exchanges through ccxt."""

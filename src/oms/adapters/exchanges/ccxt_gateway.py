@@ -1,0 +1,349 @@
+"""Real exchanges through ccxt: one async ccxt instance per account, errors classified by
+what they let the engine conclude (engine/gateway.py).
+
+ccxt's unified structures carry floats; each is turned into a Decimal through its shortest
+repr, which gives back the exchange's own decimal string.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import ccxt.async_support as ccxt_async  # type: ignore[import-untyped]
+from ccxt.base import errors as ccxt_errors  # type: ignore[import-untyped]
+from ccxt.base.decimal_to_precision import TICK_SIZE  # type: ignore[import-untyped]
+
+from oms.domain.fills import Liquidity
+from oms.domain.markets import Market
+from oms.domain.orders import Order, OrderType, PositionSide, TimeInForce
+from oms.domain.venue_reports import FillReport, OrderReport, VenueOrderStatus
+from oms.engine.gateway import (
+    AccountAccess,
+    CredentialsRefused,
+    DuplicateClientId,
+    GatewayError,
+    OrderUnknown,
+    OutcomeUnknown,
+    RateLimited,
+    SubmitRefused,
+)
+
+log = logging.getLogger(__name__)
+
+# Maintenance margin is not in ccxt's market structure; the estimate a position shows until
+# the exchange's own liquidation price is read.
+DEFAULT_MAINTENANCE_MARGIN_RATE = Decimal("0.005")
+
+# Exchange error codes that settle what a submit did, whatever class ccxt maps them to.
+_AMBIGUOUS_CODES = {"binanceusdm": {"-1007"}, "binance": {"-1007"}, "okx": {"50004"}}
+_DUPLICATE_CODES = {"binanceusdm": {"-4116"}, "binance": {"-4116"}, "okx": {"51016"}}
+_UNKNOWN_ORDER_CODES = {
+    "binanceusdm": {"-2011", "-2013"},
+    "binance": {"-2011", "-2013"},
+    "okx": {"51400", "51401", "51402", "51603"},
+}
+_ERROR_CODE = re.compile(r'"(?:sCode|code)"\s*:\s*"?(-?\d+)"?')
+
+# What every instance of an exchange needs so that load_markets stays public and quick.
+_CCXT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "binanceusdm": {"options": {"fetchCurrencies": False}},
+    "okx": {"options": {"fetchMarkets": {"types": ["swap"]}}},
+}
+# Hedge mode: the parameter naming the position side, and its spelling.
+_BINANCE_FAMILY = ("binanceusdm", "binance", "binancecoinm")
+
+_STATUSES = {
+    "open": VenueOrderStatus.OPEN,
+    "closed": VenueOrderStatus.FILLED,
+    "canceled": VenueOrderStatus.CANCELED,
+    "expired": VenueOrderStatus.EXPIRED,
+    "rejected": VenueOrderStatus.REJECTED,
+}
+
+
+def exchange_ids() -> frozenset[str]:
+    """Every exchange id ccxt knows."""
+    return frozenset(ccxt_async.exchanges)
+
+
+def _decimal(value: object) -> Decimal:
+    if value is None:
+        return Decimal(0)
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    return Decimal(str(value))
+
+
+def _step(value: object, precision_mode: int) -> Decimal:
+    """ccxt's amount/price precision as a step: a tick size, or a count of decimals."""
+    if precision_mode == TICK_SIZE:
+        return _decimal(value)
+    return Decimal(1).scaleb(-int(_decimal(value)))
+
+
+@dataclass(frozen=True, slots=True)
+class CcxtSettings:
+    """How the OMS builds ccxt instances of one exchange."""
+
+    rest_url: str | None = None
+    """Replaces the scheme and host of every REST URL (a proxy, or a local test exchange)."""
+    timeout_ms: int = 10_000
+    rate_limit: bool = True
+    """ccxt's own request throttle."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Merged into ccxt's `options` for the exchange."""
+
+
+def classify(exchange: str, error: Exception) -> GatewayError:
+    """What a ccxt error lets the engine conclude. The raw exchange code decides first:
+    ccxt maps some codes to classes that would mislead (Binance -1007 "execution status
+    unknown" is a BadResponse)."""
+    message = f"{type(error).__name__}: {error}"
+    codes = set(_ERROR_CODE.findall(str(error)))
+    if codes & _DUPLICATE_CODES.get(exchange, set()):
+        return DuplicateClientId(message)
+    if codes & _AMBIGUOUS_CODES.get(exchange, set()):
+        return OutcomeUnknown(message)
+    if codes & _UNKNOWN_ORDER_CODES.get(exchange, set()):
+        return OrderUnknown(message)
+    match error:
+        case ccxt_errors.RateLimitExceeded():
+            return RateLimited(message, banned=False)
+        case ccxt_errors.DDoSProtection():
+            return RateLimited(message, banned=True)
+        case ccxt_errors.AuthenticationError():
+            return CredentialsRefused(message)
+        case ccxt_errors.OrderNotFound():
+            return OrderUnknown(message)
+        case ccxt_errors.DuplicateOrderId():
+            return DuplicateClientId(message)
+        case (
+            ccxt_errors.InsufficientFunds()
+            | ccxt_errors.InvalidOrder()
+            | ccxt_errors.BadRequest()
+            | ccxt_errors.OperationRejected()
+            | ccxt_errors.ArgumentsRequired()
+            | ccxt_errors.NotSupported()
+        ):
+            return SubmitRefused(message)
+    # Timeouts, 5xx, dropped connections, unparseable replies and codes nobody mapped: the
+    # request may have been carried out.
+    return OutcomeUnknown(message)
+
+
+def _reason(error: GatewayError) -> str:
+    return error.message[:256]
+
+
+class CcxtGateway:
+    """One account on one exchange (engine.gateway.ExchangeGateway)."""
+
+    def __init__(self, exchange: str, client: Any) -> None:
+        self._exchange = exchange
+        self._client = client
+
+    async def verify(self) -> None:
+        await self._call(self._client.fetch_balance)
+
+    async def submit(self, order: Order, client_id: str) -> OrderReport:
+        params: dict[str, Any] = {"clientOrderId": client_id, **self._position_side(order)}
+        if order.type is OrderType.LIMIT:
+            if order.time_in_force is TimeInForce.POST_ONLY:
+                params["postOnly"] = True
+            elif order.time_in_force is not TimeInForce.GTC:
+                params["timeInForce"] = order.time_in_force.value
+        raw = await self._call(
+            self._client.create_order,
+            order.symbol,
+            "limit" if order.type is OrderType.LIMIT else "market",
+            order.side.value.lower(),
+            str(order.quantity),
+            None if order.price is None else str(order.price),
+            params,
+        )
+        report = self._report(raw, client_id)
+        if report is None:
+            # A sparse acknowledgement (OKX): the order exists; read what it did.
+            return await self._fetch(order, client_id, raw.get("id") or "")
+        return report
+
+    async def cancel(self, order: Order, client_id: str) -> OrderReport:
+        raw = await self._call(self._client.cancel_order, order.exchange_order_id, order.symbol, {})
+        report = self._report(raw, client_id)
+        if report is None:
+            return await self._fetch(order, client_id, order.exchange_order_id)
+        return report
+
+    async def fetch_order(self, order: Order, client_id: str) -> OrderReport | None:
+        try:
+            return await self._fetch(order, client_id, order.exchange_order_id)
+        except OrderUnknown:
+            return None
+
+    async def fetch_fills(self, symbol: str, exchange_order_id: str) -> list[FillReport]:
+        trades = await self._call(self._client.fetch_order_trades, exchange_order_id, symbol)
+        return [self._fill(trade) for trade in trades]
+
+    async def open_orders(self, symbol: str) -> list[OrderReport]:
+        raws = await self._call(self._client.fetch_open_orders, symbol)
+        reports = [self._report(raw, raw.get("clientOrderId") or "") for raw in raws]
+        return [report for report in reports if report is not None]
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def _fetch(self, order: Order, client_id: str, exchange_order_id: str) -> OrderReport:
+        params = {} if exchange_order_id else {"clientOrderId": client_id}
+        raw = await self._call(
+            self._client.fetch_order, exchange_order_id or None, order.symbol, params
+        )
+        report = self._report(raw, client_id)
+        if report is None:
+            raise OutcomeUnknown(f"{self._exchange} returned order {raw.get('id')} without status")
+        return report
+
+    async def _call(self, method: Any, *args: Any) -> Any:
+        try:
+            return await method(*args)
+        except ccxt_errors.BaseError as error:
+            raise classify(self._exchange, error) from error
+        except OSError as error:
+            raise OutcomeUnknown(f"{type(error).__name__}: {error}") from error
+
+    def _position_side(self, order: Order) -> dict[str, str]:
+        # Hedge mode: the position side says whether an order opens or reduces, so
+        # reduce-only is not sent (Binance refuses it alongside a position side).
+        if self._exchange in _BINANCE_FAMILY:
+            return {"positionSide": order.position_side.value}
+        side = "long" if order.position_side is PositionSide.LONG else "short"
+        return {"posSide": side} if self._exchange == "okx" else {"positionSide": side}
+
+    def _report(self, raw: Mapping[str, Any], client_id: str) -> OrderReport | None:
+        status = _STATUSES.get(raw.get("status") or "")
+        if status is None:
+            return None
+        filled = _decimal(raw.get("filled"))
+        if status is VenueOrderStatus.OPEN and filled > 0:
+            status = VenueOrderStatus.PARTIALLY_FILLED
+        info = raw.get("info") or {}
+        return OrderReport(
+            exchange_order_id=str(raw.get("id") or ""),
+            client_id=raw.get("clientOrderId") or client_id,
+            symbol=raw.get("symbol") or "",
+            status=status,
+            filled_quantity=filled,
+            reason=str(info.get("sMsg") or "") if status is VenueOrderStatus.REJECTED else "",
+        )
+
+    def _fill(self, trade: Mapping[str, Any]) -> FillReport:
+        fee = trade.get("fee") or {}
+        return FillReport(
+            trade_id=str(trade["id"]),
+            exchange_order_id=str(trade.get("order") or ""),
+            symbol=trade.get("symbol") or "",
+            price=_decimal(trade.get("price")),
+            quantity=_decimal(trade.get("amount")),
+            fee=_decimal(fee.get("cost")),
+            fee_currency=fee.get("currency") or "",
+            liquidity=Liquidity.MAKER if trade.get("takerOrMaker") == "maker" else Liquidity.TAKER,
+            time_ns=int(trade.get("timestamp") or 0) * 1_000_000,
+        )
+
+
+class CcxtConnector:
+    """Builds gateways and loads markets; one public instance per exchange holds them."""
+
+    def __init__(self, settings: Mapping[str, CcxtSettings]) -> None:
+        self._settings = settings
+        self._public: dict[str, Any] = {}
+
+    def connect(self, access: AccountAccess) -> CcxtGateway:
+        credentials = access.credentials
+        client = self._client(
+            access.exchange,
+            access.sandbox,
+            {
+                "apiKey": credentials.api_key,
+                "secret": credentials.secret,
+                "password": credentials.password or "",
+            },
+        )
+        public = self._public.get(access.exchange)
+        if public is not None:
+            client.set_markets_from_exchange(public)
+        return CcxtGateway(access.exchange, client)
+
+    async def load_markets(self, exchange: str) -> Sequence[Market]:
+        public = self._public.get(exchange)
+        if public is None:
+            public = self._public[exchange] = self._client(exchange, False, {})
+        try:
+            raw = await public.load_markets()
+        except ccxt_errors.BaseError as error:
+            raise classify(exchange, error) from error
+        except OSError as error:
+            raise OutcomeUnknown(f"{type(error).__name__}: {error}") from error
+        return [
+            self._market(exchange, market, public.precisionMode)
+            for market in raw.values()
+            if market.get("active") is not False
+        ]
+
+    async def close(self) -> None:
+        for public in self._public.values():
+            await public.close()
+        self._public.clear()
+
+    def _client(self, exchange: str, sandbox: bool, credentials: Mapping[str, str]) -> Any:
+        settings = self._settings.get(exchange, CcxtSettings())
+        defaults = _CCXT_DEFAULTS.get(exchange, {})
+        options = {**defaults.get("options", {}), **settings.options}
+        client = getattr(ccxt_async, exchange)(
+            {
+                **credentials,
+                "enableRateLimit": settings.rate_limit,
+                "timeout": settings.timeout_ms,
+                "options": options,
+            }
+        )
+        if exchange == "okx":
+            # Currencies come from a private endpoint; markets are enough to trade.
+            client.has["fetchCurrencies"] = False
+        if sandbox:
+            client.set_sandbox_mode(True)
+        if settings.rest_url:
+            client.urls["api"] = _rehost(client.urls["api"], settings.rest_url)
+        return client
+
+    @staticmethod
+    def _market(exchange: str, market: Mapping[str, Any], precision_mode: int) -> Market:
+        precision = market.get("precision") or {}
+        amount_step = _step(precision.get("amount"), precision_mode)
+        minimum = ((market.get("limits") or {}).get("amount") or {}).get("min")
+        return Market(
+            exchange=exchange,
+            symbol=market["symbol"],
+            market_id=str(market["id"]),
+            settle=market.get("settle") or market.get("quote") or "",
+            contract_size=_decimal(market.get("contractSize") or 1),
+            amount_step=amount_step,
+            min_amount=_decimal(minimum) if minimum else amount_step,
+            price_tick=_step(precision.get("price"), precision_mode),
+            maintenance_margin_rate=DEFAULT_MAINTENANCE_MARGIN_RATE,
+        )
+
+
+_HOST = re.compile(r"^https?://[^/]+")
+
+
+def _rehost(urls: Any, base: str) -> Any:
+    if isinstance(urls, str):
+        return _HOST.sub(base.rstrip("/"), urls)
+    if isinstance(urls, dict):
+        return {key: _rehost(value, base) for key, value in urls.items()}
+    return urls

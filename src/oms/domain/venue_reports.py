@@ -1,0 +1,132 @@
+"""What a real exchange reports about an order, and the order events those reports mean.
+
+A gateway returns reports; only the engine turns them into events (`settlement_events`), so
+every path that learns about an order (the submit reply, a lookup, a poll, a feed) settles
+it the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import Enum
+
+from oms.domain.fills import Fill, Liquidity
+from oms.domain.orders import (
+    Order,
+    OrderAccepted,
+    OrderCanceled,
+    OrderEvent,
+    OrderExpired,
+    OrderFilled,
+    OrderRejected,
+    OrderStatus,
+)
+
+CANCELED_AT_EXCHANGE = "canceled at the exchange"
+
+
+class VenueOrderStatus(Enum):
+    OPEN = "OPEN"
+    PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    FILLED = "FILLED"
+    CANCELED = "CANCELED"
+    EXPIRED = "EXPIRED"
+    REJECTED = "REJECTED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (
+            VenueOrderStatus.FILLED,
+            VenueOrderStatus.CANCELED,
+            VenueOrderStatus.EXPIRED,
+            VenueOrderStatus.REJECTED,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OrderReport:
+    """One order as the exchange sees it."""
+
+    exchange_order_id: str
+    client_id: str
+    """The client order id the exchange holds: the OMS's own for orders it sent."""
+    symbol: str
+    status: VenueOrderStatus
+    filled_quantity: Decimal
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FillReport:
+    """One execution as the exchange reports it; `trade_id` makes it unique per exchange."""
+
+    trade_id: str
+    exchange_order_id: str
+    symbol: str
+    price: Decimal
+    quantity: Decimal
+    fee: Decimal
+    """A cost: positive when paid, negative for a rebate."""
+    fee_currency: str
+    liquidity: Liquidity
+    time_ns: int
+
+
+def fill_of(order: Order, report: FillReport, fill_id: str) -> Fill:
+    return Fill(
+        fill_id=fill_id,
+        order_id=order.order_id,
+        client_order_id=order.client_order_id,
+        user_id=order.user_id,
+        exchange=order.exchange,
+        symbol=order.symbol,
+        side=order.side,
+        position_side=order.position_side,
+        price=report.price,
+        quantity=report.quantity,
+        fee=report.fee,
+        fee_currency=report.fee_currency,
+        liquidity=report.liquidity,
+        time_ns=report.time_ns,
+        exchange_trade_id=report.trade_id,
+    )
+
+
+def settlement_events(
+    order: Order, report: OrderReport | None, fills: list[Fill]
+) -> list[OrderEvent]:
+    """The events that bring `order` in line with the exchange: its acknowledgement, the
+    fills not applied yet (oldest first), then a terminal status the exchange reached.
+
+    FILLED comes only from fills, so `filled_quantity` always equals the sum of the fills;
+    a report that is ahead of the fills the exchange has listed waits for them.
+    """
+    events: list[OrderEvent] = []
+    status = order.status
+    if (
+        report is not None
+        and status is OrderStatus.PENDING_NEW
+        and report.status is not VenueOrderStatus.REJECTED
+    ):
+        events.append(OrderAccepted(report.exchange_order_id))
+        status = OrderStatus.OPEN
+    filled = order.filled_quantity
+    for fill in sorted(fills, key=lambda f: (f.time_ns, f.exchange_trade_id)):
+        if filled + fill.quantity > order.quantity:
+            # An exchange never overfills; a report that says so is not applied.
+            continue
+        events.append(OrderFilled(fill))
+        filled += fill.quantity
+    if filled == order.quantity or report is None or status.is_terminal:
+        return events
+    match report.status:
+        case VenueOrderStatus.REJECTED if status is OrderStatus.PENDING_NEW and not filled:
+            events.append(OrderRejected(report.reason or "rejected by the exchange"))
+        case VenueOrderStatus.CANCELED:
+            events.append(
+                OrderCanceled(order.cancel_reason or report.reason or CANCELED_AT_EXCHANGE)
+            )
+        case VenueOrderStatus.EXPIRED | VenueOrderStatus.REJECTED:
+            events.append(OrderExpired(report.reason or "expired at the exchange"))
+    return events

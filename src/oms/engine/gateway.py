@@ -1,0 +1,100 @@
+"""What the engine needs from a real exchange: one gateway per (user, exchange) account.
+
+| method        | what it does                                                            |
+|---------------|-------------------------------------------------------------------------|
+| verify        | check the credentials (a private read); CredentialsRefused if refused    |
+| submit        | send a new order under the OMS's client id; the exchange's first report  |
+| cancel        | cancel an order; its report after the cancel                             |
+| fetch_order   | one order by exchange id, else by client id; None: the exchange has none |
+| fetch_fills   | the executions of one order                                              |
+| open_orders   | the account's open orders on one symbol                                  |
+| close         | release connections                                                      |
+
+`GatewayConnector` opens gateways and loads an exchange's markets (public, no account).
+The paper exchange answers the same needs in-process (engine/paper_exchange.py): it is the
+venue, so it commits its own matching instead of reporting it.
+
+Errors say what the engine may conclude, not which library raised them:
+
+| error               | on submit, the order...                                    |
+|---------------------|------------------------------------------------------------|
+| SubmitRefused       | was refused: REJECTED with the exchange's reason            |
+| OutcomeUnknown      | may or may not exist: PENDING_NEW, looked up by client id   |
+| DuplicateClientId   | exists (an earlier attempt landed): looked up, never re-sent |
+| RateLimited         | was not taken: the caller is told to slow down              |
+| CredentialsRefused  | was not taken: the account's credentials were refused       |
+| OrderUnknown        | (cancel, lookup) the exchange has no such open order        |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from oms.domain.accounts import Credentials
+from oms.domain.markets import Market
+from oms.domain.orders import Order
+from oms.domain.venue_reports import FillReport, OrderReport
+
+
+class GatewayError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SubmitRefused(GatewayError):
+    pass
+
+
+class OutcomeUnknown(GatewayError):
+    pass
+
+
+class DuplicateClientId(GatewayError):
+    pass
+
+
+class RateLimited(GatewayError):
+    def __init__(self, message: str, *, banned: bool) -> None:
+        super().__init__(message)
+        self.banned = banned
+        """HTTP 418: the address is banned for a while, not just throttled."""
+
+
+class CredentialsRefused(GatewayError):
+    pass
+
+
+class OrderUnknown(GatewayError):
+    pass
+
+
+class ExchangeGateway(Protocol):
+    async def verify(self) -> None: ...
+
+    async def submit(self, order: Order, client_id: str) -> OrderReport: ...
+
+    async def cancel(self, order: Order, client_id: str) -> OrderReport: ...
+
+    async def fetch_order(self, order: Order, client_id: str) -> OrderReport | None: ...
+
+    async def fetch_fills(self, symbol: str, exchange_order_id: str) -> list[FillReport]: ...
+
+    async def open_orders(self, symbol: str) -> list[OrderReport]: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AccountAccess:
+    exchange: str
+    credentials: Credentials
+    sandbox: bool
+
+
+class GatewayConnector(Protocol):
+    def connect(self, access: AccountAccess) -> ExchangeGateway: ...
+
+    async def load_markets(self, exchange: str) -> Sequence[Market]: ...

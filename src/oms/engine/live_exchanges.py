@@ -1,0 +1,434 @@
+"""Orders on real exchanges: persisted before they are sent, settled from what the exchange
+reports, and never sent twice.
+
+Each followed account (user, exchange) has a gateway and a lock: every change to one of its
+orders (a submit's reply, a lookup, a poll, a cancel) is decided and committed under the
+lock from the stored order, so reports that race each other settle one after the other.
+
+An ambiguous submit (timeout, 5xx, "status unknown") leaves the order PENDING_NEW and starts
+a lookup by the OMS's client id with backoff. Only when the exchange positively has no such
+order once `lookup_grace_s` has passed since the submit is it REJECTED. An ambiguous cancel
+leaves it PENDING_CANCEL, looked up and, while still open, cancelled again.
+
+Until the exchange's websocket feeds are followed, fills and exchange-side changes reach the
+OMS by polling the account's open orders every `poll_interval_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from oms.domain.accounts import Account, Credentials
+from oms.domain.errors import (
+    ConcurrentModification,
+    FailedPrecondition,
+    ResourceExhausted,
+    Unavailable,
+)
+from oms.domain.events import FillRecorded, OrderEventType, OrderUpdated, PositionUpdated, apply_all
+from oms.domain.fills import Fill
+from oms.domain.identifiers import exchange_client_id
+from oms.domain.markets import MarketCatalog
+from oms.domain.orders import (
+    Order,
+    OrderEvent,
+    OrderPendingCancel,
+    OrderRejected,
+    OrderStatus,
+    OrderType,
+)
+from oms.domain.positions import Position, PositionKey, apply_fill, open_record, reduces
+from oms.domain.venue_reports import OrderReport, fill_of, settlement_events
+from oms.engine.gateway import (
+    AccountAccess,
+    CredentialsRefused,
+    DuplicateClientId,
+    ExchangeGateway,
+    GatewayConnector,
+    GatewayError,
+    OrderUnknown,
+    OutcomeUnknown,
+    RateLimited,
+    SubmitRefused,
+)
+from oms.engine.journal import Journal
+from oms.engine.ports import Conflict, OrderChange, StateStore
+
+log = logging.getLogger(__name__)
+
+_PENDING = (OrderStatus.PENDING_NEW, OrderStatus.PENDING_CANCEL)
+_COMMIT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class VenuePolicy:
+    """How the OMS treats one real exchange."""
+
+    poll_interval_s: float = 1.0
+    """How often an account's open orders are read back from the exchange."""
+    lookup_grace_s: float = 15.0
+    """After a submit, how long the exchange may still take an order it does not show yet
+    (at least its own request window: Binance's recvWindow)."""
+    lookup_backoff_s: float = 0.2
+    """First wait between lookups of an ambiguous order; doubles up to max_backoff_s."""
+    max_backoff_s: float = 5.0
+
+
+class _Account:
+    def __init__(self, account: Account, gateway: ExchangeGateway) -> None:
+        self.user_id = account.user_id
+        self.exchange = account.exchange
+        self.gateway = gateway
+        self.lock = asyncio.Lock()
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        """Background work by name: the poller and one lookup per unsettled order."""
+
+    def start(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        if name in self.tasks:
+            work.close()
+            return
+        task = asyncio.get_running_loop().create_task(work, name=f"{self.exchange}:{name}")
+        self.tasks[name] = task
+        task.add_done_callback(lambda _: self.tasks.pop(name, None))
+
+    async def stop(self) -> None:
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.gateway.close()
+
+
+class LiveExchanges:
+    """The venue for every exchange but paper, and the follower of active accounts."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        journal: Journal,
+        catalog: MarketCatalog,
+        connector: GatewayConnector,
+        new_id: Callable[[], str],
+        clock_ns: Callable[[], int],
+        policy: Callable[[str], VenuePolicy],
+    ) -> None:
+        self._store = store
+        self._journal = journal
+        self._catalog = catalog
+        self._connector = connector
+        self._new_id = new_id
+        self._clock_ns = clock_ns
+        self._policy = policy
+        self._accounts: dict[tuple[str, str], _Account] = {}
+
+    # -- following accounts -----------------------------------------------------------
+
+    async def follow(self, account: Account, credentials: Credentials) -> None:
+        """Connect, check the credentials, settle the account's unsettled orders, then keep
+        its open orders in step with the exchange."""
+        await self.load_markets(account.exchange)
+        access = AccountAccess(account.exchange, credentials, account.sandbox)
+        gateway = self._connector.connect(access)
+        try:
+            await gateway.verify()
+        except CredentialsRefused as error:
+            await gateway.close()
+            raise FailedPrecondition(
+                f"{account.exchange} refused the credentials of {account.user_id}: {error.message}"
+            ) from error
+        except GatewayError as error:
+            await gateway.close()
+            raise Unavailable(f"{account.exchange} is unreachable: {error.message}") from error
+        await self.unfollow(account)
+        followed = self._accounts[(account.user_id, account.exchange)] = _Account(account, gateway)
+        await self._sync(followed)
+        followed.start("poll", self._poll(followed))
+
+    async def unfollow(self, account: Account) -> None:
+        followed = self._accounts.pop((account.user_id, account.exchange), None)
+        if followed is not None:
+            await followed.stop()
+
+    async def load_markets(self, exchange: str) -> None:
+        if exchange in self._catalog.exchanges:
+            return
+        try:
+            markets = await self._connector.load_markets(exchange)
+        except GatewayError as error:
+            raise Unavailable(f"cannot load the markets of {exchange}: {error.message}") from error
+        self._catalog.add(markets)
+
+    async def close(self) -> None:
+        for followed in list(self._accounts.values()):
+            await followed.stop()
+        self._accounts.clear()
+
+    # -- the venue ----------------------------------------------------------------------
+
+    async def place(self, order: Order) -> tuple[Order, bool]:
+        followed = self._followed(order)
+        _check_supported(order)
+        created = OrderUpdated(OrderEventType.CREATED, order)
+        outcome = await self._journal.record([OrderChange(order, None, [created])])
+        if isinstance(outcome, Conflict):
+            assert outcome.existing is not None
+            return outcome.existing, False
+        client_id = exchange_client_id(order.order_id)
+        try:
+            report = await followed.gateway.submit(order, client_id)
+        except (OutcomeUnknown, DuplicateClientId) as error:
+            log.warning(
+                "order %s: submit outcome unknown, looking it up: %s", order.order_id, error
+            )
+            self._settle_later(followed, order.order_id)
+            return order, True
+        except RateLimited as error:
+            await self._commit(followed, order.order_id, _reject(f"not sent: {error.message}"))
+            message = f"{order.exchange} rate limit: order {order.order_id} was not sent"
+            raise (Unavailable if error.banned else ResourceExhausted)(message) from error
+        except (SubmitRefused, CredentialsRefused) as error:
+            return await self._commit(followed, order.order_id, _reject(error.message)), True
+        placed = await self._settle(followed, order.order_id, report)
+        if placed.is_open and placed.type is OrderType.MARKET:
+            # A market order's fills are listed a moment after the acknowledgement.
+            placed = await self._refresh(followed, placed)
+        return placed, True
+
+    async def cancel(self, order: Order, reason: str) -> Order:
+        followed = self._followed(order)
+        if order.status is OrderStatus.PENDING_CANCEL:
+            return order
+        pending = await self._commit(
+            followed, order.order_id, lambda _: [OrderPendingCancel(reason)]
+        )
+        client_id = exchange_client_id(order.order_id)
+        try:
+            report: OrderReport | None = await followed.gateway.cancel(pending, client_id)
+        except OrderUnknown:
+            # Filled or cancelled before the cancel arrived: read what happened.
+            report = None
+        except GatewayError as error:
+            log.warning("order %s: cancel outcome unknown: %s", order.order_id, error)
+            report = None
+        after = pending if report is None else await self._settle(followed, order.order_id, report)
+        if after.status is OrderStatus.PENDING_CANCEL:
+            after = await self._refresh(followed, after)
+        if after.status in _PENDING:
+            self._settle_later(followed, order.order_id)
+        return after
+
+    # -- settling -------------------------------------------------------------------------
+
+    async def _settle(self, followed: _Account, order_id: str, report: OrderReport) -> Order:
+        """Bring the order in line with a report: its fills first, then its status."""
+        order = await self._get(followed, order_id)
+        fills = []
+        if report.filled_quantity > order.filled_quantity and report.exchange_order_id:
+            fills = await followed.gateway.fetch_fills(order.symbol, report.exchange_order_id)
+        trade_ids = [fill.trade_id for fill in fills]
+
+        async def decide(current: Order) -> list[OrderEvent]:
+            applied = await self._store.applied_trade_ids(
+                current.user_id, current.exchange, trade_ids
+            )
+            new = [
+                fill_of(current, fill, self._new_id())
+                for fill in fills
+                if fill.trade_id not in applied
+            ]
+            return settlement_events(current, report, new)
+
+        return await self._commit_async(followed, order_id, decide)
+
+    async def _refresh(self, followed: _Account, order: Order) -> Order:
+        """Read the order back from the exchange and settle it; unchanged if unreadable."""
+        try:
+            report = await followed.gateway.fetch_order(order, exchange_client_id(order.order_id))
+            return order if report is None else await self._settle(followed, order.order_id, report)
+        except GatewayError as error:
+            log.warning("order %s: cannot read it back: %s", order.order_id, error)
+            return order
+
+    def _settle_later(self, followed: _Account, order_id: str) -> None:
+        followed.start(order_id, self._resolve(followed, order_id))
+
+    async def _resolve(self, followed: _Account, order_id: str) -> None:
+        """Look an unsettled order up until it is settled: the exchange has it (settle from
+        its report, cancelling again while a cancel is pending) or, past the grace period,
+        positively has not (REJECTED)."""
+        policy = self._policy(followed.exchange)
+        delay = policy.lookup_backoff_s
+        client_id = exchange_client_id(order_id)
+        while True:
+            try:
+                order = await self._get(followed, order_id)
+                if order.status not in _PENDING:
+                    return
+                report = await followed.gateway.fetch_order(order, client_id)
+                if report is not None:
+                    order = await self._settle(followed, order_id, report)
+                    if order.status is OrderStatus.PENDING_CANCEL and not report.status.is_terminal:
+                        with contextlib.suppress(GatewayError):
+                            report = await followed.gateway.cancel(order, client_id)
+                            order = await self._settle(followed, order_id, report)
+                elif order.status is OrderStatus.PENDING_NEW and self._past_grace(order, policy):
+                    reason = (
+                        f"{order.exchange} has no order {client_id} "
+                        f"{policy.lookup_grace_s:g} s after it was sent"
+                    )
+                    order = await self._commit(followed, order_id, _reject(reason))
+                if order.status not in _PENDING:
+                    return
+            except (GatewayError, ConcurrentModification, Unavailable) as error:
+                log.warning("order %s: lookup failed, retrying: %s", order_id, error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, policy.max_backoff_s)
+
+    def _past_grace(self, order: Order, policy: VenuePolicy) -> bool:
+        return self._clock_ns() - order.created_at_ns >= policy.lookup_grace_s * 1e9
+
+    async def _poll(self, followed: _Account) -> None:
+        interval = self._policy(followed.exchange).poll_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._sync(followed)
+            except (GatewayError, ConcurrentModification, Unavailable) as error:
+                log.warning("%s %s: poll failed: %s", followed.exchange, followed.user_id, error)
+
+    async def _sync(self, followed: _Account) -> None:
+        """Read every open order of the account back from the exchange and settle those that
+        changed; unsettled ones get a lookup of their own."""
+        by_symbol: dict[str, list[Order]] = defaultdict(list)
+        for order in await self._store.open_orders(followed.user_id):
+            if order.exchange != followed.exchange:
+                continue
+            if order.status in _PENDING:
+                self._settle_later(followed, order.order_id)
+            elif order.order_id not in followed.tasks:
+                by_symbol[order.symbol].append(order)
+        for symbol, orders in by_symbol.items():
+            listed = {
+                report.client_id: report for report in await followed.gateway.open_orders(symbol)
+            }
+            for order in orders:
+                client_id = exchange_client_id(order.order_id)
+                report = listed.get(client_id) or await followed.gateway.fetch_order(
+                    order, client_id
+                )
+                if report is None:
+                    log.error(
+                        "order %s is open in the OMS but unknown to %s",
+                        order.order_id,
+                        order.exchange,
+                    )
+                elif report.filled_quantity != order.filled_quantity or report.status.is_terminal:
+                    await self._settle(followed, order.order_id, report)
+
+    # -- committing -----------------------------------------------------------------------
+
+    async def _commit(
+        self, followed: _Account, order_id: str, decide: Callable[[Order], list[OrderEvent]]
+    ) -> Order:
+        async def decide_async(order: Order) -> list[OrderEvent]:
+            return decide(order)
+
+        return await self._commit_async(followed, order_id, decide_async)
+
+    async def _commit_async(
+        self,
+        followed: _Account,
+        order_id: str,
+        decide: Callable[[Order], Coroutine[Any, Any, list[OrderEvent]]],
+    ) -> Order:
+        """Apply what `decide` makes of the stored order, with its fills' effect on the
+        position, in one commit under the account's lock."""
+        async with followed.lock:
+            for _ in range(_COMMIT_ATTEMPTS):
+                order = await self._get(followed, order_id)
+                events = await decide(order)
+                if not events:
+                    return order
+                now = self._clock_ns()
+                after, published = apply_all(order, events, now)
+                fills = [event.fill for event in published if isinstance(event, FillRecorded)]
+                updates = await self._positions_after(after, fills)
+                outcome = await self._journal.record(
+                    [OrderChange(after, order.version, published)], updates=updates
+                )
+                if not isinstance(outcome, Conflict):
+                    return after
+        raise ConcurrentModification(f"order {order_id} kept changing; try again")
+
+    async def _positions_after(self, order: Order, fills: list[Fill]) -> list[PositionUpdated]:
+        if not fills:
+            return []
+        market = self._catalog.resolve(order.exchange, order.symbol)
+        position: Position | None = await self._store.current_position(
+            PositionKey(order.user_id, order.exchange, order.symbol, order.position_side)
+        )
+        for fill in fills:
+            opening = not reduces(fill.side, order.position_side)
+            if position is None or not position.is_open:
+                if not opening:
+                    log.error(
+                        "fill %s reduces %s %s %s, which the OMS holds flat",
+                        fill.exchange_trade_id,
+                        order.user_id,
+                        order.symbol,
+                        order.position_side.value,
+                    )
+                    continue
+                position = open_record(
+                    self._new_id(), order.user_id, market, order.position_side, fill.time_ns
+                )
+            elif not opening and fill.quantity > position.size:
+                log.error(
+                    "fill %s reduces position %s by more than its size %s",
+                    fill.exchange_trade_id,
+                    position.position_id,
+                    position.size,
+                )
+                continue
+            position = apply_fill(
+                position, fill, order.grid_level, order.leverage if opening else None
+            ).mark(fill.price, fill.time_ns)
+        return [] if position is None else [PositionUpdated(position)]
+
+    async def _get(self, followed: _Account, order_id: str) -> Order:
+        order = await self._store.get_order(followed.user_id, order_id)
+        if order is None:
+            raise AssertionError(f"order {order_id} vanished from the store")
+        return order
+
+    def _followed(self, order: Order) -> _Account:
+        followed = self._accounts.get((order.user_id, order.exchange))
+        if followed is None:
+            raise FailedPrecondition(
+                f"user {order.user_id} has no active account on {order.exchange}: "
+                "register credentials and activate the account first"
+            )
+        return followed
+
+
+def _reject(reason: str) -> Callable[[Order], list[OrderEvent]]:
+    return lambda order: [OrderRejected(reason)] if order.status is OrderStatus.PENDING_NEW else []
+
+
+def _check_supported(order: Order) -> None:
+    if order.bracket is not None:
+        raise FailedPrecondition(
+            f"take-profit, stop-loss and trailing exits are not supported on {order.exchange} yet"
+        )
+    if order.type not in (OrderType.MARKET, OrderType.LIMIT):
+        raise FailedPrecondition(
+            f"type: {order.type.value} orders are not supported on {order.exchange} yet"
+        )

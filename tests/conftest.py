@@ -6,4 +6,8 @@ one, __package__ ("tests") keeps the name right.
 """
 
 _PREFIX = f"{__package__}." if __package__ else ""
-pytest_plugins = [f"{_PREFIX}fixtures.redis_server", f"{_PREFIX}fixtures.oms_server"]
+pytest_plugins = [
+    f"{_PREFIX}fixtures.redis_server",
+    f"{_PREFIX}fixtures.oms_server",
+    f"{_PREFIX}fixtures.fake_exchange",
+]

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 
 from oms.adapters.credential_vault import CredentialVault, parse_master_key
-from oms.adapters.exchanges.ccxt_gateway import CcxtConnector, CcxtSettings, exchange_ids
+from oms.adapters.exchanges.ccxt_gateway import CcxtConnector, CcxtSettings
 from oms.adapters.redis_store.accounts import RedisAccountStore
 from oms.adapters.redis_store.store import RedisStore, connect
 from oms.api.account_service import AccountService
@@ -74,7 +74,10 @@ def venue_policy(settings: Settings) -> Callable[[str], VenuePolicy]:
     def policy(exchange: str) -> VenuePolicy:
         table = settings.exchanges.get(exchange, ExchangeSettings())
         return VenuePolicy(
-            poll_interval_s=table.poll_interval_s, lookup_grace_s=table.lookup_grace_s
+            poll_interval_s=table.poll_interval_s,
+            lookup_grace_s=table.lookup_grace_s,
+            rate_limit_backoff_s=table.rate_limit_backoff_s,
+            ban_backoff_s=table.ban_backoff_s,
         )
 
     return policy
@@ -127,7 +130,11 @@ class Application:
             else CredentialVault(parse_master_key(master_key.get_secret_value()))
         )
         self.accounts = Accounts(
-            RedisAccountStore(self.store.redis), vault, self.exchanges, exchange_ids(), time.time_ns
+            RedisAccountStore(self.store.redis),
+            vault,
+            self.exchanges,
+            self.connector.exchanges,
+            time.time_ns,
         )
         self.server = OmsServer(
             OrderService(orders, self.rules),

@@ -226,6 +226,12 @@ class ExchangeSettings(BaseModel):
     lookup_grace_s: float = Field(default=15.0, ge=0)
     """How long after an ambiguous submit the exchange may still show the order; only after
     it can the OMS conclude the order was never taken (REJECTED)."""
+    rate_limit_backoff_s: float = Field(default=1.0, ge=0)
+    """After the exchange answers 429 (too many requests), new orders are refused for this
+    long without being sent (RESOURCE_EXHAUSTED)."""
+    ban_backoff_s: float = Field(default=120.0, ge=0)
+    """After a 418 (the address is banned), new orders are refused for this long without
+    being sent (UNAVAILABLE). Binance bans last from 2 minutes to 3 days."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Merged into the ccxt instance's `options` (e.g. `defaultType`)."""
 

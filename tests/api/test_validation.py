@@ -44,7 +44,7 @@ BAD_ORDERS: list[tuple[str, dict[str, Any]]] = [
     ("symbol", {"symbol": "DOGE/USDT:USDT"}),
     ("symbol", {"symbol": ""}),
     ("symbol", {"symbol": MB}),
-    ("exchange", {"exchange": "binance"}),
+    ("exchange", {"exchange": "nosuchexchange"}),
     ("exchange", {"exchange": ""}),
     ("user_id", {"user_id": ""}),
     ("user_id", {"user_id": "a" * 65}),

@@ -77,8 +77,16 @@ def test_classify(exchange: str, error: Exception, expected: type[GatewayError])
     assert type(error).__name__ in concluded.message
 
 
-def test_a_ban_is_told_from_a_throttle() -> None:
-    throttled = classify("binanceusdm", ccxt_errors.RateLimitExceeded("429"))
-    banned = classify("binanceusdm", ccxt_errors.DDoSProtection("418"))
-    assert isinstance(throttled, RateLimited) and not throttled.banned
-    assert isinstance(banned, RateLimited) and banned.banned
+@pytest.mark.parametrize(
+    ("error", "banned"),
+    [
+        # ccxt raises DDoSProtection for both of Binance's statuses, naming the status.
+        (ccxt_errors.DDoSProtection('binanceusdm 429 Too Many Requests {"code":-1003}'), False),
+        (ccxt_errors.DDoSProtection('binanceusdm 418 I\'m a teapot {"code":-1003}'), True),
+        (ccxt_errors.RateLimitExceeded('okx {"code":"50011"}'), False),
+    ],
+)
+def test_a_ban_is_told_from_a_throttle(error: Exception, banned: bool) -> None:
+    concluded = classify("binanceusdm", error)
+    assert isinstance(concluded, RateLimited)
+    assert concluded.banned is banned

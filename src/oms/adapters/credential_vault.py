@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import os
 
 import orjson
@@ -41,8 +40,6 @@ def parse_master_key(raw: str) -> bytes:
 class CredentialVault:
     def __init__(self, master_key: bytes) -> None:
         self._aead = AESGCM(master_key)
-        # Names the key in the store without revealing it: which key sealed what.
-        self.key_id = hashlib.sha256(b"oms-key-id" + master_key).hexdigest()[:16]
 
     def seal(self, owner: str, credentials: Credentials) -> bytes:
         plaintext = orjson.dumps(

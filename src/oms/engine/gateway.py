@@ -95,6 +95,11 @@ class AccountAccess:
 
 
 class GatewayConnector(Protocol):
+    @property
+    def exchanges(self) -> frozenset[str]:
+        """Every exchange id it can connect to."""
+        ...
+
     def connect(self, access: AccountAccess) -> ExchangeGateway: ...
 
     async def load_markets(self, exchange: str) -> Sequence[Market]: ...

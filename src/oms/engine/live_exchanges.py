@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -78,6 +79,10 @@ class VenuePolicy:
     lookup_backoff_s: float = 0.2
     """First wait between lookups of an ambiguous order; doubles up to max_backoff_s."""
     max_backoff_s: float = 5.0
+    rate_limit_backoff_s: float = 1.0
+    """After a 429, how long new orders are refused without being sent."""
+    ban_backoff_s: float = 120.0
+    """After a 418 (address banned), how long new orders are refused without being sent."""
 
 
 class _Account:
@@ -128,6 +133,8 @@ class LiveExchanges:
         self._clock_ns = clock_ns
         self._policy = policy
         self._accounts: dict[tuple[str, str], _Account] = {}
+        self._throttled: dict[str, tuple[float, bool]] = {}
+        """exchange -> (monotonic time until which orders are not sent, banned)."""
 
     # -- following accounts -----------------------------------------------------------
 
@@ -176,6 +183,7 @@ class LiveExchanges:
     async def place(self, order: Order) -> tuple[Order, bool]:
         followed = self._followed(order)
         _check_supported(order)
+        self._check_throttle(order.exchange)
         created = OrderUpdated(OrderEventType.CREATED, order)
         outcome = await self._journal.record([OrderChange(order, None, [created])])
         if isinstance(outcome, Conflict):
@@ -192,7 +200,13 @@ class LiveExchanges:
             return order, True
         except RateLimited as error:
             await self._commit(followed, order.order_id, _reject(f"not sent: {error.message}"))
-            message = f"{order.exchange} rate limit: order {order.order_id} was not sent"
+            policy = self._policy(order.exchange)
+            wait_s = policy.ban_backoff_s if error.banned else policy.rate_limit_backoff_s
+            self._throttled[order.exchange] = (time.monotonic() + wait_s, error.banned)
+            message = (
+                f"{order.exchange} rate limit: order {order.order_id} was not sent "
+                f"(REJECTED); new orders are refused for {wait_s:g} s"
+            )
             raise (Unavailable if error.banned else ResourceExhausted)(message) from error
         except (SubmitRefused, CredentialsRefused) as error:
             return await self._commit(followed, order.order_id, _reject(error.message)), True
@@ -409,14 +423,27 @@ class LiveExchanges:
             raise AssertionError(f"order {order_id} vanished from the store")
         return order
 
-    def _followed(self, order: Order) -> _Account:
-        followed = self._accounts.get((order.user_id, order.exchange))
-        if followed is None:
+    def _check_throttle(self, exchange: str) -> None:
+        """Refuse, before anything is stored, while the exchange's rate limit is backed off
+        from: the caller may retry under the same client order id once it has passed."""
+        until, banned = self._throttled.get(exchange, (0.0, False))
+        wait_s = until - time.monotonic()
+        if wait_s > 0:
+            message = (
+                f"{exchange} rate limit: backing off for {wait_s:.1f} s more; nothing was sent"
+            )
+            raise (Unavailable if banned else ResourceExhausted)(message)
+
+    def check_followed(self, user_id: str, exchange: str) -> None:
+        if exchange in self._connector.exchanges and (user_id, exchange) not in self._accounts:
             raise FailedPrecondition(
-                f"user {order.user_id} has no active account on {order.exchange}: "
+                f"user {user_id[:64]} has no active account on {exchange}: "
                 "register credentials and activate the account first"
             )
-        return followed
+
+    def _followed(self, order: Order) -> _Account:
+        self.check_followed(order.user_id, order.exchange)
+        return self._accounts[(order.user_id, order.exchange)]
 
 
 def _reject(reason: str) -> Callable[[Order], list[OrderEvent]]:

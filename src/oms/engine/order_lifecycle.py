@@ -74,13 +74,22 @@ class Venue(Protocol):
     async def cancel(self, order: Order, reason: str) -> Order: ...
 
 
+class LiveVenue(Venue, Protocol):
+    """Real exchanges, each traded on through a user's active account."""
+
+    def check_followed(self, user_id: str, exchange: str) -> None:
+        """FAILED_PRECONDITION when `exchange` is a real exchange the user has no active
+        account on; nothing for an id that names no exchange (validation refuses it)."""
+        ...
+
+
 class OrderLifecycle:
     def __init__(
         self,
         store: StateStore,
         catalog: MarketCatalog,
         paper: PaperExchange,
-        live: Venue,
+        live: LiveVenue,
         hub: EventHub,
         new_id: Callable[[], str],
         clock_ns: Callable[[], int],
@@ -94,6 +103,9 @@ class OrderLifecycle:
         self._clock_ns = clock_ns
 
     async def place(self, command: PlaceOrder) -> Order:
+        if command.exchange not in self._catalog.exchanges:
+            # A real exchange's markets load when its first account is activated.
+            self._live.check_followed(command.user_id, command.exchange)
         return await self.submit(validate_place_order(command, self._catalog))
 
     async def submit(self, spec: OrderSpec) -> Order:

@@ -7,6 +7,7 @@ repr, which gives back the exchange's own decimal string.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,8 @@ from oms.engine.gateway import (
 )
 
 log = logging.getLogger(__name__)
+# ccxt logs every request's headers at DEBUG: API keys and passphrases included.
+logging.getLogger("ccxt").setLevel(logging.INFO)
 
 # Maintenance margin is not in ccxt's market structure; the estimate a position shows until
 # the exchange's own liquidation price is read.
@@ -47,6 +50,7 @@ _UNKNOWN_ORDER_CODES = {
     "binance": {"-2011", "-2013"},
     "okx": {"51400", "51401", "51402", "51603"},
 }
+_BANNED = re.compile(r"\b418\b|banned", re.IGNORECASE)
 _ERROR_CODE = re.compile(r'"(?:sCode|code)"\s*:\s*"?(-?\d+)"?')
 
 # What every instance of an exchange needs so that load_markets stays public and quick.
@@ -66,6 +70,7 @@ _STATUSES = {
 }
 
 
+@functools.cache
 def exchange_ids() -> frozenset[str]:
     """Every exchange id ccxt knows."""
     return frozenset(ccxt_async.exchanges)
@@ -112,10 +117,10 @@ def classify(exchange: str, error: Exception) -> GatewayError:
     if codes & _UNKNOWN_ORDER_CODES.get(exchange, set()):
         return OrderUnknown(message)
     match error:
-        case ccxt_errors.RateLimitExceeded():
-            return RateLimited(message, banned=False)
-        case ccxt_errors.DDoSProtection():
-            return RateLimited(message, banned=True)
+        case ccxt_errors.RateLimitExceeded() | ccxt_errors.DDoSProtection():
+            # ccxt raises DDoSProtection for Binance's 429 and 418 alike, with the status
+            # in the message; only 418 means the address is banned for a while.
+            return RateLimited(message, banned=_BANNED.search(message) is not None)
         case ccxt_errors.AuthenticationError():
             return CredentialsRefused(message)
         case ccxt_errors.OrderNotFound():
@@ -186,7 +191,13 @@ class CcxtGateway:
             return None
 
     async def fetch_fills(self, symbol: str, exchange_order_id: str) -> list[FillReport]:
-        trades = await self._call(self._client.fetch_order_trades, exchange_order_id, symbol)
+        if self._exchange in _BINANCE_FAMILY:
+            # ccxt's fetch_order_trades is spot-only on Binance; userTrades takes an orderId.
+            trades = await self._call(
+                self._client.fetch_my_trades, symbol, None, None, {"orderId": exchange_order_id}
+            )
+        else:
+            trades = await self._call(self._client.fetch_order_trades, exchange_order_id, symbol)
         return [self._fill(trade) for trade in trades]
 
     async def open_orders(self, symbol: str) -> list[OrderReport]:
@@ -262,6 +273,10 @@ class CcxtConnector:
         self._settings = settings
         self._public: dict[str, Any] = {}
 
+    @property
+    def exchanges(self) -> frozenset[str]:
+        return exchange_ids()
+
     def connect(self, access: AccountAccess) -> CcxtGateway:
         credentials = access.credentials
         client = self._client(
@@ -318,6 +333,12 @@ class CcxtConnector:
             client.set_sandbox_mode(True)
         if settings.rest_url:
             client.urls["api"] = _rehost(client.urls["api"], settings.rest_url)
+            if exchange in _BINANCE_FAMILY:
+                # ccxt picks its futures error table by the fapi.binance.com host, which the
+                # new host hides: without it a refused order would read as "outcome unknown".
+                exceptions = client.exceptions
+                for table in ("linear", "inverse"):
+                    exceptions["exact"] |= exceptions.get(table, {}).get("exact", {})
         return client
 
     @staticmethod

@@ -1,0 +1,181 @@
+"""AccountService against the local fake exchange through real ccxt: activation checks the
+credentials with the exchange, the active set is listed and paged, and an active account is
+followed again after a restart (CONTRACT section 10)."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+import grpc
+import pytest
+from fixtures.fake_exchange import FakeExchange
+from fixtures.live_trading import (
+    API_KEY,
+    BTC,
+    MASTER_KEY,
+    PASSWORD,
+    SECRET,
+    USER,
+    exchange_settings,
+    live_trading,
+)
+from fixtures.oms_server import make_oms
+from tradingboost.oms.v1 import account_pb2
+from tradingboost.oms.v1 import account_service_pb2 as pb
+from tradingboost.oms.v1 import order_pb2 as S
+from tradingboost.oms.v1 import order_service_pb2 as orders_pb
+
+
+async def test_activation_lists_the_account_and_deactivation_stops_trading(
+    redis_url: str, okx_exchange: FakeExchange
+) -> None:
+    okx_exchange.set_price(BTC, Decimal("50000"))
+    live = await live_trading(redis_url, okx_exchange)
+    try:
+        listed = await live.accounts.ListActiveAccounts(pb.ListActiveAccountsRequest())
+        [account] = listed.accounts
+        assert (account.user_id, account.exchange, account.status) == (
+            USER,
+            "okx",
+            account_pb2.ACCOUNT_STATUS_ACTIVE,
+        )
+        again = await live.accounts.ActivateAccount(
+            pb.ActivateAccountRequest(user_id=USER, exchange="okx")
+        )
+        assert again.account == account
+        off = await live.accounts.DeactivateAccount(
+            pb.DeactivateAccountRequest(user_id=USER, exchange="okx")
+        )
+        assert off.account.status == account_pb2.ACCOUNT_STATUS_INACTIVE
+        listed = await live.accounts.ListActiveAccounts(pb.ListActiveAccountsRequest())
+        assert list(listed.accounts) == []
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await live.place(price="49000")
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no active account on okx" in (error.value.details() or "")
+    finally:
+        await live.oms.close()
+
+
+async def test_credentials_the_exchange_refuses_leave_the_account_inactive(
+    redis_url: str, binance_exchange: FakeExchange
+) -> None:
+    binance_exchange.add_account(API_KEY, SECRET)
+    oms = await make_oms(
+        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(binance_exchange)
+    )
+    try:
+        await oms.accounts.RegisterCredentials(
+            pb.RegisterCredentialsRequest(
+                user_id=USER, exchange="binanceusdm", api_key=API_KEY, secret="wrong-secret"
+            )
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await oms.accounts.ActivateAccount(
+                pb.ActivateAccountRequest(user_id=USER, exchange="binanceusdm")
+            )
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "refused the credentials" in (error.value.details() or "")
+        listed = await oms.accounts.ListActiveAccounts(pb.ListActiveAccountsRequest())
+        assert list(listed.accounts) == []
+    finally:
+        await oms.close()
+
+
+async def test_active_accounts_page_in_user_order_and_filter(
+    redis_url: str, okx_exchange: FakeExchange
+) -> None:
+    users = ["dave", "ann", "bob.x", "bob"]
+    oms = await make_oms(
+        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(okx_exchange)
+    )
+    try:
+        for user in users:
+            key = f"key-{user}"
+            okx_exchange.add_account(key, SECRET, PASSWORD)
+            await oms.accounts.RegisterCredentials(
+                pb.RegisterCredentialsRequest(
+                    user_id=user, exchange="okx", api_key=key, secret=SECRET, password=PASSWORD
+                )
+            )
+            await oms.accounts.ActivateAccount(
+                pb.ActivateAccountRequest(user_id=user, exchange="okx")
+            )
+        first = await oms.accounts.ListActiveAccounts(pb.ListActiveAccountsRequest(page_size=3))
+        assert [a.user_id for a in first.accounts] == ["ann", "bob", "bob.x"]
+        rest = await oms.accounts.ListActiveAccounts(
+            pb.ListActiveAccountsRequest(page_size=3, page_token=first.next_page_token)
+        )
+        assert ([a.user_id for a in rest.accounts], rest.next_page_token) == (["dave"], "")
+        only_bob = await oms.accounts.ListActiveAccounts(
+            pb.ListActiveAccountsRequest(user_id="bob")
+        )
+        assert [a.user_id for a in only_bob.accounts] == ["bob"]
+        other_exchange = await oms.accounts.ListActiveAccounts(
+            pb.ListActiveAccountsRequest(exchange="binanceusdm")
+        )
+        assert list(other_exchange.accounts) == []
+    finally:
+        await oms.close()
+
+
+async def test_an_active_account_is_followed_again_after_a_restart(
+    redis_url: str, binance_exchange: FakeExchange
+) -> None:
+    binance_exchange.set_price(BTC, Decimal("50000"))
+    live = await live_trading(redis_url, binance_exchange)
+    resting = await live.place(price="49000")
+    await live.oms.close()
+    # Filled while the OMS was down: the start-up reconciliation finds it.
+    binance_exchange.set_price(BTC, Decimal("48000"))
+    restarted = await make_oms(
+        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(binance_exchange)
+    )
+    live.oms = restarted
+    try:
+        filled = await live.get(resting.order_id)
+        assert (filled.status, filled.filled_quantity) == (S.ORDER_STATUS_FILLED, "0.02")
+        placed = await live.place(price="47000")
+        assert placed.status == S.ORDER_STATUS_OPEN
+        await live.assert_invariants()
+    finally:
+        await restarted.close()
+
+
+async def test_placing_on_a_real_exchange_needs_an_active_account(redis_url: str) -> None:
+    oms = await make_oms(redis_url, master_key=MASTER_KEY)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await oms.orders.PlaceOrder(
+                orders_pb.PlaceOrderRequest(
+                    user_id=USER,
+                    exchange="binanceusdm",
+                    symbol=BTC,
+                    side=S.SIDE_BUY,
+                    type=S.ORDER_TYPE_MARKET,
+                    quantity="0.01",
+                )
+            )
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no active account on binanceusdm" in (error.value.details() or "")
+    finally:
+        await oms.close()
+
+
+async def test_no_secret_reaches_a_log_line(
+    redis_url: str, okx_exchange: FakeExchange, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    okx_exchange.set_price(BTC, Decimal("50000"))
+    live = await live_trading(redis_url, okx_exchange)
+    try:
+        order = await live.place(price="49000")
+        okx_exchange.set_price(BTC, Decimal("48000"))
+        await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+        await live.cancel((await live.place(price="47000")).order_id)
+    finally:
+        await live.oms.close()
+    assert caplog.records, "nothing was logged: the check would prove nothing"
+    for secret in (SECRET, PASSWORD, API_KEY, MASTER_KEY):
+        assert secret not in caplog.text

@@ -1,0 +1,236 @@
+"""Orders on Binance USD-M and OKX through real ccxt against the local fake exchange
+(CONTRACT sections 3 and 9): every test ends by checking, against the exchange's own records,
+one exchange order per OMS order and filled_quantity = sum of fills = what the exchange filled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import grpc
+import pytest
+from fixtures.fake_exchange import FakeExchange
+from fixtures.live_trading import API_KEY, BTC, USER, LiveTrading, live_trading
+from tradingboost.oms.v1 import order_pb2 as S
+from tradingboost.oms.v1 import order_service_pb2 as pb
+from tradingboost.oms.v1 import position_service_pb2 as pos
+
+VENUES = ["binanceusdm", "okx"]
+BACKOFF_S = 0.3
+
+
+@pytest.fixture(params=VENUES)
+def exchange(request: pytest.FixtureRequest) -> FakeExchange:
+    # Synchronous: an async fixture cannot getfixturevalue() another async fixture.
+    name = "binance_exchange" if request.param == "binanceusdm" else "okx_exchange"
+    fake: FakeExchange = request.getfixturevalue(name)
+    return fake
+
+
+@pytest.fixture
+async def live(exchange: FakeExchange, redis_url: str) -> AsyncIterator[LiveTrading]:
+    exchange.set_price(BTC, Decimal("50000"))
+    trading = await live_trading(redis_url, exchange, rate_limit_backoff_s=BACKOFF_S)
+    try:
+        yield trading
+        await trading.assert_invariants()
+    finally:
+        await trading.oms.close()
+
+
+def settled(order: S.Order) -> bool:
+    return order.status not in (S.ORDER_STATUS_PENDING_NEW, S.ORDER_STATUS_PENDING_CANCEL)
+
+
+async def test_a_limit_order_rests_at_the_exchange_under_the_oms_client_id(
+    live: LiveTrading,
+) -> None:
+    order = await live.place(price="49000")
+    assert order.status == S.ORDER_STATUS_OPEN
+    [at_exchange] = live.exchange.orders(API_KEY)
+    assert at_exchange.client_id == f"oms{order.order_id}"
+    assert order.exchange_order_id == at_exchange.exchange_order_id
+    assert (at_exchange.price, at_exchange.quantity) == (Decimal("49000"), Decimal("0.02"))
+    assert at_exchange.position_side == "LONG"
+
+
+async def test_a_resting_order_fills_when_the_exchange_fills_it(live: LiveTrading) -> None:
+    order = await live.place(price="49000")
+    live.exchange.set_price(BTC, Decimal("48900"))
+    filled = await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert (filled.filled_quantity, filled.average_fill_price) == ("0.02", "49000")
+    [fill] = await live.fills(order.order_id)
+    [trade] = live.exchange.trades(API_KEY)
+    assert fill.exchange_trade_id == trade.trade_id
+    assert Decimal(fill.fee) == trade.fee
+    assert fill.liquidity == S.LIQUIDITY_MAKER
+    positions = await live.oms.positions.ListPositions(pos.ListPositionsRequest(user_id=USER))
+    [position] = positions.positions
+    assert (position.exchange, position.size, position.entry_price) == (
+        live.venue,
+        "0.02",
+        "49000",
+    )
+
+
+async def test_partial_fills_are_applied_one_by_one(live: LiveTrading) -> None:
+    order = await live.place(price="49000")
+    live.exchange.set_price(BTC, Decimal("49000"), max_fill=Decimal("0.01"))
+    partly = await live.until(order.order_id, lambda o: o.filled_quantity == "0.01")
+    assert partly.status == S.ORDER_STATUS_PARTIALLY_FILLED
+    live.exchange.set_price(BTC, Decimal("48000"), max_fill=Decimal("0.01"))
+    filled = await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert len(await live.fills(order.order_id)) == 2
+    assert filled.filled_quantity == "0.02"
+
+
+async def test_a_market_order_comes_back_filled(live: LiveTrading) -> None:
+    order = await live.place(type=S.ORDER_TYPE_MARKET, price="")
+    assert order.status == S.ORDER_STATUS_FILLED
+    assert order.average_fill_price == "50000"
+    [fill] = await live.fills(order.order_id)
+    assert fill.liquidity == S.LIQUIDITY_TAKER
+
+
+async def test_cancel_cancels_at_the_exchange(live: LiveTrading) -> None:
+    order = await live.place(price="49000")
+    canceled = await live.cancel(order.order_id)
+    assert canceled.status == S.ORDER_STATUS_CANCELED
+    assert canceled.cancel_reason == "canceled by user"
+    [at_exchange] = live.exchange.orders(API_KEY)
+    assert at_exchange.status == "canceled"
+
+
+async def test_a_fill_that_beats_the_cancel_is_applied(live: LiveTrading) -> None:
+    order = await live.place(price="49000")
+    live.exchange.faults.fill_on_cancel(Decimal("0.01"))
+    canceled = await live.until(
+        (await live.cancel(order.order_id)).order_id, lambda o: o.filled_quantity == "0.01"
+    )
+    assert canceled.status == S.ORDER_STATUS_CANCELED
+    assert len(await live.fills(order.order_id)) == 1
+
+
+async def test_a_cancel_that_finds_the_order_filled_reports_it_filled(live: LiveTrading) -> None:
+    order = await live.place(price="49000")
+    live.exchange.faults.fill_on_cancel()
+    after = await live.until((await live.cancel(order.order_id)).order_id, settled)
+    assert after.status == S.ORDER_STATUS_FILLED
+    assert after.cancel_reason == ""
+
+
+async def test_the_same_client_order_id_sends_once(live: LiveTrading) -> None:
+    first = await live.place(price="49000", client_order_id="grid-7")
+    again = await live.place(price="49000", client_order_id="grid-7")
+    assert again.order_id == first.order_id
+    assert len(live.exchange.orders(API_KEY)) == 1
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await live.place(price="48000", client_order_id="grid-7")
+    assert error.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_a_refused_order_ends_rejected_with_the_exchange_reason(live: LiveTrading) -> None:
+    order = await live.place(price="49000", quantity="1000")  # far beyond the margin
+    assert order.status == S.ORDER_STATUS_REJECTED
+    assert "nsufficient" in order.reject_reason or "argin" in order.reject_reason
+    assert (
+        live.exchange.orders(API_KEY) == [] or live.exchange.orders(API_KEY)[0].status == "rejected"
+    )
+
+
+# -- ambiguous outcomes (CONTRACT section 9) ------------------------------------------------
+
+
+async def test_an_accepted_submit_that_times_out_is_found_and_settled(live: LiveTrading) -> None:
+    live.exchange.faults.accept_then_timeout(hang_s=2.0)
+    order = await live.place(price="49000")
+    assert order.status == S.ORDER_STATUS_PENDING_NEW
+    found = await live.until(order.order_id, settled)
+    assert found.status == S.ORDER_STATUS_OPEN
+    assert found.exchange_order_id == live.exchange.orders(API_KEY)[0].exchange_order_id
+
+
+async def test_a_timed_out_market_order_is_found_filled(live: LiveTrading) -> None:
+    live.exchange.faults.accept_then_timeout(hang_s=2.0)
+    order = await live.place(type=S.ORDER_TYPE_MARKET, price="")
+    assert order.status == S.ORDER_STATUS_PENDING_NEW
+    found = await live.until(order.order_id, settled)
+    assert (found.status, found.filled_quantity) == (S.ORDER_STATUS_FILLED, "0.02")
+
+
+@pytest.mark.parametrize("kind", ["http_503", "disconnect", "venue_timeout_code"])
+async def test_a_submit_that_never_landed_is_rejected_after_the_grace_period(
+    live: LiveTrading, kind: str
+) -> None:
+    if kind == "venue_timeout_code":
+        kind = "binance_1007" if live.venue == "binanceusdm" else "okx_50004"
+    live.exchange.faults.fail_before_accept(kind=kind)
+    order = await live.place(price="49000")
+    assert order.status == S.ORDER_STATUS_PENDING_NEW
+    rejected = await live.until(order.order_id, settled)
+    assert rejected.status == S.ORDER_STATUS_REJECTED
+    assert "has no order" in rejected.reject_reason
+    assert live.exchange.orders(API_KEY) == []
+
+
+@pytest.mark.parametrize("kind", ["http_503", "venue_timeout_code"])
+async def test_a_submit_that_landed_despite_an_error_is_found(live: LiveTrading, kind: str) -> None:
+    if kind == "venue_timeout_code":
+        kind = "binance_1007" if live.venue == "binanceusdm" else "okx_50004"
+    live.exchange.faults.ambiguous_accept(kind=kind)
+    order = await live.place(price="49000")
+    assert order.status == S.ORDER_STATUS_PENDING_NEW
+    assert (await live.until(order.order_id, settled)).status == S.ORDER_STATUS_OPEN
+
+
+async def test_a_duplicate_client_id_error_means_the_order_exists(live: LiveTrading) -> None:
+    live.exchange.faults.duplicate_on_submit()
+    order = await live.place(price="49000")
+    found = await live.until(order.order_id, settled)
+    assert found.status == S.ORDER_STATUS_OPEN
+    assert len(live.exchange.orders(API_KEY)) == 1
+
+
+async def test_a_rate_limited_submit_is_rejected_and_the_oms_backs_off(live: LiveTrading) -> None:
+    live.exchange.faults.rate_limit(count_429=1)
+    with pytest.raises(grpc.aio.AioRpcError) as throttled:
+        await live.place(price="49000", client_order_id="first")
+    assert throttled.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Within the back-off nothing is stored or sent, so the same client order id is free.
+    with pytest.raises(grpc.aio.AioRpcError) as backing_off:
+        await live.place(price="49000", client_order_id="second")
+    assert backing_off.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "nothing was sent" in (backing_off.value.details() or "")
+    refused = await live.oms.orders.ListOrders(pb.ListOrdersRequest(user_id=USER))
+    assert [(o.client_order_id, o.status) for o in refused.orders] == [
+        ("first", S.ORDER_STATUS_REJECTED)
+    ]
+    assert "not sent" in refused.orders[0].reject_reason
+    assert live.exchange.orders(API_KEY) == []
+    await asyncio.sleep(BACKOFF_S)
+    placed = await live.place(price="49000", client_order_id="second")
+    assert placed.status == S.ORDER_STATUS_OPEN
+
+
+async def test_a_ban_answers_unavailable_until_it_has_passed(
+    binance_exchange: FakeExchange, redis_url: str
+) -> None:
+    # Binance alone bans with 418; OKX answers 429 only.
+    exchange = binance_exchange
+    exchange.set_price(BTC, Decimal("50000"))
+    live = await live_trading(redis_url, exchange, ban_backoff_s=BACKOFF_S)
+    try:
+        exchange.faults.rate_limit(count_429=0, count_418=1)
+        with pytest.raises(grpc.aio.AioRpcError) as banned:
+            await live.place(price="49000")
+        assert banned.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.aio.AioRpcError) as still:
+            await live.place(price="49000")
+        assert still.value.code() == grpc.StatusCode.UNAVAILABLE
+        await asyncio.sleep(BACKOFF_S)
+        assert (await live.place(price="49000")).status == S.ORDER_STATUS_OPEN
+        await live.assert_invariants()
+    finally:
+        await live.oms.close()

@@ -234,3 +234,52 @@ async def test_a_ban_answers_unavailable_until_it_has_passed(
         await live.assert_invariants()
     finally:
         await live.oms.close()
+
+
+# -- cancels get the same care ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["http_503", "disconnect"])
+async def test_a_cancel_that_never_arrived_is_sent_again_until_the_order_is_canceled(
+    live: LiveTrading, kind: str
+) -> None:
+    order = await live.place(price="49000")
+    live.exchange.faults.fail_cancel(kind=kind)
+    pending = await live.cancel(order.order_id)
+    assert pending.status in (S.ORDER_STATUS_PENDING_CANCEL, S.ORDER_STATUS_CANCELED)
+    canceled = await live.until(order.order_id, settled)
+    assert canceled.status == S.ORDER_STATUS_CANCELED
+    assert canceled.cancel_reason == "canceled by user"
+    [at_exchange] = live.exchange.orders(API_KEY)
+    assert at_exchange.status == "canceled"
+
+
+@pytest.mark.parametrize("kind", ["http_503", "disconnect"])
+async def test_a_cancel_that_landed_despite_an_error_is_read_back(
+    live: LiveTrading, kind: str
+) -> None:
+    order = await live.place(price="49000")
+    live.exchange.faults.ambiguous_cancel(kind=kind)
+    await live.cancel(order.order_id)
+    canceled = await live.until(order.order_id, settled)
+    assert canceled.status == S.ORDER_STATUS_CANCELED
+    assert live.exchange.orders(API_KEY)[0].status == "canceled"
+
+
+async def test_cancelling_a_filled_order_is_a_failed_precondition(live: LiveTrading) -> None:
+    order = await live.place(type=S.ORDER_TYPE_MARKET, price="")
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await live.cancel(order.order_id)
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "FILLED" in (error.value.details() or "")
+
+
+async def test_cancel_all_cancels_every_open_order_at_the_exchange(live: LiveTrading) -> None:
+    orders = [await live.place(price=price) for price in ("49000", "48000", "47000")]
+    response = await live.oms.orders.CancelAllOrders(
+        pb.CancelAllOrdersRequest(user_id=USER, exchange=live.venue)
+    )
+    assert {o.order_id for o in response.orders} == {o.order_id for o in orders}
+    for order in orders:
+        assert (await live.until(order.order_id, settled)).status == S.ORDER_STATUS_CANCELED
+    assert {o.status for o in live.exchange.orders(API_KEY)} == {"canceled"}

@@ -34,6 +34,7 @@ class OrderEventType(Enum):
     EXPIRED = "EXPIRED"
     TRIGGERED = "TRIGGERED"
     AMENDED = "AMENDED"
+    RECONCILED = "RECONCILED"
 
 
 @dataclass(frozen=True, slots=True)

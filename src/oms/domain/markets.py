@@ -59,6 +59,10 @@ class MarketCatalog:
             self._by_key[(market.exchange, market.symbol)] = market
             self._by_key[(market.exchange, market.market_id)] = market
 
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        """(exchange, unified symbol or market id)."""
+        return key in self._by_key
+
     @property
     def exchanges(self) -> frozenset[str]:
         return frozenset(self._exchanges)

@@ -21,6 +21,10 @@ from oms.domain.orders import (
     OrderFilled,
     OrderRejected,
     OrderStatus,
+    OrderType,
+    PositionSide,
+    Side,
+    TimeInForce,
 )
 
 CANCELED_AT_EXCHANGE = "canceled at the exchange"
@@ -45,6 +49,22 @@ class VenueOrderStatus(Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class OrderTerms:
+    """What an order asks for, as the exchange lists it: enough to track an order the OMS
+    did not place."""
+
+    side: Side
+    type: OrderType
+    quantity: Decimal
+    price: Decimal | None
+    stop_price: Decimal | None
+    position_side: PositionSide
+    reduce_only: bool
+    time_in_force: TimeInForce
+    created_at_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class OrderReport:
     """One order as the exchange sees it."""
 
@@ -55,6 +75,8 @@ class OrderReport:
     status: VenueOrderStatus
     filled_quantity: Decimal
     reason: str = ""
+    terms: OrderTerms | None = None
+    """Absent when the exchange's reply does not list them (OKX create and cancel)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +93,43 @@ class FillReport:
     fee_currency: str
     liquidity: Liquidity
     time_ns: int
+
+
+EXTERNAL_ORIGIN = "external"
+EXTERNAL_CLIENT_ID_PREFIX = "ext-"
+
+
+def external_order(
+    report: OrderReport, user_id: str, exchange: str, order_id: str, now_ns: int
+) -> Order | None:
+    """The OMS's record of an order it found at the exchange but did not place, as it was
+    when placed (its fills and status follow as settlement events); None when the report
+    does not say what the order asks for."""
+    terms = report.terms
+    if terms is None or not report.exchange_order_id:
+        return None
+    return Order(
+        order_id=order_id,
+        client_order_id=f"{EXTERNAL_CLIENT_ID_PREFIX}{report.exchange_order_id}"[:64],
+        user_id=user_id,
+        exchange=exchange,
+        symbol=report.symbol,
+        side=terms.side,
+        type=terms.type,
+        time_in_force=terms.time_in_force,
+        quantity=terms.quantity,
+        price=terms.price,
+        stop_price=terms.stop_price,
+        reduce_only=terms.reduce_only,
+        position_side=terms.position_side,
+        leverage=None,
+        strategy="",
+        grid_level=None,
+        metadata={"origin": EXTERNAL_ORIGIN, "exchange_client_id": report.client_id[:256]},
+        fingerprint=EXTERNAL_ORIGIN,
+        created_at_ns=terms.created_at_ns or now_ns,
+        updated_at_ns=now_ns,
+    )
 
 
 def fill_of(order: Order, report: FillReport, fill_id: str) -> Fill:

@@ -7,7 +7,7 @@
 | cancel        | cancel an order; its report after the cancel                             |
 | fetch_order   | one order by exchange id, else by client id; None: the exchange has none |
 | fetch_fills   | the executions of one order                                              |
-| open_orders   | the account's open orders on one symbol                                  |
+| open_orders   | the account's open orders on one symbol, or on all (None)                |
 | close         | release connections                                                      |
 
 `GatewayConnector` opens gateways and loads an exchange's markets (public, no account).
@@ -82,7 +82,7 @@ class ExchangeGateway(Protocol):
 
     async def fetch_fills(self, symbol: str, exchange_order_id: str) -> list[FillReport]: ...
 
-    async def open_orders(self, symbol: str) -> list[OrderReport]: ...
+    async def open_orders(self, symbol: str | None) -> list[OrderReport]: ...
 
     async def close(self) -> None: ...
 

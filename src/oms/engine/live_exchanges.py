@@ -34,7 +34,7 @@ from oms.domain.errors import (
 )
 from oms.domain.events import FillRecorded, OrderEventType, OrderUpdated, PositionUpdated, apply_all
 from oms.domain.fills import Fill
-from oms.domain.identifiers import exchange_client_id
+from oms.domain.identifiers import EXCHANGE_CLIENT_ID_PREFIX, exchange_client_id
 from oms.domain.markets import MarketCatalog
 from oms.domain.orders import (
     Order,
@@ -45,7 +45,7 @@ from oms.domain.orders import (
     OrderType,
 )
 from oms.domain.positions import Position, PositionKey, apply_fill, open_record, reduces
-from oms.domain.venue_reports import OrderReport, fill_of, settlement_events
+from oms.domain.venue_reports import OrderReport, external_order, fill_of, settlement_events
 from oms.engine.gateway import (
     AccountAccess,
     CredentialsRefused,
@@ -156,7 +156,7 @@ class LiveExchanges:
             raise Unavailable(f"{account.exchange} is unreachable: {error.message}") from error
         await self.unfollow(account)
         followed = self._accounts[(account.user_id, account.exchange)] = _Account(account, gateway)
-        await self._sync(followed)
+        await self._sync(followed, reconcile=True)
         followed.start("poll", self._poll(followed))
 
     async def unfollow(self, account: Account) -> None:
@@ -318,9 +318,13 @@ class LiveExchanges:
             except (GatewayError, ConcurrentModification, Unavailable) as error:
                 log.warning("%s %s: poll failed: %s", followed.exchange, followed.user_id, error)
 
-    async def _sync(self, followed: _Account) -> None:
-        """Read every open order of the account back from the exchange and settle those that
-        changed; unsettled ones get a lookup of their own."""
+    async def _sync(self, followed: _Account, *, reconcile: bool = False) -> None:
+        """Read the account's open orders back from the exchange and settle those that
+        changed; unsettled ones get a lookup of their own.
+
+        With `reconcile` (on activation and at start-up) every open order of the account is
+        listed at once, and one the OMS did not place is tracked from then on (RECONCILED).
+        """
         by_symbol: dict[str, list[Order]] = defaultdict(list)
         for order in await self._store.open_orders(followed.user_id):
             if order.exchange != followed.exchange:
@@ -329,15 +333,24 @@ class LiveExchanges:
                 self._settle_later(followed, order.order_id)
             elif order.order_id not in followed.tasks:
                 by_symbol[order.symbol].append(order)
-        for symbol, orders in by_symbol.items():
-            listed = {
-                report.client_id: report for report in await followed.gateway.open_orders(symbol)
-            }
+        if reconcile:
+            listed = await followed.gateway.open_orders(None)
+            await self._track_external(followed, listed)
+        else:
+            listed = [
+                report
+                for symbol in by_symbol
+                for report in await followed.gateway.open_orders(symbol)
+            ]
+        by_exchange_id = {report.exchange_order_id: report for report in listed}
+        for orders in by_symbol.values():
             for order in orders:
-                client_id = exchange_client_id(order.order_id)
-                report = listed.get(client_id) or await followed.gateway.fetch_order(
-                    order, client_id
-                )
+                report = by_exchange_id.get(order.exchange_order_id)
+                if report is None:
+                    # Not open any more: read how it ended.
+                    report = await followed.gateway.fetch_order(
+                        order, exchange_client_id(order.order_id)
+                    )
                 if report is None:
                     log.error(
                         "order %s is open in the OMS but unknown to %s",
@@ -345,7 +358,63 @@ class LiveExchanges:
                         order.exchange,
                     )
                 elif report.filled_quantity != order.filled_quantity or report.status.is_terminal:
+                    if reconcile:
+                        log.warning(
+                            "reconciliation: order %s changed on %s while unobserved: %s, "
+                            "filled %s (the OMS had %s, filled %s)",
+                            order.order_id,
+                            order.exchange,
+                            report.status.value,
+                            report.filled_quantity,
+                            order.status.value,
+                            order.filled_quantity,
+                        )
                     await self._settle(followed, order.order_id, report)
+
+    async def _track_external(self, followed: _Account, listed: list[OrderReport]) -> None:
+        """Track the open orders the OMS did not place. An OMS order is known by the client
+        id the OMS sent, an external one already tracked by its client order id."""
+        for report in listed:
+            own = report.client_id.startswith(EXCHANGE_CLIENT_ID_PREFIX) and (
+                await self._store.get_order(
+                    followed.user_id, report.client_id.removeprefix(EXCHANGE_CLIENT_ID_PREFIX)
+                )
+            )
+            if own:
+                if not own.is_open:
+                    log.error(
+                        "reconciliation: %s has order %s open, which the OMS holds %s",
+                        followed.exchange,
+                        own.order_id,
+                        own.status.value,
+                    )
+                continue
+            order = external_order(
+                report, followed.user_id, followed.exchange, self._new_id(), self._clock_ns()
+            )
+            if order is None or (order.exchange, order.symbol) not in self._catalog:
+                log.warning(
+                    "reconciliation: %s order %s on %s of %s is of a kind the OMS does not "
+                    "track; left alone",
+                    followed.exchange,
+                    report.exchange_order_id,
+                    report.symbol,
+                    followed.user_id,
+                )
+                continue
+            created = OrderUpdated(OrderEventType.RECONCILED, order)
+            outcome = await self._journal.record([OrderChange(order, None, [created])])
+            if isinstance(outcome, Conflict):
+                continue  # tracked before, under its "ext-" client order id
+            log.warning(
+                "reconciliation: %s has open order %s of %s that the OMS did not place; "
+                "tracking it as %s",
+                followed.exchange,
+                report.exchange_order_id,
+                followed.user_id,
+                order.order_id,
+            )
+            await self._settle(followed, order.order_id, report)
 
     # -- committing -----------------------------------------------------------------------
 

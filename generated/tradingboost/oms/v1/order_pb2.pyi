@@ -315,6 +315,12 @@ class _OrderEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrderE
     """The OMS changed the order's quantity: a take-profit or stop-loss of
     OpenPosition grows with each further fill of its entry.
     """
+    ORDER_EVENT_TYPE_RECONCILED: _OrderEventType.ValueType  # 11
+    """Reconciliation with a real exchange found an open order the OMS did not
+    place (entered on the exchange's site, or by another program): the OMS
+    now tracks it as it is there, with `metadata["origin"] = "external"` and
+    `client_order_id` "ext-<exchange_order_id>". Later changes come as usual.
+    """
 
 class OrderEventType(_OrderEventType, metaclass=_OrderEventTypeEnumTypeWrapper):
     """What happened to an order in an OrderUpdate."""
@@ -346,6 +352,12 @@ a market or limit order. The status does not change.
 ORDER_EVENT_TYPE_AMENDED: OrderEventType.ValueType  # 10
 """The OMS changed the order's quantity: a take-profit or stop-loss of
 OpenPosition grows with each further fill of its entry.
+"""
+ORDER_EVENT_TYPE_RECONCILED: OrderEventType.ValueType  # 11
+"""Reconciliation with a real exchange found an open order the OMS did not
+place (entered on the exchange's site, or by another program): the OMS
+now tracks it as it is there, with `metadata["origin"] = "external"` and
+`client_order_id` "ext-<exchange_order_id>". Later changes come as usual.
 """
 Global___OrderEventType: _TypeAlias = OrderEventType  # noqa: Y015
 

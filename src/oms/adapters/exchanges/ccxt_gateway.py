@@ -21,8 +21,8 @@ from ccxt.base.decimal_to_precision import TICK_SIZE  # type: ignore[import-unty
 
 from oms.domain.fills import Liquidity
 from oms.domain.markets import Market
-from oms.domain.orders import Order, OrderType, PositionSide, TimeInForce
-from oms.domain.venue_reports import FillReport, OrderReport, VenueOrderStatus
+from oms.domain.orders import Order, OrderType, PositionSide, Side, TimeInForce
+from oms.domain.venue_reports import FillReport, OrderReport, OrderTerms, VenueOrderStatus
 from oms.engine.gateway import (
     AccountAccess,
     CredentialsRefused,
@@ -55,7 +55,10 @@ _ERROR_CODE = re.compile(r'"(?:sCode|code)"\s*:\s*"?(-?\d+)"?')
 
 # What every instance of an exchange needs so that load_markets stays public and quick.
 _CCXT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "binanceusdm": {"options": {"fetchCurrencies": False}},
+    # Reconciliation lists every open order at once (heavier on the limit, and rare).
+    "binanceusdm": {
+        "options": {"fetchCurrencies": False, "warnOnFetchOpenOrdersWithoutSymbol": False}
+    },
     "okx": {"options": {"fetchMarkets": {"types": ["swap"]}}},
 }
 # Hedge mode: the parameter naming the position side, and its spelling.
@@ -200,7 +203,7 @@ class CcxtGateway:
             trades = await self._call(self._client.fetch_order_trades, exchange_order_id, symbol)
         return [self._fill(trade) for trade in trades]
 
-    async def open_orders(self, symbol: str) -> list[OrderReport]:
+    async def open_orders(self, symbol: str | None) -> list[OrderReport]:
         raws = await self._call(self._client.fetch_open_orders, symbol)
         reports = [self._report(raw, raw.get("clientOrderId") or "") for raw in raws]
         return [report for report in reports if report is not None]
@@ -249,6 +252,7 @@ class CcxtGateway:
             status=status,
             filled_quantity=filled,
             reason=str(info.get("sMsg") or "") if status is VenueOrderStatus.REJECTED else "",
+            terms=_terms(raw),
         )
 
     def _fill(self, trade: Mapping[str, Any]) -> FillReport:
@@ -264,6 +268,65 @@ class CcxtGateway:
             liquidity=Liquidity.MAKER if trade.get("takerOrMaker") == "maker" else Liquidity.TAKER,
             time_ns=int(trade.get("timestamp") or 0) * 1_000_000,
         )
+
+
+_TYPES = {
+    "limit": OrderType.LIMIT,
+    "market": OrderType.MARKET,
+    "stop_market": OrderType.STOP_MARKET,
+    "take_profit_market": OrderType.TAKE_PROFIT_MARKET,
+    "stop_limit": OrderType.STOP_LIMIT,
+    # OKX lists the time in force as the order type.
+    "post_only": OrderType.LIMIT,
+    "ioc": OrderType.LIMIT,
+    "fok": OrderType.LIMIT,
+}
+_TIME_IN_FORCE = {
+    "GTC": TimeInForce.GTC,
+    "IOC": TimeInForce.IOC,
+    "FOK": TimeInForce.FOK,
+    "PO": TimeInForce.POST_ONLY,
+}
+
+
+def _terms(raw: Mapping[str, Any]) -> OrderTerms | None:
+    """What the order asks for, from ccxt's unified order; None for a kind the OMS does not
+    model (trailing, iceberg, ...) or a reply without amounts (OKX create and cancel)."""
+    kind = str(raw.get("type") or "").lower()
+    side = {"buy": Side.BUY, "sell": Side.SELL}.get(raw.get("side") or "")
+    amount = raw.get("amount")
+    if side is None or amount is None or kind not in _TYPES:
+        return None
+    trigger = raw.get("triggerPrice") or raw.get("stopPrice")
+    price = raw.get("price")
+    order_type = _TYPES[kind]
+    if kind == "stop" or (order_type is OrderType.STOP_MARKET and price):
+        order_type = OrderType.STOP_LIMIT
+    reduce_only = bool(raw.get("reduceOnly"))
+    info = raw.get("info") or {}
+    hedge_side = str(info.get("positionSide") or info.get("posSide") or "").upper()
+    if hedge_side in ("LONG", "SHORT"):
+        position_side = PositionSide(hedge_side)
+    else:
+        # One-way mode: a buy opens long unless it only reduces (a short).
+        opens_long = (side is Side.BUY) != reduce_only
+        position_side = PositionSide.LONG if opens_long else PositionSide.SHORT
+    if raw.get("postOnly"):
+        time_in_force = TimeInForce.POST_ONLY
+    else:
+        time_in_force = _TIME_IN_FORCE.get(str(raw.get("timeInForce") or "GTC"), TimeInForce.GTC)
+    needs_price = order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT)
+    return OrderTerms(
+        side=side,
+        type=order_type,
+        quantity=_decimal(amount),
+        price=_decimal(price) if needs_price and price else None,
+        stop_price=_decimal(trigger) if trigger else None,
+        position_side=position_side,
+        reduce_only=reduce_only,
+        time_in_force=time_in_force if order_type is OrderType.LIMIT else TimeInForce.GTC,
+        created_at_ns=int(raw.get("timestamp") or 0) * 1_000_000,
+    )
 
 
 class CcxtConnector:

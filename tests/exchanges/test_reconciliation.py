@@ -1,0 +1,140 @@
+"""Reconciliation when an account is followed again (CONTRACT section 9): while the OMS was
+down, orders filled, part-filled and were cancelled at the exchange, and another program
+placed an order; the restarted OMS finds all of it before it reports SERVING."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+from fixtures.fake_exchange import FakeExchange
+from fixtures.live_trading import (
+    API_KEY,
+    BTC,
+    MASTER_KEY,
+    USER,
+    LiveTrading,
+    exchange_settings,
+    live_trading,
+    outside_client,
+)
+from fixtures.oms_server import make_oms
+from grpc_health.v1 import health_pb2
+from tradingboost.oms.v1 import order_pb2 as S
+from tradingboost.oms.v1 import order_service_pb2 as pb
+from tradingboost.oms.v1 import position_service_pb2 as pos
+
+
+@pytest.fixture(params=["binanceusdm", "okx"])
+def exchange(request: pytest.FixtureRequest) -> FakeExchange:
+    # Synchronous: an async fixture cannot getfixturevalue() another async fixture.
+    name = "binance_exchange" if request.param == "binanceusdm" else "okx_exchange"
+    fake: FakeExchange = request.getfixturevalue(name)
+    fake.set_price(BTC, Decimal("50000"))
+    return fake
+
+
+@pytest.fixture
+async def live(exchange: FakeExchange, redis_url: str) -> AsyncIterator[LiveTrading]:
+    trading = await live_trading(redis_url, exchange)
+    try:
+        yield trading
+    finally:
+        await trading.oms.close()
+
+
+def side_params(exchange: FakeExchange) -> dict[str, str]:
+    if exchange.venue == "binanceusdm":
+        return {"positionSide": "LONG"}
+    return {"posSide": "long"}
+
+
+async def restart(live: LiveTrading, redis_url: str) -> None:
+    live.oms = await make_oms(
+        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(live.exchange)
+    )
+
+
+async def test_what_happened_while_the_oms_was_down_is_found_at_start(
+    live: LiveTrading, exchange: FakeExchange, redis_url: str
+) -> None:
+    fills = await live.place(price="49000")
+    part = await live.place(price="48000", quantity="0.04")
+    gone = await live.place(price="47000")
+    before = await live.oms.orders.ListOrders(pb.ListOrdersRequest(user_id=USER))
+    await live.oms.close()
+
+    exchange.set_price(BTC, Decimal("48000"), max_fill=Decimal("0.02"))
+    async with outside_client(exchange) as outside:
+        await outside.cancel_order(gone.exchange_order_id, BTC)
+        external = await outside.create_order(
+            BTC, "limit", "buy", 0.03, 46000, {"clientOrderId": "manual1", **side_params(exchange)}
+        )
+    await restart(live, redis_url)
+
+    health = await live.oms.health.Check(health_pb2.HealthCheckRequest())
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert (await live.get(fills.order_id)).status == S.ORDER_STATUS_FILLED
+    partly = await live.get(part.order_id)
+    assert (partly.status, partly.filled_quantity) == (S.ORDER_STATUS_PARTIALLY_FILLED, "0.02")
+    canceled = await live.get(gone.order_id)
+    assert (canceled.status, canceled.cancel_reason) == (
+        S.ORDER_STATUS_CANCELED,
+        "canceled at the exchange",
+    )
+    [tracked] = (
+        await live.oms.orders.ListOrders(
+            pb.ListOrdersRequest(user_id=USER, statuses=[S.ORDER_STATUS_OPEN])
+        )
+    ).orders
+    assert tracked.exchange_order_id == str(external["id"])
+    assert tracked.client_order_id == f"ext-{external['id']}"
+    assert (tracked.metadata["origin"], tracked.metadata["exchange_client_id"]) == (
+        "external",
+        "manual1",
+    )
+    assert (tracked.side, tracked.type, tracked.quantity, tracked.price) == (
+        S.SIDE_BUY,
+        S.ORDER_TYPE_LIMIT,
+        "0.03",
+        "46000",
+    )
+    assert tracked.position_side == S.POSITION_SIDE_LONG
+
+    # The stream says what the reconciliation did, after the last event seen before.
+    updates = live.oms.orders.StreamOrderUpdates(
+        pb.StreamOrderUpdatesRequest(user_id=USER, after_sequence=before.as_of_sequence)
+    )
+    expected = {
+        (S.ORDER_EVENT_TYPE_FILLED, fills.order_id),
+        (S.ORDER_EVENT_TYPE_PARTIALLY_FILLED, part.order_id),
+        (S.ORDER_EVENT_TYPE_CANCELED, gone.order_id),
+        (S.ORDER_EVENT_TYPE_RECONCILED, tracked.order_id),
+    }
+    seen = set()
+    async with asyncio.timeout(5):
+        async for message in updates:
+            update = message.order_update
+            seen.add((update.event_type, update.order.order_id))
+            if expected <= seen:
+                break
+    updates.cancel()
+
+    # Positions follow the fills found: 0.02 + 0.02 bought long.
+    [position] = (
+        await live.oms.positions.ListPositions(pos.ListPositionsRequest(user_id=USER))
+    ).positions
+    assert position.size == "0.04"
+
+    # The external order is an order like any other: it fills, and a second start does
+    # not track it twice.
+    exchange.set_price(BTC, Decimal("46000"))
+    await live.until(tracked.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    await live.oms.close()
+    await restart(live, redis_url)
+    listed = await live.oms.orders.ListOrders(pb.ListOrdersRequest(user_id=USER))
+    assert len(listed.orders) == 4
+    await live.assert_invariants()
+    assert len(exchange.orders(API_KEY)) == 4

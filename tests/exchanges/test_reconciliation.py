@@ -138,3 +138,26 @@ async def test_what_happened_while_the_oms_was_down_is_found_at_start(
     assert len(listed.orders) == 4
     await live.assert_invariants()
     assert len(exchange.orders(API_KEY)) == 4
+
+
+async def test_a_position_the_oms_did_not_fill_is_reported_as_drift(
+    live: LiveTrading,
+    exchange: FakeExchange,
+    redis_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await live.place(type=S.ORDER_TYPE_MARKET, price="", quantity="0.02")
+    await live.oms.close()
+    async with outside_client(exchange) as outside:
+        # Filled at once, so never open for the OMS to track.
+        await outside.create_order(
+            BTC, "market", "buy", 0.01, None, {"clientOrderId": "manual2", **side_params(exchange)}
+        )
+    caplog.clear()
+    await restart(live, redis_url)
+    [drift] = [r.getMessage() for r in caplog.records if "position drift" in r.getMessage()]
+    assert f"{BTC} LONG: the exchange holds 0.03, the OMS 0.02" in drift
+    [position] = (
+        await live.oms.positions.ListPositions(pos.ListPositionsRequest(user_id=USER))
+    ).positions
+    assert position.size == "0.02"  # reported, not repaired: the OMS keeps its own fills

@@ -80,6 +80,15 @@ class OrderReport:
 
 
 @dataclass(frozen=True, slots=True)
+class PositionReport:
+    """One hedge-mode side of a position as the exchange holds it, in contracts."""
+
+    symbol: str
+    position_side: PositionSide
+    size: Decimal
+
+
+@dataclass(frozen=True, slots=True)
 class FillReport:
     """One execution as the exchange reports it; `trade_id` makes it unique per exchange."""
 

@@ -8,6 +8,7 @@
 | fetch_order   | one order by exchange id, else by client id; None: the exchange has none |
 | fetch_fills   | the executions of one order                                              |
 | open_orders   | the account's open orders on one symbol, or on all (None)                |
+| positions     | the account's open positions, per hedge-mode side                        |
 | close         | release connections                                                      |
 
 `GatewayConnector` opens gateways and loads an exchange's markets (public, no account).
@@ -35,7 +36,7 @@ from typing import Protocol
 from oms.domain.accounts import Credentials
 from oms.domain.markets import Market
 from oms.domain.orders import Order
-from oms.domain.venue_reports import FillReport, OrderReport
+from oms.domain.venue_reports import FillReport, OrderReport, PositionReport
 
 
 class GatewayError(Exception):
@@ -83,6 +84,8 @@ class ExchangeGateway(Protocol):
     async def fetch_fills(self, symbol: str, exchange_order_id: str) -> list[FillReport]: ...
 
     async def open_orders(self, symbol: str | None) -> list[OrderReport]: ...
+
+    async def positions(self) -> list[PositionReport]: ...
 
     async def close(self) -> None: ...
 

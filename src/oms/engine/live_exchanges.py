@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from oms.domain.accounts import Account, Credentials
+from oms.domain.decimals import ZERO
 from oms.domain.errors import (
     ConcurrentModification,
     FailedPrecondition,
@@ -336,6 +337,7 @@ class LiveExchanges:
         if reconcile:
             listed = await followed.gateway.open_orders(None)
             await self._track_external(followed, listed)
+            await self._compare_positions(followed)
         else:
             listed = [
                 report
@@ -370,6 +372,34 @@ class LiveExchanges:
                             order.filled_quantity,
                         )
                     await self._settle(followed, order.order_id, report)
+
+    async def _compare_positions(self, followed: _Account) -> None:
+        """Report every side whose size at the exchange differs from the OMS's, which keeps
+        positions from its own fills: fills of orders it never saw (closed before it could
+        track them) show here. Reported, not repaired."""
+        at_exchange = {
+            (report.symbol, report.position_side): report.size
+            for report in await followed.gateway.positions()
+        }
+        held = {
+            (position.symbol, position.position_side): position.size
+            for position in await self._store.current_positions_on(followed.exchange)
+            if position.user_id == followed.user_id and position.is_open
+        }
+        for symbol, side in sorted(at_exchange.keys() | held.keys(), key=str):
+            exchange_size = at_exchange.get((symbol, side), ZERO)
+            oms_size = held.get((symbol, side), ZERO)
+            if exchange_size != oms_size:
+                log.warning(
+                    "reconciliation: position drift for %s on %s %s %s: the exchange holds "
+                    "%s, the OMS %s",
+                    followed.user_id,
+                    followed.exchange,
+                    symbol,
+                    side.value,
+                    exchange_size,
+                    oms_size,
+                )
 
     async def _track_external(self, followed: _Account, listed: list[OrderReport]) -> None:
         """Track the open orders the OMS did not place. An OMS order is known by the client

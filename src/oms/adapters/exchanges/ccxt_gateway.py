@@ -22,7 +22,13 @@ from ccxt.base.decimal_to_precision import TICK_SIZE  # type: ignore[import-unty
 from oms.domain.fills import Liquidity
 from oms.domain.markets import Market
 from oms.domain.orders import Order, OrderType, PositionSide, Side, TimeInForce
-from oms.domain.venue_reports import FillReport, OrderReport, OrderTerms, VenueOrderStatus
+from oms.domain.venue_reports import (
+    FillReport,
+    OrderReport,
+    OrderTerms,
+    PositionReport,
+    VenueOrderStatus,
+)
 from oms.engine.gateway import (
     AccountAccess,
     CredentialsRefused,
@@ -207,6 +213,16 @@ class CcxtGateway:
         raws = await self._call(self._client.fetch_open_orders, symbol)
         reports = [self._report(raw, raw.get("clientOrderId") or "") for raw in raws]
         return [report for report in reports if report is not None]
+
+    async def positions(self) -> list[PositionReport]:
+        raws = await self._call(self._client.fetch_positions)
+        reports = []
+        for raw in raws:
+            size = _decimal(raw.get("contracts"))
+            side = str(raw.get("side") or "").upper()
+            if size and side in ("LONG", "SHORT"):
+                reports.append(PositionReport(raw.get("symbol") or "", PositionSide(side), size))
+        return reports
 
     async def close(self) -> None:
         await self._client.close()

@@ -1,7 +1,8 @@
 """Typed async client of the OMS (tradingboost.oms.v1), on grpcio and the generated stubs:
 `OmsClient` over OrderService (conditional rules included), PositionService,
-TrailingStopService and MarketDataService (retrying unary calls, pages as `async for`, streams
-that resume by themselves) and the rounding helpers for amount steps and price ticks.
+TrailingStopService, MarketDataService and AccountService (retrying unary calls, pages as
+`async for`, streams that resume by themselves) and the rounding helpers for amount steps and
+price ticks.
 """
 
 from oms_client.client import (

@@ -1,5 +1,5 @@
-"""OmsClient: OrderService (conditional rules included), PositionService, TrailingStopService
-and MarketDataService over one grpc.aio channel.
+"""OmsClient: OrderService (conditional rules included), PositionService, TrailingStopService,
+MarketDataService and AccountService over one grpc.aio channel.
 
 Requests and results are the generated messages themselves (`order_pb2.Order`, ...). Every
 unary method takes either a ready request message or its fields as keywords, and the same
@@ -13,11 +13,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from decimal import Decimal
 from types import TracebackType
-from typing import Protocol, TypeVar, Unpack, cast
+from typing import Any, Protocol, TypeVar, Unpack, cast
 
 import grpc
 from google.protobuf.message import Message
 from tradingboost.oms.v1 import (
+    account_pb2,
+    account_service_pb2_grpc,
     conditional_rule_pb2,
     market_data_pb2,
     market_data_service_pb2_grpc,
@@ -28,6 +30,7 @@ from tradingboost.oms.v1 import (
     trailing_stop_pb2,
     trailing_stop_service_pb2_grpc,
 )
+from tradingboost.oms.v1 import account_service_pb2 as apb
 from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_service_pb2 as pb
 from tradingboost.oms.v1 import position_service_pb2 as ppb
@@ -35,6 +38,7 @@ from tradingboost.oms.v1 import trailing_stop_service_pb2 as tpb
 
 from oms_client.pagination import paginate
 from oms_client.request_fields import (
+    AccountRefFields,
     CancelAllOrdersFields,
     ClosePositionFields,
     CreateConditionalRuleFields,
@@ -43,6 +47,7 @@ from oms_client.request_fields import (
     GetPortfolioSummaryFields,
     GetPositionFields,
     GetPriceFields,
+    ListActiveAccountsFields,
     ListConditionalRulesFields,
     ListFillsFields,
     ListOrdersFields,
@@ -52,6 +57,7 @@ from oms_client.request_fields import (
     OrderRefFields,
     PlaceOrderFields,
     PublishPricesFields,
+    RegisterCredentialsFields,
     RuleRefFields,
     TrailingStopRefFields,
     build_request,
@@ -149,6 +155,9 @@ class OmsClient:
         self._trailing_stops: trailing_stop_service_pb2_grpc.TrailingStopServiceAsyncStub = (
             trailing_stop_service_pb2_grpc.TrailingStopServiceStub(channel)
         )
+        self._accounts: account_service_pb2_grpc.AccountServiceAsyncStub = (
+            account_service_pb2_grpc.AccountServiceStub(channel)
+        )
         self._auth: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
@@ -186,7 +195,7 @@ class OmsClient:
 
     @property
     def channel(self) -> grpc.aio.Channel:
-        """The channel, for the services this client does not wrap (AccountService)."""
+        """The channel, for the services this client does not wrap (health, reflection)."""
         return self._channel
 
     async def close(self) -> None:
@@ -911,6 +920,117 @@ class OmsClient:
             self._stream_idle_timeout_s,
         )
 
+    # Accounts
+
+    async def register_credentials(
+        self,
+        request: apb.RegisterCredentialsRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[RegisterCredentialsFields],
+    ) -> account_pb2.Account:
+        """Stores the user's `api_key`, `secret` and optional `password` for one exchange
+        (not "paper"), sealed by the server, replacing any previous ones; `sandbox` for the
+        exchange's testnet. Returns the account, never its credentials: INACTIVE when new, and
+        still ACTIVE (reconnected with the new credentials) when it was. FAILED_PRECONDITION
+        when the server has no master key.
+
+        Retried like a read: a registration replaces what is stored, so a retry after a lost
+        response stores the same credentials again, in the same one account. The client
+        logs nothing, and a keyword it cannot put in the request is reported by name,
+        without its value.
+        """
+        prepared = _register_credentials_request(request, fields)
+        response = await self._unary(
+            self._accounts.RegisterCredentials, prepared, timeout_s, rpc_metadata, retry
+        )
+        return response.account
+
+    async def activate_account(
+        self,
+        request: apb.ActivateAccountRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[AccountRefFields],
+    ) -> account_pb2.Account:
+        """Makes the OMS follow the account of (`user_id`, `exchange`): the server checks the
+        credentials with the exchange and reconciles the account first; returns it ACTIVE.
+        NOT_FOUND without registered credentials, FAILED_PRECONDITION when the exchange
+        refuses them (the message says why). Activation talks to the exchange: give it a
+        `timeout_s` long enough for that.
+
+        Retried like a read: activating an ACTIVE account returns it unchanged."""
+        prepared = build_request(apb.ActivateAccountRequest, request, fields)
+        response = await self._unary(
+            self._accounts.ActivateAccount, prepared, timeout_s, rpc_metadata, retry
+        )
+        return response.account
+
+    async def deactivate_account(
+        self,
+        request: apb.DeactivateAccountRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[AccountRefFields],
+    ) -> account_pb2.Account:
+        """Stops following the account of (`user_id`, `exchange`); returns it INACTIVE. Its
+        orders at the exchange stay as they are and its credentials stay stored. NOT_FOUND
+        without registered credentials.
+
+        Retried like a read: deactivating an INACTIVE account returns it unchanged."""
+        prepared = build_request(apb.DeactivateAccountRequest, request, fields)
+        response = await self._unary(
+            self._accounts.DeactivateAccount, prepared, timeout_s, rpc_metadata, retry
+        )
+        return response.account
+
+    async def list_active_accounts_page(
+        self,
+        request: apb.ListActiveAccountsRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[ListActiveAccountsFields],
+    ) -> apb.ListActiveAccountsResponse:
+        """One page of ACTIVE accounts (optionally of one `user_id` and/or `exchange`),
+        ordered by (user_id, exchange), with `next_page_token`. Every user's accounts (no
+        `user_id`) need an admin token when auth is on."""
+        prepared = build_request(apb.ListActiveAccountsRequest, request, fields)
+        return await self._unary(
+            self._accounts.ListActiveAccounts, prepared, timeout_s, rpc_metadata, retry
+        )
+
+    def list_active_accounts(
+        self,
+        request: apb.ListActiveAccountsRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[ListActiveAccountsFields],
+    ) -> AsyncIterator[account_pb2.Account]:
+        """Every matching ACTIVE account across all pages (`page_size` sets the page length),
+        ordered by (user_id, exchange)."""
+        return _every_item(
+            build_request(apb.ListActiveAccountsRequest, request, fields),
+            lambda page: self.list_active_accounts_page(
+                page, timeout_s=timeout_s, rpc_metadata=rpc_metadata, retry=retry
+            ),
+            lambda response: response.accounts,
+        )
+
     # Market data
 
     async def publish_prices(
@@ -1085,6 +1205,36 @@ def _with_client_id(request: tpb.CreateTrailingStopRequest) -> tpb.CreateTrailin
     prepared = _copy(request)
     prepared.client_id = _new_client_id()
     return prepared
+
+
+def _register_credentials_request(
+    request: apb.RegisterCredentialsRequest | None, fields: RegisterCredentialsFields
+) -> apb.RegisterCredentialsRequest:
+    """`build_request` for credentials, whose values are secrets: protobuf's own error for a
+    value it refuses may quote the value (a UnicodeDecodeError even holds all of it), so the
+    error raised here names the fields only, and is raised outside the handler so that the
+    original is not chained to it."""
+    if request is not None:
+        return build_request(apb.RegisterCredentialsRequest, request, fields)
+    try:
+        return apb.RegisterCredentialsRequest(**fields)
+    except (TypeError, ValueError):
+        pass
+    refused = sorted(name for name, value in fields.items() if not _fits(name, value))
+    raise TypeError(
+        "RegisterCredentialsRequest refused "
+        f"{', '.join(refused) or 'its fields'}: no such field, or a value of the wrong type "
+        "(not shown: it may be a secret)"
+    )
+
+
+def _fits(name: str, value: object) -> bool:
+    one: dict[str, Any] = {name: value}
+    try:
+        apb.RegisterCredentialsRequest(**one)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 _CANCELED_BY_USER = "canceled_by_user"

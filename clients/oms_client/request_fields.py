@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 from tradingboost.oms.v1 import conditional_rule_pb2, market_data_pb2, order_pb2, trailing_stop_pb2
 
 __all__ = [
+    "AccountRefFields",
     "CancelAllOrdersFields",
     "ClosePositionFields",
     "CreateConditionalRuleFields",
@@ -20,6 +21,7 @@ __all__ = [
     "GetPortfolioSummaryFields",
     "GetPositionFields",
     "GetPriceFields",
+    "ListActiveAccountsFields",
     "ListConditionalRulesFields",
     "ListFillsFields",
     "ListOrdersFields",
@@ -29,6 +31,7 @@ __all__ = [
     "OrderRefFields",
     "PlaceOrderFields",
     "PublishPricesFields",
+    "RegisterCredentialsFields",
     "RuleRefFields",
     "TrailingStopRefFields",
     "build_request",
@@ -218,6 +221,31 @@ class ListConditionalRulesFields(TypedDict, total=False):
     user_id: str
     trigger_order_id: str
     statuses: Iterable[conditional_rule_pb2.RuleStatus.ValueType]
+    page_size: int
+    page_token: str
+
+
+class RegisterCredentialsFields(TypedDict, total=False):
+    """`password` None (or absent) sends none: the field is proto3 `optional`."""
+
+    user_id: str
+    exchange: str
+    api_key: str
+    secret: str
+    password: str | None
+    sandbox: bool
+
+
+class AccountRefFields(TypedDict, total=False):
+    """ActivateAccount and DeactivateAccount: the account is (`user_id`, `exchange`)."""
+
+    user_id: str
+    exchange: str
+
+
+class ListActiveAccountsFields(TypedDict, total=False):
+    user_id: str
+    exchange: str
     page_size: int
     page_token: str
 

@@ -76,6 +76,7 @@ def venue_policy(settings: Settings) -> Callable[[str], VenuePolicy]:
         return VenuePolicy(
             poll_interval_s=table.poll_interval_s,
             lookup_grace_s=table.lookup_grace_s,
+            mark_interval_s=table.mark_interval_s,
             rate_limit_backoff_s=table.rate_limit_backoff_s,
             ban_backoff_s=table.ban_backoff_s,
         )
@@ -104,6 +105,7 @@ class Application:
         self.paper = PaperExchange(
             catalog, fees, journal, ids.new_id, time.time_ns, settings.paper.maker_fill_limit
         )
+        self.market_data = MarketData(catalog, self.paper, settings.stream_buffer_events)
         self.connector = ccxt_connector(settings)
         self.exchanges = LiveExchanges(
             self.store,
@@ -113,11 +115,11 @@ class Application:
             ids.new_id,
             time.time_ns,
             venue_policy(settings),
+            self.market_data.observe,
         )
         orders = OrderLifecycle(
             self.store, catalog, self.paper, self.exchanges, self.hub, ids.new_id, time.time_ns
         )
-        self.market_data = MarketData(catalog, self.paper, settings.stream_buffer_events)
         positions = Positions(self.store, catalog, orders, self.hub, self.paper.last_price_of)
         self.rules = ConditionalRules(self.store, journal, self.paper, ids.new_id, time.time_ns)
         trailing_stops = TrailingStops(

@@ -7,6 +7,7 @@ import re
 import oms_client
 from oms_client import OmsClient
 from tradingboost.oms.v1 import (
+    account_service_pb2,
     market_data_service_pb2,
     order_service_pb2,
     position_service_pb2,
@@ -37,6 +38,7 @@ def test_every_rpc_of_the_wrapped_services_has_a_client_method_or_is_listed() ->
             (market_data_service_pb2, "MarketDataService"),
             (position_service_pb2, "PositionService"),
             (trailing_stop_service_pb2, "TrailingStopService"),
+            (account_service_pb2, "AccountService"),
         )
         for method in module.DESCRIPTOR.services_by_name[service].methods
     }
@@ -98,6 +100,11 @@ def test_public_names() -> None:
         "list_trailing_stops_page",
         "cancel_trailing_stop",
         "stream_trailing_stop_events",
+        "register_credentials",
+        "activate_account",
+        "deactivate_account",
+        "list_active_accounts",
+        "list_active_accounts_page",
         "publish_prices",
         "get_price",
         "stream_prices",

@@ -13,6 +13,8 @@ import grpc
 import pytest
 from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import API_KEY, BTC, USER, LiveTrading, live_trading
+from tradingboost.oms.v1 import market_data_pb2
+from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as pb
 from tradingboost.oms.v1 import position_service_pb2 as pos
@@ -283,3 +285,43 @@ async def test_cancel_all_cancels_every_open_order_at_the_exchange(live: LiveTra
     for order in orders:
         assert (await live.until(order.order_id, settled)).status == S.ORDER_STATUS_CANCELED
     assert {o.status for o in live.exchange.orders(API_KEY)} == {"canceled"}
+
+
+# -- mark prices -------------------------------------------------------------------------------
+
+
+async def test_a_held_symbol_is_marked_from_the_exchange(live: LiveTrading) -> None:
+    await live.place(type=S.ORDER_TYPE_MARKET, price="")  # long 0.02 at 50000
+    prices = live.oms.market.StreamPrices(
+        md.StreamPricesRequest(
+            instruments=[market_data_pb2.Instrument(exchange=live.venue, symbol=BTC)]
+        )
+    )
+    live.exchange.set_price(BTC, Decimal("51000"))
+    async with asyncio.timeout(5):
+        async for message in prices:
+            if message.price.price == "51000":
+                break
+    prices.cancel()
+    got = await live.oms.market.GetPrice(md.GetPriceRequest(exchange=live.venue, symbol=BTC))
+    assert got.price.price == "51000"
+    contract = Decimal("1") if live.venue == "binanceusdm" else Decimal("0.01")
+    async with asyncio.timeout(5):
+        while True:
+            [position] = (
+                await live.oms.positions.ListPositions(pos.ListPositionsRequest(user_id=USER))
+            ).positions
+            if position.mark_price == "51000":
+                break
+            await asyncio.sleep(0.02)
+    assert Decimal(position.unrealized_pnl) == Decimal("1000") * Decimal("0.02") * contract
+
+
+async def test_prices_of_a_real_exchange_cannot_be_published(live: LiveTrading) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await live.oms.market.PublishPrices(
+            md.PublishPricesRequest(
+                prices=[market_data_pb2.PriceTick(exchange=live.venue, symbol=BTC, price="1")]
+            )
+        )
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -11,7 +11,8 @@
 | positions     | the account's open positions, per hedge-mode side                        |
 | close         | release connections                                                      |
 
-`GatewayConnector` opens gateways and loads an exchange's markets (public, no account).
+`GatewayConnector` opens gateways, loads an exchange's markets and reads its mark prices
+(public, no account).
 The paper exchange answers the same needs in-process (engine/paper_exchange.py): it is the
 venue, so it commits its own matching instead of reporting it.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Protocol
 
 from oms.domain.accounts import Credentials
@@ -106,3 +108,8 @@ class GatewayConnector(Protocol):
     def connect(self, access: AccountAccess) -> ExchangeGateway: ...
 
     async def load_markets(self, exchange: str) -> Sequence[Market]: ...
+
+    async def mark_prices(self, exchange: str, symbols: Sequence[str]) -> dict[str, Decimal]:
+        """The mark price of each symbol (public, no account); a symbol without one is left
+        out."""
+        ...

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +60,8 @@ from oms.engine.gateway import (
     SubmitRefused,
 )
 from oms.engine.journal import Journal
-from oms.engine.ports import Conflict, OrderChange, StateStore
+from oms.engine.mark_prices import MarkPrices
+from oms.engine.ports import Conflict, OrderChange, PriceUpdate, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class VenuePolicy:
     lookup_backoff_s: float = 0.2
     """First wait between lookups of an ambiguous order; doubles up to max_backoff_s."""
     max_backoff_s: float = 5.0
+    mark_interval_s: float = 1.0
+    """How often the mark prices of symbols held in positions are read."""
     rate_limit_backoff_s: float = 1.0
     """After a 429, how long new orders are refused without being sent."""
     ban_backoff_s: float = 120.0
@@ -125,6 +128,7 @@ class LiveExchanges:
         new_id: Callable[[], str],
         clock_ns: Callable[[], int],
         policy: Callable[[str], VenuePolicy],
+        observe_prices: Callable[[Sequence[PriceUpdate]], None],
     ) -> None:
         self._store = store
         self._journal = journal
@@ -134,6 +138,15 @@ class LiveExchanges:
         self._clock_ns = clock_ns
         self._policy = policy
         self._accounts: dict[tuple[str, str], _Account] = {}
+        self._marks = MarkPrices(
+            store,
+            journal,
+            connector,
+            self,
+            observe_prices,
+            clock_ns,
+            lambda exchange: policy(exchange).mark_interval_s,
+        )
         self._throttled: dict[str, tuple[float, bool]] = {}
         """exchange -> (monotonic time until which orders are not sent, banned)."""
 
@@ -159,11 +172,18 @@ class LiveExchanges:
         followed = self._accounts[(account.user_id, account.exchange)] = _Account(account, gateway)
         await self._sync(followed, reconcile=True)
         followed.start("poll", self._poll(followed))
+        self._marks.follow(account.exchange)
 
     async def unfollow(self, account: Account) -> None:
         followed = self._accounts.pop((account.user_id, account.exchange), None)
         if followed is not None:
             await followed.stop()
+        if not self.followed_locks(account.exchange):
+            await self._marks.unfollow(account.exchange)
+
+    def followed_locks(self, exchange: str) -> dict[str, asyncio.Lock]:
+        """user_id -> the lock of each followed account on `exchange`."""
+        return {user: a.lock for (user, ex), a in self._accounts.items() if ex == exchange}
 
     async def load_markets(self, exchange: str) -> None:
         if exchange in self._catalog.exchanges:
@@ -175,6 +195,7 @@ class LiveExchanges:
         self._catalog.add(markets)
 
     async def close(self) -> None:
+        await self._marks.close()
         for followed in list(self._accounts.values()):
             await followed.stop()
         self._accounts.clear()

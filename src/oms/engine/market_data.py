@@ -47,6 +47,8 @@ class MarketData:
         self._paper = paper
         self._capacity = buffer_events
         self._subscriptions: set[_PriceSubscription] = set()
+        self._live: dict[tuple[str, str], PriceUpdate] = {}
+        """The latest mark of each real exchange's symbol, from its feed."""
 
     async def publish(self, ticks: Sequence[Tick]) -> list[PriceUpdate]:
         """Apply ticks in order; returns once every effect of every tick is committed."""
@@ -70,13 +72,30 @@ class MarketData:
         for market, price in parsed:
             update = await self._paper.on_price(market.symbol, price)
             updates.append(update)
-            for subscription in self._subscriptions:
-                if (update.exchange, update.symbol) in subscription.instruments:
-                    subscription.push(update)
+            self._push(update)
         return updates
+
+    def observe(self, updates: Sequence[PriceUpdate]) -> None:
+        """Prices a real exchange's feed brought (committed already)."""
+        for update in updates:
+            self._live[(update.exchange, update.symbol)] = update
+            self._push(update)
+
+    def _push(self, update: PriceUpdate) -> None:
+        for subscription in self._subscriptions:
+            if (update.exchange, update.symbol) in subscription.instruments:
+                subscription.push(update)
 
     def get(self, exchange: str, symbol: str) -> PriceUpdate:
         market = self._resolve(exchange, symbol, "")
+        if market.exchange != PAPER:
+            live = self._live.get((market.exchange, market.symbol))
+            if live is None:
+                raise NotFound(
+                    f"no price yet for {market.symbol} on {market.exchange} (marks are read "
+                    "for symbols held in positions)"
+                )
+            return live
         last = self._paper.last_price(market.symbol)
         if last is None:
             raise NotFound(f"no price yet for {market.symbol} on {market.exchange}")

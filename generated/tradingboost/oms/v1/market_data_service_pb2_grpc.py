@@ -79,8 +79,11 @@ class MarketDataServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPrice(self, request, context):
-        """Returns the last price of one instrument. Errors: INVALID_ARGUMENT
-        (unknown exchange or symbol), NOT_FOUND (no price seen yet).
+        """Returns the last price of one instrument. On a real exchange that is its
+        mark price, read for the symbols followed accounts hold positions in
+        (every `mark_interval_s`). Errors: INVALID_ARGUMENT (unknown exchange or
+        symbol; a real exchange's symbols are known once an account on it is
+        active), NOT_FOUND (no price seen yet).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

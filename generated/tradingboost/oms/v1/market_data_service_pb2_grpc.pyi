@@ -48,8 +48,11 @@ class MarketDataServiceStub:
     (a tick for a real exchange: its prices come from its own feed).
     """
     GetPrice: _grpc.UnaryUnaryMultiCallable[_market_data_service_pb2.GetPriceRequest, _market_data_service_pb2.GetPriceResponse]
-    """Returns the last price of one instrument. Errors: INVALID_ARGUMENT
-    (unknown exchange or symbol), NOT_FOUND (no price seen yet).
+    """Returns the last price of one instrument. On a real exchange that is its
+    mark price, read for the symbols followed accounts hold positions in
+    (every `mark_interval_s`). Errors: INVALID_ARGUMENT (unknown exchange or
+    symbol; a real exchange's symbols are known once an account on it is
+    active), NOT_FOUND (no price seen yet).
     """
     StreamPrices: _grpc.UnaryStreamMultiCallable[_market_data_service_pb2.StreamPricesRequest, _market_data_service_pb2.StreamPricesResponse]
     """Server stream of the price ticks of a set of instruments, live only, in
@@ -78,8 +81,11 @@ class MarketDataServiceAsyncStub(MarketDataServiceStub):
     (a tick for a real exchange: its prices come from its own feed).
     """
     GetPrice: _aio.UnaryUnaryMultiCallable[_market_data_service_pb2.GetPriceRequest, _market_data_service_pb2.GetPriceResponse]  # type: ignore[assignment]
-    """Returns the last price of one instrument. Errors: INVALID_ARGUMENT
-    (unknown exchange or symbol), NOT_FOUND (no price seen yet).
+    """Returns the last price of one instrument. On a real exchange that is its
+    mark price, read for the symbols followed accounts hold positions in
+    (every `mark_interval_s`). Errors: INVALID_ARGUMENT (unknown exchange or
+    symbol; a real exchange's symbols are known once an account on it is
+    active), NOT_FOUND (no price seen yet).
     """
     StreamPrices: _aio.UnaryStreamMultiCallable[_market_data_service_pb2.StreamPricesRequest, _market_data_service_pb2.StreamPricesResponse]  # type: ignore[assignment]
     """Server stream of the price ticks of a set of instruments, live only, in
@@ -117,8 +123,11 @@ class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _market_data_service_pb2.GetPriceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_market_data_service_pb2.GetPriceResponse, _abc.Awaitable[_market_data_service_pb2.GetPriceResponse]]:
-        """Returns the last price of one instrument. Errors: INVALID_ARGUMENT
-        (unknown exchange or symbol), NOT_FOUND (no price seen yet).
+        """Returns the last price of one instrument. On a real exchange that is its
+        mark price, read for the symbols followed accounts hold positions in
+        (every `mark_interval_s`). Errors: INVALID_ARGUMENT (unknown exchange or
+        symbol; a real exchange's symbols are known once an account on it is
+        active), NOT_FOUND (no price seen yet).
         """
 
     @_abc_1.abstractmethod

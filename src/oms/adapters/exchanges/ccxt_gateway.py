@@ -7,6 +7,7 @@ repr, which gives back the exchange's own decimal string.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -387,6 +388,21 @@ class CcxtConnector:
             for market in raw.values()
             if market.get("active") is not False
         ]
+
+    async def mark_prices(self, exchange: str, symbols: Sequence[str]) -> dict[str, Decimal]:
+        public = self._public[exchange]  # load_markets made it
+        try:
+            tickers = await asyncio.gather(*(public.fetch_ticker(symbol) for symbol in symbols))
+        except ccxt_errors.BaseError as error:
+            raise classify(exchange, error) from error
+        except OSError as error:
+            raise OutcomeUnknown(f"{type(error).__name__}: {error}") from error
+        marks = {}
+        for symbol, ticker in zip(symbols, tickers, strict=True):
+            price = ticker.get("markPrice") or ticker.get("last")
+            if price:
+                marks[symbol] = _decimal(price)
+        return marks
 
     async def close(self) -> None:
         for public in self._public.values():

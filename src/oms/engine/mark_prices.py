@@ -1,0 +1,121 @@
+"""Mark prices of real exchanges: read for every symbol a followed account holds a position
+in, published as prices (GetPrice, StreamPrices) and marked onto those positions (unrealized
+PnL, notional, liquidation estimate).
+
+One follower per exchange while it has a followed account. A position is re-marked under its
+account's lock, so a mark never overwrites a fill committed meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Protocol
+
+from oms.domain.errors import ConcurrentModification, Unavailable
+from oms.domain.events import PositionUpdated
+from oms.domain.positions import Position
+from oms.engine.gateway import GatewayConnector, GatewayError
+from oms.engine.journal import Journal
+from oms.engine.ports import PriceUpdate, StateStore
+
+log = logging.getLogger(__name__)
+
+
+class Accounts(Protocol):
+    """The followed accounts of an exchange, each with the lock its commits take."""
+
+    def followed_locks(self, exchange: str) -> dict[str, asyncio.Lock]: ...
+
+
+class MarkPrices:
+    def __init__(
+        self,
+        store: StateStore,
+        journal: Journal,
+        connector: GatewayConnector,
+        accounts: Accounts,
+        observe: Callable[[Sequence[PriceUpdate]], None],
+        clock_ns: Callable[[], int],
+        interval_s: Callable[[str], float],
+    ) -> None:
+        self._store = store
+        self._journal = journal
+        self._connector = connector
+        self._accounts = accounts
+        self._observe = observe
+        self._clock_ns = clock_ns
+        self._interval_s = interval_s
+        self._followers: dict[str, asyncio.Task[None]] = {}
+        self._last: dict[tuple[str, str], Decimal] = {}
+
+    def follow(self, exchange: str) -> None:
+        if exchange not in self._followers:
+            self._followers[exchange] = asyncio.get_running_loop().create_task(
+                self._follow(exchange), name=f"{exchange}:marks"
+            )
+
+    async def unfollow(self, exchange: str) -> None:
+        task = self._followers.pop(exchange, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def close(self) -> None:
+        for exchange in list(self._followers):
+            await self.unfollow(exchange)
+
+    async def _follow(self, exchange: str) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s(exchange))
+            try:
+                await self.refresh(exchange)
+            except (GatewayError, Unavailable, ConcurrentModification) as error:
+                log.warning("%s mark prices: %s", exchange, error)
+
+    async def refresh(self, exchange: str) -> None:
+        """Read the marks of the symbols held on `exchange` and apply the ones that moved."""
+        locks = self._accounts.followed_locks(exchange)
+        held: defaultdict[str, list[Position]] = defaultdict(list)
+        for position in await self._store.current_positions_on(exchange):
+            if position.is_open and position.user_id in locks:
+                held[position.user_id].append(position)
+        symbols = sorted({p.symbol for positions in held.values() for p in positions})
+        if not symbols:
+            return
+        marks = await self._connector.mark_prices(exchange, symbols)
+        now = self._clock_ns()
+        moved = {
+            symbol: price
+            for symbol, price in marks.items()
+            if self._last.get((exchange, symbol)) != price
+        }
+        if not moved:
+            return
+        updates = [PriceUpdate(exchange, symbol, price, now) for symbol, price in moved.items()]
+        await self._journal.record([], prices=updates)
+        self._last.update({(exchange, symbol): price for symbol, price in moved.items()})
+        self._observe(updates)
+        for user_id, positions in held.items():
+            if any(p.symbol in moved for p in positions):
+                async with locks[user_id]:
+                    await self._mark(positions, moved, now)
+
+    async def _mark(
+        self, positions: list[Position], marks: dict[str, Decimal], now_ns: int
+    ) -> None:
+        updates = []
+        for stale in positions:
+            if stale.symbol not in marks:
+                continue
+            # Re-read under the account's lock: a fill may have moved it since the listing.
+            current = await self._store.current_position(stale.key)
+            if current is not None and current.is_open:
+                updates.append(PositionUpdated(current.mark(marks[stale.symbol], now_ns)))
+        if updates:
+            await self._journal.record([], updates=updates)

@@ -168,9 +168,17 @@ class LiveExchanges:
         except GatewayError as error:
             await gateway.close()
             raise Unavailable(f"{account.exchange} is unreachable: {error.message}") from error
+        followed = _Account(account, gateway)
+        try:
+            await self._sync(followed, reconcile=True)
+        except GatewayError as error:
+            await followed.stop()
+            raise Unavailable(
+                f"{account.exchange}: reconciling {account.user_id} failed: {error.message}"
+            ) from error
+        # The previous connection, when new credentials replace working ones.
         await self.unfollow(account)
-        followed = self._accounts[(account.user_id, account.exchange)] = _Account(account, gateway)
-        await self._sync(followed, reconcile=True)
+        self._accounts[(account.user_id, account.exchange)] = followed
         followed.start("poll", self._poll(followed))
         self._marks.follow(account.exchange)
 

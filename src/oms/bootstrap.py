@@ -61,6 +61,7 @@ def ccxt_connector(settings: Settings) -> CcxtConnector:
         {
             exchange: CcxtSettings(
                 rest_url=table.rest_url,
+                ws_url=table.ws_url,
                 timeout_ms=table.timeout_ms,
                 rate_limit=table.rate_limit,
                 options=table.options,

@@ -217,12 +217,15 @@ class ExchangeSettings(BaseModel):
 
     rest_url: str | None = None
     """Replaces the scheme and host of every REST URL ccxt uses (a proxy, a local exchange)."""
+    ws_url: str | None = None
+    """Replaces the scheme and host of every websocket URL ccxt uses (ws:// or wss://)."""
     timeout_ms: int = Field(default=10_000, gt=0)
     """A request to the exchange that takes longer is treated as of unknown outcome."""
     rate_limit: bool = True
     """ccxt's own request throttle, spacing requests by the exchange's published limits."""
     poll_interval_s: float = Field(default=1.0, gt=0)
-    """How often each active account's open orders are read back from the exchange."""
+    """How often each active account's open orders are read back from the exchange: the
+    safety net under its websocket order feed, and the only source where ccxt has none."""
     lookup_grace_s: float = Field(default=15.0, ge=0)
     """How long after an ambiguous submit the exchange may still show the order; only after
     it can the OMS conclude the order was never taken (REJECTED)."""
@@ -239,9 +242,16 @@ class ExchangeSettings(BaseModel):
 
     @field_validator("rest_url")
     @classmethod
-    def _check_url(cls, url: str | None) -> str | None:
+    def _check_rest_url(cls, url: str | None) -> str | None:
         if url is not None and not re.fullmatch(r"https?://[^/\s]+/?", url):
             raise ValueError(f"{url!r} must be scheme and host only, such as 'https://proxy:8443'")
+        return url
+
+    @field_validator("ws_url")
+    @classmethod
+    def _check_ws_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.fullmatch(r"wss?://[^/\s]+/?", url):
+            raise ValueError(f"{url!r} must be scheme and host only, such as 'wss://proxy:8443'")
         return url
 
 

@@ -9,6 +9,8 @@
 | fetch_fills   | the executions of one order                                              |
 | open_orders   | the account's open orders on one symbol, or on all (None)                |
 | positions     | the account's open positions, per hedge-mode side                        |
+| has_feed      | whether watch_orders works (a websocket order feed)                      |
+| watch_orders  | the orders that changed since the last call; waits for the next change   |
 | close         | release connections                                                      |
 
 `GatewayConnector` opens gateways, loads an exchange's markets and reads its mark prices
@@ -88,6 +90,11 @@ class ExchangeGateway(Protocol):
     async def open_orders(self, symbol: str | None) -> list[OrderReport]: ...
 
     async def positions(self) -> list[PositionReport]: ...
+
+    @property
+    def has_feed(self) -> bool: ...
+
+    async def watch_orders(self) -> list[OrderReport]: ...
 
     async def close(self) -> None: ...
 

@@ -46,7 +46,13 @@ from oms.domain.orders import (
     OrderType,
 )
 from oms.domain.positions import Position, PositionKey, apply_fill, open_record, reduces
-from oms.domain.venue_reports import OrderReport, external_order, fill_of, settlement_events
+from oms.domain.venue_reports import (
+    EXTERNAL_CLIENT_ID_PREFIX,
+    OrderReport,
+    external_order,
+    fill_of,
+    settlement_events,
+)
 from oms.engine.gateway import (
     AccountAccess,
     CredentialsRefused,
@@ -169,6 +175,9 @@ class LiveExchanges:
             await gateway.close()
             raise Unavailable(f"{account.exchange} is unreachable: {error.message}") from error
         followed = _Account(account, gateway)
+        if gateway.has_feed:
+            # Before the reconciliation, so nothing that happens during it is missed.
+            followed.start("feed", self._feed(followed))
         try:
             await self._sync(followed, reconcile=True)
         except GatewayError as error:
@@ -338,6 +347,77 @@ class LiveExchanges:
 
     def _past_grace(self, order: Order, policy: VenuePolicy) -> bool:
         return self._clock_ns() - order.created_at_ns >= policy.lookup_grace_s * 1e9
+
+    async def _feed(self, followed: _Account) -> None:
+        """Apply the account's websocket order feed. When the socket drops, the reader's
+        next watch reconnects; what happened meanwhile is read back over REST (the poll
+        covers the moment between that backfill and the new subscription)."""
+        batches: asyncio.Queue[list[OrderReport] | GatewayError] = asyncio.Queue()
+        followed.start("feed-reader", self._read_feed(followed, batches))
+        while True:
+            batch = await batches.get()
+            if isinstance(batch, GatewayError):
+                log.warning(
+                    "%s %s: order feed dropped, backfilling over REST: %s",
+                    followed.exchange,
+                    followed.user_id,
+                    batch,
+                )
+                try:
+                    await self._sync(followed, reconcile=True)
+                except (GatewayError, ConcurrentModification, Unavailable) as failed:
+                    log.warning(
+                        "%s %s: backfill failed: %s", followed.exchange, followed.user_id, failed
+                    )
+                continue
+            for report in batch:
+                try:
+                    await self._on_report(followed, report)
+                except (GatewayError, ConcurrentModification, Unavailable) as error:
+                    log.warning(
+                        "%s order %s: feed update not applied (the poll will): %s",
+                        followed.exchange,
+                        report.exchange_order_id,
+                        error,
+                    )
+
+    async def _read_feed(
+        self, followed: _Account, batches: asyncio.Queue[list[OrderReport] | GatewayError]
+    ) -> None:
+        """Keep a watch pending at all times: ccxt wakes a watch only for a message that
+        arrives while it waits, so a reader that stopped to apply a batch would leave the
+        next update unseen until yet another message came."""
+        policy = self._policy(followed.exchange)
+        delay = policy.lookup_backoff_s
+        while True:
+            try:
+                batches.put_nowait(await followed.gateway.watch_orders())
+                delay = policy.lookup_backoff_s
+            except GatewayError as error:
+                batches.put_nowait(error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, policy.max_backoff_s)
+
+    async def _on_report(self, followed: _Account, report: OrderReport) -> None:
+        """Settle the order a feed update is about; track an order placed outside the OMS."""
+        order = None
+        if report.client_id.startswith(EXCHANGE_CLIENT_ID_PREFIX):
+            order_id = report.client_id.removeprefix(EXCHANGE_CLIENT_ID_PREFIX)
+            order = await self._store.get_order(followed.user_id, order_id)
+        if order is None:
+            order = await self._store.get_order_by_client_id(
+                followed.user_id, f"{EXTERNAL_CLIENT_ID_PREFIX}{report.exchange_order_id}"
+            )
+        if order is None:
+            if not report.status.is_terminal:
+                await self._track_external(followed, [report])
+            return
+        if (
+            order.status is OrderStatus.PENDING_NEW
+            or report.filled_quantity != order.filled_quantity
+            or (report.status.is_terminal and order.is_open)
+        ):
+            await self._settle(followed, order.order_id, report)
 
     async def _poll(self, followed: _Account) -> None:
         interval = self._policy(followed.exchange).poll_interval_s

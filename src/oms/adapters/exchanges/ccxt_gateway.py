@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import ccxt.async_support as ccxt_async  # type: ignore[import-untyped]
+import ccxt.pro as ccxt_pro  # type: ignore[import-untyped]
 from ccxt.base import errors as ccxt_errors  # type: ignore[import-untyped]
 from ccxt.base.decimal_to_precision import TICK_SIZE  # type: ignore[import-untyped]
 
@@ -62,9 +63,14 @@ _ERROR_CODE = re.compile(r'"(?:sCode|code)"\s*:\s*"?(-?\d+)"?')
 
 # What every instance of an exchange needs so that load_markets stays public and quick.
 _CCXT_DEFAULTS: dict[str, dict[str, Any]] = {
-    # Reconciliation lists every open order at once (heavier on the limit, and rare).
     "binanceusdm": {
-        "options": {"fetchCurrencies": False, "warnOnFetchOpenOrdersWithoutSymbol": False}
+        "options": {
+            "fetchCurrencies": False,
+            # Reconciliation lists every open order at once (heavier on the limit, and rare).
+            "warnOnFetchOpenOrdersWithoutSymbol": False,
+            # A new private socket would otherwise first read leverage brackets and positions.
+            "watchPositions": {"fetchPositionsSnapshot": False},
+        }
     },
     "okx": {"options": {"fetchMarkets": {"types": ["swap"]}}},
 }
@@ -107,6 +113,8 @@ class CcxtSettings:
 
     rest_url: str | None = None
     """Replaces the scheme and host of every REST URL (a proxy, or a local test exchange)."""
+    ws_url: str | None = None
+    """Replaces the scheme and host of every websocket URL."""
     timeout_ms: int = 10_000
     rate_limit: bool = True
     """ccxt's own request throttle."""
@@ -212,6 +220,18 @@ class CcxtGateway:
 
     async def open_orders(self, symbol: str | None) -> list[OrderReport]:
         raws = await self._call(self._client.fetch_open_orders, symbol)
+        reports = [self._report(raw, raw.get("clientOrderId") or "") for raw in raws]
+        return [report for report in reports if report is not None]
+
+    @property
+    def has_feed(self) -> bool:
+        return bool(self._client.has.get("watchOrders"))
+
+    async def watch_orders(self) -> list[OrderReport]:
+        """The account's orders that changed since the last call, on every symbol; waits
+        for the next change. Raises OutcomeUnknown when the socket dropped (the next call
+        reconnects)."""
+        raws = await self._call(self._client.watch_orders)
         reports = [self._report(raw, raw.get("clientOrderId") or "") for raw in raws]
         return [report for report in reports if report is not None]
 
@@ -413,7 +433,9 @@ class CcxtConnector:
         settings = self._settings.get(exchange, CcxtSettings())
         defaults = _CCXT_DEFAULTS.get(exchange, {})
         options = {**defaults.get("options", {}), **settings.options}
-        client = getattr(ccxt_async, exchange)(
+        # ccxt.pro's classes add the websocket feeds to the REST calls, where it has them.
+        module = ccxt_pro if hasattr(ccxt_pro, exchange) else ccxt_async
+        client = getattr(module, exchange)(
             {
                 **credentials,
                 "enableRateLimit": settings.rate_limit,
@@ -426,8 +448,10 @@ class CcxtConnector:
             client.has["fetchCurrencies"] = False
         if sandbox:
             client.set_sandbox_mode(True)
+        if settings.ws_url:
+            client.urls["api"] = _rehost(client.urls["api"], _WS_HOST, settings.ws_url)
         if settings.rest_url:
-            client.urls["api"] = _rehost(client.urls["api"], settings.rest_url)
+            client.urls["api"] = _rehost(client.urls["api"], _HOST, settings.rest_url)
             if exchange in _BINANCE_FAMILY:
                 # ccxt picks its futures error table by the fapi.binance.com host, which the
                 # new host hides: without it a refused order would read as "outcome unknown".
@@ -457,9 +481,14 @@ class CcxtConnector:
 _HOST = re.compile(r"^https?://[^/]+")
 
 
-def _rehost(urls: Any, base: str) -> Any:
+_WS_HOST = re.compile(r"^wss?://[^/]+")
+
+
+def _rehost(urls: Any, host: re.Pattern[str], base: str) -> Any:
     if isinstance(urls, str):
-        return _HOST.sub(base.rstrip("/"), urls)
+        return host.sub(base.rstrip("/"), urls)
     if isinstance(urls, dict):
-        return {key: _rehost(value, base) for key, value in urls.items()}
+        return {key: _rehost(value, host, base) for key, value in urls.items()}
+    if isinstance(urls, list):
+        return [_rehost(value, host, base) for value in urls]
     return urls

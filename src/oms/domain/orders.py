@@ -164,6 +164,8 @@ _TRANSITIONS: dict[tuple[OrderStatus, type], OrderStatus | None] = {
     (S.PENDING_NEW, OrderCanceled): S.CANCELED,
     (S.PENDING_NEW, OrderExpired): S.EXPIRED,
     (S.OPEN, OrderTriggered): S.OPEN,
+    # A stop held by the OMS, sent to a real exchange once triggered: the exchange's id.
+    (S.OPEN, OrderAccepted): S.OPEN,
     (S.OPEN, OrderAmended): S.OPEN,
     (S.PARTIALLY_FILLED, OrderAmended): S.PARTIALLY_FILLED,
     (S.OPEN, OrderFilled): None,

@@ -97,7 +97,7 @@ def _crosses(side: Side, limit: Decimal, last: Decimal) -> bool:
     return limit >= last if side is Side.BUY else limit <= last
 
 
-def _stop_reached(order: Order, price: Decimal) -> bool:
+def stop_reached(order: Order, price: Decimal) -> bool:
     assert order.stop_price is not None
     # A stop buys on a rise and sells on a fall; a take-profit is the opposite.
     rising = (order.side is Side.BUY) == (order.type is not OrderType.TAKE_PROFIT_MARKET)
@@ -129,7 +129,7 @@ def on_submit(order: Order, last: Decimal | None, ctx: PaperContext) -> list[Ord
                 return outcome  # refused outright, never accepted
             return [OrderAccepted(order.order_id), *outcome]
         case _:
-            if last is not None and _stop_reached(order, last):
+            if last is not None and stop_reached(order, last):
                 # As Binance does (-2021): a stop that is already reached is refused.
                 return [OrderRejected("order would trigger immediately")]
             return [OrderAccepted(order.order_id)]
@@ -143,7 +143,7 @@ def on_tick(order: Order, price: Decimal, ctx: PaperContext) -> list[OrderEvent]
         if not reached:
             return []
         return _fill(order, order.price, Liquidity.MAKER, ctx, ctx.maker_fill_limit)
-    if not _stop_reached(order, price):
+    if not stop_reached(order, price):
         return []
     if order.type is OrderType.STOP_LIMIT:
         return [OrderTriggered(), *_limit_on_arrival(order, price, ctx)]

@@ -172,11 +172,10 @@ def settlement_events(
     """
     events: list[OrderEvent] = []
     status = order.status
-    if (
-        report is not None
-        and status is OrderStatus.PENDING_NEW
-        and report.status is not VenueOrderStatus.REJECTED
-    ):
+    sent_not_known = status is OrderStatus.PENDING_NEW or (
+        order.triggered and order.is_open and not order.exchange_order_id
+    )
+    if report is not None and sent_not_known and report.status is not VenueOrderStatus.REJECTED:
         events.append(OrderAccepted(report.exchange_order_id))
         status = OrderStatus.OPEN
     filled = order.filled_quantity

@@ -23,6 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from oms.domain.accounts import Account, Credentials
@@ -30,6 +31,7 @@ from oms.domain.decimals import ZERO
 from oms.domain.errors import (
     ConcurrentModification,
     FailedPrecondition,
+    OmsError,
     ResourceExhausted,
     Unavailable,
 )
@@ -39,12 +41,16 @@ from oms.domain.identifiers import EXCHANGE_CLIENT_ID_PREFIX, exchange_client_id
 from oms.domain.markets import MarketCatalog
 from oms.domain.orders import (
     Order,
+    OrderAccepted,
+    OrderCanceled,
     OrderEvent,
+    OrderExpired,
     OrderPendingCancel,
     OrderRejected,
     OrderStatus,
-    OrderType,
+    OrderTriggered,
 )
+from oms.domain.paper_matching import stop_reached
 from oms.domain.positions import Position, PositionKey, apply_fill, open_record, reduces
 from oms.domain.venue_reports import (
     EXTERNAL_CLIENT_ID_PREFIX,
@@ -65,6 +71,7 @@ from oms.engine.gateway import (
     RateLimited,
     SubmitRefused,
 )
+from oms.engine.held_stops import HeldStops, is_held
 from oms.engine.journal import Journal
 from oms.engine.mark_prices import MarkPrices
 from oms.engine.ports import Conflict, OrderChange, PriceUpdate, StateStore
@@ -153,6 +160,7 @@ class LiveExchanges:
             clock_ns,
             lambda exchange: policy(exchange).mark_interval_s,
         )
+        self._held = HeldStops()
         self._throttled: dict[str, tuple[float, bool]] = {}
         """exchange -> (monotonic time until which orders are not sent, banned)."""
 
@@ -195,8 +203,12 @@ class LiveExchanges:
         followed = self._accounts.pop((account.user_id, account.exchange), None)
         if followed is not None:
             await followed.stop()
+            self._held.release_user(account.user_id, account.exchange)
         if not self.followed_locks(account.exchange):
             await self._marks.unfollow(account.exchange)
+
+    def held_symbols(self, exchange: str) -> set[str]:
+        return self._held.symbols(exchange)
 
     def followed_locks(self, exchange: str) -> dict[str, asyncio.Lock]:
         """user_id -> the lock of each followed account on `exchange`."""
@@ -228,6 +240,29 @@ class LiveExchanges:
         if isinstance(outcome, Conflict):
             assert outcome.existing is not None
             return outcome.existing, False
+        if order.type.needs_stop_price:
+            return await self._hold(followed, order), True
+        return await self._send(followed, order), True
+
+    async def _hold(self, followed: _Account, order: Order) -> Order:
+        """Accept a stop or take-profit order into the held book, or refuse it as the
+        paper exchange and Binance do when the price has reached it already."""
+        last = self._marks.last(order.exchange, order.symbol)
+
+        def decide(current: Order) -> list[OrderEvent]:
+            if last is not None and stop_reached(current, last):
+                return [OrderRejected(f"order would trigger immediately (mark price {last})")]
+            return [OrderAccepted("")]
+
+        held = await self._commit(followed, order.order_id, decide)
+        if held.is_open:
+            self._held.hold(held)
+            self._marks.follow(order.exchange)
+        return held
+
+    async def _send(self, followed: _Account, order: Order) -> Order:
+        """Send an order (new, or a held stop just triggered) and settle it from the reply;
+        an ambiguous reply leaves it unsettled, looked up by client id."""
         client_id = exchange_client_id(order.order_id)
         try:
             report = await followed.gateway.submit(order, client_id)
@@ -236,9 +271,9 @@ class LiveExchanges:
                 "order %s: submit outcome unknown, looking it up: %s", order.order_id, error
             )
             self._settle_later(followed, order.order_id)
-            return order, True
+            return order
         except RateLimited as error:
-            await self._commit(followed, order.order_id, _reject(f"not sent: {error.message}"))
+            await self._commit(followed, order.order_id, _refuse(f"not sent: {error.message}"))
             policy = self._policy(order.exchange)
             wait_s = policy.ban_backoff_s if error.banned else policy.rate_limit_backoff_s
             self._throttled[order.exchange] = (time.monotonic() + wait_s, error.banned)
@@ -248,17 +283,43 @@ class LiveExchanges:
             )
             raise (Unavailable if error.banned else ResourceExhausted)(message) from error
         except (SubmitRefused, CredentialsRefused) as error:
-            return await self._commit(followed, order.order_id, _reject(error.message)), True
+            return await self._commit(followed, order.order_id, _refuse(error.message))
         placed = await self._settle(followed, order.order_id, report)
-        if placed.is_open and placed.type is OrderType.MARKET:
+        if placed.is_open and placed.price is None:
             # A market order's fills are listed a moment after the acknowledgement.
             placed = await self._refresh(followed, placed)
-        return placed, True
+        return placed
+
+    async def on_marks(self, exchange: str, marks: dict[str, Decimal]) -> None:
+        """Send the held stops the new mark prices reach."""
+        for symbol, price in marks.items():
+            for order in self._held.reached(exchange, symbol, price):
+                followed = self._accounts.get((order.user_id, exchange))
+                if followed is not None:
+                    followed.start(
+                        f"trigger:{order.order_id}", self._trigger(followed, order, price)
+                    )
+
+    async def _trigger(self, followed: _Account, order: Order, price: Decimal) -> None:
+        def trigger(current: Order) -> list[OrderEvent]:
+            return [OrderTriggered()] if is_held(current) else []
+
+        try:
+            triggered = await self._commit(followed, order.order_id, trigger)
+            if triggered.triggered and triggered.is_open and not triggered.exchange_order_id:
+                log.info("order %s triggered at mark price %s", order.order_id, price)
+                await self._send(followed, triggered)
+        except (OmsError, GatewayError) as error:
+            # Committed as triggered: the lookup on the next sync settles it.
+            log.error("order %s: triggered but not sent: %s", order.order_id, error)
 
     async def cancel(self, order: Order, reason: str) -> Order:
         followed = self._followed(order)
         if order.status is OrderStatus.PENDING_CANCEL:
             return order
+        if is_held(order) and self._held.release(order):
+            # Never sent: nothing to cancel at the exchange.
+            return await self._commit(followed, order.order_id, lambda _: [OrderCanceled(reason)])
         pending = await self._commit(
             followed, order.order_id, lambda _: [OrderPendingCancel(reason)]
         )
@@ -323,7 +384,7 @@ class LiveExchanges:
         while True:
             try:
                 order = await self._get(followed, order_id)
-                if order.status not in _PENDING:
+                if not _unsettled(order):
                     return
                 report = await followed.gateway.fetch_order(order, client_id)
                 if report is not None:
@@ -332,13 +393,15 @@ class LiveExchanges:
                         with contextlib.suppress(GatewayError):
                             report = await followed.gateway.cancel(order, client_id)
                             order = await self._settle(followed, order_id, report)
-                elif order.status is OrderStatus.PENDING_NEW and self._past_grace(order, policy):
+                elif order.status is not OrderStatus.PENDING_CANCEL and self._past_grace(
+                    order, policy
+                ):
                     reason = (
                         f"{order.exchange} has no order {client_id} "
                         f"{policy.lookup_grace_s:g} s after it was sent"
                     )
-                    order = await self._commit(followed, order_id, _reject(reason))
-                if order.status not in _PENDING:
+                    order = await self._commit(followed, order_id, _refuse(reason))
+                if not _unsettled(order):
                     return
             except (GatewayError, ConcurrentModification, Unavailable) as error:
                 log.warning("order %s: lookup failed, retrying: %s", order_id, error)
@@ -346,7 +409,9 @@ class LiveExchanges:
             delay = min(delay * 2, policy.max_backoff_s)
 
     def _past_grace(self, order: Order, policy: VenuePolicy) -> bool:
-        return self._clock_ns() - order.created_at_ns >= policy.lookup_grace_s * 1e9
+        # A triggered stop was sent when it was triggered, its last change.
+        sent_at_ns = order.updated_at_ns if order.triggered else order.created_at_ns
+        return self._clock_ns() - sent_at_ns >= policy.lookup_grace_s * 1e9
 
     async def _feed(self, followed: _Account) -> None:
         """Apply the account's websocket order feed. When the socket drops, the reader's
@@ -439,7 +504,9 @@ class LiveExchanges:
         for order in await self._store.open_orders(followed.user_id):
             if order.exchange != followed.exchange:
                 continue
-            if order.status in _PENDING:
+            if is_held(order):
+                self._held.hold(order)
+            elif _unsettled(order):
                 self._settle_later(followed, order.order_id)
             elif order.order_id not in followed.tasks:
                 by_symbol[order.symbol].append(order)
@@ -654,16 +721,31 @@ class LiveExchanges:
         return self._accounts[(order.user_id, order.exchange)]
 
 
-def _reject(reason: str) -> Callable[[Order], list[OrderEvent]]:
-    return lambda order: [OrderRejected(reason)] if order.status is OrderStatus.PENDING_NEW else []
+def _unsent_trigger(order: Order) -> bool:
+    return order.triggered and order.is_open and not order.exchange_order_id
+
+
+def _unsettled(order: Order) -> bool:
+    """Sent, but what the exchange made of it is not known yet."""
+    return order.status in _PENDING or _unsent_trigger(order)
+
+
+def _refuse(reason: str) -> Callable[[Order], list[OrderEvent]]:
+    """A send that the exchange did not take: a new order is REJECTED, a triggered stop
+    EXPIRED (it was working until then)."""
+
+    def decide(order: Order) -> list[OrderEvent]:
+        if order.status is OrderStatus.PENDING_NEW:
+            return [OrderRejected(reason)]
+        if _unsent_trigger(order):
+            return [OrderExpired(f"triggered, but not taken: {reason}")]
+        return []
+
+    return decide
 
 
 def _check_supported(order: Order) -> None:
     if order.bracket is not None:
         raise FailedPrecondition(
             f"take-profit, stop-loss and trailing exits are not supported on {order.exchange} yet"
-        )
-    if order.type not in (OrderType.MARKET, OrderType.LIMIT):
-        raise FailedPrecondition(
-            f"type: {order.type.value} orders are not supported on {order.exchange} yet"
         )

@@ -1,6 +1,6 @@
 """Mark prices of real exchanges: read for every symbol a followed account holds a position
-in, published as prices (GetPrice, StreamPrices) and marked onto those positions (unrealized
-PnL, notional, liquidation estimate).
+in or has a held stop on, published as prices (GetPrice, StreamPrices), marked onto those
+positions (unrealized PnL, notional, liquidation estimate) and handed to the held stops.
 
 One follower per exchange while it has a followed account. A position is re-marked under its
 account's lock, so a mark never overwrites a fill committed meanwhile.
@@ -27,9 +27,14 @@ log = logging.getLogger(__name__)
 
 
 class Accounts(Protocol):
-    """The followed accounts of an exchange, each with the lock its commits take."""
+    """The followed accounts of an exchange, each with the lock its commits take, and the
+    symbols whose held stops wait for a price."""
 
     def followed_locks(self, exchange: str) -> dict[str, asyncio.Lock]: ...
+
+    def held_symbols(self, exchange: str) -> set[str]: ...
+
+    async def on_marks(self, exchange: str, marks: dict[str, Decimal]) -> None: ...
 
 
 class MarkPrices:
@@ -52,6 +57,9 @@ class MarkPrices:
         self._interval_s = interval_s
         self._followers: dict[str, asyncio.Task[None]] = {}
         self._last: dict[tuple[str, str], Decimal] = {}
+
+    def last(self, exchange: str, symbol: str) -> Decimal | None:
+        return self._last.get((exchange, symbol))
 
     def follow(self, exchange: str) -> None:
         if exchange not in self._followers:
@@ -85,7 +93,10 @@ class MarkPrices:
         for position in await self._store.current_positions_on(exchange):
             if position.is_open and position.user_id in locks:
                 held[position.user_id].append(position)
-        symbols = sorted({p.symbol for positions in held.values() for p in positions})
+        symbols = sorted(
+            {p.symbol for positions in held.values() for p in positions}
+            | self._accounts.held_symbols(exchange)
+        )
         if not symbols:
             return
         marks = await self._connector.mark_prices(exchange, symbols)
@@ -101,6 +112,7 @@ class MarkPrices:
         await self._journal.record([], prices=updates)
         self._last.update({(exchange, symbol): price for symbol, price in moved.items()})
         self._observe(updates)
+        await self._accounts.on_marks(exchange, moved)
         for user_id, positions in held.items():
             if any(p.symbol in moved for p in positions):
                 async with locks[user_id]:

@@ -93,7 +93,7 @@ class MarketData:
             if live is None:
                 raise NotFound(
                     f"no price yet for {market.symbol} on {market.exchange} (marks are read "
-                    "for symbols held in positions)"
+                    "for symbols held in positions or stops)"
                 )
             return live
         last = self._paper.last_price(market.symbol)

@@ -80,8 +80,8 @@ class MarketDataServiceServicer:
 
     def GetPrice(self, request, context):
         """Returns the last price of one instrument. On a real exchange that is its
-        mark price, read for the symbols followed accounts hold positions in
-        (every `mark_interval_s`). Errors: INVALID_ARGUMENT (unknown exchange or
+        mark price, read for the symbols followed accounts hold positions or
+        working stop orders in (every `mark_interval_s`). Errors: INVALID_ARGUMENT (unknown exchange or
         symbol; a real exchange's symbols are known once an account on it is
         active), NOT_FOUND (no price seen yet).
         """

@@ -49,8 +49,8 @@ class MarketDataServiceStub:
     """
     GetPrice: _grpc.UnaryUnaryMultiCallable[_market_data_service_pb2.GetPriceRequest, _market_data_service_pb2.GetPriceResponse]
     """Returns the last price of one instrument. On a real exchange that is its
-    mark price, read for the symbols followed accounts hold positions in
-    (every `mark_interval_s`). Errors: INVALID_ARGUMENT (unknown exchange or
+    mark price, read for the symbols followed accounts hold positions or
+    working stop orders in (every `mark_interval_s`). Errors: INVALID_ARGUMENT (unknown exchange or
     symbol; a real exchange's symbols are known once an account on it is
     active), NOT_FOUND (no price seen yet).
     """
@@ -82,8 +82,8 @@ class MarketDataServiceAsyncStub(MarketDataServiceStub):
     """
     GetPrice: _aio.UnaryUnaryMultiCallable[_market_data_service_pb2.GetPriceRequest, _market_data_service_pb2.GetPriceResponse]  # type: ignore[assignment]
     """Returns the last price of one instrument. On a real exchange that is its
-    mark price, read for the symbols followed accounts hold positions in
-    (every `mark_interval_s`). Errors: INVALID_ARGUMENT (unknown exchange or
+    mark price, read for the symbols followed accounts hold positions or
+    working stop orders in (every `mark_interval_s`). Errors: INVALID_ARGUMENT (unknown exchange or
     symbol; a real exchange's symbols are known once an account on it is
     active), NOT_FOUND (no price seen yet).
     """
@@ -124,8 +124,8 @@ class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_market_data_service_pb2.GetPriceResponse, _abc.Awaitable[_market_data_service_pb2.GetPriceResponse]]:
         """Returns the last price of one instrument. On a real exchange that is its
-        mark price, read for the symbols followed accounts hold positions in
-        (every `mark_interval_s`). Errors: INVALID_ARGUMENT (unknown exchange or
+        mark price, read for the symbols followed accounts hold positions or
+        working stop orders in (every `mark_interval_s`). Errors: INVALID_ARGUMENT (unknown exchange or
         symbol; a real exchange's symbols are known once an account on it is
         active), NOT_FOUND (no price seen yet).
         """

@@ -138,10 +138,20 @@ class OrderServiceServicer:
         ambiguous (the OMS settles it by client order id; never re-sent).
         Idempotent on (`user_id`, `client_order_id`): a retry with the same id and
         the same parameters returns the same order and sends nothing new.
+        On a real exchange, stop and take-profit orders are held by the OMS (OPEN,
+        no `exchange_order_id`) and sent as market orders (a stop-limit as a limit
+        order) when the exchange's mark price reaches `stop_price`
+        (ORDER_EVENT_TYPE_TRIGGERED, then ACCEPTED with the exchange's id); one
+        the mark has reached already is REJECTED, and one the exchange refuses
+        once triggered ends EXPIRED with the reason.
         Errors: INVALID_ARGUMENT (malformed or missing field, unknown exchange or
         symbol, quantity or price off the market's step/tick or below its
         minimum; the OMS never rounds), ALREADY_EXISTS (`client_order_id` reused
-        with different parameters).
+        with different parameters), FAILED_PRECONDITION (a real exchange the user
+        has no active account on; exits (take-profit, stop-loss, trailing) on a
+        real exchange: not yet), RESOURCE_EXHAUSTED / UNAVAILABLE (the exchange
+        answered 429 / 418: this order ended REJECTED "not sent", and new orders
+        to it are refused unsent until the back-off has passed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -175,7 +175,7 @@ class CcxtGateway:
 
     async def submit(self, order: Order, client_id: str) -> OrderReport:
         params: dict[str, Any] = {"clientOrderId": client_id, **self._position_side(order)}
-        if order.type is OrderType.LIMIT:
+        if order.price is not None:
             if order.time_in_force is TimeInForce.POST_ONLY:
                 params["postOnly"] = True
             elif order.time_in_force is not TimeInForce.GTC:
@@ -183,7 +183,8 @@ class CcxtGateway:
         raw = await self._call(
             self._client.create_order,
             order.symbol,
-            "limit" if order.type is OrderType.LIMIT else "market",
+            # A triggered stop-limit goes as a limit order, a stop-market as a market one.
+            "market" if order.price is None else "limit",
             order.side.value.lower(),
             str(order.quantity),
             None if order.price is None else str(order.price),

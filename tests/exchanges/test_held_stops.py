@@ -1,0 +1,187 @@
+"""Stop and take-profit orders on real exchanges: held by the OMS and sent as market orders
+once the exchange's mark price reaches them (CONTRACT section 3 statuses; the same trigger
+rules as the paper exchange's section 7)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import grpc
+import pytest
+from fixtures.fake_exchange import FakeExchange
+from fixtures.live_trading import (
+    API_KEY,
+    BTC,
+    MASTER_KEY,
+    USER,
+    LiveTrading,
+    exchange_settings,
+    live_trading,
+)
+from fixtures.oms_server import make_oms
+from tradingboost.oms.v1 import market_data_service_pb2 as md
+from tradingboost.oms.v1 import order_pb2 as S
+from tradingboost.oms.v1 import position_pb2
+from tradingboost.oms.v1 import position_service_pb2 as pos
+
+
+@pytest.fixture(params=["binanceusdm", "okx"])
+def exchange(request: pytest.FixtureRequest) -> FakeExchange:
+    # Synchronous: an async fixture cannot getfixturevalue() another async fixture.
+    name = "binance_exchange" if request.param == "binanceusdm" else "okx_exchange"
+    fake: FakeExchange = request.getfixturevalue(name)
+    fake.set_price(BTC, Decimal("50000"))
+    return fake
+
+
+@pytest.fixture
+async def live(exchange: FakeExchange, redis_url: str) -> AsyncIterator[LiveTrading]:
+    trading = await live_trading(redis_url, exchange)
+    try:
+        yield trading
+        await trading.assert_invariants()
+    finally:
+        await trading.oms.close()
+
+
+async def long_position(live: LiveTrading) -> None:
+    entry = await live.place(type=S.ORDER_TYPE_MARKET, price="")
+    assert entry.status == S.ORDER_STATUS_FILLED
+
+
+async def until_marked(live: LiveTrading, price: str) -> None:
+    """Until the OMS has read `price` as the mark (the held stops have seen it)."""
+    async with asyncio.timeout(5):
+        while True:
+            try:
+                got = await live.oms.market.GetPrice(
+                    md.GetPriceRequest(exchange=live.venue, symbol=BTC)
+                )
+                if got.price.price == price:
+                    return
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:  # no mark read yet
+                    raise
+            await asyncio.sleep(0.02)
+
+
+def sent(exchange: FakeExchange) -> int:
+    return len(exchange.orders(API_KEY))
+
+
+async def test_a_stop_loss_is_held_until_the_mark_reaches_it_then_sent_as_market(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    await long_position(live)
+    stop = await live.place(
+        side=S.SIDE_SELL,
+        type=S.ORDER_TYPE_STOP_MARKET,
+        price="",
+        stop_price="49000",
+        reduce_only=True,
+    )
+    assert (stop.status, stop.exchange_order_id) == (S.ORDER_STATUS_OPEN, "")
+    assert sent(exchange) == 1  # the entry only
+    exchange.set_price(BTC, Decimal("49500"))
+    await until_marked(live, "49500")
+    assert (await live.get(stop.order_id)).status == S.ORDER_STATUS_OPEN
+    assert sent(exchange) == 1
+
+    exchange.set_price(BTC, Decimal("48900"))
+    done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert done.average_fill_price == "48900"
+    [at_exchange] = [o for o in exchange.orders(API_KEY) if o.client_id == f"oms{stop.order_id}"]
+    assert (at_exchange.type, at_exchange.side) == ("market", "sell")
+    assert done.exchange_order_id == at_exchange.exchange_order_id
+    [position] = (
+        await live.oms.positions.ListPositions(
+            pos.ListPositionsRequest(user_id=USER, include_closed=True)
+        )
+    ).positions
+    assert (position.status, position.size) == (position_pb2.POSITION_STATUS_CLOSED, "0")
+
+
+async def test_a_take_profit_fires_on_the_way_up(live: LiveTrading, exchange: FakeExchange) -> None:
+    await long_position(live)
+    take = await live.place(
+        side=S.SIDE_SELL,
+        type=S.ORDER_TYPE_TAKE_PROFIT_MARKET,
+        price="",
+        stop_price="51000",
+        reduce_only=True,
+    )
+    exchange.set_price(BTC, Decimal("50900"))
+    await until_marked(live, "50900")
+    assert (await live.get(take.order_id)).status == S.ORDER_STATUS_OPEN
+    exchange.set_price(BTC, Decimal("51200"))
+    done = await live.until(take.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert done.average_fill_price == "51200"
+
+
+async def test_a_stop_the_mark_has_reached_already_is_rejected(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    await long_position(live)
+    await until_marked(live, "50000")
+    stop = await live.place(
+        side=S.SIDE_SELL, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="50500"
+    )
+    assert stop.status == S.ORDER_STATUS_REJECTED
+    assert "would trigger immediately" in stop.reject_reason
+    assert sent(exchange) == 1
+
+
+async def test_cancelling_a_held_stop_sends_nothing(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    stop = await live.place(
+        side=S.SIDE_BUY, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="52000"
+    )
+    # A second stop, far away, keeps the symbol's mark being read.
+    await live.place(side=S.SIDE_SELL, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="40000")
+    canceled = await live.cancel(stop.order_id)
+    assert canceled.status == S.ORDER_STATUS_CANCELED
+    exchange.set_price(BTC, Decimal("53000"))
+    await until_marked(live, "53000")
+    assert (await live.get(stop.order_id)).status == S.ORDER_STATUS_CANCELED
+    assert sent(exchange) == 0
+    assert not any(method != "GET" and "order" in path for method, path, _ in exchange.requests)
+
+
+async def test_a_triggered_stop_the_exchange_refuses_ends_expired(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    # Far beyond the account's margin once sent.
+    stop = await live.place(
+        side=S.SIDE_BUY,
+        type=S.ORDER_TYPE_STOP_MARKET,
+        price="",
+        stop_price="51000",
+        quantity="1000",
+    )
+    exchange.set_price(BTC, Decimal("51000"))
+    expired = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_EXPIRED)
+    assert "triggered, but not taken" in expired.cancel_reason
+    assert sent(exchange) == 0
+
+
+async def test_a_held_stop_survives_a_restart(
+    live: LiveTrading, exchange: FakeExchange, redis_url: str
+) -> None:
+    await long_position(live)
+    stop = await live.place(
+        side=S.SIDE_SELL,
+        type=S.ORDER_TYPE_STOP_MARKET,
+        price="",
+        stop_price="49000",
+        reduce_only=True,
+    )
+    await live.oms.close()
+    live.oms = await make_oms(
+        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
+    )
+    exchange.set_price(BTC, Decimal("48000"))
+    done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert done.average_fill_price == "48000"

@@ -5,11 +5,9 @@ rules as the paper exchange's section 7)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import grpc
-import pytest
 from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import (
     API_KEY,
@@ -18,32 +16,12 @@ from fixtures.live_trading import (
     USER,
     LiveTrading,
     exchange_settings,
-    live_trading,
 )
 from fixtures.oms_server import make_oms
 from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import position_pb2
 from tradingboost.oms.v1 import position_service_pb2 as pos
-
-
-@pytest.fixture(params=["binanceusdm", "okx"])
-def exchange(request: pytest.FixtureRequest) -> FakeExchange:
-    # Synchronous: an async fixture cannot getfixturevalue() another async fixture.
-    name = "binance_exchange" if request.param == "binanceusdm" else "okx_exchange"
-    fake: FakeExchange = request.getfixturevalue(name)
-    fake.set_price(BTC, Decimal("50000"))
-    return fake
-
-
-@pytest.fixture
-async def live(exchange: FakeExchange, redis_url: str) -> AsyncIterator[LiveTrading]:
-    trading = await live_trading(redis_url, exchange)
-    try:
-        yield trading
-        await trading.assert_invariants()
-    finally:
-        await trading.oms.close()
 
 
 async def long_position(live: LiveTrading) -> None:

@@ -6,7 +6,6 @@ one exchange order per OMS order and filled_quantity = sum of fills = what the e
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import grpc
@@ -21,25 +20,7 @@ from tradingboost.oms.v1 import position_service_pb2 as pos
 
 VENUES = ["binanceusdm", "okx"]
 BACKOFF_S = 0.3
-
-
-@pytest.fixture(params=VENUES)
-def exchange(request: pytest.FixtureRequest) -> FakeExchange:
-    # Synchronous: an async fixture cannot getfixturevalue() another async fixture.
-    name = "binance_exchange" if request.param == "binanceusdm" else "okx_exchange"
-    fake: FakeExchange = request.getfixturevalue(name)
-    return fake
-
-
-@pytest.fixture
-async def live(exchange: FakeExchange, redis_url: str) -> AsyncIterator[LiveTrading]:
-    exchange.set_price(BTC, Decimal("50000"))
-    trading = await live_trading(redis_url, exchange, rate_limit_backoff_s=BACKOFF_S)
-    try:
-        yield trading
-        await trading.assert_invariants()
-    finally:
-        await trading.oms.close()
+LIVE_POLICY = {"rate_limit_backoff_s": BACKOFF_S}
 
 
 def settled(order: S.Order) -> bool:

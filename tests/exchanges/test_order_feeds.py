@@ -6,36 +6,15 @@ applied once, a fill after a cancel still applied)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
-import pytest
 from fixtures.fake_exchange import FakeExchange
-from fixtures.live_trading import API_KEY, BTC, USER, LiveTrading, live_trading, outside_client
+from fixtures.live_trading import API_KEY, BTC, USER, LiveTrading, long_side, outside_client
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as pb
 
 NO_POLL_S = 60.0
-
-
-@pytest.fixture(params=["binanceusdm", "okx"])
-def exchange(request: pytest.FixtureRequest) -> FakeExchange:
-    # Synchronous: an async fixture cannot getfixturevalue() another async fixture.
-    name = "binance_exchange" if request.param == "binanceusdm" else "okx_exchange"
-    fake: FakeExchange = request.getfixturevalue(name)
-    fake.set_price(BTC, Decimal("50000"))
-    return fake
-
-
-@pytest.fixture
-async def live(exchange: FakeExchange, redis_url: str) -> AsyncIterator[LiveTrading]:
-    trading = await live_trading(redis_url, exchange, poll_interval_s=NO_POLL_S)
-    await exchange.wait_for_private_feed(API_KEY)
-    try:
-        yield trading
-        await trading.assert_invariants()
-    finally:
-        await trading.oms.close()
+LIVE_POLICY = {"poll_interval_s": NO_POLL_S}
 
 
 def filled(order: S.Order) -> bool:
@@ -89,10 +68,9 @@ async def test_a_fill_reported_after_the_cancel_is_still_applied(
 async def test_an_order_placed_outside_the_oms_is_tracked_as_it_appears(
     live: LiveTrading, exchange: FakeExchange
 ) -> None:
-    side = {"positionSide": "LONG"} if exchange.venue == "binanceusdm" else {"posSide": "long"}
     async with outside_client(exchange) as outside:
         external = await outside.create_order(
-            BTC, "limit", "buy", 0.02, 45000, {"clientOrderId": "manual3", **side}
+            BTC, "limit", "buy", 0.02, 45000, {"clientOrderId": "manual3", **long_side(exchange)}
         )
     client_order_id = f"ext-{external['id']}"
     tracked = await live.until_found(client_order_id)

@@ -5,7 +5,6 @@ placed an order; the restarted OMS finds all of it before it reports SERVING."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
@@ -17,7 +16,7 @@ from fixtures.live_trading import (
     USER,
     LiveTrading,
     exchange_settings,
-    live_trading,
+    long_side,
     outside_client,
 )
 from fixtures.oms_server import make_oms
@@ -25,30 +24,6 @@ from grpc_health.v1 import health_pb2
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as pb
 from tradingboost.oms.v1 import position_service_pb2 as pos
-
-
-@pytest.fixture(params=["binanceusdm", "okx"])
-def exchange(request: pytest.FixtureRequest) -> FakeExchange:
-    # Synchronous: an async fixture cannot getfixturevalue() another async fixture.
-    name = "binance_exchange" if request.param == "binanceusdm" else "okx_exchange"
-    fake: FakeExchange = request.getfixturevalue(name)
-    fake.set_price(BTC, Decimal("50000"))
-    return fake
-
-
-@pytest.fixture
-async def live(exchange: FakeExchange, redis_url: str) -> AsyncIterator[LiveTrading]:
-    trading = await live_trading(redis_url, exchange)
-    try:
-        yield trading
-    finally:
-        await trading.oms.close()
-
-
-def side_params(exchange: FakeExchange) -> dict[str, str]:
-    if exchange.venue == "binanceusdm":
-        return {"positionSide": "LONG"}
-    return {"posSide": "long"}
 
 
 async def restart(live: LiveTrading, redis_url: str) -> None:
@@ -70,7 +45,7 @@ async def test_what_happened_while_the_oms_was_down_is_found_at_start(
     async with outside_client(exchange) as outside:
         await outside.cancel_order(gone.exchange_order_id, BTC)
         external = await outside.create_order(
-            BTC, "limit", "buy", 0.03, 46000, {"clientOrderId": "manual1", **side_params(exchange)}
+            BTC, "limit", "buy", 0.03, 46000, {"clientOrderId": "manual1", **long_side(exchange)}
         )
     await restart(live, redis_url)
 
@@ -151,8 +126,9 @@ async def test_a_position_the_oms_did_not_fill_is_reported_as_drift(
     async with outside_client(exchange) as outside:
         # Filled at once, so never open for the OMS to track.
         await outside.create_order(
-            BTC, "market", "buy", 0.01, None, {"clientOrderId": "manual2", **side_params(exchange)}
+            BTC, "market", "buy", 0.01, None, {"clientOrderId": "manual2", **long_side(exchange)}
         )
+    live.untracked_client_ids.add("manual2")
     caplog.clear()
     await restart(live, redis_url)
     [drift] = [r.getMessage() for r in caplog.records if "position drift" in r.getMessage()]

@@ -1,0 +1,39 @@
+"""Fixtures of the tests against the local fake exchange: each test runs once per venue.
+
+A module may set `LIVE_POLICY` (ExchangeSettings fields) to change how the OMS treats the
+exchange in its tests, such as a slower poll.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+from fixtures.fake_exchange import FakeExchange
+from fixtures.live_trading import API_KEY, BTC, LiveTrading, live_trading
+
+
+@pytest.fixture(params=["binanceusdm", "okx"])
+def exchange(request: pytest.FixtureRequest) -> FakeExchange:
+    # Synchronous: an async fixture cannot getfixturevalue() another async fixture.
+    name = "binance_exchange" if request.param == "binanceusdm" else "okx_exchange"
+    fake: FakeExchange = request.getfixturevalue(name)
+    fake.set_price(BTC, Decimal("50000"))
+    return fake
+
+
+@pytest.fixture
+async def live(
+    exchange: FakeExchange, redis_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[LiveTrading]:
+    """The OMS with an active account on `exchange`, its order feed connected; every test
+    ends by checking the OMS against the exchange's own records."""
+    policy = getattr(request.module, "LIVE_POLICY", {})
+    trading = await live_trading(redis_url, exchange, **policy)
+    await exchange.wait_for_private_feed(API_KEY)
+    try:
+        yield trading
+        await trading.assert_invariants()
+    finally:
+        await trading.oms.close()

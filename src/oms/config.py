@@ -230,7 +230,8 @@ class ExchangeSettings(BaseModel):
     """How long after an ambiguous submit the exchange may still show the order; only after
     it can the OMS conclude the order was never taken (REJECTED)."""
     mark_interval_s: float = Field(default=1.0, gt=0)
-    """How often the mark prices of symbols held in positions are read (PnL, GetPrice)."""
+    """How often the marks of the symbols in use (positions, held stops) are read over REST,
+    the fallback under the exchange's websocket ticker feed."""
     rate_limit_backoff_s: float = Field(default=1.0, ge=0)
     """After the exchange answers 429 (too many requests), new orders are refused for this
     long without being sent (RESOURCE_EXHAUSTED)."""

@@ -306,3 +306,26 @@ async def test_prices_of_a_real_exchange_cannot_be_published(live: LiveTrading) 
             )
         )
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_marks_follow_the_ticker_feed_between_rest_reads(
+    exchange: FakeExchange, redis_url: str
+) -> None:
+    # REST marks once a minute: only the websocket ticker can bring the move in time.
+    live = await live_trading(redis_url, exchange, mark_interval_s=60)
+    try:
+        await live.place(type=S.ORDER_TYPE_MARKET, price="")
+        for price in ("50500", "49800"):
+            exchange.set_price(BTC, Decimal(price))
+            async with asyncio.timeout(5):
+                while True:
+                    [position] = (
+                        await live.oms.positions.ListPositions(
+                            pos.ListPositionsRequest(user_id=USER)
+                        )
+                    ).positions
+                    if position.mark_price == price:
+                        break
+                    await asyncio.sleep(0.02)
+    finally:
+        await live.oms.close()

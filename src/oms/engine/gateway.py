@@ -120,3 +120,11 @@ class GatewayConnector(Protocol):
         """The mark price of each symbol (public, no account); a symbol without one is left
         out."""
         ...
+
+    def has_price_feed(self, exchange: str) -> bool:
+        """Whether watch_mark_price works (a websocket ticker feed)."""
+        ...
+
+    async def watch_mark_price(self, exchange: str, symbol: str) -> Decimal:
+        """The symbol's next mark price from the exchange's ticker feed."""
+        ...

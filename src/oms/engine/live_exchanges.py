@@ -257,7 +257,7 @@ class LiveExchanges:
         held = await self._commit(followed, order.order_id, decide)
         if held.is_open:
             self._held.hold(held)
-            self._marks.follow(order.exchange)
+            self._marks.nudge(order.exchange)
         return held
 
     async def _send(self, followed: _Account, order: Order) -> Order:
@@ -654,6 +654,8 @@ class LiveExchanges:
                     [OrderChange(after, order.version, published)], updates=updates
                 )
                 if not isinstance(outcome, Conflict):
+                    if updates:
+                        self._marks.nudge(order.exchange)
                     return after
         raise ConcurrentModification(f"order {order_id} kept changing; try again")
 

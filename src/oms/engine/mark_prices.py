@@ -57,9 +57,15 @@ class MarkPrices:
         self._interval_s = interval_s
         self._followers: dict[str, asyncio.Task[None]] = {}
         self._last: dict[tuple[str, str], Decimal] = {}
+        self._applying: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._nudged: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
 
     def last(self, exchange: str, symbol: str) -> Decimal | None:
         return self._last.get((exchange, symbol))
+
+    def nudge(self, exchange: str) -> None:
+        """A symbol may have come into use (a position opened, a stop held): look now."""
+        self._nudged[exchange].set()
 
     def follow(self, exchange: str) -> None:
         if exchange not in self._followers:
@@ -79,42 +85,89 @@ class MarkPrices:
             await self.unfollow(exchange)
 
     async def _follow(self, exchange: str) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s(exchange))
-            try:
-                await self.refresh(exchange)
-            except (GatewayError, Unavailable, ConcurrentModification) as error:
-                log.warning("%s mark prices: %s", exchange, error)
+        """Every interval: read the marks over REST (the fallback, and the only source where
+        ccxt has no ticker feed) and keep one ticker watch per symbol in use."""
+        watchers: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                try:
+                    symbols = await self.refresh(exchange)
+                except (GatewayError, Unavailable, ConcurrentModification) as error:
+                    log.warning("%s mark prices: %s", exchange, error)
+                else:
+                    if self._connector.has_price_feed(exchange):
+                        self._watch(exchange, symbols, watchers)
+                nudged = self._nudged[exchange]
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._interval_s(exchange)):
+                        await nudged.wait()
+                nudged.clear()
+        finally:
+            for task in watchers.values():
+                task.cancel()
 
-    async def refresh(self, exchange: str) -> None:
-        """Read the marks of the symbols held on `exchange` and apply the ones that moved."""
-        locks = self._accounts.followed_locks(exchange)
-        held: defaultdict[str, list[Position]] = defaultdict(list)
-        for position in await self._store.current_positions_on(exchange):
-            if position.is_open and position.user_id in locks:
-                held[position.user_id].append(position)
+    def _watch(
+        self, exchange: str, symbols: Sequence[str], watchers: dict[str, asyncio.Task[None]]
+    ) -> None:
+        for symbol in set(watchers) - set(symbols):
+            watchers.pop(symbol).cancel()
+        for symbol in set(symbols) - set(watchers):
+            watchers[symbol] = asyncio.get_running_loop().create_task(
+                self._watch_symbol(exchange, symbol), name=f"{exchange}:{symbol}:ticker"
+            )
+
+    async def _watch_symbol(self, exchange: str, symbol: str) -> None:
+        while True:
+            try:
+                price = await self._connector.watch_mark_price(exchange, symbol)
+                await self._apply(exchange, {symbol: price})
+            except (GatewayError, Unavailable, ConcurrentModification) as error:
+                # The REST read at the next interval covers the gap; the next watch reconnects.
+                log.warning("%s %s ticker feed: %s", exchange, symbol, error)
+                await asyncio.sleep(self._interval_s(exchange))
+
+    async def refresh(self, exchange: str) -> list[str]:
+        """Read the marks of the symbols in use on `exchange` over REST and apply the ones
+        that moved; returns those symbols."""
         symbols = sorted(
-            {p.symbol for positions in held.values() for p in positions}
+            {position.symbol for position in await self._positions(exchange)}
             | self._accounts.held_symbols(exchange)
         )
-        if not symbols:
-            return
-        marks = await self._connector.mark_prices(exchange, symbols)
-        now = self._clock_ns()
-        moved = {
-            symbol: price
-            for symbol, price in marks.items()
-            if self._last.get((exchange, symbol)) != price
-        }
-        if not moved:
-            return
-        updates = [PriceUpdate(exchange, symbol, price, now) for symbol, price in moved.items()]
-        await self._journal.record([], prices=updates)
-        self._last.update({(exchange, symbol): price for symbol, price in moved.items()})
-        self._observe(updates)
-        await self._accounts.on_marks(exchange, moved)
-        for user_id, positions in held.items():
-            if any(p.symbol in moved for p in positions):
+        if symbols:
+            await self._apply(exchange, await self._connector.mark_prices(exchange, symbols))
+        return symbols
+
+    async def _positions(self, exchange: str) -> list[Position]:
+        """The open positions of followed accounts on `exchange`."""
+        locks = self._accounts.followed_locks(exchange)
+        return [
+            position
+            for position in await self._store.current_positions_on(exchange)
+            if position.is_open and position.user_id in locks
+        ]
+
+    async def _apply(self, exchange: str, marks: dict[str, Decimal]) -> None:
+        # One at a time per exchange: a REST read must not land over a newer pushed price.
+        async with self._applying[exchange]:
+            moved = {
+                symbol: price
+                for symbol, price in marks.items()
+                if self._last.get((exchange, symbol)) != price
+            }
+            if not moved:
+                return
+            now = self._clock_ns()
+            updates = [PriceUpdate(exchange, symbol, price, now) for symbol, price in moved.items()]
+            await self._journal.record([], prices=updates)
+            self._last.update({(exchange, symbol): price for symbol, price in moved.items()})
+            self._observe(updates)
+            await self._accounts.on_marks(exchange, moved)
+            held: defaultdict[str, list[Position]] = defaultdict(list)
+            for position in await self._positions(exchange):
+                if position.symbol in moved:
+                    held[position.user_id].append(position)
+            locks = self._accounts.followed_locks(exchange)
+            for user_id, positions in held.items():
                 async with locks[user_id]:
                     await self._mark(positions, moved, now)
 

@@ -80,10 +80,11 @@ class MarketDataServiceServicer:
 
     def GetPrice(self, request, context):
         """Returns the last price of one instrument. On a real exchange that is its
-        mark price, read for the symbols followed accounts hold positions or
-        working stop orders in (every `mark_interval_s`). Errors: INVALID_ARGUMENT (unknown exchange or
-        symbol; a real exchange's symbols are known once an account on it is
-        active), NOT_FOUND (no price seen yet).
+        mark price, followed (ticker feed, REST every `mark_interval_s`) for the
+        symbols followed accounts hold positions or working stop orders in.
+        Errors: INVALID_ARGUMENT (unknown exchange or symbol; a real exchange's
+        symbols are known once an account on it is active), NOT_FOUND (no price
+        seen yet).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

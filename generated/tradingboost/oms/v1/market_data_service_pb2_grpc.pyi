@@ -49,10 +49,11 @@ class MarketDataServiceStub:
     """
     GetPrice: _grpc.UnaryUnaryMultiCallable[_market_data_service_pb2.GetPriceRequest, _market_data_service_pb2.GetPriceResponse]
     """Returns the last price of one instrument. On a real exchange that is its
-    mark price, read for the symbols followed accounts hold positions or
-    working stop orders in (every `mark_interval_s`). Errors: INVALID_ARGUMENT (unknown exchange or
-    symbol; a real exchange's symbols are known once an account on it is
-    active), NOT_FOUND (no price seen yet).
+    mark price, followed (ticker feed, REST every `mark_interval_s`) for the
+    symbols followed accounts hold positions or working stop orders in.
+    Errors: INVALID_ARGUMENT (unknown exchange or symbol; a real exchange's
+    symbols are known once an account on it is active), NOT_FOUND (no price
+    seen yet).
     """
     StreamPrices: _grpc.UnaryStreamMultiCallable[_market_data_service_pb2.StreamPricesRequest, _market_data_service_pb2.StreamPricesResponse]
     """Server stream of the price ticks of a set of instruments, live only, in
@@ -82,10 +83,11 @@ class MarketDataServiceAsyncStub(MarketDataServiceStub):
     """
     GetPrice: _aio.UnaryUnaryMultiCallable[_market_data_service_pb2.GetPriceRequest, _market_data_service_pb2.GetPriceResponse]  # type: ignore[assignment]
     """Returns the last price of one instrument. On a real exchange that is its
-    mark price, read for the symbols followed accounts hold positions or
-    working stop orders in (every `mark_interval_s`). Errors: INVALID_ARGUMENT (unknown exchange or
-    symbol; a real exchange's symbols are known once an account on it is
-    active), NOT_FOUND (no price seen yet).
+    mark price, followed (ticker feed, REST every `mark_interval_s`) for the
+    symbols followed accounts hold positions or working stop orders in.
+    Errors: INVALID_ARGUMENT (unknown exchange or symbol; a real exchange's
+    symbols are known once an account on it is active), NOT_FOUND (no price
+    seen yet).
     """
     StreamPrices: _aio.UnaryStreamMultiCallable[_market_data_service_pb2.StreamPricesRequest, _market_data_service_pb2.StreamPricesResponse]  # type: ignore[assignment]
     """Server stream of the price ticks of a set of instruments, live only, in
@@ -124,10 +126,11 @@ class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_market_data_service_pb2.GetPriceResponse, _abc.Awaitable[_market_data_service_pb2.GetPriceResponse]]:
         """Returns the last price of one instrument. On a real exchange that is its
-        mark price, read for the symbols followed accounts hold positions or
-        working stop orders in (every `mark_interval_s`). Errors: INVALID_ARGUMENT (unknown exchange or
-        symbol; a real exchange's symbols are known once an account on it is
-        active), NOT_FOUND (no price seen yet).
+        mark price, followed (ticker feed, REST every `mark_interval_s`) for the
+        symbols followed accounts hold positions or working stop orders in.
+        Errors: INVALID_ARGUMENT (unknown exchange or symbol; a real exchange's
+        symbols are known once an account on it is active), NOT_FOUND (no price
+        seen yet).
         """
 
     @_abc_1.abstractmethod

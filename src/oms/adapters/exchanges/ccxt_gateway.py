@@ -308,6 +308,11 @@ class CcxtGateway:
         )
 
 
+def _ticker_price(ticker: Mapping[str, Any]) -> Decimal | None:
+    price = ticker.get("markPrice") or ticker.get("last")
+    return _decimal(price) if price else None
+
+
 _TYPES = {
     "limit": OrderType.LIMIT,
     "market": OrderType.MARKET,
@@ -420,10 +425,23 @@ class CcxtConnector:
             raise OutcomeUnknown(f"{type(error).__name__}: {error}") from error
         marks = {}
         for symbol, ticker in zip(symbols, tickers, strict=True):
-            price = ticker.get("markPrice") or ticker.get("last")
-            if price:
-                marks[symbol] = _decimal(price)
+            price = _ticker_price(ticker)
+            if price is not None:
+                marks[symbol] = price
         return marks
+
+    def has_price_feed(self, exchange: str) -> bool:
+        return bool(self._public[exchange].has.get("watchTicker"))
+
+    async def watch_mark_price(self, exchange: str, symbol: str) -> Decimal:
+        while True:
+            try:
+                ticker = await self._public[exchange].watch_ticker(symbol)
+            except ccxt_errors.BaseError as error:
+                raise classify(exchange, error) from error
+            price = _ticker_price(ticker)
+            if price is not None:
+                return price
 
     async def close(self) -> None:
         for public in self._public.values():

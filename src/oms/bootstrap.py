@@ -121,7 +121,7 @@ class Application:
         orders = OrderLifecycle(
             self.store, catalog, self.paper, self.exchanges, self.hub, ids.new_id, time.time_ns
         )
-        positions = Positions(self.store, catalog, orders, self.hub, self.paper.last_price_of)
+        positions = Positions(self.store, catalog, orders, self.hub, self.market_data.last_price_of)
         self.rules = ConditionalRules(self.store, journal, self.paper, ids.new_id, time.time_ns)
         trailing_stops = TrailingStops(
             self.store, catalog, orders, self.paper, self.hub, ids.new_id

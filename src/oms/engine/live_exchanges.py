@@ -27,6 +27,7 @@ from decimal import Decimal
 from typing import Any
 
 from oms.domain.accounts import Account, Credentials
+from oms.domain.brackets import bracket_legs
 from oms.domain.decimals import ZERO
 from oms.domain.errors import (
     ConcurrentModification,
@@ -42,6 +43,7 @@ from oms.domain.markets import MarketCatalog
 from oms.domain.orders import (
     Order,
     OrderAccepted,
+    OrderAmended,
     OrderCanceled,
     OrderEvent,
     OrderExpired,
@@ -654,10 +656,58 @@ class LiveExchanges:
                     [OrderChange(after, order.version, published)], updates=updates
                 )
                 if not isinstance(outcome, Conflict):
-                    if updates:
-                        self._marks.nudge(order.exchange)
-                    return after
-        raise ConcurrentModification(f"order {order_id} kept changing; try again")
+                    break
+            else:
+                raise ConcurrentModification(f"order {order_id} kept changing; try again")
+        if fills:
+            self._marks.nudge(order.exchange)
+            flat = any(not update.position.is_open for update in updates)
+            await self._after_fills(followed, after, flat)
+        return after
+
+    async def _after_fills(self, followed: _Account, order: Order, flat: bool) -> None:
+        """What an order's fills set off, each in a commit of its own after the fills' (on
+        paper they share it; here a crash in between leaves them undone, a known gap): an
+        entry's exits placed or grown, the linked exit of a filled one cancelled, and the
+        exits of a position that went flat cancelled."""
+        if order.bracket is not None:
+            await self._place_exits(followed, order)
+        if order.linked_order_id:
+            await self._cancel_exit(
+                followed, order.linked_order_id, f"one-cancels-other: {order.order_id} filled"
+            )
+        if flat:
+            for exit in self._held.exits_of(
+                order.user_id, order.exchange, order.symbol, order.position_side
+            ):
+                await self._cancel_exit(followed, exit.order_id, "position closed")
+
+    async def _place_exits(self, followed: _Account, entry: Order) -> None:
+        """The entry's take-profit and stop-loss, held, covering what it filled so far."""
+        for leg in bracket_legs(entry, self._clock_ns()):
+            stored = await self._store.get_order(entry.user_id, leg.order_id)
+            if stored is None:
+                created = OrderUpdated(OrderEventType.CREATED, leg)
+                outcome = await self._journal.record([OrderChange(leg, None, [created])])
+                if not isinstance(outcome, Conflict):
+                    await self._hold(followed, leg)
+            elif is_held(stored) and stored.quantity < entry.filled_quantity:
+                grown = await self._commit(
+                    followed,
+                    leg.order_id,
+                    lambda o: [OrderAmended(entry.filled_quantity)] if is_held(o) else [],
+                )
+                if is_held(grown):
+                    self._held.hold(grown)
+
+    async def _cancel_exit(self, followed: _Account, order_id: str, reason: str) -> None:
+        order = await self._store.get_order(followed.user_id, order_id)
+        if order is None or not order.is_open:
+            return
+        try:
+            await self.cancel(order, reason)
+        except (OmsError, GatewayError) as error:
+            log.error("order %s: could not cancel the exit (%s): %s", order_id, reason, error)
 
     async def _positions_after(self, order: Order, fills: list[Fill]) -> list[PositionUpdated]:
         if not fills:
@@ -747,7 +797,7 @@ def _refuse(reason: str) -> Callable[[Order], list[OrderEvent]]:
 
 
 def _check_supported(order: Order) -> None:
-    if order.bracket is not None:
+    if order.bracket is not None and order.bracket.trailing is not None:
         raise FailedPrecondition(
-            f"take-profit, stop-loss and trailing exits are not supported on {order.exchange} yet"
+            f"trailing_stop: trailing stops are not supported on {order.exchange} yet"
         )

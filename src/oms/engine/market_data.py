@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 from oms.domain.decimals import parse_positive
 from oms.domain.errors import (
@@ -85,6 +86,13 @@ class MarketData:
         for subscription in self._subscriptions:
             if (update.exchange, update.symbol) in subscription.instruments:
                 subscription.push(update)
+
+    def last_price_of(self, exchange: str, symbol: str) -> Decimal | None:
+        """The last price (a real exchange's mark), None when none is known yet."""
+        if exchange == PAPER:
+            return self._paper.last_price_of(exchange, symbol)
+        live = self._live.get((exchange, symbol))
+        return live.price if live else None
 
     def get(self, exchange: str, symbol: str) -> PriceUpdate:
         market = self._resolve(exchange, symbol, "")

@@ -1,0 +1,94 @@
+"""OpenPosition's take-profit and stop-loss on real exchanges (CONTRACT section 4): placed
+when the entry fills, held by the OMS, linked one-cancels-other, cancelled when the position
+goes flat another way."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import grpc
+import pytest
+from fixtures.fake_exchange import FakeExchange
+from fixtures.live_trading import BTC, USER, LiveTrading
+from tradingboost.oms.v1 import order_pb2 as S
+from tradingboost.oms.v1 import position_pb2, trailing_stop_pb2
+from tradingboost.oms.v1 import position_service_pb2 as pos
+
+
+async def open_long(
+    live: LiveTrading, take_profit_price: str, stop_loss_price: str
+) -> pos.OpenPositionResponse:
+    response: pos.OpenPositionResponse = await live.oms.positions.OpenPosition(
+        pos.OpenPositionRequest(
+            user_id=USER,
+            exchange=live.venue,
+            symbol=BTC,
+            position_side=S.POSITION_SIDE_LONG,
+            type=S.ORDER_TYPE_MARKET,
+            quantity="0.02",
+            take_profit_price=take_profit_price,
+            stop_loss_price=stop_loss_price,
+        )
+    )
+    return response
+
+
+async def position(live: LiveTrading) -> position_pb2.Position:
+    [record] = (
+        await live.oms.positions.ListPositions(
+            pos.ListPositionsRequest(user_id=USER, include_closed=True)
+        )
+    ).positions
+    return record
+
+
+@pytest.mark.parametrize(
+    ("price", "fills", "cancelled"),
+    [("51200", "take_profit_order_id", "stop_loss_order_id"),
+     ("48800", "stop_loss_order_id", "take_profit_order_id")],
+)  # fmt: skip
+async def test_the_exit_that_fires_cancels_its_twin(
+    live: LiveTrading, exchange: FakeExchange, price: str, fills: str, cancelled: str
+) -> None:
+    opened = await open_long(live, take_profit_price="51000", stop_loss_price="49000")
+    assert opened.entry_order.status == S.ORDER_STATUS_FILLED
+    first, twin = getattr(opened, fills), getattr(opened, cancelled)
+    held = await live.until(first, lambda o: o.status == S.ORDER_STATUS_OPEN)
+    assert (held.quantity, held.reduce_only, held.exchange_order_id) == ("0.02", True, "")
+    exchange.set_price(BTC, Decimal(price))
+    done = await live.until(first, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert done.average_fill_price == price
+    other = await live.until(twin, lambda o: o.status == S.ORDER_STATUS_CANCELED)
+    assert other.cancel_reason == f"one-cancels-other: {first} filled"
+    closed = await position(live)
+    assert (closed.status, closed.size) == (position_pb2.POSITION_STATUS_CLOSED, "0")
+
+
+async def test_closing_the_position_cancels_both_exits(live: LiveTrading) -> None:
+    opened = await open_long(live, take_profit_price="51000", stop_loss_price="49000")
+    await live.until(opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
+    await live.oms.positions.ClosePosition(
+        pos.ClosePositionRequest(
+            user_id=USER, exchange=live.venue, symbol=BTC, position_side=S.POSITION_SIDE_LONG
+        )
+    )
+    for exit_id in (opened.take_profit_order_id, opened.stop_loss_order_id):
+        canceled = await live.until(exit_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
+        assert canceled.cancel_reason == "position closed"
+
+
+async def test_a_trailing_exit_is_refused_on_a_real_exchange(live: LiveTrading) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await live.oms.positions.OpenPosition(
+            pos.OpenPositionRequest(
+                user_id=USER,
+                exchange=live.venue,
+                symbol=BTC,
+                position_side=S.POSITION_SIDE_LONG,
+                type=S.ORDER_TYPE_MARKET,
+                quantity="0.02",
+                trailing_stop=trailing_stop_pb2.TrailingStopConfig(callback_rate="0.01"),
+            )
+        )
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "trailing" in (error.value.details() or "")

@@ -124,7 +124,7 @@ class Application:
         positions = Positions(self.store, catalog, orders, self.hub, self.market_data.last_price_of)
         self.rules = ConditionalRules(self.store, journal, self.paper, ids.new_id, time.time_ns)
         trailing_stops = TrailingStops(
-            self.store, catalog, orders, self.paper, self.hub, ids.new_id
+            self.store, catalog, orders, self.paper, self.exchanges, self.hub, ids.new_id
         )
         master_key = settings.master_key
         vault = (

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-import grpc
 import pytest
 from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import BTC, USER, LiveTrading
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import position_pb2, trailing_stop_pb2
 from tradingboost.oms.v1 import position_service_pb2 as pos
+from tradingboost.oms.v1 import trailing_stop_service_pb2 as ts
 
 
 async def open_long(
@@ -77,18 +77,32 @@ async def test_closing_the_position_cancels_both_exits(live: LiveTrading) -> Non
         assert canceled.cancel_reason == "position closed"
 
 
-async def test_a_trailing_exit_is_refused_on_a_real_exchange(live: LiveTrading) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await live.oms.positions.OpenPosition(
-            pos.OpenPositionRequest(
-                user_id=USER,
-                exchange=live.venue,
-                symbol=BTC,
-                position_side=S.POSITION_SIDE_LONG,
-                type=S.ORDER_TYPE_MARKET,
-                quantity="0.02",
-                trailing_stop=trailing_stop_pb2.TrailingStopConfig(callback_rate="0.01"),
-            )
+async def test_an_open_position_trailing_stop_starts_with_the_entry(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    opened = await live.oms.positions.OpenPosition(
+        pos.OpenPositionRequest(
+            user_id=USER,
+            exchange=live.venue,
+            symbol=BTC,
+            position_side=S.POSITION_SIDE_LONG,
+            type=S.ORDER_TYPE_MARKET,
+            quantity="0.02",
+            trailing_stop=trailing_stop_pb2.TrailingStopConfig(callback_rate="0.01"),
         )
-    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "trailing" in (error.value.details() or "")
+    )
+    assert opened.entry_order.status == S.ORDER_STATUS_FILLED
+    stop = (
+        await live.oms.trailing_stops.GetTrailingStop(
+            ts.GetTrailingStopRequest(user_id=USER, trailing_stop_id=opened.trailing_stop_id)
+        )
+    ).trailing_stop
+    assert (stop.status, stop.watermark_price, stop.stop_price) == (
+        trailing_stop_pb2.TRAILING_STOP_STATUS_ACTIVE,
+        "50000",
+        "49500",
+    )
+    exchange.set_price(BTC, Decimal("49400"))
+    close = await live.until_found(f"ts-{stop.trailing_stop_id}")
+    closed = await live.until(close.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert closed.average_fill_price == "49400"

@@ -54,6 +54,7 @@ from oms.domain.orders import (
 )
 from oms.domain.paper_matching import stop_reached
 from oms.domain.positions import Position, PositionKey, apply_fill, open_record, reduces
+from oms.domain.trailing_stops import TrailingStop, TrailingStopSpec
 from oms.domain.venue_reports import (
     EXTERNAL_CLIENT_ID_PREFIX,
     OrderReport,
@@ -75,6 +76,7 @@ from oms.engine.gateway import (
 )
 from oms.engine.held_stops import HeldStops, is_held
 from oms.engine.journal import Journal
+from oms.engine.live_trailing import LiveTrailingStops
 from oms.engine.mark_prices import MarkPrices
 from oms.engine.ports import Conflict, OrderChange, PriceUpdate, StateStore
 
@@ -163,6 +165,7 @@ class LiveExchanges:
             lambda exchange: policy(exchange).mark_interval_s,
         )
         self._held = HeldStops()
+        self._trailing = LiveTrailingStops(store, journal, self, new_id, clock_ns)
         self._throttled: dict[str, tuple[float, bool]] = {}
         """exchange -> (monotonic time until which orders are not sent, banned)."""
 
@@ -198,6 +201,13 @@ class LiveExchanges:
         # The previous connection, when new credentials replace working ones.
         await self.unfollow(account)
         self._accounts[(account.user_id, account.exchange)] = followed
+        self._trailing.load(
+            [
+                stop
+                for stop in await self._store.working_trailing_stops_on(account.exchange)
+                if stop.user_id == account.user_id
+            ]
+        )
         followed.start("poll", self._poll(followed))
         self._marks.follow(account.exchange)
 
@@ -206,11 +216,40 @@ class LiveExchanges:
         if followed is not None:
             await followed.stop()
             self._held.release_user(account.user_id, account.exchange)
+            self._trailing.forget_user(account.user_id, account.exchange)
         if not self.followed_locks(account.exchange):
             await self._marks.unfollow(account.exchange)
 
     def held_symbols(self, exchange: str) -> set[str]:
-        return self._held.symbols(exchange)
+        return self._held.symbols(exchange) | self._trailing.symbols(exchange)
+
+    def account_lock(self, user_id: str, exchange: str) -> asyncio.Lock:
+        self.check_followed(user_id, exchange)
+        return self._accounts[(user_id, exchange)].lock
+
+    def last_mark(self, exchange: str, symbol: str) -> Decimal | None:
+        return self._marks.last(exchange, symbol)
+
+    def send_later(self, order: Order) -> None:
+        followed = self._accounts.get((order.user_id, order.exchange))
+        if followed is not None:
+            followed.start(f"send:{order.order_id}", self._send_in_background(followed, order))
+
+    async def _send_in_background(self, followed: _Account, order: Order) -> None:
+        try:
+            await self._send(followed, order)
+        except (OmsError, GatewayError) as error:
+            log.error("order %s: not sent: %s", order.order_id, error)
+
+    async def create_trailing_stop(
+        self, spec: TrailingStopSpec, trailing_stop_id: str
+    ) -> tuple[TrailingStop, bool]:
+        created = await self._trailing.create(spec, trailing_stop_id)
+        self._marks.nudge(spec.market.exchange)
+        return created
+
+    async def cancel_trailing_stop(self, stop: TrailingStop) -> TrailingStop | None:
+        return await self._trailing.cancel(stop)
 
     def followed_locks(self, exchange: str) -> dict[str, asyncio.Lock]:
         """user_id -> the lock of each followed account on `exchange`."""
@@ -235,7 +274,6 @@ class LiveExchanges:
 
     async def place(self, order: Order) -> tuple[Order, bool]:
         followed = self._followed(order)
-        _check_supported(order)
         self._check_throttle(order.exchange)
         created = OrderUpdated(OrderEventType.CREATED, order)
         outcome = await self._journal.record([OrderChange(order, None, [created])])
@@ -293,8 +331,9 @@ class LiveExchanges:
         return placed
 
     async def on_marks(self, exchange: str, marks: dict[str, Decimal]) -> None:
-        """Send the held stops the new mark prices reach."""
+        """Send the held stops the new mark prices reach, and move the trailing stops."""
         for symbol, price in marks.items():
+            await self._trailing.on_mark(exchange, symbol, price)
             for order in self._held.reached(exchange, symbol, price):
                 followed = self._accounts.get((order.user_id, exchange))
                 if followed is not None:
@@ -677,13 +716,22 @@ class LiveExchanges:
                 followed, order.linked_order_id, f"one-cancels-other: {order.order_id} filled"
             )
         if flat:
+            await self._trailing.position_closed(
+                order.user_id, order.exchange, order.symbol, order.position_side
+            )
             for exit in self._held.exits_of(
                 order.user_id, order.exchange, order.symbol, order.position_side
             ):
                 await self._cancel_exit(followed, exit.order_id, "position closed")
 
     async def _place_exits(self, followed: _Account, entry: Order) -> None:
-        """The entry's take-profit and stop-loss, held, covering what it filled so far."""
+        """The entry's take-profit and stop-loss, held, covering what it filled so far, and
+        its trailing stop on the whole position."""
+        assert entry.bracket is not None
+        if entry.bracket.trailing is not None:
+            market = self._catalog.resolve(entry.exchange, entry.symbol)
+            await self._trailing.start_exit(entry, entry.bracket.trailing, market)
+            self._marks.nudge(entry.exchange)
         for leg in bracket_legs(entry, self._clock_ns()):
             stored = await self._store.get_order(entry.user_id, leg.order_id)
             if stored is None:
@@ -794,10 +842,3 @@ def _refuse(reason: str) -> Callable[[Order], list[OrderEvent]]:
         return []
 
     return decide
-
-
-def _check_supported(order: Order) -> None:
-    if order.bracket is not None and order.bracket.trailing is not None:
-        raise FailedPrecondition(
-            f"trailing_stop: trailing stops are not supported on {order.exchange} yet"
-        )

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from oms.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from oms.domain.errors import AlreadyExists, InvalidArgument, NotFound
 from oms.domain.events import Heartbeat, SequencedEvent, TrailingStopUpdated, UserEvent
 from oms.domain.identifiers import check_client_order_id, check_user_id
 from oms.domain.markets import MarketCatalog
@@ -18,6 +19,7 @@ from oms.domain.paging import decode_page_token, page_size
 from oms.domain.trailing_stops import (
     CreateTrailingStop,
     TrailingStop,
+    TrailingStopSpec,
     TrailingStopStatus,
     validate_create_trailing_stop,
 )
@@ -36,6 +38,16 @@ class TrailingStopRef:
     client_id: str = ""
 
 
+class TrailingVenue(Protocol):
+    """Where trailing stops are followed: the paper desks, or real exchanges' marks."""
+
+    async def create_trailing_stop(
+        self, spec: TrailingStopSpec, trailing_stop_id: str
+    ) -> tuple[TrailingStop, bool]: ...
+
+    async def cancel_trailing_stop(self, stop: TrailingStop) -> TrailingStop | None: ...
+
+
 class TrailingStops:
     def __init__(
         self,
@@ -43,6 +55,7 @@ class TrailingStops:
         catalog: MarketCatalog,
         orders: OrderLifecycle,
         paper: PaperExchange,
+        live: TrailingVenue,
         hub: EventHub,
         new_id: Callable[[], str],
     ) -> None:
@@ -50,6 +63,7 @@ class TrailingStops:
         self._catalog = catalog
         self._orders = orders
         self._paper = paper
+        self._live = live
         self._hub = hub
         self._new_id = new_id
 
@@ -62,12 +76,8 @@ class TrailingStops:
             )
             if existing is not None:
                 return self._same(existing, spec.fingerprint())
-        if spec.market.exchange != PAPER:
-            raise FailedPrecondition(
-                f"no {spec.position_side.value} position on {spec.market.exchange}: trailing "
-                "stops follow the OMS's own positions"
-            )
-        stop, created = await self._paper.create_trailing_stop(spec, self._new_id())
+        venue = self._paper if spec.market.exchange == PAPER else self._live
+        stop, created = await venue.create_trailing_stop(spec, self._new_id())
         return stop if created else self._same(stop, spec.fingerprint())
 
     @staticmethod
@@ -94,7 +104,8 @@ class TrailingStops:
     async def cancel(self, ref: TrailingStopRef) -> TrailingStop:
         stop = await self.get(ref)
         if stop.status.is_working:
-            canceled = await self._paper.cancel_trailing_stop(stop)
+            venue = self._paper if stop.exchange == PAPER else self._live
+            canceled = await venue.cancel_trailing_stop(stop)
             if canceled is not None:
                 return canceled
             stop = await self.get(ref)  # it triggered or was cancelled meanwhile

@@ -148,8 +148,7 @@ class OrderServiceServicer:
         symbol, quantity or price off the market's step/tick or below its
         minimum; the OMS never rounds), ALREADY_EXISTS (`client_order_id` reused
         with different parameters), FAILED_PRECONDITION (a real exchange the user
-        has no active account on; exits (take-profit, stop-loss, trailing) on a
-        real exchange: not yet), RESOURCE_EXHAUSTED / UNAVAILABLE (the exchange
+        has no active account on), RESOURCE_EXHAUSTED / UNAVAILABLE (the exchange
         answered 429 / 418: this order ended REJECTED "not sent", and new orders
         to it are refused unsent until the back-off has passed).
         """

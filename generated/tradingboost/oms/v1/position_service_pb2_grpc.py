@@ -122,10 +122,10 @@ class PositionServiceServicer:
         or take-profit on the wrong side of the entry price (LIMIT) or last price
         (MARKET): LONG needs stop_loss < entry < take_profit, SHORT the mirror;
         a bad trailing stop config), ALREADY_EXISTS (`client_order_id` reused
-        with different parameters), FAILED_PRECONDITION (a trailing stop on a
-        real exchange: not yet). An entry the exchange rejects ends REJECTED;
-        the RPC still succeeds. On a real exchange the exits are held by the OMS
-        and sent when the mark price reaches them (see OrderService.PlaceOrder).
+        with different parameters). An entry the exchange rejects ends REJECTED;
+        the RPC still succeeds. On a real exchange the take-profit and stop-loss
+        are held by the OMS and sent when the mark price reaches them (see
+        OrderService.PlaceOrder), and the trailing stop follows the mark.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -70,10 +70,10 @@ class PositionServiceStub:
     or take-profit on the wrong side of the entry price (LIMIT) or last price
     (MARKET): LONG needs stop_loss < entry < take_profit, SHORT the mirror;
     a bad trailing stop config), ALREADY_EXISTS (`client_order_id` reused
-    with different parameters), FAILED_PRECONDITION (a trailing stop on a
-    real exchange: not yet). An entry the exchange rejects ends REJECTED;
-    the RPC still succeeds. On a real exchange the exits are held by the OMS
-    and sent when the mark price reaches them (see OrderService.PlaceOrder).
+    with different parameters). An entry the exchange rejects ends REJECTED;
+    the RPC still succeeds. On a real exchange the take-profit and stop-loss
+    are held by the OMS and sent when the mark price reaches them (see
+    OrderService.PlaceOrder), and the trailing stop follows the mark.
     """
     ClosePosition: _grpc.UnaryUnaryMultiCallable[_position_service_pb2.ClosePositionRequest, _position_service_pb2.ClosePositionResponse]
     """Closes the whole position on one side, or `quantity` of it, with a
@@ -146,10 +146,10 @@ class PositionServiceAsyncStub(PositionServiceStub):
     or take-profit on the wrong side of the entry price (LIMIT) or last price
     (MARKET): LONG needs stop_loss < entry < take_profit, SHORT the mirror;
     a bad trailing stop config), ALREADY_EXISTS (`client_order_id` reused
-    with different parameters), FAILED_PRECONDITION (a trailing stop on a
-    real exchange: not yet). An entry the exchange rejects ends REJECTED;
-    the RPC still succeeds. On a real exchange the exits are held by the OMS
-    and sent when the mark price reaches them (see OrderService.PlaceOrder).
+    with different parameters). An entry the exchange rejects ends REJECTED;
+    the RPC still succeeds. On a real exchange the take-profit and stop-loss
+    are held by the OMS and sent when the mark price reaches them (see
+    OrderService.PlaceOrder), and the trailing stop follows the mark.
     """
     ClosePosition: _aio.UnaryUnaryMultiCallable[_position_service_pb2.ClosePositionRequest, _position_service_pb2.ClosePositionResponse]  # type: ignore[assignment]
     """Closes the whole position on one side, or `quantity` of it, with a
@@ -237,10 +237,10 @@ class PositionServiceServicer(metaclass=_abc_1.ABCMeta):
         or take-profit on the wrong side of the entry price (LIMIT) or last price
         (MARKET): LONG needs stop_loss < entry < take_profit, SHORT the mirror;
         a bad trailing stop config), ALREADY_EXISTS (`client_order_id` reused
-        with different parameters), FAILED_PRECONDITION (a trailing stop on a
-        real exchange: not yet). An entry the exchange rejects ends REJECTED;
-        the RPC still succeeds. On a real exchange the exits are held by the OMS
-        and sent when the mark price reaches them (see OrderService.PlaceOrder).
+        with different parameters). An entry the exchange rejects ends REJECTED;
+        the RPC still succeeds. On a real exchange the take-profit and stop-loss
+        are held by the OMS and sent when the mark price reaches them (see
+        OrderService.PlaceOrder), and the trailing stop follows the mark.
         """
 
     @_abc_1.abstractmethod

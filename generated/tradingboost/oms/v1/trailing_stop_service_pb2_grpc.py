@@ -83,7 +83,9 @@ class TrailingStopServiceServicer:
     def CreateTrailingStop(self, request, context):
         """Creates a trailing stop on the user's open position on one side.
         Without an activation price it is ACTIVE at once with the last price as
-        watermark; otherwise PENDING_ACTIVATION. Idempotent on (`user_id`,
+        watermark; otherwise PENDING_ACTIVATION. On a real exchange the price is
+        the exchange's mark as the OMS follows it (ticker feed, REST fallback),
+        and the close order is sent to the exchange; the account must be active. Idempotent on (`user_id`,
         `client_id`) like PlaceOrder. Errors: INVALID_ARGUMENT (missing or bad
         field, not exactly one of `callback_rate` and `callback_spread`,
         `callback_rate` outside 0.001 to 0.1, unknown exchange or symbol),

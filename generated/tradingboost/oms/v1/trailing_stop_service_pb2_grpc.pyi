@@ -44,7 +44,9 @@ class TrailingStopServiceStub:
     CreateTrailingStop: _grpc.UnaryUnaryMultiCallable[_trailing_stop_service_pb2.CreateTrailingStopRequest, _trailing_stop_service_pb2.CreateTrailingStopResponse]
     """Creates a trailing stop on the user's open position on one side.
     Without an activation price it is ACTIVE at once with the last price as
-    watermark; otherwise PENDING_ACTIVATION. Idempotent on (`user_id`,
+    watermark; otherwise PENDING_ACTIVATION. On a real exchange the price is
+    the exchange's mark as the OMS follows it (ticker feed, REST fallback),
+    and the close order is sent to the exchange; the account must be active. Idempotent on (`user_id`,
     `client_id`) like PlaceOrder. Errors: INVALID_ARGUMENT (missing or bad
     field, not exactly one of `callback_rate` and `callback_spread`,
     `callback_rate` outside 0.001 to 0.1, unknown exchange or symbol),
@@ -98,7 +100,9 @@ class TrailingStopServiceAsyncStub(TrailingStopServiceStub):
     CreateTrailingStop: _aio.UnaryUnaryMultiCallable[_trailing_stop_service_pb2.CreateTrailingStopRequest, _trailing_stop_service_pb2.CreateTrailingStopResponse]  # type: ignore[assignment]
     """Creates a trailing stop on the user's open position on one side.
     Without an activation price it is ACTIVE at once with the last price as
-    watermark; otherwise PENDING_ACTIVATION. Idempotent on (`user_id`,
+    watermark; otherwise PENDING_ACTIVATION. On a real exchange the price is
+    the exchange's mark as the OMS follows it (ticker feed, REST fallback),
+    and the close order is sent to the exchange; the account must be active. Idempotent on (`user_id`,
     `client_id`) like PlaceOrder. Errors: INVALID_ARGUMENT (missing or bad
     field, not exactly one of `callback_rate` and `callback_spread`,
     `callback_rate` outside 0.001 to 0.1, unknown exchange or symbol),
@@ -155,7 +159,9 @@ class TrailingStopServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_trailing_stop_service_pb2.CreateTrailingStopResponse, _abc.Awaitable[_trailing_stop_service_pb2.CreateTrailingStopResponse]]:
         """Creates a trailing stop on the user's open position on one side.
         Without an activation price it is ACTIVE at once with the last price as
-        watermark; otherwise PENDING_ACTIVATION. Idempotent on (`user_id`,
+        watermark; otherwise PENDING_ACTIVATION. On a real exchange the price is
+        the exchange's mark as the OMS follows it (ticker feed, REST fallback),
+        and the close order is sent to the exchange; the account must be active. Idempotent on (`user_id`,
         `client_id`) like PlaceOrder. Errors: INVALID_ARGUMENT (missing or bad
         field, not exactly one of `callback_rate` and `callback_spread`,
         `callback_rate` outside 0.001 to 0.1, unknown exchange or symbol),

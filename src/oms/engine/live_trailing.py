@@ -1,0 +1,232 @@
+"""Trailing stops on real exchanges: the same stops as on paper (domain/trailing_stops.py),
+followed on the exchange's mark price instead of paper ticks.
+
+Each change of a stop is committed under its account's lock, so a mark never races a cancel.
+A trigger commits the stop TRIGGERED together with its reduce-only close order (PENDING_NEW,
+client order id `ts-<trailing_stop_id>`, which the store refuses twice), then sends that
+order like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Protocol
+
+from oms.domain.decimals import ZERO
+from oms.domain.errors import FailedPrecondition
+from oms.domain.events import OrderEventType, OrderUpdated, TrailingStopUpdated, WatermarkMoved
+from oms.domain.markets import Market
+from oms.domain.orders import Order, PositionSide, TrailingExit
+from oms.domain.positions import PositionKey
+from oms.domain.trailing_stops import (
+    CANCELED_BY_USER,
+    POSITION_CLOSED,
+    TrailingStop,
+    TrailingStopEventType,
+    TrailingStopSpec,
+)
+from oms.engine.journal import Journal
+from oms.engine.ports import Conflict, ConflictKind, OrderChange, StateStore
+from oms.engine.trailing_book import TrailingBook
+
+log = logging.getLogger(__name__)
+
+
+class Venue(Protocol):
+    """What the stops need of the live venue (engine.live_exchanges.LiveExchanges)."""
+
+    def account_lock(self, user_id: str, exchange: str) -> asyncio.Lock:
+        """FAILED_PRECONDITION when the user has no active account on the exchange."""
+        ...
+
+    def last_mark(self, exchange: str, symbol: str) -> Decimal | None: ...
+
+    def send_later(self, order: Order) -> None:
+        """Send a committed PENDING_NEW order in the background."""
+        ...
+
+
+class LiveTrailingStops:
+    def __init__(
+        self,
+        store: StateStore,
+        journal: Journal,
+        venue: Venue,
+        new_id: Callable[[], str],
+        clock_ns: Callable[[], int],
+    ) -> None:
+        self._store = store
+        self._journal = journal
+        self._venue = venue
+        self._new_id = new_id
+        self._clock_ns = clock_ns
+        self._books: defaultdict[tuple[str, str], TrailingBook] = defaultdict(TrailingBook)
+
+    def symbols(self, exchange: str) -> set[str]:
+        return {symbol for (ex, symbol), book in self._books.items() if ex == exchange and book}
+
+    def load(self, stops: list[TrailingStop]) -> None:
+        """Working stops from the store (start-up, or an account followed again)."""
+        for stop in stops:
+            book = self._books[(stop.exchange, stop.symbol)]
+            if book.get(stop.trailing_stop_id) is None:
+                book.put(stop)
+
+    def forget_user(self, user_id: str, exchange: str) -> None:
+        for (ex, _), book in self._books.items():
+            if ex == exchange:
+                for stop in [s for s in book.stops() if s.user_id == user_id]:
+                    book.remove(stop)
+
+    async def create(
+        self, spec: TrailingStopSpec, trailing_stop_id: str, opening_price: Decimal | None = None
+    ) -> tuple[TrailingStop, bool]:
+        """A new stop on the position. `opening_price`: the stop of an OpenPosition whose
+        entry just filled at that price, used when no mark is known yet, and activating at
+        once when its activation price is already reached (as on paper)."""
+        market = spec.market
+        async with self._venue.account_lock(spec.user_id, market.exchange):
+            key = PositionKey(spec.user_id, market.exchange, market.symbol, spec.position_side)
+            position = await self._store.current_position(key)
+            if position is None or not position.is_open:
+                raise FailedPrecondition(
+                    f"no open {spec.position_side.value} position on {market.exchange} "
+                    f"{market.symbol} for a trailing stop to protect"
+                )
+            last = self._venue.last_mark(market.exchange, market.symbol) or opening_price
+            if last is None:
+                raise FailedPrecondition(
+                    f"no mark price yet for {market.symbol} on {market.exchange}; try again"
+                )
+            stop = spec.new_stop(
+                trailing_stop_id,
+                position.position_id,
+                last,
+                self._clock_ns(),
+                refuse_reached=opening_price is None,
+            )
+            created = TrailingStopUpdated(TrailingStopEventType.CREATED, stop)
+            outcome = await self._journal.record([], updates=[created])
+            if isinstance(outcome, Conflict):
+                assert outcome.kind is ConflictKind.TRAILING_CLIENT_ID_TAKEN
+                assert outcome.existing_stop is not None
+                return outcome.existing_stop, False
+            self._books[(market.exchange, market.symbol)].put(stop)
+            return stop, True
+
+    async def start_exit(self, entry: Order, exit: TrailingExit, market: Market) -> None:
+        """An OpenPosition's trailing stop, on the whole position, once its entry filled."""
+        if await self._store.get_trailing_stop(entry.user_id, exit.trailing_stop_id):
+            return
+        spec = TrailingStopSpec(
+            entry.user_id,
+            market,
+            entry.position_side,
+            exit.callback_rate,
+            exit.callback_spread,
+            exit.activation_price,
+            quantity=None,
+            client_id="",
+        )
+        await self.create(spec, exit.trailing_stop_id, opening_price=entry.average_fill_price)
+
+    async def cancel(
+        self, stop: TrailingStop, reason: str = CANCELED_BY_USER
+    ) -> TrailingStop | None:
+        """The stop cancelled; None when it is not working here (triggered meanwhile)."""
+        async with self._venue.account_lock(stop.user_id, stop.exchange):
+            book = self._books[(stop.exchange, stop.symbol)]
+            current = book.get(stop.trailing_stop_id)
+            if current is None:
+                return None
+            canceled = current.cancel(reason, self._clock_ns())
+            await self._change(book, current, canceled, TrailingStopEventType.CANCELED)
+            return canceled
+
+    async def position_closed(
+        self, user_id: str, exchange: str, symbol: str, side: PositionSide
+    ) -> None:
+        """The side went flat another way: its working stops are CANCELED."""
+        for stop in self._books[(exchange, symbol)].of_position(user_id, side):
+            await self.cancel(stop, POSITION_CLOSED)
+
+    async def on_mark(self, exchange: str, symbol: str, price: Decimal) -> None:
+        """A new mark: activate, follow, trigger, as a paper tick does."""
+        book = self._books.get((exchange, symbol))
+        if not book:
+            return
+        now = self._clock_ns()
+        for stop in book.activated_by(price):
+            await self._locked(
+                stop,
+                lambda s: self._change(
+                    book, s, s.follow(price, now), TrailingStopEventType.ACTIVATED
+                ),
+            )
+        for stop in book.improved_by(price):
+
+            def improve(s: TrailingStop) -> Awaitable[None]:
+                moved = s.follow(price, now)
+                kind = TrailingStopEventType.STOP_PRICE_UPDATED
+                return self._change(
+                    book, s, moved, kind if moved.stop_price != s.stop_price else None
+                )
+
+            await self._locked(stop, improve)
+        for stop in book.crossed_by(price):
+            await self._locked(stop, lambda s: self._trigger(book, s, price, now))
+
+    async def _locked(
+        self, stop: TrailingStop, change: Callable[[TrailingStop], Awaitable[None]]
+    ) -> None:
+        try:
+            lock = self._venue.account_lock(stop.user_id, stop.exchange)
+        except FailedPrecondition:
+            return  # the account is not followed: its stops wait
+        async with lock:
+            current = self._books[(stop.exchange, stop.symbol)].get(stop.trailing_stop_id)
+            if current is not None:  # not cancelled or triggered meanwhile
+                await change(current)
+
+    async def _trigger(
+        self, book: TrailingBook, stop: TrailingStop, price: Decimal, now: int
+    ) -> None:
+        key = PositionKey(stop.user_id, stop.exchange, stop.symbol, stop.position_side)
+        position = await self._store.current_position(key)
+        size = position.size if position is not None and position.is_open else ZERO
+        if size == 0:
+            await self._change(
+                book, stop, stop.cancel(POSITION_CLOSED, now), TrailingStopEventType.CANCELED
+            )
+            return
+        order = stop.close_order(self._new_id(), size, now)
+        triggered = stop.trigger(price, order.order_id, now)
+        outcome = await self._journal.record(
+            [OrderChange(order, None, [OrderUpdated(OrderEventType.CREATED, order)])],
+            updates=[TrailingStopUpdated(TrailingStopEventType.TRIGGERED, triggered)],
+        )
+        book.remove(stop)
+        if isinstance(outcome, Conflict):
+            # Its close order exists: it triggered before (a repeat after a crash).
+            log.error("trailing stop %s: close order exists already", stop.trailing_stop_id)
+            return
+        log.info("trailing stop %s triggered at %s", stop.trailing_stop_id, price)
+        self._venue.send_later(order)
+
+    async def _change(
+        self,
+        book: TrailingBook,
+        before: TrailingStop,
+        after: TrailingStop,
+        kind: TrailingStopEventType | None,
+    ) -> None:
+        """Replace a working stop; `kind` None: a silent watermark move."""
+        update = WatermarkMoved(after) if kind is None else TrailingStopUpdated(kind, after)
+        await self._journal.record([], updates=[update])
+        book.remove(before)
+        if after.status.is_working:
+            book.put(after)

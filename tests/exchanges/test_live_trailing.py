@@ -1,0 +1,157 @@
+"""Trailing stops on real exchanges (CONTRACT section 5): the same stops as on paper, followed
+on the exchange's mark price, triggering a reduce-only market close sent to the exchange."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from decimal import Decimal
+
+import grpc
+from fixtures.fake_exchange import FakeExchange
+from fixtures.live_trading import (
+    API_KEY,
+    BTC,
+    MASTER_KEY,
+    USER,
+    LiveTrading,
+    exchange_settings,
+)
+from fixtures.oms_server import make_oms
+from tradingboost.oms.v1 import market_data_service_pb2 as md
+from tradingboost.oms.v1 import order_pb2 as S
+from tradingboost.oms.v1 import position_service_pb2 as pos
+from tradingboost.oms.v1 import trailing_stop_pb2 as T
+from tradingboost.oms.v1 import trailing_stop_service_pb2 as ts
+
+
+async def long_with_mark(live: LiveTrading) -> None:
+    """A long 0.02 BTC, and the OMS holding the mark 50000 (a stop starts from it)."""
+    await live.place(type=S.ORDER_TYPE_MARKET, price="")
+    async with asyncio.timeout(5):
+        while True:
+            try:
+                got = await live.oms.market.GetPrice(
+                    md.GetPriceRequest(exchange=live.venue, symbol=BTC)
+                )
+                if got.price.price == "50000":
+                    return
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+            await asyncio.sleep(0.02)
+
+
+async def create(live: LiveTrading, **fields: str) -> T.TrailingStop:
+    response = await live.oms.trailing_stops.CreateTrailingStop(
+        ts.CreateTrailingStopRequest(
+            user_id=USER,
+            exchange=live.venue,
+            symbol=BTC,
+            position_side=S.POSITION_SIDE_LONG,
+            callback_rate=fields.get("callback_rate", "0.01"),
+            client_id=fields.get("client_id", ""),
+        )
+    )
+    return response.trailing_stop
+
+
+async def stop_until(
+    live: LiveTrading, stop_id: str, done: Callable[[T.TrailingStop], bool]
+) -> T.TrailingStop:
+    async with asyncio.timeout(5):
+        while True:
+            response = await live.oms.trailing_stops.GetTrailingStop(
+                ts.GetTrailingStopRequest(user_id=USER, trailing_stop_id=stop_id)
+            )
+            if done(response.trailing_stop):
+                return response.trailing_stop
+            await asyncio.sleep(0.02)
+
+
+async def test_a_long_stop_follows_the_mark_up_and_closes_on_the_way_down(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    await long_with_mark(live)
+    stop = await create(live)
+    assert (stop.status, stop.watermark_price, stop.stop_price) == (
+        T.TRAILING_STOP_STATUS_ACTIVE,
+        "50000",
+        "49500",
+    )
+    exchange.set_price(BTC, Decimal("51000"))
+    await stop_until(live, stop.trailing_stop_id, lambda s: s.stop_price == "50490")
+    exchange.set_price(BTC, Decimal("50500"))  # above the stop: nothing
+    exchange.set_price(BTC, Decimal("50490"))
+    triggered = await stop_until(
+        live, stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
+    )
+    assert triggered.triggered_price == "50490"
+    close = await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert (close.client_order_id, close.reduce_only, close.side) == (
+        f"ts-{stop.trailing_stop_id}",
+        True,
+        S.SIDE_SELL,
+    )
+    [at_exchange] = [o for o in exchange.orders(API_KEY) if o.client_id == f"oms{close.order_id}"]
+    assert (at_exchange.type, at_exchange.filled) == ("market", Decimal("0.02"))
+    [position] = (
+        await live.oms.positions.ListPositions(
+            pos.ListPositionsRequest(user_id=USER, include_closed=True)
+        )
+    ).positions
+    assert position.size == "0"
+
+
+async def test_closing_the_position_cancels_the_stop(live: LiveTrading) -> None:
+    await long_with_mark(live)
+    stop = await create(live)
+    await live.oms.positions.ClosePosition(
+        pos.ClosePositionRequest(
+            user_id=USER, exchange=live.venue, symbol=BTC, position_side=S.POSITION_SIDE_LONG
+        )
+    )
+    canceled = await stop_until(
+        live, stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_CANCELED
+    )
+    assert canceled.status_reason == "position_closed"
+
+
+async def test_a_cancelled_stop_never_triggers(live: LiveTrading, exchange: FakeExchange) -> None:
+    await long_with_mark(live)
+    stop = await create(live)
+    response = await live.oms.trailing_stops.CancelTrailingStop(
+        ts.CancelTrailingStopRequest(user_id=USER, trailing_stop_id=stop.trailing_stop_id)
+    )
+    assert response.trailing_stop.status == T.TRAILING_STOP_STATUS_CANCELED
+    exchange.set_price(BTC, Decimal("40000"))
+    await asyncio.sleep(0.3)  # several mark reads
+    assert len(exchange.orders(API_KEY)) == 1  # the entry only
+
+
+async def test_a_stop_without_a_position_is_refused(live: LiveTrading) -> None:
+    try:
+        await create(live)
+    except grpc.aio.AioRpcError as error:
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no open LONG position" in (error.details() or "")
+    else:
+        raise AssertionError("created a trailing stop with no position")
+
+
+async def test_a_stop_survives_a_restart(
+    live: LiveTrading, exchange: FakeExchange, redis_url: str
+) -> None:
+    await long_with_mark(live)
+    stop = await create(live)
+    exchange.set_price(BTC, Decimal("52000"))
+    await stop_until(live, stop.trailing_stop_id, lambda s: s.watermark_price == "52000")
+    await live.oms.close()
+    live.oms = await make_oms(
+        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
+    )
+    exchange.set_price(BTC, Decimal("51400"))  # stop 51480: crossed
+    triggered = await stop_until(
+        live, stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
+    )
+    await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)

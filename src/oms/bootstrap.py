@@ -122,7 +122,9 @@ class Application:
             self.store, catalog, self.paper, self.exchanges, self.hub, ids.new_id, time.time_ns
         )
         positions = Positions(self.store, catalog, orders, self.hub, self.market_data.last_price_of)
-        self.rules = ConditionalRules(self.store, journal, self.paper, ids.new_id, time.time_ns)
+        self.rules = ConditionalRules(
+            self.store, journal, self.paper, self.exchanges, ids.new_id, time.time_ns
+        )
         trailing_stops = TrailingStops(
             self.store, catalog, orders, self.paper, self.exchanges, self.hub, ids.new_id
         )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from oms.domain.conditional_rules import (
     CancelOutcome,
@@ -33,21 +34,39 @@ from oms.failpoints import crash_point
 log = logging.getLogger(__name__)
 
 
+class RuleVenue(Protocol):
+    """Where a rule's trigger order lives: the paper desks or a real exchange's account."""
+
+    def run_rules_with(self, runner: Callable[[ConditionalRule], Awaitable[object]]) -> None: ...
+
+    async def add_rule(self, rule: ConditionalRule) -> ConditionalRule | None: ...
+
+    async def delete_rule(self, rule: ConditionalRule) -> ConditionalRule | None: ...
+
+    async def cancel(self, order: Order, reason: str) -> Order: ...
+
+
 class ConditionalRules:
     def __init__(
         self,
         store: StateStore,
         journal: Journal,
         paper: PaperExchange,
+        live: RuleVenue,
         new_id: Callable[[], str],
         clock_ns: Callable[[], int],
     ) -> None:
         self._store = store
         self._journal = journal
         self._paper = paper
+        self._live = live
         self._new_id = new_id
         self._clock_ns = clock_ns
         paper.run_rules_with(self.finish)
+        live.run_rules_with(self.finish)
+
+    def _venue(self, exchange: str) -> RuleVenue:
+        return self._paper if exchange == PAPER else self._live
 
     async def create(self, command: CreateRule) -> ConditionalRule:
         trigger_id, condition, cancel_ids = validate_create_rule(command)
@@ -58,12 +77,6 @@ class ConditionalRules:
         missing = [oid for oid, order in zip(cancel_ids, listed, strict=True) if order is None]
         if missing:
             raise NotFound(f"cancel_order_ids: order {missing[0]} not found for user {user}")
-        live = next((o for o in (trigger, *listed) if o is not None and o.exchange != PAPER), None)
-        if live is not None:
-            raise FailedPrecondition(
-                f"order {live.order_id} is on {live.exchange}: conditional rules work on "
-                f"{PAPER} orders only for now"
-            )
         now = self._clock_ns()
         rule = ConditionalRule(
             rule_id=self._new_id(),
@@ -77,7 +90,7 @@ class ConditionalRules:
             updated_at_ns=now,
         )
         if trigger.is_open:
-            added = await self._paper.add_rule(rule)
+            added = await self._venue(trigger.exchange).add_rule(rule)
             if added is not None:
                 # Fired at once: the desk's caller has waited for the cancels too.
                 return await self._reread(added) if added.pending else added
@@ -118,7 +131,7 @@ class ConditionalRules:
     async def _cancel(self, rule: ConditionalRule, order: Order) -> RuleCancelResult:
         if order.is_open:
             try:
-                canceled = await self._paper.cancel(order, rule.cancel_reason)
+                canceled = await self._venue(order.exchange).cancel(order, rule.cancel_reason)
                 return RuleCancelResult(order.order_id, CancelOutcome.CANCELED, canceled.status)
             except FailedPrecondition:
                 order = await self._order(order.user_id, order.order_id)  # ended meanwhile
@@ -147,7 +160,7 @@ class ConditionalRules:
         deleted = rule.delete(self._clock_ns())
         if deleted is rule:
             return rule  # already CANCELED: a safe retry
-        outcome = await self._paper.delete_rule(rule)
+        outcome = await self._venue(rule.trigger_exchange).delete_rule(rule)
         if outcome is not None:
             return outcome
         # It fired or was retired meanwhile: answer as for the rule as it is now.

@@ -28,6 +28,7 @@ from typing import Any
 
 from oms.domain.accounts import Account, Credentials
 from oms.domain.brackets import bracket_legs
+from oms.domain.conditional_rules import ConditionalRule
 from oms.domain.decimals import ZERO
 from oms.domain.errors import (
     ConcurrentModification,
@@ -76,6 +77,7 @@ from oms.engine.gateway import (
 )
 from oms.engine.held_stops import HeldStops, is_held
 from oms.engine.journal import Journal
+from oms.engine.live_rules import LiveRules, RuleRunner
 from oms.engine.live_trailing import LiveTrailingStops
 from oms.engine.mark_prices import MarkPrices
 from oms.engine.ports import Conflict, OrderChange, PriceUpdate, StateStore
@@ -166,6 +168,7 @@ class LiveExchanges:
         )
         self._held = HeldStops()
         self._trailing = LiveTrailingStops(store, journal, self, new_id, clock_ns)
+        self._rules = LiveRules(store, journal, self, clock_ns)
         self._throttled: dict[str, tuple[float, bool]] = {}
         """exchange -> (monotonic time until which orders are not sent, banned)."""
 
@@ -208,6 +211,7 @@ class LiveExchanges:
                 if stop.user_id == account.user_id
             ]
         )
+        await self._rules.load(account.user_id, account.exchange)
         followed.start("poll", self._poll(followed))
         self._marks.follow(account.exchange)
 
@@ -217,6 +221,7 @@ class LiveExchanges:
             await followed.stop()
             self._held.release_user(account.user_id, account.exchange)
             self._trailing.forget_user(account.user_id, account.exchange)
+            self._rules.forget_user(account.user_id, account.exchange)
         if not self.followed_locks(account.exchange):
             await self._marks.unfollow(account.exchange)
 
@@ -250,6 +255,15 @@ class LiveExchanges:
 
     async def cancel_trailing_stop(self, stop: TrailingStop) -> TrailingStop | None:
         return await self._trailing.cancel(stop)
+
+    def run_rules_with(self, runner: RuleRunner) -> None:
+        self._rules.run_rules_with(runner)
+
+    async def add_rule(self, rule: ConditionalRule) -> ConditionalRule | None:
+        return await self._rules.add(rule)
+
+    async def delete_rule(self, rule: ConditionalRule) -> ConditionalRule | None:
+        return await self._rules.delete(rule)
 
     def followed_locks(self, exchange: str) -> dict[str, asyncio.Lock]:
         """user_id -> the lock of each followed account on `exchange`."""
@@ -698,6 +712,7 @@ class LiveExchanges:
                     break
             else:
                 raise ConcurrentModification(f"order {order_id} kept changing; try again")
+        await self._rules.judge(after)
         if fills:
             self._marks.nudge(order.exchange)
             flat = any(not update.position.is_open for update in updates)

@@ -247,7 +247,11 @@ class OrderServiceServicer:
         """Creates a one-shot rule: when the trigger order reaches the condition,
         every listed order still open is cancelled, once. A trigger order already
         past the condition makes the rule fire at once (the response is then
-        TRIGGERED). Errors: INVALID_ARGUMENT (missing condition, empty, duplicate
+        TRIGGERED). The trigger and the listed orders may be on any exchange; a
+        trigger on a real exchange fires right after the OMS commits its change
+        (on paper: in the same commit), and a rule that a restart interrupted
+        fires when its account is followed again.
+        Errors: INVALID_ARGUMENT (missing condition, empty, duplicate
         or too many `cancel_order_ids`, the trigger order listed among them),
         NOT_FOUND (the trigger order or a listed order does not exist for this
         user), FAILED_PRECONDITION (the trigger order is terminal without having

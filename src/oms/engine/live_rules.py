@@ -1,0 +1,126 @@
+"""Conditional rules whose trigger order is on a real exchange.
+
+On paper a rule fires in its trigger change's commit. Here the trigger's change is committed
+first and the rule is judged right after, under the trigger account's lock; a crash in
+between is caught up when the account is followed again, since every loaded rule is judged
+against its trigger as it stands. The fired rule's cancels then run as on paper
+(engine.conditional_rules.ConditionalRules.finish), and the call that caused them waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from oms.domain.conditional_rules import ConditionalRule, RuleStatus
+from oms.domain.events import RuleUpdated
+from oms.domain.orders import Order
+from oms.engine.journal import Journal
+from oms.engine.ports import StateStore
+
+RuleRunner = Callable[[ConditionalRule], Awaitable[object]]
+
+
+class Venue(Protocol):
+    def account_lock(self, user_id: str, exchange: str) -> asyncio.Lock: ...
+
+
+class LiveRules:
+    def __init__(
+        self,
+        store: StateStore,
+        journal: Journal,
+        venue: Venue,
+        clock_ns: Callable[[], int],
+    ) -> None:
+        self._store = store
+        self._journal = journal
+        self._venue = venue
+        self._clock_ns = clock_ns
+        self._by_trigger: defaultdict[str, dict[str, ConditionalRule]] = defaultdict(dict)
+        self._runner: RuleRunner | None = None
+
+    def run_rules_with(self, runner: RuleRunner) -> None:
+        """Who sends a fired rule's cancels (the engine's ConditionalRules)."""
+        self._runner = runner
+
+    async def add(self, rule: ConditionalRule) -> ConditionalRule | None:
+        """The rule as committed with its trigger's current state (ACTIVE, or fired and
+        finished); None when the trigger order is no longer open."""
+        async with self._venue.account_lock(rule.user_id, rule.trigger_exchange):
+            trigger = await self._store.get_order(rule.user_id, rule.trigger_order_id)
+            if trigger is None or not trigger.is_open:
+                return None
+            fired = rule.on_trigger_change(trigger, self._clock_ns())
+            changes = [RuleUpdated(rule)] + ([RuleUpdated(fired)] if fired else [])
+            await self._journal.record([], (), changes)
+            if fired is None:
+                self._by_trigger[rule.trigger_order_id][rule.rule_id] = rule
+                return rule
+        return await self._finish(fired)
+
+    async def delete(self, rule: ConditionalRule) -> ConditionalRule | None:
+        """The rule, CANCELED "deleted"; None when it is no longer ACTIVE here."""
+        async with self._venue.account_lock(rule.user_id, rule.trigger_exchange):
+            current = self._by_trigger[rule.trigger_order_id].get(rule.rule_id)
+            if current is None:
+                return None
+            deleted = current.delete(self._clock_ns())
+            await self._journal.record([], (), [RuleUpdated(deleted)])
+            self._forget(current)
+            return deleted
+
+    async def judge(self, trigger: Order) -> None:
+        """Fire or retire the rules a committed change of their trigger order meets."""
+        fired = []
+        for rule in list(self._by_trigger.get(trigger.order_id, {}).values()):
+            async with self._venue.account_lock(rule.user_id, rule.trigger_exchange):
+                if self._by_trigger[rule.trigger_order_id].get(rule.rule_id) is not rule:
+                    continue  # deleted or judged meanwhile
+                after = rule.on_trigger_change(trigger, self._clock_ns())
+                if after is None:
+                    continue
+                await self._journal.record([], (), [RuleUpdated(after)])
+                self._forget(rule)
+                fired.append(after)
+        for rule in fired:
+            await self._finish(rule)
+
+    async def load(self, user_id: str, exchange: str) -> None:
+        """The user's ACTIVE rules on `exchange`, judged against their triggers as they are
+        now: a trigger change committed just before a crash fires its rules here."""
+        for rule in await self._store.active_rules_on(exchange):
+            if rule.user_id == user_id and rule.status is RuleStatus.ACTIVE:
+                self._by_trigger[rule.trigger_order_id][rule.rule_id] = rule
+                trigger = await self._store.get_order(user_id, rule.trigger_order_id)
+                if trigger is not None:
+                    await self.judge(trigger)
+
+    def forget_user(self, user_id: str, exchange: str) -> None:
+        for rules in self._by_trigger.values():
+            for rule in [
+                r
+                for r in rules.values()
+                if (r.user_id, r.trigger_exchange)
+                == (
+                    user_id,
+                    exchange,
+                )
+            ]:
+                del rules[rule.rule_id]
+
+    def _forget(self, rule: ConditionalRule) -> None:
+        rules = self._by_trigger[rule.trigger_order_id]
+        rules.pop(rule.rule_id, None)
+        if not rules:
+            del self._by_trigger[rule.trigger_order_id]
+
+    async def _finish(self, rule: ConditionalRule) -> ConditionalRule:
+        if not rule.pending:
+            return rule
+        assert self._runner is not None, "run_rules_with was not called"
+        finished = await self._runner(rule)
+        assert isinstance(finished, ConditionalRule)
+        return finished

@@ -1,0 +1,87 @@
+"""Conditional rules on real exchanges (CONTRACT section 3): when the trigger order reaches
+the condition at the exchange, the listed orders still open are cancelled there, once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from decimal import Decimal
+
+from fixtures.fake_exchange import FakeExchange
+from fixtures.live_trading import API_KEY, BTC, USER, LiveTrading
+from tradingboost.oms.v1 import conditional_rule_pb2 as R
+from tradingboost.oms.v1 import order_pb2 as S
+from tradingboost.oms.v1 import order_service_pb2 as pb
+
+
+async def create_rule(live: LiveTrading, trigger: str, *cancel: str) -> R.ConditionalRule:
+    response = await live.oms.orders.CreateConditionalRule(
+        pb.CreateConditionalRuleRequest(
+            user_id=USER,
+            trigger_order_id=trigger,
+            condition=R.RULE_CONDITION_FILLED,
+            cancel_order_ids=list(cancel),
+        )
+    )
+    return response.rule
+
+
+async def rule_until(
+    live: LiveTrading, rule_id: str, done: Callable[[R.ConditionalRule], bool]
+) -> R.ConditionalRule:
+    async with asyncio.timeout(5):
+        while True:
+            response = await live.oms.orders.GetConditionalRule(
+                pb.GetConditionalRuleRequest(user_id=USER, rule_id=rule_id)
+            )
+            if done(response.rule):
+                return response.rule
+            await asyncio.sleep(0.02)
+
+
+def at_exchange(exchange: FakeExchange, order: S.Order) -> str:
+    [found] = [o for o in exchange.orders(API_KEY) if o.client_id == f"oms{order.order_id}"]
+    return found.status
+
+
+async def test_when_a_fills_b_and_c_are_cancelled_at_the_exchange_and_d_is_not(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    a, b, c, d = [await live.place(price=p) for p in ("49000", "48000", "47000", "46000")]
+    rule = await create_rule(live, a.order_id, b.order_id, c.order_id)
+    assert rule.status == R.RULE_STATUS_ACTIVE
+    exchange.set_price(BTC, Decimal("48900"))
+    fired = await rule_until(live, rule.rule_id, lambda r: len(r.results) == 2)
+    assert fired.status == R.RULE_STATUS_TRIGGERED
+    assert {(r.order_id, r.outcome, r.order_status) for r in fired.results} == {
+        (b.order_id, R.RULE_CANCEL_OUTCOME_CANCELED, S.ORDER_STATUS_CANCELED),
+        (c.order_id, R.RULE_CANCEL_OUTCOME_CANCELED, S.ORDER_STATUS_CANCELED),
+    }
+    assert (at_exchange(exchange, b), at_exchange(exchange, c)) == ("canceled", "canceled")
+    assert at_exchange(exchange, d) == "open"
+    assert (await live.get(b.order_id)).cancel_reason == f"conditional rule {rule.rule_id}"
+
+
+async def test_a_rule_on_a_trigger_filled_already_fires_at_once(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    a = await live.place(type=S.ORDER_TYPE_MARKET, price="")
+    b = await live.place(price="48000")
+    rule = await create_rule(live, a.order_id, b.order_id)
+    assert rule.status == R.RULE_STATUS_TRIGGERED
+    [result] = rule.results
+    assert (result.order_id, result.outcome) == (b.order_id, R.RULE_CANCEL_OUTCOME_CANCELED)
+    assert at_exchange(exchange, b) == "canceled"
+
+
+async def test_a_deleted_rule_cancels_nothing(live: LiveTrading, exchange: FakeExchange) -> None:
+    a, b = [await live.place(price=p) for p in ("49000", "48000")]
+    rule = await create_rule(live, a.order_id, b.order_id)
+    deleted = await live.oms.orders.DeleteConditionalRule(
+        pb.DeleteConditionalRuleRequest(user_id=USER, rule_id=rule.rule_id)
+    )
+    assert deleted.rule.status == R.RULE_STATUS_CANCELED
+    exchange.set_price(BTC, Decimal("48900"))
+    await live.until(a.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert (await live.get(b.order_id)).status == S.ORDER_STATUS_OPEN
+    assert at_exchange(exchange, b) == "open"

@@ -78,6 +78,7 @@ def venue_policy(settings: Settings) -> Callable[[str], VenuePolicy]:
             poll_interval_s=table.poll_interval_s,
             lookup_grace_s=table.lookup_grace_s,
             mark_interval_s=table.mark_interval_s,
+            fill_lookback_s=table.fill_lookback_s,
             rate_limit_backoff_s=table.rate_limit_backoff_s,
             ban_backoff_s=table.ban_backoff_s,
         )

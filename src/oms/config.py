@@ -232,6 +232,9 @@ class ExchangeSettings(BaseModel):
     mark_interval_s: float = Field(default=1.0, gt=0)
     """How often the marks of the symbols in use (positions, held stops) are read over REST,
     the fallback under the exchange's websocket ticker feed."""
+    fill_lookback_s: float = Field(default=86_400.0, gt=0)
+    """How far back reconciliation reads the exchange's fills of orders the OMS holds
+    finished (a fill reported after the cancel while the OMS was down)."""
     rate_limit_backoff_s: float = Field(default=1.0, ge=0)
     """After the exchange answers 429 (too many requests), new orders are refused for this
     long without being sent (RESOURCE_EXHAUSTED)."""

@@ -137,3 +137,23 @@ async def test_a_position_the_oms_did_not_fill_is_reported_as_drift(
         await live.oms.positions.ListPositions(pos.ListPositionsRequest(user_id=USER))
     ).positions
     assert position.size == "0.02"  # reported, not repaired: the OMS keeps its own fills
+
+
+async def test_a_fill_listed_after_the_cancel_is_applied_at_start(
+    live: LiveTrading, exchange: FakeExchange, redis_url: str
+) -> None:
+    order = await live.place(price="49000")
+    await live.cancel(order.order_id)
+    await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
+    await live.oms.close()
+    # The exchange now lists a fill that raced the cancel; no feed was there to tell.
+    exchange.engine.late_fill(API_KEY, order.exchange_order_id, Decimal("0.01"))
+    await restart(live, redis_url)
+    after = await live.get(order.order_id)
+    assert (after.status, after.filled_quantity) == (S.ORDER_STATUS_CANCELED, "0.01")
+    [fill] = await live.fills(order.order_id)
+    assert fill.exchange_trade_id == exchange.trades(API_KEY)[0].trade_id
+    [position] = (
+        await live.oms.positions.ListPositions(pos.ListPositionsRequest(user_id=USER))
+    ).positions
+    assert position.size == "0.01"

@@ -7,6 +7,7 @@
 | cancel        | cancel an order; its report after the cancel                             |
 | fetch_order   | one order by exchange id, else by client id; None: the exchange has none |
 | fetch_fills   | the executions of one order                                              |
+| recent_fills  | the account's executions on one symbol since a time                      |
 | open_orders   | the account's open orders on one symbol, or on all (None)                |
 | positions     | the account's open positions, per hedge-mode side                        |
 | has_feed      | whether watch_orders works (a websocket order feed)                      |
@@ -86,6 +87,8 @@ class ExchangeGateway(Protocol):
     async def fetch_order(self, order: Order, client_id: str) -> OrderReport | None: ...
 
     async def fetch_fills(self, symbol: str, exchange_order_id: str) -> list[FillReport]: ...
+
+    async def recent_fills(self, symbol: str, since_ns: int) -> list[FillReport]: ...
 
     async def open_orders(self, symbol: str | None) -> list[OrderReport]: ...
 

@@ -58,6 +58,7 @@ from oms.domain.positions import Position, PositionKey, apply_fill, open_record,
 from oms.domain.trailing_stops import TrailingStop, TrailingStopSpec
 from oms.domain.venue_reports import (
     EXTERNAL_CLIENT_ID_PREFIX,
+    FillReport,
     OrderReport,
     external_order,
     fill_of,
@@ -80,12 +81,14 @@ from oms.engine.journal import Journal
 from oms.engine.live_rules import LiveRules, RuleRunner
 from oms.engine.live_trailing import LiveTrailingStops
 from oms.engine.mark_prices import MarkPrices
-from oms.engine.ports import Conflict, OrderChange, PriceUpdate, StateStore
+from oms.engine.ports import Conflict, OrderChange, OrderQuery, PriceUpdate, StateStore
 
 log = logging.getLogger(__name__)
 
 _PENDING = (OrderStatus.PENDING_NEW, OrderStatus.PENDING_CANCEL)
 _COMMIT_ATTEMPTS = 3
+# Newest orders of an account that reconciliation checks for fills reported late.
+_SWEPT_ORDERS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,8 @@ class VenuePolicy:
     max_backoff_s: float = 5.0
     mark_interval_s: float = 1.0
     """How often the mark prices of symbols held in positions are read."""
+    fill_lookback_s: float = 86_400.0
+    """How far back reconciliation reads the exchange's fills of finished orders."""
     rate_limit_backoff_s: float = 1.0
     """After a 429, how long new orders are refused without being sent."""
     ban_backoff_s: float = 120.0
@@ -396,11 +401,22 @@ class LiveExchanges:
 
     # -- settling -------------------------------------------------------------------------
 
-    async def _settle(self, followed: _Account, order_id: str, report: OrderReport) -> Order:
-        """Bring the order in line with a report: its fills first, then its status."""
+    async def _settle(
+        self,
+        followed: _Account,
+        order_id: str,
+        report: OrderReport | None,
+        fills: Sequence[FillReport] = (),
+    ) -> Order:
+        """Bring the order in line with a report: its fills first, then its status. Without
+        `fills` they are read from the exchange when the report says more filled."""
         order = await self._get(followed, order_id)
-        fills = []
-        if report.filled_quantity > order.filled_quantity and report.exchange_order_id:
+        if (
+            not fills
+            and report is not None
+            and report.filled_quantity > order.filled_quantity
+            and report.exchange_order_id
+        ):
             fills = await followed.gateway.fetch_fills(order.symbol, report.exchange_order_id)
         trade_ids = [fill.trade_id for fill in fills]
 
@@ -568,6 +584,7 @@ class LiveExchanges:
         if reconcile:
             listed = await followed.gateway.open_orders(None)
             await self._track_external(followed, listed)
+            await self._sweep_fills(followed)
             await self._compare_positions(followed)
         else:
             listed = [
@@ -603,6 +620,41 @@ class LiveExchanges:
                             order.filled_quantity,
                         )
                     await self._settle(followed, order.order_id, report)
+
+    async def _sweep_fills(self, followed: _Account) -> None:
+        """Apply the exchange's recent fills of orders the OMS holds finished: a fill reported
+        after the cancel, while the OMS was down or its feed was. Recent: orders the OMS
+        changed in the last `fill_lookback_s`, among the account's newest."""
+        lookback_ns = int(self._policy(followed.exchange).fill_lookback_s * 1e9)
+        since_ns = self._clock_ns() - lookback_ns
+        page = await self._store.list_orders(
+            OrderQuery(
+                user_id=followed.user_id, page_size=_SWEPT_ORDERS, exchange=followed.exchange
+            )
+        )
+        finished = {
+            order.exchange_order_id: order
+            for order in page.items
+            if not order.is_open and order.exchange_order_id and order.updated_at_ns >= since_ns
+        }
+        for symbol in sorted({order.symbol for order in finished.values()}):
+            by_order: defaultdict[str, list[FillReport]] = defaultdict(list)
+            for fill in await followed.gateway.recent_fills(symbol, since_ns):
+                if fill.exchange_order_id in finished:
+                    by_order[fill.exchange_order_id].append(fill)
+            for exchange_order_id, fills in by_order.items():
+                order = finished[exchange_order_id]
+                total = sum((fill.quantity for fill in fills), ZERO)
+                if total != order.filled_quantity:
+                    log.warning(
+                        "reconciliation: order %s on %s filled %s at the exchange, %s in the "
+                        "OMS; applying the missing fills",
+                        order.order_id,
+                        order.exchange,
+                        total,
+                        order.filled_quantity,
+                    )
+                    await self._settle(followed, order.order_id, None, fills)
 
     async def _compare_positions(self, followed: _Account) -> None:
         """Report every side whose size at the exchange differs from the OMS's, which keeps

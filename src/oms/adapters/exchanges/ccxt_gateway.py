@@ -219,6 +219,10 @@ class CcxtGateway:
             trades = await self._call(self._client.fetch_order_trades, exchange_order_id, symbol)
         return [self._fill(trade) for trade in trades]
 
+    async def recent_fills(self, symbol: str, since_ns: int) -> list[FillReport]:
+        trades = await self._call(self._client.fetch_my_trades, symbol, since_ns // 1_000_000)
+        return [self._fill(trade) for trade in trades]
+
     async def open_orders(self, symbol: str | None) -> list[OrderReport]:
         raws = await self._call(self._client.fetch_open_orders, symbol)
         reports = [self._report(raw, raw.get("clientOrderId") or "") for raw in raws]

@@ -5,8 +5,11 @@ placed an order; the restarted OMS finds all of it before it reports SERVING."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from decimal import Decimal
+from typing import Any
 
+import grpc
 import pytest
 from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import (
@@ -20,10 +23,14 @@ from fixtures.live_trading import (
     outside_client,
 )
 from fixtures.oms_server import make_oms
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import SecretStr
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as pb
 from tradingboost.oms.v1 import position_service_pb2 as pos
+
+from oms.bootstrap import Application
+from oms.config import Settings
 
 
 async def restart(live: LiveTrading, redis_url: str) -> None:
@@ -157,3 +164,46 @@ async def test_a_fill_listed_after_the_cancel_is_applied_at_start(
         await live.oms.positions.ListPositions(pos.ListPositionsRequest(user_id=USER))
     ).positions
     assert position.size == "0.01"
+
+
+async def test_health_stays_not_serving_until_every_account_is_reconciled(
+    live: LiveTrading, exchange: FakeExchange, redis_url: str
+) -> None:
+    await live.oms.close()
+    await exchange.stop()  # the exchange is down while the OMS starts
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = Settings(
+        listen=f"127.0.0.1:{port}",
+        redis_url=redis_url,
+        shutdown_grace_s=0.5,
+        master_key=SecretStr(MASTER_KEY),
+        exchanges=exchange_settings(exchange),
+    )
+    app = Application(settings, redis_url)
+    starting = asyncio.create_task(app.start())
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    health: Any = health_pb2_grpc.HealthStub(channel)
+    try:
+        async with asyncio.timeout(5):
+            while True:
+                try:
+                    answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    break
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(0.05)  # not listening yet
+        assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert not starting.done()
+        await exchange.start()
+        await asyncio.wait_for(starting, 10)
+        answer = await health.Check(health_pb2.HealthCheckRequest())
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await channel.close(grace=None)
+        if not starting.done():
+            starting.cancel()
+        await app.stop()
+    live.oms = await make_oms(
+        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
+    )

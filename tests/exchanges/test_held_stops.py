@@ -4,10 +4,8 @@ rules as the paper exchange's section 7)."""
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 
-import grpc
 from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import (
     API_KEY,
@@ -18,7 +16,6 @@ from fixtures.live_trading import (
     exchange_settings,
 )
 from fixtures.oms_server import make_oms
-from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import position_pb2
 from tradingboost.oms.v1 import position_service_pb2 as pos
@@ -27,22 +24,6 @@ from tradingboost.oms.v1 import position_service_pb2 as pos
 async def long_position(live: LiveTrading) -> None:
     entry = await live.place(type=S.ORDER_TYPE_MARKET, price="")
     assert entry.status == S.ORDER_STATUS_FILLED
-
-
-async def until_marked(live: LiveTrading, price: str) -> None:
-    """Until the OMS has read `price` as the mark (the held stops have seen it)."""
-    async with asyncio.timeout(5):
-        while True:
-            try:
-                got = await live.oms.market.GetPrice(
-                    md.GetPriceRequest(exchange=live.venue, symbol=BTC)
-                )
-                if got.price.price == price:
-                    return
-            except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.NOT_FOUND:  # no mark read yet
-                    raise
-            await asyncio.sleep(0.02)
 
 
 def sent(exchange: FakeExchange) -> int:
@@ -63,7 +44,7 @@ async def test_a_stop_loss_is_held_until_the_mark_reaches_it_then_sent_as_market
     assert (stop.status, stop.exchange_order_id) == (S.ORDER_STATUS_OPEN, "")
     assert sent(exchange) == 1  # the entry only
     exchange.set_price(BTC, Decimal("49500"))
-    await until_marked(live, "49500")
+    await live.until_mark("49500")
     assert (await live.get(stop.order_id)).status == S.ORDER_STATUS_OPEN
     assert sent(exchange) == 1
 
@@ -91,7 +72,7 @@ async def test_a_take_profit_fires_on_the_way_up(live: LiveTrading, exchange: Fa
         reduce_only=True,
     )
     exchange.set_price(BTC, Decimal("50900"))
-    await until_marked(live, "50900")
+    await live.until_mark("50900")
     assert (await live.get(take.order_id)).status == S.ORDER_STATUS_OPEN
     exchange.set_price(BTC, Decimal("51200"))
     done = await live.until(take.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
@@ -102,7 +83,7 @@ async def test_a_stop_the_mark_has_reached_already_is_rejected(
     live: LiveTrading, exchange: FakeExchange
 ) -> None:
     await long_position(live)
-    await until_marked(live, "50000")
+    await live.until_mark("50000")
     stop = await live.place(
         side=S.SIDE_SELL, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="50500"
     )
@@ -122,7 +103,7 @@ async def test_cancelling_a_held_stop_sends_nothing(
     canceled = await live.cancel(stop.order_id)
     assert canceled.status == S.ORDER_STATUS_CANCELED
     exchange.set_price(BTC, Decimal("53000"))
-    await until_marked(live, "53000")
+    await live.until_mark("53000")
     assert (await live.get(stop.order_id)).status == S.ORDER_STATUS_CANCELED
     assert sent(exchange) == 0
     assert not any(method != "GET" and "order" in path for method, path, _ in exchange.requests)

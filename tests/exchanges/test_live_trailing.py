@@ -18,7 +18,6 @@ from fixtures.live_trading import (
     exchange_settings,
 )
 from fixtures.oms_server import make_oms
-from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import position_service_pb2 as pos
 from tradingboost.oms.v1 import trailing_stop_pb2 as T
@@ -28,18 +27,7 @@ from tradingboost.oms.v1 import trailing_stop_service_pb2 as ts
 async def long_with_mark(live: LiveTrading) -> None:
     """A long 0.02 BTC, and the OMS holding the mark 50000 (a stop starts from it)."""
     await live.place(type=S.ORDER_TYPE_MARKET, price="")
-    async with asyncio.timeout(5):
-        while True:
-            try:
-                got = await live.oms.market.GetPrice(
-                    md.GetPriceRequest(exchange=live.venue, symbol=BTC)
-                )
-                if got.price.price == "50000":
-                    return
-            except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.NOT_FOUND:
-                    raise
-            await asyncio.sleep(0.02)
+    await live.until_mark("50000")
 
 
 async def create(live: LiveTrading, **fields: str) -> T.TrailingStop:

@@ -8,7 +8,7 @@ from enum import Enum
 
 from oms.domain.decimals import ZERO, add, div, mul, sub
 from oms.domain.errors import FailedPrecondition
-from oms.domain.fills import Fill
+from oms.domain.fills import Fill, Liquidity
 
 
 class Side(Enum):
@@ -246,6 +246,36 @@ class Order:
         if self.status.is_terminal:
             return ZERO
         return sub(self.quantity, self.filled_quantity)
+
+    def fill(
+        self,
+        fill_id: str,
+        price: Decimal,
+        quantity: Decimal,
+        fee: Decimal,
+        fee_currency: str,
+        liquidity: Liquidity,
+        time_ns: int,
+        exchange_trade_id: str,
+    ) -> Fill:
+        """An execution of this order, to apply with OrderFilled."""
+        return Fill(
+            fill_id=fill_id,
+            order_id=self.order_id,
+            client_order_id=self.client_order_id,
+            user_id=self.user_id,
+            exchange=self.exchange,
+            symbol=self.symbol,
+            side=self.side,
+            position_side=self.position_side,
+            price=price,
+            quantity=quantity,
+            fee=fee,
+            fee_currency=fee_currency,
+            liquidity=liquidity,
+            time_ns=time_ns,
+            exchange_trade_id=exchange_trade_id,
+        )
 
     @property
     def average_fill_price(self) -> Decimal | None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from oms.domain.decimals import mul, sub
-from oms.domain.fills import Fill, Liquidity
+from oms.domain.fills import Liquidity
 from oms.domain.markets import Market
 from oms.domain.orders import (
     Order,
@@ -72,22 +72,16 @@ def _filled(
 ) -> OrderFilled:
     rate = ctx.fees.maker_rate if liquidity is Liquidity.MAKER else ctx.fees.taker_rate
     fill_id = ctx.new_id()
+    fee = mul(price, quantity, ctx.market.contract_size, rate)
     return OrderFilled(
-        Fill(
-            fill_id=fill_id,
-            order_id=order.order_id,
-            client_order_id=order.client_order_id,
-            user_id=order.user_id,
-            exchange=order.exchange,
-            symbol=order.symbol,
-            side=order.side,
-            position_side=order.position_side,
-            price=price,
-            quantity=quantity,
-            fee=mul(price, quantity, ctx.market.contract_size, rate),
-            fee_currency=ctx.market.settle,
-            liquidity=liquidity,
-            time_ns=ctx.now_ns,
+        order.fill(
+            fill_id,
+            price,
+            quantity,
+            fee,
+            ctx.market.settle,
+            liquidity,
+            ctx.now_ns,
             exchange_trade_id=fill_id,
         )
     )

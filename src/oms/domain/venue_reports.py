@@ -142,21 +142,14 @@ def external_order(
 
 
 def fill_of(order: Order, report: FillReport, fill_id: str) -> Fill:
-    return Fill(
-        fill_id=fill_id,
-        order_id=order.order_id,
-        client_order_id=order.client_order_id,
-        user_id=order.user_id,
-        exchange=order.exchange,
-        symbol=order.symbol,
-        side=order.side,
-        position_side=order.position_side,
-        price=report.price,
-        quantity=report.quantity,
-        fee=report.fee,
-        fee_currency=report.fee_currency,
-        liquidity=report.liquidity,
-        time_ns=report.time_ns,
+    return order.fill(
+        fill_id,
+        report.price,
+        report.quantity,
+        report.fee,
+        report.fee_currency,
+        report.liquidity,
+        report.time_ns,
         exchange_trade_id=report.trade_id,
     )
 

@@ -8,7 +8,8 @@ from decimal import Decimal
 
 import pytest
 from fixtures.fake_exchange import FakeExchange
-from fixtures.live_trading import BTC, USER, LiveTrading
+from fixtures.live_trading import BTC, MASTER_KEY, USER, LiveTrading, exchange_settings
+from fixtures.oms_server import make_oms
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import position_pb2, trailing_stop_pb2
 from tradingboost.oms.v1 import position_service_pb2 as pos
@@ -106,3 +107,36 @@ async def test_an_open_position_trailing_stop_starts_with_the_entry(
     close = await live.until_found(f"ts-{stop.trailing_stop_id}")
     closed = await live.until(close.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
     assert closed.average_fill_price == "49400"
+
+
+async def test_an_entry_that_filled_while_the_oms_was_down_gets_its_exits_at_start(
+    live: LiveTrading, exchange: FakeExchange, redis_url: str
+) -> None:
+    opened = await live.oms.positions.OpenPosition(
+        pos.OpenPositionRequest(
+            user_id=USER,
+            exchange=live.venue,
+            symbol=BTC,
+            position_side=S.POSITION_SIDE_LONG,
+            type=S.ORDER_TYPE_LIMIT,
+            price="49500",
+            quantity="0.02",
+            take_profit_price="51000",
+            stop_loss_price="48000",
+        )
+    )
+    assert opened.entry_order.status == S.ORDER_STATUS_OPEN
+    await live.oms.close()
+    exchange.set_price(BTC, Decimal("49400"))  # the entry fills while nobody watches
+    live.oms = await make_oms(
+        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
+    )
+    assert (await live.get(opened.entry_order.order_id)).status == S.ORDER_STATUS_FILLED
+    take_profit = await live.get(opened.take_profit_order_id)
+    assert (take_profit.status, take_profit.quantity) == (S.ORDER_STATUS_OPEN, "0.02")
+    exchange.set_price(BTC, Decimal("51100"))
+    await live.until(opened.take_profit_order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    stop_loss = await live.until(
+        opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED
+    )
+    assert stop_loss.cancel_reason == f"one-cancels-other: {opened.take_profit_order_id} filled"

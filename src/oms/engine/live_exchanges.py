@@ -374,7 +374,9 @@ class LiveExchanges:
             log.error("order %s: triggered but not sent: %s", order.order_id, error)
 
     async def cancel(self, order: Order, reason: str) -> Order:
-        followed = self._followed(order)
+        return await self._cancel_on(self._followed(order), order, reason)
+
+    async def _cancel_on(self, followed: _Account, order: Order, reason: str) -> Order:
         if order.status is OrderStatus.PENDING_CANCEL:
             return order
         if is_held(order) and self._held.release(order):
@@ -776,7 +778,7 @@ class LiveExchanges:
         paper they share it; here a crash in between leaves them undone, a known gap): an
         entry's exits placed or grown, the linked exit of a filled one cancelled, and the
         exits of a position that went flat cancelled."""
-        if order.bracket is not None:
+        if order.bracket is not None and not flat:
             await self._place_exits(followed, order)
         if order.linked_order_id:
             await self._cancel_exit(
@@ -820,7 +822,8 @@ class LiveExchanges:
         if order is None or not order.is_open:
             return
         try:
-            await self.cancel(order, reason)
+            # On the account being reconciled, which is not followed until that is done.
+            await self._cancel_on(followed, order, reason)
         except (OmsError, GatewayError) as error:
             log.error("order %s: could not cancel the exit (%s): %s", order_id, reason, error)
 

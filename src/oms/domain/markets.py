@@ -63,9 +63,9 @@ class MarketCatalog:
         """(exchange, unified symbol or market id)."""
         return key in self._by_key
 
-    @property
-    def exchanges(self) -> frozenset[str]:
-        return frozenset(self._exchanges)
+    def has_exchange(self, exchange: str) -> bool:
+        """Whether the exchange's markets are loaded (no copy: PlaceOrder asks every time)."""
+        return exchange in self._exchanges
 
     def check_exchange(self, exchange: str, field: str = "exchange") -> str:
         if not exchange:

@@ -275,7 +275,7 @@ class LiveExchanges:
         return {user: a.lock for (user, ex), a in self._accounts.items() if ex == exchange}
 
     async def load_markets(self, exchange: str) -> None:
-        if exchange in self._catalog.exchanges:
+        if self._catalog.has_exchange(exchange):
             return
         try:
             markets = await self._connector.load_markets(exchange)

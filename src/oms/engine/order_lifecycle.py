@@ -103,7 +103,7 @@ class OrderLifecycle:
         self._clock_ns = clock_ns
 
     async def place(self, command: PlaceOrder) -> Order:
-        if command.exchange not in self._catalog.exchanges:
+        if not self._catalog.has_exchange(command.exchange):
             # A real exchange's markets load when its first account is activated.
             self._live.check_followed(command.user_id, command.exchange)
         return await self.submit(validate_place_order(command, self._catalog))

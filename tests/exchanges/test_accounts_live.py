@@ -5,7 +5,9 @@ followed again after a restart (CONTRACT section 10)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from typing import Any
 
 import grpc
 import pytest
@@ -25,6 +27,8 @@ from tradingboost.oms.v1 import account_pb2
 from tradingboost.oms.v1 import account_service_pb2 as pb
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as orders_pb
+from tradingboost.oms.v1 import position_service_pb2 as pos
+from tradingboost.oms.v1 import trailing_stop_service_pb2 as ts
 
 
 async def test_activation_lists_the_account_and_deactivation_stops_trading(
@@ -143,20 +147,33 @@ async def test_an_active_account_is_followed_again_after_a_restart(
         await restarted.close()
 
 
-async def test_placing_on_a_real_exchange_needs_an_active_account(redis_url: str) -> None:
+@pytest.mark.parametrize("rpc", ["PlaceOrder", "OpenPosition", "CreateTrailingStop"])
+async def test_trading_on_a_real_exchange_needs_an_active_account(redis_url: str, rpc: str) -> None:
     oms = await make_oms(redis_url, master_key=MASTER_KEY)
+    common: dict[str, Any] = {"user_id": USER, "exchange": "binanceusdm", "symbol": BTC}
+    calls: dict[str, Callable[[], Awaitable[Any]]] = {
+        "PlaceOrder": lambda: oms.orders.PlaceOrder(
+            orders_pb.PlaceOrderRequest(
+                **common, side=S.SIDE_BUY, type=S.ORDER_TYPE_MARKET, quantity="0.01"
+            )
+        ),
+        "OpenPosition": lambda: oms.positions.OpenPosition(
+            pos.OpenPositionRequest(
+                **common,
+                position_side=S.POSITION_SIDE_LONG,
+                type=S.ORDER_TYPE_MARKET,
+                quantity="0.01",
+            )
+        ),
+        "CreateTrailingStop": lambda: oms.trailing_stops.CreateTrailingStop(
+            ts.CreateTrailingStopRequest(
+                **common, position_side=S.POSITION_SIDE_LONG, callback_rate="0.01"
+            )
+        ),
+    }
     try:
         with pytest.raises(grpc.aio.AioRpcError) as error:
-            await oms.orders.PlaceOrder(
-                orders_pb.PlaceOrderRequest(
-                    user_id=USER,
-                    exchange="binanceusdm",
-                    symbol=BTC,
-                    side=S.SIDE_BUY,
-                    type=S.ORDER_TYPE_MARKET,
-                    quantity="0.01",
-                )
-            )
+            await calls[rpc]()
         assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "no active account on binanceusdm" in (error.value.details() or "")
     finally:

@@ -102,10 +102,15 @@ class OrderLifecycle:
         self._new_id = new_id
         self._clock_ns = clock_ns
 
+    def check_tradable(self, user_id: str, exchange: str) -> None:
+        """FAILED_PRECONDITION for a real exchange whose markets are not loaded because the
+        user has no active account there (its markets load with the first activation);
+        anything else is left to validation."""
+        if not self._catalog.has_exchange(exchange):
+            self._live.check_followed(user_id, exchange)
+
     async def place(self, command: PlaceOrder) -> Order:
-        if not self._catalog.has_exchange(command.exchange):
-            # A real exchange's markets load when its first account is activated.
-            self._live.check_followed(command.user_id, command.exchange)
+        self.check_tradable(command.user_id, command.exchange)
         return await self.submit(validate_place_order(command, self._catalog))
 
     async def submit(self, spec: OrderSpec) -> Order:

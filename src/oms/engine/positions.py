@@ -140,6 +140,7 @@ class Positions:
         return self._hub.follow(query.user_id, query.after_sequence, accept)
 
     async def open(self, command: OpenPosition) -> OpenedPosition:
+        self._orders.check_tradable(command.user_id, command.exchange)
         market = self._catalog.resolve(command.exchange, command.symbol)
         last = self._last_price(market.exchange, market.symbol)
         if command.client_order_id:

@@ -68,6 +68,7 @@ class TrailingStops:
         self._new_id = new_id
 
     async def create(self, command: CreateTrailingStop) -> TrailingStop:
+        self._orders.check_tradable(command.user_id, command.exchange)
         spec = validate_create_trailing_stop(command, self._catalog)
         if spec.client_id:
             # A retry is answered by idempotency, not judged again against a moved price.

@@ -32,7 +32,7 @@ BAD_OPENS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("user_id",), {"user_id": ""}),
     (("user_id",), {"user_id": "bad user!"}),
     (("user_id",), {"user_id": MB}),
-    (("exchange",), {"exchange": "binance"}),
+    (("exchange",), {"exchange": "nosuchexchange"}),
     (("exchange",), {"exchange": ""}),
     (("symbol",), {"symbol": "DOGE/USDT:USDT"}),
     (("symbol",), {"symbol": ""}),

@@ -961,7 +961,7 @@ BAD_CREATES: list[tuple[str, dict[str, Any]]] = [
     ("user_id", {"user_id": ""}),
     ("user_id", {"user_id": "bad user!"}),
     ("user_id", {"user_id": "u" * 65}),
-    ("exchange", {"exchange": "binance"}),
+    ("exchange", {"exchange": "nosuchexchange"}),
     ("exchange", {"exchange": ""}),
     ("symbol", {"symbol": "DOGE/USDT:USDT"}),
     ("symbol", {"symbol": ""}),

@@ -10,8 +10,9 @@ a lookup by the OMS's client id with backoff. Only when the exchange positively 
 order once `lookup_grace_s` has passed since the submit is it REJECTED. An ambiguous cancel
 leaves it PENDING_CANCEL, looked up and, while still open, cancelled again.
 
-Until the exchange's websocket feeds are followed, fills and exchange-side changes reach the
-OMS by polling the account's open orders every `poll_interval_s`.
+Changes reach the OMS through the account's websocket order feed where ccxt has one, with a
+REST backfill after every drop, and through a poll of the account's open orders every
+`poll_interval_s` (the safety net, and the only source elsewhere).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class VenuePolicy:
     """First wait between lookups of an ambiguous order; doubles up to max_backoff_s."""
     max_backoff_s: float = 5.0
     mark_interval_s: float = 1.0
-    """How often the mark prices of symbols held in positions are read."""
+    """How often the marks of the symbols in use are read over REST (under the ticker feed)."""
     fill_lookback_s: float = 86_400.0
     """How far back reconciliation reads the exchange's fills of finished orders."""
     rate_limit_backoff_s: float = 1.0
@@ -536,16 +537,21 @@ class LiveExchanges:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, policy.max_backoff_s)
 
-    async def _on_report(self, followed: _Account, report: OrderReport) -> None:
-        """Settle the order a feed update is about; track an order placed outside the OMS."""
-        order = None
+    async def _known_order(self, followed: _Account, report: OrderReport) -> Order | None:
+        """The OMS order an exchange report is about: one it sent (by the client id it gave
+        it), or one placed outside that it tracks (by its "ext-" client order id)."""
         if report.client_id.startswith(EXCHANGE_CLIENT_ID_PREFIX):
             order_id = report.client_id.removeprefix(EXCHANGE_CLIENT_ID_PREFIX)
             order = await self._store.get_order(followed.user_id, order_id)
-        if order is None:
-            order = await self._store.get_order_by_client_id(
-                followed.user_id, f"{EXTERNAL_CLIENT_ID_PREFIX}{report.exchange_order_id}"
-            )
+            if order is not None:
+                return order
+        return await self._store.get_order_by_client_id(
+            followed.user_id, f"{EXTERNAL_CLIENT_ID_PREFIX}{report.exchange_order_id}"
+        )
+
+    async def _on_report(self, followed: _Account, report: OrderReport) -> None:
+        """Settle the order a feed update is about; track an order placed outside the OMS."""
+        order = await self._known_order(followed, report)
         if order is None:
             if not report.status.is_terminal:
                 await self._track_external(followed, [report])
@@ -570,8 +576,9 @@ class LiveExchanges:
         """Read the account's open orders back from the exchange and settle those that
         changed; unsettled ones get a lookup of their own.
 
-        With `reconcile` (on activation and at start-up) every open order of the account is
-        listed at once, and one the OMS did not place is tracked from then on (RECONCILED).
+        With `reconcile` (on activation, at start-up and after the feed dropped) every open
+        order of the account is listed at once, one the OMS did not place is tracked from then
+        on (RECONCILED), recent fills of finished orders are read and positions compared.
         """
         by_symbol: dict[str, list[Order]] = defaultdict(list)
         for order in await self._store.open_orders(followed.user_id):
@@ -687,21 +694,16 @@ class LiveExchanges:
                 )
 
     async def _track_external(self, followed: _Account, listed: list[OrderReport]) -> None:
-        """Track the open orders the OMS did not place. An OMS order is known by the client
-        id the OMS sent, an external one already tracked by its client order id."""
+        """Track the open orders the OMS did not place."""
         for report in listed:
-            own = report.client_id.startswith(EXCHANGE_CLIENT_ID_PREFIX) and (
-                await self._store.get_order(
-                    followed.user_id, report.client_id.removeprefix(EXCHANGE_CLIENT_ID_PREFIX)
-                )
-            )
-            if own:
-                if not own.is_open:
+            known = await self._known_order(followed, report)
+            if known is not None:
+                if not known.is_open:
                     log.error(
                         "reconciliation: %s has order %s open, which the OMS holds %s",
                         followed.exchange,
-                        own.order_id,
-                        own.status.value,
+                        known.order_id,
+                        known.status.value,
                     )
                 continue
             order = external_order(

@@ -129,12 +129,13 @@ class MarkPrices:
     async def refresh(self, exchange: str) -> list[str]:
         """Read the marks of the symbols in use on `exchange` over REST and apply the ones
         that moved; returns those symbols."""
+        positions = await self._positions(exchange)
         symbols = sorted(
-            {position.symbol for position in await self._positions(exchange)}
-            | self._accounts.held_symbols(exchange)
+            {position.symbol for position in positions} | self._accounts.held_symbols(exchange)
         )
         if symbols:
-            await self._apply(exchange, await self._connector.mark_prices(exchange, symbols))
+            marks = await self._connector.mark_prices(exchange, symbols)
+            await self._apply(exchange, marks, positions)
         return symbols
 
     async def _positions(self, exchange: str) -> list[Position]:
@@ -146,7 +147,14 @@ class MarkPrices:
             if position.is_open and position.user_id in locks
         ]
 
-    async def _apply(self, exchange: str, marks: dict[str, Decimal]) -> None:
+    async def _apply(
+        self,
+        exchange: str,
+        marks: dict[str, Decimal],
+        positions: list[Position] | None = None,
+    ) -> None:
+        """`positions`: the open ones when the caller has just read them (each is read again
+        under its account's lock before it is marked)."""
         # One at a time per exchange: a REST read must not land over a newer pushed price.
         async with self._applying[exchange]:
             moved = {
@@ -163,7 +171,9 @@ class MarkPrices:
             self._observe(updates)
             await self._accounts.on_marks(exchange, moved)
             held: defaultdict[str, list[Position]] = defaultdict(list)
-            for position in await self._positions(exchange):
+            if positions is None:
+                positions = await self._positions(exchange)
+            for position in positions:
                 if position.symbol in moved:
                     held[position.user_id].append(position)
             locks = self._accounts.followed_locks(exchange)

@@ -225,7 +225,7 @@ class CcxtGateway:
 
     async def open_orders(self, symbol: str | None) -> list[OrderReport]:
         raws = await self._call(self._client.fetch_open_orders, symbol)
-        reports = [self._report(raw, raw.get("clientOrderId") or "") for raw in raws]
+        reports = [self._report(raw, "") for raw in raws]
         return [report for report in reports if report is not None]
 
     @property
@@ -237,7 +237,7 @@ class CcxtGateway:
         for the next change. Raises OutcomeUnknown when the socket dropped (the next call
         reconnects)."""
         raws = await self._call(self._client.watch_orders)
-        reports = [self._report(raw, raw.get("clientOrderId") or "") for raw in raws]
+        reports = [self._report(raw, "") for raw in raws]
         return [report for report in reports if report is not None]
 
     async def positions(self) -> list[PositionReport]:

@@ -196,3 +196,29 @@ async def test_no_secret_reaches_a_log_line(
     assert caplog.records, "nothing was logged: the check would prove nothing"
     for secret in (SECRET, PASSWORD, API_KEY, MASTER_KEY):
         assert secret not in caplog.text
+
+
+async def test_activating_while_the_exchange_is_down_is_unavailable(
+    redis_url: str, okx_exchange: FakeExchange
+) -> None:
+    okx_exchange.add_account(API_KEY, SECRET, PASSWORD)
+    oms = await make_oms(
+        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(okx_exchange)
+    )
+    try:
+        await oms.accounts.RegisterCredentials(
+            pb.RegisterCredentialsRequest(
+                user_id=USER, exchange="okx", api_key=API_KEY, secret=SECRET, password=PASSWORD
+            )
+        )
+        await okx_exchange.stop()
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await oms.accounts.ActivateAccount(
+                pb.ActivateAccountRequest(user_id=USER, exchange="okx")
+            )
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "okx" in (error.value.details() or "")
+        listed = await oms.accounts.ListActiveAccounts(pb.ListActiveAccountsRequest())
+        assert list(listed.accounts) == []
+    finally:
+        await oms.close()

@@ -272,3 +272,39 @@ def test_settings_are_frozen() -> None:
 )
 def test_is_loopback(listen: str, expected: bool) -> None:
     assert is_loopback(listen) is expected
+
+
+def test_an_exchange_table_is_read_and_bad_urls_are_refused_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    good = write_toml(
+        tmp_path,
+        """
+        [exchanges.okx]
+        rest_url = "https://proxy:8443"
+        ws_url = "wss://proxy:8443"
+        mark_interval_s = 2
+        options = { defaultType = "swap" }
+        """,
+    )
+    okx = load_settings({"config": good}).exchanges["okx"]
+    assert (okx.rest_url, okx.ws_url, okx.mark_interval_s) == (
+        "https://proxy:8443",
+        "wss://proxy:8443",
+        2,
+    )
+    assert okx.options == {"defaultType": "swap"}
+
+    bad = write_toml(
+        tmp_path,
+        """
+        [exchanges.okx]
+        rest_url = "https://proxy:8443/api"
+        ws_url = "https://proxy:8443"
+        """,
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"config": bad})
+    message = str(raised.value)
+    assert "exchanges.okx.rest_url" in message
+    assert "exchanges.okx.ws_url" in message

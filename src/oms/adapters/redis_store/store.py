@@ -31,6 +31,7 @@ from oms.adapters.redis_store.codec import (
     encode_rule,
     encode_trailing_stop,
 )
+from oms.adapters.redis_store.script_pipe import ScriptPipe
 from oms.domain.conditional_rules import ConditionalRule, RuleStatus
 from oms.domain.errors import Unavailable
 from oms.domain.events import (
@@ -173,7 +174,7 @@ class RedisStore:
     def __init__(self, redis: Redis, retention_events: int) -> None:
         self._redis = redis
         self._retention = retention_events
-        self._commit = redis.register_script(_script("commit.lua"))
+        self._commit = ScriptPipe(redis, _script("commit.lua"))
         self._list_page = redis.register_script(_script("list_page.lua"))
 
     @property
@@ -184,6 +185,7 @@ class RedisStore:
         await self._redis.ping()
 
     async def close(self) -> None:
+        await self._commit.close()
         await self._redis.aclose()
 
     # -- writes --------------------------------------------------------------------------

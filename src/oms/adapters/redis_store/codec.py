@@ -396,12 +396,12 @@ def decode_fill(raw: bytes) -> Fill:
     return fill_from_dict(orjson.loads(raw))
 
 
-def encode_event(event: UserEvent) -> bytes:
+def encode_event(event: UserEvent, order_doc: bytes | None = None) -> bytes:
+    """`order_doc`: the event's order already encoded (encode_order), not encoded again."""
     match event:
         case OrderUpdated(event_type=event_type, order=order):
-            return orjson.dumps(
-                {"kind": "order", "type": event_type.value, "order": order_to_dict(order)}
-            )
+            body = order_to_dict(order) if order_doc is None else orjson.Fragment(order_doc)
+            return orjson.dumps({"kind": "order", "type": event_type.value, "order": body})
         case FillRecorded(fill=fill):
             return orjson.dumps({"kind": "fill", "fill": fill_to_dict(fill)})
         case PositionUpdated(position=position):

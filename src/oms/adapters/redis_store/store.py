@@ -36,6 +36,7 @@ from oms.domain.conditional_rules import ConditionalRule, RuleStatus
 from oms.domain.errors import Unavailable
 from oms.domain.events import (
     FillRecorded,
+    OrderUpdated,
     PositionUpdated,
     RuleUpdated,
     SequencedEvent,
@@ -267,8 +268,11 @@ class RedisStore:
         order = change.order
         user = order.user_id
         first_event = tx.events + 1
+        doc = encode_order(order)
         for event in change.events:
-            event_no = tx.event(user, encode_event(event))
+            # The event of the change's last step carries the order as stored: encode it once.
+            same = isinstance(event, OrderUpdated) and event.order is order
+            event_no = tx.event(user, encode_event(event, doc if same else None))
             if isinstance(event, FillRecorded):
                 fill = event.fill
                 tx.hset(keys.fills(user), fill.fill_id, encode_fill(fill))
@@ -276,7 +280,7 @@ class RedisStore:
                 tx.hset(
                     keys.trade_ids(user), f"{fill.exchange}|{fill.exchange_trade_id}", fill.fill_id
                 )
-        tx.hset(keys.orders(user), order.order_id, encode_order(order))
+        tx.hset(keys.orders(user), order.order_id, doc)
         tx.hset(keys.order_versions(user), order.order_id, str(order.version))
         if change.previous_version is None:
             tx.hset(keys.client_order_ids(user), order.client_order_id, order.order_id)

@@ -95,9 +95,8 @@ ACCOUNT_STATUSES = _EnumMap(AccountStatus, account_pb2, "ACCOUNT_STATUS")
 
 
 def timestamp(time_ns: int) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(time_ns)
-    return stamp
+    seconds, nanos = divmod(time_ns, 1_000_000_000)
+    return Timestamp(seconds=seconds, nanos=nanos)
 
 
 def _opt(value: Decimal | None) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from enum import Enum
+from operator import attrgetter
 
 from oms.domain.decimals import ZERO, add, div, mul, sub
 from oms.domain.errors import FailedPrecondition
@@ -334,4 +335,13 @@ class Order:
                     # It filled before a pending cancel could land: it was not cancelled.
                     changes["cancel_reason"] = ""
         changes["status"] = target
-        return replace(self, **changes)  # type: ignore[arg-type]
+        # dataclasses.replace costs twice this (it walks the fields, then runs __init__), and
+        # every order change on the hot path comes through here.
+        after = object.__new__(Order)
+        for name, value in zip(_FIELD_NAMES, _field_values(self), strict=True):
+            object.__setattr__(after, name, changes.get(name, value))
+        return after
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Order))
+_field_values = attrgetter(*_FIELD_NAMES)

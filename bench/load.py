@@ -29,6 +29,8 @@ class Result:
     calls: int
     seconds: float
     latencies_s: dict[str, list[float]]
+    round_rates: list[float]
+    """calls/s in each measured window, in order."""
 
     @property
     def calls_per_s(self) -> float:
@@ -46,11 +48,14 @@ class Result:
 Step = Callable[[int, dict[str, list[float]]], Awaitable[None]]
 
 
-async def run(name: str, concurrency: int, seconds: float, step: Step) -> Result:
-    latencies: dict[str, list[float]] = {}
+async def _window(
+    concurrency: int, seconds: float, step: Step, latencies: dict[str, list[float]]
+) -> tuple[int, float]:
+    """`concurrency` callers in a closed loop for `seconds`: (calls made, seconds taken)."""
     counter = itertools.count()
     calls = 0
-    deadline = 0.0
+    started = time.perf_counter()
+    deadline = started + seconds
 
     async def caller() -> None:
         nonlocal calls
@@ -59,22 +64,33 @@ async def run(name: str, concurrency: int, seconds: float, step: Step) -> Result
             await step(next(counter), latencies)
             calls += sum(len(v) for v in latencies.values()) - before
 
-    # Warm up (connections, caches, JIT-free but allocator-warm), then measure.
-    deadline = time.perf_counter() + min(1.0, seconds / 3)
     await asyncio.gather(*(caller() for _ in range(concurrency)))
-    latencies.clear()
-    calls = 0
-    started = time.perf_counter()
-    deadline = started + seconds
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
-    return Result(name, concurrency, calls, time.perf_counter() - started, latencies)
+    return calls, time.perf_counter() - started
+
+
+async def compare(
+    concurrency: int, seconds: float, rounds: int, steps: dict[str, Step]
+) -> list[Result]:
+    """Each scenario for `seconds` in all, in `rounds` windows that alternate between the
+    scenarios, so a noisy neighbour or a frequency change lands on all of them alike."""
+    for step in steps.values():  # warm up: connections, caches, allocator
+        await _window(concurrency, min(1.0, seconds / 3), step, {})
+    results = {name: Result(name, concurrency, 0, 0.0, {}, []) for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            result = results[name]
+            calls, taken = await _window(concurrency, seconds / rounds, step, result.latencies_s)
+            result.calls += calls
+            result.seconds += taken
+            result.round_rates.append(calls / taken)
+    return list(results.values())
 
 
 def _timed(latencies: dict[str, list[float]], rpc: str, started: float) -> None:
     latencies.setdefault(rpc, []).append(time.perf_counter() - started)
 
 
-async def measure(address: str, seconds: float) -> list[Result]:
+async def measure(address: str, seconds: float, rounds: int) -> list[Result]:
     async with grpc.aio.insecure_channel(address) as channel:
         orders = order_service_pb2_grpc.OrderServiceStub(channel)
         market = market_data_service_pb2_grpc.MarketDataServiceStub(channel)
@@ -123,6 +139,10 @@ async def measure(address: str, seconds: float) -> list[Result]:
 
         results = []
         for concurrency in (1, 32):
-            results.append(await run("no-op", concurrency, seconds, noop_step))
-            results.append(await run("place+cancel", concurrency, seconds, place_cancel_step))
+            results += await compare(
+                concurrency,
+                seconds,
+                rounds,
+                {"no-op": noop_step, "place+cancel": place_cancel_step},
+            )
         return results

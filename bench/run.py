@@ -1,7 +1,9 @@
 """`make bench`: start the server, drive it from a separate process, print the figures.
 
 Every figure is also given as a ratio against the no-op RPC measured in the same run, on the
-same server stack, so results compare across machines and noisy neighbours.
+same server stack, so results compare across machines. The scenarios alternate in short
+windows (`--rounds`), so a noisy neighbour slows both sides of a ratio alike; the spread of
+the per-window ratios is printed beside it.
 """
 
 from __future__ import annotations
@@ -48,10 +50,12 @@ def _report(results: list[Result]) -> None:
         noop = by_key[("no-op", concurrency)]
         work = by_key[("place+cancel", concurrency)]
         ratio = work.calls_per_s / noop.calls_per_s
+        windows = [w / n for w, n in zip(work.round_rates, noop.round_rates, strict=True)]
         extra = work.p50("PlaceOrder") - noop.p50("Noop")
         print(
             f"concurrency {concurrency:>2}: PlaceOrder+CancelOrder calls/s = {ratio:.2f}x no-op "
-            f"(target >= 0.6); PlaceOrder p50 = no-op p50 + {extra:.3f} ms"
+            f"(windows {min(windows):.2f}-{max(windows):.2f}; target >= 0.6); "
+            f"PlaceOrder p50 = no-op p50 + {extra:.3f} ms"
             + (" (target <= 0.5 ms)" if concurrency == 1 else "")
         )
 
@@ -59,13 +63,22 @@ def _report(results: list[Result]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=4.0, help="per scenario")
+    parser.add_argument("--rounds", type=int, default=4, help="windows per scenario")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="oms-bench-") as data_dir:
         server, address = _start_server(Path(data_dir))
         try:
             load = subprocess.run(
-                [sys.executable, "-m", "bench.run", "--load", address, str(args.seconds)],
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.run",
+                    "--load",
+                    address,
+                    str(args.seconds),
+                    str(args.rounds),
+                ],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -73,22 +86,19 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(30)
-    results = [
-        Result(r["name"], r["concurrency"], r["calls"], r["seconds"], r["latencies_s"])
-        for r in json.loads(load.stdout)
-    ]
+    results = [Result(**r) for r in json.loads(load.stdout)]
     _report(results)
     if args.json:
         args.json.write_text(load.stdout)
 
 
-def load_main(address: str, seconds: float) -> None:
-    results = uvloop.run(measure(address, seconds))
+def load_main(address: str, seconds: float, rounds: int) -> None:
+    results = uvloop.run(measure(address, seconds, rounds))
     json.dump([r.__dict__ for r in results], sys.stdout)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--load":
-        load_main(sys.argv[2], float(sys.argv[3]))
+        load_main(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))
     else:
         main()

@@ -104,7 +104,7 @@ async def test_bad_summary_requests_name_the_field(oms: OmsHarness) -> None:
         )
     await expect_invalid(
         oms.positions.GetPortfolioSummary(
-            ppb.GetPortfolioSummaryRequest(user_id=USER, exchange="binance")
+            ppb.GetPortfolioSummaryRequest(user_id=USER, exchange="nosuchexchange")
         ),
         "exchange",
     )

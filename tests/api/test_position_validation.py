@@ -101,7 +101,7 @@ async def test_bad_open_position_is_invalid_argument_and_leaves_no_state(
 BAD_CLOSES: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("user_id",), {"user_id": ""}),
     (("user_id",), {"user_id": "bad user!"}),
-    (("exchange",), {"exchange": "binance"}),
+    (("exchange",), {"exchange": "nosuchexchange"}),
     (("exchange",), {"exchange": ""}),
     (("symbol",), {"symbol": "DOGE/USDT:USDT"}),
     (("symbol",), {"symbol": ""}),
@@ -138,7 +138,7 @@ BAD_GETS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("user_id",), {"user_id": "bad user!", "position_id": "01J00000000000000000000000"}),
     (("position_id", "exchange"), {"user_id": USER}),  # neither way of naming it
     (("position_id",), {"user_id": USER, "position_id": "01J00000000000000000000000", **SIDE}),
-    (("exchange",), {"user_id": USER, **SIDE, "exchange": "binance"}),
+    (("exchange",), {"user_id": USER, **SIDE, "exchange": "nosuchexchange"}),
     (("symbol",), {"user_id": USER, **SIDE, "symbol": "DOGE/USDT:USDT"}),
     (("symbol",), {"user_id": USER, **SIDE, "symbol": ""}),
     (("position_side",), {"user_id": USER, **SIDE, "position_side": 0}),
@@ -162,7 +162,7 @@ async def test_bad_get_position_names_the_field(
 BAD_LISTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("user_id",), {"user_id": ""}),
     (("user_id",), {"user_id": "u" * 65}),
-    (("exchange",), {"exchange": "binance"}),
+    (("exchange",), {"exchange": "nosuchexchange"}),
     (("symbol",), {"exchange": "paper", "symbol": "DOGE/USDT:USDT"}),
     (("exchange", "symbol"), {"symbol": BTC}),  # a symbol needs its exchange
     (("position_side",), {"position_side": 9}),
@@ -203,7 +203,7 @@ async def test_bad_stream_positions_names_the_field(
 BAD_FINDS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("user_id",), {"user_id": "", "grid_level": 1}),
     (("user_id",), {"user_id": "bad user!", "grid_level": 1}),
-    (("exchange",), {"exchange": "binance", "grid_level": 1}),
+    (("exchange",), {"exchange": "nosuchexchange", "grid_level": 1}),
     (("exchange",), {"exchange": "", "grid_level": 1}),
     (("symbol",), {"symbol": "DOGE/USDT:USDT", "grid_level": 1}),
     (("symbol",), {"symbol": "", "grid_level": 1}),

@@ -1022,7 +1022,7 @@ async def test_bad_create_is_invalid_argument_naming_the_field_and_leaves_no_sta
 BAD_LISTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("user_id",), {"user_id": ""}),
     (("user_id",), {"user_id": "u" * 65}),
-    (("exchange",), {"exchange": "binance"}),
+    (("exchange",), {"exchange": "nosuchexchange"}),
     (("symbol",), {"exchange": "paper", "symbol": "DOGE/USDT:USDT"}),
     (("exchange", "symbol"), {"symbol": BTC}),  # a symbol needs its exchange
     (("position_side",), {"position_side": 9}),

@@ -147,7 +147,52 @@ async def test_an_active_account_is_followed_again_after_a_restart(
         await restarted.close()
 
 
-@pytest.mark.parametrize("rpc", ["PlaceOrder", "OpenPosition", "CreateTrailingStop"])
+async def test_history_reads_after_a_restart_with_no_active_account(
+    redis_url: str, okx_exchange: FakeExchange
+) -> None:
+    """Markets load with an exchange's first active account; reads of what is stored need
+    none, and filter by the unified symbol the orders were stored under."""
+    okx_exchange.set_price(BTC, Decimal("50000"))
+    live = await live_trading(redis_url, okx_exchange)
+    resting = await live.place(price="49000")
+    await live.accounts.DeactivateAccount(pb.DeactivateAccountRequest(user_id=USER, exchange="okx"))
+    await live.oms.close()
+    oms = await make_oms(
+        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(okx_exchange)
+    )
+    try:
+        listed = await oms.orders.ListOrders(
+            orders_pb.ListOrdersRequest(user_id=USER, exchange="okx", symbol=BTC)
+        )
+        assert [o.order_id for o in listed.orders] == [resting.order_id]
+        other = await oms.orders.ListOrders(
+            orders_pb.ListOrdersRequest(user_id=USER, exchange="okx", symbol="ETH/USDT:USDT")
+        )
+        assert list(other.orders) == []
+        summary = await oms.positions.GetPortfolioSummary(
+            pos.GetPortfolioSummaryRequest(user_id=USER, exchange="okx")
+        )
+        assert summary.portfolio_summary.open_positions == 0
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await oms.positions.GetPosition(
+                pos.GetPositionRequest(
+                    user_id=USER, exchange="okx", symbol=BTC, position_side=S.POSITION_SIDE_LONG
+                )
+            )
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await oms.orders.ListOrders(
+                orders_pb.ListOrdersRequest(user_id=USER, exchange="okx", symbol="X" * 65)
+            )
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "symbol" in (error.value.details() or "")
+    finally:
+        await oms.close()
+
+
+@pytest.mark.parametrize(
+    "rpc", ["PlaceOrder", "OpenPosition", "ClosePosition", "CreateTrailingStop"]
+)
 async def test_trading_on_a_real_exchange_needs_an_active_account(redis_url: str, rpc: str) -> None:
     oms = await make_oms(redis_url, master_key=MASTER_KEY)
     common: dict[str, Any] = {"user_id": USER, "exchange": "binanceusdm", "symbol": BTC}
@@ -164,6 +209,9 @@ async def test_trading_on_a_real_exchange_needs_an_active_account(redis_url: str
                 type=S.ORDER_TYPE_MARKET,
                 quantity="0.01",
             )
+        ),
+        "ClosePosition": lambda: oms.positions.ClosePosition(
+            pos.ClosePositionRequest(**common, position_side=S.POSITION_SIDE_LONG)
         ),
         "CreateTrailingStop": lambda: oms.trailing_stops.CreateTrailingStop(
             ts.CreateTrailingStopRequest(

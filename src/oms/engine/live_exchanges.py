@@ -881,8 +881,12 @@ class LiveExchanges:
             )
             raise (Unavailable if banned else ResourceExhausted)(message)
 
+    def is_real(self, exchange: str) -> bool:
+        """A ccxt exchange id, whether or not any account on it is followed."""
+        return exchange in self._connector.exchanges
+
     def check_followed(self, user_id: str, exchange: str) -> None:
-        if exchange in self._connector.exchanges and (user_id, exchange) not in self._accounts:
+        if self.is_real(exchange) and (user_id, exchange) not in self._accounts:
             raise FailedPrecondition(
                 f"user {user_id[:64]} has no active account on {exchange}: "
                 "register credentials and activate the account first"

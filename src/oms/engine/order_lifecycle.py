@@ -22,6 +22,7 @@ from oms.engine.subscriptions import EventHub
 
 CANCELED_BY_USER = "canceled by user"
 MAX_FOUND_ORDERS = 1000
+MAX_SYMBOL_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,10 @@ class Venue(Protocol):
 
 class LiveVenue(Venue, Protocol):
     """Real exchanges, each traded on through a user's active account."""
+
+    def is_real(self, exchange: str) -> bool:
+        """Whether `exchange` names a real exchange, whether or not any account is followed."""
+        ...
 
     def check_followed(self, user_id: str, exchange: str) -> None:
         """FAILED_PRECONDITION when `exchange` is a real exchange the user has no active
@@ -323,8 +328,25 @@ class OrderLifecycle:
             raise InvalidArgument("exchange", "is required when symbol is given")
         if not exchange:
             return "", ""
-        self._catalog.check_exchange(exchange)
-        return exchange, self._catalog.resolve(exchange, symbol).symbol if symbol else ""
+        return self.instrument(exchange, symbol) if symbol else (self.check_exchange(exchange), "")
+
+    def check_exchange(self, exchange: str) -> str:
+        """An exchange to read: paper, or any real one, its markets loaded or not."""
+        if self._catalog.has_exchange(exchange) or self._live.is_real(exchange):
+            return exchange
+        return self._catalog.check_exchange(exchange)
+
+    def instrument(self, exchange: str, symbol: str) -> tuple[str, str]:
+        """(exchange, unified symbol) to read. A real exchange's markets load with its first
+        active account; until then its history still reads, by the unified symbol it was
+        stored under."""
+        if self._catalog.has_exchange(exchange) or not self._live.is_real(exchange):
+            return exchange, self._catalog.resolve(exchange, symbol).symbol
+        if not symbol:
+            raise InvalidArgument("symbol", "is required")
+        if len(symbol) > MAX_SYMBOL_CHARS:
+            raise InvalidArgument("symbol", f"is longer than {MAX_SYMBOL_CHARS} characters")
+        return exchange, symbol
 
     def _venue(self, exchange: str) -> Venue:
         return self._paper if exchange == PAPER else self._live

@@ -86,7 +86,8 @@ class Positions:
             position = await self._store.get_position(ref.user_id, ref.position_id)
             name = f"position {ref.position_id}"
         else:
-            key = self._key(ref.user_id, ref.exchange, ref.symbol, ref.position_side)
+            exchange, symbol = self._orders.instrument(ref.exchange, ref.symbol)
+            key = self._key(ref.user_id, exchange, symbol, ref.position_side)
             position = await self._store.current_position(key)
             name = f"{key.position_side.value} position on {key.exchange} {key.symbol}"
         if position is None:
@@ -121,7 +122,7 @@ class Positions:
     async def summary(self, user_id: str, exchange: str = "") -> PortfolioSummary:
         check_user_id(user_id)
         if exchange:
-            self._catalog.check_exchange(exchange)
+            self._orders.check_exchange(exchange)
         positions = await self._store.all_positions(user_id)
         return summarize([p for p in positions if not exchange or p.exchange == exchange])
 
@@ -164,8 +165,9 @@ class Positions:
 
     async def close(self, command: ClosePosition) -> Order:
         check_user_id(command.user_id)
-        key = self._key(command.user_id, command.exchange, command.symbol, command.position_side)
-        market = self._catalog.resolve(key.exchange, key.symbol)
+        self._orders.check_tradable(command.user_id, command.exchange)
+        market = self._catalog.resolve(command.exchange, command.symbol)
+        key = self._key(command.user_id, market.exchange, market.symbol, command.position_side)
         quantity = None
         if command.quantity:
             quantity = parse_positive("quantity", command.quantity)
@@ -230,8 +232,7 @@ class Positions:
     def _key(
         self, user_id: str, exchange: str, symbol: str, side: PositionSide | None
     ) -> PositionKey:
-        self._catalog.check_exchange(exchange)
-        market = self._catalog.resolve(exchange, symbol)
+        """`exchange` and `symbol` as resolved by the caller."""
         if side is None:
             raise InvalidArgument("position_side", "is required")
-        return PositionKey(user_id, market.exchange, market.symbol, side)
+        return PositionKey(user_id, exchange, symbol, side)

@@ -4,31 +4,52 @@ goes flat another way."""
 
 from __future__ import annotations
 
+import contextlib
 from decimal import Decimal
+from typing import Any
 
+import grpc
 import pytest
 from fixtures.fake_exchange import FakeExchange
-from fixtures.live_trading import BTC, MASTER_KEY, USER, LiveTrading, exchange_settings
+from fixtures.live_trading import (
+    API_KEY,
+    BTC,
+    MASTER_KEY,
+    USER,
+    LiveTrading,
+    exchange_settings,
+    live_trading,
+)
 from fixtures.oms_server import make_oms
+from fixtures.redis_proxy import RedisFaultProxy
 from tradingboost.oms.v1 import order_pb2 as S
+from tradingboost.oms.v1 import order_service_pb2 as opb
 from tradingboost.oms.v1 import position_pb2, trailing_stop_pb2
 from tradingboost.oms.v1 import position_service_pb2 as pos
 from tradingboost.oms.v1 import trailing_stop_service_pb2 as ts
+
+from oms.adapters.redis_store.embedded import EmbeddedRedis
+
+
+def long_request(venue: str, **fields: Any) -> pos.OpenPositionRequest:
+    """An OpenPosition of 0.02 BTC LONG at market on `venue`, with `fields` on top."""
+    values: dict[str, Any] = {
+        "user_id": USER,
+        "exchange": venue,
+        "symbol": BTC,
+        "position_side": S.POSITION_SIDE_LONG,
+        "type": S.ORDER_TYPE_MARKET,
+        "quantity": "0.02",
+    }
+    return pos.OpenPositionRequest(**(values | fields))
 
 
 async def open_long(
     live: LiveTrading, take_profit_price: str, stop_loss_price: str
 ) -> pos.OpenPositionResponse:
     response: pos.OpenPositionResponse = await live.oms.positions.OpenPosition(
-        pos.OpenPositionRequest(
-            user_id=USER,
-            exchange=live.venue,
-            symbol=BTC,
-            position_side=S.POSITION_SIDE_LONG,
-            type=S.ORDER_TYPE_MARKET,
-            quantity="0.02",
-            take_profit_price=take_profit_price,
-            stop_loss_price=stop_loss_price,
+        long_request(
+            live.venue, take_profit_price=take_profit_price, stop_loss_price=stop_loss_price
         )
     )
     return response
@@ -82,14 +103,8 @@ async def test_an_open_position_trailing_stop_starts_with_the_entry(
     live: LiveTrading, exchange: FakeExchange
 ) -> None:
     opened = await live.oms.positions.OpenPosition(
-        pos.OpenPositionRequest(
-            user_id=USER,
-            exchange=live.venue,
-            symbol=BTC,
-            position_side=S.POSITION_SIDE_LONG,
-            type=S.ORDER_TYPE_MARKET,
-            quantity="0.02",
-            trailing_stop=trailing_stop_pb2.TrailingStopConfig(callback_rate="0.01"),
+        long_request(
+            live.venue, trailing_stop=trailing_stop_pb2.TrailingStopConfig(callback_rate="0.01")
         )
     )
     assert opened.entry_order.status == S.ORDER_STATUS_FILLED
@@ -113,14 +128,10 @@ async def test_an_entry_that_filled_while_the_oms_was_down_gets_its_exits_at_sta
     live: LiveTrading, exchange: FakeExchange, redis_url: str
 ) -> None:
     opened = await live.oms.positions.OpenPosition(
-        pos.OpenPositionRequest(
-            user_id=USER,
-            exchange=live.venue,
-            symbol=BTC,
-            position_side=S.POSITION_SIDE_LONG,
+        long_request(
+            live.venue,
             type=S.ORDER_TYPE_LIMIT,
             price="49500",
-            quantity="0.02",
             take_profit_price="51000",
             stop_loss_price="48000",
         )
@@ -140,3 +151,73 @@ async def test_an_entry_that_filled_while_the_oms_was_down_gets_its_exits_at_sta
         opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED
     )
     assert stop_loss.cancel_reason == f"one-cancels-other: {opened.take_profit_order_id} filled"
+
+
+def entry_with_exits(venue: str) -> pos.OpenPositionRequest:
+    return long_request(
+        venue, take_profit_price="51000", stop_loss_price="49000", client_order_id="entry"
+    )
+
+
+async def fill_then_lose_the_store(exchange: FakeExchange, proxy: RedisFaultProxy) -> LiveTrading:
+    """An OpenPosition whose entry's fill is committed, then Redis goes away before its
+    exits are."""
+    live = await live_trading(await proxy.start(), exchange)
+    await exchange.wait_for_private_feed(API_KEY)
+    proxy.vanish_after(b'"kind":"fill"')
+    with contextlib.suppress(grpc.aio.AioRpcError):  # UNAVAILABLE, if it was the RPC's
+        await live.oms.positions.OpenPosition(entry_with_exits(live.venue))
+    assert proxy.gone
+    return live
+
+
+async def assert_exits_work(live: LiveTrading, exchange: FakeExchange) -> None:
+    """The entry filled once, its two exits held and linked: the take-profit fills, the
+    stop-loss is cancelled."""
+    entry = (
+        await live.oms.orders.GetOrder(opb.GetOrderRequest(user_id=USER, client_order_id="entry"))
+    ).order
+    assert (entry.status, entry.filled_quantity) == (S.ORDER_STATUS_FILLED, "0.02")
+    listed = await live.oms.orders.ListOrders(opb.ListOrdersRequest(user_id=USER))
+    exits = {o.stop_price: o for o in listed.orders if o.parent_order_id == entry.order_id}
+    assert sorted((price, o.status, o.quantity) for price, o in exits.items()) == [
+        ("49000", S.ORDER_STATUS_OPEN, "0.02"),
+        ("51000", S.ORDER_STATUS_OPEN, "0.02"),
+    ]
+    exchange.set_price(BTC, Decimal("51100"))
+    await live.until(exits["51000"].order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    await live.until(exits["49000"].order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
+    await live.assert_invariants()
+
+
+async def test_exits_lost_with_the_store_right_after_the_fill_are_placed_at_the_next_start(
+    exchange: FakeExchange, redis_server: EmbeddedRedis, redis_url: str
+) -> None:
+    proxy = RedisFaultProxy(redis_server.socket_path)  # redis_url: a flushed server
+    try:
+        live = await fill_then_lose_the_store(exchange, proxy)
+        await live.oms.close()
+    finally:
+        await proxy.close()
+    live.oms = await make_oms(
+        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
+    )
+    try:
+        await assert_exits_work(live, exchange)
+    finally:
+        await live.oms.close()
+
+
+async def test_exits_lost_with_the_store_right_after_the_fill_are_placed_by_the_retry(
+    exchange: FakeExchange, redis_server: EmbeddedRedis, redis_url: str
+) -> None:
+    proxy = RedisFaultProxy(redis_server.socket_path)  # redis_url: a flushed server
+    live = await fill_then_lose_the_store(exchange, proxy)
+    try:
+        proxy.come_back()
+        retried = await live.oms.positions.OpenPosition(entry_with_exits(live.venue))
+        assert retried.take_profit_order_id and retried.stop_loss_order_id
+        await assert_exits_work(live, exchange)
+    finally:
+        await live.oms.close()
+        await proxy.close()

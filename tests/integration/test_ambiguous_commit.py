@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.positions import position
-from fixtures.redis_proxy import ReplyLosingProxy
+from fixtures.redis_proxy import RedisFaultProxy
 from fixtures.trading import USER, fills_of, get, place, tick
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as pb
@@ -19,14 +19,14 @@ COMMIT = b"EVALSHA"
 
 
 @pytest.fixture
-async def proxy(redis_server: EmbeddedRedis, redis_url: str) -> AsyncIterator[ReplyLosingProxy]:
-    proxy = ReplyLosingProxy(redis_server.socket_path)  # redis_url: a flushed server
+async def proxy(redis_server: EmbeddedRedis, redis_url: str) -> AsyncIterator[RedisFaultProxy]:
+    proxy = RedisFaultProxy(redis_server.socket_path)  # redis_url: a flushed server
     yield proxy
     await proxy.close()
 
 
 @pytest.fixture
-async def oms_via_proxy(proxy: ReplyLosingProxy) -> AsyncIterator[OmsHarness]:
+async def oms_via_proxy(proxy: RedisFaultProxy) -> AsyncIterator[OmsHarness]:
     harness = await make_oms(await proxy.start())
     try:
         yield harness
@@ -35,7 +35,7 @@ async def oms_via_proxy(proxy: ReplyLosingProxy) -> AsyncIterator[OmsHarness]:
 
 
 async def test_a_place_whose_reply_was_lost_is_the_one_order_and_still_rests(
-    oms_via_proxy: OmsHarness, proxy: ReplyLosingProxy
+    oms_via_proxy: OmsHarness, proxy: RedisFaultProxy
 ) -> None:
     oms = oms_via_proxy
     await tick(oms, "50000")
@@ -52,7 +52,7 @@ async def test_a_place_whose_reply_was_lost_is_the_one_order_and_still_rests(
 
 
 async def test_a_tick_whose_reply_was_lost_fills_each_order_once(
-    oms_via_proxy: OmsHarness, proxy: ReplyLosingProxy
+    oms_via_proxy: OmsHarness, proxy: RedisFaultProxy
 ) -> None:
     oms = oms_via_proxy
     await tick(oms, "50000")
@@ -68,7 +68,7 @@ async def test_a_tick_whose_reply_was_lost_fills_each_order_once(
 
 
 async def test_a_cancel_whose_reply_was_lost_leaves_the_order_canceled(
-    oms_via_proxy: OmsHarness, proxy: ReplyLosingProxy
+    oms_via_proxy: OmsHarness, proxy: RedisFaultProxy
 ) -> None:
     oms = oms_via_proxy
     await tick(oms, "50000")

@@ -218,6 +218,7 @@ class LiveExchanges:
             ]
         )
         await self._rules.load(account.user_id, account.exchange)
+        await self._finish_follow_ups(followed)
         followed.start("poll", self._poll(followed))
         self._marks.follow(account.exchange)
 
@@ -298,8 +299,12 @@ class LiveExchanges:
         created = OrderUpdated(OrderEventType.CREATED, order)
         outcome = await self._journal.record([OrderChange(order, None, [created])])
         if isinstance(outcome, Conflict):
-            assert outcome.existing is not None
-            return outcome.existing, False
+            existing = outcome.existing
+            assert existing is not None
+            if existing.filled_quantity:
+                # A retry: what the first attempt's fills set off may have been cut short.
+                await self._follow_up(followed, existing)
+            return existing, False
         if order.type.needs_stop_price:
             return await self._hold(followed, order), True
         return await self._send(followed, order), True
@@ -630,21 +635,28 @@ class LiveExchanges:
                         )
                     await self._settle(followed, order.order_id, report)
 
-    async def _sweep_fills(self, followed: _Account) -> None:
-        """Apply the exchange's recent fills of orders the OMS holds finished: a fill reported
-        after the cancel, while the OMS was down or its feed was. Recent: orders the OMS
-        changed in the last `fill_lookback_s`, among the account's newest."""
-        lookback_ns = int(self._policy(followed.exchange).fill_lookback_s * 1e9)
-        since_ns = self._clock_ns() - lookback_ns
+    def _lookback_start_ns(self, followed: _Account) -> int:
+        return self._clock_ns() - int(self._policy(followed.exchange).fill_lookback_s * 1e9)
+
+    async def _recent_orders(self, followed: _Account, since_ns: int) -> list[Order]:
+        """The account's orders the OMS changed since `since_ns`, among its newest, oldest
+        first."""
         page = await self._store.list_orders(
             OrderQuery(
                 user_id=followed.user_id, page_size=_SWEPT_ORDERS, exchange=followed.exchange
             )
         )
+        return [order for order in reversed(page.items) if order.updated_at_ns >= since_ns]
+
+    async def _sweep_fills(self, followed: _Account) -> None:
+        """Apply the exchange's recent fills of orders the OMS holds finished: a fill reported
+        after the cancel, while the OMS was down or its feed was. Recent: changed in the last
+        `fill_lookback_s`."""
+        since_ns = self._lookback_start_ns(followed)
         finished = {
             order.exchange_order_id: order
-            for order in page.items
-            if not order.is_open and order.exchange_order_id and order.updated_at_ns >= since_ns
+            for order in await self._recent_orders(followed, since_ns)
+            if not order.is_open and order.exchange_order_id
         }
         for symbol in sorted({order.symbol for order in finished.values()}):
             by_order: defaultdict[str, list[FillReport]] = defaultdict(list)
@@ -775,11 +787,26 @@ class LiveExchanges:
             await self._after_fills(followed, after, flat)
         return after
 
+    async def _finish_follow_ups(self, followed: _Account) -> None:
+        """Run again what the account's recent fills (`fill_lookback_s`) set off. Each step
+        is a commit of its own after the fill's, so a crash, or a store lost in between, left
+        it undone; every step looks before it acts, so what was done is not done twice."""
+        for order in await self._recent_orders(followed, self._lookback_start_ns(followed)):
+            if order.filled_quantity:
+                await self._follow_up(followed, order)
+
+    async def _follow_up(self, followed: _Account, order: Order) -> None:
+        """`_after_fills` of an order filled earlier, against the position as it is now."""
+        position = await self._store.current_position(
+            PositionKey(order.user_id, order.exchange, order.symbol, order.position_side)
+        )
+        await self._after_fills(followed, order, position is None or not position.is_open)
+
     async def _after_fills(self, followed: _Account, order: Order, flat: bool) -> None:
         """What an order's fills set off, each in a commit of its own after the fills' (on
-        paper they share it; here a crash in between leaves them undone, a known gap): an
-        entry's exits placed or grown, the linked exit of a filled one cancelled, and the
-        exits of a position that went flat cancelled."""
+        paper they share it; here they are finished at the next start when a crash came in
+        between): an entry's exits placed or grown, the linked exit of a filled one
+        cancelled, and the exits of a position that went flat cancelled."""
         if order.bracket is not None and not flat:
             await self._place_exits(followed, order)
         if order.linked_order_id:

@@ -49,6 +49,17 @@ async def test_concurrent_callers_each_get_their_own_reply(pipe: ScriptPipe) -> 
     assert sorted(count for count, _ in replies) == list(range(1, 201))
 
 
+async def test_a_caller_that_went_away_leaves_the_next_reply_to_its_owner(
+    pipe: ScriptPipe,
+) -> None:
+    await pipe(["n"], ["warm"])  # connected, so the next call is written at once
+    gone = asyncio.ensure_future(pipe(["n"], ["gone"]))
+    await asyncio.sleep(0)  # written to Redis, its reply not read yet
+    gone.cancel()
+    assert await pipe(["n"], ["next"]) == [3, b"next"]
+    assert gone.cancelled()
+
+
 async def test_an_error_reply_raises_and_the_pipe_goes_on(pipe: ScriptPipe) -> None:
     with pytest.raises(ResponseError, match="asked to fail"):
         await pipe(["n"], ["fail"])

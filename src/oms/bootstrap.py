@@ -16,12 +16,14 @@ from oms.adapters.exchanges.ccxt_gateway import CcxtConnector, CcxtSettings
 from oms.adapters.redis_store.accounts import RedisAccountStore
 from oms.adapters.redis_store.store import RedisStore, connect
 from oms.api.account_service import AccountService
+from oms.api.auth import AuthInterceptor
 from oms.api.market_data_service import MarketDataService
 from oms.api.order_service import OrderService
 from oms.api.position_service import PositionService
 from oms.api.server import OmsServer
 from oms.api.trailing_stop_service import TrailingStopService
-from oms.config import ExchangeSettings, Settings
+from oms.config import AuthSettings, ExchangeSettings, Settings
+from oms.domain.access import Grant
 from oms.domain.identifiers import IdGenerator
 from oms.domain.markets import Market, MarketCatalog
 from oms.domain.paper_matching import FeeSchedule
@@ -84,6 +86,22 @@ def venue_policy(settings: Settings) -> Callable[[str], VenuePolicy]:
         )
 
     return policy
+
+
+def auth_interceptor(auth: AuthSettings) -> AuthInterceptor | None:
+    if not auth.enabled:
+        return None
+    return AuthInterceptor(
+        [
+            (
+                token.token.get_secret_value(),
+                Grant(token.name, frozenset(token.users), token.admin, token.publish_prices),
+                token.rate_limit_per_s,
+                token.burst,
+            )
+            for token in auth.tokens
+        ]
+    )
 
 
 class Application:
@@ -149,6 +167,7 @@ class Application:
             TrailingStopService(trailing_stops),
             AccountService(self.accounts),
             extra_handlers,
+            auth_interceptor(settings.auth),
         )
         self._stopping = asyncio.Event()
 

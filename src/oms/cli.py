@@ -10,8 +10,9 @@ from collections.abc import Sequence
 import uvloop
 
 from oms.adapters.redis_store.embedded import EmbeddedRedis
+from oms.api.auth import audit_to_file
 from oms.bootstrap import serve
-from oms.config import ConfigError, is_loopback, load_settings
+from oms.config import ConfigError, Settings, is_loopback, load_settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def listen_refusal(settings: Settings) -> str:
+    """Why the server may not start on its listen address; empty when it may."""
+    if is_loopback(settings.listen) or settings.insecure or settings.auth.enabled:
+        return ""
+    return (
+        f"refusing to listen on {settings.listen} without auth; configure [[auth.tokens]], "
+        "use a loopback address, or pass --insecure"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -50,13 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if not is_loopback(settings.listen) and not settings.insecure:
-        print(
-            f"oms: refusing to listen on {settings.listen} without auth; "
-            "use a loopback address or pass --insecure",
-            file=sys.stderr,
-        )
+    refusal = listen_refusal(settings)
+    if refusal:
+        print(f"oms: {refusal}", file=sys.stderr)
         return 2
+    if settings.auth.audit_log is not None:
+        audit_to_file(settings.auth.audit_log)
     embedded = None
     redis_url = settings.redis_url
     if redis_url is None:

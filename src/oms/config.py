@@ -21,6 +21,11 @@ and would round silently. Example::
     symbol = "DOGE/USDT:USDT"
     market_id = "DOGE-USDT-SWAP"
     price_tick = "0.00001"
+
+    [[auth.tokens]]                 # any token turns auth on for every RPC
+    name = "rsi-bot"
+    token = "a long random string"
+    users = ["alice"]
 """
 
 from __future__ import annotations
@@ -49,11 +54,13 @@ from oms.adapters.credential_vault import parse_master_key
 
 __all__ = [
     "DEFAULT_PAPER_MARKETS",
+    "AuthSettings",
     "ConfigError",
     "ExchangeSettings",
     "MarketSettings",
     "PaperSettings",
     "Settings",
+    "TokenSettings",
     "is_loopback",
     "load_settings",
 ]
@@ -262,6 +269,73 @@ class ExchangeSettings(BaseModel):
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 
 
+class TokenSettings(BaseModel):
+    """One API token, sent as `authorization: Bearer <token>`; TOML [[auth.tokens]]."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """Names the token in the audit log, which never shows the token itself."""
+    token: SecretStr
+    """At least 16 characters; a long random string."""
+    users: list[str] = Field(default_factory=list)
+    """The user_ids it may act for."""
+    admin: bool = False
+    """Acts for every user, lists every user's accounts, publishes prices."""
+    publish_prices: bool = False
+    """May publish paper prices (a price feeder) without acting for any user."""
+    rate_limit_per_s: float = Field(default=100.0, gt=0)
+    """Calls a second on average; more are RESOURCE_EXHAUSTED."""
+    burst: int = Field(default=200, ge=1)
+    """Calls allowed at once above the average rate."""
+
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, token: SecretStr) -> SecretStr:
+        if len(token.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return token
+
+    @field_validator("users")
+    @classmethod
+    def _check_users(cls, users: list[str]) -> list[str]:
+        for user in users:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", user):
+                raise ValueError(f"{user[:64]!r} is not a user_id (1 to 64 of [A-Za-z0-9_.-])")
+        return users
+
+    @model_validator(mode="after")
+    def _grants_something(self) -> TokenSettings:
+        if not (self.users or self.admin or self.publish_prices):
+            raise ValueError("grants nothing: give users, admin or publish_prices")
+        return self
+
+
+class AuthSettings(BaseModel):
+    """API tokens; none configured means auth is off (loopback only, or --insecure)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    tokens: list[TokenSettings] = Field(default_factory=list)
+    audit_log: Path | None = None
+    """Also write the audit log (one JSON line per accepted or denied call) to this file;
+    it always goes to the `oms.audit` logger."""
+
+    @model_validator(mode="after")
+    def _distinct(self) -> AuthSettings:
+        names = [token.name for token in self.tokens]
+        if len(set(names)) != len(names):
+            raise ValueError("token names must be distinct")
+        secrets = [token.token.get_secret_value() for token in self.tokens]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("two tokens have the same token string")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens)
+
+
 class Settings(BaseSettings):
     """Everything `oms serve` needs to start. Build it with `load_settings`."""
 
@@ -301,6 +375,8 @@ class Settings(BaseSettings):
     """The built-in paper exchange; TOML table [paper] only."""
     exchanges: dict[str, ExchangeSettings] = Field(default_factory=dict)
     """Real exchanges by ccxt id; TOML tables [exchanges.<id>] only."""
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    """API tokens and the audit log; TOML table [auth] only."""
     master_key: SecretStr | None = None
     """32 bytes in urlsafe base64 that seal exchange credentials at rest (env
     OMS_MASTER_KEY). Unset: RegisterCredentials is refused. Starting with another key than
@@ -387,7 +463,10 @@ def load_settings(argv_overrides: Mapping[str, object] | None = None) -> Setting
         for error in exc.errors(include_url=False):
             key = ".".join(str(part) for part in error["loc"]) or "settings"
             message = error["msg"].removeprefix("Value error, ")
-            lines.append(f"  {key}: {message} (got {_shorten(repr(error['input']))})")
+            if error["loc"][0] in ("auth", "master_key"):
+                lines.append(f"  {key}: {message}")  # what was given may hold a secret
+            else:
+                lines.append(f"  {key}: {message} (got {_shorten(repr(error['input']))})")
         raise ConfigError("invalid settings:\n" + "\n".join(lines)) from exc
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from oms.config import DEFAULT_PAPER_MARKETS, ConfigError, is_loopback, load_settings
+from oms.config import DEFAULT_PAPER_MARKETS, ConfigError, Settings, is_loopback, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -221,7 +221,7 @@ def test_invalid_env_value_names_the_key(
 @pytest.mark.parametrize(
     ("toml", "key"),
     [
-        ("[auth]\ntokens = []\n", "auth"),
+        ('[[auth.tokens]]\nname = "bot"\ntoken = "t"\nusers = ["alice"]\n', "auth.tokens.0"),
         ('[paper]\nmaker_fee = "0.1"\n', "paper.maker_fee"),
         ('[[paper.markets]]\nsymbol = "BTCUSDT"\nmarket_id = "BTCUSDT"\n', "paper.markets.0"),
         (
@@ -308,3 +308,59 @@ def test_an_exchange_table_is_read_and_bad_urls_are_refused_naming_the_key(
     message = str(raised.value)
     assert "exchanges.okx.rest_url" in message
     assert "exchanges.okx.ws_url" in message
+
+
+def test_auth_tokens_are_read_from_the_toml_file(tmp_path: Path) -> None:
+    config = write_toml(
+        tmp_path,
+        """
+        [auth]
+        audit_log = "/var/log/oms-audit.jsonl"
+
+        [[auth.tokens]]
+        name = "rsi-bot"
+        token = "0123456789abcdef-rsi"
+        users = ["alice", "bob"]
+        rate_limit_per_s = 20
+
+        [[auth.tokens]]
+        name = "ops"
+        token = "0123456789abcdef-ops"
+        admin = true
+        """,
+    )
+    auth = load_settings({"config": config}).auth
+    assert auth.enabled and auth.audit_log == Path("/var/log/oms-audit.jsonl")
+    bot, ops = auth.tokens
+    assert (bot.name, bot.users, bot.admin, bot.rate_limit_per_s, bot.burst) == (
+        "rsi-bot",
+        ["alice", "bob"],
+        False,
+        20.0,
+        200,
+    )
+    assert (ops.admin, ops.token.get_secret_value()) == (True, "0123456789abcdef-ops")
+    assert not Settings().auth.enabled
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        ('name = "bot"\ntoken = "short-secret"\nusers = ["alice"]', "at least 16"),
+        ('name = "bot"\ntoken = "long-enough-secret"', "grants nothing"),
+        ('name = "bot"\ntoken = "long-enough-secret"\nusers = ["bad user"]', "not a user_id"),
+        (
+            'name = "bot"\ntoken = "long-enough-secret"\nadmin = true\n'
+            '[[auth.tokens]]\nname = "bot"\ntoken = "long-enough-other"\nadmin = true',
+            "distinct",
+        ),
+    ],
+)
+def test_bad_tokens_are_refused_without_echoing_them(
+    tmp_path: Path, tokens: str, message: str
+) -> None:
+    config = write_toml(tmp_path, f"[[auth.tokens]]\n{tokens}\n")
+    with pytest.raises(ConfigError, match=message) as error:
+        load_settings({"config": config})
+    assert "secret" not in str(error.value)
+    assert "long-enough" not in str(error.value)

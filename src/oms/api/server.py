@@ -23,6 +23,7 @@ from tradingboost.oms.v1 import (
 )
 
 from oms.api.account_service import AccountService
+from oms.api.auth import AuthInterceptor
 from oms.api.error_mapping import ErrorMappingInterceptor
 from oms.api.market_data_service import MarketDataService
 from oms.api.order_service import OrderService
@@ -52,11 +53,14 @@ class OmsServer:
         trailing_stops: TrailingStopService,
         accounts: AccountService,
         extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
+        auth: AuthInterceptor | None = None,
     ) -> None:
-        self.server = grpc.aio.server(
-            interceptors=[ErrorMappingInterceptor()],
-            options=[("grpc.so_reuseport", 0)],
-        )
+        """`auth` None: no tokens configured, every call admitted."""
+        # The first interceptor is the outermost: a call is admitted before anything runs.
+        interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [ErrorMappingInterceptor()]
+        if auth is not None:
+            interceptors.insert(0, auth)
+        self.server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
         order_service_pb2_grpc.add_OrderServiceServicer_to_server(orders, self.server)
         market_data_service_pb2_grpc.add_MarketDataServiceServicer_to_server(
             market_data, self.server

@@ -1,0 +1,210 @@
+"""Bearer tokens (CONTRACT section 10): UNAUTHENTICATED without a known token,
+PERMISSION_DENIED for a user the token may not act for, RESOURCE_EXHAUSTED over its rate
+limit, and an audit line for every decision that never shows the token."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from fixtures.oms_server import OmsHarness, make_oms
+from fixtures.trading import BTC
+from grpc_health.v1 import health_pb2
+from oms_client import OmsClient
+from pydantic import SecretStr
+from tradingboost.oms.v1 import account_service_pb2 as apb
+from tradingboost.oms.v1 import market_data_pb2
+from tradingboost.oms.v1 import market_data_service_pb2 as md
+from tradingboost.oms.v1 import order_pb2 as S
+from tradingboost.oms.v1 import order_service_pb2 as pb
+
+from oms.api.auth import audit_to_file
+from oms.config import AuthSettings, TokenSettings
+
+ALICE = "alice-token-0123456789"
+ADMIN = "admin-token-0123456789"
+FEEDER = "feeder-token-0123456789"
+SLOW = "slow-token-0123456789"
+
+TOKENS = [
+    TokenSettings(name="alice-bot", token=SecretStr(ALICE), users=["alice"]),
+    TokenSettings(name="ops", token=SecretStr(ADMIN), admin=True),
+    TokenSettings(name="feeder", token=SecretStr(FEEDER), publish_prices=True),
+    TokenSettings(
+        name="slow", token=SecretStr(SLOW), users=["carol"], rate_limit_per_s=0.001, burst=2
+    ),
+]
+
+
+def bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+@pytest.fixture
+async def oms(redis_url: str) -> AsyncIterator[OmsHarness]:
+    harness = await make_oms(redis_url, auth=AuthSettings(tokens=TOKENS))
+    try:
+        yield harness
+    finally:
+        await harness.close()
+
+
+async def status_of(call: Awaitable[Any]) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call
+    code: grpc.StatusCode = error.value.code()
+    return code
+
+
+def order(user_id: str, client_order_id: str = "c1") -> pb.PlaceOrderRequest:
+    return pb.PlaceOrderRequest(
+        user_id=user_id,
+        exchange="paper",
+        symbol=BTC,
+        side=S.SIDE_BUY,
+        type=S.ORDER_TYPE_LIMIT,
+        quantity="0.01",
+        price="40000",
+        client_order_id=client_order_id,
+    )
+
+
+def tick(price: str) -> md.PublishPricesRequest:
+    return md.PublishPricesRequest(
+        prices=[market_data_pb2.PriceTick(exchange="paper", symbol=BTC, price=price)]
+    )
+
+
+async def test_every_call_needs_a_known_token(oms: OmsHarness) -> None:
+    assert await status_of(oms.orders.PlaceOrder(order("alice"))) == (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+    for metadata in (bearer("not-a-token-0123456789"), (("authorization", ALICE),)):
+        assert await status_of(oms.orders.PlaceOrder(order("alice"), metadata=metadata)) == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
+    stream = oms.orders.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(user_id="alice"))
+    assert await status_of(stream.read()) == grpc.StatusCode.UNAUTHENTICATED
+    listed = await oms.orders.ListOrders(
+        pb.ListOrdersRequest(user_id="alice"), metadata=bearer(ADMIN)
+    )
+    assert list(listed.orders) == []
+
+
+async def test_a_token_acts_only_for_its_users(oms: OmsHarness) -> None:
+    await oms.market.PublishPrices(tick("50000"), metadata=bearer(FEEDER))
+    placed = await oms.orders.PlaceOrder(order("alice"), metadata=bearer(ALICE))
+    assert placed.order.status == S.ORDER_STATUS_OPEN
+    for call in (
+        oms.orders.PlaceOrder(order("bob"), metadata=bearer(ALICE)),
+        oms.orders.GetOrder(
+            pb.GetOrderRequest(user_id="bob", order_id=placed.order.order_id),
+            metadata=bearer(ALICE),
+        ),
+        oms.orders.StreamOrderUpdates(
+            pb.StreamOrderUpdatesRequest(user_id="bob"), metadata=bearer(ALICE)
+        ).read(),
+    ):
+        assert await status_of(call) == grpc.StatusCode.PERMISSION_DENIED
+    listed = await oms.orders.ListOrders(
+        pb.ListOrdersRequest(user_id="bob"), metadata=bearer(ADMIN)
+    )
+    assert list(listed.orders) == []  # the refused order left nothing behind
+    # The admin token acts for anyone.
+    mine = await oms.orders.GetOrder(
+        pb.GetOrderRequest(user_id="alice", order_id=placed.order.order_id),
+        metadata=bearer(ADMIN),
+    )
+    assert mine.order == placed.order
+
+
+async def test_every_users_accounts_need_an_admin_token(oms: OmsHarness) -> None:
+    everyone = apb.ListActiveAccountsRequest()
+    assert await status_of(oms.accounts.ListActiveAccounts(everyone, metadata=bearer(ALICE))) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    await oms.accounts.ListActiveAccounts(everyone, metadata=bearer(ADMIN))
+    await oms.accounts.ListActiveAccounts(
+        apb.ListActiveAccountsRequest(user_id="alice"), metadata=bearer(ALICE)
+    )
+
+
+async def test_publishing_prices_needs_a_feeder_or_admin_token(oms: OmsHarness) -> None:
+    assert await status_of(oms.market.PublishPrices(tick("50000"), metadata=bearer(ALICE))) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    await oms.market.PublishPrices(tick("50000"), metadata=bearer(FEEDER))
+    await oms.market.PublishPrices(tick("50100"), metadata=bearer(ADMIN))
+    # Prices are not per user: any known token reads them.
+    price = await oms.market.GetPrice(
+        md.GetPriceRequest(exchange="paper", symbol=BTC), metadata=bearer(ALICE)
+    )
+    assert price.price.price == "50100"
+    # A feeder acts for no user.
+    assert await status_of(oms.orders.PlaceOrder(order("alice"), metadata=bearer(FEEDER))) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+
+
+async def test_over_its_rate_limit_a_token_is_resource_exhausted(oms: OmsHarness) -> None:
+    request = pb.ListOrdersRequest(user_id="carol")
+    for _ in range(2):  # the burst
+        await oms.orders.ListOrders(request, metadata=bearer(SLOW))
+    assert await status_of(oms.orders.ListOrders(request, metadata=bearer(SLOW))) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    # Other tokens have buckets of their own.
+    await oms.orders.ListOrders(pb.ListOrdersRequest(user_id="alice"), metadata=bearer(ALICE))
+
+
+async def test_health_and_reflection_need_no_token(oms: OmsHarness) -> None:
+    checked = await oms.health.Check(health_pb2.HealthCheckRequest())
+    assert checked.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_every_decision_is_audited_and_no_token_is_shown(
+    oms: OmsHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="oms.audit")
+    await oms.orders.ListOrders(pb.ListOrdersRequest(user_id="alice"), metadata=bearer(ALICE))
+    await status_of(
+        oms.orders.ListOrders(pb.ListOrdersRequest(user_id="bob"), metadata=bearer(ALICE))
+    )
+    await status_of(oms.orders.ListOrders(pb.ListOrdersRequest(user_id="bob")))
+    entries = [json.loads(r.getMessage()) for r in caplog.records if r.name == "oms.audit"]
+    method = "/tradingboost.oms.v1.OrderService/ListOrders"
+    assert [(e["outcome"], e["method"], e["token"], e["user_id"]) for e in entries] == [
+        ("ACCEPTED", method, "alice-bot", "alice"),
+        ("PERMISSION_DENIED", method, "alice-bot", "bob"),
+        ("UNAUTHENTICATED", method, None, "bob"),
+    ]
+    assert not any(ALICE in r.getMessage() for r in caplog.records)
+
+
+async def test_the_audit_log_file_gets_a_json_line_per_decision(
+    oms: OmsHarness, tmp_path: Path
+) -> None:
+    handler = audit_to_file(tmp_path / "audit.jsonl")
+    try:
+        await oms.orders.ListOrders(pb.ListOrdersRequest(user_id="alice"), metadata=bearer(ALICE))
+        await status_of(oms.orders.ListOrders(pb.ListOrdersRequest(user_id="alice")))
+    finally:
+        logging.getLogger("oms.audit").removeHandler(handler)
+        handler.close()
+    lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+    assert [json.loads(line)["outcome"] for line in lines] == ["ACCEPTED", "UNAUTHENTICATED"]
+
+
+async def test_the_client_library_sends_its_token(oms: OmsHarness) -> None:
+    async with OmsClient.connect(oms.address, token=ALICE) as client:
+        listed = await client.list_orders_page(user_id="alice")
+        assert list(listed.orders) == []
+    async with OmsClient.connect(oms.address) as anonymous:
+        assert await status_of(anonymous.list_orders_page(user_id="alice")) == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )

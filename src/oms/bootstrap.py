@@ -114,7 +114,9 @@ class Application:
         extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
     ) -> None:
         self.settings = settings
-        self.store = RedisStore(connect(redis_url), settings.retention_events)
+        self.store = RedisStore(
+            connect(redis_url), settings.retention_events, settings.redis_timeout_s
+        )
         self.hub = EventHub(
             self.store, settings.heartbeat_interval_s, settings.stream_buffer_events
         )

@@ -353,6 +353,9 @@ class Settings(BaseSettings):
     """gRPC listen address, HOST:PORT ("[::1]:50051" for IPv6) or "unix:PATH"."""
     redis_url: str | None = None
     """Redis holding all state; None starts an embedded private Redis under data_dir."""
+    redis_timeout_s: float = Field(default=5.0, gt=0)
+    """How long Redis may take to answer a commit before its connection is presumed dead
+    (a partition) and the commit is sent again on a new one; then UNAVAILABLE."""
     data_dir: Path = Path(".oms-data")
     """Where the embedded Redis keeps its append-only file (unused with redis_url).
     A relative path is from the working directory, wherever it was set."""

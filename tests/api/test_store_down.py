@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 from fixtures.oms_server import make_oms
+from fixtures.redis_proxy import RedisFaultProxy
 from fixtures.trading import USER, place, tick
 from tradingboost.oms.v1 import order_pb2
 from tradingboost.oms.v1 import order_service_pb2 as pb
@@ -43,3 +44,29 @@ async def test_requests_answer_unavailable_when_redis_is_down(tmp_path: Path) ->
     finally:
         await oms.close()
         redis_server.stop()
+
+
+async def test_a_commit_redis_stops_answering_is_unavailable_and_the_retry_finds_the_order(
+    redis_server: EmbeddedRedis, redis_url: str
+) -> None:
+    proxy = RedisFaultProxy(redis_server.socket_path)  # redis_url: a flushed server
+    oms = await make_oms(await proxy.start(), redis_timeout_s=0.2)
+    try:
+        await tick(oms, "50000")
+        resting = await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000")
+        proxy.swallow_replies(True)  # a partition: Redis runs what it gets, nothing comes back
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await place(oms, client_order_id="in-the-dark")
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - started < 5
+        proxy.swallow_replies(False)
+        # The commit had reached Redis: the client's retry gets that order, not a second one.
+        again = await place(oms, client_order_id="in-the-dark")
+        listed = await oms.orders.ListOrders(pb.ListOrdersRequest(user_id=USER))
+        assert sorted(o.order_id for o in listed.orders) == sorted(
+            [resting.order_id, again.order_id]
+        )
+    finally:
+        await oms.close()
+        await proxy.close()

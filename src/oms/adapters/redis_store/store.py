@@ -172,10 +172,12 @@ class RedisStore:
     return types (`Awaitable[T] | T`).
     """
 
-    def __init__(self, redis: Redis, retention_events: int) -> None:
+    def __init__(self, redis: Redis, retention_events: int, reply_timeout_s: float = 5.0) -> None:
+        """`reply_timeout_s`: how long a commit may wait for Redis before its connection is
+        presumed dead (ScriptPipe)."""
         self._redis = redis
         self._retention = retention_events
-        self._commit = ScriptPipe(redis, _script("commit.lua"))
+        self._commit = ScriptPipe(redis, _script("commit.lua"), reply_timeout_s=reply_timeout_s)
         self._list_page = redis.register_script(_script("list_page.lua"))
 
     @property

@@ -72,7 +72,9 @@ class MarketDataServiceServicer:
         updates, trailing stop evaluation, triggered orders and their fills. That
         makes tests deterministic. Errors: INVALID_ARGUMENT (missing or bad
         field, unknown exchange or symbol, price not > 0), FAILED_PRECONDITION
-        (a tick for a real exchange: its prices come from its own feed).
+        (a tick for a real exchange: its prices come from its own feed),
+        PERMISSION_DENIED (auth is on and the token is neither an admin token nor
+        one allowed to publish prices: prices move every user's paper orders).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,7 +45,9 @@ class MarketDataServiceStub:
     updates, trailing stop evaluation, triggered orders and their fills. That
     makes tests deterministic. Errors: INVALID_ARGUMENT (missing or bad
     field, unknown exchange or symbol, price not > 0), FAILED_PRECONDITION
-    (a tick for a real exchange: its prices come from its own feed).
+    (a tick for a real exchange: its prices come from its own feed),
+    PERMISSION_DENIED (auth is on and the token is neither an admin token nor
+    one allowed to publish prices: prices move every user's paper orders).
     """
     GetPrice: _grpc.UnaryUnaryMultiCallable[_market_data_service_pb2.GetPriceRequest, _market_data_service_pb2.GetPriceResponse]
     """Returns the last price of one instrument. On a real exchange that is its
@@ -79,7 +81,9 @@ class MarketDataServiceAsyncStub(MarketDataServiceStub):
     updates, trailing stop evaluation, triggered orders and their fills. That
     makes tests deterministic. Errors: INVALID_ARGUMENT (missing or bad
     field, unknown exchange or symbol, price not > 0), FAILED_PRECONDITION
-    (a tick for a real exchange: its prices come from its own feed).
+    (a tick for a real exchange: its prices come from its own feed),
+    PERMISSION_DENIED (auth is on and the token is neither an admin token nor
+    one allowed to publish prices: prices move every user's paper orders).
     """
     GetPrice: _aio.UnaryUnaryMultiCallable[_market_data_service_pb2.GetPriceRequest, _market_data_service_pb2.GetPriceResponse]  # type: ignore[assignment]
     """Returns the last price of one instrument. On a real exchange that is its
@@ -116,7 +120,9 @@ class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
         updates, trailing stop evaluation, triggered orders and their fills. That
         makes tests deterministic. Errors: INVALID_ARGUMENT (missing or bad
         field, unknown exchange or symbol, price not > 0), FAILED_PRECONDITION
-        (a tick for a real exchange: its prices come from its own feed).
+        (a tick for a real exchange: its prices come from its own feed),
+        PERMISSION_DENIED (auth is on and the token is neither an admin token nor
+        one allowed to publish prices: prices move every user's paper orders).
         """
 
     @_abc_1.abstractmethod

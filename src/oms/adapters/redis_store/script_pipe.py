@@ -13,20 +13,22 @@ the backoff redis-py uses, as redis-py's own retry would. A re-sent commit whose
 attempt landed is refused by its guards (see store.commit), so a lost reply is never applied
 twice. A connection that stops answering without closing (a network partition) is dropped
 once its oldest request has waited `reply_timeout_s`, and handled the same way.
+
+Where to connect, the credentials, the database and the TLS context (the URL's ssl_*
+parameters) come from the connection redis-py itself would open for the same URL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
 
 import hiredis
 from redis.asyncio import Redis
-from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -108,9 +110,10 @@ class ScriptPipe:
     ) -> None:
         """`reply_timeout_s`: how long Redis may take to answer before the connection is
         presumed dead (a Lua call takes well under a millisecond)."""
+        # A connection redis-py would open, never opened: where to connect, the credentials
+        # and database, and the TLS context it builds from the URL's ssl_* parameters.
         pool = redis.connection_pool
-        self._kwargs = pool.connection_kwargs
-        self._connection_class = pool.connection_class
+        self._like = pool.connection_class(**pool.connection_kwargs)
         source = script.encode()
         self._load = _pack(b"SCRIPT", b"LOAD", source)
         self._sha = hashlib.sha1(source).hexdigest().encode()
@@ -160,28 +163,22 @@ class ScriptPipe:
 
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
-        kwargs = self._kwargs
+        like = self._like
         protocol: _Protocol
-        if issubclass(self._connection_class, UnixDomainSocketConnection):
-            _, protocol = await loop.create_unix_connection(self._new_protocol, kwargs["path"])
+        if isinstance(like, UnixDomainSocketConnection):
+            _, protocol = await loop.create_unix_connection(self._new_protocol, like.path)
         else:
-            context = (
-                ssl.create_default_context()
-                if issubclass(self._connection_class, SSLConnection)
-                else None
-            )
+            assert isinstance(like, Connection)
+            context = like.ssl_context.get() if isinstance(like, SSLConnection) else None
             _, protocol = await loop.create_connection(
-                self._new_protocol,
-                kwargs.get("host", "localhost"),
-                kwargs.get("port", 6379),
-                ssl=context,
+                self._new_protocol, like.host, like.port, ssl=context
             )
         setup = []
-        if kwargs.get("password"):
-            credentials = (kwargs.get("username") or "default", kwargs["password"])
+        if like.password:
+            credentials = (like.username or "default", like.password)
             setup.append(protocol.send(_pack(b"AUTH", *credentials)))
-        if kwargs.get("db"):
-            setup.append(protocol.send(_pack(b"SELECT", kwargs["db"])))
+        if like.db:
+            setup.append(protocol.send(_pack(b"SELECT", like.db)))
         setup.append(protocol.send(self._load))
         try:
             for reply in await asyncio.gather(*setup):

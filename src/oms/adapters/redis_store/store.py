@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable, Coroutine, Sequence
 from decimal import Decimal
@@ -104,6 +105,12 @@ def unavailable_when_down(
         try:
             return await method(self, *args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError) as error:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # redis-py can report a cancellation that lands in its read timeout as a
+                # Redis error: the task was asked to stop, and a loop that handles
+                # Unavailable must not carry on (shutdown would wait for it forever).
+                raise asyncio.CancelledError from error
             raise Unavailable(f"state store unreachable: {error}") from error
 
     functools.update_wrapper(guarded, method)

@@ -466,7 +466,7 @@ def load_settings(argv_overrides: Mapping[str, object] | None = None) -> Setting
         for error in exc.errors(include_url=False):
             key = ".".join(str(part) for part in error["loc"]) or "settings"
             message = error["msg"].removeprefix("Value error, ")
-            if error["loc"][0] in ("auth", "master_key"):
+            if error["loc"][:1] in (("auth",), ("master_key",)):
                 lines.append(f"  {key}: {message}")  # what was given may hold a secret
             else:
                 lines.append(f"  {key}: {message} (got {_shorten(repr(error['input']))})")

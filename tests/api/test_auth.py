@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from fixtures.oms_server import OmsHarness, make_oms
-from fixtures.trading import BTC
+from fixtures.trading import BTC, order_request
 from grpc_health.v1 import health_pb2
 from oms_client import OmsClient
 from pydantic import SecretStr
@@ -61,16 +61,10 @@ async def status_of(call: Awaitable[Any]) -> grpc.StatusCode:
     return code
 
 
-def order(user_id: str, client_order_id: str = "c1") -> pb.PlaceOrderRequest:
-    return pb.PlaceOrderRequest(
-        user_id=user_id,
-        exchange="paper",
-        symbol=BTC,
-        side=S.SIDE_BUY,
-        type=S.ORDER_TYPE_LIMIT,
-        quantity="0.01",
-        price="40000",
-        client_order_id=client_order_id,
+def order(user_id: str) -> pb.PlaceOrderRequest:
+    """A resting buy limit of `user_id`."""
+    return order_request(
+        user_id=user_id, type=S.ORDER_TYPE_LIMIT, price="40000", client_order_id="c1"
     )
 
 

@@ -3,9 +3,11 @@ guards refuse the repeat, and the OMS reloads the desk instead of trusting its m
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from fixtures.domain import new_order
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.positions import position
 from fixtures.redis_proxy import RedisFaultProxy
@@ -14,6 +16,8 @@ from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as pb
 
 from oms.adapters.redis_store.embedded import EmbeddedRedis
+from oms.domain.orders import Order, OrderStatus
+from oms.engine.prerender import Prerender
 
 COMMIT = b"EVALSHA"
 
@@ -84,3 +88,37 @@ async def test_a_cancel_whose_reply_was_lost_leaves_the_order_canceled(
     await tick(oms, "48000")
     assert (await get(oms, resting.order_id)).status == S.ORDER_STATUS_CANCELED
     assert await fills_of(oms, resting.order_id) == []
+
+
+async def test_a_paper_reply_is_rendered_while_its_commit_is_in_flight(
+    oms_via_proxy: OmsHarness, proxy: RedisFaultProxy
+) -> None:
+    oms = oms_via_proxy
+    await tick(oms, "50000")
+    rendered: list[Order] = []
+    was_rendered = asyncio.Event()
+
+    def render(order: Order) -> OrderStatus:
+        rendered.append(order)
+        was_rendered.set()
+        return order.status
+
+    prerender = Prerender(render)
+    proxy.lose_reply_to(COMMIT)
+    placing = asyncio.create_task(oms.app.paper.place(new_order(), prerender))
+    await asyncio.wait_for(was_rendered.wait(), 5)
+    assert not placing.done()  # rendered before the commit was answered
+    assert rendered[0].status is OrderStatus.OPEN
+    placed, created = await placing
+    # The reply was lost and the repeat found the order stored: the caller gets the order
+    # as stored, rendered afresh.
+    assert proxy.lost_replies == 1
+    assert not created
+    assert placed == rendered[0]
+    assert prerender(placed) is OrderStatus.OPEN
+    assert rendered == [placed, placed]
+
+    rendered.clear()
+    canceled = await oms.app.paper.cancel(placed, "test", prerender)
+    assert prerender(canceled) is OrderStatus.CANCELED
+    assert rendered == [canceled]  # once, while its commit was in flight

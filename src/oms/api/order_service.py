@@ -28,6 +28,7 @@ from oms.domain.orders import OrderStatus, Side
 from oms.domain.paging import encode_page_token
 from oms.engine.conditional_rules import ConditionalRules
 from oms.engine.order_lifecycle import OpenOrderSearch, OrderLifecycle, OrderRef, StreamFilter
+from oms.engine.prerender import Prerender
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -40,14 +41,16 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
     async def PlaceOrder(
         self, request: pb.PlaceOrderRequest, context: Context
     ) -> pb.PlaceOrderResponse:
-        order = await self._orders.place(place_order_command(request))
-        return pb.PlaceOrderResponse(order=order_to_proto(order))
+        render = Prerender(order_to_proto)
+        order = await self._orders.place(place_order_command(request), render)
+        return pb.PlaceOrderResponse(order=render(order))
 
     async def CancelOrder(
         self, request: pb.CancelOrderRequest, context: Context
     ) -> pb.CancelOrderResponse:
         ref = OrderRef(request.user_id, request.order_id, request.client_order_id)
-        return pb.CancelOrderResponse(order=order_to_proto(await self._orders.cancel(ref)))
+        render = Prerender(order_to_proto)
+        return pb.CancelOrderResponse(order=render(await self._orders.cancel(ref, render)))
 
     async def CancelAllOrders(
         self, request: pb.CancelAllOrdersRequest, context: Context

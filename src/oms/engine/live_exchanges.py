@@ -83,6 +83,7 @@ from oms.engine.live_rules import LiveRules, RuleRunner
 from oms.engine.live_trailing import LiveTrailingStops
 from oms.engine.mark_prices import MarkPrices
 from oms.engine.ports import Conflict, OrderChange, OrderQuery, PriceUpdate, StateStore
+from oms.engine.prerender import Prerender
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +294,10 @@ class LiveExchanges:
 
     # -- the venue ----------------------------------------------------------------------
 
-    async def place(self, order: Order) -> tuple[Order, bool]:
+    async def place(
+        self, order: Order, prerender: Prerender[object] | None = None
+    ) -> tuple[Order, bool]:
+        # No early rendering: the order's outcome is the exchange's answer.
         followed = self._followed(order)
         self._check_throttle(order.exchange)
         created = OrderUpdated(OrderEventType.CREATED, order)
@@ -379,7 +383,9 @@ class LiveExchanges:
             # Committed as triggered: the lookup on the next sync settles it.
             log.error("order %s: triggered but not sent: %s", order.order_id, error)
 
-    async def cancel(self, order: Order, reason: str) -> Order:
+    async def cancel(
+        self, order: Order, reason: str, prerender: Prerender[object] | None = None
+    ) -> Order:
         return await self._cancel_on(self._followed(order), order, reason)
 
     async def _cancel_on(self, followed: _Account, order: Order, reason: str) -> Order:

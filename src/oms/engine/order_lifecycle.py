@@ -18,6 +18,7 @@ from oms.domain.orders import Bracket, Order, OrderStatus, Side
 from oms.domain.paging import decode_page_token, page_size
 from oms.engine.paper_exchange import PAPER, PaperExchange
 from oms.engine.ports import FillQuery, OrderQuery, Page, StateStore
+from oms.engine.prerender import Prerender
 from oms.engine.subscriptions import EventHub
 
 CANCELED_BY_USER = "canceled by user"
@@ -67,12 +68,17 @@ def _check_ref(ref: OrderRef) -> None:
 class Venue(Protocol):
     """Where orders go: the paper exchange, or real exchanges through their gateways."""
 
-    async def place(self, order: Order) -> tuple[Order, bool]:
+    async def place(
+        self, order: Order, prerender: Prerender[object] | None = None
+    ) -> tuple[Order, bool]:
         """The order as placed, and whether this call created it (False: its client order id
-        already named that order, which is returned and not sent again)."""
+        already named that order, which is returned and not sent again). A venue that knows
+        the resulting order before its commit returns hands it to `prerender` meanwhile."""
         ...
 
-    async def cancel(self, order: Order, reason: str) -> Order: ...
+    async def cancel(
+        self, order: Order, reason: str, prerender: Prerender[object] | None = None
+    ) -> Order: ...
 
 
 class LiveVenue(Venue, Protocol):
@@ -114,11 +120,13 @@ class OrderLifecycle:
         if not self._catalog.has_exchange(exchange):
             self._live.check_followed(user_id, exchange)
 
-    async def place(self, command: PlaceOrder) -> Order:
+    async def place(self, command: PlaceOrder, prerender: Prerender[object] | None = None) -> Order:
+        """`prerender`: renders the caller's reply while the commit is in flight, where the
+        venue allows (see Prerender)."""
         self.check_tradable(command.user_id, command.exchange)
-        return await self.submit(validate_place_order(command, self._catalog))
+        return await self.submit(validate_place_order(command, self._catalog), prerender)
 
-    async def submit(self, spec: OrderSpec) -> Order:
+    async def submit(self, spec: OrderSpec, prerender: Prerender[object] | None = None) -> Order:
         """Create the order a validated spec describes and send it to its venue; idempotent
         on the client order id."""
         now = self._clock_ns()
@@ -159,7 +167,7 @@ class OrderLifecycle:
             updated_at_ns=now,
             bracket=bracket,
         )
-        placed, created = await self._venue(order.exchange).place(order)
+        placed, created = await self._venue(order.exchange).place(order, prerender)
         if not created and placed.fingerprint != fingerprint:
             raise AlreadyExists(
                 f"client_order_id {order.client_order_id!r} already names order "
@@ -167,13 +175,13 @@ class OrderLifecycle:
             )
         return placed
 
-    async def cancel(self, ref: OrderRef) -> Order:
+    async def cancel(self, ref: OrderRef, prerender: Prerender[object] | None = None) -> Order:
         _check_ref(ref)
         # A resting paper order is known in memory: no store read before the cancel commit.
         order = self._paper.resting_order(ref.user_id, ref.order_id, ref.client_order_id)
         if order is None:
             order = await self._load(ref)
-        return await self._venue(order.exchange).cancel(order, CANCELED_BY_USER)
+        return await self._venue(order.exchange).cancel(order, CANCELED_BY_USER, prerender)
 
     async def cancel_all(self, user_id: str, exchange: str, symbol: str) -> list[Order]:
         check_user_id(user_id)

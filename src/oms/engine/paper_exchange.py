@@ -52,6 +52,7 @@ from oms.domain.trailing_stops import (
 )
 from oms.engine.journal import Journal
 from oms.engine.ports import Conflict, ConflictKind, OrderChange, PriceUpdate
+from oms.engine.prerender import Prerender
 from oms.engine.trailing_book import TrailingBook
 
 __all__ = ["PAPER", "PaperExchange"]
@@ -146,6 +147,8 @@ class _Op:
     redecided: bool = field(init=False, default=False)
     followups: list[asyncio.Future[object]] = field(init=False, default_factory=list)
     """Work the decision started that its caller waits for too (a fired rule's cancels)."""
+    prerender: Prerender[object] | None = field(default=None, kw_only=True)
+    """Given the decided order while its commit is in flight (place and cancel only)."""
 
     def __post_init__(self) -> None:
         self.future = asyncio.get_running_loop().create_future()
@@ -153,6 +156,10 @@ class _Op:
     def decide(self, desk: _Desk, batch: _Batch) -> Any:
         """Decide against the desk's state, record changes in `batch`; returns the result
         the caller gets once the batch is committed."""
+        raise NotImplementedError
+
+    def decided_order(self, result: Any) -> Order:
+        """The order a result of `decide` shows its caller (ops that take a prerender)."""
         raise NotImplementedError
 
 
@@ -177,6 +184,9 @@ class _Place(_Op):
                 )
         return desk.submit_new(self, batch, order)
 
+    def decided_order(self, result: tuple[Order, bool]) -> Order:
+        return result[0]
+
 
 @dataclass(eq=False)
 class _Cancel(_Op):
@@ -189,6 +199,9 @@ class _Cancel(_Op):
         if current is None:
             raise _NotResting
         return desk.cancel_resting(self, batch, current, self.reason)
+
+    def decided_order(self, result: Order) -> Order:
+        return result
 
 
 @dataclass(eq=False)
@@ -624,6 +637,9 @@ class _Desk:
             if not decided:
                 ops = deferred
                 continue
+            if any(op.prerender is not None for op in decided):
+                # Runs once this task waits for the commit, i.e. after it was sent.
+                asyncio.get_running_loop().call_soon(_render_ahead, decided, results)
             try:
                 outcome = await self._exchange.journal.record(
                     batch.changes, batch.prices, batch.all_updates(self)
@@ -660,6 +676,12 @@ class _Desk:
             else:
                 culprit.redecided = again = True
             ops = [op for op in decided if op is not culprit or again] + deferred
+
+
+def _render_ahead(decided: list[_Op], results: dict[int, Any]) -> None:
+    for op in decided:
+        if op.prerender is not None:
+            op.prerender.ahead(op.decided_order(results[id(op)]))
 
 
 def _blame(batch: _Batch, conflict: Conflict) -> tuple[_Op, bool, Order | TrailingStop | None]:
@@ -767,16 +789,22 @@ class PaperExchange:
                 return order
         return None
 
-    async def place(self, order: Order) -> tuple[Order, bool]:
+    async def place(
+        self, order: Order, prerender: Prerender[object] | None = None
+    ) -> tuple[Order, bool]:
         """Submit a new order; returns (order, created). Not created: the client order id
         already names an order, which is returned unchanged."""
-        placed: tuple[Order, bool] = await self._desk(order.symbol).submit(_Place(order))
+        placed: tuple[Order, bool] = await self._desk(order.symbol).submit(
+            _Place(order, prerender=prerender)
+        )
         return placed
 
-    async def cancel(self, order: Order, reason: str) -> Order:
+    async def cancel(
+        self, order: Order, reason: str, prerender: Prerender[object] | None = None
+    ) -> Order:
         try:
             canceled: Order = await self._desk(order.symbol).submit(
-                _Cancel(order.user_id, order.order_id, reason)
+                _Cancel(order.user_id, order.order_id, reason, prerender=prerender)
             )
             return canceled
         except _NotResting:

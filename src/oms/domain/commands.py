@@ -78,18 +78,19 @@ class OrderSpec:
 
     def fingerprint(self) -> str:
         """Digest of every parameter but the client order id, in normalised form."""
+        # orjson writes an enum member as its value.
         canonical = orjson.dumps(
             [
                 self.market.exchange,
                 self.market.symbol,
-                self.side.value,
-                self.type.value,
-                self.time_in_force.value,
+                self.side,
+                self.type,
+                self.time_in_force,
                 fmt(self.quantity),
                 _opt_fmt(self.price),
                 _opt_fmt(self.stop_price),
                 self.reduce_only,
-                self.position_side.value,
+                self.position_side,
                 self.leverage,
                 self.strategy,
                 self.grid_level,

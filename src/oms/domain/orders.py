@@ -64,9 +64,8 @@ class OrderStatus(Enum):
         return self in _TERMINAL
 
 
-_TERMINAL = frozenset(
-    {OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED, OrderStatus.EXPIRED}
-)
+# A tuple, not a set: membership by identity needs no Enum.__hash__, a Python-level call.
+_TERMINAL = (OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED, OrderStatus.EXPIRED)
 
 
 def default_position_side(side: Side, reduce_only: bool) -> PositionSide:
@@ -289,13 +288,13 @@ class Order:
         return not self.status.is_terminal
 
     def apply(self, event: OrderEvent, now_ns: int) -> Order:
-        key = (self.status, type(event))
-        if key not in _TRANSITIONS:
+        try:
+            target = _TRANSITIONS[self.status, type(event)]
+        except KeyError:
             action = _ACTION_NAMES[type(event)]
             raise FailedPrecondition(
                 f"cannot {action} order {self.order_id}: it is {self.status.value}"
-            )
-        target = _TRANSITIONS[key]
+            ) from None
         changes: dict[str, object] = {"version": self.version + 1, "updated_at_ns": now_ns}
         match event:
             case OrderAccepted(exchange_order_id=exchange_order_id):

@@ -133,8 +133,11 @@ class OrderLifecycle:
         order_id = self._new_id()
         fingerprint = spec.fingerprint()
         bracket = None
-        exits = (spec.take_profit_price, spec.stop_loss_price, spec.trailing)
-        if any(exit is not None for exit in exits):
+        if (
+            spec.take_profit_price is not None
+            or spec.stop_loss_price is not None
+            or spec.trailing is not None
+        ):
             bracket = Bracket(
                 take_profit_price=spec.take_profit_price,
                 stop_loss_price=spec.stop_loss_price,

@@ -372,7 +372,7 @@ class _Batch:
 
     def mark(self) -> tuple[int, ...]:
         """Where the batch stands now, for `rollback(desk, to=mark)`."""
-        return tuple(len(part) for part in self._parts())
+        return tuple(map(len, self._parts()))
 
     def rollback(self, desk: _Desk, to: tuple[int, ...] | None = None) -> None:
         """Undo in memory everything recorded since `to` (default: all of it)."""

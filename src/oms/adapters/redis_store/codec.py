@@ -1,5 +1,9 @@
 """JSON documents in Redis (orjson, decimals as strings): orders, fills, positions, trailing
-stops, rules and events."""
+stops, rules and events.
+
+Enum members go to orjson as they are: it writes their values itself, where `.value` would
+cost a Python-level property call per field on the hot path.
+"""
 
 from __future__ import annotations
 
@@ -54,14 +58,14 @@ def order_to_dict(order: Order) -> dict[str, Any]:
         "user_id": order.user_id,
         "exchange": order.exchange,
         "symbol": order.symbol,
-        "side": order.side.value,
-        "type": order.type.value,
-        "time_in_force": order.time_in_force.value,
+        "side": order.side,
+        "type": order.type,
+        "time_in_force": order.time_in_force,
         "quantity": str(order.quantity),
         "price": _dec(order.price),
         "stop_price": _dec(order.stop_price),
         "reduce_only": order.reduce_only,
-        "position_side": order.position_side.value,
+        "position_side": order.position_side,
         "leverage": order.leverage,
         "strategy": order.strategy,
         "grid_level": order.grid_level,
@@ -69,7 +73,7 @@ def order_to_dict(order: Order) -> dict[str, Any]:
         "fingerprint": order.fingerprint,
         "created_at_ns": order.created_at_ns,
         "updated_at_ns": order.updated_at_ns,
-        "status": order.status.value,
+        "status": order.status,
         "exchange_order_id": order.exchange_order_id,
         "filled_quantity": str(order.filled_quantity),
         "filled_notional": str(order.filled_notional),
@@ -173,13 +177,13 @@ def fill_to_dict(fill: Fill) -> dict[str, Any]:
         "user_id": fill.user_id,
         "exchange": fill.exchange,
         "symbol": fill.symbol,
-        "side": fill.side.value,
-        "position_side": fill.position_side.value,
+        "side": fill.side,
+        "position_side": fill.position_side,
         "price": str(fill.price),
         "quantity": str(fill.quantity),
         "fee": str(fill.fee),
         "fee_currency": fill.fee_currency,
-        "liquidity": fill.liquidity.value,
+        "liquidity": fill.liquidity,
         "time_ns": fill.time_ns,
         "exchange_trade_id": fill.exchange_trade_id,
     }
@@ -211,13 +215,13 @@ def position_to_dict(position: Position) -> dict[str, Any]:
         "user_id": position.user_id,
         "exchange": position.exchange,
         "symbol": position.symbol,
-        "position_side": position.position_side.value,
+        "position_side": position.position_side,
         "contract_size": str(position.contract_size),
         "settle_currency": position.settle_currency,
         "maintenance_margin_rate": str(position.maintenance_margin_rate),
         "opened_at_ns": position.opened_at_ns,
         "updated_at_ns": position.updated_at_ns,
-        "status": position.status.value,
+        "status": position.status,
         "size": str(position.size),
         "entry_price": str(position.entry_price),
         "mark_price": str(position.mark_price),
@@ -265,7 +269,7 @@ def trailing_stop_to_dict(stop: TrailingStop) -> dict[str, Any]:
         "user_id": stop.user_id,
         "exchange": stop.exchange,
         "symbol": stop.symbol,
-        "position_side": stop.position_side.value,
+        "position_side": stop.position_side,
         "callback_rate": _dec(stop.callback_rate),
         "callback_spread": _dec(stop.callback_spread),
         "activation_price": _dec(stop.activation_price),
@@ -273,7 +277,7 @@ def trailing_stop_to_dict(stop: TrailingStop) -> dict[str, Any]:
         "price_tick": str(stop.price_tick),
         "position_id": stop.position_id,
         "fingerprint": stop.fingerprint,
-        "status": stop.status.value,
+        "status": stop.status,
         "created_at_ns": stop.created_at_ns,
         "updated_at_ns": stop.updated_at_ns,
         "status_reason": stop.status_reason,
@@ -321,14 +325,14 @@ def rule_to_dict(rule: ConditionalRule) -> dict[str, Any]:
         "trigger_order_id": rule.trigger_order_id,
         "trigger_exchange": rule.trigger_exchange,
         "trigger_symbol": rule.trigger_symbol,
-        "condition": rule.condition.value,
+        "condition": rule.condition,
         "cancel_order_ids": list(rule.cancel_order_ids),
         "created_at_ns": rule.created_at_ns,
         "updated_at_ns": rule.updated_at_ns,
-        "status": rule.status.value,
+        "status": rule.status,
         "status_reason": rule.status_reason,
         "results": [
-            [result.order_id, result.outcome.value, result.order_status.value, result.error]
+            [result.order_id, result.outcome, result.order_status, result.error]
             for result in rule.results
         ],
         "triggered_at_ns": rule.triggered_at_ns,
@@ -401,7 +405,7 @@ def encode_event(event: UserEvent, order_doc: bytes | None = None) -> bytes:
     match event:
         case OrderUpdated(event_type=event_type, order=order):
             body = order_to_dict(order) if order_doc is None else orjson.Fragment(order_doc)
-            return orjson.dumps({"kind": "order", "type": event_type.value, "order": body})
+            return orjson.dumps({"kind": "order", "type": event_type, "order": body})
         case FillRecorded(fill=fill):
             return orjson.dumps({"kind": "fill", "fill": fill_to_dict(fill)})
         case PositionUpdated(position=position):
@@ -410,7 +414,7 @@ def encode_event(event: UserEvent, order_doc: bytes | None = None) -> bytes:
             return orjson.dumps(
                 {
                     "kind": "trailing_stop",
-                    "type": event_type.value,
+                    "type": event_type,
                     "trailing_stop": trailing_stop_to_dict(stop),
                 }
             )

@@ -113,7 +113,7 @@ async def _run() -> None:
     with tempfile.TemporaryDirectory(prefix="oms-bench-trailing-") as data_dir:
         redis = EmbeddedRedis(Path(data_dir), appendonly=False)
         redis.start()
-        store = RedisStore(connect(redis.url), 100_000)
+        store = RedisStore(connect(redis.url, 5.0), 100_000)
         try:
             print("trailing stops on one symbol: engine microseconds per tick (median)")
             print(

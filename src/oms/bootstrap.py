@@ -115,7 +115,9 @@ class Application:
     ) -> None:
         self.settings = settings
         self.store = RedisStore(
-            connect(redis_url), settings.retention_events, settings.redis_timeout_s
+            connect(redis_url, settings.redis_timeout_s),
+            settings.retention_events,
+            settings.redis_timeout_s,
         )
         self.hub = EventHub(
             self.store, settings.heartbeat_interval_s, settings.stream_buffer_events
@@ -156,7 +158,7 @@ class Application:
             else CredentialVault(parse_master_key(master_key.get_secret_value()))
         )
         self.accounts = Accounts(
-            RedisAccountStore(self.store.redis),
+            RedisAccountStore(self.store.redis, settings.redis_timeout_s),
             vault,
             self.exchanges,
             self.connector.exchanges,

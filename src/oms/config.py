@@ -354,8 +354,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     """Redis holding all state; None starts an embedded private Redis under data_dir."""
     redis_timeout_s: float = Field(default=5.0, gt=0)
-    """How long Redis may take to answer a commit before its connection is presumed dead
-    (a partition) and the commit is sent again on a new one; then UNAVAILABLE."""
+    """How long Redis may take to answer before a call fails UNAVAILABLE (a partition). A
+    commit's connection is then presumed dead and the commit sent again on a new one."""
     data_dir: Path = Path(".oms-data")
     """Where the embedded Redis keeps its append-only file (unused with redis_url).
     A relative path is from the working directory, wherever it was set."""

@@ -70,3 +70,26 @@ async def test_a_commit_redis_stops_answering_is_unavailable_and_the_retry_finds
     finally:
         await oms.close()
         await proxy.close()
+
+
+async def test_a_read_redis_stops_answering_is_unavailable_within_the_timeout(
+    redis_server: EmbeddedRedis, redis_url: str
+) -> None:
+    proxy = RedisFaultProxy(redis_server.socket_path)  # redis_url: a flushed server
+    oms = await make_oms(await proxy.start(), redis_timeout_s=0.2)
+    try:
+        await tick(oms, "50000")
+        order = await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000")
+        get = pb.GetOrderRequest(user_id=USER, order_id=order.order_id)
+        proxy.swallow_replies(True)  # a partition: the connection stays open, no reply comes
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await oms.orders.GetOrder(get, timeout=10)  # unbounded, it would wait forever
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "did not answer within 0.2 s" in (error.value.details() or "")
+        assert time.monotonic() - started < 5
+        proxy.swallow_replies(False)
+        assert (await oms.orders.GetOrder(get)).order == order
+    finally:
+        await oms.close()
+        await proxy.close()

@@ -1,6 +1,6 @@
-"""How the Redis store reports Redis errors: UNAVAILABLE, unless the task is being cancelled,
-in which case the cancellation goes on (a loop that handles Unavailable would otherwise carry
-on and keep shutdown waiting for it)."""
+"""How the Redis store reports Redis errors and silence: UNAVAILABLE, unless the task is being
+cancelled, in which case the cancellation goes on (a loop that handles Unavailable would
+otherwise carry on and keep shutdown waiting for it)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from oms.domain.errors import Unavailable
 
 
 class _Store:
-    def __init__(self, cancel_first: bool) -> None:
+    timeout_s = 0.05
+
+    def __init__(self, cancel_first: bool = False) -> None:
         self.cancel_first = cancel_first
 
     @unavailable_when_down
@@ -24,6 +26,10 @@ class _Store:
             assert task is not None
             task.cancel()  # what a shutdown does while redis-py times out a read
         raise RedisTimeoutError("Timeout reading from socket")
+
+    @unavailable_when_down
+    async def silent(self) -> None:
+        await asyncio.Event().wait()
 
 
 async def test_a_redis_error_is_unavailable() -> None:
@@ -36,3 +42,16 @@ async def test_a_redis_error_while_cancelling_is_the_cancellation() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert task.cancelled()
+
+
+async def test_no_answer_within_the_timeout_is_unavailable() -> None:
+    with pytest.raises(Unavailable, match=r"did not answer within 0\.05 s"):
+        await _Store().silent()
+
+
+async def test_a_cancel_during_a_silent_call_is_the_cancellation() -> None:
+    task = asyncio.ensure_future(_Store().silent())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -51,8 +51,10 @@ def _from_dict(doc: dict[str, Any]) -> Account:
 class RedisAccountStore:
     """AccountStore on Redis (engine.ports). The `type: ignore[misc]`: see RedisStore."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, timeout_s: float = 5.0) -> None:
+        """`timeout_s`: how long a call may wait for Redis (see unavailable_when_down)."""
         self._redis = redis
+        self.timeout_s = timeout_s
 
     @unavailable_when_down
     async def get(self, user_id: str, exchange: str) -> tuple[Account, bytes] | None:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from decimal import Decimal
 from enum import Enum
 from importlib import resources
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import orjson
 from redis.asyncio import Redis
@@ -65,7 +65,6 @@ from oms.engine.ports import (
 
 P = ParamSpec("P")
 R = TypeVar("R")
-S = TypeVar("S")
 
 # Most index entries one page may examine: bounds the time a filtered listing holds Redis.
 _SCAN_BUDGET = 5000
@@ -87,34 +86,63 @@ def _filters(**fields: object) -> dict[str, list[str]]:
     return found
 
 
-def connect(url: str) -> Redis:
-    """A client that gives up within ~0.5 s: a caller gets UNAVAILABLE, not a long hang.
+def connect(url: str, timeout_s: float) -> Redis:
+    """A client that gives up within ~0.5 s on a refused connection, and within `timeout_s`
+    on a connection that cannot be made: a caller gets UNAVAILABLE, not a long hang.
 
-    redis-py's default retries back off for up to 10 s per attempt.
+    redis-py's default retries back off for up to 10 s per attempt. No socket_timeout: on
+    Python 3.11 redis-py then sends through asyncio.wait_for, which loses a cancellation that
+    lands as the send completes (a background loop asked to stop runs on, and shutdown waits
+    for it). A silent connection is bounded by `unavailable_when_down` instead.
     """
     client: Redis = Redis.from_url(
-        url, retry=Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.02), 3)
+        url,
+        retry=Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.02), 3),
+        socket_connect_timeout=timeout_s,
     )
     return client
 
 
+class TimeBound(Protocol):
+    @property
+    def timeout_s(self) -> float:
+        """How long one store call may wait for Redis before it fails UNAVAILABLE."""
+        ...
+
+
+B = TypeVar("B", bound=TimeBound)
+
+
 def unavailable_when_down(
-    method: Callable[Concatenate[S, P], Coroutine[Any, Any, R]],
-) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
-    async def guarded(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+    method: Callable[Concatenate[B, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[B, P], Coroutine[Any, Any, R]]:
+    """Redis errors, and no answer within the store's `timeout_s`, become UNAVAILABLE.
+
+    The bound covers a network partition: a read on a connection that stays open would
+    otherwise wait forever. Cancelled by the bound, redis-py closes that connection, so no
+    late reply is ever read as the answer to a later command.
+    """
+
+    async def guarded(self: B, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return await method(self, *args, **kwargs)
+            async with asyncio.timeout(self.timeout_s):
+                return await method(self, *args, **kwargs)
+        except TimeoutError as error:
+            raise Unavailable(f"state store did not answer within {self.timeout_s:g} s") from error
         except (RedisConnectionError, RedisTimeoutError) as error:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
-                # redis-py can report a cancellation that lands in its read timeout as a
-                # Redis error: the task was asked to stop, and a loop that handles
-                # Unavailable must not carry on (shutdown would wait for it forever).
+                # A Redis error raised while the task is being cancelled goes on as the
+                # cancellation: a loop that handles Unavailable must not carry on.
                 raise asyncio.CancelledError from error
-            raise Unavailable(f"state store unreachable: {error}") from error
+            raise _unreachable(error) from error
 
     functools.update_wrapper(guarded, method)
     return guarded
+
+
+def _unreachable(error: Exception) -> Unavailable:
+    return Unavailable(f"state store unreachable: {error}")
 
 
 class _Transaction:
@@ -179,12 +207,13 @@ class RedisStore:
     return types (`Awaitable[T] | T`).
     """
 
-    def __init__(self, redis: Redis, retention_events: int, reply_timeout_s: float = 5.0) -> None:
-        """`reply_timeout_s`: how long a commit may wait for Redis before its connection is
-        presumed dead (ScriptPipe)."""
+    def __init__(self, redis: Redis, retention_events: int, timeout_s: float = 5.0) -> None:
+        """`timeout_s`: how long a read may wait for Redis, and a commit attempt before its
+        connection is presumed dead and the commit sent again (ScriptPipe)."""
         self._redis = redis
         self._retention = retention_events
-        self._commit = ScriptPipe(redis, _script("commit.lua"), reply_timeout_s=reply_timeout_s)
+        self.timeout_s = timeout_s
+        self._commit = ScriptPipe(redis, _script("commit.lua"), reply_timeout_s=timeout_s)
         self._list_page = redis.register_script(_script("list_page.lua"))
 
     @property
@@ -200,7 +229,6 @@ class RedisStore:
 
     # -- writes --------------------------------------------------------------------------
 
-    @unavailable_when_down
     async def commit(
         self,
         changes: Sequence[OrderChange],
@@ -258,7 +286,11 @@ class RedisStore:
             tx.hset(
                 keys.prices(), f"{price.exchange}|{price.symbol}", f"{price.price}|{price.time_ns}"
             )
-        reply = await self._commit(keys=tx.keys, args=tx.args)
+        try:
+            # Not under unavailable_when_down's bound: the pipe bounds each attempt itself.
+            reply = await self._commit(keys=tx.keys, args=tx.args)
+        except RedisConnectionError as error:
+            raise _unreachable(error) from error
         if reply[0] == b"ok":
             published: list[UserEvent] = [event for change in changes for event in change.events]
             published += [update for update in updates if not isinstance(update, WatermarkMoved)]

@@ -48,7 +48,10 @@ class _Subscription:
         if not self._queue and not (self.overflowed or self.closed):
             self._ready.clear()
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout_s)
+                # Not asyncio.wait_for: on Python 3.11 it loses a cancellation (the client
+                # went away) that lands as the event is set, and costs a task per wait.
+                async with asyncio.timeout(timeout_s):
+                    await self._ready.wait()
             except TimeoutError:
                 return None
         batch = list(self._queue)

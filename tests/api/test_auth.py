@@ -4,6 +4,7 @@ limit, and an audit line for every decision that never shows the token."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
@@ -30,6 +31,7 @@ ALICE = "alice-token-0123456789"
 ADMIN = "admin-token-0123456789"
 FEEDER = "feeder-token-0123456789"
 SLOW = "slow-token-0123456789"
+DAVE = "dave-token-0123456789"  # configured by its SHA-256 only
 
 TOKENS = [
     TokenSettings(name="alice-bot", token=SecretStr(ALICE), users=["alice"]),
@@ -37,6 +39,9 @@ TOKENS = [
     TokenSettings(name="feeder", token=SecretStr(FEEDER), publish_prices=True),
     TokenSettings(
         name="slow", token=SecretStr(SLOW), users=["carol"], rate_limit_per_s=0.001, burst=2
+    ),
+    TokenSettings(
+        name="dave-bot", token_sha256=hashlib.sha256(DAVE.encode()).hexdigest(), users=["dave"]
     ),
 ]
 
@@ -115,6 +120,19 @@ async def test_a_token_acts_only_for_its_users(oms: OmsHarness) -> None:
         metadata=bearer(ADMIN),
     )
     assert mine.order == placed.order
+
+
+async def test_a_token_configured_by_its_sha256_is_accepted(oms: OmsHarness) -> None:
+    await oms.market.PublishPrices(tick("50000"), metadata=bearer(FEEDER))
+    placed = await oms.orders.PlaceOrder(order("dave"), metadata=bearer(DAVE))
+    assert placed.order.status == S.ORDER_STATUS_OPEN
+    assert await status_of(oms.orders.PlaceOrder(order("alice"), metadata=bearer(DAVE))) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    digest = hashlib.sha256(DAVE.encode()).hexdigest()
+    assert await status_of(oms.orders.PlaceOrder(order("dave"), metadata=bearer(digest))) == (
+        grpc.StatusCode.UNAUTHENTICATED  # the digest is not a token
+    )
 
 
 async def test_every_users_accounts_need_an_admin_token(oms: OmsHarness) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from decimal import Decimal
 from pathlib import Path
@@ -339,8 +340,20 @@ def test_auth_tokens_are_read_from_the_toml_file(tmp_path: Path) -> None:
         20.0,
         200,
     )
-    assert (ops.admin, ops.token.get_secret_value()) == (True, "0123456789abcdef-ops")
+    assert ops.admin
+    assert ops.token is not None and ops.token.get_secret_value() == "0123456789abcdef-ops"
     assert not Settings().auth.enabled
+
+
+def test_a_token_may_be_given_by_its_sha256(tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"0123456789abcdef-rsi").hexdigest()
+    config = write_toml(
+        tmp_path,
+        f'[[auth.tokens]]\nname = "rsi-bot"\ntoken_sha256 = "{digest}"\nusers = ["alice"]\n',
+    )
+    [bot] = load_settings({"config": config}).auth.tokens
+    assert bot.token is None
+    assert bot.digest == hashlib.sha256(b"0123456789abcdef-rsi").digest()
 
 
 @pytest.mark.parametrize(
@@ -353,6 +366,19 @@ def test_auth_tokens_are_read_from_the_toml_file(tmp_path: Path) -> None:
             'name = "bot"\ntoken = "long-enough-secret"\nadmin = true\n'
             '[[auth.tokens]]\nname = "bot"\ntoken = "long-enough-other"\nadmin = true',
             "distinct",
+        ),
+        ('name = "bot"\nusers = ["alice"]', "exactly one of token and token_sha256"),
+        (
+            f'name = "bot"\ntoken = "long-enough-secret"\ntoken_sha256 = "{"0" * 64}"\n'
+            'users = ["alice"]',
+            "exactly one of token and token_sha256",
+        ),
+        ('name = "bot"\ntoken_sha256 = "secret-not-hex"\nusers = ["alice"]', "token_sha256"),
+        (
+            'name = "bot"\ntoken = "long-enough-secret"\nadmin = true\n[[auth.tokens]]\n'
+            f'name = "ops"\ntoken_sha256 = "{hashlib.sha256(b"long-enough-secret").hexdigest()}"'
+            "\nadmin = true",
+            "same token string",
         ),
     ],
 )

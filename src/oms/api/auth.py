@@ -9,7 +9,6 @@ Health and reflection stay open, so probes and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from oms.domain.access import Grant, TokenBucket
+from oms.domain.access import Grant, TokenBucket, token_digest
 
 if TYPE_CHECKING:  # generic only in the stubs
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -32,11 +31,6 @@ _OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _PUBLISH_PRICES = "/tradingboost.oms.v1.MarketDataService/PublishPrices"
 
 
-def _digest(token: str) -> bytes:
-    # Looked up by digest: a dict lookup on the token itself could leak it through timing.
-    return hashlib.sha256(token.encode()).digest()
-
-
 class _Caller:
     def __init__(self, grant: Grant, limit: TokenBucket) -> None:
         self.grant = grant
@@ -46,13 +40,13 @@ class _Caller:
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(
         self,
-        tokens: Sequence[tuple[str, Grant, float, int]],
+        tokens: Sequence[tuple[bytes, Grant, float, int]],
         clock_s: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`tokens`: (token, grant, calls a second, burst) each."""
+        """`tokens`: (the token's digest, grant, calls a second, burst) each."""
         self._callers = {
-            _digest(token): _Caller(grant, TokenBucket(rate, burst, clock_s))
-            for token, grant, rate, burst in tokens
+            digest: _Caller(grant, TokenBucket(rate, burst, clock_s))
+            for digest, grant, rate, burst in tokens
         }
 
     async def intercept_service(
@@ -82,7 +76,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             if key == "authorization" and isinstance(value, str):
                 scheme, _, token = value.partition(" ")
                 if scheme.lower() == "bearer":
-                    return self._callers.get(_digest(token.strip()))
+                    return self._callers.get(token_digest(token.strip()))
         return None
 
     def _guard_unary(

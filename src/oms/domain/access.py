@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+
+def token_digest(token: str) -> bytes:
+    """What a token is known by: its SHA-256. Callers are looked up by digest, so a dict
+    lookup cannot leak the token through timing, and a config can hold the digest alone."""
+    return hashlib.sha256(token.encode()).digest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -13,6 +14,7 @@ import grpc
 
 from oms.adapters.credential_vault import CredentialVault, parse_master_key
 from oms.adapters.exchanges.ccxt_gateway import CcxtConnector, CcxtSettings
+from oms.adapters.postgres_archive import PostgresArchive
 from oms.adapters.redis_store.accounts import RedisAccountStore
 from oms.adapters.redis_store.store import RedisStore, connect
 from oms.api.account_service import AccountService
@@ -24,10 +26,12 @@ from oms.api.server import OmsServer
 from oms.api.trailing_stop_service import TrailingStopService
 from oms.config import AuthSettings, ExchangeSettings, Settings
 from oms.domain.access import Grant
+from oms.domain.errors import Unavailable
 from oms.domain.identifiers import IdGenerator
 from oms.domain.markets import Market, MarketCatalog
 from oms.domain.paper_matching import FeeSchedule
 from oms.engine.accounts import Accounts
+from oms.engine.archiving import Archiver
 from oms.engine.conditional_rules import ConditionalRules
 from oms.engine.journal import Journal
 from oms.engine.live_exchanges import LiveExchanges, VenuePolicy
@@ -173,6 +177,13 @@ class Application:
             extra_handlers,
             auth_interceptor(settings.auth),
         )
+        self.archiver: Archiver | None = None
+        self._archive: PostgresArchive | None = None
+        self._archiving: asyncio.Task[None] | None = None
+        if settings.postgres_dsn is not None:
+            self._archive = PostgresArchive(settings.postgres_dsn.get_secret_value())
+            self.archiver = Archiver(self.store, self._archive)
+            self.hub.add_listener(self.archiver.committed)
         self._stopping = asyncio.Event()
 
     async def start(self) -> int:
@@ -189,6 +200,10 @@ class Application:
         except BaseException:
             await self.stop()
             raise
+        if self.archiver is not None:
+            self._archiving = asyncio.get_running_loop().create_task(
+                self.archiver.run(), name="archive"
+            )
         await self.server.ready()
         return port
 
@@ -206,7 +221,20 @@ class Application:
         await self.server.stop(self.settings.shutdown_grace_s)
         await self.exchanges.close()
         await self.connector.close()
+        await self._stop_archiving()
         await self.store.close()
+
+    async def _stop_archiving(self) -> None:
+        """One last pass within the grace period; the next start copies what it missed."""
+        if self._archiving is not None:
+            self._archiving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._archiving
+        if self.archiver is not None and self._archive is not None:
+            with contextlib.suppress(Unavailable, TimeoutError):
+                async with asyncio.timeout(self.settings.shutdown_grace_s):
+                    await self.archiver.copy_pending()
+            await self._archive.close()
 
 
 async def serve(

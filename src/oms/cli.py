@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", default=None, help="embedded Redis data (env OMS_DATA_DIR)")
     run.add_argument("--config", default=None, help="TOML settings file (env OMS_CONFIG)")
     run.add_argument(
+        "--postgres-dsn", default=None, help="history archive; unset: none (env OMS_POSTGRES_DSN)"
+    )
+    run.add_argument(
         "--insecure",
         action="store_true",
         default=None,
@@ -52,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "redis_url": args.redis_url,
                 "data_dir": args.data_dir,
                 "config": args.config,
+                "postgres_dsn": args.postgres_dsn,
                 "insecure": args.insecure,
             }
         )

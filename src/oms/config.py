@@ -396,6 +396,9 @@ class Settings(BaseSettings):
     """Real exchanges by ccxt id; TOML tables [exchanges.<id>] only."""
     auth: AuthSettings = Field(default_factory=AuthSettings)
     """API tokens and the audit log; TOML table [auth] only."""
+    postgres_dsn: SecretStr | None = None
+    """PostgreSQL that keeps every user's events for good (asyncpg DSN, env
+    OMS_POSTGRES_DSN; it may hold a password). Unset: no history archive."""
     master_key: SecretStr | None = None
     """32 bytes in urlsafe base64 that seal exchange credentials at rest (env
     OMS_MASTER_KEY). Unset: RegisterCredentials is refused. Starting with another key than
@@ -482,7 +485,7 @@ def load_settings(argv_overrides: Mapping[str, object] | None = None) -> Setting
         for error in exc.errors(include_url=False):
             key = ".".join(str(part) for part in error["loc"]) or "settings"
             message = error["msg"].removeprefix("Value error, ")
-            if error["loc"][:1] in (("auth",), ("master_key",)):
+            if error["loc"][:1] in (("auth",), ("master_key",), ("postgres_dsn",)):
                 lines.append(f"  {key}: {message}")  # what was given may hold a secret
             else:
                 lines.append(f"  {key}: {message} (got {_shorten(repr(error['input']))})")

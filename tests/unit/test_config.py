@@ -72,6 +72,18 @@ def test_env_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.log_level == "DEBUG"
 
 
+def test_the_archive_dsn_comes_from_env_or_flag_and_is_never_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().postgres_dsn is None  # no history archive
+    monkeypatch.setenv("OMS_POSTGRES_DSN", "postgresql://oms:hunter2@db:5432/history")
+    dsn = load_settings().postgres_dsn
+    assert dsn is not None and dsn.get_secret_value().endswith("@db:5432/history")
+    assert "hunter2" not in repr(load_settings())
+    flag = load_settings({"postgres_dsn": "postgresql://other/db"}).postgres_dsn
+    assert flag is not None and flag.get_secret_value() == "postgresql://other/db"
+
+
 def test_empty_env_var_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMS_REDIS_URL", "")
     monkeypatch.setenv("OMS_CONFIG", "")

@@ -260,3 +260,27 @@ class Vault(Protocol):
     def check_value(self) -> bytes: ...
 
     def verify_check_value(self, sealed: bytes) -> None: ...
+
+
+class EventSource(Protocol):
+    """Every user's events as the store keeps them (encoded), for the history archive."""
+
+    async def users_with_events(self) -> list[str]: ...
+
+    async def read_event_docs(
+        self, user_id: str, after: int, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """(sequence, encoded event) after `after`, oldest first, at most `limit`."""
+        ...
+
+
+class EventArchive(Protocol):
+    """Where events are kept for good. Appending a sequence already kept changes nothing."""
+
+    async def last_sequences(self) -> dict[str, int]:
+        """The newest archived sequence of each user."""
+        ...
+
+    async def append(self, user_id: str, docs: Sequence[tuple[int, bytes]]) -> None: ...
+
+    async def close(self) -> None: ...

@@ -66,6 +66,7 @@ class EventHub:
         self._capacity = buffer_events
         self._subscribers: dict[str, set[_Subscription]] = {}
         self._latest: dict[str, int] = {}
+        self._listeners: list[Callable[[str, int], None]] = []
         self._closed = False
 
     def publish(self, events: list[SequencedEvent]) -> None:
@@ -78,6 +79,12 @@ class EventHub:
                 self._latest[user_id] = newest
             for subscription in self._subscribers.get(user_id, ()):
                 subscription.push(user_events)
+            for listener in self._listeners:
+                listener(user_id, newest)
+
+    def add_listener(self, listener: Callable[[str, int], None]) -> None:
+        """Told (user_id, newest sequence) after every commit that gave that user events."""
+        self._listeners.append(listener)
 
     def close(self) -> None:
         """Shutting down: every stream ends with UNAVAILABLE."""

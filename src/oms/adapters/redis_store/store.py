@@ -491,14 +491,26 @@ class RedisStore:
         next_cursor = int(reply[1]) if reply[1] else None
         return int(reply[0]), next_cursor, rows
 
-    @unavailable_when_down
     async def read_events(self, user_id: str, after: int, limit: int) -> list[SequencedEvent]:
+        docs = await self.read_event_docs(user_id, after, limit)
+        return [SequencedEvent(sequence, decode_event(doc)) for sequence, doc in docs]
+
+    @unavailable_when_down
+    async def read_event_docs(
+        self, user_id: str, after: int, limit: int
+    ) -> list[tuple[int, bytes]]:
         rows = await self._redis.xrange(
             keys.events(user_id), min=f"({after}-0", max="+", count=limit
         )
+        return [(int(entry_id.split(b"-", 1)[0]), fields[b"d"]) for entry_id, fields in rows]
+
+    @unavailable_when_down
+    async def users_with_events(self) -> list[str]:
+        pattern = keys.sequence("*")
+        head, _, tail = pattern.partition("*")
         return [
-            SequencedEvent(int(entry_id.split(b"-", 1)[0]), decode_event(fields[b"d"]))
-            for entry_id, fields in rows
+            key.decode()[len(head) : -len(tail)]
+            async for key in self._redis.scan_iter(match=pattern, count=1000)
         ]
 
     @unavailable_when_down

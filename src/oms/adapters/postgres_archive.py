@@ -1,0 +1,93 @@
+"""The history archive in PostgreSQL (asyncpg): every user's events, kept for good.
+
+One row per event, keyed by (user_id, sequence), holding the event document the state store
+streams (JSON: "kind" is "order", "fill", "position", "trailing_stop" or "rule"). The table
+is made on first use; inserting a sequence already kept does nothing, so copying again after
+a crash or a lost reply never duplicates a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from oms.domain.errors import Unavailable
+
+__all__ = ["PostgresArchive"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS oms_events (
+    user_id text NOT NULL,
+    sequence bigint NOT NULL,
+    kind text GENERATED ALWAYS AS (event ->> 'kind') STORED,
+    event jsonb NOT NULL,
+    archived_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, sequence)
+)
+"""
+
+_INSERT = """
+INSERT INTO oms_events (user_id, sequence, event) VALUES ($1, $2, $3::jsonb)
+ON CONFLICT (user_id, sequence) DO NOTHING
+"""
+
+_DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+class PostgresArchive:
+    """EventArchive (engine.ports) on PostgreSQL. Connects on first use, so an archive
+    that is down when the OMS starts delays the archive, not trading."""
+
+    def __init__(self, dsn: str, timeout_s: float = 10.0) -> None:
+        self._dsn = dsn
+        self._timeout_s = timeout_s
+        self._pool: asyncpg.Pool | None = None
+
+    async def last_sequences(self) -> dict[str, int]:
+        pool = await self._connected()
+        try:
+            rows = await pool.fetch(
+                "SELECT user_id, max(sequence) AS last FROM oms_events GROUP BY user_id",
+                timeout=self._timeout_s,
+            )
+        except _DOWN as error:
+            raise _unavailable(error) from error
+        return {row["user_id"]: row["last"] for row in rows}
+
+    async def append(self, user_id: str, docs: Sequence[tuple[int, bytes]]) -> None:
+        pool = await self._connected()
+        try:
+            await pool.executemany(
+                _INSERT,
+                [(user_id, sequence, doc.decode()) for sequence, doc in docs],
+                timeout=self._timeout_s,
+            )
+        except _DOWN as error:
+            raise _unavailable(error) from error
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _connected(self) -> asyncpg.Pool:
+        if self._pool is None:
+            try:
+                pool = await asyncpg.create_pool(
+                    self._dsn, min_size=1, max_size=2, timeout=self._timeout_s
+                )
+            except _DOWN as error:
+                raise _unavailable(error) from error
+            try:
+                await pool.execute(_SCHEMA, timeout=self._timeout_s)
+            except _DOWN as error:
+                await pool.close()
+                raise _unavailable(error) from error
+            self._pool = pool
+        return self._pool
+
+
+def _unavailable(error: BaseException) -> Unavailable:
+    # asyncpg's messages name the host and database, never the password.
+    return Unavailable(f"history archive unreachable: {error}")

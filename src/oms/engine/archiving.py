@@ -1,0 +1,87 @@
+"""Copying every user's events from the state store into the history archive.
+
+The store's per-user streams are the source: the archiver keeps, per user, the newest
+sequence the archive holds and copies what follows, in order, in batches. Whatever was
+committed while the archive was down, or while no OMS ran, is copied on the next pass, and a
+batch copied twice is harmless (the archive ignores sequences it has). The archive may lag
+the store; it never slows a commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from oms.domain.errors import Unavailable
+from oms.engine.ports import EventArchive, EventSource
+
+log = logging.getLogger(__name__)
+
+BATCH_EVENTS = 500
+
+
+class Archiver:
+    def __init__(self, source: EventSource, archive: EventArchive, retry_s: float = 1.0) -> None:
+        self._source = source
+        self._archive = archive
+        self._retry_s = retry_s
+        self._cursors: dict[str, int] | None = None
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+
+    def committed(self, user_id: str, newest: int) -> None:
+        """`user_id` has events up to `newest` in the store (an EventHub listener)."""
+        if self._cursors is None or self._cursors.get(user_id, 0) < newest:
+            self._dirty.add(user_id)
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Copy until cancelled; an unreachable store or archive is retried."""
+        while True:
+            self._wake.clear()
+            try:
+                await self.copy_pending()
+            except Unavailable as error:
+                log.warning("history archive: %s; again in %g s", error, self._retry_s)
+                await asyncio.sleep(self._retry_s)
+                continue
+            except Exception:
+                # Not a reason to stop archiving for good: say so loudly and go on.
+                log.exception("history archive: copy failed; again in %g s", self._retry_s)
+                await asyncio.sleep(self._retry_s)
+                continue
+            await self._wake.wait()
+
+    async def copy_pending(self) -> None:
+        """Copy every event the archive lacks, as far as the store has them now."""
+        if self._cursors is None:
+            users = await self._source.users_with_events()
+            self._cursors = await self._archive.last_sequences()
+            self._dirty.update(users)
+        while self._dirty:
+            user_id = self._dirty.pop()
+            try:
+                more = await self._copy(user_id, self._cursors)
+            except BaseException:
+                self._dirty.add(user_id)
+                raise
+            if more:
+                self._dirty.add(user_id)
+
+    async def _copy(self, user_id: str, cursors: dict[str, int]) -> bool:
+        """One batch of `user_id`'s events; whether more may follow."""
+        after = cursors.get(user_id, 0)
+        docs = await self._source.read_event_docs(user_id, after, BATCH_EVENTS)
+        if not docs:
+            return False
+        if docs[0][0] > after + 1:
+            log.error(
+                "history archive: %s's events %d to %d left the store's retention before "
+                "they were archived",
+                user_id,
+                after + 1,
+                docs[0][0] - 1,
+            )
+        await self._archive.append(user_id, docs)
+        cursors[user_id] = docs[-1][0]
+        return len(docs) == BATCH_EVENTS

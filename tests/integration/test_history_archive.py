@@ -1,0 +1,101 @@
+"""The history archive (OMS_POSTGRES_DSN): every user's events copied into a real
+PostgreSQL in order and once, including what was committed while no archive was configured
+or while it was down; trading never waits for it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+from fixtures.oms_server import OmsHarness, make_oms
+from fixtures.trading import USER, place, tick
+from tradingboost.oms.v1 import order_pb2
+from tradingboost.oms.v1 import order_service_pb2 as pb
+
+
+async def newest_sequence(oms: OmsHarness) -> int:
+    listing = await oms.orders.ListOrders(pb.ListOrdersRequest(user_id=USER))
+    return listing.as_of_sequence
+
+
+async def archived(dsn: str, newest: int) -> list[Any]:
+    """USER's archived rows, once the archive holds `newest` (within 10 s)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                rows = await connection.fetch(
+                    "SELECT sequence, kind, event FROM oms_events WHERE user_id = $1"
+                    " ORDER BY sequence",
+                    USER,
+                )
+            except asyncpg.UndefinedTableError:  # the archiver has not made it yet
+                rows = []
+            if (rows and rows[-1]["sequence"] >= newest) or time.monotonic() > deadline:
+                return rows
+            await asyncio.sleep(0.05)
+    finally:
+        await connection.close()
+
+
+async def test_every_event_is_archived_in_order_with_its_sequence(
+    redis_url: str, postgres_dsn: str
+) -> None:
+    oms = await make_oms(redis_url, postgres_dsn=postgres_dsn)
+    try:
+        await tick(oms, "50000")
+        await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000")
+        await tick(oms, "48000")  # the fill: order, fill and position events
+        newest = await newest_sequence(oms)
+        rows = await archived(postgres_dsn, newest)
+    finally:
+        await oms.close()
+    assert [row["sequence"] for row in rows] == list(range(1, newest + 1))
+    assert {"order", "fill", "position"} <= {row["kind"] for row in rows}
+    [fill] = [row for row in rows if row["kind"] == "fill"]
+    assert '"price": "49000"' in fill["event"]
+
+
+async def test_what_was_committed_without_the_archive_is_copied_at_start(
+    redis_url: str, postgres_dsn: str
+) -> None:
+    oms = await make_oms(redis_url)
+    try:
+        await tick(oms, "50000")
+        for price in ("49000", "48000", "47000"):
+            await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price=price)
+        newest = await newest_sequence(oms)
+    finally:
+        await oms.close()
+    oms = await make_oms(redis_url, postgres_dsn=postgres_dsn)
+    try:
+        rows = await archived(postgres_dsn, newest)
+    finally:
+        await oms.close()
+    assert [row["sequence"] for row in rows] == list(range(1, newest + 1))
+
+
+async def test_trading_goes_on_while_the_archive_is_down_and_it_catches_up(
+    redis_url: str, postgres_server: str
+) -> None:
+    # A database that does not exist yet: every connection is refused until it does.
+    name = "test_late_archive"
+    dsn = f"{postgres_server}/{name}"
+    oms = await make_oms(redis_url, postgres_dsn=dsn)
+    try:
+        await tick(oms, "50000")
+        order = await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000")
+        assert order.status == order_pb2.ORDER_STATUS_OPEN
+        newest = await newest_sequence(oms)
+        admin = await asyncpg.connect(f"{postgres_server}/postgres")
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        rows = await archived(dsn, newest)  # the archiver retries every second
+    finally:
+        await oms.close()
+    assert [row["sequence"] for row in rows] == list(range(1, newest + 1))

@@ -57,6 +57,15 @@ async def test_every_event_is_archived_in_order_with_its_sequence(
     assert {"order", "fill", "position"} <= {row["kind"] for row in rows}
     [fill] = [row for row in rows if row["kind"] == "fill"]
     assert '"price": "49000"' in fill["event"]
+    # Where the next start resumes: kept with the events, one row per user.
+    connection = await asyncpg.connect(postgres_dsn)
+    try:
+        cursor = await connection.fetchval(
+            "SELECT sequence FROM oms_archive_cursors WHERE user_id = $1", USER
+        )
+    finally:
+        await connection.close()
+    assert cursor == newest
 
 
 async def test_what_was_committed_without_the_archive_is_copied_at_start(

@@ -1,9 +1,11 @@
 """The history archive in PostgreSQL (asyncpg): every user's events, kept for good.
 
 One row per event, keyed by (user_id, sequence), holding the event document the state store
-streams (JSON: "kind" is "order", "fill", "position", "trailing_stop" or "rule"). The table
-is made on first use; inserting a sequence already kept does nothing, so copying again after
-a crash or a lost reply never duplicates a row.
+streams (JSON: "kind" is "order", "fill", "position", "trailing_stop" or "rule"). The tables
+are made on first use; inserting a sequence already kept does nothing, so copying again after
+a crash or a lost reply never duplicates a row. Each user's newest archived sequence is kept
+beside the events, in the same transaction, so resuming reads one row per user instead of
+scanning the events.
 """
 
 from __future__ import annotations
@@ -24,12 +26,22 @@ CREATE TABLE IF NOT EXISTS oms_events (
     event jsonb NOT NULL,
     archived_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (user_id, sequence)
+);
+CREATE TABLE IF NOT EXISTS oms_archive_cursors (
+    user_id text PRIMARY KEY,
+    sequence bigint NOT NULL
 )
 """
 
 _INSERT = """
 INSERT INTO oms_events (user_id, sequence, event) VALUES ($1, $2, $3::jsonb)
 ON CONFLICT (user_id, sequence) DO NOTHING
+"""
+
+_ADVANCE = """
+INSERT INTO oms_archive_cursors (user_id, sequence) VALUES ($1, $2)
+ON CONFLICT (user_id) DO UPDATE
+SET sequence = greatest(oms_archive_cursors.sequence, excluded.sequence)
 """
 
 _DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
@@ -48,21 +60,19 @@ class PostgresArchive:
         pool = await self._connected()
         try:
             rows = await pool.fetch(
-                "SELECT user_id, max(sequence) AS last FROM oms_events GROUP BY user_id",
-                timeout=self._timeout_s,
+                "SELECT user_id, sequence FROM oms_archive_cursors", timeout=self._timeout_s
             )
         except _DOWN as error:
             raise _unavailable(error) from error
-        return {row["user_id"]: row["last"] for row in rows}
+        return {row["user_id"]: row["sequence"] for row in rows}
 
     async def append(self, user_id: str, docs: Sequence[tuple[int, bytes]]) -> None:
         pool = await self._connected()
+        rows = [(user_id, sequence, doc.decode()) for sequence, doc in docs]
         try:
-            await pool.executemany(
-                _INSERT,
-                [(user_id, sequence, doc.decode()) for sequence, doc in docs],
-                timeout=self._timeout_s,
-            )
+            async with pool.acquire() as connection, connection.transaction():
+                await connection.executemany(_INSERT, rows, timeout=self._timeout_s)
+                await connection.execute(_ADVANCE, user_id, docs[-1][0], timeout=self._timeout_s)
         except _DOWN as error:
             raise _unavailable(error) from error
 

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import asyncpg
+import pytest
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.trading import USER, place, tick
 from tradingboost.oms.v1 import order_pb2
@@ -108,3 +109,26 @@ async def test_trading_goes_on_while_the_archive_is_down_and_it_catches_up(
     finally:
         await oms.close()
     assert [row["sequence"] for row in rows] == list(range(1, newest + 1))
+
+
+async def test_events_trimmed_before_they_were_archived_are_reported(
+    redis_url: str, postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    oms = await make_oms(redis_url, retention_events=3)
+    try:
+        await tick(oms, "50000")
+        for price in ("49000", "48000", "47000", "46000", "45000"):
+            await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price=price)
+        newest = await newest_sequence(oms)
+    finally:
+        await oms.close()
+    oms = await make_oms(redis_url, retention_events=3, postgres_dsn=postgres_dsn)
+    try:
+        rows = await archived(postgres_dsn, newest)
+    finally:
+        await oms.close()
+    # Only what Redis still held could be copied, and the hole is said out loud.
+    assert [row["sequence"] for row in rows] == [newest - 2, newest - 1, newest]
+    [gap] = [r for r in caplog.records if "left the store's retention" in r.getMessage()]
+    assert gap.levelname == "ERROR"
+    assert f"events 1 to {newest - 3}" in gap.getMessage()

@@ -178,11 +178,10 @@ class Application:
             auth_interceptor(settings.auth),
         )
         self.archiver: Archiver | None = None
-        self._archive: PostgresArchive | None = None
         self._archiving: asyncio.Task[None] | None = None
         if settings.postgres_dsn is not None:
-            self._archive = PostgresArchive(settings.postgres_dsn.get_secret_value())
-            self.archiver = Archiver(self.store, self._archive)
+            archive = PostgresArchive(settings.postgres_dsn.get_secret_value())
+            self.archiver = Archiver(self.store, archive)
             self.hub.add_listener(self.archiver.committed)
         self._stopping = asyncio.Event()
 
@@ -230,11 +229,11 @@ class Application:
             self._archiving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._archiving
-        if self.archiver is not None and self._archive is not None:
+        if self.archiver is not None:
             with contextlib.suppress(Unavailable, TimeoutError):
                 async with asyncio.timeout(self.settings.shutdown_grace_s):
                     await self.archiver.copy_pending()
-            await self._archive.close()
+            await self.archiver.close()
 
 
 async def serve(

@@ -41,16 +41,18 @@ class Archiver:
             self._wake.clear()
             try:
                 await self.copy_pending()
-            except Unavailable as error:
-                log.warning("history archive: %s; again in %g s", error, self._retry_s)
-                await asyncio.sleep(self._retry_s)
-                continue
-            except Exception:
-                # Not a reason to stop archiving for good: say so loudly and go on.
-                log.exception("history archive: copy failed; again in %g s", self._retry_s)
+            except Exception as error:
+                if isinstance(error, Unavailable):
+                    log.warning("history archive: %s; again in %g s", error, self._retry_s)
+                else:
+                    # Not a reason to stop archiving for good: say so loudly and go on.
+                    log.exception("history archive: copy failed; again in %g s", self._retry_s)
                 await asyncio.sleep(self._retry_s)
                 continue
             await self._wake.wait()
+
+    async def close(self) -> None:
+        await self._archive.close()
 
     async def copy_pending(self) -> None:
         """Copy every event the archive lacks, as far as the store has them now."""

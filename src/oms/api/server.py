@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from tradingboost.oms.v1 import (
     account_service_pb2,
     account_service_pb2_grpc,
@@ -42,6 +42,29 @@ _SERVICES = (
 SERVICE_NAMES = tuple(service.full_name for service in _SERVICES)
 
 
+class _GenericHandlersOnly:
+    """What the generated `add_*_to_server` functions register on: their generic handlers.
+
+    grpc.aio (1.85) keeps one pending request per registered method and, for every call,
+    runs asyncio.wait over all of them (~35 here): about 200k instructions a call, 39% of
+    a no-op call's CPU (callgrind). The generic handler each generated function adds beside
+    its registered methods serves the same methods without that wait.
+    """
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(
+        self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]
+    ) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(
+        self, service_name: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        """Left out: the generic handler added with them serves these methods."""
+
+
 class OmsServer:
     """A grpc.aio server with health and reflection always on; NOT_SERVING until `ready()`."""
 
@@ -61,20 +84,24 @@ class OmsServer:
         if auth is not None:
             interceptors.insert(0, auth)
         self.server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
-        order_service_pb2_grpc.add_OrderServiceServicer_to_server(orders, self.server)
-        market_data_service_pb2_grpc.add_MarketDataServiceServicer_to_server(
-            market_data, self.server
-        )
-        position_service_pb2_grpc.add_PositionServiceServicer_to_server(positions, self.server)
+        # Duck-typed: the generated functions call only the two methods it has.
+        target = cast(grpc.aio.Server, _GenericHandlersOnly(self.server))
+        order_service_pb2_grpc.add_OrderServiceServicer_to_server(orders, target)
+        market_data_service_pb2_grpc.add_MarketDataServiceServicer_to_server(market_data, target)
+        position_service_pb2_grpc.add_PositionServiceServicer_to_server(positions, target)
         trailing_stop_service_pb2_grpc.add_TrailingStopServiceServicer_to_server(
-            trailing_stops, self.server
+            trailing_stops, target
         )
-        account_service_pb2_grpc.add_AccountServiceServicer_to_server(accounts, self.server)
+        account_service_pb2_grpc.add_AccountServiceServicer_to_server(accounts, target)
         self.server.add_generic_rpc_handlers(list(extra_handlers))
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, target)
+        # What reflection.enable_server_reflection does for a grpc.aio server.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
+                (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            ),
+            target,
         )
 
     def bind(self, listen: str) -> int:

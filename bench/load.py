@@ -53,19 +53,16 @@ async def _window(
 ) -> tuple[int, float]:
     """`concurrency` callers in a closed loop for `seconds`: (calls made, seconds taken)."""
     counter = itertools.count()
-    calls = 0
+    before = sum(len(v) for v in latencies.values())
     started = time.perf_counter()
     deadline = started + seconds
 
     async def caller() -> None:
-        nonlocal calls
         while time.perf_counter() < deadline:
-            before = sum(len(v) for v in latencies.values())
             await step(next(counter), latencies)
-            calls += sum(len(v) for v in latencies.values()) - before
 
     await asyncio.gather(*(caller() for _ in range(concurrency)))
-    return calls, time.perf_counter() - started
+    return sum(len(v) for v in latencies.values()) - before, time.perf_counter() - started
 
 
 async def compare(

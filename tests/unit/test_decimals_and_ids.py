@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 import pytest
@@ -38,6 +39,18 @@ def test_ids_are_unique_and_increasing() -> None:
     assert generated == sorted(generated)
     assert len(set(generated)) == len(generated)
     assert all(len(i) == 26 and i.isalnum() for i in generated)
+
+
+def test_ids_are_ulids_that_lead_with_their_millisecond() -> None:
+    crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    before_ms = time.time_ns() // 1_000_000
+    new_id = IdGenerator().new_id()
+    after_ms = time.time_ns() // 1_000_000
+    value = 0
+    for digit in new_id:
+        value = value * 32 + crockford.index(digit)
+    assert value < 1 << 128
+    assert before_ms <= value >> 80 <= after_ms
 
 
 def test_page_tokens_round_trip_and_reject_garbage() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import time
@@ -12,8 +11,10 @@ from oms.domain.errors import InvalidArgument
 _USER_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _CLIENT_ORDER_ID = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-# RFC 4648 base32 digits to Crockford's: base64.b32encode does the bit work in C.
-_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
+# Two digits per 10 bits: 13 lookups for an id (base64.b32encode is pure Python on 3.11,
+# and 2.5x slower here).
+_DIGIT_PAIRS = [high + low for high in _CROCKFORD for low in _CROCKFORD]
+_PAIR_SHIFTS = range(120, -1, -10)
 
 
 def check_user_id(raw: str, field: str = "user_id") -> str:
@@ -58,7 +59,5 @@ class IdGenerator:
             self._last_random = int.from_bytes(os.urandom(10), "big") >> 1
         self._last_ms = now_ms
         value = (now_ms << 80) | (self._last_random & ((1 << 80) - 1))
-        # 26 digits of 5 bits are 130 bits, the top two zero: shifted left by 6, the value's
-        # 130 bits lead 17 bytes, and b32encode's first 26 digits are exactly those.
-        digits = base64.b32encode((value << 6).to_bytes(17, "big"))[:26]
-        return digits.translate(_TO_CROCKFORD).decode()
+        # 26 digits of 5 bits are 130 bits: the 128 of the value under two zero bits.
+        return "".join([_DIGIT_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])

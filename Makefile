@@ -8,7 +8,7 @@ BUF ?= .tools/node_modules/.bin/buf
 VENV_STAMP := $(VENV)/.installed.stamp
 BUF_STAMP := .tools/.buf-$(BUF_VERSION).stamp
 
-.PHONY: run test lint bench venv buf proto lint-proto
+.PHONY: run test lint bench bench-instructions venv buf proto lint-proto
 
 # Set up everything and start the server on the paper exchange (embedded Redis unless
 # OMS_REDIS_URL is set). Extra flags: make run ARGS="--listen 127.0.0.1:6000".
@@ -29,6 +29,10 @@ lint: $(VENV_STAMP)
 bench: $(VENV_STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 	$(PY) -m bench.trailing
+
+# Instructions per call under callgrind: repeatable where wall-clock figures drift.
+bench-instructions: $(VENV_STAMP)
+	$(PY) -m bench.instructions
 
 # Create $(VENV) and install the project (editable) with its dev extras.
 # No-op while the stamp is newer than pyproject.toml.

@@ -6,7 +6,8 @@ import asyncio
 import itertools
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -87,7 +88,9 @@ def _timed(latencies: dict[str, list[float]], rpc: str, started: float) -> None:
     latencies.setdefault(rpc, []).append(time.perf_counter() - started)
 
 
-async def measure(address: str, seconds: float, rounds: int) -> list[Result]:
+@asynccontextmanager
+async def scenarios(address: str) -> AsyncIterator[dict[str, Step]]:
+    """The two scenarios' steps on one channel, after a first price tick on the symbol."""
     async with grpc.aio.insecure_channel(address) as channel:
         orders = order_service_pb2_grpc.OrderServiceStub(channel)
         market = market_data_service_pb2_grpc.MarketDataServiceStub(channel)
@@ -134,12 +137,12 @@ async def measure(address: str, seconds: float, rounds: int) -> list[Result]:
             )
             _timed(latencies, "CancelOrder", started)
 
+        yield {"no-op": noop_step, "place+cancel": place_cancel_step}
+
+
+async def measure(address: str, seconds: float, rounds: int) -> list[Result]:
+    async with scenarios(address) as steps:
         results = []
         for concurrency in (1, 32):
-            results += await compare(
-                concurrency,
-                seconds,
-                rounds,
-                {"no-op": noop_step, "place+cancel": place_cancel_step},
-            )
+            results += await compare(concurrency, seconds, rounds, steps)
         return results

@@ -1,0 +1,112 @@
+"""`make bench-instructions`: the server's instructions per call, counted by callgrind.
+
+Wall-clock figures on a shared 2-core VM drift by 20% within minutes and by 2x between
+machines; instruction counts do not (the same run twice agrees to a fraction of a percent).
+This runs the bench server under `valgrind --tool=callgrind`, drives the same two scenarios
+as `make bench` one call at a time, and prints the instructions the whole server process
+(every thread; the embedded redis-server is a child valgrind does not follow) executed per
+no-op call and per PlaceOrder+CancelOrder pair. Use it to A/B a change to the hot path.
+Waits and wake-ups cost no instructions, so this complements `make bench`, not replaces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import uvloop
+
+from bench.load import scenarios
+
+
+def _control(pid: int, *args: str) -> None:
+    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
+
+
+def _dumped_total(out_dir: Path, pid: int, trigger: str) -> int:
+    for dump in out_dir.glob(f"callgrind.out.{pid}*"):
+        text = dump.read_text(errors="replace")
+        if f"Trigger: dump {trigger}" in text:
+            found = re.search(r"^totals: (\d+)", text, re.MULTILINE)
+            if found:
+                return int(found.group(1))
+    raise RuntimeError(f"no callgrind dump {trigger!r} of process {pid}")
+
+
+def _start(out_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    server = subprocess.Popen(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",  # start-up runs at full speed
+            f"--callgrind-out-file={out_dir}/callgrind.out.%p",
+            sys.executable,
+            "-m",
+            "bench.server",
+            str(out_dir / "data"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert server.stdout is not None
+    for line in server.stdout:
+        if line.startswith("oms serving on "):
+            return server, line.removeprefix("oms serving on ").strip()
+    raise RuntimeError("bench server did not start under valgrind")
+
+
+async def _count(out_dir: Path, pid: int, address: str, calls: int) -> dict[str, float]:
+    """Instructions per step of each scenario, over one channel opened before counting."""
+    async with scenarios(address) as steps:
+        for step in steps.values():  # connections, caches, allocator
+            for n in range(20):
+                await step(n, {})
+        _control(pid, "--instr=on")
+        for step in steps.values():  # the same again, instrumented
+            for n in range(20):
+                await step(n, {})
+        per_step = {}
+        for number, (scenario, step) in enumerate(steps.items()):
+            _control(pid, "--zero")
+            started = time.monotonic()
+            for n in range(calls):
+                await step(n, {})
+            _control(pid, f"--dump=s{number}")
+            print(f"  {scenario}: {calls} steps in {time.monotonic() - started:.0f} s")
+            per_step[scenario] = _dumped_total(out_dir, pid, f"s{number}") / calls
+        return per_step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=200, help="steps per scenario")
+    args = parser.parse_args()
+    missing = [tool for tool in ("valgrind", "callgrind_control") if not shutil.which(tool)]
+    if missing:
+        sys.exit(f"bench-instructions needs {' and '.join(missing)} (Debian: apt install valgrind)")
+    with tempfile.TemporaryDirectory(prefix="oms-bench-instructions-") as tmp:
+        out_dir = Path(tmp)
+        server, address = _start(out_dir)
+        try:
+            per_step = uvloop.run(_count(out_dir, server.pid, address, args.calls))
+        finally:
+            server.terminate()
+            server.wait(60)
+    noop, pair = per_step["no-op"], per_step["place+cancel"]
+    print(f"server instructions per no-op call:             {noop / 1000:6.0f}k")
+    print(f"server instructions per PlaceOrder+CancelOrder: {pair / 1000:6.0f}k")
+    print(
+        f"per call, no-op / place+cancel = {noop / (pair / 2):.2f} "
+        "(the CPU-bound ceiling of make bench's throughput ratio)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -104,7 +104,7 @@ def main() -> None:
     print(f"server instructions per PlaceOrder+CancelOrder: {pair / 1000:6.0f}k")
     print(
         f"per call, no-op / place+cancel = {noop / (pair / 2):.2f} "
-        "(the CPU-bound ceiling of make bench's throughput ratio)"
+        "(make bench's throughput ratio if the server's CPU were all that counted)"
     )
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import uvloop
 
 from bench.load import scenarios
+from bench.server import start
 
 
 def _control(pid: int, *args: str) -> None:
@@ -37,29 +38,6 @@ def _dumped_total(out_dir: Path, pid: int, trigger: str) -> int:
             if found:
                 return int(found.group(1))
     raise RuntimeError(f"no callgrind dump {trigger!r} of process {pid}")
-
-
-def _start(out_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    server = subprocess.Popen(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",  # start-up runs at full speed
-            f"--callgrind-out-file={out_dir}/callgrind.out.%p",
-            sys.executable,
-            "-m",
-            "bench.server",
-            str(out_dir / "data"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert server.stdout is not None
-    for line in server.stdout:
-        if line.startswith("oms serving on "):
-            return server, line.removeprefix("oms serving on ").strip()
-    raise RuntimeError("bench server did not start under valgrind")
 
 
 async def _count(out_dir: Path, pid: int, address: str, calls: int) -> dict[str, float]:
@@ -93,7 +71,13 @@ def main() -> None:
         sys.exit(f"bench-instructions needs {' and '.join(missing)} (Debian: apt install valgrind)")
     with tempfile.TemporaryDirectory(prefix="oms-bench-instructions-") as tmp:
         out_dir = Path(tmp)
-        server, address = _start(out_dir)
+        callgrind = (
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",  # start-up runs at full speed
+            f"--callgrind-out-file={out_dir}/callgrind.out.%p",
+        )
+        server, address = start(out_dir / "data", callgrind)
         try:
             per_step = uvloop.run(_count(out_dir, server.pid, address, args.calls))
         finally:

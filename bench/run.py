@@ -18,20 +18,7 @@ from pathlib import Path
 import uvloop
 
 from bench.load import Result, measure
-
-
-def _start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bench.server", str(data_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert server.stdout is not None
-    for line in server.stdout:
-        if line.startswith("oms serving on "):
-            return server, line.removeprefix("oms serving on ").strip()
-    raise RuntimeError("bench server did not start")
+from bench.server import start
 
 
 def _report(results: list[Result]) -> None:
@@ -67,7 +54,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="oms-bench-") as data_dir:
-        server, address = _start_server(Path(data_dir))
+        server, address = start(Path(data_dir))
         try:
             load = subprocess.run(
                 [

@@ -7,8 +7,10 @@ baseline every figure is divided by.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,22 @@ def noop_handler() -> grpc.GenericRpcHandler[Any, Any]:
             )
         },
     )
+
+
+def start(data_dir: Path, wrapper: Sequence[str] = ()) -> tuple[subprocess.Popen[str], str]:
+    """This module's server in a process of its own (run under `wrapper`, e.g. valgrind):
+    the process and the address it serves on, once it serves."""
+    server = subprocess.Popen(
+        [*wrapper, sys.executable, "-m", "bench.server", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert server.stdout is not None
+    for line in server.stdout:
+        if line.startswith("oms serving on "):
+            return server, line.removeprefix("oms serving on ").strip()
+    raise RuntimeError(f"bench server did not start: {server.wait()}")
 
 
 def main() -> None:

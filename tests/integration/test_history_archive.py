@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import asyncpg
 import pytest
 from fixtures.oms_server import OmsHarness, make_oms
+from fixtures.redis_server import free_port
 from fixtures.trading import USER, place, tick
 from tradingboost.oms.v1 import order_pb2
 from tradingboost.oms.v1 import order_service_pb2 as pb
+
+from oms.adapters.postgres_archive import PostgresArchive
+from oms.domain.errors import Unavailable
 
 
 async def newest_sequence(oms: OmsHarness) -> int:
@@ -132,3 +137,26 @@ async def test_events_trimmed_before_they_were_archived_are_reported(
     [gap] = [r for r in caplog.records if "left the store's retention" in r.getMessage()]
     assert gap.levelname == "ERROR"
     assert f"events 1 to {newest - 3}" in gap.getMessage()
+
+
+async def test_the_archive_says_whether_it_was_unreachable_or_refused(
+    postgres_server: str, postgres_dsn: str
+) -> None:
+    closed = PostgresArchive(f"postgresql://oms@127.0.0.1:{free_port()}/none", timeout_s=2)
+    with pytest.raises(Unavailable, match="history archive unreachable"):
+        await closed.last_sequences()
+    # A role that may connect but not create the archive's tables (PostgreSQL 15 and later
+    # give PUBLIC no CREATE on schema public).
+    role = f"reader_{uuid.uuid4().hex[:12]}"  # roles are the whole server's
+    admin = await asyncpg.connect(postgres_dsn)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN")
+        await admin.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    finally:
+        await admin.close()
+    reader = PostgresArchive(postgres_dsn.replace("//oms@", f"//{role}@"), timeout_s=5)
+    with pytest.raises(
+        Unavailable, match="history archive refused: InsufficientPrivilegeError: permission"
+    ):
+        await reader.last_sequences()
+    await reader.close()

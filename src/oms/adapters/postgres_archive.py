@@ -98,6 +98,12 @@ class PostgresArchive:
         return self._pool
 
 
+_UNREACHABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError)
+
+
 def _unavailable(error: BaseException) -> Unavailable:
     # asyncpg's messages name the host and database, never the password.
-    return Unavailable(f"history archive unreachable: {error}")
+    if isinstance(error, _UNREACHABLE):
+        return Unavailable(f"history archive unreachable: {error}")
+    # Reached, and it said no: a missing privilege, a full disk, a broken schema.
+    return Unavailable(f"history archive refused: {type(error).__name__}: {error}")

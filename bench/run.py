@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -52,12 +53,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="per scenario")
     parser.add_argument("--rounds", type=int, default=4, help="windows per scenario")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the server (with its embedded Redis) on CPU 0, the load generator on CPU 1",
+    )
     args = parser.parse_args()
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        sys.exit("--pin needs two CPUs")
+    # taskset's affinity is inherited: the server's threads and its Redis share CPU 0.
+    server_cpu, load_cpu = (
+        (("taskset", "-c", "0"), ("taskset", "-c", "1")) if args.pin else ((), ())
+    )
     with tempfile.TemporaryDirectory(prefix="oms-bench-") as data_dir:
-        server, address = start(Path(data_dir))
+        server, address = start(Path(data_dir), server_cpu)
         try:
             load = subprocess.run(
                 [
+                    *load_cpu,
                     sys.executable,
                     "-m",
                     "bench.run",

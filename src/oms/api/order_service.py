@@ -24,7 +24,7 @@ from oms.api.converters import (
 )
 from oms.domain.conditional_rules import RuleStatus
 from oms.domain.events import Heartbeat
-from oms.domain.orders import OrderStatus, Side
+from oms.domain.orders import Order, OrderStatus, Side
 from oms.domain.paging import encode_page_token
 from oms.engine.conditional_rules import ConditionalRules
 from oms.engine.order_lifecycle import OpenOrderSearch, OrderLifecycle, OrderRef, StreamFilter
@@ -41,16 +41,15 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
     async def PlaceOrder(
         self, request: pb.PlaceOrderRequest, context: Context
     ) -> pb.PlaceOrderResponse:
-        render = Prerender(order_to_proto)
-        order = await self._orders.place(place_order_command(request), render)
-        return pb.PlaceOrderResponse(order=render(order))
+        render = Prerender(_place_response)
+        return render(await self._orders.place(place_order_command(request), render))
 
     async def CancelOrder(
         self, request: pb.CancelOrderRequest, context: Context
     ) -> pb.CancelOrderResponse:
         ref = OrderRef(request.user_id, request.order_id, request.client_order_id)
-        render = Prerender(order_to_proto)
-        return pb.CancelOrderResponse(order=render(await self._orders.cancel(ref, render)))
+        render = Prerender(_cancel_response)
+        return render(await self._orders.cancel(ref, render))
 
     async def CancelAllOrders(
         self, request: pb.CancelAllOrdersRequest, context: Context
@@ -173,3 +172,12 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
     ) -> pb.DeleteConditionalRuleResponse:
         rule = await self._rules.delete(request.user_id, request.rule_id)
         return pb.DeleteConditionalRuleResponse(rule=rule_to_proto(rule))
+
+
+# Whole responses, so the copy of the order into its response is made ahead too.
+def _place_response(order: Order) -> pb.PlaceOrderResponse:
+    return pb.PlaceOrderResponse(order=order_to_proto(order))
+
+
+def _cancel_response(order: Order) -> pb.CancelOrderResponse:
+    return pb.CancelOrderResponse(order=order_to_proto(order))

@@ -155,9 +155,9 @@ def order_to_proto(order: Order) -> order_pb2.Order:
         updated_at=timestamp(order.updated_at_ns),
     )
     # Fields an order often leaves empty are set only when it has them: the constructor
-    # costs per keyword, empty or not (28 keywords 4.3 us, 16 of them 1.7 us), and proto3
-    # leaves empty values off the wire either way. Every order response and update is built
-    # here.
+    # costs per keyword, empty or not (all 28: 4.3 us; the 14 a new limit order fills:
+    # 1.7 us), and proto3 leaves empty values off the wire either way. Every order response
+    # and update is built here.
     if order.exchange_order_id:
         message.exchange_order_id = order.exchange_order_id
     if order.price is not None:

@@ -135,6 +135,17 @@ def statuses(mapping: _EnumMap, values: list[int], domain: type[E]) -> frozenset
     return frozenset(found)
 
 
+_TEXT_FIELDS_OFTEN_EMPTY = (
+    "exchange_order_id",
+    "fee_currency",
+    "reject_reason",
+    "cancel_reason",
+    "parent_order_id",
+    "linked_order_id",
+    "strategy",
+)
+
+
 def order_to_proto(order: Order) -> order_pb2.Order:
     message = order_pb2.Order(
         order_id=order.order_id,
@@ -158,8 +169,9 @@ def order_to_proto(order: Order) -> order_pb2.Order:
     # costs per keyword, empty or not (all 28: 4.3 us; the 14 a new limit order fills:
     # 1.7 us), and proto3 leaves empty values off the wire either way. Every order response
     # and update is built here.
-    if order.exchange_order_id:
-        message.exchange_order_id = order.exchange_order_id
+    for name in _TEXT_FIELDS_OFTEN_EMPTY:
+        if value := getattr(order, name):
+            setattr(message, name, value)
     if order.price is not None:
         message.price = fmt(order.price)
     if order.stop_price is not None:
@@ -168,18 +180,6 @@ def order_to_proto(order: Order) -> order_pb2.Order:
         message.reduce_only = True
     if order.filled_quantity:
         message.average_fill_price = _opt(order.average_fill_price)
-    if order.fee_currency:
-        message.fee_currency = order.fee_currency
-    if order.reject_reason:
-        message.reject_reason = order.reject_reason
-    if order.cancel_reason:
-        message.cancel_reason = order.cancel_reason
-    if order.parent_order_id:
-        message.parent_order_id = order.parent_order_id
-    if order.linked_order_id:
-        message.linked_order_id = order.linked_order_id
-    if order.strategy:
-        message.strategy = order.strategy
     if order.metadata:
         message.metadata.update(order.metadata)
     if order.leverage is not None:

@@ -1,7 +1,7 @@
 """`make bench-instructions`: the server's instructions per call, counted by callgrind.
 
 Wall-clock figures on a shared 2-core VM drift by 20% within minutes and by 2x between
-machines; instruction counts do not (the same run twice agrees to a fraction of a percent).
+machines; instruction counts do not (two runs of the same code agreed within ~2%).
 This runs the bench server under `valgrind --tool=callgrind`, drives the same two scenarios
 as `make bench` one call at a time, and prints the instructions the whole server process
 (every thread; the embedded redis-server is a child valgrind does not follow) executed per

@@ -178,8 +178,8 @@ def order_to_proto(order: Order) -> order_pb2.Order:
         message.stop_price = fmt(order.stop_price)
     if order.reduce_only:
         message.reduce_only = True
-    if order.filled_quantity:
-        message.average_fill_price = _opt(order.average_fill_price)
+    if (average_fill_price := order.average_fill_price) is not None:
+        message.average_fill_price = fmt(average_fill_price)
     if order.metadata:
         message.metadata.update(order.metadata)
     if order.leverage is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -236,6 +237,19 @@ class Application:
             await self.archiver.close()
 
 
+def freeze_startup_heap() -> int:
+    """Keep what start-up allocated out of every later garbage collection; returns how many
+    objects that is.
+
+    Imports (ccxt, protobuf descriptors) leave ~240k long-lived objects, and a full
+    collection walks them all: 50-90 ms with every call stalled behind it. Frozen, they are
+    still freed by reference counting, only no longer scanned for cycles.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 async def serve(
     settings: Settings,
     redis_url: str,
@@ -246,6 +260,7 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, app.request_stop)
     port = await app.start()
+    freeze_startup_heap()
     host = settings.listen.rpartition(":")[0]
     # Tests and scripts wait for this line; keep its shape.
     print(f"oms serving on {host}:{port}", flush=True)

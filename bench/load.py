@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from tradingboost.oms.v1 import (
@@ -32,6 +34,8 @@ class Result:
     latencies_s: dict[str, list[float]]
     round_rates: list[float]
     """calls/s in each measured window, in order."""
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """CPU seconds the server process and its Redis spent in this scenario's windows."""
 
     @property
     def calls_per_s(self) -> float:
@@ -47,6 +51,30 @@ class Result:
 
 
 Step = Callable[[int, dict[str, list[float]]], Awaitable[None]]
+
+
+class CpuMeter:
+    """CPU seconds (user + system) used so far by the server process and by its children
+    (the embedded redis-server), read from /proc: what a window cost, not only how long."""
+
+    def __init__(self, server_pid: int) -> None:
+        self._pids = {"server": server_pid}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rpartition(")")[2].split()
+            except OSError:  # gone meanwhile
+                continue
+            if int(fields[1]) == server_pid:
+                self._pids["redis"] = int(stat.parent.name)
+        self._tick_s = 1 / os.sysconf("SC_CLK_TCK")
+
+    def sample(self) -> dict[str, float]:
+        used = {}
+        for name, pid in self._pids.items():
+            # After the command name: state, ppid, ... utime and stime are fields 14 and 15.
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            used[name] = (int(fields[11]) + int(fields[12])) * self._tick_s
+        return used
 
 
 async def _window(
@@ -67,7 +95,11 @@ async def _window(
 
 
 async def compare(
-    concurrency: int, seconds: float, rounds: int, steps: dict[str, Step]
+    concurrency: int,
+    seconds: float,
+    rounds: int,
+    steps: dict[str, Step],
+    meter: CpuMeter | None = None,
 ) -> list[Result]:
     """Each scenario for `seconds` in all, in `rounds` windows that alternate between the
     scenarios, so a noisy neighbour or a frequency change lands on all of them alike."""
@@ -77,7 +109,11 @@ async def compare(
     for _ in range(rounds):
         for name, step in steps.items():
             result = results[name]
+            before = meter.sample() if meter else {}
             calls, taken = await _window(concurrency, seconds / rounds, step, result.latencies_s)
+            if meter:
+                for process, used in meter.sample().items():
+                    result.cpu_s[process] = result.cpu_s.get(process, 0.0) + used - before[process]
             result.calls += calls
             result.seconds += taken
             result.round_rates.append(calls / taken)
@@ -140,9 +176,13 @@ async def scenarios(address: str) -> AsyncIterator[dict[str, Step]]:
         yield {"no-op": noop_step, "place+cancel": place_cancel_step}
 
 
-async def measure(address: str, seconds: float, rounds: int) -> list[Result]:
+async def measure(
+    address: str, seconds: float, rounds: int, server_pid: int | None = None
+) -> list[Result]:
+    """`server_pid`: also meter the CPU of that process and its Redis (same machine only)."""
+    meter = CpuMeter(server_pid) if server_pid else None
     async with scenarios(address) as steps:
         results = []
         for concurrency in (1, 32):
-            results += await compare(concurrency, seconds, rounds, steps)
+            results += await compare(concurrency, seconds, rounds, steps, meter)
         return results

@@ -22,6 +22,11 @@ from bench.load import Result, measure
 from bench.server import start
 
 
+def _cpu_us(result: Result, process: str) -> float:
+    """CPU of `process` per call (a scenario's calls, whichever RPC), in microseconds."""
+    return result.cpu_s.get(process, 0.0) / result.calls * 1e6
+
+
 def _report(results: list[Result]) -> None:
     print(f"{'scenario':<14}{'conc':>5}{'rpc':>13}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
     for result in results:
@@ -46,6 +51,12 @@ def _report(results: list[Result]) -> None:
             f"PlaceOrder p50 = no-op p50 + {extra:.3f} ms"
             + (" (target <= 0.5 ms)" if concurrency == 1 else "")
         )
+        if noop.cpu_s:
+            server, base = _cpu_us(work, "server"), _cpu_us(noop, "server")
+            print(
+                f"{'':16}CPU per call: server {server:.0f} us ({server / base:.1f}x the "
+                f"no-op's {base:.0f} us), its Redis {_cpu_us(work, 'redis'):.0f} us"
+            )
 
 
 def main() -> None:
@@ -78,6 +89,7 @@ def main() -> None:
                     address,
                     str(args.seconds),
                     str(args.rounds),
+                    str(server.pid),
                 ],
                 capture_output=True,
                 text=True,
@@ -92,13 +104,13 @@ def main() -> None:
         args.json.write_text(load.stdout)
 
 
-def load_main(address: str, seconds: float, rounds: int) -> None:
-    results = uvloop.run(measure(address, seconds, rounds))
+def load_main(address: str, seconds: float, rounds: int, server_pid: int) -> None:
+    results = uvloop.run(measure(address, seconds, rounds, server_pid))
     json.dump([r.__dict__ for r in results], sys.stdout)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--load":
-        load_main(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))
+        load_main(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
     else:
         main()

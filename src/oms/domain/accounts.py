@@ -5,7 +5,7 @@ response (their `repr` hides them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 
 from oms.domain.errors import InvalidArgument
 from oms.domain.identifiers import check_user_id
@@ -15,7 +15,7 @@ MAX_API_KEY_CHARS = 256
 MAX_SECRET_CHARS = 4096
 
 
-class AccountStatus(Enum):
+class AccountStatus(StrEnum):
     INACTIVE = "INACTIVE"
     ACTIVE = "ACTIVE"
 

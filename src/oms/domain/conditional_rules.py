@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from enum import Enum
+from enum import StrEnum
 
 from oms.domain.errors import FailedPrecondition, InvalidArgument
 from oms.domain.identifiers import check_user_id
@@ -21,7 +21,7 @@ DELETED = "deleted"
 TRIGGER_ORDER_TERMINAL = "trigger_order_terminal"
 
 
-class RuleCondition(Enum):
+class RuleCondition(StrEnum):
     FILLED = "FILLED"
     PARTIALLY_FILLED = "PARTIALLY_FILLED"
     """The first fill, whether it leaves the order partially or completely filled."""
@@ -41,13 +41,13 @@ class RuleCondition(Enum):
         return order.status.is_terminal and not self.met_by(order)
 
 
-class RuleStatus(Enum):
+class RuleStatus(StrEnum):
     ACTIVE = "ACTIVE"
     TRIGGERED = "TRIGGERED"
     CANCELED = "CANCELED"
 
 
-class CancelOutcome(Enum):
+class CancelOutcome(StrEnum):
     CANCELED = "CANCELED"
     ALREADY_TERMINAL = "ALREADY_TERMINAL"
     FAILED = "FAILED"

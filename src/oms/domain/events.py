@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from oms.domain.conditional_rules import ConditionalRule
 from oms.domain.fills import Fill
@@ -23,7 +23,7 @@ from oms.domain.positions import Position
 from oms.domain.trailing_stops import TrailingStop, TrailingStopEventType
 
 
-class OrderEventType(Enum):
+class OrderEventType(StrEnum):
     CREATED = "CREATED"
     ACCEPTED = "ACCEPTED"
     PARTIALLY_FILLED = "PARTIALLY_FILLED"

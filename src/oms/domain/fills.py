@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from oms.domain.orders import PositionSide, Side
 
 
-class Liquidity(Enum):
+class Liquidity(StrEnum):
     MAKER = "MAKER"
     TAKER = "TAKER"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 from operator import attrgetter
 
 from oms.domain.decimals import ZERO, add, div, mul, sub
@@ -12,12 +12,15 @@ from oms.domain.errors import FailedPrecondition
 from oms.domain.fills import Fill, Liquidity
 
 
-class Side(Enum):
+# The domain's enums are StrEnums, each value its name: the value is what is stored and
+# sent, and a member hashes and serializes as that string without Python-level calls
+# (a plain Enum's __hash__ and .value are Python functions on 3.11).
+class Side(StrEnum):
     BUY = "BUY"
     SELL = "SELL"
 
 
-class OrderType(Enum):
+class OrderType(StrEnum):
     MARKET = "MARKET"
     LIMIT = "LIMIT"
     STOP_MARKET = "STOP_MARKET"
@@ -37,19 +40,19 @@ class OrderType(Enum):
         )
 
 
-class TimeInForce(Enum):
+class TimeInForce(StrEnum):
     GTC = "GTC"
     IOC = "IOC"
     FOK = "FOK"
     POST_ONLY = "POST_ONLY"
 
 
-class PositionSide(Enum):
+class PositionSide(StrEnum):
     LONG = "LONG"
     SHORT = "SHORT"
 
 
-class OrderStatus(Enum):
+class OrderStatus(StrEnum):
     PENDING_NEW = "PENDING_NEW"
     OPEN = "OPEN"
     PARTIALLY_FILLED = "PARTIALLY_FILLED"
@@ -64,8 +67,9 @@ class OrderStatus(Enum):
         return self in _TERMINAL
 
 
-# A tuple, not a set: membership by identity needs no Enum.__hash__, a Python-level call.
-_TERMINAL = (OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED, OrderStatus.EXPIRED)
+_TERMINAL = frozenset(
+    (OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED, OrderStatus.EXPIRED)
+)
 
 
 def default_position_side(side: Side, reduce_only: bool) -> PositionSide:

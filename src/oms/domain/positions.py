@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 
 from oms.domain.decimals import ZERO, add, div, mul, rounded, sub, total
 from oms.domain.fills import Fill
@@ -23,7 +23,7 @@ DISPLAY_PLACES = 12
 _HUNDRED = Decimal(100)
 
 
-class PositionStatus(Enum):
+class PositionStatus(StrEnum):
     OPEN = "OPEN"
     CLOSED = "CLOSED"
 

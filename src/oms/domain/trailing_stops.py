@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-from enum import Enum
+from enum import StrEnum
 
 import orjson
 
@@ -27,7 +27,7 @@ CANCELED_BY_USER = "canceled_by_user"
 POSITION_CLOSED = "position_closed"
 
 
-class TrailingStopStatus(Enum):
+class TrailingStopStatus(StrEnum):
     PENDING_ACTIVATION = "PENDING_ACTIVATION"
     ACTIVE = "ACTIVE"
     TRIGGERED = "TRIGGERED"
@@ -39,7 +39,7 @@ class TrailingStopStatus(Enum):
         return self in (TrailingStopStatus.PENDING_ACTIVATION, TrailingStopStatus.ACTIVE)
 
 
-class TrailingStopEventType(Enum):
+class TrailingStopEventType(StrEnum):
     CREATED = "CREATED"
     ACTIVATED = "ACTIVATED"
     STOP_PRICE_UPDATED = "STOP_PRICE_UPDATED"

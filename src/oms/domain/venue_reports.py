@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 
 from oms.domain.fills import Fill, Liquidity
 from oms.domain.orders import (
@@ -30,7 +30,7 @@ from oms.domain.orders import (
 CANCELED_AT_EXCHANGE = "canceled at the exchange"
 
 
-class VenueOrderStatus(Enum):
+class VenueOrderStatus(StrEnum):
     OPEN = "OPEN"
     PARTIALLY_FILLED = "PARTIALLY_FILLED"
     FILLED = "FILLED"

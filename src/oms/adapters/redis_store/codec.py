@@ -1,8 +1,9 @@
 """JSON documents in Redis (orjson, decimals as strings): orders, fills, positions, trailing
 stops, rules and events.
 
-Enum members go to orjson as they are: it writes their values itself, where `.value` would
-cost a Python-level property call per field on the hot path.
+Enum members go to orjson as they are: the domain's enums are StrEnums, which orjson
+writes as the strings they are, where `.value` would cost a Python-level property call per
+field on the hot path.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Redis key layout. Per-user keys share a hash tag so one user's state lives in one slot.
 
-The keys of recent users and exchanges are cached: a commit names about ten of them, and
-building each is two Python calls and an f-string on the hot path.
+Per-user key names are cached: a commit names about ten of them, each built by an f-string
+on the hot path.
 """
 
 from __future__ import annotations
@@ -9,134 +9,112 @@ from __future__ import annotations
 from functools import lru_cache
 
 PREFIX = "oms"
-_cached = lru_cache(maxsize=4096)
 
 
+@lru_cache(maxsize=16384)
 def user_key(user_id: str, name: str) -> str:
     return f"{PREFIX}:u:{{{user_id}}}:{name}"
 
 
-@_cached
 def sequence(user_id: str) -> str:
     return user_key(user_id, "seq")
 
 
-@_cached
 def events(user_id: str) -> str:
     return user_key(user_id, "events")
 
 
-@_cached
 def orders(user_id: str) -> str:
     """Hash order_id -> order document."""
     return user_key(user_id, "orders")
 
 
-@_cached
 def order_versions(user_id: str) -> str:
     """Hash order_id -> version: the optimistic-concurrency guard."""
     return user_key(user_id, "order_versions")
 
 
-@_cached
 def client_order_ids(user_id: str) -> str:
     """Hash client_order_id -> order_id: idempotency of PlaceOrder."""
     return user_key(user_id, "client_order_ids")
 
 
-@_cached
 def order_index(user_id: str) -> str:
     """Zset order_id scored by the sequence of its first event: newest-first listing."""
     return user_key(user_id, "order_index")
 
 
-@_cached
 def open_orders(user_id: str) -> str:
     return user_key(user_id, "open_orders")
 
 
-@_cached
 def fills(user_id: str) -> str:
     return user_key(user_id, "fills")
 
 
-@_cached
 def fill_index(user_id: str) -> str:
     return user_key(user_id, "fill_index")
 
 
-@_cached
 def trade_ids(user_id: str) -> str:
     """Hash '<exchange>|<exchange_trade_id>' -> fill_id: each fill is applied once."""
     return user_key(user_id, "trade_ids")
 
 
-@_cached
 def positions(user_id: str) -> str:
     """Hash position_id -> position document (open and closed records)."""
     return user_key(user_id, "positions")
 
 
-@_cached
 def current_positions(user_id: str) -> str:
     """Hash '<exchange>|<symbol>|<side>' -> position_id of the side's current record."""
     return user_key(user_id, "current_positions")
 
 
-@_cached
 def position_index(user_id: str) -> str:
     """Zset position_id scored by the sequence of its first event: newest-first listing."""
     return user_key(user_id, "position_index")
 
 
-@_cached
 def open_positions(user_id: str) -> str:
     return user_key(user_id, "open_positions")
 
 
-@_cached
 def trailing_stops(user_id: str) -> str:
     """Hash trailing_stop_id -> trailing stop document."""
     return user_key(user_id, "trailing_stops")
 
 
-@_cached
 def trailing_client_ids(user_id: str) -> str:
     """Hash client_id -> trailing_stop_id: idempotency of CreateTrailingStop."""
     return user_key(user_id, "trailing_client_ids")
 
 
-@_cached
 def trailing_index(user_id: str) -> str:
     """Zset trailing_stop_id scored by the sequence of its first event: newest-first listing."""
     return user_key(user_id, "trailing_index")
 
 
-@_cached
 def working_trailing_stops(user_id: str) -> str:
     """Set of PENDING_ACTIVATION or ACTIVE trailing_stop_ids."""
     return user_key(user_id, "working_trailing_stops")
 
 
-@_cached
 def rules(user_id: str) -> str:
     """Hash rule_id -> conditional rule document."""
     return user_key(user_id, "rules")
 
 
-@_cached
 def rule_index(user_id: str) -> str:
     """Zset rule_id scored by the sequence of its first event: newest-first listing."""
     return user_key(user_id, "rule_index")
 
 
-@_cached
 def exchange_trailing_stops(exchange: str) -> str:
     """Set '<user_id>|<trailing_stop_id>' of working trailing stops (start-up recovery)."""
     return f"{PREFIX}:x:{exchange}:trailing_stops"
 
 
-@_cached
 def exchange_active_rules(exchange: str) -> str:
     """Set '<user_id>|<rule_id>' of ACTIVE rules by their trigger's exchange (recovery)."""
     return f"{PREFIX}:x:{exchange}:active_rules"
@@ -147,13 +125,11 @@ def pending_rules() -> str:
     return f"{PREFIX}:pending_rules"
 
 
-@_cached
 def exchange_positions(exchange: str) -> str:
     """Set '<user_id>|<exchange>|<symbol>|<side>' of sides with a record (start-up recovery)."""
     return f"{PREFIX}:x:{exchange}:positions"
 
 
-@_cached
 def exchange_open_orders(exchange: str) -> str:
     """Set '<user_id>|<order_id>' of open orders on one exchange (start-up recovery)."""
     return f"{PREFIX}:x:{exchange}:open_orders"

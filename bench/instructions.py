@@ -22,7 +22,7 @@ from pathlib import Path
 
 import uvloop
 
-from bench.load import scenarios
+from bench.load import Step, scenarios
 from bench.server import start
 
 
@@ -40,22 +40,24 @@ def _dumped_total(out_dir: Path, pid: int, trigger: str) -> int:
     raise RuntimeError(f"no callgrind dump {trigger!r} of process {pid}")
 
 
+async def _repeat(step: Step, times: int) -> None:
+    for n in range(times):
+        await step(n, {})
+
+
 async def _count(out_dir: Path, pid: int, address: str, calls: int) -> dict[str, float]:
     """Instructions per step of each scenario, over one channel opened before counting."""
     async with scenarios(address) as steps:
         for step in steps.values():  # connections, caches, allocator
-            for n in range(20):
-                await step(n, {})
+            await _repeat(step, 20)
         _control(pid, "--instr=on")
         for step in steps.values():  # the same again, instrumented
-            for n in range(20):
-                await step(n, {})
+            await _repeat(step, 20)
         per_step = {}
         for number, (scenario, step) in enumerate(steps.items()):
             _control(pid, "--zero")
             started = time.monotonic()
-            for n in range(calls):
-                await step(n, {})
+            await _repeat(step, calls)
             _control(pid, f"--dump=s{number}")
             print(f"  {scenario}: {calls} steps in {time.monotonic() - started:.0f} s")
             per_step[scenario] = _dumped_total(out_dir, pid, f"s{number}") / calls

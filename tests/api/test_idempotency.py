@@ -78,3 +78,23 @@ async def test_without_a_client_order_id_the_oms_makes_one(oms: OmsHarness) -> N
     second = await place(oms)
     assert first.client_order_id == first.order_id
     assert second.order_id != first.order_id
+
+
+async def test_retry_of_an_order_that_closed_its_side_returns_that_order(oms: OmsHarness) -> None:
+    # The retry is refused by the state it created (nothing left to reduce), yet it must get
+    # the order it placed, as after a lost reply; changed parameters are still ALREADY_EXISTS.
+    await tick(oms, "50000")
+    await place(oms, quantity="0.01")
+    long = {"side": order_pb2.SIDE_SELL, "position_side": order_pb2.POSITION_SIDE_LONG}
+    close = await place(oms, client_order_id="x1", quantity="0.01", **long)
+    assert close.status == order_pb2.ORDER_STATUS_FILLED
+    again = await place(oms, client_order_id="x1", quantity="0.01", **long)
+    assert again == close
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await place(oms, client_order_id="x1", quantity="0.02", **long)
+    assert error.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    # A new order with that side flat is still refused.
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await place(oms, client_order_id="x2", quantity="0.01", **long)
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert len(await fills_of(oms, close.order_id)) == 1

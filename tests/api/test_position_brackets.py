@@ -211,6 +211,30 @@ async def test_long_limit_entry_stop_loss_fills_and_cancels_the_take_profit(
     await check_invariants(oms)
 
 
+async def test_an_entry_filled_through_its_stop_loss_exits_at_once(oms: OmsHarness) -> None:
+    # A resting entry fills at its limit on a tick that gaps through the stop too: the stop
+    # is triggered at that tick's price rather than refused, which would leave no stop.
+    await tick(oms, "50000")
+    opened = await open_position(
+        oms,
+        type=S.ORDER_TYPE_LIMIT,
+        price="49000",
+        quantity="0.01",
+        stop_loss_price="48500",
+        take_profit_price="52000",
+    )
+    await tick(oms, "48000")
+    entry = await get(oms, opened.entry_order.order_id)
+    assert (entry.status, entry.average_fill_price) == (S.ORDER_STATUS_FILLED, "49000")
+    tp, sl = await exits(oms, opened)
+    assert (sl.status, sl.average_fill_price) == (S.ORDER_STATUS_FILLED, "48000")
+    assert tp.status == S.ORDER_STATUS_CANCELED
+    closed = await position(oms)
+    assert closed.status == P.POSITION_STATUS_CLOSED
+    assert closed.realized_pnl == "-10"  # (48000 - 49000) x 0.01
+    await check_invariants(oms)
+
+
 async def test_short_entry_take_profit_buys_back_below_and_cancels_the_stop_loss(
     oms: OmsHarness,
 ) -> None:

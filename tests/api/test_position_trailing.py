@@ -95,6 +95,36 @@ async def test_take_profit_and_trailing_stop_together_whichever_closes_cancels_t
     await check_invariants(oms)
 
 
+async def test_a_limit_entrys_activation_is_judged_against_its_limit_price(
+    oms: OmsHarness,
+) -> None:
+    # The stop starts when the entry fills at 49000: an activation at 49500 is still ahead.
+    await tick(oms, "50000")
+    opened = await open_position(
+        oms,
+        type=S.ORDER_TYPE_LIMIT,
+        price="49000",
+        quantity="0.01",
+        trailing_stop=rate("0.01", "49500"),
+    )
+    await tick(oms, "49000")
+    stop = await get_stop(oms, USER, opened.trailing_stop_id)
+    assert (stop.status, stop.activation_price) == (PENDING, "49500")
+    await tick(oms, "49500")
+    assert (await get_stop(oms, USER, opened.trailing_stop_id)).status == ACTIVE
+    # At or below the limit price it would activate the moment the entry fills.
+    await expect_code(
+        open_position(
+            oms,
+            type=S.ORDER_TYPE_LIMIT,
+            price="49000",
+            quantity="0.01",
+            trailing_stop=rate("0.01", "49000"),
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+
+
 async def test_an_activation_already_reached_is_refused_and_places_nothing(
     oms: OmsHarness, redis_url: str
 ) -> None:

@@ -66,11 +66,38 @@ BAD_OPENS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     # A LIMIT entry is judged against its limit price, not the last price.
     (("stop_loss_price",), {**LIMIT, "stop_loss_price": "49600"}),
     (("take_profit_price",), {**LIMIT, "take_profit_price": "49400"}),
+    # A LIMIT entry that crosses fills at once at the last price: judged against that.
+    (
+        ("stop_loss_price",),
+        {
+            "type": S.ORDER_TYPE_LIMIT,
+            "price": "51000",
+            "stop_loss_price": "50500",
+            "take_profit_price": "52000",
+        },
+    ),
+    (
+        ("stop_loss_price",),
+        {
+            "position_side": SHORT,
+            "type": S.ORDER_TYPE_LIMIT,
+            "price": "49000",
+            "stop_loss_price": "49500",
+        },
+    ),
     # SHORT: the mirror.
     (("stop_loss_price",), {"position_side": SHORT, "stop_loss_price": "49000"}),
     (("stop_loss_price",), {"position_side": SHORT, "stop_loss_price": "50000"}),
     (("take_profit_price",), {"position_side": SHORT, "take_profit_price": "51000"}),
-    (("take_profit_price",), {"position_side": SHORT, **LIMIT, "take_profit_price": "49600"}),
+    (
+        ("take_profit_price",),
+        {
+            "position_side": SHORT,
+            "type": S.ORDER_TYPE_LIMIT,
+            "price": "50500",  # rests: a sell above the last price
+            "take_profit_price": "50600",
+        },
+    ),
     (("leverage",), {"leverage": 0}),
     (("leverage",), {"leverage": 126}),
     (("grid_level",), {"grid_level": 21}),

@@ -349,6 +349,41 @@ async def test_reduce_only_market_order_is_capped_at_the_size_and_cancelled_when
     await check_invariants(oms)
 
 
+@pytest.mark.parametrize(
+    "order_type", [{"type": S.ORDER_TYPE_MARKET}, {"type": S.ORDER_TYPE_LIMIT, "price": "49000"}]
+)
+async def test_fok_reduce_only_order_larger_than_the_position_expires_unfilled(
+    oms: OmsHarness, order_type: dict[str, object]
+) -> None:
+    await tick(oms, "50000")
+    await place(oms, quantity="0.01")
+    held = await position(oms)
+    fok = await place(
+        oms,
+        side=S.SIDE_SELL,
+        reduce_only=True,
+        quantity="0.02",
+        time_in_force=S.TIME_IN_FORCE_FOK,
+        **order_type,
+    )
+    assert fok.status == S.ORDER_STATUS_EXPIRED
+    assert fok.filled_quantity == "0"
+    assert "FOK" in fok.cancel_reason
+    assert await fills_of(oms, fok.order_id) == []
+    assert await position(oms) == held
+    # Within the size it fills completely.
+    fits = await place(
+        oms,
+        side=S.SIDE_SELL,
+        reduce_only=True,
+        quantity="0.01",
+        time_in_force=S.TIME_IN_FORCE_FOK,
+        **order_type,
+    )
+    assert fits.status == S.ORDER_STATUS_FILLED
+    await check_invariants(oms)
+
+
 async def test_resting_reduce_only_order_is_capped_at_the_size_at_fill_time(
     oms: OmsHarness,
 ) -> None:

@@ -50,6 +50,8 @@ BAD_ORDERS: list[tuple[str, dict[str, Any]]] = [
     ("user_id", {"user_id": "a" * 65}),
     ("user_id", {"user_id": "bad user!"}),
     ("user_id", {"user_id": MB}),
+    # Malformed on a real exchange too, not "no active account".
+    ("user_id", {"user_id": "bad user!", "exchange": "binanceusdm"}),
     ("client_order_id", {"client_order_id": "c" * 65}),
     ("client_order_id", {"client_order_id": "bad id!"}),
     ("client_order_id", {"client_order_id": MB}),
@@ -60,6 +62,12 @@ BAD_ORDERS: list[tuple[str, dict[str, Any]]] = [
     ("time_in_force", {"time_in_force": 9}),
     ("time_in_force", {"time_in_force": S.TIME_IN_FORCE_POST_ONLY}),  # on a market order
     ("position_side", {"position_side": 7}),
+    # Reduce-only on a side the order would open, not reduce.
+    ("position_side", {"reduce_only": True, "position_side": S.POSITION_SIDE_LONG}),
+    (
+        "position_side",
+        {"side": S.SIDE_SELL, "reduce_only": True, "position_side": S.POSITION_SIDE_SHORT},
+    ),
     ("leverage", {"leverage": 0}),
     ("leverage", {"leverage": 126}),
     ("grid_level", {"grid_level": 21}),
@@ -122,10 +130,32 @@ async def test_bad_cancel_order(
         ("exchange", pb.ListOrdersRequest(user_id=USER, symbol="BTC/USDT:USDT")),
         ("symbol", pb.ListOrdersRequest(user_id=USER, exchange="paper", symbol="NOPE")),
         ("user_id", pb.ListOrdersRequest(user_id="x" * 65)),
+        ("grid_level", pb.ListOrdersRequest(user_id=USER, grid_level=21)),
     ],
 )
 async def test_bad_list_orders(oms: OmsHarness, field: str, request_: pb.ListOrdersRequest) -> None:
     await expect_invalid(oms.orders.ListOrders(request_), field)
+
+
+async def test_a_page_token_only_continues_its_own_listing(oms: OmsHarness) -> None:
+    await tick(oms, "50000")
+    for n in range(3):
+        await oms.orders.PlaceOrder(order_request(client_order_id=f"p{n}", strategy="dca"))
+    first = await oms.orders.ListOrders(
+        pb.ListOrdersRequest(user_id=USER, strategy="dca", page_size=1)
+    )
+    token = first.next_page_token
+    # The same filters with another page size continue where the first page ended.
+    rest = await oms.orders.ListOrders(
+        pb.ListOrdersRequest(user_id=USER, strategy="dca", page_size=10, page_token=token)
+    )
+    assert [o.client_order_id for o in (*first.orders, *rest.orders)] == ["p2", "p1", "p0"]
+    for other in [
+        oms.orders.ListOrders(pb.ListOrdersRequest(user_id=USER, page_token=token)),
+        oms.orders.ListOrders(pb.ListOrdersRequest(user_id="u2", strategy="dca", page_token=token)),
+        oms.orders.ListFills(pb.ListFillsRequest(user_id=USER, page_token=token)),
+    ]:
+        await expect_invalid(other, "page_token")
 
 
 async def test_bad_list_fills_and_streams(oms: OmsHarness) -> None:

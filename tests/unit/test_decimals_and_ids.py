@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import base64
+import os
+import subprocess
+import sys
 import time
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -8,7 +13,9 @@ import pytest
 from oms.domain.decimals import fmt, mul, parse_positive
 from oms.domain.errors import InvalidArgument
 from oms.domain.identifiers import IdGenerator
-from oms.domain.paging import decode_page_token, encode_page_token, page_size
+from oms.domain.orders import OrderStatus
+from oms.domain.paging import decode_page_token, encode_page_token, listing_of, page_size
+from oms.engine.ports import FillQuery, OrderQuery
 
 
 @pytest.mark.parametrize(
@@ -54,10 +61,50 @@ def test_ids_are_ulids_that_lead_with_their_millisecond() -> None:
 
 
 def test_page_tokens_round_trip_and_reject_garbage() -> None:
-    assert decode_page_token(encode_page_token(42)) == 42
-    assert encode_page_token(None) == ""
-    with pytest.raises(InvalidArgument, match="page_token"):
-        decode_page_token("not-a-token")
+    listing = listing_of(OrderQuery(user_id="u1", page_size=10, symbol="BTC/USDT:USDT"))
+    assert decode_page_token(encode_page_token(42, listing), listing) == 42
+    assert encode_page_token(None, listing) == ""
+    assert decode_page_token("", listing) is None
+    forged = [b"not-a-token", b"v1:5", b"v2:-5:" + listing.encode(), b"v2: 5:" + listing.encode()]
+    for token in ["not-a-token", *(base64.urlsafe_b64encode(raw).decode() for raw in forged)]:
+        with pytest.raises(InvalidArgument, match=r"page_token.*not a token"):
+            decode_page_token(token, listing)
+
+
+def test_a_page_token_is_bound_to_its_listing() -> None:
+    query = OrderQuery(user_id="u1", page_size=10, statuses=frozenset(OrderStatus))
+    token = encode_page_token(7, listing_of(query))
+    # The page size and the cursor may change from page to page; the filters may not.
+    same = replace(query, page_size=50, cursor=7)
+    assert decode_page_token(token, listing_of(same)) == 7
+    others: list[OrderQuery | FillQuery] = [
+        replace(query, strategy="grid"),
+        replace(query, user_id="u2"),
+        replace(query, statuses=frozenset({OrderStatus.OPEN})),
+        FillQuery(user_id="u1", page_size=10),
+    ]
+    for other in others:
+        with pytest.raises(InvalidArgument, match=r"page_token.*another listing"):
+            decode_page_token(token, listing_of(other))
+
+
+def test_a_listing_tag_does_not_depend_on_set_order_or_the_process() -> None:
+    # Enum hashes are per-process (PYTHONHASHSEED): sets are sorted before hashing.
+    query = OrderQuery(user_id="u1", page_size=10, statuses=frozenset(OrderStatus))
+    code = (
+        "from oms.domain.orders import OrderStatus; from oms.domain.paging import listing_of;"
+        "from oms.engine.ports import OrderQuery;"
+        "print(listing_of(OrderQuery(user_id='u1', page_size=10, statuses=frozenset(OrderStatus))))"
+    )
+    for seed in ("1", "2"):
+        tag = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        assert tag == listing_of(query)
 
 
 def test_page_size_defaults_caps_and_refuses_negative() -> None:

@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 from fixtures.domain import new_order
 
+from oms.api.converters import order_to_proto
 from oms.domain.errors import FailedPrecondition
 from oms.domain.fills import Fill, Liquidity
 from oms.domain.orders import (
@@ -98,3 +99,11 @@ def test_hedge_mode_default_position_side(
     side: Side, reduce_only: bool, expected: PositionSide
 ) -> None:
     assert default_position_side(side, reduce_only) is expected
+
+
+def test_a_non_terminating_average_fill_price_is_shown_to_12_places() -> None:
+    order = new_order("0.009").apply(OrderAccepted("X1"), 2)
+    order = order.apply(fill("0.003", "100", "F1"), 3).apply(fill("0.006", "100.01", "F2"), 4)
+    # Kept to 160 significant digits inside; rounded only on the way out.
+    assert len(str(order.average_fill_price)) > 150
+    assert order_to_proto(order).average_fill_price == "100.006666666667"

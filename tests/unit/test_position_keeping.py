@@ -8,6 +8,7 @@ from fixtures.domain import MARKET
 from hypothesis import given
 from hypothesis import strategies as st
 
+from oms.domain.decimals import display
 from oms.domain.fills import Fill, Liquidity
 from oms.domain.orders import PositionSide, Side
 from oms.domain.positions import (
@@ -15,7 +16,6 @@ from oms.domain.positions import (
     Position,
     PositionStatus,
     apply_fill,
-    display,
     open_record,
     summarize,
 )

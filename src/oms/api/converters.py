@@ -30,7 +30,7 @@ from oms.domain.conditional_rules import (
     RuleCondition,
     RuleStatus,
 )
-from oms.domain.decimals import fmt
+from oms.domain.decimals import display, fmt
 from oms.domain.errors import InvalidArgument
 from oms.domain.events import (
     Heartbeat,
@@ -42,7 +42,7 @@ from oms.domain.events import (
 )
 from oms.domain.fills import Fill, Liquidity
 from oms.domain.orders import Order, OrderStatus, OrderType, PositionSide, Side, TimeInForce
-from oms.domain.positions import PortfolioSummary, Position, PositionStatus, display
+from oms.domain.positions import PortfolioSummary, Position, PositionStatus
 from oms.domain.trailing_stops import (
     CreateTrailingStop,
     TrailingStop,
@@ -179,7 +179,7 @@ def order_to_proto(order: Order) -> order_pb2.Order:
     if order.reduce_only:
         message.reduce_only = True
     if (average_fill_price := order.average_fill_price) is not None:
-        message.average_fill_price = fmt(average_fill_price)
+        message.average_fill_price = fmt(display(average_fill_price))
     if order.metadata:
         message.metadata.update(order.metadata)
     if order.leverage is not None:

@@ -25,7 +25,6 @@ from oms.api.converters import (
 from oms.domain.conditional_rules import RuleStatus
 from oms.domain.events import Heartbeat
 from oms.domain.orders import Order, OrderStatus, Side
-from oms.domain.paging import encode_page_token
 from oms.engine.conditional_rules import ConditionalRules
 from oms.engine.order_lifecycle import OpenOrderSearch, OrderLifecycle, OrderRef, StreamFilter
 from oms.engine.prerender import Prerender
@@ -77,7 +76,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         )
         return pb.ListOrdersResponse(
             orders=[order_to_proto(order) for order in page.items],
-            next_page_token=encode_page_token(page.next_cursor),
+            next_page_token=page.next_page_token,
             as_of_sequence=page.as_of_sequence,
         )
 
@@ -110,7 +109,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         )
         return pb.ListFillsResponse(
             fills=[fill_to_proto(fill, sequence) for sequence, fill in page.items],
-            next_page_token=encode_page_token(page.next_cursor),
+            next_page_token=page.next_page_token,
             as_of_sequence=page.as_of_sequence,
         )
 
@@ -163,7 +162,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         )
         return pb.ListConditionalRulesResponse(
             rules=[rule_to_proto(rule) for rule in page.items],
-            next_page_token=encode_page_token(page.next_cursor),
+            next_page_token=page.next_page_token,
             as_of_sequence=page.as_of_sequence,
         )
 

@@ -20,7 +20,6 @@ from oms.api.converters import (
 )
 from oms.domain.events import Heartbeat
 from oms.domain.orders import PositionSide
-from oms.domain.paging import encode_page_token
 from oms.engine.order_lifecycle import StreamFilter
 from oms.engine.positions import ClosePosition, PositionRef, Positions
 
@@ -57,7 +56,7 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
         )
         return pb.ListPositionsResponse(
             positions=[position_to_proto(position) for position in page.items],
-            next_page_token=encode_page_token(page.next_cursor),
+            next_page_token=page.next_page_token,
             as_of_sequence=page.as_of_sequence,
         )
 

@@ -20,7 +20,6 @@ from oms.api.converters import (
 )
 from oms.domain.events import Heartbeat
 from oms.domain.orders import PositionSide
-from oms.domain.paging import encode_page_token
 from oms.domain.trailing_stops import TrailingStopStatus
 from oms.engine.order_lifecycle import StreamFilter
 from oms.engine.trailing_stops import TrailingStopRef, TrailingStops
@@ -62,7 +61,7 @@ class TrailingStopService(trailing_stop_service_pb2_grpc.TrailingStopServiceServ
         )
         return pb.ListTrailingStopsResponse(
             trailing_stops=[trailing_stop_to_proto(stop) for stop in page.items],
-            next_page_token=encode_page_token(page.next_cursor),
+            next_page_token=page.next_page_token,
             as_of_sequence=page.as_of_sequence,
         )
 

@@ -20,6 +20,7 @@ from oms.domain.orders import (
     TrailingExit,
     default_position_side,
 )
+from oms.domain.positions import reduces
 from oms.domain.trailing_stops import parse_activation, parse_callback, refuse_reached_activation
 
 MAX_STRATEGY_CHARS = 64
@@ -150,6 +151,11 @@ def check_metadata(metadata: dict[str, str], field: str = "metadata") -> None:
             )
 
 
+def check_grid_level(level: int | None) -> None:
+    if level is not None and not 0 <= level <= MAX_GRID_LEVEL:
+        raise InvalidArgument("grid_level", f"must be 0 to {MAX_GRID_LEVEL}")
+
+
 def validate_place_order(command: PlaceOrder, catalog: MarketCatalog) -> OrderSpec:
     check_user_id(command.user_id)
     market = catalog.resolve(command.exchange, command.symbol)
@@ -169,13 +175,22 @@ def validate_place_order(command: PlaceOrder, catalog: MarketCatalog) -> OrderSp
         raise InvalidArgument("time_in_force", "POST_ONLY is only valid for LIMIT orders")
     if command.leverage is not None and not 1 <= command.leverage <= MAX_LEVERAGE:
         raise InvalidArgument("leverage", f"must be 1 to {MAX_LEVERAGE}")
-    if command.grid_level is not None and not 0 <= command.grid_level <= MAX_GRID_LEVEL:
-        raise InvalidArgument("grid_level", f"must be 0 to {MAX_GRID_LEVEL}")
+    check_grid_level(command.grid_level)
     if command.client_order_id:
         check_client_order_id(command.client_order_id)
     if len(command.strategy) > MAX_STRATEGY_CHARS:
         raise InvalidArgument("strategy", f"is longer than {MAX_STRATEGY_CHARS} characters")
     check_metadata(command.metadata)
+    position_side = command.position_side or default_position_side(
+        command.side, command.reduce_only
+    )
+    if command.reduce_only and not reduces(command.side, position_side):
+        # Honoured, it would open that side: the opposite of what reduce-only promises.
+        raise InvalidArgument(
+            "position_side",
+            f"a reduce-only {command.side} reduces the "
+            f"{default_position_side(command.side, True)} side, not {position_side}",
+        )
     return OrderSpec(
         user_id=command.user_id,
         market=market,
@@ -186,8 +201,7 @@ def validate_place_order(command: PlaceOrder, catalog: MarketCatalog) -> OrderSp
         price=price,
         stop_price=stop_price,
         reduce_only=command.reduce_only,
-        position_side=command.position_side
-        or default_position_side(command.side, command.reduce_only),
+        position_side=position_side,
         leverage=command.leverage,
         client_order_id=command.client_order_id or None,
         strategy=command.strategy,
@@ -265,7 +279,11 @@ def validate_open_position(
     ):
         exits[field] = _optional_price(field, raw, spec.market, bool(raw), "these")
     take_profit, stop_loss = exits["take_profit_price"], exits["stop_loss_price"]
-    entry = spec.price if spec.price is not None else last_price
+    # Where the entry is expected to fill: a limit that crosses at placement takes the market.
+    resting = spec.price is not None and (
+        last_price is None or (spec.price < last_price if long else spec.price > last_price)
+    )
+    entry = spec.price if resting else last_price
     if entry is not None:
         if take_profit is not None and (take_profit <= entry if long else take_profit >= entry):
             raise InvalidArgument(
@@ -288,8 +306,10 @@ def validate_open_position(
         activation = parse_activation(
             config.activation_price, spec.market, "trailing_stop.activation_price"
         )
-        if activation is not None and last_price is not None:
-            refuse_reached_activation(command.position_side, activation, last_price)
+        if activation is not None and entry is not None:
+            # The stop starts when the entry fills: judged against the entry's price.
+            what = "the entry price" if resting else "the last price"
+            refuse_reached_activation(command.position_side, activation, entry, what)
         trailing = TrailingExit("", rate, spread, activation)
     return replace(
         spec, take_profit_price=take_profit, stop_loss_price=stop_loss, trailing=trailing

@@ -18,6 +18,7 @@ _PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 # 4 factors of at most 32 digits each stay exact.
 _EXACT = Context(prec=160)
 ZERO = Decimal(0)
+DISPLAY_PLACES = 12
 
 
 def parse_positive(field: str, raw: str) -> Decimal:
@@ -71,6 +72,12 @@ def rounded(value: Decimal, places: int) -> Decimal:
     if isinstance(exponent, int) and exponent >= -places:
         return value
     return value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN, context=_EXACT)
+
+
+def display(value: Decimal) -> Decimal:
+    """A derived figure (an average, a PnL ratio) as shown: exact up to DISPLAY_PLACES decimal
+    places, rounded half-even beyond, so that a non-terminating one stays short."""
+    return rounded(value, DISPLAY_PLACES)
 
 
 def is_multiple(value: Decimal, step: Decimal) -> bool:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+from dataclasses import fields
+from typing import TYPE_CHECKING
 
 from oms.domain.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -18,22 +24,41 @@ def page_size(raw: int) -> int:
     return min(raw or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def encode_page_token(cursor: int | None) -> str:
+def listing_of(query: DataclassInstance) -> str:
+    """What a page token is bound to: the kind of listing and its filters, all but the page
+    size and the cursor (AIP-158: a token is valid only with the request that produced it).
+    Sets are sorted so that the tag is the same in every process."""
+    filters = [
+        (f.name, sorted(value) if isinstance(value, frozenset) else value)
+        for f in fields(query)
+        if f.name not in ("page_size", "cursor")
+        for value in (getattr(query, f.name),)
+    ]
+    canonical = repr((type(query).__name__, filters)).encode()
+    return hashlib.blake2b(canonical, digest_size=8).hexdigest()
+
+
+def encode_page_token(cursor: int | None, listing: str) -> str:
     if cursor is None:
         return ""
-    return base64.urlsafe_b64encode(f"v1:{cursor}".encode()).decode()
+    return base64.urlsafe_b64encode(f"v2:{cursor}:{listing}".encode()).decode()
 
 
-def decode_page_token(token: str) -> int | None:
+def decode_page_token(token: str, listing: str) -> int | None:
+    """The cursor in `token`, which a page of the same `listing` must have produced."""
     if not token:
         return None
     try:
-        version, cursor = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
-        if version != "v1":
-            raise ValueError(version)
-        return int(cursor)
+        version, cursor, bound = base64.urlsafe_b64decode(token.encode()).decode().split(":")
     except (ValueError, binascii.Error, UnicodeDecodeError) as error:
         raise InvalidArgument("page_token", "is not a token from a previous page") from error
+    if version != "v2" or not cursor.isascii() or not cursor.isdigit():
+        raise InvalidArgument("page_token", "is not a token from a previous page")
+    if bound != listing:
+        raise InvalidArgument(
+            "page_token", "comes from another listing: keep the filters of the first page"
+        )
+    return int(cursor)
 
 
 def encode_key_token(key: str | None) -> str:

@@ -55,15 +55,19 @@ def _fill(
     limit: Decimal | None = None,
 ) -> list[OrderEvent]:
     """Fill the rest of the order, or `limit` of it. A reduction stops at the position's size
-    (hedge mode never flips a side) and what it cannot fill is canceled."""
+    (hedge mode never flips a side) and what it cannot fill is canceled; a FOK order that
+    cannot fill completely expires with nothing filled."""
     remaining = sub(order.quantity, order.filled_quantity)
     allowed = remaining if ctx.reducible is None else min(remaining, ctx.reducible)
+    why = "reduce-only" if order.reduce_only else "hedge mode"
+    if allowed < remaining and order.time_in_force is TimeInForce.FOK:
+        return [OrderExpired(f"FOK order could not fill completely: {why}, capped at {allowed}")]
     if allowed <= 0:
-        return [OrderCanceled("reduce-only: the position is flat")]
+        return [OrderCanceled(f"{why}: the position is flat")]
     quantity = allowed if limit is None else min(allowed, limit)
     events: list[OrderEvent] = [_filled(order, quantity, price, liquidity, ctx)]
     if quantity == allowed < remaining:
-        events.append(OrderCanceled("reduce-only: capped at the position size"))
+        events.append(OrderCanceled(f"{why}: capped at the position size"))
     return events
 
 
@@ -124,6 +128,10 @@ def on_submit(order: Order, last: Decimal | None, ctx: PaperContext) -> list[Ord
             return [OrderAccepted(order.order_id), *outcome]
         case _:
             if last is not None and stop_reached(order, last):
+                if order.parent_order_id:
+                    # The exit of an entry that filled through it (a gap): exiting now beats
+                    # leaving the position unprotected.
+                    return [OrderAccepted(order.order_id), *on_tick(order, last, ctx)]
                 # As Binance does (-2021): a stop that is already reached is refused.
                 return [OrderRejected("order would trigger immediately")]
             return [OrderAccepted(order.order_id)]

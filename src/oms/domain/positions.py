@@ -3,7 +3,7 @@
 A position record lives from its first opening fill until it is flat; then it is CLOSED and
 kept, and the next opening fill on that side starts a new record. Sums and products are exact;
 the one division (the average entry) runs at 160 significant digits, and figures that do not
-terminate are rounded only for display (`display`).
+terminate are rounded only for display (`decimals.display`).
 """
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import StrEnum
 
-from oms.domain.decimals import ZERO, add, div, mul, rounded, sub, total
+from oms.domain.decimals import ZERO, add, div, mul, sub, total
 from oms.domain.fills import Fill
 from oms.domain.markets import Market
 from oms.domain.orders import PositionSide, Side
 
 DEFAULT_LEVERAGE = 1
-# Figures that come out of a division are shown rounded to this many decimal places.
-DISPLAY_PLACES = 12
 _HUNDRED = Decimal(100)
 
 
@@ -31,11 +29,6 @@ class PositionStatus(StrEnum):
 def reduces(side: Side, position_side: PositionSide) -> bool:
     """Hedge mode: a SELL on the LONG side and a BUY on the SHORT side reduce it."""
     return (side is Side.SELL) == (position_side is PositionSide.LONG)
-
-
-def display(value: Decimal) -> Decimal:
-    """A derived figure as shown: exact up to 12 decimal places, rounded half-even beyond."""
-    return rounded(value, DISPLAY_PLACES)
 
 
 @dataclass(frozen=True, slots=True)

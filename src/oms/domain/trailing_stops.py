@@ -53,12 +53,15 @@ def reaches_activation(side: PositionSide, activation: Decimal, price: Decimal) 
     return price >= activation if side is PositionSide.LONG else price <= activation
 
 
-def refuse_reached_activation(side: PositionSide, activation: Decimal, last: Decimal) -> None:
-    """As an exchange refuses a trailing order that would trigger at once."""
-    if reaches_activation(side, activation, last):
+def refuse_reached_activation(
+    side: PositionSide, activation: Decimal, price: Decimal, what: str = "the last price"
+) -> None:
+    """As an exchange refuses a trailing order that would trigger at once: `price` is where
+    the stop starts (`what` names it)."""
+    if reaches_activation(side, activation, price):
         relation = "at or below" if side is PositionSide.LONG else "at or above"
         raise FailedPrecondition(
-            f"activation_price {fmt(activation)} is {relation} the last price {fmt(last)}: "
+            f"activation_price {fmt(activation)} is {relation} {what} {fmt(price)}: "
             "the stop would activate at once (leave it empty for that)"
         )
 

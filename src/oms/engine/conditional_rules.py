@@ -25,10 +25,10 @@ from oms.domain.errors import ConcurrentModification, FailedPrecondition, NotFou
 from oms.domain.events import RuleUpdated
 from oms.domain.identifiers import check_user_id
 from oms.domain.orders import Order
-from oms.domain.paging import decode_page_token, page_size
+from oms.domain.paging import page_size
 from oms.engine.journal import Journal
 from oms.engine.paper_exchange import PAPER, PaperExchange
-from oms.engine.ports import Page, RuleQuery, StateStore
+from oms.engine.ports import Page, RuleQuery, StateStore, fetch_page
 from oms.failpoints import crash_point
 
 log = logging.getLogger(__name__)
@@ -181,14 +181,15 @@ class ConditionalRules:
         check_user_id(user_id)
         if trigger_order_id:
             check_order_id(trigger_order_id, "trigger_order_id")
-        return await self._store.list_rules(
+        return await fetch_page(
+            self._store.list_rules,
             RuleQuery(
                 user_id=user_id,
                 page_size=page_size(size),
-                cursor=decode_page_token(page_token),
                 trigger_order_id=trigger_order_id,
                 statuses=statuses,
-            )
+            ),
+            page_token,
         )
 
     async def _order(self, user_id: str, order_id: str) -> Order:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from oms.domain.commands import MAX_GRID_LEVEL, OrderSpec, PlaceOrder, validate_place_order
+from oms.domain.commands import OrderSpec, PlaceOrder, check_grid_level, validate_place_order
 from oms.domain.decimals import parse_decimal, parse_positive
 from oms.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from oms.domain.events import FillRecorded, Heartbeat, OrderUpdated, SequencedEvent, UserEvent
@@ -15,9 +15,9 @@ from oms.domain.fills import Fill
 from oms.domain.identifiers import check_client_order_id, check_user_id
 from oms.domain.markets import MarketCatalog
 from oms.domain.orders import Bracket, Order, OrderStatus, Side
-from oms.domain.paging import decode_page_token, page_size
+from oms.domain.paging import page_size
 from oms.engine.paper_exchange import PAPER, PaperExchange
-from oms.engine.ports import FillQuery, OrderQuery, Page, StateStore
+from oms.engine.ports import FillQuery, OrderQuery, Page, StateStore, fetch_page
 from oms.engine.prerender import Prerender
 from oms.engine.subscriptions import EventHub
 
@@ -118,6 +118,7 @@ class OrderLifecycle:
         user has no active account there (its markets load with the first activation);
         anything else is left to validation."""
         if not self._catalog.has_exchange(exchange):
+            check_user_id(user_id)  # a malformed request is INVALID_ARGUMENT whatever the venue
             self._live.check_followed(user_id, exchange)
 
     async def place(self, command: PlaceOrder, prerender: Prerender[object] | None = None) -> Order:
@@ -170,7 +171,17 @@ class OrderLifecycle:
             updated_at_ns=now,
             bracket=bracket,
         )
-        placed, created = await self._venue(order.exchange).place(order, prerender)
+        try:
+            placed, created = await self._venue(order.exchange).place(order, prerender)
+        except FailedPrecondition:
+            # Refused on the state of the moment (the side it would reduce is flat now, say):
+            # the retry of an order that already landed gets that order all the same.
+            existing = spec.client_order_id and await self._store.get_order_by_client_id(
+                spec.user_id, spec.client_order_id
+            )
+            if not existing:
+                raise
+            placed, created = existing, False
         if not created and placed.fingerprint != fingerprint:
             raise AlreadyExists(
                 f"client_order_id {order.client_order_id!r} already names order "
@@ -240,19 +251,21 @@ class OrderLifecycle:
         page_token: str = "",
     ) -> Page[Order]:
         check_user_id(user_id)
+        check_grid_level(grid_level)
         exchange, symbol = self.instrument_filter(exchange, symbol)
-        return await self._store.list_orders(
+        return await fetch_page(
+            self._store.list_orders,
             OrderQuery(
                 user_id=user_id,
                 page_size=page_size(size),
-                cursor=decode_page_token(page_token),
                 exchange=exchange,
                 symbol=symbol,
                 open_only=open_only,
                 statuses=statuses,
                 grid_level=grid_level,
                 strategy=strategy,
-            )
+            ),
+            page_token,
         )
 
     async def find_open_orders(self, query: OpenOrderSearch) -> list[Order]:
@@ -268,8 +281,7 @@ class OrderLifecycle:
             raise InvalidArgument("price_tolerance", "must be empty without price")
         if query.grid_level is None and window is None:
             raise InvalidArgument("grid_level", "give grid_level, or price with price_tolerance")
-        if query.grid_level is not None and not 0 <= query.grid_level <= MAX_GRID_LEVEL:
-            raise InvalidArgument("grid_level", f"must be 0 to {MAX_GRID_LEVEL}")
+        check_grid_level(query.grid_level)
 
         def matches(order: Order) -> bool:
             if order.exchange != market.exchange or order.symbol != market.symbol:
@@ -298,15 +310,16 @@ class OrderLifecycle:
         exchange, symbol = self.instrument_filter(exchange, symbol)
         if len(order_id) > 64:
             raise InvalidArgument("order_id", "is longer than 64 characters")
-        return await self._store.list_fills(
+        return await fetch_page(
+            self._store.list_fills,
             FillQuery(
                 user_id=user_id,
                 page_size=page_size(size),
-                cursor=decode_page_token(page_token),
                 order_id=order_id,
                 exchange=exchange,
                 symbol=symbol,
-            )
+            ),
+            page_token,
         )
 
     def follow_orders(self, query: StreamFilter) -> AsyncIterator[SequencedEvent | Heartbeat]:

@@ -459,7 +459,10 @@ class _Desk:
             if start.filled_quantity == 0:
                 for leg in bracket_legs(after, now):
                     self.submit_new(owner, batch, leg)
-                if after.bracket.trailing is not None:
+                # Unless an exit already closed the position (its entry filled through it).
+                if after.bracket.trailing is not None and self.open_size(
+                    after.user_id, after.position_side
+                ):
                     self._start_trailing(owner, batch, after, after.bracket.trailing, now)
             else:
                 self._grow_exits(owner, batch, after, now)

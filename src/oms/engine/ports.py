@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Generic, Protocol, TypeVar
 
@@ -13,6 +13,7 @@ from oms.domain.conditional_rules import ConditionalRule, RuleStatus
 from oms.domain.events import SequencedEvent, Update, UserEvent
 from oms.domain.fills import Fill
 from oms.domain.orders import Order, OrderStatus, PositionSide
+from oms.domain.paging import decode_page_token, encode_page_token, listing_of
 from oms.domain.positions import Position, PositionKey
 from oms.domain.trailing_stops import TrailingStop, TrailingStopStatus
 
@@ -123,6 +124,25 @@ class Page(Generic[T]):
     next_cursor: int | None
     """None at the end of the listing."""
     as_of_sequence: int
+    listing: str = ""
+    """The listing the page belongs to (paging.listing_of its query): its token is bound to it."""
+
+    @property
+    def next_page_token(self) -> str:
+        return encode_page_token(self.next_cursor, self.listing)
+
+
+Q = TypeVar("Q", OrderQuery, FillQuery, PositionQuery, TrailingStopQuery, RuleQuery)
+
+
+async def fetch_page(
+    fetch: Callable[[Q], Awaitable[Page[T]]], query: Q, page_token: str
+) -> Page[T]:
+    """One page of `query`'s listing, from where `page_token` (from a previous page of the same
+    listing, or empty for the first) left off."""
+    listing = listing_of(query)
+    page = await fetch(replace(query, cursor=decode_page_token(page_token, listing)))
+    return replace(page, listing=listing)
 
 
 class StateStore(Protocol):

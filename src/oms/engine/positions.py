@@ -17,7 +17,7 @@ from oms.domain.events import Heartbeat, PositionUpdated, SequencedEvent, UserEv
 from oms.domain.identifiers import check_client_order_id, check_user_id
 from oms.domain.markets import MarketCatalog
 from oms.domain.orders import Order, OrderType, PositionSide, Side, TimeInForce
-from oms.domain.paging import decode_page_token, page_size
+from oms.domain.paging import page_size
 from oms.domain.positions import (
     PortfolioSummary,
     Position,
@@ -25,7 +25,7 @@ from oms.domain.positions import (
     summarize,
 )
 from oms.engine.order_lifecycle import OrderLifecycle, StreamFilter
-from oms.engine.ports import Page, PositionQuery, StateStore
+from oms.engine.ports import Page, PositionQuery, StateStore, fetch_page
 from oms.engine.subscriptions import EventHub
 
 
@@ -107,16 +107,17 @@ class Positions:
     ) -> Page[Position]:
         check_user_id(user_id)
         exchange, symbol = self._orders.instrument_filter(exchange, symbol)
-        return await self._store.list_positions(
+        return await fetch_page(
+            self._store.list_positions,
             PositionQuery(
                 user_id=user_id,
                 page_size=page_size(size),
-                cursor=decode_page_token(page_token),
                 exchange=exchange,
                 symbol=symbol,
                 position_side=position_side,
                 include_closed=include_closed,
-            )
+            ),
+            page_token,
         )
 
     async def summary(self, user_id: str, exchange: str = "") -> PortfolioSummary:

@@ -15,7 +15,7 @@ from oms.domain.events import Heartbeat, SequencedEvent, TrailingStopUpdated, Us
 from oms.domain.identifiers import check_client_order_id, check_user_id
 from oms.domain.markets import MarketCatalog
 from oms.domain.orders import PositionSide
-from oms.domain.paging import decode_page_token, page_size
+from oms.domain.paging import page_size
 from oms.domain.trailing_stops import (
     CreateTrailingStop,
     TrailingStop,
@@ -25,7 +25,7 @@ from oms.domain.trailing_stops import (
 )
 from oms.engine.order_lifecycle import OrderLifecycle, StreamFilter
 from oms.engine.paper_exchange import PAPER, PaperExchange
-from oms.engine.ports import Page, StateStore, TrailingStopQuery
+from oms.engine.ports import Page, StateStore, TrailingStopQuery, fetch_page
 from oms.engine.subscriptions import EventHub
 
 
@@ -126,17 +126,18 @@ class TrailingStops:
     ) -> Page[TrailingStop]:
         check_user_id(user_id)
         exchange, symbol = self._orders.instrument_filter(exchange, symbol)
-        return await self._store.list_trailing_stops(
+        return await fetch_page(
+            self._store.list_trailing_stops,
             TrailingStopQuery(
                 user_id=user_id,
                 page_size=page_size(size),
-                cursor=decode_page_token(page_token),
                 exchange=exchange,
                 symbol=symbol,
                 position_side=position_side,
                 working_only=working_only,
                 statuses=statuses,
-            )
+            ),
+            page_token,
         )
 
     def follow(self, query: StreamFilter) -> AsyncIterator[SequencedEvent | Heartbeat]:

@@ -100,6 +100,8 @@ class PlaceOrderRequest(_message.Message):
     position_side: _order_pb2.PositionSide.ValueType
     """Optional hedge-mode position side. Unspecified: BUY opens LONG and SELL
     opens SHORT; with `reduce_only`, BUY reduces SHORT and SELL reduces LONG.
+    With `reduce_only`, a side the order cannot reduce (BUY with LONG, SELL
+    with SHORT) is INVALID_ARGUMENT.
     """
     leverage: _builtins.int
     """Optional leverage for the position, 1 to 125. Absent: the account's
@@ -387,7 +389,8 @@ class ListOrdersRequest(_message.Message):
     """
     page_token: _builtins.str
     """Opaque token from a previous response's `next_page_token`, with the same
-    filters; empty for the first page. A bad token is INVALID_ARGUMENT.
+    filters; empty for the first page. A bad token, or one from a listing with
+    other filters, is INVALID_ARGUMENT.
     """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_order_pb2.OrderStatus.ValueType]:
@@ -561,7 +564,8 @@ class ListFillsRequest(_message.Message):
     """
     page_token: _builtins.str
     """Opaque token from a previous response's `next_page_token`, with the same
-    filters; empty for the first page. A bad token is INVALID_ARGUMENT.
+    filters; empty for the first page. A bad token, or one from a listing with
+    other filters, is INVALID_ARGUMENT.
     """
     def __init__(
         self,
@@ -896,7 +900,8 @@ class ListConditionalRulesRequest(_message.Message):
     """
     page_token: _builtins.str
     """Opaque token from a previous response's `next_page_token`, with the same
-    filters; empty for the first page. A bad token is INVALID_ARGUMENT.
+    filters; empty for the first page. A bad token, or one from a listing with
+    other filters, is INVALID_ARGUMENT.
     """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_conditional_rule_pb2.RuleStatus.ValueType]:

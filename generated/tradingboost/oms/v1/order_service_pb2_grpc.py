@@ -186,8 +186,9 @@ class OrderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListOrders(self, request, context):
-        """Lists the user's orders matching every given filter, newest first
-        (by `created_at`), paged. A consistent snapshot: pair `as_of_sequence`
+        """Lists the user's orders matching every given filter, newest first (in
+        the order their creation was committed: on different symbols that can
+        differ from `created_at` by milliseconds), paged. A consistent snapshot: pair `as_of_sequence`
         with StreamOrderUpdates' `after_sequence` to never miss or double-count a
         change. Errors: INVALID_ARGUMENT (bad filter, negative `page_size`, bad
         `page_token`).

@@ -86,8 +86,9 @@ class OrderServiceStub:
     INVALID_ARGUMENT (not exactly one of the two ids), NOT_FOUND.
     """
     ListOrders: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.ListOrdersRequest, _order_service_pb2.ListOrdersResponse]
-    """Lists the user's orders matching every given filter, newest first
-    (by `created_at`), paged. A consistent snapshot: pair `as_of_sequence`
+    """Lists the user's orders matching every given filter, newest first (in
+    the order their creation was committed: on different symbols that can
+    differ from `created_at` by milliseconds), paged. A consistent snapshot: pair `as_of_sequence`
     with StreamOrderUpdates' `after_sequence` to never miss or double-count a
     change. Errors: INVALID_ARGUMENT (bad filter, negative `page_size`, bad
     `page_token`).
@@ -210,8 +211,9 @@ class OrderServiceAsyncStub(OrderServiceStub):
     INVALID_ARGUMENT (not exactly one of the two ids), NOT_FOUND.
     """
     ListOrders: _aio.UnaryUnaryMultiCallable[_order_service_pb2.ListOrdersRequest, _order_service_pb2.ListOrdersResponse]  # type: ignore[assignment]
-    """Lists the user's orders matching every given filter, newest first
-    (by `created_at`), paged. A consistent snapshot: pair `as_of_sequence`
+    """Lists the user's orders matching every given filter, newest first (in
+    the order their creation was committed: on different symbols that can
+    differ from `created_at` by milliseconds), paged. A consistent snapshot: pair `as_of_sequence`
     with StreamOrderUpdates' `after_sequence` to never miss or double-count a
     change. Errors: INVALID_ARGUMENT (bad filter, negative `page_size`, bad
     `page_token`).
@@ -361,8 +363,9 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _order_service_pb2.ListOrdersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_order_service_pb2.ListOrdersResponse, _abc.Awaitable[_order_service_pb2.ListOrdersResponse]]:
-        """Lists the user's orders matching every given filter, newest first
-        (by `created_at`), paged. A consistent snapshot: pair `as_of_sequence`
+        """Lists the user's orders matching every given filter, newest first (in
+        the order their creation was committed: on different symbols that can
+        differ from `created_at` by milliseconds), paged. A consistent snapshot: pair `as_of_sequence`
         with StreamOrderUpdates' `after_sequence` to never miss or double-count a
         change. Errors: INVALID_ARGUMENT (bad filter, negative `page_size`, bad
         `page_token`).

@@ -117,7 +117,8 @@ class ListPositionsRequest(_message.Message):
     """
     page_token: _builtins.str
     """Opaque token from a previous response's `next_page_token`, with the same
-    filters; empty for the first page. A bad token is INVALID_ARGUMENT.
+    filters; empty for the first page. A bad token, or one from a listing with
+    other filters, is INVALID_ARGUMENT.
     """
     def __init__(
         self,

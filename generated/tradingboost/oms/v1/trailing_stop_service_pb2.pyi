@@ -205,7 +205,8 @@ class ListTrailingStopsRequest(_message.Message):
     """
     page_token: _builtins.str
     """Opaque token from a previous response's `next_page_token`, with the same
-    filters; empty for the first page. A bad token is INVALID_ARGUMENT.
+    filters; empty for the first page. A bad token, or one from a listing with
+    other filters, is INVALID_ARGUMENT.
     """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_trailing_stop_pb2.TrailingStopStatus.ValueType]:

@@ -222,3 +222,39 @@ async def test_shutdown_ends_streams_with_unavailable(redis_url: str) -> None:
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE
     await stop
     await oms.channel.close(grace=None)
+
+
+async def test_events_trimmed_during_a_replay_end_the_stream_out_of_range(redis_url: str) -> None:
+    # Retention trims the stream while a slow client is still replaying: the stream must end
+    # OUT_OF_RANGE rather than jump over the trimmed events.
+    oms = await make_oms(redis_url, retention_events=1200)
+    # No BDP probing: the server's writes stall once ~64 KiB are unread, mid-replay.
+    slow_channel = grpc.aio.insecure_channel(oms.address, options=[("grpc.http2.bdp_probe", 0)])
+
+    async def rest(count: int) -> None:  # a resting limit: one event each
+        for _ in range(count // 50):
+            await asyncio.gather(
+                *(place(oms, type=S.ORDER_TYPE_LIMIT, price="40000") for _ in range(50))
+            )
+
+    try:
+        await tick(oms, "50000")  # no event: nothing of this user's changes
+        await rest(1300)  # sequences 1..1300; 101..1300 retained
+        slow = StreamReader[S.OrderUpdate](
+            order_service_pb2_grpc.OrderServiceStub(slow_channel).StreamOrderUpdates(
+                pb.StreamOrderUpdatesRequest(user_id=USER, after_sequence=100)
+            ),
+            "order_update",
+        )
+        [first] = await slow.events(1)
+        assert first.sequence == 101
+        await rest(1300)  # 1401..2600 retained now
+        received = [first.sequence]
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            received += [u.sequence for u in await slow.events(2600, timeout_s=20)]
+        assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert "oldest available sequence is 1401" in (error.value.details() or "")
+        assert received == list(range(101, 101 + len(received)))  # no gap before the end
+    finally:
+        await slow_channel.close(grace=None)
+        await oms.close()

@@ -109,6 +109,8 @@ class EventHub:
             cursor = await self._start_cursor(user_id, after_sequence)
             while True:
                 batch = await self._store.read_events(user_id, cursor, _REPLAY_BATCH)
+                if batch:
+                    _check_follows(cursor, batch[0].sequence)
                 for event in batch:
                     cursor = event.sequence
                     if accept(event.event):
@@ -143,6 +145,7 @@ class EventHub:
                         )
                     else:
                         missed = []
+                    _check_follows(cursor, (missed or [event])[0].sequence)
                     for item in (*missed, event):
                         cursor = item.sequence
                         if accept(item.event):
@@ -171,3 +174,13 @@ class EventHub:
                 f"the oldest available sequence is {oldest}"
             )
         return after_sequence
+
+
+def _check_follows(cursor: int, first: int) -> None:
+    """Events read after `cursor` must start right after it: retention may trim the stream
+    while a slow client catches up, and a stream never skips events silently."""
+    if first != cursor + 1:
+        raise OutOfRange(
+            f"events after sequence {cursor} left the retained history while this stream "
+            f"caught up; the oldest available sequence is {first}"
+        )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
-from fixtures.oms_server import OmsHarness
+from fixtures.oms_server import OmsHarness, make_oms
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -32,3 +34,17 @@ async def test_reflection_lists_every_service(oms: OmsHarness) -> None:
         break
     assert set(SERVICES) <= names
     assert "grpc.health.v1.Health" in names
+
+
+async def test_health_watch_follows_the_status_until_shutdown(redis_url: str) -> None:
+    oms = await make_oms(redis_url)
+    watch = oms.health.Watch(health_pb2.HealthCheckRequest(service=SERVICES[0]))
+    try:
+        first = await watch.read()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        stopping = asyncio.create_task(oms.app.stop())
+        after = await watch.read()
+        assert after.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        await stopping
+    finally:
+        await oms.channel.close(grace=None)

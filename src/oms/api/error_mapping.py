@@ -6,6 +6,7 @@ INVALID_ARGUMENT carries a google.rpc.BadRequest naming the field, in the standa
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -118,7 +119,10 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         if handler.unary_unary is not None:
             wrapped = handler._replace(unary_unary=_wrap_unary(handler.unary_unary))
         elif handler.unary_stream is not None:
-            wrapped = handler._replace(unary_stream=_wrap_stream(handler.unary_stream))
+            behavior = handler.unary_stream
+            # A coroutine writes its stream through context.write (grpc's own Health.Watch).
+            wrap = _wrap_unary if inspect.iscoroutinefunction(behavior) else _wrap_stream
+            wrapped = handler._replace(unary_stream=wrap(behavior))
         else:
             wrapped = handler
         self._wrapped[method] = wrapped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -92,3 +93,39 @@ async def test_sigterm_reports_not_serving_ends_streams_and_exits_cleanly(
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
         await terminate
     assert oms_process.process.returncode == 0
+
+
+async def test_calls_queued_at_sigterm_finish_or_are_refused_retryably(
+    oms_process: OmsProcess,
+) -> None:
+    # Calls the server has received but not started when SIGTERM arrives must not end
+    # CANCELLED (which clients cannot tell from their own cancel, and do not retry): they run,
+    # or are refused UNAVAILABLE; and whatever was acknowledged is there after a restart.
+    oms_process.start()
+    async with oms_process.channel() as channel:
+        orders, market = oms_process.stubs(channel)
+        await market.PublishPrices(_tick("50000"))
+        assert oms_process.process is not None
+        calls = [
+            asyncio.ensure_future(
+                orders.PlaceOrder(
+                    order_request(client_order_id=f"q{n}", type=S.ORDER_TYPE_LIMIT, price="40000")
+                )
+            )
+            for n in range(300)
+        ]
+        await asyncio.sleep(0.05)
+        oms_process.process.send_signal(signal.SIGTERM)
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    codes = [
+        o.code() if isinstance(o, grpc.aio.AioRpcError) else grpc.StatusCode.OK for o in outcomes
+    ]
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+    assert oms_process.wait_exit() == 0
+    oms_process.start()
+    async with oms_process.channel() as channel:
+        orders, _ = oms_process.stubs(channel)
+        for n, code in enumerate(codes):
+            if code is grpc.StatusCode.OK:
+                request = pb.GetOrderRequest(user_id=USER, client_order_id=f"q{n}")
+                assert (await orders.GetOrder(request)).order.status == S.ORDER_STATUS_OPEN

@@ -98,9 +98,28 @@ def _wrap_stream(
     return stream
 
 
+async def _refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    await context.abort(
+        grpc.StatusCode.UNAVAILABLE, "server is shutting down: retry on another instance"
+    )
+
+
+_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Maps domain errors to status codes; at shutdown, also the gate that refuses calls."""
+
     def __init__(self) -> None:
         self._wrapped: dict[str, Handler] = {}
+        self._refusing = False
+        self.refused = 0
+        """Calls refused since `refuse_calls`."""
+
+    def refuse_calls(self) -> None:
+        """From now on every call is answered UNAVAILABLE without running: calls gRPC had
+        already queued then end retryably, not CANCELLED as server.stop would end them."""
+        self._refusing = True
 
     async def intercept_service(
         self,
@@ -110,20 +129,27 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
         method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None:
-            return cached
-        handler: Any = await continuation(handler_call_details)
-        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED
-            return None  # type: ignore[return-value]
-        if handler.unary_unary is not None:
-            wrapped = handler._replace(unary_unary=_wrap_unary(handler.unary_unary))
-        elif handler.unary_stream is not None:
-            behavior = handler.unary_stream
-            # A coroutine writes its stream through context.write (grpc's own Health.Watch).
-            wrap = _wrap_unary if inspect.iscoroutinefunction(behavior) else _wrap_stream
-            wrapped = handler._replace(unary_stream=wrap(behavior))
-        else:
-            wrapped = handler
-        self._wrapped[method] = wrapped
-        return wrapped  # type: ignore[no-any-return]
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler: Any = await continuation(handler_call_details)
+            if handler is None:  # unknown method: grpc answers UNIMPLEMENTED
+                return None  # type: ignore[return-value]
+            wrapped = self._wrapped[method] = _wrap(handler)
+        if self._refusing:
+            self.refused += 1
+            refusal: Any = wrapped
+            return refusal._replace(  # type: ignore[no-any-return]
+                **{kind: _refuse for kind in _KINDS if getattr(wrapped, kind) is not None}
+            )
+        return wrapped
+
+
+def _wrap(handler: Any) -> Handler:
+    if handler.unary_unary is not None:
+        return handler._replace(unary_unary=_wrap_unary(handler.unary_unary))  # type: ignore[no-any-return]
+    if handler.unary_stream is not None:
+        behavior = handler.unary_stream
+        # A coroutine writes its stream through context.write (grpc's own Health.Watch).
+        wrap = _wrap_unary if inspect.iscoroutinefunction(behavior) else _wrap_stream
+        return handler._replace(unary_stream=wrap(behavior))  # type: ignore[no-any-return]
+    return handler  # type: ignore[no-any-return]

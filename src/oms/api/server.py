@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -31,6 +32,9 @@ from oms.api.position_service import PositionService
 from oms.api.trailing_stop_service import TrailingStopService
 
 log = logging.getLogger(__name__)
+
+# Shutting down: gRPC has handed over every queued call once none has come for this long.
+_QUIET_S = 0.05
 
 _SERVICES = (
     account_service_pb2.DESCRIPTOR.services_by_name["AccountService"],
@@ -80,7 +84,8 @@ class OmsServer:
     ) -> None:
         """`auth` None: no tokens configured, every call admitted."""
         # The first interceptor is the outermost: a call is admitted before anything runs.
-        interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [ErrorMappingInterceptor()]
+        self._calls = ErrorMappingInterceptor()
+        interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [self._calls]
         if auth is not None:
             interceptors.insert(0, auth)
         self.server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
@@ -119,10 +124,20 @@ class OmsServer:
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
 
     async def begin_shutdown(self) -> None:
+        """NOT_SERVING, and every call from now on refused UNAVAILABLE."""
         await self.health.enter_graceful_shutdown()
+        self._calls.refuse_calls()
 
     async def stop(self, grace_s: float) -> None:
-        await self.server.stop(grace_s)
+        """Refuse the calls gRPC had queued (until none has come for a moment, within half the
+        grace period), then stop: calls still running get what is left of `grace_s`."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        refused = -1
+        while refused != self._calls.refused and loop.time() - started < grace_s / 2:
+            refused = self._calls.refused
+            await asyncio.sleep(_QUIET_S)
+        await self.server.stop(max(0.0, grace_s - (loop.time() - started)))
 
     async def _set_all(
         self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType

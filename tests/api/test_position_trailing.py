@@ -149,6 +149,7 @@ async def test_bad_trailing_fields_name_the_field_and_place_nothing(
         ("trailing_stop.callback_rate", rate("0.0009")),
         ("trailing_stop.callback_rate", T.TrailingStopConfig(activation_price="120")),
         ("trailing_stop.callback_spread", T.TrailingStopConfig(callback_spread="0")),
+        ("trailing_stop.callback_spread", T.TrailingStopConfig(callback_spread="100")),
         ("trailing_stop.activation_price", rate("0.02", "120.001")),
         ("trailing_stop.activation_price", rate("0.02", "abc")),
     ]

@@ -330,6 +330,30 @@ async def test_callback_rate_outside_the_bounds_is_invalid(
     assert await redis_snapshot(redis_url) == before
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"callback_spread": "100"},  # from the last price: a stop at 0
+        {"callback_spread": "150"},
+        {"callback_spread": "120", "activation_price": "110"},  # from the activation price
+    ],
+)
+async def test_a_long_spread_that_puts_the_stop_at_zero_or_below_is_invalid(
+    oms: OmsHarness, redis_url: str, fields: dict[str, str]
+) -> None:
+    user = new_user()
+    await publish(oms, "100")
+    await open_side(oms, user)
+    before = await redis_snapshot(redis_url)
+    await expect_invalid(
+        oms.trailing_stops.CreateTrailingStop(create_request(user, **fields)), "callback_spread"
+    )
+    assert await redis_snapshot(redis_url) == before
+    # Just below the price, it is a (wide) stop.
+    stop = await create_stop(oms, user, callback_spread="99.99")
+    assert stop.stop_price == "0.01"
+
+
 async def test_neither_callback_is_invalid_naming_callback_rate(
     oms: OmsHarness, redis_url: str
 ) -> None:

@@ -21,7 +21,12 @@ from oms.domain.orders import (
     default_position_side,
 )
 from oms.domain.positions import reduces
-from oms.domain.trailing_stops import parse_activation, parse_callback, refuse_reached_activation
+from oms.domain.trailing_stops import (
+    parse_activation,
+    parse_callback,
+    refuse_reached_activation,
+    refuse_spread_past_zero,
+)
 
 MAX_STRATEGY_CHARS = 64
 MAX_METADATA_ENTRIES = 32
@@ -306,6 +311,10 @@ def validate_open_position(
         activation = parse_activation(
             config.activation_price, spec.market, "trailing_stop.activation_price"
         )
+        if entry is not None:
+            refuse_spread_past_zero(
+                command.position_side, spread, activation or entry, "trailing_stop."
+            )
         if activation is not None and entry is not None:
             # The stop starts when the entry fills: judged against the entry's price.
             what = "the entry price" if resting else "the last price"

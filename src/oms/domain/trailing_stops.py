@@ -280,11 +280,28 @@ class TrailingStopSpec:
             created_at_ns=now_ns,
             updated_at_ns=now_ns,
         )
+        if refuse_reached:
+            refuse_spread_past_zero(
+                self.position_side, self.callback_spread, self.activation_price or last
+            )
         if self.activation_price is None:
             return stop.follow(last, now_ns)
         if refuse_reached:
             refuse_reached_activation(self.position_side, self.activation_price, last)
         return stop.follow(last, now_ns) if stop.reaches_activation(last) else stop
+
+
+def refuse_spread_past_zero(
+    side: PositionSide, spread: Decimal | None, start: Decimal, prefix: str = ""
+) -> None:
+    """A LONG stop `spread` below a watermark that starts at `start` must be above zero, or
+    it protects nothing until the price has risen past the spread."""
+    if spread is not None and side is PositionSide.LONG and spread >= start:
+        raise InvalidArgument(
+            f"{prefix}callback_spread",
+            f"{fmt(spread)} is not below the price the stop starts from ({fmt(start)}): "
+            "its stop price would be zero or less",
+        )
 
 
 def parse_callback(

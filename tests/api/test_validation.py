@@ -178,7 +178,6 @@ async def test_bad_list_fills_and_streams(oms: OmsHarness) -> None:
         ("prices[0].price", [("paper", "BTC/USDT:USDT", "-1")]),
         ("prices[0].price", [("paper", "BTC/USDT:USDT", "50000.001")]),
         ("prices[1].symbol", [("paper", "BTC/USDT:USDT", "50000"), ("paper", "X", "1")]),
-        ("prices[0].exchange", [("okx", "BTC/USDT:USDT", "50000")]),
     ],
 )
 async def test_bad_publish_prices_applies_no_tick(
@@ -189,6 +188,24 @@ async def test_bad_publish_prices_applies_no_tick(
         prices=[market_data_pb2.PriceTick(exchange=e, symbol=s, price=p) for e, s, p in ticks]
     )
     await expect_invalid(oms.market.PublishPrices(request), field)
+    assert await redis_snapshot(redis_url) == before
+
+
+async def test_publish_prices_for_a_real_exchange_is_failed_precondition(
+    oms: OmsHarness, redis_url: str
+) -> None:
+    # Its prices come from its own feed, whether or not an account there loaded its markets.
+    before = await redis_snapshot(redis_url)
+    request = md.PublishPricesRequest(
+        prices=[
+            market_data_pb2.PriceTick(exchange="paper", symbol="BTC/USDT:USDT", price="50000"),
+            market_data_pb2.PriceTick(exchange="okx", symbol="BTC/USDT:USDT", price="50000"),
+        ]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await oms.market.PublishPrices(request)
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (error.value.details() or "").startswith("prices[1]: prices for okx")
     assert await redis_snapshot(redis_url) == before
 
 

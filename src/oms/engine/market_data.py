@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Container, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -43,8 +43,16 @@ class _PriceSubscription:
 
 
 class MarketData:
-    def __init__(self, catalog: MarketCatalog, paper: PaperExchange, buffer_events: int) -> None:
+    def __init__(
+        self,
+        catalog: MarketCatalog,
+        paper: PaperExchange,
+        buffer_events: int,
+        real_exchanges: Container[str] = frozenset(),
+    ) -> None:
+        """`real_exchanges`: the ids of real exchanges, whose markets may not be loaded."""
         self._catalog = catalog
+        self._real = real_exchanges
         self._paper = paper
         self._capacity = buffer_events
         self._subscriptions: set[_PriceSubscription] = set()
@@ -61,13 +69,15 @@ class MarketData:
         parsed = []
         for index, tick in enumerate(ticks):
             field = f"prices[{index}]"
+            if tick.exchange != PAPER and (
+                tick.exchange in self._real or self._catalog.has_exchange(tick.exchange)
+            ):
+                raise FailedPrecondition(
+                    f"{field}: prices for {tick.exchange} come from its own feed"
+                )
             market = self._resolve(tick.exchange, tick.symbol, field)
             price = parse_positive(f"{field}.price", tick.price)
             market.check_price(f"{field}.price", price)
-            if market.exchange != PAPER:
-                raise FailedPrecondition(
-                    f"{field}: prices for {market.exchange} come from its own feed"
-                )
             parsed.append((market, price))
         updates = []
         for market, price in parsed:

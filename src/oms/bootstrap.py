@@ -6,17 +6,20 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
+from redis.exceptions import RedisError
 
 from oms.adapters.credential_vault import CredentialVault, parse_master_key
 from oms.adapters.exchanges.ccxt_gateway import CcxtConnector, CcxtSettings
 from oms.adapters.postgres_archive import PostgresArchive
 from oms.adapters.redis_store.accounts import RedisAccountStore
+from oms.adapters.redis_store.embedded import EmbeddedRedis
 from oms.adapters.redis_store.store import RedisStore, connect
 from oms.api.account_service import AccountService
 from oms.api.auth import AuthInterceptor
@@ -109,6 +112,11 @@ def auth_interceptor(auth: AuthSettings) -> AuthInterceptor | None:
     )
 
 
+class StartupError(Exception):
+    """The service cannot start as configured (Redis unreachable, address in use): what an
+    operator needs is the reason, not a traceback."""
+
+
 class Application:
     """The running service. `start` recovers state before it reports SERVING."""
 
@@ -134,8 +142,10 @@ class Application:
         self.paper = PaperExchange(
             catalog, fees, journal, ids.new_id, time.time_ns, settings.paper.maker_fill_limit
         )
-        self.market_data = MarketData(catalog, self.paper, settings.stream_buffer_events)
         self.connector = ccxt_connector(settings)
+        self.market_data = MarketData(
+            catalog, self.paper, settings.stream_buffer_events, self.connector.exchanges
+        )
         self.exchanges = LiveExchanges(
             self.store,
             journal,
@@ -185,13 +195,20 @@ class Application:
             self.archiver = Archiver(self.store, archive)
             self.hub.add_listener(self.archiver.committed)
         self._stopping = asyncio.Event()
+        self._watching: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Recover, listen, report SERVING; returns the bound port."""
-        await self.store.ping()
+        try:
+            await self.store.ping()
+        except RedisError as error:
+            raise StartupError(f"cannot reach Redis: {error}") from error
         await self.paper.recover()
         await self.rules.finish_pending()
-        port = self.server.bind(self.settings.listen)
+        try:
+            port = self.server.bind(self.settings.listen)
+        except OSError as error:
+            raise StartupError(str(error)) from error
         await self.server.start()
         # Listening but NOT_SERVING while the exchanges are reconciled: an unreachable one
         # keeps the server here, visible to health checks.
@@ -205,7 +222,30 @@ class Application:
                 self.archiver.run(), name="archive"
             )
         await self.server.ready()
+        self._watching = asyncio.get_running_loop().create_task(
+            self._watch_store(), name="store-health"
+        )
         return port
+
+    async def _watch_store(self) -> None:
+        """NOT_SERVING while the state store does not answer, SERVING once it does again, so
+        that an orchestrator can route around (or restart) an instance that can only fail."""
+        serving = True
+        while True:
+            await asyncio.sleep(self.settings.store_check_interval_s)
+            try:
+                async with asyncio.timeout(self.settings.redis_timeout_s):
+                    await self.store.ping()
+                reachable = True
+            except (RedisError, OSError, TimeoutError) as error:
+                reachable = False
+                if serving:
+                    log.error("state store unreachable, reporting NOT_SERVING: %s", error)
+            if reachable != serving:
+                serving = reachable
+                await (self.server.ready() if serving else self.server.not_serving())
+                if serving:
+                    log.info("state store reachable again, reporting SERVING")
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -215,6 +255,10 @@ class Application:
 
     async def stop(self) -> None:
         """NOT_SERVING, end streams with UNAVAILABLE, drain unary calls, close the store."""
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
         await self.server.begin_shutdown()
         self.hub.close()
         self.market_data.close()
@@ -254,7 +298,11 @@ async def serve(
     settings: Settings,
     redis_url: str,
     extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
-) -> None:
+    embedded: EmbeddedRedis | None = None,
+) -> int:
+    """Serve until SIGTERM or SIGINT (exit status 0), or until `embedded`, the Redis this
+    process started, exits by itself (1: the state is gone from under it, and a restart
+    recovers it from the append-only file)."""
     app = Application(settings, redis_url, extra_handlers)
     freeze_startup_heap()  # before the first call can be stalled by it
     loop = asyncio.get_running_loop()
@@ -264,6 +312,24 @@ async def serve(
     host = settings.listen.rpartition(":")[0]
     # Tests and scripts wait for this line; keep its shape.
     print(f"oms serving on {host}:{port}", flush=True)
+    lost = asyncio.Event()
+    pidfd = None
+    if embedded is not None:
+        pidfd = os.pidfd_open(embedded.pid)  # readable once the process has exited
+        loop.add_reader(pidfd, _embedded_exited, embedded, app, lost, pidfd)
     await app.wait_for_stop_request()
+    if pidfd is not None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
     log.info("shutting down")
     await app.stop()
+    return 1 if lost.is_set() else 0
+
+
+def _embedded_exited(
+    embedded: EmbeddedRedis, app: Application, lost: asyncio.Event, pidfd: int
+) -> None:
+    asyncio.get_running_loop().remove_reader(pidfd)
+    log.error("the embedded redis-server exited (code %s): stopping", embedded.exit_code)
+    lost.set()
+    app.request_stop()

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 import uvloop
 
-from oms.adapters.redis_store.embedded import EmbeddedRedis
+from oms.adapters.redis_store.embedded import EmbeddedRedis, EmbeddedRedisError
 from oms.api.auth import audit_to_file
-from oms.bootstrap import serve
+from oms.bootstrap import StartupError, serve
 from oms.config import ConfigError, Settings, is_loopback, load_settings
 
 
@@ -73,12 +73,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         audit_to_file(settings.auth.audit_log)
     embedded = None
     redis_url = settings.redis_url
-    if redis_url is None:
-        embedded = EmbeddedRedis(settings.data_dir)
-        redis_url = embedded.start()
     try:
-        uvloop.run(serve(settings, redis_url))
+        if redis_url is None:
+            embedded = EmbeddedRedis(settings.data_dir)
+            try:
+                redis_url = embedded.start()
+            except OSError as error:  # the data dir cannot be made or used
+                raise EmbeddedRedisError(f"cannot use {settings.data_dir}: {error}") from error
+        return uvloop.run(serve(settings, redis_url, embedded=embedded))
+    except (StartupError, EmbeddedRedisError) as error:
+        print(f"oms: cannot start: {error}", file=sys.stderr)
+        return 1
     finally:
         if embedded is not None:
             embedded.stop()
-    return 0

@@ -372,6 +372,9 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(default=5.0, gt=0)
     """How long Redis may take to answer before a call fails UNAVAILABLE (a partition). A
     commit's connection is then presumed dead and the commit sent again on a new one."""
+    store_check_interval_s: float = Field(default=1.0, gt=0)
+    """How often Redis is pinged while serving: health is NOT_SERVING while it does not
+    answer, SERVING again once it does."""
     data_dir: Path = Path(".oms-data")
     """Where the embedded Redis keeps its append-only file (unused with redis_url).
     A relative path is from the working directory, wherever it was set."""
@@ -428,6 +431,14 @@ class Settings(BaseSettings):
     def _check_listen(cls, listen: str) -> str:
         _split_listen(listen)
         return listen
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, url: str | None) -> str | None:
+        # redis-py would only refuse it on the first connection, deep in start-up.
+        if url is not None and not re.match(r"(redis|rediss|unix)://", url):
+            raise ValueError(f"{url!r} must start with redis://, rediss:// or unix://")
+        return url
 
     @field_validator("data_dir", "config")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import pytest
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.redis_proxy import RedisFaultProxy
 from fixtures.trading import USER, place, tick
+from grpc_health.v1 import health_pb2
 from tradingboost.oms.v1 import order_pb2
 from tradingboost.oms.v1 import order_service_pb2 as pb
 
@@ -105,3 +107,38 @@ async def test_a_read_redis_stops_answering_is_unavailable_within_the_timeout(
     assert time.monotonic() - started < 5
     proxy.swallow_replies(False)
     assert (await oms.orders.GetOrder(get)).order == partitionable.resting
+
+
+async def test_health_is_not_serving_while_redis_does_not_answer(
+    redis_server: EmbeddedRedis,
+) -> None:
+    proxy = RedisFaultProxy(redis_server.socket_path)
+    oms = await make_oms(await proxy.start(), redis_timeout_s=0.2, store_check_interval_s=0.05)
+    try:
+        assert await health_of(oms) == health_pb2.HealthCheckResponse.SERVING
+        proxy.swallow_replies(True)
+        await until_health(oms, health_pb2.HealthCheckResponse.NOT_SERVING)
+        proxy.swallow_replies(False)
+        await until_health(oms, health_pb2.HealthCheckResponse.SERVING)
+    finally:
+        await oms.close()
+        await proxy.close()
+
+
+async def health_of(oms: OmsHarness) -> int:
+    return int((await oms.health.Check(health_pb2.HealthCheckRequest())).status)
+
+
+async def until_health(oms: OmsHarness, status: int) -> None:
+    """Until Health.Watch reports `status` for the OrderService."""
+    watch = oms.health.Watch(
+        health_pb2.HealthCheckRequest(service="tradingboost.oms.v1.OrderService")
+    )
+    try:
+        async with asyncio.timeout(5):
+            async for update in watch:
+                if update.status == status:
+                    break
+        assert await health_of(oms) == status  # overall too
+    finally:
+        watch.cancel()

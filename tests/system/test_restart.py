@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,3 +130,20 @@ async def test_calls_queued_at_sigterm_finish_or_are_refused_retryably(
             if code is grpc.StatusCode.OK:
                 request = pb.GetOrderRequest(user_id=USER, client_order_id=f"q{n}")
                 assert (await orders.GetOrder(request)).order.status == S.ORDER_STATUS_OPEN
+
+
+async def test_the_embedded_redis_dying_stops_the_server_with_an_error(
+    oms_process: OmsProcess,
+) -> None:
+    # Its state gone from under it, the process exits non-zero for its supervisor to restart
+    # it (recovering from the append-only file) instead of serving failures.
+    oms_process.start()
+    redis_pid = int((oms_process.data_dir / "redis.pid").read_text())
+    os.kill(redis_pid, signal.SIGKILL)
+    assert oms_process.wait_exit() == 1
+    assert oms_process.process is not None and oms_process.process.stdout is not None
+    assert "the embedded redis-server exited" in oms_process.process.stdout.read()
+    oms_process.start()  # and the next start recovers
+    async with oms_process.channel() as channel:
+        _, market = oms_process.stubs(channel)
+        await market.PublishPrices(_tick("50000"))

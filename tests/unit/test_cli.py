@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 from pydantic import SecretStr
 
+from oms.adapters.redis_store.embedded import EmbeddedRedis
 from oms.cli import listen_refusal, main
 from oms.config import AuthSettings, Settings, TokenSettings
 
@@ -27,3 +31,34 @@ def test_a_public_listen_address_is_allowed_with_tokens_or_insecure() -> None:
     assert listen_refusal(Settings(listen=public, auth=AuthSettings(tokens=[token]))) == ""
     assert listen_refusal(Settings(listen=public, insecure=True)) == ""
     assert listen_refusal(Settings(listen="127.0.0.1:50051")) == ""
+
+
+def test_a_start_up_failure_is_one_line_naming_the_cause(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    def fails(*args: str) -> str:
+        assert main(["serve", "--listen", "127.0.0.1:0", *args]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        return err
+
+    assert "cannot reach Redis" in fails("--redis-url", "redis://127.0.0.1:1")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        err = fails("--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "a"))
+        assert f"cannot listen on 127.0.0.1:{port}" in err
+    with EmbeddedRedis(tmp_path / "b"):
+        assert "in use by another OMS process" in fails("--data-dir", str(tmp_path / "b"))
+    (tmp_path / "file").write_text("")
+    assert f"cannot use {tmp_path / 'file' / 'c'}" in fails(
+        "--data-dir", str(tmp_path / "file" / "c")
+    )
+
+
+def test_a_redis_url_of_another_scheme_is_a_settings_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["serve", "--redis-url", "http://x"]) == 2
+    assert "redis_url" in capsys.readouterr().err

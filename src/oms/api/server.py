@@ -110,18 +110,23 @@ class OmsServer:
         )
 
     def bind(self, listen: str) -> int:
-        port = self.server.add_insecure_port(listen)
-        if port == 0:
-            raise OSError(f"cannot listen on {listen}")
-        return port
+        try:
+            return self.server.add_insecure_port(listen)
+        except RuntimeError as error:  # grpc's "Failed to bind": in use, or not ours
+            raise OSError(f"cannot listen on {listen} (in use by another process?)") from error
 
     async def start(self) -> None:
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
 
     async def ready(self) -> None:
-        """Recovery is done: report SERVING overall and per service."""
+        """Recovery is done (or the state store is reachable again): report SERVING overall
+        and per service."""
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+
+    async def not_serving(self) -> None:
+        """The state store is unreachable: every call would fail."""
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def begin_shutdown(self) -> None:
         """NOT_SERVING, and every call from now on refused UNAVAILABLE."""

@@ -116,6 +116,12 @@ class EmbeddedRedis:
             raise EmbeddedRedisError("the embedded redis-server is not running")
         return self._process.pid
 
+    @property
+    def exit_code(self) -> int | None:
+        """The redis-server's exit code once it has exited on its own; None while it runs
+        (or was never started)."""
+        return None if self._process is None else self._process.poll()
+
     def start(self) -> str:
         """Start redis-server, wait until it answers PING, and return its URL.
 

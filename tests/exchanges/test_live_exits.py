@@ -124,6 +124,36 @@ async def test_an_open_position_trailing_stop_starts_with_the_entry(
     assert closed.average_fill_price == "49400"
 
 
+async def test_an_entry_filled_through_its_stop_loss_exits_at_once(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    # The price gaps through the resting entry and its stop-loss in one move: whether the new
+    # mark reaches the OMS before the fill (the stop is sent as soon as it is placed) or after
+    # (it is held, then triggered), the position does not stay open without its stop.
+    opened = await live.oms.positions.OpenPosition(
+        long_request(
+            live.venue,
+            type=S.ORDER_TYPE_LIMIT,
+            price="49000",
+            take_profit_price="52000",
+            stop_loss_price="48500",
+        )
+    )
+    assert opened.entry_order.status == S.ORDER_STATUS_OPEN
+    exchange.set_price(BTC, Decimal("48000"))
+    await live.until_found(f"sl-{opened.entry_order.order_id}")  # placed once the entry fills
+    stop_loss = await live.until(
+        opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_FILLED
+    )
+    assert stop_loss.average_fill_price == "48000"
+    await live.until(opened.take_profit_order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
+    closed = await position(live)
+    assert closed.status == position_pb2.POSITION_STATUS_CLOSED
+    # (48000 - 49000) x 0.02 x the contract size: 1 BTC on binanceusdm, 0.01 on okx.
+    assert closed.realized_pnl == {"binanceusdm": "-20", "okx": "-0.2"}[live.venue]
+    await live.assert_invariants()
+
+
 async def test_an_entry_that_filled_while_the_oms_was_down_gets_its_exits_at_start(
     live: LiveTrading, exchange: FakeExchange, redis_url: str
 ) -> None:

@@ -315,17 +315,27 @@ class LiveExchanges:
 
     async def _hold(self, followed: _Account, order: Order) -> Order:
         """Accept a stop or take-profit order into the held book, or refuse it as the
-        paper exchange and Binance do when the price has reached it already."""
+        paper exchange and Binance do when the price has reached it already; the exit of a
+        filled entry that is reached already (its entry filled through it) is sent at once."""
         last = self._marks.last(order.exchange, order.symbol)
 
         def decide(current: Order) -> list[OrderEvent]:
             if last is not None and stop_reached(current, last):
+                if current.parent_order_id:
+                    return [OrderAccepted(""), OrderTriggered()]
                 return [OrderRejected(f"order would trigger immediately (mark price {last})")]
             return [OrderAccepted("")]
 
         held = await self._commit(followed, order.order_id, decide)
+        if held.triggered and held.is_open:
+            log.info("order %s reached at mark price %s when placed: sent now", held.order_id, last)
+            return await self._send(followed, held)
         if held.is_open:
             self._held.hold(held)
+            # A mark that came in while the hold was committed found it not held yet.
+            mark = self._marks.last(order.exchange, order.symbol)
+            if mark is not None and mark != last:
+                self._trigger_reached(order.exchange, order.symbol, mark)
             self._marks.nudge(order.exchange)
         return held
 
@@ -363,12 +373,13 @@ class LiveExchanges:
         """Send the held stops the new mark prices reach, and move the trailing stops."""
         for symbol, price in marks.items():
             await self._trailing.on_mark(exchange, symbol, price)
-            for order in self._held.reached(exchange, symbol, price):
-                followed = self._accounts.get((order.user_id, exchange))
-                if followed is not None:
-                    followed.start(
-                        f"trigger:{order.order_id}", self._trigger(followed, order, price)
-                    )
+            self._trigger_reached(exchange, symbol, price)
+
+    def _trigger_reached(self, exchange: str, symbol: str, price: Decimal) -> None:
+        for order in self._held.reached(exchange, symbol, price):
+            followed = self._accounts.get((order.user_id, exchange))
+            if followed is not None:
+                followed.start(f"trigger:{order.order_id}", self._trigger(followed, order, price))
 
     async def _trigger(self, followed: _Account, order: Order, price: Decimal) -> None:
         def trigger(current: Order) -> list[OrderEvent]:

@@ -128,3 +128,17 @@ def test_realized_plus_unrealized_is_the_total_pnl(
     marked = position.mark(mark, 1)
     # Only the averaging division is inexact (160 significant digits).
     assert abs(marked.realized_pnl + marked.unrealized_pnl - total) < Decimal("1e-100")
+
+
+def test_a_reduction_without_a_grid_level_takes_what_was_opened_without_one_first() -> None:
+    # A manual partial close leaves the grid bot's levels alone while it can.
+    position = long(
+        (fill(Side.BUY, "0.01", "50000"), 1),
+        (fill(Side.BUY, "0.01", "49000"), None),
+        (fill(Side.SELL, "0.005", "51000"), None),
+    )
+    assert position.grid_levels == (GridLevel(1, Decimal("0.01"), Decimal("50000")),)
+    position = apply_fill(position, fill(Side.SELL, "0.01", "51000"), None, None)
+    # 0.005 was left without a level; the other 0.005 comes from level 1.
+    assert position.grid_levels == (GridLevel(1, Decimal("0.005"), Decimal("50000")),)
+    assert position.size == Decimal("0.005")

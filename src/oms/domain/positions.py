@@ -174,9 +174,7 @@ def _reduce(position: Position, fill: Fill, grid_level: int | None) -> Position:
         size=size,
         realized_pnl=add(position.realized_pnl, pnl),
         fees=add(position.fees, fill.fee),
-        grid_levels=()
-        if closed
-        else _take_from_levels(position.grid_levels, grid_level, fill.quantity),
+        grid_levels=() if closed else _take_from_levels(position, grid_level, fill.quantity),
         status=PositionStatus.CLOSED if closed else PositionStatus.OPEN,
         closed_at_ns=fill.time_ns if closed else 0,
         updated_at_ns=fill.time_ns,
@@ -198,11 +196,16 @@ def _add_to_level(
 
 
 def _take_from_levels(
-    levels: tuple[GridLevel, ...], level: int | None, quantity: Decimal
+    position: Position, level: int | None, quantity: Decimal
 ) -> tuple[GridLevel, ...]:
-    """A reduction takes from its own grid level first, then from the others in level order."""
-    order = sorted(levels, key=lambda g: (g.level != level, g.level))
+    """A reduction takes from its own lot first (its grid level; for one without a level, what
+    was opened without one), then from the grid levels in level order."""
+    levels = position.grid_levels
     left = quantity
+    if level is None:
+        ungridded = sub(position.size, total(g.quantity for g in levels))
+        left = sub(left, min(left, ungridded))
+    order = sorted(levels, key=lambda g: (g.level != level, g.level))
     kept: list[GridLevel] = []
     for grid in order:
         taken = min(grid.quantity, left)

@@ -156,7 +156,9 @@ class Position(_message.Message):
     def grid_levels(self) -> _containers.RepeatedCompositeFieldContainer[Global___PositionGridLevel]:
         """Per grid level open quantity and entry price, ordered by grid level; only
         levels with a non-zero quantity. Fills of orders without a grid level are
-        not included. Output only.
+        not included. A reduction takes from its own lot first (its grid level, or
+        for an order without one, what was opened without one), then from the
+        levels in level order. Output only.
         """
 
     @_builtins.property

@@ -220,6 +220,8 @@ async def test_shutdown_ends_streams_with_unavailable(redis_url: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stream.next_message()
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    # The user had no events: after_sequence=0 would resume live only, missing some.
+    assert "after_sequence=as_of_sequence" in (error.value.details() or "")
     await stop
     await oms.channel.close(grace=None)
 

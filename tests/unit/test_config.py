@@ -35,7 +35,7 @@ def test_defaults() -> None:
     assert settings.data_dir == Path(".oms-data")
     assert settings.config is None
     assert settings.insecure is False
-    assert settings.heartbeat_interval_s == 15.0
+    assert settings.heartbeat_interval_s == 10.0
     assert settings.stream_buffer_events == 10_000
     assert settings.retention_events == 100_000
     assert settings.shutdown_grace_s == 5.0

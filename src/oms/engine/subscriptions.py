@@ -125,13 +125,10 @@ class EventHub:
                 live = await subscription.next_batch(wait_s)
                 if subscription.overflowed:
                     raise ResourceExhausted(
-                        f"stream fell more than {self._capacity} events behind; "
-                        f"resume with after_sequence={cursor}"
+                        f"stream fell more than {self._capacity} events behind; {_resume(cursor)}"
                     )
                 if subscription.closed:
-                    raise Unavailable(
-                        f"server is shutting down; resume with after_sequence={cursor}"
-                    )
+                    raise Unavailable(f"server is shutting down; {_resume(cursor)}")
                 if live is None:
                     yield Heartbeat(max(cursor, self._latest.get(user_id, 0)), time.time_ns())
                     last_sent = time.monotonic()
@@ -184,3 +181,13 @@ def _check_follows(cursor: int, first: int) -> None:
             f"events after sequence {cursor} left the retained history while this stream "
             f"caught up; the oldest available sequence is {first}"
         )
+
+
+def _resume(cursor: int) -> str:
+    if cursor:
+        return f"resume with after_sequence={cursor}"
+    # 0 asks for live only: what was committed meanwhile would be missed.
+    return (
+        "the user had no events when this stream began: list (as_of_sequence), then "
+        "stream with after_sequence=as_of_sequence, to miss nothing"
+    )

@@ -69,7 +69,9 @@ class PriceTick(_message.Message):
     INVALID_ARGUMENT.
     """
     price: _builtins.str
-    """Required. The new last price: a decimal > 0 in the quote currency."""
+    """Required. The new last price: a decimal > 0 in the quote currency, a
+    multiple of the market's price tick (paper: 0.01).
+    """
     def __init__(
         self,
         *,

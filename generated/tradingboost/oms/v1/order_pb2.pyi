@@ -290,7 +290,10 @@ class _OrderEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrderE
     ORDER_EVENT_TYPE_UNSPECIFIED: _OrderEventType.ValueType  # 0
     """Never sent."""
     ORDER_EVENT_TYPE_CREATED: _OrderEventType.ValueType  # 1
-    """The OMS persisted the order as PENDING_NEW, before the exchange saw it."""
+    """The OMS persisted the order as PENDING_NEW, before the exchange saw it
+    (real exchanges; a paper order is persisted and accepted in one commit,
+    so its first event is ACCEPTED).
+    """
     ORDER_EVENT_TYPE_ACCEPTED: _OrderEventType.ValueType  # 2
     """The exchange acknowledged the order: now OPEN, `exchange_order_id` set."""
     ORDER_EVENT_TYPE_PARTIALLY_FILLED: _OrderEventType.ValueType  # 3
@@ -328,7 +331,10 @@ class OrderEventType(_OrderEventType, metaclass=_OrderEventTypeEnumTypeWrapper):
 ORDER_EVENT_TYPE_UNSPECIFIED: OrderEventType.ValueType  # 0
 """Never sent."""
 ORDER_EVENT_TYPE_CREATED: OrderEventType.ValueType  # 1
-"""The OMS persisted the order as PENDING_NEW, before the exchange saw it."""
+"""The OMS persisted the order as PENDING_NEW, before the exchange saw it
+(real exchanges; a paper order is persisted and accepted in one commit,
+so its first event is ACCEPTED).
+"""
 ORDER_EVENT_TYPE_ACCEPTED: OrderEventType.ValueType  # 2
 """The exchange acknowledged the order: now OPEN, `exchange_order_id` set."""
 ORDER_EVENT_TYPE_PARTIALLY_FILLED: OrderEventType.ValueType  # 3

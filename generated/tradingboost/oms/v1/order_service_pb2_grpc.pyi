@@ -59,7 +59,10 @@ class OrderServiceStub:
     order) when the exchange's mark price reaches `stop_price`
     (ORDER_EVENT_TYPE_TRIGGERED, then ACCEPTED with the exchange's id); one
     the mark has reached already is REJECTED, and one the exchange refuses
-    once triggered ends EXPIRED with the reason.
+    once triggered ends EXPIRED with the reason. On paper too, a stop or
+    take-profit the last price has reached already is REJECTED. The
+    exception, on both: an OpenPosition exit whose entry filled through it
+    (a gap) is triggered at once.
     Errors: INVALID_ARGUMENT (malformed or missing field, unknown exchange or
     symbol, quantity or price off the market's step/tick or below its
     minimum; the OMS never rounds), ALREADY_EXISTS (`client_order_id` reused
@@ -184,7 +187,10 @@ class OrderServiceAsyncStub(OrderServiceStub):
     order) when the exchange's mark price reaches `stop_price`
     (ORDER_EVENT_TYPE_TRIGGERED, then ACCEPTED with the exchange's id); one
     the mark has reached already is REJECTED, and one the exchange refuses
-    once triggered ends EXPIRED with the reason.
+    once triggered ends EXPIRED with the reason. On paper too, a stop or
+    take-profit the last price has reached already is REJECTED. The
+    exception, on both: an OpenPosition exit whose entry filled through it
+    (a gap) is triggered at once.
     Errors: INVALID_ARGUMENT (malformed or missing field, unknown exchange or
     symbol, quantity or price off the market's step/tick or below its
     minimum; the OMS never rounds), ALREADY_EXISTS (`client_order_id` reused
@@ -312,7 +318,10 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         order) when the exchange's mark price reaches `stop_price`
         (ORDER_EVENT_TYPE_TRIGGERED, then ACCEPTED with the exchange's id); one
         the mark has reached already is REJECTED, and one the exchange refuses
-        once triggered ends EXPIRED with the reason.
+        once triggered ends EXPIRED with the reason. On paper too, a stop or
+        take-profit the last price has reached already is REJECTED. The
+        exception, on both: an OpenPosition exit whose entry filled through it
+        (a gap) is triggered at once.
         Errors: INVALID_ARGUMENT (malformed or missing field, unknown exchange or
         symbol, quantity or price off the market's step/tick or below its
         minimum; the OMS never rounds), ALREADY_EXISTS (`client_order_id` reused

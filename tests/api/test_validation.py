@@ -131,6 +131,8 @@ async def test_bad_cancel_order(
         ("symbol", pb.ListOrdersRequest(user_id=USER, exchange="paper", symbol="NOPE")),
         ("user_id", pb.ListOrdersRequest(user_id="x" * 65)),
         ("grid_level", pb.ListOrdersRequest(user_id=USER, grid_level=21)),
+        # A real exchange whose markets are not loaded: a market id cannot be unified.
+        ("symbol", pb.ListOrdersRequest(user_id=USER, exchange="okx", symbol="BTC-USDT-SWAP")),
     ],
 )
 async def test_bad_list_orders(oms: OmsHarness, field: str, request_: pb.ListOrdersRequest) -> None:

@@ -48,3 +48,17 @@ async def test_health_watch_follows_the_status_until_shutdown(redis_url: str) ->
         await stopping
     finally:
         await oms.channel.close(grace=None)
+
+
+async def test_reflection_v1_answers_as_v1alpha_does(oms: OmsHarness) -> None:
+    # Tools that speak only grpc.reflection.v1 (same messages, another service name).
+    info = oms.channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    call = info(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    response = await call.read()
+    assert isinstance(response, reflection_pb2.ServerReflectionResponse)
+    assert set(SERVICES) <= {s.name for s in response.list_services_response.service}
+    call.cancel()

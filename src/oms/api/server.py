@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from tradingboost.oms.v1 import (
     account_service_pb2,
     account_service_pb2_grpc,
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 # Shutting down: gRPC has handed over every queued call once none has come for this long.
 _QUIET_S = 0.05
+_REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 _SERVICES = (
     account_service_pb2.DESCRIPTOR.services_by_name["AccountService"],
@@ -102,11 +103,19 @@ class OmsServer:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, target)
         # What reflection.enable_server_reflection does for a grpc.aio server.
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
-                (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
-            ),
-            target,
+        reflector = reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        )
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, target)
+        # grpc.reflection.v1 is v1alpha renamed, the same messages on the wire; grpcio-reflection
+        # ships only v1alpha, and tools that speak only v1 would find no reflection at all.
+        v1 = grpc.stream_stream_rpc_method_handler(
+            reflector.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+        )
+        self.server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(_REFLECTION_V1, {"ServerReflectionInfo": v1})]
         )
 
     def bind(self, listen: str) -> int:

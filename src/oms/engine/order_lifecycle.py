@@ -370,6 +370,12 @@ class OrderLifecycle:
             raise InvalidArgument("symbol", "is required")
         if len(symbol) > MAX_SYMBOL_CHARS:
             raise InvalidArgument("symbol", f"is longer than {MAX_SYMBOL_CHARS} characters")
+        if "/" not in symbol:  # a market id, or no symbol at all: it would match nothing
+            raise InvalidArgument(
+                "symbol",
+                f"{symbol!r}: {exchange}'s markets are not loaded (no active account there), "
+                "so only its unified symbols, such as BTC/USDT:USDT, can be read",
+            )
         return exchange, symbol
 
     def _venue(self, exchange: str) -> Venue:

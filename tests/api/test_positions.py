@@ -358,28 +358,24 @@ async def test_fok_reduce_only_order_larger_than_the_position_expires_unfilled(
     await tick(oms, "50000")
     await place(oms, quantity="0.01")
     held = await position(oms)
-    fok = await place(
-        oms,
-        side=S.SIDE_SELL,
-        reduce_only=True,
-        quantity="0.02",
-        time_in_force=S.TIME_IN_FORCE_FOK,
-        **order_type,
-    )
-    assert fok.status == S.ORDER_STATUS_EXPIRED
-    assert fok.filled_quantity == "0"
-    assert "FOK" in fok.cancel_reason
-    assert await fills_of(oms, fok.order_id) == []
+
+    async def fok(quantity: str) -> S.Order:
+        return await place(
+            oms,
+            side=S.SIDE_SELL,
+            reduce_only=True,
+            quantity=quantity,
+            time_in_force=S.TIME_IN_FORCE_FOK,
+            **order_type,
+        )
+
+    expired = await fok("0.02")
+    assert expired.status == S.ORDER_STATUS_EXPIRED
+    assert expired.filled_quantity == "0"
+    assert "FOK" in expired.cancel_reason
+    assert await fills_of(oms, expired.order_id) == []
     assert await position(oms) == held
-    # Within the size it fills completely.
-    fits = await place(
-        oms,
-        side=S.SIDE_SELL,
-        reduce_only=True,
-        quantity="0.01",
-        time_in_force=S.TIME_IN_FORCE_FOK,
-        **order_type,
-    )
+    fits = await fok("0.01")  # within the size it fills completely
     assert fits.status == S.ORDER_STATUS_FILLED
     await check_invariants(oms)
 

@@ -19,12 +19,16 @@ RETRYABLE_CODES = frozenset(
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
     }
 )
 """Transient by the contract: Redis or the exchange unreachable, a server shutting down, an
-attempt that ran out of time, a rate limit. Every other code (INVALID_ARGUMENT, ALREADY_EXISTS,
-NOT_FOUND, FAILED_PRECONDITION, UNKNOWN, INTERNAL...) would fail the same way again, or means
-something the caller must look at, so it is raised after the first attempt."""
+attempt that ran out of time, a rate limit. CANCELLED here is never the caller's own cancel
+(grpc.aio raises asyncio.CancelledError for that): it is a server that stopped with the call
+queued or still running, which, like a lost reply, an idempotent call may repeat. Every other
+code (INVALID_ARGUMENT, ALREADY_EXISTS, NOT_FOUND, FAILED_PRECONDITION, UNKNOWN, INTERNAL...)
+would fail the same way again, or means something the caller must look at, so it is raised
+after the first attempt."""
 
 # gRPC's connection-backoff spec: +/-20% spreads clients that failed together, while keeping
 # the total wait predictable (full jitter can make a whole retry budget collapse to ~0 s).

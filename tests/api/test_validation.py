@@ -52,6 +52,8 @@ BAD_ORDERS: list[tuple[str, dict[str, Any]]] = [
     ("user_id", {"user_id": MB}),
     # Malformed on a real exchange too, not "no active account".
     ("user_id", {"user_id": "bad user!", "exchange": "binanceusdm"}),
+    ("quantity", {"quantity": "abc", "exchange": "binanceusdm"}),
+    ("side", {"side": S.SIDE_UNSPECIFIED, "exchange": "binanceusdm"}),
     ("client_order_id", {"client_order_id": "c" * 65}),
     ("client_order_id", {"client_order_id": "bad id!"}),
     ("client_order_id", {"client_order_id": MB}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from typing import NamedTuple
 
 import orjson
 
@@ -161,22 +162,24 @@ def check_grid_level(level: int | None) -> None:
         raise InvalidArgument("grid_level", f"must be 0 to {MAX_GRID_LEVEL}")
 
 
-def validate_place_order(command: PlaceOrder, catalog: MarketCatalog) -> OrderSpec:
+class _Checked(NamedTuple):
+    side: Side
+    type: OrderType
+    quantity: Decimal
+    time_in_force: TimeInForce
+    position_side: PositionSide
+
+
+def check_order_fields(command: PlaceOrder) -> _Checked:
+    """Every check that needs no market, so that a malformed order is INVALID_ARGUMENT even on
+    a real exchange whose markets are not loaded; returns what it parsed."""
     check_user_id(command.user_id)
-    market = catalog.resolve(command.exchange, command.symbol)
     _required("side", command.side)
     _required("type", command.type)
     assert command.side is not None and command.type is not None
-    order_type = command.type
     quantity = parse_positive("quantity", command.quantity)
-    market.check_quantity("quantity", quantity)
-    kind = order_type.value
-    price = _optional_price("price", command.price, market, order_type.needs_price, kind)
-    stop_price = _optional_price(
-        "stop_price", command.stop_price, market, order_type.needs_stop_price, kind
-    )
     time_in_force = command.time_in_force or TimeInForce.GTC
-    if time_in_force is TimeInForce.POST_ONLY and order_type is not OrderType.LIMIT:
+    if time_in_force is TimeInForce.POST_ONLY and command.type is not OrderType.LIMIT:
         raise InvalidArgument("time_in_force", "POST_ONLY is only valid for LIMIT orders")
     if command.leverage is not None and not 1 <= command.leverage <= MAX_LEVERAGE:
         raise InvalidArgument("leverage", f"must be 1 to {MAX_LEVERAGE}")
@@ -196,17 +199,30 @@ def validate_place_order(command: PlaceOrder, catalog: MarketCatalog) -> OrderSp
             f"a reduce-only {command.side} reduces the "
             f"{default_position_side(command.side, True)} side, not {position_side}",
         )
+    return _Checked(command.side, command.type, quantity, time_in_force, position_side)
+
+
+def validate_place_order(command: PlaceOrder, catalog: MarketCatalog) -> OrderSpec:
+    checked = check_order_fields(command)
+    market = catalog.resolve(command.exchange, command.symbol)
+    order_type, quantity = checked.type, checked.quantity
+    market.check_quantity("quantity", quantity)
+    kind = order_type.value
+    price = _optional_price("price", command.price, market, order_type.needs_price, kind)
+    stop_price = _optional_price(
+        "stop_price", command.stop_price, market, order_type.needs_stop_price, kind
+    )
     return OrderSpec(
         user_id=command.user_id,
         market=market,
-        side=command.side,
+        side=checked.side,
         type=order_type,
-        time_in_force=time_in_force,
+        time_in_force=checked.time_in_force,
         quantity=quantity,
         price=price,
         stop_price=stop_price,
         reduce_only=command.reduce_only,
-        position_side=position_side,
+        position_side=checked.position_side,
         leverage=command.leverage,
         client_order_id=command.client_order_id or None,
         strategy=command.strategy,

@@ -7,7 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from oms.domain.commands import OrderSpec, PlaceOrder, check_grid_level, validate_place_order
+from oms.domain.commands import (
+    OrderSpec,
+    PlaceOrder,
+    check_grid_level,
+    check_order_fields,
+    validate_place_order,
+)
 from oms.domain.decimals import parse_decimal, parse_positive
 from oms.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from oms.domain.events import FillRecorded, Heartbeat, OrderUpdated, SequencedEvent, UserEvent
@@ -124,6 +130,8 @@ class OrderLifecycle:
     async def place(self, command: PlaceOrder, prerender: Prerender[object] | None = None) -> Order:
         """`prerender`: renders the caller's reply while the commit is in flight, where the
         venue allows (see Prerender)."""
+        if not self._catalog.has_exchange(command.exchange):
+            check_order_fields(command)  # malformed is INVALID_ARGUMENT, whatever the venue
         self.check_tradable(command.user_id, command.exchange)
         return await self.submit(validate_place_order(command, self._catalog), prerender)
 

@@ -14,7 +14,7 @@ from oms_client.client import (
     PositionUpdateStream,
     TrailingStopEventStream,
 )
-from oms_client.retry import NO_RETRY, RETRYABLE_CODES, RetryPolicy
+from oms_client.retry import NO_RETRY, RETRYABLE_CODES, OutcomeUnknown, RetryPolicy
 from oms_client.rounding import PriceRounding, round_price, round_quantity
 from oms_client.streams import RESUMABLE_CODES, EventStream, PriceStream
 
@@ -28,6 +28,7 @@ __all__ = [
     "FillStream",
     "OmsClient",
     "OrderUpdateStream",
+    "OutcomeUnknown",
     "PositionUpdateStream",
     "PriceRounding",
     "PriceStream",

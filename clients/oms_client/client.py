@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from decimal import Decimal
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, Unpack, cast
 
@@ -61,9 +60,8 @@ from oms_client.request_fields import (
     RuleRefFields,
     TrailingStopRefFields,
     build_request,
-    decimal_text,
 )
-from oms_client.retry import NO_RETRY, RetryPolicy, call_with_retry
+from oms_client.retry import NO_RETRY, RETRYABLE_CODES, OutcomeUnknown, RetryPolicy, call_with_retry
 from oms_client.streams import (
     EventStream,
     PriceStream,
@@ -234,8 +232,8 @@ class OmsClient:
         order already placed, never a second order. The id is on the returned order.
         """
         prepared = _with_client_order_id(build_request(pb.PlaceOrderRequest, request, fields))
-        response = await self._unary(
-            self._orders.PlaceOrder, prepared, timeout_s, rpc_metadata, retry
+        response = await self._keyed(
+            self._orders.PlaceOrder, prepared, timeout_s, rpc_metadata, retry, "client_order_id"
         )
         return response.order
 
@@ -667,8 +665,13 @@ class OmsClient:
         (`get_order(client_order_id=...)`) after such an error.
         """
         prepared = _with_client_order_id(build_request(ppb.OpenPositionRequest, request, fields))
-        return await self._unary(
-            self._positions.OpenPosition, prepared, timeout_s, rpc_metadata, retry
+        return await self._keyed(
+            self._positions.OpenPosition,
+            prepared,
+            timeout_s,
+            rpc_metadata,
+            retry,
+            "client_order_id",
         )
 
     async def close_position(
@@ -689,8 +692,13 @@ class OmsClient:
         closing a second time (or meeting FAILED_PRECONDITION on a position already flat).
         """
         prepared = _with_client_order_id(build_request(ppb.ClosePositionRequest, request, fields))
-        response = await self._unary(
-            self._positions.ClosePosition, prepared, timeout_s, rpc_metadata, retry
+        response = await self._keyed(
+            self._positions.ClosePosition,
+            prepared,
+            timeout_s,
+            rpc_metadata,
+            retry,
+            "client_order_id",
         )
         return response.order
 
@@ -776,8 +784,13 @@ class OmsClient:
                 tpb.CreateTrailingStopRequest, request, _create_trailing_stop_fields(fields)
             )
         )
-        response = await self._unary(
-            self._trailing_stops.CreateTrailingStop, prepared, timeout_s, rpc_metadata, retry
+        response = await self._keyed(
+            self._trailing_stops.CreateTrailingStop,
+            prepared,
+            timeout_s,
+            rpc_metadata,
+            retry,
+            "client_id",
         )
         return response.trailing_stop
 
@@ -1118,6 +1131,25 @@ class OmsClient:
             ),
         )
 
+    async def _keyed(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        timeout_s: float | None,
+        rpc_metadata: Mapping[str, str] | None,
+        retry: RetryPolicy | None,
+        key_field: str,
+    ) -> Resp:
+        """`_unary` for a call idempotent on the request's `key_field`: when its attempts run
+        out without an answer, OutcomeUnknown hands the caller that key, which the client may
+        have made, so that the caller's own retry cannot act twice."""
+        try:
+            return await self._unary(method, request, timeout_s, rpc_metadata, retry)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in RETRYABLE_CODES:
+                raise OutcomeUnknown(error, key_field, getattr(request, key_field)) from error
+            raise
+
     async def _cancel_with_retry(
         self,
         cancel: Callable[[], Awaitable[Result]],
@@ -1240,16 +1272,10 @@ def _fits(name: str, value: object) -> bool:
 _CANCELED_BY_USER = "canceled_by_user"
 """The `status_reason` of a trailing stop that CancelTrailingStop ended."""
 
-_TRAILING_STOP_DECIMALS = ("callback_rate", "callback_spread", "activation_price", "quantity")
-
 
 def _create_trailing_stop_fields(fields: CreateTrailingStopFields) -> dict[str, object]:
-    """The keyword fields with their decimals as strings. Both callbacks given is refused
-    here: the request's `callback` oneof would silently keep only the last one set."""
+    """The keyword fields, both callbacks refused: the request's `callback` oneof would
+    silently keep only the last one set."""
     if "callback_rate" in fields and "callback_spread" in fields:
         raise TypeError("give exactly one of callback_rate and callback_spread, not both")
-    prepared: dict[str, object] = dict(fields)
-    for name in _TRAILING_STOP_DECIMALS:
-        if name in prepared:
-            prepared[name] = decimal_text(cast("Decimal | str", prepared[name]), name)
-    return prepared
+    return dict(fields)

@@ -48,9 +48,9 @@ class PlaceOrderFields(TypedDict, total=False):
     side: order_pb2.Side.ValueType
     type: order_pb2.OrderType.ValueType
     time_in_force: order_pb2.TimeInForce.ValueType
-    quantity: str
-    price: str
-    stop_price: str
+    quantity: Decimal | str
+    price: Decimal | str
+    stop_price: Decimal | str
     reduce_only: bool
     position_side: order_pb2.PositionSide.ValueType
     leverage: int
@@ -93,8 +93,8 @@ class FindOpenOrdersFields(TypedDict, total=False):
     exchange: str
     symbol: str
     grid_level: int
-    price: str
-    price_tolerance: str
+    price: Decimal | str
+    price_tolerance: Decimal | str
     side: order_pb2.Side.ValueType
 
 
@@ -134,11 +134,11 @@ class OpenPositionFields(TypedDict, total=False):
     position_side: order_pb2.PositionSide.ValueType
     type: order_pb2.OrderType.ValueType
     time_in_force: order_pb2.TimeInForce.ValueType
-    quantity: str
-    price: str
+    quantity: Decimal | str
+    price: Decimal | str
     leverage: int
-    stop_loss_price: str
-    take_profit_price: str
+    stop_loss_price: Decimal | str
+    take_profit_price: Decimal | str
     trailing_stop: trailing_stop_pb2.TrailingStopConfig
     client_order_id: str
     strategy: str
@@ -151,7 +151,7 @@ class ClosePositionFields(TypedDict, total=False):
     exchange: str
     symbol: str
     position_side: order_pb2.PositionSide.ValueType
-    quantity: str
+    quantity: Decimal | str
     client_order_id: str
 
 
@@ -250,7 +250,7 @@ class ListActiveAccountsFields(TypedDict, total=False):
     page_token: str
 
 
-def decimal_text(value: Decimal | str, name: str) -> str:
+def decimal_text(value: Decimal | str | float, name: str) -> str:
     """A decimal field as the wire carries it. A string goes as it is (the server judges it
     and names the field when it is not a finite decimal); a Decimal is written out in full,
     without exponent ("1E-3" is sent as "0.001"). A float is refused: it has already lost the
@@ -268,7 +268,12 @@ def build_request(message_type: type[M], request: M | None, fields: Mapping[str,
     """The request given, or one built from keyword fields; never a mix of the two, where a
     keyword could silently lose to (or override) a field already set in the message."""
     if request is None:
-        return message_type(**fields)
+        return message_type(
+            **{
+                name: decimal_text(value, name) if isinstance(value, Decimal | float) else value
+                for name, value in fields.items()
+            }
+        )
     if fields:
         raise TypeError(
             f"pass a {message_type.__name__} or keyword fields, not both "

@@ -6,11 +6,11 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import grpc
 
-__all__ = ["NO_RETRY", "RETRYABLE_CODES", "RetryPolicy", "call_with_retry"]
+__all__ = ["NO_RETRY", "RETRYABLE_CODES", "OutcomeUnknown", "RetryPolicy", "call_with_retry"]
 
 T = TypeVar("T")
 
@@ -82,3 +82,22 @@ async def call_with_retry(policy: RetryPolicy, attempt: Callable[[], Awaitable[T
             if error.code() not in RETRYABLE_CODES or retry >= policy.attempts:
                 raise
         await asyncio.sleep(policy.backoff_s(retry))
+
+
+class OutcomeUnknown(grpc.aio.AioRpcError):
+    """A call that may have taken effect (an order placed, a stop started) ran out of attempts
+    with a retryable code. It is idempotent on its `key_field`: send it again with that same
+    `key` to learn what happened, never as a new request, which could act twice. The id is
+    here because the client may have made it."""
+
+    def __init__(self, error: grpc.aio.AioRpcError, key_field: str, key: str) -> None:
+        super().__init__(
+            error.code(),
+            error.initial_metadata(),
+            # grpc.aio's own errors carry aio Metadata; grpc-stubs types it as the sync tuple.
+            cast(grpc.aio.Metadata, error.trailing_metadata()),
+            error.details(),
+            error.debug_error_string(),
+        )
+        self.key_field = key_field
+        self.key = key

@@ -47,10 +47,14 @@ __all__ = [
     "trailing_stop_event_payload",
 ]
 
-RESUMABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+RESUMABLE_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
+)
 """How a stream ends when resuming is the cure: server shutting down or connection lost
-(UNAVAILABLE), or the consumer fell behind its bounded buffer (RESOURCE_EXHAUSTED).
-OUT_OF_RANGE and every other code are raised: reconnecting would fail the same way."""
+(UNAVAILABLE, or CANCELLED by a server that stopped as the stream reconnected: the caller's
+own cancel is asyncio.CancelledError in grpc.aio), or the consumer fell behind its bounded
+buffer (RESOURCE_EXHAUSTED). OUT_OF_RANGE and every other code are raised: reconnecting
+would fail the same way."""
 
 
 class Sequenced(Protocol):

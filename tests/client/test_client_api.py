@@ -59,6 +59,7 @@ def test_public_names() -> None:
         "FillStream",
         "OmsClient",
         "OrderUpdateStream",
+        "OutcomeUnknown",
         "PositionUpdateStream",
         "PriceRounding",
         "PriceStream",

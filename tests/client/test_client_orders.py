@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import cast
 
 import grpc
@@ -169,3 +170,28 @@ async def test_a_token_is_sent_as_bearer_metadata(oms: OmsHarness) -> None:
     await channel.close(grace=None)
     assert ("authorization", "Bearer s3cret") in seen
     assert ("x-trace", "t1") in seen
+
+
+async def test_decimal_fields_take_a_decimal_and_refuse_a_float(client: OmsClient) -> None:
+    await client.publish_prices(
+        prices=[market_data_pb2.PriceTick(exchange="paper", symbol=BTC, price="50000")]
+    )
+    order = await client.place_order(
+        user_id=USER,
+        exchange="paper",
+        symbol=BTC,
+        side=S.SIDE_BUY,
+        type=S.ORDER_TYPE_LIMIT,
+        quantity=Decimal("1E-2"),  # written out in full: "0.01"
+        price=Decimal("49000.00"),
+    )
+    assert (order.quantity, order.price) == ("0.01", "49000")
+    with pytest.raises(TypeError, match="quantity must be a Decimal or a decimal string"):
+        await client.place_order(
+            user_id=USER,
+            exchange="paper",
+            symbol=BTC,
+            side=S.SIDE_BUY,
+            type=S.ORDER_TYPE_MARKET,
+            quantity=cast(str, 0.01),  # a float has lost the decimal already
+        )

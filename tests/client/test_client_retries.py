@@ -12,7 +12,7 @@ import grpc
 import pytest
 from fixtures.lossy_network import LoseResponses, client_with
 from fixtures.oms_server import OmsHarness
-from oms_client import OmsClient, RetryPolicy
+from oms_client import OmsClient, OutcomeUnknown, RetryPolicy
 from tradingboost.oms.v1 import market_data_pb2, order_pb2
 
 S = order_pb2
@@ -165,3 +165,28 @@ async def test_publish_prices_is_not_retried_because_a_tick_is_not_idempotent(
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
         assert len(lose.requests) == 1
         assert (await client.get_price(exchange="paper", symbol=BTC)).price == "51000"
+
+
+async def test_a_place_order_that_runs_out_of_attempts_hands_back_its_client_order_id(
+    oms_priced: OmsHarness,
+) -> None:
+    # Every answer lost: the order may exist. The error carries the id the client made, and a
+    # retry under it finds that order instead of placing a second one.
+    lose = LoseResponses("PlaceOrder", times=3)
+    fields: dict[str, Any] = {
+        "user_id": USER,
+        "exchange": "paper",
+        "symbol": BTC,
+        "side": S.SIDE_BUY,
+        "type": S.ORDER_TYPE_LIMIT,
+        "quantity": "0.01",
+        "price": "49000",
+    }
+    async with client_with(oms_priced.address, lose, retry=FAST_RETRY) as client:
+        with pytest.raises(OutcomeUnknown) as error:
+            await client.place_order(**fields)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error.value.key_field == "client_order_id"
+        assert error.value.key == lose.requests[0].client_order_id
+        order = await client.place_order(**fields, client_order_id=error.value.key)
+        assert [o async for o in client.list_orders(user_id=USER)] == [order]

@@ -50,11 +50,18 @@ async def tick(client: OmsClient, price: str, symbol: str = BTC) -> None:
 
 class RecordStreams(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
     """Records each stream request; `drop_first_after_live` turns the first connection into
-    one that is lost right after the server's going-live heartbeat, once `drop` is set."""
+    one that is lost right after the server's going-live heartbeat, once `drop` is set,
+    ending with `drop_code` (UNAVAILABLE: a lost connection; CANCELLED: a stopping server)."""
 
-    def __init__(self, *, drop_first_after_live: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        drop_first_after_live: bool = False,
+        drop_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+    ) -> None:
         self.requests: list[Any] = []
         self._drop_first = drop_first_after_live
+        self._drop_code = drop_code
         self.live = asyncio.Event()
         self.drop = asyncio.Event()
 
@@ -75,7 +82,7 @@ class RecordStreams(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type
             await self.drop.wait()
             call.cancel()
             raise grpc.aio.AioRpcError(
-                grpc.StatusCode.UNAVAILABLE,
+                self._drop_code,
                 grpc.aio.Metadata(),
                 grpc.aio.Metadata(),
                 details="connection lost (test)",
@@ -192,10 +199,11 @@ async def test_a_slow_consumer_cut_off_resumes_and_still_sees_every_event_once(
 # Dropped connections, and the heartbeat as a resume point
 
 
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED])
 async def test_a_live_only_stream_dropped_before_any_event_resumes_from_the_heartbeat(
-    oms: OmsHarness,
+    oms: OmsHarness, code: grpc.StatusCode
 ) -> None:
-    streams = RecordStreams(drop_first_after_live=True)
+    streams = RecordStreams(drop_first_after_live=True, drop_code=code)
     async with client_with(oms.address, streams) as client:
         await tick(client, "50000")
         await buy(client)

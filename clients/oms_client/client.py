@@ -106,6 +106,8 @@ DEFAULT_STREAM_RETRY = RetryPolicy(attempts=20)
 _CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    # Keep pinging while only the server talks (a stream): the default stops after 2 pings.
+    ("grpc.http2.max_pings_without_data", 0),
 )
 
 
@@ -174,14 +176,23 @@ class OmsClient:
         stream_retry: RetryPolicy = DEFAULT_STREAM_RETRY,
         default_timeout_s: float | None = 10.0,
         stream_idle_timeout_s: float | None = 45.0,
+        keepalive_s: float = 10.0,
     ) -> OmsClient:
         """A client on a new insecure channel to `target` ("host:port"), closed with it.
 
         The channel reconnects by itself; a server restarted on the same address is found
-        again, and the streams resume on it.
+        again, and the streams resume on it. While calls are open it pings the server every
+        `keepalive_s` (the server accepts one a second at most): a connection that does not
+        answer within half that is dropped, and its calls fail UNAVAILABLE (streams resume),
+        instead of waiting minutes for TCP to give up on a peer that vanished silently.
         """
+        keepalive = (
+            ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(keepalive_s * 500)),
+            ("grpc.http2.ping_timeout_ms", int(keepalive_s * 500)),
+        )
         client = cls(
-            grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS),
+            grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS + keepalive),
             token=token,
             retry=retry,
             stream_retry=stream_retry,

@@ -20,6 +20,7 @@ from fixtures.client_streams import (
 from fixtures.lossy_network import client_with
 from fixtures.oms_process import OmsProcess
 from fixtures.oms_server import OmsHarness, make_oms
+from fixtures.tcp_proxy import SilencingProxy
 from oms_client import OmsClient, RetryPolicy
 from tradingboost.oms.v1 import market_data_pb2, order_pb2
 
@@ -343,3 +344,35 @@ async def test_stream_prices_delivers_the_ticks_of_its_instruments(oms: OmsHarne
         assert {p.symbol for p in consumer.items} == {BTC}
         await prices.aclose()
         await consumer.task
+
+
+async def test_a_connection_gone_silent_is_dropped_by_keepalive_and_the_stream_resumes(
+    oms: OmsHarness,
+) -> None:
+    # No reset ever comes and the idle timeout is off: only keepalive pings can tell.
+    host, port = oms.address.rsplit(":", 1)
+    proxy = SilencingProxy(host, int(port))
+    address = await proxy.start()
+    try:
+        async with (
+            OmsClient.connect(address, keepalive_s=1, stream_idle_timeout_s=None) as client,
+            OmsClient.connect(oms.address) as direct,
+        ):
+            await tick(direct, "50000")
+            await buy(direct)
+            snapshot = await direct.list_orders_page(user_id=USER)
+            stream = client.stream_order_updates(USER, after_sequence=snapshot.as_of_sequence)
+            consumer = Consumer(stream)
+            await until(lambda: proxy.connections == 1)
+            await asyncio.sleep(0.2)  # the stream is open through the proxy
+            proxy.silence()
+            order = await buy(direct)
+            got = await consumer.until(2, timeout_s=15)
+            assert [(u.order.order_id, u.event_type) for u in got] == [
+                (order.order_id, kind) for kind in BOTH_KINDS
+            ]
+            assert proxy.connections == 2
+            await stream.aclose()
+            await consumer.task
+    finally:
+        await proxy.close()

@@ -89,7 +89,15 @@ class OmsServer:
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [self._calls]
         if auth is not None:
             interceptors.insert(0, auth)
-        self.server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.so_reuseport", 0),
+                # Clients' keepalive pings (oms_client's every 10 s) are welcome, down to one
+                # a second; gRPC's default answers pings more often than every 5 min with GOAWAY.
+                ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+            ],
+        )
         # Duck-typed: the generated functions call only the two methods it has.
         target = cast(grpc.aio.Server, _GenericHandlersOnly(self.server))
         order_service_pb2_grpc.add_OrderServiceServicer_to_server(orders, target)

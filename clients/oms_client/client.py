@@ -667,13 +667,8 @@ class OmsClient:
 
         The entry's `client_order_id`, when not given, is made here once, as in
         `place_order`: a retry after a lost response returns the same entry and the same
-        reserved exit ids, never a second position entry.
-
-        One gap, on the server: it checks the exits of a MARKET entry against the last price
-        before looking the id up, so a retry after the price crossed an exit fails with
-        INVALID_ARGUMENT although the first attempt opened the position. Pass your own
-        `client_order_id` with exits on a MARKET entry to be able to look the entry up
-        (`get_order(client_order_id=...)`) after such an error.
+        reserved exit ids, never a second position entry, even once the price has moved
+        past an exit (the server looks the id up before judging the exits).
         """
         prepared = _with_client_order_id(build_request(ppb.OpenPositionRequest, request, fields))
         return await self._keyed(

@@ -414,6 +414,12 @@ async def test_open_position_is_idempotent_on_client_order_id(oms: OmsHarness) -
     )
     await expect_code(oms.positions.OpenPosition(changed), grpc.StatusCode.ALREADY_EXISTS)
     assert await order_count(oms) == 3
+    # After the price crossed an exit (the take-profit filled), the retry is still answered
+    # by the entry it placed, not judged against the new price.
+    await tick(oms, "51000")
+    late = await oms.positions.OpenPosition(request)
+    assert late.entry_order.order_id == first.entry_order.order_id
+    assert await order_count(oms) == 3
     await check_invariants(oms)
 
 

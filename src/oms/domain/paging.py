@@ -28,12 +28,11 @@ def listing_of(query: DataclassInstance) -> str:
     """What a page token is bound to: the kind of listing and its filters, all but the page
     size and the cursor (AIP-158: a token is valid only with the request that produced it).
     Sets are sorted so that the tag is the same in every process."""
-    filters = [
-        (f.name, sorted(value) if isinstance(value, frozenset) else value)
-        for f in fields(query)
-        if f.name not in ("page_size", "cursor")
-        for value in (getattr(query, f.name),)
-    ]
+    filters = []
+    for f in fields(query):
+        if f.name not in ("page_size", "cursor"):
+            value = getattr(query, f.name)
+            filters.append((f.name, sorted(value) if isinstance(value, frozenset) else value))
     canonical = repr((type(query).__name__, filters)).encode()
     return hashlib.blake2b(canonical, digest_size=8).hexdigest()
 

@@ -48,9 +48,9 @@ class MarketData:
         catalog: MarketCatalog,
         paper: PaperExchange,
         buffer_events: int,
-        real_exchanges: Container[str] = frozenset(),
+        real_exchanges: Container[str],
     ) -> None:
-        """`real_exchanges`: the ids of real exchanges, whose markets may not be loaded."""
+        """`real_exchanges`: every real exchange's id, its markets loaded or not."""
         self._catalog = catalog
         self._real = real_exchanges
         self._paper = paper
@@ -69,9 +69,7 @@ class MarketData:
         parsed = []
         for index, tick in enumerate(ticks):
             field = f"prices[{index}]"
-            if tick.exchange != PAPER and (
-                tick.exchange in self._real or self._catalog.has_exchange(tick.exchange)
-            ):
+            if tick.exchange in self._real:
                 raise FailedPrecondition(
                     f"{field}: prices for {tick.exchange} come from its own feed"
                 )

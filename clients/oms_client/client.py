@@ -4,7 +4,8 @@ MarketDataService and AccountService over one grpc.aio channel.
 Requests and results are the generated messages themselves (`order_pb2.Order`, ...). Every
 unary method takes either a ready request message or its fields as keywords, and the same
 call options: `timeout_s` (the deadline of each attempt), `rpc_metadata` (extra metadata)
-and `retry`. Errors are the `grpc.aio.AioRpcError` the server answered, after any retries.
+and `retry` (its `deadline_s` bounds the whole call, retries included). Errors are the
+`grpc.aio.AioRpcError` the server answered, after any retries.
 """
 
 from __future__ import annotations
@@ -121,8 +122,7 @@ class OmsClient:
     Args:
         token: sent as `authorization: Bearer <token>` on every call when auth is on.
         retry: for unary calls (PublishPrices and CreateConditionalRule excepted, see
-            `publish_prices` and `create_rule`); only UNAVAILABLE, DEADLINE_EXCEEDED and
-            RESOURCE_EXHAUSTED are retried.
+            `publish_prices` and `create_rule`); only RETRYABLE_CODES are retried.
         stream_retry: reconnects of the resuming streams.
         default_timeout_s: deadline of each attempt when a call gives no `timeout_s`;
             None for no deadline.
@@ -267,28 +267,29 @@ class OmsClient:
         """
         prepared = build_request(pb.CancelOrderRequest, request, fields)
         metadata = self._metadata(rpc_metadata)
-        attempt_timeout = self._attempt_timeout(timeout_s)
 
-        async def cancel() -> order_pb2.Order:
-            response = await self._orders.CancelOrder(
-                prepared, timeout=attempt_timeout, metadata=metadata
-            )
+        async def cancel(within_s: float | None) -> order_pb2.Order:
+            response = await self._orders.CancelOrder(prepared, timeout=within_s, metadata=metadata)
             return response.order
 
-        async def read() -> order_pb2.Order:
+        async def read(within_s: float | None) -> order_pb2.Order:
             response = await self._orders.GetOrder(
                 pb.GetOrderRequest(
                     user_id=prepared.user_id,
                     order_id=prepared.order_id,
                     client_order_id=prepared.client_order_id,
                 ),
-                timeout=attempt_timeout,
+                timeout=within_s,
                 metadata=metadata,
             )
             return response.order
 
         return await self._cancel_with_retry(
-            cancel, read, lambda order: order.status == order_pb2.ORDER_STATUS_CANCELED, retry
+            cancel,
+            read,
+            lambda order: order.status == order_pb2.ORDER_STATUS_CANCELED,
+            timeout_s,
+            retry,
         )
 
     async def cancel_all_orders(
@@ -876,22 +877,21 @@ class OmsClient:
         """
         prepared = build_request(tpb.CancelTrailingStopRequest, request, fields)
         metadata = self._metadata(rpc_metadata)
-        attempt_timeout = self._attempt_timeout(timeout_s)
 
-        async def cancel() -> trailing_stop_pb2.TrailingStop:
+        async def cancel(within_s: float | None) -> trailing_stop_pb2.TrailingStop:
             response = await self._trailing_stops.CancelTrailingStop(
-                prepared, timeout=attempt_timeout, metadata=metadata
+                prepared, timeout=within_s, metadata=metadata
             )
             return response.trailing_stop
 
-        async def read() -> trailing_stop_pb2.TrailingStop:
+        async def read(within_s: float | None) -> trailing_stop_pb2.TrailingStop:
             response = await self._trailing_stops.GetTrailingStop(
                 tpb.GetTrailingStopRequest(
                     user_id=prepared.user_id,
                     trailing_stop_id=prepared.trailing_stop_id,
                     client_id=prepared.client_id,
                 ),
-                timeout=attempt_timeout,
+                timeout=within_s,
                 metadata=metadata,
             )
             return response.trailing_stop
@@ -902,7 +902,7 @@ class OmsClient:
                 and stop.status_reason == _CANCELED_BY_USER
             )
 
-        return await self._cancel_with_retry(cancel, read, canceled_by_user, retry)
+        return await self._cancel_with_retry(cancel, read, canceled_by_user, timeout_s, retry)
 
     def stream_trailing_stop_events(
         self,
@@ -1129,12 +1129,12 @@ class OmsClient:
         wait_for_ready: bool | None = None,
     ) -> Resp:
         metadata = self._metadata(rpc_metadata)
-        attempt_timeout = self._attempt_timeout(timeout_s)
         return await call_with_retry(
             self._retry if retry is None else retry,
-            lambda: method(
-                request, timeout=attempt_timeout, metadata=metadata, wait_for_ready=wait_for_ready
+            lambda within_s: method(
+                request, timeout=within_s, metadata=metadata, wait_for_ready=wait_for_ready
             ),
+            self._attempt_timeout(timeout_s),
         )
 
     async def _keyed(
@@ -1158,9 +1158,10 @@ class OmsClient:
 
     async def _cancel_with_retry(
         self,
-        cancel: Callable[[], Awaitable[Result]],
-        read: Callable[[], Awaitable[Result]],
+        cancel: Callable[[float | None], Awaitable[Result]],
+        read: Callable[[float | None], Awaitable[Result]],
         cancelled: Callable[[Result], bool],
+        timeout_s: float | None,
         retry: RetryPolicy | None,
     ) -> Result:
         """`cancel`, retried. A retry whose lost predecessor did cancel meets
@@ -1169,19 +1170,21 @@ class OmsClient:
         otherwise the error stands."""
         attempts = 0
 
-        async def attempt() -> Result:
+        async def attempt(within_s: float | None) -> Result:
             nonlocal attempts
             attempts += 1
             try:
-                return await cancel()
+                return await cancel(within_s)
             except grpc.aio.AioRpcError as error:
                 if attempts > 1 and error.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                    current = await read()
+                    current = await read(within_s)
                     if cancelled(current):
                         return current
                 raise
 
-        return await call_with_retry(self._retry if retry is None else retry, attempt)
+        return await call_with_retry(
+            self._retry if retry is None else retry, attempt, self._attempt_timeout(timeout_s)
+        )
 
 
 class _PageRequest(Protocol):

@@ -51,6 +51,11 @@ class RetryPolicy:
     """No wait is longer than this."""
     multiplier: float = 2.0
     """Growth of the wait from one retry to the next."""
+    deadline_s: float | None = None
+    """The whole call, attempts and waits included, ends within this many seconds: each
+    attempt's deadline is cut to what is left, and no retry starts that could not begin in
+    time. For a resuming stream it bounds one outage instead: no reconnect starts later than
+    this after the connection was lost. None: only `attempts` bounds it."""
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -59,6 +64,8 @@ class RetryPolicy:
             raise ValueError("need 0 <= initial_backoff_s <= max_backoff_s")
         if self.multiplier < 1:
             raise ValueError(f"multiplier must be at least 1, not {self.multiplier}")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise ValueError(f"deadline_s must be positive, not {self.deadline_s}")
 
     def backoff_s(self, retry: int) -> float:
         """The wait before retry number `retry` (1 for the first retry)."""
@@ -70,18 +77,33 @@ NO_RETRY = RetryPolicy(attempts=1)
 """One attempt: for calls that must not be repeated blindly (PublishPrices)."""
 
 
-async def call_with_retry(policy: RetryPolicy, attempt: Callable[[], Awaitable[T]]) -> T:
-    """Runs `attempt` until it succeeds, fails with a code outside RETRYABLE_CODES, or
-    `policy.attempts` are used up; then raises the last grpc.aio.AioRpcError unchanged."""
+async def call_with_retry(
+    policy: RetryPolicy,
+    attempt: Callable[[float | None], Awaitable[T]],
+    attempt_timeout_s: float | None,
+) -> T:
+    """Runs `attempt(timeout_s)` until it succeeds, fails with a code outside RETRYABLE_CODES,
+    or `policy.attempts` or `policy.deadline_s` are used up; then raises the last
+    grpc.aio.AioRpcError unchanged. Each attempt gets `attempt_timeout_s`, cut to what is left
+    of the deadline."""
+    loop = asyncio.get_running_loop()
+    give_up_at = None if policy.deadline_s is None else loop.time() + policy.deadline_s
     retry = 0
     while True:
+        timeout_s = attempt_timeout_s
+        if give_up_at is not None:
+            left = give_up_at - loop.time()
+            timeout_s = left if timeout_s is None else min(timeout_s, left)
         try:
-            return await attempt()
+            return await attempt(timeout_s)
         except grpc.aio.AioRpcError as error:
             retry += 1
             if error.code() not in RETRYABLE_CODES or retry >= policy.attempts:
                 raise
-        await asyncio.sleep(policy.backoff_s(retry))
+            wait = policy.backoff_s(retry)
+            if give_up_at is not None and loop.time() + wait >= give_up_at:
+                raise
+        await asyncio.sleep(wait)
 
 
 class OutcomeUnknown(grpc.aio.AioRpcError):

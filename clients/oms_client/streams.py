@@ -71,9 +71,9 @@ class _ReconnectingStream(ABC, Generic[R, T]):
     """An async iterator over a server stream that opens a new call whenever the current
     one ends with a RESUMABLE_CODES status, after a backoff.
 
-    `retry.attempts` bounds the connection attempts in a row that receive nothing at all;
-    any message received starts the count again, so a long-lived stream survives any number
-    of separate outages.
+    `retry.attempts` bounds the connection attempts in a row that receive nothing at all,
+    and `retry.deadline_s` the time from the first of them; any message received starts
+    both again, so a long-lived stream survives any number of separate outages.
     """
 
     def __init__(self, retry: RetryPolicy, idle_timeout_s: float | None) -> None:
@@ -82,6 +82,7 @@ class _ReconnectingStream(ABC, Generic[R, T]):
         self._call: grpc.aio.UnaryStreamCall[Any, R] | None = None
         self._responses: AsyncIterator[R] | None = None
         self._failures = 0
+        self._give_up_at: float | None = None
         self._closed = False
 
     @abstractmethod
@@ -136,10 +137,16 @@ class _ReconnectingStream(ABC, Generic[R, T]):
         raise StopAsyncIteration
 
     async def _back_off(self, error: Exception) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._failures == 0 and self._retry.deadline_s is not None:
+            self._give_up_at = now + self._retry.deadline_s
         self._failures += 1
-        if self._failures >= self._retry.attempts:
+        wait = self._retry.backoff_s(self._failures)
+        if self._failures >= self._retry.attempts or (
+            self._give_up_at is not None and now + wait >= self._give_up_at
+        ):
             raise error
-        await asyncio.sleep(self._retry.backoff_s(self._failures))
+        await asyncio.sleep(wait)
 
     def _drop_call(self) -> None:
         if self._call is not None:

@@ -6,12 +6,14 @@ twice; errors that would repeat are raised at once.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
 import pytest
 from fixtures.lossy_network import LoseResponses, client_with
 from fixtures.oms_server import OmsHarness
+from fixtures.tcp_proxy import SilencingProxy
 from oms_client import OmsClient, OutcomeUnknown, RetryPolicy
 from tradingboost.oms.v1 import market_data_pb2, order_pb2
 
@@ -63,6 +65,43 @@ async def test_retries_give_up_after_the_policy_attempts(oms_priced: OmsHarness)
             await client.get_price(exchange="paper", symbol=BTC)
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
         assert len(lose.requests) == FAST_RETRY.attempts
+
+
+async def test_a_deadline_ends_the_retries_long_before_the_attempts_run_out(
+    oms_priced: OmsHarness,
+) -> None:
+    lose = LoseResponses("GetPrice", times=1000)
+    retry = RetryPolicy(attempts=1000, initial_backoff_s=0.05, max_backoff_s=0.05, deadline_s=0.5)
+    async with client_with(oms_priced.address, lose, retry=retry) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await client.get_price(exchange="paper", symbol=BTC)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        # Waits of 0.04 s or more (0.05 +/-20%) fit at most 13 times into 0.5 s.
+        assert 2 <= len(lose.requests) <= 14
+
+
+async def test_a_deadline_cuts_an_attempt_short_on_a_connection_gone_silent(
+    oms_priced: OmsHarness,
+) -> None:
+    host, port = oms_priced.address.rsplit(":", 1)
+    proxy = SilencingProxy(host, int(port))
+    address = await proxy.start()
+    retry = RetryPolicy(attempts=5, initial_backoff_s=0.01, max_backoff_s=0.01, deadline_s=0.5)
+    try:
+        async with OmsClient.connect(address, retry=retry, default_timeout_s=60) as client:
+            await client.get_price(exchange="paper", symbol=BTC)
+            proxy.silence()
+            async with asyncio.timeout(20):  # each attempt alone could wait 60 s
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await client.get_price(exchange="paper", symbol=BTC)
+            assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        await proxy.close()
+
+
+def test_a_deadline_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="deadline_s"):
+        RetryPolicy(deadline_s=0)
 
 
 async def test_invalid_argument_is_raised_after_one_attempt(oms_priced: OmsHarness) -> None:

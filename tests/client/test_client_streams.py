@@ -328,6 +328,17 @@ async def test_reconnects_give_up_after_the_policy_attempts(oms: OmsHarness) -> 
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+async def test_reconnects_give_up_at_the_policy_deadline(oms: OmsHarness) -> None:
+    retry = RetryPolicy(
+        attempts=100_000, initial_backoff_s=0.01, max_backoff_s=0.01, deadline_s=0.5
+    )
+    async with OmsClient.connect(free_loopback_address(), stream_retry=retry) as client:
+        async with asyncio.timeout(20):  # the attempts alone would take over 1000 s
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await anext(client.stream_fills(USER))
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
 # Prices
 
 

@@ -27,6 +27,15 @@ def test_bad_decimals_are_refused_naming_the_field(raw: str) -> None:
     assert error.value.field == "quantity"
 
 
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [("-1", "must not be negative"), ("-0.5", "must not be negative"), ("0", "greater than zero")],
+)
+def test_the_message_says_what_is_wrong_with_the_number(raw: str, says: str) -> None:
+    with pytest.raises(InvalidArgument, match=says):
+        parse_positive("quantity", raw)
+
+
 def test_fees_are_exact_products() -> None:
     assert mul(Decimal("45000.1"), Decimal("0.001"), Decimal("1"), Decimal("0.0005")) == Decimal(
         "0.02250005"

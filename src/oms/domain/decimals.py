@@ -35,6 +35,8 @@ def parse_decimal(field: str, raw: str) -> Decimal:
     if len(raw) > MAX_DECIMAL_CHARS:
         raise InvalidArgument(field, f"is longer than {MAX_DECIMAL_CHARS} characters")
     if not _PLAIN_DECIMAL.fullmatch(raw):
+        if raw[0] == "-" and _PLAIN_DECIMAL.fullmatch(raw[1:]):
+            raise InvalidArgument(field, f"must not be negative, got {raw!r}")
         raise InvalidArgument(field, f"must be a plain decimal string such as '0.01', got {raw!r}")
     return Decimal(raw)
 

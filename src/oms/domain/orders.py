@@ -167,9 +167,14 @@ _TRANSITIONS: dict[tuple[OrderStatus, type], OrderStatus | None] = {
     (S.PENDING_NEW, OrderFilled): None,  # the fill report can overtake the acknowledgement
     (S.PENDING_NEW, OrderCanceled): S.CANCELED,
     (S.PENDING_NEW, OrderExpired): S.EXPIRED,
+    # A submit of unknown outcome, cancelled: cancelled at the exchange once it is found there.
+    (S.PENDING_NEW, OrderPendingCancel): S.PENDING_CANCEL,
     (S.OPEN, OrderTriggered): S.OPEN,
     # A stop held by the OMS, sent to a real exchange once triggered: the exchange's id.
     (S.OPEN, OrderAccepted): S.OPEN,
+    # ... or whose acknowledgement comes after a cancel or a fill was recorded.
+    (S.PENDING_CANCEL, OrderAccepted): S.PENDING_CANCEL,
+    (S.PARTIALLY_FILLED, OrderAccepted): S.PARTIALLY_FILLED,
     (S.OPEN, OrderAmended): S.OPEN,
     (S.PARTIALLY_FILLED, OrderAmended): S.PARTIALLY_FILLED,
     (S.OPEN, OrderFilled): None,

@@ -154,6 +154,16 @@ def fill_of(order: Order, report: FillReport, fill_id: str) -> Fill:
     )
 
 
+def unacknowledged(order: Order) -> bool:
+    """Sent to the exchange (or being sent), and not acknowledged yet: a new order, a held
+    stop once triggered, either possibly cancelled meanwhile."""
+    return (
+        order.is_open
+        and not order.exchange_order_id
+        and (order.triggered or not order.type.needs_stop_price)
+    )
+
+
 def settlement_events(
     order: Order, report: OrderReport | None, fills: list[Fill]
 ) -> list[OrderEvent]:
@@ -165,12 +175,14 @@ def settlement_events(
     """
     events: list[OrderEvent] = []
     status = order.status
-    sent_not_known = status is OrderStatus.PENDING_NEW or (
-        order.triggered and order.is_open and not order.exchange_order_id
-    )
-    if report is not None and sent_not_known and report.status is not VenueOrderStatus.REJECTED:
+    if (
+        report is not None
+        and unacknowledged(order)
+        and report.status is not VenueOrderStatus.REJECTED
+    ):
         events.append(OrderAccepted(report.exchange_order_id))
-        status = OrderStatus.OPEN
+        if status is OrderStatus.PENDING_NEW:
+            status = OrderStatus.OPEN
     filled = order.filled_quantity
     for fill in sorted(fills, key=lambda f: (f.time_ns, f.exchange_trade_id)):
         if filled + fill.quantity > order.quantity:

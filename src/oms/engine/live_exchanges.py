@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -61,9 +62,11 @@ from oms.domain.venue_reports import (
     EXTERNAL_CLIENT_ID_PREFIX,
     FillReport,
     OrderReport,
+    VenueOrderStatus,
     external_order,
     fill_of,
     settlement_events,
+    unacknowledged,
 )
 from oms.engine.gateway import (
     AccountAccess,
@@ -352,15 +355,14 @@ class LiveExchanges:
             self._settle_later(followed, order.order_id)
             return order
         except RateLimited as error:
-            await self._commit(followed, order.order_id, _refuse(f"not sent: {error.message}"))
+            # The exchange refused it, as it refuses for funds: REJECTED, and the call itself
+            # succeeds. Orders that come while it backs off are refused before being stored.
             policy = self._policy(order.exchange)
             wait_s = policy.ban_backoff_s if error.banned else policy.rate_limit_backoff_s
             self._throttled[order.exchange] = (time.monotonic() + wait_s, error.banned)
-            message = (
-                f"{order.exchange} rate limit: order {order.order_id} was not sent "
-                f"(REJECTED); new orders are refused for {wait_s:g} s"
-            )
-            raise (Unavailable if error.banned else ResourceExhausted)(message) from error
+            log.warning("order %s not sent: %s", order.order_id, error.message)
+            reason = f"not sent: {error.message}; new orders are refused for {wait_s:g} s"
+            return await self._commit(followed, order.order_id, _refuse(reason))
         except (SubmitRefused, CredentialsRefused) as error:
             return await self._commit(followed, order.order_id, _refuse(error.message))
         placed = await self._settle(followed, order.order_id, report)
@@ -390,9 +392,9 @@ class LiveExchanges:
             if triggered.triggered and triggered.is_open and not triggered.exchange_order_id:
                 log.info("order %s triggered at mark price %s", order.order_id, price)
                 await self._send(followed, triggered)
-        except (OmsError, GatewayError) as error:
+        except Exception:
             # Committed as triggered: the lookup on the next sync settles it.
-            log.error("order %s: triggered but not sent: %s", order.order_id, error)
+            log.exception("order %s: triggered but not sent", order.order_id)
 
     async def cancel(
         self, order: Order, reason: str, prerender: Prerender[object] | None = None
@@ -405,21 +407,24 @@ class LiveExchanges:
         if is_held(order) and self._held.release(order):
             # Never sent: nothing to cancel at the exchange.
             return await self._commit(followed, order.order_id, lambda _: [OrderCanceled(reason)])
-        pending = await self._commit(
-            followed, order.order_id, lambda _: [OrderPendingCancel(reason)]
-        )
-        client_id = exchange_client_id(order.order_id)
-        try:
-            report: OrderReport | None = await followed.gateway.cancel(pending, client_id)
-        except OrderUnknown:
-            # Filled or cancelled before the cancel arrived: read what happened.
-            report = None
-        except GatewayError as error:
-            log.warning("order %s: cancel outcome unknown: %s", order.order_id, error)
-            report = None
-        after = pending if report is None else await self._settle(followed, order.order_id, report)
-        if after.status is OrderStatus.PENDING_CANCEL:
+        after = await self._commit(followed, order.order_id, lambda _: [OrderPendingCancel(reason)])
+        if unacknowledged(after):
+            # Sent, but its exchange id is not known yet: read it (by our client id) first.
             after = await self._refresh(followed, after)
+        if after.status is OrderStatus.PENDING_CANCEL and after.exchange_order_id:
+            client_id = exchange_client_id(order.order_id)
+            try:
+                report: OrderReport | None = await followed.gateway.cancel(after, client_id)
+            except OrderUnknown:
+                # Filled or cancelled before the cancel arrived: read what happened.
+                report = None
+            except GatewayError as error:
+                log.warning("order %s: cancel outcome unknown: %s", order.order_id, error)
+                report = None
+            if report is not None:
+                after = await self._settle(followed, order.order_id, report)
+            if after.status is OrderStatus.PENDING_CANCEL:
+                after = await self._refresh(followed, after)
         if after.status in _PENDING:
             self._settle_later(followed, order.order_id)
         return after
@@ -442,7 +447,13 @@ class LiveExchanges:
             and report.filled_quantity > order.filled_quantity
             and report.exchange_order_id
         ):
-            fills = await followed.gateway.fetch_fills(order.symbol, report.exchange_order_id)
+            try:
+                fills = await followed.gateway.fetch_fills(order.symbol, report.exchange_order_id)
+            except GatewayError as error:
+                # Without its fills the report's status would run ahead of them: keep only
+                # the acknowledgement; the next poll reads the rest.
+                log.warning("order %s: cannot read its fills: %s", order_id, error)
+                report = _acknowledgement(report, order)
         trade_ids = [fill.trade_id for fill in fills]
 
         async def decide(current: Order) -> list[OrderEvent]:
@@ -489,9 +500,9 @@ class LiveExchanges:
                         with contextlib.suppress(GatewayError):
                             report = await followed.gateway.cancel(order, client_id)
                             order = await self._settle(followed, order_id, report)
-                elif order.status is not OrderStatus.PENDING_CANCEL and self._past_grace(
-                    order, policy
-                ):
+                elif (
+                    order.status is not OrderStatus.PENDING_CANCEL or unacknowledged(order)
+                ) and self._past_grace(order, policy):
                     reason = (
                         f"{order.exchange} has no order {client_id} "
                         f"{policy.lookup_grace_s:g} s after it was sent"
@@ -501,6 +512,8 @@ class LiveExchanges:
                     return
             except (GatewayError, ConcurrentModification, Unavailable) as error:
                 log.warning("order %s: lookup failed, retrying: %s", order_id, error)
+            except Exception:
+                log.exception("order %s: lookup failed, retrying", order_id)
             await asyncio.sleep(delay)
             delay = min(delay * 2, policy.max_backoff_s)
 
@@ -530,6 +543,8 @@ class LiveExchanges:
                     log.warning(
                         "%s %s: backfill failed: %s", followed.exchange, followed.user_id, failed
                     )
+                except Exception:
+                    log.exception("%s %s: backfill failed", followed.exchange, followed.user_id)
                 continue
             for report in batch:
                 try:
@@ -540,6 +555,13 @@ class LiveExchanges:
                         followed.exchange,
                         report.exchange_order_id,
                         error,
+                    )
+                except Exception:
+                    # One update the engine cannot apply must not end the account's feed.
+                    log.exception(
+                        "%s order %s: feed update not applied",
+                        followed.exchange,
+                        report.exchange_order_id,
                     )
 
     async def _read_feed(
@@ -593,6 +615,8 @@ class LiveExchanges:
                 await self._sync(followed)
             except (GatewayError, ConcurrentModification, Unavailable) as error:
                 log.warning("%s %s: poll failed: %s", followed.exchange, followed.user_id, error)
+            except Exception:
+                log.exception("%s %s: poll failed", followed.exchange, followed.user_id)
 
     async def _sync(self, followed: _Account, *, reconcile: bool = False) -> None:
         """Read the account's open orders back from the exchange and settle those that
@@ -950,13 +974,23 @@ def _unsettled(order: Order) -> bool:
     return order.status in _PENDING or _unsent_trigger(order)
 
 
+def _acknowledgement(report: OrderReport, order: Order) -> OrderReport:
+    """What `report` says about `order` short of its fills: that the exchange has it."""
+    return dataclasses.replace(
+        report, status=VenueOrderStatus.OPEN, filled_quantity=order.filled_quantity
+    )
+
+
 def _refuse(reason: str) -> Callable[[Order], list[OrderEvent]]:
     """A send that the exchange did not take: a new order is REJECTED, a triggered stop
-    EXPIRED (it was working until then)."""
+    EXPIRED (it was working until then), either one cancelled meanwhile CANCELED."""
 
     def decide(order: Order) -> list[OrderEvent]:
         if order.status is OrderStatus.PENDING_NEW:
             return [OrderRejected(reason)]
+        if order.status is OrderStatus.PENDING_CANCEL and unacknowledged(order):
+            # Never taken, and a cancel was asked for: that is what it got.
+            return [OrderCanceled(order.cancel_reason)]
         if _unsent_trigger(order):
             return [OrderExpired(f"triggered, but not taken: {reason}")]
         return []

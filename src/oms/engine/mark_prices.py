@@ -94,6 +94,9 @@ class MarkPrices:
                     symbols = await self.refresh(exchange)
                 except (GatewayError, Unavailable, ConcurrentModification) as error:
                     log.warning("%s mark prices: %s", exchange, error)
+                except Exception:
+                    # Every account's stops on the exchange hang on this loop: never end it.
+                    log.exception("%s mark prices", exchange)
                 else:
                     if self._connector.has_price_feed(exchange):
                         self._watch(exchange, symbols, watchers)
@@ -124,6 +127,9 @@ class MarkPrices:
             except (GatewayError, Unavailable, ConcurrentModification) as error:
                 # The REST read at the next interval covers the gap; the next watch reconnects.
                 log.warning("%s %s ticker feed: %s", exchange, symbol, error)
+                await asyncio.sleep(self._interval_s(exchange))
+            except Exception:
+                log.exception("%s %s ticker feed", exchange, symbol)
                 await asyncio.sleep(self._interval_s(exchange))
 
     async def refresh(self, exchange: str) -> list[str]:
@@ -178,7 +184,10 @@ class MarkPrices:
                     held[position.user_id].append(position)
             locks = self._accounts.followed_locks(exchange)
             for user_id, positions in held.items():
-                async with locks[user_id]:
+                lock = locks.get(user_id)
+                if lock is None:
+                    continue  # no longer followed: deactivated since the listing
+                async with lock:
                     await self._mark(positions, moved, now)
 
     async def _mark(

@@ -15,7 +15,13 @@ from oms.domain.commands import (
     validate_place_order,
 )
 from oms.domain.decimals import parse_decimal, parse_positive
-from oms.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from oms.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from oms.domain.events import FillRecorded, Heartbeat, OrderUpdated, SequencedEvent, UserEvent
 from oms.domain.fills import Fill
 from oms.domain.identifiers import check_client_order_id, check_user_id
@@ -181,9 +187,10 @@ class OrderLifecycle:
         )
         try:
             placed, created = await self._venue(order.exchange).place(order, prerender)
-        except FailedPrecondition:
-            # Refused on the state of the moment (the side it would reduce is flat now, say):
-            # the retry of an order that already landed gets that order all the same.
+        except (FailedPrecondition, ResourceExhausted):
+            # Refused on the state of the moment (the side it would reduce is flat now, the
+            # exchange is backed off from): the retry of an order that already landed gets
+            # that order all the same.
             existing = spec.client_order_id and await self._store.get_order_by_client_id(
                 spec.user_id, spec.client_order_id
             )

@@ -191,10 +191,20 @@ class CcxtGateway:
             params,
         )
         report = self._report(raw, client_id)
-        if report is None:
-            # A sparse acknowledgement (OKX): the order exists; read what it did.
-            return await self._fetch(order, client_id, raw.get("id") or "")
-        return report
+        if report is not None:
+            return report
+        # A sparse acknowledgement (OKX): the order exists; read what it did.
+        exchange_order_id = str(raw.get("id") or "")
+        try:
+            return await self._fetch(order, client_id, exchange_order_id)
+        except GatewayError as error:
+            if not exchange_order_id:
+                raise OutcomeUnknown(f"acknowledged without an id, then: {error}") from error
+            # Taken, whatever the read says (a 429, not found yet): the syncs read the rest.
+            log.warning("order %s taken, but not read back: %s", exchange_order_id, error)
+            return OrderReport(
+                exchange_order_id, client_id, order.symbol, VenueOrderStatus.OPEN, Decimal(0)
+            )
 
     async def cancel(self, order: Order, client_id: str) -> OrderReport:
         raw = await self._call(self._client.cancel_order, order.exchange_order_id, order.symbol, {})

@@ -1,0 +1,227 @@
+"""Faults between the OMS and a real exchange that must neither lose an order's outcome nor
+stop the OMS following an account (CONTRACT sections 2, 3 and 9): a cancel that meets an
+order still being sent, a read that fails after the exchange took an order, an account
+deactivated while marks are read. Every test ends by checking the OMS against the exchange's
+own records."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import grpc
+import pytest
+from fixtures.client_streams import until
+from fixtures.fake_exchange import FakeExchange
+from fixtures.live_trading import (
+    API_KEY,
+    BTC,
+    MASTER_KEY,
+    PASSWORD,
+    SECRET,
+    USER,
+    LiveTrading,
+    exchange_settings,
+    live_trading,
+)
+from fixtures.oms_server import make_oms
+from tradingboost.oms.v1 import account_service_pb2 as acc
+from tradingboost.oms.v1 import order_pb2 as S
+from tradingboost.oms.v1 import order_service_pb2 as pb
+
+GRACE_S = 1.0
+LIVE_POLICY = {"lookup_grace_s": GRACE_S}
+TRADES = {"binanceusdm": "/fapi/v1/userTrades", "okx": "/api/v5/trade/fills-history"}
+TICKER = {"binanceusdm": "/fapi/v1/ticker/24hr", "okx": "/api/v5/market/ticker"}
+
+
+def settled(order: S.Order) -> bool:
+    return order.status not in (S.ORDER_STATUS_PENDING_NEW, S.ORDER_STATUS_PENDING_CANCEL)
+
+
+def at_exchange(exchange: FakeExchange, live: LiveTrading, order: S.Order) -> list[object]:
+    return [o for o in exchange.orders(API_KEY) if o.client_id == live.client_id(order)]
+
+
+async def test_a_stop_cancelled_while_its_triggered_send_is_in_flight_keeps_its_fill(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    stop = await live.place(
+        side=S.SIDE_BUY, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="51000"
+    )
+    exchange.faults.mute_private_feeds()  # the feed later than the REST reply
+    exchange.faults.accept_then_timeout(hang_s=2.0)  # it lands and fills; the reply is held
+    exchange.set_price(BTC, Decimal("51000"))
+    await until(lambda: bool(at_exchange(exchange, live, stop)))
+    # Sent, its exchange id not known yet: the cancel must find it there, filled.
+    pending = await live.cancel(stop.order_id)
+    assert pending.status in (S.ORDER_STATUS_PENDING_CANCEL, S.ORDER_STATUS_FILLED)
+    exchange.faults.unmute_private_feeds()
+    filled = await live.until(stop.order_id, settled)
+    assert (filled.status, filled.filled_quantity) == (S.ORDER_STATUS_FILLED, "0.02")
+    assert filled.exchange_order_id
+    # The account is still followed: a new order's fill arrives.
+    order = await live.place(price="50000")
+    exchange.set_price(BTC, Decimal("49000"))
+    await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+
+
+@pytest.mark.parametrize("known_to_the_exchange", [False, True])
+async def test_an_order_of_unknown_outcome_can_be_cancelled(
+    live: LiveTrading, known_to_the_exchange: bool
+) -> None:
+    if known_to_the_exchange:
+        live.exchange.faults.ambiguous_accept(kind="http_503")
+    else:
+        live.exchange.faults.fail_before_accept(kind="http_503")
+    order = await live.place(price="49000")
+    assert order.status == S.ORDER_STATUS_PENDING_NEW
+    pending = await live.cancel(order.order_id)
+    assert pending.status in (S.ORDER_STATUS_PENDING_CANCEL, S.ORDER_STATUS_CANCELED)
+    canceled = await live.until(order.order_id, settled, timeout_s=GRACE_S + 10)
+    assert canceled.status == S.ORDER_STATUS_CANCELED
+    assert canceled.cancel_reason == "canceled by user"
+    assert bool(canceled.exchange_order_id) == known_to_the_exchange
+
+
+async def test_cancel_all_includes_an_order_of_unknown_outcome(live: LiveTrading) -> None:
+    live.exchange.faults.fail_before_accept(kind="http_503")
+    order = await live.place(price="49000")
+    assert order.status == S.ORDER_STATUS_PENDING_NEW
+    response = await live.oms.orders.CancelAllOrders(
+        pb.CancelAllOrdersRequest(user_id=USER, exchange=live.venue)
+    )
+    assert [o.order_id for o in response.orders] == [order.order_id]
+    canceled = await live.until(order.order_id, settled, timeout_s=GRACE_S + 10)
+    assert canceled.status == S.ORDER_STATUS_CANCELED
+
+
+async def test_a_taken_order_whose_fills_cannot_be_read_is_answered_and_settled_later(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    exchange.faults.mute_private_feeds()  # only the submit path and the poll settle it
+    exchange.fail_requests("GET", TRADES[exchange.venue], count=1)
+    order = await live.place(type=S.ORDER_TYPE_MARKET, price="")
+    # Not UNKNOWN: the exchange has it, and says so.
+    assert order.status in (S.ORDER_STATUS_OPEN, S.ORDER_STATUS_FILLED)
+    assert order.exchange_order_id
+    filled = await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert filled.filled_quantity == "0.02"
+    exchange.faults.unmute_private_feeds()
+
+
+async def test_okx_an_order_taken_but_not_read_back_is_open_not_rejected(
+    okx_exchange: FakeExchange, redis_url: str
+) -> None:
+    # OKX acknowledges a placement sparsely; the OMS reads the order back, here into a 429.
+    exchange = okx_exchange
+    exchange.set_price(BTC, Decimal("50000"))
+    live = await live_trading(redis_url, exchange)
+    try:
+        await exchange.wait_for_private_feed(API_KEY)
+        exchange.faults.mute_private_feeds()
+        exchange.fail_requests("GET", "/api/v5/trade/order", count=1, status=429)
+        order = await live.place(price="49000")
+        assert order.status == S.ORDER_STATUS_OPEN
+        assert order.exchange_order_id
+        exchange.faults.unmute_private_feeds()
+        exchange.set_price(BTC, Decimal("48000"))
+        filled = await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+        assert (filled.status, filled.filled_quantity) == (S.ORDER_STATUS_FILLED, "0.02")
+        await live.assert_invariants()
+    finally:
+        await live.oms.close()
+
+
+async def test_marks_go_on_for_the_others_when_an_account_leaves_during_a_read(
+    exchange: FakeExchange, redis_url: str
+) -> None:
+    exchange.add_account(API_KEY, SECRET, PASSWORD)
+    exchange.add_account("alice-key", "alice-secret", "alice-pass")
+    oms = await make_oms(
+        redis_url,
+        master_key=MASTER_KEY,
+        exchanges=exchange_settings(exchange, mark_interval_s=0.05),
+    )
+    try:
+        for user, key, secret, password in (
+            (USER, API_KEY, SECRET, PASSWORD),
+            ("alice", "alice-key", "alice-secret", "alice-pass"),
+        ):
+            await oms.accounts.RegisterCredentials(
+                acc.RegisterCredentialsRequest(
+                    user_id=user,
+                    exchange=exchange.venue,
+                    api_key=key,
+                    secret=secret,
+                    password=password,
+                )
+            )
+            await oms.accounts.ActivateAccount(
+                acc.ActivateAccountRequest(user_id=user, exchange=exchange.venue)
+            )
+
+        async def place(user_id: str, **fields: object) -> S.Order:
+            request = pb.PlaceOrderRequest(
+                user_id=user_id,
+                exchange=exchange.venue,
+                symbol=BTC,
+                side=S.SIDE_BUY,
+                type=S.ORDER_TYPE_MARKET,
+                quantity="0.02",
+            )
+            request.MergeFrom(pb.PlaceOrderRequest(**fields))  # type: ignore[arg-type]
+            return (await oms.orders.PlaceOrder(request)).order
+
+        assert (await place(USER)).status == S.ORDER_STATUS_FILLED
+        assert (await place("alice")).status == S.ORDER_STATUS_FILLED
+        stop = await place(
+            "alice",
+            side=S.SIDE_SELL,
+            type=S.ORDER_TYPE_STOP_MARKET,
+            stop_price="48000",
+            reduce_only=True,
+        )
+        assert stop.status == S.ORDER_STATUS_OPEN
+        # Marks over REST only, each read slow enough for bob to leave while one is out.
+        exchange.faults.mute_price_feeds()
+        exchange.delay_requests("GET", TICKER[exchange.venue], 0.5)
+        exchange.set_price(BTC, Decimal("50500"))
+        await asyncio.sleep(0.2)
+        await oms.accounts.DeactivateAccount(
+            acc.DeactivateAccountRequest(user_id=USER, exchange=exchange.venue)
+        )
+        await asyncio.sleep(1.0)
+        exchange.set_price(BTC, Decimal("47000"))  # reaches alice's stop
+        async with asyncio.timeout(10):
+            while True:
+                got = await oms.orders.GetOrder(
+                    pb.GetOrderRequest(user_id="alice", order_id=stop.order_id)
+                )
+                if got.order.status == S.ORDER_STATUS_FILLED:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await oms.close()
+
+
+async def test_a_rate_limited_order_is_not_retried_into_a_second_order(
+    live: LiveTrading,
+) -> None:
+    # The call succeeds with the order REJECTED; the same id then answers that order.
+    live.exchange.faults.rate_limit(count_429=1)
+    first = await live.place(price="49000", client_order_id="dca-1")
+    assert first.status == S.ORDER_STATUS_REJECTED
+    again = await live.place(price="49000", client_order_id="dca-1")
+    assert again.order_id == first.order_id
+    assert live.exchange.orders(API_KEY) == []
+
+
+async def test_a_rejected_cancel_of_a_terminal_order_is_still_failed_precondition(
+    live: LiveTrading,
+) -> None:
+    order = await live.place(type=S.ORDER_TYPE_MARKET, price="")
+    assert order.status == S.ORDER_STATUS_FILLED
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await live.cancel(order.order_id)
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION

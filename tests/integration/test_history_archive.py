@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
+import redis
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.redis_server import free_port
 from fixtures.trading import USER, place, tick
@@ -160,3 +161,68 @@ async def test_the_archive_says_whether_it_was_unreachable_or_refused(
     ):
         await reader.last_sequences()
     await reader.close()
+
+
+async def _client_order_ids(dsn: str, table: str) -> list[str]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            f"SELECT event -> 'order' ->> 'client_order_id' AS id FROM {table}"
+            " WHERE user_id = $1 AND kind = 'order' ORDER BY sequence",
+            USER,
+        )
+    except asyncpg.UndefinedTableError:
+        return []
+    finally:
+        await connection.close()
+    return [row["id"] for row in rows]
+
+
+async def _place_resting(redis_url: str, postgres_dsn: str, *client_order_ids: str) -> None:
+    """Rests one paper order per id (one event each), then waits until they are archived."""
+    oms = await make_oms(redis_url, postgres_dsn=postgres_dsn)
+    try:
+        for client_order_id in client_order_ids:
+            await place(
+                oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", client_order_id=client_order_id
+            )
+        await archived(postgres_dsn, await newest_sequence(oms))
+    finally:
+        await oms.close()
+
+
+async def test_events_a_store_lost_are_set_aside_and_their_sequences_archived_anew(
+    redis_url: str, postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _place_resting(redis_url, postgres_dsn, "before-1", "before-2")
+    store = redis.Redis.from_url(redis_url)
+    try:
+        # What an OS crash with appendfsync everysec can leave: Redis as it was a moment ago.
+        # (redis-py's sync client is typed as if it could be async: hence the casts.)
+        snapshot = [
+            (key, cast(int, store.pttl(key)), cast(bytes, store.dump(key)))
+            for key in store.scan_iter()
+        ]
+        await _place_resting(redis_url, postgres_dsn, "lost-1", "lost-2")
+        store.flushall()
+        for key, ttl, dumped in snapshot:
+            store.restore(key, max(ttl, 0), dumped)
+    finally:
+        store.close()
+    oms = await make_oms(redis_url, postgres_dsn=postgres_dsn)
+    try:
+        for client_order_id in ("new-1", "new-2", "new-3"):
+            await place(
+                oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", client_order_id=client_order_id
+            )
+        expected = ["before-1", "before-2", "new-1", "new-2", "new-3"]
+        async with asyncio.timeout(10):
+            while True:
+                if await _client_order_ids(postgres_dsn, "oms_events") == expected:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await oms.close()
+    assert await _client_order_ids(postgres_dsn, "oms_events_superseded") == ["lost-1", "lost-2"]
+    [said] = [r for r in caplog.records if "no longer holds" in r.getMessage()]
+    assert said.levelname == "ERROR"

@@ -5,7 +5,8 @@ streams (JSON: "kind" is "order", "fill", "position", "trailing_stop" or "rule")
 are made on first use; inserting a sequence already kept does nothing, so copying again after
 a crash or a lost reply never duplicates a row. Each user's newest archived sequence is kept
 beside the events, in the same transaction, so resuming reads one row per user instead of
-scanning the events.
+scanning the events. Archived events the store no longer holds as they were (it lost its last
+writes) are moved to oms_events_superseded, so that their sequences can be archived again.
 """
 
 from __future__ import annotations
@@ -30,7 +31,16 @@ CREATE TABLE IF NOT EXISTS oms_events (
 CREATE TABLE IF NOT EXISTS oms_archive_cursors (
     user_id text PRIMARY KEY,
     sequence bigint NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS oms_events_superseded (
+    user_id text NOT NULL,
+    sequence bigint NOT NULL,
+    kind text GENERATED ALWAYS AS (event ->> 'kind') STORED,
+    event jsonb NOT NULL,
+    archived_at timestamptz NOT NULL,
+    superseded_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS oms_events_superseded_user ON oms_events_superseded (user_id, sequence)
 """
 
 _INSERT = """
@@ -42,6 +52,25 @@ _ADVANCE = """
 INSERT INTO oms_archive_cursors (user_id, sequence) VALUES ($1, $2)
 ON CONFLICT (user_id) DO UPDATE
 SET sequence = greatest(oms_archive_cursors.sequence, excluded.sequence)
+"""
+
+# jsonb equality: the same document whatever its key order or spacing.
+_FIRST_MISMATCH = """
+SELECT given.sequence
+FROM unnest($2::bigint[], $3::jsonb[]) AS given (sequence, event)
+LEFT JOIN oms_events kept ON kept.user_id = $1 AND kept.sequence = given.sequence
+WHERE kept.event IS DISTINCT FROM given.event
+ORDER BY given.sequence
+LIMIT 1
+"""
+
+_SET_ASIDE = """
+WITH moved AS (
+    DELETE FROM oms_events WHERE user_id = $1 AND sequence >= $2
+    RETURNING user_id, sequence, event, archived_at
+)
+INSERT INTO oms_events_superseded (user_id, sequence, event, archived_at)
+SELECT user_id, sequence, event, archived_at FROM moved
 """
 
 _DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
@@ -75,6 +104,37 @@ class PostgresArchive:
                 await connection.execute(_ADVANCE, user_id, docs[-1][0], timeout=self._timeout_s)
         except _DOWN as error:
             raise _unavailable(error) from error
+
+    async def first_mismatch(self, user_id: str, docs: Sequence[tuple[int, bytes]]) -> int | None:
+        pool = await self._connected()
+        try:
+            found: int | None = await pool.fetchval(
+                _FIRST_MISMATCH,
+                user_id,
+                [sequence for sequence, _ in docs],
+                [doc.decode() for _, doc in docs],
+                timeout=self._timeout_s,
+            )
+        except _DOWN as error:
+            raise _unavailable(error) from error
+        return found
+
+    async def set_aside(self, user_id: str, from_sequence: int) -> int:
+        pool = await self._connected()
+        try:
+            async with pool.acquire() as connection, connection.transaction():
+                status = await connection.execute(
+                    _SET_ASIDE, user_id, from_sequence, timeout=self._timeout_s
+                )
+                await connection.execute(
+                    "UPDATE oms_archive_cursors SET sequence = $2 WHERE user_id = $1",
+                    user_id,
+                    from_sequence - 1,
+                    timeout=self._timeout_s,
+                )
+        except _DOWN as error:
+            raise _unavailable(error) from error
+        return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -31,7 +31,8 @@ class Archiver:
 
     def committed(self, user_id: str, newest: int) -> None:
         """`user_id` has events up to `newest` in the store (an EventHub listener)."""
-        if self._cursors is None or self._cursors.get(user_id, 0) < newest:
+        # Behind the archive too: a store that lost its last writes numbers anew from there.
+        if self._cursors is None or self._cursors.get(user_id, 0) != newest:
             self._dirty.add(user_id)
             self._wake.set()
 
@@ -73,7 +74,18 @@ class Archiver:
     async def _copy(self, user_id: str, cursors: dict[str, int]) -> bool:
         """One batch of `user_id`'s events; whether more may follow."""
         after = cursors.get(user_id, 0)
-        docs = await self._source.read_event_docs(user_id, after, BATCH_EVENTS)
+        if after:
+            # From the newest archived event on: the store must still hold it as archived.
+            docs = await self._source.read_event_docs(user_id, after - 1, BATCH_EVENTS + 1)
+            anchored = bool(docs) and docs[0][0] == after
+            if not docs or (
+                anchored and await self._archive.first_mismatch(user_id, docs[:1]) is not None
+            ):
+                await self._realign(user_id, after, cursors)
+                return True
+            docs = docs[1:] if anchored else docs[:BATCH_EVENTS]
+        else:
+            docs = await self._source.read_event_docs(user_id, 0, BATCH_EVENTS)
         if not docs:
             return False
         if docs[0][0] > after + 1:
@@ -87,3 +99,30 @@ class Archiver:
         await self._archive.append(user_id, docs)
         cursors[user_id] = docs[-1][0]
         return len(docs) == BATCH_EVENTS
+
+    async def _realign(self, user_id: str, after: int, cursors: dict[str, int]) -> None:
+        """The store no longer holds `user_id`'s events up to `after` as archived: it lost
+        its last writes (an fsync that never came, a replaced data dir) and numbers new events
+        from there. Set the archived events aside from the first that differs, loudly, and
+        copy the store's own from there."""
+        start = 0
+        while True:
+            docs = await self._source.read_event_docs(user_id, start, BATCH_EVENTS)
+            held = [doc for doc in docs if doc[0] <= after]
+            diverged = await self._archive.first_mismatch(user_id, held) if held else None
+            if diverged is None and held and len(held) == BATCH_EVENTS:
+                start = held[-1][0]
+                continue
+            if diverged is None:
+                diverged = (held[-1][0] if held else start) + 1
+            break
+        moved = await self._archive.set_aside(user_id, diverged)
+        log.error(
+            "history archive: the store no longer holds %s's events from %d on as they were "
+            "archived (Redis lost acknowledged writes, or its data was replaced); the %d "
+            "archived ones were moved to oms_events_superseded and the store's are copied",
+            user_id,
+            diverged,
+            moved,
+        )
+        cursors[user_id] = diverged - 1

@@ -303,4 +303,14 @@ class EventArchive(Protocol):
 
     async def append(self, user_id: str, docs: Sequence[tuple[int, bytes]]) -> None: ...
 
+    async def first_mismatch(self, user_id: str, docs: Sequence[tuple[int, bytes]]) -> int | None:
+        """The first sequence of `docs` that the archive does not hold as given; None if it
+        holds them all."""
+        ...
+
+    async def set_aside(self, user_id: str, from_sequence: int) -> int:
+        """Moves the archived events from `from_sequence` on out of the way (kept, not
+        deleted) and resumes the user's archive after `from_sequence - 1`; how many moved."""
+        ...
+
     async def close(self) -> None: ...

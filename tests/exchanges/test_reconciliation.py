@@ -31,6 +31,7 @@ from tradingboost.oms.v1 import position_service_pb2 as pos
 
 from oms.bootstrap import Application
 from oms.config import Settings
+from oms.engine import live_exchanges
 
 
 async def restart(live: LiveTrading, redis_url: str) -> None:
@@ -146,12 +147,23 @@ async def test_a_position_the_oms_did_not_fill_is_reported_as_drift(
     assert position.size == "0.02"  # reported, not repaired: the OMS keeps its own fills
 
 
+# With newer orders than fit a page of the listing it reads (made small here: a grid bot
+# makes thousands a day), the cancelled order is still among those swept.
+@pytest.mark.parametrize("newer_orders", [0, 7])
 async def test_a_fill_listed_after_the_cancel_is_applied_at_start(
-    live: LiveTrading, exchange: FakeExchange, redis_url: str
+    live: LiveTrading,
+    exchange: FakeExchange,
+    redis_url: str,
+    newer_orders: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(live_exchanges, "_SWEEP_PAGE", 3)
     order = await live.place(price="49000")
     await live.cancel(order.order_id)
     await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
+    for _ in range(newer_orders):
+        newer = await live.place(price="49000", quantity="1000")  # more than the funds
+        assert newer.status == S.ORDER_STATUS_REJECTED
     await live.oms.close()
     # The exchange now lists a fill that raced the cancel; no feed was there to tell.
     exchange.engine.late_fill(API_KEY, order.exchange_order_id, Decimal("0.01"))

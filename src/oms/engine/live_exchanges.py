@@ -92,8 +92,8 @@ log = logging.getLogger(__name__)
 
 _PENDING = (OrderStatus.PENDING_NEW, OrderStatus.PENDING_CANCEL)
 _COMMIT_ATTEMPTS = 3
-# Newest orders of an account that reconciliation checks for fills reported late.
-_SWEPT_ORDERS = 200
+# Orders read at a time when reconciliation looks for fills reported late.
+_SWEEP_PAGE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -680,14 +680,18 @@ class LiveExchanges:
         return self._clock_ns() - int(self._policy(followed.exchange).fill_lookback_s * 1e9)
 
     async def _recent_orders(self, followed: _Account, since_ns: int) -> list[Order]:
-        """The account's orders the OMS changed since `since_ns`, among its newest, oldest
-        first."""
-        page = await self._store.list_orders(
-            OrderQuery(
-                user_id=followed.user_id, page_size=_SWEPT_ORDERS, exchange=followed.exchange
-            )
+        """The account's orders the OMS changed since `since_ns`, oldest first: every one
+        created since then, and older ones among the page that reaches back past it."""
+        recent: list[Order] = []
+        query = OrderQuery(
+            user_id=followed.user_id, page_size=_SWEEP_PAGE, exchange=followed.exchange
         )
-        return [order for order in reversed(page.items) if order.updated_at_ns >= since_ns]
+        while True:
+            page = await self._store.list_orders(query)  # newest first
+            recent += (order for order in page.items if order.updated_at_ns >= since_ns)
+            if page.next_cursor is None or page.items[-1].created_at_ns < since_ns:
+                return recent[::-1]
+            query = dataclasses.replace(query, cursor=page.next_cursor)
 
     async def _sweep_fills(self, followed: _Account) -> None:
         """Apply the exchange's recent fills of orders the OMS holds finished: a fill reported

@@ -311,7 +311,7 @@ async def test_leverage_is_the_latest_opening_orders_and_percentage_defaults_to_
 # --- reduce-only capping and hedge-mode flips -------------------------------------------------
 
 
-async def test_reduce_only_market_order_is_capped_at_the_size_and_cancelled_when_flat(
+async def test_reduce_only_order_is_capped_at_the_size_and_rejected_when_flat(
     oms: OmsHarness,
 ) -> None:
     await tick(oms, "50000")
@@ -328,17 +328,18 @@ async def test_reduce_only_market_order_is_capped_at_the_size_and_cancelled_when
     assert closed.status == P.POSITION_STATUS_CLOSED
     assert closed.realized_pnl == "20"
 
-    flat = await place(oms, side=S.SIDE_SELL, reduce_only=True, quantity="0.01")
-    assert flat.status == S.ORDER_STATUS_CANCELED
-    assert flat.filled_quantity == "0"
-    assert "reduce-only" in flat.cancel_reason
-    assert await fills_of(oms, flat.order_id) == []
+    # Flat now: refused at placement, as Binance refuses it, a limit as well as a market.
+    for limit in ({}, {"type": S.ORDER_TYPE_LIMIT, "price": "52000"}):
+        flat = await place(oms, side=S.SIDE_SELL, reduce_only=True, quantity="0.01", **limit)
+        assert flat.status == S.ORDER_STATUS_REJECTED
+        assert flat.reject_reason == "reduce-only: no LONG position to reduce"
+        assert await fills_of(oms, flat.order_id) == []
     assert await position(oms) == closed
 
     # Never had a SHORT: a reduce-only BUY has nothing to reduce.
     nothing = await place(oms, side=S.SIDE_BUY, reduce_only=True, quantity="0.01")
     assert nothing.position_side == SHORT
-    assert nothing.status == S.ORDER_STATUS_CANCELED
+    assert nothing.status == S.ORDER_STATUS_REJECTED
     assert nothing.filled_quantity == "0"
     await expect_code(
         oms.positions.GetPosition(

@@ -114,8 +114,15 @@ def _limit_on_arrival(order: Order, last: Decimal | None, ctx: PaperContext) -> 
     return []
 
 
+_IMMEDIATE = frozenset({OrderType.MARKET, OrderType.LIMIT})
+
+
 def on_submit(order: Order, last: Decimal | None, ctx: PaperContext) -> list[OrderEvent]:
     """What the paper exchange does with a new order, given the last price."""
+    if ctx.reducible == 0 and order.type in _IMMEDIATE and not order.parent_order_id:
+        # A reduce-only order with nothing to reduce, refused as Binance does (-2022); a stop
+        # is judged when it triggers. (A plain order that would flip a side never gets here.)
+        return [OrderRejected(f"reduce-only: no {order.position_side} position to reduce")]
     match order.type:
         case OrderType.MARKET:
             if last is None:

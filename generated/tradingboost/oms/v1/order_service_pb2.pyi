@@ -95,7 +95,9 @@ class PlaceOrderRequest(_message.Message):
     """
     reduce_only: _builtins.bool
     """Optional, default false. When true the order may only reduce its
-    position, never open or flip it.
+    position, never open or flip it: a fill stops at the position's size. On
+    paper, a MARKET or LIMIT order with nothing to reduce is REJECTED at once
+    (as Binance refuses it); a stop is judged when it triggers.
     """
     position_side: _order_pb2.PositionSide.ValueType
     """Optional hedge-mode position side. Unspecified: BUY opens LONG and SELL

@@ -12,11 +12,10 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from oms.domain.errors import FailedPrecondition, InvalidArgument
-from oms.domain.identifiers import check_user_id
+from oms.domain.identifiers import check_id, check_user_id
 from oms.domain.orders import Order, OrderStatus
 
 MAX_CANCEL_ORDERS = 100
-MAX_ORDER_ID_CHARS = 64
 DELETED = "deleted"
 TRIGGER_ORDER_TERMINAL = "trigger_order_terminal"
 
@@ -159,5 +158,4 @@ def validate_create_rule(command: CreateRule) -> tuple[str, RuleCondition, tuple
 def check_order_id(raw: str, field: str) -> None:
     if not raw:
         raise InvalidArgument(field, "is required")
-    if len(raw) > MAX_ORDER_ID_CHARS:
-        raise InvalidArgument(field, f"is longer than {MAX_ORDER_ID_CHARS} characters")
+    check_id(raw, field)

@@ -23,6 +23,14 @@ def check_user_id(raw: str, field: str = "user_id") -> str:
     return raw
 
 
+def check_id(raw: str, field: str) -> str:
+    """An id the OMS made (order, rule, trailing stop, position) as a request names it: only
+    its form is checked here; one that names nothing is NOT_FOUND later."""
+    if not _CLIENT_ORDER_ID.fullmatch(raw):
+        raise InvalidArgument(field, "must be an id of 1 to 64 characters of [A-Za-z0-9_.:/-]")
+    return raw
+
+
 def check_client_order_id(raw: str, field: str = "client_order_id") -> str:
     if not _CLIENT_ORDER_ID.fullmatch(raw):
         raise InvalidArgument(field, "must be 1 to 64 characters of [A-Za-z0-9_.:/-]")

@@ -24,7 +24,7 @@ from oms.domain.errors import (
 )
 from oms.domain.events import FillRecorded, Heartbeat, OrderUpdated, SequencedEvent, UserEvent
 from oms.domain.fills import Fill
-from oms.domain.identifiers import check_client_order_id, check_user_id
+from oms.domain.identifiers import check_client_order_id, check_id, check_user_id
 from oms.domain.markets import MarketCatalog
 from oms.domain.orders import Bracket, Order, OrderStatus, Side
 from oms.domain.paging import page_size
@@ -71,8 +71,7 @@ def _check_ref(ref: OrderRef) -> None:
     if bool(ref.order_id) == bool(ref.client_order_id):
         raise InvalidArgument("order_id", "give exactly one of order_id and client_order_id")
     if ref.order_id:
-        if len(ref.order_id) > 64:
-            raise InvalidArgument("order_id", "is longer than 64 characters")
+        check_id(ref.order_id, "order_id")
     else:
         check_client_order_id(ref.client_order_id)
 
@@ -323,8 +322,8 @@ class OrderLifecycle:
     ) -> Page[tuple[int, Fill]]:
         check_user_id(user_id)
         exchange, symbol = self.instrument_filter(exchange, symbol)
-        if len(order_id) > 64:
-            raise InvalidArgument("order_id", "is longer than 64 characters")
+        if order_id:
+            check_id(order_id, "order_id")
         return await fetch_page(
             self._store.list_fills,
             FillQuery(

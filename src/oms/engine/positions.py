@@ -14,7 +14,7 @@ from oms.domain.commands import OpenPosition, OrderSpec, validate_open_position
 from oms.domain.decimals import parse_positive
 from oms.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from oms.domain.events import Heartbeat, PositionUpdated, SequencedEvent, UserEvent
-from oms.domain.identifiers import check_client_order_id, check_user_id
+from oms.domain.identifiers import check_client_order_id, check_id, check_user_id
 from oms.domain.markets import MarketCatalog
 from oms.domain.orders import Order, OrderType, PositionSide, Side, TimeInForce
 from oms.domain.paging import page_size
@@ -81,8 +81,7 @@ class Positions:
                 "position_id", "give either position_id or exchange, symbol and position_side"
             )
         if ref.position_id:
-            if len(ref.position_id) > 64:
-                raise InvalidArgument("position_id", "is longer than 64 characters")
+            check_id(ref.position_id, "position_id")
             position = await self._store.get_position(ref.user_id, ref.position_id)
             name = f"position {ref.position_id}"
         else:

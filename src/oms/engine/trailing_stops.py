@@ -12,7 +12,7 @@ from typing import Protocol
 
 from oms.domain.errors import AlreadyExists, InvalidArgument, NotFound
 from oms.domain.events import Heartbeat, SequencedEvent, TrailingStopUpdated, UserEvent
-from oms.domain.identifiers import check_client_order_id, check_user_id
+from oms.domain.identifiers import check_client_order_id, check_id, check_user_id
 from oms.domain.markets import MarketCatalog
 from oms.domain.orders import PositionSide
 from oms.domain.paging import page_size
@@ -162,7 +162,6 @@ def _check_ref(ref: TrailingStopRef) -> None:
             "trailing_stop_id", "give exactly one of trailing_stop_id and client_id"
         )
     if ref.trailing_stop_id:
-        if len(ref.trailing_stop_id) > 64:
-            raise InvalidArgument("trailing_stop_id", "is longer than 64 characters")
+        check_id(ref.trailing_stop_id, "trailing_stop_id")
     else:
         check_client_order_id(ref.client_id, "client_id")

@@ -46,7 +46,7 @@ from oms_client.request_fields import (
     FindOpenOrdersFields,
     GetPortfolioSummaryFields,
     GetPositionFields,
-    GetPriceFields,
+    InstrumentFields,
     ListActiveAccountsFields,
     ListConditionalRulesFields,
     ListFillsFields,
@@ -1083,7 +1083,7 @@ class OmsClient:
         timeout_s: float | None = None,
         rpc_metadata: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
-        **fields: Unpack[GetPriceFields],
+        **fields: Unpack[InstrumentFields],
     ) -> market_data_pb2.Price:
         """The last price of one instrument."""
         prepared = build_request(md.GetPriceRequest, request, fields)
@@ -1091,6 +1091,24 @@ class OmsClient:
             self._market.GetPrice, prepared, timeout_s, rpc_metadata, retry
         )
         return response.price
+
+    async def get_market(
+        self,
+        request: md.GetMarketRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        **fields: Unpack[InstrumentFields],
+    ) -> market_data_pb2.Market:
+        """One market's trading rules (amount step, minimum amount, price tick, contract
+        size): what `round_quantity` and `round_price` need."""
+        prepared = build_request(md.GetMarketRequest, request, fields)
+        response = await self._unary(
+            self._market.GetMarket, prepared, timeout_s, rpc_metadata, retry
+        )
+        return response.market
 
     def stream_prices(
         self,

@@ -20,7 +20,7 @@ __all__ = [
     "FindOpenOrdersFields",
     "GetPortfolioSummaryFields",
     "GetPositionFields",
-    "GetPriceFields",
+    "InstrumentFields",
     "ListActiveAccountsFields",
     "ListConditionalRulesFields",
     "ListFillsFields",
@@ -164,7 +164,9 @@ class PublishPricesFields(TypedDict, total=False):
     prices: Iterable[market_data_pb2.PriceTick]
 
 
-class GetPriceFields(TypedDict, total=False):
+class InstrumentFields(TypedDict, total=False):
+    """One instrument: GetPrice and GetMarket."""
+
     exchange: str
     symbol: str
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
+import grpc
+import pytest
 from fixtures.oms_server import OmsHarness
+from fixtures.positions import expect_code
 from fixtures.trading import get, place
 from tradingboost.oms.v1 import market_data_pb2, order_pb2
 from tradingboost.oms.v1 import market_data_service_pb2 as md
@@ -59,3 +62,33 @@ async def test_price_stream_carries_only_the_instruments_asked_for(oms: OmsHarne
             break
     assert (update.price.symbol, update.price.price) == ("ETH/USDT:USDT", "3001.5")
     stream.cancel()
+
+
+async def test_get_market_gives_the_trading_rules_by_symbol_or_market_id(oms: OmsHarness) -> None:
+    for symbol in ("BTC/USDT:USDT", "BTC-USDT-SWAP"):
+        response = await oms.market.GetMarket(md.GetMarketRequest(exchange="paper", symbol=symbol))
+        assert response.market == market_data_pb2.Market(
+            exchange="paper",
+            symbol="BTC/USDT:USDT",
+            market_id="BTC-USDT-SWAP",
+            settle="USDT",
+            contract_size="1",
+            amount_step="0.001",
+            min_amount="0.001",
+            price_tick="0.01",
+        )
+
+
+@pytest.mark.parametrize(
+    ("field", "request_"),
+    [
+        ("symbol", md.GetMarketRequest(exchange="paper", symbol="DOGE/USDT:USDT")),
+        ("symbol", md.GetMarketRequest(exchange="paper")),
+        ("exchange", md.GetMarketRequest(exchange="nope", symbol="BTC/USDT:USDT")),
+    ],
+)
+async def test_get_market_names_what_it_does_not_know(
+    oms: OmsHarness, field: str, request_: md.GetMarketRequest
+) -> None:
+    message = await expect_code(oms.market.GetMarket(request_), grpc.StatusCode.INVALID_ARGUMENT)
+    assert message.startswith(field)

@@ -108,5 +108,6 @@ def test_public_names() -> None:
         "list_active_accounts_page",
         "publish_prices",
         "get_price",
+        "get_market",
         "stream_prices",
     }

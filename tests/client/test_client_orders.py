@@ -9,7 +9,7 @@ from typing import cast
 import grpc
 import pytest
 from fixtures.oms_server import OmsHarness
-from oms_client import OmsClient
+from oms_client import OmsClient, round_price, round_quantity
 from tradingboost.oms.v1 import market_data_pb2, order_pb2
 from tradingboost.oms.v1 import order_service_pb2 as pb
 
@@ -29,6 +29,10 @@ async def test_place_get_cancel_and_list_round_trip(client: OmsClient) -> None:
         prices=[market_data_pb2.PriceTick(exchange="paper", symbol="BTC-USDT-SWAP", price="50000")]
     )
     assert (await client.get_price(exchange="paper", symbol=BTC)).price == "50000"
+    rules = await client.get_market(exchange="paper", symbol=BTC)
+    # The market's rules feed the rounding helpers: no step or tick hard-coded.
+    assert round_quantity("0.0123", rules.amount_step) == "0.012"
+    assert round_price("49000.567", rules.price_tick, mode="down") == "49000.56"
 
     resting = await client.place_order(
         user_id=USER,

@@ -330,3 +330,24 @@ async def test_marks_follow_the_ticker_feed_between_rest_reads(
                     await asyncio.sleep(0.02)
     finally:
         await live.oms.close()
+
+
+async def test_get_market_gives_the_exchange_s_own_rules(live: LiveTrading) -> None:
+    # Quantities are in contracts as ccxt counts them: OKX's BTC swap contract is 0.01 BTC.
+    expected = {
+        "binanceusdm": ("BTCUSDT", "1", "0.001", "0.001", "0.1"),
+        "okx": ("BTC-USDT-SWAP", "0.01", "0.01", "0.01", "0.1"),
+    }[live.venue]
+    for symbol in (BTC, expected[0]):
+        got = await live.oms.market.GetMarket(
+            md.GetMarketRequest(exchange=live.venue, symbol=symbol)
+        )
+        market = got.market
+        assert (market.symbol, market.settle) == (BTC, "USDT")
+        assert (
+            market.market_id,
+            market.contract_size,
+            market.amount_step,
+            market.min_amount,
+            market.price_tick,
+        ) == expected

@@ -41,6 +41,7 @@ from oms.domain.events import (
     TrailingStopUpdated,
 )
 from oms.domain.fills import Fill, Liquidity
+from oms.domain.markets import Market
 from oms.domain.orders import Order, OrderStatus, OrderType, PositionSide, Side, TimeInForce
 from oms.domain.positions import PortfolioSummary, Position, PositionStatus
 from oms.domain.trailing_stops import (
@@ -232,6 +233,19 @@ def price_to_proto(update: PriceUpdate) -> market_data_pb2.Price:
         symbol=update.symbol,
         price=fmt(update.price),
         time=timestamp(update.time_ns),
+    )
+
+
+def market_to_proto(market: Market) -> market_data_pb2.Market:
+    return market_data_pb2.Market(
+        exchange=market.exchange,
+        symbol=market.symbol,
+        market_id=market.market_id,
+        settle=market.settle,
+        contract_size=fmt(market.contract_size),
+        amount_step=fmt(market.amount_step),
+        min_amount=fmt(market.min_amount),
+        price_tick=fmt(market.price_tick),
     )
 
 

@@ -9,7 +9,7 @@ import grpc
 from tradingboost.oms.v1 import market_data_service_pb2 as pb
 from tradingboost.oms.v1 import market_data_service_pb2_grpc
 
-from oms.api.converters import price_to_proto
+from oms.api.converters import market_to_proto, price_to_proto
 from oms.engine.market_data import MarketData, Tick
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -29,6 +29,12 @@ class MarketDataService(market_data_service_pb2_grpc.MarketDataServiceServicer):
     async def GetPrice(self, request: pb.GetPriceRequest, context: Context) -> pb.GetPriceResponse:
         update = self._market_data.get(request.exchange, request.symbol)
         return pb.GetPriceResponse(price=price_to_proto(update))
+
+    async def GetMarket(
+        self, request: pb.GetMarketRequest, context: Context
+    ) -> pb.GetMarketResponse:
+        market = self._market_data.market(request.exchange, request.symbol)
+        return pb.GetMarketResponse(market=market_to_proto(market))
 
     async def StreamPrices(
         self, request: pb.StreamPricesRequest, context: Context

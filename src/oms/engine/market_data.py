@@ -117,6 +117,9 @@ class MarketData:
             raise NotFound(f"no price yet for {market.symbol} on {market.exchange}")
         return last
 
+    def market(self, exchange: str, symbol: str) -> Market:
+        return self._resolve(exchange, symbol, "")
+
     async def follow(self, instruments: Sequence[tuple[str, str]]) -> AsyncIterator[PriceUpdate]:
         if not instruments:
             raise InvalidArgument("instruments", "must name at least one exchange and symbol")

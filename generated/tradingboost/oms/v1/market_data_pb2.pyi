@@ -114,3 +114,58 @@ class Instrument(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Instrument: _TypeAlias = Instrument  # noqa: Y015
+
+@_typing.final
+class Market(_message.Message):
+    """One market of an exchange: what an order on it must respect. Quantities and
+    prices the OMS is given must be multiples of `amount_step` and `price_tick`
+    (it never rounds: the client library's round_quantity and round_price do).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXCHANGE_FIELD_NUMBER: _builtins.int
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    MARKET_ID_FIELD_NUMBER: _builtins.int
+    SETTLE_FIELD_NUMBER: _builtins.int
+    CONTRACT_SIZE_FIELD_NUMBER: _builtins.int
+    AMOUNT_STEP_FIELD_NUMBER: _builtins.int
+    MIN_AMOUNT_FIELD_NUMBER: _builtins.int
+    PRICE_TICK_FIELD_NUMBER: _builtins.int
+    exchange: _builtins.str
+    """The ccxt exchange id. Output only."""
+    symbol: _builtins.str
+    """The ccxt unified symbol ("BTC/USDT:USDT"). Output only."""
+    market_id: _builtins.str
+    """The exchange's own market id ("BTC-USDT-SWAP"). Output only."""
+    settle: _builtins.str
+    """The settlement currency, in which PnL and fees are counted. Output only."""
+    contract_size: _builtins.str
+    """What one unit of quantity is worth in the base currency: quantities are
+    in contracts, as ccxt counts them. A decimal > 0. Output only.
+    """
+    amount_step: _builtins.str
+    """Every quantity is a multiple of this. A decimal > 0. Output only."""
+    min_amount: _builtins.str
+    """The smallest quantity accepted. A decimal > 0. Output only."""
+    price_tick: _builtins.str
+    """Every price is a multiple of this. A decimal > 0. Output only."""
+    def __init__(
+        self,
+        *,
+        exchange: _builtins.str = ...,
+        symbol: _builtins.str = ...,
+        market_id: _builtins.str = ...,
+        settle: _builtins.str = ...,
+        contract_size: _builtins.str = ...,
+        amount_step: _builtins.str = ...,
+        min_amount: _builtins.str = ...,
+        price_tick: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_step", b"amount_step", "contract_size", b"contract_size", "exchange", b"exchange", "market_id", b"market_id", "min_amount", b"min_amount", "price_tick", b"price_tick", "settle", b"settle", "symbol", b"symbol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Market: _TypeAlias = Market  # noqa: Y015

@@ -170,3 +170,53 @@ class StreamPricesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamPricesResponse: _TypeAlias = StreamPricesResponse  # noqa: Y015
+
+@_typing.final
+class GetMarketRequest(_message.Message):
+    """Request of MarketDataService.GetMarket."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXCHANGE_FIELD_NUMBER: _builtins.int
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    exchange: _builtins.str
+    """Required. The ccxt exchange id."""
+    symbol: _builtins.str
+    """Required. The ccxt unified symbol or the exchange's market id."""
+    def __init__(
+        self,
+        *,
+        exchange: _builtins.str = ...,
+        symbol: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange", b"exchange", "symbol", b"symbol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMarketRequest: _TypeAlias = GetMarketRequest  # noqa: Y015
+
+@_typing.final
+class GetMarketResponse(_message.Message):
+    """Response of MarketDataService.GetMarket."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MARKET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def market(self) -> _market_data_pb2.Market:
+        """The market."""
+
+    def __init__(
+        self,
+        *,
+        market: _market_data_pb2.Market | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["market", b"market"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["market", b"market"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMarketResponse: _TypeAlias = GetMarketResponse  # noqa: Y015

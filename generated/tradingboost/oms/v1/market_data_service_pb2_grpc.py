@@ -55,6 +55,11 @@ class MarketDataServiceStub:
                 request_serializer=tradingboost_dot_oms_dot_v1_dot_market__data__service__pb2.StreamPricesRequest.SerializeToString,
                 response_deserializer=tradingboost_dot_oms_dot_v1_dot_market__data__service__pb2.StreamPricesResponse.FromString,
                 _registered_method=True)
+        self.GetMarket = channel.unary_unary(
+                '/tradingboost.oms.v1.MarketDataService/GetMarket',
+                request_serializer=tradingboost_dot_oms_dot_v1_dot_market__data__service__pb2.GetMarketRequest.SerializeToString,
+                response_deserializer=tradingboost_dot_oms_dot_v1_dot_market__data__service__pb2.GetMarketResponse.FromString,
+                _registered_method=True)
 
 
 class MarketDataServiceServicer:
@@ -102,6 +107,16 @@ class MarketDataServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMarket(self, request, context):
+        """Returns one market's trading rules: its amount step, minimum amount,
+        price tick and contract size, for a strategy to size and round its
+        orders. Errors: INVALID_ARGUMENT (unknown exchange or symbol; a real
+        exchange's markets are known once an account on it is active).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MarketDataServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -119,6 +134,11 @@ def add_MarketDataServiceServicer_to_server(servicer, server):
                     servicer.StreamPrices,
                     request_deserializer=tradingboost_dot_oms_dot_v1_dot_market__data__service__pb2.StreamPricesRequest.FromString,
                     response_serializer=tradingboost_dot_oms_dot_v1_dot_market__data__service__pb2.StreamPricesResponse.SerializeToString,
+            ),
+            'GetMarket': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMarket,
+                    request_deserializer=tradingboost_dot_oms_dot_v1_dot_market__data__service__pb2.GetMarketRequest.FromString,
+                    response_serializer=tradingboost_dot_oms_dot_v1_dot_market__data__service__pb2.GetMarketResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -208,6 +228,33 @@ class MarketDataService:
             '/tradingboost.oms.v1.MarketDataService/StreamPrices',
             tradingboost_dot_oms_dot_v1_dot_market__data__service__pb2.StreamPricesRequest.SerializeToString,
             tradingboost_dot_oms_dot_v1_dot_market__data__service__pb2.StreamPricesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMarket(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradingboost.oms.v1.MarketDataService/GetMarket',
+            tradingboost_dot_oms_dot_v1_dot_market__data__service__pb2.GetMarketRequest.SerializeToString,
+            tradingboost_dot_oms_dot_v1_dot_market__data__service__pb2.GetMarketResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,12 @@ class MarketDataServiceStub:
     unknown exchange or symbol), RESOURCE_EXHAUSTED (the client did not keep
     up with its bounded buffer), UNAVAILABLE (server shutting down).
     """
+    GetMarket: _grpc.UnaryUnaryMultiCallable[_market_data_service_pb2.GetMarketRequest, _market_data_service_pb2.GetMarketResponse]
+    """Returns one market's trading rules: its amount step, minimum amount,
+    price tick and contract size, for a strategy to size and round its
+    orders. Errors: INVALID_ARGUMENT (unknown exchange or symbol; a real
+    exchange's markets are known once an account on it is active).
+    """
 
 @_typing.type_check_only
 class MarketDataServiceAsyncStub(MarketDataServiceStub):
@@ -98,6 +104,12 @@ class MarketDataServiceAsyncStub(MarketDataServiceStub):
     the order they are applied. Errors: INVALID_ARGUMENT (no instrument,
     unknown exchange or symbol), RESOURCE_EXHAUSTED (the client did not keep
     up with its bounded buffer), UNAVAILABLE (server shutting down).
+    """
+    GetMarket: _aio.UnaryUnaryMultiCallable[_market_data_service_pb2.GetMarketRequest, _market_data_service_pb2.GetMarketResponse]  # type: ignore[assignment]
+    """Returns one market's trading rules: its amount step, minimum amount,
+    price tick and contract size, for a strategy to size and round its
+    orders. Errors: INVALID_ARGUMENT (unknown exchange or symbol; a real
+    exchange's markets are known once an account on it is active).
     """
 
 class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -149,6 +161,18 @@ class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
         the order they are applied. Errors: INVALID_ARGUMENT (no instrument,
         unknown exchange or symbol), RESOURCE_EXHAUSTED (the client did not keep
         up with its bounded buffer), UNAVAILABLE (server shutting down).
+        """
+
+    @_abc_1.abstractmethod
+    def GetMarket(
+        self,
+        request: _market_data_service_pb2.GetMarketRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_market_data_service_pb2.GetMarketResponse, _abc.Awaitable[_market_data_service_pb2.GetMarketResponse]]:
+        """Returns one market's trading rules: its amount step, minimum amount,
+        price tick and contract size, for a strategy to size and round its
+        orders. Errors: INVALID_ARGUMENT (unknown exchange or symbol; a real
+        exchange's markets are known once an account on it is active).
         """
 
 def add_MarketDataServiceServicer_to_server(servicer: MarketDataServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -119,3 +119,25 @@ async def test_position_grid_levels_follow_tagged_fills(oms: OmsHarness) -> None
     await place(oms, quantity="0.01", grid_level=1)
     assert levels(await position(oms)) == [(1, "0.01", "49000")]
     await check_invariants(oms)
+
+
+async def test_a_fill_carries_its_order_s_grid_level_and_strategy(oms: OmsHarness) -> None:
+    await tick(oms, "50000")
+    snapshot = await oms.orders.ListOrders(opb.ListOrdersRequest(user_id=USER))
+    stream = oms.orders.StreamFills(
+        opb.StreamFillsRequest(user_id=USER, after_sequence=snapshot.as_of_sequence)
+    )
+    await limit(oms, "49000", grid_level=3, strategy="grid-btc")
+    await place(oms, quantity="0.01")  # no grid, no strategy
+    await tick(oms, "48000")
+    listed = (await oms.orders.ListFills(opb.ListFillsRequest(user_id=USER))).fills
+    streamed = []
+    async for message in stream:
+        if message.HasField("fill"):
+            streamed.append(message.fill)
+        if len(streamed) == 2:
+            break
+    stream.cancel()
+    for fills in (sorted(listed, key=lambda f: f.sequence), streamed):
+        tagged = [(f.HasField("grid_level"), f.grid_level, f.strategy) for f in fills]
+        assert tagged == [(False, 0, ""), (True, 3, "grid-btc")]

@@ -208,6 +208,8 @@ def fill_to_proto(fill: Fill, sequence: int) -> order_pb2.Fill:
         liquidity=LIQUIDITIES.to_proto[fill.liquidity],
         time=timestamp(fill.time_ns),
         exchange_trade_id=fill.exchange_trade_id,
+        strategy=fill.strategy,
+        grid_level=fill.grid_level,
     )
 
 

@@ -34,3 +34,6 @@ class Fill:
     time_ns: int
     exchange_trade_id: str
     """The venue's trade id: a fill is applied once per (exchange, exchange_trade_id)."""
+    strategy: str = ""
+    """The order's, so that a grid bot knows a fill's level without reading its order."""
+    grid_level: int | None = None

@@ -283,6 +283,8 @@ class Order:
             fee_currency=fee_currency,
             liquidity=liquidity,
             time_ns=time_ns,
+            strategy=self.strategy,
+            grid_level=self.grid_level,
             exchange_trade_id=exchange_trade_id,
         )
 

@@ -606,6 +606,8 @@ class Fill(_message.Message):
     LIQUIDITY_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     EXCHANGE_TRADE_ID_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    GRID_LEVEL_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The user's event sequence number of this fill: strictly increasing and
     gapless across all of the user's event kinds. Output only.
@@ -644,6 +646,12 @@ class Fill(_message.Message):
     """The exchange's trade id, the key that makes fill application idempotent.
     Output only.
     """
+    strategy: _builtins.str
+    """The filled order's strategy tag; empty when none. Output only."""
+    grid_level: _builtins.int
+    """The filled order's grid level (0 to 20); absent when the order is not part
+    of a grid. Output only.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """Execution time as reported by the exchange. Output only."""
@@ -667,12 +675,16 @@ class Fill(_message.Message):
         liquidity: Global___Liquidity.ValueType = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         exchange_trade_id: _builtins.str = ...,
+        strategy: _builtins.str = ...,
+        grid_level: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_grid_level", b"_grid_level", "grid_level", b"grid_level", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_order_id", b"client_order_id", "exchange", b"exchange", "exchange_trade_id", b"exchange_trade_id", "fee", b"fee", "fee_currency", b"fee_currency", "fill_id", b"fill_id", "liquidity", b"liquidity", "order_id", b"order_id", "position_side", b"position_side", "price", b"price", "quantity", b"quantity", "sequence", b"sequence", "side", b"side", "symbol", b"symbol", "time", b"time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_grid_level", b"_grid_level", "client_order_id", b"client_order_id", "exchange", b"exchange", "exchange_trade_id", b"exchange_trade_id", "fee", b"fee", "fee_currency", b"fee_currency", "fill_id", b"fill_id", "grid_level", b"grid_level", "liquidity", b"liquidity", "order_id", b"order_id", "position_side", b"position_side", "price", b"price", "quantity", b"quantity", "sequence", b"sequence", "side", b"side", "strategy", b"strategy", "symbol", b"symbol", "time", b"time", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__grid_level: _TypeAlias = _typing.Literal["grid_level"]  # noqa: Y015
+    _WhichOneofArgType__grid_level: _TypeAlias = _typing.Literal["_grid_level", b"_grid_level"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__grid_level) -> _WhichOneofReturnType__grid_level | None: ...
 
 Global___Fill: _TypeAlias = Fill  # noqa: Y015
 

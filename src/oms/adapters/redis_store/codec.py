@@ -187,6 +187,8 @@ def fill_to_dict(fill: Fill) -> dict[str, Any]:
         "liquidity": fill.liquidity,
         "time_ns": fill.time_ns,
         "exchange_trade_id": fill.exchange_trade_id,
+        "strategy": fill.strategy,
+        "grid_level": fill.grid_level,
     }
 
 
@@ -207,6 +209,9 @@ def fill_from_dict(doc: dict[str, Any]) -> Fill:
         liquidity=Liquidity(doc["liquidity"]),
         time_ns=doc["time_ns"],
         exchange_trade_id=doc["exchange_trade_id"],
+        # Absent from fills stored before they were kept.
+        strategy=doc.get("strategy", ""),
+        grid_level=doc.get("grid_level"),
     )
 
 

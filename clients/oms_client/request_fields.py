@@ -30,9 +30,11 @@ __all__ = [
     "OpenPositionFields",
     "OrderRefFields",
     "PlaceOrderFields",
+    "PriceTickFields",
     "PublishPricesFields",
     "RegisterCredentialsFields",
     "RuleRefFields",
+    "TrailingStopConfigFields",
     "TrailingStopRefFields",
     "build_request",
     "decimal_text",
@@ -127,6 +129,23 @@ class ListPositionsFields(TypedDict, total=False):
     page_token: str
 
 
+class PriceTickFields(TypedDict):
+    """A `market_data_pb2.PriceTick` as a dict, its price a `Decimal` or a string."""
+
+    exchange: str
+    symbol: str
+    price: Decimal | str
+
+
+class TrailingStopConfigFields(TypedDict, total=False):
+    """A `trailing_stop_pb2.TrailingStopConfig` as a dict, its decimals `Decimal`s or
+    strings: exactly one of `callback_rate` and `callback_spread`."""
+
+    callback_rate: Decimal | str
+    callback_spread: Decimal | str
+    activation_price: Decimal | str
+
+
 class OpenPositionFields(TypedDict, total=False):
     user_id: str
     exchange: str
@@ -139,7 +158,7 @@ class OpenPositionFields(TypedDict, total=False):
     leverage: int
     stop_loss_price: Decimal | str
     take_profit_price: Decimal | str
-    trailing_stop: trailing_stop_pb2.TrailingStopConfig
+    trailing_stop: trailing_stop_pb2.TrailingStopConfig | TrailingStopConfigFields
     client_order_id: str
     strategy: str
     grid_level: int
@@ -161,7 +180,7 @@ class GetPortfolioSummaryFields(TypedDict, total=False):
 
 
 class PublishPricesFields(TypedDict, total=False):
-    prices: Iterable[market_data_pb2.PriceTick]
+    prices: Iterable[market_data_pb2.PriceTick | PriceTickFields]
 
 
 class InstrumentFields(TypedDict, total=False):
@@ -266,16 +285,23 @@ def decimal_text(value: Decimal | str | float, name: str) -> str:
     return f"{value:f}"
 
 
+def _wire(value: object, name: str) -> object:
+    """A keyword field's value as protobuf takes it: decimals as text, also inside a nested
+    message given as a dict (protobuf builds the message from it) or a list of them."""
+    if isinstance(value, Decimal | float):
+        return decimal_text(value, name)
+    if isinstance(value, Mapping):
+        return {key: _wire(item, f"{name}.{key}") for key, item in value.items()}
+    if isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        return [_wire(item, f"{name}[{index}]") for index, item in enumerate(value)]
+    return value
+
+
 def build_request(message_type: type[M], request: M | None, fields: Mapping[str, object]) -> M:
     """The request given, or one built from keyword fields; never a mix of the two, where a
     keyword could silently lose to (or override) a field already set in the message."""
     if request is None:
-        return message_type(
-            **{
-                name: decimal_text(value, name) if isinstance(value, Decimal | float) else value
-                for name, value in fields.items()
-            }
-        )
+        return message_type(**{name: _wire(value, name) for name, value in fields.items()})
     if fields:
         raise TypeError(
             f"pass a {message_type.__name__} or keyword fields, not both "

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from decimal import Decimal
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -179,6 +180,21 @@ async def test_a_retried_open_position_after_the_price_crossed_its_exit_returns_
 
 
 # Close
+
+
+async def test_nested_messages_may_be_dicts_with_decimals(client: OmsClient) -> None:
+    # A PriceTick or TrailingStopConfig built by protobuf itself takes strings only.
+    await client.publish_prices(
+        prices=[{"exchange": "paper", "symbol": BTC, "price": Decimal("5E+4")}]
+    )
+    opened = await open_market(
+        client, trailing_stop={"callback_rate": Decimal("0.010"), "activation_price": "50100"}
+    )
+    stop = await client.get_trailing_stop(user_id=USER, trailing_stop_id=opened.trailing_stop_id)
+    assert (stop.callback_rate, stop.activation_price) == ("0.01", "50100")
+    assert opened.entry_order.average_fill_price == "50000"
+    with pytest.raises(TypeError, match=r"trailing_stop.callback_rate must be a Decimal"):
+        await open_market(client, trailing_stop={"callback_rate": cast(str, 0.01)})
 
 
 async def test_close_part_then_the_rest(client: OmsClient) -> None:

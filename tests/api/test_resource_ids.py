@@ -22,6 +22,15 @@ WELL_FORMED = "01M8NVDR99D47JYSMJHJPDGTYA"
 OTHER = "01M8NVDR99D47JYSMJHJPDGTYB"
 FILLED = conditional_rule_pb2.RULE_CONDITION_FILLED
 
+
+def create_rule(oms: OmsHarness, trigger: str, cancel: str) -> Awaitable[Any]:
+    return oms.orders.CreateConditionalRule(
+        pb.CreateConditionalRuleRequest(
+            user_id=USER, trigger_order_id=trigger, condition=FILLED, cancel_order_ids=[cancel]
+        )
+    )
+
+
 # (field, the call given that field's value)
 CALLS: list[tuple[str, Callable[[OmsHarness, str], Awaitable[Any]]]] = [
     ("order_id", lambda o, v: o.orders.GetOrder(pb.GetOrderRequest(user_id=USER, order_id=v))),
@@ -41,22 +50,8 @@ CALLS: list[tuple[str, Callable[[OmsHarness, str], Awaitable[Any]]]] = [
             pb.DeleteConditionalRuleRequest(user_id=USER, rule_id=v)
         ),
     ),
-    (
-        "trigger_order_id",
-        lambda o, v: o.orders.CreateConditionalRule(
-            pb.CreateConditionalRuleRequest(
-                user_id=USER, trigger_order_id=v, condition=FILLED, cancel_order_ids=[OTHER]
-            )
-        ),
-    ),
-    (
-        "cancel_order_ids[0]",
-        lambda o, v: o.orders.CreateConditionalRule(
-            pb.CreateConditionalRuleRequest(
-                user_id=USER, trigger_order_id=OTHER, condition=FILLED, cancel_order_ids=[v]
-            )
-        ),
-    ),
+    ("trigger_order_id", lambda o, v: create_rule(o, trigger=v, cancel=OTHER)),
+    ("cancel_order_ids[0]", lambda o, v: create_rule(o, trigger=OTHER, cancel=v)),
     (
         "trailing_stop_id",
         lambda o, v: o.trailing_stops.GetTrailingStop(

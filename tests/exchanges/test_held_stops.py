@@ -144,3 +144,23 @@ async def test_a_held_stop_survives_a_restart(
     exchange.set_price(BTC, Decimal("48000"))
     done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
     assert done.average_fill_price == "48000"
+
+
+async def test_a_triggered_stop_met_by_a_rate_limit_is_sent_again_after_the_back_off(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    await long_position(live)
+    stop = await live.place(
+        side=S.SIDE_SELL,
+        type=S.ORDER_TYPE_STOP_MARKET,
+        price="",
+        stop_price="49000",
+        reduce_only=True,
+    )
+    # The send and its first resend are refused; the lookup's grace (short here) must not
+    # expire it meanwhile: a 429 means the exchange did not take it.
+    exchange.faults.rate_limit(count_429=2)
+    exchange.set_price(BTC, Decimal("48900"))
+    done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert done.filled_quantity == "0.02"
+    assert sent(exchange) == 2  # the entry and the stop, once

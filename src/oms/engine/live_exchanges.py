@@ -361,6 +361,11 @@ class LiveExchanges:
             wait_s = policy.ban_backoff_s if error.banned else policy.rate_limit_backoff_s
             self._throttled[order.exchange] = (time.monotonic() + wait_s, error.banned)
             log.warning("order %s not sent: %s", order.order_id, error.message)
+            if _unsent_trigger(order) and not error.banned:
+                # A stop that fired (a stop-loss, say) still has to go out: a 429 was not
+                # processed, so sending it again once the back-off has passed is safe.
+                followed.start(order.order_id, self._resend(followed, order.order_id))
+                return order
             reason = f"not sent: {error.message}; new orders are refused for {wait_s:g} s"
             return await self._commit(followed, order.order_id, _refuse(reason))
         except (SubmitRefused, CredentialsRefused) as error:
@@ -370,6 +375,24 @@ class LiveExchanges:
             # A market order's fills are listed a moment after the acknowledgement.
             placed = await self._refresh(followed, placed)
         return placed
+
+    async def _resend(self, followed: _Account, order_id: str) -> None:
+        """Send a triggered stop again each time the rate limit's back-off has passed, until
+        it is not refused that way. It runs under the order's own task name, which keeps
+        the lookup of unsettled orders away meanwhile, and becomes that lookup when a send's
+        outcome is unknown."""
+        while True:
+            until, _ = self._throttled.get(followed.exchange, (0.0, False))
+            await asyncio.sleep(max(until - time.monotonic(), 0.0))
+            current = await self._get(followed, order_id)
+            if not _unsent_trigger(current):  # cancelled, or settled meanwhile
+                return
+            log.info("order %s: sending again after the rate limit", order_id)
+            sent = await self._send(followed, current)
+            until, _ = self._throttled.get(followed.exchange, (0.0, False))
+            if not _unsent_trigger(sent) or until <= time.monotonic():
+                await self._resolve(followed, order_id)
+                return
 
     async def on_marks(self, exchange: str, marks: dict[str, Decimal]) -> None:
         """Send the held stops the new mark prices reach, and move the trailing stops."""

@@ -371,7 +371,7 @@ async def test_close_position_cancels_the_take_profit_and_stop_loss(oms: OmsHarn
     await check_invariants(oms)
 
 
-async def test_after_a_partial_close_the_take_profit_is_capped_at_what_is_left(
+async def test_after_a_partial_close_the_take_profit_closes_what_is_left_and_is_filled(
     oms: OmsHarness,
 ) -> None:
     await tick(oms, "50000")
@@ -385,10 +385,11 @@ async def test_after_a_partial_close_the_take_profit_is_capped_at_what_is_left(
 
     await tick(oms, "52000")
     tp, sl = await exits(oms, opened)
-    assert tp.filled_quantity == "0.02"
-    assert tp.status == S.ORDER_STATUS_CANCELED
-    assert "reduce-only" in tp.cancel_reason
+    # It closed the position: FILLED, its quantity brought down to what it filled, so a bot
+    # that looks for the FILLED exit finds the one that fired.
+    assert (tp.status, tp.quantity, tp.filled_quantity) == (S.ORDER_STATUS_FILLED, "0.02", "0.02")
     assert sl.status == S.ORDER_STATUS_CANCELED
+    assert sl.cancel_reason == f"one-cancels-other: {tp.order_id} filled"
     assert sl.filled_quantity == "0"
     closed = await position(oms)
     assert closed.status == P.POSITION_STATUS_CLOSED

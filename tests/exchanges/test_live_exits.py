@@ -86,6 +86,34 @@ async def test_the_exit_that_fires_cancels_its_twin(
     assert (closed.status, closed.size) == (position_pb2.POSITION_STATUS_CLOSED, "0")
 
 
+async def test_after_a_partial_close_the_exit_that_fires_closes_what_is_left(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    opened = await open_long(live, take_profit_price="51000", stop_loss_price="49000")
+    await live.until(opened.take_profit_order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
+    await live.oms.positions.ClosePosition(
+        pos.ClosePositionRequest(
+            user_id=USER,
+            exchange=live.venue,
+            symbol=BTC,
+            position_side=S.POSITION_SIDE_LONG,
+            quantity="0.01",
+        )
+    )
+    exchange.set_price(BTC, Decimal("51200"))
+    # Sent for 0.02, the exchange would have refused it (more than the position holds).
+    done = await live.until(
+        opened.take_profit_order_id, lambda o: o.status == S.ORDER_STATUS_FILLED
+    )
+    assert (done.quantity, done.filled_quantity) == ("0.01", "0.01")
+    other = await live.until(
+        opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED
+    )
+    assert other.cancel_reason == f"one-cancels-other: {opened.take_profit_order_id} filled"
+    closed = await position(live)
+    assert (closed.status, closed.size) == (position_pb2.POSITION_STATUS_CLOSED, "0")
+
+
 async def test_closing_the_position_cancels_both_exits(live: LiveTrading) -> None:
     opened = await open_long(live, take_profit_price="51000", stop_loss_price="49000")
     await live.until(opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)

@@ -9,12 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from oms.domain.decimals import mul, sub
+from oms.domain.decimals import add, mul, sub
 from oms.domain.fills import Liquidity
 from oms.domain.markets import Market
 from oms.domain.orders import (
     Order,
     OrderAccepted,
+    OrderAmended,
     OrderCanceled,
     OrderEvent,
     OrderExpired,
@@ -55,8 +56,9 @@ def _fill(
     limit: Decimal | None = None,
 ) -> list[OrderEvent]:
     """Fill the rest of the order, or `limit` of it. A reduction stops at the position's size
-    (hedge mode never flips a side) and what it cannot fill is canceled; a FOK order that
-    cannot fill completely expires with nothing filled."""
+    (hedge mode never flips a side) and what it cannot fill is canceled (an OpenPosition
+    exit is brought down to it instead); a FOK order that cannot fill completely expires with
+    nothing filled."""
     remaining = sub(order.quantity, order.filled_quantity)
     allowed = remaining if ctx.reducible is None else min(remaining, ctx.reducible)
     why = "reduce-only" if order.reduce_only else "hedge mode"
@@ -67,7 +69,12 @@ def _fill(
     quantity = allowed if limit is None else min(allowed, limit)
     events: list[OrderEvent] = [_filled(order, quantity, price, liquidity, ctx)]
     if quantity == allowed < remaining:
-        events.append(OrderCanceled(f"{why}: capped at the position size"))
+        if order.parent_order_id:
+            # An OpenPosition exit closes what is left of its position (a partial close came
+            # first): it is done, FILLED for that, not cut short.
+            events.insert(0, OrderAmended(add(order.filled_quantity, quantity)))
+        else:
+            events.append(OrderCanceled(f"{why}: capped at the position size"))
     return events
 
 

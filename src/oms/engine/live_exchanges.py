@@ -31,7 +31,7 @@ from typing import Any
 from oms.domain.accounts import Account, Credentials
 from oms.domain.brackets import bracket_legs
 from oms.domain.conditional_rules import ConditionalRule
-from oms.domain.decimals import ZERO
+from oms.domain.decimals import ZERO, add, sub
 from oms.domain.errors import (
     ConcurrentModification,
     FailedPrecondition,
@@ -407,11 +407,28 @@ class LiveExchanges:
                 followed.start(f"trigger:{order.order_id}", self._trigger(followed, order, price))
 
     async def _trigger(self, followed: _Account, order: Order, price: Decimal) -> None:
-        def trigger(current: Order) -> list[OrderEvent]:
-            return [OrderTriggered()] if is_held(current) else []
+        async def trigger(current: Order) -> list[OrderEvent]:
+            if not is_held(current):
+                return []
+            if not current.reduce_only:
+                return [OrderTriggered()]
+            # Sent for more than the position holds now (a partial close came first), the
+            # exchange would refuse it: it goes for what is left.
+            position = await self._store.current_position(
+                PositionKey(
+                    current.user_id, current.exchange, current.symbol, current.position_side
+                )
+            )
+            size = position.size if position is not None and position.is_open else ZERO
+            left = sub(current.quantity, current.filled_quantity)
+            if size <= 0:
+                return [OrderCanceled(f"reduce-only: no {current.position_side} position left")]
+            if size < left:
+                return [OrderAmended(add(current.filled_quantity, size)), OrderTriggered()]
+            return [OrderTriggered()]
 
         try:
-            triggered = await self._commit(followed, order.order_id, trigger)
+            triggered = await self._commit_async(followed, order.order_id, trigger)
             if triggered.triggered and triggered.is_open and not triggered.exchange_order_id:
                 log.info("order %s triggered at mark price %s", order.order_id, price)
                 await self._send(followed, triggered)

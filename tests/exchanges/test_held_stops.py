@@ -4,8 +4,10 @@ rules as the paper exchange's section 7)."""
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
+from fixtures.client_streams import until
 from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import (
     API_KEY,
@@ -164,3 +166,76 @@ async def test_a_triggered_stop_met_by_a_rate_limit_is_sent_again_after_the_back
     done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
     assert done.filled_quantity == "0.02"
     assert sent(exchange) == 2  # the entry and the stop, once
+
+
+ORDER_ROUTE = {"binanceusdm": ("POST", "/fapi/v1/order"), "okx": ("POST", "/api/v5/trade/order")}
+
+
+def placements(exchange: FakeExchange) -> int:
+    """Placement requests the exchange received, answered or refused."""
+    method, path = ORDER_ROUTE[exchange.venue]
+    return sum(1 for m, p, _ in exchange.requests if (m, p) == (method, path) or "batch" in p)
+
+
+async def test_a_stop_cancelled_while_it_waits_out_a_rate_limit_is_never_sent(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    stop = await live.place(
+        side=S.SIDE_BUY, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="51000"
+    )
+    exchange.faults.rate_limit(count_429=1)
+    exchange.set_price(BTC, Decimal("51000"))
+    await until(lambda: placements(exchange) == 1)  # triggered, sent, refused
+    pending = await live.cancel(stop.order_id)
+    assert pending.status in (S.ORDER_STATUS_PENDING_CANCEL, S.ORDER_STATUS_CANCELED)
+    canceled = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
+    assert canceled.cancel_reason == "canceled by user"
+    await asyncio.sleep(1.5)  # past the back-off: nothing goes out
+    assert sent(exchange) == 0
+
+
+async def test_a_rate_limited_stop_is_sent_again_even_when_its_lookup_runs_already(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    # A slow send: the poll (every 0.05 s here) starts the order's lookup meanwhile.
+    exchange.delay_requests(*ORDER_ROUTE[exchange.venue], 0.4)
+    exchange.delay_requests("POST", "/api/v5/trade/batch-orders", 0.4)
+    stop = await live.place(
+        side=S.SIDE_BUY, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="51000"
+    )
+    exchange.faults.rate_limit(count_429=1)
+    exchange.set_price(BTC, Decimal("51000"))
+    done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert done.filled_quantity == "0.02"
+
+
+async def test_a_stop_cancelled_while_its_placement_commits_is_canceled(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    # The account's lock held a moment (another commit of the account, in production) keeps
+    # the stop stored but not yet in the held book while the cancel comes.
+    # A second stop, far away, keeps the symbol's mark being read.
+    await live.place(side=S.SIDE_SELL, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="40000")
+    followed = live.oms.app.exchanges._accounts[(USER, live.venue)]
+    async with followed.lock:
+        placing = asyncio.create_task(
+            live.place(
+                side=S.SIDE_BUY,
+                type=S.ORDER_TYPE_STOP_MARKET,
+                price="",
+                stop_price="51000",
+                client_order_id="stop-1",
+            )
+        )
+        stored = await live.until_found("stop-1")
+        canceling = asyncio.create_task(live.cancel(stored.order_id))
+        await asyncio.sleep(0.2)
+    placed, canceled = await placing, await canceling
+    # Placed (OPEN) then cancelled, or cancelled before its placement committed: either way
+    # CANCELED, never PENDING_CANCEL for a stop that was never sent.
+    assert placed.status in (S.ORDER_STATUS_OPEN, S.ORDER_STATUS_CANCELED)
+    assert canceled.status == S.ORDER_STATUS_CANCELED
+    exchange.set_price(BTC, Decimal("51000"))
+    await live.until_mark("51000")
+    assert (await live.get(placed.order_id)).status == S.ORDER_STATUS_CANCELED
+    assert sent(exchange) == 0

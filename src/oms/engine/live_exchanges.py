@@ -180,6 +180,8 @@ class LiveExchanges:
         self._trailing = LiveTrailingStops(store, journal, self, new_id, clock_ns)
         self._rules = LiveRules(store, journal, self, clock_ns)
         self._throttled: dict[str, tuple[float, bool]] = {}
+        self._refused_sends: set[str] = set()
+        """Triggered stops whose last send met a 429: not at the exchange, to send again."""
         """exchange -> (monotonic time until which orders are not sent, banned)."""
 
     # -- following accounts -----------------------------------------------------------
@@ -323,6 +325,8 @@ class LiveExchanges:
         last = self._marks.last(order.exchange, order.symbol)
 
         def decide(current: Order) -> list[OrderEvent]:
+            if current.status is not OrderStatus.PENDING_NEW:
+                return []  # cancelled while its placement was committed
             if last is not None and stop_reached(current, last):
                 if current.parent_order_id:
                     return [OrderAccepted(""), OrderTriggered()]
@@ -363,8 +367,9 @@ class LiveExchanges:
             log.warning("order %s not sent: %s", order.order_id, error.message)
             if _unsent_trigger(order) and not error.banned:
                 # A stop that fired (a stop-loss, say) still has to go out: a 429 was not
-                # processed, so sending it again once the back-off has passed is safe.
-                followed.start(order.order_id, self._resend(followed, order.order_id))
+                # processed, so its lookup sends it again once the back-off has passed.
+                self._refused_sends.add(order.order_id)
+                self._settle_later(followed, order.order_id)
                 return order
             reason = f"not sent: {error.message}; new orders are refused for {wait_s:g} s"
             return await self._commit(followed, order.order_id, _refuse(reason))
@@ -375,24 +380,6 @@ class LiveExchanges:
             # A market order's fills are listed a moment after the acknowledgement.
             placed = await self._refresh(followed, placed)
         return placed
-
-    async def _resend(self, followed: _Account, order_id: str) -> None:
-        """Send a triggered stop again each time the rate limit's back-off has passed, until
-        it is not refused that way. It runs under the order's own task name, which keeps
-        the lookup of unsettled orders away meanwhile, and becomes that lookup when a send's
-        outcome is unknown."""
-        while True:
-            until, _ = self._throttled.get(followed.exchange, (0.0, False))
-            await asyncio.sleep(max(until - time.monotonic(), 0.0))
-            current = await self._get(followed, order_id)
-            if not _unsent_trigger(current):  # cancelled, or settled meanwhile
-                return
-            log.info("order %s: sending again after the rate limit", order_id)
-            sent = await self._send(followed, current)
-            until, _ = self._throttled.get(followed.exchange, (0.0, False))
-            if not _unsent_trigger(sent) or until <= time.monotonic():
-                await self._resolve(followed, order_id)
-                return
 
     async def on_marks(self, exchange: str, marks: dict[str, Decimal]) -> None:
         """Send the held stops the new mark prices reach, and move the trailing stops."""
@@ -442,11 +429,19 @@ class LiveExchanges:
         return await self._cancel_on(self._followed(order), order, reason)
 
     async def _cancel_on(self, followed: _Account, order: Order, reason: str) -> Order:
+        if is_held(order):
+            # Not sent while not triggered (held, or not yet in the book while its placement
+            # commits): cancelled here, unless a trigger committed first.
+            order = await self._commit(
+                followed,
+                order.order_id,
+                lambda current: [OrderCanceled(reason)] if is_held(current) else [],
+            )
+            if not order.is_open:
+                self._held.release(order)
+                return order
         if order.status is OrderStatus.PENDING_CANCEL:
             return order
-        if is_held(order) and self._held.release(order):
-            # Never sent: nothing to cancel at the exchange.
-            return await self._commit(followed, order.order_id, lambda _: [OrderCanceled(reason)])
         after = await self._commit(followed, order.order_id, lambda _: [OrderPendingCancel(reason)])
         if unacknowledged(after):
             # Sent, but its exchange id is not known yet: read it (by our client id) first.
@@ -524,7 +519,8 @@ class LiveExchanges:
     async def _resolve(self, followed: _Account, order_id: str) -> None:
         """Look an unsettled order up until it is settled: the exchange has it (settle from
         its report, cancelling again while a cancel is pending) or, past the grace period,
-        positively has not (REJECTED)."""
+        positively has not (REJECTED). A triggered stop refused with a 429 is sent again
+        once the back-off has passed, or cancelled here if a cancel came meanwhile."""
         policy = self._policy(followed.exchange)
         delay = policy.lookup_backoff_s
         client_id = exchange_client_id(order_id)
@@ -532,7 +528,12 @@ class LiveExchanges:
             try:
                 order = await self._get(followed, order_id)
                 if not _unsettled(order):
+                    self._refused_sends.discard(order_id)
                     return
+                if order_id in self._refused_sends:
+                    await self._send_again(followed, order_id)
+                    delay = policy.lookup_backoff_s
+                    continue
                 report = await followed.gateway.fetch_order(order, client_id)
                 if report is not None:
                     order = await self._settle(followed, order_id, report)
@@ -556,6 +557,18 @@ class LiveExchanges:
                 log.exception("order %s: lookup failed, retrying", order_id)
             await asyncio.sleep(delay)
             delay = min(delay * 2, policy.max_backoff_s)
+
+    async def _send_again(self, followed: _Account, order_id: str) -> None:
+        until, _ = self._throttled.get(followed.exchange, (0.0, False))
+        await asyncio.sleep(max(until - time.monotonic(), 0.0))
+        self._refused_sends.discard(order_id)
+        order = await self._get(followed, order_id)
+        if order.status is OrderStatus.PENDING_CANCEL:
+            # Never taken, and a cancel came: done here, nothing to send.
+            await self._commit(followed, order_id, _refuse("cancelled before it could be sent"))
+        elif _unsent_trigger(order):
+            log.info("order %s: sending again after the rate limit", order_id)
+            await self._send(followed, order)
 
     def _past_grace(self, order: Order, policy: VenuePolicy) -> bool:
         # A triggered stop was sent when it was triggered, its last change.

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from redis.exceptions import RedisError
 
-from oms.adapters.credential_vault import CredentialVault, parse_master_key
+from oms.adapters.credential_vault import CredentialVault, MasterKeyError, parse_master_key
 from oms.adapters.exchanges.ccxt_gateway import CcxtConnector, CcxtSettings
 from oms.adapters.postgres_archive import PostgresArchive
 from oms.adapters.redis_store.accounts import RedisAccountStore
@@ -30,7 +30,7 @@ from oms.api.server import OmsServer
 from oms.api.trailing_stop_service import TrailingStopService
 from oms.config import AuthSettings, ExchangeSettings, Settings
 from oms.domain.access import Grant
-from oms.domain.errors import Unavailable
+from oms.domain.errors import FailedPrecondition, Unavailable
 from oms.domain.identifiers import IdGenerator
 from oms.domain.markets import Market, MarketCatalog
 from oms.domain.paper_matching import FeeSchedule
@@ -213,7 +213,10 @@ class Application:
         # Listening but NOT_SERVING while the exchanges are reconciled: an unreachable one
         # keeps the server here, visible to health checks.
         try:
-            await self.accounts.resume()
+            try:
+                await self.accounts.resume()
+            except (FailedPrecondition, MasterKeyError) as error:
+                raise StartupError(f"OMS_MASTER_KEY: {error}") from error
         except BaseException:
             await self.stop()
             raise
@@ -309,9 +312,11 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, app.request_stop)
     port = await app.start()
-    host = settings.listen.rpartition(":")[0]
+    listen = settings.listen
+    # A unix socket has no port (grpc answers 1 for it).
+    address = listen if listen.startswith("unix") else f"{listen.rpartition(':')[0]}:{port}"
     # Tests and scripts wait for this line; keep its shape.
-    print(f"oms serving on {host}:{port}", flush=True)
+    print(f"oms serving on {address}", flush=True)
     lost = asyncio.Event()
     pidfd = None
     if embedded is not None:

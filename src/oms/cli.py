@@ -70,7 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"oms: {refusal}", file=sys.stderr)
         return 2
     if settings.auth.audit_log is not None:
-        audit_to_file(settings.auth.audit_log)
+        try:
+            audit_to_file(settings.auth.audit_log)
+        except OSError as error:
+            print(
+                f"oms: cannot start: audit log {settings.auth.audit_log}: {error}", file=sys.stderr
+            )
+            return 1
     embedded = None
     redis_url = settings.redis_url
     try:

@@ -298,8 +298,14 @@ class TokenSettings(BaseModel):
     @field_validator("token")
     @classmethod
     def _check_token(cls, token: SecretStr | None) -> SecretStr | None:
-        if token is not None and len(token.get_secret_value()) < 16:
+        if token is None:
+            return None
+        value = token.get_secret_value()
+        if len(value) < 16:
             raise ValueError("must be at least 16 characters")
+        # What a header can carry and the server compares as sent (it strips the ends).
+        if not re.fullmatch(r"[!-~]+", value):
+            raise ValueError("must be printable ASCII with no spaces (it travels in a header)")
         return token
 
     @field_validator("users")

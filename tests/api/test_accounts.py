@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from tradingboost.oms.v1 import account_pb2
 from tradingboost.oms.v1 import account_service_pb2 as pb
 
-from oms.adapters.credential_vault import MasterKeyError
+from oms.bootstrap import StartupError
 from oms.config import Settings
 
 USER = "carol"
@@ -112,7 +112,7 @@ async def test_a_start_with_another_master_key_fails_loudly(redis_url: str) -> N
     first = await make_oms(redis_url, master_key=new_master_key())
     await first.accounts.RegisterCredentials(register())
     await first.close()
-    with pytest.raises(MasterKeyError, match="not the key"):
+    with pytest.raises(StartupError, match=r"OMS_MASTER_KEY: .*not the key"):
         await make_oms(redis_url, master_key=new_master_key())
 
 
@@ -122,8 +122,20 @@ async def test_a_start_without_the_master_key_fails_when_credentials_are_stored(
     first = await make_oms(redis_url, master_key=new_master_key())
     await first.accounts.RegisterCredentials(register())
     await first.close()
-    with pytest.raises(RuntimeError, match="OMS_MASTER_KEY is not set"):
+    with pytest.raises(StartupError, match="OMS_MASTER_KEY is not set"):
         await make_oms(redis_url)
+
+
+async def test_with_nothing_sealed_any_master_key_or_none_may_start(redis_url: str) -> None:
+    # Only sealed credentials tie the data to a key.
+    for key in (new_master_key(), None, new_master_key()):
+        oms = await make_oms(redis_url, master_key=key)
+        await oms.close()
+    last = new_master_key()
+    oms = await make_oms(redis_url, master_key=last)
+    await oms.accounts.RegisterCredentials(register())
+    await oms.close()
+    await (await make_oms(redis_url, master_key=last)).close()
 
 
 def test_a_malformed_master_key_is_refused_at_settings() -> None:

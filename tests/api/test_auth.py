@@ -95,6 +95,47 @@ async def test_every_call_needs_a_known_token(oms: OmsHarness) -> None:
     assert list(listed.orders) == []
 
 
+async def test_two_authorization_headers_are_refused_whichever_comes_first(
+    oms: OmsHarness,
+) -> None:
+    # One a proxy appends must not be shadowed by (or shadow) the client's own.
+    for first, second in ((ALICE, ADMIN), (ADMIN, ALICE), ("not-a-token", ALICE)):
+        metadata = (*bearer(first), *bearer(second))
+        assert await status_of(oms.orders.PlaceOrder(order("alice"), metadata=metadata)) == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
+    padded = (("authorization", f"  Bearer {ALICE} "),)
+    await oms.orders.ListOrders(pb.ListOrdersRequest(user_id="alice"), metadata=padded)
+
+
+async def test_bytes_that_are_no_request_are_authenticated_first_then_invalid_argument(
+    oms: OmsHarness,
+) -> None:
+    def raw(path: str) -> Any:
+        return oms.channel.unary_unary(
+            f"/tradingboost.oms.v1.OrderService/{path}",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+
+    garbage = b"\xff\xff\xff\xff"
+    assert await status_of(raw("PlaceOrder")(garbage)) == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await raw("PlaceOrder")(garbage, metadata=bearer(ALICE))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.value.details() or "").startswith("request: is not a valid protobuf message")
+
+
+async def test_an_empty_user_id_is_malformed_except_where_it_means_every_user(
+    oms: OmsHarness,
+) -> None:
+    # The same answer whatever the token: the field is wrong, not the token's rights.
+    for token in (ALICE, ADMIN):
+        assert await status_of(oms.orders.PlaceOrder(order(""), metadata=bearer(token))) == (
+            grpc.StatusCode.INVALID_ARGUMENT
+        )
+
+
 async def test_a_token_acts_only_for_its_users(oms: OmsHarness) -> None:
     await oms.market.PublishPrices(tick("50000"), metadata=bearer(FEEDER))
     placed = await oms.orders.PlaceOrder(order("alice"), metadata=bearer(ALICE))
@@ -195,6 +236,8 @@ async def test_every_decision_is_audited_and_no_token_is_shown(
         ("PERMISSION_DENIED", method, "alice-bot", "bob"),
         ("UNAUTHENTICATED", method, None, "bob"),
     ]
+    # Where the call came from: all there is to go on when no token names the caller.
+    assert all(e["peer"].startswith("ipv4:127.0.0.1:") for e in entries)
     assert not any(ALICE in r.getMessage() for r in caplog.records)
 
 

@@ -220,3 +220,21 @@ async def test_get_price_before_any_tick_is_not_found(oms: OmsHarness) -> None:
     await expect_invalid(
         oms.market.GetPrice(md.GetPriceRequest(exchange="paper", symbol="NOPE")), "symbol"
     )
+
+
+async def test_bytes_that_are_no_request_are_invalid_argument(oms: OmsHarness) -> None:
+    garbage = b"\xff\xff\xff\xff"
+    place = oms.channel.unary_unary(
+        "/tradingboost.oms.v1.OrderService/PlaceOrder",
+        request_serializer=bytes,
+        response_deserializer=bytes,
+    )
+    stream = oms.channel.unary_stream(
+        "/tradingboost.oms.v1.OrderService/StreamFills",
+        request_serializer=bytes,
+        response_deserializer=bytes,
+    )
+    for call in (place(garbage), stream(garbage).read()):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT

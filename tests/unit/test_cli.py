@@ -55,6 +55,13 @@ def test_a_start_up_failure_is_one_line_naming_the_cause(
     assert f"cannot use {tmp_path / 'file' / 'c'}" in fails(
         "--data-dir", str(tmp_path / "file" / "c")
     )
+    audit_log = tmp_path / "no-such-dir" / "audit.jsonl"
+    config = tmp_path / "audit.toml"
+    config.write_text(
+        f'[auth]\naudit_log = "{audit_log}"\n[[auth.tokens]]\nname = "ops"\n'
+        'token = "ops-token-0123456789"\nadmin = true\n'
+    )
+    assert f"audit log {audit_log}" in fails("--config", str(config))
 
 
 def test_a_redis_url_of_another_scheme_is_a_settings_error(

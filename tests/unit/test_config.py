@@ -373,6 +373,8 @@ def test_a_token_may_be_given_by_its_sha256(tmp_path: Path) -> None:
     [
         ('name = "bot"\ntoken = "short-secret"\nusers = ["alice"]', "at least 16"),
         ('name = "bot"\ntoken = "long-enough-secret"', "grants nothing"),
+        ('name = "bot"\ntoken = " long-enough-secret"\nusers = ["alice"]', "printable ASCII"),
+        ('name = "bot"\ntoken = "long-enough-secret-é"\nusers = ["alice"]', "printable ASCII"),
         ('name = "bot"\ntoken = "long-enough-secret"\nusers = ["bad user"]', "not a user_id"),
         (
             'name = "bot"\ntoken = "long-enough-secret"\nadmin = true\n'

@@ -29,6 +29,9 @@ audit.setLevel(logging.INFO)  # whatever the log level: every decision is record
 
 _OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _PUBLISH_PRICES = "/tradingboost.oms.v1.MarketDataService/PublishPrices"
+# Where an empty user_id means every user; anywhere else it is malformed (INVALID_ARGUMENT,
+# which the handler answers).
+_EVERY_USER = "/tradingboost.oms.v1.AccountService/ListActiveAccounts"
 
 
 class _Caller:
@@ -72,12 +75,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return handler  # type: ignore[no-any-return]
 
     def _caller(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> _Caller | None:
-        for key, value in metadata or ():
-            if key == "authorization" and isinstance(value, str):
-                scheme, _, token = value.partition(" ")
-                if scheme.lower() == "bearer":
-                    return self._callers.get(token_digest(token.strip()))
-        return None
+        """The caller its one `authorization: Bearer <token>` names; None for none, an unknown
+        token, or more than one header (ambiguous: one a proxy added could shadow another)."""
+        values = [value for key, value in metadata or () if key == "authorization"]
+        if len(values) != 1 or not isinstance(values[0], str):
+            return None
+        scheme, _, token = values[0].strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        return self._callers.get(token_digest(token.strip()))
 
     def _guard_unary(
         self,
@@ -109,23 +115,23 @@ async def _admit(method: str, caller: _Caller | None, request: Any, context: Con
     """Return to go on; abort the call with the status the contract names otherwise."""
     user_id: str | None = getattr(request, "user_id", None)
     if caller is None:
-        _record(method, None, user_id, "UNAUTHENTICATED")
+        _record(context, method, None, user_id, "UNAUTHENTICATED")
         await context.abort(
             grpc.StatusCode.UNAUTHENTICATED,
-            "missing or unknown token: send metadata 'authorization: Bearer <token>'",
+            "missing, unknown or repeated token: send one 'authorization: Bearer <token>'",
         )
     assert caller is not None
     grant = caller.grant
     if not caller.limit.take():
-        _record(method, grant, user_id, "RESOURCE_EXHAUSTED")
+        _record(context, method, grant, user_id, "RESOURCE_EXHAUSTED")
         await context.abort(
             grpc.StatusCode.RESOURCE_EXHAUSTED, f"token {grant.name} is over its rate limit"
         )
     denial = _denial(method, grant, user_id)
     if denial:
-        _record(method, grant, user_id, "PERMISSION_DENIED")
+        _record(context, method, grant, user_id, "PERMISSION_DENIED")
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, denial)
-    _record(method, grant, user_id, "ACCEPTED")
+    _record(context, method, grant, user_id, "ACCEPTED")
 
 
 def _denial(method: str, grant: Grant, user_id: str | None) -> str:
@@ -135,6 +141,8 @@ def _denial(method: str, grant: Grant, user_id: str | None) -> str:
     if user_id is None or grant.may_act_for(user_id):
         return ""  # no user_id: prices, which are not per user
     if not user_id:
+        if method != _EVERY_USER:
+            return ""  # malformed: the handler names the field
         return f"user_id: empty means every user, which needs an admin token (not {grant.name})"
     return f"user_id: token {grant.name} may not act for {user_id[:64]!r}"
 
@@ -147,10 +155,13 @@ def audit_to_file(path: Path) -> logging.Handler:
     return handler
 
 
-def _record(method: str, grant: Grant | None, user_id: str | None, outcome: str) -> None:
+def _record(
+    context: Context, method: str, grant: Grant | None, user_id: str | None, outcome: str
+) -> None:
     entry = {
         "time": time.time(),
         "outcome": outcome,
+        "peer": context.peer(),  # who, when no token names them
         "method": method,
         "token": None if grant is None else grant.name,
         "user_id": None if user_id is None else user_id[:64],

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -71,11 +72,31 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: OmsError) -
     await context.abort(code, message, trailers)
 
 
+class _Malformed:
+    """Request bytes that do not parse: handed on in place of the request, so that the call
+    is authenticated, audited and answered INVALID_ARGUMENT instead of grpc's UNKNOWN."""
+
+    def __init__(self, error: DecodeError) -> None:
+        self.error = InvalidArgument("request", f"is not a valid protobuf message: {error}")
+
+
+def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as error:
+            return _Malformed(error)
+
+    return deserialize
+
+
 def _wrap_unary(
     behavior: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
 ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
+            if type(request) is _Malformed:
+                raise request.error
             return await behavior(request, context)
         except OmsError as error:
             await _abort(context, error)
@@ -90,6 +111,8 @@ def _wrap_stream(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         try:
+            if type(request) is _Malformed:
+                raise request.error
             async for response in behavior(request, context):
                 yield response
         except OmsError as error:
@@ -145,11 +168,13 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
 
 
 def _wrap(handler: Any) -> Handler:
+    parse = handler.request_deserializer
+    lenient = {} if parse is None else {"request_deserializer": _lenient(parse)}
     if handler.unary_unary is not None:
-        return handler._replace(unary_unary=_wrap_unary(handler.unary_unary))  # type: ignore[no-any-return]
+        return handler._replace(unary_unary=_wrap_unary(handler.unary_unary), **lenient)  # type: ignore[no-any-return]
     if handler.unary_stream is not None:
         behavior = handler.unary_stream
         # A coroutine writes its stream through context.write (grpc's own Health.Watch).
         wrap = _wrap_unary if inspect.iscoroutinefunction(behavior) else _wrap_stream
-        return handler._replace(unary_stream=wrap(behavior))  # type: ignore[no-any-return]
+        return handler._replace(unary_stream=wrap(behavior), **lenient)  # type: ignore[no-any-return]
     return handler  # type: ignore[no-any-return]

@@ -19,6 +19,7 @@ from fixtures.live_trading import (
     USER,
     LiveTrading,
     exchange_settings,
+    live_trading,
     long_side,
     outside_client,
 )
@@ -176,6 +177,36 @@ async def test_a_fill_listed_after_the_cancel_is_applied_at_start(
         await live.oms.positions.ListPositions(pos.ListPositionsRequest(user_id=USER))
     ).positions
     assert position.size == "0.01"
+
+
+async def test_a_fill_listed_late_for_a_long_resting_order_is_applied_at_start(
+    exchange: FakeExchange, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Created before fill_lookback_s, cancelled within it, with more orders since than the
+    # sweep's listing reaches (shrunk: a page of 3, a lookback of 2 s).
+    monkeypatch.setattr(live_exchanges, "_SWEEP_PAGE", 3)
+    live = await live_trading(redis_url, exchange, fill_lookback_s=2.0)
+    try:
+        await exchange.wait_for_private_feed(API_KEY)
+        resting = await live.place(price="49000")
+        for _ in range(4):
+            await live.place(price="49000", quantity="1000")  # refused: more than the funds
+        await asyncio.sleep(2.5)
+        for _ in range(4):
+            await live.place(price="49000", quantity="1000")
+        await live.cancel(resting.order_id)
+        await live.until(resting.order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
+        await live.oms.close()
+        exchange.engine.late_fill(API_KEY, resting.exchange_order_id, Decimal("0.01"))
+        live.oms = await make_oms(
+            redis_url,
+            master_key=MASTER_KEY,
+            exchanges=exchange_settings(exchange, fill_lookback_s=2.0),
+        )
+        after = await live.until(resting.order_id, lambda o: o.filled_quantity == "0.01")
+        assert after.status == S.ORDER_STATUS_CANCELED
+    finally:
+        await live.oms.close()
 
 
 async def test_health_stays_not_serving_until_every_account_is_reconciled(

@@ -748,21 +748,30 @@ class LiveExchanges:
 
     async def _sweep_fills(self, followed: _Account) -> None:
         """Apply the exchange's recent fills of orders the OMS holds finished: a fill reported
-        after the cancel, while the OMS was down or its feed was. Recent: changed in the last
-        `fill_lookback_s`."""
+        after the cancel, while the OMS was down or its feed was. Recent: in the last
+        `fill_lookback_s`, on the symbols of the orders changed then and of open positions."""
         since_ns = self._lookback_start_ns(followed)
+        recent = await self._recent_orders(followed, since_ns)
         finished = {
             order.exchange_order_id: order
-            for order in await self._recent_orders(followed, since_ns)
+            for order in recent
             if not order.is_open and order.exchange_order_id
         }
-        for symbol in sorted({order.symbol for order in finished.values()}):
+        symbols = {order.symbol for order in recent} | {
+            position.symbol
+            for position in await self._store.current_positions_on(followed.exchange)
+            if position.user_id == followed.user_id and position.is_open
+        }
+        for symbol in sorted(symbols):
             by_order: defaultdict[str, list[FillReport]] = defaultdict(list)
             for fill in await followed.gateway.recent_fills(symbol, since_ns):
-                if fill.exchange_order_id in finished:
-                    by_order[fill.exchange_order_id].append(fill)
+                by_order[fill.exchange_order_id].append(fill)
             for exchange_order_id, fills in by_order.items():
-                order = finished[exchange_order_id]
+                order = finished.get(exchange_order_id) or await self._finished_order(
+                    followed, symbol, exchange_order_id, fills
+                )
+                if order is None:
+                    continue
                 total = sum((fill.quantity for fill in fills), ZERO)
                 if total != order.filled_quantity:
                     log.warning(
@@ -774,6 +783,22 @@ class LiveExchanges:
                         order.filled_quantity,
                     )
                     await self._settle(followed, order.order_id, None, fills)
+
+    async def _finished_order(
+        self, followed: _Account, symbol: str, exchange_order_id: str, fills: list[FillReport]
+    ) -> Order | None:
+        """The finished OMS order of fills not applied yet whose order was not among those
+        listed as recently changed (it rested long before it ended): found through the
+        exchange's record of it. None when every fill is applied, or the order is open (the
+        syncs follow it) or not the OMS's."""
+        applied = await self._store.applied_trade_ids(
+            followed.user_id, followed.exchange, [fill.trade_id for fill in fills]
+        )
+        if all(fill.trade_id in applied for fill in fills):
+            return None
+        report = await followed.gateway.order_by_id(symbol, exchange_order_id)
+        order = None if report is None else await self._known_order(followed, report)
+        return None if order is None or order.is_open else order
 
     async def _compare_positions(self, followed: _Account) -> None:
         """Report every side whose size at the exchange differs from the OMS's, which keeps

@@ -219,6 +219,13 @@ class CcxtGateway:
         except OrderUnknown:
             return None
 
+    async def order_by_id(self, symbol: str, exchange_order_id: str) -> OrderReport | None:
+        try:
+            raw = await self._call(self._client.fetch_order, exchange_order_id, symbol, {})
+        except OrderUnknown:
+            return None
+        return self._report(raw, "")
+
     async def fetch_fills(self, symbol: str, exchange_order_id: str) -> list[FillReport]:
         if self._exchange in _BINANCE_FAMILY:
             # ccxt's fetch_order_trades is spot-only on Binance; userTrades takes an orderId.

@@ -64,10 +64,12 @@ class PositionServiceStub:
     (STOP_MARKET at `stop_loss_price`) as reduce-only orders linked
     one-cancels-other: one filling, or the position closing, cancels the
     other. It also starts the trailing stop on the position, if one was
-    given. An entry that ends with nothing filled creates none of them. The
-    exits cover this entry's fills only: a later add to the position (a DCA
-    order, another OpenPosition) needs exits of its own, or a trailing stop,
-    which closes whatever the position holds when it triggers.
+    given. An entry that ends with nothing filled creates none of them. An
+    exit that fires after a partial close closes what is left and ends FILLED,
+    its quantity brought down to that. The exits cover this entry's fills
+    only: a later add to the position (a DCA order, another OpenPosition)
+    needs exits of its own, or a trailing stop, which closes whatever the
+    position holds when it triggers.
     Idempotent on (`user_id`, `client_order_id`) like PlaceOrder. Errors:
     INVALID_ARGUMENT (as PlaceOrder; `type` not MARKET or LIMIT; a stop-loss
     or take-profit on the wrong side of the entry price (LIMIT) or last price
@@ -143,10 +145,12 @@ class PositionServiceAsyncStub(PositionServiceStub):
     (STOP_MARKET at `stop_loss_price`) as reduce-only orders linked
     one-cancels-other: one filling, or the position closing, cancels the
     other. It also starts the trailing stop on the position, if one was
-    given. An entry that ends with nothing filled creates none of them. The
-    exits cover this entry's fills only: a later add to the position (a DCA
-    order, another OpenPosition) needs exits of its own, or a trailing stop,
-    which closes whatever the position holds when it triggers.
+    given. An entry that ends with nothing filled creates none of them. An
+    exit that fires after a partial close closes what is left and ends FILLED,
+    its quantity brought down to that. The exits cover this entry's fills
+    only: a later add to the position (a DCA order, another OpenPosition)
+    needs exits of its own, or a trailing stop, which closes whatever the
+    position holds when it triggers.
     Idempotent on (`user_id`, `client_order_id`) like PlaceOrder. Errors:
     INVALID_ARGUMENT (as PlaceOrder; `type` not MARKET or LIMIT; a stop-loss
     or take-profit on the wrong side of the entry price (LIMIT) or last price
@@ -237,10 +241,12 @@ class PositionServiceServicer(metaclass=_abc_1.ABCMeta):
         (STOP_MARKET at `stop_loss_price`) as reduce-only orders linked
         one-cancels-other: one filling, or the position closing, cancels the
         other. It also starts the trailing stop on the position, if one was
-        given. An entry that ends with nothing filled creates none of them. The
-        exits cover this entry's fills only: a later add to the position (a DCA
-        order, another OpenPosition) needs exits of its own, or a trailing stop,
-        which closes whatever the position holds when it triggers.
+        given. An entry that ends with nothing filled creates none of them. An
+        exit that fires after a partial close closes what is left and ends FILLED,
+        its quantity brought down to that. The exits cover this entry's fills
+        only: a later add to the position (a DCA order, another OpenPosition)
+        needs exits of its own, or a trailing stop, which closes whatever the
+        position holds when it triggers.
         Idempotent on (`user_id`, `client_order_id`) like PlaceOrder. Errors:
         INVALID_ARGUMENT (as PlaceOrder; `type` not MARKET or LIMIT; a stop-loss
         or take-profit on the wrong side of the entry price (LIMIT) or last price

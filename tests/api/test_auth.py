@@ -109,8 +109,10 @@ async def test_two_authorization_headers_are_refused_whichever_comes_first(
 
 
 async def test_bytes_that_are_no_request_are_authenticated_first_then_invalid_argument(
-    oms: OmsHarness,
+    oms: OmsHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="oms.audit")
+
     def raw(path: str) -> Any:
         return oms.channel.unary_unary(
             f"/tradingboost.oms.v1.OrderService/{path}",
@@ -121,9 +123,14 @@ async def test_bytes_that_are_no_request_are_authenticated_first_then_invalid_ar
     garbage = b"\xff\xff\xff\xff"
     assert await status_of(raw("PlaceOrder")(garbage)) == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(grpc.aio.AioRpcError) as error:
-        await raw("PlaceOrder")(garbage, metadata=bearer(ALICE))
+        await raw("PlaceOrder")(garbage, metadata=bearer(FEEDER))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (error.value.details() or "").startswith("request: is not a valid protobuf message")
+    entries = [json.loads(r.getMessage()) for r in caplog.records if r.name == "oms.audit"]
+    assert [(e["outcome"], e["token"]) for e in entries] == [
+        ("UNAUTHENTICATED", None),
+        ("INVALID_ARGUMENT", "feeder"),  # not ACCEPTED: nothing ran
+    ]
 
 
 async def test_an_empty_user_id_is_malformed_except_where_it_means_every_user(

@@ -18,6 +18,7 @@ from fixtures.live_trading import (
     exchange_settings,
 )
 from fixtures.oms_server import make_oms
+from tradingboost.oms.v1 import account_service_pb2 as acc
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import position_pb2
 from tradingboost.oms.v1 import position_service_pb2 as pos
@@ -238,4 +239,25 @@ async def test_a_stop_cancelled_while_its_placement_commits_is_canceled(
     exchange.set_price(BTC, Decimal("51000"))
     await live.until_mark("51000")
     assert (await live.get(placed.order_id)).status == S.ORDER_STATUS_CANCELED
+    assert sent(exchange) == 0
+
+
+async def test_a_rate_limited_stop_is_not_sent_when_its_account_is_followed_again(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    # Deactivated during the back-off, activated again later: by then the market has moved
+    # on, and the stop is looked up (never taken: EXPIRED) as after a restart, not sent.
+    stop = await live.place(
+        side=S.SIDE_BUY, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="51000"
+    )
+    exchange.faults.rate_limit(count_429=1)
+    exchange.set_price(BTC, Decimal("51000"))
+    await until(lambda: placements(exchange) == 1)
+    account = {"user_id": USER, "exchange": live.venue}
+    await live.accounts.DeactivateAccount(acc.DeactivateAccountRequest(**account))
+    exchange.set_price(BTC, Decimal("45000"))
+    await asyncio.sleep(1.5)  # past the back-off
+    await live.accounts.ActivateAccount(acc.ActivateAccountRequest(**account))
+    expired = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_EXPIRED)
+    assert "triggered, but not taken" in expired.cancel_reason
     assert sent(exchange) == 0

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from fixtures.client_streams import until
 from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import (
     API_KEY,
@@ -146,6 +147,25 @@ async def test_a_position_the_oms_did_not_fill_is_reported_as_drift(
         await live.oms.positions.ListPositions(pos.ListPositionsRequest(user_id=USER))
     ).positions
     assert position.size == "0.02"  # reported, not repaired: the OMS keeps its own fills
+    # That order's fill was traced to the exchange's record once; a later reconciliation (a
+    # feed drop's backfill) does not ask the exchange about it again.
+    lookup = {"binanceusdm": "/fapi/v1/order", "okx": "/api/v5/trade/order"}[exchange.venue]
+
+    def lookups() -> int:
+        return sum(1 for method, path, _ in exchange.requests if (method, path) == ("GET", lookup))
+
+    before = lookups()
+    backfills = len([r for r in caplog.records if "backfilling over REST" in r.getMessage()])
+    exchange.faults.drop_private_feeds()
+    await until(
+        lambda: (
+            len([r for r in caplog.records if "backfilling over REST" in r.getMessage()])
+            > backfills
+        )
+    )
+    await exchange.wait_for_private_feed(API_KEY)
+    await asyncio.sleep(0.3)
+    assert lookups() == before
 
 
 # With newer orders than fit a page of the listing it reads (made small here: a grid bot
@@ -205,6 +225,36 @@ async def test_a_fill_listed_late_for_a_long_resting_order_is_applied_at_start(
         )
         after = await live.until(resting.order_id, lambda o: o.filled_quantity == "0.01")
         assert after.status == S.ORDER_STATUS_CANCELED
+    finally:
+        await live.oms.close()
+
+
+async def test_an_order_rejected_as_never_taken_but_filled_later_does_not_stop_the_account(
+    exchange: FakeExchange, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    live = await live_trading(redis_url, exchange)
+    try:
+        await exchange.wait_for_private_feed(API_KEY)
+        # The reply is lost and the exchange's order view lags past the lookup grace: the
+        # OMS settles the order REJECTED, though the exchange did take it.
+        exchange.lag_order_lookups()
+        exchange.faults.mute_private_feeds()
+        exchange.faults.accept_then_timeout(hang_s=1.5)
+        placed = await live.place(price="49000")
+        await live.until(placed.order_id, lambda o: o.status == S.ORDER_STATUS_REJECTED)
+        exchange.lag_order_lookups(False)
+        exchange.set_price(BTC, Decimal("49000"))  # and then fills it
+        await live.oms.close()
+        live.oms = await make_oms(
+            redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
+        )
+        # Reported, and the account is followed all the same.
+        after = await live.place(price="48000")
+        assert after.status == S.ORDER_STATUS_OPEN
+        assert any(
+            "is REJECTED in the OMS but" in r.getMessage() and r.levelname == "ERROR"
+            for r in caplog.records
+        )
     finally:
         await live.oms.close()
 

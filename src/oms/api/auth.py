@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from oms.api.error_mapping import MalformedRequest
 from oms.domain.access import Grant, TokenBucket, token_digest
 
 if TYPE_CHECKING:  # generic only in the stubs
@@ -122,6 +123,10 @@ async def _admit(method: str, caller: _Caller | None, request: Any, context: Con
         )
     assert caller is not None
     grant = caller.grant
+    if type(request) is MalformedRequest:
+        # No user_id to judge: the handler's wrapper answers INVALID_ARGUMENT.
+        _record(context, method, grant, None, "INVALID_ARGUMENT")
+        return
     if not caller.limit.take():
         _record(context, method, grant, user_id, "RESOURCE_EXHAUSTED")
         await context.abort(

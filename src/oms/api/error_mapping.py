@@ -72,7 +72,7 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: OmsError) -
     await context.abort(code, message, trailers)
 
 
-class _Malformed:
+class MalformedRequest:
     """Request bytes that do not parse: handed on in place of the request, so that the call
     is authenticated, audited and answered INVALID_ARGUMENT instead of grpc's UNKNOWN."""
 
@@ -85,7 +85,7 @@ def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
         try:
             return parse(data)
         except DecodeError as error:
-            return _Malformed(error)
+            return MalformedRequest(error)
 
     return deserialize
 
@@ -95,7 +95,7 @@ def _wrap_unary(
 ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            if type(request) is _Malformed:
+            if type(request) is MalformedRequest:
                 raise request.error
             return await behavior(request, context)
         except OmsError as error:
@@ -111,7 +111,7 @@ def _wrap_stream(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         try:
-            if type(request) is _Malformed:
+            if type(request) is MalformedRequest:
                 raise request.error
             async for response in behavior(request, context):
                 yield response

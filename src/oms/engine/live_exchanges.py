@@ -126,6 +126,13 @@ class _Account:
         self.lock = asyncio.Lock()
         self.tasks: dict[str, asyncio.Task[None]] = {}
         """Background work by name: the poller and one lookup per unsettled order."""
+        self.refused_sends: set[str] = set()
+        """Triggered stops whose last send met a 429: not at the exchange, to send again
+        (forgotten with the account when it stops being followed)."""
+        self.resent_at_ns: dict[str, int] = {}
+        """When a stop was last sent again: its lookup's grace counts from then."""
+        self.foreign_orders: set[str] = set()
+        """Exchange order ids of fills that belong to no OMS order (placed outside it)."""
 
     def start(self, name: str, work: Coroutine[Any, Any, None]) -> None:
         if name in self.tasks:
@@ -180,8 +187,6 @@ class LiveExchanges:
         self._trailing = LiveTrailingStops(store, journal, self, new_id, clock_ns)
         self._rules = LiveRules(store, journal, self, clock_ns)
         self._throttled: dict[str, tuple[float, bool]] = {}
-        self._refused_sends: set[str] = set()
-        """Triggered stops whose last send met a 429: not at the exchange, to send again."""
         """exchange -> (monotonic time until which orders are not sent, banned)."""
 
     # -- following accounts -----------------------------------------------------------
@@ -368,7 +373,7 @@ class LiveExchanges:
             if _unsent_trigger(order) and not error.banned:
                 # A stop that fired (a stop-loss, say) still has to go out: a 429 was not
                 # processed, so its lookup sends it again once the back-off has passed.
-                self._refused_sends.add(order.order_id)
+                followed.refused_sends.add(order.order_id)
                 self._settle_later(followed, order.order_id)
                 return order
             reason = f"not sent: {error.message}; new orders are refused for {wait_s:g} s"
@@ -528,9 +533,10 @@ class LiveExchanges:
             try:
                 order = await self._get(followed, order_id)
                 if not _unsettled(order):
-                    self._refused_sends.discard(order_id)
+                    followed.refused_sends.discard(order_id)
+                    followed.resent_at_ns.pop(order_id, None)
                     return
-                if order_id in self._refused_sends:
+                if order_id in followed.refused_sends:
                     await self._send_again(followed, order_id)
                     delay = policy.lookup_backoff_s
                     continue
@@ -543,7 +549,7 @@ class LiveExchanges:
                             order = await self._settle(followed, order_id, report)
                 elif (
                     order.status is not OrderStatus.PENDING_CANCEL or unacknowledged(order)
-                ) and self._past_grace(order, policy):
+                ) and self._past_grace(followed, order, policy):
                     reason = (
                         f"{order.exchange} has no order {client_id} "
                         f"{policy.lookup_grace_s:g} s after it was sent"
@@ -561,18 +567,20 @@ class LiveExchanges:
     async def _send_again(self, followed: _Account, order_id: str) -> None:
         until, _ = self._throttled.get(followed.exchange, (0.0, False))
         await asyncio.sleep(max(until - time.monotonic(), 0.0))
-        self._refused_sends.discard(order_id)
+        followed.refused_sends.discard(order_id)
         order = await self._get(followed, order_id)
         if order.status is OrderStatus.PENDING_CANCEL:
             # Never taken, and a cancel came: done here, nothing to send.
             await self._commit(followed, order_id, _refuse("cancelled before it could be sent"))
         elif _unsent_trigger(order):
             log.info("order %s: sending again after the rate limit", order_id)
+            followed.resent_at_ns[order_id] = self._clock_ns()
             await self._send(followed, order)
 
-    def _past_grace(self, order: Order, policy: VenuePolicy) -> bool:
-        # A triggered stop was sent when it was triggered, its last change.
+    def _past_grace(self, followed: _Account, order: Order, policy: VenuePolicy) -> bool:
+        # A triggered stop was sent when it was triggered (its last change), or sent again.
         sent_at_ns = order.updated_at_ns if order.triggered else order.created_at_ns
+        sent_at_ns = max(sent_at_ns, followed.resent_at_ns.get(order.order_id, 0))
         return self._clock_ns() - sent_at_ns >= policy.lookup_grace_s * 1e9
 
     async def _feed(self, followed: _Account) -> None:
@@ -767,30 +775,51 @@ class LiveExchanges:
             for fill in await followed.gateway.recent_fills(symbol, since_ns):
                 by_order[fill.exchange_order_id].append(fill)
             for exchange_order_id, fills in by_order.items():
-                order = finished.get(exchange_order_id) or await self._finished_order(
-                    followed, symbol, exchange_order_id, fills
-                )
-                if order is None:
-                    continue
-                total = sum((fill.quantity for fill in fills), ZERO)
-                if total != order.filled_quantity:
-                    log.warning(
-                        "reconciliation: order %s on %s filled %s at the exchange, %s in the "
-                        "OMS; applying the missing fills",
-                        order.order_id,
-                        order.exchange,
-                        total,
-                        order.filled_quantity,
+                try:
+                    await self._sweep_order(followed, finished, symbol, exchange_order_id, fills)
+                except (GatewayError, OmsError) as error:
+                    # One order must not keep the account from being followed.
+                    log.error(
+                        "reconciliation: fills of %s order %s not swept: %s",
+                        followed.exchange,
+                        exchange_order_id,
+                        error,
                     )
-                    await self._settle(followed, order.order_id, None, fills)
+
+    async def _sweep_order(
+        self,
+        followed: _Account,
+        finished: dict[str, Order],
+        symbol: str,
+        exchange_order_id: str,
+        fills: list[FillReport],
+    ) -> None:
+        order = finished.get(exchange_order_id) or await self._finished_order(
+            followed, symbol, exchange_order_id, fills
+        )
+        if order is None:
+            return
+        total = sum((fill.quantity for fill in fills), ZERO)
+        if total != order.filled_quantity:
+            log.warning(
+                "reconciliation: order %s on %s filled %s at the exchange, %s in the OMS; "
+                "applying the missing fills",
+                order.order_id,
+                order.exchange,
+                total,
+                order.filled_quantity,
+            )
+            await self._settle(followed, order.order_id, None, fills)
 
     async def _finished_order(
         self, followed: _Account, symbol: str, exchange_order_id: str, fills: list[FillReport]
     ) -> Order | None:
         """The finished OMS order of fills not applied yet whose order was not among those
         listed as recently changed (it rested long before it ended): found through the
-        exchange's record of it. None when every fill is applied, or the order is open (the
-        syncs follow it) or not the OMS's."""
+        exchange's record of it, once per order placed outside the OMS. None when every fill
+        is applied, or the order is open (the syncs follow it) or not the OMS's."""
+        if exchange_order_id in followed.foreign_orders:
+            return None
         applied = await self._store.applied_trade_ids(
             followed.user_id, followed.exchange, [fill.trade_id for fill in fills]
         )
@@ -798,7 +827,20 @@ class LiveExchanges:
             return None
         report = await followed.gateway.order_by_id(symbol, exchange_order_id)
         order = None if report is None else await self._known_order(followed, report)
-        return None if order is None or order.is_open else order
+        if order is None:
+            followed.foreign_orders.add(exchange_order_id)
+            return None
+        if order.status is OrderStatus.REJECTED:
+            # The OMS settled it as never taken, past the lookup grace; the exchange filled
+            # it after all. A REJECTED order takes no fill: the position check reports drift.
+            log.error(
+                "reconciliation: order %s is REJECTED in the OMS but %s filled it (%s)",
+                order.order_id,
+                order.exchange,
+                exchange_order_id,
+            )
+            return None
+        return None if order.is_open else order
 
     async def _compare_positions(self, followed: _Account) -> None:
         """Report every side whose size at the exchange differs from the OMS's, which keeps

@@ -16,6 +16,7 @@ from fixtures.live_trading import (
     USER,
     LiveTrading,
     exchange_settings,
+    live_trading,
 )
 from fixtures.oms_server import make_oms
 from tradingboost.oms.v1 import account_service_pb2 as acc
@@ -261,3 +262,30 @@ async def test_a_rate_limited_stop_is_not_sent_when_its_account_is_followed_agai
     expired = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_EXPIRED)
     assert "triggered, but not taken" in expired.cancel_reason
     assert sent(exchange) == 0
+
+
+async def test_a_resend_of_unknown_outcome_gets_its_own_lookup_grace(
+    exchange: FakeExchange, redis_url: str
+) -> None:
+    # The back-off outlasts the grace; the resend's reply is lost and the exchange's order
+    # view lags a moment: counted from the trigger, the grace would be long gone and the
+    # stop EXPIRED while the exchange took it.
+    live = await live_trading(redis_url, exchange, rate_limit_backoff_s=3.5, lookup_grace_s=3.0)
+    try:
+        await exchange.wait_for_private_feed(API_KEY)
+        stop = await live.place(
+            side=S.SIDE_BUY, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="51000"
+        )
+        exchange.lag_order_lookups()
+        exchange.faults.mute_private_feeds()
+        exchange.faults.rate_limit(count_429=1)
+        exchange.faults.accept_then_timeout(hang_s=1.5)  # the resend: taken, reply lost
+        exchange.set_price(BTC, Decimal("51000"))
+        await until(lambda: placements(exchange) == 2, timeout_s=15)  # the resend arrived
+        await asyncio.sleep(1.2)  # its reply timed out (1 s) and a lookup missed it
+        exchange.lag_order_lookups(False)
+        exchange.faults.unmute_private_feeds()
+        done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+        assert done.filled_quantity == "0.02"
+    finally:
+        await live.oms.close()

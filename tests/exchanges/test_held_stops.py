@@ -30,6 +30,15 @@ async def long_position(live: LiveTrading) -> None:
     assert entry.status == S.ORDER_STATUS_FILLED
 
 
+async def held_stop(
+    live: LiveTrading, side: S.Side.ValueType, stop_price: str, **fields: object
+) -> S.Order:
+    """A STOP_MARKET order of 0.02, which the OMS holds until the mark reaches it."""
+    return await live.place(
+        side=side, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price=stop_price, **fields
+    )
+
+
 def sent(exchange: FakeExchange) -> int:
     return len(exchange.orders(API_KEY))
 
@@ -38,13 +47,7 @@ async def test_a_stop_loss_is_held_until_the_mark_reaches_it_then_sent_as_market
     live: LiveTrading, exchange: FakeExchange
 ) -> None:
     await long_position(live)
-    stop = await live.place(
-        side=S.SIDE_SELL,
-        type=S.ORDER_TYPE_STOP_MARKET,
-        price="",
-        stop_price="49000",
-        reduce_only=True,
-    )
+    stop = await held_stop(live, S.SIDE_SELL, "49000", reduce_only=True)
     assert (stop.status, stop.exchange_order_id) == (S.ORDER_STATUS_OPEN, "")
     assert sent(exchange) == 1  # the entry only
     exchange.set_price(BTC, Decimal("49500"))
@@ -88,9 +91,7 @@ async def test_a_stop_the_mark_has_reached_already_is_rejected(
 ) -> None:
     await long_position(live)
     await live.until_mark("50000")
-    stop = await live.place(
-        side=S.SIDE_SELL, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="50500"
-    )
+    stop = await held_stop(live, S.SIDE_SELL, "50500")
     assert stop.status == S.ORDER_STATUS_REJECTED
     assert "would trigger immediately" in stop.reject_reason
     assert sent(exchange) == 1
@@ -99,11 +100,9 @@ async def test_a_stop_the_mark_has_reached_already_is_rejected(
 async def test_cancelling_a_held_stop_sends_nothing(
     live: LiveTrading, exchange: FakeExchange
 ) -> None:
-    stop = await live.place(
-        side=S.SIDE_BUY, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="52000"
-    )
+    stop = await held_stop(live, S.SIDE_BUY, "52000")
     # A second stop, far away, keeps the symbol's mark being read.
-    await live.place(side=S.SIDE_SELL, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="40000")
+    await held_stop(live, S.SIDE_SELL, "40000")
     canceled = await live.cancel(stop.order_id)
     assert canceled.status == S.ORDER_STATUS_CANCELED
     exchange.set_price(BTC, Decimal("53000"))
@@ -117,13 +116,7 @@ async def test_a_triggered_stop_the_exchange_refuses_ends_expired(
     live: LiveTrading, exchange: FakeExchange
 ) -> None:
     # Far beyond the account's margin once sent.
-    stop = await live.place(
-        side=S.SIDE_BUY,
-        type=S.ORDER_TYPE_STOP_MARKET,
-        price="",
-        stop_price="51000",
-        quantity="1000",
-    )
+    stop = await held_stop(live, S.SIDE_BUY, "51000", quantity="1000")
     exchange.set_price(BTC, Decimal("51000"))
     expired = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_EXPIRED)
     assert "triggered, but not taken" in expired.cancel_reason
@@ -134,13 +127,7 @@ async def test_a_held_stop_survives_a_restart(
     live: LiveTrading, exchange: FakeExchange, redis_url: str
 ) -> None:
     await long_position(live)
-    stop = await live.place(
-        side=S.SIDE_SELL,
-        type=S.ORDER_TYPE_STOP_MARKET,
-        price="",
-        stop_price="49000",
-        reduce_only=True,
-    )
+    stop = await held_stop(live, S.SIDE_SELL, "49000", reduce_only=True)
     await live.oms.close()
     live.oms = await make_oms(
         redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
@@ -154,13 +141,7 @@ async def test_a_triggered_stop_met_by_a_rate_limit_is_sent_again_after_the_back
     live: LiveTrading, exchange: FakeExchange
 ) -> None:
     await long_position(live)
-    stop = await live.place(
-        side=S.SIDE_SELL,
-        type=S.ORDER_TYPE_STOP_MARKET,
-        price="",
-        stop_price="49000",
-        reduce_only=True,
-    )
+    stop = await held_stop(live, S.SIDE_SELL, "49000", reduce_only=True)
     # The send and its first resend are refused; the lookup's grace (short here) must not
     # expire it meanwhile: a 429 means the exchange did not take it.
     exchange.faults.rate_limit(count_429=2)
@@ -182,9 +163,7 @@ def placements(exchange: FakeExchange) -> int:
 async def test_a_stop_cancelled_while_it_waits_out_a_rate_limit_is_never_sent(
     live: LiveTrading, exchange: FakeExchange
 ) -> None:
-    stop = await live.place(
-        side=S.SIDE_BUY, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="51000"
-    )
+    stop = await held_stop(live, S.SIDE_BUY, "51000")
     exchange.faults.rate_limit(count_429=1)
     exchange.set_price(BTC, Decimal("51000"))
     await until(lambda: placements(exchange) == 1)  # triggered, sent, refused
@@ -202,9 +181,7 @@ async def test_a_rate_limited_stop_is_sent_again_even_when_its_lookup_runs_alrea
     # A slow send: the poll (every 0.05 s here) starts the order's lookup meanwhile.
     exchange.delay_requests(*ORDER_ROUTE[exchange.venue], 0.4)
     exchange.delay_requests("POST", "/api/v5/trade/batch-orders", 0.4)
-    stop = await live.place(
-        side=S.SIDE_BUY, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="51000"
-    )
+    stop = await held_stop(live, S.SIDE_BUY, "51000")
     exchange.faults.rate_limit(count_429=1)
     exchange.set_price(BTC, Decimal("51000"))
     done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
@@ -217,17 +194,11 @@ async def test_a_stop_cancelled_while_its_placement_commits_is_canceled(
     # The account's lock held a moment (another commit of the account, in production) keeps
     # the stop stored but not yet in the held book while the cancel comes.
     # A second stop, far away, keeps the symbol's mark being read.
-    await live.place(side=S.SIDE_SELL, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="40000")
+    await held_stop(live, S.SIDE_SELL, "40000")
     followed = live.oms.app.exchanges._accounts[(USER, live.venue)]
     async with followed.lock:
         placing = asyncio.create_task(
-            live.place(
-                side=S.SIDE_BUY,
-                type=S.ORDER_TYPE_STOP_MARKET,
-                price="",
-                stop_price="51000",
-                client_order_id="stop-1",
-            )
+            held_stop(live, S.SIDE_BUY, "51000", client_order_id="stop-1")
         )
         stored = await live.until_found("stop-1")
         canceling = asyncio.create_task(live.cancel(stored.order_id))
@@ -248,9 +219,7 @@ async def test_a_rate_limited_stop_is_not_sent_when_its_account_is_followed_agai
 ) -> None:
     # Deactivated during the back-off, activated again later: by then the market has moved
     # on, and the stop is looked up (never taken: EXPIRED) as after a restart, not sent.
-    stop = await live.place(
-        side=S.SIDE_BUY, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="51000"
-    )
+    stop = await held_stop(live, S.SIDE_BUY, "51000")
     exchange.faults.rate_limit(count_429=1)
     exchange.set_price(BTC, Decimal("51000"))
     await until(lambda: placements(exchange) == 1)
@@ -273,9 +242,7 @@ async def test_a_resend_of_unknown_outcome_gets_its_own_lookup_grace(
     live = await live_trading(redis_url, exchange, rate_limit_backoff_s=3.5, lookup_grace_s=3.0)
     try:
         await exchange.wait_for_private_feed(API_KEY)
-        stop = await live.place(
-            side=S.SIDE_BUY, type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="51000"
-        )
+        stop = await held_stop(live, S.SIDE_BUY, "51000")
         exchange.lag_order_lookups()
         exchange.faults.mute_private_feeds()
         exchange.faults.rate_limit(count_429=1)

@@ -152,8 +152,10 @@ class OrderServiceServicer:
         minimum; the OMS never rounds), ALREADY_EXISTS (`client_order_id` reused
         with different parameters), FAILED_PRECONDITION (a real exchange the user
         has no active account on), RESOURCE_EXHAUSTED / UNAVAILABLE (the exchange
-        answered 429 / 418: this order ended REJECTED "not sent", and new orders
-        to it are refused unsent until the back-off has passed).
+        answered an earlier order 429 / 418: new orders to it are refused, unstored
+        and unsent, until the back-off has passed). The order that met the 429 /
+        418 itself ends REJECTED "not sent" and the call succeeds, as for any
+        refusal by the exchange.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -68,8 +68,10 @@ class OrderServiceStub:
     minimum; the OMS never rounds), ALREADY_EXISTS (`client_order_id` reused
     with different parameters), FAILED_PRECONDITION (a real exchange the user
     has no active account on), RESOURCE_EXHAUSTED / UNAVAILABLE (the exchange
-    answered 429 / 418: this order ended REJECTED "not sent", and new orders
-    to it are refused unsent until the back-off has passed).
+    answered an earlier order 429 / 418: new orders to it are refused, unstored
+    and unsent, until the back-off has passed). The order that met the 429 /
+    418 itself ends REJECTED "not sent" and the call succeeds, as for any
+    refusal by the exchange.
     """
     CancelOrder: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.CancelOrderRequest, _order_service_pb2.CancelOrderResponse]
     """Cancels one order, by `order_id` or `client_order_id`. Returns the order:
@@ -196,8 +198,10 @@ class OrderServiceAsyncStub(OrderServiceStub):
     minimum; the OMS never rounds), ALREADY_EXISTS (`client_order_id` reused
     with different parameters), FAILED_PRECONDITION (a real exchange the user
     has no active account on), RESOURCE_EXHAUSTED / UNAVAILABLE (the exchange
-    answered 429 / 418: this order ended REJECTED "not sent", and new orders
-    to it are refused unsent until the back-off has passed).
+    answered an earlier order 429 / 418: new orders to it are refused, unstored
+    and unsent, until the back-off has passed). The order that met the 429 /
+    418 itself ends REJECTED "not sent" and the call succeeds, as for any
+    refusal by the exchange.
     """
     CancelOrder: _aio.UnaryUnaryMultiCallable[_order_service_pb2.CancelOrderRequest, _order_service_pb2.CancelOrderResponse]  # type: ignore[assignment]
     """Cancels one order, by `order_id` or `client_order_id`. Returns the order:
@@ -327,8 +331,10 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         minimum; the OMS never rounds), ALREADY_EXISTS (`client_order_id` reused
         with different parameters), FAILED_PRECONDITION (a real exchange the user
         has no active account on), RESOURCE_EXHAUSTED / UNAVAILABLE (the exchange
-        answered 429 / 418: this order ended REJECTED "not sent", and new orders
-        to it are refused unsent until the back-off has passed).
+        answered an earlier order 429 / 418: new orders to it are refused, unstored
+        and unsent, until the back-off has passed). The order that met the 429 /
+        418 itself ends REJECTED "not sent" and the call succeeds, as for any
+        refusal by the exchange.
         """
 
     @_abc_1.abstractmethod

@@ -229,6 +229,23 @@ async def test_a_fill_listed_late_for_a_long_resting_order_is_applied_at_start(
         await live.oms.close()
 
 
+async def test_late_fills_beyond_one_page_of_the_exchange_s_listing_are_all_applied(
+    live: LiveTrading, exchange: FakeExchange, redis_url: str
+) -> None:
+    # 150 executions surface late: more than one page (OKX lists its newest 100).
+    order = await live.place(price="5000", quantity="1.5")
+    await live.cancel(order.order_id)
+    await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
+    await live.oms.close()
+    for _ in range(150):
+        exchange.engine.late_fill(API_KEY, order.exchange_order_id, Decimal("0.01"))
+        await asyncio.sleep(0.002)  # a page's worth in one millisecond is beyond any bot
+    await restart(live, redis_url)
+    after = await live.get(order.order_id)
+    assert (after.status, after.filled_quantity) == (S.ORDER_STATUS_CANCELED, "1.5")
+    assert len(await live.fills(order.order_id)) == 150
+
+
 async def test_an_order_rejected_as_never_taken_but_filled_later_does_not_stop_the_account(
     exchange: FakeExchange, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -43,6 +43,9 @@ from oms.engine.gateway import (
 )
 
 log = logging.getLogger(__name__)
+
+# Fills asked for at a time: what OKX gives at most (Binance gives up to 1000).
+_FILLS_PAGE = 100
 # ccxt logs every request's headers at DEBUG: API keys and passphrases included.
 logging.getLogger("ccxt").setLevel(logging.INFO)
 
@@ -237,8 +240,24 @@ class CcxtGateway:
         return [self._fill(trade) for trade in trades]
 
     async def recent_fills(self, symbol: str, since_ns: int) -> list[FillReport]:
-        trades = await self._call(self._client.fetch_my_trades, symbol, since_ns // 1_000_000)
-        return [self._fill(trade) for trade in trades]
+        """Every fill of `symbol` from `since_ns` on, however many. A venue answers one page
+        of a window (Binance its oldest, OKX its newest), so past both ends of a full page
+        the window is read again, until a read brings no fill not seen yet. (More than a
+        page of fills within one millisecond would be cut short: no account trades so.)"""
+        fills: dict[str, FillReport] = {}
+        windows: list[tuple[int, int | None]] = [(since_ns // 1_000_000, None)]
+        while windows:
+            start_ms, until_ms = windows.pop()
+            params = {} if until_ms is None else {"until": until_ms}
+            trades = await self._call(
+                self._client.fetch_my_trades, symbol, start_ms, _FILLS_PAGE, params
+            )
+            new = [self._fill(trade) for trade in trades if str(trade["id"]) not in fills]
+            fills.update((fill.trade_id, fill) for fill in new)
+            if new and len(trades) >= _FILLS_PAGE:
+                times = [int(trade.get("timestamp") or 0) for trade in trades]
+                windows += [(start_ms, min(times)), (max(times), until_ms)]
+        return sorted(fills.values(), key=lambda fill: (fill.time_ns, fill.trade_id))
 
     async def open_orders(self, symbol: str | None) -> list[OrderReport]:
         raws = await self._call(self._client.fetch_open_orders, symbol)

@@ -144,15 +144,15 @@ class Accounts:
         """Start-up: prove the master key is the one the stored credentials were sealed
         with, then follow every ACTIVE account, retrying an unreachable exchange until it
         answers. An account whose credentials are refused is left unfollowed and logged."""
-        check = await self._store.vault_check()
         sealed = await self._store.has_credentials()
         if self._vault is None:
             if sealed:
                 raise FailedPrecondition("credentials are stored but OMS_MASTER_KEY is not set")
             return
-        if check is None or not sealed:
+        check = await self._store.vault_check() if sealed else None
+        if check is None:
             # Nothing sealed yet: whichever key this start brings is the one from now on.
-            await self._store.init_vault_check(self._vault.check_value(), replace=True)
+            await self._store.set_vault_check(self._vault.check_value())
         else:
             self._vault.verify_check_value(check)
         await asyncio.gather(*(self._resume(a) for a in await self._store.all_active()))

@@ -571,7 +571,13 @@ class LiveExchanges:
         order = await self._get(followed, order_id)
         if order.status is OrderStatus.PENDING_CANCEL:
             # Never taken, and a cancel came: done here, nothing to send.
-            await self._commit(followed, order_id, _refuse("cancelled before it could be sent"))
+            await self._commit(
+                followed,
+                order_id,
+                lambda current: (
+                    [OrderCanceled(current.cancel_reason)] if _unsent_trigger(current) else []
+                ),
+            )
         elif _unsent_trigger(order):
             log.info("order %s: sending again after the rate limit", order_id)
             followed.resent_at_ns[order_id] = self._clock_ns()
@@ -1090,7 +1096,7 @@ class LiveExchanges:
 
 
 def _unsent_trigger(order: Order) -> bool:
-    return order.triggered and order.is_open and not order.exchange_order_id
+    return order.triggered and unacknowledged(order)
 
 
 def _unsettled(order: Order) -> bool:

@@ -247,7 +247,7 @@ class AccountStore(Protocol):
     | get_many         | the accounts those members name                                  |
     | all_active       | every active account (start-up)                                  |
     | vault_check      | the sealed constant that proves which master key is in use       |
-    | init_vault_check | store it unless one is stored (or replacing it: nothing sealed)  |
+    | set_vault_check  | store it, in place of any before (only while nothing is sealed)  |
     | has_credentials  | whether any credentials are stored                               |
     """
 
@@ -265,7 +265,7 @@ class AccountStore(Protocol):
 
     async def vault_check(self) -> bytes | None: ...
 
-    async def init_vault_check(self, sealed: bytes, *, replace: bool = False) -> None: ...
+    async def set_vault_check(self, sealed: bytes) -> None: ...
 
     async def has_credentials(self) -> bool: ...
 

@@ -122,8 +122,8 @@ class RedisAccountStore:
         return value
 
     @unavailable_when_down
-    async def init_vault_check(self, sealed: bytes, *, replace: bool = False) -> None:
-        await self._redis.set(keys.vault_check(), sealed, nx=not replace)
+    async def set_vault_check(self, sealed: bytes) -> None:
+        await self._redis.set(keys.vault_check(), sealed)
 
     @unavailable_when_down
     async def has_credentials(self) -> bool:

@@ -55,6 +55,19 @@ async def open_long(
     return response
 
 
+async def close_long(live: LiveTrading, quantity: str = "") -> None:
+    """ClosePosition of the LONG side: all of it, or `quantity`."""
+    await live.oms.positions.ClosePosition(
+        pos.ClosePositionRequest(
+            user_id=USER,
+            exchange=live.venue,
+            symbol=BTC,
+            position_side=S.POSITION_SIDE_LONG,
+            quantity=quantity,
+        )
+    )
+
+
 async def position(live: LiveTrading) -> position_pb2.Position:
     [record] = (
         await live.oms.positions.ListPositions(
@@ -91,15 +104,7 @@ async def test_after_a_partial_close_the_exit_that_fires_closes_what_is_left(
 ) -> None:
     opened = await open_long(live, take_profit_price="51000", stop_loss_price="49000")
     await live.until(opened.take_profit_order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
-    await live.oms.positions.ClosePosition(
-        pos.ClosePositionRequest(
-            user_id=USER,
-            exchange=live.venue,
-            symbol=BTC,
-            position_side=S.POSITION_SIDE_LONG,
-            quantity="0.01",
-        )
-    )
+    await close_long(live, quantity="0.01")
     exchange.set_price(BTC, Decimal("51200"))
     # Sent for 0.02, the exchange would have refused it (more than the position holds).
     done = await live.until(
@@ -117,11 +122,7 @@ async def test_after_a_partial_close_the_exit_that_fires_closes_what_is_left(
 async def test_closing_the_position_cancels_both_exits(live: LiveTrading) -> None:
     opened = await open_long(live, take_profit_price="51000", stop_loss_price="49000")
     await live.until(opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
-    await live.oms.positions.ClosePosition(
-        pos.ClosePositionRequest(
-            user_id=USER, exchange=live.venue, symbol=BTC, position_side=S.POSITION_SIDE_LONG
-        )
-    )
+    await close_long(live)
     for exit_id in (opened.take_profit_order_id, opened.stop_loss_order_id):
         canceled = await live.until(exit_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
         assert canceled.cancel_reason == "position closed"

@@ -33,7 +33,7 @@ from tradingboost.oms.v1 import position_service_pb2 as pos
 
 from oms.bootstrap import Application
 from oms.config import Settings
-from oms.engine import live_exchanges
+from oms.engine import reconciliation
 
 
 async def restart(live: LiveTrading, redis_url: str) -> None:
@@ -178,7 +178,7 @@ async def test_a_fill_listed_after_the_cancel_is_applied_at_start(
     newer_orders: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(live_exchanges, "_SWEEP_PAGE", 3)
+    monkeypatch.setattr(reconciliation, "_SWEEP_PAGE", 3)
     order = await live.place(price="49000")
     await live.cancel(order.order_id)
     await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
@@ -204,7 +204,7 @@ async def test_a_fill_listed_late_for_a_long_resting_order_is_applied_at_start(
 ) -> None:
     # Created before fill_lookback_s, cancelled within it, with more orders since than the
     # sweep's listing reaches (shrunk: a page of 3, a lookback of 2 s).
-    monkeypatch.setattr(live_exchanges, "_SWEEP_PAGE", 3)
+    monkeypatch.setattr(reconciliation, "_SWEEP_PAGE", 3)
     live = await live_trading(redis_url, exchange, fill_lookback_s=2.0)
     try:
         await exchange.wait_for_private_feed(API_KEY)

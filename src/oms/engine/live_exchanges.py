@@ -12,7 +12,9 @@ leaves it PENDING_CANCEL, looked up and, while still open, cancelled again.
 
 Changes reach the OMS through the account's websocket order feed where ccxt has one, with a
 REST backfill after every drop, and through a poll of the account's open orders every
-`poll_interval_s` (the safety net, and the only source elsewhere).
+`poll_interval_s` (the safety net, and the only source elsewhere). What changed while the
+OMS was not looking is found by the reconciliation (reconciliation.py) when an account is
+followed and after its feed dropped.
 """
 
 from __future__ import annotations
@@ -63,16 +65,15 @@ from oms.domain.venue_reports import (
     FillReport,
     OrderReport,
     VenueOrderStatus,
-    external_order,
     fill_of,
     settlement_events,
     unacknowledged,
 )
+from oms.engine.followed_accounts import FollowedAccount
 from oms.engine.gateway import (
     AccountAccess,
     CredentialsRefused,
     DuplicateClientId,
-    ExchangeGateway,
     GatewayConnector,
     GatewayError,
     OrderUnknown,
@@ -85,15 +86,14 @@ from oms.engine.journal import Journal
 from oms.engine.live_rules import LiveRules, RuleRunner
 from oms.engine.live_trailing import LiveTrailingStops
 from oms.engine.mark_prices import MarkPrices
-from oms.engine.ports import Conflict, OrderChange, OrderQuery, PriceUpdate, StateStore
+from oms.engine.ports import Conflict, OrderChange, PriceUpdate, StateStore
 from oms.engine.prerender import Prerender
+from oms.engine.reconciliation import Reconciliation
 
 log = logging.getLogger(__name__)
 
 _PENDING = (OrderStatus.PENDING_NEW, OrderStatus.PENDING_CANCEL)
 _COMMIT_ATTEMPTS = 3
-# Orders read at a time when reconciliation looks for fills reported late.
-_SWEEP_PAGE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,40 +118,6 @@ class VenuePolicy:
     """After a 418 (address banned), how long new orders are refused without being sent."""
 
 
-class _Account:
-    def __init__(self, account: Account, gateway: ExchangeGateway) -> None:
-        self.user_id = account.user_id
-        self.exchange = account.exchange
-        self.gateway = gateway
-        self.lock = asyncio.Lock()
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-        """Background work by name: the poller and one lookup per unsettled order."""
-        self.refused_sends: set[str] = set()
-        """Triggered stops whose last send met a 429: not at the exchange, to send again
-        (forgotten with the account when it stops being followed)."""
-        self.resent_at_ns: dict[str, int] = {}
-        """When a stop was last sent again: its lookup's grace counts from then."""
-        self.foreign_orders: set[str] = set()
-        """Exchange order ids of fills that belong to no OMS order (placed outside it)."""
-
-    def start(self, name: str, work: Coroutine[Any, Any, None]) -> None:
-        if name in self.tasks:
-            work.close()
-            return
-        task = asyncio.get_running_loop().create_task(work, name=f"{self.exchange}:{name}")
-        self.tasks[name] = task
-        task.add_done_callback(lambda _: self.tasks.pop(name, None))
-
-    async def stop(self) -> None:
-        tasks = list(self.tasks.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.gateway.close()
-
-
 class LiveExchanges:
     """The venue for every exchange but paper, and the follower of active accounts."""
 
@@ -173,7 +139,7 @@ class LiveExchanges:
         self._new_id = new_id
         self._clock_ns = clock_ns
         self._policy = policy
-        self._accounts: dict[tuple[str, str], _Account] = {}
+        self._accounts: dict[tuple[str, str], FollowedAccount] = {}
         self._marks = MarkPrices(
             store,
             journal,
@@ -186,6 +152,15 @@ class LiveExchanges:
         self._held = HeldStops()
         self._trailing = LiveTrailingStops(store, journal, self, new_id, clock_ns)
         self._rules = LiveRules(store, journal, self, clock_ns)
+        self._reconciliation = Reconciliation(
+            store,
+            journal,
+            catalog,
+            self,
+            new_id,
+            clock_ns,
+            lambda exchange: policy(exchange).fill_lookback_s,
+        )
         self._throttled: dict[str, tuple[float, bool]] = {}
         """exchange -> (monotonic time until which orders are not sent, banned)."""
 
@@ -207,7 +182,7 @@ class LiveExchanges:
         except GatewayError as error:
             await gateway.close()
             raise Unavailable(f"{account.exchange} is unreachable: {error.message}") from error
-        followed = _Account(account, gateway)
+        followed = FollowedAccount(account, gateway)
         if gateway.has_feed:
             # Before the reconciliation, so nothing that happens during it is missed.
             followed.start("feed", self._feed(followed))
@@ -258,7 +233,7 @@ class LiveExchanges:
         if followed is not None:
             followed.start(f"send:{order.order_id}", self._send_in_background(followed, order))
 
-    async def _send_in_background(self, followed: _Account, order: Order) -> None:
+    async def _send_in_background(self, followed: FollowedAccount, order: Order) -> None:
         try:
             await self._send(followed, order)
         except (OmsError, GatewayError) as error:
@@ -323,7 +298,7 @@ class LiveExchanges:
             return await self._hold(followed, order), True
         return await self._send(followed, order), True
 
-    async def _hold(self, followed: _Account, order: Order) -> Order:
+    async def _hold(self, followed: FollowedAccount, order: Order) -> Order:
         """Accept a stop or take-profit order into the held book, or refuse it as the
         paper exchange and Binance do when the price has reached it already; the exit of a
         filled entry that is reached already (its entry filled through it) is sent at once."""
@@ -351,7 +326,7 @@ class LiveExchanges:
             self._marks.nudge(order.exchange)
         return held
 
-    async def _send(self, followed: _Account, order: Order) -> Order:
+    async def _send(self, followed: FollowedAccount, order: Order) -> Order:
         """Send an order (new, or a held stop just triggered) and settle it from the reply;
         an ambiguous reply leaves it unsettled, looked up by client id."""
         client_id = exchange_client_id(order.order_id)
@@ -380,7 +355,7 @@ class LiveExchanges:
             return await self._commit(followed, order.order_id, _refuse(reason))
         except (SubmitRefused, CredentialsRefused) as error:
             return await self._commit(followed, order.order_id, _refuse(error.message))
-        placed = await self._settle(followed, order.order_id, report)
+        placed = await self.settle(followed, order.order_id, report)
         if placed.is_open and placed.price is None:
             # A market order's fills are listed a moment after the acknowledgement.
             placed = await self._refresh(followed, placed)
@@ -398,7 +373,7 @@ class LiveExchanges:
             if followed is not None:
                 followed.start(f"trigger:{order.order_id}", self._trigger(followed, order, price))
 
-    async def _trigger(self, followed: _Account, order: Order, price: Decimal) -> None:
+    async def _trigger(self, followed: FollowedAccount, order: Order, price: Decimal) -> None:
         async def trigger(current: Order) -> list[OrderEvent]:
             if not is_held(current):
                 return []
@@ -433,7 +408,7 @@ class LiveExchanges:
     ) -> Order:
         return await self._cancel_on(self._followed(order), order, reason)
 
-    async def _cancel_on(self, followed: _Account, order: Order, reason: str) -> Order:
+    async def _cancel_on(self, followed: FollowedAccount, order: Order, reason: str) -> Order:
         if is_held(order):
             # Not sent while not triggered (held, or not yet in the book while its placement
             # commits): cancelled here, unless a trigger committed first.
@@ -462,7 +437,7 @@ class LiveExchanges:
                 log.warning("order %s: cancel outcome unknown: %s", order.order_id, error)
                 report = None
             if report is not None:
-                after = await self._settle(followed, order.order_id, report)
+                after = await self.settle(followed, order.order_id, report)
             if after.status is OrderStatus.PENDING_CANCEL:
                 after = await self._refresh(followed, after)
         if after.status in _PENDING:
@@ -471,9 +446,9 @@ class LiveExchanges:
 
     # -- settling -------------------------------------------------------------------------
 
-    async def _settle(
+    async def settle(
         self,
-        followed: _Account,
+        followed: FollowedAccount,
         order_id: str,
         report: OrderReport | None,
         fills: Sequence[FillReport] = (),
@@ -509,19 +484,19 @@ class LiveExchanges:
 
         return await self._commit_async(followed, order_id, decide)
 
-    async def _refresh(self, followed: _Account, order: Order) -> Order:
+    async def _refresh(self, followed: FollowedAccount, order: Order) -> Order:
         """Read the order back from the exchange and settle it; unchanged if unreadable."""
         try:
             report = await followed.gateway.fetch_order(order, exchange_client_id(order.order_id))
-            return order if report is None else await self._settle(followed, order.order_id, report)
+            return order if report is None else await self.settle(followed, order.order_id, report)
         except GatewayError as error:
             log.warning("order %s: cannot read it back: %s", order.order_id, error)
             return order
 
-    def _settle_later(self, followed: _Account, order_id: str) -> None:
+    def _settle_later(self, followed: FollowedAccount, order_id: str) -> None:
         followed.start(order_id, self._resolve(followed, order_id))
 
-    async def _resolve(self, followed: _Account, order_id: str) -> None:
+    async def _resolve(self, followed: FollowedAccount, order_id: str) -> None:
         """Look an unsettled order up until it is settled: the exchange has it (settle from
         its report, cancelling again while a cancel is pending) or, past the grace period,
         positively has not (REJECTED). A triggered stop refused with a 429 is sent again
@@ -542,11 +517,11 @@ class LiveExchanges:
                     continue
                 report = await followed.gateway.fetch_order(order, client_id)
                 if report is not None:
-                    order = await self._settle(followed, order_id, report)
+                    order = await self.settle(followed, order_id, report)
                     if order.status is OrderStatus.PENDING_CANCEL and not report.status.is_terminal:
                         with contextlib.suppress(GatewayError):
                             report = await followed.gateway.cancel(order, client_id)
-                            order = await self._settle(followed, order_id, report)
+                            order = await self.settle(followed, order_id, report)
                 elif (
                     order.status is not OrderStatus.PENDING_CANCEL or unacknowledged(order)
                 ) and self._past_grace(followed, order, policy):
@@ -564,7 +539,7 @@ class LiveExchanges:
             await asyncio.sleep(delay)
             delay = min(delay * 2, policy.max_backoff_s)
 
-    async def _send_again(self, followed: _Account, order_id: str) -> None:
+    async def _send_again(self, followed: FollowedAccount, order_id: str) -> None:
         until, _ = self._throttled.get(followed.exchange, (0.0, False))
         await asyncio.sleep(max(until - time.monotonic(), 0.0))
         followed.refused_sends.discard(order_id)
@@ -583,13 +558,13 @@ class LiveExchanges:
             followed.resent_at_ns[order_id] = self._clock_ns()
             await self._send(followed, order)
 
-    def _past_grace(self, followed: _Account, order: Order, policy: VenuePolicy) -> bool:
+    def _past_grace(self, followed: FollowedAccount, order: Order, policy: VenuePolicy) -> bool:
         # A triggered stop was sent when it was triggered (its last change), or sent again.
         sent_at_ns = order.updated_at_ns if order.triggered else order.created_at_ns
         sent_at_ns = max(sent_at_ns, followed.resent_at_ns.get(order.order_id, 0))
         return self._clock_ns() - sent_at_ns >= policy.lookup_grace_s * 1e9
 
-    async def _feed(self, followed: _Account) -> None:
+    async def _feed(self, followed: FollowedAccount) -> None:
         """Apply the account's websocket order feed. When the socket drops, the reader's
         next watch reconnects; what happened meanwhile is read back over REST (the poll
         covers the moment between that backfill and the new subscription)."""
@@ -632,7 +607,7 @@ class LiveExchanges:
                     )
 
     async def _read_feed(
-        self, followed: _Account, batches: asyncio.Queue[list[OrderReport] | GatewayError]
+        self, followed: FollowedAccount, batches: asyncio.Queue[list[OrderReport] | GatewayError]
     ) -> None:
         """Keep a watch pending at all times: ccxt wakes a watch only for a message that
         arrives while it waits, so a reader that stopped to apply a batch would leave the
@@ -648,7 +623,7 @@ class LiveExchanges:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, policy.max_backoff_s)
 
-    async def _known_order(self, followed: _Account, report: OrderReport) -> Order | None:
+    async def known_order(self, followed: FollowedAccount, report: OrderReport) -> Order | None:
         """The OMS order an exchange report is about: one it sent (by the client id it gave
         it), or one placed outside that it tracks (by its "ext-" client order id)."""
         if report.client_id.startswith(EXCHANGE_CLIENT_ID_PREFIX):
@@ -660,21 +635,21 @@ class LiveExchanges:
             followed.user_id, f"{EXTERNAL_CLIENT_ID_PREFIX}{report.exchange_order_id}"
         )
 
-    async def _on_report(self, followed: _Account, report: OrderReport) -> None:
+    async def _on_report(self, followed: FollowedAccount, report: OrderReport) -> None:
         """Settle the order a feed update is about; track an order placed outside the OMS."""
-        order = await self._known_order(followed, report)
+        order = await self.known_order(followed, report)
         if order is None:
             if not report.status.is_terminal:
-                await self._track_external(followed, [report])
+                await self._reconciliation.track_external(followed, [report])
             return
         if (
             order.status is OrderStatus.PENDING_NEW
             or report.filled_quantity != order.filled_quantity
             or (report.status.is_terminal and order.is_open)
         ):
-            await self._settle(followed, order.order_id, report)
+            await self.settle(followed, order.order_id, report)
 
-    async def _poll(self, followed: _Account) -> None:
+    async def _poll(self, followed: FollowedAccount) -> None:
         interval = self._policy(followed.exchange).poll_interval_s
         while True:
             await asyncio.sleep(interval)
@@ -685,7 +660,7 @@ class LiveExchanges:
             except Exception:
                 log.exception("%s %s: poll failed", followed.exchange, followed.user_id)
 
-    async def _sync(self, followed: _Account, *, reconcile: bool = False) -> None:
+    async def _sync(self, followed: FollowedAccount, *, reconcile: bool = False) -> None:
         """Read the account's open orders back from the exchange and settle those that
         changed; unsettled ones get a lookup of their own.
 
@@ -705,9 +680,7 @@ class LiveExchanges:
                 by_symbol[order.symbol].append(order)
         if reconcile:
             listed = await followed.gateway.open_orders(None)
-            await self._track_external(followed, listed)
-            await self._sweep_fills(followed)
-            await self._compare_positions(followed)
+            await self._reconciliation.reconcile(followed, listed)
         else:
             listed = [
                 report
@@ -741,185 +714,12 @@ class LiveExchanges:
                             order.status.value,
                             order.filled_quantity,
                         )
-                    await self._settle(followed, order.order_id, report)
-
-    def _lookback_start_ns(self, followed: _Account) -> int:
-        return self._clock_ns() - int(self._policy(followed.exchange).fill_lookback_s * 1e9)
-
-    async def _recent_orders(self, followed: _Account, since_ns: int) -> list[Order]:
-        """The account's orders the OMS changed since `since_ns`, oldest first: every one
-        created since then, and older ones among the page that reaches back past it."""
-        recent: list[Order] = []
-        query = OrderQuery(
-            user_id=followed.user_id, page_size=_SWEEP_PAGE, exchange=followed.exchange
-        )
-        while True:
-            page = await self._store.list_orders(query)  # newest first
-            recent += (order for order in page.items if order.updated_at_ns >= since_ns)
-            if page.next_cursor is None or page.items[-1].created_at_ns < since_ns:
-                return recent[::-1]
-            query = dataclasses.replace(query, cursor=page.next_cursor)
-
-    async def _sweep_fills(self, followed: _Account) -> None:
-        """Apply the exchange's recent fills of orders the OMS holds finished: a fill reported
-        after the cancel, while the OMS was down or its feed was. Recent: in the last
-        `fill_lookback_s`, on the symbols of the orders changed then and of open positions."""
-        since_ns = self._lookback_start_ns(followed)
-        recent = await self._recent_orders(followed, since_ns)
-        finished = {
-            order.exchange_order_id: order
-            for order in recent
-            if not order.is_open and order.exchange_order_id
-        }
-        symbols = {order.symbol for order in recent} | {
-            position.symbol
-            for position in await self._store.current_positions_on(followed.exchange)
-            if position.user_id == followed.user_id and position.is_open
-        }
-        for symbol in sorted(symbols):
-            by_order: defaultdict[str, list[FillReport]] = defaultdict(list)
-            for fill in await followed.gateway.recent_fills(symbol, since_ns):
-                by_order[fill.exchange_order_id].append(fill)
-            for exchange_order_id, fills in by_order.items():
-                try:
-                    await self._sweep_order(followed, finished, symbol, exchange_order_id, fills)
-                except (GatewayError, OmsError) as error:
-                    # One order must not keep the account from being followed.
-                    log.error(
-                        "reconciliation: fills of %s order %s not swept: %s",
-                        followed.exchange,
-                        exchange_order_id,
-                        error,
-                    )
-
-    async def _sweep_order(
-        self,
-        followed: _Account,
-        finished: dict[str, Order],
-        symbol: str,
-        exchange_order_id: str,
-        fills: list[FillReport],
-    ) -> None:
-        order = finished.get(exchange_order_id) or await self._finished_order(
-            followed, symbol, exchange_order_id, fills
-        )
-        if order is None:
-            return
-        total = sum((fill.quantity for fill in fills), ZERO)
-        if total != order.filled_quantity:
-            log.warning(
-                "reconciliation: order %s on %s filled %s at the exchange, %s in the OMS; "
-                "applying the missing fills",
-                order.order_id,
-                order.exchange,
-                total,
-                order.filled_quantity,
-            )
-            await self._settle(followed, order.order_id, None, fills)
-
-    async def _finished_order(
-        self, followed: _Account, symbol: str, exchange_order_id: str, fills: list[FillReport]
-    ) -> Order | None:
-        """The finished OMS order of fills not applied yet whose order was not among those
-        listed as recently changed (it rested long before it ended): found through the
-        exchange's record of it, once per order placed outside the OMS. None when every fill
-        is applied, or the order is open (the syncs follow it) or not the OMS's."""
-        if exchange_order_id in followed.foreign_orders:
-            return None
-        applied = await self._store.applied_trade_ids(
-            followed.user_id, followed.exchange, [fill.trade_id for fill in fills]
-        )
-        if all(fill.trade_id in applied for fill in fills):
-            return None
-        report = await followed.gateway.order_by_id(symbol, exchange_order_id)
-        order = None if report is None else await self._known_order(followed, report)
-        if order is None:
-            followed.foreign_orders.add(exchange_order_id)
-            return None
-        if order.status is OrderStatus.REJECTED:
-            # The OMS settled it as never taken, past the lookup grace; the exchange filled
-            # it after all. A REJECTED order takes no fill: the position check reports drift.
-            log.error(
-                "reconciliation: order %s is REJECTED in the OMS but %s filled it (%s)",
-                order.order_id,
-                order.exchange,
-                exchange_order_id,
-            )
-            return None
-        return None if order.is_open else order
-
-    async def _compare_positions(self, followed: _Account) -> None:
-        """Report every side whose size at the exchange differs from the OMS's, which keeps
-        positions from its own fills: fills of orders it never saw (closed before it could
-        track them) show here. Reported, not repaired."""
-        at_exchange = {
-            (report.symbol, report.position_side): report.size
-            for report in await followed.gateway.positions()
-        }
-        held = {
-            (position.symbol, position.position_side): position.size
-            for position in await self._store.current_positions_on(followed.exchange)
-            if position.user_id == followed.user_id and position.is_open
-        }
-        for symbol, side in sorted(at_exchange.keys() | held.keys(), key=str):
-            exchange_size = at_exchange.get((symbol, side), ZERO)
-            oms_size = held.get((symbol, side), ZERO)
-            if exchange_size != oms_size:
-                log.warning(
-                    "reconciliation: position drift for %s on %s %s %s: the exchange holds "
-                    "%s, the OMS %s",
-                    followed.user_id,
-                    followed.exchange,
-                    symbol,
-                    side.value,
-                    exchange_size,
-                    oms_size,
-                )
-
-    async def _track_external(self, followed: _Account, listed: list[OrderReport]) -> None:
-        """Track the open orders the OMS did not place."""
-        for report in listed:
-            known = await self._known_order(followed, report)
-            if known is not None:
-                if not known.is_open:
-                    log.error(
-                        "reconciliation: %s has order %s open, which the OMS holds %s",
-                        followed.exchange,
-                        known.order_id,
-                        known.status.value,
-                    )
-                continue
-            order = external_order(
-                report, followed.user_id, followed.exchange, self._new_id(), self._clock_ns()
-            )
-            if order is None or (order.exchange, order.symbol) not in self._catalog:
-                log.warning(
-                    "reconciliation: %s order %s on %s of %s is of a kind the OMS does not "
-                    "track; left alone",
-                    followed.exchange,
-                    report.exchange_order_id,
-                    report.symbol,
-                    followed.user_id,
-                )
-                continue
-            created = OrderUpdated(OrderEventType.RECONCILED, order)
-            outcome = await self._journal.record([OrderChange(order, None, [created])])
-            if isinstance(outcome, Conflict):
-                continue  # tracked before, under its "ext-" client order id
-            log.warning(
-                "reconciliation: %s has open order %s of %s that the OMS did not place; "
-                "tracking it as %s",
-                followed.exchange,
-                report.exchange_order_id,
-                followed.user_id,
-                order.order_id,
-            )
-            await self._settle(followed, order.order_id, report)
+                    await self.settle(followed, order.order_id, report)
 
     # -- committing -----------------------------------------------------------------------
 
     async def _commit(
-        self, followed: _Account, order_id: str, decide: Callable[[Order], list[OrderEvent]]
+        self, followed: FollowedAccount, order_id: str, decide: Callable[[Order], list[OrderEvent]]
     ) -> Order:
         async def decide_async(order: Order) -> list[OrderEvent]:
             return decide(order)
@@ -928,7 +728,7 @@ class LiveExchanges:
 
     async def _commit_async(
         self,
-        followed: _Account,
+        followed: FollowedAccount,
         order_id: str,
         decide: Callable[[Order], Coroutine[Any, Any, list[OrderEvent]]],
     ) -> Order:
@@ -958,22 +758,22 @@ class LiveExchanges:
             await self._after_fills(followed, after, flat)
         return after
 
-    async def _finish_follow_ups(self, followed: _Account) -> None:
+    async def _finish_follow_ups(self, followed: FollowedAccount) -> None:
         """Run again what the account's recent fills (`fill_lookback_s`) set off. Each step
         is a commit of its own after the fill's, so a crash, or a store lost in between, left
         it undone; every step looks before it acts, so what was done is not done twice."""
-        for order in await self._recent_orders(followed, self._lookback_start_ns(followed)):
+        for order in await self._reconciliation.recent_orders(followed):
             if order.filled_quantity:
                 await self._follow_up(followed, order)
 
-    async def _follow_up(self, followed: _Account, order: Order) -> None:
+    async def _follow_up(self, followed: FollowedAccount, order: Order) -> None:
         """`_after_fills` of an order filled earlier, against the position as it is now."""
         position = await self._store.current_position(
             PositionKey(order.user_id, order.exchange, order.symbol, order.position_side)
         )
         await self._after_fills(followed, order, position is None or not position.is_open)
 
-    async def _after_fills(self, followed: _Account, order: Order, flat: bool) -> None:
+    async def _after_fills(self, followed: FollowedAccount, order: Order, flat: bool) -> None:
         """What an order's fills set off, each in a commit of its own after the fills' (on
         paper they share it; here they are finished at the next start when a crash came in
         between): an entry's exits placed or grown, the linked exit of a filled one
@@ -993,7 +793,7 @@ class LiveExchanges:
             ):
                 await self._cancel_exit(followed, exit.order_id, "position closed")
 
-    async def _place_exits(self, followed: _Account, entry: Order) -> None:
+    async def _place_exits(self, followed: FollowedAccount, entry: Order) -> None:
         """The entry's take-profit and stop-loss, held, covering what it filled so far, and
         its trailing stop on the whole position."""
         assert entry.bracket is not None
@@ -1017,7 +817,7 @@ class LiveExchanges:
                 if is_held(grown):
                     self._held.hold(grown)
 
-    async def _cancel_exit(self, followed: _Account, order_id: str, reason: str) -> None:
+    async def _cancel_exit(self, followed: FollowedAccount, order_id: str, reason: str) -> None:
         order = await self._store.get_order(followed.user_id, order_id)
         if order is None or not order.is_open:
             return
@@ -1062,7 +862,7 @@ class LiveExchanges:
             ).mark(fill.price, fill.time_ns)
         return [] if position is None else [PositionUpdated(position)]
 
-    async def _get(self, followed: _Account, order_id: str) -> Order:
+    async def _get(self, followed: FollowedAccount, order_id: str) -> Order:
         order = await self._store.get_order(followed.user_id, order_id)
         if order is None:
             raise AssertionError(f"order {order_id} vanished from the store")
@@ -1090,7 +890,7 @@ class LiveExchanges:
                 "register credentials and activate the account first"
             )
 
-    def _followed(self, order: Order) -> _Account:
+    def _followed(self, order: Order) -> FollowedAccount:
         self.check_followed(order.user_id, order.exchange)
         return self._accounts[(order.user_id, order.exchange)]
 

@@ -1,0 +1,47 @@
+"""An account the OMS follows on a real exchange: its gateway, its lock and its background
+work, which stop with it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
+
+from oms.domain.accounts import Account
+from oms.engine.gateway import ExchangeGateway
+
+
+class FollowedAccount:
+    def __init__(self, account: Account, gateway: ExchangeGateway) -> None:
+        self.user_id = account.user_id
+        self.exchange = account.exchange
+        self.gateway = gateway
+        self.lock = asyncio.Lock()
+        """Held by every change to one of the account's orders."""
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        """Background work by name: the poller and one lookup per unsettled order."""
+        self.refused_sends: set[str] = set()
+        """Triggered stops whose last send met a 429: not at the exchange, to send again
+        (forgotten with the account when it stops being followed)."""
+        self.resent_at_ns: dict[str, int] = {}
+        """When a stop was last sent again: its lookup's grace counts from then."""
+        self.foreign_orders: set[str] = set()
+        """Exchange order ids of fills that belong to no OMS order (placed outside it)."""
+
+    def start(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        if name in self.tasks:
+            work.close()
+            return
+        task = asyncio.get_running_loop().create_task(work, name=f"{self.exchange}:{name}")
+        self.tasks[name] = task
+        task.add_done_callback(lambda _: self.tasks.pop(name, None))
+
+    async def stop(self) -> None:
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.gateway.close()

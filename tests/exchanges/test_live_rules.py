@@ -7,11 +7,25 @@ import asyncio
 from collections.abc import Callable
 from decimal import Decimal
 
+import pytest
 from fixtures.fake_exchange import FakeExchange
-from fixtures.live_trading import API_KEY, BTC, USER, LiveTrading
+from fixtures.live_trading import (
+    API_KEY,
+    BTC,
+    MASTER_KEY,
+    USER,
+    LiveTrading,
+    exchange_settings,
+)
+from fixtures.oms_server import make_oms
+from tradingboost.oms.v1 import account_service_pb2 as acc
 from tradingboost.oms.v1 import conditional_rule_pb2 as R
+from tradingboost.oms.v1 import market_data_pb2
+from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as pb
+
+from oms.engine import conditional_rules
 
 
 async def create_rule(live: LiveTrading, trigger: str, *cancel: str) -> R.ConditionalRule:
@@ -84,4 +98,62 @@ async def test_a_deleted_rule_cancels_nothing(live: LiveTrading, exchange: FakeE
     exchange.set_price(BTC, Decimal("48900"))
     await live.until(a.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
     assert (await live.get(b.order_id)).status == S.ORDER_STATUS_OPEN
+    assert at_exchange(exchange, b) == "open"
+
+
+class _Crash(Exception):
+    """The process dies here (the rule-fired failpoint, without killing the test run)."""
+
+
+def _crash(name: str) -> None:
+    if name == "rule-fired":
+        raise _Crash(name)
+
+
+async def test_a_rule_a_crash_cut_short_is_finished_at_the_next_start(
+    live: LiveTrading, exchange: FakeExchange, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = [await live.place(price=p) for p in ("49000", "48000")]
+    rule = await create_rule(live, a.order_id, b.order_id)
+    # The rule fires (committed, its cancels pending) and the process dies right there.
+    monkeypatch.setattr(conditional_rules, "crash_point", _crash)
+    exchange.set_price(BTC, Decimal("48900"))
+    await live.until(a.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    await rule_until(live, rule.rule_id, lambda r: r.status == R.RULE_STATUS_TRIGGERED)
+    await live.oms.close()
+    monkeypatch.undo()
+    assert at_exchange(exchange, b) == "open"
+    # The next start finishes it once the account is followed: b can be cancelled there.
+    live.oms = await make_oms(
+        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
+    )
+    fired = await rule_until(live, rule.rule_id, lambda r: len(r.results) == 1)
+    [result] = fired.results
+    assert (result.order_id, result.outcome) == (b.order_id, R.RULE_CANCEL_OUTCOME_CANCELED)
+    assert at_exchange(exchange, b) == "canceled"
+
+
+async def test_an_order_whose_account_is_not_active_is_reported_not_cancelled(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    await live.oms.market.PublishPrices(
+        md.PublishPricesRequest(
+            prices=[market_data_pb2.PriceTick(exchange="paper", symbol=BTC, price="50000")]
+        )
+    )
+    a = await live.place(exchange="paper", price="49000")
+    b = await live.place(price="48000")
+    rule = await create_rule(live, a.order_id, b.order_id)
+    account = {"user_id": USER, "exchange": live.venue}
+    await live.accounts.DeactivateAccount(acc.DeactivateAccountRequest(**account))
+    await live.oms.market.PublishPrices(
+        md.PublishPricesRequest(
+            prices=[market_data_pb2.PriceTick(exchange="paper", symbol=BTC, price="48900")]
+        )
+    )
+    fired = await rule_until(live, rule.rule_id, lambda r: len(r.results) == 1)
+    [result] = fired.results
+    assert (result.order_id, result.outcome) == (b.order_id, R.RULE_CANCEL_OUTCOME_FAILED)
+    assert result.order_status == S.ORDER_STATUS_OPEN
+    assert "no active account" in result.error
     assert at_exchange(exchange, b) == "open"

@@ -133,8 +133,12 @@ class ConditionalRules:
             try:
                 canceled = await self._venue(order.exchange).cancel(order, rule.cancel_reason)
                 return RuleCancelResult(order.order_id, CancelOutcome.CANCELED, canceled.status)
-            except FailedPrecondition:
-                order = await self._order(order.user_id, order.order_id)  # ended meanwhile
+            except FailedPrecondition as error:
+                order = await self._order(order.user_id, order.order_id)  # ended meanwhile?
+                if order.is_open:  # no: it cannot be cancelled (its account is not active)
+                    return RuleCancelResult(
+                        order.order_id, CancelOutcome.FAILED, order.status, error.message
+                    )
             except OmsError as error:
                 return RuleCancelResult(
                     order.order_id, CancelOutcome.FAILED, order.status, error.message

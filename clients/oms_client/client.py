@@ -97,7 +97,9 @@ TrailingStopEventStream = EventStream[
 ]
 
 DEFAULT_RETRY = RetryPolicy()
-"""Unary calls: 5 attempts over about 0.75 s, for a blip, not for an outage."""
+"""Unary calls: 6 attempts over about 1.5 s, for a blip, not for an outage. That outlasts
+the channel's reconnect backoff (at most ~0.6 s), so the first calls after a server came
+back find it."""
 
 DEFAULT_STREAM_RETRY = RetryPolicy(attempts=20)
 """Streams: reconnect attempts over about 30 s, long enough to ride out a server restart."""
@@ -106,7 +108,7 @@ DEFAULT_STREAM_RETRY = RetryPolicy(attempts=20)
 # a strategy next to its OMS wants its channel back within moments of a restart.
 _CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_reconnect_backoff_ms", 500),
     # Keep pinging while only the server talks (a stream): the default stops after 2 pings.
     ("grpc.http2.max_pings_without_data", 0),
 )

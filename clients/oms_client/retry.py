@@ -43,7 +43,7 @@ class RetryPolicy:
     `min(max_backoff_s, initial_backoff_s * multiplier ** (n - 1))`, +/-20%.
     """
 
-    attempts: int = 5
+    attempts: int = 6
     """Attempts in all, the first one included; 1 means no retry."""
     initial_backoff_s: float = 0.05
     """Wait before the first retry."""

@@ -7,10 +7,12 @@ twice; errors that would repeat are raised at once.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from fixtures.client_streams import restartable_servers
 from fixtures.lossy_network import LoseResponses, client_with
 from fixtures.oms_server import OmsHarness
 from fixtures.tcp_proxy import SilencingProxy
@@ -214,3 +216,26 @@ async def test_a_place_order_that_runs_out_of_attempts_hands_back_its_client_ord
         assert error.value.key == lose.requests[0].client_order_id
         order = await client.place_order(**fields, client_order_id=error.value.key)
         assert [o async for o in client.list_orders(user_id=USER)] == [order]
+
+
+async def test_the_first_calls_after_a_server_restart_find_it_with_the_default_policy(
+    tmp_path: Path,
+) -> None:
+    # Down for long enough that the channel's reconnect backoff is at its longest (a stream
+    # reconnecting meanwhile keeps the channel trying); the calls start the moment the new
+    # server listens.
+    with restartable_servers(tmp_path / "data") as (first, second):
+        address = await asyncio.to_thread(first.start)
+        async with OmsClient.connect(address) as client:
+            await client.list_orders_page(user_id=USER)
+            updates = client.stream_order_updates(USER)
+            reading = asyncio.create_task(anext(updates))
+            await asyncio.sleep(0.5)
+            first.kill9()
+            await asyncio.sleep(4.0)
+            await asyncio.to_thread(second.start)
+            for _ in range(3):
+                page = await client.list_orders_page(user_id=USER)
+                assert list(page.orders) == []
+            reading.cancel()
+            await updates.aclose()

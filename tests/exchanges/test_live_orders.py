@@ -6,6 +6,7 @@ one exchange order per OMS order and filled_quantity = sum of fills = what the e
 from __future__ import annotations
 
 import asyncio
+import itertools
 from decimal import Decimal
 
 import grpc
@@ -279,12 +280,26 @@ async def test_a_held_symbol_is_marked_from_the_exchange(live: LiveTrading) -> N
             instruments=[market_data_pb2.Instrument(exchange=live.venue, symbol=BTC)]
         )
     )
-    live.exchange.set_price(BTC, Decimal("51000"))
+
+    # The stream is live only, and may not be subscribed yet when a first mark comes: the
+    # mark moves until the stream delivers one.
+    async def first_message() -> md.StreamPricesResponse:
+        message: md.StreamPricesResponse = await anext(aiter(prices))
+        return message
+
+    first = asyncio.create_task(first_message())
     async with asyncio.timeout(5):
-        async for message in prices:
-            if message.price.price == "51000":
+        for mark in itertools.cycle(("51010", "51020")):
+            live.exchange.set_price(BTC, Decimal(mark))
+            done, _ = await asyncio.wait([first], timeout=0.3)
+            if done:
                 break
+    message = first.result()
+    assert message.price.exchange == live.venue
+    assert message.price.price in ("51010", "51020")
     prices.cancel()
+    live.exchange.set_price(BTC, Decimal("51000"))
+    await live.until_mark("51000")
     got = await live.oms.market.GetPrice(md.GetPriceRequest(exchange=live.venue, symbol=BTC))
     assert got.price.price == "51000"
     contract = Decimal("1") if live.venue == "binanceusdm" else Decimal("0.01")

@@ -214,11 +214,11 @@ async def test_a_stop_cancelled_while_its_placement_commits_is_canceled(
     assert sent(exchange) == 0
 
 
-async def test_a_rate_limited_stop_is_not_sent_when_its_account_is_followed_again(
+async def test_a_rate_limited_stop_is_sent_when_its_account_is_followed_again(
     live: LiveTrading, exchange: FakeExchange
 ) -> None:
-    # Deactivated during the back-off, activated again later: by then the market has moved
-    # on, and the stop is looked up (never taken: EXPIRED) as after a restart, not sent.
+    # Deactivated during the back-off, activated again later: the stop is looked up, found
+    # never taken, and sent then, as a held stop the price passed meanwhile would be.
     stop = await held_stop(live, S.SIDE_BUY, "51000")
     exchange.faults.rate_limit(count_429=1)
     exchange.set_price(BTC, Decimal("51000"))
@@ -228,9 +228,9 @@ async def test_a_rate_limited_stop_is_not_sent_when_its_account_is_followed_agai
     exchange.set_price(BTC, Decimal("45000"))
     await asyncio.sleep(1.5)  # past the back-off
     await live.accounts.ActivateAccount(acc.ActivateAccountRequest(**account))
-    expired = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_EXPIRED)
-    assert "triggered, but not taken" in expired.cancel_reason
-    assert sent(exchange) == 0
+    done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert done.average_fill_price == "45000"
+    assert sent(exchange) == 1
 
 
 async def test_a_resend_of_unknown_outcome_gets_its_own_lookup_grace(
@@ -256,3 +256,59 @@ async def test_a_resend_of_unknown_outcome_gets_its_own_lookup_grace(
         assert done.filled_quantity == "0.02"
     finally:
         await live.oms.close()
+
+
+async def test_a_triggered_stop_the_exchange_never_took_is_sent_again(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    # A 503 the exchange did not act on: past the lookup grace it positively has no such
+    # order, and a stop-loss that fired is still owed (a new order would be REJECTED).
+    await long_position(live)
+    stop = await held_stop(live, S.SIDE_SELL, "49000", reduce_only=True)
+    exchange.faults.fail_before_accept("http_503")
+    exchange.set_price(BTC, Decimal("48900"))
+    done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert done.filled_quantity == "0.02"
+    assert placements(exchange) == 3  # the entry, then the stop twice: refused, taken
+    assert sent(exchange) == 2
+
+
+async def test_a_triggered_stop_a_crash_kept_from_the_exchange_is_sent_at_the_next_start(
+    live: LiveTrading, exchange: FakeExchange, redis_url: str
+) -> None:
+    # Triggered and committed, then the process died before the exchange took it (here: a
+    # 429, whose resend lived only in memory).
+    await long_position(live)
+    stop = await held_stop(live, S.SIDE_SELL, "49000", reduce_only=True)
+    exchange.faults.rate_limit(count_429=1)
+    exchange.set_price(BTC, Decimal("48900"))
+    await until(lambda: placements(exchange) == 2)
+    await live.oms.close()
+    live.oms = await make_oms(
+        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
+    )
+    done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert done.filled_quantity == "0.02"
+    assert sent(exchange) == 2
+
+
+async def test_a_stop_sent_again_goes_for_what_the_position_holds_then(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    await long_position(live)
+    stop = await held_stop(live, S.SIDE_SELL, "49000", reduce_only=True)
+    exchange.faults.fail_before_accept("http_503")
+    exchange.set_price(BTC, Decimal("48900"))
+    await until(lambda: placements(exchange) == 2)
+    # Before its lookup gives up on the first send, half the position is closed another way.
+    part = await live.place(
+        side=S.SIDE_SELL,
+        type=S.ORDER_TYPE_MARKET,
+        price="",
+        quantity="0.01",
+        reduce_only=True,
+        position_side=S.POSITION_SIDE_LONG,
+    )
+    assert part.status == S.ORDER_STATUS_FILLED
+    done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert (done.quantity, done.filled_quantity) == ("0.01", "0.01")

@@ -212,6 +212,38 @@ async def test_an_entry_that_filled_while_the_oms_was_down_gets_its_exits_at_sta
     assert stop_loss.cancel_reason == f"one-cancels-other: {opened.take_profit_order_id} filled"
 
 
+async def test_an_entry_that_filled_while_the_oms_was_down_gets_its_trailing_stop_at_start(
+    live: LiveTrading, exchange: FakeExchange, redis_url: str
+) -> None:
+    opened = await live.oms.positions.OpenPosition(
+        long_request(
+            live.venue,
+            type=S.ORDER_TYPE_LIMIT,
+            price="49500",
+            stop_loss_price="48000",
+            trailing_stop=trailing_stop_pb2.TrailingStopConfig(callback_rate="0.01"),
+        )
+    )
+    await live.oms.close()
+    exchange.set_price(BTC, Decimal("49400"))  # the entry fills while nobody watches
+    live.oms = await make_oms(
+        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
+    )
+    assert (await live.get(opened.entry_order.order_id)).status == S.ORDER_STATUS_FILLED
+    assert (await live.get(opened.stop_loss_order_id)).status == S.ORDER_STATUS_OPEN
+    stop = (
+        await live.oms.trailing_stops.GetTrailingStop(
+            ts.GetTrailingStopRequest(user_id=USER, trailing_stop_id=opened.trailing_stop_id)
+        )
+    ).trailing_stop
+    assert stop.status == trailing_stop_pb2.TRAILING_STOP_STATUS_ACTIVE
+    # The account is followed: the stop works, and so do new orders.
+    exchange.set_price(BTC, Decimal("48800"))
+    close = await live.until_found(f"ts-{stop.trailing_stop_id}")
+    await live.until(close.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert (await live.place(price="40000")).status == S.ORDER_STATUS_OPEN
+
+
 def entry_with_exits(venue: str) -> pos.OpenPositionRequest:
     return long_request(
         venue, take_profit_price="51000", stop_loss_price="49000", client_order_id="entry"

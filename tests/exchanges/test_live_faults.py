@@ -225,3 +225,17 @@ async def test_a_rejected_cancel_of_a_terminal_order_is_still_failed_preconditio
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await live.cancel(order.order_id)
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_cancel_not_taken_yet_stands_through_a_partial_fill(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    order = await live.place(price="49000")
+    for _ in range(3):  # the cancel and its first resends change nothing
+        exchange.faults.fail_cancel("http_503")
+    pending = await live.cancel(order.order_id)
+    assert pending.status == S.ORDER_STATUS_PENDING_CANCEL
+    exchange.set_price(BTC, Decimal("48900"), max_fill=Decimal("0.01"))
+    done = await live.until(order.order_id, settled, timeout_s=10)
+    assert (done.status, done.filled_quantity) == (S.ORDER_STATUS_CANCELED, "0.01")
+    assert [o.status for o in exchange.orders(API_KEY)] == ["canceled"]

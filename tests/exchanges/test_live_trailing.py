@@ -143,3 +143,37 @@ async def test_a_stop_survives_a_restart(
         live, stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
     )
     await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+
+
+async def test_a_close_order_met_by_a_rate_limit_is_sent_again_after_the_back_off(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    await long_with_mark(live)
+    stop = await create(live)
+    exchange.faults.rate_limit(count_429=1)
+    exchange.set_price(BTC, Decimal("49400"))
+    triggered = await stop_until(
+        live, stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
+    )
+    close = await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert close.filled_quantity == "0.02"
+
+
+async def test_a_close_order_the_exchange_never_took_is_sent_again(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    await long_with_mark(live)
+    stop = await create(live)
+    exchange.faults.fail_before_accept("http_503")
+    exchange.set_price(BTC, Decimal("49400"))
+    triggered = await stop_until(
+        live, stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
+    )
+    close = await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert close.filled_quantity == "0.02"
+    [position] = (
+        await live.oms.positions.ListPositions(
+            pos.ListPositionsRequest(user_id=USER, include_closed=True)
+        )
+    ).positions
+    assert position.size == "0"

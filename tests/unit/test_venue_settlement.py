@@ -95,6 +95,20 @@ def test_a_cancel_confirmed_after_a_partial_fill_keeps_the_fill_and_the_reason()
     )
 
 
+def test_a_partial_fill_before_the_cancel_lands_keeps_the_cancel_pending() -> None:
+    # The cancel has not reached the exchange yet (or its answer was lost): the rest is
+    # still to be cancelled, and the lookup goes on doing it.
+    opened = settled(new_order("1"), report(VenueOrderStatus.OPEN), [])
+    pending = opened.apply(OrderPendingCancel("canceled by user"), 50)
+    still_open = report(VenueOrderStatus.PARTIALLY_FILLED, "0.3")
+    after = settled(pending, still_open, [fill(pending, "t1", "0.3")])
+    assert (after.status, after.filled_quantity, after.cancel_reason) == (
+        OrderStatus.PENDING_CANCEL,
+        Decimal("0.3"),
+        "canceled by user",
+    )
+
+
 def test_an_order_canceled_at_the_exchange_says_so() -> None:
     opened = settled(new_order(), report(VenueOrderStatus.OPEN), [])
     after = settled(opened, report(VenueOrderStatus.CANCELED), [])

@@ -176,6 +176,9 @@ _TRANSITIONS: dict[tuple[OrderStatus, type], OrderStatus | None] = {
     (S.PENDING_CANCEL, OrderAccepted): S.PENDING_CANCEL,
     (S.PARTIALLY_FILLED, OrderAccepted): S.PARTIALLY_FILLED,
     (S.OPEN, OrderAmended): S.OPEN,
+    # A fired order the exchange did not take, brought within its position before it is
+    # sent again.
+    (S.PENDING_NEW, OrderAmended): S.PENDING_NEW,
     (S.PARTIALLY_FILLED, OrderAmended): S.PARTIALLY_FILLED,
     (S.OPEN, OrderFilled): None,
     (S.OPEN, OrderPendingCancel): S.PENDING_CANCEL,
@@ -238,6 +241,8 @@ class Order:
     fee_currency: str = ""
     reject_reason: str = ""
     triggered: bool = False
+    """Sent because a price reached its trigger: a held stop that fired, a trailing stop's
+    close. Until the exchange takes or refuses it, the OMS owes it the send."""
     version: int = 0
     """Bumped on every change; the store refuses a write based on a stale version."""
     fill_ids: tuple[str, ...] = field(default=())
@@ -340,7 +345,12 @@ class Order:
                 changes["fee_currency"] = fill.fee_currency
                 changes["fill_ids"] = (*self.fill_ids, fill.fill_id)
                 if target is None:
-                    target = S.FILLED if filled == self.quantity else S.PARTIALLY_FILLED
+                    if filled == self.quantity:
+                        target = S.FILLED
+                    elif self.status is S.PENDING_CANCEL:
+                        target = S.PENDING_CANCEL  # the cancel of the rest still stands
+                    else:
+                        target = S.PARTIALLY_FILLED
                 if target is S.FILLED:
                     # It filled before a pending cancel could land: it was not cancelled.
                     changes["cancel_reason"] = ""

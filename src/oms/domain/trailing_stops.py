@@ -198,6 +198,7 @@ class TrailingStop:
             fingerprint="",
             created_at_ns=now_ns,
             updated_at_ns=now_ns,
+            triggered=True,
         )
 
 

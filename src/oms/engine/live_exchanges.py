@@ -377,22 +377,10 @@ class LiveExchanges:
         async def trigger(current: Order) -> list[OrderEvent]:
             if not is_held(current):
                 return []
-            if not current.reduce_only:
-                return [OrderTriggered()]
-            # Sent for more than the position holds now (a partial close came first), the
-            # exchange would refuse it: it goes for what is left.
-            position = await self._store.current_position(
-                PositionKey(
-                    current.user_id, current.exchange, current.symbol, current.position_side
-                )
-            )
-            size = position.size if position is not None and position.is_open else ZERO
-            left = sub(current.quantity, current.filled_quantity)
-            if size <= 0:
-                return [OrderCanceled(f"reduce-only: no {current.position_side} position left")]
-            if size < left:
-                return [OrderAmended(add(current.filled_quantity, size)), OrderTriggered()]
-            return [OrderTriggered()]
+            fitted = await self._fit_position(current)
+            if fitted and isinstance(fitted[-1], OrderCanceled):
+                return fitted
+            return [*fitted, OrderTriggered()]
 
         try:
             triggered = await self._commit_async(followed, order.order_id, trigger)
@@ -402,6 +390,22 @@ class LiveExchanges:
         except Exception:
             # Committed as triggered: the lookup on the next sync settles it.
             log.exception("order %s: triggered but not sent", order.order_id)
+
+    async def _fit_position(self, order: Order) -> list[OrderEvent]:
+        """A reduce-only order about to be sent for more than the position holds now (a
+        partial close came first) would be refused: it goes for what is left, or not at all
+        when the side is flat. Nothing for an order that fits or is not reduce-only."""
+        if not order.reduce_only:
+            return []
+        position = await self._store.current_position(
+            PositionKey(order.user_id, order.exchange, order.symbol, order.position_side)
+        )
+        size = position.size if position is not None and position.is_open else ZERO
+        if size <= 0:
+            return [OrderCanceled(f"reduce-only: no {order.position_side} position left")]
+        if size < sub(order.quantity, order.filled_quantity):
+            return [OrderAmended(add(order.filled_quantity, size))]
+        return []
 
     async def cancel(
         self, order: Order, reason: str, prerender: Prerender[object] | None = None
@@ -499,8 +503,10 @@ class LiveExchanges:
     async def _resolve(self, followed: FollowedAccount, order_id: str) -> None:
         """Look an unsettled order up until it is settled: the exchange has it (settle from
         its report, cancelling again while a cancel is pending) or, past the grace period,
-        positively has not (REJECTED). A triggered stop refused with a 429 is sent again
-        once the back-off has passed, or cancelled here if a cancel came meanwhile."""
+        positively has not (REJECTED). An order that fired (a held stop, a trailing stop's
+        close) that the exchange did not take (a 429, a 5xx it did not act on, a crash while
+        it was sent) is sent again, after the back-off, or cancelled here if a cancel came
+        meanwhile."""
         policy = self._policy(followed.exchange)
         delay = policy.lookup_backoff_s
         client_id = exchange_client_id(order_id)
@@ -529,6 +535,13 @@ class LiveExchanges:
                         f"{order.exchange} has no order {client_id} "
                         f"{policy.lookup_grace_s:g} s after it was sent"
                     )
+                    if _unsent_trigger(order) and order.status is not OrderStatus.PENDING_CANCEL:
+                        # The exchange never took it (a 5xx it did not act on, a crash while
+                        # sending): a stop that fired is still owed, so it goes again.
+                        log.warning("order %s: %s; sending it again", order_id, reason)
+                        await self._send_again(followed, order_id)
+                        delay = policy.lookup_backoff_s
+                        continue
                     order = await self._commit(followed, order_id, _refuse(reason))
                 if not _unsettled(order):
                     return
@@ -554,9 +567,14 @@ class LiveExchanges:
                 ),
             )
         elif _unsent_trigger(order):
-            log.info("order %s: sending again after the rate limit", order_id)
-            followed.resent_at_ns[order_id] = self._clock_ns()
-            await self._send(followed, order)
+            order = await self._commit_async(followed, order_id, self._fit_unsent)
+            if _unsent_trigger(order):
+                log.info("order %s: sending it again", order_id)
+                followed.resent_at_ns[order_id] = self._clock_ns()
+                await self._send(followed, order)
+
+    async def _fit_unsent(self, current: Order) -> list[OrderEvent]:
+        return await self._fit_position(current) if _unsent_trigger(current) else []
 
     def _past_grace(self, followed: FollowedAccount, order: Order, policy: VenuePolicy) -> bool:
         # A triggered stop was sent when it was triggered (its last change), or sent again.
@@ -797,7 +815,9 @@ class LiveExchanges:
         """The entry's take-profit and stop-loss, held, covering what it filled so far, and
         its trailing stop on the whole position."""
         assert entry.bracket is not None
-        if entry.bracket.trailing is not None:
+        # Not while the account is being reconciled (its stops are loaded once it is
+        # followed): the follow-ups run then start it.
+        if entry.bracket.trailing is not None and self._followed_now(followed):
             market = self._catalog.resolve(entry.exchange, entry.symbol)
             await self._trailing.start_exit(entry, entry.bracket.trailing, market)
             self._marks.nudge(entry.exchange)
@@ -889,6 +909,9 @@ class LiveExchanges:
                 f"user {user_id[:64]} has no active account on {exchange}: "
                 "register credentials and activate the account first"
             )
+
+    def _followed_now(self, followed: FollowedAccount) -> bool:
+        return self._accounts.get((followed.user_id, followed.exchange)) is followed
 
     def _followed(self, order: Order) -> FollowedAccount:
         self.check_followed(order.user_id, order.exchange)

@@ -143,7 +143,8 @@ class OrderServiceServicer:
         order) when the exchange's mark price reaches `stop_price`
         (ORDER_EVENT_TYPE_TRIGGERED, then ACCEPTED with the exchange's id); one
         the mark has reached already is REJECTED, and one the exchange refuses
-        once triggered ends EXPIRED with the reason. On paper too, a stop or
+        once triggered ends EXPIRED with the reason (one it did not take, a 429 or
+        a 5xx it did not act on, is sent again). On paper too, a stop or
         take-profit the last price has reached already is REJECTED. The
         exception, on both: an OpenPosition exit whose entry filled through it
         (a gap) is triggered at once.

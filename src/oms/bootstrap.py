@@ -204,6 +204,7 @@ class Application:
         except RedisError as error:
             raise StartupError(f"cannot reach Redis: {error}") from error
         await self.paper.recover()
+        await self.rules.finish_pending(paper_only=True)
         try:
             port = self.server.bind(self.settings.listen)
         except OSError as error:
@@ -216,7 +217,7 @@ class Application:
                 await self.accounts.resume()
             except (FailedPrecondition, MasterKeyError) as error:
                 raise StartupError(f"OMS_MASTER_KEY: {error}") from error
-            # Once the accounts are followed: a rule may cancel orders on real exchanges.
+            # The rest, once the accounts are followed: they cancel on real exchanges.
             await self.rules.finish_pending()
         except BaseException:
             await self.stop()

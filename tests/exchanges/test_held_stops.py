@@ -312,3 +312,43 @@ async def test_a_stop_sent_again_goes_for_what_the_position_holds_then(
     assert part.status == S.ORDER_STATUS_FILLED
     done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
     assert (done.quantity, done.filled_quantity) == ("0.01", "0.01")
+
+
+def slow_placements(exchange: FakeExchange, delay_s: float) -> None:
+    exchange.delay_requests(*ORDER_ROUTE[exchange.venue], delay_s)
+    exchange.delay_requests("POST", "/api/v5/trade/batch-orders", delay_s)
+
+
+async def test_a_send_slower_than_the_lookup_grace_is_not_sent_twice(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    # The exchange takes 0.8 s to act (within the 1 s request timeout), the lookup grace is
+    # 0.5 s, and the poll looks the triggered stop up meanwhile: it must wait for the send.
+    stop = await held_stop(live, S.SIDE_BUY, "51000")
+    slow_placements(exchange, 0.8)
+    exchange.set_price(BTC, Decimal("51000"))
+    done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert done.filled_quantity == "0.02"
+    await asyncio.sleep(1.0)  # a second send would have arrived by now
+    assert (placements(exchange), sent(exchange)) == (1, 1)
+
+
+async def test_a_stop_sent_again_is_not_sent_once_more_by_the_account_followed_anew(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    # Its first send met a 503 the exchange did not act on; its second is on its way when
+    # the account is deactivated and activated again (or after a crash): the new follower
+    # counts the grace from that second send, committed before it went.
+    stop = await held_stop(live, S.SIDE_BUY, "51000")
+    exchange.faults.fail_before_accept("http_503")
+    exchange.set_price(BTC, Decimal("51000"))
+    await until(lambda: placements(exchange) == 1)
+    slow_placements(exchange, 0.8)
+    await until(lambda: placements(exchange) == 2, timeout_s=5)  # the second, held 0.8 s
+    account = {"user_id": USER, "exchange": live.venue}
+    await live.accounts.DeactivateAccount(acc.DeactivateAccountRequest(**account))
+    await live.accounts.ActivateAccount(acc.ActivateAccountRequest(**account))
+    done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert done.filled_quantity == "0.02"
+    await asyncio.sleep(1.0)
+    assert (placements(exchange), sent(exchange)) == (2, 1)

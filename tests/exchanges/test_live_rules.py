@@ -4,9 +4,12 @@ the condition at the exchange, the listed orders still open are cancelled there,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
+import grpc
 import pytest
 from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import (
@@ -18,9 +21,10 @@ from fixtures.live_trading import (
     exchange_settings,
 )
 from fixtures.oms_server import make_oms
+from fixtures.redis_server import free_port
 from tradingboost.oms.v1 import account_service_pb2 as acc
 from tradingboost.oms.v1 import conditional_rule_pb2 as R
-from tradingboost.oms.v1 import market_data_pb2
+from tradingboost.oms.v1 import market_data_pb2, order_service_pb2_grpc
 from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as pb
@@ -157,3 +161,64 @@ async def test_an_order_whose_account_is_not_active_is_reported_not_cancelled(
     assert result.order_status == S.ORDER_STATUS_OPEN
     assert "no active account" in result.error
     assert at_exchange(exchange, b) == "open"
+
+
+ACCOUNT_READS = {
+    "binanceusdm": [("GET", "/fapi/v2/account"), ("GET", "/fapi/v3/account")],
+    "okx": [("GET", "/api/v5/account/balance")],
+}
+
+
+async def paper_tick(stub: Any, price: str) -> None:
+    await stub.PublishPrices(
+        md.PublishPricesRequest(
+            prices=[market_data_pb2.PriceTick(exchange="paper", symbol=BTC, price=price)]
+        )
+    )
+
+
+async def test_a_paper_rule_a_crash_cut_short_is_finished_before_the_exchanges_answer(
+    live: LiveTrading, exchange: FakeExchange, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await paper_tick(live.oms.market, "50000")
+    a, b = [await live.place(exchange="paper", price=p) for p in ("49000", "48000")]
+    rule = await create_rule(live, a.order_id, b.order_id)
+    monkeypatch.setattr(conditional_rules, "crash_point", _crash)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await paper_tick(live.oms.market, "48900")  # fills a, fires the rule, "crashes"
+    await live.oms.close()
+    monkeypatch.undo()
+    # At the next start the exchange does not answer the account's check for a while; the
+    # paper rule does not wait for it (the server takes calls meanwhile: a tick could fill b).
+    for method, path in ACCOUNT_READS[exchange.venue]:
+        exchange.fail_requests(method, path, count=1000)
+    address = f"127.0.0.1:{free_port()}"
+    starting = asyncio.create_task(
+        make_oms(
+            redis_url,
+            listen=address,
+            master_key=MASTER_KEY,
+            exchanges=exchange_settings(exchange),
+        )
+    )
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            orders = order_service_pb2_grpc.OrderServiceStub(channel)
+            request = pb.GetConditionalRuleRequest(user_id=USER, rule_id=rule.rule_id)
+            async with asyncio.timeout(2.5):
+                while True:
+                    with contextlib.suppress(grpc.aio.AioRpcError):  # not listening yet
+                        fired = (await orders.GetConditionalRule(request)).rule
+                        if fired.results:
+                            break
+                    await asyncio.sleep(0.05)
+            assert not starting.done()
+            [result] = fired.results
+            assert (result.order_id, result.outcome) == (
+                b.order_id,
+                R.RULE_CANCEL_OUTCOME_CANCELED,
+            )
+    finally:
+        for method, path in ACCOUNT_READS[exchange.venue]:
+            exchange.fail_requests(method, path, count=0)
+        live.oms = await starting

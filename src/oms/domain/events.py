@@ -17,6 +17,7 @@ from oms.domain.orders import (
     OrderFilled,
     OrderPendingCancel,
     OrderRejected,
+    OrderSentAgain,
     OrderTriggered,
 )
 from oms.domain.positions import Position
@@ -35,6 +36,7 @@ class OrderEventType(StrEnum):
     TRIGGERED = "TRIGGERED"
     AMENDED = "AMENDED"
     RECONCILED = "RECONCILED"
+    SENT_AGAIN = "SENT_AGAIN"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,8 @@ def order_event_type(event: OrderEvent, after: Order) -> OrderEventType:
             return OrderEventType.REJECTED
         case OrderTriggered():
             return OrderEventType.TRIGGERED
+        case OrderSentAgain():
+            return OrderEventType.SENT_AGAIN
         case OrderFilled():
             # By quantity, not status: a fill after a cancel keeps the CANCELED status.
             if after.filled_quantity == after.quantity:

@@ -97,6 +97,12 @@ class OrderTriggered:
 
 
 @dataclass(frozen=True, slots=True)
+class OrderSentAgain:
+    """An order that fired (a held stop, a trailing stop's close) sent again, the exchange
+    not having taken it: committed before the send, so its lookup counts from then."""
+
+
+@dataclass(frozen=True, slots=True)
 class OrderFilled:
     fill: Fill
 
@@ -129,6 +135,7 @@ OrderEvent = (
     OrderAccepted
     | OrderRejected
     | OrderTriggered
+    | OrderSentAgain
     | OrderFilled
     | OrderAmended
     | OrderPendingCancel
@@ -176,9 +183,10 @@ _TRANSITIONS: dict[tuple[OrderStatus, type], OrderStatus | None] = {
     (S.PENDING_CANCEL, OrderAccepted): S.PENDING_CANCEL,
     (S.PARTIALLY_FILLED, OrderAccepted): S.PARTIALLY_FILLED,
     (S.OPEN, OrderAmended): S.OPEN,
-    # A fired order the exchange did not take, brought within its position before it is
-    # sent again.
+    # A fired order the exchange did not take, brought within its position and sent again.
     (S.PENDING_NEW, OrderAmended): S.PENDING_NEW,
+    (S.PENDING_NEW, OrderSentAgain): S.PENDING_NEW,
+    (S.OPEN, OrderSentAgain): S.OPEN,
     (S.PARTIALLY_FILLED, OrderAmended): S.PARTIALLY_FILLED,
     (S.OPEN, OrderFilled): None,
     (S.OPEN, OrderPendingCancel): S.PENDING_CANCEL,
@@ -201,6 +209,7 @@ _ACTION_NAMES: dict[type, str] = {
     OrderAccepted: "accept",
     OrderRejected: "reject",
     OrderTriggered: "trigger",
+    OrderSentAgain: "send again",
     OrderFilled: "fill",
     OrderAmended: "amend",
     OrderPendingCancel: "cancel",

@@ -145,9 +145,15 @@ class ConditionalRules:
                 )
         return rule.result_for(order)
 
-    async def finish_pending(self) -> None:
-        """Start-up: finish every rule that fired before a crash."""
+    async def finish_pending(self, *, paper_only: bool = False) -> None:
+        """Start-up: finish the rules that fired before a crash. `paper_only`: only those
+        whose open orders are all on paper (before the real exchanges' accounts are
+        followed, which may take a while), so that no tick meanwhile fills what they cancel."""
         for rule in await self._store.pending_rules():
+            if paper_only:
+                orders = await self._store.get_orders(rule.user_id, rule.cancel_order_ids)
+                if any(o is not None and o.is_open and o.exchange != PAPER for o in orders):
+                    continue
             log.info("finishing conditional rule %s fired before the restart", rule.rule_id)
             await self.finish(rule)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from oms.domain.accounts import Account
@@ -24,10 +24,18 @@ class FollowedAccount:
         self.refused_sends: set[str] = set()
         """Triggered stops whose last send met a 429: not at the exchange, to send again
         (forgotten with the account when it stops being followed)."""
-        self.resent_at_ns: dict[str, int] = {}
-        """When a stop was last sent again: its lookup's grace counts from then."""
+        self.sending: set[str] = set()
+        """Orders whose submit has not returned yet: no lookup gives up on them meanwhile."""
         self.foreign_orders: set[str] = set()
         """Exchange order ids of fills that belong to no OMS order (placed outside it)."""
+
+    @contextlib.contextmanager
+    def submitting(self, order_id: str) -> Iterator[None]:
+        self.sending.add(order_id)
+        try:
+            yield
+        finally:
+            self.sending.discard(order_id)
 
     def start(self, name: str, work: Coroutine[Any, Any, None]) -> None:
         if name in self.tasks:

@@ -54,6 +54,7 @@ from oms.domain.orders import (
     OrderExpired,
     OrderPendingCancel,
     OrderRejected,
+    OrderSentAgain,
     OrderStatus,
     OrderTriggered,
 )
@@ -331,7 +332,8 @@ class LiveExchanges:
         an ambiguous reply leaves it unsettled, looked up by client id."""
         client_id = exchange_client_id(order.order_id)
         try:
-            report = await followed.gateway.submit(order, client_id)
+            with followed.submitting(order.order_id):
+                report = await followed.gateway.submit(order, client_id)
         except (OutcomeUnknown, DuplicateClientId) as error:
             log.warning(
                 "order %s: submit outcome unknown, looking it up: %s", order.order_id, error
@@ -515,7 +517,6 @@ class LiveExchanges:
                 order = await self._get(followed, order_id)
                 if not _unsettled(order):
                     followed.refused_sends.discard(order_id)
-                    followed.resent_at_ns.pop(order_id, None)
                     return
                 if order_id in followed.refused_sends:
                     await self._send_again(followed, order_id)
@@ -556,30 +557,33 @@ class LiveExchanges:
         until, _ = self._throttled.get(followed.exchange, (0.0, False))
         await asyncio.sleep(max(until - time.monotonic(), 0.0))
         followed.refused_sends.discard(order_id)
-        order = await self._get(followed, order_id)
-        if order.status is OrderStatus.PENDING_CANCEL:
-            # Never taken, and a cancel came: done here, nothing to send.
-            await self._commit(
-                followed,
-                order_id,
-                lambda current: (
-                    [OrderCanceled(current.cancel_reason)] if _unsent_trigger(current) else []
-                ),
-            )
-        elif _unsent_trigger(order):
-            order = await self._commit_async(followed, order_id, self._fit_unsent)
-            if _unsent_trigger(order):
-                log.info("order %s: sending it again", order_id)
-                followed.resent_at_ns[order_id] = self._clock_ns()
-                await self._send(followed, order)
+        again = False
 
-    async def _fit_unsent(self, current: Order) -> list[OrderEvent]:
-        return await self._fit_position(current) if _unsent_trigger(current) else []
+        async def decide(current: Order) -> list[OrderEvent]:
+            nonlocal again
+            if not _unsent_trigger(current):
+                return []
+            if current.status is OrderStatus.PENDING_CANCEL:
+                # Never taken, and a cancel came: done here, nothing to send.
+                return [OrderCanceled(current.cancel_reason)]
+            fitted = await self._fit_position(current)
+            if fitted and isinstance(fitted[-1], OrderCanceled):
+                return fitted
+            # Committed before it goes: a restart, or the account followed anew, looks
+            # it up from this send on rather than sending it once more.
+            again = True
+            return [*fitted, OrderSentAgain()]
+
+        order = await self._commit_async(followed, order_id, decide)
+        if again:
+            log.info("order %s: sending it again", order_id)
+            await self._send(followed, order)
 
     def _past_grace(self, followed: FollowedAccount, order: Order, policy: VenuePolicy) -> bool:
-        # A triggered stop was sent when it was triggered (its last change), or sent again.
+        if order.order_id in followed.sending:
+            return False  # its submit has not returned: the exchange may take it yet
+        # An order that fired was sent with its last change (the trigger, or SENT_AGAIN).
         sent_at_ns = order.updated_at_ns if order.triggered else order.created_at_ns
-        sent_at_ns = max(sent_at_ns, followed.resent_at_ns.get(order.order_id, 0))
         return self._clock_ns() - sent_at_ns >= policy.lookup_grace_s * 1e9
 
     async def _feed(self, followed: FollowedAccount) -> None:

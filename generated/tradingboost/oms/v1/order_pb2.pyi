@@ -324,6 +324,12 @@ class _OrderEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrderE
     now tracks it as it is there, with `metadata["origin"] = "external"` and
     `client_order_id` "ext-<exchange_order_id>". Later changes come as usual.
     """
+    ORDER_EVENT_TYPE_SENT_AGAIN: _OrderEventType.ValueType  # 12
+    """Real exchanges: an order that fired (a held stop that triggered, a trailing
+    stop's close) was sent again, the exchange not having taken it (a 429, a
+    5xx it did not act on, a crash while it was sent). The status does not
+    change; a reduce-only one may come with AMENDED first (the position shrank).
+    """
 
 class OrderEventType(_OrderEventType, metaclass=_OrderEventTypeEnumTypeWrapper):
     """What happened to an order in an OrderUpdate."""
@@ -364,6 +370,12 @@ ORDER_EVENT_TYPE_RECONCILED: OrderEventType.ValueType  # 11
 place (entered on the exchange's site, or by another program): the OMS
 now tracks it as it is there, with `metadata["origin"] = "external"` and
 `client_order_id` "ext-<exchange_order_id>". Later changes come as usual.
+"""
+ORDER_EVENT_TYPE_SENT_AGAIN: OrderEventType.ValueType  # 12
+"""Real exchanges: an order that fired (a held stop that triggered, a trailing
+stop's close) was sent again, the exchange not having taken it (a 429, a
+5xx it did not act on, a crash while it was sent). The status does not
+change; a reduce-only one may come with AMENDED first (the position shrank).
 """
 Global___OrderEventType: _TypeAlias = OrderEventType  # noqa: Y015
 

@@ -13,6 +13,8 @@ from fixtures.live_trading import (
     API_KEY,
     BTC,
     MASTER_KEY,
+    PASSWORD,
+    SECRET,
     USER,
     LiveTrading,
     exchange_settings,
@@ -352,3 +354,41 @@ async def test_a_stop_sent_again_is_not_sent_once_more_by_the_account_followed_a
     assert done.filled_quantity == "0.02"
     await asyncio.sleep(1.0)
     assert (placements(exchange), sent(exchange)) == (2, 1)
+
+
+OPEN_ORDERS = {
+    "binanceusdm": ("GET", "/fapi/v1/openOrders"),
+    "okx": ("GET", "/api/v5/trade/orders-pending"),
+}
+
+
+async def test_a_stop_two_followers_would_send_again_is_sent_again_once(
+    exchange: FakeExchange, redis_url: str
+) -> None:
+    # The account's keys are registered again while its stop waits out a 429: until the new
+    # follower has reconciled (slow here), the old one still follows, and both look the
+    # stop up. Whichever sends it again first, the other finds it changed.
+    live = await live_trading(redis_url, exchange, rate_limit_backoff_s=2.0, timeout_ms=4000)
+    try:
+        stop = await held_stop(live, S.SIDE_BUY, "51000")
+        exchange.faults.rate_limit(count_429=1)
+        exchange.set_price(BTC, Decimal("51000"))
+        await until(lambda: placements(exchange) == 1)
+        await asyncio.sleep(0.7)  # past the lookup grace, within the back-off
+        exchange.delay_requests(*OPEN_ORDERS[exchange.venue], 2.5)
+        await live.accounts.RegisterCredentials(
+            acc.RegisterCredentialsRequest(
+                user_id=USER,
+                exchange=live.venue,
+                api_key=API_KEY,
+                secret=SECRET,
+                password=PASSWORD,
+            )
+        )
+        exchange.delay_requests(*OPEN_ORDERS[exchange.venue], 0)
+        done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+        assert done.filled_quantity == "0.02"
+        await asyncio.sleep(1.0)
+        assert (placements(exchange), sent(exchange)) == (2, 1)
+    finally:
+        await live.oms.close()

@@ -163,6 +163,7 @@ async def test_an_order_whose_account_is_not_active_is_reported_not_cancelled(
     assert at_exchange(exchange, b) == "open"
 
 
+CANCELED = R.RULE_CANCEL_OUTCOME_CANCELED
 ACCOUNT_READS = {
     "binanceusdm": [("GET", "/fapi/v2/account"), ("GET", "/fapi/v3/account")],
     "okx": [("GET", "/api/v5/account/balance")],
@@ -177,19 +178,23 @@ async def paper_tick(stub: Any, price: str) -> None:
     )
 
 
-async def test_a_paper_rule_a_crash_cut_short_is_finished_before_the_exchanges_answer(
+async def test_paper_orders_of_rules_a_crash_cut_short_are_cancelled_before_the_exchanges_answer(
     live: LiveTrading, exchange: FakeExchange, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A trigger on paper fires two rules: one cancels a paper order, the other a paper and
+    # a real-exchange order.
     await paper_tick(live.oms.market, "50000")
-    a, b = [await live.place(exchange="paper", price=p) for p in ("49000", "48000")]
-    rule = await create_rule(live, a.order_id, b.order_id)
+    a, b, c = [await live.place(exchange="paper", price=p) for p in ("49000", "48000", "47000")]
+    d = await live.place(price="46000")
+    paper_rule = await create_rule(live, a.order_id, b.order_id)
+    mixed_rule = await create_rule(live, a.order_id, c.order_id, d.order_id)
     monkeypatch.setattr(conditional_rules, "crash_point", _crash)
     with pytest.raises(grpc.aio.AioRpcError):
-        await paper_tick(live.oms.market, "48900")  # fills a, fires the rule, "crashes"
+        await paper_tick(live.oms.market, "48900")  # fills a, fires the rules, "crashes"
     await live.oms.close()
     monkeypatch.undo()
     # At the next start the exchange does not answer the account's check for a while; the
-    # paper rule does not wait for it (the server takes calls meanwhile: a tick could fill b).
+    # paper orders are cancelled meanwhile (the server takes calls: a tick could fill them).
     for method, path in ACCOUNT_READS[exchange.venue]:
         exchange.fail_requests(method, path, count=1000)
     address = f"127.0.0.1:{free_port()}"
@@ -204,21 +209,31 @@ async def test_a_paper_rule_a_crash_cut_short_is_finished_before_the_exchanges_a
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             orders = order_service_pb2_grpc.OrderServiceStub(channel)
-            request = pb.GetConditionalRuleRequest(user_id=USER, rule_id=rule.rule_id)
+
+            async def rule_now(rule_id: str) -> R.ConditionalRule:
+                request = pb.GetConditionalRuleRequest(user_id=USER, rule_id=rule_id)
+                rule: R.ConditionalRule = (await orders.GetConditionalRule(request)).rule
+                return rule
+
             async with asyncio.timeout(2.5):
                 while True:
                     with contextlib.suppress(grpc.aio.AioRpcError):  # not listening yet
-                        fired = (await orders.GetConditionalRule(request)).rule
-                        if fired.results:
+                        if (await rule_now(paper_rule.rule_id)).results:
                             break
                     await asyncio.sleep(0.05)
             assert not starting.done()
-            [result] = fired.results
-            assert (result.order_id, result.outcome) == (
-                b.order_id,
-                R.RULE_CANCEL_OUTCOME_CANCELED,
-            )
+            [result] = (await rule_now(paper_rule.rule_id)).results
+            assert (result.order_id, result.outcome) == (b.order_id, CANCELED)
+            still_open = pb.GetOrderRequest(user_id=USER, order_id=c.order_id)
+            assert (await orders.GetOrder(still_open)).order.status == S.ORDER_STATUS_CANCELED
+            assert not (await rule_now(mixed_rule.rule_id)).results  # finished once followed
     finally:
         for method, path in ACCOUNT_READS[exchange.venue]:
             exchange.fail_requests(method, path, count=0)
         live.oms = await starting
+    fired = await rule_until(live, mixed_rule.rule_id, lambda r: len(r.results) == 2)
+    assert {(r.order_id, r.outcome) for r in fired.results} == {
+        (c.order_id, CANCELED),
+        (d.order_id, CANCELED),
+    }
+    assert at_exchange(exchange, d) == "canceled"

@@ -146,13 +146,17 @@ class ConditionalRules:
         return rule.result_for(order)
 
     async def finish_pending(self, *, paper_only: bool = False) -> None:
-        """Start-up: finish the rules that fired before a crash. `paper_only`: only those
-        whose open orders are all on paper (before the real exchanges' accounts are
-        followed, which may take a while), so that no tick meanwhile fills what they cancel."""
+        """Start-up: finish the rules that fired before a crash. `paper_only`: before the
+        real exchanges' accounts are followed (which may take a while), so that no tick
+        meanwhile fills what a rule cancels, only paper orders are cancelled; a rule with
+        open orders elsewhere too is finished once those accounts are followed."""
         for rule in await self._store.pending_rules():
             if paper_only:
                 orders = await self._store.get_orders(rule.user_id, rule.cancel_order_ids)
-                if any(o is not None and o.is_open and o.exchange != PAPER for o in orders):
+                listed = [order for order in orders if order is not None]
+                if any(order.is_open and order.exchange != PAPER for order in listed):
+                    on_paper = [order for order in listed if order.exchange == PAPER]
+                    await asyncio.gather(*(self._cancel(rule, order) for order in on_paper))
                     continue
             log.info("finishing conditional rule %s fired before the restart", rule.rule_id)
             await self.finish(rule)

@@ -519,7 +519,7 @@ class LiveExchanges:
                     followed.refused_sends.discard(order_id)
                     return
                 if order_id in followed.refused_sends:
-                    await self._send_again(followed, order_id)
+                    await self._send_again(followed, order)
                     delay = policy.lookup_backoff_s
                     continue
                 report = await followed.gateway.fetch_order(order, client_id)
@@ -540,7 +540,7 @@ class LiveExchanges:
                         # The exchange never took it (a 5xx it did not act on, a crash while
                         # sending): a stop that fired is still owed, so it goes again.
                         log.warning("order %s: %s; sending it again", order_id, reason)
-                        await self._send_again(followed, order_id)
+                        await self._send_again(followed, order)
                         delay = policy.lookup_backoff_s
                         continue
                     order = await self._commit(followed, order_id, _refuse(reason))
@@ -553,15 +553,19 @@ class LiveExchanges:
             await asyncio.sleep(delay)
             delay = min(delay * 2, policy.max_backoff_s)
 
-    async def _send_again(self, followed: FollowedAccount, order_id: str) -> None:
+    async def _send_again(self, followed: FollowedAccount, seen: Order) -> None:
+        """Send again `seen`, a fired order the exchange did not take, unless it changed
+        since it was seen so: sent again, cancelled or settled by another hand (the account
+        followed anew, say, whose new follower looks it up too)."""
         until, _ = self._throttled.get(followed.exchange, (0.0, False))
         await asyncio.sleep(max(until - time.monotonic(), 0.0))
-        followed.refused_sends.discard(order_id)
+        followed.refused_sends.discard(seen.order_id)
         again = False
 
         async def decide(current: Order) -> list[OrderEvent]:
             nonlocal again
-            if not _unsent_trigger(current):
+            again = False
+            if current.version != seen.version or not _unsent_trigger(current):
                 return []
             if current.status is OrderStatus.PENDING_CANCEL:
                 # Never taken, and a cancel came: done here, nothing to send.
@@ -574,9 +578,9 @@ class LiveExchanges:
             again = True
             return [*fitted, OrderSentAgain()]
 
-        order = await self._commit_async(followed, order_id, decide)
+        order = await self._commit_async(followed, seen.order_id, decide)
         if again:
-            log.info("order %s: sending it again", order_id)
+            log.info("order %s: sending it again", order.order_id)
             await self._send(followed, order)
 
     def _past_grace(self, followed: FollowedAccount, order: Order, policy: VenuePolicy) -> bool:

@@ -22,8 +22,8 @@ class FollowedAccount:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         """Background work by name: the poller and one lookup per unsettled order."""
         self.refused_sends: set[str] = set()
-        """Triggered stops whose last send met a 429: not at the exchange, to send again
-        (forgotten with the account when it stops being followed)."""
+        """Orders that fired (held stops, trailing stops' closes) whose last send met a 429:
+        not at the exchange, to send again once the back-off has passed."""
         self.sending: set[str] = set()
         """Orders whose submit has not returned yet: no lookup gives up on them meanwhile."""
         self.foreign_orders: set[str] = set()

@@ -13,12 +13,14 @@ from fixtures.live_trading import (
     API_KEY,
     BTC,
     MASTER_KEY,
+    ORDER_ROUTE,
     PASSWORD,
     SECRET,
     USER,
     LiveTrading,
     exchange_settings,
     live_trading,
+    placements,
 )
 from fixtures.oms_server import make_oms
 from tradingboost.oms.v1 import account_service_pb2 as acc
@@ -151,15 +153,6 @@ async def test_a_triggered_stop_met_by_a_rate_limit_is_sent_again_after_the_back
     done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
     assert done.filled_quantity == "0.02"
     assert sent(exchange) == 2  # the entry and the stop, once
-
-
-ORDER_ROUTE = {"binanceusdm": ("POST", "/fapi/v1/order"), "okx": ("POST", "/api/v5/trade/order")}
-
-
-def placements(exchange: FakeExchange) -> int:
-    """Placement requests the exchange received, answered or refused."""
-    method, path = ORDER_ROUTE[exchange.venue]
-    return sum(1 for m, p, _ in exchange.requests if (m, p) == (method, path) or "batch" in p)
 
 
 async def test_a_stop_cancelled_while_it_waits_out_a_rate_limit_is_never_sent(
@@ -336,24 +329,55 @@ async def test_a_send_slower_than_the_lookup_grace_is_not_sent_twice(
 
 
 async def test_a_stop_sent_again_is_not_sent_once_more_by_the_account_followed_anew(
-    live: LiveTrading, exchange: FakeExchange
+    exchange: FakeExchange, redis_url: str
 ) -> None:
-    # Its first send met a 503 the exchange did not act on; its second is on its way when
-    # the account is deactivated and activated again (or after a crash): the new follower
-    # counts the grace from that second send, committed before it went.
-    stop = await held_stop(live, S.SIDE_BUY, "51000")
-    exchange.faults.fail_before_accept("http_503")
-    exchange.set_price(BTC, Decimal("51000"))
-    await until(lambda: placements(exchange) == 1)
-    slow_placements(exchange, 0.8)
-    await until(lambda: placements(exchange) == 2, timeout_s=5)  # the second, held 0.8 s
-    account = {"user_id": USER, "exchange": live.venue}
-    await live.accounts.DeactivateAccount(acc.DeactivateAccountRequest(**account))
-    await live.accounts.ActivateAccount(acc.ActivateAccountRequest(**account))
-    done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
-    assert done.filled_quantity == "0.02"
-    await asyncio.sleep(1.0)
-    assert (placements(exchange), sent(exchange)) == (2, 1)
+    # Its first send met a 503 the exchange did not act on; its second is on its way (the
+    # exchange takes 0.8 s, the grace is 1.5 s) when the account is deactivated and, a
+    # moment later, activated again (or the OMS restarts): the new follower counts the grace
+    # from that second send, committed before it went, and finds it.
+    live = await live_trading(redis_url, exchange, lookup_grace_s=1.5)
+    try:
+        stop = await held_stop(live, S.SIDE_BUY, "51000")
+        exchange.faults.fail_before_accept("http_503")
+        exchange.set_price(BTC, Decimal("51000"))
+        await until(lambda: placements(exchange) == 1)
+        slow_placements(exchange, 0.8)
+        await until(lambda: placements(exchange) == 2, timeout_s=5)  # the second, held 0.8 s
+        account = {"user_id": USER, "exchange": live.venue}
+        await live.accounts.DeactivateAccount(acc.DeactivateAccountRequest(**account))
+        await asyncio.sleep(0.3)
+        await live.accounts.ActivateAccount(acc.ActivateAccountRequest(**account))
+        done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+        assert done.filled_quantity == "0.02"
+        await asyncio.sleep(1.0)
+        assert (placements(exchange), sent(exchange)) == (2, 1)
+    finally:
+        await live.oms.close()
+
+
+async def test_a_stop_stays_held_through_a_key_rotation(
+    exchange: FakeExchange, redis_url: str
+) -> None:
+    # New keys for a followed account: the new connection holds the stop before the old one
+    # goes (no poll to pick it up again here).
+    live = await live_trading(redis_url, exchange, poll_interval_s=30.0)
+    try:
+        await long_position(live)
+        stop = await held_stop(live, S.SIDE_SELL, "49000", reduce_only=True)
+        await live.accounts.RegisterCredentials(
+            acc.RegisterCredentialsRequest(
+                user_id=USER,
+                exchange=live.venue,
+                api_key=API_KEY,
+                secret=SECRET,
+                password=PASSWORD,
+            )
+        )
+        exchange.set_price(BTC, Decimal("48900"))
+        done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+        assert done.average_fill_price == "48900"
+    finally:
+        await live.oms.close()
 
 
 OPEN_ORDERS = {
@@ -392,3 +416,24 @@ async def test_a_stop_two_followers_would_send_again_is_sent_again_once(
         assert (placements(exchange), sent(exchange)) == (2, 1)
     finally:
         await live.oms.close()
+
+
+async def test_a_stale_held_copy_of_a_triggered_stop_sends_nothing(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    stop = await held_stop(live, S.SIDE_BUY, "51000")
+    before = await live.oms.app.store.get_order(USER, stop.order_id)
+    assert before is not None
+    exchange.faults.rate_limit(count_429=1)
+    exchange.set_price(BTC, Decimal("51000"))
+    await until(lambda: placements(exchange) == 1)  # triggered, refused: waits the back-off
+    slow_placements(exchange, 0.8)
+    await until(lambda: placements(exchange) == 2)  # sent again, on its way
+    # A copy read before the trigger committed (a sync's read that raced it) is held again;
+    # the mark reaches it: the trigger finds the order triggered already, and sends nothing.
+    live.oms.app.exchanges._held.hold(before)
+    exchange.set_price(BTC, Decimal("51010"))
+    done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert done.filled_quantity == "0.02"
+    await asyncio.sleep(1.0)
+    assert (placements(exchange), sent(exchange)) == (2, 1)

@@ -16,6 +16,7 @@ from fixtures.live_trading import (
     USER,
     LiveTrading,
     exchange_settings,
+    placements,
 )
 from fixtures.oms_server import make_oms
 from tradingboost.oms.v1 import order_pb2 as S
@@ -157,6 +158,8 @@ async def test_a_close_order_met_by_a_rate_limit_is_sent_again_after_the_back_of
     )
     close = await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
     assert close.filled_quantity == "0.02"
+    await asyncio.sleep(0.6)  # past the lookup grace: a second send would be out
+    assert placements(exchange) == 3  # the entry, then the close twice: refused, taken
 
 
 async def test_a_close_order_the_exchange_never_took_is_sent_again(
@@ -171,6 +174,8 @@ async def test_a_close_order_the_exchange_never_took_is_sent_again(
     )
     close = await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
     assert close.filled_quantity == "0.02"
+    await asyncio.sleep(0.6)  # past the lookup grace: a second send would be out
+    assert placements(exchange) == 3  # the entry, then the close twice: not taken, taken
     [position] = (
         await live.oms.positions.ListPositions(
             pos.ListPositionsRequest(user_id=USER, include_closed=True)

@@ -194,8 +194,11 @@ class LiveExchanges:
             raise Unavailable(
                 f"{account.exchange}: reconciling {account.user_id} failed: {error.message}"
             ) from error
-        # The previous connection, when new credentials replace working ones.
-        await self.unfollow(account)
+        # The previous connection, when new credentials replace working ones. What it held
+        # (stops, trailing stops, rules) stays: this one holds and loads the same.
+        previous = self._accounts.pop((account.user_id, account.exchange), None)
+        if previous is not None:
+            await previous.stop()
         self._accounts[(account.user_id, account.exchange)] = followed
         self._trailing.load(
             [
@@ -376,17 +379,24 @@ class LiveExchanges:
                 followed.start(f"trigger:{order.order_id}", self._trigger(followed, order, price))
 
     async def _trigger(self, followed: FollowedAccount, order: Order, price: Decimal) -> None:
+        fired = False
+
         async def trigger(current: Order) -> list[OrderEvent]:
+            nonlocal fired
+            fired = False
             if not is_held(current):
-                return []
+                return []  # triggered already (a held copy read before), or ended
             fitted = await self._fit_position(current)
             if fitted and isinstance(fitted[-1], OrderCanceled):
                 return fitted
+            fired = True
             return [*fitted, OrderTriggered()]
 
         try:
             triggered = await self._commit_async(followed, order.order_id, trigger)
-            if triggered.triggered and triggered.is_open and not triggered.exchange_order_id:
+            # Only the trigger that committed sends: the send of one that came before is
+            # its own, or its lookup's.
+            if fired:
                 log.info("order %s triggered at mark price %s", order.order_id, price)
                 await self._send(followed, triggered)
         except Exception:

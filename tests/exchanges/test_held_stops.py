@@ -355,6 +355,16 @@ async def test_a_stop_sent_again_is_not_sent_once_more_by_the_account_followed_a
         await live.oms.close()
 
 
+async def register_keys_again(live: LiveTrading) -> None:
+    """The account's keys registered anew while it is followed: a new connection replaces
+    the one that follows it."""
+    await live.accounts.RegisterCredentials(
+        acc.RegisterCredentialsRequest(
+            user_id=USER, exchange=live.venue, api_key=API_KEY, secret=SECRET, password=PASSWORD
+        )
+    )
+
+
 async def test_a_stop_stays_held_through_a_key_rotation(
     exchange: FakeExchange, redis_url: str
 ) -> None:
@@ -364,15 +374,7 @@ async def test_a_stop_stays_held_through_a_key_rotation(
     try:
         await long_position(live)
         stop = await held_stop(live, S.SIDE_SELL, "49000", reduce_only=True)
-        await live.accounts.RegisterCredentials(
-            acc.RegisterCredentialsRequest(
-                user_id=USER,
-                exchange=live.venue,
-                api_key=API_KEY,
-                secret=SECRET,
-                password=PASSWORD,
-            )
-        )
+        await register_keys_again(live)
         exchange.set_price(BTC, Decimal("48900"))
         done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
         assert done.average_fill_price == "48900"
@@ -400,15 +402,7 @@ async def test_a_stop_two_followers_would_send_again_is_sent_again_once(
         await until(lambda: placements(exchange) == 1)
         await asyncio.sleep(0.7)  # past the lookup grace, within the back-off
         exchange.delay_requests(*OPEN_ORDERS[exchange.venue], 2.5)
-        await live.accounts.RegisterCredentials(
-            acc.RegisterCredentialsRequest(
-                user_id=USER,
-                exchange=live.venue,
-                api_key=API_KEY,
-                secret=SECRET,
-                password=PASSWORD,
-            )
-        )
+        await register_keys_again(live)
         exchange.delay_requests(*OPEN_ORDERS[exchange.venue], 0)
         done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
         assert done.filled_quantity == "0.02"

@@ -146,17 +146,25 @@ async def test_a_stop_survives_a_restart(
     await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
 
 
-async def test_a_close_order_met_by_a_rate_limit_is_sent_again_after_the_back_off(
-    live: LiveTrading, exchange: FakeExchange
-) -> None:
+async def close_once_filled(
+    live: LiveTrading, exchange: FakeExchange, fault: Callable[[], None]
+) -> S.Order:
+    """A long's 1% stop triggered with `fault` set on its close order's first send: the
+    close order once the exchange filled it."""
     await long_with_mark(live)
     stop = await create(live)
-    exchange.faults.rate_limit(count_429=1)
+    fault()
     exchange.set_price(BTC, Decimal("49400"))
     triggered = await stop_until(
         live, stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
     )
-    close = await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    return await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+
+
+async def test_a_close_order_met_by_a_rate_limit_is_sent_again_after_the_back_off(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    close = await close_once_filled(live, exchange, lambda: exchange.faults.rate_limit(1))
     assert close.filled_quantity == "0.02"
     await asyncio.sleep(0.6)  # past the lookup grace: a second send would be out
     assert placements(exchange) == 3  # the entry, then the close twice: refused, taken
@@ -165,14 +173,9 @@ async def test_a_close_order_met_by_a_rate_limit_is_sent_again_after_the_back_of
 async def test_a_close_order_the_exchange_never_took_is_sent_again(
     live: LiveTrading, exchange: FakeExchange
 ) -> None:
-    await long_with_mark(live)
-    stop = await create(live)
-    exchange.faults.fail_before_accept("http_503")
-    exchange.set_price(BTC, Decimal("49400"))
-    triggered = await stop_until(
-        live, stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
+    close = await close_once_filled(
+        live, exchange, lambda: exchange.faults.fail_before_accept("http_503")
     )
-    close = await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
     assert close.filled_quantity == "0.02"
     await asyncio.sleep(0.6)  # past the lookup grace: a second send would be out
     assert placements(exchange) == 3  # the entry, then the close twice: not taken, taken

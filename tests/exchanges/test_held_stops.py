@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
+import pytest
 from fixtures.client_streams import until
 from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import (
@@ -14,8 +15,6 @@ from fixtures.live_trading import (
     BTC,
     MASTER_KEY,
     ORDER_ROUTE,
-    PASSWORD,
-    SECRET,
     USER,
     LiveTrading,
     exchange_settings,
@@ -27,6 +26,8 @@ from tradingboost.oms.v1 import account_service_pb2 as acc
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import position_pb2
 from tradingboost.oms.v1 import position_service_pb2 as pos
+
+from oms.engine.followed_accounts import FollowedAccount
 
 
 async def long_position(live: LiveTrading) -> None:
@@ -355,16 +356,6 @@ async def test_a_stop_sent_again_is_not_sent_once_more_by_the_account_followed_a
         await live.oms.close()
 
 
-async def register_keys_again(live: LiveTrading) -> None:
-    """The account's keys registered anew while it is followed: a new connection replaces
-    the one that follows it."""
-    await live.accounts.RegisterCredentials(
-        acc.RegisterCredentialsRequest(
-            user_id=USER, exchange=live.venue, api_key=API_KEY, secret=SECRET, password=PASSWORD
-        )
-    )
-
-
 async def test_a_stop_stays_held_through_a_key_rotation(
     exchange: FakeExchange, redis_url: str
 ) -> None:
@@ -374,7 +365,7 @@ async def test_a_stop_stays_held_through_a_key_rotation(
     try:
         await long_position(live)
         stop = await held_stop(live, S.SIDE_SELL, "49000", reduce_only=True)
-        await register_keys_again(live)
+        await live.register_keys_again()
         exchange.set_price(BTC, Decimal("48900"))
         done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
         assert done.average_fill_price == "48900"
@@ -402,7 +393,7 @@ async def test_a_stop_two_followers_would_send_again_is_sent_again_once(
         await until(lambda: placements(exchange) == 1)
         await asyncio.sleep(0.7)  # past the lookup grace, within the back-off
         exchange.delay_requests(*OPEN_ORDERS[exchange.venue], 2.5)
-        await register_keys_again(live)
+        await live.register_keys_again()
         exchange.delay_requests(*OPEN_ORDERS[exchange.venue], 0)
         done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
         assert done.filled_quantity == "0.02"
@@ -431,3 +422,26 @@ async def test_a_stale_held_copy_of_a_triggered_stop_sends_nothing(
     assert done.filled_quantity == "0.02"
     await asyncio.sleep(1.0)
     assert (placements(exchange), sent(exchange)) == (2, 1)
+
+
+async def test_a_stop_reached_while_the_old_connection_closes_fires(
+    exchange: FakeExchange, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = await live_trading(redis_url, exchange, poll_interval_s=30.0)
+    try:
+        await long_position(live)
+        stop = await held_stop(live, S.SIDE_SELL, "49000", reduce_only=True)
+        close = FollowedAccount.stop
+
+        async def slow_close(account: FollowedAccount) -> None:
+            exchange.set_price(BTC, Decimal("48900"))  # the mark crosses as it closes
+            await asyncio.sleep(0.5)
+            await close(account)
+
+        monkeypatch.setattr(FollowedAccount, "stop", slow_close)
+        await live.register_keys_again()
+        monkeypatch.undo()
+        done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+        assert done.average_fill_price == "48900"
+    finally:
+        await live.oms.close()

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 import grpc
+import pytest
 from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import (
     API_KEY,
@@ -185,3 +187,39 @@ async def test_a_close_order_the_exchange_never_took_is_sent_again(
         )
     ).positions
     assert position.size == "0"
+
+
+async def test_a_stop_that_triggers_during_a_key_rotation_stays_triggered(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It triggers (under the connection that still follows) while new keys are being taken
+    # on; nothing read before that brings it back to work, or to be cancelled later.
+    await long_with_mark(live)
+    stop = await create(live)
+    store = live.oms.app.store
+    read = store.working_trailing_stops_on
+    raced = False
+
+    async def racing_read(exchange_id: str) -> list[Any]:
+        nonlocal raced
+        raced = True
+        stops = await read(exchange_id)
+        exchange.set_price(BTC, Decimal("49400"))
+        await stop_until(
+            live, stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
+        )
+        return stops
+
+    monkeypatch.setattr(store, "working_trailing_stops_on", racing_read)
+    await live.register_keys_again()
+    monkeypatch.undo()
+    if not raced:  # the new connection read nothing back: the stop triggers now
+        exchange.set_price(BTC, Decimal("49400"))
+    triggered = await stop_until(
+        live, stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
+    )
+    await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    exchange.set_price(BTC, Decimal("49000"))  # a copy of the stop still at work would fire
+    await asyncio.sleep(0.5)
+    after = await stop_until(live, stop.trailing_stop_id, lambda s: True)
+    assert (after.status, after.order_id) == (T.TRAILING_STOP_STATUS_TRIGGERED, triggered.order_id)

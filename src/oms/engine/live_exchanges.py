@@ -194,20 +194,22 @@ class LiveExchanges:
             raise Unavailable(
                 f"{account.exchange}: reconciling {account.user_id} failed: {error.message}"
             ) from error
-        # The previous connection, when new credentials replace working ones. What it held
-        # (stops, trailing stops, rules) stays: this one holds and loads the same.
-        previous = self._accounts.pop((account.user_id, account.exchange), None)
+        # New credentials replacing working ones: this connection takes over before the
+        # previous one closes, and what that one kept working (stops, trailing stops,
+        # rules) goes on as it is: read again, it could come back from before a change.
+        previous = self._accounts.get((account.user_id, account.exchange))
+        self._accounts[(account.user_id, account.exchange)] = followed
         if previous is not None:
             await previous.stop()
-        self._accounts[(account.user_id, account.exchange)] = followed
-        self._trailing.load(
-            [
-                stop
-                for stop in await self._store.working_trailing_stops_on(account.exchange)
-                if stop.user_id == account.user_id
-            ]
-        )
-        await self._rules.load(account.user_id, account.exchange)
+        else:
+            self._trailing.load(
+                [
+                    stop
+                    for stop in await self._store.working_trailing_stops_on(account.exchange)
+                    if stop.user_id == account.user_id
+                ]
+            )
+            await self._rules.load(account.user_id, account.exchange)
         await self._finish_follow_ups(followed)
         followed.start("poll", self._poll(followed))
         self._marks.follow(account.exchange)

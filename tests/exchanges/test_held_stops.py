@@ -13,15 +13,12 @@ from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import (
     API_KEY,
     BTC,
-    MASTER_KEY,
     ORDER_ROUTE,
     USER,
     LiveTrading,
-    exchange_settings,
     live_trading,
     placements,
 )
-from fixtures.oms_server import make_oms
 from tradingboost.oms.v1 import account_service_pb2 as acc
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import position_pb2
@@ -134,9 +131,7 @@ async def test_a_held_stop_survives_a_restart(
     await long_position(live)
     stop = await held_stop(live, S.SIDE_SELL, "49000", reduce_only=True)
     await live.oms.close()
-    live.oms = await make_oms(
-        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
-    )
+    await live.start_again(redis_url)
     exchange.set_price(BTC, Decimal("48000"))
     done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
     assert done.average_fill_price == "48000"
@@ -280,9 +275,7 @@ async def test_a_triggered_stop_a_crash_kept_from_the_exchange_is_sent_at_the_ne
     exchange.set_price(BTC, Decimal("48900"))
     await until(lambda: placements(exchange) == 2)
     await live.oms.close()
-    live.oms = await make_oms(
-        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
-    )
+    await live.start_again(redis_url)
     done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
     assert done.filled_quantity == "0.02"
     assert sent(exchange) == 2
@@ -310,6 +303,17 @@ async def test_a_stop_sent_again_goes_for_what_the_position_holds_then(
     assert (done.quantity, done.filled_quantity) == ("0.01", "0.01")
 
 
+async def filled_by_one_order(
+    live: LiveTrading, exchange: FakeExchange, stop: S.Order, placed: int
+) -> None:
+    """The stop FILLED by a single exchange order, out of `placed` placement requests, and
+    still so once a second send would have arrived."""
+    done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert done.filled_quantity == "0.02"
+    await asyncio.sleep(1.0)
+    assert (placements(exchange), sent(exchange)) == (placed, 1)
+
+
 def slow_placements(exchange: FakeExchange, delay_s: float) -> None:
     exchange.delay_requests(*ORDER_ROUTE[exchange.venue], delay_s)
     exchange.delay_requests("POST", "/api/v5/trade/batch-orders", delay_s)
@@ -323,10 +327,7 @@ async def test_a_send_slower_than_the_lookup_grace_is_not_sent_twice(
     stop = await held_stop(live, S.SIDE_BUY, "51000")
     slow_placements(exchange, 0.8)
     exchange.set_price(BTC, Decimal("51000"))
-    done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
-    assert done.filled_quantity == "0.02"
-    await asyncio.sleep(1.0)  # a second send would have arrived by now
-    assert (placements(exchange), sent(exchange)) == (1, 1)
+    await filled_by_one_order(live, exchange, stop, placed=1)
 
 
 async def test_a_stop_sent_again_is_not_sent_once_more_by_the_account_followed_anew(
@@ -348,10 +349,7 @@ async def test_a_stop_sent_again_is_not_sent_once_more_by_the_account_followed_a
         await live.accounts.DeactivateAccount(acc.DeactivateAccountRequest(**account))
         await asyncio.sleep(0.3)
         await live.accounts.ActivateAccount(acc.ActivateAccountRequest(**account))
-        done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
-        assert done.filled_quantity == "0.02"
-        await asyncio.sleep(1.0)
-        assert (placements(exchange), sent(exchange)) == (2, 1)
+        await filled_by_one_order(live, exchange, stop, placed=2)
     finally:
         await live.oms.close()
 
@@ -395,10 +393,7 @@ async def test_a_stop_two_followers_would_send_again_is_sent_again_once(
         exchange.delay_requests(*OPEN_ORDERS[exchange.venue], 2.5)
         await live.register_keys_again()
         exchange.delay_requests(*OPEN_ORDERS[exchange.venue], 0)
-        done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
-        assert done.filled_quantity == "0.02"
-        await asyncio.sleep(1.0)
-        assert (placements(exchange), sent(exchange)) == (2, 1)
+        await filled_by_one_order(live, exchange, stop, placed=2)
     finally:
         await live.oms.close()
 
@@ -418,10 +413,7 @@ async def test_a_stale_held_copy_of_a_triggered_stop_sends_nothing(
     # the mark reaches it: the trigger finds the order triggered already, and sends nothing.
     live.oms.app.exchanges._held.hold(before)
     exchange.set_price(BTC, Decimal("51010"))
-    done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
-    assert done.filled_quantity == "0.02"
-    await asyncio.sleep(1.0)
-    assert (placements(exchange), sent(exchange)) == (2, 1)
+    await filled_by_one_order(live, exchange, stop, placed=2)
 
 
 async def test_a_stop_reached_while_the_old_connection_closes_fires(

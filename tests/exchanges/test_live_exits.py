@@ -14,13 +14,10 @@ from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import (
     API_KEY,
     BTC,
-    MASTER_KEY,
     USER,
     LiveTrading,
-    exchange_settings,
     live_trading,
 )
-from fixtures.oms_server import make_oms
 from fixtures.redis_proxy import RedisFaultProxy
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as opb
@@ -183,25 +180,28 @@ async def test_an_entry_filled_through_its_stop_loss_exits_at_once(
     await live.assert_invariants()
 
 
-async def test_an_entry_that_filled_while_the_oms_was_down_gets_its_exits_at_start(
-    live: LiveTrading, exchange: FakeExchange, redis_url: str
-) -> None:
-    opened = await live.oms.positions.OpenPosition(
-        long_request(
-            live.venue,
-            type=S.ORDER_TYPE_LIMIT,
-            price="49500",
-            take_profit_price="51000",
-            stop_loss_price="48000",
-        )
+async def entry_filled_while_down(
+    live: LiveTrading, redis_url: str, **exits: Any
+) -> pos.OpenPositionResponse:
+    """A limit OpenPosition (0.02 LONG at 49500) with `exits`, whose entry fills while the
+    OMS is down; the OMS started again, with the fill applied."""
+    opened: pos.OpenPositionResponse = await live.oms.positions.OpenPosition(
+        long_request(live.venue, type=S.ORDER_TYPE_LIMIT, price="49500", **exits)
     )
     assert opened.entry_order.status == S.ORDER_STATUS_OPEN
     await live.oms.close()
-    exchange.set_price(BTC, Decimal("49400"))  # the entry fills while nobody watches
-    live.oms = await make_oms(
-        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
-    )
+    live.exchange.set_price(BTC, Decimal("49400"))  # the entry fills while nobody watches
+    await live.start_again(redis_url)
     assert (await live.get(opened.entry_order.order_id)).status == S.ORDER_STATUS_FILLED
+    return opened
+
+
+async def test_an_entry_that_filled_while_the_oms_was_down_gets_its_exits_at_start(
+    live: LiveTrading, exchange: FakeExchange, redis_url: str
+) -> None:
+    opened = await entry_filled_while_down(
+        live, redis_url, take_profit_price="51000", stop_loss_price="48000"
+    )
     take_profit = await live.get(opened.take_profit_order_id)
     assert (take_profit.status, take_profit.quantity) == (S.ORDER_STATUS_OPEN, "0.02")
     exchange.set_price(BTC, Decimal("51100"))
@@ -215,21 +215,12 @@ async def test_an_entry_that_filled_while_the_oms_was_down_gets_its_exits_at_sta
 async def test_an_entry_that_filled_while_the_oms_was_down_gets_its_trailing_stop_at_start(
     live: LiveTrading, exchange: FakeExchange, redis_url: str
 ) -> None:
-    opened = await live.oms.positions.OpenPosition(
-        long_request(
-            live.venue,
-            type=S.ORDER_TYPE_LIMIT,
-            price="49500",
-            stop_loss_price="48000",
-            trailing_stop=trailing_stop_pb2.TrailingStopConfig(callback_rate="0.01"),
-        )
+    opened = await entry_filled_while_down(
+        live,
+        redis_url,
+        stop_loss_price="48000",
+        trailing_stop=trailing_stop_pb2.TrailingStopConfig(callback_rate="0.01"),
     )
-    await live.oms.close()
-    exchange.set_price(BTC, Decimal("49400"))  # the entry fills while nobody watches
-    live.oms = await make_oms(
-        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
-    )
-    assert (await live.get(opened.entry_order.order_id)).status == S.ORDER_STATUS_FILLED
     assert (await live.get(opened.stop_loss_order_id)).status == S.ORDER_STATUS_OPEN
     stop = (
         await live.oms.trailing_stops.GetTrailingStop(
@@ -290,9 +281,7 @@ async def test_exits_lost_with_the_store_right_after_the_fill_are_placed_at_the_
         await live.oms.close()
     finally:
         await proxy.close()
-    live.oms = await make_oms(
-        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
-    )
+    await live.start_again(redis_url)
     try:
         await assert_exits_work(live, exchange)
     finally:

@@ -128,9 +128,7 @@ async def test_a_rule_a_crash_cut_short_is_finished_at_the_next_start(
     monkeypatch.undo()
     assert at_exchange(exchange, b) == "open"
     # The next start finishes it once the account is followed: b can be cancelled there.
-    live.oms = await make_oms(
-        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
-    )
+    await live.start_again(redis_url)
     fired = await rule_until(live, rule.rule_id, lambda r: len(r.results) == 1)
     [result] = fired.results
     assert (result.order_id, result.outcome) == (b.order_id, R.RULE_CANCEL_OUTCOME_CANCELED)

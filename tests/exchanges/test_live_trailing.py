@@ -14,13 +14,10 @@ from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import (
     API_KEY,
     BTC,
-    MASTER_KEY,
     USER,
     LiveTrading,
-    exchange_settings,
     placements,
 )
-from fixtures.oms_server import make_oms
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import position_service_pb2 as pos
 from tradingboost.oms.v1 import trailing_stop_pb2 as T
@@ -138,9 +135,7 @@ async def test_a_stop_survives_a_restart(
     exchange.set_price(BTC, Decimal("52000"))
     await stop_until(live, stop.trailing_stop_id, lambda s: s.watermark_price == "52000")
     await live.oms.close()
-    live.oms = await make_oms(
-        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
-    )
+    await live.start_again(redis_url)
     exchange.set_price(BTC, Decimal("51400"))  # stop 51480: crossed
     triggered = await stop_until(
         live, stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED

@@ -24,7 +24,6 @@ from fixtures.live_trading import (
     long_side,
     outside_client,
 )
-from fixtures.oms_server import make_oms
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 from tradingboost.oms.v1 import order_pb2 as S
@@ -34,12 +33,6 @@ from tradingboost.oms.v1 import position_service_pb2 as pos
 from oms.bootstrap import Application
 from oms.config import Settings
 from oms.engine import reconciliation
-
-
-async def restart(live: LiveTrading, redis_url: str) -> None:
-    live.oms = await make_oms(
-        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(live.exchange)
-    )
 
 
 async def test_what_happened_while_the_oms_was_down_is_found_at_start(
@@ -57,7 +50,7 @@ async def test_what_happened_while_the_oms_was_down_is_found_at_start(
         external = await outside.create_order(
             BTC, "limit", "buy", 0.03, 46000, {"clientOrderId": "manual1", **long_side(exchange)}
         )
-    await restart(live, redis_url)
+    await live.start_again(redis_url)
 
     health = await live.oms.health.Check(health_pb2.HealthCheckRequest())
     assert health.status == health_pb2.HealthCheckResponse.SERVING
@@ -118,7 +111,7 @@ async def test_what_happened_while_the_oms_was_down_is_found_at_start(
     exchange.set_price(BTC, Decimal("46000"))
     await live.until(tracked.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
     await live.oms.close()
-    await restart(live, redis_url)
+    await live.start_again(redis_url)
     listed = await live.oms.orders.ListOrders(pb.ListOrdersRequest(user_id=USER))
     assert len(listed.orders) == 4
     await live.assert_invariants()
@@ -140,7 +133,7 @@ async def test_a_position_the_oms_did_not_fill_is_reported_as_drift(
         )
     live.untracked_client_ids.add("manual2")
     caplog.clear()
-    await restart(live, redis_url)
+    await live.start_again(redis_url)
     [drift] = [r.getMessage() for r in caplog.records if "position drift" in r.getMessage()]
     assert f"{BTC} LONG: the exchange holds 0.03, the OMS 0.02" in drift
     [position] = (
@@ -188,7 +181,7 @@ async def test_a_fill_listed_after_the_cancel_is_applied_at_start(
     await live.oms.close()
     # The exchange now lists a fill that raced the cancel; no feed was there to tell.
     exchange.engine.late_fill(API_KEY, order.exchange_order_id, Decimal("0.01"))
-    await restart(live, redis_url)
+    await live.start_again(redis_url)
     after = await live.get(order.order_id)
     assert (after.status, after.filled_quantity) == (S.ORDER_STATUS_CANCELED, "0.01")
     [fill] = await live.fills(order.order_id)
@@ -218,11 +211,7 @@ async def test_a_fill_listed_late_for_a_long_resting_order_is_applied_at_start(
         await live.until(resting.order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
         await live.oms.close()
         exchange.engine.late_fill(API_KEY, resting.exchange_order_id, Decimal("0.01"))
-        live.oms = await make_oms(
-            redis_url,
-            master_key=MASTER_KEY,
-            exchanges=exchange_settings(exchange, fill_lookback_s=2.0),
-        )
+        await live.start_again(redis_url, fill_lookback_s=2.0)
         after = await live.until(resting.order_id, lambda o: o.filled_quantity == "0.01")
         assert after.status == S.ORDER_STATUS_CANCELED
     finally:
@@ -240,7 +229,7 @@ async def test_late_fills_beyond_one_page_of_the_exchange_s_listing_are_all_appl
     for _ in range(150):
         exchange.engine.late_fill(API_KEY, order.exchange_order_id, Decimal("0.01"))
         await asyncio.sleep(0.002)  # a page's worth in one millisecond is beyond any bot
-    await restart(live, redis_url)
+    await live.start_again(redis_url)
     after = await live.get(order.order_id)
     assert (after.status, after.filled_quantity) == (S.ORDER_STATUS_CANCELED, "1.5")
     assert len(await live.fills(order.order_id)) == 150
@@ -262,9 +251,7 @@ async def test_an_order_rejected_as_never_taken_but_filled_later_does_not_stop_t
         exchange.lag_order_lookups(False)
         exchange.set_price(BTC, Decimal("49000"))  # and then fills it
         await live.oms.close()
-        live.oms = await make_oms(
-            redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
-        )
+        await live.start_again(redis_url)
         # Reported, and the account is followed all the same.
         after = await live.place(price="48000")
         assert after.status == S.ORDER_STATUS_OPEN
@@ -314,6 +301,4 @@ async def test_health_stays_not_serving_until_every_account_is_reconciled(
         if not starting.done():
             starting.cancel()
         await app.stop()
-    live.oms = await make_oms(
-        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(exchange)
-    )
+    await live.start_again(redis_url)

@@ -21,6 +21,7 @@ from fixtures.live_trading import (
 )
 from tradingboost.oms.v1 import account_service_pb2 as acc
 from tradingboost.oms.v1 import order_pb2 as S
+from tradingboost.oms.v1 import order_service_pb2 as opb
 from tradingboost.oms.v1 import position_pb2
 from tradingboost.oms.v1 import position_service_pb2 as pos
 
@@ -256,12 +257,30 @@ async def test_a_triggered_stop_the_exchange_never_took_is_sent_again(
     # order, and a stop-loss that fired is still owed (a new order would be REJECTED).
     await long_position(live)
     stop = await held_stop(live, S.SIDE_SELL, "49000", reduce_only=True)
+    before = await live.oms.orders.ListOrders(opb.ListOrdersRequest(user_id=USER))
     exchange.faults.fail_before_accept("http_503")
     exchange.set_price(BTC, Decimal("48900"))
     done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
     assert done.filled_quantity == "0.02"
     assert placements(exchange) == 3  # the entry, then the stop twice: refused, taken
     assert sent(exchange) == 2
+    # Its stream tells the strategy what happened, in order.
+    updates = live.oms.orders.StreamOrderUpdates(
+        opb.StreamOrderUpdatesRequest(user_id=USER, after_sequence=before.as_of_sequence)
+    )
+    kinds = []
+    async with asyncio.timeout(5):
+        async for message in updates:
+            kinds.append(message.order_update.event_type)
+            if kinds[-1] == S.ORDER_EVENT_TYPE_FILLED:
+                break
+    updates.cancel()
+    assert kinds == [
+        S.ORDER_EVENT_TYPE_TRIGGERED,
+        S.ORDER_EVENT_TYPE_SENT_AGAIN,
+        S.ORDER_EVENT_TYPE_ACCEPTED,
+        S.ORDER_EVENT_TYPE_FILLED,
+    ]
 
 
 async def test_a_triggered_stop_a_crash_kept_from_the_exchange_is_sent_at_the_next_start(

@@ -38,13 +38,14 @@ from oms.engine.accounts import Accounts
 from oms.engine.archiving import Archiver
 from oms.engine.conditional_rules import ConditionalRules
 from oms.engine.journal import Journal
-from oms.engine.live_exchanges import LiveExchanges, VenuePolicy
+from oms.engine.live_exchanges import LiveExchanges
 from oms.engine.market_data import MarketData
 from oms.engine.order_lifecycle import OrderLifecycle
 from oms.engine.paper_exchange import PAPER, PaperExchange
 from oms.engine.positions import Positions
 from oms.engine.subscriptions import EventHub
 from oms.engine.trailing_stops import TrailingStops
+from oms.engine.venue_policy import VenuePolicy
 
 log = logging.getLogger("oms")
 

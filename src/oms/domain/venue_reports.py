@@ -164,6 +164,34 @@ def unacknowledged(order: Order) -> bool:
     )
 
 
+def unsent_trigger(order: Order) -> bool:
+    """An order that fired (a held stop, a trailing stop's close) the exchange has not
+    acknowledged: one it never took is still owed."""
+    return order.triggered and unacknowledged(order)
+
+
+def unsettled(order: Order) -> bool:
+    """Sent, but what the exchange made of it is not known yet."""
+    return (
+        order.status is OrderStatus.PENDING_NEW
+        or order.status is OrderStatus.PENDING_CANCEL
+        or unsent_trigger(order)
+    )
+
+
+def refusal_events(order: Order, reason: str) -> list[OrderEvent]:
+    """A send that the exchange did not take: a new order is REJECTED, a triggered stop
+    EXPIRED (it was working until then), either one cancelled meanwhile CANCELED."""
+    if order.status is OrderStatus.PENDING_NEW:
+        return [OrderRejected(reason)]
+    if order.status is OrderStatus.PENDING_CANCEL and unacknowledged(order):
+        # Never taken, and a cancel was asked for: that is what it got.
+        return [OrderCanceled(order.cancel_reason)]
+    if unsent_trigger(order):
+        return [OrderExpired(f"triggered, but not taken: {reason}")]
+    return []
+
+
 def settlement_events(
     order: Order, report: OrderReport | None, fills: list[Fill]
 ) -> list[OrderEvent]:

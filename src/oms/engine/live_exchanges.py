@@ -5,10 +5,8 @@ Each followed account (user, exchange) has a gateway and a lock: every change to
 orders (a submit's reply, a lookup, a poll, a cancel) is decided and committed under the
 lock from the stored order, so reports that race each other settle one after the other.
 
-An ambiguous submit (timeout, 5xx, "status unknown") leaves the order PENDING_NEW and starts
-a lookup by the OMS's client id with backoff. Only when the exchange positively has no such
-order once `lookup_grace_s` has passed since the submit is it REJECTED. An ambiguous cancel
-leaves it PENDING_CANCEL, looked up and, while still open, cancelled again.
+An ambiguous submit or cancel leaves the order PENDING_NEW or PENDING_CANCEL, looked up
+until it is settled (order_lookups.py).
 
 Changes reach the OMS through the account's websocket order feed where ccxt has one, with a
 REST backfill after every drop, and through a poll of the account's open orders every
@@ -20,15 +18,12 @@ followed and after its feed dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
-from typing import Any
 
 from oms.domain.accounts import Account, Credentials
 from oms.domain.brackets import bracket_legs
@@ -51,10 +46,8 @@ from oms.domain.orders import (
     OrderAmended,
     OrderCanceled,
     OrderEvent,
-    OrderExpired,
     OrderPendingCancel,
     OrderRejected,
-    OrderSentAgain,
     OrderStatus,
     OrderTriggered,
 )
@@ -67,8 +60,11 @@ from oms.domain.venue_reports import (
     OrderReport,
     VenueOrderStatus,
     fill_of,
+    refusal_events,
     settlement_events,
     unacknowledged,
+    unsent_trigger,
+    unsettled,
 )
 from oms.engine.followed_accounts import FollowedAccount
 from oms.engine.gateway import (
@@ -87,36 +83,15 @@ from oms.engine.journal import Journal
 from oms.engine.live_rules import LiveRules, RuleRunner
 from oms.engine.live_trailing import LiveTrailingStops
 from oms.engine.mark_prices import MarkPrices
+from oms.engine.order_lookups import OrderLookups
 from oms.engine.ports import Conflict, OrderChange, PriceUpdate, StateStore
 from oms.engine.prerender import Prerender
 from oms.engine.reconciliation import Reconciliation
+from oms.engine.venue_policy import VenuePolicy
 
 log = logging.getLogger(__name__)
 
-_PENDING = (OrderStatus.PENDING_NEW, OrderStatus.PENDING_CANCEL)
 _COMMIT_ATTEMPTS = 3
-
-
-@dataclass(frozen=True, slots=True)
-class VenuePolicy:
-    """How the OMS treats one real exchange."""
-
-    poll_interval_s: float = 1.0
-    """How often an account's open orders are read back from the exchange."""
-    lookup_grace_s: float = 15.0
-    """After a submit, how long the exchange may still take an order it does not show yet
-    (at least its own request window: Binance's recvWindow)."""
-    lookup_backoff_s: float = 0.2
-    """First wait between lookups of an ambiguous order; doubles up to max_backoff_s."""
-    max_backoff_s: float = 5.0
-    mark_interval_s: float = 1.0
-    """How often the marks of the symbols in use are read over REST (under the ticker feed)."""
-    fill_lookback_s: float = 86_400.0
-    """How far back reconciliation reads the exchange's fills of finished orders."""
-    rate_limit_backoff_s: float = 1.0
-    """After a 429, how long new orders are refused without being sent."""
-    ban_backoff_s: float = 120.0
-    """After a 418 (address banned), how long new orders are refused without being sent."""
 
 
 class LiveExchanges:
@@ -153,6 +128,7 @@ class LiveExchanges:
         self._held = HeldStops()
         self._trailing = LiveTrailingStops(store, journal, self, new_id, clock_ns)
         self._rules = LiveRules(store, journal, self, clock_ns)
+        self._lookups = OrderLookups(store, self, clock_ns, policy)
         self._reconciliation = Reconciliation(
             store,
             journal,
@@ -241,7 +217,7 @@ class LiveExchanges:
 
     async def _send_in_background(self, followed: FollowedAccount, order: Order) -> None:
         try:
-            await self._send(followed, order)
+            await self.send(followed, order)
         except (OmsError, GatewayError) as error:
             log.error("order %s: not sent: %s", order.order_id, error)
 
@@ -302,7 +278,7 @@ class LiveExchanges:
             return existing, False
         if order.type.needs_stop_price:
             return await self._hold(followed, order), True
-        return await self._send(followed, order), True
+        return await self.send(followed, order), True
 
     async def _hold(self, followed: FollowedAccount, order: Order) -> Order:
         """Accept a stop or take-profit order into the held book, or refuse it as the
@@ -322,7 +298,7 @@ class LiveExchanges:
         held = await self._commit(followed, order.order_id, decide)
         if held.triggered and held.is_open:
             log.info("order %s reached at mark price %s when placed: sent now", held.order_id, last)
-            return await self._send(followed, held)
+            return await self.send(followed, held)
         if held.is_open:
             self._held.hold(held)
             # A mark that came in while the hold was committed found it not held yet.
@@ -332,7 +308,7 @@ class LiveExchanges:
             self._marks.nudge(order.exchange)
         return held
 
-    async def _send(self, followed: FollowedAccount, order: Order) -> Order:
+    async def send(self, followed: FollowedAccount, order: Order) -> Order:
         """Send an order (new, or a held stop just triggered) and settle it from the reply;
         an ambiguous reply leaves it unsettled, looked up by client id."""
         client_id = exchange_client_id(order.order_id)
@@ -343,7 +319,7 @@ class LiveExchanges:
             log.warning(
                 "order %s: submit outcome unknown, looking it up: %s", order.order_id, error
             )
-            self._settle_later(followed, order.order_id)
+            self._lookups.start(followed, order.order_id)
             return order
         except RateLimited as error:
             # The exchange refused it, as it refuses for funds: REJECTED, and the call itself
@@ -352,16 +328,21 @@ class LiveExchanges:
             wait_s = policy.ban_backoff_s if error.banned else policy.rate_limit_backoff_s
             self._throttled[order.exchange] = (time.monotonic() + wait_s, error.banned)
             log.warning("order %s not sent: %s", order.order_id, error.message)
-            if _unsent_trigger(order) and not error.banned:
+            if unsent_trigger(order) and not error.banned:
                 # A stop that fired (a stop-loss, say) still has to go out: a 429 was not
                 # processed, so its lookup sends it again once the back-off has passed.
                 followed.refused_sends.add(order.order_id)
-                self._settle_later(followed, order.order_id)
+                self._lookups.start(followed, order.order_id)
                 return order
             reason = f"not sent: {error.message}; new orders are refused for {wait_s:g} s"
-            return await self._commit(followed, order.order_id, _refuse(reason))
+            return await self._commit(
+                followed, order.order_id, lambda current: refusal_events(current, reason)
+            )
         except (SubmitRefused, CredentialsRefused) as error:
-            return await self._commit(followed, order.order_id, _refuse(error.message))
+            message = error.message
+            return await self._commit(
+                followed, order.order_id, lambda current: refusal_events(current, message)
+            )
         placed = await self.settle(followed, order.order_id, report)
         if placed.is_open and placed.price is None:
             # A market order's fills are listed a moment after the acknowledgement.
@@ -388,24 +369,24 @@ class LiveExchanges:
             fired = False
             if not is_held(current):
                 return []  # triggered already (a held copy read before), or ended
-            fitted = await self._fit_position(current)
+            fitted = await self.fit_position(current)
             if fitted and isinstance(fitted[-1], OrderCanceled):
                 return fitted
             fired = True
             return [*fitted, OrderTriggered()]
 
         try:
-            triggered = await self._commit_async(followed, order.order_id, trigger)
+            triggered = await self.commit(followed, order.order_id, trigger)
             # Only the trigger that committed sends: the send of one that came before is
             # its own, or its lookup's.
             if fired:
                 log.info("order %s triggered at mark price %s", order.order_id, price)
-                await self._send(followed, triggered)
+                await self.send(followed, triggered)
         except Exception:
             # Committed as triggered: the lookup on the next sync settles it.
             log.exception("order %s: triggered but not sent", order.order_id)
 
-    async def _fit_position(self, order: Order) -> list[OrderEvent]:
+    async def fit_position(self, order: Order) -> list[OrderEvent]:
         """A reduce-only order about to be sent for more than the position holds now (a
         partial close came first) would be refused: it goes for what is left, or not at all
         when the side is flat. Nothing for an order that fits or is not reduce-only."""
@@ -458,8 +439,8 @@ class LiveExchanges:
                 after = await self.settle(followed, order.order_id, report)
             if after.status is OrderStatus.PENDING_CANCEL:
                 after = await self._refresh(followed, after)
-        if after.status in _PENDING:
-            self._settle_later(followed, order.order_id)
+        if unsettled(after):
+            self._lookups.start(followed, order.order_id)
         return after
 
     # -- settling -------------------------------------------------------------------------
@@ -500,7 +481,7 @@ class LiveExchanges:
             ]
             return settlement_events(current, report, new)
 
-        return await self._commit_async(followed, order_id, decide)
+        return await self.commit(followed, order_id, decide)
 
     async def _refresh(self, followed: FollowedAccount, order: Order) -> Order:
         """Read the order back from the exchange and settle it; unchanged if unreadable."""
@@ -510,97 +491,6 @@ class LiveExchanges:
         except GatewayError as error:
             log.warning("order %s: cannot read it back: %s", order.order_id, error)
             return order
-
-    def _settle_later(self, followed: FollowedAccount, order_id: str) -> None:
-        followed.start(order_id, self._resolve(followed, order_id))
-
-    async def _resolve(self, followed: FollowedAccount, order_id: str) -> None:
-        """Look an unsettled order up until it is settled: the exchange has it (settle from
-        its report, cancelling again while a cancel is pending) or, past the grace period,
-        positively has not (REJECTED). An order that fired (a held stop, a trailing stop's
-        close) that the exchange did not take (a 429, a 5xx it did not act on, a crash while
-        it was sent) is sent again, after the back-off, or cancelled here if a cancel came
-        meanwhile."""
-        policy = self._policy(followed.exchange)
-        delay = policy.lookup_backoff_s
-        client_id = exchange_client_id(order_id)
-        while True:
-            try:
-                order = await self._get(followed, order_id)
-                if not _unsettled(order):
-                    followed.refused_sends.discard(order_id)
-                    return
-                if order_id in followed.refused_sends:
-                    await self._send_again(followed, order)
-                    delay = policy.lookup_backoff_s
-                    continue
-                report = await followed.gateway.fetch_order(order, client_id)
-                if report is not None:
-                    order = await self.settle(followed, order_id, report)
-                    if order.status is OrderStatus.PENDING_CANCEL and not report.status.is_terminal:
-                        with contextlib.suppress(GatewayError):
-                            report = await followed.gateway.cancel(order, client_id)
-                            order = await self.settle(followed, order_id, report)
-                elif (
-                    order.status is not OrderStatus.PENDING_CANCEL or unacknowledged(order)
-                ) and self._past_grace(followed, order, policy):
-                    reason = (
-                        f"{order.exchange} has no order {client_id} "
-                        f"{policy.lookup_grace_s:g} s after it was sent"
-                    )
-                    if _unsent_trigger(order) and order.status is not OrderStatus.PENDING_CANCEL:
-                        # The exchange never took it (a 5xx it did not act on, a crash while
-                        # sending): a stop that fired is still owed, so it goes again.
-                        log.warning("order %s: %s; sending it again", order_id, reason)
-                        await self._send_again(followed, order)
-                        delay = policy.lookup_backoff_s
-                        continue
-                    order = await self._commit(followed, order_id, _refuse(reason))
-                if not _unsettled(order):
-                    return
-            except (GatewayError, ConcurrentModification, Unavailable) as error:
-                log.warning("order %s: lookup failed, retrying: %s", order_id, error)
-            except Exception:
-                log.exception("order %s: lookup failed, retrying", order_id)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, policy.max_backoff_s)
-
-    async def _send_again(self, followed: FollowedAccount, seen: Order) -> None:
-        """Send again `seen`, a fired order the exchange did not take, unless it changed
-        since it was seen so: sent again, cancelled or settled by another hand (the account
-        followed anew, say, whose new follower looks it up too)."""
-        until, _ = self._throttled.get(followed.exchange, (0.0, False))
-        await asyncio.sleep(max(until - time.monotonic(), 0.0))
-        followed.refused_sends.discard(seen.order_id)
-        again = False
-
-        async def decide(current: Order) -> list[OrderEvent]:
-            nonlocal again
-            again = False
-            if current.version != seen.version or not _unsent_trigger(current):
-                return []
-            if current.status is OrderStatus.PENDING_CANCEL:
-                # Never taken, and a cancel came: done here, nothing to send.
-                return [OrderCanceled(current.cancel_reason)]
-            fitted = await self._fit_position(current)
-            if fitted and isinstance(fitted[-1], OrderCanceled):
-                return fitted
-            # Committed before it goes: a restart, or the account followed anew, looks
-            # it up from this send on rather than sending it once more.
-            again = True
-            return [*fitted, OrderSentAgain()]
-
-        order = await self._commit_async(followed, seen.order_id, decide)
-        if again:
-            log.info("order %s: sending it again", order.order_id)
-            await self._send(followed, order)
-
-    def _past_grace(self, followed: FollowedAccount, order: Order, policy: VenuePolicy) -> bool:
-        if order.order_id in followed.sending:
-            return False  # its submit has not returned: the exchange may take it yet
-        # An order that fired was sent with its last change (the trigger, or SENT_AGAIN).
-        sent_at_ns = order.updated_at_ns if order.triggered else order.created_at_ns
-        return self._clock_ns() - sent_at_ns >= policy.lookup_grace_s * 1e9
 
     async def _feed(self, followed: FollowedAccount) -> None:
         """Apply the account's websocket order feed. When the socket drops, the reader's
@@ -712,8 +602,8 @@ class LiveExchanges:
                 continue
             if is_held(order):
                 self._held.hold(order)
-            elif _unsettled(order):
-                self._settle_later(followed, order.order_id)
+            elif unsettled(order):
+                self._lookups.start(followed, order.order_id)
             elif order.order_id not in followed.tasks:
                 by_symbol[order.symbol].append(order)
         if reconcile:
@@ -759,16 +649,18 @@ class LiveExchanges:
     async def _commit(
         self, followed: FollowedAccount, order_id: str, decide: Callable[[Order], list[OrderEvent]]
     ) -> Order:
+        """`commit` of a decision that needs no await."""
+
         async def decide_async(order: Order) -> list[OrderEvent]:
             return decide(order)
 
-        return await self._commit_async(followed, order_id, decide_async)
+        return await self.commit(followed, order_id, decide_async)
 
-    async def _commit_async(
+    async def commit(
         self,
         followed: FollowedAccount,
         order_id: str,
-        decide: Callable[[Order], Coroutine[Any, Any, list[OrderEvent]]],
+        decide: Callable[[Order], Awaitable[list[OrderEvent]]],
     ) -> Order:
         """Apply what `decide` makes of the stored order, with its fills' effect on the
         position, in one commit under the account's lock."""
@@ -908,15 +800,19 @@ class LiveExchanges:
             raise AssertionError(f"order {order_id} vanished from the store")
         return order
 
+    def throttle_wait_s(self, exchange: str) -> float:
+        until, _ = self._throttled.get(exchange, (0.0, False))
+        return max(until - time.monotonic(), 0.0)
+
     def _check_throttle(self, exchange: str) -> None:
         """Refuse, before anything is stored, while the exchange's rate limit is backed off
         from: the caller may retry under the same client order id once it has passed."""
-        until, banned = self._throttled.get(exchange, (0.0, False))
-        wait_s = until - time.monotonic()
+        wait_s = self.throttle_wait_s(exchange)
         if wait_s > 0:
             message = (
                 f"{exchange} rate limit: backing off for {wait_s:.1f} s more; nothing was sent"
             )
+            banned = self._throttled[exchange][1]
             raise (Unavailable if banned else ResourceExhausted)(message)
 
     def is_real(self, exchange: str) -> bool:
@@ -938,34 +834,8 @@ class LiveExchanges:
         return self._accounts[(order.user_id, order.exchange)]
 
 
-def _unsent_trigger(order: Order) -> bool:
-    return order.triggered and unacknowledged(order)
-
-
-def _unsettled(order: Order) -> bool:
-    """Sent, but what the exchange made of it is not known yet."""
-    return order.status in _PENDING or _unsent_trigger(order)
-
-
 def _acknowledgement(report: OrderReport, order: Order) -> OrderReport:
     """What `report` says about `order` short of its fills: that the exchange has it."""
     return dataclasses.replace(
         report, status=VenueOrderStatus.OPEN, filled_quantity=order.filled_quantity
     )
-
-
-def _refuse(reason: str) -> Callable[[Order], list[OrderEvent]]:
-    """A send that the exchange did not take: a new order is REJECTED, a triggered stop
-    EXPIRED (it was working until then), either one cancelled meanwhile CANCELED."""
-
-    def decide(order: Order) -> list[OrderEvent]:
-        if order.status is OrderStatus.PENDING_NEW:
-            return [OrderRejected(reason)]
-        if order.status is OrderStatus.PENDING_CANCEL and unacknowledged(order):
-            # Never taken, and a cancel was asked for: that is what it got.
-            return [OrderCanceled(order.cancel_reason)]
-        if _unsent_trigger(order):
-            return [OrderExpired(f"triggered, but not taken: {reason}")]
-        return []
-
-    return decide

@@ -1,0 +1,179 @@
+"""Lookups of orders whose outcome at their exchange is not known yet.
+
+An ambiguous submit or cancel (a timeout, a 5xx, "status unknown") leaves the order
+PENDING_NEW or PENDING_CANCEL. Each such order is looked up by the OMS's client id, with
+backoff, until it is settled: the exchange has it (settled from its report, and cancelled
+again while a cancel is pending) or, once `lookup_grace_s` has passed since it was sent,
+positively has not (REJECTED).
+
+What fired (a held stop, a trailing stop's close) is owed: one the exchange never took (a
+429, a 5xx it did not act on, a crash while it was sent) is sent again rather than given
+up, reduce-only ones fitted to the position first. Each resend is committed before it goes
+(SENT_AGAIN), and goes only if the order is still as its lookup saw it, so two lookups of
+one order (an account followed anew while the old connection closes) send it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from oms.domain.errors import ConcurrentModification, Unavailable
+from oms.domain.identifiers import exchange_client_id
+from oms.domain.orders import Order, OrderCanceled, OrderEvent, OrderSentAgain, OrderStatus
+from oms.domain.venue_reports import (
+    OrderReport,
+    refusal_events,
+    unacknowledged,
+    unsent_trigger,
+    unsettled,
+)
+from oms.engine.followed_accounts import FollowedAccount
+from oms.engine.gateway import GatewayError
+from oms.engine.ports import StateStore
+from oms.engine.venue_policy import VenuePolicy
+
+log = logging.getLogger(__name__)
+
+
+class Sender(Protocol):
+    """What a lookup asks of the live venue."""
+
+    async def send(self, followed: FollowedAccount, order: Order) -> Order:
+        """Send an order and settle it from the reply (unsettled if the reply is ambiguous)."""
+        ...
+
+    async def settle(
+        self, followed: FollowedAccount, order_id: str, report: OrderReport | None
+    ) -> Order:
+        """Bring the order in line with a report, under the account's lock."""
+        ...
+
+    async def commit(
+        self,
+        followed: FollowedAccount,
+        order_id: str,
+        decide: Callable[[Order], Awaitable[list[OrderEvent]]],
+    ) -> Order:
+        """Apply what `decide` makes of the stored order, under the account's lock."""
+        ...
+
+    async def fit_position(self, order: Order) -> list[OrderEvent]:
+        """A reduce-only order amended down to the position left, or cancelled if flat."""
+        ...
+
+    def throttle_wait_s(self, exchange: str) -> float:
+        """How long the exchange's rate limit is still backed off from (0: not at all)."""
+        ...
+
+
+class OrderLookups:
+    def __init__(
+        self,
+        store: StateStore,
+        sender: Sender,
+        clock_ns: Callable[[], int],
+        policy: Callable[[str], VenuePolicy],
+    ) -> None:
+        self._store = store
+        self._sender = sender
+        self._clock_ns = clock_ns
+        self._policy = policy
+
+    def start(self, followed: FollowedAccount, order_id: str) -> None:
+        """Look the order up in the background until it is settled (once per order)."""
+        followed.start(order_id, self._resolve(followed, order_id))
+
+    async def _resolve(self, followed: FollowedAccount, order_id: str) -> None:
+        policy = self._policy(followed.exchange)
+        delay = policy.lookup_backoff_s
+        client_id = exchange_client_id(order_id)
+        while True:
+            try:
+                order = await self._get(followed, order_id)
+                if not unsettled(order):
+                    followed.refused_sends.discard(order_id)
+                    return
+                if order_id in followed.refused_sends:
+                    await self._send_again(followed, order)
+                    delay = policy.lookup_backoff_s
+                    continue
+                report = await followed.gateway.fetch_order(order, client_id)
+                if report is not None:
+                    order = await self._sender.settle(followed, order_id, report)
+                    if order.status is OrderStatus.PENDING_CANCEL and not report.status.is_terminal:
+                        with contextlib.suppress(GatewayError):
+                            report = await followed.gateway.cancel(order, client_id)
+                            order = await self._sender.settle(followed, order_id, report)
+                elif (
+                    order.status is not OrderStatus.PENDING_CANCEL or unacknowledged(order)
+                ) and self._past_grace(followed, order, policy):
+                    reason = (
+                        f"{order.exchange} has no order {client_id} "
+                        f"{policy.lookup_grace_s:g} s after it was sent"
+                    )
+                    if unsent_trigger(order) and order.status is not OrderStatus.PENDING_CANCEL:
+                        # The exchange never took it (a 5xx it did not act on, a crash while
+                        # sending): a stop that fired is still owed, so it goes again.
+                        log.warning("order %s: %s; sending it again", order_id, reason)
+                        await self._send_again(followed, order)
+                        delay = policy.lookup_backoff_s
+                        continue
+
+                    async def refuse(current: Order, reason: str = reason) -> list[OrderEvent]:
+                        return refusal_events(current, reason)
+
+                    order = await self._sender.commit(followed, order_id, refuse)
+                if not unsettled(order):
+                    return
+            except (GatewayError, ConcurrentModification, Unavailable) as error:
+                log.warning("order %s: lookup failed, retrying: %s", order_id, error)
+            except Exception:
+                log.exception("order %s: lookup failed, retrying", order_id)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, policy.max_backoff_s)
+
+    async def _send_again(self, followed: FollowedAccount, seen: Order) -> None:
+        """Send again `seen`, a fired order the exchange did not take, unless it changed
+        since it was seen so: sent again, cancelled or settled by another hand (the account
+        followed anew, say, whose new follower looks it up too)."""
+        await asyncio.sleep(self._sender.throttle_wait_s(followed.exchange))
+        followed.refused_sends.discard(seen.order_id)
+        again = False
+
+        async def decide(current: Order) -> list[OrderEvent]:
+            nonlocal again
+            again = False
+            if current.version != seen.version or not unsent_trigger(current):
+                return []
+            if current.status is OrderStatus.PENDING_CANCEL:
+                # Never taken, and a cancel came: done here, nothing to send.
+                return [OrderCanceled(current.cancel_reason)]
+            fitted = await self._sender.fit_position(current)
+            if fitted and isinstance(fitted[-1], OrderCanceled):
+                return fitted
+            # Committed before it goes: a restart, or the account followed anew, looks
+            # it up from this send on rather than sending it once more.
+            again = True
+            return [*fitted, OrderSentAgain()]
+
+        order = await self._sender.commit(followed, seen.order_id, decide)
+        if again:
+            log.info("order %s: sending it again", order.order_id)
+            await self._sender.send(followed, order)
+
+    def _past_grace(self, followed: FollowedAccount, order: Order, policy: VenuePolicy) -> bool:
+        if order.order_id in followed.sending:
+            return False  # its submit has not returned: the exchange may take it yet
+        # An order that fired was sent with its last change (the trigger, or SENT_AGAIN).
+        sent_at_ns = order.updated_at_ns if order.triggered else order.created_at_ns
+        return self._clock_ns() - sent_at_ns >= policy.lookup_grace_s * 1e9
+
+    async def _get(self, followed: FollowedAccount, order_id: str) -> Order:
+        order = await self._store.get_order(followed.user_id, order_id)
+        if order is None:
+            raise AssertionError(f"order {order_id} vanished from the store")
+        return order

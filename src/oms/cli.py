@@ -21,7 +21,11 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("serve", help="run the gRPC server")
     # Every flag defaults to None so that an absent flag leaves env and TOML in force.
     run.add_argument("--listen", default=None, help="HOST:PORT (env OMS_LISTEN)")
-    run.add_argument("--redis-url", default=None, help="Redis URL; unset starts an embedded Redis")
+    run.add_argument(
+        "--redis-url",
+        default=None,
+        help="Redis URL; unset starts an embedded Redis (env OMS_REDIS_URL)",
+    )
     run.add_argument("--data-dir", default=None, help="embedded Redis data (env OMS_DATA_DIR)")
     run.add_argument("--config", default=None, help="TOML settings file (env OMS_CONFIG)")
     run.add_argument(
@@ -31,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         "--insecure",
         action="store_true",
         default=None,
-        help="allow a non-loopback --listen address without auth",
+        help="allow a non-loopback --listen address without auth (env OMS_INSECURE)",
     )
     return parser
 

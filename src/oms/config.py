@@ -24,7 +24,7 @@ and would round silently. Example::
 
     [[auth.tokens]]                 # any token turns auth on for every RPC
     name = "rsi-bot"
-    token = "a long random string"
+    token = "rsi-bot-token-change-me"
     users = ["alice"]
 """
 

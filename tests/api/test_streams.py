@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.streams import StreamReader
 from fixtures.trading import USER, place, tick
+from grpc_health.v1 import health_pb2
 from tradingboost.oms.v1 import order_pb2, order_service_pb2_grpc
 from tradingboost.oms.v1 import order_service_pb2 as pb
 
@@ -224,6 +226,38 @@ async def test_shutdown_ends_streams_with_unavailable(redis_url: str) -> None:
     assert "after_sequence=as_of_sequence" in (error.value.details() or "")
     await stop
     await oms.channel.close(grace=None)
+
+
+async def test_shutdown_ends_health_watches_without_waiting_out_the_grace(
+    redis_url: str,
+) -> None:
+    # A long grace: a stop that waited for the watches would outlast the wait below.
+    oms = await make_oms(redis_url, shutdown_grace_s=60)
+    request = health_pb2.HealthCheckRequest
+    serving = oms.health.Watch(request(service="tradingboost.oms.v1.OrderService"))
+    unknown = oms.health.Watch(request(service="no.such.Service"))
+    try:
+        assert (await serving.read()).status == health_pb2.HealthCheckResponse.SERVING
+        assert (await unknown.read()).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        async with asyncio.timeout(20):
+            await oms.app.stop()
+        assert await _until_ended(serving) == [health_pb2.HealthCheckResponse.NOT_SERVING]
+        assert await _until_ended(unknown) == []
+    finally:
+        await oms.channel.close(grace=None)
+
+
+async def _until_ended(watch: Any) -> list[int]:
+    """What a health watch reports until it ends, which must be UNAVAILABLE."""
+    reported = []
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        while True:
+            update = await watch.read()
+            assert isinstance(update, health_pb2.HealthCheckResponse), "it ended OK"
+            reported.append(update.status)
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in (error.value.details() or "")
+    return reported
 
 
 async def test_events_trimmed_during_a_replay_end_the_stream_out_of_range(redis_url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -404,3 +405,16 @@ def test_bad_tokens_are_refused_without_echoing_them(
         load_settings({"config": config})
     assert "secret" not in str(error.value)
     assert "long-enough" not in str(error.value)
+
+
+def test_the_readme_sample_file_loads_as_written(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    [sample] = re.findall(r"```toml\n(# oms\.toml.*?)```", readme, re.DOTALL)
+    settings = load_settings({"config": write_toml(tmp_path, sample)})
+    assert [token.name for token in settings.auth.tokens] == ["rsi-bot", "ops", "price-feeder"]
+    assert (
+        settings.auth.tokens[2].token_sha256
+        == hashlib.sha256(b"price-feeder-token-change-me").hexdigest()
+    )
+    assert "DOGE/USDT:USDT" in [market.symbol for market in settings.paper.markets]
+    assert settings.exchanges["okx"].lookup_grace_s == 15.0

@@ -26,6 +26,7 @@ from tradingboost.oms.v1 import (
 from oms.api.account_service import AccountService
 from oms.api.auth import AuthInterceptor
 from oms.api.error_mapping import ErrorMappingInterceptor
+from oms.api.health_service import HealthService
 from oms.api.market_data_service import MarketDataService
 from oms.api.order_service import OrderService
 from oms.api.position_service import PositionService
@@ -108,7 +109,7 @@ class OmsServer:
         )
         account_service_pb2_grpc.add_AccountServiceServicer_to_server(accounts, target)
         self.server.add_generic_rpc_handlers(list(extra_handlers))
-        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.health = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, target)
         # What reflection.enable_server_reflection does for a grpc.aio server.
         reflector = reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]

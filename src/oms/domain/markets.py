@@ -71,8 +71,12 @@ class MarketCatalog:
         if not exchange:
             raise InvalidArgument(field, "is required")
         if exchange not in self._exchanges:
-            known = ", ".join(sorted(self._exchanges))
-            raise InvalidArgument(field, f"unknown exchange {exchange[:64]!r} (known: {known})")
+            # Real exchanges are known by their ccxt id before their markets are loaded.
+            raise InvalidArgument(
+                field,
+                f"unknown exchange {exchange[:64]!r}: the built-in one is 'paper', real ones "
+                "go by their ccxt id (e.g. 'binanceusdm', 'okx')",
+            )
         return exchange
 
     def resolve(self, exchange: str, symbol: str, field: str = "symbol") -> Market:

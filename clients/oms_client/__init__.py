@@ -6,6 +6,7 @@ price ticks.
 """
 
 from oms_client.client import (
+    CHANNEL_OPTIONS,
     DEFAULT_RETRY,
     DEFAULT_STREAM_RETRY,
     FillStream,
@@ -19,6 +20,7 @@ from oms_client.rounding import PriceRounding, round_price, round_quantity
 from oms_client.streams import RESUMABLE_CODES, EventStream, PriceStream
 
 __all__ = [
+    "CHANNEL_OPTIONS",
     "DEFAULT_RETRY",
     "DEFAULT_STREAM_RETRY",
     "NO_RETRY",

@@ -73,6 +73,7 @@ from oms_client.streams import (
 )
 
 __all__ = [
+    "CHANNEL_OPTIONS",
     "DEFAULT_RETRY",
     "DEFAULT_STREAM_RETRY",
     "FillStream",
@@ -98,20 +99,23 @@ TrailingStopEventStream = EventStream[
 
 DEFAULT_RETRY = RetryPolicy()
 """Unary calls: 6 attempts over about 1.5 s, for a blip, not for an outage. That outlasts
-the channel's reconnect backoff (at most ~0.6 s), so the first calls after a server came
-back find it."""
+the reconnect backoff of a channel with CHANNEL_OPTIONS (at most ~0.6 s), so the first calls
+after a server came back find it."""
 
 DEFAULT_STREAM_RETRY = RetryPolicy(attempts=20)
 """Streams: reconnect attempts over about 30 s, long enough to ride out a server restart."""
 
 # gRPC's reconnect backoff defaults (first retry after 1 s, growing to 120 s) suit big fleets;
 # a strategy next to its OMS wants its channel back within moments of a restart.
-_CHANNEL_OPTIONS = (
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 500),
     # Keep pinging while only the server talks (a stream): the default stops after 2 pings.
     ("grpc.http2.max_pings_without_data", 0),
 )
+"""The options `OmsClient.connect` gives its channel: reconnects within ~0.6 s of a server
+restart, which DEFAULT_RETRY assumes. Pass them to a channel of your own
+(`grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)`)."""
 
 
 class OmsClient:
@@ -119,7 +123,10 @@ class OmsClient:
 
     `OmsClient.connect(target)` opens (and on close, closes) an insecure channel;
     `OmsClient(channel)` uses a channel you own. Use it as an async context manager, or call
-    `close()`.
+    `close()`. Give a channel of your own `options=CHANNEL_OPTIONS` (plus the
+    `grpc.keepalive_*` ones that `connect` sets): with gRPC's default reconnect backoff (1 s,
+    growing to 120 s) it can take seconds to find a restarted server, longer than
+    DEFAULT_RETRY keeps trying.
 
     Args:
         token: sent as `authorization: Bearer <token>` on every call when auth is on.
@@ -194,7 +201,7 @@ class OmsClient:
             ("grpc.http2.ping_timeout_ms", int(keepalive_s * 500)),
         )
         client = cls(
-            grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS + keepalive),
+            grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS + keepalive),
             token=token,
             retry=retry,
             stream_retry=stream_retry,
@@ -1069,11 +1076,19 @@ class OmsClient:
         Not retried by default: a tick is an event, not an idempotent state write. If a
         response is lost after the server applied the tick, a retry applies it a second time,
         which streams it twice and matches it again against orders resting since. Pass a
-        `retry` only where a repeated tick is harmless.
+        `retry` only where a repeated tick is harmless. A call that never reached the server
+        is safe to repeat, and needs no retry: as `create_rule` does, the call waits for the
+        channel to be connected (gRPC's wait-for-ready), within its `timeout_s`, instead of
+        failing at once while the server restarts.
         """
         prepared = build_request(md.PublishPricesRequest, request, fields)
         response = await self._unary(
-            self._market.PublishPrices, prepared, timeout_s, rpc_metadata, retry
+            self._market.PublishPrices,
+            prepared,
+            timeout_s,
+            rpc_metadata,
+            retry,
+            wait_for_ready=True,
         )
         return list(response.prices)
 
@@ -1304,7 +1319,7 @@ _CANCELED_BY_USER = "canceled_by_user"
 
 def _create_trailing_stop_fields(fields: CreateTrailingStopFields) -> dict[str, object]:
     """The keyword fields, both callbacks refused: the request's `callback` oneof would
-    silently keep only the last one set."""
-    if "callback_rate" in fields and "callback_spread" in fields:
+    silently keep only the last one set. A callback given as None is not set."""
+    if fields.get("callback_rate") is not None and fields.get("callback_spread") is not None:
         raise TypeError("give exactly one of callback_rate and callback_spread, not both")
     return dict(fields)

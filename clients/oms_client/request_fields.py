@@ -1,6 +1,7 @@
 """Keyword forms of the request messages, so that `place_order(user_id=..., side=...)` is
 checked by mypy field by field. Names and types are the generated messages' own; the proto
-comments (and the .pyi stubs) document each field."""
+comments (and the .pyi stubs) document each field. A field the proto calls optional also
+takes None, which leaves it unset, as leaving it out does: `price=maybe_price`."""
 
 from __future__ import annotations
 
@@ -51,14 +52,14 @@ class PlaceOrderFields(TypedDict, total=False):
     type: order_pb2.OrderType.ValueType
     time_in_force: order_pb2.TimeInForce.ValueType
     quantity: Decimal | str
-    price: Decimal | str
-    stop_price: Decimal | str
+    price: Decimal | str | None
+    stop_price: Decimal | str | None
     reduce_only: bool
     position_side: order_pb2.PositionSide.ValueType
-    leverage: int
+    leverage: int | None
     client_order_id: str
     strategy: str
-    grid_level: int
+    grid_level: int | None
     metadata: Mapping[str, str]
 
 
@@ -82,7 +83,7 @@ class ListOrdersFields(TypedDict, total=False):
     symbol: str
     open_only: bool
     statuses: Iterable[order_pb2.OrderStatus.ValueType]
-    grid_level: int
+    grid_level: int | None
     strategy: str
     page_size: int
     page_token: str
@@ -94,9 +95,9 @@ class FindOpenOrdersFields(TypedDict, total=False):
     user_id: str
     exchange: str
     symbol: str
-    grid_level: int
-    price: Decimal | str
-    price_tolerance: Decimal | str
+    grid_level: int | None
+    price: Decimal | str | None
+    price_tolerance: Decimal | str | None
     side: order_pb2.Side.ValueType
 
 
@@ -141,9 +142,9 @@ class TrailingStopConfigFields(TypedDict, total=False):
     """A `trailing_stop_pb2.TrailingStopConfig` as a dict, its decimals `Decimal`s or
     strings: exactly one of `callback_rate` and `callback_spread`."""
 
-    callback_rate: Decimal | str
-    callback_spread: Decimal | str
-    activation_price: Decimal | str
+    callback_rate: Decimal | str | None
+    callback_spread: Decimal | str | None
+    activation_price: Decimal | str | None
 
 
 class OpenPositionFields(TypedDict, total=False):
@@ -154,14 +155,14 @@ class OpenPositionFields(TypedDict, total=False):
     type: order_pb2.OrderType.ValueType
     time_in_force: order_pb2.TimeInForce.ValueType
     quantity: Decimal | str
-    price: Decimal | str
-    leverage: int
-    stop_loss_price: Decimal | str
-    take_profit_price: Decimal | str
-    trailing_stop: trailing_stop_pb2.TrailingStopConfig | TrailingStopConfigFields
+    price: Decimal | str | None
+    leverage: int | None
+    stop_loss_price: Decimal | str | None
+    take_profit_price: Decimal | str | None
+    trailing_stop: trailing_stop_pb2.TrailingStopConfig | TrailingStopConfigFields | None
     client_order_id: str
     strategy: str
-    grid_level: int
+    grid_level: int | None
     metadata: Mapping[str, str]
 
 
@@ -170,7 +171,7 @@ class ClosePositionFields(TypedDict, total=False):
     exchange: str
     symbol: str
     position_side: order_pb2.PositionSide.ValueType
-    quantity: Decimal | str
+    quantity: Decimal | str | None
     client_order_id: str
 
 
@@ -198,10 +199,10 @@ class CreateTrailingStopFields(TypedDict, total=False):
     exchange: str
     symbol: str
     position_side: order_pb2.PositionSide.ValueType
-    callback_rate: Decimal | str
-    callback_spread: Decimal | str
-    activation_price: Decimal | str
-    quantity: Decimal | str
+    callback_rate: Decimal | str | None
+    callback_spread: Decimal | str | None
+    activation_price: Decimal | str | None
+    quantity: Decimal | str | None
     client_id: str
 
 

@@ -34,6 +34,11 @@ after the first attempt."""
 # the total wait predictable (full jitter can make a whole retry budget collapse to ~0 s).
 _JITTER = 0.2
 
+_DEFAULT_ATTEMPTS = 6
+
+# Less than this is too short for an attempt to achieve anything but DEADLINE_EXCEEDED.
+_FINAL_ATTEMPT_S = 0.1
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -43,8 +48,9 @@ class RetryPolicy:
     `min(max_backoff_s, initial_backoff_s * multiplier ** (n - 1))`, +/-20%.
     """
 
-    attempts: int = 6
-    """Attempts in all, the first one included; 1 means no retry."""
+    attempts: int | None = None
+    """Attempts in all, the first one included; 1 means no retry. None: 6 without a
+    `deadline_s`, and as many as fit in it with one."""
     initial_backoff_s: float = 0.05
     """Wait before the first retry."""
     max_backoff_s: float = 2.0
@@ -53,12 +59,13 @@ class RetryPolicy:
     """Growth of the wait from one retry to the next."""
     deadline_s: float | None = None
     """The whole call, attempts and waits included, ends within this many seconds: each
-    attempt's deadline is cut to what is left, and no retry starts that could not begin in
-    time. For a resuming stream it bounds one outage instead: no reconnect starts later than
-    this after the connection was lost. None: only `attempts` bounds it."""
+    attempt's deadline is cut to what is left, and a wait that would leave the next attempt
+    less than 0.1 s is shortened to leave it that; the call gives up only when not even that
+    is left. For a resuming stream it bounds one outage instead: no reconnect starts later
+    than this after the connection was lost. None: only `attempts` bounds it."""
 
     def __post_init__(self) -> None:
-        if self.attempts < 1:
+        if self.attempts is not None and self.attempts < 1:
             raise ValueError(f"attempts must be at least 1, not {self.attempts}")
         if not 0 <= self.initial_backoff_s <= self.max_backoff_s:
             raise ValueError("need 0 <= initial_backoff_s <= max_backoff_s")
@@ -71,6 +78,13 @@ class RetryPolicy:
         """The wait before retry number `retry` (1 for the first retry)."""
         base = self.initial_backoff_s * self.multiplier ** (retry - 1)
         return min(self.max_backoff_s, base * random.uniform(1 - _JITTER, 1 + _JITTER))
+
+    def gives_up_after(self, failures: int) -> bool:
+        """Whether `failures` failed attempts in a row use up `attempts` (6 when neither
+        `attempts` nor `deadline_s` is given; never when only `deadline_s` is)."""
+        if self.attempts is not None:
+            return failures >= self.attempts
+        return self.deadline_s is None and failures >= _DEFAULT_ATTEMPTS
 
 
 NO_RETRY = RetryPolicy(attempts=1)
@@ -85,7 +99,7 @@ async def call_with_retry(
     """Runs `attempt(timeout_s)` until it succeeds, fails with a code outside RETRYABLE_CODES,
     or `policy.attempts` or `policy.deadline_s` are used up; then raises the last
     grpc.aio.AioRpcError unchanged. Each attempt gets `attempt_timeout_s`, cut to what is left
-    of the deadline."""
+    of the deadline; the wait before the last one is cut so that it still gets 0.1 s."""
     loop = asyncio.get_running_loop()
     give_up_at = None if policy.deadline_s is None else loop.time() + policy.deadline_s
     retry = 0
@@ -98,11 +112,14 @@ async def call_with_retry(
             return await attempt(timeout_s)
         except grpc.aio.AioRpcError as error:
             retry += 1
-            if error.code() not in RETRYABLE_CODES or retry >= policy.attempts:
+            if error.code() not in RETRYABLE_CODES or policy.gives_up_after(retry):
                 raise
             wait = policy.backoff_s(retry)
-            if give_up_at is not None and loop.time() + wait >= give_up_at:
-                raise
+            if give_up_at is not None:
+                to_last_start = give_up_at - _FINAL_ATTEMPT_S - loop.time()
+                if to_last_start < 0:
+                    raise
+                wait = min(wait, to_last_start)
         await asyncio.sleep(wait)
 
 

@@ -13,7 +13,12 @@ timer. Resuming from such a heartbeat would skip those events.
 One exception: a live-only stream (`after_sequence` 0) that has delivered nothing yet. Its only
 other choice is to reconnect live-only, which starts at the newest sequence at reconnect time,
 later than any heartbeat it saw; so the latest heartbeat loses nothing that live-only would
-not lose too, and keeps every event committed during the outage.
+not lose too, and keeps every event committed during the outage. A user who had no events
+at all gives no such point (0 asks for live-only): events that came while such a stream
+reconnected end it OUT_OF_RANGE rather than go missing.
+
+A consumer that stops waiting for a message (asyncio.wait_for) leaves the call open: the read
+goes on, and its message is the next one delivered.
 """
 
 from __future__ import annotations
@@ -71,9 +76,10 @@ class _ReconnectingStream(ABC, Generic[R, T]):
     """An async iterator over a server stream that opens a new call whenever the current
     one ends with a RESUMABLE_CODES status, after a backoff.
 
-    `retry.attempts` bounds the connection attempts in a row that receive nothing at all,
-    and `retry.deadline_s` the time from the first of them; any message received starts
-    both again, so a long-lived stream survives any number of separate outages.
+    `retry.attempts` bounds the connection attempts in a row that receive nothing at all
+    (no bound with only a `deadline_s`), and `retry.deadline_s` the time from the first of
+    them; any message received starts both again, so a long-lived stream survives any number
+    of separate outages.
     """
 
     def __init__(self, retry: RetryPolicy, idle_timeout_s: float | None) -> None:
@@ -81,6 +87,7 @@ class _ReconnectingStream(ABC, Generic[R, T]):
         self._idle_timeout_s = idle_timeout_s
         self._call: grpc.aio.UnaryStreamCall[Any, R] | None = None
         self._responses: AsyncIterator[R] | None = None
+        self._reading: asyncio.Future[R] | None = None
         self._failures = 0
         self._give_up_at: float | None = None
         self._closed = False
@@ -100,12 +107,18 @@ class _ReconnectingStream(ABC, Generic[R, T]):
             if self._responses is None:
                 self._call = self._open()
                 self._responses = aiter(self._call)
+            if self._reading is None:
+                # Read in a task of its own: grpc.aio cancels the call when a read is
+                # cancelled, so a consumer that stops waiting (asyncio.wait_for) would drop
+                # the connection, and a live-only stream's start with it.
+                self._reading = asyncio.ensure_future(anext(self._responses))
             try:
                 async with asyncio.timeout(self._idle_timeout_s):
-                    response = await anext(self._responses)
+                    response = await asyncio.shield(self._reading)
             except StopAsyncIteration:
                 # An OK status: the server says the stream is complete, not interrupted.
                 self._closed = True
+                self._reading = None
                 raise
             except grpc.aio.AioRpcError as error:
                 self._drop_call()
@@ -118,18 +131,21 @@ class _ReconnectingStream(ABC, Generic[R, T]):
                 # where no RST ever arrives.
                 self._drop_call()
                 await self._back_off(
-                    TimeoutError(f"no message on the stream for {self._idle_timeout_s} s")
+                    _client_error(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"no message on the stream for {self._idle_timeout_s} s",
+                    )
                 )
                 continue
             except asyncio.CancelledError:
-                # gRPC raises this both when our task is cancelled (the consumer gave up
-                # waiting) and when aclose() cancelled the call. Either way the call is gone;
-                # a later read reconnects from the last delivered event.
-                self._drop_call()
                 task = asyncio.current_task()
-                if self._closed and task is not None and not task.cancelling():
-                    break
-                raise
+                if task is not None and task.cancelling():
+                    raise  # the consumer's own cancel: the read goes on, for its next call
+                # The read was cancelled under it, by aclose() or by the channel closing.
+                self._closed = True
+                self._drop_call()
+                break
+            self._reading = None
             self._failures = 0
             item = self._accept(response)
             if item is not None:
@@ -142,16 +158,20 @@ class _ReconnectingStream(ABC, Generic[R, T]):
             self._give_up_at = now + self._retry.deadline_s
         self._failures += 1
         wait = self._retry.backoff_s(self._failures)
-        if self._failures >= self._retry.attempts or (
+        if self._retry.gives_up_after(self._failures) or (
             self._give_up_at is not None and now + wait >= self._give_up_at
         ):
             raise error
         await asyncio.sleep(wait)
 
     def _drop_call(self) -> None:
+        if self._reading is not None:
+            if self._reading.done() and not self._reading.cancelled():
+                self._reading.exception()  # retrieved: it is what ended the call
+            self._reading.cancel()
         if self._call is not None:
             self._call.cancel()
-        self._call = self._responses = None
+        self._call = self._responses = self._reading = None
 
     async def aclose(self) -> None:
         """Ends the stream: cancels the current call; iteration then stops."""
@@ -192,6 +212,11 @@ class EventStream(_ReconnectingStream[R, E]):
         self._unwrap = unwrap
         self._last_sequence = after_sequence
         self._heartbeat_sequence = 0
+        self._live_before_any_event = False
+        """Went live (after_sequence 0) for a user who had no events at all."""
+        self._reopened_live = False
+        """Reconnected live-only after that: its first message tells whether events came
+        meanwhile."""
 
     @property
     def last_sequence(self) -> int:
@@ -200,15 +225,37 @@ class EventStream(_ReconnectingStream[R, E]):
 
     def _open(self) -> grpc.aio.UnaryStreamCall[Any, R]:
         # Only a live-only stream that delivered nothing has _last_sequence 0 (module doc).
-        return self._open_call(self._last_sequence or self._heartbeat_sequence)
+        after_sequence = self._last_sequence or self._heartbeat_sequence
+        self._reopened_live = after_sequence == 0 and self._live_before_any_event
+        return self._open_call(after_sequence)
 
     def _accept(self, response: R) -> E | None:
         item = self._unwrap(response)
+        if item is None:
+            return None
+        if self._reopened_live:
+            self._reopened_live = False
+            newest = (
+                item.latest_sequence
+                if isinstance(item, heartbeat_pb2.Heartbeat)
+                else item.sequence - 1
+            )
+            if newest > 0:
+                # after_sequence 0 means "live": no request replays a history from its start.
+                self._closed = True
+                self._drop_call()
+                raise _client_error(
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"events 1 to {newest} came while this live-only stream reconnected, "
+                    "and a live-only stream of a user who had no events cannot replay them: "
+                    "read a snapshot (as_of_sequence), then stream after it",
+                )
         if isinstance(item, heartbeat_pb2.Heartbeat):
+            if item.latest_sequence == 0 and self._last_sequence == 0:
+                self._live_before_any_event = True
             self._heartbeat_sequence = max(self._heartbeat_sequence, item.latest_sequence)
             return None
-        if item is not None:
-            self._last_sequence = item.sequence
+        self._last_sequence = item.sequence
         return item
 
 
@@ -266,3 +313,10 @@ position_update_payload = sequenced_payload("position_update", position_pb2.Posi
 trailing_stop_event_payload = sequenced_payload(
     "trailing_stop_event", trailing_stop_pb2.TrailingStopEvent
 )
+
+
+def _client_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    """An error of the client's own making, raised as the server's would be."""
+    return grpc.aio.AioRpcError(
+        code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details, debug_error_string=""
+    )

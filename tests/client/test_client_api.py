@@ -50,6 +50,7 @@ def test_every_rpc_of_the_wrapped_services_has_a_client_method_or_is_listed() ->
 
 def test_public_names() -> None:
     assert set(oms_client.__all__) == {
+        "CHANNEL_OPTIONS",
         "DEFAULT_RETRY",
         "DEFAULT_STREAM_RETRY",
         "NO_RETRY",

@@ -9,6 +9,7 @@ from typing import cast
 import grpc
 import pytest
 from fixtures.oms_server import OmsHarness
+from fixtures.positions import expect_invalid
 from oms_client import OmsClient, round_price, round_quantity
 from tradingboost.oms.v1 import market_data_pb2, order_pb2
 from tradingboost.oms.v1 import order_service_pb2 as pb
@@ -199,3 +200,41 @@ async def test_decimal_fields_take_a_decimal_and_refuse_a_float(client: OmsClien
             type=S.ORDER_TYPE_MARKET,
             quantity=cast(str, 0.01),  # a float has lost the decimal already
         )
+
+
+async def test_an_optional_field_given_as_none_is_left_unset(client: OmsClient) -> None:
+    # Typed as a strategy would hold them: mypy --strict checks these calls (this file).
+    no_price: Decimal | None = None
+    no_level: int | None = None
+    await client.publish_prices(
+        prices=[market_data_pb2.PriceTick(exchange="paper", symbol=BTC, price="50000")]
+    )
+    limit = client.place_order(
+        user_id=USER,
+        exchange="paper",
+        symbol=BTC,
+        side=S.SIDE_BUY,
+        type=S.ORDER_TYPE_LIMIT,
+        quantity="0.01",
+        price=no_price,
+    )
+    await expect_invalid(limit, "price")
+
+    order = await client.place_order(
+        user_id=USER,
+        exchange="paper",
+        symbol=BTC,
+        side=S.SIDE_BUY,
+        type=S.ORDER_TYPE_MARKET,
+        quantity="0.01",
+        price=no_price,
+        stop_price=None,
+        leverage=None,
+        grid_level=no_level,
+    )
+    assert order.status == S.ORDER_STATUS_FILLED
+    assert not order.HasField("grid_level")
+    assert not order.HasField("leverage")
+    assert [o.order_id async for o in client.list_orders(user_id=USER, grid_level=no_level)] == [
+        order.order_id
+    ]

@@ -7,6 +7,8 @@ twice; errors that would repeat are raised at once.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from fixtures.client_streams import restartable_servers
 from fixtures.lossy_network import LoseResponses, client_with
 from fixtures.oms_server import OmsHarness
 from fixtures.tcp_proxy import SilencingProxy
-from oms_client import OmsClient, OutcomeUnknown, RetryPolicy
+from oms_client import CHANNEL_OPTIONS, OmsClient, OutcomeUnknown, RetryPolicy
 from tradingboost.oms.v1 import market_data_pb2, order_pb2
 
 S = order_pb2
@@ -67,6 +69,58 @@ async def test_retries_give_up_after_the_policy_attempts(oms_priced: OmsHarness)
             await client.get_price(exchange="paper", symbol=BTC)
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
         assert len(lose.requests) == FAST_RETRY.attempts
+
+
+@pytest.mark.parametrize(
+    ("attempts", "deadline_s", "expected"),
+    [(None, None, 6), (3, 30.0, 3)],
+    ids=["default", "explicit-under-a-deadline"],
+)
+async def test_attempts_bound_the_retries_6_by_default_and_as_given_even_under_a_deadline(
+    oms_priced: OmsHarness, attempts: int | None, deadline_s: float | None, expected: int
+) -> None:
+    lose = LoseResponses("GetPrice", times=1000)
+    retry = RetryPolicy(
+        attempts=attempts, initial_backoff_s=0.01, max_backoff_s=0.01, deadline_s=deadline_s
+    )
+    async with client_with(oms_priced.address, lose, retry=retry) as client:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await client.get_price(exchange="paper", symbol=BTC)
+        assert len(lose.requests) == expected
+
+
+async def test_a_deadline_without_attempts_retries_through_an_outage_until_the_server_is_back(
+    tmp_path: Path,
+) -> None:
+    # 6 attempts, the default without a deadline, would give up within about 1 s.
+    retry = RetryPolicy(max_backoff_s=0.25, deadline_s=30)
+    with restartable_servers(tmp_path / "data") as (first, second):
+        address = await asyncio.to_thread(first.start)
+        async with OmsClient.connect(address) as client:
+            await client.list_orders_page(user_id=USER)
+            first.kill9()
+            reading = asyncio.create_task(client.list_orders_page(user_id=USER, retry=retry))
+            await asyncio.sleep(1.5)
+            assert not reading.done()
+            await asyncio.to_thread(second.start)
+            assert list((await reading).orders) == []
+
+
+async def test_a_deadline_shortens_the_last_wait_so_that_a_final_attempt_still_fits(
+    oms_priced: OmsHarness,
+) -> None:
+    # Waits of 0.4 to 0.6 s: a second one never fits whole into what the first leaves of 0.8 s.
+    # It is cut instead so that a third attempt starts 0.1 s before the deadline.
+    lose = LoseResponses("GetPrice", times=1000)
+    retry = RetryPolicy(attempts=1000, initial_backoff_s=0.5, max_backoff_s=0.5, deadline_s=0.8)
+    async with client_with(oms_priced.address, lose, retry=retry) as client:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await client.get_price(exchange="paper", symbol=BTC)
+        elapsed = asyncio.get_running_loop().time() - started
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert len(lose.requests) == 3
+        assert 0.65 < elapsed < 0.9
 
 
 async def test_a_deadline_ends_the_retries_long_before_the_attempts_run_out(
@@ -193,6 +247,28 @@ async def test_publish_prices_is_not_retried_because_a_tick_is_not_idempotent(
         assert (await client.get_price(exchange="paper", symbol=BTC)).price == "51000"
 
 
+async def test_a_publish_prices_issued_while_the_server_is_down_is_sent_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    # Nothing was sent while nothing listened: waiting for the channel cannot apply a tick twice.
+    ticks = [market_data_pb2.PriceTick(exchange="paper", symbol=BTC, price="51000")]
+    with restartable_servers(tmp_path / "data") as (first, second):
+        address = await asyncio.to_thread(first.start)
+        async with OmsClient.connect(address) as client:
+            await client.list_orders_page(user_id=USER)
+            first.kill9()
+            with pytest.raises(grpc.aio.AioRpcError) as waited:
+                await client.publish_prices(prices=ticks, timeout_s=0.3)
+            assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # not at once
+
+            publishing = asyncio.create_task(client.publish_prices(prices=ticks, timeout_s=30))
+            await asyncio.sleep(0.5)
+            assert not publishing.done()
+            await asyncio.to_thread(second.start)
+            assert [p.price for p in await publishing] == ["51000"]
+            assert (await client.get_price(exchange="paper", symbol=BTC)).price == "51000"
+
+
 async def test_a_place_order_that_runs_out_of_attempts_hands_back_its_client_order_id(
     oms_priced: OmsHarness,
 ) -> None:
@@ -218,15 +294,24 @@ async def test_a_place_order_that_runs_out_of_attempts_hands_back_its_client_ord
         assert [o async for o in client.list_orders(user_id=USER)] == [order]
 
 
+@asynccontextmanager
+async def own_channel_client(address: str) -> AsyncIterator[OmsClient]:
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        yield OmsClient(channel)
+
+
+@pytest.mark.parametrize(
+    "make_client", [OmsClient.connect, own_channel_client], ids=["connect", "own-channel"]
+)
 async def test_the_first_calls_after_a_server_restart_find_it_with_the_default_policy(
-    tmp_path: Path,
+    tmp_path: Path, make_client: Callable[[str], AbstractAsyncContextManager[OmsClient]]
 ) -> None:
     # Down for long enough that the channel's reconnect backoff is at its longest (a stream
     # reconnecting meanwhile keeps the channel trying); the calls start the moment the new
     # server listens.
     with restartable_servers(tmp_path / "data") as (first, second):
         address = await asyncio.to_thread(first.start)
-        async with OmsClient.connect(address) as client:
+        async with make_client(address) as client:
             await client.list_orders_page(user_id=USER)
             updates = client.stream_order_updates(USER)
             reading = asyncio.create_task(anext(updates))

@@ -4,6 +4,7 @@ slow-consumer cut-off and a dropped connection; errors that would repeat are rai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,9 @@ USER = "alice"
 BOTH_KINDS = [S.ORDER_EVENT_TYPE_ACCEPTED, S.ORDER_EVENT_TYPE_FILLED]
 
 
-async def buy(client: OmsClient, symbol: str = BTC, **fields: Any) -> S.Order:
+async def buy(client: OmsClient, symbol: str = BTC, user: str = USER, **fields: Any) -> S.Order:
     return await client.place_order(
-        user_id=USER,
+        user_id=user,
         exchange="paper",
         symbol=symbol,
         side=S.SIDE_BUY,
@@ -293,6 +294,94 @@ async def test_a_consumer_timeout_does_not_lose_events(oms: OmsHarness) -> None:
             (order.order_id, kind) for kind in BOTH_KINDS
         ]
         await stream.aclose()
+
+
+async def test_consumer_timeouts_keep_a_live_only_stream_and_its_start(oms: OmsHarness) -> None:
+    # A user with no events yet, read with timeouts far shorter than a round trip: each one
+    # used to drop the call, and the next read went live again, after whatever had come.
+    async with client_with(oms.address) as client:
+        await tick(client, "50000")
+        stream = client.stream_order_updates("newcomer")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(stream), 0.2)  # live by now
+        orders = [await buy(client, user="newcomer") for _ in range(3)]
+        got: list[S.OrderUpdate] = []
+        async with asyncio.timeout(10):
+            while len(got) < 6:
+                with contextlib.suppress(TimeoutError):
+                    got.append(await asyncio.wait_for(anext(stream), 0.001))
+        assert [(u.order.order_id, u.event_type) for u in got] == [
+            (order.order_id, kind) for order in orders for kind in BOTH_KINDS
+        ]
+        await stream.aclose()
+
+
+async def test_a_live_only_stream_of_a_user_without_events_reports_what_it_could_not_replay(
+    oms: OmsHarness,
+) -> None:
+    streams = RecordStreams(drop_first_after_live=True)
+    async with client_with(oms.address, streams) as client:
+        await tick(client, "50000")
+        stream = client.stream_order_updates("newcomer")  # live only; nothing to resume from
+        consumer = Consumer(stream)
+        await asyncio.wait_for(streams.live.wait(), 5)
+        await buy(client, user="newcomer")  # while the connection is down
+        newest = (await client.list_orders_page(user_id="newcomer")).as_of_sequence
+        streams.drop.set()
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await consumer.until(1)
+        assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert f"events 1 to {newest} came while" in (error.value.details() or "")
+        assert [r.after_sequence for r in streams.requests] == [0, 0]
+
+
+async def test_a_live_only_stream_of_a_user_without_events_goes_on_when_none_came(
+    oms: OmsHarness,
+) -> None:
+    streams = RecordStreams(drop_first_after_live=True)
+    async with client_with(oms.address, streams) as client:
+        await tick(client, "50000")
+        stream = client.stream_order_updates("newcomer")
+        consumer = Consumer(stream)
+        await asyncio.wait_for(streams.live.wait(), 5)
+        streams.drop.set()
+        await until(lambda: len(streams.requests) == 2)
+        order = await buy(client, user="newcomer")
+        got = await consumer.until(2)
+        assert [(u.order.order_id, u.event_type) for u in got] == [
+            (order.order_id, kind) for kind in BOTH_KINDS
+        ]
+        assert got[0].sequence == 1
+        await stream.aclose()
+        await consumer.task
+
+
+async def test_a_stream_that_hears_nothing_gives_up_unavailable(oms: OmsHarness) -> None:
+    host, port = oms.address.split(":")
+    proxy = SilencingProxy(host, int(port))
+    address = await proxy.start()
+    retry = RetryPolicy(attempts=2, initial_backoff_s=0.01, max_backoff_s=0.01)
+    try:
+        async with client_with(address, stream_idle_timeout_s=0.3, stream_retry=retry) as client:
+            consumer = Consumer(client.stream_fills(USER))
+            await until(lambda: proxy.connections == 1)
+            await asyncio.sleep(0.2)  # the going-live heartbeat came
+            proxy.silence()  # and the reconnects go over the same, silent, connection
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await consumer.until(1)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "no message on the stream for 0.3 s" in (error.value.details() or "")
+    finally:
+        await proxy.close()
+
+
+async def test_closing_the_client_ends_a_reading_consumer_cleanly(oms: OmsHarness) -> None:
+    client = OmsClient.connect(oms.address)
+    consumer = Consumer(client.stream_fills(USER))
+    await asyncio.sleep(0.2)  # the consumer is now waiting for a fill
+    await client.close()
+    await asyncio.wait_for(consumer.task, 2)  # ended, not cancelled
+    assert consumer.items == []
 
 
 async def test_aclose_ends_a_waiting_consumer_cleanly(oms: OmsHarness) -> None:

@@ -195,6 +195,23 @@ async def test_callbacks_and_prices_as_decimal_or_string_and_exactly_one_callbac
     assert mine.client_id == "my-stop-1"
 
 
+async def test_a_callback_given_as_none_is_not_set(client: OmsClient) -> None:
+    await market(client, S.SIDE_BUY)
+    no_rate: Decimal | None = None  # as a strategy holding either callback would pass it
+    stop = await client.create_trailing_stop(
+        user_id=USER,
+        exchange="paper",
+        symbol=BTC,
+        position_side=LONG,
+        callback_rate=no_rate,
+        callback_spread="2.5",
+        activation_price=None,
+        quantity=None,
+    )
+    assert (stop.WhichOneof("callback"), stop.callback_spread) == ("callback_spread", "2.5")
+    assert figures(stop) == (ACTIVE, "100", "97.5")
+
+
 async def test_a_lost_create_response_is_retried_with_the_same_client_id_and_creates_one_stop(
     client: OmsClient, oms: OmsHarness
 ) -> None:

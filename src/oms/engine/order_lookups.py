@@ -122,11 +122,7 @@ class OrderLookups:
                         await self._send_again(followed, order)
                         delay = policy.lookup_backoff_s
                         continue
-
-                    async def refuse(current: Order, reason: str = reason) -> list[OrderEvent]:
-                        return refusal_events(current, reason)
-
-                    order = await self._sender.commit(followed, order_id, refuse)
+                    order = await self._sender.commit(followed, order_id, _refuse(reason))
                 if not unsettled(order):
                     return
             except (GatewayError, ConcurrentModification, Unavailable) as error:
@@ -177,3 +173,10 @@ class OrderLookups:
         if order is None:
             raise AssertionError(f"order {order_id} vanished from the store")
         return order
+
+
+def _refuse(reason: str) -> Callable[[Order], Awaitable[list[OrderEvent]]]:
+    async def decide(order: Order) -> list[OrderEvent]:
+        return refusal_events(order, reason)
+
+    return decide

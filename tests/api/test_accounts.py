@@ -218,3 +218,15 @@ async def test_no_active_accounts_is_an_empty_list(keyed: OmsHarness) -> None:
     response = await keyed.accounts.ListActiveAccounts(pb.ListActiveAccountsRequest())
     assert list(response.accounts) == []
     assert response.next_page_token == ""
+
+
+async def test_calls_on_accounts_that_do_not_exist_leave_nothing_behind(oms: OmsHarness) -> None:
+    # Each change takes a per-account lock; asking about 200 unknown accounts must not keep
+    # 200 of them.
+    for n in range(200):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await oms.accounts.DeactivateAccount(
+                pb.DeactivateAccountRequest(user_id=f"nobody-{n}", exchange="okx")
+            )
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert len(oms.app.accounts._locks) == 0

@@ -7,11 +7,18 @@ from typing import Any
 
 import grpc
 import pytest
+from fixtures.client_streams import until
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.streams import StreamReader
-from fixtures.trading import USER, place, tick
+from fixtures.trading import BTC, USER, place, tick
 from grpc_health.v1 import health_pb2
-from tradingboost.oms.v1 import order_pb2, order_service_pb2_grpc
+from tradingboost.oms.v1 import (
+    market_data_pb2,
+    market_data_service_pb2_grpc,
+    order_pb2,
+    order_service_pb2_grpc,
+)
+from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_service_pb2 as pb
 
 S = order_pb2
@@ -212,6 +219,74 @@ async def test_a_stalled_subscriber_is_cut_off_while_others_keep_flowing(redis_u
     finally:
         await stalled_channel.close(grace=None)
         await oms.close()
+
+
+async def test_a_subscriber_that_never_reads_again_is_ended_at_once(redis_url: str) -> None:
+    # Its server-side stream waits on a send that flow control holds: nothing but the
+    # cut-off itself may end it, or it would hold its task and subscription for good.
+    oms = await make_oms(redis_url, stream_buffer_events=20)
+    stalled_channel = grpc.aio.insecure_channel(oms.address, options=[("grpc.http2.bdp_probe", 0)])
+    try:
+        stalled = StreamReader[S.OrderUpdate](
+            order_service_pb2_grpc.OrderServiceStub(stalled_channel).StreamOrderUpdates(
+                pb.StreamOrderUpdatesRequest(user_id=USER)
+            ),
+            "order_update",
+        )
+        await stalled.until_live()
+        await tick(oms, "50000")
+        for _ in range(300):
+            await place(oms, metadata={"pad": "x" * 200})
+        await until(lambda: oms.app.hub.following(USER) == 0)
+
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stalled.events(600, timeout_s=5)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await stalled_channel.close(grace=None)
+        await oms.close()
+
+
+async def test_a_price_subscriber_that_never_reads_again_is_ended_at_once(
+    redis_url: str,
+) -> None:
+    oms = await make_oms(redis_url, stream_buffer_events=20)
+    stalled_channel = grpc.aio.insecure_channel(oms.address, options=[("grpc.http2.bdp_probe", 0)])
+    try:
+        prices = market_data_service_pb2_grpc.MarketDataServiceStub(stalled_channel).StreamPrices(
+            md.StreamPricesRequest(
+                instruments=[market_data_pb2.Instrument(exchange="paper", symbol=BTC)]
+            )
+        )
+        await tick(oms, "50000")
+        first = await prices.read()
+        assert isinstance(first, md.StreamPricesResponse) and first.price.price == "50000"
+        for round_ in range(10):  # ~64 KiB of ticks fill the window, then 20 more overflow
+            for price in range(1000):
+                await tick(oms, f"{40000 + price}.{round_}")
+            if oms.app.market_data.streams == 0:
+                break
+        assert oms.app.market_data.streams == 0
+
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            while True:
+                await prices.read()
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await stalled_channel.close(grace=None)
+        await oms.close()
+
+
+async def test_the_hub_forgets_a_user_once_no_stream_follows_them(oms: OmsHarness) -> None:
+    await tick(oms, "50000")
+    stream = order_stream(oms)
+    assert await stream.until_live() == 0
+    await place(oms)
+    await stream.events(2)
+    await place(oms, user_id="nobody-follows")
+    stream.cancel()
+    await until(lambda: oms.app.hub.following(USER) == 0)
+    assert oms.app.hub._latest == {}  # one entry per user ever seen would grow for good
 
 
 async def test_shutdown_ends_streams_with_unavailable(redis_url: str) -> None:

@@ -6,9 +6,10 @@ INVALID_ARGUMENT carries a google.rpc.BadRequest naming the field, in the standa
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -105,18 +106,25 @@ def _wrap_unary(
 
 
 def _wrap_stream(
-    behavior: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]],
-) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
-    async def stream(
-        request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
+    behavior: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncGenerator[Any, None]],
+) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]:
+    async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:
             if type(request) is MalformedRequest:
                 raise request.error
             async for response in behavior(request, context):
-                yield response
+                await context.write(response)
         except OmsError as error:
             await _abort(context, error)
+        except asyncio.CancelledError as cancel:
+            ended = cancel.args[0] if cancel.args else None
+            if not isinstance(ended, OmsError):
+                raise  # the client went away
+            # The engine ended the stream (engine.subscriptions.cut_off): answer with its error.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await _abort(context, ended)
 
     return stream
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -74,14 +74,21 @@ class Accounts:
         self._clock_ns = clock_ns
         self._resume_backoff_s = resume_backoff_s
         # One change at a time per account: activation and re-registration both reconnect.
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Weak: a lock lives while a change holds or awaits it, not once per key ever asked.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def _lock(self, owner: str) -> asyncio.Lock:
+        lock = self._locks.get(owner)
+        if lock is None:
+            lock = self._locks[owner] = asyncio.Lock()
+        return lock
 
     async def register(self, command: RegisterCredentials) -> Account:
         user_id, exchange = check_account_key(command.user_id, command.exchange, self._known)
         credentials = check_credentials(command.api_key, command.secret, command.password)
         vault = self._require_vault()
         now = self._clock_ns()
-        async with self._locks[_owner(user_id, exchange)]:
+        async with self._lock(_owner(user_id, exchange)):
             stored = await self._store.get(user_id, exchange)
             if stored is None:
                 account = new_account(user_id, exchange, credentials, command.sandbox, now)
@@ -96,7 +103,7 @@ class Accounts:
 
     async def activate(self, user_id: str, exchange: str) -> Account:
         user_id, exchange = check_account_key(user_id, exchange, self._known)
-        async with self._locks[_owner(user_id, exchange)]:
+        async with self._lock(_owner(user_id, exchange)):
             account, credentials = await self._load(user_id, exchange)
             if account.is_active:
                 return account
@@ -112,7 +119,7 @@ class Accounts:
 
     async def deactivate(self, user_id: str, exchange: str) -> Account:
         user_id, exchange = check_account_key(user_id, exchange, self._known)
-        async with self._locks[_owner(user_id, exchange)]:
+        async with self._lock(_owner(user_id, exchange)):
             stored = await self._store.get(user_id, exchange)
             if stored is None:
                 raise NotFound(f"no credentials registered for {user_id} on {exchange}")

@@ -64,7 +64,7 @@ class LiveRules:
     async def delete(self, rule: ConditionalRule) -> ConditionalRule | None:
         """The rule, CANCELED "deleted"; None when it is no longer ACTIVE here."""
         async with self._venue.account_lock(rule.user_id, rule.trigger_exchange):
-            current = self._by_trigger[rule.trigger_order_id].get(rule.rule_id)
+            current = self._by_trigger.get(rule.trigger_order_id, {}).get(rule.rule_id)
             if current is None:
                 return None
             deleted = current.delete(self._clock_ns())
@@ -77,7 +77,7 @@ class LiveRules:
         fired = []
         for rule in list(self._by_trigger.get(trigger.order_id, {}).values()):
             async with self._venue.account_lock(rule.user_id, rule.trigger_exchange):
-                if self._by_trigger[rule.trigger_order_id].get(rule.rule_id) is not rule:
+                if self._by_trigger.get(rule.trigger_order_id, {}).get(rule.rule_id) is not rule:
                     continue  # deleted or judged meanwhile
                 after = rule.on_trigger_change(trigger, self._clock_ns())
                 if after is None:
@@ -99,17 +99,10 @@ class LiveRules:
                     await self.judge(trigger)
 
     def forget_user(self, user_id: str, exchange: str) -> None:
-        for rules in self._by_trigger.values():
-            for rule in [
-                r
-                for r in rules.values()
-                if (r.user_id, r.trigger_exchange)
-                == (
-                    user_id,
-                    exchange,
-                )
-            ]:
-                del rules[rule.rule_id]
+        for rules in list(self._by_trigger.values()):
+            for rule in list(rules.values()):
+                if (rule.user_id, rule.trigger_exchange) == (user_id, exchange):
+                    self._forget(rule)
 
     def _forget(self, rule: ConditionalRule) -> None:
         rules = self._by_trigger[rule.trigger_order_id]

@@ -18,6 +18,7 @@ from oms.domain.errors import (
 from oms.domain.markets import Market, MarketCatalog
 from oms.engine.paper_exchange import PAPER, PaperExchange
 from oms.engine.ports import PriceUpdate
+from oms.engine.subscriptions import cut_off
 
 MAX_TICKS_PER_CALL = 1000
 
@@ -33,13 +34,23 @@ class _PriceSubscription:
     def __init__(self, instruments: frozenset[tuple[str, str]], capacity: int) -> None:
         self.instruments = instruments
         self.queue: asyncio.Queue[PriceUpdate | None] = asyncio.Queue(capacity)
-        self.overflowed = False
+        self._stream = asyncio.current_task()
+        self._capacity = capacity
+        self._overflowed = False
 
     def push(self, update: PriceUpdate | None) -> None:
+        if self._overflowed:
+            return
         try:
             self.queue.put_nowait(update)
         except asyncio.QueueFull:
-            self.overflowed = True
+            self._overflowed = True
+            while not self.queue.empty():  # a stalled client holds no backlog
+                self.queue.get_nowait()
+            cut_off(
+                self._stream,
+                ResourceExhausted(f"price stream fell more than {self._capacity} behind"),
+            )
 
 
 class MarketData:
@@ -133,13 +144,16 @@ class MarketData:
         try:
             while True:
                 update = await subscription.queue.get()
-                if subscription.overflowed:
-                    raise ResourceExhausted(f"price stream fell more than {self._capacity} behind")
                 if update is None:
                     raise Unavailable("server is shutting down")
                 yield update
         finally:
             self._subscriptions.discard(subscription)
+
+    @property
+    def streams(self) -> int:
+        """How many price streams are open now."""
+        return len(self._subscriptions)
 
     def close(self) -> None:
         for subscription in self._subscriptions:

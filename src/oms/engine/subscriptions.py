@@ -11,12 +11,22 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
-from oms.domain.errors import OutOfRange, ResourceExhausted, Unavailable
+from oms.domain.errors import OmsError, OutOfRange, ResourceExhausted, Unavailable
 from oms.domain.events import Heartbeat, SequencedEvent, UserEvent, event_user
 from oms.engine.ports import StateStore
 
 _REPLAY_BATCH = 1000
+
+
+def cut_off(stream: asyncio.Task[Any] | None, error: OmsError) -> None:
+    """End the stream served by task `stream` with `error`, wherever it waits: one whose
+    client stopped reading waits on a send that flow control holds, which nothing else wakes.
+    The task is cancelled with `error` as the cancel's message, for the API layer to answer
+    the call with."""
+    if stream is not None:
+        stream.cancel(msg=error)
 
 
 class _Subscription:
@@ -24,6 +34,9 @@ class _Subscription:
         self._capacity = capacity
         self._queue: deque[SequencedEvent] = deque()
         self._ready = asyncio.Event()
+        self._stream = asyncio.current_task()
+        self.sent = 0
+        """Where the client can resume: no event it has not been sent lies before it."""
         self.overflowed = False
         self.closed = False
 
@@ -35,6 +48,12 @@ class _Subscription:
             # RESOURCE_EXHAUSTED and the client resumes from its last sequence.
             self.overflowed = True
             self._queue.clear()
+            cut_off(
+                self._stream,
+                ResourceExhausted(
+                    f"stream fell more than {self._capacity} events behind; {_resume(self.sent)}"
+                ),
+            )
         else:
             self._queue.extend(events)
         self._ready.set()
@@ -66,6 +85,7 @@ class EventHub:
         self._capacity = buffer_events
         self._subscribers: dict[str, set[_Subscription]] = {}
         self._latest: dict[str, int] = {}
+        """The newest sequence of each user a stream follows, for its heartbeats."""
         self._listeners: list[Callable[[str, int], None]] = []
         self._closed = False
 
@@ -75,12 +95,18 @@ class EventHub:
             by_user.setdefault(event_user(event.event), []).append(event)
         for user_id, user_events in by_user.items():
             newest = user_events[-1].sequence
-            if newest > self._latest.get(user_id, 0):
-                self._latest[user_id] = newest
-            for subscription in self._subscribers.get(user_id, ()):
-                subscription.push(user_events)
+            subscriptions = self._subscribers.get(user_id)
+            if subscriptions:
+                if newest > self._latest.get(user_id, 0):
+                    self._latest[user_id] = newest
+                for subscription in subscriptions:
+                    subscription.push(user_events)
             for listener in self._listeners:
                 listener(user_id, newest)
+
+    def following(self, user_id: str) -> int:
+        """How many streams follow the user now."""
+        return len(self._subscribers.get(user_id, ()))
 
     def add_listener(self, listener: Callable[[str, int], None]) -> None:
         """Told (user_id, newest sequence) after every commit that gave that user events."""
@@ -106,7 +132,7 @@ class EventHub:
         subscription = _Subscription(self._capacity)
         self._subscribers.setdefault(user_id, set()).add(subscription)
         try:
-            cursor = await self._start_cursor(user_id, after_sequence)
+            cursor = subscription.sent = await self._start_cursor(user_id, after_sequence)
             while True:
                 batch = await self._store.read_events(user_id, cursor, _REPLAY_BATCH)
                 if batch:
@@ -115,6 +141,7 @@ class EventHub:
                     cursor = event.sequence
                     if accept(event.event):
                         yield event
+                        subscription.sent = cursor
                 if len(batch) < _REPLAY_BATCH:
                     break
             # Tells the client it is live: everything committed from here on reaches it.
@@ -123,10 +150,6 @@ class EventHub:
             while True:
                 wait_s = max(0.0, self._heartbeat_s - (time.monotonic() - last_sent))
                 live = await subscription.next_batch(wait_s)
-                if subscription.overflowed:
-                    raise ResourceExhausted(
-                        f"stream fell more than {self._capacity} events behind; {_resume(cursor)}"
-                    )
                 if subscription.closed:
                     raise Unavailable(f"server is shutting down; {_resume(cursor)}")
                 if live is None:
@@ -147,6 +170,7 @@ class EventHub:
                         cursor = item.sequence
                         if accept(item.event):
                             yield item
+                            subscription.sent = cursor
                             last_sent = time.monotonic()
         finally:
             subscribers = self._subscribers.get(user_id)
@@ -154,6 +178,7 @@ class EventHub:
                 subscribers.discard(subscription)
                 if not subscribers:
                     del self._subscribers[user_id]
+                    self._latest.pop(user_id, None)
 
     async def _start_cursor(self, user_id: str, after_sequence: int) -> int:
         oldest, newest = await self._store.sequence_bounds(user_id)

@@ -188,6 +188,7 @@ class Application:
             AccountService(self.accounts),
             extra_handlers,
             auth_interceptor(settings.auth),
+            settings.keepalive_s,
         )
         self.archiver: Archiver | None = None
         self._archiving: asyncio.Task[None] | None = None

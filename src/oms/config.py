@@ -389,6 +389,10 @@ class Settings(BaseSettings):
     """The TOML settings file that was read, if any (flag or OMS_CONFIG only)."""
     insecure: bool = False
     """Allow a non-loopback listen address while authentication is off."""
+    keepalive_s: float = Field(default=30.0, gt=0)
+    """While a client has calls open, the server pings it this often; one that does not
+    answer within a third of that is disconnected and its streams end (a client that hung,
+    or vanished behind a partition, would otherwise hold them for hours)."""
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
     """An idle stream sends a heartbeat at least this often (the contract promises 15 s: the
     margin keeps a client's 15 s watchdog from racing a busy loop)."""

@@ -10,6 +10,7 @@ import pytest
 from fixtures.client_streams import until
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.streams import StreamReader
+from fixtures.tcp_proxy import SilencingProxy
 from fixtures.trading import BTC, USER, place, tick
 from grpc_health.v1 import health_pb2
 from tradingboost.oms.v1 import (
@@ -287,6 +288,31 @@ async def test_the_hub_forgets_a_user_once_no_stream_follows_them(oms: OmsHarnes
     stream.cancel()
     await until(lambda: oms.app.hub.following(USER) == 0)
     assert oms.app.hub._latest == {}  # one entry per user ever seen would grow for good
+
+
+async def test_a_client_that_stops_answering_is_disconnected_and_its_streams_end(
+    redis_url: str,
+) -> None:
+    # A hung client, or one behind a partition: no reset ever comes, only silence.
+    oms = await make_oms(redis_url, keepalive_s=1)
+    host, port = oms.address.split(":")
+    proxy = SilencingProxy(host, int(port))
+    channel = grpc.aio.insecure_channel(await proxy.start())
+    try:
+        stream = StreamReader[S.OrderUpdate](
+            order_service_pb2_grpc.OrderServiceStub(channel).StreamOrderUpdates(
+                pb.StreamOrderUpdatesRequest(user_id=USER)
+            ),
+            "order_update",
+        )
+        await stream.until_live()
+        assert oms.app.hub.following(USER) == 1
+        proxy.silence()
+        await until(lambda: oms.app.hub.following(USER) == 0)
+    finally:
+        await channel.close(grace=None)
+        await proxy.close()
+        await oms.close()
 
 
 async def test_shutdown_ends_streams_with_unavailable(redis_url: str) -> None:

@@ -83,8 +83,10 @@ class OmsServer:
         accounts: AccountService,
         extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
         auth: AuthInterceptor | None = None,
+        keepalive_s: float = 30.0,
     ) -> None:
-        """`auth` None: no tokens configured, every call admitted."""
+        """`auth` None: no tokens configured, every call admitted. `keepalive_s`: how often a
+        client with calls open is pinged (see Settings.keepalive_s)."""
         # The first interceptor is the outermost: a call is admitted before anything runs.
         self._calls = ErrorMappingInterceptor()
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [self._calls]
@@ -97,6 +99,10 @@ class OmsServer:
                 # Clients' keepalive pings (oms_client's every 10 s) are welcome, down to one
                 # a second; gRPC's default answers pings more often than every 5 min with GOAWAY.
                 ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+                ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+                ("grpc.keepalive_timeout_ms", int(keepalive_s * 1000 / 3)),
+                # What bounds the wait for a ping's answer in gRPC >= 1.60 (as oms_client).
+                ("grpc.http2.ping_timeout_ms", int(keepalive_s * 1000 / 3)),
             ],
         )
         # Duck-typed: the generated functions call only the two methods it has.

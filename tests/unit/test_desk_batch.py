@@ -8,8 +8,9 @@ from typing import Any, cast
 
 from fixtures.domain import MARKET, new_order
 
+from oms.domain.events import PositionUpdated
 from oms.domain.orders import PositionSide
-from oms.domain.positions import open_record
+from oms.domain.positions import PositionStatus, open_record
 from oms.engine.paper_exchange import _Batch, _Desk, _Op, _RestingBook
 from oms.engine.ports import OrderChange
 
@@ -52,3 +53,28 @@ def test_rollback_to_a_mark_keeps_what_came_before_it() -> None:
     batch.rollback(desk)
     assert state.book.orders() == []
     assert batch.changes == []
+
+
+def test_a_side_that_closes_and_opens_again_writes_both_records_and_keeps_the_open_one() -> None:
+    state = _DeskState()
+    desk = cast(_Desk, state)
+    batch = _Batch()
+    slot = ("u1", PositionSide.LONG)
+    first = replace(open_record("P1", "u1", MARKET, PositionSide.LONG, 1), size=Decimal(1))
+    state.positions[slot] = first
+    marked = first.mark(Decimal(101), 2)
+    batch.set_position(desk, slot, marked)
+
+    mark = batch.mark()
+    closed = replace(marked, status=PositionStatus.CLOSED, size=Decimal(0), closed_at_ns=3)
+    batch.set_position(desk, slot, closed)
+    assert state.positions == {}
+    second = replace(open_record("P2", "u1", MARKET, PositionSide.LONG, 3), size=Decimal(2))
+    batch.set_position(desk, slot, second)
+
+    assert state.positions == {slot: second}
+    assert batch.all_updates() == [PositionUpdated(closed), PositionUpdated(second)]
+
+    batch.rollback(desk, to=mark)
+    assert state.positions == {slot: marked}
+    assert batch.all_updates() == [PositionUpdated(marked)]

@@ -149,8 +149,8 @@ class MarkPrices:
         locks = self._accounts.followed_locks(exchange)
         return [
             position
-            for position in await self._store.current_positions_on(exchange)
-            if position.is_open and position.user_id in locks
+            for position in await self._store.open_positions_on(exchange)
+            if position.user_id in locks
         ]
 
     async def _apply(

@@ -221,7 +221,7 @@ class _Tick(_Op):
                 desk.record(self, batch, order, events, now)
         desk.trail(self, batch, self.price, now)
         for key, position in list(desk.positions.items()):
-            if position.is_open and position.mark_price != self.price:
+            if position.mark_price != self.price:
                 batch.set_position(desk, key, position.mark(self.price, now))
         return update
 
@@ -238,7 +238,7 @@ class _CreateStop(_Op):
             raise _Deferred
         side = spec.position_side
         position = desk.positions.get((spec.user_id, side))
-        if position is None or not position.is_open:
+        if position is None:
             raise FailedPrecondition(
                 f"no open {side.value} position on {spec.market.exchange} {spec.market.symbol} "
                 "for a trailing stop to protect"
@@ -310,11 +310,13 @@ class _Batch:
         """Rules fired in this batch, whose cancels follow the commit."""
         self.new_client_ids: dict[tuple[str, str, str], None] = {}
         """(kind, user, client id) created in this batch."""
-        self.touched: dict[PositionSlot, None] = {}
-        """Positions changed in this batch, in order: one event each, coalesced."""
+        self.touched: dict[str, Position] = {}
+        """Position records changed in this batch, by id in order, as last set: one event
+        each, coalesced. By record, not side: a side that closes and opens again in one batch
+        writes both records."""
         self._undo: list[Callable[[], None]] = []
 
-    def _parts(self) -> tuple[list[Any] | dict[Any, None], ...]:
+    def _parts(self) -> tuple[list[Any] | dict[Any, Any], ...]:
         return (
             self.changes,
             self.owners,
@@ -353,22 +355,33 @@ class _Batch:
         self._undo.append(undo)
 
     def set_position(self, desk: _Desk, slot: PositionSlot, position: Position) -> None:
+        """Write `position` in this commit and make it the slot's record in memory, or leave
+        the slot empty once it is closed (only a reducing fill closes, so the slot held it)."""
         previous = desk.positions.get(slot)
-        desk.positions[slot] = position
-        self.touched[slot] = None
+        if position.is_open:
+            desk.positions[slot] = position
+        else:
+            del desk.positions[slot]
+        record_id = position.position_id
+        written = self.touched.get(record_id)
+        self.touched[record_id] = position
 
         def undo() -> None:
             if previous is None:
                 del desk.positions[slot]
             else:
                 desk.positions[slot] = previous
+            # An earlier state of the record goes back; a record first touched here leaves
+            # `touched` when the rollback cuts it to its mark.
+            if written is not None:
+                self.touched[record_id] = written
 
         self._undo.append(undo)
 
-    def all_updates(self, desk: _Desk) -> list[Update]:
+    def all_updates(self) -> list[Update]:
         """What the commit writes besides order changes: the noted updates, then one event
-        per touched position."""
-        return [*self.updates, *(PositionUpdated(desk.positions[slot]) for slot in self.touched)]
+        per touched position record."""
+        return [*self.updates, *map(PositionUpdated, self.touched.values())]
 
     def mark(self) -> tuple[int, ...]:
         """Where the batch stands now, for `rollback(desk, to=mark)`."""
@@ -399,7 +412,8 @@ class _Desk:
         self.rules = _RuleBook()
         self.last: PriceUpdate | None = None
         self.positions: dict[PositionSlot, Position] = {}
-        """The current record of each (user, side) on this symbol: open, or the last closed."""
+        """The open record of each (user, side) on this symbol. A side leaves when its
+        position closes: its record lives on in the store, and its next fill opens a new one."""
         self.clock_ns = exchange.clock_ns
         self._exchange = exchange
         self._queue: list[_Op] = []
@@ -414,7 +428,7 @@ class _Desk:
 
     def open_size(self, user_id: str, side: PositionSide) -> Decimal:
         position = self.positions.get((user_id, side))
-        return position.size if position is not None and position.is_open else ZERO
+        return position.size if position is not None else ZERO
 
     # -- decisions: each records its order changes and their consequences in the batch ----
 
@@ -583,7 +597,7 @@ class _Desk:
         slot = (order.user_id, order.position_side)
         position = self.positions.get(slot)
         opening = not reduces(fill.side, order.position_side)
-        if position is None or not position.is_open:
+        if position is None:
             if not opening:
                 raise AssertionError(f"reducing fill {fill.fill_id} with no open position")
             market = self._exchange.market(self.symbol)
@@ -645,7 +659,7 @@ class _Desk:
                 asyncio.get_running_loop().call_soon(_render_ahead, decided, results)
             try:
                 outcome = await self._exchange.journal.record(
-                    batch.changes, batch.prices, batch.all_updates(self)
+                    batch.changes, batch.prices, batch.all_updates()
                 )
             except BaseException:
                 batch.rollback(self)
@@ -767,7 +781,7 @@ class PaperExchange:
             by_symbol.setdefault(order.symbol, []).append(order)
         for symbol, orders in by_symbol.items():
             desks.setdefault(symbol, _Desk(self, symbol)).book.replace_all(orders)
-        for position in await store.current_positions_on(PAPER):
+        for position in await store.open_positions_on(PAPER):
             desk = desks.setdefault(position.symbol, _Desk(self, position.symbol))
             desk.positions[(position.user_id, position.position_side)] = position
         for stop in await store.working_trailing_stops_on(PAPER):
@@ -861,11 +875,6 @@ class PaperExchange:
         """One tick: match the resting orders, commit fills and the price together."""
         update: PriceUpdate = await self._desk(symbol).submit(_Tick(price))
         return update
-
-    def position(self, user_id: str, symbol: str, side: PositionSide) -> Position | None:
-        """The current record of one side, from memory."""
-        desk = self._desks.get(symbol)
-        return desk.positions.get((user_id, side)) if desk else None
 
     def market(self, symbol: str) -> Market:
         return self._catalog.resolve(PAPER, symbol)

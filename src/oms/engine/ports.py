@@ -162,7 +162,7 @@ class StateStore(Protocol):
     | load_prices            | the last price of every instrument                          |
     | get_position           | one position record by id, within the user                  |
     | current_position       | the current record of one (user, exchange, symbol, side)    |
-    | current_positions_on   | every current record on one exchange (recovery)            |
+    | open_positions_on      | every open record on one exchange (recovery)               |
     | all_positions          | every record of a user, open and closed                    |
     | list_positions         | one page, newest record first, with its sequence            |
     | get_orders             | several orders by id, within the user (None where unknown) |
@@ -207,7 +207,7 @@ class StateStore(Protocol):
 
     async def current_position(self, key: PositionKey) -> Position | None: ...
 
-    async def current_positions_on(self, exchange: str) -> list[Position]: ...
+    async def open_positions_on(self, exchange: str) -> list[Position]: ...
 
     async def all_positions(self, user_id: str) -> list[Position]: ...
 

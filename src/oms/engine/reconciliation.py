@@ -105,8 +105,8 @@ class Reconciliation:
         }
         symbols = {order.symbol for order in recent} | {
             position.symbol
-            for position in await self._store.current_positions_on(followed.exchange)
-            if position.user_id == followed.user_id and position.is_open
+            for position in await self._store.open_positions_on(followed.exchange)
+            if position.user_id == followed.user_id
         }
         for symbol in sorted(symbols):
             by_order: defaultdict[str, list[FillReport]] = defaultdict(list)
@@ -194,8 +194,8 @@ class Reconciliation:
         }
         held = {
             (position.symbol, position.position_side): position.size
-            for position in await self._store.current_positions_on(followed.exchange)
-            if position.user_id == followed.user_id and position.is_open
+            for position in await self._store.open_positions_on(followed.exchange)
+            if position.user_id == followed.user_id
         }
         for symbol, side in sorted(at_exchange.keys() | held.keys(), key=str):
             exchange_size = at_exchange.get((symbol, side), ZERO)

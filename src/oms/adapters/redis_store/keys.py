@@ -126,7 +126,7 @@ def pending_rules() -> str:
 
 
 def exchange_positions(exchange: str) -> str:
-    """Set '<user_id>|<exchange>|<symbol>|<side>' of sides with a record (start-up recovery)."""
+    """Set '<user_id>|<exchange>|<symbol>|<side>' of sides with an open record (recovery)."""
     return f"{PREFIX}:x:{exchange}:positions"
 
 

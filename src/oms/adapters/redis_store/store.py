@@ -86,6 +86,11 @@ def _filters(**fields: object) -> dict[str, list[str]]:
     return found
 
 
+def _side_member(position: Position) -> str:
+    """Its side's member in the exchange's set of open sides."""
+    return f"{position.user_id}|{position.key.field()}"
+
+
 def connect(url: str, timeout_s: float) -> Redis:
     """A client that gives up within ~0.5 s on a refused connection, and within `timeout_s`
     on a connection that cannot be made: a caller gets UNAVAILABLE, not a long hang.
@@ -215,6 +220,7 @@ class RedisStore:
         self.timeout_s = timeout_s
         self._commit = ScriptPipe(redis, _script("commit.lua"), reply_timeout_s=timeout_s)
         self._list_page = redis.register_script(_script("list_page.lua"))
+        self._forget_closed_sides = redis.register_script(_script("forget_closed_sides.lua"))
 
     @property
     def redis(self) -> Redis:
@@ -360,9 +366,10 @@ class RedisStore:
         tx.zadd_at_event(keys.position_index(user), event_no, position.position_id, only_new=True)
         if position.is_open:
             tx.sadd(keys.open_positions(user), position.position_id)
+            tx.sadd(keys.exchange_positions(position.exchange), _side_member(position))
         else:
             tx.srem(keys.open_positions(user), position.position_id)
-        tx.sadd(keys.exchange_positions(position.exchange), f"{user}|{position.key.field()}")
+            tx.srem(keys.exchange_positions(position.exchange), _side_member(position))
 
     def _write_trailing_stop(
         self, tx: _Transaction, update: TrailingStopUpdated, stop: TrailingStop
@@ -539,8 +546,11 @@ class RedisStore:
         )
 
     @unavailable_when_down
-    async def current_positions_on(self, exchange: str) -> list[Position]:
-        members = await self._redis.smembers(keys.exchange_positions(exchange))  # type: ignore[misc]
+    async def open_positions_on(self, exchange: str) -> list[Position]:
+        """Every open record on one exchange. A side found closed (written before a close
+        took its side out of the set) is removed from the set, so it is read once only."""
+        index = keys.exchange_positions(exchange)
+        members = await self._redis.smembers(index)  # type: ignore[misc]
         pipe = self._redis.pipeline(transaction=False)
         users = []
         for member in sorted(members):
@@ -551,7 +561,16 @@ class RedisStore:
         pipe = self._redis.pipeline(transaction=False)
         for user_id, position_id in zip(users, ids, strict=True):
             pipe.hget(keys.positions(user_id), position_id)
-        return [decode_position(doc) for doc in await pipe.execute() if doc is not None]
+        found = [decode_position(doc) for doc in await pipe.execute() if doc is not None]
+        closed = [position for position in found if not position.is_open]
+        if closed:
+            await self._forget_closed_sides(
+                keys=[index, *(keys.current_positions(p.user_id) for p in closed)],
+                args=[
+                    arg for p in closed for arg in (_side_member(p), p.key.field(), p.position_id)
+                ],
+            )
+        return [position for position in found if position.is_open]
 
     @unavailable_when_down
     async def all_positions(self, user_id: str) -> list[Position]:

@@ -25,11 +25,21 @@ from tradingboost.oms.v1 import order_service_pb2 as pb
 S = order_pb2
 
 
-def order_stream(oms: OmsHarness, after: int = 0, **filters: str) -> StreamReader[S.OrderUpdate]:
-    call = oms.orders.StreamOrderUpdates(
+def order_stream(
+    oms: OmsHarness, after: int = 0, channel: grpc.aio.Channel | None = None, **filters: str
+) -> StreamReader[S.OrderUpdate]:
+    """USER's order updates, over `channel` if given (the harness's own otherwise)."""
+    orders = oms.orders if channel is None else order_service_pb2_grpc.OrderServiceStub(channel)
+    call = orders.StreamOrderUpdates(
         pb.StreamOrderUpdatesRequest(user_id=USER, after_sequence=after, **filters)
     )
     return StreamReader(call, "order_update")
+
+
+def stalling_channel(oms: OmsHarness) -> grpc.aio.Channel:
+    """A client channel that never widens its receive window (no BDP probing): once its
+    client stops reading, the server's writes block after ~64 KiB."""
+    return grpc.aio.insecure_channel(oms.address, options=[("grpc.http2.bdp_probe", 0)])
 
 
 def fill_stream(oms: OmsHarness, after: int = 0, **filters: str) -> StreamReader[S.Fill]:
@@ -183,16 +193,9 @@ async def test_idle_stream_sends_heartbeats_with_the_latest_sequence(redis_url: 
 
 async def test_a_stalled_subscriber_is_cut_off_while_others_keep_flowing(redis_url: str) -> None:
     oms = await make_oms(redis_url, stream_buffer_events=20)
-    # A client channel that never widens its receive window (no BDP probing): once the
-    # client stops reading, the server's writes block after ~64 KiB.
-    stalled_channel = grpc.aio.insecure_channel(oms.address, options=[("grpc.http2.bdp_probe", 0)])
+    stalled_channel = stalling_channel(oms)
     try:
-        stalled = StreamReader[S.OrderUpdate](
-            order_service_pb2_grpc.OrderServiceStub(stalled_channel).StreamOrderUpdates(
-                pb.StreamOrderUpdatesRequest(user_id=USER)
-            ),
-            "order_update",
-        )
+        stalled = order_stream(oms, channel=stalled_channel)
         healthy = order_stream(oms)
         await stalled.until_live()
         await healthy.until_live()
@@ -226,14 +229,9 @@ async def test_a_subscriber_that_never_reads_again_is_ended_at_once(redis_url: s
     # Its server-side stream waits on a send that flow control holds: nothing but the
     # cut-off itself may end it, or it would hold its task and subscription for good.
     oms = await make_oms(redis_url, stream_buffer_events=20)
-    stalled_channel = grpc.aio.insecure_channel(oms.address, options=[("grpc.http2.bdp_probe", 0)])
+    stalled_channel = stalling_channel(oms)
     try:
-        stalled = StreamReader[S.OrderUpdate](
-            order_service_pb2_grpc.OrderServiceStub(stalled_channel).StreamOrderUpdates(
-                pb.StreamOrderUpdatesRequest(user_id=USER)
-            ),
-            "order_update",
-        )
+        stalled = order_stream(oms, channel=stalled_channel)
         await stalled.until_live()
         await tick(oms, "50000")
         for _ in range(300):
@@ -252,7 +250,7 @@ async def test_a_price_subscriber_that_never_reads_again_is_ended_at_once(
     redis_url: str,
 ) -> None:
     oms = await make_oms(redis_url, stream_buffer_events=20)
-    stalled_channel = grpc.aio.insecure_channel(oms.address, options=[("grpc.http2.bdp_probe", 0)])
+    stalled_channel = stalling_channel(oms)
     try:
         prices = market_data_service_pb2_grpc.MarketDataServiceStub(stalled_channel).StreamPrices(
             md.StreamPricesRequest(
@@ -299,12 +297,7 @@ async def test_a_client_that_stops_answering_is_disconnected_and_its_streams_end
     proxy = SilencingProxy(host, int(port))
     channel = grpc.aio.insecure_channel(await proxy.start())
     try:
-        stream = StreamReader[S.OrderUpdate](
-            order_service_pb2_grpc.OrderServiceStub(channel).StreamOrderUpdates(
-                pb.StreamOrderUpdatesRequest(user_id=USER)
-            ),
-            "order_update",
-        )
+        stream = order_stream(oms, channel=channel)
         await stream.until_live()
         assert oms.app.hub.following(USER) == 1
         proxy.silence()
@@ -365,8 +358,7 @@ async def test_events_trimmed_during_a_replay_end_the_stream_out_of_range(redis_
     # Retention trims the stream while a slow client is still replaying: the stream must end
     # OUT_OF_RANGE rather than jump over the trimmed events.
     oms = await make_oms(redis_url, retention_events=1200)
-    # No BDP probing: the server's writes stall once ~64 KiB are unread, mid-replay.
-    slow_channel = grpc.aio.insecure_channel(oms.address, options=[("grpc.http2.bdp_probe", 0)])
+    slow_channel = stalling_channel(oms)  # the server's writes stall mid-replay
 
     async def rest(count: int) -> None:  # a resting limit: one event each
         for _ in range(count // 50):
@@ -377,12 +369,7 @@ async def test_events_trimmed_during_a_replay_end_the_stream_out_of_range(redis_
     try:
         await tick(oms, "50000")  # no event: nothing of this user's changes
         await rest(1300)  # sequences 1..1300; 101..1300 retained
-        slow = StreamReader[S.OrderUpdate](
-            order_service_pb2_grpc.OrderServiceStub(slow_channel).StreamOrderUpdates(
-                pb.StreamOrderUpdatesRequest(user_id=USER, after_sequence=100)
-            ),
-            "order_update",
-        )
+        slow = order_stream(oms, 100, channel=slow_channel)
         [first] = await slow.events(1)
         assert first.sequence == 101
         await rest(1300)  # 1401..2600 retained now

@@ -168,6 +168,21 @@ async def test_a_token_acts_only_for_its_users(oms: OmsHarness) -> None:
         metadata=bearer(ADMIN),
     )
     assert mine.order == placed.order
+    # Streams it may follow deliver: the going-live heartbeat, then alice's events.
+    stream = oms.orders.StreamOrderUpdates(
+        pb.StreamOrderUpdatesRequest(user_id="alice"), metadata=bearer(ALICE)
+    )
+    first = await stream.read()
+    assert isinstance(first, pb.StreamOrderUpdatesResponse)
+    assert first.heartbeat.latest_sequence == 1
+    canceled = await oms.orders.CancelOrder(
+        pb.CancelOrderRequest(user_id="alice", order_id=placed.order.order_id),
+        metadata=bearer(ALICE),
+    )
+    update = await stream.read()
+    assert isinstance(update, pb.StreamOrderUpdatesResponse)
+    assert update.order_update.order == canceled.order
+    stream.cancel()
 
 
 async def test_a_token_configured_by_its_sha256_is_accepted(oms: OmsHarness) -> None:

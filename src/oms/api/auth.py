@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,13 +65,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None or method.startswith(_OPEN_SERVICES):
             return handler  # type: ignore[no-any-return]
         caller = self._caller(handler_call_details.invocation_metadata)
+        # Both kinds are coroutines: the error mapping (the next interceptor) writes a
+        # stream's responses through context.write.
         if handler.unary_unary is not None:
             return handler._replace(  # type: ignore[no-any-return]
-                unary_unary=self._guard_unary(method, caller, handler.unary_unary)
+                unary_unary=self._guard(method, caller, handler.unary_unary)
             )
         if handler.unary_stream is not None:
             return handler._replace(  # type: ignore[no-any-return]
-                unary_stream=self._guard_stream(method, caller, handler.unary_stream)
+                unary_stream=self._guard(method, caller, handler.unary_stream)
             )
         return handler  # type: ignore[no-any-return]
 
@@ -86,30 +88,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return None
         return self._callers.get(token_digest(token.strip()))
 
-    def _guard_unary(
+    def _guard(
         self,
         method: str,
         caller: _Caller | None,
         behavior: Callable[[Any, Context], Awaitable[Any]],
     ) -> Callable[[Any, Context], Awaitable[Any]]:
-        async def unary(request: Any, context: Context) -> Any:
+        async def guarded(request: Any, context: Context) -> Any:
             await _admit(method, caller, request, context)
             return await behavior(request, context)
 
-        return unary
-
-    def _guard_stream(
-        self,
-        method: str,
-        caller: _Caller | None,
-        behavior: Callable[[Any, Context], AsyncIterator[Any]],
-    ) -> Callable[[Any, Context], AsyncIterator[Any]]:
-        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-            await _admit(method, caller, request, context)
-            async for response in behavior(request, context):
-                yield response
-
-        return stream
+        return guarded
 
 
 async def _admit(method: str, caller: _Caller | None, request: Any, context: Context) -> None:

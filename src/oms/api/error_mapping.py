@@ -7,6 +7,7 @@ INVALID_ARGUMENT carries a google.rpc.BadRequest naming the field, in the standa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -112,8 +113,10 @@ def _wrap_stream(
         try:
             if type(request) is MalformedRequest:
                 raise request.error
-            async for response in behavior(request, context):
-                await context.write(response)
+            # Closed here, whatever ends the call: its subscription goes with it.
+            async with contextlib.aclosing(behavior(request, context)) as responses:
+                async for response in responses:
+                    await context.write(response)
         except OmsError as error:
             await _abort(context, error)
         except asyncio.CancelledError as cancel:

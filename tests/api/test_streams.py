@@ -257,6 +257,7 @@ async def test_a_price_subscriber_that_never_reads_again_is_ended_at_once(
                 instruments=[market_data_pb2.Instrument(exchange="paper", symbol=BTC)]
             )
         )
+        await until(lambda: oms.app.market_data.streams == 1)  # subscribed: it sees the tick
         await tick(oms, "50000")
         first = await prices.read()
         assert isinstance(first, md.StreamPricesResponse) and first.price.price == "50000"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import grpc
@@ -214,11 +215,15 @@ async def test_a_stalled_subscriber_is_cut_off_while_others_keep_flowing(redis_u
         assert len(received) == 2 * orders  # the healthy stream got everything, in order
         assert [u.sequence for u in received] == sorted(u.sequence for u in received)
 
-        # The stalled client reads again: what was in flight, then RESOURCE_EXHAUSTED.
+        # The stalled client reads again: what was in flight, then RESOURCE_EXHAUSTED naming
+        # exactly the last of those as the resume point (no gap, no duplicate).
+        got: list[int] = []
         with pytest.raises(grpc.aio.AioRpcError) as error:
-            await stalled.events(2 * orders, timeout_s=5)
+            while True:
+                got.extend(u.sequence for u in await stalled.events(1, timeout_s=5))
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "resume with after_sequence=" in (error.value.details() or "")
+        assert got == sorted(got)
+        assert (error.value.details() or "").endswith(f"resume with after_sequence={got[-1]}")
         healthy.cancel()
     finally:
         await stalled_channel.close(grace=None)
@@ -275,6 +280,57 @@ async def test_a_price_subscriber_that_never_reads_again_is_ended_at_once(
     finally:
         await stalled_channel.close(grace=None)
         await oms.close()
+
+
+async def test_a_cut_off_as_the_heartbeat_falls_due_still_ends_the_stream_with_its_error(
+    redis_url: str,
+) -> None:
+    oms = await make_oms(redis_url, stream_buffer_events=20, heartbeat_interval_s=0.5)
+    try:
+        await tick(oms, "50000")
+        stream = order_stream(oms)
+        await stream.until_live()
+        await place(oms)
+        await stream.events(2)
+        events = await oms.app.store.read_events(USER, 0, 10)
+        # Overflow the idle stream's subscription just after its heartbeat falls due, holding
+        # the loop until both are due: they run in one loop iteration, the heartbeat first.
+        asyncio.get_running_loop().call_later(0.55, oms.app.hub.publish, events * 11)
+        time.sleep(0.7)  # noqa: ASYNC251 (blocking the loop is the point)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            while True:
+                await stream.next_message()
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await oms.close()
+
+
+async def test_shutdown_ends_a_stalled_stream_at_once_with_its_resume_point(
+    redis_url: str,
+) -> None:
+    # A long grace: the stream must not hold its subscription (or the stop) until it ends.
+    oms = await make_oms(redis_url, shutdown_grace_s=60)
+    stalled_channel = stalling_channel(oms)
+    try:
+        stalled = order_stream(oms, channel=stalled_channel)
+        await stalled.until_live()
+        await tick(oms, "50000")
+        for _ in range(300):  # ~64 KiB: the server's writes now wait for the client
+            await place(oms, metadata={"pad": "x" * 200})
+        stop = asyncio.create_task(oms.app.stop())
+        await until(lambda: oms.app.hub.following(USER) == 0)
+
+        got: list[int] = []
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            while True:
+                got.extend(u.sequence for u in await stalled.events(1))
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert (error.value.details() or "").endswith(f"resume with after_sequence={got[-1]}")
+        async with asyncio.timeout(20):
+            await stop
+    finally:
+        await stalled_channel.close(grace=None)
+        await oms.channel.close(grace=None)
 
 
 async def test_the_hub_forgets_a_user_once_no_stream_follows_them(oms: OmsHarness) -> None:

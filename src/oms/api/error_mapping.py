@@ -30,6 +30,7 @@ from oms.domain.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from oms.engine.subscriptions import ended_by
 
 log = logging.getLogger(__name__)
 
@@ -113,21 +114,28 @@ def _wrap_stream(
         try:
             if type(request) is MalformedRequest:
                 raise request.error
+            # Before anything can cut the stream off: a cut-off during the first write would
+            # leave grpc unsure the headers went, and its status would then fail to send.
+            await context.send_initial_metadata(())
             # Closed here, whatever ends the call: its subscription goes with it.
             async with contextlib.aclosing(behavior(request, context)) as responses:
                 async for response in responses:
                     await context.write(response)
         except OmsError as error:
             await _abort(context, error)
-        except asyncio.CancelledError as cancel:
-            ended = cancel.args[0] if cancel.args else None
-            if not isinstance(ended, OmsError):
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            ended = ended_by(task)
+            if task is None or ended is None:
                 raise  # the client went away
             # The engine ended the stream (engine.subscriptions.cut_off): answer with its error.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            await _abort(context, ended)
+            task.uncancel()
+            try:
+                await _abort(context, ended)
+            except grpc.aio.InternalError:
+                # Its batch failed: the status waited behind a message a stalled client never
+                # read, and the client has gone since. Nobody is left to answer.
+                log.debug("cut-off stream's client left before its status: %s", ended)
 
     return stream
 

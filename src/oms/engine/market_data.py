@@ -12,6 +12,7 @@ from oms.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    OmsError,
     ResourceExhausted,
     Unavailable,
 )
@@ -33,24 +34,24 @@ class Tick:
 class _PriceSubscription:
     def __init__(self, instruments: frozenset[tuple[str, str]], capacity: int) -> None:
         self.instruments = instruments
-        self.queue: asyncio.Queue[PriceUpdate | None] = asyncio.Queue(capacity)
+        self.queue: asyncio.Queue[PriceUpdate] = asyncio.Queue(capacity)
         self._stream = asyncio.current_task()
         self._capacity = capacity
-        self._overflowed = False
+        self._ended = False
 
-    def push(self, update: PriceUpdate | None) -> None:
-        if self._overflowed:
+    def push(self, update: PriceUpdate) -> None:
+        if self._ended:
             return
         try:
             self.queue.put_nowait(update)
         except asyncio.QueueFull:
-            self._overflowed = True
-            while not self.queue.empty():  # a stalled client holds no backlog
-                self.queue.get_nowait()
-            cut_off(
-                self._stream,
-                ResourceExhausted(f"price stream fell more than {self._capacity} behind"),
-            )
+            self.end(ResourceExhausted(f"price stream fell more than {self._capacity} behind"))
+
+    def end(self, error: OmsError) -> None:
+        self._ended = True
+        while not self.queue.empty():  # a stalled client holds no backlog
+            self.queue.get_nowait()
+        cut_off(self._stream, error)
 
 
 class MarketData:
@@ -143,10 +144,7 @@ class MarketData:
         self._subscriptions.add(subscription)
         try:
             while True:
-                update = await subscription.queue.get()
-                if update is None:
-                    raise Unavailable("server is shutting down")
-                yield update
+                yield await subscription.queue.get()
         finally:
             self._subscriptions.discard(subscription)
 
@@ -156,8 +154,9 @@ class MarketData:
         return len(self._subscriptions)
 
     def close(self) -> None:
+        """Every stream ends with UNAVAILABLE, a stalled one too."""
         for subscription in self._subscriptions:
-            subscription.push(None)
+            subscription.end(Unavailable("server is shutting down"))
 
     def _resolve(self, exchange: str, symbol: str, prefix: str) -> Market:
         dot = f"{prefix}." if prefix else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -20,58 +21,71 @@ from oms.engine.ports import StateStore
 _REPLAY_BATCH = 1000
 
 
+_ENDED: weakref.WeakKeyDictionary[asyncio.Task[Any], OmsError] = weakref.WeakKeyDictionary()
+
+
 def cut_off(stream: asyncio.Task[Any] | None, error: OmsError) -> None:
     """End the stream served by task `stream` with `error`, wherever it waits: one whose
     client stopped reading waits on a send that flow control holds, which nothing else wakes.
-    The task is cancelled with `error` as the cancel's message, for the API layer to answer
-    the call with."""
-    if stream is not None:
-        stream.cancel(msg=error)
+    The task is cancelled; the API layer answers the call with `ended_by(task)`."""
+    if stream is None or stream.done() or stream in _ENDED:
+        return
+    _ENDED[stream] = error
+    stream.cancel()
+
+
+def ended_by(stream: asyncio.Task[Any] | None) -> OmsError | None:
+    """The error a stream was cut off with; None if it was not (its client went away).
+    Kept beside the task, not in the cancel's message: a second cancel landing in the same
+    loop iteration (a timeout's) would replace that message."""
+    return None if stream is None else _ENDED.get(stream)
 
 
 class _Subscription:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, after_sequence: int) -> None:
         self._capacity = capacity
         self._queue: deque[SequencedEvent] = deque()
         self._ready = asyncio.Event()
         self._stream = asyncio.current_task()
-        self.sent = 0
+        self.sent = after_sequence
         """Where the client can resume: no event it has not been sent lies before it."""
-        self.overflowed = False
-        self.closed = False
+        self._ended = False
 
     def push(self, events: list[SequencedEvent]) -> None:
-        if self.overflowed or self.closed:
+        if self._ended:
             return
         if len(self._queue) + len(events) > self._capacity:
             # Drop the backlog now so a stalled client cannot hold memory; the stream ends with
             # RESOURCE_EXHAUSTED and the client resumes from its last sequence.
-            self.overflowed = True
-            self._queue.clear()
-            cut_off(
-                self._stream,
+            self._end(
                 ResourceExhausted(
                     f"stream fell more than {self._capacity} events behind; {_resume(self.sent)}"
-                ),
+                )
             )
         else:
             self._queue.extend(events)
-        self._ready.set()
+            self._ready.set()
 
     def close(self) -> None:
-        self.closed = True
-        self._ready.set()
+        self._end(Unavailable(f"server is shutting down; {_resume(self.sent)}"))
+
+    def _end(self, error: OmsError) -> None:
+        self._ended = True
+        self._queue.clear()
+        cut_off(self._stream, error)
 
     async def next_batch(self, timeout_s: float) -> list[SequencedEvent] | None:
         """Queued events; None when `timeout_s` passed with nothing to deliver."""
-        if not self._queue and not (self.overflowed or self.closed):
+        if not self._queue:
             self._ready.clear()
+            # A timer, not asyncio.timeout: a timeout cancels the task, and a cut-off landing
+            # in the same loop iteration would be mistaken for it (or it for the cut-off).
+            timer = asyncio.get_running_loop().call_later(timeout_s, self._ready.set)
             try:
-                # Not asyncio.wait_for: on Python 3.11 it loses a cancellation (the client
-                # went away) that lands as the event is set, and costs a task per wait.
-                async with asyncio.timeout(timeout_s):
-                    await self._ready.wait()
-            except TimeoutError:
+                await self._ready.wait()
+            finally:
+                timer.cancel()
+            if not self._queue:
                 return None
         batch = list(self._queue)
         self._queue.clear()
@@ -113,7 +127,7 @@ class EventHub:
         self._listeners.append(listener)
 
     def close(self) -> None:
-        """Shutting down: every stream ends with UNAVAILABLE."""
+        """Shutting down: every stream ends with UNAVAILABLE, a stalled one too."""
         self._closed = True
         for subscriptions in self._subscribers.values():
             for subscription in subscriptions:
@@ -129,7 +143,7 @@ class EventHub:
         """
         if self._closed:
             raise Unavailable("server is shutting down")
-        subscription = _Subscription(self._capacity)
+        subscription = _Subscription(self._capacity, after_sequence)
         self._subscribers.setdefault(user_id, set()).add(subscription)
         try:
             cursor = subscription.sent = await self._start_cursor(user_id, after_sequence)
@@ -140,8 +154,10 @@ class EventHub:
                 for event in batch:
                     cursor = event.sequence
                     if accept(event.event):
-                        yield event
+                        # Handed to gRPC once yielded: a cut-off from here on still sends it
+                        # ahead of the status, so the resume point is past it.
                         subscription.sent = cursor
+                        yield event
                 if len(batch) < _REPLAY_BATCH:
                     break
             # Tells the client it is live: everything committed from here on reaches it.
@@ -150,8 +166,6 @@ class EventHub:
             while True:
                 wait_s = max(0.0, self._heartbeat_s - (time.monotonic() - last_sent))
                 live = await subscription.next_batch(wait_s)
-                if subscription.closed:
-                    raise Unavailable(f"server is shutting down; {_resume(cursor)}")
                 if live is None:
                     yield Heartbeat(max(cursor, self._latest.get(user_id, 0)), time.time_ns())
                     last_sent = time.monotonic()
@@ -169,8 +183,8 @@ class EventHub:
                     for item in (*missed, event):
                         cursor = item.sequence
                         if accept(item.event):
-                            yield item
                             subscription.sent = cursor
+                            yield item
                             last_sent = time.monotonic()
         finally:
             subscribers = self._subscribers.get(user_id)

@@ -70,3 +70,16 @@ async def test_cancel_all_cancels_every_resting_order_in_shared_commits(oms: Oms
     await tick(oms, "48000")
     listing = await all_orders(oms)
     assert {o.status for o in listing.orders} == {order_pb2.ORDER_STATUS_CANCELED}
+
+
+async def test_a_burst_of_calls_is_queued_and_answered_never_cancelled(oms: OmsHarness) -> None:
+    # More calls at once than gRPC's core queues by default (1,000; 3,000 at most), as when a
+    # fleet of bots reconnects and places its grids: past its limits it answers CANCELLED.
+    await tick(oms, "50000")
+    requests = [
+        order_request(client_order_id=f"burst-{n}", type=order_pb2.ORDER_TYPE_LIMIT, price="49000")
+        for n in range(3500)
+    ]
+    responses = await asyncio.gather(*(oms.orders.PlaceOrder(r) for r in requests))
+    assert {r.order.status for r in responses} == {order_pb2.ORDER_STATUS_OPEN}
+    assert len({r.order.order_id for r in responses}) == len(requests)

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 # Shutting down: gRPC has handed over every queued call once none has come for this long.
 _QUIET_S = 0.05
 _REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+_MAX_PENDING_CALLS = 20_000
 
 _SERVICES = (
     account_service_pb2.DESCRIPTOR.services_by_name["AccountService"],
@@ -103,6 +104,11 @@ class OmsServer:
                 ("grpc.keepalive_timeout_ms", int(keepalive_s * 1000 / 3)),
                 # What bounds the wait for a ping's answer in gRPC >= 1.60 (as oms_client).
                 ("grpc.http2.ping_timeout_ms", int(keepalive_s * 1000 / 3)),
+                # gRPC's core cancels calls beyond 1,000 (at random) or 3,000 (all) waiting for
+                # the application: a burst of bots reconnecting would read CANCELLED, which
+                # looks like their own cancel. Queued instead: their deadlines bound the wait.
+                ("grpc.server.max_pending_requests", _MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * _MAX_PENDING_CALLS),
             ],
         )
         # Duck-typed: the generated functions call only the two methods it has.

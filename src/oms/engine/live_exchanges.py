@@ -84,7 +84,7 @@ from oms.engine.live_rules import LiveRules, RuleRunner
 from oms.engine.live_trailing import LiveTrailingStops
 from oms.engine.mark_prices import MarkPrices
 from oms.engine.order_lookups import OrderLookups
-from oms.engine.ports import Conflict, OrderChange, PriceUpdate, StateStore
+from oms.engine.ports import Conflict, OrderChange, PriceUpdate, StateStore, stored_order
 from oms.engine.prerender import Prerender
 from oms.engine.reconciliation import Reconciliation
 from oms.engine.venue_policy import VenuePolicy
@@ -454,7 +454,7 @@ class LiveExchanges:
     ) -> Order:
         """Bring the order in line with a report: its fills first, then its status. Without
         `fills` they are read from the exchange when the report says more filled."""
-        order = await self._get(followed, order_id)
+        order = await stored_order(self._store, followed.user_id, order_id)
         if (
             not fills
             and report is not None
@@ -666,7 +666,7 @@ class LiveExchanges:
         position, in one commit under the account's lock."""
         async with followed.lock:
             for _ in range(_COMMIT_ATTEMPTS):
-                order = await self._get(followed, order_id)
+                order = await stored_order(self._store, followed.user_id, order_id)
                 events = await decide(order)
                 if not events:
                     return order
@@ -793,12 +793,6 @@ class LiveExchanges:
                 position, fill, order.grid_level, order.leverage if opening else None
             ).mark(fill.price, fill.time_ns)
         return [] if position is None else [PositionUpdated(position)]
-
-    async def _get(self, followed: FollowedAccount, order_id: str) -> Order:
-        order = await self._store.get_order(followed.user_id, order_id)
-        if order is None:
-            raise AssertionError(f"order {order_id} vanished from the store")
-        return order
 
     def throttle_wait_s(self, exchange: str) -> float:
         until, _ = self._throttled.get(exchange, (0.0, False))

@@ -33,7 +33,7 @@ from oms.domain.venue_reports import (
 )
 from oms.engine.followed_accounts import FollowedAccount
 from oms.engine.gateway import GatewayError
-from oms.engine.ports import StateStore
+from oms.engine.ports import StateStore, stored_order
 from oms.engine.venue_policy import VenuePolicy
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class OrderLookups:
         client_id = exchange_client_id(order_id)
         while True:
             try:
-                order = await self._get(followed, order_id)
+                order = await stored_order(self._store, followed.user_id, order_id)
                 if not unsettled(order):
                     followed.refused_sends.discard(order_id)
                     return
@@ -167,12 +167,6 @@ class OrderLookups:
         # An order that fired was sent with its last change (the trigger, or SENT_AGAIN).
         sent_at_ns = order.updated_at_ns if order.triggered else order.created_at_ns
         return self._clock_ns() - sent_at_ns >= policy.lookup_grace_s * 1e9
-
-    async def _get(self, followed: FollowedAccount, order_id: str) -> Order:
-        order = await self._store.get_order(followed.user_id, order_id)
-        if order is None:
-            raise AssertionError(f"order {order_id} vanished from the store")
-        return order
 
 
 def _refuse(reason: str) -> Callable[[Order], Awaitable[list[OrderEvent]]]:

@@ -236,6 +236,14 @@ class StateStore(Protocol):
     async def list_rules(self, query: RuleQuery) -> Page[ConditionalRule]: ...
 
 
+async def stored_order(store: StateStore, user_id: str, order_id: str) -> Order:
+    """An order this process has stored: missing, the store lost data."""
+    order = await store.get_order(user_id, order_id)
+    if order is None:
+        raise AssertionError(f"order {order_id} vanished from the store")
+    return order
+
+
 class AccountStore(Protocol):
     """Exchange accounts and their sealed credentials.
 

@@ -230,6 +230,38 @@ async def test_a_stalled_subscriber_is_cut_off_while_others_keep_flowing(redis_u
         await oms.close()
 
 
+async def test_a_slow_replay_on_a_busy_user_catches_up_without_being_cut_off(
+    redis_url: str,
+) -> None:
+    # Events committed while a stream replays are read from the store as its client takes
+    # them: however many they are, a slow reader catching up is never cut off for it.
+    oms = await make_oms(redis_url, stream_buffer_events=20)
+    stalled_channel = stalling_channel(oms)
+    try:
+        await tick(oms, "50000")
+        for _ in range(150):
+            await place(oms, metadata={"pad": "x" * 200})
+        slow = order_stream(oms, after=1, channel=stalled_channel)
+        await until(lambda: oms.app.hub.following(USER) == 1)
+        for _ in range(100):  # meanwhile its replay waits for the client: ~64 KiB sent
+            await place(oms, metadata={"pad": "x" * 200})
+
+        reference = order_stream(oms, after=1)
+        expected: list[int] = []
+        while (message := await reference.next_message()).WhichOneof("payload") != "heartbeat":
+            expected.append(message.order_update.sequence)
+        got: list[int] = []
+        while (message := await slow.next_message()).WhichOneof("payload") != "heartbeat":
+            got.append(message.order_update.sequence)
+        assert len(expected) == 2 * 250 - 1
+        assert got == expected
+        slow.cancel()
+        reference.cancel()
+    finally:
+        await stalled_channel.close(grace=None)
+        await oms.close()
+
+
 async def test_a_subscriber_that_never_reads_again_is_ended_at_once(redis_url: str) -> None:
     # Its server-side stream waits on a send that flow control holds: nothing but the
     # cut-off itself may end it, or it would hold its task and subscription for good.

@@ -49,10 +49,18 @@ class _Subscription:
         self._stream = asyncio.current_task()
         self.sent = after_sequence
         """Where the client can resume: no event it has not been sent lies before it."""
+        self.replaying = True
+        self.newest = 0
+        """The newest sequence published while replaying."""
         self._ended = False
 
     def push(self, events: list[SequencedEvent]) -> None:
         if self._ended:
+            return
+        if self.replaying:
+            # The replay reads them from the store as fast as its client takes them: nothing
+            # is held, so a client catching up on a busy user is not cut off for being slow.
+            self.newest = max(self.newest, events[-1].sequence)
             return
         if len(self._queue) + len(events) > self._capacity:
             # Drop the backlog now so a stalled client cannot hold memory; the stream ends with
@@ -147,10 +155,17 @@ class EventHub:
         self._subscribers.setdefault(user_id, set()).add(subscription)
         try:
             cursor = subscription.sent = await self._start_cursor(user_id, after_sequence)
+            read_again = False
             while True:
                 batch = await self._store.read_events(user_id, cursor, _REPLAY_BATCH)
                 if batch:
                     _check_follows(cursor, batch[0].sequence)
+                elif read_again:
+                    # This read was sent after the events' commits were answered.
+                    raise Unavailable(
+                        f"events after sequence {cursor} were published but the state store "
+                        f"does not hold them; {_resume(cursor)}"
+                    )
                 for event in batch:
                     cursor = event.sequence
                     if accept(event.event):
@@ -158,8 +173,13 @@ class EventHub:
                         # ahead of the status, so the resume point is past it.
                         subscription.sent = cursor
                         yield event
-                if len(batch) < _REPLAY_BATCH:
+                if len(batch) == _REPLAY_BATCH:
+                    read_again = False
+                elif subscription.newest > cursor:
+                    read_again = True  # published while this read was on its way
+                else:
                     break
+            subscription.replaying = False
             # Tells the client it is live: everything committed from here on reaches it.
             yield Heartbeat(max(cursor, self._latest.get(user_id, 0)), time.time_ns())
             last_sent = time.monotonic()

@@ -61,8 +61,8 @@ class RetryPolicy:
     """The whole call, attempts and waits included, ends within this many seconds: each
     attempt's deadline is cut to what is left, and a wait that would leave the next attempt
     less than 0.1 s is shortened to leave it that; the call gives up only when not even that
-    is left. For a resuming stream it bounds one outage instead: no reconnect starts later
-    than this after the connection was lost. None: only `attempts` bounds it."""
+    is left. For a resuming stream it bounds one outage instead, the same way from when the
+    connection was lost. None: only `attempts` bounds it."""
 
     def __post_init__(self) -> None:
         if self.attempts is not None and self.attempts < 1:
@@ -85,6 +85,19 @@ class RetryPolicy:
         if self.attempts is not None:
             return failures >= self.attempts
         return self.deadline_s is None and failures >= _DEFAULT_ATTEMPTS
+
+    def wait_before(self, retry: int, give_up_at: float | None, now: float) -> float | None:
+        """The wait before retry number `retry`, shortened so that it starts 0.1 s before
+        `give_up_at` at the latest (a loop time); None when it is not to be made."""
+        if self.gives_up_after(retry):
+            return None
+        wait = self.backoff_s(retry)
+        if give_up_at is not None:
+            to_last_start = give_up_at - _FINAL_ATTEMPT_S - now
+            if to_last_start < 0:
+                return None
+            wait = min(wait, to_last_start)
+        return wait
 
 
 NO_RETRY = RetryPolicy(attempts=1)
@@ -112,14 +125,11 @@ async def call_with_retry(
             return await attempt(timeout_s)
         except grpc.aio.AioRpcError as error:
             retry += 1
-            if error.code() not in RETRYABLE_CODES or policy.gives_up_after(retry):
+            if error.code() not in RETRYABLE_CODES:
                 raise
-            wait = policy.backoff_s(retry)
-            if give_up_at is not None:
-                to_last_start = give_up_at - _FINAL_ATTEMPT_S - loop.time()
-                if to_last_start < 0:
-                    raise
-                wait = min(wait, to_last_start)
+            wait = policy.wait_before(retry, give_up_at, loop.time())
+            if wait is None:
+                raise
         await asyncio.sleep(wait)
 
 

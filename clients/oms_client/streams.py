@@ -157,10 +157,8 @@ class _ReconnectingStream(ABC, Generic[R, T]):
         if self._failures == 0 and self._retry.deadline_s is not None:
             self._give_up_at = now + self._retry.deadline_s
         self._failures += 1
-        wait = self._retry.backoff_s(self._failures)
-        if self._retry.gives_up_after(self._failures) or (
-            self._give_up_at is not None and now + wait >= self._give_up_at
-        ):
+        wait = self._retry.wait_before(self._failures, self._give_up_at, now)
+        if wait is None:
             raise error
         await asyncio.sleep(wait)
 

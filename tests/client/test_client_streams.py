@@ -428,6 +428,21 @@ async def test_reconnects_give_up_at_the_policy_deadline(oms: OmsHarness) -> Non
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+async def test_a_deadline_shortens_the_last_reconnect_wait_so_that_one_more_attempt_fits(
+    oms: OmsHarness,
+) -> None:
+    # As for unary calls: waits of 0.4 to 0.6 s, so a second one never fits whole into what
+    # the first leaves of 0.8 s; it is cut so that a last attempt starts 0.1 s before it.
+    retry = RetryPolicy(attempts=1000, initial_backoff_s=0.5, max_backoff_s=0.5, deadline_s=0.8)
+    async with OmsClient.connect(free_loopback_address(), stream_retry=retry) as client:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await anext(client.stream_fills(USER))
+        elapsed = asyncio.get_running_loop().time() - started
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert 0.65 < elapsed < 0.9
+
+
 # Prices
 
 

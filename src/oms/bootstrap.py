@@ -198,11 +198,13 @@ class Application:
             self.hub.add_listener(self.archiver.committed)
         self._stopping = asyncio.Event()
         self._watching: asyncio.Task[None] | None = None
+        self._store_identity = ""
+        self.store_lost = False
 
     async def start(self) -> int:
         """Recover, listen, report SERVING; returns the bound port."""
         try:
-            await self.store.ping()
+            self._store_identity = await self.store.claim_identity()
         except RedisError as error:
             raise StartupError(f"cannot reach Redis: {error}") from error
         await self.paper.recover()
@@ -236,18 +238,26 @@ class Application:
 
     async def _watch_store(self) -> None:
         """NOT_SERVING while the state store does not answer, SERVING once it does again, so
-        that an orchestrator can route around (or restart) an instance that can only fail."""
+        that an orchestrator can route around (or restart) an instance that can only fail.
+        A store that comes back without its data stops the server (see `lose_store`)."""
         serving = True
         while True:
             await asyncio.sleep(self.settings.store_check_interval_s)
             try:
                 async with asyncio.timeout(self.settings.redis_timeout_s):
-                    await self.store.ping()
+                    identity = await self.store.identity()
                 reachable = True
             except (RedisError, OSError, TimeoutError) as error:
                 reachable = False
                 if serving:
                     log.error("state store unreachable, reporting NOT_SERVING: %s", error)
+            if reachable and identity != self._store_identity:
+                self.lose_store(
+                    "the state store lost its data (Redis restarted empty, or another one "
+                    "answers at its address): restore it from its backup before starting "
+                    "again; streams resumed on an empty store would skip events"
+                )
+                return
             if reachable != serving:
                 serving = reachable
                 await (self.server.ready() if serving else self.server.not_serving())
@@ -256,6 +266,12 @@ class Application:
 
     def request_stop(self) -> None:
         self._stopping.set()
+
+    def lose_store(self, reason: str) -> None:
+        """The state went from under the server: stop, and exit 1 (see `serve`)."""
+        log.error("%s: stopping", reason)
+        self.store_lost = True
+        self.request_stop()
 
     async def wait_for_stop_request(self) -> None:
         await self._stopping.wait()
@@ -307,9 +323,9 @@ async def serve(
     extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
     embedded: EmbeddedRedis | None = None,
 ) -> int:
-    """Serve until SIGTERM or SIGINT (exit status 0), or until `embedded`, the Redis this
-    process started, exits by itself (1: the state is gone from under it, and a restart
-    recovers it from the append-only file)."""
+    """Serve until SIGTERM or SIGINT (exit status 0), or until the state goes from under it
+    (1): `embedded`, the Redis this process started, exits by itself (a restart recovers it
+    from the append-only file), or the store comes back without its data."""
     app = Application(settings, redis_url, extra_handlers)
     freeze_startup_heap()  # before the first call can be stalled by it
     loop = asyncio.get_running_loop()
@@ -321,24 +337,19 @@ async def serve(
     address = listen if listen.startswith("unix") else f"{listen.rpartition(':')[0]}:{port}"
     # Tests and scripts wait for this line; keep its shape.
     print(f"oms serving on {address}", flush=True)
-    lost = asyncio.Event()
     pidfd = None
     if embedded is not None:
         pidfd = os.pidfd_open(embedded.pid)  # readable once the process has exited
-        loop.add_reader(pidfd, _embedded_exited, embedded, app, lost, pidfd)
+        loop.add_reader(pidfd, _embedded_exited, embedded, app, pidfd)
     await app.wait_for_stop_request()
     if pidfd is not None:
         loop.remove_reader(pidfd)
         os.close(pidfd)
     log.info("shutting down")
     await app.stop()
-    return 1 if lost.is_set() else 0
+    return 1 if app.store_lost else 0
 
 
-def _embedded_exited(
-    embedded: EmbeddedRedis, app: Application, lost: asyncio.Event, pidfd: int
-) -> None:
+def _embedded_exited(embedded: EmbeddedRedis, app: Application, pidfd: int) -> None:
     asyncio.get_running_loop().remove_reader(pidfd)
-    log.error("the embedded redis-server exited (code %s): stopping", embedded.exit_code)
-    lost.set()
-    app.request_stop()
+    app.lose_store(f"the embedded redis-server exited (code {embedded.exit_code})")

@@ -11,6 +11,7 @@ from typing import cast
 
 import grpc
 import pytest
+import redis
 from fixtures.oms_process import OmsProcess
 from fixtures.trading import BTC, USER, order_request
 from tradingboost.oms.v1 import market_data_pb2, order_pb2
@@ -147,3 +148,25 @@ async def test_the_embedded_redis_dying_stops_the_server_with_an_error(
     async with oms_process.channel() as channel:
         _, market = oms_process.stubs(channel)
         await market.PublishPrices(_tick("50000"))
+
+
+async def test_a_store_that_comes_back_without_its_data_stops_the_server(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # Redis restarted empty under a running server: serving on would hand out sequences
+    # again from 1, which streams following from before would skip as already seen.
+    env = {"OMS_REDIS_URL": redis_url, "OMS_STORE_CHECK_INTERVAL_S": "0.1"}
+    process = OmsProcess(tmp_path / "data", env=env)
+    process.start()
+    try:
+        async with process.channel() as channel:
+            orders, market = process.stubs(channel)
+            await market.PublishPrices(_tick("50000"))
+            await orders.PlaceOrder(order_request(client_order_id="before"))
+        with redis.Redis.from_url(redis_url) as client:
+            client.flushall()
+        assert await asyncio.to_thread(process.wait_exit) == 1
+        assert process.process is not None and process.process.stdout is not None
+        assert "the state store lost its data" in process.process.stdout.read()
+    finally:
+        process.stop()

@@ -158,3 +158,8 @@ def active_accounts() -> str:
 def vault_check() -> str:
     """A constant sealed under the master key: a start with another key fails on it."""
     return f"{PREFIX}:vault_check"
+
+
+def store_identity() -> str:
+    """A random id made on the store's first use: a store without it lost its data."""
+    return f"{PREFIX}:store_identity"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from decimal import Decimal
 from enum import Enum
@@ -226,8 +227,19 @@ class RedisStore:
     def redis(self) -> Redis:
         return self._redis
 
-    async def ping(self) -> None:
-        await self._redis.ping()
+    async def claim_identity(self) -> str:
+        """This store's identity, made on its first use. Redis restarted empty (or another
+        one behind the same address) does not have it: see `identity`."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.store_identity(), uuid.uuid4().hex, nx=True)
+            pipe.get(keys.store_identity())
+            _, identity = await pipe.execute()
+        return bytes(identity).decode()
+
+    async def identity(self) -> str | None:
+        """The identity the store holds now (None: none at all); also proves it answers."""
+        identity = await self._redis.get(keys.store_identity())
+        return None if identity is None else bytes(identity).decode()
 
     async def close(self) -> None:
         await self._commit.close()

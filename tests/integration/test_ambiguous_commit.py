@@ -1,21 +1,26 @@
-"""A commit whose reply is lost after Redis applied it: the Redis client sends it again, the
-guards refuse the repeat, and the OMS reloads the desk instead of trusting its memory."""
+"""A commit whose reply is lost after Redis applied it: the commit pipe sends it again, the
+repeat finds its earlier attempt landed and writes nothing, and the caller gets the result
+of the one that landed."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from decimal import Decimal
 
+import grpc
 import pytest
 from fixtures.domain import new_order
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.positions import position
 from fixtures.redis_proxy import RedisFaultProxy
+from fixtures.streams import StreamReader
 from fixtures.trading import USER, fills_of, get, place, tick
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as pb
 
 from oms.adapters.redis_store.embedded import EmbeddedRedis
+from oms.domain.events import PositionUpdated
 from oms.domain.orders import Order, OrderStatus
 from oms.engine.prerender import Prerender
 
@@ -71,20 +76,69 @@ async def test_a_tick_whose_reply_was_lost_fills_each_order_once(
     assert (await position(oms)).mark_price == "47000"
 
 
+async def test_a_refusal_whose_reply_was_lost_is_still_a_refusal(
+    oms_via_proxy: OmsHarness, proxy: RedisFaultProxy
+) -> None:
+    # The repeat's earlier attempt ran but its guard refused it: that is no landing.
+    oms = oms_via_proxy
+    await tick(oms, "50000")
+    first = await place(oms, client_order_id="taken", type=S.ORDER_TYPE_LIMIT, price="49000")
+    proxy.lose_reply_to(COMMIT)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await place(oms, client_order_id="taken", type=S.ORDER_TYPE_LIMIT, price="48000")
+    assert error.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert proxy.lost_replies == 1
+    listing = await oms.orders.ListOrders(pb.ListOrdersRequest(user_id=USER))
+    assert [o.order_id for o in listing.orders] == [first.order_id]
+
+
+async def test_a_mark_whose_reply_was_lost_is_recorded_once(
+    oms_via_proxy: OmsHarness, proxy: RedisFaultProxy
+) -> None:
+    # A tick that only marks a position has no guard to refuse its re-sent commit: the
+    # landing marks of the commit pipe must.
+    oms = oms_via_proxy
+    await tick(oms, "50000")
+    await place(oms)  # a market buy: a long position
+    proxy.lose_reply_to(COMMIT)
+    await tick(oms, "51000")
+    assert proxy.lost_replies == 1
+    events = await oms.app.store.read_events(USER, 0, 100)
+    marks = [
+        e.sequence
+        for e in events
+        if isinstance(e.event, PositionUpdated) and e.event.position.mark_price == Decimal(51000)
+    ]
+    assert len(marks) == 1
+    assert (await position(oms)).mark_price == "51000"
+    await tick(oms, "52000")  # memory and store agree: the next mark follows on
+    assert (await position(oms)).mark_price == "52000"
+
+
 async def test_a_cancel_whose_reply_was_lost_leaves_the_order_canceled(
     oms_via_proxy: OmsHarness, proxy: RedisFaultProxy
 ) -> None:
     oms = oms_via_proxy
     await tick(oms, "50000")
     resting = await place(oms, type=S.ORDER_TYPE_LIMIT, price="49000")
+    updates: StreamReader[S.OrderUpdate] = StreamReader(
+        oms.orders.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(user_id=USER)), "order_update"
+    )
+    await updates.until_live()
     proxy.lose_reply_to(COMMIT)
-    with pytest.raises(Exception) as error:
-        await oms.orders.CancelOrder(pb.CancelOrderRequest(user_id=USER, order_id=resting.order_id))
-    # The repeat finds the order already canceled; the caller is told so, and a read
-    # (as the client library does) shows the truth.
-    assert "CANCELED" in str(error.value)
+    canceled = await oms.orders.CancelOrder(
+        pb.CancelOrderRequest(user_id=USER, order_id=resting.order_id)
+    )
+    # Its event reaches the stream although this process never learnt its sequence.
+    [update] = await updates.events(1)
+    assert update.order == canceled.order
+    updates.cancel()
+    # The repeat found its earlier attempt landed: the cancel succeeded, once.
+    assert canceled.order.status == S.ORDER_STATUS_CANCELED
     assert proxy.lost_replies == 1
-    assert (await get(oms, resting.order_id)).status == S.ORDER_STATUS_CANCELED
+    assert await get(oms, resting.order_id) == canceled.order
+    events = await oms.app.store.read_events(USER, 0, 100)
+    assert len(events) == 2  # ACCEPTED, CANCELED
     await tick(oms, "48000")
     assert (await get(oms, resting.order_id)).status == S.ORDER_STATUS_CANCELED
     assert await fills_of(oms, resting.order_id) == []
@@ -110,13 +164,13 @@ async def test_a_paper_reply_is_rendered_while_its_commit_is_in_flight(
     assert not placing.done()  # rendered before the commit was answered
     assert rendered[0].status is OrderStatus.OPEN
     placed, created = await placing
-    # The reply was lost and the repeat found the order stored: the caller gets the order
-    # as stored, rendered afresh.
+    # The reply was lost and the repeat found its earlier attempt landed: the rendering
+    # made while it was in flight stands.
     assert proxy.lost_replies == 1
-    assert not created
+    assert created
     assert placed == rendered[0]
     assert prerender(placed) is OrderStatus.OPEN
-    assert rendered == [placed, placed]
+    assert rendered == [placed]
 
     rendered.clear()
     canceled = await oms.app.paper.cancel(placed, "test", prerender)

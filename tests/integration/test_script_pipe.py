@@ -107,6 +107,27 @@ async def test_a_silent_redis_is_a_connection_error_and_the_pipe_recovers(
         await proxy.close()
 
 
+async def test_a_command_held_on_a_dropped_connection_never_runs_after_its_resend(
+    redis_server: EmbeddedRedis, redis_url: str
+) -> None:
+    # A stalled Redis holds the command in its socket buffer; the pipe gives up on that
+    # connection and sends it again on a new one. Were the old connection still open in Redis
+    # when it wakes up, the held copy would run too, after its resend had checked it had not.
+    proxy = RedisFaultProxy(redis_server.socket_path)  # redis_url: a flushed server
+    client = Redis.from_url(await proxy.start())
+    pipe = ScriptPipe(client, SCRIPT, reply_timeout_s=0.2)
+    try:
+        assert await pipe(["n"], ["before"]) == [1, b"before"]
+        proxy.hold_request(b"held")
+        assert await pipe(["n"], ["held"]) == [2, b"held"]  # the resend
+        await proxy.release_held()
+        assert await pipe(["n"], ["after"]) == [3, b"after"]  # the held copy never ran
+    finally:
+        await pipe.close()
+        await client.aclose()
+        await proxy.close()
+
+
 async def test_no_redis_is_a_connection_error_after_the_retries(tmp_path: Path) -> None:
     started = time.monotonic()
     async for pipe in _pipe(f"unix://{tmp_path / 'no-such.sock'}"):

@@ -126,6 +126,14 @@ class EventHub:
             for listener in self._listeners:
                 listener(user_id, newest)
 
+    async def catch_up(self, user_ids: set[str]) -> None:
+        """Publish what the store holds past the newest event published for each followed
+        user: events committed whose sequences this process never learnt."""
+        for user_id in user_ids:
+            if user_id in self._subscribers:
+                after = self._latest.get(user_id, 0)
+                self.publish(await self._store.read_events(user_id, after, _REPLAY_BATCH))
+
     def following(self, user_id: str) -> int:
         """How many streams follow the user now."""
         return len(self._subscribers.get(user_id, ()))

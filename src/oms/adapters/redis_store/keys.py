@@ -163,3 +163,8 @@ def vault_check() -> str:
 def store_identity() -> str:
     """A random id made on the store's first use: a store without it lost its data."""
     return f"{PREFIX}:store_identity"
+
+
+def landing_marks() -> str:
+    """Prefix of the commit pipe's per-connection landing marks (script_pipe.py)."""
+    return f"{PREFIX}:landed:"

@@ -9,10 +9,18 @@ the server's main thread from ~605 to ~523 us of CPU per RPC and raised throughp
 Callers share the connection: each writes its packed command at once and Redis answers in
 order, so concurrent desks pipeline instead of queueing for a pooled connection. A dropped
 connection fails what was in flight; each caller then re-sends on a new connection, with
-the backoff redis-py uses, as redis-py's own retry would. A re-sent commit whose first
-attempt landed is refused by its guards (see store.commit), so a lost reply is never applied
-twice. A connection that stops answering without closing (a network partition) is dropped
-once its oldest request has waited `reply_timeout_s`, and handled the same way.
+the backoff redis-py uses, as redis-py's own retry would. A connection that stops answering
+without closing (a network partition, a stalled Redis) is dropped once its oldest request
+has waited `reply_timeout_s`, and handled the same way.
+
+A re-sent command may have run already, its reply lost. So that it never runs twice, every
+command carries landing marks, which the script honours (commit.lua): its KEYS end with the
+marks of its earlier attempts and then its own connection's mark, its ARGV with those
+attempts' numbers, its own number and how many earlier attempts there are. The script sets
+its connection's mark to its number (commands on one connection run in order, so a mark at
+or past n means command n ran) and answers {'landed'}, doing nothing, when an earlier
+attempt ran. A new connection first kills the old one in Redis, so that nothing still
+buffered there can run after that check.
 
 Where to connect, the credentials, the database and the TLS context (the URL's ssl_*
 parameters) come from the connection redis-py itself would open for the same URL.
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
@@ -37,7 +46,12 @@ __all__ = ["ScriptPipe"]
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, reply_timeout_s: float) -> None:
+    def __init__(self, reply_timeout_s: float, mark: str) -> None:
+        self.mark = mark
+        """The key of this connection's landing mark."""
+        self.numbered = 0
+        """Commands numbered on this connection so far."""
+        self.client_id: int | None = None
         self._reader = hiredis.Reader()
         self._waiting: deque[asyncio.Future[Any]] = deque()
         self._sent_at: deque[float] = deque()
@@ -106,10 +120,16 @@ class ScriptPipe:
     """Calls one Lua script on the server `redis` talks to, over a connection of its own."""
 
     def __init__(
-        self, redis: Redis, script: str, retries: int = 3, reply_timeout_s: float = 5.0
+        self,
+        redis: Redis,
+        script: str,
+        retries: int = 3,
+        reply_timeout_s: float = 5.0,
+        marks_prefix: str = "script_pipe:landed:",
     ) -> None:
         """`reply_timeout_s`: how long Redis may take to answer before the connection is
-        presumed dead (a Lua call takes well under a millisecond)."""
+        presumed dead (a Lua call takes well under a millisecond). `marks_prefix`: of the
+        landing marks' keys (one per connection, kept an hour)."""
         # A connection redis-py would open, never opened: where to connect, the credentials
         # and database, and the TLS context it builds from the URL's ssl_* parameters.
         pool = redis.connection_pool
@@ -121,20 +141,40 @@ class ScriptPipe:
         self._reply_timeout_s = reply_timeout_s
         # redis-py's own default backoff for the same retries (see store.connect).
         self._backoff = ExponentialWithJitterBackoff(cap=0.2, base=0.02)
+        self._marks_prefix = marks_prefix
         self._protocol: _Protocol | None = None
         self._opening = asyncio.Lock()
 
     async def __call__(self, keys: Sequence[str], args: Sequence[str | bytes]) -> Any:
-        command = _pack(b"EVALSHA", self._sha, len(keys), *keys, *args)
+        earlier_marks: list[str] = []
+        earlier_numbers: list[int] = []
         failures = 0
         while True:
             try:
                 protocol = self._protocol
                 if protocol is None or protocol.lost:
                     protocol = await self._connected()
+                protocol.numbered += 1
+                number = protocol.numbered
+                command = _pack(
+                    b"EVALSHA",
+                    self._sha,
+                    len(keys) + len(earlier_marks) + 1,
+                    *keys,
+                    *earlier_marks,
+                    protocol.mark,
+                    *args,
+                    *earlier_numbers,
+                    number,
+                    len(earlier_numbers),
+                )
+                # From here on it may run, whatever becomes of its reply.
+                earlier_marks.append(protocol.mark)
+                earlier_numbers.append(number)
                 reply = await protocol.send(command)
                 if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-                    # Scripts were flushed while connected: load it and send again.
+                    # Scripts were flushed while connected: load it and send again (it did
+                    # not run, so it goes as it was).
                     _check(await protocol.send(self._load))
                     reply = await protocol.send(command)
             except (OSError, RedisConnectionError) as error:
@@ -159,9 +199,10 @@ class ScriptPipe:
             return self._protocol
 
     def _new_protocol(self) -> _Protocol:
-        return _Protocol(self._reply_timeout_s)
+        return _Protocol(self._reply_timeout_s, f"{self._marks_prefix}{uuid.uuid4().hex}")
 
     async def _open(self) -> _Protocol:
+        old = self._protocol
         loop = asyncio.get_running_loop()
         like = self._like
         protocol: _Protocol
@@ -180,12 +221,20 @@ class ScriptPipe:
         if like.db:
             setup.append(protocol.send(_pack(b"SELECT", like.db)))
         setup.append(protocol.send(self._load))
+        setup.append(protocol.send(_pack(b"CLIENT", b"ID")))
+        kill = []
+        if old is not None and old.client_id is not None:
+            # Ends the old connection in Redis if it is still there (a stalled Redis, or one
+            # behind a partition): a command still buffered on it could run after its re-sent
+            # copy checked that it had not. An error answer: it was gone already.
+            kill.append(protocol.send(_pack(b"CLIENT", b"KILL", b"ID", old.client_id)))
         try:
-            for reply in await asyncio.gather(*setup):
-                _check(reply)
+            *_, client_id = [_check(reply) for reply in await asyncio.gather(*setup)]
+            await asyncio.gather(*kill)
         except BaseException:
             protocol.close()
             raise
+        protocol.client_id = int(client_id)
         return protocol
 
 

@@ -219,7 +219,12 @@ class RedisStore:
         self._redis = redis
         self._retention = retention_events
         self.timeout_s = timeout_s
-        self._commit = ScriptPipe(redis, _script("commit.lua"), reply_timeout_s=timeout_s)
+        self._commit = ScriptPipe(
+            redis,
+            _script("commit.lua"),
+            reply_timeout_s=timeout_s,
+            marks_prefix=keys.landing_marks(),
+        )
         self._list_page = redis.register_script(_script("list_page.lua"))
         self._forget_closed_sides = redis.register_script(_script("forget_closed_sides.lua"))
 
@@ -309,6 +314,11 @@ class RedisStore:
             reply = await self._commit(keys=tx.keys, args=tx.args)
         except RedisConnectionError as error:
             raise _unreachable(error) from error
+        if reply[0] == b"landed":
+            # An earlier attempt, whose reply was lost, wrote exactly this. Its events are in
+            # the store, their sequences unknown here: streams read them from there with the
+            # user's next event.
+            return []
         if reply[0] == b"ok":
             published: list[UserEvent] = [event for change in changes for event in change.events]
             published += [update for update in updates if not isinstance(update, WatermarkMoved)]

@@ -14,29 +14,51 @@
 --   N key event_no member the same with NX: only a new member gets a score
 -- Keys are indexes into KEYS. Failed guards return {'conflict', guard_no, current}.
 -- Returns {'ok', seq_1, ..., seq_n}.
+--
+-- KEYS and ARGV end with ScriptPipe's landing marks (script_pipe.py). A re-sent commit
+-- whose earlier attempt ran (its connection's mark reached that attempt's number) and was
+-- not refused by its guards (not in the mark's ':refused' set) writes nothing and answers
+-- {'landed'}: never applied twice, and its caller told it holds. Otherwise this command's
+-- number becomes its connection's mark, and joins the refused set if a guard fails.
+local nk, na = #KEYS, #ARGV
+local mark, number, earlier = KEYS[nk], ARGV[na - 1], tonumber(ARGV[na])
+for e = 1, earlier do
+  local key, no = KEYS[nk - earlier + e - 1], ARGV[na - 2 - earlier + e]
+  if tonumber(redis.call('GET', key) or '0') >= tonumber(no)
+      and redis.call('SISMEMBER', key .. ':refused', no) == 0 then
+    return {'landed'}
+  end
+end
+redis.call('SET', mark, number, 'EX', 3600)
+local function refused(reply)
+  redis.call('SADD', mark .. ':refused', number)
+  redis.call('EXPIRE', mark .. ':refused', 3600)
+  return reply
+end
 local retention = ARGV[1]
 local seqs = {}
 local guard_no = 0
 local i = 2
-local n = #ARGV
+local n = na - 2 - earlier
 while i <= n do
   local op = ARGV[i]
   if op == 'U' then
     guard_no = guard_no + 1
     local cur = redis.call('HGET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
     if cur then
-      return {'exists', guard_no, cur, redis.call('HGET', KEYS[tonumber(ARGV[i + 3])], cur)}
+      return refused(
+        {'exists', guard_no, cur, redis.call('HGET', KEYS[tonumber(ARGV[i + 3])], cur)})
     end
     i = i + 4
   elseif op == 'E' then
     guard_no = guard_no + 1
     local cur = redis.call('HGET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2]) or ''
-    if cur ~= ARGV[i + 3] then return {'conflict', guard_no, cur} end
+    if cur ~= ARGV[i + 3] then return refused({'conflict', guard_no, cur}) end
     i = i + 4
   elseif op == 'A' then
     guard_no = guard_no + 1
     local cur = redis.call('HGET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
-    if cur then return {'conflict', guard_no, cur} end
+    if cur then return refused({'conflict', guard_no, cur}) end
     i = i + 3
   elseif op == 'X' then
     local seq = redis.call('INCR', KEYS[tonumber(ARGV[i + 1])])

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from tradingboost.oms.v1 import (
@@ -465,3 +466,27 @@ def account_to_proto(account: Account) -> account_pb2.Account:
         credentials_updated_at=timestamp(account.credentials_updated_at_ns),
         updated_at=timestamp(account.updated_at_ns),
     )
+
+
+M = TypeVar("M")
+
+
+class RenderedOnce(Generic[M]):
+    """A stream's message for an event, made once for every stream that sends it: the streams
+    of one user are handed the same event objects, and with many of them rendering each
+    event anew dominated the server's time."""
+
+    def __init__(self, render: Callable[[SequencedEvent], M], keep: int = 1024) -> None:
+        self._render = render
+        self._keep = keep
+        self._recent: dict[int, tuple[SequencedEvent, M]] = {}
+
+    def __call__(self, event: SequencedEvent) -> M:
+        hit = self._recent.get(id(event))
+        if hit is not None and hit[0] is event:
+            return hit[1]
+        message = self._render(event)
+        if len(self._recent) >= self._keep:
+            del self._recent[next(iter(self._recent))]  # the oldest: dicts keep their order
+        self._recent[id(event)] = (event, message)
+        return message

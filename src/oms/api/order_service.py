@@ -13,6 +13,7 @@ from oms.api.converters import (
     ORDER_STATUSES,
     RULE_STATUSES,
     SIDES,
+    RenderedOnce,
     create_rule_command,
     fill_to_proto,
     heartbeat_to_proto,
@@ -23,7 +24,7 @@ from oms.api.converters import (
     statuses,
 )
 from oms.domain.conditional_rules import RuleStatus
-from oms.domain.events import Heartbeat
+from oms.domain.events import FillRecorded, Heartbeat, SequencedEvent
 from oms.domain.orders import Order, OrderStatus, Side
 from oms.engine.conditional_rules import ConditionalRules
 from oms.engine.order_lifecycle import OpenOrderSearch, OrderLifecycle, OrderRef, StreamFilter
@@ -36,6 +37,10 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
     def __init__(self, orders: OrderLifecycle, rules: ConditionalRules) -> None:
         self._orders = orders
         self._rules = rules
+        self._order_update = RenderedOnce(
+            lambda e: pb.StreamOrderUpdatesResponse(order_update=order_update_to_proto(e))
+        )
+        self._fill = RenderedOnce(_fill_response)
 
     async def PlaceOrder(
         self, request: pb.PlaceOrderRequest, context: Context
@@ -123,7 +128,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             if isinstance(item, Heartbeat):
                 yield pb.StreamOrderUpdatesResponse(heartbeat=heartbeat_to_proto(item))
             else:
-                yield pb.StreamOrderUpdatesResponse(order_update=order_update_to_proto(item))
+                yield self._order_update(item)
 
     async def StreamFills(
         self, request: pb.StreamFillsRequest, context: Context
@@ -135,8 +140,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             if isinstance(item, Heartbeat):
                 yield pb.StreamFillsResponse(heartbeat=heartbeat_to_proto(item))
             else:
-                assert hasattr(item.event, "fill")
-                yield pb.StreamFillsResponse(fill=fill_to_proto(item.event.fill, item.sequence))
+                yield self._fill(item)
 
     async def CreateConditionalRule(
         self, request: pb.CreateConditionalRuleRequest, context: Context
@@ -174,6 +178,11 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
 
 
 # Whole responses, so the copy of the order into its response is made ahead too.
+def _fill_response(item: SequencedEvent) -> pb.StreamFillsResponse:
+    assert isinstance(item.event, FillRecorded)
+    return pb.StreamFillsResponse(fill=fill_to_proto(item.event.fill, item.sequence))
+
+
 def _place_response(order: Order) -> pb.PlaceOrderResponse:
     return pb.PlaceOrderResponse(order=order_to_proto(order))
 

@@ -11,6 +11,7 @@ from tradingboost.oms.v1 import position_service_pb2_grpc
 
 from oms.api.converters import (
     POSITION_SIDES,
+    RenderedOnce,
     heartbeat_to_proto,
     open_position_command,
     order_to_proto,
@@ -29,6 +30,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class PositionService(position_service_pb2_grpc.PositionServiceServicer):
     def __init__(self, positions: Positions) -> None:
         self._positions = positions
+        self._update = RenderedOnce(
+            lambda e: pb.StreamPositionsResponse(position_update=position_update_to_proto(e))
+        )
 
     async def GetPosition(
         self, request: pb.GetPositionRequest, context: Context
@@ -96,7 +100,7 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
             if isinstance(item, Heartbeat):
                 yield pb.StreamPositionsResponse(heartbeat=heartbeat_to_proto(item))
             else:
-                yield pb.StreamPositionsResponse(position_update=position_update_to_proto(item))
+                yield self._update(item)
 
     async def GetPortfolioSummary(
         self, request: pb.GetPortfolioSummaryRequest, context: Context

@@ -12,6 +12,7 @@ from tradingboost.oms.v1 import trailing_stop_service_pb2_grpc
 from oms.api.converters import (
     POSITION_SIDES,
     TRAILING_STOP_STATUSES,
+    RenderedOnce,
     create_trailing_stop_command,
     heartbeat_to_proto,
     statuses,
@@ -30,6 +31,11 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class TrailingStopService(trailing_stop_service_pb2_grpc.TrailingStopServiceServicer):
     def __init__(self, trailing_stops: TrailingStops) -> None:
         self._stops = trailing_stops
+        self._event = RenderedOnce(
+            lambda e: pb.StreamTrailingStopEventsResponse(
+                trailing_stop_event=trailing_stop_event_to_proto(e)
+            )
+        )
 
     async def CreateTrailingStop(
         self, request: pb.CreateTrailingStopRequest, context: Context
@@ -82,6 +88,4 @@ class TrailingStopService(trailing_stop_service_pb2_grpc.TrailingStopServiceServ
             if isinstance(item, Heartbeat):
                 yield pb.StreamTrailingStopEventsResponse(heartbeat=heartbeat_to_proto(item))
             else:
-                yield pb.StreamTrailingStopEventsResponse(
-                    trailing_stop_event=trailing_stop_event_to_proto(item)
-                )
+                yield self._event(item)

@@ -104,9 +104,16 @@ def _crosses(side: Side, limit: Decimal, last: Decimal) -> bool:
 
 def stop_reached(order: Order, price: Decimal) -> bool:
     assert order.stop_price is not None
+    return price >= order.stop_price if _stop_rises(order) else price <= order.stop_price
+
+
+def _stop_rises(order: Order) -> bool:
     # A stop buys on a rise and sells on a fall; a take-profit is the opposite.
-    rising = (order.side is Side.BUY) == (order.type is not OrderType.TAKE_PROFIT_MARKET)
-    return price >= order.stop_price if rising else price <= order.stop_price
+    return (order.side is Side.BUY) == (order.type is not OrderType.TAKE_PROFIT_MARKET)
+
+
+def _rests_as_limit(order: Order) -> bool:
+    return order.type is OrderType.LIMIT or (order.type is OrderType.STOP_LIMIT and order.triggered)
 
 
 def _limit_on_arrival(order: Order, last: Decimal | None, ctx: PaperContext) -> list[OrderEvent]:
@@ -151,16 +158,24 @@ def on_submit(order: Order, last: Decimal | None, ctx: PaperContext) -> list[Ord
             return [OrderAccepted(order.order_id)]
 
 
+def tick_reaches_at(order: Order) -> tuple[Decimal, bool]:
+    """The price at which a tick reaches a resting order, and whether ticks at or above it do
+    (else at or below): a tick that does not reach it does nothing to it."""
+    if _rests_as_limit(order):
+        assert order.price is not None
+        return order.price, order.side is Side.SELL
+    assert order.stop_price is not None
+    return order.stop_price, _stop_rises(order)
+
+
 def on_tick(order: Order, price: Decimal, ctx: PaperContext) -> list[OrderEvent]:
     """What one price tick does to a resting order (empty: nothing)."""
-    if order.type is OrderType.LIMIT or (order.type is OrderType.STOP_LIMIT and order.triggered):
-        assert order.price is not None
-        reached = price <= order.price if order.side is Side.BUY else price >= order.price
-        if not reached:
-            return []
-        return _fill(order, order.price, Liquidity.MAKER, ctx, ctx.maker_fill_limit)
-    if not stop_reached(order, price):
+    at, rising = tick_reaches_at(order)
+    if not (price >= at if rising else price <= at):
         return []
+    if _rests_as_limit(order):
+        assert order.price is not None
+        return _fill(order, order.price, Liquidity.MAKER, ctx, ctx.maker_fill_limit)
     if order.type is OrderType.STOP_LIMIT:
         return [OrderTriggered(), *_limit_on_arrival(order, price, ctx)]
     return [OrderTriggered(), *_fill(order, price, Liquidity.TAKER, ctx)]

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
+from sortedcontainers import SortedList
+
 from oms.domain.brackets import bracket_legs
 from oms.domain.conditional_rules import ConditionalRule, RuleStatus
 from oms.domain.decimals import ZERO
@@ -41,7 +43,13 @@ from oms.domain.orders import (
     PositionSide,
     TrailingExit,
 )
-from oms.domain.paper_matching import FeeSchedule, PaperContext, on_submit, on_tick
+from oms.domain.paper_matching import (
+    FeeSchedule,
+    PaperContext,
+    on_submit,
+    on_tick,
+    tick_reaches_at,
+)
 from oms.domain.positions import Position, apply_fill, open_record, reduces
 from oms.domain.trailing_stops import (
     CANCELED_BY_USER,
@@ -70,19 +78,29 @@ log = logging.getLogger(__name__)
 
 
 class _RestingBook:
-    """Open paper orders of one symbol in placement order, by id and by client order id."""
+    """Open paper orders of one symbol in placement order, by id and by client order id, and
+    by the price at which a tick reaches them, so that a tick looks at those only."""
 
     def __init__(self) -> None:
         self._by_id: dict[str, Order] = {}
         self._by_client_id: dict[tuple[str, str], str] = {}
+        self._rising: SortedList[tuple[Decimal, str]] = SortedList()
+        """(price, order id) of the orders that ticks at or above their price reach."""
+        self._falling: SortedList[tuple[Decimal, str]] = SortedList()
+        """The same for ticks at or below."""
 
     def put(self, order: Order) -> None:
+        replaced = self._by_id.get(order.order_id)
+        if replaced is not None:
+            self._reached(replaced).remove((tick_reaches_at(replaced)[0], order.order_id))
         self._by_id[order.order_id] = order
         self._by_client_id[(order.user_id, order.client_order_id)] = order.order_id
+        self._reached(order).add((tick_reaches_at(order)[0], order.order_id))
 
     def remove(self, order: Order) -> None:
         del self._by_id[order.order_id]
         del self._by_client_id[(order.user_id, order.client_order_id)]
+        self._reached(order).remove((tick_reaches_at(order)[0], order.order_id))
 
     def get(self, order_id: str) -> Order | None:
         return self._by_id.get(order_id)
@@ -96,12 +114,26 @@ class _RestingBook:
     def orders(self) -> list[Order]:
         return list(self._by_id.values())
 
+    def reached_by(self, price: Decimal) -> list[Order]:
+        """The orders a tick at `price` reaches, in placement order (their ULIDs' order)."""
+        ids = [i for _, i in self._rising.irange(maximum=(price, _AFTER_EVERY_ID))]
+        ids += [i for _, i in self._falling.irange(minimum=(price, ""))]
+        return [self._by_id[i] for i in sorted(ids)]
+
     def replace_all(self, orders: list[Order]) -> None:
         """Reset to these orders; ULIDs sort by placement time, so matching order holds."""
         self._by_id.clear()
         self._by_client_id.clear()
+        self._rising.clear()
+        self._falling.clear()
         for order in sorted(orders, key=lambda o: o.order_id):
             self.put(order)
+
+    def _reached(self, order: Order) -> SortedList[tuple[Decimal, str]]:
+        return self._rising if tick_reaches_at(order)[1] else self._falling
+
+
+_AFTER_EVERY_ID = "\U0010ffff"
 
 
 class _RuleBook:
@@ -213,7 +245,7 @@ class _Tick(_Op):
         update = PriceUpdate(PAPER, desk.symbol, self.price, now)
         batch.prices.append(update)
         batch.set_last(desk, update)
-        for order in desk.book.orders():
+        for order in desk.book.reached_by(self.price):
             if desk.book.get(order.order_id) is not order:
                 continue  # canceled or changed by an earlier fill of this tick (OCO)
             events = on_tick(order, self.price, desk.context(order, now))

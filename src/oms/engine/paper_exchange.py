@@ -12,13 +12,12 @@ races a fill, and concurrent callers share the store round trip instead of queue
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
-
-from sortedcontainers import SortedList
 
 from oms.domain.brackets import bracket_legs
 from oms.domain.conditional_rules import ConditionalRule, RuleStatus
@@ -84,23 +83,26 @@ class _RestingBook:
     def __init__(self) -> None:
         self._by_id: dict[str, Order] = {}
         self._by_client_id: dict[tuple[str, str], str] = {}
-        self._rising: SortedList[tuple[Decimal, str]] = SortedList()
-        """(price, order id) of the orders that ticks at or above their price reach."""
-        self._falling: SortedList[tuple[Decimal, str]] = SortedList()
+        # Plain sorted lists: bisect and inserts run in C (on a PlaceOrder's path), and moving
+        # even 100,000 entries on an insert costs microseconds.
+        self._rising: list[tuple[Decimal, str]] = []
+        """(price, order id) of the orders that ticks at or above their price reach, sorted."""
+        self._falling: list[tuple[Decimal, str]] = []
         """The same for ticks at or below."""
 
     def put(self, order: Order) -> None:
         replaced = self._by_id.get(order.order_id)
         if replaced is not None:
-            self._reached(replaced).remove((tick_reaches_at(replaced)[0], order.order_id))
+            self._unindex(replaced)
         self._by_id[order.order_id] = order
         self._by_client_id[(order.user_id, order.client_order_id)] = order.order_id
-        self._reached(order).add((tick_reaches_at(order)[0], order.order_id))
+        at, rising = tick_reaches_at(order)
+        bisect.insort(self._rising if rising else self._falling, (at, order.order_id))
 
     def remove(self, order: Order) -> None:
         del self._by_id[order.order_id]
         del self._by_client_id[(order.user_id, order.client_order_id)]
-        self._reached(order).remove((tick_reaches_at(order)[0], order.order_id))
+        self._unindex(order)
 
     def get(self, order_id: str) -> Order | None:
         return self._by_id.get(order_id)
@@ -116,8 +118,9 @@ class _RestingBook:
 
     def reached_by(self, price: Decimal) -> list[Order]:
         """The orders a tick at `price` reaches, in placement order (their ULIDs' order)."""
-        ids = [i for _, i in self._rising.irange(maximum=(price, _AFTER_EVERY_ID))]
-        ids += [i for _, i in self._falling.irange(minimum=(price, ""))]
+        rising = self._rising[: bisect.bisect_right(self._rising, (price, _AFTER_EVERY_ID))]
+        falling = self._falling[bisect.bisect_left(self._falling, (price, "")) :]
+        ids = [i for _, i in rising] + [i for _, i in falling]
         return [self._by_id[i] for i in sorted(ids)]
 
     def replace_all(self, orders: list[Order]) -> None:
@@ -129,8 +132,10 @@ class _RestingBook:
         for order in sorted(orders, key=lambda o: o.order_id):
             self.put(order)
 
-    def _reached(self, order: Order) -> SortedList[tuple[Decimal, str]]:
-        return self._rising if tick_reaches_at(order)[1] else self._falling
+    def _unindex(self, order: Order) -> None:
+        at, rising = tick_reaches_at(order)
+        index = self._rising if rising else self._falling
+        del index[bisect.bisect_left(index, (at, order.order_id))]
 
 
 _AFTER_EVERY_ID = "\U0010ffff"

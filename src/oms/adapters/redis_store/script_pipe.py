@@ -180,9 +180,14 @@ class ScriptPipe:
             except (OSError, RedisConnectionError) as error:
                 failures += 1
                 if failures > self._retries:
-                    if isinstance(error, RedisConnectionError):
-                        raise
-                    raise RedisConnectionError(f"cannot reach Redis: {error}") from error
+                    # Each attempt waited up to reply_timeout_s: the message says so, lest
+                    # "within 1 s" read as the whole wait.
+                    reason = (
+                        error
+                        if isinstance(error, RedisConnectionError)
+                        else f"cannot reach Redis: {error}"
+                    )
+                    raise RedisConnectionError(f"{reason} (tried {failures} times)") from error
                 await asyncio.sleep(self._backoff.compute(failures))
                 continue
             return _check(reply)

@@ -67,6 +67,26 @@ def test_data_survives_a_restart_on_the_same_data_dir(tmp_path: Path) -> None:
         client.close()
 
 
+def test_a_big_append_only_file_is_rewritten_at_start(tmp_path: Path) -> None:
+    def last_rewrite(server: EmbeddedRedis) -> int:
+        """Seconds the last AOF rewrite took, once none runs; -1: none since start."""
+        with redis.Redis.from_url(server.url) as client:
+            deadline = time.monotonic() + 10
+            while (info := client.info("persistence"))["aof_rewrite_in_progress"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            return int(info["aof_last_rewrite_time_sec"])
+
+    with EmbeddedRedis(tmp_path) as server, redis.Redis.from_url(server.url) as client:
+        client.set("order:1", "x" * 1000)
+    with EmbeddedRedis(tmp_path) as server:
+        assert last_rewrite(server) == -1  # small: left as it is
+    with EmbeddedRedis(tmp_path, compact_aof_over_bytes=100) as server:
+        assert last_rewrite(server) >= 0
+        with redis.Redis.from_url(server.url) as client:
+            assert client.get("order:1") == b"x" * 1000
+
+
 def test_listens_on_a_short_private_unix_socket_only(tmp_path: Path) -> None:
     deep_data_dir = tmp_path / ("d" * 60) / ("e" * 60)
 

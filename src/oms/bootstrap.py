@@ -250,7 +250,8 @@ class Application:
             except (RedisError, OSError, TimeoutError) as error:
                 reachable = False
                 if serving:
-                    log.error("state store unreachable, reporting NOT_SERVING: %s", error)
+                    reason = str(error) or f"no answer within {self.settings.redis_timeout_s:g} s"
+                    log.error("state store unreachable, reporting NOT_SERVING: %s", reason)
             if reachable and identity != self._store_identity:
                 self.lose_store(
                     "the state store lost its data (Redis restarted empty, or another one "

@@ -110,7 +110,7 @@ async def test_a_read_redis_stops_answering_is_unavailable_within_the_timeout(
 
 
 async def test_health_is_not_serving_while_redis_does_not_answer(
-    redis_server: EmbeddedRedis,
+    redis_server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     proxy = RedisFaultProxy(redis_server.socket_path)
     oms = await make_oms(await proxy.start(), redis_timeout_s=0.2, store_check_interval_s=0.05)
@@ -118,6 +118,7 @@ async def test_health_is_not_serving_while_redis_does_not_answer(
         assert await health_of(oms) == health_pb2.HealthCheckResponse.SERVING
         proxy.swallow_replies(True)
         await until_health(oms, health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert "reporting NOT_SERVING: no answer within 0.2 s" in caplog.text
         proxy.swallow_replies(False)
         await until_health(oms, health_pb2.HealthCheckResponse.SERVING)
     finally:

@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import grpc
 import pytest
+import redis
 from fixtures.domain import new_order
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.positions import position
@@ -198,5 +199,21 @@ async def test_a_place_repeated_while_it_commits_then_a_tick_fills_the_one_order
         assert (await get(oms, placed.order_id)).status == S.ORDER_STATUS_FILLED
         assert len(await fills_of(oms, placed.order_id)) == 1
         await proxy.release_held()
+    finally:
+        await oms.close()
+
+
+async def test_landing_marks_keep_only_refusals_not_answered_yet(redis_url: str) -> None:
+    # Every retry of a place that was acknowledged is refused by its guard: were each
+    # refusal kept for good, a client's retries would grow Redis without bound.
+    oms = await make_oms(redis_url)
+    try:
+        await tick(oms, "50000")
+        first = await place(oms, client_order_id="again")  # filled: off the book
+        for _ in range(30):
+            assert (await place(oms, client_order_id="again")).order_id == first.order_id
+        with redis.Redis.from_url(redis_url) as client:
+            kept = [client.zcard(key) for key in client.scan_iter("oms:landed:*:refused")]
+        assert sum(kept) <= 1
     finally:
         await oms.close()

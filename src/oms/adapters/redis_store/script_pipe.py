@@ -16,11 +16,12 @@ has waited `reply_timeout_s`, and handled the same way.
 A re-sent command may have run already, its reply lost. So that it never runs twice, every
 command carries landing marks, which the script honours (commit.lua): its KEYS end with the
 marks of its earlier attempts and then its own connection's mark, its ARGV with those
-attempts' numbers, its own number and how many earlier attempts there are. The script sets
+attempts' numbers, its own number, the highest number on its connection already answered
+and how many earlier attempts there are. The script sets
 its connection's mark to its number (commands on one connection run in order, so a mark at
 or past n means command n ran) and answers {'landed'}, doing nothing, when an earlier
-attempt ran. A new connection first kills the old one in Redis, so that nothing still
-buffered there can run after that check.
+attempt ran. A new connection to the same Redis run first kills the old one, so that
+nothing still buffered there can run after that check.
 
 Where to connect, the credentials, the database and the TLS context (the URL's ssl_*
 parameters) come from the connection redis-py itself would open for the same URL.
@@ -51,7 +52,12 @@ class _Protocol(asyncio.Protocol):
         """The key of this connection's landing mark."""
         self.numbered = 0
         """Commands numbered on this connection so far."""
+        self.answered = 0
+        """The highest number whose reply has been read (replies come in order: every lower
+        one's too). Those are never sent again: Redis may forget what it noted of them."""
         self.client_id: int | None = None
+        self.run_id = ""
+        """The Redis server run it is connected to (client ids restart with each run)."""
         self._reader = hiredis.Reader()
         self._waiting: deque[asyncio.Future[Any]] = deque()
         self._sent_at: deque[float] = deque()
@@ -166,6 +172,7 @@ class ScriptPipe:
                     *args,
                     *earlier_numbers,
                     number,
+                    protocol.answered,
                     len(earlier_numbers),
                 )
                 # From here on it may run, whatever becomes of its reply.
@@ -177,6 +184,7 @@ class ScriptPipe:
                     # not run, so it goes as it was).
                     _check(await protocol.send(self._load))
                     reply = await protocol.send(command)
+                protocol.answered = max(protocol.answered, number)
             except (OSError, RedisConnectionError) as error:
                 failures += 1
                 if failures > self._retries:
@@ -227,19 +235,19 @@ class ScriptPipe:
             setup.append(protocol.send(_pack(b"SELECT", like.db)))
         setup.append(protocol.send(self._load))
         setup.append(protocol.send(_pack(b"CLIENT", b"ID")))
-        kill = []
-        if old is not None and old.client_id is not None:
-            # Ends the old connection in Redis if it is still there (a stalled Redis, or one
-            # behind a partition): a command still buffered on it could run after its re-sent
-            # copy checked that it had not. An error answer: it was gone already.
-            kill.append(protocol.send(_pack(b"CLIENT", b"KILL", b"ID", old.client_id)))
+        setup.append(protocol.send(_pack(b"INFO", b"SERVER")))
         try:
-            *_, client_id = [_check(reply) for reply in await asyncio.gather(*setup)]
-            await asyncio.gather(*kill)
+            *_, client_id, info = [_check(reply) for reply in await asyncio.gather(*setup)]
+            protocol.client_id = int(client_id)
+            protocol.run_id = _run_id(info)
+            if old is not None and old.client_id is not None and old.run_id == protocol.run_id:
+                # Ends the old connection in Redis if it is still there (a stalled Redis, or
+                # one behind a partition): a command still buffered on it could run after its
+                # re-sent copy checked that it had not. An error answer: it was gone already.
+                await protocol.send(_pack(b"CLIENT", b"KILL", b"ID", old.client_id))
         except BaseException:
             protocol.close()
             raise
-        protocol.client_id = int(client_id)
         return protocol
 
 
@@ -247,6 +255,13 @@ def _pack(*parts: str | bytes | int) -> bytes:
     # hiredis's stub types the tuple as one element long; any length is packed.
     packed: bytes = hiredis.pack_command(parts)  # type: ignore[arg-type]
     return packed
+
+
+def _run_id(info: bytes) -> str:
+    for line in info.decode().splitlines():
+        if line.startswith("run_id:"):
+            return line.removeprefix("run_id:")
+    return ""
 
 
 def _check(reply: Any) -> Any:

@@ -17,29 +17,33 @@
 --
 -- KEYS and ARGV end with ScriptPipe's landing marks (script_pipe.py). A re-sent commit
 -- whose earlier attempt ran (its connection's mark reached that attempt's number) and was
--- not refused by its guards (not in the mark's ':refused' set) writes nothing and answers
+-- not refused by its guards (not in the mark's ':refused' zset) writes nothing and answers
 -- {'landed'}: never applied twice, and its caller told it holds. Otherwise this command's
--- number becomes its connection's mark, and joins the refused set if a guard fails.
+-- number becomes its connection's mark, and joins the refused zset if a guard fails; that
+-- zset keeps only numbers not answered yet (the rest are never sent again).
 local nk, na = #KEYS, #ARGV
-local mark, number, earlier = KEYS[nk], ARGV[na - 1], tonumber(ARGV[na])
+local mark, number, answered = KEYS[nk], ARGV[na - 2], ARGV[na - 1]
+local earlier = tonumber(ARGV[na])
 for e = 1, earlier do
-  local key, no = KEYS[nk - earlier + e - 1], ARGV[na - 2 - earlier + e]
+  local key, no = KEYS[nk - earlier + e - 1], ARGV[na - 3 - earlier + e]
   if tonumber(redis.call('GET', key) or '0') >= tonumber(no)
-      and redis.call('SISMEMBER', key .. ':refused', no) == 0 then
+      and not redis.call('ZSCORE', key .. ':refused', no) then
     return {'landed'}
   end
 end
 redis.call('SET', mark, number, 'EX', 3600)
 local function refused(reply)
-  redis.call('SADD', mark .. ':refused', number)
-  redis.call('EXPIRE', mark .. ':refused', 3600)
+  local key = mark .. ':refused'
+  redis.call('ZADD', key, number, number)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', answered)
+  redis.call('EXPIRE', key, 3600)
   return reply
 end
 local retention = ARGV[1]
 local seqs = {}
 local guard_no = 0
 local i = 2
-local n = na - 2 - earlier
+local n = na - 3 - earlier
 while i <= n do
   local op = ARGV[i]
   if op == 'U' then

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.redis_proxy import RedisFaultProxy
 from fixtures.trading import USER, place, tick
@@ -143,3 +144,19 @@ async def until_health(oms: OmsHarness, status: int) -> None:
         assert await health_of(oms) == status  # overall too
     finally:
         watch.cancel()
+
+
+async def test_nothing_is_written_to_a_store_that_lost_its_data(redis_url: str) -> None:
+    # Before the server's next check notices (and stops it), commits are refused already.
+    oms = await make_oms(redis_url, store_check_interval_s=60)
+    try:
+        await tick(oms, "50000")
+        with redis.Redis.from_url(redis_url) as client:
+            client.flushall()  # Redis restarted empty
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await place(oms, client_order_id="into-the-void")
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "lost its data" in (error.value.details() or "")
+            assert list(client.scan_iter("oms:u:*")) == []
+    finally:
+        await oms.close()

@@ -168,6 +168,9 @@ class _Transaction:
             index = self._key_index[key] = str(len(self.keys))
         return index
 
+    def same_store(self, key: str, identity: str) -> None:
+        self.args += ["I", self._k(key), identity]
+
     def unique(self, key: str, field: str, doc_key: str) -> int:
         self.args += ["U", self._k(key), field, self._k(doc_key)]
         self.guards += 1
@@ -219,6 +222,7 @@ class RedisStore:
         self._redis = redis
         self._retention = retention_events
         self.timeout_s = timeout_s
+        self._identity = ""
         self._commit = ScriptPipe(
             redis,
             _script("commit.lua"),
@@ -239,7 +243,8 @@ class RedisStore:
             pipe.set(keys.store_identity(), uuid.uuid4().hex, nx=True)
             pipe.get(keys.store_identity())
             _, identity = await pipe.execute()
-        return bytes(identity).decode()
+        self._identity = bytes(identity).decode()
+        return self._identity
 
     async def identity(self) -> str | None:
         """The identity the store holds now (None: none at all); also proves it answers."""
@@ -266,6 +271,10 @@ class RedisStore:
         ones build on it.
         """
         tx = _Transaction(self._retention)
+        if self._identity:
+            # Nothing lands in a store that lost its data, though the server learns of it
+            # only at its next check (see claim_identity).
+            tx.same_store(keys.store_identity(), self._identity)
         guard_owner: dict[int, tuple[ConflictKind, int]] = {}
         guarded: set[str] = set()
         for index, change in enumerate(changes):
@@ -314,6 +323,10 @@ class RedisStore:
             reply = await self._commit(keys=tx.keys, args=tx.args)
         except RedisConnectionError as error:
             raise _unreachable(error) from error
+        if reply[0] == b"lost":
+            raise Unavailable(
+                "the state store lost its data (its identity is gone): nothing was written"
+            )
         if reply[0] == b"landed":
             # An earlier attempt, whose reply was lost, wrote exactly this. Its events are in
             # the store, their sequences unknown here: streams read them from there with the

@@ -3,6 +3,7 @@
 -- holds, so a state change and its events are never seen apart.
 --
 -- ARGV[1] = events kept per user stream. Then a flat list of instructions:
+--   I key identity        same store: GET key must equal identity, else {'lost'} (first)
 --   U key field doc_key   unique: field must be absent from hash key; if present, return
 --                         {'exists', guard_no, value, HGET(doc_key, value)}
 --   E key field value     equal: HGET key field must equal value (absent reads as '')
@@ -46,7 +47,12 @@ local i = 2
 local n = na - 3 - earlier
 while i <= n do
   local op = ARGV[i]
-  if op == 'U' then
+  if op == 'I' then
+    if redis.call('GET', KEYS[tonumber(ARGV[i + 1])]) ~= ARGV[i + 2] then
+      return refused({'lost'})
+    end
+    i = i + 3
+  elseif op == 'U' then
     guard_no = guard_no + 1
     local cur = redis.call('HGET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
     if cur then

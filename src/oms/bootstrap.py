@@ -139,7 +139,7 @@ class Application:
         catalog = paper_catalog(settings)
         ids = IdGenerator()
         fees = FeeSchedule(settings.paper.maker_fee_rate, settings.paper.taker_fee_rate)
-        journal = Journal(self.store, self.hub)
+        self.journal = journal = Journal(self.store, self.hub)
         self.paper = PaperExchange(
             catalog, fees, journal, ids.new_id, time.time_ns, settings.paper.maker_fill_limit
         )
@@ -246,8 +246,10 @@ class Application:
             try:
                 async with asyncio.timeout(self.settings.redis_timeout_s):
                     identity = await self.store.identity()
+                    if identity == self._store_identity:
+                        await self.journal.catch_up_unsure()
                 reachable = True
-            except (RedisError, OSError, TimeoutError) as error:
+            except (RedisError, OSError, TimeoutError, Unavailable) as error:
                 reachable = False
                 if serving:
                     reason = str(error) or f"no answer within {self.settings.redis_timeout_s:g} s"

@@ -217,3 +217,32 @@ async def test_landing_marks_keep_only_refusals_not_answered_yet(redis_url: str)
         assert sum(kept) <= 1
     finally:
         await oms.close()
+
+
+async def test_a_commit_that_failed_but_landed_still_reaches_the_streams(
+    redis_server: EmbeddedRedis, proxy: RedisFaultProxy
+) -> None:
+    # Replies lost past every retry: the caller is told UNAVAILABLE though Redis ran the
+    # cancel. Once Redis answers again, its event reaches live streams without waiting for
+    # the user's next one.
+    oms = await make_oms(await proxy.start(), redis_timeout_s=0.2, store_check_interval_s=0.05)
+    try:
+        await tick(oms, "50000")
+        resting = await place(oms, type=S.ORDER_TYPE_LIMIT, price="49000")
+        updates: StreamReader[S.OrderUpdate] = StreamReader(
+            oms.orders.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(user_id=USER)),
+            "order_update",
+        )
+        await updates.until_live()
+        proxy.swallow_replies(True)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await oms.orders.CancelOrder(
+                pb.CancelOrderRequest(user_id=USER, order_id=resting.order_id)
+            )
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        proxy.swallow_replies(False)
+        [update] = await updates.events(1)
+        assert update.order.status == S.ORDER_STATUS_CANCELED
+        updates.cancel()
+    finally:
+        await oms.close()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from oms.domain.events import SequencedEvent, Update, WatermarkMoved, event_user
+from oms.domain.errors import Unavailable
+from oms.domain.events import SequencedEvent, Update, UserEvent, WatermarkMoved, event_user
 from oms.engine.ports import Conflict, OrderChange, PriceUpdate, StateStore
 from oms.engine.subscriptions import EventHub
 
@@ -13,6 +14,8 @@ class Journal:
     def __init__(self, store: StateStore, hub: EventHub) -> None:
         self.store = store
         self._hub = hub
+        self._unsure: set[str] = set()
+        """Users of commits that failed UNAVAILABLE: they may have landed all the same."""
 
     async def record(
         self,
@@ -20,14 +23,32 @@ class Journal:
         prices: Sequence[PriceUpdate] = (),
         updates: Sequence[Update] = (),
     ) -> list[SequencedEvent] | Conflict:
-        result = await self.store.commit(changes, prices, updates)
+        published = [u for u in updates if not isinstance(u, WatermarkMoved)]
+        try:
+            result = await self.store.commit(changes, prices, updates)
+        except Unavailable:
+            # A reply lost past every retry: the commit may have landed. Its events reach
+            # streams from the store once it answers again (catch_up_unsure).
+            self._unsure |= _users(changes, published)
+            raise
         if isinstance(result, list):
-            published = [u for u in updates if not isinstance(u, WatermarkMoved)]
             if result or not (published or any(c.events for c in changes)):
                 self._hub.publish(result)
             else:
                 # An earlier attempt landed, its reply lost: the events are in the store
                 # under sequences unknown here.
-                users = {c.order.user_id for c in changes} | {event_user(u) for u in published}
-                await self._hub.catch_up(users)
+                await self._hub.catch_up(_users(changes, published))
         return result
+
+    async def catch_up_unsure(self) -> None:
+        """Streams get whatever failed commits left in the store; call once it answers."""
+        users, self._unsure = self._unsure, set()
+        try:
+            await self._hub.catch_up(users)
+        except Unavailable:
+            self._unsure |= users
+            raise
+
+
+def _users(changes: Sequence[OrderChange], published: Sequence[UserEvent]) -> set[str]:
+    return {c.order.user_id for c in changes} | {event_user(u) for u in published}

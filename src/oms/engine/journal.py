@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from oms.domain.errors import Unavailable
-from oms.domain.events import SequencedEvent, Update, UserEvent, WatermarkMoved, event_user
+from oms.domain.events import SequencedEvent, Update, WatermarkMoved, event_user
 from oms.engine.ports import Conflict, OrderChange, PriceUpdate, StateStore
 from oms.engine.subscriptions import EventHub
 
@@ -23,21 +23,20 @@ class Journal:
         prices: Sequence[PriceUpdate] = (),
         updates: Sequence[Update] = (),
     ) -> list[SequencedEvent] | Conflict:
-        published = [u for u in updates if not isinstance(u, WatermarkMoved)]
         try:
             result = await self.store.commit(changes, prices, updates)
         except Unavailable:
             # A reply lost past every retry: the commit may have landed. Its events reach
             # streams from the store once it answers again (catch_up_unsure).
-            self._unsure |= _users(changes, published)
+            self._unsure |= _users(changes, updates)
             raise
         if isinstance(result, list):
-            if result or not (published or any(c.events for c in changes)):
+            if result:
                 self._hub.publish(result)
-            else:
-                # An earlier attempt landed, its reply lost: the events are in the store
-                # under sequences unknown here.
-                await self._hub.catch_up(_users(changes, published))
+            elif users := _users(changes, updates):
+                # Events were due, yet none came: an earlier attempt landed, its reply lost.
+                # They are in the store under sequences unknown here.
+                await self._hub.catch_up(users)
         return result
 
     async def catch_up_unsure(self) -> None:
@@ -50,5 +49,7 @@ class Journal:
             raise
 
 
-def _users(changes: Sequence[OrderChange], published: Sequence[UserEvent]) -> set[str]:
-    return {c.order.user_id for c in changes} | {event_user(u) for u in published}
+def _users(changes: Sequence[OrderChange], updates: Sequence[Update]) -> set[str]:
+    """The users a commit gives events to."""
+    users = {change.order.user_id for change in changes if change.events}
+    return users | {event_user(u) for u in updates if not isinstance(u, WatermarkMoved)}

@@ -17,11 +17,11 @@ A re-sent command may have run already, its reply lost. So that it never runs tw
 command carries landing marks, which the script honours (commit.lua): its KEYS end with the
 marks of its earlier attempts and then its own connection's mark, its ARGV with those
 attempts' numbers, its own number, the highest number on its connection already answered
-and how many earlier attempts there are. The script sets
-its connection's mark to its number (commands on one connection run in order, so a mark at
-or past n means command n ran) and answers {'landed'}, doing nothing, when an earlier
-attempt ran. A new connection to the same Redis run first kills the old one, so that
-nothing still buffered there can run after that check.
+and how many earlier attempts there are. The script sets its connection's mark to its
+number (commands on one connection run in order, so a mark at or past n means command n
+ran) and answers {'landed'}, doing nothing, when an earlier attempt ran. A new connection
+to the same Redis run first kills the old one, so that nothing still buffered there can run
+after that check.
 
 Where to connect, the credentials, the database and the TLS context (the URL's ssl_*
 parameters) come from the connection redis-py itself would open for the same URL.

@@ -329,8 +329,7 @@ class RedisStore:
             )
         if reply[0] == b"landed":
             # An earlier attempt, whose reply was lost, wrote exactly this. Its events are in
-            # the store, their sequences unknown here: streams read them from there with the
-            # user's next event.
+            # the store, their sequences unknown here (the journal has streams read them).
             return []
         if reply[0] == b"ok":
             published: list[UserEvent] = [event for change in changes for event in change.events]

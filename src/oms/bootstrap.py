@@ -134,7 +134,10 @@ class Application:
             settings.redis_timeout_s,
         )
         self.hub = EventHub(
-            self.store, settings.heartbeat_interval_s, settings.stream_buffer_events
+            self.store,
+            settings.heartbeat_interval_s,
+            settings.stream_buffer_events,
+            settings.max_streams_per_user,
         )
         catalog = paper_catalog(settings)
         ids = IdGenerator()

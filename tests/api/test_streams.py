@@ -377,6 +377,41 @@ async def test_the_hub_forgets_a_user_once_no_stream_follows_them(oms: OmsHarnes
     assert oms.app.hub._latest == {}  # one entry per user ever seen would grow for good
 
 
+async def test_a_stream_past_the_users_limit_is_resource_exhausted(redis_url: str) -> None:
+    # Every event is written to each stream of its user: one client leaking streams must not
+    # starve the others.
+    oms = await make_oms(redis_url, max_streams_per_user=3)
+    try:
+        await tick(oms, "50000")
+        first, second, fills = order_stream(oms), order_stream(oms), fill_stream(oms)
+        for stream in (first, second, fills):
+            await stream.until_live()
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await fill_stream(oms).next_message()  # every kind counts
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = error.value.details() or ""
+        assert f"user_id '{USER}' already has 3 streams open" in details
+        assert "max_streams_per_user" in details
+        other_user: StreamReader[S.OrderUpdate] = StreamReader(
+            oms.orders.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(user_id="other-user")),
+            "order_update",
+        )
+        await other_user.until_live()
+
+        first.cancel()  # frees its place
+        await until(lambda: oms.app.hub.following(USER) == 2)
+        third = order_stream(oms)
+        await third.until_live()
+        order = await place(oms)
+        for stream in (second, third):
+            [accepted, *_] = await stream.events(2)
+            assert accepted.order.order_id == order.order_id
+        [fill] = await fills.events(1)
+        assert fill.order_id == order.order_id
+    finally:
+        await oms.close()
+
+
 async def test_a_client_that_stops_answering_is_disconnected_and_its_streams_end(
     redis_url: str,
 ) -> None:

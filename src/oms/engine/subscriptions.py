@@ -101,10 +101,19 @@ class _Subscription:
 
 
 class EventHub:
-    def __init__(self, store: StateStore, heartbeat_interval_s: float, buffer_events: int) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        heartbeat_interval_s: float,
+        buffer_events: int,
+        max_streams_per_user: int = 100,
+    ) -> None:
+        """`max_streams_per_user`: every event costs a write to each of its user's streams, so
+        one client that leaks streams would otherwise starve everyone else."""
         self._store = store
         self._heartbeat_s = heartbeat_interval_s
         self._capacity = buffer_events
+        self._max_per_user = max_streams_per_user
         self._subscribers: dict[str, set[_Subscription]] = {}
         self._latest: dict[str, int] = {}
         """The newest sequence of each user a stream follows, for its heartbeats."""
@@ -159,6 +168,11 @@ class EventHub:
         """
         if self._closed:
             raise Unavailable("server is shutting down")
+        if (open_now := self.following(user_id)) >= self._max_per_user:
+            raise ResourceExhausted(
+                f"user_id {user_id!r} already has {open_now} streams open, as many as "
+                "max_streams_per_user allows: close one first"
+            )
         subscription = _Subscription(self._capacity, after_sequence)
         self._subscribers.setdefault(user_id, set()).add(subscription)
         try:

@@ -129,7 +129,7 @@ class Application:
     ) -> None:
         self.settings = settings
         self.store = RedisStore(
-            connect(redis_url, settings.redis_timeout_s),
+            connect(redis_url, settings.redis_timeout_s, settings.redis_max_connections),
             settings.retention_events,
             settings.redis_timeout_s,
         )

@@ -379,6 +379,9 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(default=5.0, gt=0)
     """How long Redis may take to answer before a call fails UNAVAILABLE (a partition). A
     commit's connection is then presumed dead and the commit sent again on a new one."""
+    redis_max_connections: int = Field(default=64, ge=1)
+    """Connections to Redis for reads (commits have one of their own); a burst of more
+    concurrent reads waits for a free one, up to redis_timeout_s."""
     store_check_interval_s: float = Field(default=1.0, gt=0)
     """How often Redis is pinged while serving: health is NOT_SERVING while it does not
     answer, SERVING again once it does."""

@@ -12,7 +12,7 @@ from importlib import resources
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -92,21 +92,29 @@ def _side_member(position: Position) -> str:
     return f"{position.user_id}|{position.key.field()}"
 
 
-def connect(url: str, timeout_s: float) -> Redis:
+def connect(url: str, timeout_s: float, max_connections: int = 64) -> Redis:
     """A client that gives up within ~0.5 s on a refused connection, and within `timeout_s`
     on a connection that cannot be made: a caller gets UNAVAILABLE, not a long hang.
+
+    At most `max_connections` (commits have a connection of their own, ScriptPipe): a burst
+    of reads waits for a free one, up to `timeout_s`, where an unbounded pool would open a
+    connection per concurrent call and keep them all (file descriptors, Redis's maxclients).
+    Named "oms" in Redis's CLIENT LIST.
 
     redis-py's default retries back off for up to 10 s per attempt. No socket_timeout: on
     Python 3.11 redis-py then sends through asyncio.wait_for, which loses a cancellation that
     lands as the send completes (a background loop asked to stop runs on, and shutdown waits
     for it). A silent connection is bounded by `unavailable_when_down` instead.
     """
-    client: Redis = Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        client_name="oms",
         retry=Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.02), 3),
         socket_connect_timeout=timeout_s,
     )
-    return client
+    return Redis.from_pool(pool)
 
 
 class TimeBound(Protocol):

@@ -24,11 +24,12 @@ from oms.adapters.redis_store.store import RedisStore, connect
 from oms.api.account_service import AccountService
 from oms.api.auth import AuthInterceptor
 from oms.api.market_data_service import MarketDataService
+from oms.api.metrics import Metrics
 from oms.api.order_service import OrderService
 from oms.api.position_service import PositionService
 from oms.api.server import OmsServer
 from oms.api.trailing_stop_service import TrailingStopService
-from oms.config import AuthSettings, ExchangeSettings, Settings
+from oms.config import AuthSettings, ExchangeSettings, Settings, tcp_address
 from oms.domain.access import Grant
 from oms.domain.errors import FailedPrecondition, Unavailable
 from oms.domain.identifiers import IdGenerator
@@ -183,6 +184,12 @@ class Application:
             self.connector.exchanges,
             time.time_ns,
         )
+        self._metrics_at = (
+            None if settings.metrics_listen is None else tcp_address(settings.metrics_listen)
+        )
+        self.metrics = None if self._metrics_at is None else self._metrics()
+        self.metrics_port: int | None = None
+        """Where /metrics is served, once started."""
         self.server = OmsServer(
             OrderService(orders, self.rules),
             MarketDataService(self.market_data),
@@ -192,6 +199,7 @@ class Application:
             extra_handlers,
             auth_interceptor(settings.auth),
             settings.keepalive_s,
+            self.metrics,
         )
         self.archiver: Archiver | None = None
         self._archiving: asyncio.Task[None] | None = None
@@ -203,6 +211,23 @@ class Application:
         self._watching: asyncio.Task[None] | None = None
         self._store_identity = ""
         self.store_lost = False
+
+    def _metrics(self) -> Metrics:
+        metrics = Metrics()
+        metrics.gauge(
+            "oms_event_streams_open",
+            "Order, fill, position and trailing-stop streams open now.",
+            lambda: self.hub.streams,
+        )
+        metrics.gauge(
+            "oms_price_streams_open", "Price streams open now.", lambda: self.market_data.streams
+        )
+        metrics.gauge(
+            "oms_paper_resting_orders",
+            "Open orders resting on the paper exchange's books.",
+            lambda: self.paper.resting_orders,
+        )
+        return metrics
 
     async def start(self) -> int:
         """Recover, listen, report SERVING; returns the bound port."""
@@ -220,6 +245,13 @@ class Application:
         # Listening but NOT_SERVING while the exchanges are reconciled: an unreachable one
         # keeps the server here, visible to health checks.
         try:
+            if self.metrics is not None and self._metrics_at is not None:
+                try:
+                    self.metrics_port = self.metrics.serve(*self._metrics_at)
+                except OSError as error:
+                    raise StartupError(
+                        f"metrics_listen {self.settings.metrics_listen}: {error}"
+                    ) from error
             try:
                 await self.accounts.resume()
             except (FailedPrecondition, MasterKeyError) as error:
@@ -296,6 +328,8 @@ class Application:
         await self.connector.close()
         await self._stop_archiving()
         await self.store.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     async def _stop_archiving(self) -> None:
         """One last pass within the grace period; the next start copies what it missed."""

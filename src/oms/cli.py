@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
         "--postgres-dsn", default=None, help="history archive; unset: none (env OMS_POSTGRES_DSN)"
     )
     run.add_argument(
+        "--metrics-listen",
+        default=None,
+        help="HOST:PORT to serve Prometheus /metrics on; unset: none (env OMS_METRICS_LISTEN)",
+    )
+    run.add_argument(
         "--insecure",
         action="store_true",
         default=None,
@@ -60,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "data_dir": args.data_dir,
                 "config": args.config,
                 "postgres_dsn": args.postgres_dsn,
+                "metrics_listen": args.metrics_listen,
                 "insecure": args.insecure,
             }
         )

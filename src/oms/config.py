@@ -374,6 +374,8 @@ class Settings(BaseSettings):
 
     listen: str = "127.0.0.1:50051"
     """gRPC listen address, HOST:PORT ("[::1]:50051" for IPv6) or "unix:PATH"."""
+    metrics_listen: str | None = None
+    """Where Prometheus scrapes /metrics, HOST:PORT; None: no metrics (and no cost per call)."""
     redis_url: str | None = None
     """Redis holding all state; None starts an embedded private Redis under data_dir."""
     redis_timeout_s: float = Field(default=5.0, gt=0)
@@ -448,6 +450,13 @@ class Settings(BaseSettings):
     @classmethod
     def _check_listen(cls, listen: str) -> str:
         _split_listen(listen)
+        return listen
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _check_metrics_listen(cls, listen: str | None) -> str | None:
+        if listen is not None:
+            tcp_address(listen)
         return listen
 
     @field_validator("redis_url")
@@ -537,6 +546,14 @@ def _split_listen(listen: str) -> tuple[str, int] | None:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"{listen!r} is not HOST:PORT (e.g. '127.0.0.1:50051') or unix:PATH")
     return host, int(port)
+
+
+def tcp_address(listen: str) -> tuple[str, int]:
+    """(host, port) of a HOST:PORT address; ValueError for anything else, a unix socket too."""
+    split = _split_listen(listen)
+    if split is None:
+        raise ValueError(f"{listen!r}: give HOST:PORT (served over TCP, not a unix socket)")
+    return split
 
 
 def is_loopback(listen: str) -> bool:

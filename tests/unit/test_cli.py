@@ -49,6 +49,8 @@ def test_a_start_up_failure_is_one_line_naming_the_cause(
         port = taken.getsockname()[1]
         err = fails("--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "a"))
         assert f"cannot listen on 127.0.0.1:{port}" in err
+        err = fails("--metrics-listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "m"))
+        assert f"metrics_listen 127.0.0.1:{port}: " in err
     with EmbeddedRedis(tmp_path / "b"):
         assert "in use by another OMS process" in fails("--data-dir", str(tmp_path / "b"))
     (tmp_path / "file").write_text("")

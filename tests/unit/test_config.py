@@ -40,6 +40,7 @@ def test_defaults() -> None:
     assert settings.stream_buffer_events == 10_000
     assert settings.max_streams_per_user == 100
     assert settings.redis_max_connections == 64
+    assert settings.metrics_listen is None
     assert settings.retention_events == 100_000
     assert settings.shutdown_grace_s == 5.0
     assert settings.log_level == "INFO"
@@ -221,6 +222,8 @@ def test_decimals_stay_exact(tmp_path: Path) -> None:
         ("OMS_RETENTION_EVENTS", "0", "retention_events"),
         ("OMS_MAX_STREAMS_PER_USER", "0", "max_streams_per_user"),
         ("OMS_REDIS_MAX_CONNECTIONS", "0", "redis_max_connections"),
+        ("OMS_METRICS_LISTEN", "unix:/tmp/metrics.sock", "metrics_listen"),
+        ("OMS_METRICS_LISTEN", "9464", "metrics_listen"),
         ("OMS_HEARTBEAT_INTERVAL_S", "-1", "heartbeat_interval_s"),
         ("OMS_LISTEN", "localhost", "listen"),
         ("OMS_LISTEN", "::1:50051", "listen"),

@@ -28,6 +28,7 @@ from oms.api.auth import AuthInterceptor
 from oms.api.error_mapping import ErrorMappingInterceptor
 from oms.api.health_service import HealthService
 from oms.api.market_data_service import MarketDataService
+from oms.api.metrics import Metrics, MetricsInterceptor
 from oms.api.order_service import OrderService
 from oms.api.position_service import PositionService
 from oms.api.trailing_stop_service import TrailingStopService
@@ -85,14 +86,19 @@ class OmsServer:
         extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
         auth: AuthInterceptor | None = None,
         keepalive_s: float = 30.0,
+        metrics: Metrics | None = None,
     ) -> None:
         """`auth` None: no tokens configured, every call admitted. `keepalive_s`: how often a
-        client with calls open is pinged (see Settings.keepalive_s)."""
-        # The first interceptor is the outermost: a call is admitted before anything runs.
+        client with calls open is pinged (see Settings.keepalive_s). `metrics` None: calls
+        are not counted."""
+        # The first interceptor is the outermost: a call is admitted before anything runs,
+        # and counted with the status it ended with, whoever answered it.
         self._calls = ErrorMappingInterceptor()
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [self._calls]
         if auth is not None:
             interceptors.insert(0, auth)
+        if metrics is not None:
+            interceptors.insert(0, MetricsInterceptor(metrics))
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[

@@ -116,6 +116,9 @@ class _RestingBook:
     def orders(self) -> list[Order]:
         return list(self._by_id.values())
 
+    def __len__(self) -> int:
+        return len(self._by_id)
+
     def reached_by(self, price: Decimal) -> list[Order]:
         """The orders a tick at `price` reaches, in placement order (their ULIDs' order)."""
         rising = self._rising[: bisect.bisect_right(self._rising, (price, _AFTER_EVERY_ID))]
@@ -831,6 +834,11 @@ class PaperExchange:
         for rule in await store.active_rules_on(PAPER):
             desks.setdefault(rule.trigger_symbol, _Desk(self, rule.trigger_symbol)).rules.put(rule)
         return list(desks.values())
+
+    @property
+    def resting_orders(self) -> int:
+        """How many open orders rest on the books now."""
+        return sum(len(desk.book) for desk in self._desks.values())
 
     def last_price(self, symbol: str) -> PriceUpdate | None:
         desk = self._desks.get(symbol)

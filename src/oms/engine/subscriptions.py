@@ -143,6 +143,11 @@ class EventHub:
                 after = self._latest.get(user_id, 0)
                 self.publish(await self._store.read_events(user_id, after, _REPLAY_BATCH))
 
+    @property
+    def streams(self) -> int:
+        """How many streams are open now, all users'."""
+        return sum(map(len, self._subscribers.values()))
+
     def following(self, user_id: str) -> int:
         """How many streams follow the user now."""
         return len(self._subscribers.get(user_id, ()))

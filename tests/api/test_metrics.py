@@ -113,3 +113,12 @@ async def test_calls_refused_by_auth_are_counted_too(redis_url: str) -> None:
         assert samples[calls(GET, "NOT_FOUND")] == 1
     finally:
         await oms.close()
+
+
+async def test_calls_refused_at_shutdown_are_counted_unavailable(oms: OmsHarness) -> None:
+    await oms.app.server.begin_shutdown()
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await oms.orders.GetOrder(pb.GetOrderRequest(user_id=USER, order_id="any"))
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    assert (await scrape(oms))[calls(GET, "UNAVAILABLE")] == 1

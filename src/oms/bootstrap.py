@@ -214,6 +214,7 @@ class Application:
 
     def _metrics(self) -> Metrics:
         metrics = Metrics()
+        self.hub.add_event_listener(metrics.observe_events)
         metrics.gauge(
             "oms_event_streams_open",
             "Order, fill, position and trailing-stop streams open now.",

@@ -122,3 +122,23 @@ async def test_calls_refused_at_shutdown_are_counted_unavailable(oms: OmsHarness
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE
 
     assert (await scrape(oms))[calls(GET, "UNAVAILABLE")] == 1
+
+
+async def test_what_commits_did_is_counted_by_exchange_and_type(oms: OmsHarness) -> None:
+    await tick(oms, "50000")
+    await place(oms)  # a market order: ACCEPTED, then filled as taker
+    await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000")  # rests...
+    await tick(oms, "48000")  # ...then fills as maker
+    crossing = order_pb2.TIME_IN_FORCE_POST_ONLY
+    await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", time_in_force=crossing)
+
+    samples = await scrape(oms)
+
+    def order_events(kind: str) -> float:
+        labels = frozenset({("exchange", "paper"), ("type", kind)})
+        return samples.get(("oms_order_events_total", labels), 0)
+
+    assert [order_events(k) for k in ("ACCEPTED", "FILLED", "REJECTED")] == [2, 2, 1]
+    for liquidity in ("TAKER", "MAKER"):
+        labels = frozenset({("exchange", "paper"), ("liquidity", liquidity)})
+        assert samples[("oms_fills_total", labels)] == 1

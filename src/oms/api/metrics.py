@@ -22,6 +22,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from oms.domain.events import FillRecorded, OrderUpdated, SequencedEvent, TrailingStopUpdated
+
 if TYPE_CHECKING:  # generic only in the stubs
     Handler = grpc.RpcMethodHandler[Any, Any]
     Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
@@ -50,7 +52,36 @@ class Metrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self.order_events = Counter(
+            "oms_order_events",
+            "Committed order events, by exchange and type (ACCEPTED, FILLED, REJECTED...).",
+            ["exchange", "type"],
+            registry=self.registry,
+        )
+        self.fills = Counter(
+            "oms_fills",
+            "Committed fills, by exchange and liquidity (MAKER, TAKER).",
+            ["exchange", "liquidity"],
+            registry=self.registry,
+        )
+        self.trailing_stop_events = Counter(
+            "oms_trailing_stop_events",
+            "Committed trailing-stop events, by type (CREATED, TRIGGERED...).",
+            ["type"],
+            registry=self.registry,
+        )
         self._http: tuple[WSGIServer, threading.Thread] | None = None
+
+    def observe_events(self, events: list[SequencedEvent]) -> None:
+        """Count what a commit did (see EventHub.add_event_listener)."""
+        for sequenced in events:
+            match sequenced.event:
+                case OrderUpdated(event_type=kind, order=order):
+                    self.order_events.labels(order.exchange, kind.value).inc()
+                case FillRecorded(fill=fill):
+                    self.fills.labels(fill.exchange, fill.liquidity.value).inc()
+                case TrailingStopUpdated(event_type=kind):
+                    self.trailing_stop_events.labels(kind.value).inc()
 
     def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """A gauge read when scraped."""

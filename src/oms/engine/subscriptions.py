@@ -118,9 +118,12 @@ class EventHub:
         self._latest: dict[str, int] = {}
         """The newest sequence of each user a stream follows, for its heartbeats."""
         self._listeners: list[Callable[[str, int], None]] = []
+        self._event_listeners: list[Callable[[list[SequencedEvent]], None]] = []
         self._closed = False
 
     def publish(self, events: list[SequencedEvent]) -> None:
+        for observe in self._event_listeners:
+            observe(events)
         by_user: dict[str, list[SequencedEvent]] = {}
         for event in events:
             by_user.setdefault(event_user(event.event), []).append(event)
@@ -155,6 +158,10 @@ class EventHub:
     def add_listener(self, listener: Callable[[str, int], None]) -> None:
         """Told (user_id, newest sequence) after every commit that gave that user events."""
         self._listeners.append(listener)
+
+    def add_event_listener(self, listener: Callable[[list[SequencedEvent]], None]) -> None:
+        """Told every batch of committed events, all users' (for metrics)."""
+        self._event_listeners.append(listener)
 
     def close(self) -> None:
         """Shutting down: every stream ends with UNAVAILABLE, a stalled one too."""

@@ -12,6 +12,7 @@ from fixtures.client_streams import until
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.streams import StreamReader
 from fixtures.trading import USER, order_request, place, tick
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from tradingboost.oms.v1 import order_pb2
@@ -142,3 +143,13 @@ async def test_what_commits_did_is_counted_by_exchange_and_type(oms: OmsHarness)
     for liquidity in ("TAKER", "MAKER"):
         labels = frozenset({("exchange", "paper"), ("liquidity", liquidity)})
         assert samples[("oms_fills_total", labels)] == 1
+
+
+async def test_reflection_streams_are_counted_too(oms: OmsHarness) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(oms.channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    async for response in stub.ServerReflectionInfo(iter([request])):
+        assert response.list_services_response.service
+
+    method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    assert (await scrape(oms))[calls(method, "OK")] == 1

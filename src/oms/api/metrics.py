@@ -4,9 +4,10 @@ unary latency, gauges of the engine's state, and the process (memory, CPU, descr
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
@@ -128,8 +129,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def _observe(self, method: str, handler: Any) -> Handler:
         calls = self._metrics.calls
-        ok = calls.labels(method, "OK")
         if handler.unary_unary is not None:
+            ok = calls.labels(method, "OK")
             latency = self._metrics.latency.labels(method)
             behavior: Behavior = handler.unary_unary
 
@@ -147,20 +148,43 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     latency.observe(time.perf_counter() - started)
 
             return handler._replace(unary_unary=unary)  # type: ignore[no-any-return]
-        # Streams reach here as coroutines that write through context.write (error mapping).
-        if handler.unary_stream is not None and asyncio.iscoroutinefunction(handler.unary_stream):
-            stream: Behavior = handler.unary_stream
+        streams: dict[str, Callable[..., Any]] = {}
+        for kind in ("unary_stream", "stream_stream"):
+            stream = getattr(handler, kind)
+            # Coroutines write through context.write (the error mapping makes ours so);
+            # reflection's stream is an async generator.
+            if asyncio.iscoroutinefunction(stream):
+                streams[kind] = _counted(calls, method, stream)
+            elif inspect.isasyncgenfunction(stream):
+                streams[kind] = _counted_generator(calls, method, stream)
+        return handler._replace(**streams)  # type: ignore[no-any-return]
 
-            async def counted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-                try:
-                    await stream(request, context)
-                except BaseException as error:
-                    calls.labels(method, _failed(context, error)).inc()
-                    raise
-                calls.labels(method, _code(context)).inc()
 
-            return handler._replace(unary_stream=counted)  # type: ignore[no-any-return]
-        return handler  # type: ignore[no-any-return]
+def _counted(calls: Counter, method: str, stream: Behavior) -> Behavior:
+    async def counted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        try:
+            await stream(request, context)
+        except BaseException as error:
+            calls.labels(method, _failed(context, error)).inc()
+            raise
+        calls.labels(method, _code(context)).inc()
+
+    return counted
+
+
+def _counted_generator(
+    calls: Counter, method: str, stream: Callable[..., AsyncIterator[Any]]
+) -> Callable[..., AsyncIterator[Any]]:
+    async def counted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            async for response in stream(request, context):
+                yield response
+        except BaseException as error:
+            calls.labels(method, _failed(context, error)).inc()
+            raise
+        calls.labels(method, _code(context)).inc()
+
+    return counted
 
 
 def _code(context: grpc.aio.ServicerContext[Any, Any]) -> str:

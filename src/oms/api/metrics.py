@@ -189,20 +189,12 @@ def _counted_generator(
 
 def _code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     code = context.code()
-    return "OK" if code is None else _name(code)
+    return "OK" if code is None else code.name
 
 
 def _failed(context: grpc.aio.ServicerContext[Any, Any], error: BaseException) -> str:
     """The status a call that raised ends with: the one it aborted with, else CANCELLED for
     a client that went away, else UNKNOWN (what grpc answers an unexpected exception)."""
-    code = context.code()
-    if code is not None:
-        return _name(code)
+    if context.code() is not None:
+        return _code(context)
     return "CANCELLED" if isinstance(error, asyncio.CancelledError) else "UNKNOWN"
-
-
-def _name(code: Any) -> str:
-    # grpc.aio reports a StatusCode, or the bare integer a raw abort set.
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))

@@ -837,8 +837,9 @@ class PaperExchange:
 
     @property
     def resting_orders(self) -> int:
-        """How many open orders rest on the books now."""
-        return sum(len(desk.book) for desk in self._desks.values())
+        """How many open orders rest on the books now. Safe from another thread (metrics):
+        the desks are copied in one step before they are counted."""
+        return sum(len(desk.book) for desk in list(self._desks.values()))
 
     def last_price(self, symbol: str) -> PriceUpdate | None:
         desk = self._desks.get(symbol)

@@ -148,8 +148,9 @@ class EventHub:
 
     @property
     def streams(self) -> int:
-        """How many streams are open now, all users'."""
-        return sum(map(len, self._subscribers.values()))
+        """How many streams are open now, all users'. Safe from another thread (metrics):
+        the sets are copied in one step before they are counted."""
+        return sum(map(len, list(self._subscribers.values())))
 
     def following(self, user_id: str) -> int:
         """How many streams follow the user now."""

@@ -297,6 +297,14 @@ class Application:
                     "again; streams resumed on an empty store would skip events"
                 )
                 return
+            if self.store.lost_writes is not None:
+                self.lose_store(
+                    f"{self.store.lost_writes}: streams would see its sequences again for "
+                    "other events, and clients orders they were told of go missing; recover "
+                    "what Redis lost if you can (a newer append-only file, the history "
+                    "archive), then start again"
+                )
+                return
             if reachable != serving:
                 serving = reachable
                 await (self.server.ready() if serving else self.server.not_serving())

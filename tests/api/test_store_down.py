@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import grpc
 import pytest
@@ -18,6 +19,7 @@ from grpc_health.v1 import health_pb2
 from tradingboost.oms.v1 import order_pb2
 from tradingboost.oms.v1 import order_service_pb2 as pb
 
+from oms.adapters.redis_store import keys
 from oms.adapters.redis_store.embedded import EmbeddedRedis
 
 
@@ -158,5 +160,41 @@ async def test_nothing_is_written_to_a_store_that_lost_its_data(redis_url: str) 
             assert error.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "lost its data" in (error.value.details() or "")
             assert list(client.scan_iter("oms:u:*")) == []
+    finally:
+        await oms.close()
+
+
+async def test_a_store_that_went_back_in_time_takes_no_commit_and_the_server_stops(
+    redis_url: str,
+) -> None:
+    # What an OS crash within appendfsync everysec's second leaves on Redis's host (or a
+    # failover to a replica that lagged): Redis restarted as it was a moment ago.
+    oms = await make_oms(redis_url, store_check_interval_s=0.2)
+    resting = {"type": order_pb2.ORDER_TYPE_LIMIT, "price": "49000"}
+    taken = keys.client_order_ids(USER)
+    try:
+        await tick(oms, "50000")
+        await place(oms, client_order_id="kept", **resting)
+        with redis.Redis.from_url(redis_url) as client:
+            # A connection dropped with nothing lost: the commits go on.
+            client.client_kill_filter(_type="normal", skipme=True)
+            await place(oms, client_order_id="after-a-reconnect", **resting)
+
+            snapshot = [(key, client.pttl(key), client.dump(key)) for key in client.scan_iter()]
+            await place(oms, client_order_id="acknowledged-then-lost", **resting)
+            client.flushall()
+            for key, ttl, dumped in snapshot:
+                client.restore(key, max(cast(int, ttl), 0), cast(bytes, dumped))
+            client.client_kill_filter(_type="normal", skipme=True)  # as a restart does
+
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await place(oms, client_order_id="into-the-past", **resting)
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "lost commands it had acknowledged" in (error.value.details() or "")
+            assert client.hexists(taken, "after-a-reconnect")
+            assert not client.hexists(taken, "into-the-past")
+        async with asyncio.timeout(5):
+            await oms.app.wait_for_stop_request()
+        assert oms.app.store_lost
     finally:
         await oms.close()

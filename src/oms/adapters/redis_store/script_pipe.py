@@ -16,12 +16,19 @@ has waited `reply_timeout_s`, and handled the same way.
 A re-sent command may have run already, its reply lost. So that it never runs twice, every
 command carries landing marks, which the script honours (commit.lua): its KEYS end with the
 marks of its earlier attempts and then its own connection's mark, its ARGV with those
-attempts' numbers, its own number, the highest number on its connection already answered
-and how many earlier attempts there are. The script sets its connection's mark to its
-number (commands on one connection run in order, so a mark at or past n means command n
-ran) and answers {'landed'}, doing nothing, when an earlier attempt ran. A new connection
-to the same Redis run first kills the old one, so that nothing still buffered there can run
-after that check.
+attempts' numbers, its own number, the highest number on its connection already answered,
+how many earlier attempts there are and a continuity flag (below). The script sets its
+connection's mark to its number (commands on one connection run in order, so a mark at or
+past n means command n ran) and answers {'landed'}, doing nothing, when an earlier attempt
+ran. A new connection to the same Redis run first kills the old one, so that nothing still
+buffered there can run after that check.
+
+The marks also tell when Redis lost commands it had acknowledged: restarted from an append-
+only file that missed its last second, or failed over to a replica that lagged. Until a
+command succeeds on a new connection, each command carries the previous connection's mark
+(before its earlier attempts' marks) and the highest number answered there (before their
+numbers), flag '1': a mark below that number means the store went back in time, and the
+script writes nothing and answers {'rewound', ...}, raised as `Rewound`.
 
 Where to connect, the credentials, the database and the TLS context (the URL's ssl_*
 parameters) come from the connection redis-py itself would open for the same URL.
@@ -41,9 +48,13 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
-__all__ = ["ScriptPipe"]
+__all__ = ["Rewound", "ScriptPipe"]
+
+
+class Rewound(RedisError):
+    """Redis no longer holds commands it acknowledged: it restarted from an older state."""
 
 
 class _Protocol(asyncio.Protocol):
@@ -55,6 +66,9 @@ class _Protocol(asyncio.Protocol):
         self.answered = 0
         """The highest number whose reply has been read (replies come in order: every lower
         one's too). Those are never sent again: Redis may forget what it noted of them."""
+        self.marked = 0
+        """The highest number whose reply says the script ran and set this connection's mark
+        (not an error, not 'rewound'): Redis must hold a mark at least this high."""
         self.client_id: int | None = None
         self.run_id = ""
         """The Redis server run it is connected to (client ids restart with each run)."""
@@ -150,6 +164,9 @@ class ScriptPipe:
         self._marks_prefix = marks_prefix
         self._protocol: _Protocol | None = None
         self._opening = asyncio.Lock()
+        self._continuity: tuple[str, int] | None = None
+        """(mark, number) of the last connection that had commands run, while no command
+        has run on the connections opened since: checked by each command until one has."""
 
     async def __call__(self, keys: Sequence[str], args: Sequence[str | bytes]) -> Any:
         earlier_marks: list[str] = []
@@ -162,18 +179,24 @@ class ScriptPipe:
                     protocol = await self._connected()
                 protocol.numbered += 1
                 number = protocol.numbered
+                continuity = self._continuity
+                check_mark = [] if continuity is None else [continuity[0]]
+                check_number = [] if continuity is None else [continuity[1]]
                 command = _pack(
                     b"EVALSHA",
                     self._sha,
-                    len(keys) + len(earlier_marks) + 1,
+                    len(keys) + len(check_mark) + len(earlier_marks) + 1,
                     *keys,
+                    *check_mark,
                     *earlier_marks,
                     protocol.mark,
                     *args,
+                    *check_number,
                     *earlier_numbers,
                     number,
                     protocol.answered,
                     len(earlier_numbers),
+                    0 if continuity is None else 1,
                 )
                 # From here on it may run, whatever becomes of its reply.
                 earlier_marks.append(protocol.mark)
@@ -198,7 +221,18 @@ class ScriptPipe:
                     raise RedisConnectionError(f"{reason} (tried {failures} times)") from error
                 await asyncio.sleep(self._backoff.compute(failures))
                 continue
-            return _check(reply)
+            if isinstance(reply, list) and reply[:1] == [b"rewound"]:
+                _, reached, expected = reply
+                raise Rewound(
+                    f"Redis lost commands it had acknowledged (a landing mark is at "
+                    f"{int(reached)}, it had reached {int(expected)}): it restarted from an "
+                    "older state"
+                )
+            result = _check(reply)
+            protocol.marked = max(protocol.marked, number)
+            if continuity is not None and self._continuity is continuity:
+                self._continuity = None  # this connection follows on from the last one
+            return result
 
     async def close(self) -> None:
         if self._protocol is not None:
@@ -248,6 +282,8 @@ class ScriptPipe:
         except BaseException:
             protocol.close()
             raise
+        if old is not None and old.marked:
+            self._continuity = (old.mark, old.marked)
         return protocol
 
 

@@ -33,7 +33,7 @@ from oms.adapters.redis_store.codec import (
     encode_rule,
     encode_trailing_stop,
 )
-from oms.adapters.redis_store.script_pipe import ScriptPipe
+from oms.adapters.redis_store.script_pipe import Rewound, ScriptPipe
 from oms.domain.conditional_rules import ConditionalRule, RuleStatus
 from oms.domain.errors import Unavailable
 from oms.domain.events import (
@@ -231,6 +231,9 @@ class RedisStore:
         self._retention = retention_events
         self.timeout_s = timeout_s
         self._identity = ""
+        self.lost_writes: str | None = None
+        """Why the store is known to have lost acknowledged commits (then every commit is
+        refused), None while it is not."""
         self._commit = ScriptPipe(
             redis,
             _script("commit.lua"),
@@ -331,6 +334,9 @@ class RedisStore:
             reply = await self._commit(keys=tx.keys, args=tx.args)
         except RedisConnectionError as error:
             raise _unreachable(error) from error
+        except Rewound as error:
+            self.lost_writes = str(error)
+            raise Unavailable(f"{error}; nothing was written") from error
         if reply[0] == b"lost":
             raise Unavailable(
                 "the state store lost its data (its identity is gone): nothing was written"

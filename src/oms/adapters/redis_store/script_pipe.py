@@ -25,10 +25,11 @@ buffered there can run after that check.
 
 The marks also tell when Redis lost commands it had acknowledged: restarted from an append-
 only file that missed its last second, or failed over to a replica that lagged. Until a
-command succeeds on a new connection, each command carries the previous connection's mark
-(before its earlier attempts' marks) and the highest number answered there (before their
-numbers), flag '1': a mark below that number means the store went back in time, and the
-script writes nothing and answers {'rewound', ...}, raised as `Rewound`.
+command succeeds on a new connection, each command carries the mark of the last connection
+that ran commands (before its earlier attempts' marks) and the highest number whose reply
+showed it ran there (before their numbers), flag '1': a mark below that number means the
+store went back in time, and the script writes nothing and answers {'rewound', ...}, raised
+as `Rewound`.
 
 Where to connect, the credentials, the database and the TLS context (the URL's ssl_*
 parameters) come from the connection redis-py itself would open for the same URL.

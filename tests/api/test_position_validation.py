@@ -103,6 +103,7 @@ BAD_OPENS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("grid_level",), {"grid_level": 21}),
     (("client_order_id",), {"client_order_id": "bad id!"}),
     (("client_order_id",), {"client_order_id": "c" * 65}),
+    (("client_order_id",), {"client_order_id": "tp-01KAQZ3V9Q6R8W2M4N5P7T0XYZ"}),  # an exit's id
     (("time_in_force",), {"time_in_force": S.TIME_IN_FORCE_POST_ONLY}),  # on a MARKET entry
     (("time_in_force",), {"time_in_force": 9}),
     (("strategy",), {"strategy": "s" * 65}),
@@ -142,6 +143,7 @@ BAD_CLOSES: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("quantity",), {"quantity": MB}),
     (("client_order_id",), {"client_order_id": "bad id!"}),
     (("client_order_id",), {"client_order_id": "c" * 65}),
+    (("client_order_id",), {"client_order_id": "sl-01KAQZ3V9Q6R8W2M4N5P7T0XYZ"}),  # an exit's id
 ]
 
 

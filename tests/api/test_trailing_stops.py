@@ -12,10 +12,12 @@ Every test uses its own user and publishes its own starting price.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import grpc
 import pytest
+from fixtures.domain import new_order
 from fixtures.oms_server import OmsHarness
 from fixtures.positions import (
     ETH,
@@ -62,6 +64,10 @@ from fixtures.trailing import (
 from tradingboost.oms.v1 import order_pb2, trailing_stop_pb2
 from tradingboost.oms.v1 import position_service_pb2 as ppb
 from tradingboost.oms.v1 import trailing_stop_service_pb2 as tpb
+
+from oms.domain.events import OrderEventType, OrderUpdated
+from oms.domain.orders import OrderStatus
+from oms.engine.ports import OrderChange
 
 S = order_pb2
 T = trailing_stop_pb2
@@ -1111,3 +1117,51 @@ async def test_bad_stream_request_names_the_field(
     )
     reader: StreamReader[T.TrailingStopEvent] = StreamReader(call, "trailing_stop_event")
     await expect_invalid(reader.next_message(), *fields)
+
+
+# --- the close order's client order id ------------------------------------------------------
+
+
+async def test_the_close_orders_client_order_id_is_not_for_callers_to_take(
+    oms: OmsHarness,
+) -> None:
+    # Taken, it kept the stop's close order from being placed, and every tick of the symbol
+    # failed, for every user on it.
+    user, other = new_user(), new_user()
+    await publish(oms, "100")
+    await open_side(oms, user, quantity="0.01")
+    stop = await create_stop(oms, user, callback_rate="0.02")
+    await expect_invalid(
+        place(oms, user_id=user, client_order_id=f"ts-{stop.trailing_stop_id}"),
+        "client_order_id",
+    )
+    resting = await place(oms, user_id=other, type=S.ORDER_TYPE_LIMIT, price="97", quantity="0.01")
+
+    await publish(oms, "97")
+
+    await assert_close_order(oms, await get_stop(oms, user, stop.trailing_stop_id), quantity="0.01")
+    assert (await get_order(oms, other, resting.order_id)).status == S.ORDER_STATUS_FILLED
+
+
+async def test_a_close_orders_id_taken_before_such_ids_were_refused_fails_the_tick_clearly(
+    oms: OmsHarness,
+) -> None:
+    user = new_user()
+    await publish(oms, "100")
+    await open_side(oms, user, quantity="0.01")
+    stop = await create_stop(oms, user, callback_rate="0.02")
+    taken = replace(
+        new_order(),
+        order_id="01KAQZ3V9Q6R8W2M4N5P7T0XYZ",
+        client_order_id=f"ts-{stop.trailing_stop_id}",
+        user_id=user,
+        status=OrderStatus.CANCELED,
+    )
+    events = [OrderUpdated(OrderEventType.CANCELED, taken)]
+    assert await oms.app.store.commit([OrderChange(taken, None, events)])
+
+    message = await expect_code(publish(oms, "97"), FAILED_PRECONDITION)
+
+    assert f"is taken by order {taken.order_id}" in message
+
+    assert (await get_stop(oms, user, stop.trailing_stop_id)).status == ACTIVE

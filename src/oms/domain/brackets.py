@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from decimal import Decimal
 
+from oms.domain.identifiers import derived_client_order_id
 from oms.domain.orders import Order, OrderType, Side, TimeInForce
 
 
@@ -39,7 +40,7 @@ def _leg(
     prefix = "tp" if order_type is OrderType.TAKE_PROFIT_MARKET else "sl"
     return Order(
         order_id=order_id,
-        client_order_id=f"{prefix}-{entry.order_id}",
+        client_order_id=derived_client_order_id(prefix, entry.order_id),
         user_id=entry.user_id,
         exchange=entry.exchange,
         symbol=entry.symbol,

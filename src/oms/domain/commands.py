@@ -11,7 +11,7 @@ import orjson
 
 from oms.domain.decimals import fmt, parse_positive
 from oms.domain.errors import InvalidArgument
-from oms.domain.identifiers import check_client_order_id, check_user_id
+from oms.domain.identifiers import check_new_client_order_id, check_user_id
 from oms.domain.markets import Market, MarketCatalog
 from oms.domain.orders import (
     OrderType,
@@ -185,7 +185,7 @@ def check_order_fields(command: PlaceOrder) -> _Checked:
         raise InvalidArgument("leverage", f"must be 1 to {MAX_LEVERAGE}")
     check_grid_level(command.grid_level)
     if command.client_order_id:
-        check_client_order_id(command.client_order_id)
+        check_new_client_order_id(command.client_order_id)
     if len(command.strategy) > MAX_STRATEGY_CHARS:
         raise InvalidArgument("strategy", f"is longer than {MAX_STRATEGY_CHARS} characters")
     check_metadata(command.metadata)

@@ -37,6 +37,29 @@ def check_client_order_id(raw: str, field: str = "client_order_id") -> str:
     return raw
 
 
+def derived_client_order_id(kind: str, oms_id: str) -> str:
+    """The client order id of an order the OMS places itself, derived from what it places
+    it for (a trailing stop's close: "ts", an OpenPosition's exits: "tp" and "sl"), so that
+    the store's uniqueness guard lets it be placed once only."""
+    return f"{kind}-{oms_id}"
+
+
+_DERIVED_CLIENT_ORDER_ID = re.compile(r"(ts|tp|sl)-[0-9A-HJKMNP-TV-Z]{26}")
+
+
+def check_new_client_order_id(raw: str, field: str = "client_order_id") -> str:
+    """A client order id a caller gives a new order. Not one of the form of the OMS's own:
+    taken by a caller, it would keep the OMS from placing that exit when it is due."""
+    check_client_order_id(raw, field)
+    if _DERIVED_CLIENT_ORDER_ID.fullmatch(raw):
+        raise InvalidArgument(
+            field,
+            "ts-, tp- or sl- followed by an OMS id is the form of the ids the OMS gives the "
+            "orders it places itself (a trailing stop's close, an OpenPosition's exits)",
+        )
+    return raw
+
+
 EXCHANGE_CLIENT_ID_PREFIX = "oms"
 
 

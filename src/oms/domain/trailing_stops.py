@@ -17,7 +17,7 @@ import orjson
 
 from oms.domain.decimals import add, div, fmt, mul, parse_positive, sub
 from oms.domain.errors import FailedPrecondition, InvalidArgument
-from oms.domain.identifiers import check_client_order_id, check_user_id
+from oms.domain.identifiers import check_client_order_id, check_user_id, derived_client_order_id
 from oms.domain.markets import Market, MarketCatalog
 from oms.domain.orders import Order, OrderType, PositionSide, Side, TimeInForce
 
@@ -179,7 +179,7 @@ class TrailingStop:
         quantity = position_size if self.quantity is None else min(self.quantity, position_size)
         return Order(
             order_id=order_id,
-            client_order_id=f"ts-{self.trailing_stop_id}",
+            client_order_id=derived_client_order_id("ts", self.trailing_stop_id),
             user_id=self.user_id,
             exchange=self.exchange,
             symbol=self.symbol,

@@ -726,8 +726,19 @@ class _Desk:
                 await self._exchange.reload(self)
                 self._stale = False
             again = False
-            if existing is not None:
+            if existing is not None and _repeat_of(culprit, existing):
                 _settle(culprit, result=(existing, False))
+            elif isinstance(existing, Order) and not ahead:
+                # An order the OMS places itself (a stop's close, an exit) found its derived
+                # client order id taken: placed before such ids were refused to callers.
+                _settle(
+                    culprit,
+                    error=FailedPrecondition(
+                        f"client order id {existing.client_order_id!r}, which the OMS gives an "
+                        f"order it places itself, is taken by order {existing.order_id} of "
+                        f"user {existing.user_id}"
+                    ),
+                )
             elif culprit.redecided:
                 _settle(
                     culprit,
@@ -744,6 +755,13 @@ def _render_ahead(decided: list[_Op], results: dict[int, Any]) -> None:
     for op in decided:
         if op.prerender is not None:
             op.prerender.ahead(op.decided_order(results[id(op)]))
+
+
+def _repeat_of(op: _Op, existing: Order | TrailingStop) -> bool:
+    """Whether `existing` is what `op` asked for, under the client id it gave (a retry)."""
+    if isinstance(op, _Place):
+        return isinstance(existing, Order) and existing.client_order_id == op.order.client_order_id
+    return isinstance(op, _CreateStop)
 
 
 def _blame(batch: _Batch, conflict: Conflict) -> tuple[_Op, bool, Order | TrailingStop | None]:

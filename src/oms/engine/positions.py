@@ -14,7 +14,7 @@ from oms.domain.commands import OpenPosition, OrderSpec, validate_open_position
 from oms.domain.decimals import parse_positive
 from oms.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from oms.domain.events import Heartbeat, PositionUpdated, SequencedEvent, UserEvent
-from oms.domain.identifiers import check_client_order_id, check_id, check_user_id
+from oms.domain.identifiers import check_id, check_new_client_order_id, check_user_id
 from oms.domain.markets import MarketCatalog
 from oms.domain.orders import Order, OrderType, PositionSide, Side, TimeInForce
 from oms.domain.paging import page_size
@@ -146,7 +146,7 @@ class Positions:
         last = self._last_price(market.exchange, market.symbol)
         if command.client_order_id:
             check_user_id(command.user_id)
-            check_client_order_id(command.client_order_id)
+            check_new_client_order_id(command.client_order_id)
             # A retry is answered by idempotency, not judged again against a price that has
             # moved since the first attempt.
             if await self._orders.find_by_client_id(command.user_id, command.client_order_id):
@@ -173,7 +173,7 @@ class Positions:
             quantity = parse_positive("quantity", command.quantity)
             market.check_quantity("quantity", quantity)
         if command.client_order_id:
-            check_client_order_id(command.client_order_id)
+            check_new_client_order_id(command.client_order_id)
             done = await self._orders.find_by_client_id(command.user_id, command.client_order_id)
             if done is not None:
                 return self._same_close(done, key, quantity)

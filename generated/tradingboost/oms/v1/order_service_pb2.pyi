@@ -112,6 +112,9 @@ class PlaceOrderRequest(_message.Message):
     client_order_id: _builtins.str
     """Optional idempotency key: 1 to 64 characters of [A-Za-z0-9_.:/-], unique
     per user. Empty: the OMS makes one (so the call is then not idempotent).
+    `ts-`, `tp-` or `sl-` followed by a 26-character OMS id is the form of the
+    ids the OMS gives the orders it places itself (a trailing stop's close, an
+    OpenPosition's exits): INVALID_ARGUMENT.
     """
     strategy: _builtins.str
     """Optional strategy tag, up to 64 characters."""

@@ -255,7 +255,8 @@ class OpenPositionRequest(_message.Message):
     client_order_id: _builtins.str
     """Optional idempotency key for the entry order: 1 to 64 characters of
     [A-Za-z0-9_.:/-], unique per user. Empty: the OMS makes one. The linked
-    orders' client order ids are derived from the entry's.
+    orders' client order ids are derived from the entry's order id (`tp-` and
+    `sl-` followed by it), a form refused as a caller's client order id.
     """
     strategy: _builtins.str
     """Optional strategy tag, up to 64 characters, set on the entry and linked
@@ -382,7 +383,8 @@ class ClosePositionRequest(_message.Message):
     """
     client_order_id: _builtins.str
     """Optional idempotency key for the close order: 1 to 64 characters of
-    [A-Za-z0-9_.:/-], unique per user. Empty: the OMS makes one.
+    [A-Za-z0-9_.:/-], unique per user, not of the form of the OMS's own
+    (`ts-`, `tp-` or `sl-` followed by an OMS id). Empty: the OMS makes one.
     """
     def __init__(
         self,

@@ -147,6 +147,22 @@ async def test_list_then_stream_misses_nothing_and_counts_nothing_twice(
     stream.cancel()
 
 
+async def test_for_a_new_user_stream_then_list_misses_nothing(oms: OmsHarness) -> None:
+    # A new user's snapshot has as_of_sequence 0, and after_sequence 0 means live only: the
+    # other way round (the proto's recipe), streaming first, then listing, loses nothing.
+    await tick(oms, "50000")
+    stream = order_stream(oms)
+    assert await stream.until_live() == 0
+    first = await place(oms, type=S.ORDER_TYPE_LIMIT, price="49000")
+    listing = await oms.orders.ListOrders(pb.ListOrdersRequest(user_id=USER))
+    second = await place(oms, type=S.ORDER_TYPE_LIMIT, price="48000")
+
+    streamed = await stream.events(2)
+    assert [o.order_id for o in listing.orders] == [first.order_id]
+    after_listing = [u for u in streamed if u.sequence > listing.as_of_sequence]
+    assert [u.order.order_id for u in after_listing] == [second.order_id]
+
+
 async def test_resume_point_in_the_future_is_out_of_range(oms: OmsHarness) -> None:
     await tick(oms, "50000")
     await place(oms)
@@ -441,7 +457,7 @@ async def test_shutdown_ends_streams_with_unavailable(redis_url: str) -> None:
         await stream.next_message()
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE
     # The user had no events: after_sequence=0 would resume live only, missing some.
-    assert "after_sequence=as_of_sequence" in (error.value.details() or "")
+    assert "list once it is live" in (error.value.details() or "")
     await stop
     await oms.channel.close(grace=None)
 

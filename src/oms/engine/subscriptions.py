@@ -282,6 +282,7 @@ def _resume(cursor: int) -> str:
         return f"resume with after_sequence={cursor}"
     # 0 asks for live only: what was committed meanwhile would be missed.
     return (
-        "the user had no events when this stream began: list (as_of_sequence), then "
-        "stream with after_sequence=as_of_sequence, to miss nothing"
+        "the user had no events when this stream began, so there is no sequence to resume "
+        "after: open a stream again, list once it is live (its first heartbeat), and skip "
+        "streamed events at or below the list's as_of_sequence"
     )

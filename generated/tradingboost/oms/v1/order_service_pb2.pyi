@@ -443,6 +443,10 @@ class ListOrdersResponse(_message.Message):
     """The user's last event sequence that this page reflects: stream with
     `after_sequence` = `as_of_sequence` to continue from it without missing
     or double-counting a change.
+    0 (the user had no event yet) cannot be resumed after, as `after_sequence`
+    0 means live only: for a user that may be new, open the stream first, take
+    the snapshot once its first heartbeat (the switch to live) has come, and
+    skip streamed events at or below `as_of_sequence`.
     """
     @_builtins.property
     def orders(self) -> _containers.RepeatedCompositeFieldContainer[_order_pb2.Order]:
@@ -604,6 +608,10 @@ class ListFillsResponse(_message.Message):
     as_of_sequence: _builtins.int
     """The user's last event sequence included in this snapshot; stream fills
     with `after_sequence` = `as_of_sequence` to continue from it.
+    0 (the user had no event yet) cannot be resumed after, as `after_sequence`
+    0 means live only: for a user that may be new, open the stream first, take
+    the snapshot once its first heartbeat (the switch to live) has come, and
+    skip streamed events at or below `as_of_sequence`.
     """
     @_builtins.property
     def fills(self) -> _containers.RepeatedCompositeFieldContainer[_order_pb2.Fill]:

@@ -154,6 +154,10 @@ class ListPositionsResponse(_message.Message):
     """The user's last event sequence that this page reflects: stream with
     `after_sequence` = `as_of_sequence` to continue from it without missing
     or double-counting a change.
+    0 (the user had no event yet) cannot be resumed after, as `after_sequence`
+    0 means live only: for a user that may be new, open the stream first, take
+    the snapshot once its first heartbeat (the switch to live) has come, and
+    skip streamed events at or below `as_of_sequence`.
     """
     @_builtins.property
     def positions(self) -> _containers.RepeatedCompositeFieldContainer[_position_pb2.Position]:

@@ -92,3 +92,15 @@ async def test_get_market_names_what_it_does_not_know(
 ) -> None:
     message = await expect_code(oms.market.GetMarket(request_), grpc.StatusCode.INVALID_ARGUMENT)
     assert message.startswith(field)
+
+
+async def test_a_real_exchange_without_an_active_account_is_failed_precondition(
+    oms: OmsHarness,
+) -> None:
+    # Known by its ccxt id, but nothing of it is loaded yet: not an unknown exchange.
+    for call in (
+        oms.market.GetMarket(md.GetMarketRequest(exchange="okx", symbol="BTC/USDT:USDT")),
+        oms.market.GetPrice(md.GetPriceRequest(exchange="okx", symbol="BTC/USDT:USDT")),
+    ):
+        message = await expect_code(call, grpc.StatusCode.FAILED_PRECONDITION)
+        assert message.startswith("exchange: no account is active on okx")

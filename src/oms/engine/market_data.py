@@ -160,5 +160,10 @@ class MarketData:
 
     def _resolve(self, exchange: str, symbol: str, prefix: str) -> Market:
         dot = f"{prefix}." if prefix else ""
+        if exchange in self._real and not self._catalog.has_exchange(exchange):
+            raise FailedPrecondition(
+                f"{dot}exchange: no account is active on {exchange}: its markets and prices "
+                "load once one is"
+            )
         self._catalog.check_exchange(exchange, f"{dot}exchange")
         return self._catalog.resolve(exchange, symbol, f"{dot}symbol")

@@ -55,6 +55,7 @@ from fixtures.trailing import (
     get_order,
     get_stop,
     list_stops,
+    long_with_stop,
     new_user,
     open_side,
     orders_of,
@@ -253,10 +254,7 @@ async def test_long_1_5pct_stop_rounds_up_to_the_tick(oms: OmsHarness) -> None:
 async def test_a_watermark_that_does_not_improve_or_barely_moves_never_loosens_the_stop(
     oms: OmsHarness,
 ) -> None:
-    user = new_user()
-    await publish(oms, "100")
-    await open_side(oms, user)
-    stop = await create_stop(oms, user, callback_rate="0.02")
+    user, stop = await long_with_stop(oms)
     await walk(
         oms,
         user,
@@ -443,10 +441,7 @@ async def test_a_quantity_below_the_position_size_closes_part_of_it(oms: OmsHarn
 async def test_without_a_quantity_the_whole_position_at_trigger_time_is_closed(
     oms: OmsHarness,
 ) -> None:
-    user = new_user()
-    await publish(oms, "100")
-    await open_side(oms, user, quantity="0.01")
-    stop = await create_stop(oms, user, callback_rate="0.02")
+    user, stop = await long_with_stop(oms)
     await place(oms, user_id=user, quantity="0.02")  # the position grows to 0.03 after create
     await publish(oms, "98")
     fired = await get_stop(oms, user, stop.trailing_stop_id)
@@ -901,10 +896,7 @@ async def test_the_event_stream_of_the_activation_example(oms: OmsHarness) -> No
 async def test_a_watermark_move_that_keeps_the_rounded_stop_sends_no_event(
     oms: OmsHarness,
 ) -> None:
-    user = new_user()
-    await publish(oms, "100")
-    await open_side(oms, user)
-    stop = await create_stop(oms, user, callback_rate="0.02")
+    user, stop = await long_with_stop(oms)
     stream = stop_stream(oms, user)
     await stream.until_live()
     await publish(oms, "100.49")  # stop 98.49: an event
@@ -921,10 +913,7 @@ async def test_a_watermark_move_that_keeps_the_rounded_stop_sends_no_event(
 
 
 async def test_list_then_stream_from_as_of_sequence_misses_nothing(oms: OmsHarness) -> None:
-    user = new_user()
-    await publish(oms, "100")
-    await open_side(oms, user)
-    stop = await create_stop(oms, user, callback_rate="0.02")
+    user, stop = await long_with_stop(oms)
     listing = await oms.trailing_stops.ListTrailingStops(tpb.ListTrailingStopsRequest(user_id=user))
     assert list(listing.trailing_stops) == [stop]
     assert listing.as_of_sequence > 0
@@ -1127,10 +1116,8 @@ async def test_the_close_orders_client_order_id_is_not_for_callers_to_take(
 ) -> None:
     # Taken, it kept the stop's close order from being placed, and every tick of the symbol
     # failed, for every user on it.
-    user, other = new_user(), new_user()
-    await publish(oms, "100")
-    await open_side(oms, user, quantity="0.01")
-    stop = await create_stop(oms, user, callback_rate="0.02")
+    user, stop = await long_with_stop(oms)
+    other = new_user()
     await expect_invalid(
         place(oms, user_id=user, client_order_id=f"ts-{stop.trailing_stop_id}"),
         "client_order_id",
@@ -1146,10 +1133,7 @@ async def test_the_close_orders_client_order_id_is_not_for_callers_to_take(
 async def test_a_close_orders_id_taken_before_such_ids_were_refused_fails_the_tick_clearly(
     oms: OmsHarness,
 ) -> None:
-    user = new_user()
-    await publish(oms, "100")
-    await open_side(oms, user, quantity="0.01")
-    stop = await create_stop(oms, user, callback_rate="0.02")
+    user, stop = await long_with_stop(oms)
     taken = replace(
         new_order(),
         order_id="01KAQZ3V9Q6R8W2M4N5P7T0XYZ",

@@ -164,6 +164,18 @@ async def test_nothing_is_written_to_a_store_that_lost_its_data(redis_url: str) 
         await oms.close()
 
 
+def _snapshot(client: redis.Redis) -> list[tuple[bytes, int, bytes]]:
+    return [(k, cast(int, client.pttl(k)), cast(bytes, client.dump(k))) for k in client.scan_iter()]
+
+
+def _go_back_to(client: redis.Redis, snapshot: list[tuple[bytes, int, bytes]]) -> None:
+    """Redis restarted as it was at `snapshot` (a restart drops every connection too)."""
+    client.flushall()
+    for key, ttl, dumped in snapshot:
+        client.restore(key, max(ttl, 0), dumped)
+    client.client_kill_filter(_type="normal", skipme=True)
+
+
 async def test_a_store_that_went_back_in_time_takes_no_commit_and_the_server_stops(
     redis_url: str,
 ) -> None:
@@ -176,23 +188,35 @@ async def test_a_store_that_went_back_in_time_takes_no_commit_and_the_server_sto
         await tick(oms, "50000")
         await place(oms, client_order_id="kept", **resting)
         with redis.Redis.from_url(redis_url) as client:
-            # A connection dropped with nothing lost: the commits go on.
+            snapshot = _snapshot(client)
+            # Connections dropped with nothing lost: the commits go on, on new ones.
             client.client_kill_filter(_type="normal", skipme=True)
-            await place(oms, client_order_id="after-a-reconnect", **resting)
-
-            snapshot = [(key, client.pttl(key), client.dump(key)) for key in client.scan_iter()]
             await place(oms, client_order_id="acknowledged-then-lost", **resting)
-            client.flushall()
-            for key, ttl, dumped in snapshot:
-                client.restore(key, max(cast(int, ttl), 0), cast(bytes, dumped))
-            client.client_kill_filter(_type="normal", skipme=True)  # as a restart does
+
+            _go_back_to(client, snapshot)
 
             with pytest.raises(grpc.aio.AioRpcError) as error:
                 await place(oms, client_order_id="into-the-past", **resting)
             assert error.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert "lost commands it had acknowledged" in (error.value.details() or "")
-            assert client.hexists(taken, "after-a-reconnect")
+            assert "lost commits it had acknowledged" in (error.value.details() or "")
+            assert client.hexists(taken, "kept")
             assert not client.hexists(taken, "into-the-past")
+        async with asyncio.timeout(5):
+            await oms.app.wait_for_stop_request()
+        assert oms.app.store_lost
+    finally:
+        await oms.close()
+
+
+async def test_a_store_that_went_back_in_time_stops_an_idle_server_too(redis_url: str) -> None:
+    oms = await make_oms(redis_url, store_check_interval_s=0.2)
+    try:
+        await tick(oms, "50000")
+        with redis.Redis.from_url(redis_url) as client:
+            snapshot = _snapshot(client)
+            await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000")
+            _go_back_to(client, snapshot)
+        # No commit comes to find out: the health watcher's next check does.
         async with asyncio.timeout(5):
             await oms.app.wait_for_stop_request()
         assert oms.app.store_lost

@@ -165,6 +165,11 @@ def store_identity() -> str:
     return f"{PREFIX}:store_identity"
 
 
+def commit_count() -> str:
+    """How many times the commit script ran against this store (script_pipe.py)."""
+    return f"{PREFIX}:commit_count"
+
+
 def landing_marks() -> str:
     """Prefix of the commit pipe's per-connection landing marks (script_pipe.py)."""
     return f"{PREFIX}:landed:"

@@ -15,21 +15,20 @@ has waited `reply_timeout_s`, and handled the same way.
 
 A re-sent command may have run already, its reply lost. So that it never runs twice, every
 command carries landing marks, which the script honours (commit.lua): its KEYS end with the
-marks of its earlier attempts and then its own connection's mark, its ARGV with those
-attempts' numbers, its own number, the highest number on its connection already answered,
-how many earlier attempts there are and a continuity flag (below). The script sets its
-connection's mark to its number (commands on one connection run in order, so a mark at or
-past n means command n ran) and answers {'landed'}, doing nothing, when an earlier attempt
-ran. A new connection to the same Redis run first kills the old one, so that nothing still
-buffered there can run after that check.
+marks of its earlier attempts, the store's commit count and its own connection's mark, its
+ARGV with those attempts' numbers, its own number, the highest number on its connection
+already answered, how many earlier attempts there are and the count floor (below). The
+script sets its connection's mark to its number (commands on one connection run in order,
+so a mark at or past n means command n ran) and answers {'landed'}, doing nothing, when an
+earlier attempt ran. A new connection to the same Redis run first kills the old one, so
+that nothing still buffered there can run after that check.
 
-The marks also tell when Redis lost commands it had acknowledged: restarted from an append-
-only file that missed its last second, or failed over to a replica that lagged. Until a
-command succeeds on a new connection, each command carries the mark of the last connection
-that ran commands (before its earlier attempts' marks) and the highest number whose reply
-showed it ran there (before their numbers), flag '1': a mark below that number means the
-store went back in time, and the script writes nothing and answers {'rewound', ...}, raised
-as `Rewound`.
+Every run of the script also counts itself in the store's commit count, a key without an
+expiry. The count read on the first connection plus the runs answered since is a floor
+Redis must be at: below it, Redis lost commands it had acknowledged (restarted from an
+append-only file that missed its last second, failed over to a replica that lagged), and
+the script takes its count back, writes nothing and answers {'rewound', ...}, raised as
+`Rewound`. Each command carries the floor, so no command lands in such a store.
 
 Where to connect, the credentials, the database and the TLS context (the URL's ssl_*
 parameters) come from the connection redis-py itself would open for the same URL.
@@ -57,6 +56,12 @@ __all__ = ["Rewound", "ScriptPipe"]
 class Rewound(RedisError):
     """Redis no longer holds commands it acknowledged: it restarted from an older state."""
 
+    def __init__(self, count: int, floor: int) -> None:
+        super().__init__(
+            f"Redis lost commits it had acknowledged (its commit count is {count}, {floor} had "
+            "been acknowledged): it came back from an older state"
+        )
+
 
 class _Protocol(asyncio.Protocol):
     def __init__(self, reply_timeout_s: float, mark: str) -> None:
@@ -67,9 +72,6 @@ class _Protocol(asyncio.Protocol):
         self.answered = 0
         """The highest number whose reply has been read (replies come in order: every lower
         one's too). Those are never sent again: Redis may forget what it noted of them."""
-        self.marked = 0
-        """The highest number whose reply says the script ran and set this connection's mark
-        (not an error, not 'rewound'): Redis must hold a mark at least this high."""
         self.client_id: int | None = None
         self.run_id = ""
         """The Redis server run it is connected to (client ids restart with each run)."""
@@ -147,10 +149,12 @@ class ScriptPipe:
         retries: int = 3,
         reply_timeout_s: float = 5.0,
         marks_prefix: str = "script_pipe:landed:",
+        count_key: str = "script_pipe:count",
     ) -> None:
         """`reply_timeout_s`: how long Redis may take to answer before the connection is
         presumed dead (a Lua call takes well under a millisecond). `marks_prefix`: of the
-        landing marks' keys (one per connection, kept an hour)."""
+        landing marks' keys (one per connection, kept an hour). `count_key`: the store's
+        commit count."""
         # A connection redis-py would open, never opened: where to connect, the credentials
         # and database, and the TLS context it builds from the URL's ssl_* parameters.
         pool = redis.connection_pool
@@ -165,9 +169,10 @@ class ScriptPipe:
         self._marks_prefix = marks_prefix
         self._protocol: _Protocol | None = None
         self._opening = asyncio.Lock()
-        self._continuity: tuple[str, int] | None = None
-        """(mark, number) of the last connection that had commands run, while no command
-        has run on the connections opened since: checked by each command until one has."""
+        self._count_key = count_key
+        self.floor: int | None = None
+        """The commit count Redis must be at: the count read on the first connection, plus
+        the runs of the script answered since (None until connected)."""
 
     async def __call__(self, keys: Sequence[str], args: Sequence[str | bytes]) -> Any:
         earlier_marks: list[str] = []
@@ -180,24 +185,21 @@ class ScriptPipe:
                     protocol = await self._connected()
                 protocol.numbered += 1
                 number = protocol.numbered
-                continuity = self._continuity
-                check_mark = [] if continuity is None else [continuity[0]]
-                check_number = [] if continuity is None else [continuity[1]]
+                assert self.floor is not None  # read when connecting
                 command = _pack(
                     b"EVALSHA",
                     self._sha,
-                    len(keys) + len(check_mark) + len(earlier_marks) + 1,
+                    len(keys) + len(earlier_marks) + 2,
                     *keys,
-                    *check_mark,
                     *earlier_marks,
+                    self._count_key,
                     protocol.mark,
                     *args,
-                    *check_number,
                     *earlier_numbers,
                     number,
                     protocol.answered,
                     len(earlier_numbers),
-                    0 if continuity is None else 1,
+                    self.floor,
                 )
                 # From here on it may run, whatever becomes of its reply.
                 earlier_marks.append(protocol.mark)
@@ -223,16 +225,10 @@ class ScriptPipe:
                 await asyncio.sleep(self._backoff.compute(failures))
                 continue
             if isinstance(reply, list) and reply[:1] == [b"rewound"]:
-                _, reached, expected = reply
-                raise Rewound(
-                    f"Redis lost commands it had acknowledged (a landing mark is at "
-                    f"{int(reached)}, it had reached {int(expected)}): it restarted from an "
-                    "older state"
-                )
+                _, count, floor = reply
+                raise Rewound(int(count), int(floor))
             result = _check(reply)
-            protocol.marked = max(protocol.marked, number)
-            if continuity is not None and self._continuity is continuity:
-                self._continuity = None  # this connection follows on from the last one
+            self.floor += 1  # it ran: counted
             return result
 
     async def close(self) -> None:
@@ -271,10 +267,13 @@ class ScriptPipe:
         setup.append(protocol.send(self._load))
         setup.append(protocol.send(_pack(b"CLIENT", b"ID")))
         setup.append(protocol.send(_pack(b"INFO", b"SERVER")))
+        setup.append(protocol.send(_pack(b"GET", self._count_key)))
         try:
-            *_, client_id, info = [_check(reply) for reply in await asyncio.gather(*setup)]
+            *_, client_id, info, count = [_check(reply) for reply in await asyncio.gather(*setup)]
             protocol.client_id = int(client_id)
             protocol.run_id = _run_id(info)
+            if self.floor is None:  # this process's first connection; later ones are checked
+                self.floor = int(count or 0)
             if old is not None and old.client_id is not None and old.run_id == protocol.run_id:
                 # Ends the old connection in Redis if it is still there (a stalled Redis, or
                 # one behind a partition): a command still buffered on it could run after its
@@ -283,8 +282,6 @@ class ScriptPipe:
         except BaseException:
             protocol.close()
             raise
-        if old is not None and old.marked:
-            self._continuity = (old.mark, old.marked)
         return protocol
 
 

@@ -16,6 +16,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from oms.adapters.redis_store import keys
@@ -155,6 +156,10 @@ def unavailable_when_down(
     return guarded
 
 
+def _store_lost() -> Unavailable:
+    return Unavailable("the state store lost its data (its identity is gone): nothing was written")
+
+
 def _unreachable(error: Exception) -> Unavailable:
     return Unavailable(f"state store unreachable: {error}")
 
@@ -239,6 +244,18 @@ class RedisStore:
             _script("commit.lua"),
             reply_timeout_s=timeout_s,
             marks_prefix=keys.landing_marks(),
+            count_key=keys.commit_count(),
+        )
+        # The health watcher's own connection: a burst of reads holding every pooled one
+        # must not make a healthy store look down.
+        pool = redis.connection_pool
+        self._probe = Redis.from_pool(
+            BlockingConnectionPool(
+                connection_class=pool.connection_class,
+                max_connections=1,
+                timeout=None,  # its callers bound their waits
+                **pool.connection_kwargs,
+            )
         )
         self._list_page = redis.register_script(_script("list_page.lua"))
         self._forget_closed_sides = redis.register_script(_script("forget_closed_sides.lua"))
@@ -257,13 +274,29 @@ class RedisStore:
         self._identity = bytes(identity).decode()
         return self._identity
 
+    async def _same_identity(self) -> bool:
+        """Whether the store still holds this process's identity (True if it cannot tell)."""
+        if not self._identity:
+            return True
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self.identity() == self._identity
+        except (RedisError, TimeoutError):
+            return True
+
     async def identity(self) -> str | None:
-        """The identity the store holds now (None: none at all); also proves it answers."""
-        identity = await self._redis.get(keys.store_identity())
+        """The identity the store holds now (None: none at all); also proves it answers, and
+        notes in `lost_writes` a store that went back to before commits it acknowledged."""
+        # Read first: what was acknowledged before the count is read must be in it.
+        floor = self._commit.floor
+        identity, count = await self._probe.mget(keys.store_identity(), keys.commit_count())
+        if identity is not None and floor is not None and int(count or 0) < floor:
+            self.lost_writes = self.lost_writes or str(Rewound(int(count or 0), floor))
         return None if identity is None else bytes(identity).decode()
 
     async def close(self) -> None:
         await self._commit.close()
+        await self._probe.aclose()
         await self._redis.aclose()
 
     # -- writes --------------------------------------------------------------------------
@@ -335,12 +368,12 @@ class RedisStore:
         except RedisConnectionError as error:
             raise _unreachable(error) from error
         except Rewound as error:
+            if not await self._same_identity():
+                raise _store_lost() from error  # restarted empty, not merely older
             self.lost_writes = str(error)
             raise Unavailable(f"{error}; nothing was written") from error
         if reply[0] == b"lost":
-            raise Unavailable(
-                "the state store lost its data (its identity is gone): nothing was written"
-            )
+            raise _store_lost()
         if reply[0] == b"landed":
             # An earlier attempt, whose reply was lost, wrote exactly this. Its events are in
             # the store, their sequences unknown here (the journal has streams read them).

@@ -16,31 +16,28 @@
 -- Keys are indexes into KEYS. Failed guards return {'conflict', guard_no, current}.
 -- Returns {'ok', seq_1, ..., seq_n}.
 --
--- KEYS and ARGV end with ScriptPipe's landing marks (script_pipe.py). This command's
--- number becomes its connection's mark, and joins the mark's ':refused' zset if a guard
--- fails; that zset keeps only numbers not answered yet (the rest are never sent again).
--- A re-sent commit whose earlier attempt ran (that connection's mark reached the attempt's
--- number) and was not refused by its guards writes nothing and answers {'landed'}: never
--- applied twice, and its caller told it holds. After a reconnect, commands also carry the
--- previous connection's mark and the number it had reached when last answered: a mark now
--- below it means Redis lost acknowledged commits (restarted from an older state), and
--- nothing is written: {'rewound', mark now, number answered}.
+-- KEYS and ARGV end with ScriptPipe's landing marks (script_pipe.py). Every run counts
+-- itself in the store's commit count; one that finds the count at or below the floor it was
+-- given (what Redis had acknowledged: it restarted from an older state) takes its count back,
+-- writes nothing and answers {'rewound', count, floor}. This command's number becomes its
+-- connection's mark, and joins the mark's ':refused' zset if a guard fails; that zset keeps
+-- only numbers not answered yet (the rest are never sent again). A re-sent commit whose
+-- earlier attempt ran (that connection's mark reached the attempt's number) and was not
+-- refused by its guards writes nothing and answers {'landed'}: never applied twice, and its
+-- caller told it holds.
 local nk, na = #KEYS, #ARGV
-local mark, number, answered = KEYS[nk], ARGV[na - 3], ARGV[na - 2]
+local mark, count_key = KEYS[nk], KEYS[nk - 1]
+local number, answered = ARGV[na - 3], ARGV[na - 2]
 local earlier = tonumber(ARGV[na - 1])
-local first_mark, first_no = nk - earlier, na - 4 - earlier
-if ARGV[na] == '1' then
-  -- An expired mark (its connection idle for an hour) proves nothing either way.
-  local reached = redis.call('GET', KEYS[first_mark - 1])
-  if reached and tonumber(reached) < tonumber(ARGV[first_no]) then
-    return {'rewound', reached, ARGV[first_no]}
-  end
+local floor = tonumber(ARGV[na])
+local count = redis.call('INCR', count_key)
+if count <= floor then
+  redis.call('DECR', count_key)
+  return {'rewound', count - 1, floor}
 end
--- Set before any other answer: each one but 'rewound' (or an error) shows Redis holds the
--- mark (ScriptPipe's `marked`), 'landed' included.
 redis.call('SET', mark, number, 'EX', 3600)
 for e = 1, earlier do
-  local key, no = KEYS[first_mark + e - 1], ARGV[first_no + e]
+  local key, no = KEYS[nk - 1 - earlier + e - 1], ARGV[na - 4 - earlier + e]
   if tonumber(redis.call('GET', key) or '0') >= tonumber(no)
       and not redis.call('ZSCORE', key .. ':refused', no) then
     return {'landed'}
@@ -57,7 +54,7 @@ local retention = ARGV[1]
 local seqs = {}
 local guard_no = 0
 local i = 2
-local n = first_no - (ARGV[na] == '1' and 1 or 0)
+local n = na - 4 - earlier
 while i <= n do
   local op = ARGV[i]
   if op == 'I' then

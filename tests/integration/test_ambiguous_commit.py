@@ -1,6 +1,7 @@
 """A commit whose reply is lost after Redis applied it: the commit pipe sends it again, the
 repeat finds its earlier attempt landed and writes nothing, and the caller gets the result
-of the one that landed."""
+of the one that landed. And a Redis that answers it cannot run a command for now (loading
+its data, a replica without its master): sent again, or UNAVAILABLE, never UNKNOWN."""
 
 from __future__ import annotations
 
@@ -246,3 +247,45 @@ async def test_a_commit_that_failed_but_landed_still_reaches_the_streams(
         updates.cancel()
     finally:
         await oms.close()
+
+
+LOADING = "LOADING Redis is loading the dataset in memory"
+
+
+async def test_a_commit_that_meets_a_redis_still_loading_is_sent_again_once_it_is_ready(
+    oms_via_proxy: OmsHarness, proxy: RedisFaultProxy
+) -> None:
+    oms = oms_via_proxy
+    await tick(oms, "50000")
+    proxy.refuse(COMMIT, LOADING, times=2)
+    order = await place(oms, client_order_id="after-loading", type=S.ORDER_TYPE_LIMIT, price="1")
+    assert order.status == S.ORDER_STATUS_OPEN
+
+
+async def test_a_redis_loading_for_longer_than_the_retries_is_unavailable_not_unknown(
+    oms_via_proxy: OmsHarness, proxy: RedisFaultProxy
+) -> None:
+    oms = oms_via_proxy
+    await tick(oms, "50000")
+    proxy.refuse(COMMIT, LOADING, times=100)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await place(oms, client_order_id="still-loading", type=S.ORDER_TYPE_LIMIT, price="1")
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "loading the dataset" in (error.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+        "READONLY You can't write against a read only replica.",
+    ],
+)
+async def test_a_read_from_a_replica_that_cannot_serve_is_unavailable(
+    oms_via_proxy: OmsHarness, proxy: RedisFaultProxy, error: str
+) -> None:
+    oms = oms_via_proxy
+    proxy.refuse(b"HGET", error, times=1)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await oms.orders.GetOrder(pb.GetOrderRequest(user_id=USER, order_id="any"))
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE

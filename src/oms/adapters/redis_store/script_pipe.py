@@ -211,6 +211,7 @@ class ScriptPipe:
                     _check(await protocol.send(self._load))
                     reply = await protocol.send(command)
                 protocol.answered = max(protocol.answered, number)
+                _check_ready(reply)
             except (OSError, RedisConnectionError) as error:
                 failures += 1
                 if failures > self._retries:
@@ -298,7 +299,17 @@ def _run_id(info: bytes) -> str:
     return ""
 
 
+# Error replies of a Redis that refused to run a command for now: sent again after a while.
+_NOT_READY = ("LOADING ", "BUSY ", "MASTERDOWN ", "TRYAGAIN ")
+
+
+def _check_ready(reply: Any) -> None:
+    if isinstance(reply, hiredis.ReplyError) and str(reply).startswith(_NOT_READY):
+        raise RedisConnectionError(str(reply))
+
+
 def _check(reply: Any) -> Any:
+    _check_ready(reply)
     if isinstance(reply, hiredis.ReplyError):
         raise ResponseError(str(reply))
     return reply

@@ -16,7 +16,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import MasterDownError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from oms.adapters.redis_store import keys
@@ -144,7 +144,8 @@ def unavailable_when_down(
                 return await method(self, *args, **kwargs)
         except TimeoutError as error:
             raise Unavailable(f"state store did not answer within {self.timeout_s:g} s") from error
-        except (RedisConnectionError, RedisTimeoutError) as error:
+        except (RedisConnectionError, RedisTimeoutError, MasterDownError, ReadOnlyError) as error:
+            # (A replica that lost its master, or that writes were sent to: down for us.)
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 # A Redis error raised while the task is being cancelled goes on as the

@@ -29,7 +29,7 @@ from oms.api.order_service import OrderService
 from oms.api.position_service import PositionService
 from oms.api.server import OmsServer
 from oms.api.trailing_stop_service import TrailingStopService
-from oms.config import AuthSettings, ExchangeSettings, Settings, tcp_address
+from oms.config import AuthSettings, ExchangeSettings, Settings, is_loopback, tcp_address
 from oms.domain.access import Grant
 from oms.domain.errors import FailedPrecondition, Unavailable
 from oms.domain.identifiers import IdGenerator
@@ -253,6 +253,11 @@ class Application:
                     raise StartupError(
                         f"metrics_listen {self.settings.metrics_listen}: {error}"
                     ) from error
+                if not is_loopback(self.settings.metrics_listen or ""):
+                    log.warning(
+                        "metrics served on %s with no authentication: keep it on a private network",
+                        self.settings.metrics_listen,
+                    )
             try:
                 await self.accounts.resume()
             except (FailedPrecondition, MasterKeyError) as error:

@@ -550,9 +550,12 @@ def _split_listen(listen: str) -> tuple[str, int] | None:
 
 def tcp_address(listen: str) -> tuple[str, int]:
     """(host, port) of a HOST:PORT address; ValueError for anything else, a unix socket too."""
-    split = _split_listen(listen)
+    try:
+        split = _split_listen(listen)
+    except ValueError:
+        split = None
     if split is None:
-        raise ValueError(f"{listen!r}: give HOST:PORT (served over TCP, not a unix socket)")
+        raise ValueError(f"{listen!r} is not HOST:PORT (e.g. '127.0.0.1:9464'; TCP only)")
     return split
 
 

@@ -153,3 +153,15 @@ async def test_reflection_streams_are_counted_too(oms: OmsHarness) -> None:
 
     method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
     assert (await scrape(oms))[calls(method, "OK")] == 1
+
+
+async def test_metrics_beyond_loopback_are_served_with_a_warning(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    oms = await make_oms(redis_url, metrics_listen="0.0.0.0:0")
+    try:
+        assert (await scrape(oms))[plain("oms_event_streams_open")] == 0
+        [warning] = [r for r in caplog.records if "no authentication" in r.getMessage()]
+        assert warning.levelname == "WARNING"
+    finally:
+        await oms.close()

@@ -7,13 +7,13 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import grpc
 import pytest
 import redis
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.redis_proxy import RedisFaultProxy
+from fixtures.redis_server import go_back_to, snapshot
 from fixtures.trading import USER, place, tick
 from grpc_health.v1 import health_pb2
 from tradingboost.oms.v1 import order_pb2
@@ -164,18 +164,6 @@ async def test_nothing_is_written_to_a_store_that_lost_its_data(redis_url: str) 
         await oms.close()
 
 
-def _snapshot(client: redis.Redis) -> list[tuple[bytes, int, bytes]]:
-    return [(k, cast(int, client.pttl(k)), cast(bytes, client.dump(k))) for k in client.scan_iter()]
-
-
-def _go_back_to(client: redis.Redis, snapshot: list[tuple[bytes, int, bytes]]) -> None:
-    """Redis restarted as it was at `snapshot` (a restart drops every connection too)."""
-    client.flushall()
-    for key, ttl, dumped in snapshot:
-        client.restore(key, max(ttl, 0), dumped)
-    client.client_kill_filter(_type="normal", skipme=True)
-
-
 async def test_a_store_that_went_back_in_time_takes_no_commit_and_the_server_stops(
     redis_url: str,
 ) -> None:
@@ -188,12 +176,12 @@ async def test_a_store_that_went_back_in_time_takes_no_commit_and_the_server_sto
         await tick(oms, "50000")
         await place(oms, client_order_id="kept", **resting)
         with redis.Redis.from_url(redis_url) as client:
-            snapshot = _snapshot(client)
+            older = snapshot(client)
             # Connections dropped with nothing lost: the commits go on, on new ones.
             client.client_kill_filter(_type="normal", skipme=True)
             await place(oms, client_order_id="acknowledged-then-lost", **resting)
 
-            _go_back_to(client, snapshot)
+            go_back_to(client, older)
 
             with pytest.raises(grpc.aio.AioRpcError) as error:
                 await place(oms, client_order_id="into-the-past", **resting)
@@ -213,9 +201,9 @@ async def test_a_store_that_went_back_in_time_stops_an_idle_server_too(redis_url
     try:
         await tick(oms, "50000")
         with redis.Redis.from_url(redis_url) as client:
-            snapshot = _snapshot(client)
+            older = snapshot(client)
             await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000")
-            _go_back_to(client, snapshot)
+            go_back_to(client, older)
         # No commit comes to find out: the health watcher's next check does.
         async with asyncio.timeout(5):
             await oms.app.wait_for_stop_request()

@@ -16,6 +16,7 @@ from fixtures.domain import new_order
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.positions import position
 from fixtures.redis_proxy import RedisFaultProxy
+from fixtures.redis_server import go_back_to, snapshot
 from fixtures.streams import StreamReader
 from fixtures.trading import USER, fills_of, get, place, tick
 from tradingboost.oms.v1 import order_pb2 as S
@@ -260,6 +261,9 @@ async def test_a_commit_that_meets_a_redis_still_loading_is_sent_again_once_it_i
     proxy.refuse(COMMIT, LOADING, times=2)
     order = await place(oms, client_order_id="after-loading", type=S.ORDER_TYPE_LIMIT, price="1")
     assert order.status == S.ORDER_STATUS_OPEN
+    # Written, not answered 'landed' for a refused attempt that never ran.
+    listing = await oms.orders.ListOrders(pb.ListOrdersRequest(user_id=USER))
+    assert [o.order_id for o in listing.orders] == [order.order_id]
 
 
 async def test_a_redis_loading_for_longer_than_the_retries_is_unavailable_not_unknown(
@@ -279,9 +283,10 @@ async def test_a_redis_loading_for_longer_than_the_retries_is_unavailable_not_un
     [
         "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
         "READONLY You can't write against a read only replica.",
+        "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
     ],
 )
-async def test_a_read_from_a_replica_that_cannot_serve_is_unavailable(
+async def test_a_read_from_a_redis_that_cannot_serve_it_now_is_unavailable(
     oms_via_proxy: OmsHarness, proxy: RedisFaultProxy, error: str
 ) -> None:
     oms = oms_via_proxy
@@ -289,3 +294,22 @@ async def test_a_read_from_a_replica_that_cannot_serve_is_unavailable(
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await oms.orders.GetOrder(pb.GetOrderRequest(user_id=USER, order_id="any"))
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_store_gone_back_before_an_acknowledged_commit_is_told_after_lost_replies(
+    oms_via_proxy: OmsHarness, proxy: RedisFaultProxy, redis_url: str
+) -> None:
+    # A lost reply's re-send runs the script a second time: Redis's commit count moves ahead
+    # of what was answered, and must not hide a later loss of an acknowledged commit.
+    oms = oms_via_proxy
+    await tick(oms, "50000")
+    proxy.lose_reply_to(COMMIT)
+    await place(oms, client_order_id="reply-lost", type=S.ORDER_TYPE_LIMIT, price="49000")
+    with redis.Redis.from_url(redis_url) as client:
+        older = snapshot(client)
+        await place(oms, client_order_id="acknowledged", type=S.ORDER_TYPE_LIMIT, price="49000")
+        go_back_to(client, older)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await place(oms, client_order_id="into-the-past", type=S.ORDER_TYPE_LIMIT, price="1")
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "lost commits it had acknowledged" in (error.value.details() or "")

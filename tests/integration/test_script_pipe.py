@@ -22,10 +22,11 @@ from redis.exceptions import ResponseError
 from oms.adapters.redis_store.embedded import EmbeddedRedis
 from oms.adapters.redis_store.script_pipe import ScriptPipe
 
-# Counts per key and echoes its argument back, or fails on request.
+# Counts per key and echoes its argument back, or fails on request; answers as the pipe
+# expects, after a commit count (0 here: no floor to keep).
 SCRIPT = """
 if ARGV[1] == 'fail' then return redis.error_reply('asked to fail') end
-return {redis.call('INCR', KEYS[1]), ARGV[1]}
+return {0, {redis.call('INCR', KEYS[1]), ARGV[1]}}
 """
 
 

@@ -24,10 +24,10 @@ earlier attempt ran. A new connection to the same Redis run first kills the old 
 that nothing still buffered there can run after that check.
 
 Every run of the script also counts itself in the store's commit count, a key without an
-expiry. The count read on the first connection plus the runs answered since is a floor
-Redis must be at: below it, Redis lost commands it had acknowledged (restarted from an
+expiry, and answers {count, its reply}. The highest count answered is a floor Redis must
+stay at: at or below it, Redis lost commands it had acknowledged (restarted from an
 append-only file that missed its last second, failed over to a replica that lagged), and
-the script takes its count back, writes nothing and answers {'rewound', ...}, raised as
+the script takes its count back, writes nothing and answers 'rewound', raised as
 `Rewound`. Each command carries the floor, so no command lands in such a store.
 
 Where to connect, the credentials, the database and the TLS context (the URL's ssl_*
@@ -58,8 +58,8 @@ class Rewound(RedisError):
 
     def __init__(self, count: int, floor: int) -> None:
         super().__init__(
-            f"Redis lost commits it had acknowledged (its commit count is {count}, {floor} had "
-            "been acknowledged): it came back from an older state"
+            f"Redis lost commits it had acknowledged (its commit count is {count}, it had "
+            f"answered {floor}): it came back from an older state"
         )
 
 
@@ -170,9 +170,8 @@ class ScriptPipe:
         self._protocol: _Protocol | None = None
         self._opening = asyncio.Lock()
         self._count_key = count_key
-        self.floor: int | None = None
-        """The commit count Redis must be at: the count read on the first connection, plus
-        the runs of the script answered since (None until connected)."""
+        self.floor = 0
+        """The highest commit count answered: Redis must hold at least that count."""
 
     async def __call__(self, keys: Sequence[str], args: Sequence[str | bytes]) -> Any:
         earlier_marks: list[str] = []
@@ -185,7 +184,6 @@ class ScriptPipe:
                     protocol = await self._connected()
                 protocol.numbered += 1
                 number = protocol.numbered
-                assert self.floor is not None  # read when connecting
                 command = _pack(
                     b"EVALSHA",
                     self._sha,
@@ -211,7 +209,11 @@ class ScriptPipe:
                     _check(await protocol.send(self._load))
                     reply = await protocol.send(command)
                 protocol.answered = max(protocol.answered, number)
-                _check_ready(reply)
+                if _not_ready(reply):
+                    # It did not run: no earlier attempt that may have landed.
+                    earlier_marks.pop()
+                    earlier_numbers.pop()
+                    raise RedisConnectionError(str(reply))
             except (OSError, RedisConnectionError) as error:
                 failures += 1
                 if failures > self._retries:
@@ -225,12 +227,11 @@ class ScriptPipe:
                     raise RedisConnectionError(f"{reason} (tried {failures} times)") from error
                 await asyncio.sleep(self._backoff.compute(failures))
                 continue
-            if isinstance(reply, list) and reply[:1] == [b"rewound"]:
-                _, count, floor = reply
-                raise Rewound(int(count), int(floor))
-            result = _check(reply)
-            self.floor += 1  # it ran: counted
-            return result
+            count, answer = _check(reply)
+            if answer[:1] == [b"rewound"]:
+                raise Rewound(int(count), self.floor)
+            self.floor = max(self.floor, int(count))
+            return answer
 
     async def close(self) -> None:
         if self._protocol is not None:
@@ -268,13 +269,10 @@ class ScriptPipe:
         setup.append(protocol.send(self._load))
         setup.append(protocol.send(_pack(b"CLIENT", b"ID")))
         setup.append(protocol.send(_pack(b"INFO", b"SERVER")))
-        setup.append(protocol.send(_pack(b"GET", self._count_key)))
         try:
-            *_, client_id, info, count = [_check(reply) for reply in await asyncio.gather(*setup)]
+            *_, client_id, info = [_check(reply) for reply in await asyncio.gather(*setup)]
             protocol.client_id = int(client_id)
             protocol.run_id = _run_id(info)
-            if self.floor is None:  # this process's first connection; later ones are checked
-                self.floor = int(count or 0)
             if old is not None and old.client_id is not None and old.run_id == protocol.run_id:
                 # Ends the old connection in Redis if it is still there (a stalled Redis, or
                 # one behind a partition): a command still buffered on it could run after its
@@ -303,13 +301,13 @@ def _run_id(info: bytes) -> str:
 _NOT_READY = ("LOADING ", "BUSY ", "MASTERDOWN ", "TRYAGAIN ")
 
 
-def _check_ready(reply: Any) -> None:
-    if isinstance(reply, hiredis.ReplyError) and str(reply).startswith(_NOT_READY):
-        raise RedisConnectionError(str(reply))
+def _not_ready(reply: Any) -> bool:
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith(_NOT_READY)
 
 
 def _check(reply: Any) -> Any:
-    _check_ready(reply)
+    if _not_ready(reply):
+        raise RedisConnectionError(str(reply))
     if isinstance(reply, hiredis.ReplyError):
         raise ResponseError(str(reply))
     return reply

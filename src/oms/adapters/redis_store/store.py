@@ -16,7 +16,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MasterDownError, ReadOnlyError, RedisError
+from redis.exceptions import MasterDownError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from oms.adapters.redis_store import keys
@@ -146,15 +146,23 @@ def unavailable_when_down(
             raise Unavailable(f"state store did not answer within {self.timeout_s:g} s") from error
         except (RedisConnectionError, RedisTimeoutError, MasterDownError, ReadOnlyError) as error:
             # (A replica that lost its master, or that writes were sent to: down for us.)
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # A Redis error raised while the task is being cancelled goes on as the
-                # cancellation: a loop that handles Unavailable must not carry on.
-                raise asyncio.CancelledError from error
-            raise _unreachable(error) from error
+            raise _down(error) from error
+        except ResponseError as error:
+            if not str(error).startswith("BUSY "):  # another client's script running long
+                raise
+            raise _down(error) from error
 
     functools.update_wrapper(guarded, method)
     return guarded
+
+
+def _down(error: Exception) -> BaseException:
+    """What a Redis error becomes for a caller: UNAVAILABLE, or, raised while the task is
+    being cancelled, the cancellation (a loop that handles Unavailable must not carry on)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        return asyncio.CancelledError()
+    return _unreachable(error)
 
 
 def _store_lost() -> Unavailable:
@@ -291,7 +299,7 @@ class RedisStore:
         # Read first: what was acknowledged before the count is read must be in it.
         floor = self._commit.floor
         identity, count = await self._probe.mget(keys.store_identity(), keys.commit_count())
-        if identity is not None and floor is not None and int(count or 0) < floor:
+        if identity is not None and int(count or 0) < floor:
             self.lost_writes = self.lost_writes or str(Rewound(int(count or 0), floor))
         return None if identity is None else bytes(identity).decode()
 

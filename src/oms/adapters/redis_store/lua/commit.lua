@@ -17,10 +17,10 @@
 -- Returns {'ok', seq_1, ..., seq_n}.
 --
 -- KEYS and ARGV end with ScriptPipe's landing marks (script_pipe.py). Every run counts
--- itself in the store's commit count; one that finds the count at or below the floor it was
--- given (what Redis had acknowledged: it restarted from an older state) takes its count back,
--- writes nothing and answers {'rewound', count, floor}. This command's number becomes its
--- connection's mark, and joins the mark's ':refused' zset if a guard fails; that zset keeps
+-- itself in the store's commit count and answers {count, its reply}; one that finds the
+-- count at or below the floor it was given (a count Redis had answered before: it restarted
+-- from an older state) takes its count back, writes nothing and answers 'rewound'. This
+-- command's number becomes its connection's mark, and joins the mark's ':refused' zset if a guard fails; that zset keeps
 -- only numbers not answered yet (the rest are never sent again). A re-sent commit whose
 -- earlier attempt ran (that connection's mark reached the attempt's number) and was not
 -- refused by its guards writes nothing and answers {'landed'}: never applied twice, and its
@@ -33,14 +33,14 @@ local floor = tonumber(ARGV[na])
 local count = redis.call('INCR', count_key)
 if count <= floor then
   redis.call('DECR', count_key)
-  return {'rewound', count - 1, floor}
+  return {count - 1, {'rewound', count - 1, floor}}
 end
 redis.call('SET', mark, number, 'EX', 3600)
 for e = 1, earlier do
   local key, no = KEYS[nk - 1 - earlier + e - 1], ARGV[na - 4 - earlier + e]
   if tonumber(redis.call('GET', key) or '0') >= tonumber(no)
       and not redis.call('ZSCORE', key .. ':refused', no) then
-    return {'landed'}
+    return {count, {'landed'}}
   end
 end
 local function refused(reply)
@@ -48,7 +48,7 @@ local function refused(reply)
   redis.call('ZADD', key, number, number)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', answered)
   redis.call('EXPIRE', key, 3600)
-  return reply
+  return {count, reply}
 end
 local retention = ARGV[1]
 local seqs = {}
@@ -110,4 +110,4 @@ while i <= n do
 end
 local reply = {'ok'}
 for k = 1, #seqs do reply[k + 1] = seqs[k] end
-return reply
+return {count, reply}

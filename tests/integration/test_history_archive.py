@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 import pytest
 import redis
 from fixtures.oms_server import OmsHarness, make_oms
-from fixtures.redis_server import free_port
+from fixtures.redis_server import free_port, go_back_to, snapshot
 from fixtures.trading import USER, place, tick
 from tradingboost.oms.v1 import order_pb2
 from tradingboost.oms.v1 import order_service_pb2 as pb
@@ -198,15 +198,9 @@ async def test_events_a_store_lost_are_set_aside_and_their_sequences_archived_an
     store = redis.Redis.from_url(redis_url)
     try:
         # What an OS crash with appendfsync everysec can leave: Redis as it was a moment ago.
-        # (redis-py's sync client is typed as if it could be async: hence the casts.)
-        snapshot = [
-            (key, cast(int, store.pttl(key)), cast(bytes, store.dump(key)))
-            for key in store.scan_iter()
-        ]
+        older = snapshot(store)
         await _place_resting(redis_url, postgres_dsn, "lost-1", "lost-2")
-        store.flushall()
-        for key, ttl, dumped in snapshot:
-            store.restore(key, max(ttl, 0), dumped)
+        go_back_to(store, older)
     finally:
         store.close()
     oms = await make_oms(redis_url, postgres_dsn=postgres_dsn)

@@ -20,11 +20,11 @@
 -- itself in the store's commit count and answers {count, its reply}; one that finds the
 -- count at or below the floor it was given (a count Redis had answered before: it restarted
 -- from an older state) takes its count back, writes nothing and answers 'rewound'. This
--- command's number becomes its connection's mark, and joins the mark's ':refused' zset if a guard fails; that zset keeps
--- only numbers not answered yet (the rest are never sent again). A re-sent commit whose
--- earlier attempt ran (that connection's mark reached the attempt's number) and was not
--- refused by its guards writes nothing and answers {'landed'}: never applied twice, and its
--- caller told it holds.
+-- command's number becomes its connection's mark, and joins the mark's ':refused' zset if a
+-- guard fails; that zset keeps only numbers not answered yet (the rest are never sent
+-- again). A re-sent commit whose earlier attempt ran (that connection's mark reached the
+-- attempt's number) and was not refused by its guards writes nothing and answers
+-- {'landed'}: never applied twice, and its caller told it holds.
 local nk, na = #KEYS, #ARGV
 local mark, count_key = KEYS[nk], KEYS[nk - 1]
 local number, answered = ARGV[na - 3], ARGV[na - 2]
@@ -33,7 +33,7 @@ local floor = tonumber(ARGV[na])
 local count = redis.call('INCR', count_key)
 if count <= floor then
   redis.call('DECR', count_key)
-  return {count - 1, {'rewound', count - 1, floor}}
+  return {count - 1, {'rewound'}}
 end
 redis.call('SET', mark, number, 'EX', 3600)
 for e = 1, earlier do

@@ -209,7 +209,6 @@ class Application:
             self.hub.add_listener(self.archiver.committed)
         self._stopping = asyncio.Event()
         self._watching: asyncio.Task[None] | None = None
-        self._store_identity = ""
         self.store_lost = False
 
     def _metrics(self) -> Metrics:
@@ -233,7 +232,7 @@ class Application:
     async def start(self) -> int:
         """Recover, listen, report SERVING; returns the bound port."""
         try:
-            self._store_identity = await self.store.claim_identity()
+            await self.store.claim_identity()
         except RedisError as error:
             raise StartupError(f"cannot reach Redis: {error}") from error
         await self.paper.recover()
@@ -286,8 +285,8 @@ class Application:
             await asyncio.sleep(self.settings.store_check_interval_s)
             try:
                 async with asyncio.timeout(self.settings.redis_timeout_s):
-                    identity = await self.store.identity()
-                    if identity == self._store_identity:
+                    same_store = await self.store.holds_identity()
+                    if same_store:
                         await self.journal.catch_up_unsure()
                 reachable = True
             except (RedisError, OSError, TimeoutError, Unavailable) as error:
@@ -295,7 +294,7 @@ class Application:
                 if serving:
                     reason = str(error) or f"no answer within {self.settings.redis_timeout_s:g} s"
                     log.error("state store unreachable, reporting NOT_SERVING: %s", reason)
-            if reachable and identity != self._store_identity:
+            if reachable and not same_store:
                 self.lose_store(
                     "the state store lost its data (Redis restarted empty, or another one "
                     "answers at its address): restore it from its backup before starting "

@@ -273,35 +273,33 @@ class RedisStore:
     def redis(self) -> Redis:
         return self._redis
 
-    async def claim_identity(self) -> str:
-        """This store's identity, made on its first use. Redis restarted empty (or another
-        one behind the same address) does not have it: see `identity`."""
+    async def claim_identity(self) -> None:
+        """Takes this store's identity, made on its first use. Redis restarted empty (or
+        another one behind the same address) does not have it: see `holds_identity`."""
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.store_identity(), uuid.uuid4().hex, nx=True)
             pipe.get(keys.store_identity())
             _, identity = await pipe.execute()
         self._identity = bytes(identity).decode()
-        return self._identity
 
     async def _same_identity(self) -> bool:
-        """Whether the store still holds this process's identity (True if it cannot tell)."""
-        if not self._identity:
-            return True
+        """`holds_identity`, True if it cannot tell."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await self.identity() == self._identity
+                return await self.holds_identity()
         except (RedisError, TimeoutError):
             return True
 
-    async def identity(self) -> str | None:
-        """The identity the store holds now (None: none at all); also proves it answers, and
-        notes in `lost_writes` a store that went back to before commits it acknowledged."""
+    async def holds_identity(self) -> bool:
+        """Whether the store still holds the identity claimed (True before any claim); also
+        proves it answers, and notes in `lost_writes` a store that went back to before
+        commits it acknowledged."""
         # Read first: what was acknowledged before the count is read must be in it.
         floor = self._commit.floor
         identity, count = await self._probe.mget(keys.store_identity(), keys.commit_count())
         if identity is not None and int(count or 0) < floor:
             self.lost_writes = self.lost_writes or str(Rewound(int(count or 0), floor))
-        return None if identity is None else bytes(identity).decode()
+        return not self._identity or identity == self._identity.encode()
 
     async def close(self) -> None:
         await self._commit.close()

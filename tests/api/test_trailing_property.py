@@ -81,9 +81,10 @@ class Reference:
         else:
             assert self.spread is not None
             raw = watermark - self.spread if long else watermark + self.spread
-        # On the tick, toward the market: LONG up, SHORT down.
+        # On the tick, toward the market (LONG up, SHORT down), and at least a tick away.
         rounding = ROUND_CEILING if long else ROUND_FLOOR
-        return (raw / TICK).to_integral_value(rounding=rounding) * TICK
+        stop = (raw / TICK).to_integral_value(rounding=rounding) * TICK
+        return min(stop, watermark - TICK) if long else max(stop, watermark + TICK)
 
     def better(self, price: Decimal, than: Decimal) -> bool:
         return price > than if self.side == LONG else price < than

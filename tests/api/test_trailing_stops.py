@@ -251,6 +251,44 @@ async def test_long_1_5pct_stop_rounds_up_to_the_tick(oms: OmsHarness) -> None:
     await check_invariants(oms, user)
 
 
+async def test_a_long_callback_under_a_tick_trails_a_tick_behind_and_never_sells_a_new_high(
+    oms: OmsHarness,
+) -> None:
+    user = new_user()
+    await publish(oms, "100")
+    await open_side(oms, user, quantity="0.01")
+    # 100 - 0.005 rounded up to the tick would be 100 itself.
+    stop = await create_stop(oms, user, callback_spread="0.005")
+    assert figures(stop) == (ACTIVE, "100", "99.99")
+    await walk(
+        oms,
+        user,
+        stop.trailing_stop_id,
+        [
+            ("100.01", ACTIVE, "100.01", "100"),  # a new high: no sale
+            ("100.02", ACTIVE, "100.02", "100.01"),
+        ],
+    )
+    await publish(oms, "100.01")
+    fired = await get_stop(oms, user, stop.trailing_stop_id)
+    assert figures(fired) == (TRIGGERED, "100.02", "100.01")
+    await assert_close_order(oms, fired, quantity="0.01")
+
+
+async def test_a_short_callback_rate_under_a_tick_trails_a_tick_above(oms: OmsHarness) -> None:
+    user = new_user()
+    await publish(oms, "5", SOL)
+    await open_side(oms, user, SHORT, SOL, quantity="1")
+    # 5 x 1.001 = 5.005, rounded down to the tick, would be 5 itself.
+    stop = await create_stop(oms, user, symbol=SOL, position_side=SHORT, callback_rate="0.001")
+    assert figures(stop) == (ACTIVE, "5", "5.01")
+    await walk(oms, user, stop.trailing_stop_id, [("4.99", ACTIVE, "4.99", "5")], SOL)
+    await publish(oms, "5", SOL)
+    fired = await get_stop(oms, user, stop.trailing_stop_id)
+    assert figures(fired) == (TRIGGERED, "4.99", "5")
+    await assert_close_order(oms, fired, quantity="1")
+
+
 async def test_a_watermark_that_does_not_improve_or_barely_moves_never_loosens_the_stop(
     oms: OmsHarness,
 ) -> None:

@@ -96,3 +96,29 @@ def test_callback_bounds_are_inclusive() -> None:
     assert parse_callback("0.001", None) == (Decimal("0.001"), None)
     assert parse_callback("0.1", None) == (Decimal("0.1"), None)
     assert parse_callback(None, "0.01") == (None, Decimal("0.01"))
+
+
+@pytest.mark.parametrize(
+    ("side", "watermark", "stop"),
+    [
+        (PositionSide.LONG, "100", "99.99"),
+        (PositionSide.LONG, "100.015", "100.01"),  # a live feed's price need not be on the tick
+        (PositionSide.SHORT, "100", "100.01"),
+        (PositionSide.SHORT, "100.015", "100.02"),
+    ],
+)
+def test_a_callback_under_a_tick_keeps_the_stop_a_tick_from_the_watermark(
+    side: PositionSide, watermark: str, stop: str
+) -> None:
+    spec = TrailingStopSpec(
+        user_id="u1",
+        market=MARKET,
+        position_side=side,
+        callback_rate=None,
+        callback_spread=Decimal("0.001"),
+        activation_price=None,
+        quantity=None,
+        client_id="",
+    )
+    started = spec.new_stop("S1", "P1", Decimal(watermark), 1)
+    assert started.stop_price == Decimal(stop)

@@ -1,8 +1,8 @@
 """Trailing stops: the stop price that follows the best price since activation, and its states.
 
 LONG protects a long and sells: the watermark is the highest price since activation, the stop
-sits `callback` below it, rounded up to the price tick, and the first price at or below it
-triggers. SHORT is the mirror. Pure functions of (stop, price): the engine keeps the stops of a
+sits `callback` below it, rounded up to the price tick but at least a tick below, and the first
+price at or below it triggers. SHORT is the mirror. Pure functions of (stop, price): the engine keeps the stops of a
 symbol ordered so that a tick only visits the stops it changes.
 """
 
@@ -21,6 +21,7 @@ from oms.domain.identifiers import check_client_order_id, check_user_id, derived
 from oms.domain.markets import Market, MarketCatalog
 from oms.domain.orders import Order, OrderType, PositionSide, Side, TimeInForce
 
+_ONE = Decimal(1)
 MIN_CALLBACK_RATE = Decimal("0.001")
 MAX_CALLBACK_RATE = Decimal("0.1")
 CANCELED_BY_USER = "canceled_by_user"
@@ -119,21 +120,26 @@ class TrailingStop:
         return price <= self.stop_price if self.is_long else price >= self.stop_price
 
     def stop_for(self, watermark: Decimal) -> Decimal:
-        """The stop price of a watermark, on the tick, rounded toward the market."""
+        """The stop price of a watermark, on the tick, rounded toward the market, and at
+        least a tick away from the watermark: a callback under a tick would otherwise round
+        to the watermark itself, and a LONG stop would sell on the price of a new high."""
         if self.callback_rate is not None:
             factor = (
-                sub(Decimal(1), self.callback_rate)
-                if self.is_long
-                else add(Decimal(1), self.callback_rate)
+                sub(_ONE, self.callback_rate) if self.is_long else add(_ONE, self.callback_rate)
             )
             raw = mul(watermark, factor)
         else:
             assert self.callback_spread is not None
             spread = self.callback_spread
             raw = sub(watermark, spread) if self.is_long else add(watermark, spread)
-        rounding = ROUND_CEILING if self.is_long else ROUND_FLOOR
-        steps = div(raw, self.price_tick).to_integral_value(rounding=rounding)
-        return mul(steps, self.price_tick)
+        tick = self.price_tick
+        if self.is_long:
+            steps = div(raw, tick).to_integral_value(rounding=ROUND_CEILING)
+            below = sub(div(watermark, tick).to_integral_value(rounding=ROUND_CEILING), _ONE)
+            return mul(min(steps, below), tick)
+        steps = div(raw, tick).to_integral_value(rounding=ROUND_FLOOR)
+        above = add(div(watermark, tick).to_integral_value(rounding=ROUND_FLOOR), _ONE)
+        return mul(max(steps, above), tick)
 
     def follow(self, watermark: Decimal, now_ns: int) -> TrailingStop:
         """ACTIVE at `watermark`: the activating price, or a better one than before (the stop

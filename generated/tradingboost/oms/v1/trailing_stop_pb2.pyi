@@ -141,6 +141,10 @@ class TrailingStop(_message.Message):
     SHORT (protects a short, buys): the mirror: lowest price since activation,
     watermark x (1 + callback_rate) or watermark + callback_spread, rounded down
     to the tick; it only ever falls; the first price >= `stop_price` triggers.
+    Either way the stop stays at least one tick from the watermark: a callback
+    under a tick (a small rate on a low price, or a spread below the tick) trails
+    one tick behind instead of rounding onto the watermark, where a LONG stop
+    would sell on the very price that makes a new high.
     On trigger the OMS places a reduce-only MARKET order for `quantity` (or the
     whole position), capped at the position size, with client order id
     "ts-<trailing_stop_id>" (so it can never be sent twice) and metadata

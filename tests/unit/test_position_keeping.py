@@ -8,7 +8,7 @@ from fixtures.domain import MARKET
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oms.domain.decimals import display
+from oms.domain.decimals import display, div, sub
 from oms.domain.fills import Fill, Liquidity
 from oms.domain.orders import PositionSide, Side
 from oms.domain.positions import (
@@ -85,6 +85,17 @@ def test_non_terminating_figures_are_displayed_to_12_places() -> None:
     position = long((fill(Side.BUY, "0.01", "100"), None), (fill(Side.BUY, "0.02", "101"), None))
     assert display(position.entry_price) == Decimal("100.666666666667")
     assert display(Decimal("52000")) == Decimal("52000")
+
+
+def test_terminating_figures_are_displayed_exactly_however_many_places() -> None:
+    # A sub-cent market's price at leverage 1 (maintenance margin 0.005).
+    position = long((fill(Side.BUY, "1000", "0.0000123457"), None))
+    assert position.liquidation_price == Decimal("0.0000000617285")
+    assert display(position.liquidation_price) == Decimal("0.0000000617285")
+    # A quotient that does not terminate stays rounded when a subtraction cancels its
+    # leading digits.
+    cancelled = sub(div(Decimal(1), Decimal(3)), Decimal("0.3333333333"))
+    assert display(cancelled) == Decimal("0.000000000033")
 
 
 def test_summary_of_wins_and_losses() -> None:

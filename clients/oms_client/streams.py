@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, Self, TypeVar
@@ -103,54 +104,60 @@ class _ReconnectingStream(ABC, Generic[R, T]):
         return self
 
     async def __anext__(self) -> T:
-        while not self._closed:
-            if self._responses is None:
-                self._call = self._open()
-                self._responses = aiter(self._call)
-            if self._reading is None:
-                # Read in a task of its own: grpc.aio cancels the call when a read is
-                # cancelled, so a consumer that stops waiting (asyncio.wait_for) would drop
-                # the connection, and a live-only stream's start with it.
-                self._reading = asyncio.ensure_future(anext(self._responses))
-            try:
-                async with asyncio.timeout(self._idle_timeout_s):
-                    response = await asyncio.shield(self._reading)
-            except StopAsyncIteration:
-                # An OK status: the server says the stream is complete, not interrupted.
-                self._closed = True
-                self._reading = None
-                raise
-            except grpc.aio.AioRpcError as error:
-                self._drop_call()
-                if error.code() not in RESUMABLE_CODES:
-                    raise
-                await self._back_off(error)
-                continue
-            except TimeoutError:
-                # Not even a heartbeat for idle_timeout_s: a silently dead connection, one
-                # where no RST ever arrives.
-                self._drop_call()
-                await self._back_off(
-                    _client_error(
-                        grpc.StatusCode.UNAVAILABLE,
-                        f"no message on the stream for {self._idle_timeout_s} s",
-                    )
-                )
-                continue
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # the consumer's own cancel: the read goes on, for its next call
-                # The read was cancelled under it, by aclose() or by the channel closing.
-                self._closed = True
-                self._drop_call()
-                break
-            self._reading = None
-            self._failures = 0
-            item = self._accept(response)
+        while True:
+            item = await self._read_one()
             if item is not None:
                 return item
-        raise StopAsyncIteration
+
+    async def _read_one(self) -> T | None:
+        """The next message's item; None for a message the stream consumed itself, or for a
+        call that ended and is opened again."""
+        if self._closed:
+            raise StopAsyncIteration
+        if self._responses is None:
+            self._call = self._open()
+            self._responses = aiter(self._call)
+        if self._reading is None:
+            # Read in a task of its own: grpc.aio cancels the call when a read is cancelled,
+            # so a consumer that stops waiting (asyncio.wait_for) would drop the connection,
+            # and a live-only stream's start with it.
+            self._reading = asyncio.ensure_future(anext(self._responses))
+        try:
+            async with asyncio.timeout(self._idle_timeout_s):
+                response = await asyncio.shield(self._reading)
+        except StopAsyncIteration:
+            # An OK status: the server says the stream is complete, not interrupted.
+            self._closed = True
+            self._reading = None
+            raise
+        except grpc.aio.AioRpcError as error:
+            self._drop_call()
+            if error.code() not in RESUMABLE_CODES:
+                raise
+            await self._back_off(error)
+            return None
+        except TimeoutError:
+            # Not even a heartbeat for idle_timeout_s: a silently dead connection, one where
+            # no RST ever arrives.
+            self._drop_call()
+            await self._back_off(
+                _client_error(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"no message on the stream for {self._idle_timeout_s} s",
+                )
+            )
+            return None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the consumer's own cancel: the read goes on, for its next call
+            # The read was cancelled under it, by aclose() or by the channel closing.
+            self._closed = True
+            self._drop_call()
+            raise StopAsyncIteration from None
+        self._reading = None
+        self._failures = 0
+        return self._accept(response)
 
     async def _back_off(self, error: Exception) -> None:
         now = asyncio.get_running_loop().time()
@@ -215,11 +222,37 @@ class EventStream(_ReconnectingStream[R, E]):
         self._reopened_live = False
         """Reconnected live-only after that: its first message tells whether events came
         meanwhile."""
+        self._live_at: int | None = None
+        """The user's latest sequence when the stream first went live (the server's first
+        heartbeat); None before."""
+        self._read_ahead: deque[E] = deque()
+        """Events wait_live read on its way, for iteration to deliver first."""
 
     @property
     def last_sequence(self) -> int:
         """The sequence of the last event delivered; `after_sequence` until the first one."""
         return self._last_sequence
+
+    async def wait_live(self) -> int:
+        """Waits until the stream is live: its replay done, everything committed from then on
+        on its way. Returns the user's latest sequence at that moment. Events read meanwhile
+        stay for iteration, which delivers them first.
+
+        For list-then-watch of a user who may have no events yet (a snapshot's
+        `as_of_sequence` 0 cannot be resumed after): open the stream with no
+        `after_sequence`, await this, read the snapshot, then skip the events at or below its
+        `as_of_sequence`. Call it before iterating, or from the iterating task.
+        """
+        while self._live_at is None:
+            item = await self._read_one()
+            if item is not None:
+                self._read_ahead.append(item)
+        return self._live_at
+
+    async def __anext__(self) -> E:
+        if self._read_ahead:
+            return self._read_ahead.popleft()
+        return await super().__anext__()
 
     def _open(self) -> grpc.aio.UnaryStreamCall[Any, R]:
         # Only a live-only stream that delivered nothing has _last_sequence 0 (module doc).
@@ -252,6 +285,8 @@ class EventStream(_ReconnectingStream[R, E]):
             if item.latest_sequence == 0 and self._last_sequence == 0:
                 self._live_before_any_event = True
             self._heartbeat_sequence = max(self._heartbeat_sequence, item.latest_sequence)
+            if self._live_at is None:
+                self._live_at = item.latest_sequence
             return None
         self._last_sequence = item.sequence
         return item

@@ -316,6 +316,50 @@ async def test_consumer_timeouts_keep_a_live_only_stream_and_its_start(oms: OmsH
         await stream.aclose()
 
 
+async def test_list_then_watch_of_a_new_user_through_wait_live_misses_nothing(
+    oms: OmsHarness,
+) -> None:
+    # A snapshot of a user with no events says as_of_sequence 0, which cannot be resumed
+    # after; so the stream comes first, then the snapshot once the stream is live.
+    async with client_with(oms.address) as client:
+        await tick(client, "50000")
+        stream = client.stream_order_updates("newcomer")
+        assert await asyncio.wait_for(stream.wait_live(), 5) == 0
+        first = await buy(client, user="newcomer")  # after going live, before the snapshot
+        snapshot = await client.list_orders_page(user_id="newcomer")
+        assert [o.order_id for o in snapshot.orders] == [first.order_id]
+        second = await buy(client, user="newcomer")
+        got: list[S.OrderUpdate] = []
+        async with asyncio.timeout(5):
+            async for update in stream:
+                if update.sequence > snapshot.as_of_sequence:
+                    got.append(update)
+                if len(got) == 2:
+                    break
+        assert [(u.order.order_id, u.event_type) for u in got] == [
+            (second.order_id, kind) for kind in BOTH_KINDS
+        ]
+        await stream.aclose()
+
+
+async def test_wait_live_keeps_the_replayed_events_for_iteration(oms: OmsHarness) -> None:
+    async with client_with(oms.address) as client:
+        await tick(client, "50000")
+        await buy(client)
+        before = (await client.list_orders_page(user_id=USER)).as_of_sequence
+        orders = [await buy(client) for _ in range(2)]
+        newest = (await client.list_orders_page(user_id=USER)).as_of_sequence
+        stream = client.stream_order_updates(USER, after_sequence=before)
+        assert await asyncio.wait_for(stream.wait_live(), 5) == newest
+        assert await stream.wait_live() == newest  # once live, at once
+        got = [await asyncio.wait_for(anext(stream), 5) for _ in range(4)]
+        assert [(u.order.order_id, u.event_type) for u in got] == [
+            (order.order_id, kind) for order in orders for kind in BOTH_KINDS
+        ]
+        assert before < got[0].sequence and got[-1].sequence <= newest
+        await stream.aclose()
+
+
 async def test_a_live_only_stream_of_a_user_without_events_reports_what_it_could_not_replay(
     oms: OmsHarness,
 ) -> None:

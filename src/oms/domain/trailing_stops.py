@@ -2,8 +2,8 @@
 
 LONG protects a long and sells: the watermark is the highest price since activation, the stop
 sits `callback` below it, rounded up to the price tick but at least a tick below, and the first
-price at or below it triggers. SHORT is the mirror. Pure functions of (stop, price): the engine keeps the stops of a
-symbol ordered so that a tick only visits the stops it changes.
+price at or below it triggers. SHORT is the mirror. Pure functions of (stop, price): the engine
+keeps the stops of a symbol ordered so that a tick only visits the stops it changes.
 """
 
 from __future__ import annotations

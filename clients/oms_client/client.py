@@ -311,7 +311,8 @@ class OmsClient:
         retry: RetryPolicy | None = None,
         **fields: Unpack[CancelAllOrdersFields],
     ) -> list[order_pb2.Order]:
-        """Cancels every open order of the user (optionally one exchange or symbol); returns
+        """Cancels every open order of the user (optionally of one exchange, symbol or
+        strategy tag); returns
         the orders acted on. After a retry, orders that a lost earlier attempt cancelled are
         not in the list (they are no longer open): list them with `list_orders` if needed."""
         prepared = build_request(pb.CancelAllOrdersRequest, request, fields)

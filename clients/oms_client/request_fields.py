@@ -75,6 +75,7 @@ class CancelAllOrdersFields(TypedDict, total=False):
     user_id: str
     exchange: str
     symbol: str
+    strategy: str
 
 
 class ListOrdersFields(TypedDict, total=False):

@@ -235,6 +235,23 @@ async def test_cancel_all_cancels_only_the_open_orders_it_is_asked_for(oms: OmsH
     assert [o.order_id for o in rest.orders] == [eth.order_id]
 
 
+async def test_cancel_all_of_one_strategy_leaves_the_others_orders(oms: OmsHarness) -> None:
+    # A grid bot and a trend bot trading one symbol for one user stop apart.
+    await tick(oms, "50000")
+    grid = [
+        await place(oms, type=S.ORDER_TYPE_LIMIT, price=p, strategy="grid", grid_level=level)
+        for level, p in enumerate(("49000", "48000"))
+    ]
+    trend = await place(oms, type=S.ORDER_TYPE_LIMIT, price="47000", strategy="trend")
+    untagged = await place(oms, type=S.ORDER_TYPE_LIMIT, price="46000")
+    response = await oms.orders.CancelAllOrders(
+        pb.CancelAllOrdersRequest(user_id=USER, exchange="paper", strategy="grid")
+    )
+    assert sorted(o.order_id for o in response.orders) == sorted(o.order_id for o in grid)
+    for order in (trend, untagged):
+        assert (await get(oms, order.order_id)).status == S.ORDER_STATUS_OPEN
+
+
 async def test_get_order_by_client_order_id_and_unknown_ids(oms: OmsHarness) -> None:
     await tick(oms, "50000")
     order = await place(

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from fixtures.oms_server import OmsHarness
 from fixtures.positions import redis_snapshot
-from fixtures.trading import USER, order_request, tick
+from fixtures.trading import USER, order_request, place, tick
 from google.rpc import error_details_pb2, status_pb2
 from tradingboost.oms.v1 import market_data_pb2, order_pb2
 from tradingboost.oms.v1 import market_data_service_pb2 as md
@@ -127,6 +127,27 @@ async def test_bad_cancel_order(
 @pytest.mark.parametrize(
     ("field", "request_"),
     [
+        ("user_id", pb.CancelAllOrdersRequest()),
+        ("user_id", pb.CancelAllOrdersRequest(user_id="x" * 65)),
+        ("exchange", pb.CancelAllOrdersRequest(user_id=USER, symbol="BTC/USDT:USDT")),
+        ("exchange", pb.CancelAllOrdersRequest(user_id=USER, exchange="nosuch")),
+        ("symbol", pb.CancelAllOrdersRequest(user_id=USER, exchange="paper", symbol="NOPE")),
+        ("strategy", pb.CancelAllOrdersRequest(user_id=USER, strategy="s" * 65)),
+    ],
+)
+async def test_bad_cancel_all_orders_cancels_nothing(
+    oms: OmsHarness, field: str, request_: pb.CancelAllOrdersRequest
+) -> None:
+    await tick(oms, "50000")
+    resting = await place(oms, type=S.ORDER_TYPE_LIMIT, price="49000")
+    await expect_invalid(oms.orders.CancelAllOrders(request_), field)
+    still = await oms.orders.GetOrder(pb.GetOrderRequest(user_id=USER, order_id=resting.order_id))
+    assert still.order.status == S.ORDER_STATUS_OPEN
+
+
+@pytest.mark.parametrize(
+    ("field", "request_"),
+    [
         ("page_size", pb.ListOrdersRequest(user_id=USER, page_size=-1)),
         ("page_token", pb.ListOrdersRequest(user_id=USER, page_token="garbage")),
         ("statuses[0]", pb.ListOrdersRequest(user_id=USER, statuses=cast(Any, [0]))),
@@ -135,6 +156,7 @@ async def test_bad_cancel_order(
         ("symbol", pb.ListOrdersRequest(user_id=USER, exchange="paper", symbol="NOPE")),
         ("user_id", pb.ListOrdersRequest(user_id="x" * 65)),
         ("grid_level", pb.ListOrdersRequest(user_id=USER, grid_level=21)),
+        ("strategy", pb.ListOrdersRequest(user_id=USER, strategy="s" * 65)),
         # A real exchange whose markets are not loaded: a market id cannot be unified.
         ("symbol", pb.ListOrdersRequest(user_id=USER, exchange="okx", symbol="BTC-USDT-SWAP")),
     ],

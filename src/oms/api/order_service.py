@@ -58,7 +58,9 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
     async def CancelAllOrders(
         self, request: pb.CancelAllOrdersRequest, context: Context
     ) -> pb.CancelAllOrdersResponse:
-        orders = await self._orders.cancel_all(request.user_id, request.exchange, request.symbol)
+        orders = await self._orders.cancel_all(
+            request.user_id, request.exchange, request.symbol, request.strategy
+        )
         return pb.CancelAllOrdersResponse(orders=[order_to_proto(order) for order in orders])
 
     async def GetOrder(self, request: pb.GetOrderRequest, context: Context) -> pb.GetOrderResponse:

@@ -157,6 +157,11 @@ def check_metadata(metadata: dict[str, str], field: str = "metadata") -> None:
             )
 
 
+def check_strategy(strategy: str) -> None:
+    if len(strategy) > MAX_STRATEGY_CHARS:
+        raise InvalidArgument("strategy", f"is longer than {MAX_STRATEGY_CHARS} characters")
+
+
 def check_grid_level(level: int | None) -> None:
     if level is not None and not 0 <= level <= MAX_GRID_LEVEL:
         raise InvalidArgument("grid_level", f"must be 0 to {MAX_GRID_LEVEL}")
@@ -186,8 +191,7 @@ def check_order_fields(command: PlaceOrder) -> _Checked:
     check_grid_level(command.grid_level)
     if command.client_order_id:
         check_new_client_order_id(command.client_order_id)
-    if len(command.strategy) > MAX_STRATEGY_CHARS:
-        raise InvalidArgument("strategy", f"is longer than {MAX_STRATEGY_CHARS} characters")
+    check_strategy(command.strategy)
     check_metadata(command.metadata)
     position_side = command.position_side or default_position_side(
         command.side, command.reduce_only

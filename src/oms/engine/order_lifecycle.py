@@ -12,6 +12,7 @@ from oms.domain.commands import (
     PlaceOrder,
     check_grid_level,
     check_order_fields,
+    check_strategy,
     validate_place_order,
 )
 from oms.domain.decimals import parse_decimal, parse_positive
@@ -211,13 +212,17 @@ class OrderLifecycle:
             order = await self._load(ref)
         return await self._venue(order.exchange).cancel(order, CANCELED_BY_USER, prerender)
 
-    async def cancel_all(self, user_id: str, exchange: str, symbol: str) -> list[Order]:
+    async def cancel_all(
+        self, user_id: str, exchange: str, symbol: str, strategy: str = ""
+    ) -> list[Order]:
         check_user_id(user_id)
         exchange, symbol = self.instrument_filter(exchange, symbol)
+        check_strategy(strategy)
         targets = [
             order
             for order in sorted(await self._store.open_orders(user_id), key=lambda o: o.order_id)
             if self._matches(order, exchange, symbol)
+            and (not strategy or order.strategy == strategy)
         ]
         # Concurrent cancels share commits on each symbol's desk.
         outcomes = await asyncio.gather(
@@ -266,6 +271,7 @@ class OrderLifecycle:
     ) -> Page[Order]:
         check_user_id(user_id)
         check_grid_level(grid_level)
+        check_strategy(strategy)
         exchange, symbol = self.instrument_filter(exchange, symbol)
         return await fetch_page(
             self._store.list_orders,

@@ -252,6 +252,7 @@ class CancelAllOrdersRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     EXCHANGE_FIELD_NUMBER: _builtins.int
     SYMBOL_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Required. The orders' owner."""
     exchange: _builtins.str
@@ -260,16 +261,22 @@ class CancelAllOrdersRequest(_message.Message):
     """Optional: only orders on this symbol (unified or market id); requires
     `exchange`. Empty: every symbol.
     """
+    strategy: _builtins.str
+    """Optional: only orders with exactly this strategy tag (at most 64
+    characters), so that strategies sharing a user and symbol stop apart.
+    Empty: every order, tagged or not.
+    """
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         exchange: _builtins.str = ...,
         symbol: _builtins.str = ...,
+        strategy: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange", b"exchange", "symbol", b"symbol", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange", b"exchange", "strategy", b"strategy", "symbol", b"symbol", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

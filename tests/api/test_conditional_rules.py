@@ -50,7 +50,8 @@ from fixtures.rules import (
     resting,
 )
 from fixtures.trading import BTC
-from tradingboost.oms.v1 import conditional_rule_pb2, order_pb2
+from tradingboost.oms.v1 import conditional_rule_pb2, market_data_pb2, order_pb2
+from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_service_pb2 as opb
 
 S = order_pb2
@@ -335,6 +336,38 @@ async def test_listed_orders_already_terminal_when_the_rule_fires_are_already_te
     assert not b_now.cancel_reason.startswith(RULE_CANCEL_PREFIX)
     await assert_cancelled_by_rule(oms.orders, bk.user, bk.c.order_id)
     assert await status_of(oms, bk.user, bk.d.order_id) == OPEN
+
+
+async def test_a_price_that_gaps_through_trigger_and_listed_order_fills_both(
+    oms: OmsHarness,
+) -> None:
+    # As on an exchange, one price fills every order it crosses before the rule can fire.
+    gapped = await book(oms)
+    rule = await create_rule(
+        oms.orders, gapped.user, gapped.a.order_id, FILLED, [gapped.b.order_id]
+    )
+    await publish(oms.market, B_PRICE)
+    assert_triggered(
+        await get_rule(oms.orders, gapped.user, rule.rule_id),
+        [(gapped.b.order_id, OUT_ALREADY_TERMINAL, S.ORDER_STATUS_FILLED)],
+    )
+    # The same prices as two ticks of one PublishPrices: the rule cancels B in between.
+    stepped = await book(oms)
+    rule = await create_rule(
+        oms.orders, stepped.user, stepped.a.order_id, FILLED, [stepped.b.order_id]
+    )
+    await oms.market.PublishPrices(
+        md.PublishPricesRequest(
+            prices=[
+                market_data_pb2.PriceTick(exchange="paper", symbol=BTC, price=price)
+                for price in (A_PRICE, B_PRICE)
+            ]
+        )
+    )
+    assert_triggered(
+        await get_rule(oms.orders, stepped.user, rule.rule_id), all_cancelled(stepped.b.order_id)
+    )
+    assert await fill_count(oms.orders, stepped.user, stepped.b.order_id) == 0
 
 
 async def test_a_rule_may_span_symbols(oms: OmsHarness) -> None:

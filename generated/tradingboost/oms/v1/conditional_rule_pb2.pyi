@@ -142,6 +142,10 @@ class ConditionalRule(_message.Message):
     that caused the firing (PublishPrices, CancelOrder, PlaceOrder) returns
     only after the results are committed. Rule changes take sequence numbers
     in the user's event sequence; no stream carries them.
+    On paper, every order one price crosses fills at that price before any
+    rule fires, as a price gap fills them all on an exchange: a listed order
+    that the trigger's own tick fills is ALREADY_TERMINAL, not cancelled. (Two
+    prices in one PublishPrices are two ticks: the rule fires between them.)
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -12,6 +12,7 @@ Every test uses its own user and publishes its own starting price.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -80,7 +81,7 @@ async def walk(
     oms: OmsHarness,
     user: str,
     stop_id: str,
-    steps: list[tuple[str, int, str, str]],
+    steps: Sequence[tuple[str, int, str, str]],
     symbol: str = BTC,
 ) -> T.TrailingStop:
     """Publishes each (price, ...) and checks (status, watermark, stop) right after it."""
@@ -251,42 +252,52 @@ async def test_long_1_5pct_stop_rounds_up_to_the_tick(oms: OmsHarness) -> None:
     await check_invariants(oms, user)
 
 
-async def test_a_long_callback_under_a_tick_trails_a_tick_behind_and_never_sells_a_new_high(
+@pytest.mark.parametrize(
+    ("side", "symbol", "callback", "first_stop", "steps", "fired"),
+    [
+        # 100 - 0.005 rounded up to the tick would be 100 itself: a new high would sell.
+        (
+            LONG,
+            BTC,
+            {"callback_spread": "0.005"},
+            ("100", "99.99"),
+            [("100.01", "100.01", "100"), ("100.02", "100.02", "100.01")],
+            ("100.01", "100.02"),
+        ),
+        # 5 x 1.001 = 5.005 rounded down would be 5 itself.
+        (
+            SHORT,
+            SOL,
+            {"callback_rate": "0.001"},
+            ("5", "5.01"),
+            [("4.99", "4.99", "5")],
+            ("5", "4.99"),
+        ),
+    ],
+    ids=["long-spread", "short-rate"],
+)
+async def test_a_callback_under_a_tick_trails_a_tick_from_the_best_price(
     oms: OmsHarness,
+    side: int,
+    symbol: str,
+    callback: dict[str, str],
+    first_stop: tuple[str, str],
+    steps: list[tuple[str, str, str]],
+    fired: tuple[str, str],
 ) -> None:
     user = new_user()
-    await publish(oms, "100")
-    await open_side(oms, user, quantity="0.01")
-    # 100 - 0.005 rounded up to the tick would be 100 itself.
-    stop = await create_stop(oms, user, callback_spread="0.005")
-    assert figures(stop) == (ACTIVE, "100", "99.99")
-    await walk(
-        oms,
-        user,
-        stop.trailing_stop_id,
-        [
-            ("100.01", ACTIVE, "100.01", "100"),  # a new high: no sale
-            ("100.02", ACTIVE, "100.02", "100.01"),
-        ],
-    )
-    await publish(oms, "100.01")
-    fired = await get_stop(oms, user, stop.trailing_stop_id)
-    assert figures(fired) == (TRIGGERED, "100.02", "100.01")
-    await assert_close_order(oms, fired, quantity="0.01")
-
-
-async def test_a_short_callback_rate_under_a_tick_trails_a_tick_above(oms: OmsHarness) -> None:
-    user = new_user()
-    await publish(oms, "5", SOL)
-    await open_side(oms, user, SHORT, SOL, quantity="1")
-    # 5 x 1.001 = 5.005, rounded down to the tick, would be 5 itself.
-    stop = await create_stop(oms, user, symbol=SOL, position_side=SHORT, callback_rate="0.001")
-    assert figures(stop) == (ACTIVE, "5", "5.01")
-    await walk(oms, user, stop.trailing_stop_id, [("4.99", ACTIVE, "4.99", "5")], SOL)
-    await publish(oms, "5", SOL)
-    fired = await get_stop(oms, user, stop.trailing_stop_id)
-    assert figures(fired) == (TRIGGERED, "4.99", "5")
-    await assert_close_order(oms, fired, quantity="1")
+    start, stop_price = first_stop
+    await publish(oms, start, symbol)
+    await open_side(oms, user, side, symbol, quantity="1")
+    stop = await create_stop(oms, user, symbol=symbol, position_side=side, **callback)
+    assert figures(stop) == (ACTIVE, start, stop_price)
+    path = [(price, ACTIVE, watermark, stop) for price, watermark, stop in steps]
+    await walk(oms, user, stop.trailing_stop_id, path, symbol)
+    trigger, watermark = fired
+    await publish(oms, trigger, symbol)
+    done = await get_stop(oms, user, stop.trailing_stop_id)
+    assert figures(done) == (TRIGGERED, watermark, trigger)
+    await assert_close_order(oms, done, quantity="1")
 
 
 async def test_a_watermark_that_does_not_improve_or_barely_moves_never_loosens_the_stop(

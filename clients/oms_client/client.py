@@ -89,6 +89,7 @@ Result = TypeVar("Result")
 M = TypeVar("M", bound=Message)
 # The requests whose client order id the client makes when the caller gives none.
 C = TypeVar("C", pb.PlaceOrderRequest, ppb.OpenPositionRequest, ppb.ClosePositionRequest)
+K = TypeVar("K", tpb.CreateTrailingStopRequest, pb.CreateConditionalRuleRequest)
 
 OrderUpdateStream = EventStream[pb.StreamOrderUpdatesResponse, order_pb2.OrderUpdate]
 FillStream = EventStream[pb.StreamFillsResponse, order_pb2.Fill]
@@ -494,7 +495,7 @@ class OmsClient:
         *,
         timeout_s: float | None = None,
         rpc_metadata: Mapping[str, str] | None = None,
-        retry: RetryPolicy = NO_RETRY,
+        retry: RetryPolicy | None = None,
         **fields: Unpack[CreateConditionalRuleFields],
     ) -> conditional_rule_pb2.ConditionalRule:
         """Creates a one-shot one-cancels-others rule: when the trigger order reaches
@@ -502,25 +503,20 @@ class OmsClient:
         `cancel_order_ids` still open is cancelled, once. Returns the rule: ACTIVE, or already
         TRIGGERED (with its results) when the trigger was past the condition.
 
-        Not retried by default, because CreateConditionalRule has no idempotency key: after a
-        lost response a retry would create a second, identical rule, and deleting "the" rule
-        later would leave its twin armed. The one case that is safe to repeat, a request that
-        never reached the server, needs no retry here: the call waits for the channel to be
-        connected (gRPC's wait-for-ready) instead of failing at once while the server is
-        restarting, and gRPC re-sends by itself a call the server's transport refused before
-        its application saw it. An error that can follow a send (UNAVAILABLE,
-        DEADLINE_EXCEEDED) leaves it unknown whether the rule exists: look for it with
-        `list_rules(user_id=..., trigger_order_id=...)` before creating it again. Pass a
-        `retry` only where a duplicate rule is harmless.
+        Without a `client_id` the client makes one ("c-" + 32 hex digits) once, before the
+        first attempt, as `place_order` does: every retry sends the same id, and the server
+        answers a known (user_id, client_id) with the rule it already has, so a retry after a
+        lost response returns the rule the first attempt created and never arms a second one.
+        The id is on the returned rule.
         """
-        prepared = build_request(pb.CreateConditionalRuleRequest, request, fields)
-        response = await self._unary(
+        prepared = _with_client_id(build_request(pb.CreateConditionalRuleRequest, request, fields))
+        response = await self._keyed(
             self._orders.CreateConditionalRule,
             prepared,
             timeout_s,
             rpc_metadata,
             retry,
-            wait_for_ready=True,
+            "client_id",
         )
         return response.rule
 
@@ -1274,7 +1270,7 @@ def _with_client_order_id(request: C) -> C:
     return prepared
 
 
-def _with_client_id(request: tpb.CreateTrailingStopRequest) -> tpb.CreateTrailingStopRequest:
+def _with_client_id(request: K) -> K:
     """The request with its idempotency key `client_id`: its own, or a new one on a copy,
     made once before the first attempt, as `_with_client_order_id` does for orders."""
     if request.client_id:

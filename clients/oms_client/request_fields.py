@@ -231,6 +231,7 @@ class CreateConditionalRuleFields(TypedDict, total=False):
     trigger_order_id: str
     condition: conditional_rule_pb2.RuleCondition.ValueType
     cancel_order_ids: Iterable[str]
+    client_id: str
 
 
 class RuleRefFields(TypedDict, total=False):

@@ -229,4 +229,4 @@ async def test_calls_on_accounts_that_do_not_exist_leave_nothing_behind(oms: Oms
                 pb.DeactivateAccountRequest(user_id=f"nobody-{n}", exchange="okx")
             )
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
-    assert len(oms.app.accounts._locks) == 0
+    assert len(oms.app.accounts._lock) == 0

@@ -9,6 +9,7 @@ below runs right after the call, with no waiting.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -522,6 +523,8 @@ BAD_CREATES: list[BadCreate] = [
         "cancel_order_ids",
         lambda i: {"cancel_order_ids": [i.b, i.a]},
     ),
+    BadCreate("client_id-chars", INVALID, "client_id", lambda i: {"client_id": "bad id"}),
+    BadCreate("client_id-65", INVALID, "client_id", lambda i: {"client_id": "c" * 65}),
     BadCreate("trigger-unknown", NOT_FOUND, "trigger", lambda i: {"trigger_order_id": UNKNOWN_ID}),
     BadCreate("trigger-garbage", NOT_FOUND, "trigger", lambda i: {"trigger_order_id": "NOPE"}),
     BadCreate(
@@ -585,6 +588,57 @@ async def test_refused_create_names_the_problem_and_changes_nothing(
     # The same orders with a valid request make a rule: the refusal was about the change.
     rule = await create_rule(oms.orders, ids.user, ids.a, FILLED, [ids.b, ids.c])
     assert rule.status == ACTIVE
+
+
+# --- idempotency ----------------------------------------------------------------------------
+
+
+async def test_create_is_idempotent_on_client_id_before_and_after_the_rule_fires(
+    oms: OmsHarness,
+) -> None:
+    bk = await book(oms)
+    request = create_request(bk.user, bk.a.order_id, FILLED, [bk.b.order_id, bk.c.order_id])
+    request.client_id = "oco-1"
+    rule = (await oms.orders.CreateConditionalRule(request)).rule
+    assert rule.client_id == "oco-1"
+    assert (await oms.orders.CreateConditionalRule(request)).rule == rule
+    await fill_a(oms, bk)
+    fired = await get_rule(oms.orders, bk.user, rule.rule_id)
+    assert fired.status == TRIGGERED
+    assert (await oms.orders.CreateConditionalRule(request)).rule == fired
+    assert await all_rules(oms.orders, bk.user) == [fired]
+
+    request.cancel_order_ids.pop()
+    details = await expect_code(
+        oms.orders.CreateConditionalRule(request), grpc.StatusCode.ALREADY_EXISTS
+    )
+    assert "client_id 'oco-1'" in details and rule.rule_id in details
+    # Keys are per user.
+    other = await book(oms)
+    theirs = create_request(other.user, other.a.order_id, FILLED, [other.b.order_id])
+    theirs.client_id = "oco-1"
+    assert (await oms.orders.CreateConditionalRule(theirs)).rule.rule_id != rule.rule_id
+
+
+async def test_concurrent_creates_under_one_client_id_arm_one_rule(
+    oms: OmsHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each lookup of the key answers late, so that every create has looked before any has
+    # written: without one create per key at a time, each would arm a rule of its own.
+    lookup = oms.app.store.get_rule_by_client_id
+
+    async def slow_lookup(user_id: str, client_id: str) -> Any:
+        found = await lookup(user_id, client_id)
+        await asyncio.sleep(0.1)
+        return found
+
+    monkeypatch.setattr(oms.app.store, "get_rule_by_client_id", slow_lookup)
+    bk = await book(oms)
+    request = create_request(bk.user, bk.a.order_id, FILLED, [bk.b.order_id])
+    request.client_id = "oco-2"
+    created = await asyncio.gather(*(oms.orders.CreateConditionalRule(request) for _ in range(10)))
+    assert len({response.rule.rule_id for response in created}) == 1
+    assert len(await all_rules(oms.orders, bk.user)) == 1
 
 
 # --- get ------------------------------------------------------------------------------------

@@ -202,33 +202,23 @@ async def test_a_lost_delete_response_is_retried_and_returns_the_deleted_rule(
     )
 
 
-async def test_create_rule_is_not_retried_because_a_retry_could_create_a_twin(
+async def test_a_lost_create_rule_response_is_retried_and_arms_one_rule(
     client: OmsClient, oms: OmsHarness
 ) -> None:
     a, b = [await resting_buy(client, price) for price in ("99", "98")]
-    fields: dict[str, Any] = {
-        "user_id": USER,
-        "trigger_order_id": a.order_id,
-        "condition": FILLED,
-        "cancel_order_ids": [b.order_id],
-    }
-    lose = LoseResponses("CreateConditionalRule", times=1)
+    lose = LoseResponses("CreateConditionalRule", times=2)
     async with client_with(oms.address, lose, retry=FAST_RETRY) as losing:
-        with pytest.raises(grpc.aio.AioRpcError) as error:
-            await losing.create_rule(**fields)
-        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert len(lose.requests) == 1
-        # The lost attempt did create the rule: this is how the caller finds out.
-        created = [r async for r in losing.list_rules(user_id=USER, trigger_order_id=a.order_id)]
-        assert [r.status for r in created] == [ACTIVE]
-
-        # Opting in to retries: the same loss makes a twin, which a later delete of "the"
-        # rule would leave armed.
-        lose.times = 2
-        await losing.create_rule(retry=FAST_RETRY, **fields)
+        rule = await losing.create_rule(
+            user_id=USER,
+            trigger_order_id=a.order_id,
+            condition=FILLED,
+            cancel_order_ids=[b.order_id],
+        )
+    assert len(lose.requests) == 3
+    assert len({r.client_id for r in lose.requests}) == 1  # made once, sent three times
+    assert rule.client_id == lose.requests[0].client_id
     rules = [r async for r in client.list_rules(user_id=USER, trigger_order_id=a.order_id)]
-    assert len(rules) == 3
-    assert {(r.status, tuple(r.cancel_order_ids)) for r in rules} == {(ACTIVE, (b.order_id,))}
+    assert rules == [rule]
 
 
 class SeeCalls(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
@@ -248,7 +238,7 @@ class SeeCalls(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
         return call
 
 
-async def test_create_rule_waits_for_a_server_that_is_restarting_instead_of_failing(
+async def test_create_rule_rides_a_server_restart_within_its_retry_deadline(
     redis_url: str,
 ) -> None:
     settings = Settings(listen=free_loopback_address(), redis_url=redis_url, shutdown_grace_s=0.5)
@@ -271,6 +261,7 @@ async def test_create_rule_waits_for_a_server_that_is_restarting_instead_of_fail
                     trigger_order_id=a.order_id,
                     condition=FILLED,
                     cancel_order_ids=[b.order_id],
+                    retry=RetryPolicy(deadline_s=30),
                 )
             )
             await seen.started.wait()  # issued while nothing listens

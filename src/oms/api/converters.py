@@ -413,6 +413,7 @@ def create_rule_command(request: order_service_pb2.CreateConditionalRuleRequest)
         trigger_order_id=request.trigger_order_id,
         condition=RULE_CONDITIONS.parse("condition", request.condition, RuleCondition),
         cancel_order_ids=list(request.cancel_order_ids),
+        client_id=request.client_id,
     )
 
 
@@ -425,6 +426,7 @@ def rule_to_proto(rule: ConditionalRule) -> conditional_rule_pb2.ConditionalRule
         cancel_order_ids=rule.cancel_order_ids,
         status=RULE_STATUSES.to_proto[rule.status],
         status_reason=rule.status_reason,
+        client_id=rule.client_id,
         results=[
             conditional_rule_pb2.RuleCancelResult(
                 order_id=result.order_id,

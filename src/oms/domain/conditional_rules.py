@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from oms.domain.errors import FailedPrecondition, InvalidArgument
-from oms.domain.identifiers import check_id, check_user_id
+from oms.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from oms.domain.identifiers import check_client_order_id, check_id, check_user_id
 from oms.domain.orders import Order, OrderStatus
 
 MAX_CANCEL_ORDERS = 100
@@ -76,6 +76,7 @@ class ConditionalRule:
     status_reason: str = ""
     results: tuple[RuleCancelResult, ...] = ()
     triggered_at_ns: int | None = None
+    client_id: str = ""
 
     @property
     def pending(self) -> bool:
@@ -126,6 +127,18 @@ class ConditionalRule:
         )
         return RuleCancelResult(order.order_id, outcome, order.status)
 
+    def same_as(self, trigger_order_id: str, condition: RuleCondition, ids: Sequence[str]) -> None:
+        """A retry under this rule's client_id must ask for this rule, or it is refused."""
+        if (self.trigger_order_id, self.condition, self.cancel_order_ids) != (
+            trigger_order_id,
+            condition,
+            tuple(ids),
+        ):
+            raise AlreadyExists(
+                f"client_id {self.client_id!r} already names rule {self.rule_id} with "
+                "different parameters"
+            )
+
 
 @dataclass(frozen=True, slots=True)
 class CreateRule:
@@ -133,6 +146,7 @@ class CreateRule:
     trigger_order_id: str
     condition: RuleCondition | None
     cancel_order_ids: Sequence[str]
+    client_id: str = ""
 
 
 def validate_create_rule(command: CreateRule) -> tuple[str, RuleCondition, tuple[str, ...]]:
@@ -152,6 +166,8 @@ def validate_create_rule(command: CreateRule) -> tuple[str, RuleCondition, tuple
         raise InvalidArgument("cancel_order_ids", "lists an order more than once")
     if command.trigger_order_id in ids:
         raise InvalidArgument("cancel_order_ids", "must not list the trigger order")
+    if command.client_id:
+        check_client_order_id(command.client_id, "client_id")
     return command.trigger_order_id, command.condition, ids
 
 

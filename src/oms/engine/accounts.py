@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,6 +23,7 @@ from oms.domain.accounts import (
 from oms.domain.errors import FailedPrecondition, NotFound, Unavailable
 from oms.domain.identifiers import check_user_id
 from oms.domain.paging import decode_key_token, page_size
+from oms.engine.keyed_locks import KeyedLocks
 from oms.engine.ports import AccountStore, Vault
 
 log = logging.getLogger(__name__)
@@ -74,14 +74,7 @@ class Accounts:
         self._clock_ns = clock_ns
         self._resume_backoff_s = resume_backoff_s
         # One change at a time per account: activation and re-registration both reconnect.
-        # Weak: a lock lives while a change holds or awaits it, not once per key ever asked.
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-
-    def _lock(self, owner: str) -> asyncio.Lock:
-        lock = self._locks.get(owner)
-        if lock is None:
-            lock = self._locks[owner] = asyncio.Lock()
-        return lock
+        self._lock: KeyedLocks[str] = KeyedLocks()
 
     async def register(self, command: RegisterCredentials) -> Account:
         user_id, exchange = check_account_key(command.user_id, command.exchange, self._known)

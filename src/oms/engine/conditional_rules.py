@@ -17,6 +17,7 @@ from oms.domain.conditional_rules import (
     ConditionalRule,
     CreateRule,
     RuleCancelResult,
+    RuleCondition,
     RuleStatus,
     check_order_id,
     validate_create_rule,
@@ -27,6 +28,7 @@ from oms.domain.identifiers import check_user_id
 from oms.domain.orders import Order
 from oms.domain.paging import page_size
 from oms.engine.journal import Journal
+from oms.engine.keyed_locks import KeyedLocks
 from oms.engine.paper_exchange import PAPER, PaperExchange
 from oms.engine.ports import Page, RuleQuery, StateStore, fetch_page
 from oms.failpoints import crash_point
@@ -62,6 +64,7 @@ class ConditionalRules:
         self._live = live
         self._new_id = new_id
         self._clock_ns = clock_ns
+        self._creating: KeyedLocks[tuple[str, str]] = KeyedLocks()
         paper.run_rules_with(self.finish)
         live.run_rules_with(self.finish)
 
@@ -70,6 +73,25 @@ class ConditionalRules:
 
     async def create(self, command: CreateRule) -> ConditionalRule:
         trigger_id, condition, cancel_ids = validate_create_rule(command)
+        if not command.client_id:
+            return await self._create(command, trigger_id, condition, cancel_ids)
+        # This process is its store's only writer: one create per key at a time makes the
+        # lookup and the create one step.
+        key = (command.user_id, command.client_id)
+        async with self._creating(key):
+            existing = await self._store.get_rule_by_client_id(*key)
+            if existing is not None:
+                existing.same_as(trigger_id, condition, cancel_ids)
+                return existing
+            return await self._create(command, trigger_id, condition, cancel_ids)
+
+    async def _create(
+        self,
+        command: CreateRule,
+        trigger_id: str,
+        condition: RuleCondition,
+        cancel_ids: tuple[str, ...],
+    ) -> ConditionalRule:
         user = command.user_id
         trigger, *listed = await self._store.get_orders(user, [trigger_id, *cancel_ids])
         if trigger is None:
@@ -88,6 +110,7 @@ class ConditionalRules:
             cancel_order_ids=cancel_ids,
             created_at_ns=now,
             updated_at_ns=now,
+            client_id=command.client_id,
         )
         if trigger.is_open:
             added = await self._venue(trigger.exchange).add_rule(rule)

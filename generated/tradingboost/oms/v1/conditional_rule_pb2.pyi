@@ -161,6 +161,7 @@ class ConditionalRule(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     TRIGGERED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
     rule_id: _builtins.str
     """The OMS's id for the rule (a 26-character ULID). Output only."""
     user_id: _builtins.str
@@ -177,6 +178,8 @@ class ConditionalRule(_message.Message):
     """Why the rule is CANCELED ("deleted", "trigger_order_terminal"); empty
     otherwise. Output only.
     """
+    client_id: _builtins.str
+    """The idempotency key it was created with; empty when none."""
     @_builtins.property
     def cancel_order_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """OMS `order_id`s of the orders to cancel when the rule fires: 1 to 100
@@ -215,10 +218,11 @@ class ConditionalRule(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         triggered_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        client_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "triggered_at", b"triggered_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_order_ids", b"cancel_order_ids", "condition", b"condition", "created_at", b"created_at", "results", b"results", "rule_id", b"rule_id", "status", b"status", "status_reason", b"status_reason", "trigger_order_id", b"trigger_order_id", "triggered_at", b"triggered_at", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_order_ids", b"cancel_order_ids", "client_id", b"client_id", "condition", b"condition", "created_at", b"created_at", "results", b"results", "rule_id", b"rule_id", "status", b"status", "status_reason", b"status_reason", "trigger_order_id", b"trigger_order_id", "triggered_at", b"triggered_at", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -793,12 +793,19 @@ class CreateConditionalRuleRequest(_message.Message):
     TRIGGER_ORDER_ID_FIELD_NUMBER: _builtins.int
     CONDITION_FIELD_NUMBER: _builtins.int
     CANCEL_ORDER_IDS_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Required. The owner of the rule and of every order it names."""
     trigger_order_id: _builtins.str
     """Required. OMS `order_id` of the order whose state fires the rule."""
     condition: _conditional_rule_pb2.RuleCondition.ValueType
     """Required. The trigger order state that fires the rule."""
+    client_id: _builtins.str
+    """Optional idempotency key, 1 to 64 characters of [A-Za-z0-9_.:/-]: a
+    retry with the same (user_id, client_id) answers the rule it created
+    (whatever that rule's state now) and never creates a second one; the same
+    key with other parameters is ALREADY_EXISTS. Empty: no idempotency.
+    """
     @_builtins.property
     def cancel_order_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Required. OMS `order_id`s of the orders to cancel when the rule fires:
@@ -812,10 +819,11 @@ class CreateConditionalRuleRequest(_message.Message):
         trigger_order_id: _builtins.str = ...,
         condition: _conditional_rule_pb2.RuleCondition.ValueType = ...,
         cancel_order_ids: _abc.Iterable[_builtins.str] | None = ...,
+        client_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_order_ids", b"cancel_order_ids", "condition", b"condition", "trigger_order_id", b"trigger_order_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_order_ids", b"cancel_order_ids", "client_id", b"client_id", "condition", b"condition", "trigger_order_id", b"trigger_order_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -257,12 +257,14 @@ class OrderServiceServicer:
         TRIGGERED). The trigger and the listed orders may be on any exchange; a
         trigger on a real exchange fires right after the OMS commits its change
         (on paper: in the same commit), and a rule that a restart interrupted
-        fires when its account is followed again.
+        fires when its account is followed again. Idempotent on `client_id` when
+        given: a retry answers the rule the first attempt created.
         Errors: INVALID_ARGUMENT (missing condition, empty, duplicate
-        or too many `cancel_order_ids`, the trigger order listed among them),
-        NOT_FOUND (the trigger order or a listed order does not exist for this
-        user), FAILED_PRECONDITION (the trigger order is terminal without having
-        met the condition, so the rule could never fire).
+        or too many `cancel_order_ids`, the trigger order listed among them, a
+        malformed `client_id`), NOT_FOUND (the trigger order or a listed order
+        does not exist for this user), FAILED_PRECONDITION (the trigger order is
+        terminal without having met the condition, so the rule could never fire),
+        ALREADY_EXISTS (`client_id` reused with different parameters).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -137,12 +137,14 @@ class OrderServiceStub:
     TRIGGERED). The trigger and the listed orders may be on any exchange; a
     trigger on a real exchange fires right after the OMS commits its change
     (on paper: in the same commit), and a rule that a restart interrupted
-    fires when its account is followed again.
+    fires when its account is followed again. Idempotent on `client_id` when
+    given: a retry answers the rule the first attempt created.
     Errors: INVALID_ARGUMENT (missing condition, empty, duplicate
-    or too many `cancel_order_ids`, the trigger order listed among them),
-    NOT_FOUND (the trigger order or a listed order does not exist for this
-    user), FAILED_PRECONDITION (the trigger order is terminal without having
-    met the condition, so the rule could never fire).
+    or too many `cancel_order_ids`, the trigger order listed among them, a
+    malformed `client_id`), NOT_FOUND (the trigger order or a listed order
+    does not exist for this user), FAILED_PRECONDITION (the trigger order is
+    terminal without having met the condition, so the rule could never fire),
+    ALREADY_EXISTS (`client_id` reused with different parameters).
     """
     GetConditionalRule: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.GetConditionalRuleRequest, _order_service_pb2.GetConditionalRuleResponse]
     """Returns one rule. Errors: INVALID_ARGUMENT (empty `rule_id`), NOT_FOUND."""
@@ -268,12 +270,14 @@ class OrderServiceAsyncStub(OrderServiceStub):
     TRIGGERED). The trigger and the listed orders may be on any exchange; a
     trigger on a real exchange fires right after the OMS commits its change
     (on paper: in the same commit), and a rule that a restart interrupted
-    fires when its account is followed again.
+    fires when its account is followed again. Idempotent on `client_id` when
+    given: a retry answers the rule the first attempt created.
     Errors: INVALID_ARGUMENT (missing condition, empty, duplicate
-    or too many `cancel_order_ids`, the trigger order listed among them),
-    NOT_FOUND (the trigger order or a listed order does not exist for this
-    user), FAILED_PRECONDITION (the trigger order is terminal without having
-    met the condition, so the rule could never fire).
+    or too many `cancel_order_ids`, the trigger order listed among them, a
+    malformed `client_id`), NOT_FOUND (the trigger order or a listed order
+    does not exist for this user), FAILED_PRECONDITION (the trigger order is
+    terminal without having met the condition, so the rule could never fire),
+    ALREADY_EXISTS (`client_id` reused with different parameters).
     """
     GetConditionalRule: _aio.UnaryUnaryMultiCallable[_order_service_pb2.GetConditionalRuleRequest, _order_service_pb2.GetConditionalRuleResponse]  # type: ignore[assignment]
     """Returns one rule. Errors: INVALID_ARGUMENT (empty `rule_id`), NOT_FOUND."""
@@ -456,12 +460,14 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         TRIGGERED). The trigger and the listed orders may be on any exchange; a
         trigger on a real exchange fires right after the OMS commits its change
         (on paper: in the same commit), and a rule that a restart interrupted
-        fires when its account is followed again.
+        fires when its account is followed again. Idempotent on `client_id` when
+        given: a retry answers the rule the first attempt created.
         Errors: INVALID_ARGUMENT (missing condition, empty, duplicate
-        or too many `cancel_order_ids`, the trigger order listed among them),
-        NOT_FOUND (the trigger order or a listed order does not exist for this
-        user), FAILED_PRECONDITION (the trigger order is terminal without having
-        met the condition, so the rule could never fire).
+        or too many `cancel_order_ids`, the trigger order listed among them, a
+        malformed `client_id`), NOT_FOUND (the trigger order or a listed order
+        does not exist for this user), FAILED_PRECONDITION (the trigger order is
+        terminal without having met the condition, so the rule could never fire),
+        ALREADY_EXISTS (`client_id` reused with different parameters).
         """
 
     @_abc_1.abstractmethod

@@ -342,6 +342,7 @@ def rule_to_dict(rule: ConditionalRule) -> dict[str, Any]:
             for result in rule.results
         ],
         "triggered_at_ns": rule.triggered_at_ns,
+        "client_id": rule.client_id,
     }
 
 
@@ -363,6 +364,7 @@ def rule_from_dict(doc: dict[str, Any]) -> ConditionalRule:
             for order_id, outcome, status, error in doc["results"]
         ),
         triggered_at_ns=doc["triggered_at_ns"],
+        client_id=doc.get("client_id", ""),
     )
 
 

@@ -105,6 +105,11 @@ def rules(user_id: str) -> str:
     return user_key(user_id, "rules")
 
 
+def rule_client_ids(user_id: str) -> str:
+    """Hash client_id -> rule_id: idempotency of CreateConditionalRule."""
+    return user_key(user_id, "rule_client_ids")
+
+
 def rule_index(user_id: str) -> str:
     """Zset rule_id scored by the sequence of its first event: newest-first listing."""
     return user_key(user_id, "rule_index")

@@ -481,6 +481,8 @@ class RedisStore:
         user = rule.user_id
         event_no = tx.event(user, encode_event(update))
         tx.hset(keys.rules(user), rule.rule_id, encode_rule(rule))
+        if rule.client_id:
+            tx.hset(keys.rule_client_ids(user), rule.client_id, rule.rule_id)
         tx.zadd_at_event(keys.rule_index(user), event_no, rule.rule_id, only_new=True)
         member = f"{user}|{rule.rule_id}"
         if rule.status is RuleStatus.ACTIVE:
@@ -738,6 +740,11 @@ class RedisStore:
     async def get_rule(self, user_id: str, rule_id: str) -> ConditionalRule | None:
         raw = await self._redis.hget(keys.rules(user_id), rule_id)  # type: ignore[misc]
         return None if raw is None else decode_rule(raw)
+
+    @unavailable_when_down
+    async def get_rule_by_client_id(self, user_id: str, client_id: str) -> ConditionalRule | None:
+        rule_id = await self._redis.hget(keys.rule_client_ids(user_id), client_id)  # type: ignore[misc]
+        return None if rule_id is None else await self.get_rule(user_id, rule_id.decode())
 
     @unavailable_when_down
     async def active_rules_on(self, exchange: str) -> list[ConditionalRule]:

@@ -530,7 +530,7 @@ class OmsClient:
         retry: RetryPolicy | None = None,
         **fields: Unpack[RuleRefFields],
     ) -> conditional_rule_pb2.ConditionalRule:
-        """One conditional rule, by `rule_id`."""
+        """One conditional rule, by `rule_id` or by the `client_id` it was created with."""
         prepared = build_request(pb.GetConditionalRuleRequest, request, fields)
         response = await self._unary(
             self._orders.GetConditionalRule, prepared, timeout_s, rpc_metadata, retry
@@ -584,9 +584,9 @@ class OmsClient:
         retry: RetryPolicy | None = None,
         **fields: Unpack[RuleRefFields],
     ) -> conditional_rule_pb2.ConditionalRule:
-        """Deletes an ACTIVE rule so that it never fires; returns it, CANCELED with
-        `status_reason` "deleted" (kept for history). FAILED_PRECONDITION when the rule has
-        already TRIGGERED.
+        """Deletes an ACTIVE rule (by `rule_id` or `client_id`) so that it never fires; returns
+        it, CANCELED with `status_reason` "deleted" (kept for history). FAILED_PRECONDITION
+        when the rule has already TRIGGERED.
 
         Retried like a read: the server answers the delete of a CANCELED rule with the rule
         unchanged, so a retry after a lost response returns what the first attempt did.

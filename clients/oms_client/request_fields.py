@@ -235,10 +235,11 @@ class CreateConditionalRuleFields(TypedDict, total=False):
 
 
 class RuleRefFields(TypedDict, total=False):
-    """GetConditionalRule and DeleteConditionalRule."""
+    """GetConditionalRule and DeleteConditionalRule: `rule_id` or `client_id`."""
 
     user_id: str
     rule_id: str
+    client_id: str
 
 
 class ListConditionalRulesFields(TypedDict, total=False):

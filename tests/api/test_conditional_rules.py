@@ -620,6 +620,41 @@ async def test_create_is_idempotent_on_client_id_before_and_after_the_rule_fires
     assert (await oms.orders.CreateConditionalRule(theirs)).rule.rule_id != rule.rule_id
 
 
+async def test_get_and_delete_by_client_id(oms: OmsHarness) -> None:
+    bk = await book(oms)
+    request = create_request(bk.user, bk.a.order_id, FILLED, [bk.b.order_id])
+    request.client_id = "oco-3"
+    rule = (await oms.orders.CreateConditionalRule(request)).rule
+    by_key = opb.GetConditionalRuleRequest(user_id=bk.user, client_id="oco-3")
+    assert (await oms.orders.GetConditionalRule(by_key)).rule == rule
+    deleted = await oms.orders.DeleteConditionalRule(
+        opb.DeleteConditionalRuleRequest(user_id=bk.user, client_id="oco-3")
+    )
+    assert (deleted.rule.rule_id, deleted.rule.status) == (rule.rule_id, RULE_CANCELED)
+    assert (await oms.orders.GetConditionalRule(by_key)).rule == deleted.rule
+
+    for bad, field in (
+        ({"rule_id": rule.rule_id, "client_id": "oco-3"}, "rule_id"),
+        ({}, "rule_id"),
+        ({"client_id": "bad id"}, "client_id"),
+    ):
+        await expect_invalid(
+            oms.orders.GetConditionalRule(opb.GetConditionalRuleRequest(user_id=bk.user, **bad)),
+            field,
+        )
+        await expect_invalid(
+            oms.orders.DeleteConditionalRule(
+                opb.DeleteConditionalRuleRequest(user_id=bk.user, **bad)
+            ),
+            field,
+        )
+    for user in (bk.user, fresh_user("stranger")):
+        unknown = opb.GetConditionalRuleRequest(user_id=user, client_id="oco-404")
+        await expect_code(oms.orders.GetConditionalRule(unknown), NOT_FOUND)
+    stranger = opb.GetConditionalRuleRequest(user_id=fresh_user("stranger"), client_id="oco-3")
+    await expect_code(oms.orders.GetConditionalRule(stranger), NOT_FOUND)
+
+
 async def test_concurrent_creates_under_one_client_id_arm_one_rule(
     oms: OmsHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -153,7 +153,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
     async def GetConditionalRule(
         self, request: pb.GetConditionalRuleRequest, context: Context
     ) -> pb.GetConditionalRuleResponse:
-        rule = await self._rules.get(request.user_id, request.rule_id)
+        rule = await self._rules.get(request.user_id, request.rule_id, request.client_id)
         return pb.GetConditionalRuleResponse(rule=rule_to_proto(rule))
 
     async def ListConditionalRules(
@@ -175,7 +175,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
     async def DeleteConditionalRule(
         self, request: pb.DeleteConditionalRuleRequest, context: Context
     ) -> pb.DeleteConditionalRuleResponse:
-        rule = await self._rules.delete(request.user_id, request.rule_id)
+        rule = await self._rules.delete(request.user_id, request.rule_id, request.client_id)
         return pb.DeleteConditionalRuleResponse(rule=rule_to_proto(rule))
 
 

@@ -863,19 +863,23 @@ class GetConditionalRuleRequest(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     RULE_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Required. The rule's owner."""
     rule_id: _builtins.str
-    """Required. The rule's id."""
+    """The rule's id. Exactly one of `rule_id` and `client_id` must be set."""
+    client_id: _builtins.str
+    """The `client_id` the rule was created with."""
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         rule_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rule_id", b"rule_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "rule_id", b"rule_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -994,19 +998,23 @@ class DeleteConditionalRuleRequest(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     RULE_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Required. The rule's owner."""
     rule_id: _builtins.str
-    """Required. The rule's id."""
+    """The rule's id. Exactly one of `rule_id` and `client_id` must be set."""
+    client_id: _builtins.str
+    """The `client_id` the rule was created with."""
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         rule_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rule_id", b"rule_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "rule_id", b"rule_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -271,7 +271,8 @@ class OrderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetConditionalRule(self, request, context):
-        """Returns one rule. Errors: INVALID_ARGUMENT (empty `rule_id`), NOT_FOUND.
+        """Returns one rule, by `rule_id` or `client_id`. Errors: INVALID_ARGUMENT
+        (neither or both given, a malformed one), NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -289,9 +290,9 @@ class OrderServiceServicer:
     def DeleteConditionalRule(self, request, context):
         """Deletes an ACTIVE rule so that it never fires: it becomes CANCELED with
         `status_reason` "deleted" and stays readable for history. Deleting a
-        CANCELED rule returns it unchanged (safe retry). Errors: INVALID_ARGUMENT
-        (empty `rule_id`), NOT_FOUND, FAILED_PRECONDITION (the rule has already
-        TRIGGERED).
+        CANCELED rule returns it unchanged (safe retry). By `rule_id` or
+        `client_id`. Errors: INVALID_ARGUMENT (neither or both given, a malformed
+        one), NOT_FOUND, FAILED_PRECONDITION (the rule has already TRIGGERED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

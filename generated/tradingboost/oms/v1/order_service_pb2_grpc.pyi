@@ -147,7 +147,9 @@ class OrderServiceStub:
     ALREADY_EXISTS (`client_id` reused with different parameters).
     """
     GetConditionalRule: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.GetConditionalRuleRequest, _order_service_pb2.GetConditionalRuleResponse]
-    """Returns one rule. Errors: INVALID_ARGUMENT (empty `rule_id`), NOT_FOUND."""
+    """Returns one rule, by `rule_id` or `client_id`. Errors: INVALID_ARGUMENT
+    (neither or both given, a malformed one), NOT_FOUND.
+    """
     ListConditionalRules: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.ListConditionalRulesRequest, _order_service_pb2.ListConditionalRulesResponse]
     """Lists the user's rules matching every given filter, newest first, paged.
     Errors: INVALID_ARGUMENT (bad filter, negative `page_size`, bad
@@ -156,9 +158,9 @@ class OrderServiceStub:
     DeleteConditionalRule: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.DeleteConditionalRuleRequest, _order_service_pb2.DeleteConditionalRuleResponse]
     """Deletes an ACTIVE rule so that it never fires: it becomes CANCELED with
     `status_reason` "deleted" and stays readable for history. Deleting a
-    CANCELED rule returns it unchanged (safe retry). Errors: INVALID_ARGUMENT
-    (empty `rule_id`), NOT_FOUND, FAILED_PRECONDITION (the rule has already
-    TRIGGERED).
+    CANCELED rule returns it unchanged (safe retry). By `rule_id` or
+    `client_id`. Errors: INVALID_ARGUMENT (neither or both given, a malformed
+    one), NOT_FOUND, FAILED_PRECONDITION (the rule has already TRIGGERED).
     """
 
 @_typing.type_check_only
@@ -280,7 +282,9 @@ class OrderServiceAsyncStub(OrderServiceStub):
     ALREADY_EXISTS (`client_id` reused with different parameters).
     """
     GetConditionalRule: _aio.UnaryUnaryMultiCallable[_order_service_pb2.GetConditionalRuleRequest, _order_service_pb2.GetConditionalRuleResponse]  # type: ignore[assignment]
-    """Returns one rule. Errors: INVALID_ARGUMENT (empty `rule_id`), NOT_FOUND."""
+    """Returns one rule, by `rule_id` or `client_id`. Errors: INVALID_ARGUMENT
+    (neither or both given, a malformed one), NOT_FOUND.
+    """
     ListConditionalRules: _aio.UnaryUnaryMultiCallable[_order_service_pb2.ListConditionalRulesRequest, _order_service_pb2.ListConditionalRulesResponse]  # type: ignore[assignment]
     """Lists the user's rules matching every given filter, newest first, paged.
     Errors: INVALID_ARGUMENT (bad filter, negative `page_size`, bad
@@ -289,9 +293,9 @@ class OrderServiceAsyncStub(OrderServiceStub):
     DeleteConditionalRule: _aio.UnaryUnaryMultiCallable[_order_service_pb2.DeleteConditionalRuleRequest, _order_service_pb2.DeleteConditionalRuleResponse]  # type: ignore[assignment]
     """Deletes an ACTIVE rule so that it never fires: it becomes CANCELED with
     `status_reason` "deleted" and stays readable for history. Deleting a
-    CANCELED rule returns it unchanged (safe retry). Errors: INVALID_ARGUMENT
-    (empty `rule_id`), NOT_FOUND, FAILED_PRECONDITION (the rule has already
-    TRIGGERED).
+    CANCELED rule returns it unchanged (safe retry). By `rule_id` or
+    `client_id`. Errors: INVALID_ARGUMENT (neither or both given, a malformed
+    one), NOT_FOUND, FAILED_PRECONDITION (the rule has already TRIGGERED).
     """
 
 class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -476,7 +480,9 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _order_service_pb2.GetConditionalRuleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_order_service_pb2.GetConditionalRuleResponse, _abc.Awaitable[_order_service_pb2.GetConditionalRuleResponse]]:
-        """Returns one rule. Errors: INVALID_ARGUMENT (empty `rule_id`), NOT_FOUND."""
+        """Returns one rule, by `rule_id` or `client_id`. Errors: INVALID_ARGUMENT
+        (neither or both given, a malformed one), NOT_FOUND.
+        """
 
     @_abc_1.abstractmethod
     def ListConditionalRules(
@@ -497,9 +503,9 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_order_service_pb2.DeleteConditionalRuleResponse, _abc.Awaitable[_order_service_pb2.DeleteConditionalRuleResponse]]:
         """Deletes an ACTIVE rule so that it never fires: it becomes CANCELED with
         `status_reason` "deleted" and stays readable for history. Deleting a
-        CANCELED rule returns it unchanged (safe retry). Errors: INVALID_ARGUMENT
-        (empty `rule_id`), NOT_FOUND, FAILED_PRECONDITION (the rule has already
-        TRIGGERED).
+        CANCELED rule returns it unchanged (safe retry). By `rule_id` or
+        `client_id`. Errors: INVALID_ARGUMENT (neither or both given, a malformed
+        one), NOT_FOUND, FAILED_PRECONDITION (the rule has already TRIGGERED).
         """
 
 def add_OrderServiceServicer_to_server(servicer: OrderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -13,6 +13,7 @@ from oms_client.client import (
     OmsClient,
     OrderUpdateStream,
     PositionUpdateStream,
+    RuleUpdateStream,
     TrailingStopEventStream,
 )
 from oms_client.retry import NO_RETRY, RETRYABLE_CODES, OutcomeUnknown, RetryPolicy
@@ -35,6 +36,7 @@ __all__ = [
     "PriceRounding",
     "PriceStream",
     "RetryPolicy",
+    "RuleUpdateStream",
     "TrailingStopEventStream",
     "round_price",
     "round_quantity",

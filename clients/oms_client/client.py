@@ -69,6 +69,7 @@ from oms_client.streams import (
     fill_payload,
     order_update_payload,
     position_update_payload,
+    rule_update_payload,
     trailing_stop_event_payload,
 )
 
@@ -80,6 +81,7 @@ __all__ = [
     "OmsClient",
     "OrderUpdateStream",
     "PositionUpdateStream",
+    "RuleUpdateStream",
     "TrailingStopEventStream",
 ]
 
@@ -93,6 +95,7 @@ K = TypeVar("K", tpb.CreateTrailingStopRequest, pb.CreateConditionalRuleRequest)
 
 OrderUpdateStream = EventStream[pb.StreamOrderUpdatesResponse, order_pb2.OrderUpdate]
 FillStream = EventStream[pb.StreamFillsResponse, order_pb2.Fill]
+RuleUpdateStream = EventStream[pb.StreamConditionalRulesResponse, conditional_rule_pb2.RuleUpdate]
 PositionUpdateStream = EventStream[ppb.StreamPositionsResponse, position_pb2.PositionUpdate]
 TrailingStopEventStream = EventStream[
     tpb.StreamTrailingStopEventsResponse, trailing_stop_pb2.TrailingStopEvent
@@ -596,6 +599,37 @@ class OmsClient:
             self._orders.DeleteConditionalRule, prepared, timeout_s, rpc_metadata, retry
         )
         return response.rule
+
+    def stream_rules(
+        self,
+        user_id: str,
+        *,
+        after_sequence: int = 0,
+        rpc_metadata: Mapping[str, str] | None = None,
+    ) -> RuleUpdateStream:
+        """Every change of the user's conditional rules (created, fired, results committed,
+        cancelled), each once and in order; resumes as `stream_order_updates`. Pass a
+        `list_rules_page` snapshot's `as_of_sequence` as `after_sequence` for
+        list-then-watch."""
+        metadata = self._metadata(rpc_metadata)
+
+        def open_call(
+            after: int,
+        ) -> grpc.aio.UnaryStreamCall[
+            pb.StreamConditionalRulesRequest, pb.StreamConditionalRulesResponse
+        ]:
+            return self._orders.StreamConditionalRules(
+                pb.StreamConditionalRulesRequest(user_id=user_id, after_sequence=after),
+                metadata=metadata,
+            )
+
+        return EventStream(
+            open_call,
+            rule_update_payload,
+            after_sequence,
+            self._stream_retry,
+            self._stream_idle_timeout_s,
+        )
 
     # Positions
 

@@ -32,6 +32,7 @@ from typing import Any, Generic, Literal, Protocol, Self, TypeVar
 
 import grpc
 from tradingboost.oms.v1 import (
+    conditional_rule_pb2,
     heartbeat_pb2,
     market_data_pb2,
     order_pb2,
@@ -49,6 +50,7 @@ __all__ = [
     "fill_payload",
     "order_update_payload",
     "position_update_payload",
+    "rule_update_payload",
     "sequenced_payload",
     "trailing_stop_event_payload",
 ]
@@ -343,6 +345,7 @@ def sequenced_payload(
 order_update_payload = sequenced_payload("order_update", order_pb2.OrderUpdate)
 fill_payload = sequenced_payload("fill", order_pb2.Fill)
 position_update_payload = sequenced_payload("position_update", position_pb2.PositionUpdate)
+rule_update_payload = sequenced_payload("rule_update", conditional_rule_pb2.RuleUpdate)
 trailing_stop_event_payload = sequenced_payload(
     "trailing_stop_event", trailing_stop_pb2.TrailingStopEvent
 )

@@ -166,7 +166,7 @@ class Application:
         )
         positions = Positions(self.store, catalog, orders, self.hub, self.market_data.last_price_of)
         self.rules = ConditionalRules(
-            self.store, journal, self.paper, self.exchanges, ids.new_id, time.time_ns
+            self.store, journal, self.paper, self.exchanges, self.hub, ids.new_id, time.time_ns
         )
         trailing_stops = TrailingStops(
             self.store, catalog, orders, self.paper, self.exchanges, self.hub, ids.new_id

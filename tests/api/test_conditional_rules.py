@@ -50,6 +50,7 @@ from fixtures.rules import (
     publish,
     resting,
 )
+from fixtures.streams import StreamReader
 from fixtures.trading import BTC
 from tradingboost.oms.v1 import conditional_rule_pb2, market_data_pb2, order_pb2
 from tradingboost.oms.v1 import market_data_service_pb2 as md
@@ -486,6 +487,7 @@ class BadCreate:
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
+OUT_OF_RANGE = grpc.StatusCode.OUT_OF_RANGE
 
 BAD_CREATES: list[BadCreate] = [
     BadCreate("user_id-empty", INVALID, "user_id", lambda i: {"user_id": ""}),
@@ -674,6 +676,62 @@ async def test_concurrent_creates_under_one_client_id_arm_one_rule(
     created = await asyncio.gather(*(oms.orders.CreateConditionalRule(request) for _ in range(10)))
     assert len({response.rule.rule_id for response in created}) == 1
     assert len(await all_rules(oms.orders, bk.user)) == 1
+
+
+# --- stream ---------------------------------------------------------------------------------
+
+
+def rule_stream(oms: OmsHarness, user: str, after_sequence: int = 0) -> StreamReader[Any]:
+    return StreamReader(
+        oms.orders.StreamConditionalRules(
+            opb.StreamConditionalRulesRequest(user_id=user, after_sequence=after_sequence)
+        ),
+        "rule_update",
+    )
+
+
+async def test_the_rule_stream_carries_every_rule_change_once_in_order(oms: OmsHarness) -> None:
+    bk = await book(oms)
+    snapshot = await list_rules(oms.orders, bk.user)
+    stream = rule_stream(oms, bk.user, snapshot.as_of_sequence)
+    await stream.until_live()
+    fires = await create_rule(oms.orders, bk.user, bk.a.order_id, FILLED, [bk.b.order_id])
+    deleted = await create_rule(oms.orders, bk.user, bk.c.order_id, FILLED, [bk.d.order_id])
+    await delete_rule(oms.orders, bk.user, deleted.rule_id)
+    await fill_a(oms, bk)
+    fired = await get_rule(oms.orders, bk.user, fires.rule_id)
+
+    updates = await stream.events(5)
+    assert [(u.rule.rule_id, u.rule.status, len(u.rule.results)) for u in updates] == [
+        (fires.rule_id, ACTIVE, 0),
+        (deleted.rule_id, ACTIVE, 0),
+        (deleted.rule_id, RULE_CANCELED, 0),
+        (fires.rule_id, TRIGGERED, 0),  # fired in its trigger's commit, cancels still to send
+        (fires.rule_id, TRIGGERED, 1),
+    ]
+    assert updates[0].rule == fires and updates[-1].rule == fired
+    sequences = [u.sequence for u in updates]
+    assert sequences == sorted(set(sequences)) and sequences[0] > snapshot.as_of_sequence
+    assert await stream.no_event_within(0.3)
+    stream.cancel()
+
+    # A resume after the third replays the last two, then goes live.
+    resumed = rule_stream(oms, bk.user, sequences[2])
+    assert [u.sequence for u in await resumed.events(2)] == sequences[3:]
+    resumed.cancel()
+
+
+async def test_bad_rule_stream_requests_name_the_field(oms: OmsHarness) -> None:
+    for request, code, field in (
+        (opb.StreamConditionalRulesRequest(user_id=""), INVALID, "user_id"),
+        (opb.StreamConditionalRulesRequest(user_id="u" * 65), INVALID, "user_id"),
+        (opb.StreamConditionalRulesRequest(user_id="nobody", after_sequence=5), OUT_OF_RANGE, ""),
+    ):
+        stream = rule_stream(oms, request.user_id, request.after_sequence)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stream.next_message()
+        assert error.value.code() == code
+        assert (error.value.details() or "").startswith(field)
 
 
 # --- get ------------------------------------------------------------------------------------

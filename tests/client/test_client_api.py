@@ -23,6 +23,7 @@ RENAMED = {
     "GetConditionalRule": "get_rule",
     "ListConditionalRules": "list_rules",
     "DeleteConditionalRule": "delete_rule",
+    "StreamConditionalRules": "stream_rules",
 }
 
 
@@ -65,6 +66,7 @@ def test_public_names() -> None:
         "PriceRounding",
         "PriceStream",
         "RetryPolicy",
+        "RuleUpdateStream",
         "TrailingStopEventStream",
         "round_price",
         "round_quantity",
@@ -89,6 +91,7 @@ def test_public_names() -> None:
         "list_rules",
         "list_rules_page",
         "delete_rule",
+        "stream_rules",
         "get_position",
         "list_positions",
         "list_positions_page",

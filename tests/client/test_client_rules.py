@@ -1,5 +1,5 @@
 """OmsClient's conditional rules against the real server: a rule that fires, reads and pages,
-the idempotent delete under a lost response, and a create that is never repeated blindly.
+its stream, the idempotent delete and create under lost responses.
 
 Paper exchange: a BUY LIMIT below the last price rests OPEN and fills, completely, on the
 first tick at or below its limit. A rule fires in the commit of its trigger's change, and the
@@ -114,6 +114,29 @@ async def test_when_the_trigger_fills_the_rule_cancels_the_listed_orders_once(
     with pytest.raises(grpc.aio.AioRpcError) as too_late:
         await client.delete_rule(user_id=USER, rule_id=rule.rule_id)
     assert too_late.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_stream_rules_follows_a_rule_from_creation_to_its_results(client: OmsClient) -> None:
+    grid_a, grid_b = [await resting_buy(client, price) for price in ("99", "98")]
+    snapshot = await client.list_rules_page(user_id=USER)
+    stream = client.stream_rules(USER, after_sequence=snapshot.as_of_sequence)
+    rule = await client.create_rule(
+        user_id=USER,
+        trigger_order_id=grid_a.order_id,
+        condition=FILLED,
+        cancel_order_ids=[grid_b.order_id],
+    )
+    await tick(client, "99")
+    async with asyncio.timeout(5):
+        updates = [await anext(stream) for _ in range(3)]
+    assert [(u.rule.status, len(u.rule.results)) for u in updates] == [
+        (ACTIVE, 0),
+        (TRIGGERED, 0),
+        (TRIGGERED, 1),
+    ]
+    assert updates[0].rule == rule
+    assert stream.last_sequence == updates[-1].sequence
+    await stream.aclose()
 
 
 async def test_a_trigger_already_past_the_condition_fires_at_creation(client: OmsClient) -> None:

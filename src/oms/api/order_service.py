@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from tradingboost.oms.v1 import conditional_rule_pb2, order_service_pb2_grpc
 from tradingboost.oms.v1 import order_service_pb2 as pb
-from tradingboost.oms.v1 import order_service_pb2_grpc
 
 from oms.api.converters import (
     ORDER_STATUSES,
@@ -24,7 +24,7 @@ from oms.api.converters import (
     statuses,
 )
 from oms.domain.conditional_rules import RuleStatus
-from oms.domain.events import FillRecorded, Heartbeat, SequencedEvent
+from oms.domain.events import FillRecorded, Heartbeat, RuleUpdated, SequencedEvent
 from oms.domain.orders import Order, OrderStatus, Side
 from oms.engine.conditional_rules import ConditionalRules
 from oms.engine.order_lifecycle import OpenOrderSearch, OrderLifecycle, OrderRef, StreamFilter
@@ -41,6 +41,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             lambda e: pb.StreamOrderUpdatesResponse(order_update=order_update_to_proto(e))
         )
         self._fill = RenderedOnce(_fill_response)
+        self._rule_update = RenderedOnce(_rule_update_response)
 
     async def PlaceOrder(
         self, request: pb.PlaceOrderRequest, context: Context
@@ -178,8 +179,25 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         rule = await self._rules.delete(request.user_id, request.rule_id, request.client_id)
         return pb.DeleteConditionalRuleResponse(rule=rule_to_proto(rule))
 
+    async def StreamConditionalRules(
+        self, request: pb.StreamConditionalRulesRequest, context: Context
+    ) -> AsyncIterator[pb.StreamConditionalRulesResponse]:
+        async for item in self._rules.follow(request.user_id, request.after_sequence):
+            if isinstance(item, Heartbeat):
+                yield pb.StreamConditionalRulesResponse(heartbeat=heartbeat_to_proto(item))
+            else:
+                yield self._rule_update(item)
+
 
 # Whole responses, so the copy of the order into its response is made ahead too.
+def _rule_update_response(item: SequencedEvent) -> pb.StreamConditionalRulesResponse:
+    assert isinstance(item.event, RuleUpdated)
+    update = conditional_rule_pb2.RuleUpdate(
+        sequence=item.sequence, rule=rule_to_proto(item.event.rule)
+    )
+    return pb.StreamConditionalRulesResponse(rule_update=update)
+
+
 def _fill_response(item: SequencedEvent) -> pb.StreamFillsResponse:
     assert isinstance(item.event, FillRecorded)
     return pb.StreamFillsResponse(fill=fill_to_proto(item.event.fill, item.sequence))

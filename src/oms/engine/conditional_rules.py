@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from oms.domain.conditional_rules import (
@@ -29,7 +29,7 @@ from oms.domain.errors import (
     NotFound,
     OmsError,
 )
-from oms.domain.events import RuleUpdated
+from oms.domain.events import Heartbeat, RuleUpdated, SequencedEvent
 from oms.domain.identifiers import check_client_order_id, check_user_id
 from oms.domain.orders import Order
 from oms.domain.paging import page_size
@@ -37,6 +37,7 @@ from oms.engine.journal import Journal
 from oms.engine.keyed_locks import KeyedLocks
 from oms.engine.paper_exchange import PAPER, PaperExchange
 from oms.engine.ports import Page, RuleQuery, StateStore, fetch_page
+from oms.engine.subscriptions import EventHub
 from oms.failpoints import crash_point
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,13 @@ class ConditionalRules:
         journal: Journal,
         paper: PaperExchange,
         live: RuleVenue,
+        hub: EventHub,
         new_id: Callable[[], str],
         clock_ns: Callable[[], int],
     ) -> None:
         self._store = store
         self._journal = journal
+        self._hub = hub
         self._paper = paper
         self._live = live
         self._new_id = new_id
@@ -243,6 +246,14 @@ class ConditionalRules:
                 statuses=statuses,
             ),
             page_token,
+        )
+
+    def follow(
+        self, user_id: str, after_sequence: int
+    ) -> AsyncIterator[SequencedEvent | Heartbeat]:
+        check_user_id(user_id)
+        return self._hub.follow(
+            user_id, after_sequence, lambda event: isinstance(event, RuleUpdated)
         )
 
     async def _order(self, user_id: str, order_id: str) -> Order:

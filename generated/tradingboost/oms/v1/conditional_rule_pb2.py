@@ -26,21 +26,23 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tradingboost.oms.v1 import order_pb2 as tradingboost_dot_oms_dot_v1_dot_order__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*tradingboost/oms/v1/conditional_rule.proto\x12\x13tradingboost.oms.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ftradingboost/oms/v1/order.proto\"\xc3\x03\n\x0f\x43onditionalRule\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x18\n\x10trigger_order_id\x18\x03 \x01(\t\x12\x35\n\tcondition\x18\x04 \x01(\x0e\x32\".tradingboost.oms.v1.RuleCondition\x12\x18\n\x10\x63\x61ncel_order_ids\x18\x05 \x03(\t\x12/\n\x06status\x18\x06 \x01(\x0e\x32\x1f.tradingboost.oms.v1.RuleStatus\x12\x15\n\rstatus_reason\x18\x07 \x01(\t\x12\x36\n\x07results\x18\x08 \x03(\x0b\x32%.tradingboost.oms.v1.RuleCancelResult\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0ctriggered_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tclient_id\x18\x0c \x01(\t\"\xa4\x01\n\x10RuleCancelResult\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x37\n\x07outcome\x18\x02 \x01(\x0e\x32&.tradingboost.oms.v1.RuleCancelOutcome\x12\x36\n\x0corder_status\x18\x03 \x01(\x0e\x32 .tradingboost.oms.v1.OrderStatus\x12\r\n\x05\x65rror\x18\x04 \x01(\t*\x8c\x01\n\rRuleCondition\x12\x1e\n\x1aRULE_CONDITION_UNSPECIFIED\x10\x00\x12\x19\n\x15RULE_CONDITION_FILLED\x10\x01\x12#\n\x1fRULE_CONDITION_PARTIALLY_FILLED\x10\x02\x12\x1b\n\x17RULE_CONDITION_CANCELED\x10\x03*v\n\nRuleStatus\x12\x1b\n\x17RULE_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RULE_STATUS_ACTIVE\x10\x01\x12\x19\n\x15RULE_STATUS_TRIGGERED\x10\x02\x12\x18\n\x14RULE_STATUS_CANCELED\x10\x03*\xa4\x01\n\x11RuleCancelOutcome\x12#\n\x1fRULE_CANCEL_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cRULE_CANCEL_OUTCOME_CANCELED\x10\x01\x12(\n$RULE_CANCEL_OUTCOME_ALREADY_TERMINAL\x10\x02\x12\x1e\n\x1aRULE_CANCEL_OUTCOME_FAILED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*tradingboost/oms/v1/conditional_rule.proto\x12\x13tradingboost.oms.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ftradingboost/oms/v1/order.proto\"\xc3\x03\n\x0f\x43onditionalRule\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x18\n\x10trigger_order_id\x18\x03 \x01(\t\x12\x35\n\tcondition\x18\x04 \x01(\x0e\x32\".tradingboost.oms.v1.RuleCondition\x12\x18\n\x10\x63\x61ncel_order_ids\x18\x05 \x03(\t\x12/\n\x06status\x18\x06 \x01(\x0e\x32\x1f.tradingboost.oms.v1.RuleStatus\x12\x15\n\rstatus_reason\x18\x07 \x01(\t\x12\x36\n\x07results\x18\x08 \x03(\x0b\x32%.tradingboost.oms.v1.RuleCancelResult\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0ctriggered_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tclient_id\x18\x0c \x01(\t\"\xa4\x01\n\x10RuleCancelResult\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x37\n\x07outcome\x18\x02 \x01(\x0e\x32&.tradingboost.oms.v1.RuleCancelOutcome\x12\x36\n\x0corder_status\x18\x03 \x01(\x0e\x32 .tradingboost.oms.v1.OrderStatus\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"R\n\nRuleUpdate\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x32\n\x04rule\x18\x02 \x01(\x0b\x32$.tradingboost.oms.v1.ConditionalRule*\x8c\x01\n\rRuleCondition\x12\x1e\n\x1aRULE_CONDITION_UNSPECIFIED\x10\x00\x12\x19\n\x15RULE_CONDITION_FILLED\x10\x01\x12#\n\x1fRULE_CONDITION_PARTIALLY_FILLED\x10\x02\x12\x1b\n\x17RULE_CONDITION_CANCELED\x10\x03*v\n\nRuleStatus\x12\x1b\n\x17RULE_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RULE_STATUS_ACTIVE\x10\x01\x12\x19\n\x15RULE_STATUS_TRIGGERED\x10\x02\x12\x18\n\x14RULE_STATUS_CANCELED\x10\x03*\xa4\x01\n\x11RuleCancelOutcome\x12#\n\x1fRULE_CANCEL_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cRULE_CANCEL_OUTCOME_CANCELED\x10\x01\x12(\n$RULE_CANCEL_OUTCOME_ALREADY_TERMINAL\x10\x02\x12\x1e\n\x1aRULE_CANCEL_OUTCOME_FAILED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tradingboost.oms.v1.conditional_rule_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RULECONDITION']._serialized_start=755
-  _globals['_RULECONDITION']._serialized_end=895
-  _globals['_RULESTATUS']._serialized_start=897
-  _globals['_RULESTATUS']._serialized_end=1015
-  _globals['_RULECANCELOUTCOME']._serialized_start=1018
-  _globals['_RULECANCELOUTCOME']._serialized_end=1182
+  _globals['_RULECONDITION']._serialized_start=839
+  _globals['_RULECONDITION']._serialized_end=979
+  _globals['_RULESTATUS']._serialized_start=981
+  _globals['_RULESTATUS']._serialized_end=1099
+  _globals['_RULECANCELOUTCOME']._serialized_start=1102
+  _globals['_RULECANCELOUTCOME']._serialized_end=1266
   _globals['_CONDITIONALRULE']._serialized_start=134
   _globals['_CONDITIONALRULE']._serialized_end=585
   _globals['_RULECANCELRESULT']._serialized_start=588
   _globals['_RULECANCELRESULT']._serialized_end=752
+  _globals['_RULEUPDATE']._serialized_start=754
+  _globals['_RULEUPDATE']._serialized_end=836
 # @@protoc_insertion_point(module_scope)

@@ -140,8 +140,8 @@ class ConditionalRule(_message.Message):
     rule <rule_id>") and commits the results. A crash between the two steps is
     finished at the next start, before the server reports SERVING. The call
     that caused the firing (PublishPrices, CancelOrder, PlaceOrder) returns
-    only after the results are committed. Rule changes take sequence numbers
-    in the user's event sequence; no stream carries them.
+    only after the results are committed. Each rule change takes the user's
+    next event sequence number; OrderService.StreamConditionalRules streams them.
     On paper, every order one price crosses fills at that price before any
     rule fires, as a price gap fills them all on an exchange: a listed order
     that the trigger's own tick fills is ALREADY_TERMINAL, not cancelled. (Two
@@ -261,3 +261,37 @@ class RuleCancelResult(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RuleCancelResult: _TypeAlias = RuleCancelResult  # noqa: Y015
+
+@_typing.final
+class RuleUpdate(_message.Message):
+    """One change of a conditional rule, as OrderService.StreamConditionalRules
+    delivers it: ACTIVE when created; TRIGGERED without `results` when it fired,
+    then TRIGGERED with them once its cancels are done; CANCELED when its trigger
+    ended without meeting the condition, or when it was deleted.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The user's event sequence number of this change: strictly increasing and
+    gapless across all of the user's event kinds. Output only.
+    """
+    @_builtins.property
+    def rule(self) -> Global___ConditionalRule:
+        """The whole rule as it is after the change. Output only."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        rule: Global___ConditionalRule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RuleUpdate: _TypeAlias = RuleUpdate  # noqa: Y015

@@ -1043,3 +1043,65 @@ class DeleteConditionalRuleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteConditionalRuleResponse: _TypeAlias = DeleteConditionalRuleResponse  # noqa: Y015
+
+@_typing.final
+class StreamConditionalRulesRequest(_message.Message):
+    """Request of OrderService.StreamConditionalRules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Required. The user whose rules to stream."""
+    after_sequence: _builtins.int
+    """Resume point: 0 means live only, from now. Otherwise the server replays
+    every retained rule change with a greater sequence, then continues live.
+    Older than the retained history or newer than the newest sequence:
+    OUT_OF_RANGE.
+    """
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamConditionalRulesRequest: _TypeAlias = StreamConditionalRulesRequest  # noqa: Y015
+
+@_typing.final
+class StreamConditionalRulesResponse(_message.Message):
+    """One message of OrderService.StreamConditionalRules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_UPDATE_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rule_update(self) -> _conditional_rule_pb2.RuleUpdate:
+        """A rule change."""
+
+    @_builtins.property
+    def heartbeat(self) -> _heartbeat_pb2.Heartbeat:
+        """A keep-alive on an idle stream."""
+
+    def __init__(
+        self,
+        *,
+        rule_update: _conditional_rule_pb2.RuleUpdate | None = ...,
+        heartbeat: _heartbeat_pb2.Heartbeat | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "payload", b"payload", "rule_update", b"rule_update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "payload", b"payload", "rule_update", b"rule_update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["rule_update", "heartbeat"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___StreamConditionalRulesResponse: _TypeAlias = StreamConditionalRulesResponse  # noqa: Y015

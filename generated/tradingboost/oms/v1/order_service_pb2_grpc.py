@@ -112,6 +112,11 @@ class OrderServiceStub:
                 request_serializer=tradingboost_dot_oms_dot_v1_dot_order__service__pb2.DeleteConditionalRuleRequest.SerializeToString,
                 response_deserializer=tradingboost_dot_oms_dot_v1_dot_order__service__pb2.DeleteConditionalRuleResponse.FromString,
                 _registered_method=True)
+        self.StreamConditionalRules = channel.unary_stream(
+                '/tradingboost.oms.v1.OrderService/StreamConditionalRules',
+                request_serializer=tradingboost_dot_oms_dot_v1_dot_order__service__pb2.StreamConditionalRulesRequest.SerializeToString,
+                response_deserializer=tradingboost_dot_oms_dot_v1_dot_order__service__pb2.StreamConditionalRulesResponse.FromString,
+                _registered_method=True)
 
 
 class OrderServiceServicer:
@@ -298,6 +303,17 @@ class OrderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamConditionalRules(self, request, context):
+        """Server stream of every change of the user's conditional rules (created,
+        fired, its cancels' results committed, cancelled or deleted), in sequence
+        order, with a Heartbeat at least every 15 s while idle. Replay, resume and
+        errors as StreamOrderUpdates; ListConditionalRules' `as_of_sequence` is
+        its list-then-watch point.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -365,6 +381,11 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     servicer.DeleteConditionalRule,
                     request_deserializer=tradingboost_dot_oms_dot_v1_dot_order__service__pb2.DeleteConditionalRuleRequest.FromString,
                     response_serializer=tradingboost_dot_oms_dot_v1_dot_order__service__pb2.DeleteConditionalRuleResponse.SerializeToString,
+            ),
+            'StreamConditionalRules': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamConditionalRules,
+                    request_deserializer=tradingboost_dot_oms_dot_v1_dot_order__service__pb2.StreamConditionalRulesRequest.FromString,
+                    response_serializer=tradingboost_dot_oms_dot_v1_dot_order__service__pb2.StreamConditionalRulesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -731,6 +752,33 @@ class OrderService:
             '/tradingboost.oms.v1.OrderService/DeleteConditionalRule',
             tradingboost_dot_oms_dot_v1_dot_order__service__pb2.DeleteConditionalRuleRequest.SerializeToString,
             tradingboost_dot_oms_dot_v1_dot_order__service__pb2.DeleteConditionalRuleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamConditionalRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tradingboost.oms.v1.OrderService/StreamConditionalRules',
+            tradingboost_dot_oms_dot_v1_dot_order__service__pb2.StreamConditionalRulesRequest.SerializeToString,
+            tradingboost_dot_oms_dot_v1_dot_order__service__pb2.StreamConditionalRulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

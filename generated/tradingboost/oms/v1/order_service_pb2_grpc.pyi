@@ -162,6 +162,13 @@ class OrderServiceStub:
     `client_id`. Errors: INVALID_ARGUMENT (neither or both given, a malformed
     one), NOT_FOUND, FAILED_PRECONDITION (the rule has already TRIGGERED).
     """
+    StreamConditionalRules: _grpc.UnaryStreamMultiCallable[_order_service_pb2.StreamConditionalRulesRequest, _order_service_pb2.StreamConditionalRulesResponse]
+    """Server stream of every change of the user's conditional rules (created,
+    fired, its cancels' results committed, cancelled or deleted), in sequence
+    order, with a Heartbeat at least every 15 s while idle. Replay, resume and
+    errors as StreamOrderUpdates; ListConditionalRules' `as_of_sequence` is
+    its list-then-watch point.
+    """
 
 @_typing.type_check_only
 class OrderServiceAsyncStub(OrderServiceStub):
@@ -296,6 +303,13 @@ class OrderServiceAsyncStub(OrderServiceStub):
     CANCELED rule returns it unchanged (safe retry). By `rule_id` or
     `client_id`. Errors: INVALID_ARGUMENT (neither or both given, a malformed
     one), NOT_FOUND, FAILED_PRECONDITION (the rule has already TRIGGERED).
+    """
+    StreamConditionalRules: _aio.UnaryStreamMultiCallable[_order_service_pb2.StreamConditionalRulesRequest, _order_service_pb2.StreamConditionalRulesResponse]  # type: ignore[assignment]
+    """Server stream of every change of the user's conditional rules (created,
+    fired, its cancels' results committed, cancelled or deleted), in sequence
+    order, with a Heartbeat at least every 15 s while idle. Replay, resume and
+    errors as StreamOrderUpdates; ListConditionalRules' `as_of_sequence` is
+    its list-then-watch point.
     """
 
 class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -506,6 +520,19 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         CANCELED rule returns it unchanged (safe retry). By `rule_id` or
         `client_id`. Errors: INVALID_ARGUMENT (neither or both given, a malformed
         one), NOT_FOUND, FAILED_PRECONDITION (the rule has already TRIGGERED).
+        """
+
+    @_abc_1.abstractmethod
+    def StreamConditionalRules(
+        self,
+        request: _order_service_pb2.StreamConditionalRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_order_service_pb2.StreamConditionalRulesResponse], _abc.AsyncIterator[_order_service_pb2.StreamConditionalRulesResponse]]:
+        """Server stream of every change of the user's conditional rules (created,
+        fired, its cancels' results committed, cancelled or deleted), in sequence
+        order, with a Heartbeat at least every 15 s while idle. Replay, resume and
+        errors as StreamOrderUpdates; ListConditionalRules' `as_of_sequence` is
+        its list-then-watch point.
         """
 
 def add_OrderServiceServicer_to_server(servicer: OrderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -218,6 +218,9 @@ class EventStream(_ReconnectingStream[R, E]):
         self._open_call = open_call
         self._unwrap = unwrap
         self._last_sequence = after_sequence
+        self._read_through = after_sequence
+        """The last event read from the server: where a reconnect resumes. Ahead of
+        `_last_sequence` while wait_live holds events read ahead."""
         self._heartbeat_sequence = 0
         self._live_before_any_event = False
         """Went live (after_sequence 0) for a user who had no events at all."""
@@ -252,13 +255,13 @@ class EventStream(_ReconnectingStream[R, E]):
         return self._live_at
 
     async def __anext__(self) -> E:
-        if self._read_ahead:
-            return self._read_ahead.popleft()
-        return await super().__anext__()
+        item = self._read_ahead.popleft() if self._read_ahead else await super().__anext__()
+        self._last_sequence = item.sequence
+        return item
 
     def _open(self) -> grpc.aio.UnaryStreamCall[Any, R]:
-        # Only a live-only stream that delivered nothing has _last_sequence 0 (module doc).
-        after_sequence = self._last_sequence or self._heartbeat_sequence
+        # Only a live-only stream that read nothing has _read_through 0 (module doc).
+        after_sequence = self._read_through or self._heartbeat_sequence
         self._reopened_live = after_sequence == 0 and self._live_before_any_event
         return self._open_call(after_sequence)
 
@@ -284,13 +287,13 @@ class EventStream(_ReconnectingStream[R, E]):
                     "read a snapshot (as_of_sequence), then stream after it",
                 )
         if isinstance(item, heartbeat_pb2.Heartbeat):
-            if item.latest_sequence == 0 and self._last_sequence == 0:
+            if item.latest_sequence == 0 and self._read_through == 0:
                 self._live_before_any_event = True
             self._heartbeat_sequence = max(self._heartbeat_sequence, item.latest_sequence)
             if self._live_at is None:
                 self._live_at = item.latest_sequence
             return None
-        self._last_sequence = item.sequence
+        self._read_through = item.sequence
         return item
 
 

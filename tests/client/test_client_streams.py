@@ -352,7 +352,13 @@ async def test_wait_live_keeps_the_replayed_events_for_iteration(oms: OmsHarness
         stream = client.stream_order_updates(USER, after_sequence=before)
         assert await asyncio.wait_for(stream.wait_live(), 5) == newest
         assert await stream.wait_live() == newest  # once live, at once
-        got = [await asyncio.wait_for(anext(stream), 5) for _ in range(4)]
+        # A cursor saved now, or after each event, resumes after what was delivered, not
+        # after what was read ahead.
+        assert stream.last_sequence == before
+        got = []
+        for _ in range(4):
+            got.append(await asyncio.wait_for(anext(stream), 5))
+            assert stream.last_sequence == got[-1].sequence
         assert [(u.order.order_id, u.event_type) for u in got] == [
             (order.order_id, kind) for order in orders for kind in BOTH_KINDS
         ]

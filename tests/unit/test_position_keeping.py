@@ -98,6 +98,23 @@ def test_terminating_figures_are_displayed_exactly_however_many_places() -> None
     assert display(cancelled) == Decimal("0.000000000033")
 
 
+def test_a_pnl_that_is_exactly_zero_through_an_entry_that_does_not_terminate_shows_zero() -> None:
+    # Entry 302/3; exits 1 at 101 and 2 at 100.5 realize (101 - 302/3) + 2 x (100.5 - 302/3) = 0,
+    # which the 160-digit entry leaves as a residual of -1E-157.
+    breakeven = long(
+        (fill(Side.BUY, "1", "100"), None),
+        (fill(Side.BUY, "2", "101"), None),
+        (fill(Side.SELL, "1", "101"), None),
+        (fill(Side.SELL, "2", "100.5"), None),
+    )
+    assert not breakeven.is_open and breakeven.realized_pnl != 0
+    assert display(breakeven.realized_pnl) == 0
+    summary = summarize([breakeven])
+    assert display(summary.total_realized_pnl) == 0
+    assert summary.win_rate == 0  # no win
+    assert summary.profit_factor is None  # and no loss
+
+
 def test_summary_of_wins_and_losses() -> None:
     win = long((fill(Side.BUY, "1", "100", "1"), None), (fill(Side.SELL, "1", "130", "1"), None))
     loss = long((fill(Side.BUY, "1", "100", "1"), None), (fill(Side.SELL, "1", "90", "1"), None))

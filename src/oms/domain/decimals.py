@@ -17,10 +17,11 @@ MAX_DECIMAL_CHARS = 32
 _PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 # 4 factors of at most 32 digits each stay exact.
 _EXACT = Context(prec=160)
-# A quotient that does not terminate fills the context's digits, and so does what is computed
-# from it, less the leading digits a subtraction cancels; an exact figure (sums of products of
-# at most 4 factors) has far fewer.
-_INEXACT_DIGITS = _EXACT.prec - 20
+# An exact figure (sums of products of at most 4 factors of at most 32 digits) has no digit
+# below this place. A quotient that does not terminate fills the context's 160 digits, so for
+# any figure of a sane size its last digit lies below it, and so does what is computed from
+# it: a subtraction that cancels its leading digits leaves a residual down there.
+_EXACT_PLACES = 128
 ZERO = Decimal(0)
 DISPLAY_PLACES = 12
 
@@ -83,7 +84,8 @@ def rounded(value: Decimal, places: int) -> Decimal:
 def display(value: Decimal) -> Decimal:
     """A derived figure (an average, a PnL ratio) as shown: exact when it terminates, else
     rounded half-even to DISPLAY_PLACES decimal places, so that it stays short."""
-    if len(value.as_tuple().digits) < _INEXACT_DIGITS:
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent >= -_EXACT_PLACES:
         return value
     return rounded(value, DISPLAY_PLACES)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import StrEnum
 
-from oms.domain.decimals import ZERO, add, div, mul, sub, total
+from oms.domain.decimals import ZERO, add, display, div, mul, sub, total
 from oms.domain.fills import Fill
 from oms.domain.markets import Market
 from oms.domain.orders import PositionSide, Side
@@ -236,9 +236,11 @@ def summarize(positions: list[Position]) -> PortfolioSummary:
     open_ = [p for p in positions if p.is_open]
     closed = [p for p in positions if not p.is_open]
     total_notional = total(p.notional for p in open_)
-    profit = total(p.realized_pnl for p in closed if p.realized_pnl > 0)
-    loss = -total(p.realized_pnl for p in closed if p.realized_pnl < 0)
-    wins = sum(1 for p in closed if p.realized_pnl > 0)
+    # Judged as shown: an average entry that does not terminate leaves a residual far below
+    # the displayed places where the PnL is exactly zero, which is no win and no loss.
+    profit = total(p.realized_pnl for p in closed if display(p.realized_pnl) > 0)
+    loss = -total(p.realized_pnl for p in closed if display(p.realized_pnl) < 0)
+    wins = sum(1 for p in closed if display(p.realized_pnl) > 0)
     return PortfolioSummary(
         total_positions=len(positions),
         open_positions=len(open_),

@@ -804,7 +804,8 @@ class CreateConditionalRuleRequest(_message.Message):
     """Optional idempotency key, 1 to 64 characters of [A-Za-z0-9_.:/-]: a
     retry with the same (user_id, client_id) answers the rule it created
     (whatever that rule's state now) and never creates a second one; the same
-    key with other parameters is ALREADY_EXISTS. Empty: no idempotency.
+    key with other parameters is ALREADY_EXISTS (`cancel_order_ids` in another
+    order too: the results follow that order). Empty: no idempotency.
     """
     @_builtins.property
     def cancel_order_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -216,7 +216,7 @@ class Application:
         self.hub.add_event_listener(metrics.observe_events)
         metrics.gauge(
             "oms_event_streams_open",
-            "Order, fill, position and trailing-stop streams open now.",
+            "Order, fill, position, trailing-stop and rule streams open now.",
             lambda: self.hub.streams,
         )
         metrics.gauge(

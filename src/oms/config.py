@@ -405,8 +405,8 @@ class Settings(BaseSettings):
     """Events buffered per stream; a subscriber that falls further behind gets
     RESOURCE_EXHAUSTED and resumes from its last sequence."""
     max_streams_per_user: int = Field(default=100, ge=1)
-    """Order, fill, position and trailing-stop streams one user may have open at once; one
-    more is RESOURCE_EXHAUSTED. Each event is written to every stream of its user."""
+    """Order, fill, position, trailing-stop and rule streams one user may have open at once;
+    one more is RESOURCE_EXHAUSTED. Each event is written to every stream of its user."""
     retention_events: int = Field(default=100_000, ge=1)
     """Events kept per user in the Redis stream; older resume points are OUT_OF_RANGE."""
     shutdown_grace_s: float = Field(default=5.0, ge=0)

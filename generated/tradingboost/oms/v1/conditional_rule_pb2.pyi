@@ -265,9 +265,10 @@ Global___RuleCancelResult: _TypeAlias = RuleCancelResult  # noqa: Y015
 @_typing.final
 class RuleUpdate(_message.Message):
     """One change of a conditional rule, as OrderService.StreamConditionalRules
-    delivers it: ACTIVE when created; TRIGGERED without `results` when it fired,
-    then TRIGGERED with them once its cancels are done; CANCELED when its trigger
-    ended without meeting the condition, or when it was deleted.
+    delivers it: ACTIVE when created (TRIGGERED at once, with no ACTIVE before,
+    when its trigger had met the condition already); TRIGGERED without `results`
+    when it fired, then TRIGGERED with them once its cancels are done; CANCELED
+    when its trigger ended without meeting the condition, or when it was deleted.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -58,7 +58,8 @@ class Position(_message.Message):
     PnL and notional use the market's contract size, in the settle currency,
     with exact decimal arithmetic; quotients (averages, percentages) are
     computed to 160 significant digits and shown rounded half-even to 12
-    decimal places when they do not terminate.
+    decimal places when they do not terminate, and so are the figures computed
+    from them (the PnL of an average entry that does not terminate).
     LONG: unrealized = (mark - entry) x size x contract size; realized on a
     reduction = (exit - entry) x qty x contract size. SHORT: the mirror
     ((entry - mark), (entry - exit)).

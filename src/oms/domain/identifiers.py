@@ -37,6 +37,16 @@ def check_client_order_id(raw: str, field: str = "client_order_id") -> str:
     return raw
 
 
+def check_one_ref(id_field: str, oms_id: str, key_field: str, key: str) -> None:
+    """A lookup by exactly one of the OMS's id and the caller's key, each well formed."""
+    if bool(oms_id) == bool(key):
+        raise InvalidArgument(id_field, f"give exactly one of {id_field} and {key_field}")
+    if oms_id:
+        check_id(oms_id, id_field)
+    else:
+        check_client_order_id(key, key_field)
+
+
 def derived_client_order_id(kind: str, oms_id: str) -> str:
     """The client order id of an order the OMS places itself, derived from what it places
     it for (a trailing stop's close: "ts", an OpenPosition's exits: "tp" and "sl"), so that

@@ -22,15 +22,9 @@ from oms.domain.conditional_rules import (
     check_order_id,
     validate_create_rule,
 )
-from oms.domain.errors import (
-    ConcurrentModification,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    OmsError,
-)
+from oms.domain.errors import ConcurrentModification, FailedPrecondition, NotFound, OmsError
 from oms.domain.events import Heartbeat, RuleUpdated, SequencedEvent
-from oms.domain.identifiers import check_client_order_id, check_user_id
+from oms.domain.identifiers import check_one_ref, check_user_id
 from oms.domain.orders import Order
 from oms.domain.paging import page_size
 from oms.engine.journal import Journal
@@ -196,14 +190,11 @@ class ConditionalRules:
     async def get(self, user_id: str, rule_id: str, client_id: str = "") -> ConditionalRule:
         """By `rule_id` or by `client_id`: exactly one of them."""
         check_user_id(user_id)
-        if bool(rule_id) == bool(client_id):
-            raise InvalidArgument("rule_id", "give exactly one of rule_id and client_id")
+        check_one_ref("rule_id", rule_id, "client_id", client_id)
         if rule_id:
-            check_order_id(rule_id, "rule_id")
             rule = await self._store.get_rule(user_id, rule_id)
             name = f"rule {rule_id}"
         else:
-            check_client_order_id(client_id, "client_id")
             rule = await self._store.get_rule_by_client_id(user_id, client_id)
             name = f"rule with client_id {client_id!r}"
         if rule is None:

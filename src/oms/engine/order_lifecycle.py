@@ -25,7 +25,7 @@ from oms.domain.errors import (
 )
 from oms.domain.events import FillRecorded, Heartbeat, OrderUpdated, SequencedEvent, UserEvent
 from oms.domain.fills import Fill
-from oms.domain.identifiers import check_client_order_id, check_id, check_user_id
+from oms.domain.identifiers import check_id, check_one_ref, check_user_id
 from oms.domain.markets import MarketCatalog
 from oms.domain.orders import Bracket, Order, OrderStatus, Side
 from oms.domain.paging import page_size
@@ -69,12 +69,7 @@ class StreamFilter:
 
 def _check_ref(ref: OrderRef) -> None:
     check_user_id(ref.user_id)
-    if bool(ref.order_id) == bool(ref.client_order_id):
-        raise InvalidArgument("order_id", "give exactly one of order_id and client_order_id")
-    if ref.order_id:
-        check_id(ref.order_id, "order_id")
-    else:
-        check_client_order_id(ref.client_order_id)
+    check_one_ref("order_id", ref.order_id, "client_order_id", ref.client_order_id)
 
 
 class Venue(Protocol):

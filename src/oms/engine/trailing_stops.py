@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from oms.domain.errors import AlreadyExists, InvalidArgument, NotFound
+from oms.domain.errors import AlreadyExists, NotFound
 from oms.domain.events import Heartbeat, SequencedEvent, TrailingStopUpdated, UserEvent
-from oms.domain.identifiers import check_client_order_id, check_id, check_user_id
+from oms.domain.identifiers import check_one_ref, check_user_id
 from oms.domain.markets import MarketCatalog
 from oms.domain.orders import PositionSide
 from oms.domain.paging import page_size
@@ -157,11 +157,4 @@ class TrailingStops:
 
 def _check_ref(ref: TrailingStopRef) -> None:
     check_user_id(ref.user_id)
-    if bool(ref.trailing_stop_id) == bool(ref.client_id):
-        raise InvalidArgument(
-            "trailing_stop_id", "give exactly one of trailing_stop_id and client_id"
-        )
-    if ref.trailing_stop_id:
-        check_id(ref.trailing_stop_id, "trailing_stop_id")
-    else:
-        check_client_order_id(ref.client_id, "client_id")
+    check_one_ref("trailing_stop_id", ref.trailing_stop_id, "client_id", ref.client_id)

@@ -268,6 +268,7 @@ class RedisStore:
         )
         self._list_page = redis.register_script(_script("list_page.lua"))
         self._forget_closed_sides = redis.register_script(_script("forget_closed_sides.lua"))
+        self._get_by_key = redis.register_script(_script("get_by_key.lua"))
 
     @property
     def redis(self) -> Redis:
@@ -503,8 +504,10 @@ class RedisStore:
 
     @unavailable_when_down
     async def get_order_by_client_id(self, user_id: str, client_order_id: str) -> Order | None:
-        order_id = await self._redis.hget(keys.client_order_ids(user_id), client_order_id)  # type: ignore[misc]
-        return None if order_id is None else await self.get_order(user_id, order_id.decode())
+        raw = await self._by_key(
+            keys.client_order_ids(user_id), keys.orders(user_id), client_order_id
+        )
+        return None if raw is None else decode_order(raw)
 
     @unavailable_when_down
     async def open_orders(self, user_id: str) -> list[Order]:
@@ -687,6 +690,11 @@ class RedisStore:
         )
         return Page([decode_position(doc) for doc, _ in raw[2]], raw[1], raw[0])
 
+    async def _by_key(self, index: str, docs: str, key: str) -> bytes | None:
+        """The document of `docs` whose id the hash `index` holds under the caller's `key`."""
+        raw: bytes | None = await self._get_by_key(keys=[index, docs], args=[key])
+        return raw
+
     @unavailable_when_down
     async def get_orders(self, user_id: str, order_ids: Sequence[str]) -> list[Order | None]:
         docs = await self._redis.hmget(keys.orders(user_id), list(order_ids))  # type: ignore[misc]
@@ -701,8 +709,10 @@ class RedisStore:
     async def get_trailing_stop_by_client_id(
         self, user_id: str, client_id: str
     ) -> TrailingStop | None:
-        stop_id = await self._redis.hget(keys.trailing_client_ids(user_id), client_id)  # type: ignore[misc]
-        return None if stop_id is None else await self.get_trailing_stop(user_id, stop_id.decode())
+        raw = await self._by_key(
+            keys.trailing_client_ids(user_id), keys.trailing_stops(user_id), client_id
+        )
+        return None if raw is None else decode_trailing_stop(raw)
 
     @unavailable_when_down
     async def working_trailing_stops_on(self, exchange: str) -> list[TrailingStop]:
@@ -743,8 +753,8 @@ class RedisStore:
 
     @unavailable_when_down
     async def get_rule_by_client_id(self, user_id: str, client_id: str) -> ConditionalRule | None:
-        rule_id = await self._redis.hget(keys.rule_client_ids(user_id), client_id)  # type: ignore[misc]
-        return None if rule_id is None else await self.get_rule(user_id, rule_id.decode())
+        raw = await self._by_key(keys.rule_client_ids(user_id), keys.rules(user_id), client_id)
+        return None if raw is None else decode_rule(raw)
 
     @unavailable_when_down
     async def active_rules_on(self, exchange: str) -> list[ConditionalRule]:

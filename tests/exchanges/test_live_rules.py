@@ -32,12 +32,17 @@ from tradingboost.oms.v1 import order_service_pb2 as pb
 from oms.engine import conditional_rules
 
 
-async def create_rule(live: LiveTrading, trigger: str, *cancel: str) -> R.ConditionalRule:
+async def create_rule(
+    live: LiveTrading,
+    trigger: str,
+    *cancel: str,
+    condition: R.RuleCondition.ValueType = R.RULE_CONDITION_FILLED,
+) -> R.ConditionalRule:
     response = await live.oms.orders.CreateConditionalRule(
         pb.CreateConditionalRuleRequest(
             user_id=USER,
             trigger_order_id=trigger,
-            condition=R.RULE_CONDITION_FILLED,
+            condition=condition,
             cancel_order_ids=list(cancel),
         )
     )
@@ -90,6 +95,35 @@ async def test_a_rule_on_a_trigger_filled_already_fires_at_once(
     [result] = rule.results
     assert (result.order_id, result.outcome) == (b.order_id, R.RULE_CANCEL_OUTCOME_CANCELED)
     assert at_exchange(exchange, b) == "canceled"
+
+
+async def test_a_rule_on_a_partly_filled_trigger_fires_at_once_and_is_never_active(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    a, b = [await live.place(price=p) for p in ("49000", "48000")]
+    exchange.set_price(BTC, Decimal("48900"), max_fill=Decimal("0.005"))
+    await live.until(a.order_id, lambda o: o.status == S.ORDER_STATUS_PARTIALLY_FILLED)
+    before = await live.oms.orders.ListConditionalRules(
+        pb.ListConditionalRulesRequest(user_id=USER)
+    )
+    rule = await create_rule(
+        live, a.order_id, b.order_id, condition=R.RULE_CONDITION_PARTIALLY_FILLED
+    )
+    assert rule.status == R.RULE_STATUS_TRIGGERED
+    assert [r.outcome for r in rule.results] == [R.RULE_CANCEL_OUTCOME_CANCELED]
+    stream = live.oms.orders.StreamConditionalRules(
+        pb.StreamConditionalRulesRequest(user_id=USER, after_sequence=before.as_of_sequence)
+    )
+    statuses = []
+    async for message in stream:
+        if message.HasField("rule_update"):
+            statuses.append(
+                (message.rule_update.rule.status, len(message.rule_update.rule.results))
+            )
+        elif statuses:  # the heartbeat after the replay: nothing more is retained
+            break
+    stream.cancel()
+    assert statuses == [(R.RULE_STATUS_TRIGGERED, 0), (R.RULE_STATUS_TRIGGERED, 1)]
 
 
 async def test_a_deleted_rule_cancels_nothing(live: LiveTrading, exchange: FakeExchange) -> None:

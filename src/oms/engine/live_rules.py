@@ -53,9 +53,9 @@ class LiveRules:
             trigger = await self._store.get_order(rule.user_id, rule.trigger_order_id)
             if trigger is None or not trigger.is_open:
                 return None
+            # A trigger past the condition already (a partial fill) fires it: never ACTIVE first.
             fired = rule.on_trigger_change(trigger, self._clock_ns())
-            changes = [RuleUpdated(rule)] + ([RuleUpdated(fired)] if fired else [])
-            await self._journal.record([], (), changes)
+            await self._journal.record([], (), [RuleUpdated(fired or rule)])
             if fired is None:
                 self._by_trigger[rule.trigger_order_id][rule.rule_id] = rule
                 return rule

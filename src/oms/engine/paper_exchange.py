@@ -321,8 +321,10 @@ class _CreateRule(_Op):
         trigger = desk.book.find(rule.user_id, rule.trigger_order_id, "")
         if trigger is None:
             raise _NotResting
-        desk.change_rule(self, batch, None, rule)
-        return desk.judge_rules(self, batch, trigger, desk.clock_ns()).get(rule.rule_id, rule)
+        # A trigger past the condition already (a partial fill) fires it: never ACTIVE first.
+        added = rule.on_trigger_change(trigger, desk.clock_ns()) or rule
+        desk.change_rule(self, batch, None, added)
+        return added
 
 
 @dataclass(eq=False)

@@ -141,3 +141,15 @@ async def test_a_fill_carries_its_order_s_grid_level_and_strategy(oms: OmsHarnes
     for fills in (sorted(listed, key=lambda f: f.sequence), streamed):
         tagged = [(f.HasField("grid_level"), f.grid_level, f.strategy) for f in fills]
         assert tagged == [(False, 0, ""), (True, 3, "grid-btc")]
+
+
+async def test_find_open_orders_reads_a_real_exchange_with_no_account_active(
+    oms: OmsHarness,
+) -> None:
+    # As ListOrders: its markets are not loaded, so it is read by the unified symbol (its
+    # orders, if any, were stored under it); this user has none there.
+    assert await find(oms, exchange="okx", symbol="BTC/USDT:USDT", grid_level=1) == []
+    assert (
+        await find(oms, exchange="binanceusdm", symbol=BTC, price="50000", price_tolerance="1")
+        == []
+    )

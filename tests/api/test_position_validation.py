@@ -236,6 +236,8 @@ BAD_FINDS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("exchange",), {"exchange": "", "grid_level": 1}),
     (("symbol",), {"symbol": "DOGE/USDT:USDT", "grid_level": 1}),
     (("symbol",), {"symbol": "", "grid_level": 1}),
+    # A real exchange whose markets are not loaded: a market id cannot be unified.
+    (("symbol",), {"exchange": "okx", "symbol": "BTC-USDT-SWAP", "grid_level": 1}),
     (("grid_level", "price"), {}),  # neither a level nor a price window
     (("grid_level", "price"), {"side": S.SIDE_BUY}),
     (("price_tolerance", "price"), {"price": "48000"}),

@@ -286,7 +286,7 @@ class OrderLifecycle:
     async def find_open_orders(self, query: OpenOrderSearch) -> list[Order]:
         """Open orders of one instrument at a grid level OR within a price window."""
         check_user_id(query.user_id)
-        market = self._catalog.resolve(query.exchange, query.symbol)
+        exchange, symbol = self.instrument(query.exchange, query.symbol)
         window = None
         if query.price:
             price = parse_positive("price", query.price)
@@ -299,7 +299,7 @@ class OrderLifecycle:
         check_grid_level(query.grid_level)
 
         def matches(order: Order) -> bool:
-            if order.exchange != market.exchange or order.symbol != market.symbol:
+            if order.exchange != exchange or order.symbol != symbol:
                 return False
             if query.side is not None and order.side is not query.side:
                 return False

@@ -492,7 +492,10 @@ class FindOpenOrdersRequest(_message.Message):
     exchange: _builtins.str
     """Required. The ccxt exchange id."""
     symbol: _builtins.str
-    """Required. The ccxt unified symbol or the exchange's market id."""
+    """Required. The ccxt unified symbol or the exchange's market id (on a real
+    exchange whose markets are not loaded, as no account on it is active: the
+    unified symbol only, as ListOrders).
+    """
     grid_level: _builtins.int
     """Optional: match open orders at this grid level (0 to 20)."""
     price: _builtins.str

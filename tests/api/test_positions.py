@@ -494,14 +494,15 @@ async def test_close_position_partially_then_fully(oms: OmsHarness) -> None:
     again = await close_position(oms, quantity="0.01", client_order_id="close-1")
     assert again.order_id == partial.order_id
     assert (await position(oms)).size == "0.02"
-    await expect_code(
-        oms.positions.ClosePosition(close_request(quantity="0.02", client_order_id="close-1")),
-        grpc.StatusCode.ALREADY_EXISTS,
-    )
+    for other in (close_request(quantity="0.02"), close_request()):  # the whole of it, now
+        other.client_order_id = "close-1"
+        await expect_code(oms.positions.ClosePosition(other), grpc.StatusCode.ALREADY_EXISTS)
 
     await tick(oms, "49000")
-    full = await close_position(oms)
+    full = await close_position(oms, client_order_id="close-2")
     assert full.quantity == "0.02"
+    # A whole close's retry gets it back, the position flat now.
+    assert (await close_position(oms, client_order_id="close-2")).order_id == full.order_id
     assert full.status == S.ORDER_STATUS_FILLED
     assert full.reduce_only
     closed = await position(oms)

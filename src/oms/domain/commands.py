@@ -82,6 +82,9 @@ class OrderSpec:
     stop_loss_price: Decimal | None = None
     trailing: TrailingExit | None = None
     """An OpenPosition's trailing stop; its id is reserved when the entry is placed."""
+    partial_close: bool = False
+    """A ClosePosition that named its quantity, told apart from a close of the whole
+    position (which takes the size of the moment) by its digest."""
 
     def fingerprint(self) -> str:
         """Digest of every parameter but the client order id, in normalised form."""
@@ -117,6 +120,7 @@ class OrderSpec:
                     if self.trailing is not None
                     else []
                 ),
+                *(["partial close"] if self.partial_close else []),
             ]
         )
         return hashlib.blake2b(canonical, digest_size=12).hexdigest()

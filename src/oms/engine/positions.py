@@ -15,7 +15,7 @@ from oms.domain.decimals import parse_positive
 from oms.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from oms.domain.events import Heartbeat, PositionUpdated, SequencedEvent, UserEvent
 from oms.domain.identifiers import check_id, check_new_client_order_id, check_user_id
-from oms.domain.markets import MarketCatalog
+from oms.domain.markets import Market, MarketCatalog
 from oms.domain.orders import Order, OrderType, PositionSide, Side, TimeInForce
 from oms.domain.paging import page_size
 from oms.domain.positions import (
@@ -176,7 +176,7 @@ class Positions:
             check_new_client_order_id(command.client_order_id)
             done = await self._orders.find_by_client_id(command.user_id, command.client_order_id)
             if done is not None:
-                return self._same_close(done, key, quantity)
+                return self._same_close(done, key, market, quantity)
         position = await self._store.current_position(key)
         if position is None:
             raise NotFound(
@@ -191,36 +191,33 @@ class Positions:
             raise FailedPrecondition(
                 f"quantity {quantity} exceeds the position size {position.size}"
             )
-        long = key.position_side is PositionSide.LONG
         return await self._orders.submit(
-            OrderSpec(
-                user_id=key.user_id,
-                market=market,
-                side=Side.SELL if long else Side.BUY,
-                type=OrderType.MARKET,
-                time_in_force=TimeInForce.GTC,
-                quantity=quantity if quantity is not None else position.size,
-                price=None,
-                stop_price=None,
-                reduce_only=True,
-                position_side=key.position_side,
-                leverage=None,
-                client_order_id=command.client_order_id or None,
-                strategy="",
-                grid_level=None,
-                metadata={},
+            _close_spec(
+                key,
+                market,
+                quantity if quantity is not None else position.size,
+                command.client_order_id,
+                partial=quantity is not None,
             )
         )
 
     @staticmethod
-    def _same_close(order: Order, key: PositionKey, quantity: Decimal | None) -> Order:
-        """A retried ClosePosition: the order its client order id names, if it is that close."""
+    def _same_close(
+        order: Order, key: PositionKey, market: Market, quantity: Decimal | None
+    ) -> Order:
+        """A retried ClosePosition: the order its client order id names, if it is that close
+        (a whole close's quantity is the size it found, so any quantity passes for it)."""
+        partial = _close_spec(key, market, order.quantity, order.client_order_id, partial=True)
         same = (
             order.reduce_only
             and order.type is OrderType.MARKET
             and (order.exchange, order.symbol, order.position_side)
             == (key.exchange, key.symbol, key.position_side)
-            and (quantity is None or order.quantity == quantity)
+            and (
+                order.quantity == quantity
+                if quantity is not None
+                else order.fingerprint != partial.fingerprint()
+            )
         )
         if not same:
             raise AlreadyExists(
@@ -236,3 +233,27 @@ class Positions:
         if side is None:
             raise InvalidArgument("position_side", "is required")
         return PositionKey(user_id, exchange, symbol, side)
+
+
+def _close_spec(
+    key: PositionKey, market: Market, quantity: Decimal, client_order_id: str, *, partial: bool
+) -> OrderSpec:
+    """The reduce-only market order of a ClosePosition; `partial`: it named its quantity."""
+    return OrderSpec(
+        user_id=key.user_id,
+        market=market,
+        side=Side.SELL if key.position_side is PositionSide.LONG else Side.BUY,
+        type=OrderType.MARKET,
+        time_in_force=TimeInForce.GTC,
+        quantity=quantity,
+        price=None,
+        stop_price=None,
+        reduce_only=True,
+        position_side=key.position_side,
+        leverage=None,
+        client_order_id=client_order_id or None,
+        strategy="",
+        grid_level=None,
+        metadata={},
+        partial_close=partial,
+    )

@@ -389,6 +389,10 @@ class ClosePositionRequest(_message.Message):
     """Optional idempotency key for the close order: 1 to 64 characters of
     [A-Za-z0-9_.:/-], unique per user, not of the form of the OMS's own
     (`ts-`, `tp-` or `sl-` followed by an OMS id). Empty: the OMS makes one.
+    A retry returns the close made under it, even once the position is flat.
+    A whole close's retry matches whatever size it closed; a retry with
+    another `quantity`, or without the `quantity` the close named, is
+    ALREADY_EXISTS.
     """
     def __init__(
         self,

@@ -116,6 +116,38 @@ async def test_after_a_partial_close_the_exit_that_fires_closes_what_is_left(
     assert (closed.status, closed.size) == (position_pb2.POSITION_STATUS_CLOSED, "0")
 
 
+async def test_an_exit_that_fills_cancels_the_rest_of_its_entry(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    opened = await live.oms.positions.OpenPosition(
+        long_request(
+            live.venue,
+            type=S.ORDER_TYPE_LIMIT,
+            price="49000",
+            take_profit_price="52000",
+            stop_loss_price="48500",
+        )
+    )
+    entry_id = opened.entry_order.order_id
+    exchange.set_price(BTC, Decimal("48900"), max_fill=Decimal("0.01"))
+    await live.until_found(f"tp-{entry_id}")  # placed once the entry fills
+    await live.until(opened.take_profit_order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
+    exchange.set_price(BTC, Decimal("52100"))
+    await live.until(opened.take_profit_order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    entry = await live.until(entry_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
+    assert (entry.filled_quantity, entry.cancel_reason) == (
+        "0.01",
+        f"exit {opened.take_profit_order_id} filled",
+    )
+    [at_exchange] = [o for o in exchange.orders(API_KEY) if o.client_id == f"oms{entry_id}"]
+    assert at_exchange.status == "canceled"
+    # The entry's price again: nothing is left there to reopen the position unprotected.
+    exchange.set_price(BTC, Decimal("48900"))
+    await live.until_mark("48900")
+    assert (await position(live)).status == position_pb2.POSITION_STATUS_CLOSED
+    await live.assert_invariants()
+
+
 async def test_closing_the_position_cancels_both_exits(live: LiveTrading) -> None:
     opened = await open_long(live, take_profit_price="51000", stop_loss_price="49000")
     await live.until(opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)

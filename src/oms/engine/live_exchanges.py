@@ -706,13 +706,18 @@ class LiveExchanges:
     async def _after_fills(self, followed: FollowedAccount, order: Order, flat: bool) -> None:
         """What an order's fills set off, each in a commit of its own after the fills' (on
         paper they share it; here they are finished at the next start when a crash came in
-        between): an entry's exits placed or grown, the linked exit of a filled one
-        cancelled, and the exits of a position that went flat cancelled."""
+        between): an entry's exits placed or grown, the linked exit and the rest of the entry
+        of a filled exit cancelled, and the exits of a position that went flat cancelled."""
         if order.bracket is not None and not flat:
             await self._place_exits(followed, order)
         if order.linked_order_id:
-            await self._cancel_exit(
+            await self._cancel_moot(
                 followed, order.linked_order_id, f"one-cancels-other: {order.order_id} filled"
+            )
+        if order.parent_order_id:
+            # The exit ended the trade: the rest of its entry must not reopen it unprotected.
+            await self._cancel_moot(
+                followed, order.parent_order_id, f"exit {order.order_id} filled"
             )
         if flat:
             await self._trailing.position_closed(
@@ -721,7 +726,7 @@ class LiveExchanges:
             for exit in self._held.exits_of(
                 order.user_id, order.exchange, order.symbol, order.position_side
             ):
-                await self._cancel_exit(followed, exit.order_id, "position closed")
+                await self._cancel_moot(followed, exit.order_id, "position closed")
 
     async def _place_exits(self, followed: FollowedAccount, entry: Order) -> None:
         """The entry's take-profit and stop-loss, held, covering what it filled so far, and
@@ -749,7 +754,8 @@ class LiveExchanges:
                 if is_held(grown):
                     self._held.hold(grown)
 
-    async def _cancel_exit(self, followed: FollowedAccount, order_id: str, reason: str) -> None:
+    async def _cancel_moot(self, followed: FollowedAccount, order_id: str, reason: str) -> None:
+        """Cancel an order a fill made moot, if still open; a failure is logged, not raised."""
         order = await self._store.get_order(followed.user_id, order_id)
         if order is None or not order.is_open:
             return
@@ -757,7 +763,7 @@ class LiveExchanges:
             # On the account being reconciled, which is not followed until that is done.
             await self._cancel_on(followed, order, reason)
         except (OmsError, GatewayError) as error:
-            log.error("order %s: could not cancel the exit (%s): %s", order_id, reason, error)
+            log.error("order %s: could not cancel it (%s): %s", order_id, reason, error)
 
     async def _positions_after(self, order: Order, fills: list[Fill]) -> list[PositionUpdated]:
         if not fills:

@@ -258,9 +258,12 @@ class _Tick(_Op):
         update = PriceUpdate(PAPER, desk.symbol, self.price, now)
         batch.prices.append(update)
         batch.set_last(desk, update)
-        for order in desk.book.reached_by(self.price):
-            if desk.book.get(order.order_id) is not order:
-                continue  # canceled or changed by an earlier fill of this tick (OCO)
+        for reached in desk.book.reached_by(self.price):
+            # As it stands now: an earlier fill of this tick may have ended it (one-cancels-
+            # other) or changed it (an exit grown by its entry's fill, still to trigger).
+            order = desk.book.get(reached.order_id)
+            if order is None:
+                continue
             events = on_tick(order, self.price, desk.context(order, now))
             if events:
                 desk.record(self, batch, order, events, now)
@@ -530,6 +533,11 @@ class _Desk:
         if after.linked_order_id:
             self._cancel_if_resting(
                 owner, batch, after.linked_order_id, f"one-cancels-other: {after.order_id} filled"
+            )
+        if after.parent_order_id:
+            # The exit ended the trade: the rest of its entry must not reopen it unprotected.
+            self._cancel_if_resting(
+                owner, batch, after.parent_order_id, f"exit {after.order_id} filled"
             )
         if self.open_size(after.user_id, after.position_side) == 0:
             for order in self.book.orders():

@@ -57,17 +57,20 @@ class PositionServiceStub:
     """
     OpenPosition: _grpc.UnaryUnaryMultiCallable[_position_service_pb2.OpenPositionRequest, _position_service_pb2.OpenPositionResponse]
     """Opens (or adds to) a position in one call: places the entry order (MARKET
-    or LIMIT, reduce-only false) and records what to do when it fills. When
-    the entry order has filled (FILLED, or ended CANCELED/EXPIRED after a
-    partial fill), the OMS places, for the filled quantity, the take-profit
-    (TAKE_PROFIT_MARKET at `take_profit_price`) and the stop-loss
+    or LIMIT, reduce-only false) and records what to do when it fills. At
+    the entry's first fill the OMS places, for the quantity filled, the
+    take-profit (TAKE_PROFIT_MARKET at `take_profit_price`) and the stop-loss
     (STOP_MARKET at `stop_loss_price`) as reduce-only orders linked
     one-cancels-other: one filling, or the position closing, cancels the
-    other. It also starts the trailing stop on the position, if one was
-    given. An entry that ends with nothing filled creates none of them. An
-    exit that fires after a partial close closes what is left and ends FILLED,
-    its quantity brought down to that. The exits cover this entry's fills
-    only: a later add to the position (a DCA order, another OpenPosition)
+    other. Each later fill of the entry grows both to what it has filled. It
+    also starts the trailing stop on the position, if one was given. An entry
+    that ends with nothing filled creates none of them. An exit that fills
+    ends the trade: it also cancels what is left of a still working entry
+    (reason "exit <its order_id> filled"), so that no late fill reopens the
+    position unprotected. An exit that fires after a partial close closes
+    what is left and ends FILLED, its quantity brought down to that. The
+    exits cover this entry's fills only: a later add to the position (a DCA
+    order, another OpenPosition)
     needs exits of its own, or a trailing stop, which closes whatever the
     position holds when it triggers.
     Idempotent on (`user_id`, `client_order_id`) like PlaceOrder. Errors:
@@ -138,17 +141,20 @@ class PositionServiceAsyncStub(PositionServiceStub):
     """
     OpenPosition: _aio.UnaryUnaryMultiCallable[_position_service_pb2.OpenPositionRequest, _position_service_pb2.OpenPositionResponse]  # type: ignore[assignment]
     """Opens (or adds to) a position in one call: places the entry order (MARKET
-    or LIMIT, reduce-only false) and records what to do when it fills. When
-    the entry order has filled (FILLED, or ended CANCELED/EXPIRED after a
-    partial fill), the OMS places, for the filled quantity, the take-profit
-    (TAKE_PROFIT_MARKET at `take_profit_price`) and the stop-loss
+    or LIMIT, reduce-only false) and records what to do when it fills. At
+    the entry's first fill the OMS places, for the quantity filled, the
+    take-profit (TAKE_PROFIT_MARKET at `take_profit_price`) and the stop-loss
     (STOP_MARKET at `stop_loss_price`) as reduce-only orders linked
     one-cancels-other: one filling, or the position closing, cancels the
-    other. It also starts the trailing stop on the position, if one was
-    given. An entry that ends with nothing filled creates none of them. An
-    exit that fires after a partial close closes what is left and ends FILLED,
-    its quantity brought down to that. The exits cover this entry's fills
-    only: a later add to the position (a DCA order, another OpenPosition)
+    other. Each later fill of the entry grows both to what it has filled. It
+    also starts the trailing stop on the position, if one was given. An entry
+    that ends with nothing filled creates none of them. An exit that fills
+    ends the trade: it also cancels what is left of a still working entry
+    (reason "exit <its order_id> filled"), so that no late fill reopens the
+    position unprotected. An exit that fires after a partial close closes
+    what is left and ends FILLED, its quantity brought down to that. The
+    exits cover this entry's fills only: a later add to the position (a DCA
+    order, another OpenPosition)
     needs exits of its own, or a trailing stop, which closes whatever the
     position holds when it triggers.
     Idempotent on (`user_id`, `client_order_id`) like PlaceOrder. Errors:
@@ -234,17 +240,20 @@ class PositionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_position_service_pb2.OpenPositionResponse, _abc.Awaitable[_position_service_pb2.OpenPositionResponse]]:
         """Opens (or adds to) a position in one call: places the entry order (MARKET
-        or LIMIT, reduce-only false) and records what to do when it fills. When
-        the entry order has filled (FILLED, or ended CANCELED/EXPIRED after a
-        partial fill), the OMS places, for the filled quantity, the take-profit
-        (TAKE_PROFIT_MARKET at `take_profit_price`) and the stop-loss
+        or LIMIT, reduce-only false) and records what to do when it fills. At
+        the entry's first fill the OMS places, for the quantity filled, the
+        take-profit (TAKE_PROFIT_MARKET at `take_profit_price`) and the stop-loss
         (STOP_MARKET at `stop_loss_price`) as reduce-only orders linked
         one-cancels-other: one filling, or the position closing, cancels the
-        other. It also starts the trailing stop on the position, if one was
-        given. An entry that ends with nothing filled creates none of them. An
-        exit that fires after a partial close closes what is left and ends FILLED,
-        its quantity brought down to that. The exits cover this entry's fills
-        only: a later add to the position (a DCA order, another OpenPosition)
+        other. Each later fill of the entry grows both to what it has filled. It
+        also starts the trailing stop on the position, if one was given. An entry
+        that ends with nothing filled creates none of them. An exit that fills
+        ends the trade: it also cancels what is left of a still working entry
+        (reason "exit <its order_id> filled"), so that no late fill reopens the
+        position unprotected. An exit that fires after a partial close closes
+        what is left and ends FILLED, its quantity brought down to that. The
+        exits cover this entry's fills only: a later add to the position (a DCA
+        order, another OpenPosition)
         needs exits of its own, or a trailing stop, which closes whatever the
         position holds when it triggers.
         Idempotent on (`user_id`, `client_order_id`) like PlaceOrder. Errors:

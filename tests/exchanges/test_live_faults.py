@@ -239,3 +239,30 @@ async def test_a_cancel_not_taken_yet_stands_through_a_partial_fill(
     done = await live.until(order.order_id, settled, timeout_s=10)
     assert (done.status, done.filled_quantity) == (S.ORDER_STATUS_CANCELED, "0.01")
     assert [o.status for o in exchange.orders(API_KEY)] == ["canceled"]
+
+
+async def test_an_order_with_more_fills_than_a_page_of_the_listing_gets_them_all(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    # 101 fills: one more than a page of OKX's listing (and than the OMS asks Binance for).
+    step = {"binanceusdm": Decimal("0.001"), "okx": Decimal("0.01")}[exchange.venue]
+    order = await live.place(price="49000", quantity=str(step * 101))
+    for _ in range(101):
+        exchange.set_price(BTC, Decimal("48990"), max_fill=step)
+    filled = await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert Decimal(filled.filled_quantity) == step * 101
+    assert len(await live.fills(order.order_id)) == 101
+    await live.assert_invariants()
+
+
+async def test_a_fill_listed_a_moment_after_the_cancel_it_met_is_applied(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    # The cancel's answer says 0.01 filled; the trade shows in the REST listing only later.
+    exchange.engine.trade_listing_lag_s = 0.5
+    order = await live.place(price="49000", quantity="0.04")
+    exchange.faults.fill_on_cancel(Decimal("0.01"))
+    await live.cancel(order.order_id)
+    done = await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
+    assert done.filled_quantity == "0.01"
+    await live.assert_invariants()

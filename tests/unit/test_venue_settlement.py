@@ -117,9 +117,25 @@ def test_an_order_canceled_at_the_exchange_says_so() -> None:
 
 def test_a_fill_reported_after_the_cancel_is_applied_and_the_order_stays_canceled() -> None:
     opened = settled(new_order("1"), report(VenueOrderStatus.OPEN), [])
-    canceled = settled(opened, report(VenueOrderStatus.CANCELED, "0.5"), [])
+    canceled = settled(opened, report(VenueOrderStatus.CANCELED), [])
+    assert canceled.status is OrderStatus.CANCELED
     after = settled(canceled, report(VenueOrderStatus.CANCELED, "0.5"), [fill(opened, "t1", "0.5")])
     assert (after.status, after.filled_quantity) == (OrderStatus.CANCELED, Decimal("0.5"))
+
+
+def test_a_cancel_report_ahead_of_its_listed_fills_waits_for_them() -> None:
+    # The exchange says it filled 0.5 before the cancel, but lists no such fill yet: ended
+    # now, the order would never be read again, and the fill would be lost.
+    opened = settled(new_order("1"), report(VenueOrderStatus.OPEN), [])
+    for status in (VenueOrderStatus.CANCELED, VenueOrderStatus.EXPIRED):
+        assert settled(opened, report(status, "0.5"), []).status is OrderStatus.OPEN
+        early = settled(opened, report(status, "0.5"), [fill(opened, "t1", "0.2")])
+        assert (early.status, early.filled_quantity) == (
+            OrderStatus.PARTIALLY_FILLED,
+            Decimal("0.2"),
+        )
+        after = settled(early, report(status, "0.5"), [fill(opened, "t2", "0.3")])
+        assert (after.filled_quantity, after.status.is_terminal) == (Decimal("0.5"), True)
 
 
 def test_a_pending_cancel_that_filled_first_ends_filled_without_a_cancel_reason() -> None:

@@ -199,7 +199,8 @@ def settlement_events(
     fills not applied yet (oldest first), then a terminal status the exchange reached.
 
     FILLED comes only from fills, so `filled_quantity` always equals the sum of the fills;
-    a report that is ahead of the fills the exchange has listed waits for them.
+    a report that is ahead of the fills the exchange has listed waits for them, whatever
+    its status (a fill listed a moment after the cancel it met is still applied).
     """
     events: list[OrderEvent] = []
     status = order.status
@@ -219,6 +220,8 @@ def settlement_events(
         events.append(OrderFilled(fill))
         filled += fill.quantity
     if filled == order.quantity or report is None or status.is_terminal:
+        return events
+    if filled < report.filled_quantity:
         return events
     match report.status:
         case VenueOrderStatus.REJECTED if status is OrderStatus.PENDING_NEW and not filled:

@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -230,28 +230,51 @@ class CcxtGateway:
         return self._report(raw, "")
 
     async def fetch_fills(self, symbol: str, exchange_order_id: str) -> list[FillReport]:
-        if self._exchange in _BINANCE_FAMILY:
-            # ccxt's fetch_order_trades is spot-only on Binance; userTrades takes an orderId.
-            trades = await self._call(
-                self._client.fetch_my_trades, symbol, None, None, {"orderId": exchange_order_id}
+        """Every fill of one order, however many pages they take."""
+
+        def page(since_ms: int | None, params: dict[str, Any]) -> Awaitable[list[Any]]:
+            if self._exchange in _BINANCE_FAMILY:
+                # ccxt's fetch_order_trades is spot-only on Binance; userTrades takes orderId.
+                return self._call(
+                    self._client.fetch_my_trades,
+                    symbol,
+                    since_ms,
+                    _FILLS_PAGE,
+                    {"orderId": exchange_order_id, **params},
+                )
+            return self._call(
+                self._client.fetch_order_trades,
+                exchange_order_id,
+                symbol,
+                since_ms,
+                _FILLS_PAGE,
+                params,
             )
-        else:
-            trades = await self._call(self._client.fetch_order_trades, exchange_order_id, symbol)
-        return [self._fill(trade) for trade in trades]
+
+        return await self._every_fill(page, None)
 
     async def recent_fills(self, symbol: str, since_ns: int) -> list[FillReport]:
-        """Every fill of `symbol` from `since_ns` on, however many. A venue answers one page
-        of a window (Binance its oldest, OKX its newest), so past both ends of a full page
-        the window is read again, until a read brings no fill not seen yet. (More than a
-        page of fills within one millisecond would be cut short: no account trades so.)"""
+        """Every fill of `symbol` from `since_ns` on, however many."""
+
+        def page(since_ms: int | None, params: dict[str, Any]) -> Awaitable[list[Any]]:
+            return self._call(self._client.fetch_my_trades, symbol, since_ms, _FILLS_PAGE, params)
+
+        return await self._every_fill(page, since_ns // 1_000_000)
+
+    async def _every_fill(
+        self,
+        page: Callable[[int | None, dict[str, Any]], Awaitable[list[Any]]],
+        since_ms: int | None,
+    ) -> list[FillReport]:
+        """Every fill `page` lists from `since_ms` on. A venue answers one page of a window
+        (Binance its oldest, OKX its newest), so past both ends of a full page the window is
+        read again, until a read brings no fill not seen yet. (More than a page of fills
+        within one millisecond would be cut short: no account trades so.)"""
         fills: dict[str, FillReport] = {}
-        windows: list[tuple[int, int | None]] = [(since_ns // 1_000_000, None)]
+        windows: list[tuple[int | None, int | None]] = [(since_ms, None)]
         while windows:
             start_ms, until_ms = windows.pop()
-            params = {} if until_ms is None else {"until": until_ms}
-            trades = await self._call(
-                self._client.fetch_my_trades, symbol, start_ms, _FILLS_PAGE, params
-            )
+            trades = await page(start_ms, {} if until_ms is None else {"until": until_ms})
             new = [self._fill(trade) for trade in trades if str(trade["id"]) not in fills]
             fills.update((fill.trade_id, fill) for fill in new)
             if new and len(trades) >= _FILLS_PAGE:

@@ -245,8 +245,9 @@ class ExchangeSettings(BaseModel):
     """How far back reconciliation reads the exchange's fills of orders the OMS holds
     finished (a fill reported after the cancel while the OMS was down)."""
     rate_limit_backoff_s: float = Field(default=1.0, ge=0)
-    """After the exchange answers 429 (too many requests), new orders are refused for this
-    long without being sent (RESOURCE_EXHAUSTED)."""
+    """After the exchange answers 429 (too many requests), new orders of that account (of
+    every account, when the limit names the address) are refused for this long without
+    being sent (RESOURCE_EXHAUSTED)."""
     ban_backoff_s: float = Field(default=120.0, ge=0)
     """After a 418 (the address is banned), new orders are refused for this long without
     being sent (UNAVAILABLE). Binance bans last from 2 minutes to 3 days."""

@@ -152,6 +152,26 @@ async def test_a_triggered_stop_met_by_a_rate_limit_is_sent_again_after_the_back
     assert sent(exchange) == 2  # the entry and the stop, once
 
 
+async def test_a_triggered_stop_met_by_a_ban_is_sent_again_once_it_is_over(
+    binance_exchange: FakeExchange, redis_url: str
+) -> None:
+    # Binance alone bans (418), for minutes: the stop-loss must still go out after it.
+    exchange = binance_exchange
+    exchange.set_price(BTC, Decimal("50000"))
+    live = await live_trading(redis_url, exchange, ban_backoff_s=1.0, lookup_grace_s=0.5)
+    try:
+        await long_position(live)
+        stop = await held_stop(live, S.SIDE_SELL, "49000", reduce_only=True)
+        exchange.faults.rate_limit(count_429=0, count_418=1)
+        exchange.set_price(BTC, Decimal("48900"))
+        done = await live.until(stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+        assert done.filled_quantity == "0.02"
+        assert sent(exchange) == 2  # the entry and the stop, once
+        await live.assert_invariants()
+    finally:
+        await live.oms.close()
+
+
 async def test_a_stop_cancelled_while_it_waits_out_a_rate_limit_is_never_sent(
     live: LiveTrading, exchange: FakeExchange
 ) -> None:

@@ -217,6 +217,25 @@ async def test_a_rate_limited_order_is_not_retried_into_a_second_order(
     assert live.exchange.orders(API_KEY) == []
 
 
+async def test_a_rate_limit_holds_back_its_account_or_every_account_on_the_address(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    await live.add_user("alice")
+    # OKX limits each account; the fake Binance's 429 is its request weight, the IP's.
+    exchange.faults.rate_limit(count_429=1)
+    assert (await live.place(price="49000")).status == S.ORDER_STATUS_REJECTED
+    alices = live.place(user_id="alice", price="49000", client_order_id="alice-1")
+    if exchange.venue == "okx":
+        assert (await alices).status == S.ORDER_STATUS_OPEN
+    else:
+        with pytest.raises(grpc.aio.AioRpcError) as held_back:
+            await alices
+        assert held_back.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(grpc.aio.AioRpcError) as still:  # bob's own back-off holds either way
+        await live.place(price="49000")
+    assert still.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 async def test_a_rejected_cancel_of_a_terminal_order_is_still_failed_precondition(
     live: LiveTrading,
 ) -> None:

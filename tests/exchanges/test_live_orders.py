@@ -208,12 +208,16 @@ async def test_after_a_ban_new_orders_answer_unavailable_until_it_has_passed(
     exchange.set_price(BTC, Decimal("50000"))
     live = await live_trading(redis_url, exchange, ban_backoff_s=BACKOFF_S)
     try:
+        resting = await live.place(price="48000", client_order_id="grid-a")
         exchange.faults.rate_limit(count_429=0, count_418=1)
         banned = await live.place(price="49000")
         assert banned.status == S.ORDER_STATUS_REJECTED
         with pytest.raises(grpc.aio.AioRpcError) as still:
             await live.place(price="49000")
         assert still.value.code() == grpc.StatusCode.UNAVAILABLE
+        # The retry of an order placed before the ban gets it, not "nothing was sent".
+        retried = await live.place(price="48000", client_order_id="grid-a")
+        assert (retried.order_id, retried.status) == (resting.order_id, S.ORDER_STATUS_OPEN)
         await asyncio.sleep(BACKOFF_S)
         assert (await live.place(price="49000")).status == S.ORDER_STATUS_OPEN
         await live.assert_invariants()

@@ -63,10 +63,12 @@ class DuplicateClientId(GatewayError):
 
 
 class RateLimited(GatewayError):
-    def __init__(self, message: str, *, banned: bool) -> None:
+    def __init__(self, message: str, *, banned: bool, whole_address: bool = False) -> None:
         super().__init__(message)
         self.banned = banned
         """HTTP 418: the address is banned for a while, not just throttled."""
+        self.whole_address = banned or whole_address
+        """The limit is the address's (every account on it backs off), not one account's."""
 
 
 class CredentialsRefused(GatewayError):

@@ -138,7 +138,8 @@ class LiveExchanges:
             clock_ns,
             lambda exchange: policy(exchange).fill_lookback_s,
         )
-        self._throttled: dict[str, tuple[float, bool]] = {}
+        self._throttled: dict[tuple[str, str], tuple[float, bool]] = {}
+        """(exchange, user id, or "" for every account on it) -> (backed off until, banned)."""
         """exchange -> (monotonic time until which orders are not sent, banned)."""
 
     # -- following accounts -----------------------------------------------------------
@@ -266,7 +267,7 @@ class LiveExchanges:
     ) -> tuple[Order, bool]:
         # No early rendering: the order's outcome is the exchange's answer.
         followed = self._followed(order)
-        self._check_throttle(order.exchange)
+        self._check_throttle(order.exchange, order.user_id)
         created = OrderUpdated(OrderEventType.CREATED, order)
         outcome = await self._journal.record([OrderChange(order, None, [created])])
         if isinstance(outcome, Conflict):
@@ -326,11 +327,12 @@ class LiveExchanges:
             # succeeds. Orders that come while it backs off are refused before being stored.
             policy = self._policy(order.exchange)
             wait_s = policy.ban_backoff_s if error.banned else policy.rate_limit_backoff_s
-            self._throttled[order.exchange] = (time.monotonic() + wait_s, error.banned)
+            scope = (order.exchange, "" if error.whole_address else order.user_id)
+            self._throttled[scope] = (time.monotonic() + wait_s, error.banned)
             log.warning("order %s not sent: %s", order.order_id, error.message)
-            if unsent_trigger(order) and not error.banned:
-                # A stop that fired (a stop-loss, say) still has to go out: a 429 was not
-                # processed, so its lookup sends it again once the back-off has passed.
+            if unsent_trigger(order):
+                # A stop that fired (a stop-loss, say) still has to go out: a 429 or 418 was
+                # not processed, so its lookup sends it again once the back-off has passed.
                 followed.refused_sends.add(order.order_id)
                 self._lookups.start(followed, order.order_id)
                 return order
@@ -800,19 +802,26 @@ class LiveExchanges:
             ).mark(fill.price, fill.time_ns)
         return [] if position is None else [PositionUpdated(position)]
 
-    def throttle_wait_s(self, exchange: str) -> float:
-        until, _ = self._throttled.get(exchange, (0.0, False))
+    def throttle_wait_s(self, exchange: str, user_id: str) -> float:
+        until = max((until for until, _ in self._throttles(exchange, user_id)), default=0.0)
         return max(until - time.monotonic(), 0.0)
 
-    def _check_throttle(self, exchange: str) -> None:
-        """Refuse, before anything is stored, while the exchange's rate limit is backed off
-        from: the caller may retry under the same client order id once it has passed."""
-        wait_s = self.throttle_wait_s(exchange)
+    def _throttles(self, exchange: str, user_id: str) -> list[tuple[float, bool]]:
+        """The back-offs that hold the account's orders: its own, and its address's."""
+        scopes = ((exchange, user_id), (exchange, ""))
+        return [self._throttled[scope] for scope in scopes if scope in self._throttled]
+
+    def _check_throttle(self, exchange: str, user_id: str) -> None:
+        """Refuse, before anything is stored, while the account's or the exchange's rate
+        limit is backed off from: the caller may retry under the same client order id once
+        it has passed."""
+        now = time.monotonic()
+        waits = [(until - now, banned) for until, banned in self._throttles(exchange, user_id)]
+        wait_s, banned = max(waits, default=(0.0, False))
         if wait_s > 0:
             message = (
                 f"{exchange} rate limit: backing off for {wait_s:.1f} s more; nothing was sent"
             )
-            banned = self._throttled[exchange][1]
             raise (Unavailable if banned else ResourceExhausted)(message)
 
     def is_real(self, exchange: str) -> bool:

@@ -22,6 +22,7 @@ from oms.domain.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    Unavailable,
 )
 from oms.domain.events import FillRecorded, Heartbeat, OrderUpdated, SequencedEvent, UserEvent
 from oms.domain.fills import Fill
@@ -182,10 +183,10 @@ class OrderLifecycle:
         )
         try:
             placed, created = await self._venue(order.exchange).place(order, prerender)
-        except (FailedPrecondition, ResourceExhausted):
+        except (FailedPrecondition, ResourceExhausted, Unavailable):
             # Refused on the state of the moment (the side it would reduce is flat now, the
-            # exchange is backed off from): the retry of an order that already landed gets
-            # that order all the same.
+            # exchange is backed off from or banned us): the retry of an order that already
+            # landed gets that order all the same.
             existing = spec.client_order_id and await self._store.get_order_by_client_id(
                 spec.user_id, spec.client_order_id
             )

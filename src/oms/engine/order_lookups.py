@@ -65,8 +65,9 @@ class Sender(Protocol):
         """A reduce-only order amended down to the position left, or cancelled if flat."""
         ...
 
-    def throttle_wait_s(self, exchange: str) -> float:
-        """How long the exchange's rate limit is still backed off from (0: not at all)."""
+    def throttle_wait_s(self, exchange: str, user_id: str) -> float:
+        """How long the account's (or its exchange's) rate limit is still backed off from
+        (0: not at all)."""
         ...
 
 
@@ -136,7 +137,7 @@ class OrderLookups:
         """Send again `seen`, a fired order the exchange did not take, unless it changed
         since it was seen so: sent again, cancelled or settled by another hand (the account
         followed anew, say, whose new follower looks it up too)."""
-        await asyncio.sleep(self._sender.throttle_wait_s(followed.exchange))
+        await asyncio.sleep(self._sender.throttle_wait_s(followed.exchange, followed.user_id))
         followed.refused_sends.discard(seen.order_id)
         again = False
 

@@ -327,7 +327,7 @@ class _OrderEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrderE
     ORDER_EVENT_TYPE_SENT_AGAIN: _OrderEventType.ValueType  # 12
     """Real exchanges: an order that fired (a held stop that triggered, a trailing
     stop's close) was sent again, the exchange not having taken it (a 429, a
-    5xx it did not act on, a crash while it was sent). The status does not
+    418, a 5xx it did not act on, a crash while it was sent). The status does not
     change; a reduce-only one may come with AMENDED first (the position shrank).
     """
 
@@ -374,7 +374,7 @@ now tracks it as it is there, with `metadata["origin"] = "external"` and
 ORDER_EVENT_TYPE_SENT_AGAIN: OrderEventType.ValueType  # 12
 """Real exchanges: an order that fired (a held stop that triggered, a trailing
 stop's close) was sent again, the exchange not having taken it (a 429, a
-5xx it did not act on, a crash while it was sent). The status does not
+418, a 5xx it did not act on, a crash while it was sent). The status does not
 change; a reduce-only one may come with AMENDED first (the position shrank).
 """
 Global___OrderEventType: _TypeAlias = OrderEventType  # noqa: Y015

@@ -148,8 +148,8 @@ class OrderServiceServicer:
         order) when the exchange's mark price reaches `stop_price`
         (ORDER_EVENT_TYPE_TRIGGERED, then ACCEPTED with the exchange's id); one
         the mark has reached already is REJECTED, and one the exchange refuses
-        once triggered ends EXPIRED with the reason (one it did not take, a 429 or
-        a 5xx it did not act on, is sent again). On paper too, a stop or
+        once triggered ends EXPIRED with the reason (one it did not take, a 429, a
+        418 or a 5xx it did not act on, is sent again). On paper too, a stop or
         take-profit the last price has reached already is REJECTED. The
         exception, on both: an OpenPosition exit whose entry filled through it
         (a gap) is triggered at once.
@@ -158,10 +158,13 @@ class OrderServiceServicer:
         minimum; the OMS never rounds), ALREADY_EXISTS (`client_order_id` reused
         with different parameters), FAILED_PRECONDITION (a real exchange the user
         has no active account on), RESOURCE_EXHAUSTED / UNAVAILABLE (the exchange
-        answered an earlier order 429 / 418: new orders to it are refused, unstored
-        and unsent, until the back-off has passed). The order that met the 429 /
-        418 itself ends REJECTED "not sent" and the call succeeds, as for any
-        refusal by the exchange.
+        answered an earlier order 429 / 418: new orders are refused, unstored and
+        unsent, until the back-off has passed; those of that account after a 429,
+        those of every account on the exchange after a 418 or a limit that names
+        the address, as Binance's request weight does; a retry of an order placed
+        already still answers that order). The order that met the 429 / 418 itself
+        ends REJECTED "not sent" and the call succeeds, as for any refusal by the
+        exchange.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -59,8 +59,8 @@ class OrderServiceStub:
     order) when the exchange's mark price reaches `stop_price`
     (ORDER_EVENT_TYPE_TRIGGERED, then ACCEPTED with the exchange's id); one
     the mark has reached already is REJECTED, and one the exchange refuses
-    once triggered ends EXPIRED with the reason (one it did not take, a 429 or
-    a 5xx it did not act on, is sent again). On paper too, a stop or
+    once triggered ends EXPIRED with the reason (one it did not take, a 429, a
+    418 or a 5xx it did not act on, is sent again). On paper too, a stop or
     take-profit the last price has reached already is REJECTED. The
     exception, on both: an OpenPosition exit whose entry filled through it
     (a gap) is triggered at once.
@@ -69,10 +69,13 @@ class OrderServiceStub:
     minimum; the OMS never rounds), ALREADY_EXISTS (`client_order_id` reused
     with different parameters), FAILED_PRECONDITION (a real exchange the user
     has no active account on), RESOURCE_EXHAUSTED / UNAVAILABLE (the exchange
-    answered an earlier order 429 / 418: new orders to it are refused, unstored
-    and unsent, until the back-off has passed). The order that met the 429 /
-    418 itself ends REJECTED "not sent" and the call succeeds, as for any
-    refusal by the exchange.
+    answered an earlier order 429 / 418: new orders are refused, unstored and
+    unsent, until the back-off has passed; those of that account after a 429,
+    those of every account on the exchange after a 418 or a limit that names
+    the address, as Binance's request weight does; a retry of an order placed
+    already still answers that order). The order that met the 429 / 418 itself
+    ends REJECTED "not sent" and the call succeeds, as for any refusal by the
+    exchange.
     """
     CancelOrder: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.CancelOrderRequest, _order_service_pb2.CancelOrderResponse]
     """Cancels one order, by `order_id` or `client_order_id`. Returns the order:
@@ -201,8 +204,8 @@ class OrderServiceAsyncStub(OrderServiceStub):
     order) when the exchange's mark price reaches `stop_price`
     (ORDER_EVENT_TYPE_TRIGGERED, then ACCEPTED with the exchange's id); one
     the mark has reached already is REJECTED, and one the exchange refuses
-    once triggered ends EXPIRED with the reason (one it did not take, a 429 or
-    a 5xx it did not act on, is sent again). On paper too, a stop or
+    once triggered ends EXPIRED with the reason (one it did not take, a 429, a
+    418 or a 5xx it did not act on, is sent again). On paper too, a stop or
     take-profit the last price has reached already is REJECTED. The
     exception, on both: an OpenPosition exit whose entry filled through it
     (a gap) is triggered at once.
@@ -211,10 +214,13 @@ class OrderServiceAsyncStub(OrderServiceStub):
     minimum; the OMS never rounds), ALREADY_EXISTS (`client_order_id` reused
     with different parameters), FAILED_PRECONDITION (a real exchange the user
     has no active account on), RESOURCE_EXHAUSTED / UNAVAILABLE (the exchange
-    answered an earlier order 429 / 418: new orders to it are refused, unstored
-    and unsent, until the back-off has passed). The order that met the 429 /
-    418 itself ends REJECTED "not sent" and the call succeeds, as for any
-    refusal by the exchange.
+    answered an earlier order 429 / 418: new orders are refused, unstored and
+    unsent, until the back-off has passed; those of that account after a 429,
+    those of every account on the exchange after a 418 or a limit that names
+    the address, as Binance's request weight does; a retry of an order placed
+    already still answers that order). The order that met the 429 / 418 itself
+    ends REJECTED "not sent" and the call succeeds, as for any refusal by the
+    exchange.
     """
     CancelOrder: _aio.UnaryUnaryMultiCallable[_order_service_pb2.CancelOrderRequest, _order_service_pb2.CancelOrderResponse]  # type: ignore[assignment]
     """Cancels one order, by `order_id` or `client_order_id`. Returns the order:
@@ -346,8 +352,8 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         order) when the exchange's mark price reaches `stop_price`
         (ORDER_EVENT_TYPE_TRIGGERED, then ACCEPTED with the exchange's id); one
         the mark has reached already is REJECTED, and one the exchange refuses
-        once triggered ends EXPIRED with the reason (one it did not take, a 429 or
-        a 5xx it did not act on, is sent again). On paper too, a stop or
+        once triggered ends EXPIRED with the reason (one it did not take, a 429, a
+        418 or a 5xx it did not act on, is sent again). On paper too, a stop or
         take-profit the last price has reached already is REJECTED. The
         exception, on both: an OpenPosition exit whose entry filled through it
         (a gap) is triggered at once.
@@ -356,10 +362,13 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         minimum; the OMS never rounds), ALREADY_EXISTS (`client_order_id` reused
         with different parameters), FAILED_PRECONDITION (a real exchange the user
         has no active account on), RESOURCE_EXHAUSTED / UNAVAILABLE (the exchange
-        answered an earlier order 429 / 418: new orders to it are refused, unstored
-        and unsent, until the back-off has passed). The order that met the 429 /
-        418 itself ends REJECTED "not sent" and the call succeeds, as for any
-        refusal by the exchange.
+        answered an earlier order 429 / 418: new orders are refused, unstored and
+        unsent, until the back-off has passed; those of that account after a 429,
+        those of every account on the exchange after a 418 or a limit that names
+        the address, as Binance's request weight does; a retry of an order placed
+        already still answers that order). The order that met the 429 / 418 itself
+        ends REJECTED "not sent" and the call succeeds, as for any refusal by the
+        exchange.
         """
 
     @_abc_1.abstractmethod

@@ -62,6 +62,7 @@ _UNKNOWN_ORDER_CODES = {
     "okx": {"51400", "51401", "51402", "51603"},
 }
 _BANNED = re.compile(r"\b418\b|banned", re.IGNORECASE)
+_IP_LIMIT = re.compile(r"\bIP\b")
 _ERROR_CODE = re.compile(r'"(?:sCode|code)"\s*:\s*"?(-?\d+)"?')
 
 # What every instance of an exchange needs so that load_markets stays public and quick.
@@ -140,8 +141,14 @@ def classify(exchange: str, error: Exception) -> GatewayError:
     match error:
         case ccxt_errors.RateLimitExceeded() | ccxt_errors.DDoSProtection():
             # ccxt raises DDoSProtection for Binance's 429 and 418 alike, with the status
-            # in the message; only 418 means the address is banned for a while.
-            return RateLimited(message, banned=_BANNED.search(message) is not None)
+            # in the message; only 418 means the address is banned for a while. A limit is
+            # the account's (OKX's trading limits, Binance's order counts) unless it names
+            # the IP (Binance's request weight).
+            return RateLimited(
+                message,
+                banned=_BANNED.search(message) is not None,
+                whole_address=_IP_LIMIT.search(message) is not None,
+            )
         case ccxt_errors.AuthenticationError():
             return CredentialsRefused(message)
         case ccxt_errors.OrderNotFound():

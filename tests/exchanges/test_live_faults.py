@@ -7,6 +7,7 @@ own records."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from decimal import Decimal
 
 import grpc
@@ -17,6 +18,7 @@ from fixtures.live_trading import (
     API_KEY,
     BTC,
     MASTER_KEY,
+    ORDER_ROUTE,
     PASSWORD,
     SECRET,
     USER,
@@ -284,4 +286,29 @@ async def test_a_fill_listed_a_moment_after_the_cancel_it_met_is_applied(
     await live.cancel(order.order_id)
     done = await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
     assert done.filled_quantity == "0.01"
+    await live.assert_invariants()
+
+
+async def test_an_account_deactivated_while_a_submit_is_in_flight_leaves_no_work_running(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    exchange.delay_requests(*ORDER_ROUTE[exchange.venue], 1.0)
+    exchange.delay_requests("POST", "/api/v5/trade/batch-orders", 1.0)
+    placing = asyncio.create_task(live.place(price="49000", client_order_id="in-flight"))
+    await asyncio.sleep(0.3)
+    await live.accounts.DeactivateAccount(
+        acc.DeactivateAccountRequest(user_id=USER, exchange=exchange.venue)
+    )
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await placing
+    await asyncio.sleep(0.5)
+    # Nothing of the account's runs on (a lookup on its closed connection, say).
+    assert [
+        t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith(exchange.venue)
+    ] == []
+    await live.accounts.ActivateAccount(
+        acc.ActivateAccountRequest(user_id=USER, exchange=exchange.venue)
+    )
+    found = await live.until_found("in-flight")
+    assert (await live.until(found.order_id, settled)).status == S.ORDER_STATUS_OPEN
     await live.assert_invariants()

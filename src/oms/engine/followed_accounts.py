@@ -22,12 +22,13 @@ class FollowedAccount:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         """Background work by name: the poller and one lookup per unsettled order."""
         self.refused_sends: set[str] = set()
-        """Orders that fired (held stops, trailing stops' closes) whose last send met a 429:
-        not at the exchange, to send again once the back-off has passed."""
+        """Orders that fired (held stops, trailing stops' closes) whose last send met a 429
+        or 418: not at the exchange, to send again once the back-off has passed."""
         self.sending: set[str] = set()
         """Orders whose submit has not returned yet: no lookup gives up on them meanwhile."""
         self.foreign_orders: set[str] = set()
         """Exchange order ids of fills that belong to no OMS order (placed outside it)."""
+        self._stopped = False
 
     @contextlib.contextmanager
     def submitting(self, order_id: str) -> Iterator[None]:
@@ -38,7 +39,10 @@ class FollowedAccount:
             self.sending.discard(order_id)
 
     def start(self, name: str, work: Coroutine[Any, Any, None]) -> None:
-        if name in self.tasks:
+        """Run `work` in the background until it ends or the account stops; nothing once
+        it has stopped (a call in flight at deactivation: what it would have followed up is
+        settled when the account is followed again)."""
+        if name in self.tasks or self._stopped:
             work.close()
             return
         task = asyncio.get_running_loop().create_task(work, name=f"{self.exchange}:{name}")
@@ -46,6 +50,7 @@ class FollowedAccount:
         task.add_done_callback(lambda _: self.tasks.pop(name, None))
 
     async def stop(self) -> None:
+        self._stopped = True
         tasks = list(self.tasks.values())
         for task in tasks:
             task.cancel()

@@ -8,7 +8,9 @@ import gc
 import logging
 import os
 import signal
+import socket
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -127,8 +129,18 @@ class Application:
         settings: Settings,
         redis_url: str,
         extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
+        writer_lease: bool = True,
     ) -> None:
+        """`writer_lease` False: the store is private to this process already (the embedded
+        Redis, behind its data dir's lock)."""
         self.settings = settings
+        self._lease_holder = (
+            f"{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
+            if writer_lease
+            else ""
+        )
+        # Renewed at every store check: lapses only if several checks in a row fail.
+        self._lease_s = max(settings.writer_lease_s, 3 * settings.store_check_interval_s)
         self.store = RedisStore(
             connect(redis_url, settings.redis_timeout_s, settings.redis_max_connections),
             settings.retention_events,
@@ -233,14 +245,19 @@ class Application:
         """Recover, listen, report SERVING; returns the bound port."""
         try:
             await self.store.claim_identity()
+            await self._take_lease()
         except RedisError as error:
             raise StartupError(f"cannot reach Redis: {error}") from error
-        await self.paper.recover()
-        await self.rules.finish_pending(paper_only=True)
         try:
-            port = self.server.bind(self.settings.listen)
-        except OSError as error:
-            raise StartupError(str(error)) from error
+            await self.paper.recover()
+            await self.rules.finish_pending(paper_only=True)
+            try:
+                port = self.server.bind(self.settings.listen)
+            except OSError as error:
+                raise StartupError(str(error)) from error
+        except BaseException:
+            await self._release_lease()  # the next start need not wait it out
+            raise
         await self.server.start()
         # Listening but NOT_SERVING while the exchanges are reconciled: an unreachable one
         # keeps the server here, visible to health checks.
@@ -276,6 +293,40 @@ class Application:
         )
         return port
 
+    async def _take_lease(self) -> None:
+        """Become the store's only writer, waiting out the lease of a server that died
+        without giving it back; another that still renews its lease is a StartupError."""
+        if not self._lease_holder:
+            return
+        deadline = time.monotonic() + self._lease_s + 1
+        while (held := await self.store.hold_lease(self._lease_holder, self._lease_s)) is not None:
+            holder, left_s = held
+            if time.monotonic() + min(left_s, 0.5) > deadline:
+                raise StartupError(
+                    f"another OMS writes this Redis ({holder}): stop it first. Two servers on "
+                    "one store would each decide on a paper book of their own"
+                )
+            log.warning("waiting %.1f s for the lease of %s on this Redis", left_s, holder)
+            await asyncio.sleep(min(left_s, 0.5))
+
+    async def _hold_lease(self) -> bool:
+        """Renew the writer lease; False if another server holds it now."""
+        if not self._lease_holder:
+            return True
+        held = await self.store.hold_lease(self._lease_holder, self._lease_s)
+        if held is not None:
+            self.lose_store(
+                f"another OMS ({held[0]}) took this Redis over while this one did not renew "
+                "its lease: only one server may write a store"
+            )
+        return held is None
+
+    async def _release_lease(self) -> None:
+        if self._lease_holder:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(self.settings.redis_timeout_s):
+                    await self.store.release_lease(self._lease_holder)
+
     async def _watch_store(self) -> None:
         """NOT_SERVING while the state store does not answer, SERVING once it does again, so
         that an orchestrator can route around (or restart) an instance that can only fail.
@@ -287,6 +338,8 @@ class Application:
                 async with asyncio.timeout(self.settings.redis_timeout_s):
                     same_store = await self.store.holds_identity()
                     if same_store:
+                        if not await self._hold_lease():
+                            return
                         await self.journal.catch_up_unsure()
                 reachable = True
             except (RedisError, OSError, TimeoutError, Unavailable) as error:
@@ -340,6 +393,7 @@ class Application:
         await self.exchanges.close()
         await self.connector.close()
         await self._stop_archiving()
+        await self._release_lease()
         await self.store.close()
         if self.metrics is not None:
             self.metrics.close()
@@ -379,7 +433,7 @@ async def serve(
     """Serve until SIGTERM or SIGINT (exit status 0), or until the state goes from under it
     (1): `embedded`, the Redis this process started, exits by itself (a restart recovers it
     from the append-only file), or the store comes back without its data."""
-    app = Application(settings, redis_url, extra_handlers)
+    app = Application(settings, redis_url, extra_handlers, writer_lease=embedded is None)
     freeze_startup_heap()  # before the first call can be stalled by it
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

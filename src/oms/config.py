@@ -388,6 +388,11 @@ class Settings(BaseSettings):
     store_check_interval_s: float = Field(default=1.0, gt=0)
     """How often Redis is pinged while serving: health is NOT_SERVING while it does not
     answer, SERVING again once it does."""
+    writer_lease_s: float = Field(default=10.0, gt=0)
+    """With redis_url: how long a server's claim to its Redis outlives the server (renewed
+    at every store check, so at least 3 of them). Another server started on that Redis
+    waits this long at most for a claim that is not renewed (a server killed), and refuses
+    to start while it is."""
     data_dir: Path = Path(".oms-data")
     """Where the embedded Redis keeps its append-only file (unused with redis_url).
     A relative path is from the working directory, wherever it was set."""

@@ -170,6 +170,11 @@ def store_identity() -> str:
     return f"{PREFIX}:store_identity"
 
 
+def writer_lease() -> str:
+    """Which OMS process writes this store now, for a while (see RedisStore.hold_lease)."""
+    return f"{PREFIX}:writer_lease"
+
+
 def commit_count() -> str:
     """How many times the commit script ran against this store (script_pipe.py)."""
     return f"{PREFIX}:commit_count"

@@ -269,6 +269,8 @@ class RedisStore:
         self._list_page = redis.register_script(_script("list_page.lua"))
         self._forget_closed_sides = redis.register_script(_script("forget_closed_sides.lua"))
         self._get_by_key = redis.register_script(_script("get_by_key.lua"))
+        # Renewed by the health watcher: on its connection, for the same reason.
+        self._writer_lease = self._probe.register_script(_script("writer_lease.lua"))
 
     @property
     def redis(self) -> Redis:
@@ -282,6 +284,21 @@ class RedisStore:
             pipe.get(keys.store_identity())
             _, identity = await pipe.execute()
         self._identity = bytes(identity).decode()
+
+    async def hold_lease(self, holder: str, ttl_s: float) -> tuple[str, float] | None:
+        """Take or keep the store's writer lease for `ttl_s`: None when `holder` has it now,
+        else (the holder that has it, the seconds its lease has left). This process being
+        the keyspace's single writer is what lets it keep the paper book in memory."""
+        answer = await self._writer_lease(
+            keys=[keys.writer_lease()], args=[holder, "hold", int(ttl_s * 1000)]
+        )
+        if not answer:
+            return None
+        other, left_ms = answer
+        return bytes(other).decode(), int(left_ms) / 1000
+
+    async def release_lease(self, holder: str) -> None:
+        await self._writer_lease(keys=[keys.writer_lease()], args=[holder, "release"])
 
     async def _same_identity(self) -> bool:
         """`holds_identity`, True if it cannot tell."""

@@ -404,7 +404,7 @@ class Settings(BaseSettings):
     """While a client has calls open, the server pings it this often; one that does not
     answer within a third of that is disconnected and its streams end (a client that hung,
     or vanished behind a partition, would otherwise hold them for hours)."""
-    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    heartbeat_interval_s: float = Field(default=10.0, gt=0, le=15)
     """An idle stream sends a heartbeat at least this often (the contract promises 15 s: the
     margin keeps a client's 15 s watchdog from racing a busy loop)."""
     stream_buffer_events: int = Field(default=10_000, ge=1)
@@ -472,6 +472,14 @@ class Settings(BaseSettings):
         if url is not None and not re.match(r"(redis|rediss|unix)://", url):
             raise ValueError(f"{url!r} must start with redis://, rediss:// or unix://")
         return url
+
+    @field_validator("postgres_dsn")
+    @classmethod
+    def _check_postgres_dsn(cls, dsn: SecretStr | None) -> SecretStr | None:
+        # asyncpg takes the URI form only, and would refuse it once a second, forever.
+        if dsn is not None and not re.match(r"postgres(ql)?://", dsn.get_secret_value()):
+            raise ValueError("must start with postgresql:// (asyncpg takes the URI form only)")
+        return dsn
 
     @field_validator("data_dir", "config")
     @classmethod

@@ -225,6 +225,10 @@ def test_decimals_stay_exact(tmp_path: Path) -> None:
         ("OMS_METRICS_LISTEN", "unix:/tmp/metrics.sock", "metrics_listen"),
         ("OMS_METRICS_LISTEN", "9464", "metrics_listen"),
         ("OMS_HEARTBEAT_INTERVAL_S", "-1", "heartbeat_interval_s"),
+        ("OMS_HEARTBEAT_INTERVAL_S", "16", "heartbeat_interval_s"),  # the contract's 15 s
+        ("OMS_HEARTBEAT_INTERVAL_S", "inf", "heartbeat_interval_s"),
+        ("OMS_POSTGRES_DSN", "notadsn", "postgres_dsn"),
+        ("OMS_POSTGRES_DSN", "host=db dbname=oms", "postgres_dsn"),
         ("OMS_LISTEN", "localhost", "listen"),
         ("OMS_LISTEN", "::1:50051", "listen"),
         ("OMS_LOG_LEVEL", "LOUD", "log_level"),

@@ -90,7 +90,9 @@ def venue_policy(settings: Settings) -> Callable[[str], VenuePolicy]:
         table = settings.exchanges.get(exchange, ExchangeSettings())
         return VenuePolicy(
             poll_interval_s=table.poll_interval_s,
-            lookup_grace_s=table.lookup_grace_s,
+            # Not before the exchange's own window for the request has closed (the client
+            # sets it to the request timeout): until then it may still take the order.
+            lookup_grace_s=max(table.lookup_grace_s, table.timeout_ms / 1000),
             mark_interval_s=table.mark_interval_s,
             fill_lookback_s=table.fill_lookback_s,
             rate_limit_backoff_s=table.rate_limit_backoff_s,

@@ -237,7 +237,9 @@ class ExchangeSettings(BaseModel):
     lookup_grace_s: float = Field(default=15.0, ge=0)
     """How long after an ambiguous submit the exchange may still show the order; only after
     it can the OMS conclude the order was never taken (REJECTED, or sent again for an order
-    that fired). Keep it above `timeout_ms` and the exchange's own request window."""
+    that fired). Never less than `timeout_ms`: each order goes with a window of that long
+    (Binance's recvWindow, OKX's expTime), past which the exchange drops it; the rest
+    covers the skew between this clock and the exchange's."""
     mark_interval_s: float = Field(default=1.0, gt=0)
     """How often the marks of the symbols in use (positions, held stops) are read over REST,
     the fallback under the exchange's websocket ticker feed."""

@@ -292,8 +292,9 @@ async def test_a_fill_listed_a_moment_after_the_cancel_it_met_is_applied(
 async def test_an_account_deactivated_while_a_submit_is_in_flight_leaves_no_work_running(
     live: LiveTrading, exchange: FakeExchange
 ) -> None:
-    exchange.delay_requests(*ORDER_ROUTE[exchange.venue], 1.0)
-    exchange.delay_requests("POST", "/api/v5/trade/batch-orders", 1.0)
+    # Slow, yet within the request's window (the timeout, 1 s here): the exchange takes it.
+    exchange.delay_requests(*ORDER_ROUTE[exchange.venue], 0.7)
+    exchange.delay_requests("POST", "/api/v5/trade/batch-orders", 0.7)
     placing = asyncio.create_task(live.place(price="49000", client_order_id="in-flight"))
     await asyncio.sleep(0.3)
     await live.accounts.DeactivateAccount(
@@ -312,3 +313,23 @@ async def test_an_account_deactivated_while_a_submit_is_in_flight_leaves_no_work
     found = await live.until_found("in-flight")
     assert (await live.until(found.order_id, settled)).status == S.ORDER_STATUS_OPEN
     await live.assert_invariants()
+
+
+async def test_a_submit_the_exchange_would_carry_out_after_the_lookup_gave_up_is_not_carried_out(
+    exchange: FakeExchange, redis_url: str
+) -> None:
+    # The request sits in the exchange's queue past the OMS's timeout and lookup grace. The
+    # OMS sends it with a window (Binance's recvWindow, OKX's expTime) of its timeout, so
+    # the exchange drops it late rather than take an order the OMS has settled REJECTED.
+    live = await live_trading(redis_url, exchange, timeout_ms=1000, lookup_grace_s=1.5)
+    try:
+        exchange.delay_requests(*ORDER_ROUTE[exchange.venue], 2.5)
+        exchange.delay_requests("POST", "/api/v5/trade/batch-orders", 2.5)
+        order = await live.place(price="49000")
+        rejected = await live.until(order.order_id, settled)
+        assert rejected.status == S.ORDER_STATUS_REJECTED
+        await asyncio.sleep(1.5)  # the held request reaches the exchange meanwhile
+        assert exchange.orders(API_KEY) == []
+        await live.assert_invariants()
+    finally:
+        await live.oms.close()

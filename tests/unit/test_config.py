@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from oms.config import DEFAULT_PAPER_MARKETS, ConfigError, Settings, is_loopback, load_settings
+from oms.bootstrap import venue_policy
+from oms.config import (
+    DEFAULT_PAPER_MARKETS,
+    ConfigError,
+    ExchangeSettings,
+    Settings,
+    is_loopback,
+    load_settings,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -429,3 +437,15 @@ def test_the_readme_sample_file_loads_as_written(tmp_path: Path) -> None:
     )
     assert "DOGE/USDT:USDT" in [market.symbol for market in settings.paper.markets]
     assert settings.exchanges["okx"].lookup_grace_s == 15.0
+
+
+def test_a_lookup_never_gives_up_on_an_order_before_its_request_window_closed() -> None:
+    settings = Settings(
+        exchanges={
+            "okx": ExchangeSettings(timeout_ms=3000, lookup_grace_s=1.0),
+            "binanceusdm": ExchangeSettings(timeout_ms=3000, lookup_grace_s=15.0),
+        }
+    )
+    policy = venue_policy(settings)
+    assert policy("okx").lookup_grace_s == 3.0  # the exchange may take it until then
+    assert policy("binanceusdm").lookup_grace_s == 15.0

@@ -13,7 +13,7 @@ class VenuePolicy:
     """How often an account's open orders are read back from the exchange."""
     lookup_grace_s: float = 15.0
     """After a submit, how long the exchange may still take an order it does not show yet
-    (at least its own request window: Binance's recvWindow)."""
+    (at least its own window for the request: Binance's recvWindow, OKX's expTime)."""
     lookup_backoff_s: float = 0.2
     """First wait between lookups of an ambiguous order; doubles up to max_backoff_s."""
     max_backoff_s: float = 5.0

@@ -63,6 +63,7 @@ _UNKNOWN_ORDER_CODES = {
 }
 _BANNED = re.compile(r"\b418\b|banned", re.IGNORECASE)
 _IP_LIMIT = re.compile(r"\bIP\b")
+_MAX_RECV_WINDOW_MS = 60_000  # Binance refuses more
 _ERROR_CODE = re.compile(r'"(?:sCode|code)"\s*:\s*"?(-?\d+)"?')
 
 # What every instance of an exchange needs so that load_markets stays public and quick.
@@ -124,6 +125,22 @@ class CcxtSettings:
     """ccxt's own request throttle."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """Merged into ccxt's `options` for the exchange."""
+
+
+def _expire_trade_requests(client: Any, timeout_ms: int) -> None:
+    """OKX takes a trade request only until the time its expTime header names: set to when
+    the OMS stops waiting for it, a lookup past that finds whatever it ever took."""
+    sign = client.sign
+
+    def signed(
+        path: str, api: Any = "public", method: str = "GET", params: Any = None
+    ) -> dict[str, Any]:
+        request: dict[str, Any] = sign(path, api, method, {} if params is None else params)
+        if api[0] == "private" and method == "POST" and path.startswith("trade/"):
+            request["headers"]["expTime"] = str(client.milliseconds() + timeout_ms)
+        return request
+
+    client.sign = signed
 
 
 def classify(exchange: str, error: Exception) -> GatewayError:
@@ -522,6 +539,10 @@ class CcxtConnector:
         settings = self._settings.get(exchange, CcxtSettings())
         defaults = _CCXT_DEFAULTS.get(exchange, {})
         options = {**defaults.get("options", {}), **settings.options}
+        if exchange in _BINANCE_FAMILY:
+            # The exchange takes a request only within recvWindow of its timestamp: as
+            # long as the OMS waits for it, so a lookup past that finds what it ever took.
+            options.setdefault("recvWindow", min(settings.timeout_ms, _MAX_RECV_WINDOW_MS))
         # ccxt.pro's classes add the websocket feeds to the REST calls, where it has them.
         module = ccxt_pro if hasattr(ccxt_pro, exchange) else ccxt_async
         client = getattr(module, exchange)(
@@ -535,6 +556,7 @@ class CcxtConnector:
         if exchange == "okx":
             # Currencies come from a private endpoint; markets are enough to trade.
             client.has["fetchCurrencies"] = False
+            _expire_trade_requests(client, settings.timeout_ms)
         if sandbox:
             client.set_sandbox_mode(True)
         if settings.ws_url:

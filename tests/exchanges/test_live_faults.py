@@ -25,6 +25,7 @@ from fixtures.live_trading import (
     LiveTrading,
     exchange_settings,
     live_trading,
+    placements,
 )
 from fixtures.oms_server import make_oms
 from tradingboost.oms.v1 import account_service_pb2 as acc
@@ -333,3 +334,58 @@ async def test_a_submit_the_exchange_would_carry_out_after_the_lookup_gave_up_is
         await live.assert_invariants()
     finally:
         await live.oms.close()
+
+
+async def test_an_order_that_found_the_exchange_down_is_sent_once_it_is_back_within_its_grace(
+    exchange: FakeExchange, redis_url: str
+) -> None:
+    live = await live_trading(redis_url, exchange, lookup_grace_s=5.0)
+    try:
+        await exchange.stop()  # connections refused: nothing can leave
+        order = await live.place(price="49000", client_order_id="while-down")
+        assert order.status == S.ORDER_STATUS_PENDING_NEW
+        await asyncio.sleep(1.0)
+        await exchange.start()
+        placed = await live.until(order.order_id, settled, timeout_s=10)
+        assert placed.status == S.ORDER_STATUS_OPEN
+        # Its retry answers it, and the exchange has it once.
+        assert (await live.place(price="49000", client_order_id="while-down")).order_id == (
+            order.order_id
+        )
+        assert placements(exchange) == 1
+        await live.assert_invariants()
+    finally:
+        await live.oms.close()
+
+
+async def test_an_order_that_never_left_is_rejected_once_its_grace_has_passed(
+    exchange: FakeExchange, redis_url: str
+) -> None:
+    live = await live_trading(redis_url, exchange, lookup_grace_s=1.0)
+    try:
+        await exchange.stop()
+        order = await live.place(price="49000")
+        await asyncio.sleep(1.5)  # past its grace: late now, it is not sent
+        await exchange.start()
+        refused = await live.until(order.order_id, settled, timeout_s=10)
+        assert refused.status == S.ORDER_STATUS_REJECTED
+        assert refused.reject_reason.startswith(f"not sent: {exchange.venue} could not be reached")
+        assert placements(exchange) == 0
+        await live.assert_invariants()
+    finally:
+        await live.oms.close()
+
+
+async def test_an_order_that_never_left_and_was_cancelled_is_never_sent(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    await exchange.stop()
+    order = await live.place(price="49000")
+    await live.cancel(order.order_id)
+    await exchange.start()
+    canceled = await live.until(order.order_id, settled, timeout_s=10)
+    assert (canceled.status, canceled.cancel_reason) == (
+        S.ORDER_STATUS_CANCELED,
+        "canceled by user",
+    )
+    assert placements(exchange) == 0

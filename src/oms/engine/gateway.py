@@ -27,6 +27,7 @@ Errors say what the engine may conclude, not which library raised them:
 | OutcomeUnknown      | may or may not exist: PENDING_NEW, looked up by client id   |
 | DuplicateClientId   | exists (an earlier attempt landed): looked up, never re-sent |
 | RateLimited         | was not taken: the caller is told to slow down              |
+| NotSent             | never left: no connection to the exchange could be opened   |
 | CredentialsRefused  | was not taken: the account's credentials were refused       |
 | OrderUnknown        | (cancel, lookup) the exchange has no such open order        |
 """
@@ -60,6 +61,11 @@ class OutcomeUnknown(GatewayError):
 
 class DuplicateClientId(GatewayError):
     pass
+
+
+class NotSent(GatewayError):
+    """No connection to the exchange could be opened (refused, no such host, a failed TLS
+    handshake): the request never reached it, so sending it again cannot make a twin."""
 
 
 class RateLimited(GatewayError):

@@ -73,6 +73,7 @@ from oms.engine.gateway import (
     DuplicateClientId,
     GatewayConnector,
     GatewayError,
+    NotSent,
     OrderUnknown,
     OutcomeUnknown,
     RateLimited,
@@ -320,6 +321,14 @@ class LiveExchanges:
             log.warning(
                 "order %s: submit outcome unknown, looking it up: %s", order.order_id, error
             )
+            self._lookups.start(followed, order.order_id)
+            return order
+        except NotSent as error:
+            log.warning(
+                "order %s: not sent, %s unreachable: %s", order.order_id, order.exchange, error
+            )
+            if not unsent_trigger(order):  # (one that fired is owed: its lookup sends it again)
+                followed.unsent.add(order.order_id)
             self._lookups.start(followed, order.order_id)
             return order
         except RateLimited as error:

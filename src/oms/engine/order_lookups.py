@@ -4,7 +4,8 @@ An ambiguous submit or cancel (a timeout, a 5xx, "status unknown") leaves the or
 PENDING_NEW or PENDING_CANCEL. Each such order is looked up by the OMS's client id, with
 backoff, until it is settled: the exchange has it (settled from its report, and cancelled
 again while a cancel is pending) or, once `lookup_grace_s` has passed since it was sent,
-positively has not (REJECTED).
+positively has not (REJECTED). A new order that never left (no connection could be opened)
+is sent as soon as the exchange answers again within that grace, and REJECTED past it.
 
 What fired (a held stop, a trailing stop's close) is owed: one the exchange never took (a
 429, a 5xx it did not act on, a crash while it was sent) is sent again rather than given
@@ -103,7 +104,22 @@ class OrderLookups:
                     delay = policy.lookup_backoff_s
                     continue
                 report = await followed.gateway.fetch_order(order, client_id)
-                if report is not None:
+                if report is None and order_id in followed.unsent:
+                    followed.unsent.discard(order_id)
+                    if order.status is OrderStatus.PENDING_CANCEL:
+                        order = await self._sender.commit(followed, order_id, _cancel_unsent)
+                    elif not self._past_grace(followed, order, policy):
+                        # Reachable again, and it never got there: send it now, within
+                        # its grace as if the exchange had been slow.
+                        log.info("order %s: the exchange answers again, sending it", order_id)
+                        order = await self._sender.send(followed, order)
+                    else:
+                        reason = (
+                            f"not sent: {order.exchange} could not be reached within "
+                            f"{policy.lookup_grace_s:g} s"
+                        )
+                        order = await self._sender.commit(followed, order_id, _refuse(reason))
+                elif report is not None:
                     order = await self._sender.settle(followed, order_id, report)
                     if order.status is OrderStatus.PENDING_CANCEL and not report.status.is_terminal:
                         with contextlib.suppress(GatewayError):
@@ -168,6 +184,13 @@ class OrderLookups:
         # An order that fired was sent with its last change (the trigger, or SENT_AGAIN).
         sent_at_ns = order.updated_at_ns if order.triggered else order.created_at_ns
         return self._clock_ns() - sent_at_ns >= policy.lookup_grace_s * 1e9
+
+
+async def _cancel_unsent(order: Order) -> list[OrderEvent]:
+    """A cancel that came for an order that never left: done here, nothing to send."""
+    if order.status is OrderStatus.PENDING_CANCEL and unacknowledged(order):
+        return [OrderCanceled(order.cancel_reason)]
+    return []
 
 
 def _refuse(reason: str) -> Callable[[Order], Awaitable[list[OrderEvent]]]:

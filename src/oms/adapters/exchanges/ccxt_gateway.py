@@ -11,11 +11,13 @@ import asyncio
 import functools
 import logging
 import re
+import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import aiohttp
 import ccxt.async_support as ccxt_async  # type: ignore[import-untyped]
 import ccxt.pro as ccxt_pro  # type: ignore[import-untyped]
 from ccxt.base import errors as ccxt_errors  # type: ignore[import-untyped]
@@ -36,6 +38,7 @@ from oms.engine.gateway import (
     CredentialsRefused,
     DuplicateClientId,
     GatewayError,
+    NotSent,
     OrderUnknown,
     OutcomeUnknown,
     RateLimited,
@@ -181,6 +184,10 @@ def classify(exchange: str, error: Exception) -> GatewayError:
             | ccxt_errors.NotSupported()
         ):
             return SubmitRefused(message)
+    if isinstance(error, ccxt_errors.ExchangeNotAvailable) and isinstance(
+        error.__cause__, aiohttp.ClientConnectorError | socket.gaierror
+    ):
+        return NotSent(message)
     # Timeouts, 5xx, dropped connections, unparseable replies and codes nobody mapped: the
     # request may have been carried out.
     return OutcomeUnknown(message)
@@ -351,6 +358,8 @@ class CcxtGateway:
             return await method(*args)
         except ccxt_errors.BaseError as error:
             raise classify(self._exchange, error) from error
+        except (ConnectionRefusedError, socket.gaierror) as error:
+            raise NotSent(f"{type(error).__name__}: {error}") from error
         except OSError as error:
             raise OutcomeUnknown(f"{type(error).__name__}: {error}") from error
 

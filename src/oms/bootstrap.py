@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from redis.exceptions import RedisError
 
+from oms.adapters.commit_floor_file import CommitFloorFile
 from oms.adapters.credential_vault import CredentialVault, MasterKeyError, parse_master_key
 from oms.adapters.exchanges.ccxt_gateway import CcxtConnector, CcxtSettings
 from oms.adapters.postgres_archive import PostgresArchive
@@ -223,6 +224,7 @@ class Application:
             self.hub.add_listener(self.archiver.committed)
         self._stopping = asyncio.Event()
         self._watching: asyncio.Task[None] | None = None
+        self._floor_file: CommitFloorFile | None = None
         self.store_lost = False
 
     def _metrics(self) -> Metrics:
@@ -248,6 +250,7 @@ class Application:
         try:
             await self.store.claim_identity()
             await self._take_lease()
+            await self._check_floor()
         except RedisError as error:
             raise StartupError(f"cannot reach Redis: {error}") from error
         try:
@@ -323,6 +326,38 @@ class Application:
             )
         return held is None
 
+    async def _check_floor(self) -> None:
+        """Refuse a store that holds fewer commits than it answered an earlier run of this
+        server (kept in the data dir, for a Redis of its own: an embedded one has its
+        append-only file there already)."""
+        if not self._lease_holder:
+            return
+        self._floor_file = CommitFloorFile(self.settings.data_dir, self.store.identity)
+        try:
+            answered = self._floor_file.read()
+        except (OSError, ValueError) as error:
+            raise StartupError(f"cannot read {self._floor_file.path}: {error}") from error
+        count = await self.store.hold_floor(answered)
+        if count < answered:
+            await self._release_lease()
+            raise StartupError(
+                f"Redis lost commits it had acknowledged: it holds {count} commits of this "
+                f"store, and answered {answered} before (recorded in {self._floor_file.path}). "
+                "Streams would see its sequences again for other events, and clients orders "
+                "they were told of would go missing: recover what Redis lost if you can (a "
+                "newer append-only file, the history archive). To serve it as it is, delete "
+                "that file"
+            )
+
+    def _save_floor(self) -> None:
+        if self._floor_file is not None:
+            try:
+                self._floor_file.save(self.store.floor)
+            except OSError as error:
+                log.warning(
+                    "cannot record the commit floor in %s: %s", self._floor_file.path, error
+                )
+
     async def _release_lease(self) -> None:
         if self._lease_holder:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
@@ -342,6 +377,7 @@ class Application:
                     if same_store:
                         if not await self._hold_lease():
                             return
+                        self._save_floor()
                         await self.journal.catch_up_unsure()
                 reachable = True
             except (RedisError, OSError, TimeoutError, Unavailable) as error:
@@ -395,6 +431,7 @@ class Application:
         await self.exchanges.close()
         await self.connector.close()
         await self._stop_archiving()
+        self._save_floor()  # above all when Redis lost commits: the next start must know
         await self._release_lease()
         await self.store.close()
         if self.metrics is not None:

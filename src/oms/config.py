@@ -396,7 +396,8 @@ class Settings(BaseSettings):
     waits this long at most for a claim that is not renewed (a server killed), and refuses
     to start while it is."""
     data_dir: Path = Path(".oms-data")
-    """Where the embedded Redis keeps its append-only file (unused with redis_url).
+    """Where the embedded Redis keeps its append-only file; with redis_url, where the server
+    keeps the highest commit count each store answered it (commit-floors/).
     A relative path is from the working directory, wherever it was set."""
     config: Path | None = None
     """The TOML settings file that was read, if any (flag or OMS_CONFIG only)."""

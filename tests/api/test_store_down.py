@@ -21,6 +21,7 @@ from tradingboost.oms.v1 import order_service_pb2 as pb
 
 from oms.adapters.redis_store import keys
 from oms.adapters.redis_store.embedded import EmbeddedRedis
+from oms.bootstrap import StartupError
 
 
 async def test_requests_answer_unavailable_when_redis_is_down(tmp_path: Path) -> None:
@@ -196,8 +197,11 @@ async def test_a_store_that_went_back_in_time_takes_no_commit_and_the_server_sto
         await oms.close()
 
 
-async def test_a_store_that_went_back_in_time_stops_an_idle_server_too(redis_url: str) -> None:
-    oms = await make_oms(redis_url, store_check_interval_s=0.2)
+async def test_a_store_that_went_back_in_time_stops_an_idle_server_too_and_its_next_start(
+    redis_url: str, tmp_path: Path
+) -> None:
+    settings = {"store_check_interval_s": 0.2, "data_dir": tmp_path}
+    oms = await make_oms(redis_url, **settings)
     try:
         await tick(oms, "50000")
         with redis.Redis.from_url(redis_url) as client:
@@ -210,3 +214,13 @@ async def test_a_store_that_went_back_in_time_stops_an_idle_server_too(redis_url
         assert oms.app.store_lost
     finally:
         await oms.close()
+    # Restarted as a supervisor would, the server still refuses that store...
+    with pytest.raises(StartupError, match="Redis lost commits it had acknowledged") as refused:
+        await make_oms(redis_url, **settings)
+    floors = tmp_path / "commit-floors"
+    assert str(floors) in str(refused.value)
+    # ...until the operator accepts it as it is.
+    for recorded in floors.iterdir():
+        recorded.unlink()
+    again = await make_oms(redis_url, **settings)
+    await again.close()

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +26,13 @@ LEASE: dict[str, Any] = {"writer_lease_s": 1.0, "store_check_interval_s": 0.1}
 
 
 def second_server(redis_url: str) -> Application:
-    settings = Settings(listen="127.0.0.1:0", redis_url=redis_url, shutdown_grace_s=0.5, **LEASE)
+    settings = Settings(
+        listen="127.0.0.1:0",
+        redis_url=redis_url,
+        shutdown_grace_s=0.5,
+        data_dir=Path(tempfile.mkdtemp(prefix="oms-test-data-")),
+        **LEASE,
+    )
     return Application(settings, redis_url)
 
 

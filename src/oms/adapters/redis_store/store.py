@@ -300,6 +300,22 @@ class RedisStore:
     async def release_lease(self, holder: str) -> None:
         await self._writer_lease(keys=[keys.writer_lease()], args=[holder, "release"])
 
+    @property
+    def identity(self) -> str:
+        """The identity claimed (see claim_identity); empty before."""
+        return self._identity
+
+    @property
+    def floor(self) -> int:
+        """The highest commit count Redis has answered: it must never hold fewer."""
+        return self._commit.floor
+
+    async def hold_floor(self, floor: int) -> int:
+        """Carry over a floor answered before (by an earlier run of the server); returns the
+        commit count Redis holds now, which is below it if Redis lost commits since."""
+        self._commit.floor = max(self._commit.floor, floor)
+        return int(await self._probe.get(keys.commit_count()) or 0)
+
     async def _same_identity(self) -> bool:
         """`holds_identity`, True if it cannot tell."""
         try:

@@ -253,9 +253,9 @@ async def test_a_resuming_stream_never_skips_ahead_to_a_heartbeat(oms: OmsHarnes
 
 
 async def test_a_silent_connection_is_reconnected_without_losing_events(redis_url: str) -> None:
-    # Heartbeats every 30 s against a 0.3 s idle limit: the client takes the quiet stream
+    # Heartbeats every 15 s against a 0.3 s idle limit: the client takes the quiet stream
     # for a dead connection, as it would one that vanished without a reset.
-    oms = await make_oms(redis_url, heartbeat_interval_s=30)
+    oms = await make_oms(redis_url, heartbeat_interval_s=15)
     streams = RecordStreams()
     try:
         async with client_with(oms.address, streams, stream_idle_timeout_s=0.3) as client:

@@ -67,6 +67,20 @@ def test_data_survives_a_restart_on_the_same_data_dir(tmp_path: Path) -> None:
         client.close()
 
 
+def test_its_files_are_this_users_only_and_a_loose_data_dir_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    data_dir.chmod(0o777)  # made by hand, before the first start
+    with EmbeddedRedis(data_dir) as server:
+        client = redis.Redis.from_url(server.url)
+        client.set("order:1", "PENDING_NEW")
+        client.close()
+    assert "writable by other users" in caplog.text
+    assert (data_dir / "appendonly.aof").stat().st_mode & 0o077 == 0
+
+
 def test_a_big_append_only_file_is_rewritten_at_start(tmp_path: Path) -> None:
     def last_rewrite(server: EmbeddedRedis) -> int:
         """Seconds the last AOF rewrite took, once none runs; -1: none since start."""

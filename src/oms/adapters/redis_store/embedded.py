@@ -137,6 +137,14 @@ class EmbeddedRedis:
         if self._process is not None:
             raise EmbeddedRedisError("the embedded redis-server is already running")
         self._data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = self._data_dir.stat().st_mode & 0o777
+        if mode & 0o022:
+            _log.warning(
+                "data dir %s is writable by other users (mode %o): any of them could replace "
+                "its append-only file; chmod 700 it",
+                self._data_dir,
+                mode,
+            )
         try:
             previous_owner = self._lock_data_dir()
             self._stop_leftover()
@@ -246,6 +254,7 @@ class EmbeddedRedis:
                 # stops Redis after draining its calls.
                 start_new_session=True,
                 preexec_fn=_die_with_parent(),
+                umask=0o077,  # the append-only file holds every order: this user's only
             )
 
     def _wait_until_ready(self) -> None:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import grpc
 import pytest
-from fixtures.oms_server import OmsHarness, make_oms
+from fixtures.oms_server import OmsHarness
 from fixtures.positions import ETH, SOL, expect_code, expect_invalid, redis_snapshot
 from fixtures.rules import (
     ACTIVE,
@@ -56,8 +55,6 @@ from fixtures.trading import BTC
 from tradingboost.oms.v1 import conditional_rule_pb2, market_data_pb2, order_pb2
 from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_service_pb2 as opb
-
-from oms.config import PaperSettings
 
 S = order_pb2
 R = conditional_rule_pb2
@@ -725,32 +722,26 @@ async def test_the_rule_stream_carries_every_rule_change_once_in_order(oms: OmsH
 
 
 async def test_a_rule_on_a_partly_filled_trigger_fires_at_creation_and_is_never_active(
-    redis_url: str,
+    thin_oms: OmsHarness,
 ) -> None:
-    # Thin paper liquidity: a resting order fills at most 0.004 per tick.
-    oms = await make_oms(redis_url, paper=PaperSettings(maker_fill_limit=Decimal("0.004")))
-    try:
-        bk = await book(oms)
-        await publish(oms.market, A_PRICE)
-        trigger = await order_of(oms.orders, bk.user, bk.a.order_id)
-        assert trigger.status == S.ORDER_STATUS_PARTIALLY_FILLED
-        stream = rule_stream(oms, bk.user, (await list_rules(oms.orders, bk.user)).as_of_sequence)
-        await stream.until_live()
+    oms = thin_oms
+    bk = await book(oms)
+    await publish(oms.market, A_PRICE)
+    trigger = await order_of(oms.orders, bk.user, bk.a.order_id)
+    assert trigger.status == S.ORDER_STATUS_PARTIALLY_FILLED
+    stream = rule_stream(oms, bk.user, (await list_rules(oms.orders, bk.user)).as_of_sequence)
+    await stream.until_live()
 
-        rule = await create_rule(
-            oms.orders, bk.user, bk.a.order_id, PARTIALLY_FILLED, [bk.b.order_id]
-        )
+    rule = await create_rule(oms.orders, bk.user, bk.a.order_id, PARTIALLY_FILLED, [bk.b.order_id])
 
-        assert_triggered(rule, all_cancelled(bk.b.order_id))
-        updates = await stream.events(2)
-        assert [(u.rule.status, len(u.rule.results)) for u in updates] == [
-            (TRIGGERED, 0),
-            (TRIGGERED, 1),
-        ]
-        assert await stream.no_event_within(0.3)
-        stream.cancel()
-    finally:
-        await oms.close()
+    assert_triggered(rule, all_cancelled(bk.b.order_id))
+    updates = await stream.events(2)
+    assert [(u.rule.status, len(u.rule.results)) for u in updates] == [
+        (TRIGGERED, 0),
+        (TRIGGERED, 1),
+    ]
+    assert await stream.no_event_within(0.3)
+    stream.cancel()
 
 
 async def test_bad_rule_stream_requests_name_the_field(oms: OmsHarness) -> None:

@@ -426,65 +426,59 @@ async def test_open_position_is_idempotent_on_client_order_id(oms: OmsHarness) -
 
 
 @pytest.mark.parametrize("fired", ["take_profit", "stop_loss"])
-async def test_an_exit_that_fills_cancels_the_rest_of_its_entry(redis_url: str, fired: str) -> None:
-    # Thin paper liquidity: a resting order fills at most 0.004 per tick.
-    oms = await make_oms(redis_url, paper=PaperSettings(maker_fill_limit=Decimal("0.004")))
-    try:
-        await tick(oms, "50000")
-        opened = await open_position(
-            oms,
-            type=S.ORDER_TYPE_LIMIT,
-            price="49000",
-            take_profit_price="52000",
-            stop_loss_price="48000",
-        )
-        await tick(oms, "49000")
-        assert (await get(oms, opened.entry_order.order_id)).filled_quantity == "0.004"
+async def test_an_exit_that_fills_cancels_the_rest_of_its_entry(
+    thin_oms: OmsHarness, fired: str
+) -> None:
+    oms = thin_oms
+    await tick(oms, "50000")
+    opened = await open_position(
+        oms,
+        type=S.ORDER_TYPE_LIMIT,
+        price="49000",
+        take_profit_price="52000",
+        stop_loss_price="48000",
+    )
+    await tick(oms, "49000")
+    assert (await get(oms, opened.entry_order.order_id)).filled_quantity == "0.004"
 
-        await tick(oms, "52000" if fired == "take_profit" else "48000")
+    await tick(oms, "52000" if fired == "take_profit" else "48000")
 
-        tp, sl = await exits(oms, opened)
-        leg, twin = (tp, sl) if fired == "take_profit" else (sl, tp)
-        entry = await get(oms, opened.entry_order.order_id)
-        assert leg.status == S.ORDER_STATUS_FILLED
-        assert twin.status == S.ORDER_STATUS_CANCELED
-        assert (entry.status, entry.cancel_reason) == (
-            S.ORDER_STATUS_CANCELED,
-            f"exit {leg.order_id} filled",
-        )
-        assert entry.filled_quantity == leg.filled_quantity
-        assert (await position(oms)).status == P.POSITION_STATUS_CLOSED
-        # The entry's price again: nothing is left to reopen the position unprotected.
-        await tick(oms, "49000")
-        assert (await position(oms)).status == P.POSITION_STATUS_CLOSED
-        await check_invariants(oms)
-    finally:
-        await oms.close()
+    tp, sl = await exits(oms, opened)
+    leg, twin = (tp, sl) if fired == "take_profit" else (sl, tp)
+    entry = await get(oms, opened.entry_order.order_id)
+    assert leg.status == S.ORDER_STATUS_FILLED
+    assert twin.status == S.ORDER_STATUS_CANCELED
+    assert (entry.status, entry.cancel_reason) == (
+        S.ORDER_STATUS_CANCELED,
+        f"exit {leg.order_id} filled",
+    )
+    assert entry.filled_quantity == leg.filled_quantity
+    assert (await position(oms)).status == P.POSITION_STATUS_CLOSED
+    # The entry's price again: nothing is left to reopen the position unprotected.
+    await tick(oms, "49000")
+    assert (await position(oms)).status == P.POSITION_STATUS_CLOSED
+    await check_invariants(oms)
 
 
 async def test_a_stop_loss_grown_by_its_entrys_fill_triggers_on_that_same_tick(
-    redis_url: str,
+    thin_oms: OmsHarness,
 ) -> None:
-    # Thin paper liquidity: a resting order fills at most 0.004 per tick.
-    oms = await make_oms(redis_url, paper=PaperSettings(maker_fill_limit=Decimal("0.004")))
-    try:
-        await tick(oms, "50000")
-        opened = await open_position(
-            oms, type=S.ORDER_TYPE_LIMIT, price="49000", stop_loss_price="48000"
-        )
-        await tick(oms, "49000")
-        # This tick fills more of the entry, which grows the stop-loss, and reaches the stop.
-        await tick(oms, "48000")
-        sl = await get(oms, opened.stop_loss_order_id)
-        assert (sl.status, sl.quantity, sl.average_fill_price) == (
-            S.ORDER_STATUS_FILLED,
-            "0.008",
-            "48000",
-        )
-        assert (await position(oms)).status == P.POSITION_STATUS_CLOSED
-        await check_invariants(oms)
-    finally:
-        await oms.close()
+    oms = thin_oms
+    await tick(oms, "50000")
+    opened = await open_position(
+        oms, type=S.ORDER_TYPE_LIMIT, price="49000", stop_loss_price="48000"
+    )
+    await tick(oms, "49000")
+    # This tick fills more of the entry, which grows the stop-loss, and reaches the stop.
+    await tick(oms, "48000")
+    sl = await get(oms, opened.stop_loss_order_id)
+    assert (sl.status, sl.quantity, sl.average_fill_price) == (
+        S.ORDER_STATUS_FILLED,
+        "0.008",
+        "48000",
+    )
+    assert (await position(oms)).status == P.POSITION_STATUS_CLOSED
+    await check_invariants(oms)
 
 
 async def test_a_partial_entry_fill_sizes_the_exits_and_later_fills_grow_them(

@@ -354,9 +354,14 @@ class Application:
             try:
                 self._floor_file.save(self.store.floor)
             except OSError as error:
+                # Once, not at every check: the data dir is read-only, say.
                 log.warning(
-                    "cannot record the commit floor in %s: %s", self._floor_file.path, error
+                    "cannot record the commit floor in %s, so a restart would not notice "
+                    "Redis losing commits: %s",
+                    self._floor_file.path,
+                    error,
                 )
+                self._floor_file = None
 
     async def _release_lease(self) -> None:
         if self._lease_holder:

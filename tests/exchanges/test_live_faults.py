@@ -389,3 +389,29 @@ async def test_an_order_that_never_left_and_was_cancelled_is_never_sent(
         "canceled by user",
     )
     assert placements(exchange) == 0
+
+
+LOOKUP_ROUTE = {"binanceusdm": ("GET", "/fapi/v1/order"), "okx": ("GET", "/api/v5/trade/order")}
+
+
+async def test_an_order_that_never_left_cancelled_while_its_lookup_reads_is_never_sent(
+    exchange: FakeExchange, redis_url: str
+) -> None:
+    live = await live_trading(redis_url, exchange, lookup_grace_s=10.0)
+    try:
+        await exchange.stop()
+        order = await live.place(type=S.ORDER_TYPE_MARKET, price="")
+        method, path = LOOKUP_ROUTE[exchange.venue]
+        exchange.delay_requests(method, path, 0.7)  # the lookup's read, slow (within timeout)
+        exchange.requests.clear()
+        await exchange.start()
+        await until(lambda: any((m, p) == (method, path) for m, p, _ in exchange.requests))
+        canceled = await live.cancel(order.order_id)  # while that read is out
+        assert canceled.status == S.ORDER_STATUS_CANCELED
+        exchange.delay_requests(method, path, 0.0)
+        await asyncio.sleep(1.0)  # the read is back: it finds the order cancelled
+        assert (await live.get(order.order_id)).status == S.ORDER_STATUS_CANCELED
+        assert placements(exchange) == 0
+        await live.assert_invariants()
+    finally:
+        await live.oms.close()

@@ -432,7 +432,17 @@ class LiveExchanges:
                 return order
         if order.status is OrderStatus.PENDING_CANCEL:
             return order
-        after = await self._commit(followed, order.order_id, lambda _: [OrderPendingCancel(reason)])
+
+        def cancel(current: Order) -> list[OrderEvent]:
+            if current.order_id in followed.unsent and current.order_id not in followed.sending:
+                # It never left, and its lookup has not started sending it: nothing to ask.
+                followed.unsent.discard(current.order_id)
+                return [OrderCanceled(reason)]
+            return [OrderPendingCancel(reason)]
+
+        after = await self._commit(followed, order.order_id, cancel)
+        if not after.is_open:
+            return after
         if unacknowledged(after):
             # Sent, but its exchange id is not known yet: read it (by our client id) first.
             after = await self._refresh(followed, after)

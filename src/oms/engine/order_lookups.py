@@ -105,20 +105,7 @@ class OrderLookups:
                     continue
                 report = await followed.gateway.fetch_order(order, client_id)
                 if report is None and order_id in followed.unsent:
-                    followed.unsent.discard(order_id)
-                    if order.status is OrderStatus.PENDING_CANCEL:
-                        order = await self._sender.commit(followed, order_id, _cancel_unsent)
-                    elif not self._past_grace(followed, order, policy):
-                        # Reachable again, and it never got there: send it now, within
-                        # its grace as if the exchange had been slow.
-                        log.info("order %s: the exchange answers again, sending it", order_id)
-                        order = await self._sender.send(followed, order)
-                    else:
-                        reason = (
-                            f"not sent: {order.exchange} could not be reached within "
-                            f"{policy.lookup_grace_s:g} s"
-                        )
-                        order = await self._sender.commit(followed, order_id, _refuse(reason))
+                    order = await self._send_unsent(followed, order, policy)
                 elif report is not None:
                     order = await self._sender.settle(followed, order_id, report)
                     if order.status is OrderStatus.PENDING_CANCEL and not report.status.is_terminal:
@@ -148,6 +135,40 @@ class OrderLookups:
                 log.exception("order %s: lookup failed, retrying", order_id)
             await asyncio.sleep(delay)
             delay = min(delay * 2, policy.max_backoff_s)
+
+    async def _send_unsent(
+        self, followed: FollowedAccount, seen: Order, policy: VenuePolicy
+    ) -> Order:
+        """The exchange answers again and has not got `seen`, a new order that never left:
+        sent now, within its grace, as if the exchange had been slow; REJECTED past it;
+        CANCELED if a cancel came meanwhile."""
+        past_grace = self._past_grace(followed, seen, policy)
+        claimed = False
+
+        async def claim(current: Order) -> list[OrderEvent]:
+            # Under the account's lock, as the order is now: a cancel takes the same lock.
+            nonlocal claimed
+            claimed = False
+            if current.order_id not in followed.unsent or not unacknowledged(current):
+                return []
+            followed.unsent.discard(current.order_id)
+            if current.status is OrderStatus.PENDING_CANCEL:
+                return [OrderCanceled(current.cancel_reason)]
+            if past_grace:
+                reason = (
+                    f"not sent: {current.exchange} could not be reached within "
+                    f"{policy.lookup_grace_s:g} s"
+                )
+                return refusal_events(current, reason)
+            claimed = True
+            followed.sending.add(current.order_id)  # a cancel from now on waits for the send
+            return []
+
+        order = await self._sender.commit(followed, seen.order_id, claim)
+        if not claimed:
+            return order
+        log.info("order %s: the exchange answers again, sending it", order.order_id)
+        return await self._sender.send(followed, order)
 
     async def _send_again(self, followed: FollowedAccount, seen: Order) -> None:
         """Send again `seen`, a fired order the exchange did not take, unless it changed
@@ -184,13 +205,6 @@ class OrderLookups:
         # An order that fired was sent with its last change (the trigger, or SENT_AGAIN).
         sent_at_ns = order.updated_at_ns if order.triggered else order.created_at_ns
         return self._clock_ns() - sent_at_ns >= policy.lookup_grace_s * 1e9
-
-
-async def _cancel_unsent(order: Order) -> list[OrderEvent]:
-    """A cancel that came for an order that never left: done here, nothing to send."""
-    if order.status is OrderStatus.PENDING_CANCEL and unacknowledged(order):
-        return [OrderCanceled(order.cancel_reason)]
-    return []
 
 
 def _refuse(reason: str) -> Callable[[Order], Awaitable[list[OrderEvent]]]:

@@ -225,6 +225,7 @@ class Application:
         self._stopping = asyncio.Event()
         self._watching: asyncio.Task[None] | None = None
         self._floor_file: CommitFloorFile | None = None
+        self._renewing: asyncio.Task[None] | None = None
         self.store_lost = False
 
     def _metrics(self) -> Metrics:
@@ -250,10 +251,13 @@ class Application:
         try:
             await self.store.claim_identity()
             await self._take_lease()
-            await self._check_floor()
         except RedisError as error:
             raise StartupError(f"cannot reach Redis: {error}") from error
         try:
+            try:
+                await self._check_floor()
+            except RedisError as error:
+                raise StartupError(f"cannot reach Redis: {error}") from error
             await self.paper.recover()
             await self.rules.finish_pending(paper_only=True)
             try:
@@ -313,18 +317,28 @@ class Application:
                 )
             log.warning("waiting %.1f s for the lease of %s on this Redis", left_s, holder)
             await asyncio.sleep(min(left_s, 0.5))
+        # From now until it is given back: through recovery, reconciliation and draining.
+        self._renewing = asyncio.get_running_loop().create_task(
+            self._renew_lease(), name="writer-lease"
+        )
 
-    async def _hold_lease(self) -> bool:
-        """Renew the writer lease; False if another server holds it now."""
-        if not self._lease_holder:
-            return True
-        held = await self.store.hold_lease(self._lease_holder, self._lease_s)
-        if held is not None:
-            self.lose_store(
-                f"another OMS ({held[0]}) took this Redis over while this one did not renew "
-                "its lease: only one server may write a store"
-            )
-        return held is None
+    async def _renew_lease(self) -> None:
+        """Renew the writer lease at every store check; stop the server if another has
+        taken it over (every commit checks it too: nothing lands meanwhile)."""
+        assert self._lease_holder
+        while True:
+            await asyncio.sleep(self.settings.store_check_interval_s)
+            try:
+                async with asyncio.timeout(self.settings.redis_timeout_s):
+                    held = await self.store.hold_lease(self._lease_holder, self._lease_s)
+            except (RedisError, OSError, TimeoutError):
+                continue  # the health watcher reports a store that does not answer
+            if held is not None:
+                self.lose_store(
+                    f"another OMS ({held[0]}) took this Redis over while this one did not "
+                    "renew its lease: only one server may write a store"
+                )
+                return
 
     async def _check_floor(self) -> None:
         """Refuse a store that holds fewer commits than it answered an earlier run of this
@@ -339,7 +353,6 @@ class Application:
             raise StartupError(f"cannot read {self._floor_file.path}: {error}") from error
         count = await self.store.hold_floor(answered)
         if count < answered:
-            await self._release_lease()
             raise StartupError(
                 f"Redis lost commits it had acknowledged: it holds {count} commits of this "
                 f"store, and answered {answered} before (recorded in {self._floor_file.path}). "
@@ -364,6 +377,11 @@ class Application:
                 self._floor_file = None
 
     async def _release_lease(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+            self._renewing = None
         if self._lease_holder:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(self.settings.redis_timeout_s):
@@ -380,8 +398,6 @@ class Application:
                 async with asyncio.timeout(self.settings.redis_timeout_s):
                     same_store = await self.store.holds_identity()
                     if same_store:
-                        if not await self._hold_lease():
-                            return
                         self._save_floor()
                         await self.journal.catch_up_unsure()
                 reachable = True

@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import redis.asyncio as redis
 from fixtures.oms_server import OmsHarness, make_oms
-from fixtures.trading import tick
+from fixtures.trading import USER, place, tick
+from tradingboost.oms.v1 import order_pb2
 
 from oms.adapters.redis_store import keys
 from oms.bootstrap import Application, StartupError
@@ -68,8 +70,8 @@ async def test_a_server_that_stopped_gives_its_store_to_the_next_at_once(
 
 async def test_the_lease_of_a_server_that_died_is_waited_out(redis_url: str) -> None:
     first = await make_oms(redis_url, **LEASE)
-    watcher: Any = first.app._watching
-    watcher.cancel()  # it renews no more, as if killed
+    renewing: Any = first.app._renewing
+    renewing.cancel()  # it renews no more, as if killed
     try:
         second = second_server(redis_url)
         await second.start()
@@ -87,3 +89,45 @@ async def test_a_server_whose_store_was_taken_over_stops(redis_url: str) -> None
         assert oms.app.store_lost
     finally:
         await oms.close()
+
+
+async def test_a_server_whose_lease_was_taken_writes_nothing_even_before_it_notices(
+    redis_url: str,
+) -> None:
+    # A server stalled past its lease (SIGSTOP, a long pause) that another one then took:
+    # its commits are refused before its next renewal tells it to stop.
+    oms = await make_oms(redis_url, writer_lease_s=60.0, store_check_interval_s=30.0)
+    try:
+        await tick(oms, "50000")
+        async with redis.Redis.from_url(redis_url) as client:
+            await client.set(keys.writer_lease(), "elsewhere pid 1 0", px=60_000)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await place(
+                    oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", client_order_id="x"
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "writer lease" in (refused.value.details() or "")
+            assert not await client.hexists(keys.client_order_ids(USER), "x")
+    finally:
+        await oms.close()
+
+
+async def test_the_lease_is_renewed_through_a_long_start(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = second_server(redis_url)
+    recover = first.paper.recover
+
+    async def slow_recover() -> None:  # a long recovery, or reconciliation
+        await asyncio.sleep(2.0)
+        await recover()
+
+    monkeypatch.setattr(first.paper, "recover", slow_recover)
+    starting = asyncio.create_task(first.start())
+    try:
+        await asyncio.sleep(1.5)  # past its 1 s lease, still starting
+        with pytest.raises(StartupError, match="another OMS writes this Redis"):
+            await second_server(redis_url).start()
+        await starting
+    finally:
+        await first.stop()

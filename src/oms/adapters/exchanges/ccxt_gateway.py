@@ -540,7 +540,7 @@ class CcxtConnector:
                 return price
 
     async def close(self) -> None:
-        for public in self._public.values():
+        for public in list(self._public.values()):  # a start cut short may still add one
             await public.close()
         self._public.clear()
 

@@ -193,6 +193,9 @@ class _Transaction:
     def same_store(self, key: str, identity: str) -> None:
         self.args += ["I", self._k(key), identity]
 
+    def lease_held(self, key: str, holder: str) -> None:
+        self.args += ["L", self._k(key), holder]
+
     def unique(self, key: str, field: str, doc_key: str) -> int:
         self.args += ["U", self._k(key), field, self._k(doc_key)]
         self.guards += 1
@@ -245,6 +248,7 @@ class RedisStore:
         self._retention = retention_events
         self.timeout_s = timeout_s
         self._identity = ""
+        self._lease_holder = ""
         self.lost_writes: str | None = None
         """Why the store is known to have lost acknowledged commits (then every commit is
         refused), None while it is not."""
@@ -293,6 +297,7 @@ class RedisStore:
             keys=[keys.writer_lease()], args=[holder, "hold", int(ttl_s * 1000)]
         )
         if not answer:
+            self._lease_holder = holder  # every commit checks it from now on
             return None
         other, left_ms = answer
         return bytes(other).decode(), int(left_ms) / 1000
@@ -360,6 +365,9 @@ class RedisStore:
             # Nothing lands in a store that lost its data, though the server learns of it
             # only at its next check (see claim_identity).
             tx.same_store(keys.store_identity(), self._identity)
+        if self._lease_holder:
+            # A server stalled past its lease, which another has taken since, writes nothing.
+            tx.lease_held(keys.writer_lease(), self._lease_holder)
         guard_owner: dict[int, tuple[ConflictKind, int]] = {}
         guarded: set[str] = set()
         for index, change in enumerate(changes):
@@ -415,6 +423,11 @@ class RedisStore:
             raise Unavailable(f"{error}; nothing was written") from error
         if reply[0] == b"lost":
             raise _store_lost()
+        if reply[0] == b"taken":
+            raise Unavailable(
+                "this server's writer lease on the state store lapsed (another server may "
+                "write it now): nothing was written"
+            )
         if reply[0] == b"landed":
             # An earlier attempt, whose reply was lost, wrote exactly this. Its events are in
             # the store, their sequences unknown here (the journal has streams read them).

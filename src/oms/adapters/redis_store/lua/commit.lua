@@ -4,6 +4,7 @@
 --
 -- ARGV[1] = events kept per user stream. Then a flat list of instructions:
 --   I key identity        same store: GET key must equal identity, else {'lost'} (first)
+--   L key holder          writer lease: GET key must equal holder, else {'taken'}
 --   U key field doc_key   unique: field must be absent from hash key; if present, return
 --                         {'exists', guard_no, value, HGET(doc_key, value)}
 --   E key field value     equal: HGET key field must equal value (absent reads as '')
@@ -60,6 +61,11 @@ while i <= n do
   if op == 'I' then
     if redis.call('GET', KEYS[tonumber(ARGV[i + 1])]) ~= ARGV[i + 2] then
       return refused({'lost'})
+    end
+    i = i + 3
+  elseif op == 'L' then
+    if redis.call('GET', KEYS[tonumber(ARGV[i + 1])]) ~= ARGV[i + 2] then
+      return refused({'taken'})
     end
     i = i + 3
   elseif op == 'U' then

@@ -19,6 +19,7 @@ from fixtures.live_trading import (
     PASSWORD,
     SECRET,
     USER,
+    LiveTrading,
     exchange_settings,
     live_trading,
 )
@@ -270,3 +271,22 @@ async def test_activating_while_the_exchange_is_down_is_unavailable(
         assert list(listed.accounts) == []
     finally:
         await oms.close()
+
+
+async def test_new_credentials_the_exchange_refuses_leave_an_active_account_on_its_old_ones(
+    live: LiveTrading,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await live.accounts.RegisterCredentials(
+            pb.RegisterCredentialsRequest(
+                user_id=USER,
+                exchange=live.venue,
+                api_key=API_KEY,
+                secret="not-the-secret",
+                password=PASSWORD,
+            )
+        )
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "refused the credentials" in (error.value.details() or "")
+    # Still followed, on the keys that work.
+    assert (await live.place(price="49000")).status == S.ORDER_STATUS_OPEN

@@ -85,7 +85,9 @@ class AccountServiceServicer:
         account is INACTIVE; an ACTIVE one stays active and the OMS reconnects
         with the new credentials. Errors: INVALID_ARGUMENT (bad `user_id`,
         unknown exchange or `paper`, empty `api_key` or `secret`),
-        FAILED_PRECONDITION (the server has no OMS_MASTER_KEY).
+        FAILED_PRECONDITION (the server has no OMS_MASTER_KEY; or the account is
+        ACTIVE and the exchange refuses the new credentials, which are then not
+        stored: the working ones stay).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

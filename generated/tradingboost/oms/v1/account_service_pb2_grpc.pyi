@@ -49,7 +49,9 @@ class AccountServiceStub:
     account is INACTIVE; an ACTIVE one stays active and the OMS reconnects
     with the new credentials. Errors: INVALID_ARGUMENT (bad `user_id`,
     unknown exchange or `paper`, empty `api_key` or `secret`),
-    FAILED_PRECONDITION (the server has no OMS_MASTER_KEY).
+    FAILED_PRECONDITION (the server has no OMS_MASTER_KEY; or the account is
+    ACTIVE and the exchange refuses the new credentials, which are then not
+    stored: the working ones stay).
     """
     ActivateAccount: _grpc.UnaryUnaryMultiCallable[_account_service_pb2.ActivateAccountRequest, _account_service_pb2.ActivateAccountResponse]
     """Makes the OMS follow the account: it reconciles open orders, recent fills
@@ -93,7 +95,9 @@ class AccountServiceAsyncStub(AccountServiceStub):
     account is INACTIVE; an ACTIVE one stays active and the OMS reconnects
     with the new credentials. Errors: INVALID_ARGUMENT (bad `user_id`,
     unknown exchange or `paper`, empty `api_key` or `secret`),
-    FAILED_PRECONDITION (the server has no OMS_MASTER_KEY).
+    FAILED_PRECONDITION (the server has no OMS_MASTER_KEY; or the account is
+    ACTIVE and the exchange refuses the new credentials, which are then not
+    stored: the working ones stay).
     """
     ActivateAccount: _aio.UnaryUnaryMultiCallable[_account_service_pb2.ActivateAccountRequest, _account_service_pb2.ActivateAccountResponse]  # type: ignore[assignment]
     """Makes the OMS follow the account: it reconciles open orders, recent fills
@@ -140,7 +144,9 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         account is INACTIVE; an ACTIVE one stays active and the OMS reconnects
         with the new credentials. Errors: INVALID_ARGUMENT (bad `user_id`,
         unknown exchange or `paper`, empty `api_key` or `secret`),
-        FAILED_PRECONDITION (the server has no OMS_MASTER_KEY).
+        FAILED_PRECONDITION (the server has no OMS_MASTER_KEY; or the account is
+        ACTIVE and the exchange refuses the new credentials, which are then not
+        stored: the working ones stay).
         """
 
     @_abc_1.abstractmethod

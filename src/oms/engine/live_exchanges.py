@@ -140,8 +140,8 @@ class LiveExchanges:
             lambda exchange: policy(exchange).fill_lookback_s,
         )
         self._throttled: dict[tuple[str, str], tuple[float, bool]] = {}
-        """(exchange, user id, or "" for every account on it) -> (backed off until, banned)."""
-        """exchange -> (monotonic time until which orders are not sent, banned)."""
+        """(exchange, user id, or "" for every account on it) -> (monotonic time until which
+        orders are not sent, banned)."""
 
     # -- following accounts -----------------------------------------------------------
 

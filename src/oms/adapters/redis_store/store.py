@@ -273,7 +273,8 @@ class RedisStore:
         self._list_page = redis.register_script(_script("list_page.lua"))
         self._forget_closed_sides = redis.register_script(_script("forget_closed_sides.lua"))
         self._get_by_key = redis.register_script(_script("get_by_key.lua"))
-        # Renewed by the health watcher: on its connection, for the same reason.
+        # Renewed on the probe's connection too, for the same reason: a burst of reads must
+        # not hold up a renewal until the lease lapses.
         self._writer_lease = self._probe.register_script(_script("writer_lease.lua"))
 
     @property

@@ -207,17 +207,17 @@ class Positions:
     ) -> Order:
         """A retried ClosePosition: the order its client order id names, if it is that close
         (a whole close's quantity is the size it found, so any quantity passes for it)."""
-        partial = _close_spec(key, market, order.quantity, order.client_order_id, partial=True)
+        if quantity is not None:
+            same_size = order.quantity == quantity
+        else:  # a whole close: not one that named its quantity
+            partial = _close_spec(key, market, order.quantity, order.client_order_id, partial=True)
+            same_size = order.fingerprint != partial.fingerprint()
         same = (
             order.reduce_only
             and order.type is OrderType.MARKET
             and (order.exchange, order.symbol, order.position_side)
             == (key.exchange, key.symbol, key.position_side)
-            and (
-                order.quantity == quantity
-                if quantity is not None
-                else order.fingerprint != partial.fingerprint()
-            )
+            and same_size
         )
         if not same:
             raise AlreadyExists(

@@ -250,6 +250,39 @@ async def test_a_commit_that_failed_but_landed_still_reaches_the_streams(
         await oms.close()
 
 
+async def test_a_catch_up_cut_short_is_tried_again(
+    redis_server: EmbeddedRedis, proxy: RedisFaultProxy
+) -> None:
+    # The health watcher bounds each check by redis_timeout_s: a catch-up it cancels (a slow
+    # reply) leaves the failed commit's users for the next check. The watcher itself is
+    # kept out of the way here (an hour between checks) so that the test takes its steps.
+    oms = await make_oms(await proxy.start(), redis_timeout_s=0.2, store_check_interval_s=3600)
+    try:
+        await tick(oms, "50000")
+        resting = await place(oms, type=S.ORDER_TYPE_LIMIT, price="49000")
+        updates: StreamReader[S.OrderUpdate] = StreamReader(
+            oms.orders.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(user_id=USER)),
+            "order_update",
+        )
+        await updates.until_live()
+        proxy.swallow_replies(True)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await oms.orders.CancelOrder(
+                pb.CancelOrderRequest(user_id=USER, order_id=resting.order_id)
+            )
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):  # before the store's own 0.2 s
+                await oms.app.journal.catch_up_unsure()
+        proxy.swallow_replies(False)
+        await oms.app.journal.catch_up_unsure()
+        [update] = await updates.events(1)
+        assert update.order.status == S.ORDER_STATUS_CANCELED
+        updates.cancel()
+    finally:
+        await oms.close()
+
+
 LOADING = "LOADING Redis is loading the dataset in memory"
 
 

@@ -44,7 +44,8 @@ class Journal:
         users, self._unsure = self._unsure, set()
         try:
             await self._hub.catch_up(users)
-        except Unavailable:
+        except BaseException:
+            # Unavailable, or the caller's timeout cancelling it: the next call tries again.
             self._unsure |= users
             raise
 

@@ -3,7 +3,8 @@
 | method        | what it does                                                            |
 |---------------|-------------------------------------------------------------------------|
 | verify        | check the credentials (a private read); CredentialsRefused if refused    |
-| submit        | send a new order under the OMS's client id; the exchange's first report  |
+| submit        | send a new order under the OMS's client id (at its leverage, set first  |
+|               | when it opens and asks for one); the exchange's first report             |
 | cancel        | cancel an order; its report after the cancel                             |
 | fetch_order   | one order by exchange id, else by client id; None: the exchange has none |
 | fetch_fills   | the executions of one order                                              |

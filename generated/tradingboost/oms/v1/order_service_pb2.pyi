@@ -107,7 +107,11 @@ class PlaceOrderRequest(_message.Message):
     """
     leverage: _builtins.int
     """Optional leverage for the position, 1 to 125. Absent: the account's
-    current leverage applies.
+    current leverage applies. On a real exchange an opening order goes at it:
+    the account's leverage on the symbol is set first (Binance: the
+    symbol's; OKX: the instrument's, cross margin). If the exchange refuses
+    it or does not answer, the order is REJECTED ("leverage N not set: ...")
+    and not sent.
     """
     client_order_id: _builtins.str
     """Optional idempotency key: 1 to 64 characters of [A-Za-z0-9_.:/-], unique

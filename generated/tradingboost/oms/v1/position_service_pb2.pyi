@@ -246,7 +246,11 @@ class OpenPositionRequest(_message.Message):
     """
     leverage: _builtins.int
     """Optional leverage for the position, 1 to 125. Absent: the account's
-    current leverage applies.
+    current leverage applies. On a real exchange an opening order goes at it:
+    the account's leverage on the symbol is set first (Binance: the
+    symbol's; OKX: the instrument's, cross margin). If the exchange refuses
+    it or does not answer, the order is REJECTED ("leverage N not set: ...")
+    and not sent.
     """
     stop_loss_price: _builtins.str
     """Optional stop-loss trigger price, a decimal > 0 on the market's price

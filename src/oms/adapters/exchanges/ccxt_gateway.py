@@ -26,6 +26,7 @@ from ccxt.base.decimal_to_precision import TICK_SIZE  # type: ignore[import-unty
 from oms.domain.fills import Liquidity
 from oms.domain.markets import Market
 from oms.domain.orders import Order, OrderType, PositionSide, Side, TimeInForce
+from oms.domain.positions import reduces
 from oms.domain.venue_reports import (
     FillReport,
     OrderReport,
@@ -44,6 +45,7 @@ from oms.engine.gateway import (
     RateLimited,
     SubmitRefused,
 )
+from oms.engine.keyed_locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +205,16 @@ class CcxtGateway:
     def __init__(self, exchange: str, client: Any) -> None:
         self._exchange = exchange
         self._client = client
+        self._leverage: dict[str, int] = {}
+        """Per symbol, the leverage this gateway last set on the exchange."""
+        self._setting_leverage = KeyedLocks[str]()
 
     async def verify(self) -> None:
         await self._call(self._client.fetch_balance)
 
     async def submit(self, order: Order, client_id: str) -> OrderReport:
+        if order.leverage is not None and not reduces(order.side, order.position_side):
+            await self._use_leverage(order.symbol, order.leverage)
         params: dict[str, Any] = {"clientOrderId": client_id, **self._position_side(order)}
         if order.price is not None:
             if order.time_in_force is TimeInForce.POST_ONLY:
@@ -239,6 +246,24 @@ class CcxtGateway:
             return OrderReport(
                 exchange_order_id, client_id, order.symbol, VenueOrderStatus.OPEN, Decimal(0)
             )
+
+    async def _use_leverage(self, symbol: str, leverage: int) -> None:
+        """Set the account's leverage on `symbol` (both sides: Binance keeps one per symbol,
+        OKX one per instrument in cross margin, which its orders use) unless this gateway
+        already did. A failure sends nothing: the order is refused, or rate-limited."""
+        if self._leverage.get(symbol) == leverage:
+            return
+        async with self._setting_leverage(symbol):
+            if self._leverage.get(symbol) == leverage:
+                return
+            try:
+                await self._call(self._client.set_leverage, leverage, symbol)
+            except (RateLimited, CredentialsRefused, NotSent):
+                raise
+            except GatewayError as error:
+                # Refused, or no answer (harmless: setting it again is idempotent).
+                raise SubmitRefused(f"leverage {leverage} not set: {error.message}") from error
+            self._leverage[symbol] = leverage
 
     async def cancel(self, order: Order, client_id: str) -> OrderReport:
         raw = await self._call(self._client.cancel_order, order.exchange_order_id, order.symbol, {})

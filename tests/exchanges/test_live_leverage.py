@@ -1,0 +1,90 @@
+"""An order's leverage reaches the exchange before the order does (Binance USD-M per symbol,
+OKX per instrument in cross margin), through real ccxt against the local fake exchange.
+The fake starts every account at 10x and takes up to 75x."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from fixtures.fake_exchange import FakeExchange
+from fixtures.live_trading import API_KEY, BTC, USER, LiveTrading, placements
+from tradingboost.oms.v1 import order_pb2 as S
+from tradingboost.oms.v1 import position_service_pb2 as pos
+
+SET_LEVERAGE = {
+    "binanceusdm": ("POST", "/fapi/v1/leverage"),
+    "okx": ("POST", "/api/v5/account/set-leverage"),
+}
+
+
+def leverage_requests(exchange: FakeExchange) -> int:
+    route = SET_LEVERAGE[exchange.venue]
+    return sum(1 for method, path, _ in exchange.requests if (method, path) == route)
+
+
+def leverage_at(exchange: FakeExchange) -> Decimal:
+    return exchange.engine.accounts[API_KEY].leverage_of(BTC)
+
+
+async def test_an_order_goes_at_its_leverage(live: LiveTrading) -> None:
+    # 2.5 BTC at 49,000 needs 12,250 of margin at 10x, more than the 10,000 the account
+    # holds, and 6,125 at 20x: the exchange takes it only if 20x was set first.
+    order = await live.place(price="49000", quantity="2.5", leverage=20)
+    assert order.status == S.ORDER_STATUS_OPEN, order.reject_reason
+    assert leverage_at(live.exchange) == 20
+    live.exchange.set_price(BTC, Decimal("48900"))
+    await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    position = await live.oms.positions.GetPosition(
+        pos.GetPositionRequest(
+            user_id=USER, exchange=live.venue, symbol=BTC, position_side=S.POSITION_SIDE_LONG
+        )
+    )
+    assert position.position.leverage == 20
+
+
+async def test_leverage_is_set_once_per_symbol_and_again_when_an_order_changes_it(
+    live: LiveTrading,
+) -> None:
+    await live.place(price="49000", leverage=20)
+    await live.place(price="48000", leverage=20)
+    await live.place(price="47000")  # no leverage: the account's applies
+    assert leverage_requests(live.exchange) == 1
+    await live.place(price="46000", leverage=5)
+    assert leverage_requests(live.exchange) == 2
+    assert leverage_at(live.exchange) == 5
+    assert placements(live.exchange) == 4
+
+
+async def test_an_order_that_reduces_leaves_the_leverage_alone(live: LiveTrading) -> None:
+    entry = await live.place(type=S.ORDER_TYPE_MARKET, price="", leverage=20)
+    await live.until(entry.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    exit_order = await live.place(
+        side=S.SIDE_SELL, type=S.ORDER_TYPE_MARKET, price="", reduce_only=True, leverage=3
+    )
+    await live.until(exit_order.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert leverage_requests(live.exchange) == 1
+    assert leverage_at(live.exchange) == 20
+
+
+async def test_a_leverage_the_exchange_refuses_rejects_the_order_unsent(
+    live: LiveTrading,
+) -> None:
+    order = await live.place(price="49000", leverage=100)  # above the fake's 75x
+    assert order.status == S.ORDER_STATUS_REJECTED
+    assert order.reject_reason.startswith("leverage 100 not set: ")
+    assert placements(live.exchange) == 0
+    assert leverage_at(live.exchange) == 10
+
+
+async def test_a_leverage_call_that_fails_rejects_the_order_and_the_next_one_sets_it(
+    live: LiveTrading,
+) -> None:
+    live.exchange.fail_requests(*SET_LEVERAGE[live.venue], status=503)
+    refused = await live.place(price="49000", leverage=20)
+    assert refused.status == S.ORDER_STATUS_REJECTED
+    assert "leverage 20 not set" in refused.reject_reason
+    assert placements(live.exchange) == 0
+    taken = await live.place(price="49000", leverage=20)
+    assert taken.status == S.ORDER_STATUS_OPEN
+    assert leverage_at(live.exchange) == 20
+    assert leverage_requests(live.exchange) == 2

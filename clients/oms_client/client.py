@@ -1162,11 +1162,12 @@ class OmsClient:
         self,
         instruments: Iterable[market_data_pb2.Instrument],
         *,
+        with_last_prices: bool = True,
         rpc_metadata: Mapping[str, str] | None = None,
     ) -> PriceStream:
-        """Live ticks of the instruments, reconnecting by itself; see PriceStream for what an
-        outage means for ticks."""
-        request = md.StreamPricesRequest(instruments=instruments)
+        """Ticks of the instruments, reconnecting by itself: with `with_last_prices`, each
+        (re)connection starts with every instrument's last price (see PriceStream)."""
+        request = md.StreamPricesRequest(instruments=instruments, with_last_prices=with_last_prices)
         metadata = self._metadata(rpc_metadata)
 
         def open_call() -> grpc.aio.UnaryStreamCall[

@@ -298,9 +298,11 @@ class EventStream(_ReconnectingStream[R, E]):
 
 
 class PriceStream(_ReconnectingStream[md.StreamPricesResponse, market_data_pb2.Price]):
-    """Live price ticks. Prices carry no sequence and the server keeps no history of them, so
-    a reconnect continues with the next tick: ticks during an outage are not replayed (a price
-    is a last value; call get_price for the current one)."""
+    """Price ticks. Prices carry no sequence and the server keeps no history of them: ticks
+    during an outage are not replayed. A price is a last value, so a stream opened with
+    `with_last_prices` starts each connection with every instrument's last price instead
+    (once more the one seen before, when none came meanwhile); without, a reconnect goes on
+    with the next tick."""
 
     def __init__(
         self,

@@ -64,6 +64,67 @@ async def test_price_stream_carries_only_the_instruments_asked_for(oms: OmsHarne
     stream.cancel()
 
 
+def instruments(*symbols: str) -> list[market_data_pb2.Instrument]:
+    return [market_data_pb2.Instrument(exchange="paper", symbol=s) for s in symbols]
+
+
+async def test_a_price_stream_with_last_prices_starts_with_them_in_the_order_asked(
+    oms: OmsHarness,
+) -> None:
+    await oms.market.PublishPrices(ticks(("BTC/USDT:USDT", "50000"), ("ETH/USDT:USDT", "3000")))
+    stream = oms.market.StreamPrices(
+        md.StreamPricesRequest(
+            # SOL has no price yet: nothing to start with. BTC twice: once.
+            instruments=instruments(
+                "ETH-USDT-SWAP", "SOL/USDT:USDT", "BTC/USDT:USDT", "BTC-USDT-SWAP"
+            ),
+            with_last_prices=True,
+        )
+    )
+    seen = []
+    for _ in range(2):
+        update = cast(md.StreamPricesResponse, await asyncio.wait_for(stream.read(), 5))
+        seen.append((update.price.symbol, update.price.price))
+    assert seen == [("ETH/USDT:USDT", "3000"), ("BTC/USDT:USDT", "50000")]
+    await oms.market.PublishPrices(ticks(("SOL/USDT:USDT", "150")))
+    update = cast(md.StreamPricesResponse, await asyncio.wait_for(stream.read(), 5))
+    assert (update.price.symbol, update.price.price) == ("SOL/USDT:USDT", "150")
+    stream.cancel()
+
+
+async def test_streams_opened_while_ticks_flow_miss_none_and_repeat_none(
+    oms: OmsHarness,
+) -> None:
+    # Each stream's first price is the last one when it opened; every later tick follows
+    # once, in order, even when it opened between a tick's commit and its delivery.
+    last = 100
+    await oms.market.PublishPrices(ticks(("BTC/USDT:USDT", "50000")))
+
+    async def publish() -> None:
+        for step in range(1, last + 1):
+            await oms.market.PublishPrices(ticks(("BTC/USDT:USDT", str(50000 + step))))
+
+    async def watch() -> list[int]:
+        stream = oms.market.StreamPrices(
+            md.StreamPricesRequest(instruments=instruments("BTC/USDT:USDT"), with_last_prices=True)
+        )
+        steps: list[int] = []
+        while not steps or steps[-1] < last:
+            update = cast(md.StreamPricesResponse, await asyncio.wait_for(stream.read(), 10))
+            steps.append(int(update.price.price) - 50000)
+        stream.cancel()
+        return steps
+
+    publisher = asyncio.ensure_future(publish())
+    watchers: list[asyncio.Future[list[int]]] = []
+    while not publisher.done() and len(watchers) < 40:
+        watchers.append(asyncio.ensure_future(watch()))
+        await asyncio.sleep(0.002)
+    for steps in await asyncio.gather(*watchers):
+        assert steps == list(range(steps[0], last + 1))
+    assert len(watchers) == 40
+
+
 async def test_get_market_gives_the_trading_rules_by_symbol_or_market_id(oms: OmsHarness) -> None:
     for symbol in ("BTC/USDT:USDT", "BTC-USDT-SWAP"):
         response = await oms.market.GetMarket(md.GetMarketRequest(exchange="paper", symbol=symbol))

@@ -511,6 +511,17 @@ async def test_stream_prices_delivers_the_ticks_of_its_instruments(oms: OmsHarne
         await consumer.task
 
 
+async def test_stream_prices_starts_with_the_last_price(oms: OmsHarness) -> None:
+    async with client_with(oms.address) as client:
+        await tick(client, "50000")
+        prices = client.stream_prices([market_data_pb2.Instrument(exchange="paper", symbol=BTC)])
+        first = await asyncio.wait_for(anext(prices), 5)
+        assert first.price == "50000"
+        await tick(client, "50001")
+        assert (await asyncio.wait_for(anext(prices), 5)).price == "50001"
+        await prices.aclose()
+
+
 async def test_a_connection_gone_silent_is_dropped_by_keepalive_and_the_stream_resumes(
     oms: OmsHarness,
 ) -> None:

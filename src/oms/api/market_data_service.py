@@ -40,5 +40,5 @@ class MarketDataService(market_data_service_pb2_grpc.MarketDataServiceServicer):
         self, request: pb.StreamPricesRequest, context: Context
     ) -> AsyncIterator[pb.StreamPricesResponse]:
         instruments = [(item.exchange, item.symbol) for item in request.instruments]
-        async for update in self._market_data.follow(instruments):
+        async for update in self._market_data.follow(instruments, request.with_last_prices):
             yield pb.StreamPricesResponse(price=price_to_proto(update))

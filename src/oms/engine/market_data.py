@@ -22,6 +22,7 @@ from oms.engine.ports import PriceUpdate
 from oms.engine.subscriptions import cut_off
 
 MAX_TICKS_PER_CALL = 1000
+MARKS_FOLLOWED = " (marks are read for symbols held in positions or stops)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,42 +110,55 @@ class MarketData:
 
     def last_price_of(self, exchange: str, symbol: str) -> Decimal | None:
         """The last price (a real exchange's mark), None when none is known yet."""
-        if exchange == PAPER:
-            return self._paper.last_price_of(exchange, symbol)
-        live = self._live.get((exchange, symbol))
-        return live.price if live else None
+        last = self._last(exchange, symbol)
+        return last.price if last else None
 
     def get(self, exchange: str, symbol: str) -> PriceUpdate:
         market = self._resolve(exchange, symbol, "")
-        if market.exchange != PAPER:
-            live = self._live.get((market.exchange, market.symbol))
-            if live is None:
-                raise NotFound(
-                    f"no price yet for {market.symbol} on {market.exchange} (marks are read "
-                    "for symbols held in positions or stops)"
-                )
-            return live
-        last = self._paper.last_price(market.symbol)
+        last = self._last(market.exchange, market.symbol)
         if last is None:
-            raise NotFound(f"no price yet for {market.symbol} on {market.exchange}")
+            why = "" if market.exchange == PAPER else MARKS_FOLLOWED
+            raise NotFound(f"no price yet for {market.symbol} on {market.exchange}{why}")
         return last
+
+    def _last(self, exchange: str, symbol: str) -> PriceUpdate | None:
+        if exchange == PAPER:
+            return self._paper.last_price(symbol)
+        return self._live.get((exchange, symbol))
 
     def market(self, exchange: str, symbol: str) -> Market:
         return self._resolve(exchange, symbol, "")
 
-    async def follow(self, instruments: Sequence[tuple[str, str]]) -> AsyncIterator[PriceUpdate]:
+    async def follow(
+        self, instruments: Sequence[tuple[str, str]], with_last: bool = False
+    ) -> AsyncIterator[PriceUpdate]:
+        """Ticks of the instruments, live; `with_last`: each one's last price first."""
         if not instruments:
             raise InvalidArgument("instruments", "must name at least one exchange and symbol")
-        resolved = frozenset(
-            (market.exchange, market.symbol)
-            for index, (exchange, symbol) in enumerate(instruments)
-            for market in [self._resolve(exchange, symbol, f"instruments[{index}]")]
+        resolved = list(
+            dict.fromkeys(
+                (market.exchange, market.symbol)
+                for index, (exchange, symbol) in enumerate(instruments)
+                for market in [self._resolve(exchange, symbol, f"instruments[{index}]")]
+            )
         )
-        subscription = _PriceSubscription(resolved, self._capacity)
+        subscription = _PriceSubscription(frozenset(resolved), self._capacity)
         self._subscriptions.add(subscription)
         try:
+            # Read once subscribed, all before the first yield: no tick falls in between.
+            # A paper tick's push comes after its price is the last (its publisher resumes
+            # later), so a queued tick no newer than the last price sent is not sent again.
+            sent = {key: last for key in resolved if with_last and (last := self._last(*key))}
+            for last in sent.values():
+                yield last
             while True:
-                yield await subscription.queue.get()
+                update = await subscription.queue.get()
+                key = (update.exchange, update.symbol)
+                if key in sent:
+                    if update.time_ns <= sent[key].time_ns:
+                        continue
+                    del sent[key]
+                yield update
         finally:
             self._subscriptions.discard(subscription)
 

@@ -873,10 +873,6 @@ class PaperExchange:
         desk = self._desks.get(symbol)
         return desk.last if desk else None
 
-    def last_price_of(self, exchange: str, symbol: str) -> Decimal | None:
-        last = self.last_price(symbol) if exchange == PAPER else None
-        return last.price if last else None
-
     def resting_order(self, user_id: str, order_id: str, client_order_id: str) -> Order | None:
         """An open order of this user, by either id, without a store read."""
         for desk in self._desks.values():

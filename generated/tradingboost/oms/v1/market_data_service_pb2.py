@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tradingboost.oms.v1 import market_data_pb2 as tradingboost_dot_oms_dot_v1_dot_market__data__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tradingboost/oms/v1/market_data_service.proto\x12\x13tradingboost.oms.v1\x1a%tradingboost/oms/v1/market_data.proto\"F\n\x14PublishPricesRequest\x12.\n\x06prices\x18\x01 \x03(\x0b\x32\x1e.tradingboost.oms.v1.PriceTick\"C\n\x15PublishPricesResponse\x12*\n\x06prices\x18\x01 \x03(\x0b\x32\x1a.tradingboost.oms.v1.Price\"3\n\x0fGetPriceRequest\x12\x10\n\x08\x65xchange\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\"=\n\x10GetPriceResponse\x12)\n\x05price\x18\x01 \x01(\x0b\x32\x1a.tradingboost.oms.v1.Price\"K\n\x13StreamPricesRequest\x12\x34\n\x0binstruments\x18\x01 \x03(\x0b\x32\x1f.tradingboost.oms.v1.Instrument\"A\n\x14StreamPricesResponse\x12)\n\x05price\x18\x01 \x01(\x0b\x32\x1a.tradingboost.oms.v1.Price\"4\n\x10GetMarketRequest\x12\x10\n\x08\x65xchange\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\"@\n\x11GetMarketResponse\x12+\n\x06market\x18\x01 \x01(\x0b\x32\x1b.tradingboost.oms.v1.Market2\x97\x03\n\x11MarketDataService\x12\x66\n\rPublishPrices\x12).tradingboost.oms.v1.PublishPricesRequest\x1a*.tradingboost.oms.v1.PublishPricesResponse\x12W\n\x08GetPrice\x12$.tradingboost.oms.v1.GetPriceRequest\x1a%.tradingboost.oms.v1.GetPriceResponse\x12\x65\n\x0cStreamPrices\x12(.tradingboost.oms.v1.StreamPricesRequest\x1a).tradingboost.oms.v1.StreamPricesResponse0\x01\x12Z\n\tGetMarket\x12%.tradingboost.oms.v1.GetMarketRequest\x1a&.tradingboost.oms.v1.GetMarketResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tradingboost/oms/v1/market_data_service.proto\x12\x13tradingboost.oms.v1\x1a%tradingboost/oms/v1/market_data.proto\"F\n\x14PublishPricesRequest\x12.\n\x06prices\x18\x01 \x03(\x0b\x32\x1e.tradingboost.oms.v1.PriceTick\"C\n\x15PublishPricesResponse\x12*\n\x06prices\x18\x01 \x03(\x0b\x32\x1a.tradingboost.oms.v1.Price\"3\n\x0fGetPriceRequest\x12\x10\n\x08\x65xchange\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\"=\n\x10GetPriceResponse\x12)\n\x05price\x18\x01 \x01(\x0b\x32\x1a.tradingboost.oms.v1.Price\"e\n\x13StreamPricesRequest\x12\x34\n\x0binstruments\x18\x01 \x03(\x0b\x32\x1f.tradingboost.oms.v1.Instrument\x12\x18\n\x10with_last_prices\x18\x02 \x01(\x08\"A\n\x14StreamPricesResponse\x12)\n\x05price\x18\x01 \x01(\x0b\x32\x1a.tradingboost.oms.v1.Price\"4\n\x10GetMarketRequest\x12\x10\n\x08\x65xchange\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\"@\n\x11GetMarketResponse\x12+\n\x06market\x18\x01 \x01(\x0b\x32\x1b.tradingboost.oms.v1.Market2\x97\x03\n\x11MarketDataService\x12\x66\n\rPublishPrices\x12).tradingboost.oms.v1.PublishPricesRequest\x1a*.tradingboost.oms.v1.PublishPricesResponse\x12W\n\x08GetPrice\x12$.tradingboost.oms.v1.GetPriceRequest\x1a%.tradingboost.oms.v1.GetPriceResponse\x12\x65\n\x0cStreamPrices\x12(.tradingboost.oms.v1.StreamPricesRequest\x1a).tradingboost.oms.v1.StreamPricesResponse0\x01\x12Z\n\tGetMarket\x12%.tradingboost.oms.v1.GetMarketRequest\x1a&.tradingboost.oms.v1.GetMarketResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,13 +41,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPRICERESPONSE']._serialized_start=303
   _globals['_GETPRICERESPONSE']._serialized_end=364
   _globals['_STREAMPRICESREQUEST']._serialized_start=366
-  _globals['_STREAMPRICESREQUEST']._serialized_end=441
-  _globals['_STREAMPRICESRESPONSE']._serialized_start=443
-  _globals['_STREAMPRICESRESPONSE']._serialized_end=508
-  _globals['_GETMARKETREQUEST']._serialized_start=510
-  _globals['_GETMARKETREQUEST']._serialized_end=562
-  _globals['_GETMARKETRESPONSE']._serialized_start=564
-  _globals['_GETMARKETRESPONSE']._serialized_end=628
-  _globals['_MARKETDATASERVICE']._serialized_start=631
-  _globals['_MARKETDATASERVICE']._serialized_end=1038
+  _globals['_STREAMPRICESREQUEST']._serialized_end=467
+  _globals['_STREAMPRICESRESPONSE']._serialized_start=469
+  _globals['_STREAMPRICESRESPONSE']._serialized_end=534
+  _globals['_GETMARKETREQUEST']._serialized_start=536
+  _globals['_GETMARKETREQUEST']._serialized_end=588
+  _globals['_GETMARKETRESPONSE']._serialized_start=590
+  _globals['_GETMARKETRESPONSE']._serialized_end=654
+  _globals['_MARKETDATASERVICE']._serialized_start=657
+  _globals['_MARKETDATASERVICE']._serialized_end=1064
 # @@protoc_insertion_point(module_scope)

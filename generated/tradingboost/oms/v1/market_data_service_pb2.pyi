@@ -128,6 +128,13 @@ class StreamPricesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INSTRUMENTS_FIELD_NUMBER: _builtins.int
+    WITH_LAST_PRICES_FIELD_NUMBER: _builtins.int
+    with_last_prices: _builtins.bool
+    """Start with the last price of each instrument that has one, in the order
+    asked, then go on live: no tick falls between the two, none is sent
+    twice. A client that reconnects learns the price now instead of waiting
+    for the next tick; the first message also tells it the stream is live.
+    """
     @_builtins.property
     def instruments(self) -> _containers.RepeatedCompositeFieldContainer[_market_data_pb2.Instrument]:
         """Required. The instruments to stream: at least one; duplicates are
@@ -138,10 +145,11 @@ class StreamPricesRequest(_message.Message):
         self,
         *,
         instruments: _abc.Iterable[_market_data_pb2.Instrument] | None = ...,
+        with_last_prices: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instruments", b"instruments"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instruments", b"instruments", "with_last_prices", b"with_last_prices"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -98,8 +98,9 @@ class MarketDataServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamPrices(self, request, context):
-        """Server stream of the price ticks of a set of instruments, live only, in
-        the order they are applied. Errors: INVALID_ARGUMENT (no instrument,
+        """Server stream of the price ticks of a set of instruments, live (after
+        their last prices, with `with_last_prices`), in the order they are
+        applied. Errors: INVALID_ARGUMENT (no instrument,
         unknown exchange or symbol), RESOURCE_EXHAUSTED (the client did not keep
         up with its bounded buffer), UNAVAILABLE (server shutting down).
         """

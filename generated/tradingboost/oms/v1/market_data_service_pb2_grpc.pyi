@@ -58,8 +58,9 @@ class MarketDataServiceStub:
     seen yet).
     """
     StreamPrices: _grpc.UnaryStreamMultiCallable[_market_data_service_pb2.StreamPricesRequest, _market_data_service_pb2.StreamPricesResponse]
-    """Server stream of the price ticks of a set of instruments, live only, in
-    the order they are applied. Errors: INVALID_ARGUMENT (no instrument,
+    """Server stream of the price ticks of a set of instruments, live (after
+    their last prices, with `with_last_prices`), in the order they are
+    applied. Errors: INVALID_ARGUMENT (no instrument,
     unknown exchange or symbol), RESOURCE_EXHAUSTED (the client did not keep
     up with its bounded buffer), UNAVAILABLE (server shutting down).
     """
@@ -100,8 +101,9 @@ class MarketDataServiceAsyncStub(MarketDataServiceStub):
     seen yet).
     """
     StreamPrices: _aio.UnaryStreamMultiCallable[_market_data_service_pb2.StreamPricesRequest, _market_data_service_pb2.StreamPricesResponse]  # type: ignore[assignment]
-    """Server stream of the price ticks of a set of instruments, live only, in
-    the order they are applied. Errors: INVALID_ARGUMENT (no instrument,
+    """Server stream of the price ticks of a set of instruments, live (after
+    their last prices, with `with_last_prices`), in the order they are
+    applied. Errors: INVALID_ARGUMENT (no instrument,
     unknown exchange or symbol), RESOURCE_EXHAUSTED (the client did not keep
     up with its bounded buffer), UNAVAILABLE (server shutting down).
     """
@@ -157,8 +159,9 @@ class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _market_data_service_pb2.StreamPricesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_market_data_service_pb2.StreamPricesResponse], _abc.AsyncIterator[_market_data_service_pb2.StreamPricesResponse]]:
-        """Server stream of the price ticks of a set of instruments, live only, in
-        the order they are applied. Errors: INVALID_ARGUMENT (no instrument,
+        """Server stream of the price ticks of a set of instruments, live (after
+        their last prices, with `with_last_prices`), in the order they are
+        applied. Errors: INVALID_ARGUMENT (no instrument,
         unknown exchange or symbol), RESOURCE_EXHAUSTED (the client did not keep
         up with its bounded buffer), UNAVAILABLE (server shutting down).
         """

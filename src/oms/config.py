@@ -189,9 +189,10 @@ class PaperSettings(BaseModel):
     taker_fee_rate: FeeRate = Decimal("0.0005")
     """Fee on a taker fill, as a fraction of notional, charged in the settle currency."""
     maker_fill_limit: Annotated[ExactDecimal, Field(gt=0)] | None = None
-    """Most quantity a resting order fills per tick (simulated thin liquidity): it stays
-    PARTIALLY_FILLED until later ticks fill the rest. Unset: it fills completely on the tick
-    that reaches it (contract section 7)."""
+    """Most quantity a resting order fills per tick (simulated thin liquidity), floored to
+    each market's amount step (one step at least): it stays PARTIALLY_FILLED until later ticks
+    fill the rest. Unset: it fills completely on the tick that reaches it (contract section
+    7)."""
     markets: tuple[MarketSettings, ...] = DEFAULT_PAPER_MARKETS
     """Markets listed here are added to DEFAULT_PAPER_MARKETS; one with the symbol of a
     default market replaces it. The result always includes the defaults."""

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import grpc
 import pytest
-from fixtures.oms_server import OmsHarness
+from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.trading import BTC, USER, fills_of, get, place, tick
 from tradingboost.oms.v1 import order_pb2
 from tradingboost.oms.v1 import order_service_pb2 as pb
+
+from oms.config import PaperSettings
 
 S = order_pb2
 
@@ -320,3 +324,23 @@ async def test_list_orders_filters_pages_newest_first(oms: OmsHarness) -> None:
     other_user = await oms.orders.ListOrders(pb.ListOrdersRequest(user_id="bob"))
     assert list(other_user.orders) == []
     assert placed[0].symbol == BTC
+
+
+@pytest.mark.parametrize(
+    ("limit", "fills"), [("0.0045", ["0.004", "0.004", "0.002"]), ("0.0001", ["0.001"] * 10)]
+)
+async def test_thin_liquidity_fills_in_whole_amount_steps(
+    redis_url: str, limit: str, fills: list[str]
+) -> None:
+    # BTC's amount step is 0.001: a limit between steps is floored, one under a step is one.
+    oms = await make_oms(redis_url, paper=PaperSettings(maker_fill_limit=Decimal(limit)))
+    try:
+        await tick(oms, "50000")
+        order = await place(oms, type=S.ORDER_TYPE_LIMIT, price="49000", quantity="0.01")
+        for _ in fills:
+            await tick(oms, "48900")
+        listed = await fills_of(oms, order.order_id)  # newest first
+        assert [fill.quantity for fill in reversed(listed)] == fills
+        assert (await get(oms, order.order_id)).status == S.ORDER_STATUS_FILLED
+    finally:
+        await oms.close()

@@ -8,7 +8,7 @@ from fixtures.domain import MARKET
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oms.domain.decimals import display, div, sub
+from oms.domain.decimals import add, display, div, mul, sub
 from oms.domain.fills import Fill, Liquidity
 from oms.domain.orders import PositionSide, Side
 from oms.domain.positions import (
@@ -96,6 +96,17 @@ def test_terminating_figures_are_displayed_exactly_however_many_places() -> None
     # leading digits.
     cancelled = sub(div(Decimal(1), Decimal(3)), Decimal("0.3333333333"))
     assert display(cancelled) == Decimal("0.000000000033")
+
+
+def test_terminating_figures_too_long_for_the_wire_are_rounded_to_12_places() -> None:
+    # An average over a power-of-two size terminates 30 places down: 35 characters exact.
+    cost = add(Decimal("0.00001"), mul(Decimal("33554431"), Decimal("0.00002")))
+    average = div(cost, Decimal(2**25))
+    assert average == Decimal("0.000019999999701976776123046875")  # 32: shown exactly
+    assert display(average) == average
+    liquidation = mul(average, Decimal("0.885"))  # 1 - 1/8 + 0.01: leverage 8, mmr 0.01
+    assert liquidation == Decimal("0.000017699999736249446868896484375")
+    assert display(liquidation) == Decimal("0.000017700000")
 
 
 def test_a_pnl_that_is_exactly_zero_through_an_entry_that_does_not_terminate_shows_zero() -> None:

@@ -82,12 +82,20 @@ def rounded(value: Decimal, places: int) -> Decimal:
 
 
 def display(value: Decimal) -> Decimal:
-    """A derived figure (an average, a PnL ratio) as shown: exact when it terminates, else
-    rounded half-even to DISPLAY_PLACES decimal places, so that it stays short."""
+    """A derived figure (an average, a PnL ratio) as shown: exact when it terminates within
+    MAX_DECIMAL_CHARS characters, else rounded half-even to DISPLAY_PLACES decimal places, so
+    that it stays short (an average over a power-of-two size terminates far down)."""
     exponent = value.as_tuple().exponent
-    if isinstance(exponent, int) and exponent >= -_EXACT_PLACES:
+    if not isinstance(exponent, int) or exponent < -_EXACT_PLACES:
+        return rounded(value, DISPLAY_PLACES)  # does not terminate
+    if exponent >= -DISPLAY_PLACES or len(fmt(value)) <= MAX_DECIMAL_CHARS:
         return value
     return rounded(value, DISPLAY_PLACES)
+
+
+def floor_to(value: Decimal, step: Decimal) -> Decimal:
+    """A value >= 0 floored to a multiple of `step`."""
+    return _EXACT.subtract(value, _EXACT.remainder(value, step))
 
 
 def is_multiple(value: Decimal, step: Decimal) -> bool:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from oms.domain.decimals import add, mul, sub
+from oms.domain.decimals import add, floor_to, mul, sub
 from oms.domain.fills import Liquidity
 from oms.domain.markets import Market
 from oms.domain.orders import (
@@ -66,7 +66,7 @@ def _fill(
         return [OrderExpired(f"FOK order could not fill completely: {why}, capped at {allowed}")]
     if allowed <= 0:
         return [OrderCanceled(f"{why}: the position is flat")]
-    quantity = allowed if limit is None else min(allowed, limit)
+    quantity = allowed if limit is None else min(allowed, _whole_steps(limit, ctx.market))
     events: list[OrderEvent] = [_filled(order, quantity, price, liquidity, ctx)]
     if quantity == allowed < remaining:
         if order.parent_order_id:
@@ -76,6 +76,11 @@ def _fill(
         else:
             events.append(OrderCanceled(f"{why}: capped at the position size"))
     return events
+
+
+def _whole_steps(limit: Decimal, market: Market) -> Decimal:
+    """A fill limit floored to the market's amount step, one step at least."""
+    return max(market.amount_step, floor_to(limit, market.amount_step))
 
 
 def _filled(

@@ -58,8 +58,9 @@ class Position(_message.Message):
     PnL and notional use the market's contract size, in the settle currency,
     with exact decimal arithmetic; quotients (averages, percentages) are
     computed to 160 significant digits and shown rounded half-even to 12
-    decimal places when they do not terminate, and so are the figures computed
-    from them (the PnL of an average entry that does not terminate).
+    decimal places when they do not terminate (or would take more than 32
+    characters), and so are the figures computed from them (the PnL of an
+    average entry that does not terminate).
     LONG: unrealized = (mark - entry) x size x contract size; realized on a
     reduction = (exit - entry) x qty x contract size. SHORT: the mirror
     ((entry - mark), (entry - exit)).
@@ -111,7 +112,8 @@ class Position(_message.Message):
     quantity at this average and leaves it unchanged (so after 0.01 @ 50000,
     a sale of 0.005 and 0.01 @ 53000 it is 52000). That keeps realized plus
     unrealized PnL equal to the total PnL. Rounded half-even to 12 decimal
-    places when the average does not terminate. Output only.
+    places when the average does not terminate (or would take more than 32
+    characters). Output only.
     """
     mark_price: _builtins.str
     """The instrument's last price used for valuation; empty before any price

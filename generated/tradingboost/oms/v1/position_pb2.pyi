@@ -280,7 +280,9 @@ Global___PositionUpdate: _TypeAlias = PositionUpdate  # noqa: Y015
 @_typing.final
 class PortfolioSummary(_message.Message):
     """Totals over a user's position records (optionally on one exchange), OPEN
-    and CLOSED. Money totals are sums in the settle currency.
+    and CLOSED. Money totals are sums in the settle currency, of the records'
+    exact figures, rounded once: where a record's figure is shown rounded, the
+    total may differ in its last place from the sum of the figures shown.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

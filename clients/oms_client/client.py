@@ -134,8 +134,8 @@ class OmsClient:
 
     Args:
         token: sent as `authorization: Bearer <token>` on every call when auth is on.
-        retry: for unary calls (PublishPrices and CreateConditionalRule excepted, see
-            `publish_prices` and `create_rule`); only RETRYABLE_CODES are retried.
+        retry: for unary calls (PublishPrices excepted, see `publish_prices`); only
+            RETRYABLE_CODES are retried.
         stream_retry: reconnects of the resuming streams.
         default_timeout_s: deadline of each attempt when a call gives no `timeout_s`;
             None for no deadline.
@@ -1108,9 +1108,9 @@ class OmsClient:
         response is lost after the server applied the tick, a retry applies it a second time,
         which streams it twice and matches it again against orders resting since. Pass a
         `retry` only where a repeated tick is harmless. A call that never reached the server
-        is safe to repeat, and needs no retry: as `create_rule` does, the call waits for the
-        channel to be connected (gRPC's wait-for-ready), within its `timeout_s`, instead of
-        failing at once while the server restarts.
+        is safe to repeat, and needs no retry: the call waits for the channel to be connected
+        (gRPC's wait-for-ready), within its `timeout_s`, instead of failing at once while the
+        server restarts.
         """
         prepared = build_request(md.PublishPricesRequest, request, fields)
         response = await self._unary(

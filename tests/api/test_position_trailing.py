@@ -95,6 +95,27 @@ async def test_take_profit_and_trailing_stop_together_whichever_closes_cancels_t
     await check_invariants(oms)
 
 
+async def test_an_entry_that_fills_through_its_stop_loss_still_has_its_trailing_stop(
+    oms: OmsHarness,
+) -> None:
+    # One tick fills the entry and, below the stop-loss, the stop-loss: flat before the stop
+    # could start. The id OpenPosition gave out must not stay NOT_FOUND forever.
+    await tick(oms, "3000")
+    opened = await open_position(
+        oms,
+        type=S.ORDER_TYPE_LIMIT,
+        price="2950",
+        quantity="1",
+        stop_loss_price="2900",
+        trailing_stop=rate("0.01"),
+    )
+    await tick(oms, "2890")
+    assert (await position(oms)).status == P.POSITION_STATUS_CLOSED
+    stop = await get_stop(oms, USER, opened.trailing_stop_id)
+    assert (stop.status, stop.status_reason) == (CANCELED, "position_closed")
+    await check_invariants(oms)
+
+
 async def test_a_limit_entrys_activation_is_judged_against_its_limit_price(
     oms: OmsHarness,
 ) -> None:
@@ -131,10 +152,11 @@ async def test_an_activation_already_reached_is_refused_and_places_nothing(
     await tick(oms, "100")
     before = await redis_snapshot(redis_url)
     for side, activation in ((LONG, "100"), (SHORT, "100.01")):
-        await expect_code(
+        message = await expect_code(
             open_position(oms, position_side=side, trailing_stop=rate("0.02", activation)),
             grpc.StatusCode.FAILED_PRECONDITION,
         )
+        assert message.startswith("trailing_stop.activation_price ")
     assert await redis_snapshot(redis_url) == before
     assert await order_count(oms) == 0
 

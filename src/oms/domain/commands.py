@@ -342,7 +342,9 @@ def validate_open_position(
         if activation is not None and entry is not None:
             # The stop starts when the entry fills: judged against the entry's price.
             what = "the entry price" if resting else "the last price"
-            refuse_reached_activation(command.position_side, activation, entry, what)
+            refuse_reached_activation(
+                command.position_side, activation, entry, what, "trailing_stop.activation_price"
+            )
         trailing = TrailingExit("", rate, spread, activation)
     return replace(
         spec, take_profit_price=take_profit, stop_loss_price=stop_loss, trailing=trailing

@@ -55,14 +55,18 @@ def reaches_activation(side: PositionSide, activation: Decimal, price: Decimal) 
 
 
 def refuse_reached_activation(
-    side: PositionSide, activation: Decimal, price: Decimal, what: str = "the last price"
+    side: PositionSide,
+    activation: Decimal,
+    price: Decimal,
+    what: str = "the last price",
+    field: str = "activation_price",
 ) -> None:
     """As an exchange refuses a trailing order that would trigger at once: `price` is where
     the stop starts (`what` names it)."""
     if reaches_activation(side, activation, price):
         relation = "at or below" if side is PositionSide.LONG else "at or above"
         raise FailedPrecondition(
-            f"activation_price {fmt(activation)} is {relation} {what} {fmt(price)}: "
+            f"{field} {fmt(activation)} is {relation} {what} {fmt(price)}: "
             "the stop would activate at once (leave it empty for that)"
         )
 

@@ -92,7 +92,8 @@ class LiveTrailingStops:
         async with self._venue.account_lock(spec.user_id, market.exchange):
             key = PositionKey(spec.user_id, market.exchange, market.symbol, spec.position_side)
             position = await self._store.current_position(key)
-            if position is None or not position.is_open:
+            # (An OpenPosition's stop is started on a closed one too: see below.)
+            if position is None or (not position.is_open and opening_price is None):
                 raise FailedPrecondition(
                     f"no open {spec.position_side.value} position on {market.exchange} "
                     f"{market.symbol} for a trailing stop to protect"
@@ -109,13 +110,19 @@ class LiveTrailingStops:
                 self._clock_ns(),
                 refuse_reached=opening_price is None,
             )
-            created = TrailingStopUpdated(TrailingStopEventType.CREATED, stop)
-            outcome = await self._journal.record([], updates=[created])
+            updates = [TrailingStopUpdated(TrailingStopEventType.CREATED, stop)]
+            if not position.is_open:
+                # An OpenPosition's stop whose position closed before its entry's follow-ups
+                # ran: the stop whose id OpenPosition gave out exists, and is over.
+                stop = stop.cancel(POSITION_CLOSED, stop.created_at_ns)
+                updates.append(TrailingStopUpdated(TrailingStopEventType.CANCELED, stop))
+            outcome = await self._journal.record([], updates=updates)
             if isinstance(outcome, Conflict):
                 assert outcome.kind is ConflictKind.TRAILING_CLIENT_ID_TAKEN
                 assert outcome.existing_stop is not None
                 return outcome.existing_stop, False
-            self._books[(market.exchange, market.symbol)].put(stop)
+            if stop.status.is_working:
+                self._books[(market.exchange, market.symbol)].put(stop)
             return stop, True
 
     async def start_exit(self, entry: Order, exit: TrailingExit, market: Market) -> None:

@@ -404,6 +404,15 @@ class _Batch:
 
         self._undo.append(undo)
 
+    def closed_record(self, slot: PositionSlot) -> Position:
+        """The record of `slot` (user, side) this batch closed."""
+        user_id, side = slot
+        return next(
+            p
+            for p in reversed(self.touched.values())
+            if (p.user_id, p.position_side) == (user_id, side) and not p.is_open
+        )
+
     def set_position(self, desk: _Desk, slot: PositionSlot, position: Position) -> None:
         """Write `position` in this commit and make it the slot's record in memory, or leave
         the slot empty once it is closed (only a reducing fill closes, so the slot held it)."""
@@ -523,10 +532,7 @@ class _Desk:
             if start.filled_quantity == 0:
                 for leg in bracket_legs(after, now):
                     self.submit_new(owner, batch, leg)
-                # Unless an exit already closed the position (its entry filled through it).
-                if after.bracket.trailing is not None and self.open_size(
-                    after.user_id, after.position_side
-                ):
+                if after.bracket.trailing is not None:
                     self._start_trailing(owner, batch, after, after.bracket.trailing, now)
             else:
                 self._grow_exits(owner, batch, after, now)
@@ -614,7 +620,8 @@ class _Desk:
         self, owner: _Op, batch: _Batch, entry: Order, exit: TrailingExit, now: int
     ) -> None:
         """An OpenPosition's trailing stop, on the whole position its entry just opened."""
-        position = self.positions[(entry.user_id, entry.position_side)]
+        slot = (entry.user_id, entry.position_side)
+        position = self.positions.get(slot) or batch.closed_record(slot)
         spec = TrailingStopSpec(
             entry.user_id,
             self._exchange.market(self.symbol),
@@ -630,6 +637,11 @@ class _Desk:
             exit.trailing_stop_id, position.position_id, self.last.price, now, refuse_reached=False
         )
         self.add_stop(owner, batch, stop)
+        if not self.open_size(entry.user_id, entry.position_side):
+            # An exit closed the position already (its entry filled through the stop-loss):
+            # the stop whose id OpenPosition gave out exists, and is over.
+            closed = stop.cancel(POSITION_CLOSED, now)
+            self.change_stop(owner, batch, stop, closed, TrailingStopEventType.CANCELED)
 
     def add_stop(self, owner: _Op, batch: _Batch, stop: TrailingStop) -> None:
         batch.put(self.trailing, stop)

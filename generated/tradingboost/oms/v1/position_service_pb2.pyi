@@ -341,7 +341,9 @@ class OpenPositionResponse(_message.Message):
     """
     trailing_stop_id: _builtins.str
     """`trailing_stop_id` reserved for the trailing stop; empty when no
-    `trailing_stop` was given. Exists from the entry's fill, as above.
+    `trailing_stop` was given. Exists from the entry's fill, as above
+    (CANCELED "position_closed" at once when an exit closed the position
+    first: an entry that filled through its stop-loss).
     """
     @_builtins.property
     def entry_order(self) -> _order_pb2.Order:

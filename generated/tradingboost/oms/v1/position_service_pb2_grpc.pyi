@@ -77,7 +77,9 @@ class PositionServiceStub:
     INVALID_ARGUMENT (as PlaceOrder; `type` not MARKET or LIMIT; a stop-loss
     or take-profit on the wrong side of the entry price (LIMIT) or last price
     (MARKET): LONG needs stop_loss < entry < take_profit, SHORT the mirror;
-    a bad trailing stop config), ALREADY_EXISTS (`client_order_id` reused
+    a bad trailing stop config), FAILED_PRECONDITION (as PlaceOrder; a
+    `trailing_stop.activation_price` the entry price (LIMIT) or last price
+    (MARKET) already reaches), ALREADY_EXISTS (`client_order_id` reused
     with different parameters). An entry the exchange rejects ends REJECTED;
     the RPC still succeeds. On a real exchange the take-profit and stop-loss
     are held by the OMS and sent when the mark price reaches them (see
@@ -161,7 +163,9 @@ class PositionServiceAsyncStub(PositionServiceStub):
     INVALID_ARGUMENT (as PlaceOrder; `type` not MARKET or LIMIT; a stop-loss
     or take-profit on the wrong side of the entry price (LIMIT) or last price
     (MARKET): LONG needs stop_loss < entry < take_profit, SHORT the mirror;
-    a bad trailing stop config), ALREADY_EXISTS (`client_order_id` reused
+    a bad trailing stop config), FAILED_PRECONDITION (as PlaceOrder; a
+    `trailing_stop.activation_price` the entry price (LIMIT) or last price
+    (MARKET) already reaches), ALREADY_EXISTS (`client_order_id` reused
     with different parameters). An entry the exchange rejects ends REJECTED;
     the RPC still succeeds. On a real exchange the take-profit and stop-loss
     are held by the OMS and sent when the mark price reaches them (see
@@ -260,7 +264,9 @@ class PositionServiceServicer(metaclass=_abc_1.ABCMeta):
         INVALID_ARGUMENT (as PlaceOrder; `type` not MARKET or LIMIT; a stop-loss
         or take-profit on the wrong side of the entry price (LIMIT) or last price
         (MARKET): LONG needs stop_loss < entry < take_profit, SHORT the mirror;
-        a bad trailing stop config), ALREADY_EXISTS (`client_order_id` reused
+        a bad trailing stop config), FAILED_PRECONDITION (as PlaceOrder; a
+        `trailing_stop.activation_price` the entry price (LIMIT) or last price
+        (MARKET) already reaches), ALREADY_EXISTS (`client_order_id` reused
         with different parameters). An entry the exchange rejects ends REJECTED;
         the RPC still succeeds. On a real exchange the take-profit and stop-loss
         are held by the OMS and sent when the mark price reaches them (see

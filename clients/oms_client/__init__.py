@@ -16,7 +16,13 @@ from oms_client.client import (
     RuleUpdateStream,
     TrailingStopEventStream,
 )
-from oms_client.retry import NO_RETRY, RETRYABLE_CODES, OutcomeUnknown, RetryPolicy
+from oms_client.retry import (
+    NO_RETRY,
+    NOT_TAKEN_CODES,
+    RETRYABLE_CODES,
+    OutcomeUnknown,
+    RetryPolicy,
+)
 from oms_client.rounding import PriceRounding, round_price, round_quantity
 from oms_client.streams import RESUMABLE_CODES, EventStream, PriceStream
 
@@ -24,6 +30,7 @@ __all__ = [
     "CHANNEL_OPTIONS",
     "DEFAULT_RETRY",
     "DEFAULT_STREAM_RETRY",
+    "NOT_TAKEN_CODES",
     "NO_RETRY",
     "RESUMABLE_CODES",
     "RETRYABLE_CODES",

@@ -62,7 +62,14 @@ from oms_client.request_fields import (
     TrailingStopRefFields,
     build_request,
 )
-from oms_client.retry import NO_RETRY, RETRYABLE_CODES, OutcomeUnknown, RetryPolicy, call_with_retry
+from oms_client.retry import (
+    NO_RETRY,
+    NOT_TAKEN_CODES,
+    RETRYABLE_CODES,
+    OutcomeUnknown,
+    RetryPolicy,
+    call_with_retry,
+)
 from oms_client.streams import (
     EventStream,
     PriceStream,
@@ -1194,6 +1201,7 @@ class OmsClient:
         retry: RetryPolicy | None,
         *,
         wait_for_ready: bool | None = None,
+        failed: Callable[[grpc.aio.AioRpcError], None] | None = None,
     ) -> Resp:
         metadata = self._metadata(rpc_metadata)
         return await call_with_retry(
@@ -1202,6 +1210,7 @@ class OmsClient:
                 request, timeout=within_s, metadata=metadata, wait_for_ready=wait_for_ready
             ),
             self._attempt_timeout(timeout_s),
+            failed,
         )
 
     async def _keyed(
@@ -1216,10 +1225,16 @@ class OmsClient:
         """`_unary` for a call idempotent on the request's `key_field`: when its attempts run
         out without an answer, OutcomeUnknown hands the caller that key, which the client may
         have made, so that the caller's own retry cannot act twice."""
+        maybe_taken = False
+
+        def failed(error: grpc.aio.AioRpcError) -> None:
+            nonlocal maybe_taken
+            maybe_taken |= error.code() not in NOT_TAKEN_CODES
+
         try:
-            return await self._unary(method, request, timeout_s, rpc_metadata, retry)
+            return await self._unary(method, request, timeout_s, rpc_metadata, retry, failed=failed)
         except grpc.aio.AioRpcError as error:
-            if error.code() in RETRYABLE_CODES:
+            if error.code() in RETRYABLE_CODES and maybe_taken:
                 raise OutcomeUnknown(error, key_field, getattr(request, key_field)) from error
             raise
 

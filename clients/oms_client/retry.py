@@ -10,7 +10,14 @@ from typing import TypeVar, cast
 
 import grpc
 
-__all__ = ["NO_RETRY", "RETRYABLE_CODES", "OutcomeUnknown", "RetryPolicy", "call_with_retry"]
+__all__ = [
+    "NOT_TAKEN_CODES",
+    "NO_RETRY",
+    "RETRYABLE_CODES",
+    "OutcomeUnknown",
+    "RetryPolicy",
+    "call_with_retry",
+]
 
 T = TypeVar("T")
 
@@ -108,11 +115,13 @@ async def call_with_retry(
     policy: RetryPolicy,
     attempt: Callable[[float | None], Awaitable[T]],
     attempt_timeout_s: float | None,
+    failed: Callable[[grpc.aio.AioRpcError], None] | None = None,
 ) -> T:
     """Runs `attempt(timeout_s)` until it succeeds, fails with a code outside RETRYABLE_CODES,
     or `policy.attempts` or `policy.deadline_s` are used up; then raises the last
     grpc.aio.AioRpcError unchanged. Each attempt gets `attempt_timeout_s`, cut to what is left
-    of the deadline; the wait before the last one is cut so that it still gets 0.1 s."""
+    of the deadline; the wait before the last one is cut so that it still gets 0.1 s.
+    `failed` is told each attempt's error."""
     loop = asyncio.get_running_loop()
     give_up_at = None if policy.deadline_s is None else loop.time() + policy.deadline_s
     retry = 0
@@ -124,6 +133,8 @@ async def call_with_retry(
         try:
             return await attempt(timeout_s)
         except grpc.aio.AioRpcError as error:
+            if failed is not None:
+                failed(error)
             retry += 1
             if error.code() not in RETRYABLE_CODES:
                 raise
@@ -133,11 +144,16 @@ async def call_with_retry(
         await asyncio.sleep(wait)
 
 
+NOT_TAKEN_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED})
+"""Retryable codes of a call the server did not act on: a rate limit, a throttled account."""
+
+
 class OutcomeUnknown(grpc.aio.AioRpcError):
     """A call that may have taken effect (an order placed, a stop started) ran out of attempts
     with a retryable code. It is idempotent on its `key_field`: send it again with that same
     `key` to learn what happened, never as a new request, which could act twice. The id is
-    here because the client may have made it."""
+    here because the client may have made it. When every attempt failed with a code of
+    NOT_TAKEN_CODES, nothing was done: the last error is raised as it is instead."""
 
     def __init__(self, error: grpc.aio.AioRpcError, key_field: str, key: str) -> None:
         super().__init__(

@@ -54,6 +54,7 @@ def test_public_names() -> None:
         "CHANNEL_OPTIONS",
         "DEFAULT_RETRY",
         "DEFAULT_STREAM_RETRY",
+        "NOT_TAKEN_CODES",
         "NO_RETRY",
         "RESUMABLE_CODES",
         "RETRYABLE_CODES",

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from fixtures.client_streams import restartable_servers
-from fixtures.lossy_network import LoseResponses, client_with
+from fixtures.lossy_network import LoseRequests, LoseResponses, client_with
 from fixtures.oms_server import OmsHarness
 from fixtures.tcp_proxy import SilencingProxy
 from oms_client import CHANNEL_OPTIONS, OmsClient, OutcomeUnknown, RetryPolicy
@@ -25,6 +25,15 @@ S = order_pb2
 BTC = "BTC/USDT:USDT"
 USER = "alice"
 FAST_RETRY = RetryPolicy(attempts=3, initial_backoff_s=0.01, max_backoff_s=0.01)
+LIMIT_BUY: dict[str, Any] = {
+    "user_id": USER,
+    "exchange": "paper",
+    "symbol": BTC,
+    "side": order_pb2.SIDE_BUY,
+    "type": order_pb2.ORDER_TYPE_LIMIT,
+    "quantity": "0.01",
+    "price": "49000",
+}
 
 
 @pytest.fixture
@@ -292,6 +301,34 @@ async def test_a_place_order_that_runs_out_of_attempts_hands_back_its_client_ord
         assert error.value.key == lose.requests[0].client_order_id
         order = await client.place_order(**fields, client_order_id=error.value.key)
         assert [o async for o in client.list_orders(user_id=USER)] == [order]
+
+
+async def test_a_place_order_refused_at_every_attempt_is_no_unknown_outcome(
+    oms_priced: OmsHarness,
+) -> None:
+    # RESOURCE_EXHAUSTED (a rate limit) each time: nothing was done, and the caller is told so.
+    throttle = LoseRequests("PlaceOrder", times=3, code=grpc.StatusCode.RESOURCE_EXHAUSTED)
+    async with client_with(oms_priced.address, throttle, retry=FAST_RETRY) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await client.place_order(**LIMIT_BUY)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert not isinstance(error.value, OutcomeUnknown)
+        assert [o async for o in client.list_orders(user_id=USER)] == []
+
+
+async def test_a_place_order_whose_first_answer_was_lost_stays_unknown_when_refused_after(
+    oms_priced: OmsHarness,
+) -> None:
+    # The first attempt reached the server (its answer lost), the retries were refused: the
+    # order exists, so the caller must get the id to look it up with.
+    throttle = LoseRequests("PlaceOrder", times=2, code=grpc.StatusCode.RESOURCE_EXHAUSTED, skip=1)
+    lose = LoseResponses("PlaceOrder", times=1)
+    async with client_with(oms_priced.address, throttle, lose, retry=FAST_RETRY) as client:
+        with pytest.raises(OutcomeUnknown) as error:
+            await client.place_order(**LIMIT_BUY)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        [order] = [o async for o in client.list_orders(user_id=USER)]
+        assert order.client_order_id == error.value.key
 
 
 @asynccontextmanager

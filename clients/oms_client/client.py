@@ -395,7 +395,8 @@ class OmsClient:
     ) -> list[order_pb2.Order]:
         """A grid bot's "is this level taken?": the open orders of one instrument that carry
         `grid_level`, or whose price (limit, else stop) is within `price_tolerance` of `price`
-        (give either, or both); oldest first, at most 1000."""
+        (give either, or both); oldest first, at most 1000 (the RPC's own response says
+        `truncated` when more matched)."""
         prepared = build_request(pb.FindOpenOrdersRequest, request, fields)
         response = await self._unary(
             self._orders.FindOpenOrders, prepared, timeout_s, rpc_metadata, retry

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from fixtures.oms_server import OmsHarness
 from fixtures.positions import ETH, check_invariants, position, ticks
 from fixtures.trading import BTC, USER, place, tick
 from tradingboost.oms.v1 import order_pb2, position_pb2
 from tradingboost.oms.v1 import order_service_pb2 as opb
+
+from oms.engine import order_lifecycle
 
 S = order_pb2
 
@@ -153,3 +156,17 @@ async def test_find_open_orders_reads_a_real_exchange_with_no_account_active(
         await find(oms, exchange="binanceusdm", symbol=BTC, price="50000", price_tolerance="1")
         == []
     )
+
+
+async def test_find_open_orders_says_when_more_matched_than_it_returns(
+    oms: OmsHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(order_lifecycle, "MAX_FOUND_ORDERS", 2)
+    await tick(oms, "50000")
+    oldest = [await limit(oms, "49000", grid_level=1) for _ in range(2)]
+    request = opb.FindOpenOrdersRequest(user_id=USER, exchange="paper", symbol=BTC, grid_level=1)
+    response = await oms.orders.FindOpenOrders(request)
+    assert ([o.order_id for o in response.orders], response.truncated) == (oldest, False)
+    await limit(oms, "49000", grid_level=1)
+    response = await oms.orders.FindOpenOrders(request)
+    assert ([o.order_id for o in response.orders], response.truncated) == (oldest, True)

@@ -91,7 +91,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
     async def FindOpenOrders(
         self, request: pb.FindOpenOrdersRequest, context: Context
     ) -> pb.FindOpenOrdersResponse:
-        orders = await self._orders.find_open_orders(
+        orders, truncated = await self._orders.find_open_orders(
             OpenOrderSearch(
                 user_id=request.user_id,
                 exchange=request.exchange,
@@ -102,7 +102,9 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
                 side=SIDES.parse("side", request.side, Side),
             )
         )
-        return pb.FindOpenOrdersResponse(orders=[order_to_proto(order) for order in orders])
+        return pb.FindOpenOrdersResponse(
+            orders=[order_to_proto(order) for order in orders], truncated=truncated
+        )
 
     async def ListFills(
         self, request: pb.ListFillsRequest, context: Context

@@ -284,8 +284,9 @@ class OrderLifecycle:
             page_token,
         )
 
-    async def find_open_orders(self, query: OpenOrderSearch) -> list[Order]:
-        """Open orders of one instrument at a grid level OR within a price window."""
+    async def find_open_orders(self, query: OpenOrderSearch) -> tuple[list[Order], bool]:
+        """Open orders of one instrument at a grid level OR within a price window, the
+        oldest MAX_FOUND_ORDERS; and whether more matched."""
         check_user_id(query.user_id)
         exchange, symbol = self.instrument(query.exchange, query.symbol)
         window = None
@@ -310,7 +311,8 @@ class OrderLifecycle:
             return at_level or near
 
         found = [order for order in await self._store.open_orders(query.user_id) if matches(order)]
-        return sorted(found, key=lambda o: o.order_id)[:MAX_FOUND_ORDERS]
+        found.sort(key=lambda o: o.order_id)
+        return found[:MAX_FOUND_ORDERS], len(found) > MAX_FOUND_ORDERS
 
     async def list_fills(
         self,

@@ -544,6 +544,9 @@ class FindOpenOrdersResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ORDERS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """More than 1000 orders matched: `orders` holds the oldest 1000."""
     @_builtins.property
     def orders(self) -> _containers.RepeatedCompositeFieldContainer[_order_pb2.Order]:
         """The matching open orders, oldest first; empty when the level is free."""
@@ -552,10 +555,11 @@ class FindOpenOrdersResponse(_message.Message):
         self,
         *,
         orders: _abc.Iterable[_order_pb2.Order] | None = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["orders", b"orders"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["orders", b"orders", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

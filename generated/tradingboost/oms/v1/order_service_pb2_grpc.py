@@ -216,7 +216,8 @@ class OrderServiceServicer:
         orders on one instrument that carry `grid_level`, OR whose price is
         within `price_tolerance` of `price` (an order's price is its limit price,
         else its stop price; the window is inclusive). Give `grid_level`, or
-        `price` with `price_tolerance`, or both. Oldest first, at most 1000.
+        `price` with `price_tolerance`, or both. Oldest first, at most 1000
+        (`truncated` says when more matched).
         Errors: INVALID_ARGUMENT (missing or bad field, unknown exchange or
         symbol, neither a level nor a price window given).
         """

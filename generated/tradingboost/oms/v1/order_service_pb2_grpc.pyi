@@ -107,7 +107,8 @@ class OrderServiceStub:
     orders on one instrument that carry `grid_level`, OR whose price is
     within `price_tolerance` of `price` (an order's price is its limit price,
     else its stop price; the window is inclusive). Give `grid_level`, or
-    `price` with `price_tolerance`, or both. Oldest first, at most 1000.
+    `price` with `price_tolerance`, or both. Oldest first, at most 1000
+    (`truncated` says when more matched).
     Errors: INVALID_ARGUMENT (missing or bad field, unknown exchange or
     symbol, neither a level nor a price window given).
     """
@@ -252,7 +253,8 @@ class OrderServiceAsyncStub(OrderServiceStub):
     orders on one instrument that carry `grid_level`, OR whose price is
     within `price_tolerance` of `price` (an order's price is its limit price,
     else its stop price; the window is inclusive). Give `grid_level`, or
-    `price` with `price_tolerance`, or both. Oldest first, at most 1000.
+    `price` with `price_tolerance`, or both. Oldest first, at most 1000
+    (`truncated` says when more matched).
     Errors: INVALID_ARGUMENT (missing or bad field, unknown exchange or
     symbol, neither a level nor a price window given).
     """
@@ -430,7 +432,8 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         orders on one instrument that carry `grid_level`, OR whose price is
         within `price_tolerance` of `price` (an order's price is its limit price,
         else its stop price; the window is inclusive). Give `grid_level`, or
-        `price` with `price_tolerance`, or both. Oldest first, at most 1000.
+        `price` with `price_tolerance`, or both. Oldest first, at most 1000
+        (`truncated` says when more matched).
         Errors: INVALID_ARGUMENT (missing or bad field, unknown exchange or
         symbol, neither a level nor a price window given).
         """

@@ -443,22 +443,29 @@ class OmsClient:
         exchange: str = "",
         symbol: str = "",
         after_sequence: int = 0,
+        from_oldest: bool = False,
         rpc_metadata: Mapping[str, str] | None = None,
     ) -> OrderUpdateStream:
         """Every order change of the user, each once and in order, resuming by itself after
         a server restart, a dropped connection or a slow-consumer cut-off.
 
         `after_sequence` 0 is live only; pass a snapshot's `as_of_sequence` or a persisted
-        `last_sequence` to replay from there. The stream connects on the first read.
+        `last_sequence` to replay from there, or `from_oldest` to replay every retained
+        event (what a snapshot whose `as_of_sequence` is 0, a user with no events yet, needs).
+        The stream connects on the first read.
         """
         metadata = self._metadata(rpc_metadata)
 
         def open_call(
-            after: int,
+            after: int, oldest: bool
         ) -> grpc.aio.UnaryStreamCall[pb.StreamOrderUpdatesRequest, pb.StreamOrderUpdatesResponse]:
             return self._orders.StreamOrderUpdates(
                 pb.StreamOrderUpdatesRequest(
-                    user_id=user_id, exchange=exchange, symbol=symbol, after_sequence=after
+                    user_id=user_id,
+                    exchange=exchange,
+                    symbol=symbol,
+                    after_sequence=after,
+                    from_oldest=oldest,
                 ),
                 metadata=metadata,
             )
@@ -469,6 +476,7 @@ class OmsClient:
             after_sequence,
             self._stream_retry,
             self._stream_idle_timeout_s,
+            from_oldest=from_oldest,
         )
 
     def stream_fills(
@@ -478,23 +486,33 @@ class OmsClient:
         exchange: str = "",
         symbol: str = "",
         after_sequence: int = 0,
+        from_oldest: bool = False,
         rpc_metadata: Mapping[str, str] | None = None,
     ) -> FillStream:
         """Every fill of the user, each once and in order; resumes as `stream_order_updates`."""
         metadata = self._metadata(rpc_metadata)
 
         def open_call(
-            after: int,
+            after: int, oldest: bool
         ) -> grpc.aio.UnaryStreamCall[pb.StreamFillsRequest, pb.StreamFillsResponse]:
             return self._orders.StreamFills(
                 pb.StreamFillsRequest(
-                    user_id=user_id, exchange=exchange, symbol=symbol, after_sequence=after
+                    user_id=user_id,
+                    exchange=exchange,
+                    symbol=symbol,
+                    after_sequence=after,
+                    from_oldest=oldest,
                 ),
                 metadata=metadata,
             )
 
         return EventStream(
-            open_call, fill_payload, after_sequence, self._stream_retry, self._stream_idle_timeout_s
+            open_call,
+            fill_payload,
+            after_sequence,
+            self._stream_retry,
+            self._stream_idle_timeout_s,
+            from_oldest=from_oldest,
         )
 
     # Conditional rules
@@ -613,6 +631,7 @@ class OmsClient:
         user_id: str,
         *,
         after_sequence: int = 0,
+        from_oldest: bool = False,
         rpc_metadata: Mapping[str, str] | None = None,
     ) -> RuleUpdateStream:
         """Every change of the user's conditional rules (created, fired, results committed,
@@ -622,12 +641,14 @@ class OmsClient:
         metadata = self._metadata(rpc_metadata)
 
         def open_call(
-            after: int,
+            after: int, oldest: bool
         ) -> grpc.aio.UnaryStreamCall[
             pb.StreamConditionalRulesRequest, pb.StreamConditionalRulesResponse
         ]:
             return self._orders.StreamConditionalRules(
-                pb.StreamConditionalRulesRequest(user_id=user_id, after_sequence=after),
+                pb.StreamConditionalRulesRequest(
+                    user_id=user_id, after_sequence=after, from_oldest=oldest
+                ),
                 metadata=metadata,
             )
 
@@ -637,6 +658,7 @@ class OmsClient:
             after_sequence,
             self._stream_retry,
             self._stream_idle_timeout_s,
+            from_oldest=from_oldest,
         )
 
     # Positions
@@ -764,6 +786,7 @@ class OmsClient:
         exchange: str = "",
         symbol: str = "",
         after_sequence: int = 0,
+        from_oldest: bool = False,
         rpc_metadata: Mapping[str, str] | None = None,
     ) -> PositionUpdateStream:
         """Every position change of the user (fills, and mark price moves coalesced to one
@@ -773,11 +796,15 @@ class OmsClient:
         metadata = self._metadata(rpc_metadata)
 
         def open_call(
-            after: int,
+            after: int, oldest: bool
         ) -> grpc.aio.UnaryStreamCall[ppb.StreamPositionsRequest, ppb.StreamPositionsResponse]:
             return self._positions.StreamPositions(
                 ppb.StreamPositionsRequest(
-                    user_id=user_id, exchange=exchange, symbol=symbol, after_sequence=after
+                    user_id=user_id,
+                    exchange=exchange,
+                    symbol=symbol,
+                    after_sequence=after,
+                    from_oldest=oldest,
                 ),
                 metadata=metadata,
             )
@@ -788,6 +815,7 @@ class OmsClient:
             after_sequence,
             self._stream_retry,
             self._stream_idle_timeout_s,
+            from_oldest=from_oldest,
         )
 
     async def get_portfolio_summary(
@@ -959,6 +987,7 @@ class OmsClient:
         exchange: str = "",
         symbol: str = "",
         after_sequence: int = 0,
+        from_oldest: bool = False,
         rpc_metadata: Mapping[str, str] | None = None,
     ) -> TrailingStopEventStream:
         """Every trailing stop change of the user (created, activated, stop price moved,
@@ -968,13 +997,17 @@ class OmsClient:
         metadata = self._metadata(rpc_metadata)
 
         def open_call(
-            after: int,
+            after: int, oldest: bool
         ) -> grpc.aio.UnaryStreamCall[
             tpb.StreamTrailingStopEventsRequest, tpb.StreamTrailingStopEventsResponse
         ]:
             return self._trailing_stops.StreamTrailingStopEvents(
                 tpb.StreamTrailingStopEventsRequest(
-                    user_id=user_id, exchange=exchange, symbol=symbol, after_sequence=after
+                    user_id=user_id,
+                    exchange=exchange,
+                    symbol=symbol,
+                    after_sequence=after,
+                    from_oldest=oldest,
                 ),
                 metadata=metadata,
             )
@@ -985,6 +1018,7 @@ class OmsClient:
             after_sequence,
             self._stream_retry,
             self._stream_idle_timeout_s,
+            from_oldest=from_oldest,
         )
 
     # Accounts

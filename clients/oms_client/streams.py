@@ -14,8 +14,8 @@ One exception: a live-only stream (`after_sequence` 0) that has delivered nothin
 other choice is to reconnect live-only, which starts at the newest sequence at reconnect time,
 later than any heartbeat it saw; so the latest heartbeat loses nothing that live-only would
 not lose too, and keeps every event committed during the outage. A user who had no events
-at all gives no such point (0 asks for live-only): events that came while such a stream
-reconnected end it OUT_OF_RANGE rather than go missing.
+at all gives no such point (0 asks for live-only): such a stream reconnects `from_oldest`,
+which replays whatever came meanwhile.
 
 A consumer that stops waiting for a message (asyncio.wait_for) leaves the call open: the read
 goes on, and its message is the next one delivered.
@@ -208,15 +208,20 @@ class EventStream(_ReconnectingStream[R, E]):
 
     def __init__(
         self,
-        open_call: Callable[[int], grpc.aio.UnaryStreamCall[Any, R]],
+        open_call: Callable[[int, bool], grpc.aio.UnaryStreamCall[Any, R]],
         unwrap: Callable[[R], E | heartbeat_pb2.Heartbeat | None],
         after_sequence: int,
         retry: RetryPolicy,
         idle_timeout_s: float | None,
+        from_oldest: bool = False,
     ) -> None:
+        """`open_call(after_sequence, from_oldest)` opens the call."""
+        if from_oldest and after_sequence:
+            raise ValueError("from_oldest replays every retained event: give no after_sequence")
         super().__init__(retry, idle_timeout_s)
         self._open_call = open_call
         self._unwrap = unwrap
+        self._from_oldest = from_oldest
         self._last_sequence = after_sequence
         self._read_through = after_sequence
         """The last event read from the server: where a reconnect resumes. Ahead of
@@ -224,9 +229,6 @@ class EventStream(_ReconnectingStream[R, E]):
         self._heartbeat_sequence = 0
         self._live_before_any_event = False
         """Went live (after_sequence 0) for a user who had no events at all."""
-        self._reopened_live = False
-        """Reconnected live-only after that: its first message tells whether events came
-        meanwhile."""
         self._live_at: int | None = None
         """The user's latest sequence when the stream first went live (the server's first
         heartbeat); None before."""
@@ -243,10 +245,7 @@ class EventStream(_ReconnectingStream[R, E]):
         on its way. Returns the user's latest sequence at that moment. Events read meanwhile
         stay for iteration, which delivers them first.
 
-        For list-then-watch of a user who may have no events yet (a snapshot's
-        `as_of_sequence` 0 cannot be resumed after): open the stream with no
-        `after_sequence`, await this, read the snapshot, then skip the events at or below its
-        `as_of_sequence`. Call it before iterating, or from the iterating task.
+        Call it before iterating, or from the iterating task.
         """
         while self._live_at is None:
             item = await self._read_one()
@@ -262,30 +261,13 @@ class EventStream(_ReconnectingStream[R, E]):
     def _open(self) -> grpc.aio.UnaryStreamCall[Any, R]:
         # Only a live-only stream that read nothing has _read_through 0 (module doc).
         after_sequence = self._read_through or self._heartbeat_sequence
-        self._reopened_live = after_sequence == 0 and self._live_before_any_event
-        return self._open_call(after_sequence)
+        from_oldest = not after_sequence and (self._from_oldest or self._live_before_any_event)
+        return self._open_call(after_sequence, from_oldest)
 
     def _accept(self, response: R) -> E | None:
         item = self._unwrap(response)
         if item is None:
             return None
-        if self._reopened_live:
-            self._reopened_live = False
-            newest = (
-                item.latest_sequence
-                if isinstance(item, heartbeat_pb2.Heartbeat)
-                else item.sequence - 1
-            )
-            if newest > 0:
-                # after_sequence 0 means "live": no request replays a history from its start.
-                self._closed = True
-                self._drop_call()
-                raise _client_error(
-                    grpc.StatusCode.OUT_OF_RANGE,
-                    f"events 1 to {newest} came while this live-only stream reconnected, "
-                    "and a live-only stream of a user who had no events cannot replay them: "
-                    "read a snapshot (as_of_sequence), then stream after it",
-                )
         if isinstance(item, heartbeat_pb2.Heartbeat):
             if item.latest_sequence == 0 and self._read_through == 0:
                 self._live_before_any_event = True

@@ -27,7 +27,7 @@ S = order_pb2
 
 
 def order_stream(
-    oms: OmsHarness, after: int = 0, channel: grpc.aio.Channel | None = None, **filters: str
+    oms: OmsHarness, after: int = 0, channel: grpc.aio.Channel | None = None, **filters: Any
 ) -> StreamReader[S.OrderUpdate]:
     """USER's order updates, over `channel` if given (the harness's own otherwise)."""
     orders = oms.orders if channel is None else order_service_pb2_grpc.OrderServiceStub(channel)
@@ -43,7 +43,7 @@ def stalling_channel(oms: OmsHarness) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(oms.address, options=[("grpc.http2.bdp_probe", 0)])
 
 
-def fill_stream(oms: OmsHarness, after: int = 0, **filters: str) -> StreamReader[S.Fill]:
+def fill_stream(oms: OmsHarness, after: int = 0, **filters: Any) -> StreamReader[S.Fill]:
     call = oms.orders.StreamFills(
         pb.StreamFillsRequest(user_id=USER, after_sequence=after, **filters)
     )
@@ -191,6 +191,39 @@ async def test_resume_point_older_than_retention_is_out_of_range(redis_url: str)
         ok.cancel()
     finally:
         await oms.close()
+
+
+async def test_from_oldest_replays_every_retained_event_then_goes_live(redis_url: str) -> None:
+    oms = await make_oms(redis_url, retention_events=5)
+    try:
+        await tick(oms, "50000")
+        fill_call = oms.orders.StreamFills(pb.StreamFillsRequest(user_id=USER, from_oldest=True))
+        fills: StreamReader[S.Fill] = StreamReader(fill_call, "fill")
+        assert await fills.until_live() == 0  # a user with no events: live at once
+        for _ in range(4):
+            await place(oms)  # 16 events (ACCEPTED, fill, FILLED, position); 5 kept: 12..16
+        assert [f.sequence for f in await fills.events(4)] == [2, 6, 10, 14]
+        fills.cancel()
+        call = oms.orders.StreamOrderUpdates(
+            pb.StreamOrderUpdatesRequest(user_id=USER, from_oldest=True)
+        )
+        updates: StreamReader[S.OrderUpdate] = StreamReader(call, "order_update")
+        assert [u.sequence for u in await updates.events(2)] == [13, 15]  # ACCEPTED, FILLED
+        await place(oms)
+        assert [u.sequence for u in await updates.events(2)] == [17, 19]
+        updates.cancel()
+    finally:
+        await oms.close()
+
+
+async def test_from_oldest_with_a_resume_point_is_invalid(oms: OmsHarness) -> None:
+    call = oms.orders.StreamOrderUpdates(
+        pb.StreamOrderUpdatesRequest(user_id=USER, after_sequence=3, from_oldest=True)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await StreamReader(call, "order_update").next_message()
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.value.details() or "").startswith("from_oldest:")
 
 
 async def test_idle_stream_sends_heartbeats_with_the_latest_sequence(redis_url: str) -> None:
@@ -457,7 +490,7 @@ async def test_shutdown_ends_streams_with_unavailable(redis_url: str) -> None:
         await stream.next_message()
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE
     # The user had no events: after_sequence=0 would resume live only, missing some.
-    assert "list once it is live" in (error.value.details() or "")
+    assert (error.value.details() or "").endswith("resume with from_oldest")
     await stop
     await oms.channel.close(grace=None)
 

@@ -342,6 +342,26 @@ async def test_list_then_watch_of_a_new_user_through_wait_live_misses_nothing(
         await stream.aclose()
 
 
+async def test_list_then_watch_of_a_new_user_from_oldest_misses_nothing(
+    oms: OmsHarness,
+) -> None:
+    # A snapshot of a user with no events says as_of_sequence 0: stream from the oldest.
+    async with client_with(oms.address) as client:
+        await tick(client, "50000")
+        snapshot = await client.list_orders_page(user_id="newcomer")
+        assert snapshot.as_of_sequence == 0
+        first = await buy(client, user="newcomer")  # after the snapshot, before the stream
+        stream = client.stream_order_updates("newcomer", from_oldest=True)
+        got = [await asyncio.wait_for(anext(stream), 5) for _ in range(2)]
+        assert [(u.order.order_id, u.event_type) for u in got] == [
+            (first.order_id, kind) for kind in BOTH_KINDS
+        ]
+        assert got[0].sequence == 1
+        await stream.aclose()
+    with pytest.raises(ValueError, match="from_oldest"):
+        client.stream_fills(USER, after_sequence=3, from_oldest=True)
+
+
 async def test_wait_live_keeps_the_replayed_events_for_iteration(oms: OmsHarness) -> None:
     async with client_with(oms.address) as client:
         await tick(client, "50000")
@@ -366,7 +386,7 @@ async def test_wait_live_keeps_the_replayed_events_for_iteration(oms: OmsHarness
         await stream.aclose()
 
 
-async def test_a_live_only_stream_of_a_user_without_events_reports_what_it_could_not_replay(
+async def test_a_live_only_stream_of_a_user_without_events_replays_what_came_while_it_was_down(
     oms: OmsHarness,
 ) -> None:
     streams = RecordStreams(drop_first_after_live=True)
@@ -375,14 +395,17 @@ async def test_a_live_only_stream_of_a_user_without_events_reports_what_it_could
         stream = client.stream_order_updates("newcomer")  # live only; nothing to resume from
         consumer = Consumer(stream)
         await asyncio.wait_for(streams.live.wait(), 5)
-        await buy(client, user="newcomer")  # while the connection is down
-        newest = (await client.list_orders_page(user_id="newcomer")).as_of_sequence
+        order = await buy(client, user="newcomer")  # while the connection is down
         streams.drop.set()
-        with pytest.raises(grpc.aio.AioRpcError) as error:
-            await consumer.until(1)
-        assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
-        assert f"events 1 to {newest} came while" in (error.value.details() or "")
-        assert [r.after_sequence for r in streams.requests] == [0, 0]
+        got = await consumer.until(2)
+        assert [(u.order.order_id, u.event_type) for u in got] == [
+            (order.order_id, kind) for kind in BOTH_KINDS
+        ]
+        assert got[0].sequence == 1
+        requests = [(r.after_sequence, r.from_oldest) for r in streams.requests]
+        assert requests == [(0, False), (0, True)]
+        await stream.aclose()
+        await consumer.task
 
 
 async def test_a_live_only_stream_of_a_user_without_events_goes_on_when_none_came(

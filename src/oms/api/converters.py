@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal
 from enum import Enum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from tradingboost.oms.v1 import (
@@ -52,6 +52,7 @@ from oms.domain.trailing_stops import (
     TrailingStopStatus,
 )
 from oms.engine.accounts import RegisterCredentials
+from oms.engine.order_lifecycle import StreamFilter
 from oms.engine.ports import PriceUpdate
 
 E = TypeVar("E", bound=Enum)
@@ -492,3 +493,28 @@ class RenderedOnce(Generic[M]):
             del self._recent[next(iter(self._recent))]  # the oldest: dicts keep their order
         self._recent[id(event)] = (event, message)
         return message
+
+
+class _StreamRequest(Protocol):
+    """What the per-user stream requests with filters share."""
+
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def exchange(self) -> str: ...
+    @property
+    def symbol(self) -> str: ...
+    @property
+    def after_sequence(self) -> int: ...
+    @property
+    def from_oldest(self) -> bool: ...
+
+
+def stream_filter(request: _StreamRequest) -> StreamFilter:
+    return StreamFilter(
+        request.user_id,
+        request.exchange,
+        request.symbol,
+        request.after_sequence,
+        request.from_oldest,
+    )

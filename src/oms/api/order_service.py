@@ -22,12 +22,13 @@ from oms.api.converters import (
     place_order_command,
     rule_to_proto,
     statuses,
+    stream_filter,
 )
 from oms.domain.conditional_rules import RuleStatus
 from oms.domain.events import FillRecorded, Heartbeat, RuleUpdated, SequencedEvent
 from oms.domain.orders import Order, OrderStatus, Side
 from oms.engine.conditional_rules import ConditionalRules
-from oms.engine.order_lifecycle import OpenOrderSearch, OrderLifecycle, OrderRef, StreamFilter
+from oms.engine.order_lifecycle import OpenOrderSearch, OrderLifecycle, OrderRef
 from oms.engine.prerender import Prerender
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -126,9 +127,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
     async def StreamOrderUpdates(
         self, request: pb.StreamOrderUpdatesRequest, context: Context
     ) -> AsyncIterator[pb.StreamOrderUpdatesResponse]:
-        query = StreamFilter(
-            request.user_id, request.exchange, request.symbol, request.after_sequence
-        )
+        query = stream_filter(request)
         async for item in self._orders.follow_orders(query):
             if isinstance(item, Heartbeat):
                 yield pb.StreamOrderUpdatesResponse(heartbeat=heartbeat_to_proto(item))
@@ -138,9 +137,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
     async def StreamFills(
         self, request: pb.StreamFillsRequest, context: Context
     ) -> AsyncIterator[pb.StreamFillsResponse]:
-        query = StreamFilter(
-            request.user_id, request.exchange, request.symbol, request.after_sequence
-        )
+        query = stream_filter(request)
         async for item in self._orders.follow_fills(query):
             if isinstance(item, Heartbeat):
                 yield pb.StreamFillsResponse(heartbeat=heartbeat_to_proto(item))
@@ -184,7 +181,8 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
     async def StreamConditionalRules(
         self, request: pb.StreamConditionalRulesRequest, context: Context
     ) -> AsyncIterator[pb.StreamConditionalRulesResponse]:
-        async for item in self._rules.follow(request.user_id, request.after_sequence):
+        follow = self._rules.follow(request.user_id, request.after_sequence, request.from_oldest)
+        async for item in follow:
             if isinstance(item, Heartbeat):
                 yield pb.StreamConditionalRulesResponse(heartbeat=heartbeat_to_proto(item))
             else:

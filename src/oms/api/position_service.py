@@ -18,10 +18,10 @@ from oms.api.converters import (
     portfolio_summary_to_proto,
     position_to_proto,
     position_update_to_proto,
+    stream_filter,
 )
 from oms.domain.events import Heartbeat
 from oms.domain.orders import PositionSide
-from oms.engine.order_lifecycle import StreamFilter
 from oms.engine.positions import ClosePosition, PositionRef, Positions
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -93,9 +93,7 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
     async def StreamPositions(
         self, request: pb.StreamPositionsRequest, context: Context
     ) -> AsyncIterator[pb.StreamPositionsResponse]:
-        query = StreamFilter(
-            request.user_id, request.exchange, request.symbol, request.after_sequence
-        )
+        query = stream_filter(request)
         async for item in self._positions.follow(query):
             if isinstance(item, Heartbeat):
                 yield pb.StreamPositionsResponse(heartbeat=heartbeat_to_proto(item))

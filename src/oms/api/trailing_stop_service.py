@@ -16,13 +16,13 @@ from oms.api.converters import (
     create_trailing_stop_command,
     heartbeat_to_proto,
     statuses,
+    stream_filter,
     trailing_stop_event_to_proto,
     trailing_stop_to_proto,
 )
 from oms.domain.events import Heartbeat
 from oms.domain.orders import PositionSide
 from oms.domain.trailing_stops import TrailingStopStatus
-from oms.engine.order_lifecycle import StreamFilter
 from oms.engine.trailing_stops import TrailingStopRef, TrailingStops
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -81,9 +81,7 @@ class TrailingStopService(trailing_stop_service_pb2_grpc.TrailingStopServiceServ
     async def StreamTrailingStopEvents(
         self, request: pb.StreamTrailingStopEventsRequest, context: Context
     ) -> AsyncIterator[pb.StreamTrailingStopEventsResponse]:
-        query = StreamFilter(
-            request.user_id, request.exchange, request.symbol, request.after_sequence
-        )
+        query = stream_filter(request)
         async for item in self._stops.follow(query):
             if isinstance(item, Heartbeat):
                 yield pb.StreamTrailingStopEventsResponse(heartbeat=heartbeat_to_proto(item))

@@ -240,11 +240,11 @@ class ConditionalRules:
         )
 
     def follow(
-        self, user_id: str, after_sequence: int
+        self, user_id: str, after_sequence: int, from_oldest: bool = False
     ) -> AsyncIterator[SequencedEvent | Heartbeat]:
         check_user_id(user_id)
         return self._hub.follow(
-            user_id, after_sequence, lambda event: isinstance(event, RuleUpdated)
+            user_id, after_sequence, lambda event: isinstance(event, RuleUpdated), from_oldest
         )
 
     async def _order(self, user_id: str, order_id: str) -> Order:

@@ -66,6 +66,7 @@ class StreamFilter:
     exchange: str = ""
     symbol: str = ""
     after_sequence: int = 0
+    from_oldest: bool = False
 
 
 def _check_ref(ref: OrderRef) -> None:
@@ -345,14 +346,14 @@ class OrderLifecycle:
             return isinstance(event, OrderUpdated) and self._matches(event.order, exchange, symbol)
 
         exchange, symbol = self._stream_filter(query)
-        return self._hub.follow(query.user_id, query.after_sequence, accept)
+        return self._hub.follow(query.user_id, query.after_sequence, accept, query.from_oldest)
 
     def follow_fills(self, query: StreamFilter) -> AsyncIterator[SequencedEvent | Heartbeat]:
         def accept(event: UserEvent) -> bool:
             return isinstance(event, FillRecorded) and self._matches(event.fill, exchange, symbol)
 
         exchange, symbol = self._stream_filter(query)
-        return self._hub.follow(query.user_id, query.after_sequence, accept)
+        return self._hub.follow(query.user_id, query.after_sequence, accept, query.from_oldest)
 
     def _stream_filter(self, query: StreamFilter) -> tuple[str, str]:
         check_user_id(query.user_id)

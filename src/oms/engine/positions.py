@@ -138,7 +138,7 @@ class Positions:
                 not symbol or position.symbol == symbol
             )
 
-        return self._hub.follow(query.user_id, query.after_sequence, accept)
+        return self._hub.follow(query.user_id, query.after_sequence, accept, query.from_oldest)
 
     async def open(self, command: OpenPosition) -> OpenedPosition:
         self._orders.check_tradable(command.user_id, command.exchange)

@@ -14,7 +14,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from oms.domain.errors import OmsError, OutOfRange, ResourceExhausted, Unavailable
+from oms.domain.errors import (
+    InvalidArgument,
+    OmsError,
+    OutOfRange,
+    ResourceExhausted,
+    Unavailable,
+)
 from oms.domain.events import Heartbeat, SequencedEvent, UserEvent, event_user
 from oms.engine.ports import StateStore
 
@@ -172,13 +178,22 @@ class EventHub:
                 subscription.close()
 
     async def follow(
-        self, user_id: str, after_sequence: int, accept: Callable[[UserEvent], bool]
+        self,
+        user_id: str,
+        after_sequence: int,
+        accept: Callable[[UserEvent], bool],
+        from_oldest: bool = False,
     ) -> AsyncIterator[SequencedEvent | Heartbeat]:
-        """Events of one user that `accept` admits: those after `after_sequence`, then live.
+        """Events of one user that `accept` admits: those after `after_sequence` (or every
+        retained one, `from_oldest`), then live.
 
         `after_sequence` 0 means live only. A heartbeat marks the switch from replay to live;
         more are interleaved when idle.
         """
+        if from_oldest and after_sequence:
+            raise InvalidArgument(
+                "from_oldest", "replays from the oldest retained event: give no after_sequence"
+            )
         if self._closed:
             raise Unavailable("server is shutting down")
         if (open_now := self.following(user_id)) >= self._max_per_user:
@@ -189,7 +204,8 @@ class EventHub:
         subscription = _Subscription(self._capacity, after_sequence)
         self._subscribers.setdefault(user_id, set()).add(subscription)
         try:
-            cursor = subscription.sent = await self._start_cursor(user_id, after_sequence)
+            cursor = await self._start_cursor(user_id, after_sequence, from_oldest)
+            subscription.sent = cursor
             read_again = False
             while True:
                 batch = await self._store.read_events(user_id, cursor, _REPLAY_BATCH)
@@ -249,10 +265,12 @@ class EventHub:
                     del self._subscribers[user_id]
                     self._latest.pop(user_id, None)
 
-    async def _start_cursor(self, user_id: str, after_sequence: int) -> int:
+    async def _start_cursor(self, user_id: str, after_sequence: int, from_oldest: bool) -> int:
         oldest, newest = await self._store.sequence_bounds(user_id)
         if newest > self._latest.get(user_id, 0):
             self._latest[user_id] = newest
+        if from_oldest:
+            return oldest - 1 if newest else 0
         if not after_sequence:
             return newest
         if after_sequence > newest:
@@ -283,6 +301,5 @@ def _resume(cursor: int) -> str:
     # 0 asks for live only: what was committed meanwhile would be missed.
     return (
         "the user had no events when this stream began, so there is no sequence to resume "
-        "after: open a stream again, list once it is live (its first heartbeat), and skip "
-        "streamed events at or below the list's as_of_sequence"
+        "after: resume with from_oldest"
     )

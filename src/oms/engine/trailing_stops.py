@@ -152,7 +152,7 @@ class TrailingStops:
                 not symbol or stop.symbol == symbol
             )
 
-        return self._hub.follow(query.user_id, query.after_sequence, accept)
+        return self._hub.follow(query.user_id, query.after_sequence, accept, query.from_oldest)
 
 
 def _check_ref(ref: TrailingStopRef) -> None:

@@ -452,6 +452,7 @@ class StreamPositionsRequest(_message.Message):
     EXCHANGE_FIELD_NUMBER: _builtins.int
     SYMBOL_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    FROM_OLDEST_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Required. The user whose position changes to stream."""
     exchange: _builtins.str
@@ -466,6 +467,12 @@ class StreamPositionsRequest(_message.Message):
     Older than the retained history or newer than the newest sequence:
     OUT_OF_RANGE.
     """
+    from_oldest: _builtins.bool
+    """Replay every retained event from the oldest, then continue live: what a
+    client needs when it has no resume point, such as after a snapshot whose
+    `as_of_sequence` is 0 (a user with no events yet), where live only could
+    miss the first events. With `after_sequence` > 0: INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
@@ -473,10 +480,11 @@ class StreamPositionsRequest(_message.Message):
         exchange: _builtins.str = ...,
         symbol: _builtins.str = ...,
         after_sequence: _builtins.int = ...,
+        from_oldest: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "exchange", b"exchange", "symbol", b"symbol", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "exchange", b"exchange", "from_oldest", b"from_oldest", "symbol", b"symbol", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+from decimal import Decimal
 from typing import cast
 
 import grpc
 import pytest
 from fixtures.oms_server import OmsHarness
 from fixtures.positions import expect_code
-from fixtures.trading import get, place
+from fixtures.rules import FILLED, create_rule
+from fixtures.trading import BTC, get, place
 from tradingboost.oms.v1 import market_data_pb2, order_pb2
 from tradingboost.oms.v1 import market_data_service_pb2 as md
+
+from oms.engine.market_data import Tick
+from oms.engine.ports import PriceUpdate
 
 S = order_pb2
 
@@ -123,6 +130,32 @@ async def test_streams_opened_while_ticks_flow_miss_none_and_repeat_none(
     for steps in await asyncio.gather(*watchers):
         assert steps == list(range(steps[0], last + 1))
     assert len(watchers) == 40
+
+
+async def test_a_tick_delivered_after_a_later_one_is_not_sent_twice(oms: OmsHarness) -> None:
+    # The first tick fires a rule, and is delivered only after the rule's cancel; a second
+    # publisher's tick commits and is delivered meanwhile. A stream opened between the
+    # first's commit and its delivery starts with it, and must not get it again.
+    await oms.market.PublishPrices(ticks(("BTC/USDT:USDT", "50000")))
+    trigger = await place(oms, type=S.ORDER_TYPE_LIMIT, price="49000")
+    other = await place(oms, type=S.ORDER_TYPE_LIMIT, side=S.SIDE_SELL, price="60000")
+    await create_rule(oms.orders, "alice", trigger.order_id, FILLED, [other.order_id])
+    market, paper = oms.app.market_data, oms.app.paper
+    first = asyncio.ensure_future(market.publish([Tick("paper", BTC, "48900")]))
+    # Every loop turn: the window between the commit and the delivery is short.
+    while (last := paper.last_price(BTC)) is None or last.price != Decimal("48900"):  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    stream = cast(
+        AsyncGenerator[PriceUpdate, None], market.follow([("paper", BTC)], with_last=True)
+    )
+    seen = [(await anext(stream)).price]
+    second = asyncio.ensure_future(market.publish([Tick("paper", BTC, "48800")]))
+    await asyncio.gather(first, second)
+    with contextlib.suppress(TimeoutError):
+        while True:
+            seen.append((await asyncio.wait_for(anext(stream), 0.5)).price)
+    await stream.aclose()
+    assert seen == [Decimal("48900"), Decimal("48800")]
 
 
 async def test_get_market_gives_the_trading_rules_by_symbol_or_market_id(oms: OmsHarness) -> None:

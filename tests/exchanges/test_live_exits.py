@@ -4,6 +4,7 @@ goes flat another way."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from decimal import Decimal
 from typing import Any
@@ -19,6 +20,7 @@ from fixtures.live_trading import (
     live_trading,
 )
 from fixtures.redis_proxy import RedisFaultProxy
+from tradingboost.oms.v1 import account_service_pb2 as acc
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as opb
 from tradingboost.oms.v1 import position_pb2, trailing_stop_pb2
@@ -265,6 +267,51 @@ async def test_an_entry_that_filled_while_the_oms_was_down_gets_its_trailing_sto
     close = await live.until_found(f"ts-{stop.trailing_stop_id}")
     await live.until(close.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
     assert (await live.place(price="40000")).status == S.ORDER_STATUS_OPEN
+
+
+async def test_an_entry_that_filled_through_its_stop_loss_unfollowed_still_has_its_trailing_stop(
+    live: LiveTrading,
+) -> None:
+    # The account is not followed while its entry fills below the stop-loss. When it is
+    # again, the mark (followed for another user's position) reaches the stop-loss at once:
+    # it closes the position before the entry's follow-ups start the trailing stop. That
+    # stop exists all the same, over already.
+    await live.add_user("carol")
+    carol = opb.PlaceOrderRequest(
+        user_id="carol",
+        exchange=live.venue,
+        symbol=BTC,
+        side=S.SIDE_BUY,
+        type=S.ORDER_TYPE_MARKET,
+        quantity="0.02",
+    )
+    assert (await live.oms.orders.PlaceOrder(carol)).order.status == S.ORDER_STATUS_FILLED
+    await live.until_mark("50000")
+    opened = await live.oms.positions.OpenPosition(
+        long_request(
+            live.venue,
+            type=S.ORDER_TYPE_LIMIT,
+            price="49000",
+            stop_loss_price="48000",
+            trailing_stop=trailing_stop_pb2.TrailingStopConfig(callback_rate="0.01"),
+        )
+    )
+    account = {"user_id": USER, "exchange": live.venue}
+    await live.accounts.DeactivateAccount(acc.DeactivateAccountRequest(**account))
+    live.exchange.set_price(BTC, Decimal("47000"))  # fills the entry, below its stop-loss
+    await live.until_mark("47000")
+    await live.accounts.ActivateAccount(acc.ActivateAccountRequest(**account))
+    await live.until(opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    request = ts.GetTrailingStopRequest(user_id=USER, trailing_stop_id=opened.trailing_stop_id)
+    async with asyncio.timeout(10):
+        while True:
+            with contextlib.suppress(grpc.aio.AioRpcError):  # NOT_FOUND until it is started
+                stop = (await live.oms.trailing_stops.GetTrailingStop(request)).trailing_stop
+                if stop.status == trailing_stop_pb2.TRAILING_STOP_STATUS_CANCELED:
+                    break
+            await asyncio.sleep(0.05)
+    assert stop.status_reason == "position_closed"
+    assert (await position(live)).status == position_pb2.POSITION_STATUS_CLOSED
 
 
 def entry_with_exits(venue: str) -> pos.OpenPositionRequest:

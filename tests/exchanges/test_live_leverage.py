@@ -1,13 +1,14 @@
 """An order's leverage reaches the exchange before the order does (Binance USD-M per symbol,
 OKX per instrument in cross margin), through real ccxt against the local fake exchange.
-The fake starts every account at 10x and takes up to 75x."""
+The fake starts every account at 10x and takes up to 75x, with 10,000 USDT of margin."""
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 from fixtures.fake_exchange import FakeExchange
-from fixtures.live_trading import API_KEY, BTC, USER, LiveTrading, placements
+from fixtures.live_trading import API_KEY, BTC, ORDER_ROUTE, USER, LiveTrading, placements
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import position_service_pb2 as pos
 
@@ -15,6 +16,15 @@ SET_LEVERAGE = {
     "binanceusdm": ("POST", "/fapi/v1/leverage"),
     "okx": ("POST", "/api/v5/account/set-leverage"),
 }
+
+
+def btc(live: LiveTrading, amount: str) -> str:
+    """`amount` BTC in the venue's order unit (OKX: contracts of 0.01 BTC)."""
+    return str(Decimal(amount) * 100) if live.venue == "okx" else amount
+
+
+def settled(order: S.Order) -> bool:
+    return order.status not in (S.ORDER_STATUS_OPEN, S.ORDER_STATUS_PENDING_NEW)
 
 
 def leverage_requests(exchange: FakeExchange) -> int:
@@ -29,7 +39,7 @@ def leverage_at(exchange: FakeExchange) -> Decimal:
 async def test_an_order_goes_at_its_leverage(live: LiveTrading) -> None:
     # 2.5 BTC at 49,000 needs 12,250 of margin at 10x, more than the 10,000 the account
     # holds, and 6,125 at 20x: the exchange takes it only if 20x was set first.
-    order = await live.place(price="49000", quantity="2.5", leverage=20)
+    order = await live.place(price="49000", quantity=btc(live, "2.5"), leverage=20)
     assert order.status == S.ORDER_STATUS_OPEN, order.reject_reason
     assert leverage_at(live.exchange) == 20
     live.exchange.set_price(BTC, Decimal("48900"))
@@ -76,15 +86,58 @@ async def test_a_leverage_the_exchange_refuses_rejects_the_order_unsent(
     assert leverage_at(live.exchange) == 10
 
 
-async def test_a_leverage_call_that_fails_rejects_the_order_and_the_next_one_sets_it(
+async def test_an_unanswered_leverage_call_leaves_the_order_unsent_until_it_is_set(
     live: LiveTrading,
 ) -> None:
+    # A 503: the order did not leave; it goes once the leverage is set, within its grace.
     live.exchange.fail_requests(*SET_LEVERAGE[live.venue], status=503)
-    refused = await live.place(price="49000", leverage=20)
-    assert refused.status == S.ORDER_STATUS_REJECTED
-    assert "leverage 20 not set" in refused.reject_reason
-    assert placements(live.exchange) == 0
-    taken = await live.place(price="49000", leverage=20)
-    assert taken.status == S.ORDER_STATUS_OPEN
+    order = await live.place(price="49000", quantity=btc(live, "2.5"), leverage=20)
+    assert order.status == S.ORDER_STATUS_PENDING_NEW
+    placed = await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
     assert leverage_at(live.exchange) == 20
-    assert leverage_requests(live.exchange) == 2
+    assert (leverage_requests(live.exchange), placements(live.exchange)) == (2, 1)
+    assert placed.exchange_order_id
+
+
+async def test_a_leverage_call_that_timed_out_is_set_again_by_the_next_order(
+    live: LiveTrading,
+) -> None:
+    # The exchange carries out a change the OMS gave up waiting for (1 s): what the OMS set
+    # before is no longer known, so the next order at it sets it again.
+    await live.place(price="49000", leverage=20)
+    live.exchange.delay_requests(*SET_LEVERAGE[live.venue], 1.5)
+    late = await live.place(price="49000", leverage=5)
+    await asyncio.sleep(1.0)
+    live.exchange.delay_requests(*SET_LEVERAGE[live.venue], 0)
+    assert leverage_at(live.exchange) == 5
+    await live.until(late.order_id, settled)
+    big = await live.place(price="49000", quantity=btc(live, "2.5"), leverage=20)
+    assert big.status == S.ORDER_STATUS_OPEN, big.reject_reason
+    assert leverage_at(live.exchange) == 20
+
+
+async def test_orders_at_another_leverage_wait_for_those_in_flight(live: LiveTrading) -> None:
+    # The first is slow to place: the second's 5x must not be set under it.
+    live.exchange.delay_requests(*ORDER_ROUTE[live.venue], 0.4)
+    live.exchange.delay_requests("POST", "/api/v5/trade/batch-orders", 0.4)  # OKX's own
+    first = asyncio.ensure_future(live.place(price="49000", leverage=20))
+    await asyncio.sleep(0.15)
+    second = asyncio.ensure_future(live.place(price="48000", leverage=5))
+    placed = await asyncio.gather(first, second)
+    assert [o.status for o in placed] == [S.ORDER_STATUS_OPEN] * 2
+    at_exchange = {o.client_id: o.leverage for o in live.exchange.orders(API_KEY)}
+    assert [at_exchange[live.client_id(o)] for o in placed] == [20, 5]
+
+
+async def test_a_fired_stop_whose_leverage_call_fails_once_is_sent_again(
+    live: LiveTrading,
+) -> None:
+    stop = await live.place(
+        type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="50500", leverage=20
+    )
+    await live.until_mark("50000")
+    live.exchange.fail_requests(*SET_LEVERAGE[live.venue], status=503)
+    live.exchange.set_price(BTC, Decimal("50600"))
+    fired = await live.until(stop.order_id, settled)
+    assert fired.status == S.ORDER_STATUS_FILLED, fired.cancel_reason
+    assert leverage_at(live.exchange) == 20

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from ccxt.base import errors as ccxt_errors  # type: ignore[import-untyped]
 
-from oms.adapters.exchanges.ccxt_gateway import classify
+from oms.adapters.exchanges.ccxt_gateway import classify, leverage_unchanged
 from oms.engine.gateway import (
     CredentialsRefused,
     DuplicateClientId,
@@ -90,3 +90,13 @@ def test_a_ban_is_told_from_a_throttle(error: Exception, banned: bool) -> None:
     concluded = classify("binanceusdm", error)
     assert isinstance(concluded, RateLimited)
     assert concluded.banned is banned
+
+
+def test_a_leverage_already_set_is_as_good_as_set() -> None:
+    # Bybit refuses to set the leverage a symbol already has; ccxt raises it as BadRequest.
+    body = '{"retCode":110043,"retMsg":"leverage not modified","result":{},"time":1}'
+    error = classify("bybit", ccxt_errors.BadRequest(f"bybit {body}"))
+    assert leverage_unchanged("bybit", error)
+    refused = classify("bybit", ccxt_errors.BadRequest('bybit {"retCode":110013}'))
+    assert not leverage_unchanged("bybit", refused)
+    assert not leverage_unchanged("binanceusdm", error)

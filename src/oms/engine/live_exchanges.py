@@ -729,8 +729,13 @@ class LiveExchanges:
         paper they share it; here they are finished at the next start when a crash came in
         between): an entry's exits placed or grown, the linked exit and the rest of the entry
         of a filled exit cancelled, and the exits of a position that went flat cancelled."""
-        if order.bracket is not None and not flat:
-            await self._place_exits(followed, order)
+        if order.bracket is not None:
+            if not flat:
+                await self._place_exits(followed, order)
+            elif order.bracket.trailing is not None and self._followed_now(followed):
+                # Closed before its follow-ups ran (an exit filled at once): the trailing
+                # stop OpenPosition gave out the id of exists, over already.
+                await self._start_trailing(order)
         if order.linked_order_id:
             await self._cancel_moot(
                 followed, order.linked_order_id, f"one-cancels-other: {order.order_id} filled"
@@ -756,9 +761,7 @@ class LiveExchanges:
         # Not while the account is being reconciled (its stops are loaded once it is
         # followed): the follow-ups run then start it.
         if entry.bracket.trailing is not None and self._followed_now(followed):
-            market = self._catalog.resolve(entry.exchange, entry.symbol)
-            await self._trailing.start_exit(entry, entry.bracket.trailing, market)
-            self._marks.nudge(entry.exchange)
+            await self._start_trailing(entry)
         for leg in bracket_legs(entry, self._clock_ns()):
             stored = await self._store.get_order(entry.user_id, leg.order_id)
             if stored is None:
@@ -853,6 +856,12 @@ class LiveExchanges:
                 f"user {user_id[:64]} has no active account on {exchange}: "
                 "register credentials and activate the account first"
             )
+
+    async def _start_trailing(self, entry: Order) -> None:
+        assert entry.bracket is not None and entry.bracket.trailing is not None
+        market = self._catalog.resolve(entry.exchange, entry.symbol)
+        await self._trailing.start_exit(entry, entry.bracket.trailing, market)
+        self._marks.nudge(entry.exchange)
 
     def _followed_now(self, followed: FollowedAccount) -> bool:
         return self._accounts.get((followed.user_id, followed.exchange)) is followed

@@ -147,18 +147,15 @@ class MarketData:
         try:
             # Read once subscribed, all before the first yield: no tick falls in between.
             # A paper tick's push comes after its price is the last (its publisher resumes
-            # later), so a queued tick no newer than the last price sent is not sent again.
+            # later, after the tick's rules, say, and maybe after a later tick's push): that
+            # push, when it comes, is not sent again.
             sent = {key: last for key in resolved if with_last and (last := self._last(*key))}
             for last in sent.values():
                 yield last
             while True:
                 update = await subscription.queue.get()
-                key = (update.exchange, update.symbol)
-                if key in sent:
-                    if update.time_ns <= sent[key].time_ns:
-                        continue
-                    del sent[key]
-                yield update
+                if sent.get((update.exchange, update.symbol)) != update:
+                    yield update
         finally:
             self._subscriptions.discard(subscription)
 

@@ -110,8 +110,9 @@ class PlaceOrderRequest(_message.Message):
     current leverage applies. On a real exchange an opening order goes at it:
     the account's leverage on the symbol is set first (Binance: the
     symbol's; OKX: the instrument's, cross margin). If the exchange refuses
-    it or does not answer, the order is REJECTED ("leverage N not set: ...")
-    and not sent.
+    it, the order is REJECTED ("leverage N not set: ...") and not sent; if it
+    does not answer, the order waits unsent, as when the exchange cannot be
+    reached.
     """
     client_order_id: _builtins.str
     """Optional idempotency key: 1 to 64 characters of [A-Za-z0-9_.:/-], unique

@@ -8,11 +8,12 @@ repr, which gives back the exchange's own decimal string.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import re
 import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -45,7 +46,6 @@ from oms.engine.gateway import (
     RateLimited,
     SubmitRefused,
 )
-from oms.engine.keyed_locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,11 @@ _UNKNOWN_ORDER_CODES = {
     "binance": {"-2011", "-2013"},
     "okx": {"51400", "51401", "51402", "51603"},
 }
+_LEVERAGE_UNCHANGED_CODES = {"bybit": {"110043"}}
 _BANNED = re.compile(r"\b418\b|banned", re.IGNORECASE)
 _IP_LIMIT = re.compile(r"\bIP\b")
 _MAX_RECV_WINDOW_MS = 60_000  # Binance refuses more
-_ERROR_CODE = re.compile(r'"(?:sCode|code)"\s*:\s*"?(-?\d+)"?')
+_ERROR_CODE = re.compile(r'"(?:sCode|code|retCode)"\s*:\s*"?(-?\d+)"?')
 
 # What every instance of an exchange needs so that load_markets stays public and quick.
 _CCXT_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -195,6 +196,23 @@ def classify(exchange: str, error: Exception) -> GatewayError:
     return OutcomeUnknown(message)
 
 
+def leverage_unchanged(exchange: str, error: GatewayError) -> bool:
+    """Whether a refused set_leverage means it is at that leverage already (Bybit's
+    "leverage not modified"): as good as set."""
+    codes = set(_ERROR_CODE.findall(error.message))
+    return bool(codes & _LEVERAGE_UNCHANGED_CODES.get(exchange, set()))
+
+
+@dataclass
+class _LeverageGate:
+    """One symbol's leverage on the account, and the orders being sent at it."""
+
+    leverage: int | None = None
+    """What the exchange holds, as far as this gateway knows; None: not known."""
+    sending: int = 0
+    turn: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+
 def _reason(error: GatewayError) -> str:
     return error.message[:256]
 
@@ -205,16 +223,18 @@ class CcxtGateway:
     def __init__(self, exchange: str, client: Any) -> None:
         self._exchange = exchange
         self._client = client
-        self._leverage: dict[str, int] = {}
-        """Per symbol, the leverage this gateway last set on the exchange."""
-        self._setting_leverage = KeyedLocks[str]()
+        self._leverage: dict[str, _LeverageGate] = {}
 
     async def verify(self) -> None:
         await self._call(self._client.fetch_balance)
 
     async def submit(self, order: Order, client_id: str) -> OrderReport:
-        if order.leverage is not None and not reduces(order.side, order.position_side):
-            await self._use_leverage(order.symbol, order.leverage)
+        if order.leverage is None or reduces(order.side, order.position_side):
+            return await self._send(order, client_id)
+        async with self._at_leverage(order.symbol, order.leverage):
+            return await self._send(order, client_id)
+
+    async def _send(self, order: Order, client_id: str) -> OrderReport:
         params: dict[str, Any] = {"clientOrderId": client_id, **self._position_side(order)}
         if order.price is not None:
             if order.time_in_force is TimeInForce.POST_ONLY:
@@ -247,23 +267,44 @@ class CcxtGateway:
                 exchange_order_id, client_id, order.symbol, VenueOrderStatus.OPEN, Decimal(0)
             )
 
-    async def _use_leverage(self, symbol: str, leverage: int) -> None:
-        """Set the account's leverage on `symbol` (both sides: Binance keeps one per symbol,
-        OKX one per instrument in cross margin, which its orders use) unless this gateway
-        already did. A failure sends nothing: the order is refused, or rate-limited."""
-        if self._leverage.get(symbol) == leverage:
-            return
-        async with self._setting_leverage(symbol):
-            if self._leverage.get(symbol) == leverage:
+    @contextlib.asynccontextmanager
+    async def _at_leverage(self, symbol: str, leverage: int) -> AsyncIterator[None]:
+        """The account's leverage on `symbol` is `leverage` while the order goes (one per
+        symbol for both sides on Binance, per instrument in OKX's cross margin, which its
+        orders use). A change waits for the orders in flight at the old one; so an order
+        is never sent at another order's leverage."""
+        gate = self._leverage.setdefault(symbol, _LeverageGate())
+        async with gate.turn:
+            await gate.turn.wait_for(lambda: gate.leverage == leverage or not gate.sending)
+            if gate.leverage != leverage:
+                gate.leverage = None  # unknown until the exchange confirms it
+                try:
+                    await self._set_leverage(symbol, leverage)
+                finally:
+                    gate.turn.notify_all()
+                gate.leverage = leverage
+            gate.sending += 1
+        try:
+            yield
+        finally:
+            async with gate.turn:
+                gate.sending -= 1
+                gate.turn.notify_all()
+
+    async def _set_leverage(self, symbol: str, leverage: int) -> None:
+        """A refusal refuses the order; no answer (a timeout, a 5xx) leaves it unsent, to be
+        sent once the exchange answers again (a fired stop, sent again), as a 429 or no
+        connection does."""
+        try:
+            await self._call(self._client.set_leverage, leverage, symbol)
+        except (RateLimited, CredentialsRefused, NotSent):
+            raise
+        except GatewayError as error:
+            if leverage_unchanged(self._exchange, error):
                 return
-            try:
-                await self._call(self._client.set_leverage, leverage, symbol)
-            except (RateLimited, CredentialsRefused, NotSent):
-                raise
-            except GatewayError as error:
-                # Refused, or no answer (harmless: setting it again is idempotent).
-                raise SubmitRefused(f"leverage {leverage} not set: {error.message}") from error
-            self._leverage[symbol] = leverage
+            if isinstance(error.__cause__, ccxt_errors.NetworkError | OSError):
+                raise NotSent(f"leverage {leverage} not confirmed: {error.message}") from error
+            raise SubmitRefused(f"leverage {leverage} not set: {error.message}") from error
 
     async def cancel(self, order: Order, client_id: str) -> OrderReport:
         raw = await self._call(self._client.cancel_order, order.exchange_order_id, order.symbol, {})

@@ -36,16 +36,19 @@ class Journal:
             elif users := _users(changes, updates):
                 # Events were due, yet none came: an earlier attempt landed, its reply lost.
                 # They are in the store under sequences unknown here.
-                await self._hub.catch_up(users)
+                await self._catch_up(users)
         return result
 
     async def catch_up_unsure(self) -> None:
         """Streams get whatever failed commits left in the store; call once it answers."""
         users, self._unsure = self._unsure, set()
+        await self._catch_up(users)
+
+    async def _catch_up(self, users: set[str]) -> None:
         try:
             await self._hub.catch_up(users)
         except BaseException:
-            # Unavailable, or the caller's timeout cancelling it: the next call tries again.
+            # Unavailable, or a caller's timeout cancelling it: catch_up_unsure tries again.
             self._unsure |= users
             raise
 

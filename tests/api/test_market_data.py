@@ -158,6 +158,30 @@ async def test_a_tick_delivered_after_a_later_one_is_not_sent_twice(oms: OmsHarn
     assert seen == [Decimal("48900"), Decimal("48800")]
 
 
+async def test_a_tick_delivered_after_a_newer_one_is_not_sent_after_it(oms: OmsHarness) -> None:
+    # The first tick's delivery waits for its rule; a newer one is delivered meanwhile and
+    # is the last price when the stream opens: the first must not follow it.
+    await oms.market.PublishPrices(ticks(("BTC/USDT:USDT", "50000")))
+    trigger = await place(oms, type=S.ORDER_TYPE_LIMIT, price="49000")
+    other = await place(oms, type=S.ORDER_TYPE_LIMIT, side=S.SIDE_SELL, price="60000")
+    await create_rule(oms.orders, "alice", trigger.order_id, FILLED, [other.order_id])
+    market, paper = oms.app.market_data, oms.app.paper
+    first = asyncio.ensure_future(market.publish([Tick("paper", BTC, "48900")]))
+    while (last := paper.last_price(BTC)) is None or last.price != Decimal("48900"):  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    await market.publish([Tick("paper", BTC, "48800")])
+    stream = cast(
+        AsyncGenerator[PriceUpdate, None], market.follow([("paper", BTC)], with_last=True)
+    )
+    seen = [(await anext(stream)).price]
+    await first
+    with contextlib.suppress(TimeoutError):
+        while True:
+            seen.append((await asyncio.wait_for(anext(stream), 0.5)).price)
+    await stream.aclose()
+    assert seen == [Decimal("48800")]
+
+
 async def test_get_market_gives_the_trading_rules_by_symbol_or_market_id(oms: OmsHarness) -> None:
     for symbol in ("BTC/USDT:USDT", "BTC-USDT-SWAP"):
         response = await oms.market.GetMarket(md.GetMarketRequest(exchange="paper", symbol=symbol))

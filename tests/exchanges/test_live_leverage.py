@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
+import grpc
+import pytest
 from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import API_KEY, BTC, ORDER_ROUTE, USER, LiveTrading, placements
 from tradingboost.oms.v1 import order_pb2 as S
+from tradingboost.oms.v1 import order_service_pb2 as opb
 from tradingboost.oms.v1 import position_service_pb2 as pos
 
 SET_LEVERAGE = {
@@ -118,8 +121,7 @@ async def test_a_leverage_call_that_timed_out_is_set_again_by_the_next_order(
 
 async def test_orders_at_another_leverage_wait_for_those_in_flight(live: LiveTrading) -> None:
     # The first is slow to place: the second's 5x must not be set under it.
-    live.exchange.delay_requests(*ORDER_ROUTE[live.venue], 0.4)
-    live.exchange.delay_requests("POST", "/api/v5/trade/batch-orders", 0.4)  # OKX's own
+    slow_placements(live, 0.4)
     first = asyncio.ensure_future(live.place(price="49000", leverage=20))
     await asyncio.sleep(0.15)
     second = asyncio.ensure_future(live.place(price="48000", leverage=5))
@@ -127,6 +129,52 @@ async def test_orders_at_another_leverage_wait_for_those_in_flight(live: LiveTra
     assert [o.status for o in placed] == [S.ORDER_STATUS_OPEN] * 2
     at_exchange = {o.client_id: o.leverage for o in live.exchange.orders(API_KEY)}
     assert [at_exchange[live.client_id(o)] for o in placed] == [20, 5]
+
+
+def slow_placements(live: LiveTrading, delay_s: float) -> None:
+    live.exchange.delay_requests(*ORDER_ROUTE[live.venue], delay_s)
+    live.exchange.delay_requests("POST", "/api/v5/trade/batch-orders", delay_s)  # OKX's own
+
+
+def leverages_placed(live: LiveTrading) -> list[tuple[str, Decimal]]:
+    """(client id, leverage) of the orders at the exchange, in the order it took them."""
+    return [(o.client_id, o.leverage) for o in live.exchange.orders(API_KEY)]
+
+
+async def test_a_change_is_not_overtaken_by_orders_at_the_old_leverage(
+    live: LiveTrading,
+) -> None:
+    # 5x waits for the 20x order in flight; a 20x order that comes after it waits for it.
+    slow_placements(live, 0.4)
+    first = asyncio.ensure_future(live.place(price="49000", leverage=20))
+    await asyncio.sleep(0.15)
+    change = asyncio.ensure_future(live.place(price="48000", leverage=5))
+    await asyncio.sleep(0.05)
+    again = asyncio.ensure_future(live.place(price="47000", leverage=20))
+    placed = await asyncio.gather(first, change, again)
+    assert leverages_placed(live) == [
+        (live.client_id(o), lev) for o, lev in zip(placed, map(Decimal, (20, 5, 20)), strict=True)
+    ]
+
+
+async def test_an_order_whose_call_gave_up_at_the_leverage_still_goes(live: LiveTrading) -> None:
+    # Stored, then its caller's deadline passes while it waits for the 20x order in flight:
+    # it is sent all the same, not left PENDING_NEW to be rejected as never found.
+    slow_placements(live, 0.7)  # under the OMS's 1 s timeout
+    first = asyncio.ensure_future(live.place(price="49000", leverage=20))
+    await asyncio.sleep(0.2)
+    request = opb.PlaceOrderRequest(
+        user_id=USER, exchange=live.venue, symbol=BTC, side=S.SIDE_BUY,
+        type=S.ORDER_TYPE_LIMIT, price="48000", quantity="0.02", leverage=5,
+        client_order_id="impatient",
+    )  # fmt: skip
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await live.oms.orders.PlaceOrder(request, timeout=0.3)
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await first
+    late = await live.until_found("impatient")
+    placed = await live.until(late.order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
+    assert leverages_placed(live)[-1] == (live.client_id(placed), Decimal(5))
 
 
 async def test_a_fired_stop_whose_leverage_call_fails_once_is_sent_again(

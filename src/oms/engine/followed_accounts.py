@@ -24,9 +24,9 @@ class FollowedAccount:
         self.refused_sends: set[str] = set()
         """Orders that fired (held stops, trailing stops' closes) whose last send met a 429
         or 418: not at the exchange, to send again once the back-off has passed."""
-        self.unsent: set[str] = set()
-        """New orders that never left (no connection to the exchange): their lookup sends
-        them once the exchange answers again, within their grace."""
+        self.unsent: dict[str, str] = {}
+        """New orders that never left (no connection to the exchange, say), with why: their
+        lookup sends them once the exchange answers again, within their grace."""
         self.sending: set[str] = set()
         """Orders whose submit has not returned yet: no lookup gives up on them meanwhile."""
         self.foreign_orders: set[str] = set()

@@ -312,7 +312,17 @@ class LiveExchanges:
 
     async def send(self, followed: FollowedAccount, order: Order) -> Order:
         """Send an order (new, or a held stop just triggered) and settle it from the reply;
-        an ambiguous reply leaves it unsettled, looked up by client id."""
+        an ambiguous reply leaves it unsettled, looked up by client id. It is stored: it
+        goes out whatever becomes of the call that placed it (a deadline that passed while
+        it waited for its leverage, say), or it would wait PENDING_NEW for nothing."""
+        sending = asyncio.get_running_loop().create_task(self._send(followed, order))
+        try:
+            return await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            sending.add_done_callback(_log_failure)
+            raise
+
+    async def _send(self, followed: FollowedAccount, order: Order) -> Order:
         client_id = exchange_client_id(order.order_id)
         try:
             with followed.submitting(order.order_id):
@@ -328,7 +338,7 @@ class LiveExchanges:
                 "order %s: not sent, %s unreachable: %s", order.order_id, order.exchange, error
             )
             if not unsent_trigger(order):  # (one that fired is owed: its lookup sends it again)
-                followed.unsent.add(order.order_id)
+                followed.unsent[order.order_id] = error.message
             self._lookups.start(followed, order.order_id)
             return order
         except RateLimited as error:
@@ -436,7 +446,7 @@ class LiveExchanges:
         def cancel(current: Order) -> list[OrderEvent]:
             if current.order_id in followed.unsent and current.order_id not in followed.sending:
                 # It never left, and its lookup has not started sending it: nothing to ask.
-                followed.unsent.discard(current.order_id)
+                del followed.unsent[current.order_id]
                 return [OrderCanceled(reason)]
             return [OrderPendingCancel(reason)]
 
@@ -876,3 +886,9 @@ def _acknowledgement(report: OrderReport, order: Order) -> OrderReport:
     return dataclasses.replace(
         report, status=VenueOrderStatus.OPEN, filled_quantity=order.filled_quantity
     )
+
+
+def _log_failure(sending: asyncio.Future[Order]) -> None:
+    """What a send whose caller went away raised: no one else hears of it."""
+    if not sending.cancelled() and (error := sending.exception()) is not None:
+        log.error("sending an order failed", exc_info=error)

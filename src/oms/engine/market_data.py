@@ -147,14 +147,18 @@ class MarketData:
         try:
             # Read once subscribed, all before the first yield: no tick falls in between.
             # A paper tick's push comes after its price is the last (its publisher resumes
-            # later, after the tick's rules, say, and maybe after a later tick's push): that
-            # push, when it comes, is not sent again.
+            # later, after the tick's rules, say, and maybe after a later tick's push): a
+            # push no newer than the price last sent is not sent, so the stream never
+            # repeats a price or goes back to an older one.
             sent = {key: last for key in resolved if with_last and (last := self._last(*key))}
             for last in sent.values():
                 yield last
             while True:
                 update = await subscription.queue.get()
-                if sent.get((update.exchange, update.symbol)) != update:
+                key = (update.exchange, update.symbol)
+                before = sent.get(key)
+                if before is None or (update != before and update.time_ns >= before.time_ns):
+                    sent[key] = update
                     yield update
         finally:
             self._subscriptions.discard(subscription)

@@ -151,14 +151,11 @@ class OrderLookups:
             claimed = False
             if current.order_id not in followed.unsent or not unacknowledged(current):
                 return []
-            followed.unsent.discard(current.order_id)
+            why = followed.unsent.pop(current.order_id)
             if current.status is OrderStatus.PENDING_CANCEL:
                 return [OrderCanceled(current.cancel_reason)]
             if past_grace:
-                reason = (
-                    f"not sent: {current.exchange} could not be reached within "
-                    f"{policy.lookup_grace_s:g} s"
-                )
+                reason = f"not sent within {policy.lookup_grace_s:g} s: {why}"[:256]
                 return refusal_events(current, reason)
             claimed = True
             followed.sending.add(current.order_id)  # a cancel from now on waits for the send

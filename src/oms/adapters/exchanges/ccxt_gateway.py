@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import re
 import socket
@@ -208,9 +209,27 @@ class _LeverageGate:
     """One symbol's leverage on the account, and the orders being sent at it."""
 
     leverage: int | None = None
-    """What the exchange holds, as far as this gateway knows; None: not known."""
+    """What the exchange holds, as far as the OMS knows; None: not known."""
     sending: int = 0
+    """Orders being sent at `leverage`."""
+    waiting: list[list[int]] = field(default_factory=list)
+    """The orders waiting for their turn, first come first, each as [its leverage]."""
     turn: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    def may_go(self, turn: list[int]) -> bool:
+        """No order at another leverage is ahead of `turn`, and the leverage is its own or
+        nothing is in flight at another."""
+        (leverage,) = turn
+        ahead = itertools.takewhile(lambda other: other is not turn, self.waiting)
+        if any(other[0] != leverage for other in ahead):
+            return False
+        return self.leverage == leverage or not self.sending
+
+    def forget(self) -> None:
+        """A new connection: a leverage changed by hand meanwhile is set again, unless
+        orders are in flight or waiting."""
+        if not self.sending and not self.waiting:
+            self.leverage = None
 
 
 def _reason(error: GatewayError) -> str:
@@ -220,10 +239,14 @@ def _reason(error: GatewayError) -> str:
 class CcxtGateway:
     """One account on one exchange (engine.gateway.ExchangeGateway)."""
 
-    def __init__(self, exchange: str, client: Any) -> None:
+    def __init__(
+        self, exchange: str, client: Any, leverage: dict[str, _LeverageGate] | None = None
+    ) -> None:
+        """`leverage`: the account's gates by symbol, shared by its connections (a new one
+        replaces the old while orders are still in flight on it)."""
         self._exchange = exchange
         self._client = client
-        self._leverage: dict[str, _LeverageGate] = {}
+        self._leverage = {} if leverage is None else leverage
 
     async def verify(self) -> None:
         await self._call(self._client.fetch_balance)
@@ -275,15 +298,18 @@ class CcxtGateway:
         is never sent at another order's leverage."""
         gate = self._leverage.setdefault(symbol, _LeverageGate())
         async with gate.turn:
-            await gate.turn.wait_for(lambda: gate.leverage == leverage or not gate.sending)
-            if gate.leverage != leverage:
-                gate.leverage = None  # unknown until the exchange confirms it
-                try:
+            turn = [leverage]  # its place in the queue: a change is not overtaken by orders
+            gate.waiting.append(turn)  # at the old leverage that came after it
+            try:
+                await gate.turn.wait_for(lambda: gate.may_go(turn))
+                if gate.leverage != leverage:
+                    gate.leverage = None  # unknown until the exchange confirms it
                     await self._set_leverage(symbol, leverage)
-                finally:
-                    gate.turn.notify_all()
-                gate.leverage = leverage
-            gate.sending += 1
+                    gate.leverage = leverage
+                gate.sending += 1
+            finally:
+                gate.waiting.remove(turn)
+                gate.turn.notify_all()
         try:
             yield
         finally:
@@ -540,6 +566,8 @@ class CcxtConnector:
     def __init__(self, settings: Mapping[str, CcxtSettings]) -> None:
         self._settings = settings
         self._public: dict[str, Any] = {}
+        self._leverage: dict[tuple[str, str], dict[str, _LeverageGate]] = {}
+        """Each account's leverage gates, by (exchange, API key)."""
 
     @property
     def exchanges(self) -> frozenset[str]:
@@ -559,7 +587,10 @@ class CcxtConnector:
         public = self._public.get(access.exchange)
         if public is not None:
             client.set_markets_from_exchange(public)
-        return CcxtGateway(access.exchange, client)
+        gates = self._leverage.setdefault((access.exchange, credentials.api_key), {})
+        for gate in gates.values():
+            gate.forget()
+        return CcxtGateway(access.exchange, client, gates)
 
     async def load_markets(self, exchange: str) -> Sequence[Market]:
         public = self._public.get(exchange)

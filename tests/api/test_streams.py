@@ -216,6 +216,34 @@ async def test_from_oldest_replays_every_retained_event_then_goes_live(redis_url
         await oms.close()
 
 
+async def test_from_oldest_starts_at_what_is_retained_when_it_reads(redis_url: str) -> None:
+    # A commit lands between the stream reading the retained bounds and its first read,
+    # and trims the oldest event: the replay starts at the new oldest, not OUT_OF_RANGE.
+    oms = await make_oms(redis_url, retention_events=5)
+    try:
+        await tick(oms, "50000")
+        for _ in range(3):
+            await place(oms)  # 12 events; 8..12 kept
+        store = oms.app.hub._store
+        bounds = store.sequence_bounds
+
+        async def bounds_then_a_commit(user_id: str) -> tuple[int, int]:
+            read = await bounds(user_id)
+            store.sequence_bounds = bounds  # type: ignore[method-assign]
+            await place(oms)  # 16 events; 12..16 kept
+            return read
+
+        store.sequence_bounds = bounds_then_a_commit  # type: ignore[method-assign]
+        call = oms.orders.StreamOrderUpdates(
+            pb.StreamOrderUpdatesRequest(user_id=USER, from_oldest=True)
+        )
+        updates: StreamReader[S.OrderUpdate] = StreamReader(call, "order_update")
+        assert [u.sequence for u in await updates.events(2)] == [13, 15]
+        updates.cancel()
+    finally:
+        await oms.close()
+
+
 async def test_from_oldest_with_a_resume_point_is_invalid(oms: OmsHarness) -> None:
     call = oms.orders.StreamOrderUpdates(
         pb.StreamOrderUpdatesRequest(user_id=USER, after_sequence=3, from_oldest=True)

@@ -209,6 +209,10 @@ class EventHub:
             read_again = False
             while True:
                 batch = await self._store.read_events(user_id, cursor, _REPLAY_BATCH)
+                if batch and from_oldest and cursor == subscription.sent:
+                    # Nothing sent yet: the oldest retained is where the replay starts, even
+                    # if retention moved it since the bounds were read.
+                    cursor = batch[0].sequence - 1
                 if batch:
                     _check_follows(cursor, batch[0].sequence)
                 elif read_again:

@@ -460,9 +460,7 @@ class ListOrdersResponse(_message.Message):
     `after_sequence` = `as_of_sequence` to continue from it without missing
     or double-counting a change.
     0 (the user had no event yet) cannot be resumed after, as `after_sequence`
-    0 means live only: for a user that may be new, open the stream first, take
-    the snapshot once its first heartbeat (the switch to live) has come, and
-    skip streamed events at or below `as_of_sequence`.
+    0 means live only: stream with `from_oldest` instead.
     """
     @_builtins.property
     def orders(self) -> _containers.RepeatedCompositeFieldContainer[_order_pb2.Order]:
@@ -632,9 +630,7 @@ class ListFillsResponse(_message.Message):
     """The user's last event sequence included in this snapshot; stream fills
     with `after_sequence` = `as_of_sequence` to continue from it.
     0 (the user had no event yet) cannot be resumed after, as `after_sequence`
-    0 means live only: for a user that may be new, open the stream first, take
-    the snapshot once its first heartbeat (the switch to live) has come, and
-    skip streamed events at or below `as_of_sequence`.
+    0 means live only: stream with `from_oldest` instead.
     """
     @_builtins.property
     def fills(self) -> _containers.RepeatedCompositeFieldContainer[_order_pb2.Fill]:

@@ -155,9 +155,7 @@ class ListPositionsResponse(_message.Message):
     `after_sequence` = `as_of_sequence` to continue from it without missing
     or double-counting a change.
     0 (the user had no event yet) cannot be resumed after, as `after_sequence`
-    0 means live only: for a user that may be new, open the stream first, take
-    the snapshot once its first heartbeat (the switch to live) has come, and
-    skip streamed events at or below `as_of_sequence`.
+    0 means live only: stream with `from_oldest` instead.
     """
     @_builtins.property
     def positions(self) -> _containers.RepeatedCompositeFieldContainer[_position_pb2.Position]:

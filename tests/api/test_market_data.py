@@ -17,7 +17,7 @@ from fixtures.trading import BTC, get, place
 from tradingboost.oms.v1 import market_data_pb2, order_pb2
 from tradingboost.oms.v1 import market_data_service_pb2 as md
 
-from oms.engine.market_data import Tick
+from oms.engine.market_data import MarketData, Tick
 from oms.engine.ports import PriceUpdate
 
 S = order_pb2
@@ -132,53 +132,59 @@ async def test_streams_opened_while_ticks_flow_miss_none_and_repeat_none(
     assert len(watchers) == 40
 
 
-async def test_a_tick_delivered_after_a_later_one_is_not_sent_twice(oms: OmsHarness) -> None:
-    # The first tick fires a rule, and is delivered only after the rule's cancel; a second
-    # publisher's tick commits and is delivered meanwhile. A stream opened between the
-    # first's commit and its delivery starts with it, and must not get it again.
+async def tick_held_back_by_its_rule(oms: OmsHarness) -> asyncio.Future[list[PriceUpdate]]:
+    """A tick at 48900 that fires a rule, so that its delivery waits for the rule's cancel:
+    returned committed, not yet delivered."""
     await oms.market.PublishPrices(ticks(("BTC/USDT:USDT", "50000")))
     trigger = await place(oms, type=S.ORDER_TYPE_LIMIT, price="49000")
     other = await place(oms, type=S.ORDER_TYPE_LIMIT, side=S.SIDE_SELL, price="60000")
     await create_rule(oms.orders, "alice", trigger.order_id, FILLED, [other.order_id])
-    market, paper = oms.app.market_data, oms.app.paper
-    first = asyncio.ensure_future(market.publish([Tick("paper", BTC, "48900")]))
+    paper = oms.app.paper
+    first = asyncio.ensure_future(oms.app.market_data.publish([Tick("paper", BTC, "48900")]))
     # Every loop turn: the window between the commit and the delivery is short.
     while (last := paper.last_price(BTC)) is None or last.price != Decimal("48900"):  # noqa: ASYNC110
         await asyncio.sleep(0)
-    stream = cast(
-        AsyncGenerator[PriceUpdate, None], market.follow([("paper", BTC)], with_last=True)
-    )
-    seen = [(await anext(stream)).price]
-    second = asyncio.ensure_future(market.publish([Tick("paper", BTC, "48800")]))
-    await asyncio.gather(first, second)
+    return first
+
+
+def btc_with_last(market: MarketData) -> AsyncGenerator[PriceUpdate, None]:
+    return cast(AsyncGenerator[PriceUpdate, None], market.follow([("paper", BTC)], with_last=True))
+
+
+async def the_rest(stream: AsyncGenerator[PriceUpdate, None]) -> list[Decimal]:
+    """The prices the stream sends until it is quiet for 0.5 s; then closes it."""
+    seen = []
     with contextlib.suppress(TimeoutError):
         while True:
             seen.append((await asyncio.wait_for(anext(stream), 0.5)).price)
     await stream.aclose()
+    return seen
+
+
+async def test_a_tick_delivered_after_a_later_one_is_not_sent_twice(oms: OmsHarness) -> None:
+    # The first tick fires a rule, and is delivered only after the rule's cancel; a second
+    # publisher's tick commits and is delivered meanwhile. A stream opened between the
+    # first's commit and its delivery starts with it, and must not get it again.
+    first = await tick_held_back_by_its_rule(oms)
+    market = oms.app.market_data
+    stream = btc_with_last(market)
+    seen = [(await anext(stream)).price]
+    second = asyncio.ensure_future(market.publish([Tick("paper", BTC, "48800")]))
+    await asyncio.gather(first, second)
+    seen += await the_rest(stream)
     assert seen == [Decimal("48900"), Decimal("48800")]
 
 
 async def test_a_tick_delivered_after_a_newer_one_is_not_sent_after_it(oms: OmsHarness) -> None:
     # The first tick's delivery waits for its rule; a newer one is delivered meanwhile and
     # is the last price when the stream opens: the first must not follow it.
-    await oms.market.PublishPrices(ticks(("BTC/USDT:USDT", "50000")))
-    trigger = await place(oms, type=S.ORDER_TYPE_LIMIT, price="49000")
-    other = await place(oms, type=S.ORDER_TYPE_LIMIT, side=S.SIDE_SELL, price="60000")
-    await create_rule(oms.orders, "alice", trigger.order_id, FILLED, [other.order_id])
-    market, paper = oms.app.market_data, oms.app.paper
-    first = asyncio.ensure_future(market.publish([Tick("paper", BTC, "48900")]))
-    while (last := paper.last_price(BTC)) is None or last.price != Decimal("48900"):  # noqa: ASYNC110
-        await asyncio.sleep(0)
+    first = await tick_held_back_by_its_rule(oms)
+    market = oms.app.market_data
     await market.publish([Tick("paper", BTC, "48800")])
-    stream = cast(
-        AsyncGenerator[PriceUpdate, None], market.follow([("paper", BTC)], with_last=True)
-    )
+    stream = btc_with_last(market)
     seen = [(await anext(stream)).price]
     await first
-    with contextlib.suppress(TimeoutError):
-        while True:
-            seen.append((await asyncio.wait_for(anext(stream), 0.5)).price)
-    await stream.aclose()
+    seen += await the_rest(stream)
     assert seen == [Decimal("48800")]
 
 

@@ -221,6 +221,26 @@ async def test_landing_marks_keep_only_refusals_not_answered_yet(redis_url: str)
         await oms.close()
 
 
+async def cancel_with_replies_swallowed(
+    oms: OmsHarness, proxy: RedisFaultProxy
+) -> StreamReader[S.OrderUpdate]:
+    """A resting order's cancel that Redis runs while no reply comes back: UNAVAILABLE to
+    the caller. Returns a live stream of USER's order updates opened before; the proxy
+    still swallows replies."""
+    await tick(oms, "50000")
+    resting = await place(oms, type=S.ORDER_TYPE_LIMIT, price="49000")
+    updates: StreamReader[S.OrderUpdate] = StreamReader(
+        oms.orders.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(user_id=USER)),
+        "order_update",
+    )
+    await updates.until_live()
+    proxy.swallow_replies(True)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await oms.orders.CancelOrder(pb.CancelOrderRequest(user_id=USER, order_id=resting.order_id))
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    return updates
+
+
 async def test_a_commit_that_failed_but_landed_still_reaches_the_streams(
     redis_server: EmbeddedRedis, proxy: RedisFaultProxy
 ) -> None:
@@ -229,19 +249,7 @@ async def test_a_commit_that_failed_but_landed_still_reaches_the_streams(
     # the user's next one.
     oms = await make_oms(await proxy.start(), redis_timeout_s=0.2, store_check_interval_s=0.05)
     try:
-        await tick(oms, "50000")
-        resting = await place(oms, type=S.ORDER_TYPE_LIMIT, price="49000")
-        updates: StreamReader[S.OrderUpdate] = StreamReader(
-            oms.orders.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(user_id=USER)),
-            "order_update",
-        )
-        await updates.until_live()
-        proxy.swallow_replies(True)
-        with pytest.raises(grpc.aio.AioRpcError) as error:
-            await oms.orders.CancelOrder(
-                pb.CancelOrderRequest(user_id=USER, order_id=resting.order_id)
-            )
-        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        updates = await cancel_with_replies_swallowed(oms, proxy)
         proxy.swallow_replies(False)
         [update] = await updates.events(1)
         assert update.order.status == S.ORDER_STATUS_CANCELED
@@ -258,19 +266,7 @@ async def test_a_catch_up_cut_short_is_tried_again(
     # kept out of the way here (an hour between checks) so that the test takes its steps.
     oms = await make_oms(await proxy.start(), redis_timeout_s=0.2, store_check_interval_s=3600)
     try:
-        await tick(oms, "50000")
-        resting = await place(oms, type=S.ORDER_TYPE_LIMIT, price="49000")
-        updates: StreamReader[S.OrderUpdate] = StreamReader(
-            oms.orders.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(user_id=USER)),
-            "order_update",
-        )
-        await updates.until_live()
-        proxy.swallow_replies(True)
-        with pytest.raises(grpc.aio.AioRpcError) as error:
-            await oms.orders.CancelOrder(
-                pb.CancelOrderRequest(user_id=USER, order_id=resting.order_id)
-            )
-        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        updates = await cancel_with_replies_swallowed(oms, proxy)
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.1):  # before the store's own 0.2 s
                 await oms.app.journal.catch_up_unsure()

@@ -210,8 +210,7 @@ class EventHub:
             while True:
                 batch = await self._store.read_events(user_id, cursor, _REPLAY_BATCH)
                 if batch and from_oldest and cursor == subscription.sent:
-                    # Nothing sent yet: the oldest retained is where the replay starts, even
-                    # if retention moved it since the bounds were read.
+                    # Nothing sent yet: the replay starts at the oldest event retained now.
                     cursor = batch[0].sequence - 1
                 if batch:
                     _check_follows(cursor, batch[0].sequence)
@@ -274,7 +273,7 @@ class EventHub:
         if newest > self._latest.get(user_id, 0):
             self._latest[user_id] = newest
         if from_oldest:
-            return oldest - 1 if newest else 0
+            return 0  # its first read finds the oldest retained (so does a resume from 0)
         if not after_sequence:
             return newest
         if after_sequence > newest:

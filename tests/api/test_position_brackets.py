@@ -460,6 +460,41 @@ async def test_an_exit_that_fills_cancels_the_rest_of_its_entry(
     await check_invariants(oms)
 
 
+async def test_a_close_to_flat_cancels_the_rest_of_a_partly_filled_entry(
+    thin_oms: OmsHarness,
+) -> None:
+    oms = thin_oms
+    await tick(oms, "50000")
+    begun = await open_position(
+        oms, type=S.ORDER_TYPE_LIMIT, price="49000", stop_loss_price="47000"
+    )
+    await tick(oms, "49000")
+    # A DCA entry below, nothing filled yet: it would open a new trade with exits of its own.
+    waiting = await open_position(
+        oms, type=S.ORDER_TYPE_LIMIT, price="48500", stop_loss_price="47000"
+    )
+    await tick(oms, "49500")
+    assert (await get(oms, begun.entry_order.order_id)).filled_quantity == "0.004"
+
+    await close_position(oms)
+
+    entry = await get(oms, begun.entry_order.order_id)
+    assert (entry.status, entry.cancel_reason, entry.filled_quantity) == (
+        S.ORDER_STATUS_CANCELED,
+        "position closed",
+        "0.004",
+    )
+    assert (await get(oms, begun.stop_loss_order_id)).status == S.ORDER_STATUS_CANCELED
+    assert (await get(oms, waiting.entry_order.order_id)).status == S.ORDER_STATUS_OPEN
+    # The begun entry's price again fills nothing of it; the waiting one fills at its own.
+    await tick(oms, "49000")
+    assert (await position(oms)).status == P.POSITION_STATUS_CLOSED
+    await tick(oms, "48500")
+    assert (await position(oms)).size == "0.004"
+    assert (await get(oms, waiting.stop_loss_order_id)).status == S.ORDER_STATUS_OPEN
+    await check_invariants(oms)
+
+
 async def test_a_stop_loss_grown_by_its_entrys_fill_triggers_on_that_same_tick(
     thin_oms: OmsHarness,
 ) -> None:

@@ -153,6 +153,39 @@ async def test_an_exit_that_fills_cancels_the_rest_of_its_entry(
     await live.assert_invariants()
 
 
+async def test_a_close_to_flat_cancels_the_rest_of_a_partly_filled_entry(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    begun = await live.oms.positions.OpenPosition(
+        long_request(live.venue, type=S.ORDER_TYPE_LIMIT, price="49000", stop_loss_price="47000")
+    )
+    entry_id = begun.entry_order.order_id
+    exchange.set_price(BTC, Decimal("48900"), max_fill=Decimal("0.01"))
+    await live.until_found(f"sl-{entry_id}")  # placed once the entry fills
+    await live.until(begun.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
+    # A DCA entry below, nothing filled yet: it would open a new trade with exits of its own.
+    waiting = await live.oms.positions.OpenPosition(
+        long_request(
+            live.venue,
+            type=S.ORDER_TYPE_LIMIT,
+            price="48000",
+            stop_loss_price="47000",
+            client_order_id="dca-1",
+        )
+    )
+    await close_long(live)
+    entry = await live.until(entry_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
+    assert (entry.filled_quantity, entry.cancel_reason) == ("0.01", "position closed")
+    [at_exchange] = [o for o in exchange.orders(API_KEY) if o.client_id == f"oms{entry_id}"]
+    assert at_exchange.status == "canceled"
+    assert (await live.get(waiting.entry_order.order_id)).status == S.ORDER_STATUS_OPEN
+    trades = len(exchange.trades(API_KEY))
+    exchange.set_price(BTC, Decimal("48900"))
+    assert len(exchange.trades(API_KEY)) == trades
+    assert (await position(live)).status == position_pb2.POSITION_STATUS_CLOSED
+    await live.assert_invariants()
+
+
 async def test_closing_the_position_cancels_both_exits(live: LiveTrading) -> None:
     opened = await open_long(live, take_profit_price="51000", stop_loss_price="49000")
     await live.until(opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)

@@ -61,3 +61,11 @@ def _leg(
         updated_at_ns=now_ns,
         parent_order_id=entry.order_id,
     )
+
+
+def moot_when_flat(order: Order) -> bool:
+    """Whether an open order loses its purpose when its position goes flat: an exit, or an
+    entry that has begun to fill (its exits go with the position, so its further fills would
+    reopen it unprotected). An entry with nothing filled yet stays: it opens a new trade,
+    with exits of its own."""
+    return bool(order.parent_order_id) or (order.bracket is not None and order.filled_quantity > 0)

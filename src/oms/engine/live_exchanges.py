@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 
 from oms.domain.accounts import Account, Credentials
-from oms.domain.brackets import bracket_legs
+from oms.domain.brackets import bracket_legs, moot_when_flat
 from oms.domain.conditional_rules import ConditionalRule
 from oms.domain.decimals import ZERO, add, sub
 from oms.domain.errors import (
@@ -738,7 +738,8 @@ class LiveExchanges:
         """What an order's fills set off, each in a commit of its own after the fills' (on
         paper they share it; here they are finished at the next start when a crash came in
         between): an entry's exits placed or grown, the linked exit and the rest of the entry
-        of a filled exit cancelled, and the exits of a position that went flat cancelled."""
+        of a filled exit cancelled, and the exits, trailing stops and partly filled entries of
+        a position that went flat cancelled."""
         if order.bracket is not None:
             if not flat:
                 await self._place_exits(followed, order)
@@ -763,6 +764,14 @@ class LiveExchanges:
                 order.user_id, order.exchange, order.symbol, order.position_side
             ):
                 await self._cancel_moot(followed, exit.order_id, "position closed")
+            for entry in await self._store.open_orders(order.user_id):
+                if (
+                    not entry.parent_order_id
+                    and moot_when_flat(entry)
+                    and (entry.exchange, entry.symbol, entry.position_side)
+                    == (order.exchange, order.symbol, order.position_side)
+                ):
+                    await self._cancel_moot(followed, entry.order_id, "position closed")
 
     async def _place_exits(self, followed: FollowedAccount, entry: Order) -> None:
         """The entry's take-profit and stop-loss, held, covering what it filled so far, and

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
-from oms.domain.brackets import bracket_legs
+from oms.domain.brackets import bracket_legs, moot_when_flat
 from oms.domain.conditional_rules import ConditionalRule, RuleStatus
 from oms.domain.decimals import ZERO
 from oms.domain.errors import ConcurrentModification, FailedPrecondition, NotFound, OmsError
@@ -547,7 +547,7 @@ class _Desk:
             )
         if self.open_size(after.user_id, after.position_side) == 0:
             for order in self.book.orders():
-                if order.parent_order_id and (order.user_id, order.position_side) == (
+                if moot_when_flat(order) and (order.user_id, order.position_side) == (
                     after.user_id,
                     after.position_side,
                 ):

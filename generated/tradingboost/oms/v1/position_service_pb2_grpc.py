@@ -119,7 +119,9 @@ class PositionServiceServicer:
         that ends with nothing filled creates none of them. An exit that fills
         ends the trade: it also cancels what is left of a still working entry
         (reason "exit <its order_id> filled"), so that no late fill reopens the
-        position unprotected. An exit that fires after a partial close closes
+        position unprotected; so does the position going flat any other way
+        (ClosePosition, a trailing stop, a reduce-only order), to an entry that
+        has begun to fill (reason "position closed"). An exit that fires after a partial close closes
         what is left and ends FILLED, its quantity brought down to that. The
         exits cover this entry's fills only: a later add to the position (a DCA
         order, another OpenPosition)
@@ -144,7 +146,11 @@ class PositionServiceServicer:
     def ClosePosition(self, request, context):
         """Closes the whole position on one side, or `quantity` of it, with a
         reduce-only MARKET order. When the position goes flat its take-profit,
-        stop-loss and trailing stops are cancelled. Idempotent on (`user_id`,
+        stop-loss and trailing stops are cancelled, and so is what is left of an
+        OpenPosition entry on that side that has begun to fill (its exits are
+        gone: a later fill would reopen the position unprotected). An entry with
+        nothing filled yet stays: it opens a new trade, with exits of its own.
+        Idempotent on (`user_id`,
         `client_order_id`) like PlaceOrder. Errors: INVALID_ARGUMENT (missing or
         bad field, unknown exchange or symbol, quantity off the amount step),
         NOT_FOUND (there never was a position on that side), FAILED_PRECONDITION

@@ -419,7 +419,8 @@ async def test_resting_reduce_only_order_is_capped_at_the_size_at_fill_time(
     assert "reduce-only" in capped.cancel_reason
     assert (await position(oms)).status == P.POSITION_STATUS_CLOSED
 
-    # A resting reduce-only order whose position went flat before its tick fills nothing.
+    # A resting reduce-only limit whose position goes flat another way ends then, as Binance
+    # expires it: left working, it would take from the side's next position.
     await place(oms, quantity="0.01")
     late = await place(
         oms,
@@ -429,12 +430,26 @@ async def test_resting_reduce_only_order_is_capped_at_the_size_at_fill_time(
         reduce_only=True,
         quantity="0.01",
     )
+    stop = await place(
+        oms,
+        side=S.SIDE_SELL,
+        type=S.ORDER_TYPE_STOP_MARKET,
+        stop_price="45000",
+        reduce_only=True,
+        quantity="0.01",
+    )
     await place(oms, side=S.SIDE_SELL, reduce_only=True, quantity="0.01")
-    await tick(oms, "53000")
     unfilled = await get(oms, late.order_id)
-    assert unfilled.status == S.ORDER_STATUS_CANCELED
-    assert unfilled.filled_quantity == "0"
+    assert (unfilled.status, unfilled.cancel_reason) == (
+        S.ORDER_STATUS_CANCELED,
+        "reduce-only: the position is flat",
+    )
+    # A reduce-only stop stays until it triggers, as on Binance.
+    assert (await get(oms, stop.order_id)).status == S.ORDER_STATUS_OPEN
+    await place(oms, quantity="0.01")
+    await tick(oms, "53000")
     assert await fills_of(oms, late.order_id) == []
+    assert (await position(oms)).size == "0.01"
     await check_invariants(oms)
 
 

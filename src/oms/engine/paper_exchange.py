@@ -39,6 +39,7 @@ from oms.domain.orders import (
     OrderAmended,
     OrderCanceled,
     OrderEvent,
+    OrderType,
     PositionSide,
     TrailingExit,
 )
@@ -547,11 +548,14 @@ class _Desk:
             )
         if self.open_size(after.user_id, after.position_side) == 0:
             for order in self.book.orders():
-                if moot_when_flat(order) and (order.user_id, order.position_side) == (
-                    after.user_id,
-                    after.position_side,
-                ):
+                if (order.user_id, order.position_side) != (after.user_id, after.position_side):
+                    continue
+                if moot_when_flat(order):
                     self.cancel_resting(owner, batch, order, "position closed")
+                elif order.reduce_only and order.type is OrderType.LIMIT:
+                    # As Binance expires them: left working, it would take from the side's
+                    # next position. A reduce-only stop stays until it triggers, as there.
+                    self.cancel_resting(owner, batch, order, "reduce-only: the position is flat")
             for stop in self.trailing.of_position(after.user_id, after.position_side):
                 closed = stop.cancel(POSITION_CLOSED, now)
                 self.change_stop(owner, batch, stop, closed, TrailingStopEventType.CANCELED)

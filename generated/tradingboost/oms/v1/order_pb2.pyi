@@ -520,8 +520,8 @@ class Order(_message.Message):
     cancel_reason: _builtins.str
     """Why the order ended CANCELED or EXPIRED: "canceled by user", "position
     closed", "one-cancels-other: <order_id> filled", "reduce-only: capped at
-    the position size", or the exchange's reason; empty otherwise. Output
-    only.
+    the position size", "reduce-only: the position is flat", or the
+    exchange's reason; empty otherwise. Output only.
     """
     parent_order_id: _builtins.str
     """On a take-profit or stop-loss placed by OpenPosition: the entry order

@@ -97,7 +97,10 @@ class PlaceOrderRequest(_message.Message):
     """Optional, default false. When true the order may only reduce its
     position, never open or flip it: a fill stops at the position's size. On
     paper, a MARKET or LIMIT order with nothing to reduce is REJECTED at once
-    (as Binance refuses it); a stop is judged when it triggers.
+    (as Binance refuses it); a stop is judged when it triggers. A resting
+    LIMIT one on paper ends CANCELED ("reduce-only: the position is flat")
+    when its position goes flat, as Binance expires it, so that it never
+    takes from the side's next position; a stop stays until it triggers.
     """
     position_side: _order_pb2.PositionSide.ValueType
     """Optional hedge-mode position side. Unspecified: BUY opens LONG and SELL

@@ -119,6 +119,24 @@ async def test_a_leverage_call_that_timed_out_is_set_again_by_the_next_order(
     assert leverage_at(live.exchange) == 20
 
 
+async def test_orders_that_waited_for_a_leverage_call_that_timed_out_fail_with_it(
+    live: LiveTrading,
+) -> None:
+    # Each would otherwise make a call of its own after it, and wait out its timeout too.
+    live.exchange.delay_requests(*SET_LEVERAGE[live.venue], 1.5)
+    placed = await asyncio.gather(
+        *(live.place(price=price, leverage=20) for price in ("49000", "48900", "48800"))
+    )
+    assert [o.status for o in placed] == [S.ORDER_STATUS_PENDING_NEW] * 3
+    assert leverage_requests(live.exchange) == 1
+    live.exchange.delay_requests(*SET_LEVERAGE[live.venue], 0)
+    # The call took the whole of their 1 s grace: each is rejected, with its reason.
+    for order in placed:
+        ended = await live.until(order.order_id, settled)
+        assert ended.reject_reason.startswith("not sent within 1 s: leverage 20 not confirmed")
+    assert placements(live.exchange) == 0
+
+
 async def test_orders_at_another_leverage_wait_for_those_in_flight(live: LiveTrading) -> None:
     # The first is slow to place: the second's 5x must not be set under it.
     slow_placements(live, 0.4)

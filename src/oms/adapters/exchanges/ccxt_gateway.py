@@ -215,6 +215,12 @@ class _LeverageGate:
     waiting: list[list[int]] = field(default_factory=list)
     """The orders waiting for their turn, first come first, each as [its leverage]."""
     turn: asyncio.Condition = field(default_factory=asyncio.Condition)
+    calls_ended: int = 0
+    """set_leverage calls that have ended so far."""
+    failed: tuple[int, int, NotSent | SubmitRefused] | None = None
+    """The last call that failed: its number among those ended, its leverage and why. The
+    orders that waited for it at that leverage fail with it, instead of each waiting out a
+    call of its own after it."""
 
     def may_go(self, turn: list[int]) -> bool:
         """No order at another leverage is ahead of `turn`, and the leverage is its own or
@@ -297,14 +303,24 @@ class CcxtGateway:
         orders use). A change waits for the orders in flight at the old one; so an order
         is never sent at another order's leverage."""
         gate = self._leverage.setdefault(symbol, _LeverageGate())
+        ended_before = gate.calls_ended  # (a call holds the lock: read before taking it)
         async with gate.turn:
             turn = [leverage]  # its place in the queue: a change is not overtaken by orders
             gate.waiting.append(turn)  # at the old leverage that came after it
             try:
                 await gate.turn.wait_for(lambda: gate.may_go(turn))
                 if gate.leverage != leverage:
+                    failed = gate.failed
+                    if failed is not None and failed[0] > ended_before and failed[1] == leverage:
+                        raise type(failed[2])(failed[2].message) from failed[2]
                     gate.leverage = None  # unknown until the exchange confirms it
-                    await self._set_leverage(symbol, leverage)
+                    try:
+                        await self._set_leverage(symbol, leverage)
+                    except (NotSent, SubmitRefused) as error:
+                        gate.failed = (gate.calls_ended + 1, leverage, error)
+                        raise
+                    finally:
+                        gate.calls_ended += 1
                     gate.leverage = leverage
                 gate.sending += 1
             finally:

@@ -258,6 +258,37 @@ async def test_a_commit_that_failed_but_landed_still_reaches_the_streams(
         await oms.close()
 
 
+async def test_a_commit_that_landed_is_answered_though_reading_its_events_back_failed(
+    redis_server: EmbeddedRedis, proxy: RedisFaultProxy
+) -> None:
+    # Its reply lost, the re-sent commit answers 'landed', and its events are read back for
+    # the streams. That read failing does not fail the call (on a real exchange the order
+    # would then never be sent): the order stands, and the events reach the streams at the
+    # next store check.
+    oms = await make_oms(await proxy.start(), redis_timeout_s=0.2, store_check_interval_s=0.05)
+    try:
+        await tick(oms, "50000")
+        updates: StreamReader[S.OrderUpdate] = StreamReader(
+            oms.orders.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(user_id=USER)),
+            "order_update",
+        )
+        await updates.until_live()
+        proxy.lose_reply_to(COMMIT)
+        proxy.hold_request(b"XRANGE")
+        # No client order id: the store cannot find it for the call either.
+        order = await place(oms, type=S.ORDER_TYPE_LIMIT, price="49000")
+        assert proxy.lost_replies == 1
+        assert order.status == S.ORDER_STATUS_OPEN
+        [update] = await updates.events(1)
+        assert (update.order.order_id, update.order.status) == (
+            order.order_id,
+            S.ORDER_STATUS_OPEN,
+        )
+        updates.cancel()
+    finally:
+        await oms.close()
+
+
 async def test_a_catch_up_cut_short_is_tried_again(
     redis_server: EmbeddedRedis, proxy: RedisFaultProxy
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from oms.domain.errors import Unavailable
@@ -35,8 +36,10 @@ class Journal:
                 self._hub.publish(result)
             elif users := _users(changes, updates):
                 # Events were due, yet none came: an earlier attempt landed, its reply lost.
-                # They are in the store under sequences unknown here.
-                await self._catch_up(users)
+                # They are in the store under sequences unknown here. The commit stands even
+                # if reading them back fails: the next store check reads them then.
+                with contextlib.suppress(Unavailable):
+                    await self._catch_up(users)
         return result
 
     async def catch_up_unsure(self) -> None:

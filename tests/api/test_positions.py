@@ -381,19 +381,24 @@ async def test_fok_reduce_only_order_larger_than_the_position_expires_unfilled(
     await check_invariants(oms)
 
 
+async def reduce_only_sell(oms: OmsHarness, price: str, quantity: str) -> S.Order:
+    """A resting reduce-only SELL limit on the LONG side."""
+    return await place(
+        oms,
+        side=S.SIDE_SELL,
+        type=S.ORDER_TYPE_LIMIT,
+        price=price,
+        reduce_only=True,
+        quantity=quantity,
+    )
+
+
 async def test_resting_reduce_only_order_is_capped_at_the_size_at_fill_time(
     oms: OmsHarness,
 ) -> None:
     await tick(oms, "50000")
     await place(oms, quantity="0.02")
-    grows = await place(
-        oms,
-        side=S.SIDE_SELL,
-        type=S.ORDER_TYPE_LIMIT,
-        price="51000",
-        reduce_only=True,
-        quantity="0.03",
-    )
+    grows = await reduce_only_sell(oms, "51000", "0.03")
     assert grows.status == S.ORDER_STATUS_OPEN  # not capped at placement
     await place(oms, quantity="0.02")  # the position grows to 0.04 before the fill
     await tick(oms, "51000")
@@ -403,14 +408,7 @@ async def test_resting_reduce_only_order_is_capped_at_the_size_at_fill_time(
     p = await position(oms)
     assert (p.size, p.realized_pnl) == ("0.01", "30")
 
-    shrinks = await place(
-        oms,
-        side=S.SIDE_SELL,
-        type=S.ORDER_TYPE_LIMIT,
-        price="52000",
-        reduce_only=True,
-        quantity="0.03",
-    )
+    shrinks = await reduce_only_sell(oms, "52000", "0.03")
     await tick(oms, "52000")
     capped = await get(oms, shrinks.order_id)
     assert capped.status == S.ORDER_STATUS_CANCELED
@@ -422,14 +420,7 @@ async def test_resting_reduce_only_order_is_capped_at_the_size_at_fill_time(
     # A resting reduce-only limit whose position goes flat another way ends then, as Binance
     # expires it: left working, it would take from the side's next position.
     await place(oms, quantity="0.01")
-    late = await place(
-        oms,
-        side=S.SIDE_SELL,
-        type=S.ORDER_TYPE_LIMIT,
-        price="53000",
-        reduce_only=True,
-        quantity="0.01",
-    )
+    late = await reduce_only_sell(oms, "53000", "0.01")
     stop = await place(
         oms,
         side=S.SIDE_SELL,

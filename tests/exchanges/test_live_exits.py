@@ -118,32 +118,33 @@ async def test_after_a_partial_close_the_exit_that_fires_closes_what_is_left(
     assert (closed.status, closed.size) == (position_pb2.POSITION_STATUS_CLOSED, "0")
 
 
-async def test_an_exit_that_fills_cancels_the_rest_of_its_entry(
-    live: LiveTrading, exchange: FakeExchange
-) -> None:
-    opened = await live.oms.positions.OpenPosition(
-        long_request(
-            live.venue,
-            type=S.ORDER_TYPE_LIMIT,
-            price="49000",
-            take_profit_price="52000",
-            stop_loss_price="48500",
-        )
+async def half_filled_entry(
+    live: LiveTrading, exchange: FakeExchange, **exits: str
+) -> pos.OpenPositionResponse:
+    """An OpenPosition whose 0.02 LIMIT entry at 49000 filled 0.01, its exits held."""
+    opened: pos.OpenPositionResponse = await live.oms.positions.OpenPosition(
+        long_request(live.venue, type=S.ORDER_TYPE_LIMIT, price="49000", **exits)
     )
-    entry_id = opened.entry_order.order_id
     exchange.set_price(BTC, Decimal("48900"), max_fill=Decimal("0.01"))
-    await live.until_found(f"tp-{entry_id}")  # placed once the entry fills
-    await live.until(opened.take_profit_order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
-    exchange.set_price(BTC, Decimal("52100"))
-    await live.until(opened.take_profit_order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
-    entry = await live.until(entry_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
-    assert (entry.filled_quantity, entry.cancel_reason) == (
-        "0.01",
-        f"exit {opened.take_profit_order_id} filled",
+    prefix, exit_id = (
+        ("tp-", opened.take_profit_order_id)
+        if opened.take_profit_order_id
+        else ("sl-", opened.stop_loss_order_id)
     )
+    await live.until_found(prefix + opened.entry_order.order_id)  # placed once the entry fills
+    await live.until(exit_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
+    return opened
+
+
+async def assert_entry_cancelled_for_good(
+    live: LiveTrading, exchange: FakeExchange, entry_id: str, reason: str
+) -> None:
+    """Cancelled with 0.01 filled, at the exchange too: its price again fills nothing, and
+    the position stays closed."""
+    entry = await live.until(entry_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
+    assert (entry.filled_quantity, entry.cancel_reason) == ("0.01", reason)
     [at_exchange] = [o for o in exchange.orders(API_KEY) if o.client_id == f"oms{entry_id}"]
     assert at_exchange.status == "canceled"
-    # The entry's price again: nothing is left there to reopen the position unprotected.
     # (The exchange fills as the price is set. The OMS no longer follows this mark, as it
     # holds nothing on the symbol now, so it is not waited for.)
     trades = len(exchange.trades(API_KEY))
@@ -153,16 +154,24 @@ async def test_an_exit_that_fills_cancels_the_rest_of_its_entry(
     await live.assert_invariants()
 
 
+async def test_an_exit_that_fills_cancels_the_rest_of_its_entry(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    opened = await half_filled_entry(
+        live, exchange, take_profit_price="52000", stop_loss_price="48500"
+    )
+    exchange.set_price(BTC, Decimal("52100"))
+    await live.until(opened.take_profit_order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    # Nothing is left at the entry's price to reopen the position unprotected.
+    await assert_entry_cancelled_for_good(
+        live, exchange, opened.entry_order.order_id, f"exit {opened.take_profit_order_id} filled"
+    )
+
+
 async def test_a_close_to_flat_cancels_the_rest_of_a_partly_filled_entry(
     live: LiveTrading, exchange: FakeExchange
 ) -> None:
-    begun = await live.oms.positions.OpenPosition(
-        long_request(live.venue, type=S.ORDER_TYPE_LIMIT, price="49000", stop_loss_price="47000")
-    )
-    entry_id = begun.entry_order.order_id
-    exchange.set_price(BTC, Decimal("48900"), max_fill=Decimal("0.01"))
-    await live.until_found(f"sl-{entry_id}")  # placed once the entry fills
-    await live.until(begun.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
+    begun = await half_filled_entry(live, exchange, stop_loss_price="47000")
     # A DCA entry below, nothing filled yet: it would open a new trade with exits of its own.
     waiting = await live.oms.positions.OpenPosition(
         long_request(
@@ -174,16 +183,10 @@ async def test_a_close_to_flat_cancels_the_rest_of_a_partly_filled_entry(
         )
     )
     await close_long(live)
-    entry = await live.until(entry_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
-    assert (entry.filled_quantity, entry.cancel_reason) == ("0.01", "position closed")
-    [at_exchange] = [o for o in exchange.orders(API_KEY) if o.client_id == f"oms{entry_id}"]
-    assert at_exchange.status == "canceled"
+    await assert_entry_cancelled_for_good(
+        live, exchange, begun.entry_order.order_id, "position closed"
+    )
     assert (await live.get(waiting.entry_order.order_id)).status == S.ORDER_STATUS_OPEN
-    trades = len(exchange.trades(API_KEY))
-    exchange.set_price(BTC, Decimal("48900"))
-    assert len(exchange.trades(API_KEY)) == trades
-    assert (await position(live)).status == position_pb2.POSITION_STATUS_CLOSED
-    await live.assert_invariants()
 
 
 async def test_closing_the_position_cancels_both_exits(live: LiveTrading) -> None:

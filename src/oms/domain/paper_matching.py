@@ -117,7 +117,8 @@ def _stop_rises(order: Order) -> bool:
     return (order.side is Side.BUY) == (order.type is not OrderType.TAKE_PROFIT_MARKET)
 
 
-def _rests_as_limit(order: Order) -> bool:
+def rests_as_limit(order: Order) -> bool:
+    """A limit order, or a stop-limit that triggered: on the book at its limit price."""
     return order.type is OrderType.LIMIT or (order.type is OrderType.STOP_LIMIT and order.triggered)
 
 
@@ -166,7 +167,7 @@ def on_submit(order: Order, last: Decimal | None, ctx: PaperContext) -> list[Ord
 def tick_reaches_at(order: Order) -> tuple[Decimal, bool]:
     """The price at which a tick reaches a resting order, and whether ticks at or above it do
     (else at or below): a tick that does not reach it does nothing to it."""
-    if _rests_as_limit(order):
+    if rests_as_limit(order):
         assert order.price is not None
         return order.price, order.side is Side.SELL
     assert order.stop_price is not None
@@ -178,7 +179,7 @@ def on_tick(order: Order, price: Decimal, ctx: PaperContext) -> list[OrderEvent]
     at, rising = tick_reaches_at(order)
     if not (price >= at if rising else price <= at):
         return []
-    if _rests_as_limit(order):
+    if rests_as_limit(order):
         assert order.price is not None
         return _fill(order, order.price, Liquidity.MAKER, ctx, ctx.maker_fill_limit)
     if order.type is OrderType.STOP_LIMIT:

@@ -39,7 +39,6 @@ from oms.domain.orders import (
     OrderAmended,
     OrderCanceled,
     OrderEvent,
-    OrderType,
     PositionSide,
     TrailingExit,
 )
@@ -48,6 +47,7 @@ from oms.domain.paper_matching import (
     PaperContext,
     on_submit,
     on_tick,
+    rests_as_limit,
     tick_reaches_at,
 )
 from oms.domain.positions import Position, apply_fill, open_record, reduces
@@ -552,7 +552,7 @@ class _Desk:
                     continue
                 if moot_when_flat(order):
                     self.cancel_resting(owner, batch, order, "position closed")
-                elif order.reduce_only and order.type is OrderType.LIMIT:
+                elif order.reduce_only and rests_as_limit(order):
                     # As Binance expires them: left working, it would take from the side's
                     # next position. A reduce-only stop stays until it triggers, as there.
                     self.cancel_resting(owner, batch, order, "reduce-only: the position is flat")

@@ -98,9 +98,10 @@ class PlaceOrderRequest(_message.Message):
     position, never open or flip it: a fill stops at the position's size. On
     paper, a MARKET or LIMIT order with nothing to reduce is REJECTED at once
     (as Binance refuses it); a stop is judged when it triggers. A resting
-    LIMIT one on paper ends CANCELED ("reduce-only: the position is flat")
-    when its position goes flat, as Binance expires it, so that it never
-    takes from the side's next position; a stop stays until it triggers.
+    LIMIT one (or a STOP_LIMIT that triggered) on paper ends CANCELED
+    ("reduce-only: the position is flat") when its position goes flat, as
+    Binance expires it, so that it never takes from the side's next
+    position; a stop not triggered yet stays until it triggers.
     """
     position_side: _order_pb2.PositionSide.ValueType
     """Optional hedge-mode position side. Unspecified: BUY opens LONG and SELL

@@ -137,6 +137,27 @@ async def test_orders_that_waited_for_a_leverage_call_that_timed_out_fail_with_i
     assert placements(live.exchange) == 0
 
 
+async def test_orders_that_waited_for_a_rate_limited_leverage_call_fail_with_it(
+    live: LiveTrading,
+) -> None:
+    # Each calling again would only add to what the exchange already refused (Binance bans
+    # an address that keeps at it); they are refused as orders that come during the back-off.
+    slow_placements(live, 0.4)
+    first = asyncio.ensure_future(live.place(price="49000", leverage=5))
+    await asyncio.sleep(0.15)
+    live.exchange.fail_requests(*SET_LEVERAGE[live.venue], count=3, status=429)
+    waiting = [
+        asyncio.ensure_future(live.place(price=price, leverage=leverage))
+        for price, leverage in (("48000", 20), ("47900", 20), ("47800", 15))
+    ]
+    await first
+    for order in await asyncio.gather(*waiting):
+        assert order.status == S.ORDER_STATUS_REJECTED
+        assert order.reject_reason.startswith("not sent: "), order.reject_reason
+    assert leverage_requests(live.exchange) == 2
+    assert placements(live.exchange) == 1
+
+
 async def test_orders_at_another_leverage_wait_for_those_in_flight(live: LiveTrading) -> None:
     # The first is slow to place: the second's 5x must not be set under it.
     slow_placements(live, 0.4)

@@ -217,10 +217,10 @@ class _LeverageGate:
     turn: asyncio.Condition = field(default_factory=asyncio.Condition)
     calls_ended: int = 0
     """set_leverage calls that have ended so far."""
-    failed: tuple[int, int, NotSent | SubmitRefused] | None = None
-    """The last call that failed: its number among those ended, its leverage and why. The
-    orders that waited for it at that leverage fail with it, instead of each waiting out a
-    call of its own after it."""
+    failed: tuple[int, int, GatewayError] | None = None
+    """The last call that failed: its number among those ended, its leverage and why. Until
+    another call ends, the orders that waited for it at that leverage (at any leverage, for
+    a rate limit) fail with it, instead of each making a call of its own after it."""
 
     def may_go(self, turn: list[int]) -> bool:
         """No order at another leverage is ahead of `turn`, and the leverage is its own or
@@ -311,12 +311,16 @@ class CcxtGateway:
                 await gate.turn.wait_for(lambda: gate.may_go(turn))
                 if gate.leverage != leverage:
                     failed = gate.failed
-                    if failed is not None and failed[0] > ended_before and failed[1] == leverage:
-                        raise type(failed[2])(failed[2].message) from failed[2]
+                    if (
+                        failed is not None
+                        and ended_before < failed[0] == gate.calls_ended  # the last call
+                        and (failed[1] == leverage or isinstance(failed[2], RateLimited))
+                    ):
+                        raise failed[2]
                     gate.leverage = None  # unknown until the exchange confirms it
                     try:
                         await self._set_leverage(symbol, leverage)
-                    except (NotSent, SubmitRefused) as error:
+                    except GatewayError as error:
                         gate.failed = (gate.calls_ended + 1, leverage, error)
                         raise
                     finally:

@@ -189,6 +189,55 @@ async def test_a_close_to_flat_cancels_the_rest_of_a_partly_filled_entry(
     assert (await live.get(waiting.entry_order.order_id)).status == S.ORDER_STATUS_OPEN
 
 
+async def test_what_protects_a_trade_that_reopened_the_side_meanwhile_stays(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = await live.oms.positions.OpenPosition(
+        long_request(live.venue, stop_loss_price="47000")
+    )
+    await live.until_found(f"sl-{opened.entry_order.order_id}")
+    # The next trade's entry, nothing filled yet.
+    later = await live.oms.positions.OpenPosition(
+        long_request(
+            live.venue,
+            type=S.ORDER_TYPE_LIMIT,
+            price="48000",
+            stop_loss_price="46000",
+            client_order_id="next-trade",
+        )
+    )
+    later_id = later.entry_order.order_id
+    exchanges = live.oms.app.exchanges
+    position_closed = exchanges._trailing.position_closed
+    reopened = False
+
+    async def meanwhile(*side: Any) -> None:
+        # The close's fill is committed (flat) and its follow-ups have begun: the next
+        # trade's entry fills now and reopens the side.
+        nonlocal reopened
+        if not reopened:
+            reopened = True
+            exchange.set_price(BTC, Decimal("47900"), max_fill=Decimal("0.01"))
+            await live.until_found(f"sl-{later_id}")  # its stop-loss, placed on the fill
+        await position_closed(*side)
+
+    monkeypatch.setattr(exchanges._trailing, "position_closed", meanwhile)
+    await close_long(live)
+    assert reopened
+    await asyncio.sleep(0.5)  # (any follow-up of the close would have run by now)
+    now = await live.oms.positions.GetPosition(
+        pos.GetPositionRequest(
+            user_id=USER, exchange=live.venue, symbol=BTC, position_side=S.POSITION_SIDE_LONG
+        )
+    )
+    assert (now.position.status, now.position.size) == (position_pb2.POSITION_STATUS_OPEN, "0.01")
+    entry = await live.get(later_id)
+    assert (entry.status, entry.cancel_reason) == (S.ORDER_STATUS_PARTIALLY_FILLED, "")
+    stop_loss = await live.get(later.stop_loss_order_id)
+    assert stop_loss.status == S.ORDER_STATUS_OPEN, stop_loss.cancel_reason
+    await live.assert_invariants()
+
+
 async def test_closing_the_position_cancels_both_exits(live: LiveTrading) -> None:
     opened = await open_long(live, take_profit_price="51000", stop_loss_price="49000")
     await live.until(opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)

@@ -757,21 +757,42 @@ class LiveExchanges:
                 followed, order.parent_order_id, f"exit {order.order_id} filled"
             )
         if flat:
-            await self._trailing.position_closed(
-                order.user_id, order.exchange, order.symbol, order.position_side
-            )
-            for exit in self._held.exits_of(
-                order.user_id, order.exchange, order.symbol, order.position_side
-            ):
-                await self._cancel_moot(followed, exit.order_id, "position closed")
+            await self._after_flat(followed, order)
+
+    async def _after_flat(self, followed: FollowedAccount, order: Order) -> None:
+        """The side went flat: its trailing stops, held exits and partly filled entries are
+        cancelled, each only while the side is still flat (a fill of the next trade's entry
+        may reopen it meanwhile: what protects that trade stays). Left undone by a store
+        that does not answer, they are done at the next start."""
+        side = (order.user_id, order.exchange, order.symbol, order.position_side)
+
+        async def still_flat() -> bool:
+            position = await self._store.current_position(PositionKey(*side))
+            return position is None or not position.is_open
+
+        try:
+            if await still_flat():
+                await self._trailing.position_closed(*side)
+            for exit in self._held.exits_of(*side):
+                if await still_flat():
+                    await self._cancel_moot(followed, exit.order_id, "position closed")
             for entry in await self._store.open_orders(order.user_id):
                 if (
                     not entry.parent_order_id
                     and moot_when_flat(entry)
-                    and (entry.exchange, entry.symbol, entry.position_side)
-                    == (order.exchange, order.symbol, order.position_side)
+                    and (entry.user_id, entry.exchange, entry.symbol, entry.position_side) == side
+                    and await still_flat()
                 ):
                     await self._cancel_moot(followed, entry.order_id, "position closed")
+        except Unavailable as error:
+            log.error(
+                "%s's %s side on %s %s went flat; its follow-ups wait for the next start: %s",
+                order.user_id,
+                order.position_side.value,
+                order.exchange,
+                order.symbol,
+                error,
+            )
 
     async def _place_exits(self, followed: FollowedAccount, entry: Order) -> None:
         """The entry's take-profit and stop-loss, held, covering what it filled so far, and

@@ -164,7 +164,11 @@ class Application:
         )
         self.connector = ccxt_connector(settings)
         self.market_data = MarketData(
-            catalog, self.paper, settings.stream_buffer_events, self.connector.exchanges
+            catalog,
+            self.paper,
+            settings.stream_buffer_events,
+            self.connector.exchanges,
+            settings.max_price_streams,
         )
         self.exchanges = LiveExchanges(
             self.store,

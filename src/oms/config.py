@@ -417,6 +417,9 @@ class Settings(BaseSettings):
     max_streams_per_user: int = Field(default=100, ge=1)
     """Order, fill, position, trailing-stop and rule streams one user may have open at once;
     one more is RESOURCE_EXHAUSTED. Each event is written to every stream of its user."""
+    max_price_streams: int = Field(default=1000, ge=1)
+    """StreamPrices streams open at once, all clients'; one more is RESOURCE_EXHAUSTED. Each
+    tick is written to every stream that names its instrument."""
     retention_events: int = Field(default=100_000, ge=1)
     """Events kept per user in the Redis stream; older resume points are OUT_OF_RANGE."""
     shutdown_grace_s: float = Field(default=5.0, ge=0)

@@ -489,6 +489,42 @@ async def test_a_stream_past_the_users_limit_is_resource_exhausted(redis_url: st
         await oms.close()
 
 
+async def test_a_price_stream_past_the_servers_limit_is_resource_exhausted(
+    redis_url: str,
+) -> None:
+    # Each tick is written to every stream that names its instrument: a client leaking
+    # price streams must not slow every tick for everyone.
+    oms = await make_oms(redis_url, max_price_streams=2)
+
+    def price_stream(symbol: str) -> Any:
+        return oms.market.StreamPrices(
+            md.StreamPricesRequest(
+                instruments=[market_data_pb2.Instrument(exchange="paper", symbol=symbol)]
+            )
+        )
+
+    try:
+        btc, eth = price_stream(BTC), price_stream("ETH/USDT:USDT")
+        await until(lambda: oms.app.market_data.streams == 2)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await price_stream(BTC).read()
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "2 price streams are open" in (error.value.details() or "")
+        assert "max_price_streams" in (error.value.details() or "")
+
+        eth.cancel()  # frees its place
+        await until(lambda: oms.app.market_data.streams == 1)
+        again = price_stream(BTC)
+        await until(lambda: oms.app.market_data.streams == 2)
+        await tick(oms, "50000")
+        for stream in (btc, again):
+            pushed = await stream.read()
+            assert pushed.price.price == "50000"
+        assert oms.app.market_data._by_instrument.keys() == {("paper", BTC)}
+    finally:
+        await oms.close()
+
+
 async def test_a_client_that_stops_answering_is_disconnected_and_its_streams_end(
     redis_url: str,
 ) -> None:

@@ -47,6 +47,7 @@ def test_defaults() -> None:
     assert settings.heartbeat_interval_s == 10.0
     assert settings.stream_buffer_events == 10_000
     assert settings.max_streams_per_user == 100
+    assert settings.max_price_streams == 1000
     assert settings.redis_max_connections == 64
     assert settings.metrics_listen is None
     assert settings.retention_events == 100_000
@@ -229,6 +230,7 @@ def test_decimals_stay_exact(tmp_path: Path) -> None:
     [
         ("OMS_RETENTION_EVENTS", "0", "retention_events"),
         ("OMS_MAX_STREAMS_PER_USER", "0", "max_streams_per_user"),
+        ("OMS_MAX_PRICE_STREAMS", "0", "max_price_streams"),
         ("OMS_REDIS_MAX_CONNECTIONS", "0", "redis_max_connections"),
         ("OMS_METRICS_LISTEN", "unix:/tmp/metrics.sock", "metrics_listen"),
         ("OMS_METRICS_LISTEN", "9464", "metrics_listen"),

@@ -62,13 +62,18 @@ class MarketData:
         paper: PaperExchange,
         buffer_events: int,
         real_exchanges: Container[str],
+        max_streams: int = 1000,
     ) -> None:
-        """`real_exchanges`: every real exchange's id, its markets loaded or not."""
+        """`real_exchanges`: every real exchange's id, its markets loaded or not.
+        `max_streams`: price streams open at once, all clients'."""
         self._catalog = catalog
         self._real = real_exchanges
         self._paper = paper
         self._capacity = buffer_events
+        self._max_streams = max_streams
         self._subscriptions: set[_PriceSubscription] = set()
+        self._by_instrument: dict[tuple[str, str], set[_PriceSubscription]] = {}
+        """The streams of each instrument: a tick costs a push per stream that names it."""
         self._live: dict[tuple[str, str], PriceUpdate] = {}
         """The latest mark of each real exchange's symbol, from its feed."""
 
@@ -104,9 +109,8 @@ class MarketData:
             self._push(update)
 
     def _push(self, update: PriceUpdate) -> None:
-        for subscription in self._subscriptions:
-            if (update.exchange, update.symbol) in subscription.instruments:
-                subscription.push(update)
+        for subscription in self._by_instrument.get((update.exchange, update.symbol), ()):
+            subscription.push(update)
 
     def last_price_of(self, exchange: str, symbol: str) -> Decimal | None:
         """The last price (a real exchange's mark), None when none is known yet."""
@@ -142,8 +146,15 @@ class MarketData:
                 for market in [self._resolve(exchange, symbol, f"instruments[{index}]")]
             )
         )
+        if len(self._subscriptions) >= self._max_streams:
+            raise ResourceExhausted(
+                f"{len(self._subscriptions)} price streams are open, as many as "
+                "max_price_streams allows: close one first (one stream takes many instruments)"
+            )
         subscription = _PriceSubscription(frozenset(resolved), self._capacity)
         self._subscriptions.add(subscription)
+        for key in resolved:
+            self._by_instrument.setdefault(key, set()).add(subscription)
         try:
             # Read once subscribed, all before the first yield: no tick falls in between.
             # A paper tick's push comes after its price is the last (its publisher resumes
@@ -162,6 +173,11 @@ class MarketData:
                     yield update
         finally:
             self._subscriptions.discard(subscription)
+            for key in resolved:
+                streams = self._by_instrument[key]
+                streams.discard(subscription)
+                if not streams:
+                    del self._by_instrument[key]
 
     @property
     def streams(self) -> int:

@@ -102,7 +102,9 @@ class MarketDataServiceServicer:
         their last prices, with `with_last_prices`), in the order they are
         applied. Errors: INVALID_ARGUMENT (no instrument,
         unknown exchange or symbol), RESOURCE_EXHAUSTED (the client did not keep
-        up with its bounded buffer), UNAVAILABLE (server shutting down).
+        up with its bounded buffer; or, at the start, as many price streams are
+        open as the server allows, `max_price_streams`), UNAVAILABLE (server
+        shutting down).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

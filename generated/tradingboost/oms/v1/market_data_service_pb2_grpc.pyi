@@ -62,7 +62,9 @@ class MarketDataServiceStub:
     their last prices, with `with_last_prices`), in the order they are
     applied. Errors: INVALID_ARGUMENT (no instrument,
     unknown exchange or symbol), RESOURCE_EXHAUSTED (the client did not keep
-    up with its bounded buffer), UNAVAILABLE (server shutting down).
+    up with its bounded buffer; or, at the start, as many price streams are
+    open as the server allows, `max_price_streams`), UNAVAILABLE (server
+    shutting down).
     """
     GetMarket: _grpc.UnaryUnaryMultiCallable[_market_data_service_pb2.GetMarketRequest, _market_data_service_pb2.GetMarketResponse]
     """Returns one market's trading rules: its amount step, minimum amount,
@@ -105,7 +107,9 @@ class MarketDataServiceAsyncStub(MarketDataServiceStub):
     their last prices, with `with_last_prices`), in the order they are
     applied. Errors: INVALID_ARGUMENT (no instrument,
     unknown exchange or symbol), RESOURCE_EXHAUSTED (the client did not keep
-    up with its bounded buffer), UNAVAILABLE (server shutting down).
+    up with its bounded buffer; or, at the start, as many price streams are
+    open as the server allows, `max_price_streams`), UNAVAILABLE (server
+    shutting down).
     """
     GetMarket: _aio.UnaryUnaryMultiCallable[_market_data_service_pb2.GetMarketRequest, _market_data_service_pb2.GetMarketResponse]  # type: ignore[assignment]
     """Returns one market's trading rules: its amount step, minimum amount,
@@ -163,7 +167,9 @@ class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
         their last prices, with `with_last_prices`), in the order they are
         applied. Errors: INVALID_ARGUMENT (no instrument,
         unknown exchange or symbol), RESOURCE_EXHAUSTED (the client did not keep
-        up with its bounded buffer), UNAVAILABLE (server shutting down).
+        up with its bounded buffer; or, at the start, as many price streams are
+        open as the server allows, `max_price_streams`), UNAVAILABLE (server
+        shutting down).
         """
 
     @_abc_1.abstractmethod

@@ -473,6 +473,34 @@ async def test_a_triggered_reduce_only_stop_limit_ends_when_its_position_goes_fl
     await check_invariants(oms)
 
 
+async def test_a_reduce_only_stop_limit_that_triggers_on_a_flat_side_ends_then(
+    oms: OmsHarness,
+) -> None:
+    await tick(oms, "50000")
+    await place(oms, quantity="0.01")
+    stop_limit = await place(
+        oms,
+        side=S.SIDE_SELL,
+        type=S.ORDER_TYPE_STOP_LIMIT,
+        stop_price="49000",
+        price="49500",
+        reduce_only=True,
+        quantity="0.01",
+    )
+    await close_position(oms)
+    await tick(oms, "49000")  # triggers with nothing to reduce, as a stop-market would
+    ended = await get(oms, stop_limit.order_id)
+    assert (ended.status, ended.cancel_reason) == (
+        S.ORDER_STATUS_CANCELED,
+        "reduce-only: the position is flat",
+    )
+    await place(oms, quantity="0.01")  # the next trade
+    await tick(oms, "49500")
+    assert await fills_of(oms, stop_limit.order_id) == []
+    assert (await position(oms)).size == "0.01"
+    await check_invariants(oms)
+
+
 @pytest.mark.parametrize(
     "order_type", [{"type": S.ORDER_TYPE_MARKET}, {"type": S.ORDER_TYPE_LIMIT, "price": "49000"}]
 )

@@ -61,7 +61,7 @@ def _fill(
     nothing filled."""
     remaining = sub(order.quantity, order.filled_quantity)
     allowed = remaining if ctx.reducible is None else min(remaining, ctx.reducible)
-    why = "reduce-only" if order.reduce_only else "hedge mode"
+    why = _why(order)
     if allowed < remaining and order.time_in_force is TimeInForce.FOK:
         return [OrderExpired(f"FOK order could not fill completely: {why}, capped at {allowed}")]
     if allowed <= 0:
@@ -76,6 +76,11 @@ def _fill(
         else:
             events.append(OrderCanceled(f"{why}: capped at the position size"))
     return events
+
+
+def _why(order: Order) -> str:
+    """What caps a reduction: the order's reduce-only flag, or hedge mode never flipping."""
+    return "reduce-only" if order.reduce_only else "hedge mode"
 
 
 def _whole_steps(limit: Decimal, market: Market) -> Decimal:
@@ -183,5 +188,9 @@ def on_tick(order: Order, price: Decimal, ctx: PaperContext) -> list[OrderEvent]
         assert order.price is not None
         return _fill(order, order.price, Liquidity.MAKER, ctx, ctx.maker_fill_limit)
     if order.type is OrderType.STOP_LIMIT:
+        if ctx.reducible == 0:
+            # Reduce-only with nothing to reduce: resting, it would take from the side's next
+            # position (as a stop-market, _fill cancels it the same way).
+            return [OrderTriggered(), OrderCanceled(f"{_why(order)}: the position is flat")]
         return [OrderTriggered(), *_limit_on_arrival(order, price, ctx)]
     return [OrderTriggered(), *_fill(order, price, Liquidity.TAKER, ctx)]

@@ -101,7 +101,8 @@ class PlaceOrderRequest(_message.Message):
     LIMIT one (or a STOP_LIMIT that triggered) on paper ends CANCELED
     ("reduce-only: the position is flat") when its position goes flat, as
     Binance expires it, so that it never takes from the side's next
-    position; a stop not triggered yet stays until it triggers.
+    position; a stop not triggered yet stays until it triggers (then, with
+    nothing to reduce, a STOP_LIMIT too ends CANCELED instead of resting).
     """
     position_side: _order_pb2.PositionSide.ValueType
     """Optional hedge-mode position side. Unspecified: BUY opens LONG and SELL

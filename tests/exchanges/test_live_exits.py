@@ -189,7 +189,7 @@ async def test_a_close_to_flat_cancels_the_rest_of_a_partly_filled_entry(
     assert (await live.get(waiting.entry_order.order_id)).status == S.ORDER_STATUS_OPEN
 
 
-async def test_what_protects_a_trade_that_reopened_the_side_meanwhile_stays(
+async def test_a_close_cancels_its_own_trades_exits_not_those_of_the_next_one(
     live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     opened = await live.oms.positions.OpenPosition(
@@ -235,6 +235,11 @@ async def test_what_protects_a_trade_that_reopened_the_side_meanwhile_stays(
     assert (entry.status, entry.cancel_reason) == (S.ORDER_STATUS_PARTIALLY_FILLED, "")
     stop_loss = await live.get(later.stop_loss_order_id)
     assert stop_loss.status == S.ORDER_STATUS_OPEN, stop_loss.cancel_reason
+    # The closed trade's own stop-loss does not stay to close the next trade.
+    closed_stop = await live.until(
+        opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED
+    )
+    assert closed_stop.cancel_reason == "position closed"
     await live.assert_invariants()
 
 

@@ -95,6 +95,15 @@ log = logging.getLogger(__name__)
 _COMMIT_ATTEMPTS = 3
 
 
+@dataclasses.dataclass(frozen=True)
+class _LeftMoot:
+    """What a side that went flat left moot (LiveExchanges._left_moot)."""
+
+    exits: list[str]
+    stops: list[TrailingStop]
+    entries: list[str]
+
+
 class LiveExchanges:
     """The venue for every exchange but paper, and the follower of active accounts."""
 
@@ -712,10 +721,13 @@ class LiveExchanges:
                     break
             else:
                 raise ConcurrentModification(f"order {order_id} kept changing; try again")
+            # Read under the lock, before the next trade's fill can commit: what it brings
+            # (exits, a trailing stop) is the next trade's, and stays.
+            closed = any(not update.position.is_open for update in updates)
+            flat = await self._left_moot(after) if closed else None
         await self._rules.judge(after)
         if fills:
             self._marks.nudge(order.exchange)
-            flat = any(not update.position.is_open for update in updates)
             await self._after_fills(followed, after, flat)
         return after
 
@@ -732,16 +744,19 @@ class LiveExchanges:
         position = await self._store.current_position(
             PositionKey(order.user_id, order.exchange, order.symbol, order.position_side)
         )
-        await self._after_fills(followed, order, position is None or not position.is_open)
+        flat = await self._left_moot(order) if position is None or not position.is_open else None
+        await self._after_fills(followed, order, flat)
 
-    async def _after_fills(self, followed: FollowedAccount, order: Order, flat: bool) -> None:
+    async def _after_fills(
+        self, followed: FollowedAccount, order: Order, flat: _LeftMoot | None
+    ) -> None:
         """What an order's fills set off, each in a commit of its own after the fills' (on
         paper they share it; here they are finished at the next start when a crash came in
         between): an entry's exits placed or grown, the linked exit and the rest of the entry
         of a filled exit cancelled, and the exits, trailing stops and partly filled entries of
-        a position that went flat cancelled."""
+        a position that went flat (`flat`, None while it is open) cancelled."""
         if order.bracket is not None:
-            if not flat:
+            if flat is None:
                 await self._place_exits(followed, order)
             elif order.bracket.trailing is not None and self._followed_now(followed):
                 # Closed before its follow-ups ran (an exit filled at once): the trailing
@@ -756,41 +771,47 @@ class LiveExchanges:
             await self._cancel_moot(
                 followed, order.parent_order_id, f"exit {order.order_id} filled"
             )
-        if flat:
-            await self._after_flat(followed, order)
+        if flat is not None:
+            await self._after_flat(followed, order, flat)
 
-    async def _after_flat(self, followed: FollowedAccount, order: Order) -> None:
-        """The side went flat: its trailing stops, held exits and partly filled entries are
-        cancelled, each only while the side is still flat (a fill of the next trade's entry
-        may reopen it meanwhile: what protects that trade stays). Left undone by a store
-        that does not answer, they are done at the next start."""
+    async def _left_moot(self, order: Order) -> _LeftMoot:
+        """What the side of `order` left moot when it went flat: its held exits, its working
+        trailing stops and its partly filled entries, as they are now."""
         side = (order.user_id, order.exchange, order.symbol, order.position_side)
-
-        async def still_flat() -> bool:
-            position = await self._store.current_position(PositionKey(*side))
-            return position is None or not position.is_open
-
         try:
-            if await still_flat():
-                await self._trailing.position_closed(*side)
-            for exit in self._held.exits_of(*side):
-                if await still_flat():
-                    await self._cancel_moot(followed, exit.order_id, "position closed")
-            for entry in await self._store.open_orders(order.user_id):
-                if (
-                    not entry.parent_order_id
-                    and moot_when_flat(entry)
-                    and (entry.user_id, entry.exchange, entry.symbol, entry.position_side) == side
-                    and await still_flat()
-                ):
-                    await self._cancel_moot(followed, entry.order_id, "position closed")
+            entries = [
+                entry.order_id
+                for entry in await self._store.open_orders(order.user_id)
+                if not entry.parent_order_id
+                and moot_when_flat(entry)
+                and (entry.user_id, entry.exchange, entry.symbol, entry.position_side) == side
+            ]
+        except Unavailable as error:
+            # The call whose fill closed it stands; the next start cancels them.
+            log.error(
+                "%s: the entries its close left working wait for the next start: %s",
+                order.order_id,
+                error,
+            )
+            entries = []
+        return _LeftMoot(
+            exits=[exit.order_id for exit in self._held.exits_of(*side)],
+            stops=self._trailing.working_of(*side),
+            entries=entries,
+        )
+
+    async def _after_flat(self, followed: FollowedAccount, order: Order, flat: _LeftMoot) -> None:
+        """Cancel what the side left moot (those still open), not what the next trade, which
+        may have reopened it meanwhile, placed since. Left undone by a store that does not
+        answer, they are done at the next start."""
+        try:
+            await self._trailing.position_closed(flat.stops)
+            for order_id in (*flat.exits, *flat.entries):
+                await self._cancel_moot(followed, order_id, "position closed")
         except Unavailable as error:
             log.error(
-                "%s's %s side on %s %s went flat; its follow-ups wait for the next start: %s",
-                order.user_id,
-                order.position_side.value,
-                order.exchange,
-                order.symbol,
+                "%s: the follow-ups of the close it made wait for the next start: %s",
+                order.order_id,
                 error,
             )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Protocol
 
@@ -154,11 +154,15 @@ class LiveTrailingStops:
             await self._change(book, current, canceled, TrailingStopEventType.CANCELED)
             return canceled
 
-    async def position_closed(
+    def working_of(
         self, user_id: str, exchange: str, symbol: str, side: PositionSide
-    ) -> None:
-        """The side went flat another way: its working stops are CANCELED."""
-        for stop in self._books[(exchange, symbol)].of_position(user_id, side):
+    ) -> list[TrailingStop]:
+        """The working stops of one position side."""
+        return self._books[(exchange, symbol)].of_position(user_id, side)
+
+    async def position_closed(self, stops: Sequence[TrailingStop]) -> None:
+        """Their side went flat another way: those still working are CANCELED."""
+        for stop in stops:
             await self.cancel(stop, POSITION_CLOSED)
 
     async def on_mark(self, exchange: str, symbol: str, price: Decimal) -> None:

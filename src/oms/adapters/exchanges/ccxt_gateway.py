@@ -316,7 +316,9 @@ class CcxtGateway:
                         and ended_before < failed[0] == gate.calls_ended  # the last call
                         and (failed[1] == leverage or isinstance(failed[2], RateLimited))
                     ):
-                        raise failed[2]
+                        # One instance for every waiter: each raise starts its traceback
+                        # afresh, or it would grow by every waiter's frames.
+                        raise failed[2].with_traceback(None)
                     gate.leverage = None  # unknown until the exchange confirms it
                     try:
                         await self._set_leverage(symbol, leverage)

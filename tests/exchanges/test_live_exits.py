@@ -243,6 +243,84 @@ async def test_a_close_cancels_its_own_trades_exits_not_those_of_the_next_one(
     await live.assert_invariants()
 
 
+async def test_an_exit_placed_while_the_close_commits_is_cancelled_too(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exchanges = live.oms.app.exchanges
+    hold = exchanges._hold
+    closed = False
+
+    async def close_meanwhile(followed: Any, order: Any) -> Any:
+        # The entry's follow-up stored its stop-loss (PENDING_NEW) and is about to hold it:
+        # the position is closed now (ClosePosition, or a fill from the feed).
+        nonlocal closed
+        if order.parent_order_id and not closed:
+            closed = True
+            await close_long(live)
+        return await hold(followed, order)
+
+    monkeypatch.setattr(exchanges, "_hold", close_meanwhile)
+    opened = await live.oms.positions.OpenPosition(
+        long_request(live.venue, stop_loss_price="49000")
+    )
+    await live.until_found(f"sl-{opened.entry_order.order_id}")
+    assert closed
+    assert (await position(live)).status == position_pb2.POSITION_STATUS_CLOSED
+    await asyncio.sleep(0.5)  # (any follow-up of the close would have run by now)
+    stop_loss = await live.get(opened.stop_loss_order_id)
+    # Not held on the flat side, where it would close the side's next trade.
+    assert (stop_loss.status, stop_loss.cancel_reason) == (
+        S.ORDER_STATUS_CANCELED,
+        "position closed",
+    )
+
+
+async def test_a_retry_follow_up_leaves_the_next_trade_its_exits(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The closed trade: a market long placed with a client id, then closed.
+    first = await live.place(type=S.ORDER_TYPE_MARKET, price="", client_order_id="trade-a")
+    assert first.status == S.ORDER_STATUS_FILLED
+    # The next trade's entry, nothing filled yet.
+    later = await live.oms.positions.OpenPosition(
+        long_request(
+            live.venue,
+            type=S.ORDER_TYPE_LIMIT,
+            price="48000",
+            stop_loss_price="46000",
+            client_order_id="next-trade",
+        )
+    )
+    later_id = later.entry_order.order_id
+    await close_long(live)
+    assert (await position(live)).status == position_pb2.POSITION_STATUS_CLOSED
+    store = live.oms.app.exchanges._store
+    current_position = store.current_position
+    armed = True
+
+    async def reopened_meanwhile(key: Any) -> Any:
+        # _follow_up reads the side flat; the next trade's entry fills right after (its fill
+        # and its stop-loss are committed while _follow_up reads what the close left moot).
+        nonlocal armed
+        read = await current_position(key)
+        if armed:
+            armed = False
+            exchange.set_price(BTC, Decimal("47900"), max_fill=Decimal("0.01"))
+            await asyncio.sleep(0.5)
+        return read
+
+    monkeypatch.setattr(store, "current_position", reopened_meanwhile)
+    # The retry of the first order (a client that did not hear the answer): its follow-ups.
+    again = await live.place(type=S.ORDER_TYPE_MARKET, price="", client_order_id="trade-a")
+    assert again.order_id == first.order_id and not armed
+    await asyncio.sleep(0.5)
+    entry = await live.get(later_id)
+    assert (entry.status, entry.cancel_reason) == (S.ORDER_STATUS_PARTIALLY_FILLED, "")
+    stop_loss = await live.get(later.stop_loss_order_id)
+    assert stop_loss.status == S.ORDER_STATUS_OPEN, stop_loss.cancel_reason
+    await live.assert_invariants()
+
+
 async def test_closing_the_position_cancels_both_exits(live: LiveTrading) -> None:
     opened = await open_long(live, take_profit_price="51000", stop_loss_price="49000")
     await live.until(opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)

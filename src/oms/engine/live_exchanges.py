@@ -297,16 +297,20 @@ class LiveExchanges:
         filled entry that is reached already (its entry filled through it) is sent at once."""
         last = self._marks.last(order.exchange, order.symbol)
 
-        def decide(current: Order) -> list[OrderEvent]:
+        async def decide(current: Order) -> list[OrderEvent]:
             if current.status is not OrderStatus.PENDING_NEW:
                 return []  # cancelled while its placement was committed
+            if current.parent_order_id and not await self._side_open(current):
+                # Closed while the exit was being placed: the close took stock of the side's
+                # exits without it (see _left_moot), so it would be left working.
+                return [OrderCanceled("position closed")]
             if last is not None and stop_reached(current, last):
                 if current.parent_order_id:
                     return [OrderAccepted(""), OrderTriggered()]
                 return [OrderRejected(f"order would trigger immediately (mark price {last})")]
             return [OrderAccepted("")]
 
-        held = await self._commit(followed, order.order_id, decide)
+        held = await self.commit(followed, order.order_id, decide)
         if held.triggered and held.is_open:
             log.info("order %s reached at mark price %s when placed: sent now", held.order_id, last)
             return await self.send(followed, held)
@@ -741,11 +745,16 @@ class LiveExchanges:
 
     async def _follow_up(self, followed: FollowedAccount, order: Order) -> None:
         """`_after_fills` of an order filled earlier, against the position as it is now."""
+        async with followed.lock:  # (as commit takes stock: before another fill commits)
+            flat = None if await self._side_open(order) else await self._left_moot(order)
+        await self._after_fills(followed, order, flat)
+
+    async def _side_open(self, order: Order) -> bool:
+        """Whether the position side of `order` is open now."""
         position = await self._store.current_position(
             PositionKey(order.user_id, order.exchange, order.symbol, order.position_side)
         )
-        flat = await self._left_moot(order) if position is None or not position.is_open else None
-        await self._after_fills(followed, order, flat)
+        return position is not None and position.is_open
 
     async def _after_fills(
         self, followed: FollowedAccount, order: Order, flat: _LeftMoot | None

@@ -444,9 +444,12 @@ async def test_resting_reduce_only_order_is_capped_at_the_size_at_fill_time(
     await check_invariants(oms)
 
 
-async def test_a_triggered_reduce_only_stop_limit_ends_when_its_position_goes_flat(
-    oms: OmsHarness,
+@pytest.mark.parametrize("triggered_first", [True, False])
+async def test_a_reduce_only_stop_limit_ends_once_triggered_on_a_flat_side(
+    oms: OmsHarness, triggered_first: bool
 ) -> None:
+    # Triggered first, it rests as a sell limit at 49500 until the side goes flat; triggered
+    # on the flat side, it ends at once, as a stop-market would.
     await tick(oms, "50000")
     await place(oms, quantity="0.01")
     stop_limit = await place(
@@ -458,37 +461,12 @@ async def test_a_triggered_reduce_only_stop_limit_ends_when_its_position_goes_fl
         reduce_only=True,
         quantity="0.01",
     )
-    await tick(oms, "49000")  # triggered: it rests as a sell limit at 49500
-    assert (await get(oms, stop_limit.order_id)).status == S.ORDER_STATUS_OPEN
+    if triggered_first:
+        await tick(oms, "49000")
+        assert (await get(oms, stop_limit.order_id)).status == S.ORDER_STATUS_OPEN
     await close_position(oms)
-    ended = await get(oms, stop_limit.order_id)
-    assert (ended.status, ended.cancel_reason) == (
-        S.ORDER_STATUS_CANCELED,
-        "reduce-only: the position is flat",
-    )
-    await place(oms, quantity="0.01")  # the next trade
-    await tick(oms, "49500")
-    assert await fills_of(oms, stop_limit.order_id) == []
-    assert (await position(oms)).size == "0.01"
-    await check_invariants(oms)
-
-
-async def test_a_reduce_only_stop_limit_that_triggers_on_a_flat_side_ends_then(
-    oms: OmsHarness,
-) -> None:
-    await tick(oms, "50000")
-    await place(oms, quantity="0.01")
-    stop_limit = await place(
-        oms,
-        side=S.SIDE_SELL,
-        type=S.ORDER_TYPE_STOP_LIMIT,
-        stop_price="49000",
-        price="49500",
-        reduce_only=True,
-        quantity="0.01",
-    )
-    await close_position(oms)
-    await tick(oms, "49000")  # triggers with nothing to reduce, as a stop-market would
+    if not triggered_first:
+        await tick(oms, "49000")
     ended = await get(oms, stop_limit.order_id)
     assert (ended.status, ended.cancel_reason) == (
         S.ORDER_STATUS_CANCELED,

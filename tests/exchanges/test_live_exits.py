@@ -189,15 +189,9 @@ async def test_a_close_to_flat_cancels_the_rest_of_a_partly_filled_entry(
     assert (await live.get(waiting.entry_order.order_id)).status == S.ORDER_STATUS_OPEN
 
 
-async def test_a_close_cancels_its_own_trades_exits_not_those_of_the_next_one(
-    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    opened = await live.oms.positions.OpenPosition(
-        long_request(live.venue, stop_loss_price="47000")
-    )
-    await live.until_found(f"sl-{opened.entry_order.order_id}")
-    # The next trade's entry, nothing filled yet.
-    later = await live.oms.positions.OpenPosition(
+async def next_trade(live: LiveTrading) -> pos.OpenPositionResponse:
+    """The next trade's entry (LIMIT 48000, stop-loss 46000), nothing filled yet."""
+    response: pos.OpenPositionResponse = await live.oms.positions.OpenPosition(
         long_request(
             live.venue,
             type=S.ORDER_TYPE_LIMIT,
@@ -206,6 +200,25 @@ async def test_a_close_cancels_its_own_trades_exits_not_those_of_the_next_one(
             client_order_id="next-trade",
         )
     )
+    return response
+
+
+async def assert_next_trade_kept(live: LiveTrading, later: pos.OpenPositionResponse) -> None:
+    """Its entry, which filled 0.01 and reopened the side, and its stop-loss still work."""
+    entry = await live.get(later.entry_order.order_id)
+    assert (entry.status, entry.cancel_reason) == (S.ORDER_STATUS_PARTIALLY_FILLED, "")
+    stop_loss = await live.get(later.stop_loss_order_id)
+    assert stop_loss.status == S.ORDER_STATUS_OPEN, stop_loss.cancel_reason
+
+
+async def test_a_close_cancels_its_own_trades_exits_not_those_of_the_next_one(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = await live.oms.positions.OpenPosition(
+        long_request(live.venue, stop_loss_price="47000")
+    )
+    await live.until_found(f"sl-{opened.entry_order.order_id}")
+    later = await next_trade(live)
     later_id = later.entry_order.order_id
     exchanges = live.oms.app.exchanges
     position_closed = exchanges._trailing.position_closed
@@ -231,10 +244,7 @@ async def test_a_close_cancels_its_own_trades_exits_not_those_of_the_next_one(
         )
     )
     assert (now.position.status, now.position.size) == (position_pb2.POSITION_STATUS_OPEN, "0.01")
-    entry = await live.get(later_id)
-    assert (entry.status, entry.cancel_reason) == (S.ORDER_STATUS_PARTIALLY_FILLED, "")
-    stop_loss = await live.get(later.stop_loss_order_id)
-    assert stop_loss.status == S.ORDER_STATUS_OPEN, stop_loss.cancel_reason
+    await assert_next_trade_kept(live, later)
     # The closed trade's own stop-loss does not stay to close the next trade.
     closed_stop = await live.until(
         opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED
@@ -281,17 +291,7 @@ async def test_a_retry_follow_up_leaves_the_next_trade_its_exits(
     # The closed trade: a market long placed with a client id, then closed.
     first = await live.place(type=S.ORDER_TYPE_MARKET, price="", client_order_id="trade-a")
     assert first.status == S.ORDER_STATUS_FILLED
-    # The next trade's entry, nothing filled yet.
-    later = await live.oms.positions.OpenPosition(
-        long_request(
-            live.venue,
-            type=S.ORDER_TYPE_LIMIT,
-            price="48000",
-            stop_loss_price="46000",
-            client_order_id="next-trade",
-        )
-    )
-    later_id = later.entry_order.order_id
+    later = await next_trade(live)
     await close_long(live)
     assert (await position(live)).status == position_pb2.POSITION_STATUS_CLOSED
     store = live.oms.app.exchanges._store
@@ -314,10 +314,7 @@ async def test_a_retry_follow_up_leaves_the_next_trade_its_exits(
     again = await live.place(type=S.ORDER_TYPE_MARKET, price="", client_order_id="trade-a")
     assert again.order_id == first.order_id and not armed
     await asyncio.sleep(0.5)
-    entry = await live.get(later_id)
-    assert (entry.status, entry.cancel_reason) == (S.ORDER_STATUS_PARTIALLY_FILLED, "")
-    stop_loss = await live.get(later.stop_loss_order_id)
-    assert stop_loss.status == S.ORDER_STATUS_OPEN, stop_loss.cancel_reason
+    await assert_next_trade_kept(live, later)
     await live.assert_invariants()
 
 

@@ -253,36 +253,115 @@ async def test_a_close_cancels_its_own_trades_exits_not_those_of_the_next_one(
     await live.assert_invariants()
 
 
-async def test_an_exit_placed_while_the_close_commits_is_cancelled_too(
-    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+async def close_meanwhile(
+    live: LiveTrading, exchange: FakeExchange, later: pos.OpenPositionResponse | None
 ) -> None:
+    """The position is closed now, by a reduce-only order of its own (ClosePosition would
+    cancel the side's exits itself), and, given the next trade (`later`), its entry fills
+    and opens the side again."""
+    closing = await live.place(
+        side=S.SIDE_SELL, type=S.ORDER_TYPE_MARKET, price="", reduce_only=True
+    )
+    assert closing.status == S.ORDER_STATUS_FILLED
+    if later is not None:
+        exchange.set_price(BTC, Decimal("47900"), max_fill=Decimal("0.01"))
+        await live.until_found(f"sl-{later.entry_order.order_id}")
+
+
+@pytest.mark.parametrize("reopened", [False, True], ids=["flat", "reopened"])
+@pytest.mark.parametrize("stage", ["before-stored", "held"])
+async def test_an_exit_placed_while_the_close_commits_is_cancelled_too(
+    live: LiveTrading,
+    exchange: FakeExchange,
+    monkeypatch: pytest.MonkeyPatch,
+    stage: str,
+    reopened: bool,
+) -> None:
+    later = await next_trade(live) if reopened else None
     exchanges = live.oms.app.exchanges
-    hold = exchanges._hold
     closed = False
 
-    async def close_meanwhile(followed: Any, order: Any) -> Any:
-        # The entry's follow-up stored its stop-loss (PENDING_NEW) and is about to hold it:
-        # the position is closed now (ClosePosition, or a fill from the feed).
+    async def close_once() -> None:
         nonlocal closed
-        if order.parent_order_id and not closed:
+        if not closed:
             closed = True
-            await close_long(live)
-        return await hold(followed, order)
+            await close_meanwhile(live, exchange, later)
 
-    monkeypatch.setattr(exchanges, "_hold", close_meanwhile)
+    if stage == "before-stored":
+        place_exits = exchanges._place_exits
+
+        async def close_then_place(followed: Any, entry: Any, trade: str) -> None:
+            # The entry's follow-up is about to store its stop-loss: the trade is over now.
+            await close_once()
+            await place_exits(followed, entry, trade)
+
+        monkeypatch.setattr(exchanges, "_place_exits", close_then_place)
+    else:
+        judge = exchanges._rules.judge
+
+        async def close_once_held(order: Any) -> None:
+            # The stop-loss is committed held, and not yet in the book of held stops.
+            if order.parent_order_id:
+                await close_once()
+            await judge(order)
+
+        monkeypatch.setattr(exchanges._rules, "judge", close_once_held)
     opened = await live.oms.positions.OpenPosition(
-        long_request(live.venue, stop_loss_price="49000")
+        long_request(live.venue, stop_loss_price="47000")
     )
     await live.until_found(f"sl-{opened.entry_order.order_id}")
     assert closed
-    assert (await position(live)).status == position_pb2.POSITION_STATUS_CLOSED
     await asyncio.sleep(0.5)  # (any follow-up of the close would have run by now)
     stop_loss = await live.get(opened.stop_loss_order_id)
-    # Not held on the flat side, where it would close the side's next trade.
+    # Not held on the flat side, nor on the next trade, where it would close that trade.
     assert (stop_loss.status, stop_loss.cancel_reason) == (
         S.ORDER_STATUS_CANCELED,
         "position closed",
     )
+    if later is None:
+        assert (await position(live)).status == position_pb2.POSITION_STATUS_CLOSED
+    else:
+        await assert_next_trade_kept(live, later)
+    await live.assert_invariants()
+
+
+async def test_a_trailing_stop_started_after_its_trade_closed_is_not_the_next_trades(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    later = await next_trade(live)
+    exchanges = live.oms.app.exchanges
+    start_trailing = exchanges._start_trailing
+    closed = False
+
+    async def start_after_a_close(entry: Any, trade: str) -> None:
+        nonlocal closed
+        if not closed:
+            closed = True
+            await close_meanwhile(live, exchange, later)
+        await start_trailing(entry, trade)
+
+    monkeypatch.setattr(exchanges, "_start_trailing", start_after_a_close)
+    opened = await live.oms.positions.OpenPosition(
+        long_request(
+            live.venue, trailing_stop=trailing_stop_pb2.TrailingStopConfig(callback_rate="0.01")
+        )
+    )
+    request = ts.GetTrailingStopRequest(user_id=USER, trailing_stop_id=opened.trailing_stop_id)
+    stop = (await live.oms.trailing_stops.GetTrailingStop(request)).trailing_stop
+    assert closed
+    # Started on the trade it was opened with, over already, not on the one open now.
+    assert (stop.status, stop.status_reason) == (
+        trailing_stop_pb2.TRAILING_STOP_STATUS_CANCELED,
+        "position_closed",
+    )
+    now = await live.oms.positions.GetPosition(
+        pos.GetPositionRequest(
+            user_id=USER, exchange=live.venue, symbol=BTC, position_side=S.POSITION_SIDE_LONG
+        )
+    )
+    assert now.position.status == position_pb2.POSITION_STATUS_OPEN
+    assert stop.position_id != now.position.position_id
+    await assert_next_trade_kept(live, later)
 
 
 async def test_a_retry_follow_up_leaves_the_next_trade_its_exits(

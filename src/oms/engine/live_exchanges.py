@@ -99,9 +99,8 @@ _COMMIT_ATTEMPTS = 3
 class _LeftMoot:
     """What a side that went flat left moot (LiveExchanges._left_moot)."""
 
-    exits: list[str]
+    orders: list[str]
     stops: list[TrailingStop]
-    entries: list[str]
 
 
 class LiveExchanges:
@@ -291,18 +290,19 @@ class LiveExchanges:
             return await self._hold(followed, order), True
         return await self.send(followed, order), True
 
-    async def _hold(self, followed: FollowedAccount, order: Order) -> Order:
+    async def _hold(self, followed: FollowedAccount, order: Order, trade: str = "") -> Order:
         """Accept a stop or take-profit order into the held book, or refuse it as the
         paper exchange and Binance do when the price has reached it already; the exit of a
-        filled entry that is reached already (its entry filled through it) is sent at once."""
+        filled entry that is reached already (its entry filled through it) is sent at once.
+        `trade`: the position an exit's entry filled into, when known."""
         last = self._marks.last(order.exchange, order.symbol)
 
         async def decide(current: Order) -> list[OrderEvent]:
             if current.status is not OrderStatus.PENDING_NEW:
                 return []  # cancelled while its placement was committed
-            if current.parent_order_id and not await self._side_open(current):
-                # Closed while the exit was being placed: the close took stock of the side's
-                # exits without it (see _left_moot), so it would be left working.
+            if current.parent_order_id and not await self._trade_open(current, trade):
+                # Closed (and maybe reopened by the next trade) before the exit was stored:
+                # the close took stock of the side's exits without it (see _left_moot).
                 return [OrderCanceled("position closed")]
             if last is not None and stop_reached(current, last):
                 if current.parent_order_id:
@@ -727,12 +727,12 @@ class LiveExchanges:
                 raise ConcurrentModification(f"order {order_id} kept changing; try again")
             # Read under the lock, before the next trade's fill can commit: what it brings
             # (exits, a trailing stop) is the next trade's, and stays.
-            closed = any(not update.position.is_open for update in updates)
-            flat = await self._left_moot(after) if closed else None
+            trade = updates[0].position if updates else None
+            flat = await self._left_moot(after) if trade and not trade.is_open else None
         await self._rules.judge(after)
         if fills:
             self._marks.nudge(order.exchange)
-            await self._after_fills(followed, after, flat)
+            await self._after_fills(followed, after, trade.position_id if trade else "", flat)
         return after
 
     async def _finish_follow_ups(self, followed: FollowedAccount) -> None:
@@ -746,31 +746,42 @@ class LiveExchanges:
     async def _follow_up(self, followed: FollowedAccount, order: Order) -> None:
         """`_after_fills` of an order filled earlier, against the position as it is now."""
         async with followed.lock:  # (as commit takes stock: before another fill commits)
-            flat = None if await self._side_open(order) else await self._left_moot(order)
-        await self._after_fills(followed, order, flat)
+            # (Which trade its fills went into is not recorded: taken to be the side's last.)
+            position = await self._position_of(order)
+            flat = None if position and position.is_open else await self._left_moot(order)
+        await self._after_fills(followed, order, position.position_id if position else "", flat)
 
-    async def _side_open(self, order: Order) -> bool:
-        """Whether the position side of `order` is open now."""
-        position = await self._store.current_position(
+    async def _position_of(self, order: Order) -> Position | None:
+        """The current (last) position record of the side of `order`."""
+        return await self._store.current_position(
             PositionKey(order.user_id, order.exchange, order.symbol, order.position_side)
         )
-        return position is not None and position.is_open
+
+    async def _trade_open(self, order: Order, trade: str) -> bool:
+        """Whether the side of `order` is open, and still in position `trade` if given."""
+        position = await self._position_of(order)
+        return (
+            position is not None
+            and position.is_open
+            and (not trade or position.position_id == trade)
+        )
 
     async def _after_fills(
-        self, followed: FollowedAccount, order: Order, flat: _LeftMoot | None
+        self, followed: FollowedAccount, order: Order, trade: str, flat: _LeftMoot | None
     ) -> None:
         """What an order's fills set off, each in a commit of its own after the fills' (on
         paper they share it; here they are finished at the next start when a crash came in
         between): an entry's exits placed or grown, the linked exit and the rest of the entry
         of a filled exit cancelled, and the exits, trailing stops and partly filled entries of
-        a position that went flat (`flat`, None while it is open) cancelled."""
+        a position that went flat (`flat`, None while it is open) cancelled. `trade`: the
+        position the fills went into ("" when unknown), which the side may have left since."""
         if order.bracket is not None:
             if flat is None:
-                await self._place_exits(followed, order)
+                await self._place_exits(followed, order, trade)
             elif order.bracket.trailing is not None and self._followed_now(followed):
                 # Closed before its follow-ups ran (an exit filled at once): the trailing
                 # stop OpenPosition gave out the id of exists, over already.
-                await self._start_trailing(order)
+                await self._start_trailing(order, trade)
         if order.linked_order_id:
             await self._cancel_moot(
                 followed, order.linked_order_id, f"one-cancels-other: {order.order_id} filled"
@@ -784,30 +795,27 @@ class LiveExchanges:
             await self._after_flat(followed, order, flat)
 
     async def _left_moot(self, order: Order) -> _LeftMoot:
-        """What the side of `order` left moot when it went flat: its held exits, its working
-        trailing stops and its partly filled entries, as they are now."""
+        """What the side of `order` left moot when it went flat: its exits (held, being
+        placed or sent), its working trailing stops and its partly filled entries, as they
+        are now."""
         side = (order.user_id, order.exchange, order.symbol, order.position_side)
         try:
-            entries = [
-                entry.order_id
-                for entry in await self._store.open_orders(order.user_id)
-                if not entry.parent_order_id
-                and moot_when_flat(entry)
-                and (entry.user_id, entry.exchange, entry.symbol, entry.position_side) == side
+            orders = [
+                working.order_id
+                for working in await self._store.open_orders(order.user_id)
+                if moot_when_flat(working)
+                and (working.user_id, working.exchange, working.symbol, working.position_side)
+                == side
             ]
         except Unavailable as error:
-            # The call whose fill closed it stands; the next start cancels them.
+            # The call whose fill closed it stands; the next start cancels the rest.
             log.error(
-                "%s: the entries its close left working wait for the next start: %s",
+                "%s: what its close left working waits for the next start, but its held exits: %s",
                 order.order_id,
                 error,
             )
-            entries = []
-        return _LeftMoot(
-            exits=[exit.order_id for exit in self._held.exits_of(*side)],
-            stops=self._trailing.working_of(*side),
-            entries=entries,
-        )
+            orders = [exit.order_id for exit in self._held.exits_of(*side)]
+        return _LeftMoot(orders=orders, stops=self._trailing.working_of(*side))
 
     async def _after_flat(self, followed: FollowedAccount, order: Order, flat: _LeftMoot) -> None:
         """Cancel what the side left moot (those still open), not what the next trade, which
@@ -815,7 +823,7 @@ class LiveExchanges:
         answer, they are done at the next start."""
         try:
             await self._trailing.position_closed(flat.stops)
-            for order_id in (*flat.exits, *flat.entries):
+            for order_id in flat.orders:
                 await self._cancel_moot(followed, order_id, "position closed")
         except Unavailable as error:
             log.error(
@@ -824,21 +832,21 @@ class LiveExchanges:
                 error,
             )
 
-    async def _place_exits(self, followed: FollowedAccount, entry: Order) -> None:
+    async def _place_exits(self, followed: FollowedAccount, entry: Order, trade: str) -> None:
         """The entry's take-profit and stop-loss, held, covering what it filled so far, and
-        its trailing stop on the whole position."""
+        its trailing stop on the whole position (`trade`)."""
         assert entry.bracket is not None
         # Not while the account is being reconciled (its stops are loaded once it is
         # followed): the follow-ups run then start it.
         if entry.bracket.trailing is not None and self._followed_now(followed):
-            await self._start_trailing(entry)
+            await self._start_trailing(entry, trade)
         for leg in bracket_legs(entry, self._clock_ns()):
             stored = await self._store.get_order(entry.user_id, leg.order_id)
             if stored is None:
                 created = OrderUpdated(OrderEventType.CREATED, leg)
                 outcome = await self._journal.record([OrderChange(leg, None, [created])])
                 if not isinstance(outcome, Conflict):
-                    await self._hold(followed, leg)
+                    await self._hold(followed, leg, trade)
             elif is_held(stored) and stored.quantity < entry.filled_quantity:
                 grown = await self._commit(
                     followed,
@@ -927,10 +935,10 @@ class LiveExchanges:
                 "register credentials and activate the account first"
             )
 
-    async def _start_trailing(self, entry: Order) -> None:
+    async def _start_trailing(self, entry: Order, trade: str) -> None:
         assert entry.bracket is not None and entry.bracket.trailing is not None
         market = self._catalog.resolve(entry.exchange, entry.symbol)
-        await self._trailing.start_exit(entry, entry.bracket.trailing, market)
+        await self._trailing.start_exit(entry, entry.bracket.trailing, market, trade)
         self._marks.nudge(entry.exchange)
 
     def _followed_now(self, followed: FollowedAccount) -> bool:

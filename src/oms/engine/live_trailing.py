@@ -83,15 +83,23 @@ class LiveTrailingStops:
                     book.remove(stop)
 
     async def create(
-        self, spec: TrailingStopSpec, trailing_stop_id: str, opening_price: Decimal | None = None
+        self,
+        spec: TrailingStopSpec,
+        trailing_stop_id: str,
+        opening_price: Decimal | None = None,
+        trade: str = "",
     ) -> tuple[TrailingStop, bool]:
         """A new stop on the position. `opening_price`: the stop of an OpenPosition whose
         entry just filled at that price, used when no mark is known yet, and activating at
-        once when its activation price is already reached (as on paper)."""
+        once when its activation price is already reached (as on paper); `trade`: the
+        position that entry filled into, when known."""
         market = spec.market
         async with self._venue.account_lock(spec.user_id, market.exchange):
             key = PositionKey(spec.user_id, market.exchange, market.symbol, spec.position_side)
             position = await self._store.current_position(key)
+            if trade and (position is None or position.position_id != trade):
+                # The entry's trade closed and the side reopened since: not the stop's.
+                position = await self._store.get_position(spec.user_id, trade)
             # (An OpenPosition's stop is started on a closed one too: see below.)
             if position is None or (not position.is_open and opening_price is None):
                 raise FailedPrecondition(
@@ -125,8 +133,11 @@ class LiveTrailingStops:
                 self._books[(market.exchange, market.symbol)].put(stop)
             return stop, True
 
-    async def start_exit(self, entry: Order, exit: TrailingExit, market: Market) -> None:
-        """An OpenPosition's trailing stop, on the whole position, once its entry filled."""
+    async def start_exit(
+        self, entry: Order, exit: TrailingExit, market: Market, trade: str
+    ) -> None:
+        """An OpenPosition's trailing stop, on the whole position (`trade`, when known),
+        once its entry filled."""
         if await self._store.get_trailing_stop(entry.user_id, exit.trailing_stop_id):
             return
         spec = TrailingStopSpec(
@@ -139,7 +150,9 @@ class LiveTrailingStops:
             quantity=None,
             client_id="",
         )
-        await self.create(spec, exit.trailing_stop_id, opening_price=entry.average_fill_price)
+        await self.create(
+            spec, exit.trailing_stop_id, opening_price=entry.average_fill_price, trade=trade
+        )
 
     async def cancel(
         self, stop: TrailingStop, reason: str = CANCELED_BY_USER

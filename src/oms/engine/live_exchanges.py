@@ -265,8 +265,8 @@ class LiveExchanges:
 
     async def close(self) -> None:
         await self._marks.close()
-        for followed in list(self._accounts.values()):
-            await followed.stop()
+        # All at once: closing a gateway may take a while (ccxt's sleeps 250 ms).
+        await asyncio.gather(*(followed.stop() for followed in list(self._accounts.values())))
         self._accounts.clear()
 
     # -- the venue ----------------------------------------------------------------------

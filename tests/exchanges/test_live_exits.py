@@ -364,6 +364,46 @@ async def test_a_trailing_stop_started_after_its_trade_closed_is_not_the_next_tr
     await assert_next_trade_kept(live, later)
 
 
+async def test_an_exit_a_crash_left_on_its_closed_trade_is_cancelled_not_sent_on_the_next(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = await live.oms.positions.OpenPosition(
+        long_request(live.venue, stop_loss_price="47000")
+    )
+    await live.until(opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
+    exchanges = live.oms.app.exchanges
+
+    async def cut_short(*args: Any) -> None:
+        """The close's follow-ups, which cancel what the trade left, never run (a crash)."""
+
+    monkeypatch.setattr(exchanges, "_after_flat", cut_short)
+    await close_meanwhile(live, exchange, None)
+    # The next trade: 0.01 at 47900, stop-loss 46000.
+    later = await live.oms.positions.OpenPosition(
+        long_request(
+            live.venue, type=S.ORDER_TYPE_LIMIT, price="48000", quantity="0.01",
+            stop_loss_price="46000", client_order_id="next-trade",
+        )
+    )  # fmt: skip
+    exchange.set_price(BTC, Decimal("47900"))
+    await live.until_found(f"sl-{later.entry_order.order_id}")  # placed once it fills
+    await live.until(later.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
+    assert (await live.get(opened.stop_loss_order_id)).status == S.ORDER_STATUS_OPEN
+    exchange.set_price(BTC, Decimal("46950"))  # reaches the closed trade's stop-loss only
+    stop_loss = await live.until(
+        opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED
+    )
+    assert (stop_loss.cancel_reason, stop_loss.filled_quantity) == ("position closed", "0")
+    now = await live.oms.positions.GetPosition(
+        pos.GetPositionRequest(
+            user_id=USER, exchange=live.venue, symbol=BTC, position_side=S.POSITION_SIDE_LONG
+        )
+    )
+    assert (now.position.status, now.position.size) == (position_pb2.POSITION_STATUS_OPEN, "0.01")
+    assert (await live.get(later.stop_loss_order_id)).status == S.ORDER_STATUS_OPEN
+    await live.assert_invariants()
+
+
 async def test_a_retry_follow_up_leaves_the_next_trade_its_exits(
     live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,8 +9,9 @@ from oms.domain.identifiers import derived_client_order_id
 from oms.domain.orders import Order, OrderType, Side, TimeInForce
 
 
-def bracket_legs(entry: Order, now_ns: int) -> list[Order]:
-    """The exits of a filled entry, sized to what filled, reduce-only on its position.
+def bracket_legs(entry: Order, now_ns: int, position_id: str = "") -> list[Order]:
+    """The exits of a filled entry, sized to what filled, reduce-only on its position
+    (`position_id`, when known).
 
     Their ids were reserved when the entry was placed; their client order ids derive from the
     entry's order id, so placing them again can never make a second pair.
@@ -24,7 +25,7 @@ def bracket_legs(entry: Order, now_ns: int) -> list[Order]:
     ]
     for order_type, trigger, order_id in wanted:
         if trigger is not None:
-            legs.append(_leg(entry, order_type, trigger, order_id, now_ns))
+            legs.append(_leg(entry, order_type, trigger, order_id, now_ns, position_id))
     if len(legs) == 2:
         take_profit, stop_loss = legs
         legs = [
@@ -35,7 +36,12 @@ def bracket_legs(entry: Order, now_ns: int) -> list[Order]:
 
 
 def _leg(
-    entry: Order, order_type: OrderType, trigger: Decimal, order_id: str, now_ns: int
+    entry: Order,
+    order_type: OrderType,
+    trigger: Decimal,
+    order_id: str,
+    now_ns: int,
+    position_id: str,
 ) -> Order:
     prefix = "tp" if order_type is OrderType.TAKE_PROFIT_MARKET else "sl"
     return Order(
@@ -60,6 +66,7 @@ def _leg(
         created_at_ns=now_ns,
         updated_at_ns=now_ns,
         parent_order_id=entry.order_id,
+        position_id=position_id,
     )
 
 

@@ -261,6 +261,10 @@ class Order:
     """On an entry order: the exits to place once it fills."""
     parent_order_id: str = ""
     """On a take-profit or stop-loss: the entry order it protects."""
+    position_id: str = ""
+    """On a take-profit or stop-loss on a real exchange: the position its entry filled into,
+    when known. Once the side holds another (its trade closed, the next one opened), it is
+    cancelled rather than sent: it would close that trade."""
     linked_order_id: str = ""
     """One-cancels-other: the order this one cancels when it fills (and vice versa)."""
 

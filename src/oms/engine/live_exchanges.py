@@ -290,17 +290,16 @@ class LiveExchanges:
             return await self._hold(followed, order), True
         return await self.send(followed, order), True
 
-    async def _hold(self, followed: FollowedAccount, order: Order, trade: str = "") -> Order:
+    async def _hold(self, followed: FollowedAccount, order: Order) -> Order:
         """Accept a stop or take-profit order into the held book, or refuse it as the
         paper exchange and Binance do when the price has reached it already; the exit of a
-        filled entry that is reached already (its entry filled through it) is sent at once.
-        `trade`: the position an exit's entry filled into, when known."""
+        filled entry that is reached already (its entry filled through it) is sent at once."""
         last = self._marks.last(order.exchange, order.symbol)
 
         async def decide(current: Order) -> list[OrderEvent]:
             if current.status is not OrderStatus.PENDING_NEW:
                 return []  # cancelled while its placement was committed
-            if current.parent_order_id and not await self._trade_open(current, trade):
+            if current.parent_order_id and not await self._trade_open(current):
                 # Closed (and maybe reopened by the next trade) before the exit was stored:
                 # the close took stock of the side's exits without it (see _left_moot).
                 return [OrderCanceled("position closed")]
@@ -426,9 +425,11 @@ class LiveExchanges:
         when the side is flat. Nothing for an order that fits or is not reduce-only."""
         if not order.reduce_only:
             return []
-        position = await self._store.current_position(
-            PositionKey(order.user_id, order.exchange, order.symbol, order.position_side)
-        )
+        position = await self._position_of(order)
+        if order.position_id and position and position.position_id != order.position_id:
+            # An exit of a trade that closed (its follow-ups cut short by a crash, say):
+            # sent, it would close the side's next trade.
+            return [OrderCanceled("position closed")]
         size = position.size if position is not None and position.is_open else ZERO
         if size <= 0:
             return [OrderCanceled(f"reduce-only: no {order.position_side} position left")]
@@ -757,13 +758,13 @@ class LiveExchanges:
             PositionKey(order.user_id, order.exchange, order.symbol, order.position_side)
         )
 
-    async def _trade_open(self, order: Order, trade: str) -> bool:
-        """Whether the side of `order` is open, and still in position `trade` if given."""
-        position = await self._position_of(order)
+    async def _trade_open(self, exit: Order) -> bool:
+        """Whether the side of `exit` is open, and still in its position if known."""
+        position = await self._position_of(exit)
         return (
             position is not None
             and position.is_open
-            and (not trade or position.position_id == trade)
+            and exit.position_id in ("", position.position_id)
         )
 
     async def _after_fills(
@@ -840,13 +841,13 @@ class LiveExchanges:
         # followed): the follow-ups run then start it.
         if entry.bracket.trailing is not None and self._followed_now(followed):
             await self._start_trailing(entry, trade)
-        for leg in bracket_legs(entry, self._clock_ns()):
+        for leg in bracket_legs(entry, self._clock_ns(), trade):
             stored = await self._store.get_order(entry.user_id, leg.order_id)
             if stored is None:
                 created = OrderUpdated(OrderEventType.CREATED, leg)
                 outcome = await self._journal.record([OrderChange(leg, None, [created])])
                 if not isinstance(outcome, Conflict):
-                    await self._hold(followed, leg, trade)
+                    await self._hold(followed, leg)
             elif is_held(stored) and stored.quantity < entry.filled_quantity:
                 grown = await self._commit(
                     followed,

@@ -87,6 +87,7 @@ def order_to_dict(order: Order) -> dict[str, Any]:
         "cancel_reason": order.cancel_reason,
         "bracket": None if order.bracket is None else _bracket_to_dict(order.bracket),
         "parent_order_id": order.parent_order_id,
+        "position_id": order.position_id,
         "linked_order_id": order.linked_order_id,
     }
 
@@ -166,6 +167,7 @@ def order_from_dict(doc: dict[str, Any]) -> Order:
         cancel_reason=doc.get("cancel_reason", ""),
         bracket=_bracket_from_dict(doc.get("bracket")),
         parent_order_id=doc.get("parent_order_id", ""),
+        position_id=doc.get("position_id", ""),
         linked_order_id=doc.get("linked_order_id", ""),
     )
 

@@ -404,6 +404,43 @@ async def test_an_exit_a_crash_left_on_its_closed_trade_is_cancelled_not_sent_on
     await live.assert_invariants()
 
 
+async def test_a_trailing_stop_a_crash_left_on_its_closed_trade_does_not_close_the_next(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = await live.oms.positions.OpenPosition(
+        long_request(
+            live.venue, trailing_stop=trailing_stop_pb2.TrailingStopConfig(callback_rate="0.01")
+        )
+    )  # active at once: stop price 49500
+    exchanges = live.oms.app.exchanges
+
+    async def cut_short(*args: Any) -> None:
+        """The close's follow-ups, which cancel what the trade left, never run (a crash)."""
+
+    monkeypatch.setattr(exchanges, "_after_flat", cut_short)
+    await close_meanwhile(live, exchange, None)
+    # The next trade: 0.01 bought at 49800, above the closed trade's stop.
+    entry = await live.place(price="49800", quantity="0.01")
+    exchange.set_price(BTC, Decimal("49700"))
+    await live.until(entry.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    exchange.set_price(BTC, Decimal("49400"))  # crosses the closed trade's trailing stop
+    stop = await live.until_stop(
+        opened.trailing_stop_id,
+        lambda s: s.status != trailing_stop_pb2.TRAILING_STOP_STATUS_ACTIVE,
+    )
+    assert (stop.status, stop.status_reason) == (
+        trailing_stop_pb2.TRAILING_STOP_STATUS_CANCELED,
+        "position_closed",
+    )
+    now = await live.oms.positions.GetPosition(
+        pos.GetPositionRequest(
+            user_id=USER, exchange=live.venue, symbol=BTC, position_side=S.POSITION_SIDE_LONG
+        )
+    )
+    assert (now.position.status, now.position.size) == (position_pb2.POSITION_STATUS_OPEN, "0.01")
+    await live.assert_invariants()
+
+
 async def test_a_retry_follow_up_leaves_the_next_trade_its_exits(
     live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -44,19 +44,6 @@ async def create(live: LiveTrading, **fields: str) -> T.TrailingStop:
     return response.trailing_stop
 
 
-async def stop_until(
-    live: LiveTrading, stop_id: str, done: Callable[[T.TrailingStop], bool]
-) -> T.TrailingStop:
-    async with asyncio.timeout(5):
-        while True:
-            response = await live.oms.trailing_stops.GetTrailingStop(
-                ts.GetTrailingStopRequest(user_id=USER, trailing_stop_id=stop_id)
-            )
-            if done(response.trailing_stop):
-                return response.trailing_stop
-            await asyncio.sleep(0.02)
-
-
 async def test_a_long_stop_follows_the_mark_up_and_closes_on_the_way_down(
     live: LiveTrading, exchange: FakeExchange
 ) -> None:
@@ -68,11 +55,11 @@ async def test_a_long_stop_follows_the_mark_up_and_closes_on_the_way_down(
         "49500",
     )
     exchange.set_price(BTC, Decimal("51000"))
-    await stop_until(live, stop.trailing_stop_id, lambda s: s.stop_price == "50490")
+    await live.until_stop(stop.trailing_stop_id, lambda s: s.stop_price == "50490")
     exchange.set_price(BTC, Decimal("50500"))  # above the stop: nothing
     exchange.set_price(BTC, Decimal("50490"))
-    triggered = await stop_until(
-        live, stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
+    triggered = await live.until_stop(
+        stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
     )
     assert triggered.triggered_price == "50490"
     close = await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
@@ -99,8 +86,8 @@ async def test_closing_the_position_cancels_the_stop(live: LiveTrading) -> None:
             user_id=USER, exchange=live.venue, symbol=BTC, position_side=S.POSITION_SIDE_LONG
         )
     )
-    canceled = await stop_until(
-        live, stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_CANCELED
+    canceled = await live.until_stop(
+        stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_CANCELED
     )
     assert canceled.status_reason == "position_closed"
 
@@ -133,12 +120,12 @@ async def test_a_stop_survives_a_restart(
     await long_with_mark(live)
     stop = await create(live)
     exchange.set_price(BTC, Decimal("52000"))
-    await stop_until(live, stop.trailing_stop_id, lambda s: s.watermark_price == "52000")
+    await live.until_stop(stop.trailing_stop_id, lambda s: s.watermark_price == "52000")
     await live.oms.close()
     await live.start_again(redis_url)
     exchange.set_price(BTC, Decimal("51400"))  # stop 51480: crossed
-    triggered = await stop_until(
-        live, stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
+    triggered = await live.until_stop(
+        stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
     )
     await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
 
@@ -152,8 +139,8 @@ async def close_once_filled(
     stop = await create(live)
     fault()
     exchange.set_price(BTC, Decimal("49400"))
-    triggered = await stop_until(
-        live, stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
+    triggered = await live.until_stop(
+        stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
     )
     return await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
 
@@ -200,8 +187,8 @@ async def test_a_stop_that_triggers_during_a_key_rotation_stays_triggered(
         raced = True
         stops = await read(exchange_id)
         exchange.set_price(BTC, Decimal("49400"))
-        await stop_until(
-            live, stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
+        await live.until_stop(
+            stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
         )
         return stops
 
@@ -210,11 +197,11 @@ async def test_a_stop_that_triggers_during_a_key_rotation_stays_triggered(
     monkeypatch.undo()
     if not raced:  # the new connection read nothing back: the stop triggers now
         exchange.set_price(BTC, Decimal("49400"))
-    triggered = await stop_until(
-        live, stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
+    triggered = await live.until_stop(
+        stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
     )
     await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
     exchange.set_price(BTC, Decimal("49000"))  # a copy of the stop still at work would fire
     await asyncio.sleep(0.5)
-    after = await stop_until(live, stop.trailing_stop_id, lambda s: True)
+    after = await live.until_stop(stop.trailing_stop_id, lambda s: True)
     assert (after.status, after.order_id) == (T.TRAILING_STOP_STATUS_TRIGGERED, triggered.order_id)

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Protocol
 
-from oms.domain.decimals import ZERO
 from oms.domain.errors import FailedPrecondition
 from oms.domain.events import OrderEventType, OrderUpdated, TrailingStopUpdated, WatermarkMoved
 from oms.domain.markets import Market
@@ -221,13 +220,14 @@ class LiveTrailingStops:
     ) -> None:
         key = PositionKey(stop.user_id, stop.exchange, stop.symbol, stop.position_side)
         position = await self._store.current_position(key)
-        size = position.size if position is not None and position.is_open else ZERO
-        if size == 0:
+        # Its own trade only: the side may hold the next one (a crash cut short the close's
+        # follow-ups, which cancel it).
+        if position is None or position.position_id != stop.position_id or not position.is_open:
             await self._change(
                 book, stop, stop.cancel(POSITION_CLOSED, now), TrailingStopEventType.CANCELED
             )
             return
-        order = stop.close_order(self._new_id(), size, now)
+        order = stop.close_order(self._new_id(), position.size, now)
         triggered = stop.trigger(price, order.order_id, now)
         outcome = await self._journal.record(
             [OrderChange(order, None, [OrderUpdated(OrderEventType.CREATED, order)])],

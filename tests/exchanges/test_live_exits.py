@@ -67,6 +67,20 @@ async def close_long(live: LiveTrading, quantity: str = "") -> None:
     )
 
 
+async def assert_open_with(live: LiveTrading, size: str) -> position_pb2.Position:
+    """The LONG side's current position, asserted open with `size`."""
+    response = await live.oms.positions.GetPosition(
+        pos.GetPositionRequest(
+            user_id=USER, exchange=live.venue, symbol=BTC, position_side=S.POSITION_SIDE_LONG
+        )
+    )
+    assert (response.position.status, response.position.size) == (
+        position_pb2.POSITION_STATUS_OPEN,
+        size,
+    )
+    return response.position
+
+
 async def position(live: LiveTrading) -> position_pb2.Position:
     [record] = (
         await live.oms.positions.ListPositions(
@@ -238,12 +252,7 @@ async def test_a_close_cancels_its_own_trades_exits_not_those_of_the_next_one(
     await close_long(live)
     assert reopened
     await asyncio.sleep(0.5)  # (any follow-up of the close would have run by now)
-    now = await live.oms.positions.GetPosition(
-        pos.GetPositionRequest(
-            user_id=USER, exchange=live.venue, symbol=BTC, position_side=S.POSITION_SIDE_LONG
-        )
-    )
-    assert (now.position.status, now.position.size) == (position_pb2.POSITION_STATUS_OPEN, "0.01")
+    await assert_open_with(live, "0.01")
     await assert_next_trade_kept(live, later)
     # The closed trade's own stop-loss does not stay to close the next trade.
     closed_stop = await live.until(
@@ -354,13 +363,7 @@ async def test_a_trailing_stop_started_after_its_trade_closed_is_not_the_next_tr
         trailing_stop_pb2.TRAILING_STOP_STATUS_CANCELED,
         "position_closed",
     )
-    now = await live.oms.positions.GetPosition(
-        pos.GetPositionRequest(
-            user_id=USER, exchange=live.venue, symbol=BTC, position_side=S.POSITION_SIDE_LONG
-        )
-    )
-    assert now.position.status == position_pb2.POSITION_STATUS_OPEN
-    assert stop.position_id != now.position.position_id
+    assert stop.position_id != (await assert_open_with(live, "0.01")).position_id
     await assert_next_trade_kept(live, later)
 
 
@@ -394,12 +397,7 @@ async def test_an_exit_a_crash_left_on_its_closed_trade_is_cancelled_not_sent_on
         opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED
     )
     assert (stop_loss.cancel_reason, stop_loss.filled_quantity) == ("position closed", "0")
-    now = await live.oms.positions.GetPosition(
-        pos.GetPositionRequest(
-            user_id=USER, exchange=live.venue, symbol=BTC, position_side=S.POSITION_SIDE_LONG
-        )
-    )
-    assert (now.position.status, now.position.size) == (position_pb2.POSITION_STATUS_OPEN, "0.01")
+    await assert_open_with(live, "0.01")
     assert (await live.get(later.stop_loss_order_id)).status == S.ORDER_STATUS_OPEN
     await live.assert_invariants()
 
@@ -432,12 +430,7 @@ async def test_a_trailing_stop_a_crash_left_on_its_closed_trade_does_not_close_t
         trailing_stop_pb2.TRAILING_STOP_STATUS_CANCELED,
         "position_closed",
     )
-    now = await live.oms.positions.GetPosition(
-        pos.GetPositionRequest(
-            user_id=USER, exchange=live.venue, symbol=BTC, position_side=S.POSITION_SIDE_LONG
-        )
-    )
-    assert (now.position.status, now.position.size) == (position_pb2.POSITION_STATUS_OPEN, "0.01")
+    await assert_open_with(live, "0.01")
     await live.assert_invariants()
 
 

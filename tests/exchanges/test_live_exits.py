@@ -367,8 +367,9 @@ async def test_a_trailing_stop_started_after_its_trade_closed_is_not_the_next_tr
     await assert_next_trade_kept(live, later)
 
 
+@pytest.mark.parametrize("found_by", ["trigger", "follow"])
 async def test_an_exit_a_crash_left_on_its_closed_trade_is_cancelled_not_sent_on_the_next(
-    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch, found_by: str
 ) -> None:
     opened = await live.oms.positions.OpenPosition(
         long_request(live.venue, stop_loss_price="47000")
@@ -392,7 +393,12 @@ async def test_an_exit_a_crash_left_on_its_closed_trade_is_cancelled_not_sent_on
     await live.until_found(f"sl-{later.entry_order.order_id}")  # placed once it fills
     await live.until(later.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
     assert (await live.get(opened.stop_loss_order_id)).status == S.ORDER_STATUS_OPEN
-    exchange.set_price(BTC, Decimal("46950"))  # reaches the closed trade's stop-loss only
+    if found_by == "trigger":
+        exchange.set_price(BTC, Decimal("46950"))  # reaches the closed trade's stop-loss only
+    else:  # the account followed again (as at the start after the crash)
+        account = {"user_id": USER, "exchange": live.venue}
+        await live.accounts.DeactivateAccount(acc.DeactivateAccountRequest(**account))
+        await live.accounts.ActivateAccount(acc.ActivateAccountRequest(**account))
     stop_loss = await live.until(
         opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED
     )

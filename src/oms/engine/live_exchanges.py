@@ -197,6 +197,7 @@ class LiveExchanges:
             )
             await self._rules.load(account.user_id, account.exchange)
         await self._finish_follow_ups(followed)
+        await self._cancel_exits_of_closed_trades(followed)
         followed.start("poll", self._poll(followed))
         self._marks.follow(account.exchange)
 
@@ -743,6 +744,19 @@ class LiveExchanges:
         for order in await self._reconciliation.recent_orders(followed):
             if order.filled_quantity:
                 await self._follow_up(followed, order)
+
+    async def _cancel_exits_of_closed_trades(self, followed: FollowedAccount) -> None:
+        """Cancel the held exits whose trade closed without their being cancelled (a crash cut
+        short the close's follow-ups): they would not be sent (see fit_position), but would
+        look working until they triggered."""
+        for order in await self._store.open_orders(followed.user_id):
+            if (
+                order.exchange == followed.exchange
+                and order.position_id
+                and is_held(order)
+                and not await self._trade_open(order)
+            ):
+                await self._cancel_moot(followed, order.order_id, "position closed")
 
     async def _follow_up(self, followed: FollowedAccount, order: Order) -> None:
         """`_after_fills` of an order filled earlier, against the position as it is now."""

@@ -129,6 +129,7 @@ async def test_long_market_entry_take_profit_fills_and_cancels_the_stop_loss(
 
     held = await position(oms)
     assert (held.size, held.entry_price, held.leverage) == ("0.02", "50000", 5)
+    assert tp.position_id == sl.position_id == held.position_id  # the trade they protect
     assert [(g.grid_level, g.quantity, g.entry_price) for g in held.grid_levels] == [
         (4, "0.02", "50000")
     ]

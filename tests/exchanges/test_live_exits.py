@@ -103,6 +103,7 @@ async def test_the_exit_that_fires_cancels_its_twin(
     first, twin = getattr(opened, fills), getattr(opened, cancelled)
     held = await live.until(first, lambda o: o.status == S.ORDER_STATUS_OPEN)
     assert (held.quantity, held.reduce_only, held.exchange_order_id) == ("0.02", True, "")
+    assert held.position_id == (await position(live)).position_id
     exchange.set_price(BTC, Decimal(price))
     done = await live.until(first, lambda o: o.status == S.ORDER_STATUS_FILLED)
     assert done.average_fill_price == price

@@ -144,6 +144,7 @@ _TEXT_FIELDS_OFTEN_EMPTY = (
     "reject_reason",
     "cancel_reason",
     "parent_order_id",
+    "position_id",
     "linked_order_id",
     "strategy",
 )

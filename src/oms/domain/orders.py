@@ -262,9 +262,9 @@ class Order:
     parent_order_id: str = ""
     """On a take-profit or stop-loss: the entry order it protects."""
     position_id: str = ""
-    """On a take-profit or stop-loss on a real exchange: the position its entry filled into,
-    when known. Once the side holds another (its trade closed, the next one opened), it is
-    cancelled rather than sent: it would close that trade."""
+    """On a take-profit or stop-loss: the position its entry filled into, when known. On a
+    real exchange, once the side holds another (its trade closed, the next one opened), it
+    is cancelled rather than sent: it would close that trade."""
     linked_order_id: str = ""
     """One-cancels-other: the order this one cancels when it fills (and vice versa)."""
 

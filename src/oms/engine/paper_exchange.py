@@ -531,7 +531,8 @@ class _Desk:
             return after
         if after.bracket is not None:
             if start.filled_quantity == 0:
-                for leg in bracket_legs(after, now):
+                trade = self.positions.get((after.user_id, after.position_side))
+                for leg in bracket_legs(after, now, trade.position_id if trade else ""):
                     self.submit_new(owner, batch, leg)
                 if after.bracket.trailing is not None:
                     self._start_trailing(owner, batch, after, after.bracket.trailing, now)

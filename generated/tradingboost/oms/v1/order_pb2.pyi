@@ -441,6 +441,7 @@ class Order(_message.Message):
     CANCEL_REASON_FIELD_NUMBER: _builtins.int
     PARENT_ORDER_ID_FIELD_NUMBER: _builtins.int
     LINKED_ORDER_ID_FIELD_NUMBER: _builtins.int
+    POSITION_ID_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     """The OMS's id for the order: a 26-character ULID, time-ordered. Unique
     across all users. Output only.
@@ -531,6 +532,12 @@ class Order(_message.Message):
     """One-cancels-other: the order this one cancels when it fills, and that
     cancels this one when it fills. Empty otherwise. Output only.
     """
+    position_id: _builtins.str
+    """On a take-profit or stop-loss placed by OpenPosition: the position (the
+    trade) it protects, the one its entry filled into. It never closes
+    another: one that the side's next trade would meet ends CANCELED
+    "position closed". Empty otherwise. Output only.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller's key/value tags: at most 32 entries, keys 1 to 64 characters,
@@ -578,10 +585,11 @@ class Order(_message.Message):
         cancel_reason: _builtins.str = ...,
         parent_order_id: _builtins.str = ...,
         linked_order_id: _builtins.str = ...,
+        position_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_grid_level", b"_grid_level", "_leverage", b"_leverage", "created_at", b"created_at", "grid_level", b"grid_level", "leverage", b"leverage", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_grid_level", b"_grid_level", "_leverage", b"_leverage", "average_fill_price", b"average_fill_price", "cancel_reason", b"cancel_reason", "client_order_id", b"client_order_id", "created_at", b"created_at", "exchange", b"exchange", "exchange_order_id", b"exchange_order_id", "fee_currency", b"fee_currency", "fees", b"fees", "filled_quantity", b"filled_quantity", "grid_level", b"grid_level", "leverage", b"leverage", "linked_order_id", b"linked_order_id", "metadata", b"metadata", "order_id", b"order_id", "parent_order_id", b"parent_order_id", "position_side", b"position_side", "price", b"price", "quantity", b"quantity", "reduce_only", b"reduce_only", "reject_reason", b"reject_reason", "remaining_quantity", b"remaining_quantity", "side", b"side", "status", b"status", "stop_price", b"stop_price", "strategy", b"strategy", "symbol", b"symbol", "time_in_force", b"time_in_force", "type", b"type", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_grid_level", b"_grid_level", "_leverage", b"_leverage", "average_fill_price", b"average_fill_price", "cancel_reason", b"cancel_reason", "client_order_id", b"client_order_id", "created_at", b"created_at", "exchange", b"exchange", "exchange_order_id", b"exchange_order_id", "fee_currency", b"fee_currency", "fees", b"fees", "filled_quantity", b"filled_quantity", "grid_level", b"grid_level", "leverage", b"leverage", "linked_order_id", b"linked_order_id", "metadata", b"metadata", "order_id", b"order_id", "parent_order_id", b"parent_order_id", "position_id", b"position_id", "position_side", b"position_side", "price", b"price", "quantity", b"quantity", "reduce_only", b"reduce_only", "reject_reason", b"reject_reason", "remaining_quantity", b"remaining_quantity", "side", b"side", "status", b"status", "stop_price", b"stop_price", "strategy", b"strategy", "symbol", b"symbol", "time_in_force", b"time_in_force", "type", b"type", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__grid_level: _TypeAlias = _typing.Literal["grid_level"]  # noqa: Y015
     _WhichOneofArgType__grid_level: _TypeAlias = _typing.Literal["_grid_level", b"_grid_level"]  # noqa: Y015

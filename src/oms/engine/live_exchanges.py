@@ -825,7 +825,8 @@ class LiveExchanges:
         except Unavailable as error:
             # The call whose fill closed it stands; the next start cancels the rest.
             log.error(
-                "%s: what its close left working waits for the next start, but its held exits: %s",
+                "%s: the orders its close left working (but its held exits) wait for the next "
+                "start: %s",
                 order.order_id,
                 error,
             )

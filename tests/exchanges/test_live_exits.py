@@ -368,6 +368,16 @@ async def test_a_trailing_stop_started_after_its_trade_closed_is_not_the_next_tr
     await assert_next_trade_kept(live, later)
 
 
+def cut_close_follow_ups_short(live: LiveTrading, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on a close's follow-ups, which cancel what its trade left, never run (as
+    when a crash cuts in before them)."""
+
+    async def cut_short(*args: Any) -> None:
+        pass
+
+    monkeypatch.setattr(live.oms.app.exchanges, "_after_flat", cut_short)
+
+
 @pytest.mark.parametrize("found_by", ["trigger", "follow"])
 async def test_an_exit_a_crash_left_on_its_closed_trade_is_cancelled_not_sent_on_the_next(
     live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch, found_by: str
@@ -376,12 +386,7 @@ async def test_an_exit_a_crash_left_on_its_closed_trade_is_cancelled_not_sent_on
         long_request(live.venue, stop_loss_price="47000")
     )
     await live.until(opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
-    exchanges = live.oms.app.exchanges
-
-    async def cut_short(*args: Any) -> None:
-        """The close's follow-ups, which cancel what the trade left, never run (a crash)."""
-
-    monkeypatch.setattr(exchanges, "_after_flat", cut_short)
+    cut_close_follow_ups_short(live, monkeypatch)
     await close_meanwhile(live, exchange, None)
     # The next trade: 0.01 at 47900, stop-loss 46000.
     later = await live.oms.positions.OpenPosition(
@@ -417,12 +422,7 @@ async def test_a_trailing_stop_a_crash_left_on_its_closed_trade_does_not_close_t
             live.venue, trailing_stop=trailing_stop_pb2.TrailingStopConfig(callback_rate="0.01")
         )
     )  # active at once: stop price 49500
-    exchanges = live.oms.app.exchanges
-
-    async def cut_short(*args: Any) -> None:
-        """The close's follow-ups, which cancel what the trade left, never run (a crash)."""
-
-    monkeypatch.setattr(exchanges, "_after_flat", cut_short)
+    cut_close_follow_ups_short(live, monkeypatch)
     await close_meanwhile(live, exchange, None)
     # The next trade: 0.01 bought at 49800, above the closed trade's stop.
     entry = await live.place(price="49800", quantity="0.01")

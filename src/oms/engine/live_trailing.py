@@ -95,10 +95,12 @@ class LiveTrailingStops:
         market = spec.market
         async with self._venue.account_lock(spec.user_id, market.exchange):
             key = PositionKey(spec.user_id, market.exchange, market.symbol, spec.position_side)
-            position = await self._store.current_position(key)
-            if trade and (position is None or position.position_id != trade):
-                # The entry's trade closed and the side reopened since: not the stop's.
-                position = await self._store.get_position(spec.user_id, trade)
+            # The entry's own trade, which the side may have left since (closed, reopened).
+            position = await (
+                self._store.get_position(spec.user_id, trade)
+                if trade
+                else self._store.current_position(key)
+            )
             # (An OpenPosition's stop is started on a closed one too: see below.)
             if position is None or (not position.is_open and opening_price is None):
                 raise FailedPrecondition(

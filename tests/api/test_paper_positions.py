@@ -88,19 +88,21 @@ async def test_a_side_closed_and_opened_again_gets_a_new_record_in_memory_and_in
     oms: OmsHarness,
 ) -> None:
     await tick(oms, "50000")
-    await place(oms)
+    opening = await place(oms)
     first = await position(oms)
     await tick(oms, "51000")
-    await close_position(oms)
+    closing = await close_position(oms)
+    # An order names the record its fills went into.
+    assert opening.position_id == closing.position_id == first.position_id
     closed = await position_by_id(oms, first.position_id)
     assert (closed.status, closed.realized_pnl) == (P.POSITION_STATUS_CLOSED, "10")
     assert desk_records(oms) == {}
     assert await recovery_set(oms) == set()
 
     await tick(oms, "52000")
-    await place(oms, quantity="0.02")
+    reopening = await place(oms, quantity="0.02")
     second = await position(oms)
-    assert second.position_id != first.position_id
+    assert reopening.position_id == second.position_id != first.position_id
     assert (second.status, second.size, second.entry_price) == (
         P.POSITION_STATUS_OPEN,
         "0.02",

@@ -300,10 +300,10 @@ async def test_an_exit_placed_while_the_close_commits_is_cancelled_too(
     if stage == "before-stored":
         place_exits = exchanges._place_exits
 
-        async def close_then_place(followed: Any, entry: Any, trade: str) -> None:
+        async def close_then_place(followed: Any, entry: Any) -> None:
             # The entry's follow-up is about to store its stop-loss: the trade is over now.
             await close_once()
-            await place_exits(followed, entry, trade)
+            await place_exits(followed, entry)
 
         monkeypatch.setattr(exchanges, "_place_exits", close_then_place)
     else:
@@ -343,12 +343,12 @@ async def test_a_trailing_stop_started_after_its_trade_closed_is_not_the_next_tr
     start_trailing = exchanges._start_trailing
     closed = False
 
-    async def start_after_a_close(entry: Any, trade: str) -> None:
+    async def start_after_a_close(entry: Any) -> None:
         nonlocal closed
         if not closed:
             closed = True
             await close_meanwhile(live, exchange, later)
-        await start_trailing(entry, trade)
+        await start_trailing(entry)
 
     monkeypatch.setattr(exchanges, "_start_trailing", start_after_a_close)
     opened = await live.oms.positions.OpenPosition(
@@ -451,26 +451,114 @@ async def test_a_retry_follow_up_leaves_the_next_trade_its_exits(
     await close_long(live)
     assert (await position(live)).status == position_pb2.POSITION_STATUS_CLOSED
     store = live.oms.app.exchanges._store
-    current_position = store.current_position
+    get_position = store.get_position
     armed = True
 
-    async def reopened_meanwhile(key: Any) -> Any:
-        # _follow_up reads the side flat; the next trade's entry fills right after (its fill
-        # and its stop-loss are committed while _follow_up reads what the close left moot).
+    async def reopened_meanwhile(*ref: Any) -> Any:
+        # _follow_up reads the first trade closed; the next trade's entry fills right after
+        # (its fill and its stop-loss are committed while _follow_up reads what the close
+        # left moot).
         nonlocal armed
-        read = await current_position(key)
+        read = await get_position(*ref)
         if armed:
             armed = False
             exchange.set_price(BTC, Decimal("47900"), max_fill=Decimal("0.01"))
             await asyncio.sleep(0.5)
         return read
 
-    monkeypatch.setattr(store, "current_position", reopened_meanwhile)
+    monkeypatch.setattr(store, "get_position", reopened_meanwhile)
     # The retry of the first order (a client that did not hear the answer): its follow-ups.
     again = await live.place(type=S.ORDER_TYPE_MARKET, price="", client_order_id="trade-a")
     assert again.order_id == first.order_id and not armed
     await asyncio.sleep(0.5)
     await assert_next_trade_kept(live, later)
+    await live.assert_invariants()
+
+
+async def test_fills_and_the_orders_they_fill_name_the_trade_they_went_into(
+    live: LiveTrading,
+) -> None:
+    market: dict[str, Any] = {"type": S.ORDER_TYPE_MARKET, "price": ""}
+    opening = await live.place(**market)
+    first = (await assert_open_with(live, "0.02")).position_id
+    adding = await live.place(**market, quantity="0.01")
+    closing = await live.place(**market, side=S.SIDE_SELL, reduce_only=True, quantity="0.03")
+    assert (await position(live)).status == position_pb2.POSITION_STATUS_CLOSED
+    reopening = await live.place(**market)
+    second = (await assert_open_with(live, "0.02")).position_id
+    assert second != first
+    for order, trade in ((opening, first), (adding, first), (closing, first), (reopening, second)):
+        assert order.status == S.ORDER_STATUS_FILLED
+        assert order.position_id == trade
+        assert {fill.position_id for fill in await live.fills(order.order_id)} == {trade}
+
+
+async def follow_again(live: LiveTrading) -> None:
+    """The account followed again, as at the start after a crash: the follow-ups of its
+    recent fills run again."""
+    account = {"user_id": USER, "exchange": live.venue}
+    await live.accounts.DeactivateAccount(acc.DeactivateAccountRequest(**account))
+    await live.accounts.ActivateAccount(acc.ActivateAccountRequest(**account))
+    await asyncio.sleep(0.5)  # (any follow-up would have run by now)
+
+
+async def test_the_late_follow_ups_of_an_entry_whose_trade_closed_leave_the_next_trade_alone(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exchanges = live.oms.app.exchanges
+    after_fills = exchanges._after_fills
+    crashed = True
+
+    async def cut_short_for_the_first_entry(followed: Any, order: Any, flat: Any) -> None:
+        # A crash came between the entry's fill and its follow-ups: no exits yet.
+        if not (crashed and order.client_order_id == "trade-a"):
+            await after_fills(followed, order, flat)
+
+    monkeypatch.setattr(exchanges, "_after_fills", cut_short_for_the_first_entry)
+    opened = await live.oms.positions.OpenPosition(
+        long_request(live.venue, stop_loss_price="47000", client_order_id="trade-a")
+    )
+    trade_a = (await assert_open_with(live, "0.02")).position_id
+    await close_meanwhile(live, exchange, later := await next_trade(live))
+    assert (await assert_open_with(live, "0.01")).position_id != trade_a
+    crashed = False
+    # The entry's follow-ups run now, for its own trade, which is over: its stop-loss is
+    # not the next trade's, which taken for its trade would hold a second one, for 0.02.
+    await follow_again(live)
+    assert (await live.get(opened.entry_order.order_id)).position_id == trade_a
+    stop_loss = await live.get(opened.stop_loss_order_id)
+    assert (stop_loss.status, stop_loss.cancel_reason, stop_loss.position_id) == (
+        S.ORDER_STATUS_CANCELED,
+        "position closed",
+        trade_a,
+    )
+    await assert_next_trade_kept(live, later)
+    await live.assert_invariants()
+
+
+async def test_a_partly_filled_entry_a_crash_left_on_its_closed_trade_is_cancelled_later(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    begun = await half_filled_entry(live, exchange, stop_loss_price="47000")
+    cut_close_follow_ups_short(live, monkeypatch)
+    closing = await live.place(
+        side=S.SIDE_SELL, type=S.ORDER_TYPE_MARKET, price="", reduce_only=True, quantity="0.01"
+    )
+    assert closing.status == S.ORDER_STATUS_FILLED
+    monkeypatch.undo()
+    # The next trade, at market (the rest of the entry, at 49000, does not fill).
+    following = await live.place(type=S.ORDER_TYPE_MARKET, price="", quantity="0.01")
+    trade_b = (await assert_open_with(live, "0.01")).position_id
+    assert following.position_id == trade_b
+    # The close's follow-ups, run again, cancel what its trade left, not the next trade.
+    await follow_again(live)
+    entry = await live.get(begun.entry_order.order_id)
+    assert (entry.status, entry.filled_quantity, entry.cancel_reason) == (
+        S.ORDER_STATUS_CANCELED,
+        "0.01",
+        "position closed",
+    )
+    assert (await assert_open_with(live, "0.01")).position_id == trade_b
     await live.assert_invariants()
 
 

@@ -213,6 +213,7 @@ def fill_to_proto(fill: Fill, sequence: int) -> order_pb2.Fill:
         exchange_trade_id=fill.exchange_trade_id,
         strategy=fill.strategy,
         grid_level=fill.grid_level,
+        position_id=fill.position_id,
     )
 
 

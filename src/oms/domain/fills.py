@@ -37,3 +37,6 @@ class Fill:
     strategy: str = ""
     """The order's, so that a grid bot knows a fill's level without reading its order."""
     grid_level: int | None = None
+    position_id: str = ""
+    """The position record the fill opened, added to or reduced ("" for a fill the OMS
+    could not apply to one: a reduction of more than it holds on that side)."""

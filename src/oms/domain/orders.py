@@ -262,9 +262,10 @@ class Order:
     parent_order_id: str = ""
     """On a take-profit or stop-loss: the entry order it protects."""
     position_id: str = ""
-    """On a take-profit or stop-loss: the position its entry filled into, when known. On a
-    real exchange, once the side holds another (its trade closed, the next one opened), it
-    is cancelled rather than sent: it would close that trade."""
+    """The position (the trade) the order's fills went into, its latest fill's; on a
+    take-profit or stop-loss, from the start: the position its entry filled into, when
+    known. On a real exchange, once the side holds another (its trade closed, the next one
+    opened), such an exit is cancelled rather than sent: it would close that trade."""
     linked_order_id: str = ""
     """One-cancels-other: the order this one cancels when it fills (and vice versa)."""
 
@@ -357,6 +358,8 @@ class Order:
                 changes["fees"] = add(self.fees, fill.fee)
                 changes["fee_currency"] = fill.fee_currency
                 changes["fill_ids"] = (*self.fill_ids, fill.fill_id)
+                if fill.position_id:
+                    changes["position_id"] = fill.position_id
                 if target is None:
                     if filled == self.quantity:
                         target = S.FILLED

@@ -36,16 +36,16 @@ from oms.domain.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from oms.domain.events import FillRecorded, OrderEventType, OrderUpdated, PositionUpdated, apply_all
-from oms.domain.fills import Fill
+from oms.domain.events import OrderEventType, OrderUpdated, PositionUpdated, apply_all
 from oms.domain.identifiers import EXCHANGE_CLIENT_ID_PREFIX, exchange_client_id
-from oms.domain.markets import MarketCatalog
+from oms.domain.markets import Market, MarketCatalog
 from oms.domain.orders import (
     Order,
     OrderAccepted,
     OrderAmended,
     OrderCanceled,
     OrderEvent,
+    OrderFilled,
     OrderPendingCancel,
     OrderRejected,
     OrderStatus,
@@ -717,9 +717,8 @@ class LiveExchanges:
                 if not events:
                     return order
                 now = self._clock_ns()
+                events, updates = await self._into_position(order, events)
                 after, published = apply_all(order, events, now)
-                fills = [event.fill for event in published if isinstance(event, FillRecorded)]
-                updates = await self._positions_after(after, fills)
                 outcome = await self._journal.record(
                     [OrderChange(after, order.version, published)], updates=updates
                 )
@@ -732,9 +731,9 @@ class LiveExchanges:
             trade = updates[0].position if updates else None
             flat = await self._left_moot(after) if trade and not trade.is_open else None
         await self._rules.judge(after)
-        if fills:
+        if any(isinstance(event, OrderFilled) for event in events):
             self._marks.nudge(order.exchange)
-            await self._after_fills(followed, after, trade.position_id if trade else "", flat)
+            await self._after_fills(followed, after, flat)
         return after
 
     async def _finish_follow_ups(self, followed: FollowedAccount) -> None:
@@ -759,12 +758,18 @@ class LiveExchanges:
                 await self._cancel_moot(followed, order.order_id, "position closed")
 
     async def _follow_up(self, followed: FollowedAccount, order: Order) -> None:
-        """`_after_fills` of an order filled earlier, against the position as it is now."""
+        """`_after_fills` of an order filled earlier, against its trade as it is now."""
         async with followed.lock:  # (as commit takes stock: before another fill commits)
-            # (Which trade its fills went into is not recorded: taken to be the side's last.)
-            position = await self._position_of(order)
-            flat = None if position and position.is_open else await self._left_moot(order)
-        await self._after_fills(followed, order, position.position_id if position else "", flat)
+            trade = await self._trade_of(order)
+            flat = None if trade and trade.is_open else await self._left_moot(order)
+        await self._after_fills(followed, order, flat)
+
+    async def _trade_of(self, order: Order) -> Position | None:
+        """The position the order's fills went into, or (when that was not recorded: fills
+        from before it was) the side's current one."""
+        if order.position_id:
+            return await self._store.get_position(order.user_id, order.position_id)
+        return await self._position_of(order)
 
     async def _position_of(self, order: Order) -> Position | None:
         """The current (last) position record of the side of `order`."""
@@ -782,21 +787,17 @@ class LiveExchanges:
         )
 
     async def _after_fills(
-        self, followed: FollowedAccount, order: Order, trade: str, flat: _LeftMoot | None
+        self, followed: FollowedAccount, order: Order, flat: _LeftMoot | None
     ) -> None:
         """What an order's fills set off, each in a commit of its own after the fills' (on
         paper they share it; here they are finished at the next start when a crash came in
         between): an entry's exits placed or grown, the linked exit and the rest of the entry
         of a filled exit cancelled, and the exits, trailing stops and partly filled entries of
-        a position that went flat (`flat`, None while it is open) cancelled. `trade`: the
-        position the fills went into ("" when unknown), which the side may have left since."""
+        a position that went flat (`flat`, None while it is open) cancelled."""
         if order.bracket is not None:
-            if flat is None:
-                await self._place_exits(followed, order, trade)
-            elif order.bracket.trailing is not None and self._followed_now(followed):
-                # Closed before its follow-ups ran (an exit filled at once): the trailing
-                # stop OpenPosition gave out the id of exists, over already.
-                await self._start_trailing(order, trade)
+            # Also when its trade closed before they ran: the exits and the trailing stop
+            # whose ids OpenPosition gave out exist, over already ("position closed").
+            await self._place_exits(followed, order)
         if order.linked_order_id:
             await self._cancel_moot(
                 followed, order.linked_order_id, f"one-cancels-other: {order.order_id} filled"
@@ -810,10 +811,15 @@ class LiveExchanges:
             await self._after_flat(followed, order, flat)
 
     async def _left_moot(self, order: Order) -> _LeftMoot:
-        """What the side of `order` left moot when it went flat: its exits (held, being
+        """What the trade of `order` left moot when it went flat: its exits (held, being
         placed or sent), its working trailing stops and its partly filled entries, as they
-        are now."""
+        are now; not the side's next trade's. (The side's, for an order whose trade is not
+        recorded.)"""
         side = (order.user_id, order.exchange, order.symbol, order.position_side)
+
+        def of_trade(position_id: str) -> bool:
+            return position_id in ("", order.position_id) or not order.position_id
+
         try:
             orders = [
                 working.order_id
@@ -821,6 +827,7 @@ class LiveExchanges:
                 if moot_when_flat(working)
                 and (working.user_id, working.exchange, working.symbol, working.position_side)
                 == side
+                and of_trade(working.position_id)
             ]
         except Unavailable as error:
             # The call whose fill closed it stands; the next start cancels the rest.
@@ -830,8 +837,11 @@ class LiveExchanges:
                 order.order_id,
                 error,
             )
-            orders = [exit.order_id for exit in self._held.exits_of(*side)]
-        return _LeftMoot(orders=orders, stops=self._trailing.working_of(*side))
+            orders = [
+                exit.order_id for exit in self._held.exits_of(*side) if of_trade(exit.position_id)
+            ]
+        stops = [stop for stop in self._trailing.working_of(*side) if of_trade(stop.position_id)]
+        return _LeftMoot(orders=orders, stops=stops)
 
     async def _after_flat(self, followed: FollowedAccount, order: Order, flat: _LeftMoot) -> None:
         """Cancel what the side left moot (those still open), not what the next trade, which
@@ -848,15 +858,15 @@ class LiveExchanges:
                 error,
             )
 
-    async def _place_exits(self, followed: FollowedAccount, entry: Order, trade: str) -> None:
+    async def _place_exits(self, followed: FollowedAccount, entry: Order) -> None:
         """The entry's take-profit and stop-loss, held, covering what it filled so far, and
-        its trailing stop on the whole position (`trade`)."""
+        its trailing stop on the whole position (its trade)."""
         assert entry.bracket is not None
         # Not while the account is being reconciled (its stops are loaded once it is
         # followed): the follow-ups run then start it.
         if entry.bracket.trailing is not None and self._followed_now(followed):
-            await self._start_trailing(entry, trade)
-        for leg in bracket_legs(entry, self._clock_ns(), trade):
+            await self._start_trailing(entry)
+        for leg in bracket_legs(entry, self._clock_ns(), entry.position_id):
             stored = await self._store.get_order(entry.user_id, leg.order_id)
             if stored is None:
                 created = OrderUpdated(OrderEventType.CREATED, leg)
@@ -883,40 +893,54 @@ class LiveExchanges:
         except (OmsError, GatewayError) as error:
             log.error("order %s: could not cancel it (%s): %s", order_id, reason, error)
 
-    async def _positions_after(self, order: Order, fills: list[Fill]) -> list[PositionUpdated]:
-        if not fills:
-            return []
+    async def _into_position(
+        self, order: Order, events: list[OrderEvent]
+    ) -> tuple[list[OrderEvent], list[PositionUpdated]]:
+        """The fills among `events` applied to their position: the events with each fill
+        marked with the position's id, and the position as it is after them."""
+        if not any(isinstance(event, OrderFilled) for event in events):
+            return events, []
         market = self._catalog.resolve(order.exchange, order.symbol)
-        position: Position | None = await self._store.current_position(
-            PositionKey(order.user_id, order.exchange, order.symbol, order.position_side)
-        )
-        for fill in fills:
-            opening = not reduces(fill.side, order.position_side)
-            if position is None or not position.is_open:
-                if not opening:
-                    log.error(
-                        "fill %s reduces %s %s %s, which the OMS holds flat",
-                        fill.exchange_trade_id,
-                        order.user_id,
-                        order.symbol,
-                        order.position_side.value,
-                    )
-                    continue
-                position = open_record(
-                    self._new_id(), order.user_id, market, order.position_side, fill.time_ns
-                )
-            elif not opening and fill.quantity > position.size:
+        position = await self._position_of(order)
+        marked: list[OrderEvent] = []
+        for event in events:
+            if isinstance(event, OrderFilled):
+                position, event = self._apply_fill(market, order, position, event)
+            marked.append(event)
+        return marked, [] if position is None else [PositionUpdated(position)]
+
+    def _apply_fill(
+        self, market: Market, order: Order, position: Position | None, filled: OrderFilled
+    ) -> tuple[Position | None, OrderFilled]:
+        """The position after the fill, and the fill marked with it; both as they were for
+        a fill that cannot be applied (it would reduce below zero)."""
+        fill = filled.fill
+        opening = not reduces(fill.side, order.position_side)
+        if position is None or not position.is_open:
+            if not opening:
                 log.error(
-                    "fill %s reduces position %s by more than its size %s",
+                    "fill %s reduces %s %s %s, which the OMS holds flat",
                     fill.exchange_trade_id,
-                    position.position_id,
-                    position.size,
+                    order.user_id,
+                    order.symbol,
+                    order.position_side.value,
                 )
-                continue
-            position = apply_fill(
-                position, fill, order.grid_level, order.leverage if opening else None
-            ).mark(fill.price, fill.time_ns)
-        return [] if position is None else [PositionUpdated(position)]
+                return position, filled
+            position = open_record(
+                self._new_id(), order.user_id, market, order.position_side, fill.time_ns
+            )
+        elif not opening and fill.quantity > position.size:
+            log.error(
+                "fill %s reduces position %s by more than its size %s",
+                fill.exchange_trade_id,
+                position.position_id,
+                position.size,
+            )
+            return position, filled
+        position = apply_fill(
+            position, fill, order.grid_level, order.leverage if opening else None
+        ).mark(fill.price, fill.time_ns)
+        return position, OrderFilled(dataclasses.replace(fill, position_id=position.position_id))
 
     def throttle_wait_s(self, exchange: str, user_id: str) -> float:
         until = max((until for until, _ in self._throttles(exchange, user_id)), default=0.0)
@@ -951,10 +975,10 @@ class LiveExchanges:
                 "register credentials and activate the account first"
             )
 
-    async def _start_trailing(self, entry: Order, trade: str) -> None:
+    async def _start_trailing(self, entry: Order) -> None:
         assert entry.bracket is not None and entry.bracket.trailing is not None
         market = self._catalog.resolve(entry.exchange, entry.symbol)
-        await self._trailing.start_exit(entry, entry.bracket.trailing, market, trade)
+        await self._trailing.start_exit(entry, entry.bracket.trailing, market)
         self._marks.nudge(entry.exchange)
 
     def _followed_now(self, followed: FollowedAccount) -> bool:

@@ -134,11 +134,9 @@ class LiveTrailingStops:
                 self._books[(market.exchange, market.symbol)].put(stop)
             return stop, True
 
-    async def start_exit(
-        self, entry: Order, exit: TrailingExit, market: Market, trade: str
-    ) -> None:
-        """An OpenPosition's trailing stop, on the whole position (`trade`, when known),
-        once its entry filled."""
+    async def start_exit(self, entry: Order, exit: TrailingExit, market: Market) -> None:
+        """An OpenPosition's trailing stop, on the whole position (the entry's trade, when
+        known), once its entry filled."""
         if await self._store.get_trailing_stop(entry.user_id, exit.trailing_stop_id):
             return
         spec = TrailingStopSpec(
@@ -152,7 +150,10 @@ class LiveTrailingStops:
             client_id="",
         )
         await self.create(
-            spec, exit.trailing_stop_id, opening_price=entry.average_fill_price, trade=trade
+            spec,
+            exit.trailing_stop_id,
+            opening_price=entry.average_fill_price,
+            trade=entry.position_id,
         )
 
     async def cancel(

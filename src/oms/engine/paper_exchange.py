@@ -15,7 +15,7 @@ import asyncio
 import bisect
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
@@ -24,7 +24,6 @@ from oms.domain.conditional_rules import ConditionalRule, RuleStatus
 from oms.domain.decimals import ZERO
 from oms.domain.errors import ConcurrentModification, FailedPrecondition, NotFound, OmsError
 from oms.domain.events import (
-    FillRecorded,
     PositionUpdated,
     RuleUpdated,
     TrailingStopUpdated,
@@ -32,13 +31,13 @@ from oms.domain.events import (
     WatermarkMoved,
     apply_all,
 )
-from oms.domain.fills import Fill
 from oms.domain.markets import PAPER, Market, MarketCatalog
 from oms.domain.orders import (
     Order,
     OrderAmended,
     OrderCanceled,
     OrderEvent,
+    OrderFilled,
     PositionSide,
     TrailingExit,
 )
@@ -517,6 +516,11 @@ class _Desk:
         everything they cause: resting book, positions, bracket exits, one-cancels-other."""
         start = before if before is not None else new
         assert start is not None
+        # A fill goes into its position first: the fill and the order then name that position.
+        events = [
+            self._into_position(batch, start, event) if isinstance(event, OrderFilled) else event
+            for event in events
+        ]
         after, published = apply_all(start, events, now)
         batch.add(owner, OrderChange(after, None if before is None else before.version, published))
         if before is not None and self.book.get(before.order_id) is before:
@@ -524,15 +528,11 @@ class _Desk:
         if after.is_open:
             batch.put(self.book, after)
         self.judge_rules(owner, batch, after, now)
-        fills = [event.fill for event in published if isinstance(event, FillRecorded)]
-        for fill in fills:
-            self._apply_fill(batch, after, fill)
-        if not fills:
+        if not any(isinstance(event, OrderFilled) for event in events):
             return after
         if after.bracket is not None:
             if start.filled_quantity == 0:
-                trade = self.positions.get((after.user_id, after.position_side))
-                for leg in bracket_legs(after, now, trade.position_id if trade else ""):
+                for leg in bracket_legs(after, now, after.position_id):
                     self.submit_new(owner, batch, leg)
                 if after.bracket.trailing is not None:
                     self._start_trailing(owner, batch, after, after.bracket.trailing, now)
@@ -665,7 +665,9 @@ class _Desk:
         if order is not None:
             self.cancel_resting(owner, batch, order, reason)
 
-    def _apply_fill(self, batch: _Batch, order: Order, fill: Fill) -> None:
+    def _into_position(self, batch: _Batch, order: Order, filled: OrderFilled) -> OrderFilled:
+        """Apply the fill to its position; the fill, marked with the position's id."""
+        fill = filled.fill
         slot = (order.user_id, order.position_side)
         position = self.positions.get(slot)
         opening = not reduces(fill.side, order.position_side)
@@ -679,6 +681,7 @@ class _Desk:
         after = apply_fill(position, fill, order.grid_level, order.leverage if opening else None)
         mark = self.last.price if self.last else fill.price
         batch.set_position(self, slot, after.mark(mark, fill.time_ns))
+        return OrderFilled(replace(fill, position_id=after.position_id))
 
     async def submit(self, op: _Op) -> Any:
         self._queue.append(op)

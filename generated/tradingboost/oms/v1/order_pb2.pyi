@@ -533,10 +533,11 @@ class Order(_message.Message):
     cancels this one when it fills. Empty otherwise. Output only.
     """
     position_id: _builtins.str
-    """On a take-profit or stop-loss placed by OpenPosition: the position (the
-    trade) it protects, the one its entry filled into. It never closes
-    another: one that the side's next trade would meet ends CANCELED
-    "position closed". Empty otherwise. Output only.
+    """The position record (the trade) the order's fills went into (its latest
+    fill's); empty while nothing filled. On a take-profit or stop-loss placed
+    by OpenPosition, set from the start: the position it protects, the one
+    its entry filled into. Such an exit never closes another: one that the
+    side's next trade would meet ends CANCELED "position closed". Output only.
     """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -628,6 +629,7 @@ class Fill(_message.Message):
     EXCHANGE_TRADE_ID_FIELD_NUMBER: _builtins.int
     STRATEGY_FIELD_NUMBER: _builtins.int
     GRID_LEVEL_FIELD_NUMBER: _builtins.int
+    POSITION_ID_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The user's event sequence number of this fill: strictly increasing and
     gapless across all of the user's event kinds. Output only.
@@ -672,6 +674,12 @@ class Fill(_message.Message):
     """The filled order's grid level (0 to 20); absent when the order is not part
     of a grid. Output only.
     """
+    position_id: _builtins.str
+    """The position record (PositionService) the fill opened, added to or
+    reduced: a strategy's per-trade ledger. Empty for a fill the OMS could not
+    apply to a position (a reduction of more than it holds on that side).
+    Output only.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """Execution time as reported by the exchange. Output only."""
@@ -697,10 +705,11 @@ class Fill(_message.Message):
         exchange_trade_id: _builtins.str = ...,
         strategy: _builtins.str = ...,
         grid_level: _builtins.int | None = ...,
+        position_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_grid_level", b"_grid_level", "grid_level", b"grid_level", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_grid_level", b"_grid_level", "client_order_id", b"client_order_id", "exchange", b"exchange", "exchange_trade_id", b"exchange_trade_id", "fee", b"fee", "fee_currency", b"fee_currency", "fill_id", b"fill_id", "grid_level", b"grid_level", "liquidity", b"liquidity", "order_id", b"order_id", "position_side", b"position_side", "price", b"price", "quantity", b"quantity", "sequence", b"sequence", "side", b"side", "strategy", b"strategy", "symbol", b"symbol", "time", b"time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_grid_level", b"_grid_level", "client_order_id", b"client_order_id", "exchange", b"exchange", "exchange_trade_id", b"exchange_trade_id", "fee", b"fee", "fee_currency", b"fee_currency", "fill_id", b"fill_id", "grid_level", b"grid_level", "liquidity", b"liquidity", "order_id", b"order_id", "position_id", b"position_id", "position_side", b"position_side", "price", b"price", "quantity", b"quantity", "sequence", b"sequence", "side", b"side", "strategy", b"strategy", "symbol", b"symbol", "time", b"time", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__grid_level: _TypeAlias = _typing.Literal["grid_level"]  # noqa: Y015
     _WhichOneofArgType__grid_level: _TypeAlias = _typing.Literal["_grid_level", b"_grid_level"]  # noqa: Y015

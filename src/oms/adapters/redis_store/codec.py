@@ -191,6 +191,7 @@ def fill_to_dict(fill: Fill) -> dict[str, Any]:
         "exchange_trade_id": fill.exchange_trade_id,
         "strategy": fill.strategy,
         "grid_level": fill.grid_level,
+        "position_id": fill.position_id,
     }
 
 
@@ -214,6 +215,7 @@ def fill_from_dict(doc: dict[str, Any]) -> Fill:
         # Absent from fills stored before they were kept.
         strategy=doc.get("strategy", ""),
         grid_level=doc.get("grid_level"),
+        position_id=doc.get("position_id", ""),
     )
 
 

@@ -68,6 +68,14 @@ def test_closing_the_whole_size_closes_the_record() -> None:
     assert position.unrealized_pnl == position.notional == 0
 
 
+def test_a_record_holds_its_own_trade_while_open() -> None:
+    opened = long((fill(Side.BUY, "0.01", "50000"), None))
+    assert opened.holds("p") and opened.holds("")  # "": an exit whose trade is not known
+    assert not opened.holds("another")
+    closed = apply_fill(opened, fill(Side.SELL, "0.01", "51000"), None, None)
+    assert not closed.holds("p") and not closed.holds("")
+
+
 def test_grid_levels_reduce_their_own_level_first_then_in_level_order() -> None:
     position = long(
         (fill(Side.BUY, "0.01", "50000"), 3),

@@ -79,6 +79,11 @@ class Position:
     def is_open(self) -> bool:
         return self.status is PositionStatus.OPEN
 
+    def holds(self, trade: str) -> bool:
+        """Whether this record is open and is the trade `trade` ("": any trade of its side):
+        what an exit or a trailing stop of that trade may still act on."""
+        return self.is_open and trade in ("", self.position_id)
+
     @property
     def direction(self) -> Decimal:
         return Decimal(1) if self.position_side is PositionSide.LONG else Decimal(-1)

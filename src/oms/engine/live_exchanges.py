@@ -28,7 +28,7 @@ from decimal import Decimal
 from oms.domain.accounts import Account, Credentials
 from oms.domain.brackets import bracket_legs, moot_when_flat
 from oms.domain.conditional_rules import ConditionalRule
-from oms.domain.decimals import ZERO, add, sub
+from oms.domain.decimals import add, sub
 from oms.domain.errors import (
     ConcurrentModification,
     FailedPrecondition,
@@ -427,15 +427,14 @@ class LiveExchanges:
         if not order.reduce_only:
             return []
         position = await self._position_of(order)
-        if order.position_id and position and position.position_id != order.position_id:
-            # An exit of a trade that closed (its follow-ups cut short by a crash, say):
-            # sent, it would close the side's next trade.
-            return [OrderCanceled("position closed")]
-        size = position.size if position is not None and position.is_open else ZERO
-        if size <= 0:
+        if position is None or not position.holds(order.position_id):
+            if order.position_id:
+                # An exit of a trade that closed (its follow-ups cut short by a crash, say):
+                # sent, it would close the side's next trade.
+                return [OrderCanceled("position closed")]
             return [OrderCanceled(f"reduce-only: no {order.position_side} position left")]
-        if size < sub(order.quantity, order.filled_quantity):
-            return [OrderAmended(add(order.filled_quantity, size))]
+        if position.size < sub(order.quantity, order.filled_quantity):
+            return [OrderAmended(add(order.filled_quantity, position.size))]
         return []
 
     async def cancel(
@@ -780,11 +779,7 @@ class LiveExchanges:
     async def _trade_open(self, exit: Order) -> bool:
         """Whether the side of `exit` is open, and still in its position if known."""
         position = await self._position_of(exit)
-        return (
-            position is not None
-            and position.is_open
-            and exit.position_id in ("", position.position_id)
-        )
+        return position is not None and position.holds(exit.position_id)
 
     async def _after_fills(
         self, followed: FollowedAccount, order: Order, flat: _LeftMoot | None

@@ -225,7 +225,7 @@ class LiveTrailingStops:
         position = await self._store.current_position(key)
         # Its own trade only: the side may hold the next one (a crash cut short the close's
         # follow-ups, which cancel it).
-        if position is None or position.position_id != stop.position_id or not position.is_open:
+        if position is None or not position.holds(stop.position_id):
             await self._change(
                 book, stop, stop.cancel(POSITION_CLOSED, now), TrailingStopEventType.CANCELED
             )

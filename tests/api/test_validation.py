@@ -59,6 +59,7 @@ BAD_ORDERS: list[tuple[str, dict[str, Any]]] = [
     ("client_order_id", {"client_order_id": MB}),
     # The form of the ids the OMS gives its own orders: taken, it would block them.
     ("client_order_id", {"client_order_id": "ts-01KAQZ3V9Q6R8W2M4N5P7T0XYZ"}),
+    ("client_order_id", {"client_order_id": "fl-01KAQZ3V9Q6R8W2M4N5P7T0XYZ"}),
     ("side", {"side": S.SIDE_UNSPECIFIED}),
     ("side", {"side": 99}),
     ("type", {"type": S.ORDER_TYPE_UNSPECIFIED}),

@@ -204,6 +204,83 @@ async def test_a_close_to_flat_cancels_the_rest_of_a_partly_filled_entry(
     assert (await live.get(waiting.entry_order.order_id)).status == S.ORDER_STATUS_OPEN
 
 
+CANCEL_REQUEST = {
+    "binanceusdm": ("DELETE", "/fapi/v1/order"),
+    "okx": ("POST", "/api/v5/trade/cancel-order"),
+}
+
+
+async def late_filled_entry(live: LiveTrading, exchange: FakeExchange) -> tuple[str, Any]:
+    """An OpenPosition entry half filled, its take-profit fired; the cancel of the entry's
+    rest is slow to land, and the price comes back through the entry meanwhile: its rest
+    fills, 0.01, and opens the side again, with nothing to protect it. The entry's id and
+    that late fill."""
+    begun = await half_filled_entry(
+        live, exchange, take_profit_price="52000", stop_loss_price="47000"
+    )
+    entry_id = begun.entry_order.order_id
+    trade = (await assert_open_with(live, "0.01")).position_id
+    exchange.delay_requests(*CANCEL_REQUEST[live.venue], 1.0)
+    exchange.set_price(BTC, Decimal("52100"))
+    await live.until(begun.take_profit_order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    await live.until(entry_id, lambda o: o.status == S.ORDER_STATUS_PENDING_CANCEL)
+    exchange.set_price(BTC, Decimal("48900"))
+    entry = await live.until(entry_id, lambda o: o.filled_quantity == "0.02")
+    [late] = [fill for fill in await live.fills(entry_id) if fill.position_id != trade]
+    assert entry.position_id == late.position_id != trade
+    exchange.delay_requests(*CANCEL_REQUEST[live.venue], 0)
+    return entry_id, late
+
+
+async def assert_taken_back(live: LiveTrading, entry_id: str, late: Any) -> None:
+    """Closed at market, once: the trade was over."""
+    taken_back = await live.until_found(f"fl-{late.fill_id}")
+    working = (S.ORDER_STATUS_PENDING_NEW, S.ORDER_STATUS_OPEN)
+    taken_back = await live.until(taken_back.order_id, lambda o: o.status not in working)
+    assert (taken_back.status, taken_back.type, taken_back.side, taken_back.quantity) == (
+        S.ORDER_STATUS_FILLED,
+        S.ORDER_TYPE_MARKET,
+        S.SIDE_SELL,
+        "0.01",
+    )
+    assert taken_back.reduce_only
+    assert (taken_back.parent_order_id, taken_back.position_id) == (entry_id, late.position_id)
+    current = await live.oms.positions.GetPosition(
+        pos.GetPositionRequest(
+            user_id=USER, exchange=live.venue, symbol=BTC, position_side=S.POSITION_SIDE_LONG
+        )
+    )
+    assert (current.position.position_id, current.position.status) == (
+        late.position_id,
+        position_pb2.POSITION_STATUS_CLOSED,
+    )
+    await asyncio.sleep(1.5)  # (the entry's cancel has landed, and found it filled)
+    # The take-profit and this close: nothing sold twice.
+    assert len([o for o in live.exchange.orders(API_KEY) if o.side == "sell"]) == 2
+    await live.assert_invariants()
+
+
+async def test_a_late_fill_of_an_entry_whose_trade_ended_is_taken_back(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    await assert_taken_back(live, *await late_filled_entry(live, exchange))
+
+
+async def test_a_late_fill_a_crash_left_open_is_taken_back_when_followed_again(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def crashed(*args: Any) -> None:
+        pass
+
+    monkeypatch.setattr(live.oms.app.exchanges, "_take_back_late_fills", crashed)
+    entry_id, late = await late_filled_entry(live, exchange)
+    await asyncio.sleep(0.5)
+    assert (await assert_open_with(live, "0.01")).position_id == late.position_id
+    monkeypatch.undo()
+    await follow_again(live)
+    await assert_taken_back(live, entry_id, late)
+
+
 async def next_trade(live: LiveTrading) -> pos.OpenPositionResponse:
     """The next trade's entry (LIMIT 48000, stop-loss 46000), nothing filled yet."""
     response: pos.OpenPositionResponse = await live.oms.positions.OpenPosition(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from decimal import Decimal
 
+from oms.domain.fills import Fill
 from oms.domain.identifiers import derived_client_order_id
 from oms.domain.orders import Order, OrderType, Side, TimeInForce
 
@@ -68,6 +69,51 @@ def _leg(
         parent_order_id=entry.order_id,
         position_id=position_id,
     )
+
+
+def late_fill_close(
+    entry: Order, fill: Fill, quantity: Decimal, order_id: str, now_ns: int
+) -> Order:
+    """The reduce-only market order that takes back a fill of `entry` that came after its
+    trade had ended (the cancel of its rest had not landed, or failed): that fill opened,
+    or added to, a trade its exits do not protect. For `quantity` (the fill's, capped at
+    that position's size); its client order id derives from the fill's id, so each such
+    fill is taken back once."""
+    return Order(
+        order_id=order_id,
+        client_order_id=derived_client_order_id("fl", fill.fill_id),
+        user_id=entry.user_id,
+        exchange=entry.exchange,
+        symbol=entry.symbol,
+        side=Side.SELL if entry.side is Side.BUY else Side.BUY,
+        type=OrderType.MARKET,
+        time_in_force=TimeInForce.GTC,
+        quantity=quantity,
+        price=None,
+        stop_price=None,
+        reduce_only=True,
+        position_side=entry.position_side,
+        leverage=None,
+        strategy=entry.strategy,
+        grid_level=entry.grid_level,
+        metadata={"late_fill_id": fill.fill_id},
+        fingerprint="",
+        created_at_ns=now_ns,
+        updated_at_ns=now_ns,
+        # Owed once stored: a crash before its send leaves it to the lookup, which sends it.
+        triggered=True,
+        parent_order_id=entry.order_id,
+        position_id=fill.position_id,
+    )
+
+
+def late_fills(entry: Order, fills: list[Fill]) -> list[Fill]:
+    """The fills of an OpenPosition entry (in the order they came) that went into another
+    trade than its first fill's: they came after the trade its exits protect had ended."""
+    trades = [fill.position_id for fill in fills if fill.position_id]
+    if entry.bracket is None or not trades:
+        return []
+    return [fill for fill in fills if fill.position_id not in ("", trades[0])]
 
 
 def moot_when_flat(order: Order) -> bool:

@@ -49,12 +49,13 @@ def check_one_ref(id_field: str, oms_id: str, key_field: str, key: str) -> None:
 
 def derived_client_order_id(kind: str, oms_id: str) -> str:
     """The client order id of an order the OMS places itself, derived from what it places
-    it for (a trailing stop's close: "ts", an OpenPosition's exits: "tp" and "sl"), so that
-    the store's uniqueness guard lets it be placed once only."""
+    it for (a trailing stop's close: "ts", an OpenPosition's exits: "tp" and "sl", the close
+    of an entry's fill that came after its trade ended: "fl"), so that the store's
+    uniqueness guard lets it be placed once only."""
     return f"{kind}-{oms_id}"
 
 
-_DERIVED_CLIENT_ORDER_ID = re.compile(r"(ts|tp|sl)-[0-9A-HJKMNP-TV-Z]{26}")
+_DERIVED_CLIENT_ORDER_ID = re.compile(r"(ts|tp|sl|fl)-[0-9A-HJKMNP-TV-Z]{26}")
 
 
 def check_new_client_order_id(raw: str, field: str = "client_order_id") -> str:
@@ -64,8 +65,9 @@ def check_new_client_order_id(raw: str, field: str = "client_order_id") -> str:
     if _DERIVED_CLIENT_ORDER_ID.fullmatch(raw):
         raise InvalidArgument(
             field,
-            "ts-, tp- or sl- followed by an OMS id is the form of the ids the OMS gives the "
-            "orders it places itself (a trailing stop's close, an OpenPosition's exits)",
+            "ts-, tp-, sl- or fl- followed by an OMS id is the form of the ids the OMS gives "
+            "the orders it places itself (a trailing stop's close, an OpenPosition's exits, "
+            "the close of an entry's late fill)",
         )
     return raw
 

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 
 from oms.domain.accounts import Account, Credentials
-from oms.domain.brackets import bracket_legs, moot_when_flat
+from oms.domain.brackets import bracket_legs, late_fill_close, late_fills, moot_when_flat
 from oms.domain.conditional_rules import ConditionalRule
 from oms.domain.decimals import add, sub
 from oms.domain.errors import (
@@ -793,6 +793,8 @@ class LiveExchanges:
             # Also when its trade closed before they ran: the exits and the trailing stop
             # whose ids OpenPosition gave out exist, over already ("position closed").
             await self._place_exits(followed, order)
+            if len(order.fill_ids) > 1:  # (a late fill is never an entry's first)
+                await self._take_back_late_fills(followed, order)
         if order.linked_order_id:
             await self._cancel_moot(
                 followed, order.linked_order_id, f"one-cancels-other: {order.order_id} filled"
@@ -868,7 +870,11 @@ class LiveExchanges:
                 outcome = await self._journal.record([OrderChange(leg, None, [created])])
                 if not isinstance(outcome, Conflict):
                     await self._hold(followed, leg)
-            elif is_held(stored) and stored.quantity < entry.filled_quantity:
+            elif (
+                is_held(stored)
+                and stored.position_id in ("", entry.position_id)
+                and stored.quantity < entry.filled_quantity
+            ):
                 grown = await self._commit(
                     followed,
                     leg.order_id,
@@ -876,6 +882,31 @@ class LiveExchanges:
                 )
                 if is_held(grown):
                     self._held.hold(grown)
+
+    async def _take_back_late_fills(self, followed: FollowedAccount, entry: Order) -> None:
+        """Close, at market and once per fill, what the entry's late fills (`late_fills`:
+        its trade had ended, and its rest's cancel had not landed) put into a trade its
+        exits do not protect: the trade was over, and the late fill would stay unprotected."""
+        fills = await self._store.get_fills(entry.user_id, entry.fill_ids)
+        for fill in late_fills(entry, fills):
+            trade = await self._store.get_position(entry.user_id, fill.position_id)
+            if trade is None or not trade.is_open:
+                continue  # closed since: nothing of the fill is left to take back
+            quantity = min(fill.quantity, trade.size)
+            order = late_fill_close(entry, fill, quantity, self._new_id(), self._clock_ns())
+            created = OrderUpdated(OrderEventType.CREATED, order)
+            if isinstance(
+                await self._journal.record([OrderChange(order, None, [created])]), Conflict
+            ):
+                continue  # taken back already (this is a follow-up run again)
+            log.warning(
+                "order %s filled %s after its trade ended (fill %s): closed by order %s",
+                entry.order_id,
+                fill.quantity,
+                fill.fill_id,
+                order.order_id,
+            )
+            await self._send_in_background(followed, order)
 
     async def _cancel_moot(self, followed: FollowedAccount, order_id: str, reason: str) -> None:
         """Cancel an order a fill made moot, if still open; a failure is logged, not raised."""

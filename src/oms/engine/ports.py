@@ -166,6 +166,7 @@ class StateStore(Protocol):
     | all_positions          | every record of a user, open and closed                    |
     | list_positions         | one page, newest record first, with its sequence            |
     | get_orders             | several orders by id, within the user (None where unknown) |
+    | get_fills              | several fills by id, within the user (the unknown left out) |
     | get_trailing_stop(_by_client_id) | one trailing stop, within the user               |
     | working_trailing_stops_on | every working trailing stop on one exchange (recovery)  |
     | list_trailing_stops    | one page, newest first, with its sequence                  |
@@ -214,6 +215,8 @@ class StateStore(Protocol):
     async def list_positions(self, query: PositionQuery) -> Page[Position]: ...
 
     async def get_orders(self, user_id: str, order_ids: Sequence[str]) -> list[Order | None]: ...
+
+    async def get_fills(self, user_id: str, fill_ids: Sequence[str]) -> list[Fill]: ...
 
     async def get_trailing_stop(
         self, user_id: str, trailing_stop_id: str

@@ -526,7 +526,9 @@ class Order(_message.Message):
     """
     parent_order_id: _builtins.str
     """On a take-profit or stop-loss placed by OpenPosition: the entry order
-    it protects. Empty otherwise. Output only.
+    it protects; on the close of an entry's late fill (`fl-<fill_id>`, see
+    OpenPositionRequest.client_order_id): that entry. Empty otherwise.
+    Output only.
     """
     linked_order_id: _builtins.str
     """One-cancels-other: the order this one cancels when it fills, and that

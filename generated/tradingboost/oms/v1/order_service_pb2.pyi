@@ -122,9 +122,10 @@ class PlaceOrderRequest(_message.Message):
     client_order_id: _builtins.str
     """Optional idempotency key: 1 to 64 characters of [A-Za-z0-9_.:/-], unique
     per user. Empty: the OMS makes one (so the call is then not idempotent).
-    `ts-`, `tp-` or `sl-` followed by a 26-character OMS id is the form of the
-    ids the OMS gives the orders it places itself (a trailing stop's close, an
-    OpenPosition's exits): INVALID_ARGUMENT. One key space per user for every
+    `ts-`, `tp-`, `sl-` or `fl-` followed by a 26-character OMS id is the form
+    of the ids the OMS gives the orders it places itself (a trailing stop's
+    close, an OpenPosition's exits, the close of an entry's late fill):
+    INVALID_ARGUMENT. One key space per user for every
     order, whatever call placed it (PlaceOrder, PositionService.OpenPosition's
     entry, PositionService.ClosePosition): give each intent its own key. A key
     reused by another of those calls answers with its order at most where the

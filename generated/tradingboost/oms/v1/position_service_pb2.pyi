@@ -263,7 +263,12 @@ class OpenPositionRequest(_message.Message):
     """Optional idempotency key for the entry order: 1 to 64 characters of
     [A-Za-z0-9_.:/-], unique per user. Empty: the OMS makes one. The linked
     orders' client order ids are derived from the entry's order id (`tp-` and
-    `sl-` followed by it), a form refused as a caller's client order id.
+    `sl-` followed by it), a form refused as a caller's client order id. On a
+    real exchange, a fill of the entry that comes after its trade ended (the
+    exit fired, or the position was closed, and the cancel of the entry's rest
+    had not landed) is closed at once by a reduce-only market order,
+    `fl-<fill_id>`, whose `parent_order_id` is the entry: the trade was over,
+    and that fill would have no exits.
     """
     strategy: _builtins.str
     """Optional strategy tag, up to 64 characters, set on the entry and linked
@@ -393,7 +398,8 @@ class ClosePositionRequest(_message.Message):
     client_order_id: _builtins.str
     """Optional idempotency key for the close order: 1 to 64 characters of
     [A-Za-z0-9_.:/-], unique per user, not of the form of the OMS's own
-    (`ts-`, `tp-` or `sl-` followed by an OMS id). Empty: the OMS makes one.
+    (`ts-`, `tp-`, `sl-` or `fl-` followed by an OMS id). Empty: the OMS
+    makes one.
     A retry returns the close made under it, even once the position is flat.
     A whole close's retry matches whatever size it closed; a retry with
     another `quantity`, or without the `quantity` the close named, is

@@ -748,6 +748,11 @@ class RedisStore:
         return [None if doc is None else decode_order(doc) for doc in docs]
 
     @unavailable_when_down
+    async def get_fills(self, user_id: str, fill_ids: Sequence[str]) -> list[Fill]:
+        docs = await self._redis.hmget(keys.fills(user_id), list(fill_ids))  # type: ignore[misc]
+        return [decode_fill(doc) for doc in docs if doc is not None]
+
+    @unavailable_when_down
     async def get_trailing_stop(self, user_id: str, trailing_stop_id: str) -> TrailingStop | None:
         raw = await self._redis.hget(keys.trailing_stops(user_id), trailing_stop_id)  # type: ignore[misc]
         return None if raw is None else decode_trailing_stop(raw)

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from oms.domain.fills import Fill
 from oms.domain.identifiers import derived_client_order_id
-from oms.domain.orders import Order, OrderType, Side, TimeInForce
+from oms.domain.orders import Order, OrderType, reducing_order
 
 
 def bracket_legs(entry: Order, now_ns: int, position_id: str = "") -> list[Order]:
@@ -45,28 +45,14 @@ def _leg(
     position_id: str,
 ) -> Order:
     prefix = "tp" if order_type is OrderType.TAKE_PROFIT_MARKET else "sl"
-    return Order(
-        order_id=order_id,
-        client_order_id=derived_client_order_id(prefix, entry.order_id),
-        user_id=entry.user_id,
-        exchange=entry.exchange,
-        symbol=entry.symbol,
-        side=Side.SELL if entry.side is Side.BUY else Side.BUY,
-        type=order_type,
-        time_in_force=TimeInForce.GTC,
-        quantity=entry.filled_quantity,
-        price=None,
+    return _exit(
+        entry,
+        order_id,
+        derived_client_order_id(prefix, entry.order_id),
+        order_type,
+        entry.filled_quantity,
+        now_ns,
         stop_price=trigger,
-        reduce_only=True,
-        position_side=entry.position_side,
-        leverage=None,
-        strategy=entry.strategy,
-        grid_level=entry.grid_level,
-        metadata={},
-        fingerprint="",
-        created_at_ns=now_ns,
-        updated_at_ns=now_ns,
-        parent_order_id=entry.order_id,
         position_id=position_id,
     )
 
@@ -79,31 +65,51 @@ def late_fill_close(
     or added to, a trade its exits do not protect. For `quantity` (the fill's, capped at
     that position's size); its client order id derives from the fill's id, so each such
     fill is taken back once."""
-    return Order(
+    return _exit(
+        entry,
+        order_id,
+        derived_client_order_id("fl", fill.fill_id),
+        OrderType.MARKET,
+        quantity,
+        now_ns,
+        metadata={"late_fill_id": fill.fill_id},
+        # Owed once stored: a crash before its send leaves it to the lookup, which sends it.
+        triggered=True,
+        position_id=fill.position_id,
+    )
+
+
+def _exit(
+    entry: Order,
+    order_id: str,
+    client_order_id: str,
+    order_type: OrderType,
+    quantity: Decimal,
+    now_ns: int,
+    *,
+    stop_price: Decimal | None = None,
+    metadata: dict[str, str] | None = None,
+    triggered: bool = False,
+    position_id: str = "",
+) -> Order:
+    """An order the OMS places for `entry` on its position, tagged as the entry is."""
+    return reducing_order(
         order_id=order_id,
-        client_order_id=derived_client_order_id("fl", fill.fill_id),
+        client_order_id=client_order_id,
         user_id=entry.user_id,
         exchange=entry.exchange,
         symbol=entry.symbol,
-        side=Side.SELL if entry.side is Side.BUY else Side.BUY,
-        type=OrderType.MARKET,
-        time_in_force=TimeInForce.GTC,
-        quantity=quantity,
-        price=None,
-        stop_price=None,
-        reduce_only=True,
         position_side=entry.position_side,
-        leverage=None,
+        type=order_type,
+        quantity=quantity,
+        now_ns=now_ns,
         strategy=entry.strategy,
         grid_level=entry.grid_level,
-        metadata={"late_fill_id": fill.fill_id},
-        fingerprint="",
-        created_at_ns=now_ns,
-        updated_at_ns=now_ns,
-        # Owed once stored: a crash before its send leaves it to the lookup, which sends it.
-        triggered=True,
+        stop_price=stop_price,
+        metadata=metadata,
+        triggered=triggered,
         parent_order_id=entry.order_id,
-        position_id=fill.position_id,
+        position_id=position_id,
     )
 
 

@@ -386,3 +386,52 @@ _FIELD_NAMES = tuple(f.name for f in fields(Order))
 _field_values = attrgetter(*_FIELD_NAMES)
 _SLOT_SETTERS = tuple(Order.__dict__[name].__set__ for name in _FIELD_NAMES)
 _SLOT_SETTER = dict(zip(_FIELD_NAMES, _SLOT_SETTERS, strict=True))
+
+
+def reducing_order(
+    *,
+    order_id: str,
+    client_order_id: str,
+    user_id: str,
+    exchange: str,
+    symbol: str,
+    position_side: PositionSide,
+    type: OrderType,
+    quantity: Decimal,
+    now_ns: int,
+    stop_price: Decimal | None = None,
+    strategy: str = "",
+    grid_level: int | None = None,
+    metadata: dict[str, str] | None = None,
+    triggered: bool = False,
+    parent_order_id: str = "",
+    position_id: str = "",
+) -> Order:
+    """An order the OMS places itself to reduce a position side (an exit, a trailing stop's
+    close, the close of a late fill): reduce-only, good till cancelled, on the side that
+    reduces it, at market or at its trigger."""
+    return Order(
+        order_id=order_id,
+        client_order_id=client_order_id,
+        user_id=user_id,
+        exchange=exchange,
+        symbol=symbol,
+        side=Side.SELL if position_side is PositionSide.LONG else Side.BUY,
+        type=type,
+        time_in_force=TimeInForce.GTC,
+        quantity=quantity,
+        price=None,
+        stop_price=stop_price,
+        reduce_only=True,
+        position_side=position_side,
+        leverage=None,
+        strategy=strategy,
+        grid_level=grid_level,
+        metadata={} if metadata is None else metadata,
+        fingerprint="",
+        created_at_ns=now_ns,
+        updated_at_ns=now_ns,
+        triggered=triggered,
+        parent_order_id=parent_order_id,
+        position_id=position_id,
+    )

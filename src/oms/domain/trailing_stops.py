@@ -19,7 +19,7 @@ from oms.domain.decimals import add, div, fmt, mul, parse_positive, sub
 from oms.domain.errors import FailedPrecondition, InvalidArgument
 from oms.domain.identifiers import check_client_order_id, check_user_id, derived_client_order_id
 from oms.domain.markets import Market, MarketCatalog
-from oms.domain.orders import Order, OrderType, PositionSide, Side, TimeInForce
+from oms.domain.orders import Order, OrderType, PositionSide, reducing_order
 
 _ONE = Decimal(1)
 MIN_CALLBACK_RATE = Decimal("0.001")
@@ -187,28 +187,19 @@ class TrailingStop:
         Its client order id derives from the stop's id: the store refuses a second one.
         """
         quantity = position_size if self.quantity is None else min(self.quantity, position_size)
-        return Order(
+        return reducing_order(
             order_id=order_id,
             client_order_id=derived_client_order_id("ts", self.trailing_stop_id),
             user_id=self.user_id,
             exchange=self.exchange,
             symbol=self.symbol,
-            side=Side.SELL if self.is_long else Side.BUY,
-            type=OrderType.MARKET,
-            time_in_force=TimeInForce.GTC,
-            quantity=quantity,
-            price=None,
-            stop_price=None,
-            reduce_only=True,
             position_side=self.position_side,
-            leverage=None,
-            strategy="",
-            grid_level=None,
+            type=OrderType.MARKET,
+            quantity=quantity,
+            now_ns=now_ns,
             metadata={"trailing_stop_id": self.trailing_stop_id},
-            fingerprint="",
-            created_at_ns=now_ns,
-            updated_at_ns=now_ns,
             triggered=True,
+            position_id=self.position_id,
         )
 
 

@@ -147,6 +147,32 @@ async def test_list_then_stream_misses_nothing_and_counts_nothing_twice(
     stream.cancel()
 
 
+async def test_a_listing_of_several_pages_then_a_stream_from_its_first_page_converges(
+    oms: OmsHarness,
+) -> None:
+    await tick(oms, "50000")
+    for price in ("49000", "48000", "47000", "46000"):
+        await place(oms, type=S.ORDER_TYPE_LIMIT, price=price)
+    request = pb.ListOrdersRequest(user_id=USER, page_size=2)
+    first = await oms.orders.ListOrders(request)
+    # Between the pages: an order of the second page fills, another is placed.
+    await tick(oms, "48500")  # fills the 49000 buy, the oldest
+    new = await place(oms, type=S.ORDER_TYPE_LIMIT, price="45000")
+    request.page_token = first.next_page_token
+    second = await oms.orders.ListOrders(request)
+    assert second.as_of_sequence > first.as_of_sequence and not second.next_page_token
+    book = {o.order_id: o for o in [*first.orders, *second.orders]}
+    assert len(book) == 4 and new.order_id not in book
+    stream = order_stream(oms, after=first.as_of_sequence)
+    # (the fill's update, then the new order's acceptance)
+    for update in await stream.events(2):
+        book[update.order.order_id] = update.order
+    assert await stream.no_event_within(0.2)
+    listed_now = await oms.orders.ListOrders(pb.ListOrdersRequest(user_id=USER))
+    assert book == {o.order_id: o for o in listed_now.orders}
+    stream.cancel()
+
+
 async def test_for_a_new_user_stream_then_list_misses_nothing(oms: OmsHarness) -> None:
     # A new user's snapshot has as_of_sequence 0, and after_sequence 0 means live only: the
     # other way round (the proto's recipe), streaming first, then listing, loses nothing.

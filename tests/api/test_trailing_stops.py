@@ -67,7 +67,13 @@ from tradingboost.oms.v1 import order_pb2, trailing_stop_pb2
 from tradingboost.oms.v1 import position_service_pb2 as ppb
 from tradingboost.oms.v1 import trailing_stop_service_pb2 as tpb
 
-from oms.domain.events import OrderEventType, OrderUpdated
+from oms.domain.events import (
+    FillRecorded,
+    OrderEventType,
+    OrderUpdated,
+    PositionUpdated,
+    TrailingStopUpdated,
+)
 from oms.domain.orders import OrderStatus
 from oms.engine.ports import OrderChange
 
@@ -1198,3 +1204,18 @@ async def test_a_close_orders_id_taken_before_such_ids_were_refused_fails_the_ti
     assert f"is taken by order {taken.order_id}" in message
 
     assert (await get_stop(oms, user, stop.trailing_stop_id)).status == ACTIVE
+
+
+async def test_a_trigger_is_sequenced_after_its_close_order_and_before_the_position(
+    oms: OmsHarness,
+) -> None:
+    user, stop = await long_with_stop(oms)
+    store = oms.app.store
+    _, before = await store.sequence_bounds(user)
+    await publish(oms, "97.9")  # through its stop, 98
+    kinds = [type(item.event) for item in await store.read_events(user, before, 100)]
+    triggered = kinds.index(TrailingStopUpdated)
+    # The close order's creation and fill, then the trigger naming it, then the position.
+    assert set(kinds[:triggered]) == {OrderUpdated, FillRecorded}
+    assert kinds[triggered + 1 :] == [PositionUpdated]
+    assert figures(await get_stop(oms, user, stop.trailing_stop_id))[0] == TRIGGERED

@@ -464,7 +464,9 @@ class ListOrdersResponse(_message.Message):
     as_of_sequence: _builtins.int
     """The user's last event sequence that this page reflects: stream with
     `after_sequence` = `as_of_sequence` to continue from it without missing
-    or double-counting a change.
+    or double-counting a change. Over several pages, stream from the first
+    page's: a later page may show an order changed since, and the replayed
+    updates, each carrying the whole order, bring it to the same state.
     0 (the user had no event yet) cannot be resumed after, as `after_sequence`
     0 means live only: stream with `from_oldest` instead.
     """

@@ -115,7 +115,8 @@ def auth_interceptor(auth: AuthSettings) -> AuthInterceptor | None:
                 token.burst,
             )
             for token in auth.tokens
-        ]
+        ],
+        unauthenticated=(auth.unauthenticated_rate_per_s, auth.unauthenticated_burst),
     )
 
 

@@ -344,6 +344,11 @@ class AuthSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     tokens: list[TokenSettings] = Field(default_factory=list)
+    unauthenticated_rate_per_s: float = Field(default=1.0, gt=0)
+    """Calls a second on average, from one peer address, that bring no valid token; more
+    are RESOURCE_EXHAUSTED (a guesser, or a misconfigured client flooding the audit log)."""
+    unauthenticated_burst: int = Field(default=20, ge=1)
+    """Such calls allowed at once above that rate."""
     audit_log: Path | None = None
     """Also write the audit log (one JSON line per accepted or denied call) to this file;
     it always goes to the `oms.audit` logger."""

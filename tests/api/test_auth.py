@@ -52,7 +52,8 @@ def bearer(token: str) -> tuple[tuple[str, str]]:
 
 @pytest.fixture
 async def oms(redis_url: str) -> AsyncIterator[OmsHarness]:
-    harness = await make_oms(redis_url, auth=AuthSettings(tokens=TOKENS))
+    auth = AuthSettings(tokens=TOKENS, unauthenticated_rate_per_s=0.001, unauthenticated_burst=8)
+    harness = await make_oms(redis_url, auth=auth)
     try:
         yield harness
     finally:
@@ -235,6 +236,31 @@ async def test_over_its_rate_limit_a_token_is_resource_exhausted(oms: OmsHarness
     )
     # Other tokens have buckets of their own.
     await oms.orders.ListOrders(pb.ListOrdersRequest(user_id="alice"), metadata=bearer(ALICE))
+
+
+async def test_an_address_making_calls_without_a_token_is_slowed_down(
+    oms: OmsHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="oms.audit")
+    request = pb.ListOrdersRequest(user_id="alice")
+    guesses = [bearer(f"guess-{n:02}-0123456789") for n in range(8)]  # the burst
+    for metadata in guesses:
+        assert await status_of(oms.orders.ListOrders(request, metadata=metadata)) == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
+    # Past the burst, this address's calls without a valid token are held back.
+    for held_back in (bearer("guess-08-0123456789"), None):
+        assert await status_of(oms.orders.ListOrders(request, metadata=held_back)) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
+    # Calls with a valid token are not counted, and are not held back.
+    await oms.orders.ListOrders(request, metadata=bearer(ALICE))
+    entries = [json.loads(r.getMessage()) for r in caplog.records if r.name == "oms.audit"]
+    assert [(e["outcome"], e["token"]) for e in entries] == [
+        *8 * [("UNAUTHENTICATED", None)],
+        *2 * [("RESOURCE_EXHAUSTED", None)],
+        ("ACCEPTED", "alice-bot"),
+    ]
 
 
 async def test_health_and_reflection_need_no_token(oms: OmsHarness) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from oms.api.auth import PeerLimits
 from oms.domain.access import Grant, TokenBucket
 
 
@@ -23,3 +24,13 @@ def test_grants() -> None:
     assert admin.may_act_for("bob") and admin.may_act_for("") and admin.may_publish_prices
     feeder = Grant("feeder", publish_prices=True)
     assert feeder.may_publish_prices and not feeder.may_act_for("alice")
+
+
+def test_calls_without_a_token_are_limited_per_address_whatever_the_port() -> None:
+    now = [0.0]
+    limits = PeerLimits(rate_per_s=1.0, burst=2, clock_s=lambda: now[0])
+    assert limits.take("ipv4:10.0.0.7:40001") and limits.take("ipv4:10.0.0.7:40002")
+    assert not limits.take("ipv4:10.0.0.7:40003")  # another port, the same address
+    assert limits.take("ipv6:[::1]:40001")  # another address: a bucket of its own
+    now[0] = 1.0
+    assert limits.take("ipv4:10.0.0.7:40004") and not limits.take("ipv4:10.0.0.7:40005")

@@ -41,17 +41,41 @@ class _Caller:
         self.limit = limit
 
 
+class PeerLimits:
+    """A token bucket per peer address, for the calls that bring no valid token."""
+
+    # Past this many addresses the buckets start afresh rather than grow without end.
+    _MAX_PEERS = 10_000
+
+    def __init__(self, rate_per_s: float, burst: int, clock_s: Callable[[], float]) -> None:
+        self._rate_per_s, self._burst, self._clock_s = rate_per_s, burst, clock_s
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def take(self, peer: str) -> bool:
+        address = peer.rpartition(":")[0] or peer  # "ipv4:10.0.0.7:53120": not the port
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            if len(self._buckets) >= self._MAX_PEERS:
+                self._buckets.clear()
+            bucket = TokenBucket(self._rate_per_s, self._burst, self._clock_s)
+            self._buckets[address] = bucket
+        return bucket.take()
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(
         self,
         tokens: Sequence[tuple[bytes, Grant, float, int]],
+        unauthenticated: tuple[float, int],
         clock_s: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`tokens`: (the token's digest, grant, calls a second, burst) each."""
+        """`tokens`: (the token's digest, grant, calls a second, burst) each;
+        `unauthenticated`: (calls a second, burst) per peer address of calls without one."""
         self._callers = {
             digest: _Caller(grant, TokenBucket(rate, burst, clock_s))
             for digest, grant, rate, burst in tokens
         }
+        self._strangers = PeerLimits(*unauthenticated, clock_s)
 
     async def intercept_service(
         self,
@@ -95,22 +119,34 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         behavior: Callable[[Any, Context], Awaitable[Any]],
     ) -> Callable[[Any, Context], Awaitable[Any]]:
         async def guarded(request: Any, context: Context) -> Any:
+            if caller is None:
+                await self._refuse(method, request, context)
+            assert caller is not None
             await _admit(method, caller, request, context)
             return await behavior(request, context)
 
         return guarded
 
-
-async def _admit(method: str, caller: _Caller | None, request: Any, context: Context) -> None:
-    """Return to go on; abort the call with the status the contract names otherwise."""
-    user_id: str | None = getattr(request, "user_id", None)
-    if caller is None:
+    async def _refuse(self, method: str, request: Any, context: Context) -> None:
+        """Abort a call that brings no valid token: UNAUTHENTICATED, or RESOURCE_EXHAUSTED
+        once its address has made too many."""
+        user_id: str | None = getattr(request, "user_id", None)
+        if not self._strangers.take(context.peer()):
+            _record(context, method, None, user_id, "RESOURCE_EXHAUSTED")
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "too many calls without a valid token from this address: slow down",
+            )
         _record(context, method, None, user_id, "UNAUTHENTICATED")
         await context.abort(
             grpc.StatusCode.UNAUTHENTICATED,
             "missing, unknown or repeated token: send one 'authorization: Bearer <token>'",
         )
-    assert caller is not None
+
+
+async def _admit(method: str, caller: _Caller, request: Any, context: Context) -> None:
+    """Return to go on; abort the call with the status the contract names otherwise."""
+    user_id: str | None = getattr(request, "user_id", None)
     grant = caller.grant
     if type(request) is MalformedRequest:
         # No user_id to judge: the handler's wrapper answers INVALID_ARGUMENT.

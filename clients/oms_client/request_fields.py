@@ -107,6 +107,7 @@ class ListFillsFields(TypedDict, total=False):
     order_id: str
     exchange: str
     symbol: str
+    position_id: str
     page_size: int
     page_token: str
 

@@ -71,15 +71,21 @@ CALLS: list[tuple[str, Callable[[OmsHarness, str], Awaitable[Any]]]] = [
 ]
 
 
-# A filter rather than a lookup: an order id that names nothing lists no fills.
-LIST_FILLS = (
-    "order_id",
-    lambda o, v: o.orders.ListFills(pb.ListFillsRequest(user_id=USER, order_id=v)),
-)
+# Filters rather than lookups: an id that names nothing lists no fills.
+LIST_FILLS = [
+    (
+        "order_id",
+        lambda o, v: o.orders.ListFills(pb.ListFillsRequest(user_id=USER, order_id=v)),
+    ),
+    (
+        "position_id",
+        lambda o, v: o.orders.ListFills(pb.ListFillsRequest(user_id=USER, position_id=v)),
+    ),
+]
 
 
 @pytest.mark.parametrize("raw", ["\x00", " ", "a\nb", WELL_FORMED + " ", "x" * 65])
-@pytest.mark.parametrize(("field", "call"), [*CALLS, LIST_FILLS])
+@pytest.mark.parametrize(("field", "call"), [*CALLS, *LIST_FILLS])
 async def test_a_malformed_id_is_invalid_argument_naming_the_field(
     oms: OmsHarness, field: str, call: Callable[[OmsHarness, str], Awaitable[Any]], raw: str
 ) -> None:

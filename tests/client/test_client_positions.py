@@ -248,10 +248,20 @@ async def test_close_part_then_the_rest(client: OmsClient) -> None:
         (part.order_id, "0.01"),
         (opened.entry_order.order_id, "0.03"),
     ]
-
     with pytest.raises(grpc.aio.AioRpcError) as flat:
         await client.close_position(user_id=USER, exchange="paper", symbol=BTC, position_side=LONG)
     assert flat.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    # The trade's ledger: every fill names the record, and lists by it.
+    assert {f.position_id for f in fills} == {closed.position_id}
+    another = await open_market(client)
+    ledger = [f async for f in client.list_fills(user_id=USER, position_id=closed.position_id)]
+    assert ledger == fills
+    [next_fill] = [
+        f
+        async for f in client.list_fills(user_id=USER, position_id=(await held(client)).position_id)
+    ]
+    assert next_fill.order_id == another.entry_order.order_id
 
 
 async def test_a_lost_close_response_is_retried_and_closes_once(

@@ -115,6 +115,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             order_id=request.order_id,
             exchange=request.exchange,
             symbol=request.symbol,
+            position_id=request.position_id,
             size=request.page_size,
             page_token=request.page_token,
         )

@@ -322,6 +322,7 @@ class OrderLifecycle:
         order_id: str = "",
         exchange: str = "",
         symbol: str = "",
+        position_id: str = "",
         size: int = 0,
         page_token: str = "",
     ) -> Page[tuple[int, Fill]]:
@@ -329,6 +330,8 @@ class OrderLifecycle:
         exchange, symbol = self.instrument_filter(exchange, symbol)
         if order_id:
             check_id(order_id, "order_id")
+        if position_id:
+            check_id(position_id, "position_id")
         return await fetch_page(
             self._store.list_fills,
             FillQuery(
@@ -337,6 +340,7 @@ class OrderLifecycle:
                 order_id=order_id,
                 exchange=exchange,
                 symbol=symbol,
+                position_id=position_id,
             ),
             page_token,
         )

@@ -84,6 +84,7 @@ class FillQuery:
     order_id: str = ""
     exchange: str = ""
     symbol: str = ""
+    position_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

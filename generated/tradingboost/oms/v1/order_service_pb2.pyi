@@ -584,6 +584,7 @@ class ListFillsRequest(_message.Message):
     SYMBOL_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    POSITION_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Required. The fills' owner."""
     order_id: _builtins.str
@@ -605,6 +606,11 @@ class ListFillsRequest(_message.Message):
     filters; empty for the first page. A bad token, or one from a listing with
     other filters, is INVALID_ARGUMENT.
     """
+    position_id: _builtins.str
+    """Optional: only the fills that went into this position record
+    (PositionService's `position_id`, and each Fill's): a trade's ledger. An
+    unknown record gives an empty list.
+    """
     def __init__(
         self,
         *,
@@ -614,10 +620,11 @@ class ListFillsRequest(_message.Message):
         symbol: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        position_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange", b"exchange", "order_id", b"order_id", "page_size", b"page_size", "page_token", b"page_token", "symbol", b"symbol", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange", b"exchange", "order_id", b"order_id", "page_size", b"page_size", "page_token", b"page_token", "position_id", b"position_id", "symbol", b"symbol", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -605,7 +605,12 @@ class RedisStore:
 
     @unavailable_when_down
     async def list_fills(self, query: FillQuery) -> Page[tuple[int, Fill]]:
-        filters = _filters(order_id=query.order_id, exchange=query.exchange, symbol=query.symbol)
+        filters = _filters(
+            order_id=query.order_id,
+            exchange=query.exchange,
+            symbol=query.symbol,
+            position_id=query.position_id,
+        )
         user = query.user_id
         raw = await self._page(
             [keys.sequence(user), keys.fill_index(user), keys.fills(user)],

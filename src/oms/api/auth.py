@@ -132,13 +132,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         once its address has made too many."""
         user_id: str | None = getattr(request, "user_id", None)
         if not self._strangers.take(context.peer()):
-            _record(context, method, None, user_id, "RESOURCE_EXHAUSTED")
-            await context.abort(
+            await _deny(
+                context,
+                method,
+                None,
+                user_id,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "too many calls without a valid token from this address: slow down",
             )
-        _record(context, method, None, user_id, "UNAUTHENTICATED")
-        await context.abort(
+        await _deny(
+            context,
+            method,
+            None,
+            user_id,
             grpc.StatusCode.UNAUTHENTICATED,
             "missing, unknown or repeated token: send one 'authorization: Bearer <token>'",
         )
@@ -153,15 +159,31 @@ async def _admit(method: str, caller: _Caller, request: Any, context: Context) -
         _record(context, method, grant, None, "INVALID_ARGUMENT")
         return
     if not caller.limit.take():
-        _record(context, method, grant, user_id, "RESOURCE_EXHAUSTED")
-        await context.abort(
-            grpc.StatusCode.RESOURCE_EXHAUSTED, f"token {grant.name} is over its rate limit"
+        await _deny(
+            context,
+            method,
+            grant,
+            user_id,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"token {grant.name} is over its rate limit",
         )
     denial = _denial(method, grant, user_id)
     if denial:
-        _record(context, method, grant, user_id, "PERMISSION_DENIED")
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, denial)
+        await _deny(context, method, grant, user_id, grpc.StatusCode.PERMISSION_DENIED, denial)
     _record(context, method, grant, user_id, "ACCEPTED")
+
+
+async def _deny(
+    context: Context,
+    method: str,
+    grant: Grant | None,
+    user_id: str | None,
+    code: grpc.StatusCode,
+    message: str,
+) -> None:
+    """Audit the refusal under its status's name, then end the call with it (raises)."""
+    _record(context, method, grant, user_id, code.name)
+    await context.abort(code, message)
 
 
 def _denial(method: str, grant: Grant, user_id: str | None) -> str:

@@ -10,9 +10,9 @@ from oms.domain.identifiers import derived_client_order_id
 from oms.domain.orders import Order, OrderType, reducing_order
 
 
-def bracket_legs(entry: Order, now_ns: int, position_id: str = "") -> list[Order]:
-    """The exits of a filled entry, sized to what filled, reduce-only on its position
-    (`position_id`, when known).
+def bracket_legs(entry: Order, now_ns: int) -> list[Order]:
+    """The exits of a filled entry, sized to what filled, reduce-only on the position its
+    fills went into (`entry.position_id`, when known).
 
     Their ids were reserved when the entry was placed; their client order ids derive from the
     entry's order id, so placing them again can never make a second pair.
@@ -26,7 +26,7 @@ def bracket_legs(entry: Order, now_ns: int, position_id: str = "") -> list[Order
     ]
     for order_type, trigger, order_id in wanted:
         if trigger is not None:
-            legs.append(_leg(entry, order_type, trigger, order_id, now_ns, position_id))
+            legs.append(_leg(entry, order_type, trigger, order_id, now_ns))
     if len(legs) == 2:
         take_profit, stop_loss = legs
         legs = [
@@ -42,7 +42,6 @@ def _leg(
     trigger: Decimal,
     order_id: str,
     now_ns: int,
-    position_id: str,
 ) -> Order:
     prefix = "tp" if order_type is OrderType.TAKE_PROFIT_MARKET else "sl"
     return _exit(
@@ -53,7 +52,7 @@ def _leg(
         entry.filled_quantity,
         now_ns,
         stop_price=trigger,
-        position_id=position_id,
+        position_id=entry.position_id,
     )
 
 
@@ -113,13 +112,12 @@ def _exit(
     )
 
 
-def late_fills(entry: Order, fills: list[Fill]) -> list[Fill]:
-    """The fills of an OpenPosition entry (in the order they came) that went into another
-    trade than its first fill's: they came after the trade its exits protect had ended."""
-    trades = [fill.position_id for fill in fills if fill.position_id]
-    if entry.bracket is None or not trades:
-        return []
-    return [fill for fill in fills if fill.position_id not in ("", trades[0])]
+def late_fills(fills: list[Fill]) -> list[Fill]:
+    """Of an OpenPosition entry's fills (in the order they came), those that went into
+    another trade than its first fill's: they came after the trade its exits protect had
+    ended."""
+    first = next((fill.position_id for fill in fills if fill.position_id), "")
+    return [fill for fill in fills if fill.position_id not in ("", first)]
 
 
 def moot_when_flat(order: Order) -> bool:

@@ -863,7 +863,7 @@ class LiveExchanges:
         # followed): the follow-ups run then start it.
         if entry.bracket.trailing is not None and self._followed_now(followed):
             await self._start_trailing(entry)
-        for leg in bracket_legs(entry, self._clock_ns(), entry.position_id):
+        for leg in bracket_legs(entry, self._clock_ns()):
             stored = await self._store.get_order(entry.user_id, leg.order_id)
             if stored is None:
                 created = OrderUpdated(OrderEventType.CREATED, leg)
@@ -888,7 +888,7 @@ class LiveExchanges:
         its trade had ended, and its rest's cancel had not landed) put into a trade its
         exits do not protect: the trade was over, and the late fill would stay unprotected."""
         fills = await self._store.get_fills(entry.user_id, entry.fill_ids)
-        for fill in late_fills(entry, fills):
+        for fill in late_fills(fills):
             trade = await self._store.get_position(entry.user_id, fill.position_id)
             if trade is None or not trade.is_open:
                 continue  # closed since: nothing of the fill is left to take back

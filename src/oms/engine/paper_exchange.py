@@ -532,7 +532,7 @@ class _Desk:
             return after
         if after.bracket is not None:
             if start.filled_quantity == 0:
-                for leg in bracket_legs(after, now, after.position_id):
+                for leg in bracket_legs(after, now):
                     self.submit_new(owner, batch, leg)
                 if after.bracket.trailing is not None:
                     self._start_trailing(owner, batch, after, after.bracket.trailing, now)

@@ -8,6 +8,7 @@ one, __package__ ("tests") keeps the name right.
 _PREFIX = f"{__package__}." if __package__ else ""
 pytest_plugins = [
     f"{_PREFIX}fixtures.redis_server",
+    f"{_PREFIX}fixtures.redis_proxy",
     f"{_PREFIX}fixtures.postgres_server",
     f"{_PREFIX}fixtures.oms_server",
     f"{_PREFIX}fixtures.fake_exchange",

@@ -24,13 +24,19 @@ def exchange(request: pytest.FixtureRequest) -> FakeExchange:
 
 
 @pytest.fixture
+def live_redis_url(redis_url: str) -> str:
+    """Where the OMS of `live` finds Redis; a module may override it (a fault proxy's)."""
+    return redis_url
+
+
+@pytest.fixture
 async def live(
-    exchange: FakeExchange, redis_url: str, request: pytest.FixtureRequest
+    exchange: FakeExchange, live_redis_url: str, request: pytest.FixtureRequest
 ) -> AsyncIterator[LiveTrading]:
     """The OMS with an active account on `exchange`, its order feed connected; every test
     ends by checking the OMS against the exchange's own records."""
     policy = getattr(request.module, "LIVE_POLICY", {})
-    trading = await live_trading(redis_url, exchange, **policy)
+    trading = await live_trading(live_redis_url, exchange, **policy)
     await exchange.wait_for_private_feed(API_KEY)
     try:
         yield trading

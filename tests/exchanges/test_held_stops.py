@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from fixtures.client_streams import until
@@ -34,7 +35,7 @@ async def long_position(live: LiveTrading) -> None:
 
 
 async def held_stop(
-    live: LiveTrading, side: S.Side.ValueType, stop_price: str, **fields: object
+    live: LiveTrading, side: S.Side.ValueType, stop_price: str, **fields: Any
 ) -> S.Order:
     """A STOP_MARKET order of 0.02, which the OMS holds until the mark reaches it."""
     return await live.place(

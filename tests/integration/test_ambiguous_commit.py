@@ -23,18 +23,12 @@ from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as pb
 
 from oms.adapters.redis_store.embedded import EmbeddedRedis
-from oms.domain.events import PositionUpdated
+from oms.domain.events import OrderEventType, OrderUpdated, PositionUpdated
 from oms.domain.orders import Order, OrderStatus
+from oms.engine.ports import OrderChange
 from oms.engine.prerender import Prerender
 
 COMMIT = b"EVALSHA"
-
-
-@pytest.fixture
-async def proxy(redis_server: EmbeddedRedis, redis_url: str) -> AsyncIterator[RedisFaultProxy]:
-    proxy = RedisFaultProxy(redis_server.socket_path)  # redis_url: a flushed server
-    yield proxy
-    await proxy.close()
 
 
 @pytest.fixture
@@ -305,6 +299,38 @@ async def test_a_catch_up_cut_short_is_tried_again(
         await oms.app.journal.catch_up_unsure()
         [update] = await updates.events(1)
         assert update.order.status == S.ORDER_STATUS_CANCELED
+        updates.cancel()
+    finally:
+        await oms.close()
+
+
+async def test_a_commit_whose_caller_went_away_still_reaches_the_streams(
+    redis_server: EmbeddedRedis, proxy: RedisFaultProxy
+) -> None:
+    # Its caller cancelled while the commit waits on a stalled Redis, which then runs it:
+    # its event reaches live streams at the next store check, without waiting for the
+    # user's next event. (The engine's handlers run such commits to their end: this is the
+    # journal's own net, for a background task stopped mid-commit.)
+    oms = await make_oms(await proxy.start(), redis_timeout_s=1.0, store_check_interval_s=0.05)
+    try:
+        order = new_order()
+        updates: StreamReader[S.OrderUpdate] = StreamReader(
+            oms.orders.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(user_id=order.user_id)),
+            "order_update",
+        )
+        await updates.until_live()
+        proxy.hold_request(COMMIT)
+        created = OrderUpdated(OrderEventType.CREATED, order)
+        recording = asyncio.create_task(
+            oms.app.journal.record([OrderChange(order, None, [created])])
+        )
+        await asyncio.sleep(0.1)
+        recording.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await recording
+        await proxy.release_held()
+        [update] = await updates.events(1)
+        assert update.order.order_id == order.order_id
         updates.cancel()
     finally:
         await oms.close()

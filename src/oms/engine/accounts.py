@@ -25,6 +25,7 @@ from oms.domain.identifiers import check_user_id
 from oms.domain.paging import decode_key_token, page_size
 from oms.engine.keyed_locks import KeyedLocks
 from oms.engine.ports import AccountStore, Vault
+from oms.engine.run_to_end import run_to_end
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class Accounts:
         # One change at a time per account: activation and re-registration both reconnect.
         self._lock: KeyedLocks[str] = KeyedLocks()
 
+    @run_to_end
     async def register(self, command: RegisterCredentials) -> Account:
         user_id, exchange = check_account_key(command.user_id, command.exchange, self._known)
         credentials = check_credentials(command.api_key, command.secret, command.password)
@@ -94,6 +96,7 @@ class Accounts:
         log.info("credentials registered for %s on %s", user_id, exchange)
         return account
 
+    @run_to_end
     async def activate(self, user_id: str, exchange: str) -> Account:
         user_id, exchange = check_account_key(user_id, exchange, self._known)
         async with self._lock(_owner(user_id, exchange)):
@@ -110,6 +113,7 @@ class Accounts:
         log.info("account %s on %s activated", user_id, exchange)
         return active
 
+    @run_to_end
     async def deactivate(self, user_id: str, exchange: str) -> Account:
         user_id, exchange = check_account_key(user_id, exchange, self._known)
         async with self._lock(_owner(user_id, exchange)):

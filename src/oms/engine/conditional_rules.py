@@ -31,6 +31,7 @@ from oms.engine.journal import Journal
 from oms.engine.keyed_locks import KeyedLocks
 from oms.engine.paper_exchange import PAPER, PaperExchange
 from oms.engine.ports import Page, RuleQuery, StateStore, fetch_page
+from oms.engine.run_to_end import run_to_end
 from oms.engine.subscriptions import EventHub
 from oms.failpoints import crash_point
 
@@ -74,6 +75,7 @@ class ConditionalRules:
     def _venue(self, exchange: str) -> RuleVenue:
         return self._paper if exchange == PAPER else self._live
 
+    @run_to_end
     async def create(self, command: CreateRule) -> ConditionalRule:
         trigger_id, condition, cancel_ids = validate_create_rule(command)
         if not command.client_id:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Sequence
 
@@ -26,9 +27,10 @@ class Journal:
     ) -> list[SequencedEvent] | Conflict:
         try:
             result = await self.store.commit(changes, prices, updates)
-        except Unavailable:
-            # A reply lost past every retry: the commit may have landed. Its events reach
-            # streams from the store once it answers again (catch_up_unsure).
+        except (Unavailable, asyncio.CancelledError):
+            # A reply lost past every retry, or a caller gone while it waited: the commit may
+            # have landed. Its events reach streams from the store at the next store check
+            # (catch_up_unsure), if no later event of its user brings them first.
             self._unsure |= _users(changes, updates)
             raise
         if isinstance(result, list):

@@ -88,6 +88,7 @@ from oms.engine.order_lookups import OrderLookups
 from oms.engine.ports import Conflict, OrderChange, PriceUpdate, StateStore, stored_order
 from oms.engine.prerender import Prerender
 from oms.engine.reconciliation import Reconciliation
+from oms.engine.run_to_end import run_to_end
 from oms.engine.venue_policy import VenuePolicy
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ class LiveExchanges:
         except (OmsError, GatewayError) as error:
             log.error("order %s: not sent: %s", order.order_id, error)
 
+    @run_to_end
     async def create_trailing_stop(
         self, spec: TrailingStopSpec, trailing_stop_id: str
     ) -> tuple[TrailingStop, bool]:
@@ -239,15 +241,18 @@ class LiveExchanges:
         self._marks.nudge(spec.market.exchange)
         return created
 
+    @run_to_end
     async def cancel_trailing_stop(self, stop: TrailingStop) -> TrailingStop | None:
         return await self._trailing.cancel(stop)
 
     def run_rules_with(self, runner: RuleRunner) -> None:
         self._rules.run_rules_with(runner)
 
+    @run_to_end
     async def add_rule(self, rule: ConditionalRule) -> ConditionalRule | None:
         return await self._rules.add(rule)
 
+    @run_to_end
     async def delete_rule(self, rule: ConditionalRule) -> ConditionalRule | None:
         return await self._rules.delete(rule)
 
@@ -272,6 +277,7 @@ class LiveExchanges:
 
     # -- the venue ----------------------------------------------------------------------
 
+    @run_to_end
     async def place(
         self, order: Order, prerender: Prerender[object] | None = None
     ) -> tuple[Order, bool]:
@@ -323,19 +329,12 @@ class LiveExchanges:
             self._marks.nudge(order.exchange)
         return held
 
+    @run_to_end
     async def send(self, followed: FollowedAccount, order: Order) -> Order:
         """Send an order (new, or a held stop just triggered) and settle it from the reply;
         an ambiguous reply leaves it unsettled, looked up by client id. It is stored: it
         goes out whatever becomes of the call that placed it (a deadline that passed while
         it waited for its leverage, say), or it would wait PENDING_NEW for nothing."""
-        sending = asyncio.get_running_loop().create_task(self._send(followed, order))
-        try:
-            return await asyncio.shield(sending)
-        except asyncio.CancelledError:
-            sending.add_done_callback(_log_failure)
-            raise
-
-    async def _send(self, followed: FollowedAccount, order: Order) -> Order:
         client_id = exchange_client_id(order.order_id)
         try:
             with followed.submitting(order.order_id):
@@ -437,9 +436,12 @@ class LiveExchanges:
             return [OrderAmended(add(order.filled_quantity, position.size))]
         return []
 
+    @run_to_end
     async def cancel(
         self, order: Order, reason: str, prerender: Prerender[object] | None = None
     ) -> Order:
+        # Cut short after its PENDING_CANCEL commit, no cancel would be asked of the exchange,
+        # and a retry finds the order PENDING_CANCEL already.
         return await self._cancel_on(self._followed(order), order, reason)
 
     async def _cancel_on(self, followed: FollowedAccount, order: Order, reason: str) -> Order:
@@ -1020,9 +1022,3 @@ def _acknowledgement(report: OrderReport, order: Order) -> OrderReport:
     return dataclasses.replace(
         report, status=VenueOrderStatus.OPEN, filled_quantity=order.filled_quantity
     )
-
-
-def _log_failure(sending: asyncio.Future[Order]) -> None:
-    """What a send whose caller went away raised: no one else hears of it."""
-    if not sending.cancelled() and (error := sending.exception()) is not None:
-        log.error("sending an order failed", exc_info=error)

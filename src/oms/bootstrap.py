@@ -431,6 +431,9 @@ class Application:
                 await (self.server.ready() if serving else self.server.not_serving())
                 if serving:
                     log.info("state store reachable again, reporting SERVING")
+            if reachable:
+                # Outside the check's time bound: their cancels may wait on exchanges.
+                await self.rules.finish_unfinished()
 
     def request_stop(self) -> None:
         self._stopping.set()

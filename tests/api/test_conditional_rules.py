@@ -16,8 +16,9 @@ from typing import Any
 
 import grpc
 import pytest
-from fixtures.oms_server import OmsHarness
+from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.positions import ETH, SOL, expect_code, expect_invalid, redis_snapshot
+from fixtures.redis_proxy import RedisFaultProxy
 from fixtures.rules import (
     ACTIVE,
     CANCELED,
@@ -132,6 +133,39 @@ async def test_filled_trigger_cancels_the_listed_orders_and_nothing_else(
     assert await status_of(oms, bk.user, bk.d.order_id) == S.ORDER_STATUS_FILLED
     # Fired once: later events leave the rule as it was.
     assert await get_rule(oms.orders, bk.user, rule.rule_id) == fired
+
+
+async def test_a_rule_fired_by_a_tick_whose_caller_goes_away_is_still_finished(
+    proxy: RedisFaultProxy,
+) -> None:
+    # The tick commits its fill and fires the rule, and waits for the rule's cancels. Its
+    # caller's deadline passes meanwhile (B's cancel held by a stalled Redis): the cancel
+    # and the rule's results are committed all the same, not left for the next start.
+    oms = await make_oms(await proxy.start())
+    try:
+        user = fresh_user()
+        await publish(oms.market, "50000")
+        a = await resting(oms.orders, user, A_PRICE)
+        b = await resting(oms.orders, user, B_PRICE, client_order_id="listed-b")
+        rule = await create_rule(oms.orders, user, a.order_id, FILLED, [b.order_id])
+        proxy.hold_request(b"listed-b")  # B's cancel commit, the first request to name it
+        tick = md.PublishPricesRequest(
+            prices=[market_data_pb2.PriceTick(exchange="paper", symbol=BTC, price=A_PRICE)]
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await oms.market.PublishPrices(tick, timeout=0.3)
+        assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await proxy.release_held()
+        async with asyncio.timeout(5):
+            while True:  # the cancel runs on in the background
+                fired = await get_rule(oms.orders, user, rule.rule_id)
+                if fired.results:
+                    break
+                await asyncio.sleep(0.02)
+        assert_triggered(fired, all_cancelled(b.order_id))
+        await assert_cancelled_by_rule(oms.orders, user, b.order_id)
+    finally:
+        await oms.close()
 
 
 async def test_partially_filled_rule_fires_on_a_fill_that_completes_the_trigger(

@@ -19,15 +19,13 @@ from fixtures.live_trading import (
     LiveTrading,
     live_trading,
 )
-from fixtures.redis_proxy import RedisFaultProxy
+from fixtures.redis_proxy import LOADING, RedisFaultProxy
 from tradingboost.oms.v1 import account_service_pb2 as acc
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as opb
 from tradingboost.oms.v1 import position_pb2, trailing_stop_pb2
 from tradingboost.oms.v1 import position_service_pb2 as pos
 from tradingboost.oms.v1 import trailing_stop_service_pb2 as ts
-
-from oms.adapters.redis_store.embedded import EmbeddedRedis
 
 
 def long_request(venue: str, **fields: Any) -> pos.OpenPositionRequest:
@@ -841,14 +839,10 @@ async def assert_exits_work(live: LiveTrading, exchange: FakeExchange) -> None:
 
 
 async def test_exits_lost_with_the_store_right_after_the_fill_are_placed_at_the_next_start(
-    exchange: FakeExchange, redis_server: EmbeddedRedis, redis_url: str
+    exchange: FakeExchange, proxy: RedisFaultProxy, redis_url: str
 ) -> None:
-    proxy = RedisFaultProxy(redis_server.socket_path)  # redis_url: a flushed server
-    try:
-        live = await fill_then_lose_the_store(exchange, proxy)
-        await live.oms.close()
-    finally:
-        await proxy.close()
+    live = await fill_then_lose_the_store(exchange, proxy)
+    await live.oms.close()
     await live.start_again(redis_url)
     try:
         await assert_exits_work(live, exchange)
@@ -857,9 +851,8 @@ async def test_exits_lost_with_the_store_right_after_the_fill_are_placed_at_the_
 
 
 async def test_exits_lost_with_the_store_right_after_the_fill_are_placed_by_the_retry(
-    exchange: FakeExchange, redis_server: EmbeddedRedis, redis_url: str
+    exchange: FakeExchange, proxy: RedisFaultProxy
 ) -> None:
-    proxy = RedisFaultProxy(redis_server.socket_path)  # redis_url: a flushed server
     live = await fill_then_lose_the_store(exchange, proxy)
     try:
         proxy.come_back()
@@ -868,4 +861,61 @@ async def test_exits_lost_with_the_store_right_after_the_fill_are_placed_by_the_
         await assert_exits_work(live, exchange)
     finally:
         await live.oms.close()
-        await proxy.close()
+
+
+STOP_LOSS = b'"client_order_id":"sl-'  # only in a stop-loss's own document
+
+
+async def open_without_stop_loss(
+    live: LiveTrading, proxy: RedisFaultProxy
+) -> pos.OpenPositionResponse:
+    """An OpenPosition whose entry fills while Redis refuses its stop-loss past every retry
+    (still loading its data, say): answered with its entry, the stop-loss not placed. Redis
+    goes on refusing it."""
+    await live.exchange.wait_for_private_feed(API_KEY)
+    proxy.refuse(STOP_LOSS, LOADING, times=1000)
+    opened = await live.oms.positions.OpenPosition(entry_with_exits(live.venue))
+    entry = opened.entry_order
+    assert (entry.status, entry.filled_quantity) == (S.ORDER_STATUS_FILLED, "0.02")
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await live.get(opened.stop_loss_order_id)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    return opened
+
+
+async def assert_exits_placed_once_redis_takes_them(
+    live: LiveTrading, proxy: RedisFaultProxy, opened: pos.OpenPositionResponse
+) -> None:
+    proxy.refuse(STOP_LOSS, LOADING, times=0)
+    await live.until_found(f"sl-{opened.entry_order.order_id}")
+    await live.until(opened.stop_loss_order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
+    await assert_exits_work(live, live.exchange)
+
+
+async def test_exits_a_store_failure_kept_from_being_placed_are_placed_once_it_answers(
+    exchange: FakeExchange, proxy: RedisFaultProxy
+) -> None:
+    # In the background, with no retry or restart.
+    live = await live_trading(await proxy.start(), exchange)
+    try:
+        opened = await open_without_stop_loss(live, proxy)
+        await assert_exits_placed_once_redis_takes_them(live, proxy, opened)
+    finally:
+        await live.oms.close()
+
+
+async def test_an_activation_whose_follow_ups_meet_a_store_failure_follows_the_account(
+    exchange: FakeExchange, proxy: RedisFaultProxy
+) -> None:
+    # The account is deactivated before Redis takes the stop-loss, then activated while
+    # Redis still refuses it: the activation succeeds, the account is followed in full,
+    # and what its fills left undone is done once Redis takes it.
+    live = await live_trading(await proxy.start(), exchange)
+    try:
+        opened = await open_without_stop_loss(live, proxy)
+        account = {"user_id": USER, "exchange": live.venue}
+        await live.accounts.DeactivateAccount(acc.DeactivateAccountRequest(**account))
+        await live.accounts.ActivateAccount(acc.ActivateAccountRequest(**account))
+        await assert_exits_placed_once_redis_takes_them(live, proxy, opened)
+    finally:
+        await live.oms.close()

@@ -28,6 +28,7 @@ from fixtures.live_trading import (
     placements,
 )
 from fixtures.oms_server import make_oms
+from fixtures.redis_proxy import RedisFaultProxy
 from tradingboost.oms.v1 import account_service_pb2 as acc
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as pb
@@ -412,6 +413,30 @@ async def test_an_order_that_never_left_cancelled_while_its_lookup_reads_is_neve
         await asyncio.sleep(1.0)  # the read is back: it finds the order cancelled
         assert (await live.get(order.order_id)).status == S.ORDER_STATUS_CANCELED
         assert placements(exchange) == 0
+        await live.assert_invariants()
+    finally:
+        await live.oms.close()
+
+
+async def test_an_order_whose_commit_landed_unanswered_is_sent_not_rejected(
+    exchange: FakeExchange, proxy: RedisFaultProxy
+) -> None:
+    # Redis runs the order's commit, but its reply is lost, and so are those of every retry
+    # (and of the call's look for the order): UNAVAILABLE. The poll then finds the order
+    # stored, never sent, and sends it within its grace (before, its lookup rejected it:
+    # "no such order").
+    live = await live_trading(await proxy.start(), exchange, lookup_grace_s=10.0)
+    try:
+        await exchange.wait_for_private_feed(API_KEY)
+        proxy.lose_reply_to(b"unanswered", times=1000)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await live.place(price="49000", client_order_id="unanswered")
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        proxy.lose_reply_to(b"unanswered", times=0)
+        order = await live.until_found("unanswered")
+        opened = await live.until(order.order_id, settled, timeout_s=5)
+        assert (opened.status, bool(opened.exchange_order_id)) == (S.ORDER_STATUS_OPEN, True)
+        assert placements(exchange) == 1
         await live.assert_invariants()
     finally:
         await live.oms.close()

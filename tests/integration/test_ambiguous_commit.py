@@ -15,8 +15,19 @@ import redis
 from fixtures.domain import new_order
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.positions import position
-from fixtures.redis_proxy import RedisFaultProxy
+from fixtures.redis_proxy import LOADING, RedisFaultProxy
 from fixtures.redis_server import go_back_to, snapshot
+from fixtures.rules import (
+    FILLED,
+    all_cancelled,
+    assert_triggered,
+    create_rule,
+    fresh_user,
+    get_rule,
+    order_of,
+    publish,
+    resting,
+)
 from fixtures.streams import StreamReader
 from fixtures.trading import USER, fills_of, get, place, tick
 from tradingboost.oms.v1 import order_pb2 as S
@@ -336,9 +347,6 @@ async def test_a_commit_whose_caller_went_away_still_reaches_the_streams(
         await oms.close()
 
 
-LOADING = "LOADING Redis is loading the dataset in memory"
-
-
 async def test_a_commit_that_meets_a_redis_still_loading_is_sent_again_once_it_is_ready(
     oms_via_proxy: OmsHarness, proxy: RedisFaultProxy
 ) -> None:
@@ -362,6 +370,36 @@ async def test_a_redis_loading_for_longer_than_the_retries_is_unavailable_not_un
         await place(oms, client_order_id="still-loading", type=S.ORDER_TYPE_LIMIT, price="1")
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "loading the dataset" in (error.value.details() or "")
+
+
+async def test_a_fired_rule_whose_results_met_a_redis_loading_is_finished_once_it_is_ready(
+    proxy: RedisFaultProxy,
+) -> None:
+    # The tick fills the trigger and the rule cancels B, but Redis refuses the rule's
+    # results past every retry: the rule is finished at a store check once Redis takes them,
+    # not left pending until the next start.
+    oms = await make_oms(await proxy.start(), store_check_interval_s=0.05)
+    try:
+        user = fresh_user()
+        await publish(oms.market, "50000")
+        a = await resting(oms.orders, user, "49500")
+        b = await resting(oms.orders, user, "49000")
+        rule = await create_rule(oms.orders, user, a.order_id, FILLED, [b.order_id])
+        results = b'"results":[['  # only in a rule's document once it is finished
+        proxy.refuse(results, LOADING, times=1000)
+        await publish(oms.market, "49500")
+        assert (await order_of(oms.orders, user, b.order_id)).status == S.ORDER_STATUS_CANCELED
+        assert not (await get_rule(oms.orders, user, rule.rule_id)).results
+        proxy.refuse(results, LOADING, times=0)
+        async with asyncio.timeout(5):
+            while True:
+                fired = await get_rule(oms.orders, user, rule.rule_id)
+                if fired.results:
+                    break
+                await asyncio.sleep(0.02)
+        assert_triggered(fired, all_cancelled(b.order_id))
+    finally:
+        await oms.close()
 
 
 @pytest.mark.parametrize(

@@ -68,6 +68,8 @@ class ConditionalRules:
         self._live = live
         self._new_id = new_id
         self._clock_ns = clock_ns
+        self._unfinished: dict[str, ConditionalRule] = {}
+        """Fired rules whose cancels or results a store failure cut short, by rule id."""
         self._creating: KeyedLocks[tuple[str, str]] = KeyedLocks()
         paper.run_rules_with(self.finish)
         live.run_rules_with(self.finish)
@@ -150,11 +152,19 @@ class ConditionalRules:
             )
             finished = rule.finish(results, self._clock_ns())
             await self._journal.record([], (), [RuleUpdated(finished)])
+            self._unfinished.pop(rule.rule_id, None)
             return finished
         except OmsError:
-            # Left pending in the store; the next start finishes it.
+            # Left pending in the store: finished once the store answers again (or, should
+            # this process end first, at the next start).
             log.exception("conditional rule %s: cancels not finished", rule.rule_id)
+            self._unfinished[rule.rule_id] = rule
             return rule
+
+    async def finish_unfinished(self) -> None:
+        """Finish again the fired rules a store failure cut short; call once it answers."""
+        for rule in list(self._unfinished.values()):
+            await self.finish(rule)
 
     async def _cancel(self, rule: ConditionalRule, order: Order) -> RuleCancelResult:
         if order.is_open:

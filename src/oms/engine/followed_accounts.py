@@ -10,6 +10,7 @@ from typing import Any
 
 from oms.domain.accounts import Account
 from oms.engine.gateway import ExchangeGateway
+from oms.engine.keyed_locks import KeyedLocks
 
 
 class FollowedAccount:
@@ -31,6 +32,9 @@ class FollowedAccount:
         """Orders whose submit has not returned yet: no lookup gives up on them meanwhile."""
         self.foreign_orders: set[str] = set()
         """Exchange order ids of fills that belong to no OMS order (placed outside it)."""
+        self.follow_ups: KeyedLocks[str] = KeyedLocks()
+        """By order id: held while what the order's fills set off runs, so that two runs
+        (a client's retry, one run again in the background) each find what the other did."""
         self._stopped = False
 
     @contextlib.contextmanager

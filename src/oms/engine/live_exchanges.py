@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -94,6 +95,8 @@ from oms.engine.venue_policy import VenuePolicy
 log = logging.getLogger(__name__)
 
 _COMMIT_ATTEMPTS = 3
+_CUT_SHORT = (Unavailable, ConcurrentModification, GatewayError)
+"""Failures that pass: what they cut short is run again (LiveExchanges._until_done)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,17 +191,22 @@ class LiveExchanges:
         self._accounts[(account.user_id, account.exchange)] = followed
         if previous is not None:
             await previous.stop()
-        else:
-            self._trailing.load(
-                [
-                    stop
-                    for stop in await self._store.working_trailing_stops_on(account.exchange)
-                    if stop.user_id == account.user_id
-                ]
-            )
-            await self._rules.load(account.user_id, account.exchange)
-        await self._finish_follow_ups(followed)
-        await self._cancel_exits_of_closed_trades(followed)
+
+        async def catch_up() -> None:
+            if previous is None:
+                self._trailing.load(
+                    [
+                        stop
+                        for stop in await self._store.working_trailing_stops_on(account.exchange)
+                        if stop.user_id == account.user_id
+                    ]
+                )
+                await self._rules.load(account.user_id, account.exchange)
+            await self._finish_follow_ups(followed)
+            await self._cancel_exits_of_closed_trades(followed)
+
+        # Followed from here on: a failure now must not leave it half followed.
+        await self._until_done(followed, "catch-up", catch_up)
         followed.start("poll", self._poll(followed))
         self._marks.follow(account.exchange)
 
@@ -285,13 +293,20 @@ class LiveExchanges:
         followed = self._followed(order)
         self._check_throttle(order.exchange, order.user_id)
         created = OrderUpdated(OrderEventType.CREATED, order)
-        outcome = await self._journal.record([OrderChange(order, None, [created])])
+        try:
+            outcome = await self._journal.record([OrderChange(order, None, [created])])
+        except Unavailable as error:
+            # Its commit may have landed: then the poll finds it stored and unsettled, and its
+            # lookup sends it, within its grace, as an order that found the exchange down.
+            followed.unsent[order.order_id] = error.message
+            raise
         if isinstance(outcome, Conflict):
             existing = outcome.existing
             assert existing is not None
             if existing.filled_quantity:
                 # A retry: what the first attempt's fills set off may have been cut short.
-                await self._follow_up(followed, existing)
+                follow_up = functools.partial(self._follow_up, followed, existing)
+                await self._until_done(followed, f"set-off:{existing.order_id}", follow_up)
             return existing, False
         if order.type.needs_stop_price:
             return await self._hold(followed, order), True
@@ -727,15 +742,82 @@ class LiveExchanges:
                     break
             else:
                 raise ConcurrentModification(f"order {order_id} kept changing; try again")
-            # Read under the lock, before the next trade's fill can commit: what it brings
-            # (exits, a trailing stop) is the next trade's, and stays.
             trade = updates[0].position if updates else None
-            flat = await self._left_moot(after) if trade and not trade.is_open else None
-        await self._rules.judge(after)
-        if any(isinstance(event, OrderFilled) for event in events):
+            try:
+                # Read under the lock, before the next trade's fill can commit: what it
+                # brings (exits, a trailing stop) is the next trade's, and stays.
+                flat = await self._left_moot(after) if trade and not trade.is_open else None
+            except _CUT_SHORT as error:
+                self._set_off_again(followed, order_id, error)
+                return after
+        filled = any(isinstance(event, OrderFilled) for event in events)
+        if filled:
             self._marks.nudge(order.exchange)
-            await self._after_fills(followed, after, flat)
+        try:
+            await self._rules.judge(after)
+            if filled:
+                await self._after_fills(followed, after, flat)
+        except _CUT_SHORT as error:
+            # The change stands: its caller is answered with it.
+            self._set_off_again(followed, order_id, error)
         return after
+
+    def _set_off_again(self, followed: FollowedAccount, order_id: str, error: Exception) -> None:
+        """What a committed change of the order sets off (its rules judged, its fills'
+        follow-ups), cut short: done again in the background, against the order and its
+        trade as they are then."""
+
+        async def set_off() -> None:
+            order = await stored_order(self._store, followed.user_id, order_id)
+            await self._rules.judge(order)
+            if order.filled_quantity:
+                await self._follow_up(followed, order)
+
+        self._again_until_done(followed, f"set-off:{order_id}", set_off, error)
+
+    async def _until_done(
+        self, followed: FollowedAccount, name: str, step: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run `step`; cut short by a store or exchange failure, it runs again in the
+        background until it is done (see _again_until_done)."""
+        try:
+            await step()
+        except _CUT_SHORT as error:
+            self._again_until_done(followed, name, step, error)
+
+    def _again_until_done(
+        self,
+        followed: FollowedAccount,
+        name: str,
+        step: Callable[[], Awaitable[None]],
+        error: Exception,
+    ) -> None:
+        """Run `step` again in the background, backing off, until it is done or the account
+        stops being followed (its next follow finishes it then). A step looks before it
+        acts, so what it did before it was cut short is not done twice."""
+        log.warning(
+            "%s %s: %s cut short, retrying: %s", followed.exchange, followed.user_id, name, error
+        )
+
+        async def again() -> None:
+            policy = self._policy(followed.exchange)
+            delay = policy.lookup_backoff_s
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await step()
+                    return
+                except _CUT_SHORT as failure:
+                    log.warning(
+                        "%s %s: %s cut short again: %s",
+                        followed.exchange,
+                        followed.user_id,
+                        name,
+                        failure,
+                    )
+                delay = min(delay * 2, policy.max_backoff_s)
+
+        followed.start(name, again())
 
     async def _finish_follow_ups(self, followed: FollowedAccount) -> None:
         """Run again what the account's recent fills (`fill_lookback_s`) set off. Each step
@@ -787,27 +869,29 @@ class LiveExchanges:
         self, followed: FollowedAccount, order: Order, flat: _LeftMoot | None
     ) -> None:
         """What an order's fills set off, each in a commit of its own after the fills' (on
-        paper they share it; here they are finished at the next start when a crash came in
-        between): an entry's exits placed or grown, the linked exit and the rest of the entry
-        of a filled exit cancelled, and the exits, trailing stops and partly filled entries of
-        a position that went flat (`flat`, None while it is open) cancelled."""
-        if order.bracket is not None:
-            # Also when its trade closed before they ran: the exits and the trailing stop
-            # whose ids OpenPosition gave out exist, over already ("position closed").
-            await self._place_exits(followed, order)
-            if len(order.fill_ids) > 1:  # (a late fill is never an entry's first)
-                await self._take_back_late_fills(followed, order)
-        if order.linked_order_id:
-            await self._cancel_moot(
-                followed, order.linked_order_id, f"one-cancels-other: {order.order_id} filled"
-            )
-        if order.parent_order_id:
-            # The exit ended the trade: the rest of its entry must not reopen it unprotected.
-            await self._cancel_moot(
-                followed, order.parent_order_id, f"exit {order.order_id} filled"
-            )
-        if flat is not None:
-            await self._after_flat(followed, order, flat)
+        paper they share it; here a store or exchange failure that cuts them short has them
+        run again in the background, and a crash at the next start): an entry's exits
+        placed or grown, the linked exit and the rest of the entry of a filled exit
+        cancelled, and the exits, trailing stops and partly filled entries of a position
+        that went flat (`flat`, None while it is open) cancelled."""
+        async with followed.follow_ups(order.order_id):
+            if order.bracket is not None:
+                # Also when its trade closed before they ran: the exits and the trailing stop
+                # whose ids OpenPosition gave out exist, over already ("position closed").
+                await self._place_exits(followed, order)
+                if len(order.fill_ids) > 1:  # (a late fill is never an entry's first)
+                    await self._take_back_late_fills(followed, order)
+            if order.linked_order_id:
+                await self._cancel_moot(
+                    followed, order.linked_order_id, f"one-cancels-other: {order.order_id} filled"
+                )
+            if order.parent_order_id:
+                # The exit ended the trade: the rest of its entry must not reopen it unprotected.
+                await self._cancel_moot(
+                    followed, order.parent_order_id, f"exit {order.order_id} filled"
+                )
+            if flat is not None:
+                await self._after_flat(followed, flat)
 
     async def _left_moot(self, order: Order) -> _LeftMoot:
         """What the trade of `order` left moot when it went flat: its exits (held, being
@@ -819,43 +903,22 @@ class LiveExchanges:
         def of_trade(position_id: str) -> bool:
             return position_id in ("", order.position_id) or not order.position_id
 
-        try:
-            orders = [
-                working.order_id
-                for working in await self._store.open_orders(order.user_id)
-                if moot_when_flat(working)
-                and (working.user_id, working.exchange, working.symbol, working.position_side)
-                == side
-                and of_trade(working.position_id)
-            ]
-        except Unavailable as error:
-            # The call whose fill closed it stands; the next start cancels the rest.
-            log.error(
-                "%s: the orders its close left working (but its held exits) wait for the next "
-                "start: %s",
-                order.order_id,
-                error,
-            )
-            orders = [
-                exit.order_id for exit in self._held.exits_of(*side) if of_trade(exit.position_id)
-            ]
+        orders = [
+            working.order_id
+            for working in await self._store.open_orders(order.user_id)
+            if moot_when_flat(working)
+            and (working.user_id, working.exchange, working.symbol, working.position_side) == side
+            and of_trade(working.position_id)
+        ]
         stops = [stop for stop in self._trailing.working_of(*side) if of_trade(stop.position_id)]
         return _LeftMoot(orders=orders, stops=stops)
 
-    async def _after_flat(self, followed: FollowedAccount, order: Order, flat: _LeftMoot) -> None:
+    async def _after_flat(self, followed: FollowedAccount, flat: _LeftMoot) -> None:
         """Cancel what the side left moot (those still open), not what the next trade, which
-        may have reopened it meanwhile, placed since. Left undone by a store that does not
-        answer, they are done at the next start."""
-        try:
-            await self._trailing.position_closed(flat.stops)
-            for order_id in flat.orders:
-                await self._cancel_moot(followed, order_id, "position closed")
-        except Unavailable as error:
-            log.error(
-                "%s: the follow-ups of the close it made wait for the next start: %s",
-                order.order_id,
-                error,
-            )
+        may have reopened it meanwhile, placed since."""
+        await self._trailing.position_closed(flat.stops)
+        for order_id in flat.orders:
+            await self._cancel_moot(followed, order_id, "position closed")
 
     async def _place_exits(self, followed: FollowedAccount, entry: Order) -> None:
         """The entry's take-profit and stop-loss, held, covering what it filled so far, and

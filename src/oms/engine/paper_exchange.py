@@ -690,7 +690,9 @@ class _Desk:
         # A caller that goes away cancels only its future: the queued op is still decided.
         result = await op.future
         if op.followups:
-            await asyncio.gather(*op.followups)
+            # Shielded: a caller that goes away while they run would cancel them with the
+            # gather, leaving a fired rule's cancels and results undone until a restart.
+            await asyncio.shield(asyncio.gather(*op.followups))
         return result
 
     async def _drain(self) -> None:

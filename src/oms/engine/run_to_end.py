@@ -6,7 +6,8 @@ exchange for the cancel it recorded, puts the stop or rule it stored where marks
 reach it, follows the account it stored as active), would leave the store saying one thing
 and the OMS doing another if cut between the two. Such calls run in a task of their own,
 which the caller's cancellation does not reach; the caller still ends at once. The paper
-exchange needs none of this: each desk's worker makes the whole change, whoever waits.
+exchange needs none of this: each desk's worker makes the whole change, whoever waits, and
+the rules a change fires finish in tasks of their own.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from fixtures.live_trading import (
     live_trading,
 )
 from fixtures.oms_server import make_oms
+from fixtures.redis_proxy import RedisFaultProxy
 from tradingboost.oms.v1 import account_pb2
 from tradingboost.oms.v1 import account_service_pb2 as pb
 from tradingboost.oms.v1 import order_pb2 as S
@@ -290,3 +291,53 @@ async def test_new_credentials_the_exchange_refuses_leave_an_active_account_on_i
     assert "refused the credentials" in (error.value.details() or "")
     # Still followed, on the keys that work.
     assert (await live.place(price="49000")).status == S.ORDER_STATUS_OPEN
+
+
+async def account_call_landed_unanswered(
+    proxy: RedisFaultProxy, status: bytes, call: Awaitable[object]
+) -> None:
+    """`call` writes the account with `status`, which Redis stores while every reply to it
+    is lost: the call is UNAVAILABLE, though the write landed."""
+    marker = b'"status":"' + status + b'"'
+    proxy.lose_reply_to(marker, times=1000)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    proxy.lose_reply_to(marker, times=0)
+
+
+async def test_a_deactivation_stored_unanswered_stops_trading_and_its_retry_succeeds(
+    okx_exchange: FakeExchange, proxy: RedisFaultProxy
+) -> None:
+    okx_exchange.set_price(BTC, Decimal("50000"))
+    live = await live_trading(await proxy.start(), okx_exchange)
+    try:
+        request = pb.DeactivateAccountRequest(user_id=USER, exchange="okx")
+        await account_call_landed_unanswered(
+            proxy, b"INACTIVE", live.accounts.DeactivateAccount(request)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await live.place(price="49000")
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        off = await live.accounts.DeactivateAccount(request)
+        assert off.account.status == account_pb2.ACCOUNT_STATUS_INACTIVE
+    finally:
+        await live.oms.close()
+
+
+async def test_an_activation_stored_unanswered_is_followed_by_its_retry(
+    okx_exchange: FakeExchange, proxy: RedisFaultProxy
+) -> None:
+    okx_exchange.set_price(BTC, Decimal("50000"))
+    live = await live_trading(await proxy.start(), okx_exchange)
+    try:
+        account = {"user_id": USER, "exchange": "okx"}
+        await live.accounts.DeactivateAccount(pb.DeactivateAccountRequest(**account))
+        activating = live.accounts.ActivateAccount(pb.ActivateAccountRequest(**account))
+        await account_call_landed_unanswered(proxy, b"ACTIVE", activating)
+        on = await live.accounts.ActivateAccount(pb.ActivateAccountRequest(**account))
+        assert on.account.status == account_pb2.ACCOUNT_STATUS_ACTIVE
+        order = await live.place(price="49000")
+        await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
+    finally:
+        await live.oms.close()

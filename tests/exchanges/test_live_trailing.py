@@ -16,8 +16,10 @@ from fixtures.live_trading import (
     BTC,
     USER,
     LiveTrading,
+    live_trading,
     placements,
 )
+from fixtures.redis_proxy import LOADING, RedisFaultProxy
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import position_service_pb2 as pos
 from tradingboost.oms.v1 import trailing_stop_pb2 as T
@@ -205,3 +207,27 @@ async def test_a_stop_that_triggers_during_a_key_rotation_stays_triggered(
     await asyncio.sleep(0.5)
     after = await live.until_stop(stop.trailing_stop_id, lambda s: True)
     assert (after.status, after.order_id) == (T.TRAILING_STOP_STATUS_TRIGGERED, triggered.order_id)
+
+
+async def test_a_mark_whose_trailing_move_fails_still_sends_the_held_stop_and_comes_again(
+    exchange: FakeExchange, proxy: RedisFaultProxy
+) -> None:
+    # Redis refuses the trailing stop's move to the new mark past every retry: the held
+    # stop that mark reaches is sent all the same, and once Redis takes it the stop moves at
+    # the same mark (not left "not moved" until the price changes).
+    live = await live_trading(await proxy.start(), exchange)
+    try:
+        await exchange.wait_for_private_feed(API_KEY)
+        await long_with_mark(live)
+        stop = await create(live)
+        buy_stop = await live.place(type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="51000")
+        moved = b'"type":"STOP_PRICE_UPDATED"'
+        proxy.refuse(moved, LOADING, times=1000)
+        exchange.set_price(BTC, Decimal("51000"))
+        await live.until(buy_stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+        assert (await live.until_stop(stop.trailing_stop_id, lambda s: True)).stop_price == "49500"
+        proxy.refuse(moved, LOADING, times=0)
+        await live.until_stop(stop.trailing_stop_id, lambda s: s.stop_price == "50490")
+        await live.assert_invariants()
+    finally:
+        await live.oms.close()

@@ -37,6 +37,10 @@ class Follower(Protocol):
 
     async def unfollow(self, account: Account) -> None: ...
 
+    def follows(self, user_id: str, exchange: str) -> bool:
+        """Whether the account is followed now."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class AccountPage:
@@ -101,9 +105,13 @@ class Accounts:
         user_id, exchange = check_account_key(user_id, exchange, self._known)
         async with self._lock(_owner(user_id, exchange)):
             account, credentials = await self._load(user_id, exchange)
+            if account.is_active and self._follower.follows(user_id, exchange):
+                return account
+            # (Stored active yet not followed: the retry of an activation whose write landed
+            # unanswered.)
+            await self._follower.follow(account, credentials)
             if account.is_active:
                 return account
-            await self._follower.follow(account, credentials)
             active = account.with_status(AccountStatus.ACTIVE, self._clock_ns())
             try:
                 await self._store.put(active)
@@ -121,11 +129,13 @@ class Accounts:
             if stored is None:
                 raise NotFound(f"no credentials registered for {user_id} on {exchange}")
             account = stored[0]
+            # Trading on it stops first, whatever becomes of the write: also for the retry of
+            # a deactivation whose write landed unanswered.
+            await self._follower.unfollow(account)
             if not account.is_active:
                 return account
             inactive = account.with_status(AccountStatus.INACTIVE, self._clock_ns())
             await self._store.put(inactive)
-            await self._follower.unfollow(account)
         log.info("account %s on %s deactivated", user_id, exchange)
         return inactive
 

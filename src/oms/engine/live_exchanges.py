@@ -398,10 +398,18 @@ class LiveExchanges:
         return placed
 
     async def on_marks(self, exchange: str, marks: dict[str, Decimal]) -> None:
-        """Send the held stops the new mark prices reach, and move the trailing stops."""
+        """Send the held stops the new mark prices reach, and move the trailing stops; a
+        symbol whose trailing stops fail to move keeps neither its held stops nor the other
+        symbols from the marks (the first failure is raised once all had them)."""
+        failed: list[OmsError] = []
         for symbol, price in marks.items():
-            await self._trailing.on_mark(exchange, symbol, price)
+            try:
+                await self._trailing.on_mark(exchange, symbol, price)
+            except (Unavailable, ConcurrentModification) as error:
+                failed.append(error)
             self._trigger_reached(exchange, symbol, price)
+        if failed:
+            raise failed[0]
 
     def _trigger_reached(self, exchange: str, symbol: str, price: Decimal) -> None:
         for order in self._held.reached(exchange, symbol, price):
@@ -1058,6 +1066,9 @@ class LiveExchanges:
     def is_real(self, exchange: str) -> bool:
         """A ccxt exchange id, whether or not any account on it is followed."""
         return exchange in self._connector.exchanges
+
+    def follows(self, user_id: str, exchange: str) -> bool:
+        return (user_id, exchange) in self._accounts
 
     def check_followed(self, user_id: str, exchange: str) -> None:
         if self.is_real(exchange) and (user_id, exchange) not in self._accounts:

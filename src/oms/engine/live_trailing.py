@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Protocol
 
-from oms.domain.errors import FailedPrecondition
+from oms.domain.errors import ConcurrentModification, FailedPrecondition, OmsError, Unavailable
 from oms.domain.events import OrderEventType, OrderUpdated, TrailingStopUpdated, WatermarkMoved
 from oms.domain.markets import Market
 from oms.domain.orders import Order, PositionSide, TrailingExit
@@ -186,12 +186,14 @@ class LiveTrailingStops:
         if not book:
             return
         now = self._clock_ns()
+        failed: list[OmsError] = []
         for stop in book.activated_by(price):
             await self._locked(
                 stop,
                 lambda s: self._change(
                     book, s, s.follow(price, now), TrailingStopEventType.ACTIVATED
                 ),
+                failed,
             )
         for stop in book.improved_by(price):
 
@@ -202,13 +204,20 @@ class LiveTrailingStops:
                     book, s, moved, kind if moved.stop_price != s.stop_price else None
                 )
 
-            await self._locked(stop, improve)
+            await self._locked(stop, improve, failed)
         for stop in book.crossed_by(price):
-            await self._locked(stop, lambda s: self._trigger(book, s, price, now))
+            await self._locked(stop, lambda s: self._trigger(book, s, price, now), failed)
+        if failed:
+            raise failed[0]
 
     async def _locked(
-        self, stop: TrailingStop, change: Callable[[TrailingStop], Awaitable[None]]
+        self,
+        stop: TrailingStop,
+        change: Callable[[TrailingStop], Awaitable[None]],
+        failed: list[OmsError],
     ) -> None:
+        """`change` the stop as it is now, under its account's lock; a failure is added to
+        `failed`, so that one stop's does not keep the mark from the others."""
         try:
             lock = self._venue.account_lock(stop.user_id, stop.exchange)
         except FailedPrecondition:
@@ -216,7 +225,10 @@ class LiveTrailingStops:
         async with lock:
             current = self._books[(stop.exchange, stop.symbol)].get(stop.trailing_stop_id)
             if current is not None:  # not cancelled or triggered meanwhile
-                await change(current)
+                try:
+                    await change(current)
+                except (Unavailable, ConcurrentModification) as error:
+                    failed.append(error)
 
     async def _trigger(
         self, book: TrailingBook, stop: TrailingStop, price: Decimal, now: int

@@ -57,6 +57,8 @@ class MarkPrices:
         self._interval_s = interval_s
         self._followers: dict[str, asyncio.Task[None]] = {}
         self._last: dict[tuple[str, str], Decimal] = {}
+        self._unapplied: set[tuple[str, str]] = set()
+        """Marks whose stops a failure kept from being moved or sent: applied again."""
         self._applying: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._nudged: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
 
@@ -167,6 +169,7 @@ class MarkPrices:
                 symbol: price
                 for symbol, price in marks.items()
                 if self._last.get((exchange, symbol)) != price
+                or (exchange, symbol) in self._unapplied
             }
             if not moved:
                 return
@@ -175,7 +178,14 @@ class MarkPrices:
             await self._journal.record([], prices=updates)
             self._last.update({(exchange, symbol): price for symbol, price in moved.items()})
             self._observe(updates)
-            await self._accounts.on_marks(exchange, moved)
+            try:
+                await self._accounts.on_marks(exchange, moved)
+            except BaseException:
+                # Not all the stops these marks reach were moved or sent: the next read of
+                # the same prices applies them again, rather than find them "not moved".
+                self._unapplied.update((exchange, symbol) for symbol in moved)
+                raise
+            self._unapplied.difference_update((exchange, symbol) for symbol in moved)
             held: defaultdict[str, list[Position]] = defaultdict(list)
             if positions is None:
                 positions = await self._positions(exchange)

@@ -12,6 +12,7 @@ from decimal import Decimal
 import pytest
 from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import API_KEY, BTC, LiveTrading, live_trading
+from fixtures.redis_proxy import RedisFaultProxy
 
 
 @pytest.fixture(params=["binanceusdm", "okx"])
@@ -23,23 +24,33 @@ def exchange(request: pytest.FixtureRequest) -> FakeExchange:
     return fake
 
 
-@pytest.fixture
-def live_redis_url(redis_url: str) -> str:
-    """Where the OMS of `live` finds Redis; a module may override it (a fault proxy's)."""
-    return redis_url
-
-
-@pytest.fixture
-async def live(
-    exchange: FakeExchange, live_redis_url: str, request: pytest.FixtureRequest
+async def _followed(
+    redis_url: str, exchange: FakeExchange, request: pytest.FixtureRequest
 ) -> AsyncIterator[LiveTrading]:
-    """The OMS with an active account on `exchange`, its order feed connected; every test
-    ends by checking the OMS against the exchange's own records."""
     policy = getattr(request.module, "LIVE_POLICY", {})
-    trading = await live_trading(live_redis_url, exchange, **policy)
+    trading = await live_trading(redis_url, exchange, **policy)
     await exchange.wait_for_private_feed(API_KEY)
     try:
         yield trading
         await trading.assert_invariants()
     finally:
         await trading.oms.close()
+
+
+@pytest.fixture
+async def live(
+    exchange: FakeExchange, redis_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[LiveTrading]:
+    """The OMS with an active account on `exchange`, its order feed connected; every test
+    ends by checking the OMS against the exchange's own records."""
+    async for trading in _followed(redis_url, exchange, request):
+        yield trading
+
+
+@pytest.fixture
+async def live_via_proxy(
+    exchange: FakeExchange, proxy: RedisFaultProxy, request: pytest.FixtureRequest
+) -> AsyncIterator[LiveTrading]:
+    """As `live`, with its Redis behind `proxy`, which plays the faults."""
+    async for trading in _followed(await proxy.start(), exchange, request):
+        yield trading

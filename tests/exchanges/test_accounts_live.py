@@ -24,7 +24,7 @@ from fixtures.live_trading import (
     live_trading,
 )
 from fixtures.oms_server import make_oms
-from fixtures.redis_proxy import RedisFaultProxy
+from fixtures.redis_proxy import RedisFaultProxy, landed_unanswered
 from tradingboost.oms.v1 import account_pb2
 from tradingboost.oms.v1 import account_service_pb2 as pb
 from tradingboost.oms.v1 import order_pb2 as S
@@ -293,19 +293,6 @@ async def test_new_credentials_the_exchange_refuses_leave_an_active_account_on_i
     assert (await live.place(price="49000")).status == S.ORDER_STATUS_OPEN
 
 
-async def account_call_landed_unanswered(
-    proxy: RedisFaultProxy, status: bytes, call: Awaitable[object]
-) -> None:
-    """`call` writes the account with `status`, which Redis stores while every reply to it
-    is lost: the call is UNAVAILABLE, though the write landed."""
-    marker = b'"status":"' + status + b'"'
-    proxy.lose_reply_to(marker, times=1000)
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await call
-    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
-    proxy.lose_reply_to(marker, times=0)
-
-
 async def test_a_deactivation_stored_unanswered_stops_trading_and_its_retry_succeeds(
     okx_exchange: FakeExchange, proxy: RedisFaultProxy
 ) -> None:
@@ -313,9 +300,8 @@ async def test_a_deactivation_stored_unanswered_stops_trading_and_its_retry_succ
     live = await live_trading(await proxy.start(), okx_exchange)
     try:
         request = pb.DeactivateAccountRequest(user_id=USER, exchange="okx")
-        await account_call_landed_unanswered(
-            proxy, b"INACTIVE", live.accounts.DeactivateAccount(request)
-        )
+        deactivating = live.accounts.DeactivateAccount(request)
+        await landed_unanswered(proxy, b'"status":"INACTIVE"', deactivating)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await live.place(price="49000")
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -334,7 +320,7 @@ async def test_an_activation_stored_unanswered_is_followed_by_its_retry(
         account = {"user_id": USER, "exchange": "okx"}
         await live.accounts.DeactivateAccount(pb.DeactivateAccountRequest(**account))
         activating = live.accounts.ActivateAccount(pb.ActivateAccountRequest(**account))
-        await account_call_landed_unanswered(proxy, b"ACTIVE", activating)
+        await landed_unanswered(proxy, b'"status":"ACTIVE"', activating)
         on = await live.accounts.ActivateAccount(pb.ActivateAccountRequest(**account))
         assert on.account.status == account_pb2.ACCOUNT_STATUS_ACTIVE
         order = await live.place(price="49000")

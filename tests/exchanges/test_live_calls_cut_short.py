@@ -29,8 +29,9 @@ DEADLINE_S = 0.3
 
 
 @pytest.fixture
-async def live_redis_url(proxy: RedisFaultProxy) -> str:
-    return await proxy.start()
+def live(live_via_proxy: LiveTrading) -> LiveTrading:
+    """Every test here has its Redis behind the fault proxy."""
+    return live_via_proxy
 
 
 async def cut_short(

@@ -21,6 +21,7 @@ from fixtures.live_trading import (
     exchange_settings,
 )
 from fixtures.oms_server import make_oms
+from fixtures.redis_proxy import RedisFaultProxy, landed_unanswered
 from fixtures.redis_server import free_port
 from tradingboost.oms.v1 import account_service_pb2 as acc
 from tradingboost.oms.v1 import conditional_rule_pb2 as R
@@ -269,3 +270,23 @@ async def test_paper_orders_of_rules_a_crash_cut_short_are_cancelled_before_the_
         (d.order_id, CANCELED),
     }
     assert at_exchange(exchange, d) == "canceled"
+
+
+async def test_a_rule_whose_delete_landed_unanswered_never_fires(
+    live_via_proxy: LiveTrading, proxy: RedisFaultProxy
+) -> None:
+    # Redis stores the delete, but every reply to it is lost: UNAVAILABLE. The rule is
+    # deleted in the store; its trigger filling later must cancel nothing.
+    live, exchange = live_via_proxy, live_via_proxy.exchange
+    a, b = [await live.place(price=p) for p in ("49000", "48000")]
+    rule = await create_rule(live, a.order_id, b.order_id)
+    request = pb.DeleteConditionalRuleRequest(user_id=USER, rule_id=rule.rule_id)
+    deleting = live.oms.orders.DeleteConditionalRule(request)
+    await landed_unanswered(proxy, b'"status_reason":"deleted"', deleting)
+    exchange.set_price(BTC, Decimal("48900"))  # fills a, not b
+    await live.until(a.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    await asyncio.sleep(0.3)  # a rule still at work would cancel b now
+    assert (await live.get(b.order_id)).status == S.ORDER_STATUS_OPEN
+    assert at_exchange(exchange, b) == "open"
+    after = await rule_until(live, rule.rule_id, lambda r: True)
+    assert (after.status, list(after.results)) == (R.RULE_STATUS_CANCELED, [])

@@ -16,10 +16,9 @@ from fixtures.live_trading import (
     BTC,
     USER,
     LiveTrading,
-    live_trading,
     placements,
 )
-from fixtures.redis_proxy import LOADING, RedisFaultProxy
+from fixtures.redis_proxy import LOADING, RedisFaultProxy, landed_unanswered
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import position_service_pb2 as pos
 from tradingboost.oms.v1 import trailing_stop_pb2 as T
@@ -210,24 +209,38 @@ async def test_a_stop_that_triggers_during_a_key_rotation_stays_triggered(
 
 
 async def test_a_mark_whose_trailing_move_fails_still_sends_the_held_stop_and_comes_again(
-    exchange: FakeExchange, proxy: RedisFaultProxy
+    live_via_proxy: LiveTrading, proxy: RedisFaultProxy
 ) -> None:
     # Redis refuses the trailing stop's move to the new mark past every retry: the held
     # stop that mark reaches is sent all the same, and once Redis takes it the stop moves at
     # the same mark (not left "not moved" until the price changes).
-    live = await live_trading(await proxy.start(), exchange)
-    try:
-        await exchange.wait_for_private_feed(API_KEY)
-        await long_with_mark(live)
-        stop = await create(live)
-        buy_stop = await live.place(type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="51000")
-        moved = b'"type":"STOP_PRICE_UPDATED"'
-        proxy.refuse(moved, LOADING, times=1000)
-        exchange.set_price(BTC, Decimal("51000"))
-        await live.until(buy_stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
-        assert (await live.until_stop(stop.trailing_stop_id, lambda s: True)).stop_price == "49500"
-        proxy.refuse(moved, LOADING, times=0)
-        await live.until_stop(stop.trailing_stop_id, lambda s: s.stop_price == "50490")
-        await live.assert_invariants()
-    finally:
-        await live.oms.close()
+    live, exchange = live_via_proxy, live_via_proxy.exchange
+    await long_with_mark(live)
+    stop = await create(live)
+    buy_stop = await live.place(type=S.ORDER_TYPE_STOP_MARKET, price="", stop_price="51000")
+    moved = b'"type":"STOP_PRICE_UPDATED"'
+    proxy.refuse(moved, LOADING, times=1000)
+    exchange.set_price(BTC, Decimal("51000"))
+    await live.until(buy_stop.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert (await live.until_stop(stop.trailing_stop_id, lambda s: True)).stop_price == "49500"
+    proxy.refuse(moved, LOADING, times=0)
+    await live.until_stop(stop.trailing_stop_id, lambda s: s.stop_price == "50490")
+
+
+async def test_a_stop_whose_cancel_landed_unanswered_never_triggers(
+    live_via_proxy: LiveTrading, proxy: RedisFaultProxy
+) -> None:
+    # Redis stores the cancel, but every reply to it is lost: UNAVAILABLE. The stop is
+    # cancelled in the store; the price through it later must not fire a close.
+    live, exchange = live_via_proxy, live_via_proxy.exchange
+    await long_with_mark(live)
+    stop = await create(live)
+    request = ts.CancelTrailingStopRequest(user_id=USER, trailing_stop_id=stop.trailing_stop_id)
+    canceling = live.oms.trailing_stops.CancelTrailingStop(request)
+    await landed_unanswered(proxy, b'"kind":"trailing_stop","type":"CANCELED"', canceling)
+    exchange.set_price(BTC, Decimal("49000"))  # through the stop at 49500
+    await live.until_mark("49000")
+    await asyncio.sleep(0.5)  # a mark round or more: a stop still at work would fire
+    after = await live.until_stop(stop.trailing_stop_id, lambda s: True)
+    assert (after.status, after.order_id) == (T.TRAILING_STOP_STATUS_CANCELED, "")
+    assert len([o for o in exchange.orders(API_KEY) if o.side == "sell"]) == 0

@@ -941,8 +941,12 @@ class LiveExchanges:
             if stored is None:
                 created = OrderUpdated(OrderEventType.CREATED, leg)
                 outcome = await self._journal.record([OrderChange(leg, None, [created])])
-                if not isinstance(outcome, Conflict):
-                    await self._hold(followed, leg)
+                if isinstance(outcome, Conflict):
+                    continue
+                stored = leg
+            if stored.status is OrderStatus.PENDING_NEW:
+                # Also one stored by a run a failure cut short before it was held.
+                await self._hold(followed, stored)
             elif (
                 is_held(stored)
                 and stored.position_id in ("", entry.position_id)

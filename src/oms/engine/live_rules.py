@@ -82,6 +82,12 @@ class LiveRules:
                 after = rule.on_trigger_change(trigger, self._clock_ns())
                 if after is None:
                     continue
+                stored = await self._store.get_rule(rule.user_id, rule.rule_id)
+                if stored is None or stored.status is not RuleStatus.ACTIVE:
+                    # Ended by a change that landed unanswered (a delete whose reply was
+                    # lost): the store is right, the copy here is not.
+                    self._forget(rule)
+                    continue
                 await self._journal.record([], (), [RuleUpdated(after)])
                 self._forget(rule)
                 fired.append(after)

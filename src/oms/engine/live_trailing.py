@@ -233,6 +233,12 @@ class LiveTrailingStops:
     async def _trigger(
         self, book: TrailingBook, stop: TrailingStop, price: Decimal, now: int
     ) -> None:
+        stored = await self._store.get_trailing_stop(stop.user_id, stop.trailing_stop_id)
+        if stored is None or not stored.status.is_working:
+            # Ended by a change that landed unanswered (a cancel whose reply was lost): the
+            # store is right, the copy here is not.
+            book.remove(stop)
+            return
         key = PositionKey(stop.user_id, stop.exchange, stop.symbol, stop.position_side)
         position = await self._store.current_position(key)
         # Its own trade only: the side may hold the next one (a crash cut short the close's

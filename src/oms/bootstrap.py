@@ -47,6 +47,7 @@ from oms.engine.market_data import MarketData
 from oms.engine.order_lifecycle import OrderLifecycle
 from oms.engine.paper_exchange import PAPER, PaperExchange
 from oms.engine.positions import Positions
+from oms.engine.run_to_end import finish_running
 from oms.engine.subscriptions import EventHub
 from oms.engine.trailing_stops import TrailingStops
 from oms.engine.venue_policy import VenuePolicy
@@ -457,6 +458,9 @@ class Application:
         self.hub.close()
         self.market_data.close()
         await self.server.stop(self.settings.shutdown_grace_s)
+        # Calls whose clients gave up run on (engine/run_to_end.py): to their end, within a
+        # grace of their own, before the exchanges and the store close under them.
+        await finish_running(self.settings.shutdown_grace_s)
         # Together: closing each ccxt client sleeps 250 ms, the accounts' and the public ones'.
         await asyncio.gather(self.exchanges.close(), self.connector.close())
         await self._stop_archiving()

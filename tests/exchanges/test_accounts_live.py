@@ -4,6 +4,7 @@ followed again after a restart (CONTRACT section 10)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -321,6 +322,28 @@ async def test_an_activation_stored_unanswered_is_followed_by_its_retry(
         await live.accounts.DeactivateAccount(pb.DeactivateAccountRequest(**account))
         activating = live.accounts.ActivateAccount(pb.ActivateAccountRequest(**account))
         await landed_unanswered(proxy, b'"status":"ACTIVE"', activating)
+        on = await live.accounts.ActivateAccount(pb.ActivateAccountRequest(**account))
+        assert on.account.status == account_pb2.ACCOUNT_STATUS_ACTIVE
+        order = await live.place(price="49000")
+        await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
+    finally:
+        await live.oms.close()
+
+
+async def test_an_activation_whose_reconciliation_meets_a_store_failure_leaves_nothing_running(
+    okx_exchange: FakeExchange, proxy: RedisFaultProxy
+) -> None:
+    okx_exchange.set_price(BTC, Decimal("50000"))
+    live = await live_trading(await proxy.start(), okx_exchange)
+    try:
+        account = {"user_id": USER, "exchange": "okx"}
+        await live.accounts.DeactivateAccount(pb.DeactivateAccountRequest(**account))
+        open_orders = b"{" + USER.encode() + b"}:open_orders"  # the reconciliation's first read
+        activating = live.accounts.ActivateAccount(pb.ActivateAccountRequest(**account))
+        await landed_unanswered(proxy, open_orders, activating)
+        await asyncio.sleep(0.3)
+        # Not followed: its feed and connection stopped with it (they ran on before).
+        assert [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("okx")] == []
         on = await live.accounts.ActivateAccount(pb.ActivateAccountRequest(**account))
         assert on.account.status == account_pb2.ACCOUNT_STATUS_ACTIVE
         order = await live.place(price="49000")

@@ -9,13 +9,15 @@ minute here: what a call leaves must not wait for it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from functools import partial
 
 import grpc
 import pytest
-from fixtures.live_trading import API_KEY, BTC, USER, LiveTrading
+from fixtures.fake_exchange import FakeExchange
+from fixtures.live_trading import API_KEY, BTC, USER, LiveTrading, live_trading
 from fixtures.redis_proxy import RedisFaultProxy
 from tradingboost.oms.v1 import account_service_pb2 as acc
 from tradingboost.oms.v1 import conditional_rule_pb2 as R
@@ -139,3 +141,27 @@ async def test_an_account_stored_inactive_as_its_call_ends_is_no_longer_traded_o
     await live.accounts.ActivateAccount(
         acc.ActivateAccountRequest(user_id=USER, exchange=live.venue)
     )
+
+
+async def test_a_call_cut_short_is_finished_before_the_server_stops(
+    exchange: FakeExchange, proxy: RedisFaultProxy
+) -> None:
+    # The server stops while an order's commit, its client gone, still waits on Redis: the
+    # stop lets the call finish (the order sent) before the exchanges and the store close.
+    live = await live_trading(await proxy.start(), exchange, {"shutdown_grace_s": 3.0})
+    await exchange.wait_for_private_feed(API_KEY)
+    placing = partial(live.place, price="49000", client_order_id="at-stop", timeout_s=DEADLINE_S)
+    proxy.hold_request(b"at-stop")
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await placing()
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    async def release_later() -> None:
+        await asyncio.sleep(1.0)  # the server is stopping by then
+        await proxy.release_held()
+
+    releasing = asyncio.create_task(release_later())
+    await live.oms.close()
+    await releasing
+    [order] = live.exchange.orders(API_KEY)
+    assert order.status == "open"

@@ -231,16 +231,50 @@ async def test_a_stop_whose_cancel_landed_unanswered_never_triggers(
     live_via_proxy: LiveTrading, proxy: RedisFaultProxy
 ) -> None:
     # Redis stores the cancel, but every reply to it is lost: UNAVAILABLE. The stop is
-    # cancelled in the store; the price through it later must not fire a close.
+    # cancelled in the store; a mark above must not move it (writing it back as ACTIVE),
+    # nor the price through it later fire a close.
     live, exchange = live_via_proxy, live_via_proxy.exchange
     await long_with_mark(live)
     stop = await create(live)
     request = ts.CancelTrailingStopRequest(user_id=USER, trailing_stop_id=stop.trailing_stop_id)
     canceling = live.oms.trailing_stops.CancelTrailingStop(request)
     await landed_unanswered(proxy, b'"kind":"trailing_stop","type":"CANCELED"', canceling)
+    exchange.set_price(BTC, Decimal("51000"))
+    await live.until_mark("51000")
     exchange.set_price(BTC, Decimal("49000"))  # through the stop at 49500
     await live.until_mark("49000")
     await asyncio.sleep(0.5)  # a mark round or more: a stop still at work would fire
     after = await live.until_stop(stop.trailing_stop_id, lambda s: True)
-    assert (after.status, after.order_id) == (T.TRAILING_STOP_STATUS_CANCELED, "")
+    assert (after.status, after.order_id, after.stop_price) == (
+        T.TRAILING_STOP_STATUS_CANCELED,
+        "",
+        "49500",
+    )
     assert len([o for o in exchange.orders(API_KEY) if o.side == "sell"]) == 0
+
+
+async def test_a_stop_whose_create_landed_unanswered_is_watched_once_its_retry_finds_it(
+    live_via_proxy: LiveTrading, proxy: RedisFaultProxy
+) -> None:
+    live, exchange = live_via_proxy, live_via_proxy.exchange
+    await long_with_mark(live)
+    creating = live.oms.trailing_stops.CreateTrailingStop(
+        ts.CreateTrailingStopRequest(
+            user_id=USER,
+            exchange=live.venue,
+            symbol=BTC,
+            position_side=S.POSITION_SIDE_LONG,
+            callback_rate="0.01",
+            client_id="unanswered",
+        )
+    )
+    await landed_unanswered(proxy, b'"client_id":"unanswered"', creating)
+    stop = await create(live, client_id="unanswered")  # the retry finds it
+    assert stop.status == T.TRAILING_STOP_STATUS_ACTIVE
+    exchange.set_price(BTC, Decimal("51000"))
+    await live.until_stop(stop.trailing_stop_id, lambda s: s.stop_price == "50490")
+    exchange.set_price(BTC, Decimal("50400"))
+    triggered = await live.until_stop(
+        stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
+    )
+    await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)

@@ -179,11 +179,14 @@ class LiveExchanges:
             followed.start("feed", self._feed(followed))
         try:
             await self._sync(followed, reconcile=True)
-        except GatewayError as error:
+        except BaseException as error:
+            # Not followed after all: its feed and connection stop with it.
             await followed.stop()
-            raise Unavailable(
-                f"{account.exchange}: reconciling {account.user_id} failed: {error.message}"
-            ) from error
+            if isinstance(error, GatewayError):
+                raise Unavailable(
+                    f"{account.exchange}: reconciling {account.user_id} failed: {error.message}"
+                ) from error
+            raise
         # New credentials replacing working ones: this connection takes over before the
         # previous one closes, and what that one kept working (stops, trailing stops,
         # rules) goes on as it is: read again, it could come back from before a change.

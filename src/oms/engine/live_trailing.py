@@ -64,9 +64,16 @@ class LiveTrailingStops:
         self._new_id = new_id
         self._clock_ns = clock_ns
         self._books: defaultdict[tuple[str, str], TrailingBook] = defaultdict(TrailingBook)
+        self._unsure: defaultdict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
+        """By (exchange, symbol): the (user_id, stop id) of stops whose last write's outcome
+        is unknown (its replies lost): out of the book until read back from the store."""
 
     def symbols(self, exchange: str) -> set[str]:
-        return {symbol for (ex, symbol), book in self._books.items() if ex == exchange and book}
+        return {
+            symbol
+            for (ex, symbol), book in self._books.items()
+            if ex == exchange and (book or self._unsure.get((ex, symbol)))
+        }
 
     def load(self, stops: list[TrailingStop]) -> None:
         """Working stops from the store (start-up, or an account followed again)."""
@@ -80,6 +87,9 @@ class LiveTrailingStops:
             if ex == exchange:
                 for stop in [s for s in book.stops() if s.user_id == user_id]:
                     book.remove(stop)
+        for (ex, _), unsure in self._unsure.items():
+            if ex == exchange:
+                unsure.difference_update({key for key in unsure if key[0] == user_id})
 
     async def create(
         self,
@@ -125,7 +135,13 @@ class LiveTrailingStops:
                 # ran: the stop whose id OpenPosition gave out exists, and is over.
                 stop = stop.cancel(POSITION_CLOSED, stop.created_at_ns)
                 updates.append(TrailingStopUpdated(TrailingStopEventType.CANCELED, stop))
-            outcome = await self._journal.record([], updates=updates)
+            try:
+                outcome = await self._journal.record([], updates=updates)
+            except Unavailable:
+                self._unsure[(market.exchange, market.symbol)].add(
+                    (stop.user_id, stop.trailing_stop_id)
+                )
+                raise
             if isinstance(outcome, Conflict):
                 assert outcome.kind is ConflictKind.TRAILING_CLIENT_ID_TAKEN
                 assert outcome.existing_stop is not None
@@ -160,6 +176,7 @@ class LiveTrailingStops:
         self, stop: TrailingStop, reason: str = CANCELED_BY_USER
     ) -> TrailingStop | None:
         """The stop cancelled; None when it is not working here (triggered meanwhile)."""
+        await self._read_back(stop.exchange, stop.symbol)
         async with self._venue.account_lock(stop.user_id, stop.exchange):
             book = self._books[(stop.exchange, stop.symbol)]
             current = book.get(stop.trailing_stop_id)
@@ -182,6 +199,7 @@ class LiveTrailingStops:
 
     async def on_mark(self, exchange: str, symbol: str, price: Decimal) -> None:
         """A new mark: activate, follow, trigger, as a paper tick does."""
+        await self._read_back(exchange, symbol)
         book = self._books.get((exchange, symbol))
         if not book:
             return
@@ -230,6 +248,28 @@ class LiveTrailingStops:
                 except (Unavailable, ConcurrentModification) as error:
                     failed.append(error)
 
+    def _unsure_of(self, stop: TrailingStop) -> None:
+        """The stop's last write may or may not have landed: read it back before it acts."""
+        self._unsure[(stop.exchange, stop.symbol)].add((stop.user_id, stop.trailing_stop_id))
+
+    async def _read_back(self, exchange: str, symbol: str) -> None:
+        """Put back in the book, as stored, the stops of the symbol whose last write's
+        outcome was unknown and that are working; forget the others."""
+        unsure = self._unsure.get((exchange, symbol))
+        while unsure:
+            user_id, stop_id = key = next(iter(unsure))
+            try:
+                lock = self._venue.account_lock(user_id, exchange)
+            except FailedPrecondition:
+                unsure.discard(key)  # not followed: read at its next follow
+                continue
+            async with lock:
+                stored = await self._store.get_trailing_stop(user_id, stop_id)
+                book = self._books[(exchange, symbol)]
+                if stored and stored.status.is_working and book.get(stop_id) is None:
+                    book.put(stored)
+                unsure.discard(key)
+
     async def _trigger(
         self, book: TrailingBook, stop: TrailingStop, price: Decimal, now: int
     ) -> None:
@@ -271,7 +311,14 @@ class LiveTrailingStops:
     ) -> None:
         """Replace a working stop; `kind` None: a silent watermark move."""
         update = WatermarkMoved(after) if kind is None else TrailingStopUpdated(kind, after)
-        await self._journal.record([], updates=[update])
+        try:
+            await self._journal.record([], updates=[update])
+        except Unavailable:
+            # Landed or not: neither copy is known to be the stored one. Out of the book
+            # (a copy moved later would write over a cancel that landed) until read back.
+            book.remove(before)
+            self._unsure_of(before)
+            raise
         book.remove(before)
         if after.status.is_working:
             book.put(after)

@@ -18,12 +18,15 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["run_to_end"]
+__all__ = ["finish_running", "run_to_end"]
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+_running: set[asyncio.Task[Any]] = set()
+"""Every call running here: the event loop keeps only weak references to tasks."""
 
 
 def run_to_end(
@@ -35,6 +38,8 @@ def run_to_end(
     @functools.wraps(method)
     async def carried(*args: P.args, **kwargs: P.kwargs) -> R:
         task = asyncio.get_running_loop().create_task(method(*args, **kwargs))
+        _running.add(task)
+        task.add_done_callback(_running.discard)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -42,6 +47,15 @@ def run_to_end(
             raise
 
     return carried
+
+
+async def finish_running(timeout_s: float) -> None:
+    """Wait up to `timeout_s` for the calls still running on this loop (at shutdown, those
+    whose callers went away: before the connections they use close)."""
+    loop = asyncio.get_running_loop()
+    running = {task for task in _running if task.get_loop() is loop and not task.done()}
+    if running:
+        await asyncio.wait(running, timeout=timeout_s)
 
 
 def _log_failure(what: str, task: asyncio.Future[Any]) -> None:

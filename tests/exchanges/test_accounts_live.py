@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -294,59 +294,63 @@ async def test_new_credentials_the_exchange_refuses_leave_an_active_account_on_i
     assert (await live.place(price="49000")).status == S.ORDER_STATUS_OPEN
 
 
-async def test_a_deactivation_stored_unanswered_stops_trading_and_its_retry_succeeds(
+OKX_ACCOUNT = {"user_id": USER, "exchange": "okx"}
+
+
+@pytest.fixture
+async def okx_via_proxy(
     okx_exchange: FakeExchange, proxy: RedisFaultProxy
-) -> None:
+) -> AsyncIterator[LiveTrading]:
+    """USER's account active on OKX, with the OMS's Redis behind the fault `proxy`."""
     okx_exchange.set_price(BTC, Decimal("50000"))
     live = await live_trading(await proxy.start(), okx_exchange)
     try:
-        request = pb.DeactivateAccountRequest(user_id=USER, exchange="okx")
-        deactivating = live.accounts.DeactivateAccount(request)
-        await landed_unanswered(proxy, b'"status":"INACTIVE"', deactivating)
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await live.place(price="49000")
-        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        off = await live.accounts.DeactivateAccount(request)
-        assert off.account.status == account_pb2.ACCOUNT_STATUS_INACTIVE
+        yield live
     finally:
         await live.oms.close()
+
+
+async def activate_unanswered(live: LiveTrading, proxy: RedisFaultProxy, marker: bytes) -> None:
+    """The account deactivated, then activated again by a call that is UNAVAILABLE: every
+    reply to a write with `marker` is lost."""
+    await live.accounts.DeactivateAccount(pb.DeactivateAccountRequest(**OKX_ACCOUNT))
+    activating = live.accounts.ActivateAccount(pb.ActivateAccountRequest(**OKX_ACCOUNT))
+    await landed_unanswered(proxy, marker, activating)
+
+
+async def assert_activated_and_trading(live: LiveTrading) -> None:
+    on = await live.accounts.ActivateAccount(pb.ActivateAccountRequest(**OKX_ACCOUNT))
+    assert on.account.status == account_pb2.ACCOUNT_STATUS_ACTIVE
+    order = await live.place(price="49000")
+    await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
+
+
+async def test_a_deactivation_stored_unanswered_stops_trading_and_its_retry_succeeds(
+    okx_via_proxy: LiveTrading, proxy: RedisFaultProxy
+) -> None:
+    live = okx_via_proxy
+    request = pb.DeactivateAccountRequest(**OKX_ACCOUNT)
+    await landed_unanswered(proxy, b'"status":"INACTIVE"', live.accounts.DeactivateAccount(request))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await live.place(price="49000")
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    off = await live.accounts.DeactivateAccount(request)
+    assert off.account.status == account_pb2.ACCOUNT_STATUS_INACTIVE
 
 
 async def test_an_activation_stored_unanswered_is_followed_by_its_retry(
-    okx_exchange: FakeExchange, proxy: RedisFaultProxy
+    okx_via_proxy: LiveTrading, proxy: RedisFaultProxy
 ) -> None:
-    okx_exchange.set_price(BTC, Decimal("50000"))
-    live = await live_trading(await proxy.start(), okx_exchange)
-    try:
-        account = {"user_id": USER, "exchange": "okx"}
-        await live.accounts.DeactivateAccount(pb.DeactivateAccountRequest(**account))
-        activating = live.accounts.ActivateAccount(pb.ActivateAccountRequest(**account))
-        await landed_unanswered(proxy, b'"status":"ACTIVE"', activating)
-        on = await live.accounts.ActivateAccount(pb.ActivateAccountRequest(**account))
-        assert on.account.status == account_pb2.ACCOUNT_STATUS_ACTIVE
-        order = await live.place(price="49000")
-        await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
-    finally:
-        await live.oms.close()
+    await activate_unanswered(okx_via_proxy, proxy, b'"status":"ACTIVE"')
+    await assert_activated_and_trading(okx_via_proxy)
 
 
 async def test_an_activation_whose_reconciliation_meets_a_store_failure_leaves_nothing_running(
-    okx_exchange: FakeExchange, proxy: RedisFaultProxy
+    okx_via_proxy: LiveTrading, proxy: RedisFaultProxy
 ) -> None:
-    okx_exchange.set_price(BTC, Decimal("50000"))
-    live = await live_trading(await proxy.start(), okx_exchange)
-    try:
-        account = {"user_id": USER, "exchange": "okx"}
-        await live.accounts.DeactivateAccount(pb.DeactivateAccountRequest(**account))
-        open_orders = b"{" + USER.encode() + b"}:open_orders"  # the reconciliation's first read
-        activating = live.accounts.ActivateAccount(pb.ActivateAccountRequest(**account))
-        await landed_unanswered(proxy, open_orders, activating)
-        await asyncio.sleep(0.3)
-        # Not followed: its feed and connection stopped with it (they ran on before).
-        assert [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("okx")] == []
-        on = await live.accounts.ActivateAccount(pb.ActivateAccountRequest(**account))
-        assert on.account.status == account_pb2.ACCOUNT_STATUS_ACTIVE
-        order = await live.place(price="49000")
-        await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
-    finally:
-        await live.oms.close()
+    open_orders = b"{" + USER.encode() + b"}:open_orders"  # the reconciliation's first read
+    await activate_unanswered(okx_via_proxy, proxy, open_orders)
+    await asyncio.sleep(0.3)
+    # Not followed: its feed and connection stopped with it (they ran on before).
+    assert [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("okx")] == []
+    await assert_activated_and_trading(okx_via_proxy)

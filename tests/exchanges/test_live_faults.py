@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from decimal import Decimal
+from typing import Any
 
 import grpc
 import pytest
@@ -28,7 +29,7 @@ from fixtures.live_trading import (
     placements,
 )
 from fixtures.oms_server import make_oms
-from fixtures.redis_proxy import RedisFaultProxy
+from fixtures.redis_proxy import RedisFaultProxy, landed_unanswered
 from tradingboost.oms.v1 import account_service_pb2 as acc
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as pb
@@ -428,11 +429,8 @@ async def test_an_order_whose_commit_landed_unanswered_is_sent_not_rejected(
     live = await live_trading(await proxy.start(), exchange, lookup_grace_s=10.0)
     try:
         await exchange.wait_for_private_feed(API_KEY)
-        proxy.lose_reply_to(b"unanswered", times=1000)
-        with pytest.raises(grpc.aio.AioRpcError) as error:
-            await live.place(price="49000", client_order_id="unanswered")
-        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
-        proxy.lose_reply_to(b"unanswered", times=0)
+        placing = live.place(price="49000", client_order_id="unanswered")
+        await landed_unanswered(proxy, b"unanswered", placing)
         order = await live.until_found("unanswered")
         opened = await live.until(order.order_id, settled, timeout_s=5)
         assert (opened.status, bool(opened.exchange_order_id)) == (S.ORDER_STATUS_OPEN, True)
@@ -440,3 +438,16 @@ async def test_an_order_whose_commit_landed_unanswered_is_sent_not_rejected(
         await live.assert_invariants()
     finally:
         await live.oms.close()
+
+
+async def test_a_stop_whose_commit_landed_unanswered_is_held_by_the_retry(
+    live_via_proxy: LiveTrading, proxy: RedisFaultProxy
+) -> None:
+    live = live_via_proxy
+    stop: dict[str, Any] = {"type": S.ORDER_TYPE_STOP_MARKET, "price": "", "stop_price": "51000"}
+    placing = live.place(client_order_id="unanswered-stop", **stop)
+    await landed_unanswered(proxy, b"unanswered-stop", placing)
+    retried = await live.place(client_order_id="unanswered-stop", **stop)
+    assert retried.status == S.ORDER_STATUS_OPEN
+    live.exchange.set_price(BTC, Decimal("51000"))
+    await live.until(retried.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)

@@ -300,12 +300,16 @@ class LiveExchanges:
             outcome = await self._journal.record([OrderChange(order, None, [created])])
         except Unavailable as error:
             # Its commit may have landed: then the poll finds it stored and unsettled, and its
-            # lookup sends it, within its grace, as an order that found the exchange down.
-            followed.unsent[order.order_id] = error.message
+            # lookup sends it, within its grace, as an order that found the exchange down (a
+            # stop is held by the poll, and accepted by the client's retry).
+            if not order.type.needs_stop_price:
+                followed.unsent[order.order_id] = error.message
             raise
         if isinstance(outcome, Conflict):
             existing = outcome.existing
             assert existing is not None
+            if existing.status is OrderStatus.PENDING_NEW and existing.type.needs_stop_price:
+                return await self._hold(followed, existing), False
             if existing.filled_quantity:
                 # A retry: what the first attempt's fills set off may have been cut short.
                 follow_up = functools.partial(self._follow_up, followed, existing)

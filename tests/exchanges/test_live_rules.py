@@ -290,3 +290,44 @@ async def test_a_rule_whose_delete_landed_unanswered_never_fires(
     assert at_exchange(exchange, b) == "open"
     after = await rule_until(live, rule.rule_id, lambda r: True)
     assert (after.status, list(after.results)) == (R.RULE_STATUS_CANCELED, [])
+
+
+async def test_a_rule_whose_firing_landed_unanswered_still_cancels(
+    live_via_proxy: LiveTrading, proxy: RedisFaultProxy
+) -> None:
+    # The trigger fills; Redis stores the rule as fired, but every reply is lost for a
+    # while. Once replies come again, its cancels are made, without waiting for a restart.
+    live, exchange = live_via_proxy, live_via_proxy.exchange
+    a, b = [await live.place(price=p) for p in ("49000", "48000")]
+    rule = await create_rule(live, a.order_id, b.order_id)
+    fired = b'"status":"TRIGGERED"'
+    proxy.lose_reply_to(fired, times=1000)
+    exchange.set_price(BTC, Decimal("48900"))  # fills a, not b
+    await live.until(a.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    await asyncio.sleep(0.5)  # its firing meets the lost replies meanwhile
+    proxy.lose_reply_to(fired, times=0)
+    canceled = await live.until(b.order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
+    assert canceled.cancel_reason == f"conditional rule {rule.rule_id}"
+    finished = await rule_until(live, rule.rule_id, lambda r: len(r.results) == 1)
+    assert finished.status == R.RULE_STATUS_TRIGGERED
+
+
+async def test_a_rule_whose_creation_landed_unanswered_fires(
+    live_via_proxy: LiveTrading, proxy: RedisFaultProxy
+) -> None:
+    live, exchange = live_via_proxy, live_via_proxy.exchange
+    a, b = [await live.place(price=p) for p in ("49000", "48000")]
+    creating = live.oms.orders.CreateConditionalRule(
+        pb.CreateConditionalRuleRequest(
+            user_id=USER,
+            trigger_order_id=a.order_id,
+            condition=R.RULE_CONDITION_FILLED,
+            cancel_order_ids=[b.order_id],
+            client_id="unanswered-rule",
+        )
+    )
+    await landed_unanswered(proxy, b'"client_id":"unanswered-rule"', creating)
+    exchange.set_price(BTC, Decimal("48900"))  # fills a, not b
+    canceled = await live.until(b.order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
+    assert canceled.cancel_reason.startswith("conditional rule ")
+    assert at_exchange(exchange, b) == "canceled"

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from oms.domain.conditional_rules import ConditionalRule, RuleStatus
+from oms.domain.errors import Unavailable
 from oms.domain.events import RuleUpdated
 from oms.domain.orders import Order
 from oms.engine.journal import Journal
@@ -40,6 +41,9 @@ class LiveRules:
         self._venue = venue
         self._clock_ns = clock_ns
         self._by_trigger: defaultdict[str, dict[str, ConditionalRule]] = defaultdict(dict)
+        self._unsure: defaultdict[str, set[tuple[str, str]]] = defaultdict(set)
+        """By trigger order id: the (user_id, rule id) of rules whose creation's outcome is
+        unknown (its replies lost): read back from the store when their trigger changes."""
         self._runner: RuleRunner | None = None
 
     def run_rules_with(self, runner: RuleRunner) -> None:
@@ -55,7 +59,11 @@ class LiveRules:
                 return None
             # A trigger past the condition already (a partial fill) fires it: never ACTIVE first.
             fired = rule.on_trigger_change(trigger, self._clock_ns())
-            await self._journal.record([], (), [RuleUpdated(fired or rule)])
+            try:
+                await self._journal.record([], (), [RuleUpdated(fired or rule)])
+            except Unavailable:
+                self._unsure[rule.trigger_order_id].add((rule.user_id, rule.rule_id))
+                raise
             if fired is None:
                 self._by_trigger[rule.trigger_order_id][rule.rule_id] = rule
                 return rule
@@ -74,6 +82,7 @@ class LiveRules:
 
     async def judge(self, trigger: Order) -> None:
         """Fire or retire the rules a committed change of their trigger order meets."""
+        await self._read_back(trigger)
         fired = []
         for rule in list(self._by_trigger.get(trigger.order_id, {}).values()):
             async with self._venue.account_lock(rule.user_id, rule.trigger_exchange):
@@ -84,15 +93,28 @@ class LiveRules:
                     continue
                 stored = await self._store.get_rule(rule.user_id, rule.rule_id)
                 if stored is None or stored.status is not RuleStatus.ACTIVE:
-                    # Ended by a change that landed unanswered (a delete whose reply was
-                    # lost): the store is right, the copy here is not.
+                    # Changed by a write that landed unanswered: the store is right, the copy
+                    # here is not. Deleted, it does nothing; fired, its cancels are owed.
                     self._forget(rule)
+                    if stored is not None and stored.pending:
+                        fired.append(stored)
                     continue
                 await self._journal.record([], (), [RuleUpdated(after)])
                 self._forget(rule)
                 fired.append(after)
         for rule in fired:
             await self._finish(rule)
+
+    async def _read_back(self, trigger: Order) -> None:
+        """Watch the rules on `trigger` whose creation landed unanswered."""
+        unsure = self._unsure.get(trigger.order_id)
+        while unsure:
+            user_id, rule_id = key = next(iter(unsure))
+            stored = await self._store.get_rule(user_id, rule_id)
+            if stored is not None and stored.status is RuleStatus.ACTIVE:
+                self._by_trigger[trigger.order_id].setdefault(rule_id, stored)
+            unsure.discard(key)
+        self._unsure.pop(trigger.order_id, None)
 
     async def load(self, user_id: str, exchange: str) -> None:
         """The user's ACTIVE rules on `exchange`, judged against their triggers as they are

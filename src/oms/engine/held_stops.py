@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from decimal import Decimal
 
-from oms.domain.orders import Order, PositionSide
+from oms.domain.orders import Order
 from oms.domain.paper_matching import stop_reached
 
 
@@ -34,17 +34,6 @@ class HeldStops:
             if held_exchange == exchange:
                 for order_id in [i for i, o in orders.items() if o.user_id == user_id]:
                     del orders[order_id]
-
-    def exits_of(
-        self, user_id: str, exchange: str, symbol: str, position_side: PositionSide
-    ) -> list[Order]:
-        """The held exits (take-profit, stop-loss of an entry) of one position side."""
-        return [
-            order
-            for order in self._by_symbol[(exchange, symbol)].values()
-            if order.parent_order_id
-            and (order.user_id, order.position_side) == (user_id, position_side)
-        ]
 
     def symbols(self, exchange: str) -> set[str]:
         return {

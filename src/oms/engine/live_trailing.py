@@ -138,9 +138,7 @@ class LiveTrailingStops:
             try:
                 outcome = await self._journal.record([], updates=updates)
             except Unavailable:
-                self._unsure[(market.exchange, market.symbol)].add(
-                    (stop.user_id, stop.trailing_stop_id)
-                )
+                self._unsure_of(stop)
                 raise
             if isinstance(outcome, Conflict):
                 assert outcome.kind is ConflictKind.TRAILING_CLIENT_ID_TAKEN

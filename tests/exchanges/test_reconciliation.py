@@ -161,6 +161,37 @@ async def test_a_position_the_oms_did_not_fill_is_reported_as_drift(
     assert lookups() == before
 
 
+async def test_a_fill_that_reduces_what_the_oms_holds_flat_is_recorded_not_applied(
+    live: LiveTrading,
+    exchange: FakeExchange,
+    redis_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A long opened at the exchange while the OMS was down (drift), closed through the OMS:
+    # the order and its fill are the venue's truth, but the OMS never holds less than flat.
+    await live.oms.close()
+    async with outside_client(exchange) as outside:
+        await outside.create_order(
+            BTC, "market", "buy", 0.02, None, {"clientOrderId": "manual3", **long_side(exchange)}
+        )
+    live.untracked_client_ids.add("manual3")
+    await live.start_again(redis_url)
+    order = await live.place(side=S.SIDE_SELL, reduce_only=True, price="51000")
+    exchange.set_price(BTC, Decimal("51100"))
+    filled = await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    [fill] = await live.fills(order.order_id)
+    assert (filled.filled_quantity, fill.quantity, fill.position_id) == ("0.02", "0.02", "")
+    positions = await live.oms.positions.ListPositions(
+        pos.ListPositionsRequest(user_id=USER, include_closed=True)
+    )
+    assert list(positions.positions) == []
+    live.unapplied_fill_ids.add(fill.fill_id)
+    assert any(
+        f"fill {fill.exchange_trade_id} not applied" in record.getMessage()
+        for record in caplog.records
+    )
+
+
 # With newer orders than fit a page of the listing it reads (made small here: a grid bot
 # makes thousands a day), the cancelled order is still among those swept.
 @pytest.mark.parametrize("newer_orders", [0, 7])

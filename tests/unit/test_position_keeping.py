@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 
-from fixtures.domain import MARKET
+import pytest
+from fixtures.domain import MARKET, new_order
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,6 +20,7 @@ from oms.domain.positions import (
     apply_fill,
     open_record,
     summarize,
+    take_fill,
 )
 
 
@@ -46,6 +49,37 @@ def long(*fills: tuple[Fill, int | None]) -> Position:
     for one, level in fills:
         position = apply_fill(position, one, level, None)
     return position
+
+
+def test_an_opening_fill_on_a_flat_side_starts_a_new_record_at_the_orders_leverage() -> None:
+    order = replace(new_order(), leverage=5)
+    ids = iter(["p1", "p2"])
+    first = take_fill(None, order, fill(Side.BUY, "0.01", "50000"), MARKET, lambda: next(ids))
+    closed = take_fill(
+        first,
+        replace(order, side=Side.SELL),
+        fill(Side.SELL, "0.01", "51000"),
+        MARKET,
+        lambda: "unused",
+    )
+    assert (first.position_id, first.size, first.leverage) == ("p1", Decimal("0.01"), 5)
+    assert closed.status is PositionStatus.CLOSED and closed.position_id == "p1"
+    second = take_fill(closed, order, fill(Side.BUY, "0.02", "52000"), MARKET, lambda: next(ids))
+    assert (second.position_id, second.size, second.entry_price) == (
+        "p2",
+        Decimal("0.02"),
+        Decimal("52000"),
+    )
+    assert second.realized_pnl == 0
+
+
+def test_a_fill_that_would_reduce_a_flat_side_or_below_zero_is_refused() -> None:
+    selling = replace(new_order(), side=Side.SELL)
+    with pytest.raises(ValueError, match="flat"):
+        take_fill(None, selling, fill(Side.SELL, "0.01", "50000"), MARKET, lambda: "p")
+    held = long((fill(Side.BUY, "0.01", "50000"), None))
+    with pytest.raises(ValueError, match="exceeds"):
+        take_fill(held, selling, fill(Side.SELL, "0.02", "50000"), MARKET, lambda: "p")
 
 
 def test_a_reduction_keeps_the_average_cost_and_realizes_at_the_fill_price() -> None:

@@ -8,6 +8,7 @@ terminate are rounded only for display (`decimals.display`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import StrEnum
@@ -15,7 +16,7 @@ from enum import StrEnum
 from oms.domain.decimals import ZERO, add, display, div, mul, sub, total
 from oms.domain.fills import Fill
 from oms.domain.markets import Market
-from oms.domain.orders import PositionSide, Side
+from oms.domain.orders import Order, PositionSide, Side
 
 DEFAULT_LEVERAGE = 1
 _HUNDRED = Decimal(100)
@@ -135,6 +136,20 @@ def open_record(
         opened_at_ns=now_ns,
         updated_at_ns=now_ns,
     )
+
+
+def take_fill(
+    position: Position | None, order: Order, fill: Fill, market: Market, new_id: Callable[[], str]
+) -> Position:
+    """The record of the order's side after its fill: `position` (the side's latest record)
+    grown or reduced, or a new record (id from `new_id`) when the fill opens a flat side.
+    ValueError for a fill that would reduce a flat side, or reduce it below zero."""
+    opening = not reduces(fill.side, order.position_side)
+    if position is None or not position.is_open:
+        if not opening:
+            raise ValueError(f"fill {fill.fill_id} reduces a flat position")
+        position = open_record(new_id(), order.user_id, market, order.position_side, fill.time_ns)
+    return apply_fill(position, fill, order.grid_level, order.leverage if opening else None)
 
 
 def apply_fill(

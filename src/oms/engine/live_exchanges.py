@@ -53,7 +53,7 @@ from oms.domain.orders import (
     OrderTriggered,
 )
 from oms.domain.paper_matching import stop_reached
-from oms.domain.positions import Position, PositionKey, apply_fill, open_record, reduces
+from oms.domain.positions import Position, PositionKey, take_fill
 from oms.domain.trailing_stops import TrailingStop, TrailingStopSpec
 from oms.domain.venue_reports import (
     EXTERNAL_CLIENT_ID_PREFIX,
@@ -1025,31 +1025,20 @@ class LiveExchanges:
         """The position after the fill, and the fill marked with it; both as they were for
         a fill that cannot be applied (it would reduce below zero)."""
         fill = filled.fill
-        opening = not reduces(fill.side, order.position_side)
-        if position is None or not position.is_open:
-            if not opening:
-                log.error(
-                    "fill %s reduces %s %s %s, which the OMS holds flat",
-                    fill.exchange_trade_id,
-                    order.user_id,
-                    order.symbol,
-                    order.position_side.value,
-                )
-                return position, filled
-            position = open_record(
-                self._new_id(), order.user_id, market, order.position_side, fill.time_ns
+        try:
+            position = take_fill(position, order, fill, market, self._new_id).mark(
+                fill.price, fill.time_ns
             )
-        elif not opening and fill.quantity > position.size:
+        except ValueError as error:  # the venue reports more than the OMS holds
             log.error(
-                "fill %s reduces position %s by more than its size %s",
+                "fill %s not applied to %s %s %s: %s",
                 fill.exchange_trade_id,
-                position.position_id,
-                position.size,
+                order.user_id,
+                order.symbol,
+                order.position_side.value,
+                error,
             )
             return position, filled
-        position = apply_fill(
-            position, fill, order.grid_level, order.leverage if opening else None
-        ).mark(fill.price, fill.time_ns)
         return position, OrderFilled(dataclasses.replace(fill, position_id=position.position_id))
 
     def throttle_wait_s(self, exchange: str, user_id: str) -> float:

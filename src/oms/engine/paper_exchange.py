@@ -49,7 +49,7 @@ from oms.domain.paper_matching import (
     rests_as_limit,
     tick_reaches_at,
 )
-from oms.domain.positions import Position, apply_fill, open_record, reduces
+from oms.domain.positions import Position, reduces, take_fill
 from oms.domain.trailing_stops import (
     CANCELED_BY_USER,
     POSITION_CLOSED,
@@ -669,16 +669,8 @@ class _Desk:
         """Apply the fill to its position; the fill, marked with the position's id."""
         fill = filled.fill
         slot = (order.user_id, order.position_side)
-        position = self.positions.get(slot)
-        opening = not reduces(fill.side, order.position_side)
-        if position is None:
-            if not opening:
-                raise AssertionError(f"reducing fill {fill.fill_id} with no open position")
-            market = self._exchange.market(self.symbol)
-            position = open_record(
-                self._exchange.new_id(), order.user_id, market, order.position_side, fill.time_ns
-            )
-        after = apply_fill(position, fill, order.grid_level, order.leverage if opening else None)
+        market = self._exchange.market(self.symbol)
+        after = take_fill(self.positions.get(slot), order, fill, market, self._exchange.new_id)
         mark = self.last.price if self.last else fill.price
         batch.set_position(self, slot, after.mark(mark, fill.time_ns))
         return OrderFilled(replace(fill, position_id=after.position_id))

@@ -101,6 +101,12 @@ async def test_registering_again_replaces_the_credentials(keyed: OmsHarness) -> 
     assert not again.has_password
 
 
+async def test_an_empty_password_is_none(keyed: OmsHarness) -> None:
+    # As a JSON client (grpcurl, buf curl) sends "no password"; kept, OKX would fail on it.
+    registered = (await keyed.accounts.RegisterCredentials(register(password=""))).account
+    assert not registered.has_password
+
+
 async def test_without_a_master_key_credentials_are_refused(oms: OmsHarness) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await oms.accounts.RegisterCredentials(register())

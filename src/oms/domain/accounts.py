@@ -84,6 +84,7 @@ def check_account_exchange(exchange: str, known: frozenset[str], field: str = "e
 
 
 def check_credentials(api_key: str, secret: str, password: str | None) -> Credentials:
+    password = password or None  # empty, as JSON clients send for none: none
     for name, value, limit in (
         ("api_key", api_key, MAX_API_KEY_CHARS),
         ("secret", secret, MAX_SECRET_CHARS),
@@ -91,7 +92,7 @@ def check_credentials(api_key: str, secret: str, password: str | None) -> Creden
     ):
         if value is None:
             continue
-        if not value and name != "password":
+        if not value:
             raise InvalidArgument(name, "is required")
         if len(value) > limit:
             raise InvalidArgument(name, f"is longer than {limit} characters")

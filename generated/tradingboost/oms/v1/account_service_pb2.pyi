@@ -41,7 +41,7 @@ class RegisterCredentialsRequest(_message.Message):
     """Required. The exchange API secret. Never returned or logged."""
     password: _builtins.str
     """Optional password (passphrase), required by some exchanges (OKX). Never
-    returned or logged. Absent: none.
+    returned or logged. Absent or empty: none.
     """
     sandbox: _builtins.bool
     """Optional, default false: the credentials are for the exchange's sandbox

@@ -89,9 +89,9 @@ class MarketDataServiceServicer:
         """Returns the last price of one instrument. On a real exchange that is its
         mark price, followed (ticker feed, REST every `mark_interval_s`) for the
         symbols followed accounts hold positions or working stop orders in.
-        Errors: INVALID_ARGUMENT (unknown exchange or symbol; a real exchange's
-        symbols are known once an account on it is active), NOT_FOUND (no price
-        seen yet).
+        Errors: INVALID_ARGUMENT (unknown exchange or symbol), FAILED_PRECONDITION
+        (a real exchange with no active account: its markets load once one is),
+        NOT_FOUND (no price seen yet).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,7 +101,8 @@ class MarketDataServiceServicer:
         """Server stream of the price ticks of a set of instruments, live (after
         their last prices, with `with_last_prices`), in the order they are
         applied. Errors: INVALID_ARGUMENT (no instrument,
-        unknown exchange or symbol), RESOURCE_EXHAUSTED (the client did not keep
+        unknown exchange or symbol), FAILED_PRECONDITION (a real exchange with no
+        active account), RESOURCE_EXHAUSTED (the client did not keep
         up with its bounded buffer; or, at the start, as many price streams are
         open as the server allows, `max_price_streams`), UNAVAILABLE (server
         shutting down).
@@ -113,8 +114,9 @@ class MarketDataServiceServicer:
     def GetMarket(self, request, context):
         """Returns one market's trading rules: its amount step, minimum amount,
         price tick and contract size, for a strategy to size and round its
-        orders. Errors: INVALID_ARGUMENT (unknown exchange or symbol; a real
-        exchange's markets are known once an account on it is active).
+        orders. Errors: INVALID_ARGUMENT (unknown exchange or symbol),
+        FAILED_PRECONDITION (a real exchange with no active account: its markets
+        load once one is).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -53,15 +53,16 @@ class MarketDataServiceStub:
     """Returns the last price of one instrument. On a real exchange that is its
     mark price, followed (ticker feed, REST every `mark_interval_s`) for the
     symbols followed accounts hold positions or working stop orders in.
-    Errors: INVALID_ARGUMENT (unknown exchange or symbol; a real exchange's
-    symbols are known once an account on it is active), NOT_FOUND (no price
-    seen yet).
+    Errors: INVALID_ARGUMENT (unknown exchange or symbol), FAILED_PRECONDITION
+    (a real exchange with no active account: its markets load once one is),
+    NOT_FOUND (no price seen yet).
     """
     StreamPrices: _grpc.UnaryStreamMultiCallable[_market_data_service_pb2.StreamPricesRequest, _market_data_service_pb2.StreamPricesResponse]
     """Server stream of the price ticks of a set of instruments, live (after
     their last prices, with `with_last_prices`), in the order they are
     applied. Errors: INVALID_ARGUMENT (no instrument,
-    unknown exchange or symbol), RESOURCE_EXHAUSTED (the client did not keep
+    unknown exchange or symbol), FAILED_PRECONDITION (a real exchange with no
+    active account), RESOURCE_EXHAUSTED (the client did not keep
     up with its bounded buffer; or, at the start, as many price streams are
     open as the server allows, `max_price_streams`), UNAVAILABLE (server
     shutting down).
@@ -69,8 +70,9 @@ class MarketDataServiceStub:
     GetMarket: _grpc.UnaryUnaryMultiCallable[_market_data_service_pb2.GetMarketRequest, _market_data_service_pb2.GetMarketResponse]
     """Returns one market's trading rules: its amount step, minimum amount,
     price tick and contract size, for a strategy to size and round its
-    orders. Errors: INVALID_ARGUMENT (unknown exchange or symbol; a real
-    exchange's markets are known once an account on it is active).
+    orders. Errors: INVALID_ARGUMENT (unknown exchange or symbol),
+    FAILED_PRECONDITION (a real exchange with no active account: its markets
+    load once one is).
     """
 
 @_typing.type_check_only
@@ -98,15 +100,16 @@ class MarketDataServiceAsyncStub(MarketDataServiceStub):
     """Returns the last price of one instrument. On a real exchange that is its
     mark price, followed (ticker feed, REST every `mark_interval_s`) for the
     symbols followed accounts hold positions or working stop orders in.
-    Errors: INVALID_ARGUMENT (unknown exchange or symbol; a real exchange's
-    symbols are known once an account on it is active), NOT_FOUND (no price
-    seen yet).
+    Errors: INVALID_ARGUMENT (unknown exchange or symbol), FAILED_PRECONDITION
+    (a real exchange with no active account: its markets load once one is),
+    NOT_FOUND (no price seen yet).
     """
     StreamPrices: _aio.UnaryStreamMultiCallable[_market_data_service_pb2.StreamPricesRequest, _market_data_service_pb2.StreamPricesResponse]  # type: ignore[assignment]
     """Server stream of the price ticks of a set of instruments, live (after
     their last prices, with `with_last_prices`), in the order they are
     applied. Errors: INVALID_ARGUMENT (no instrument,
-    unknown exchange or symbol), RESOURCE_EXHAUSTED (the client did not keep
+    unknown exchange or symbol), FAILED_PRECONDITION (a real exchange with no
+    active account), RESOURCE_EXHAUSTED (the client did not keep
     up with its bounded buffer; or, at the start, as many price streams are
     open as the server allows, `max_price_streams`), UNAVAILABLE (server
     shutting down).
@@ -114,8 +117,9 @@ class MarketDataServiceAsyncStub(MarketDataServiceStub):
     GetMarket: _aio.UnaryUnaryMultiCallable[_market_data_service_pb2.GetMarketRequest, _market_data_service_pb2.GetMarketResponse]  # type: ignore[assignment]
     """Returns one market's trading rules: its amount step, minimum amount,
     price tick and contract size, for a strategy to size and round its
-    orders. Errors: INVALID_ARGUMENT (unknown exchange or symbol; a real
-    exchange's markets are known once an account on it is active).
+    orders. Errors: INVALID_ARGUMENT (unknown exchange or symbol),
+    FAILED_PRECONDITION (a real exchange with no active account: its markets
+    load once one is).
     """
 
 class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -152,9 +156,9 @@ class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns the last price of one instrument. On a real exchange that is its
         mark price, followed (ticker feed, REST every `mark_interval_s`) for the
         symbols followed accounts hold positions or working stop orders in.
-        Errors: INVALID_ARGUMENT (unknown exchange or symbol; a real exchange's
-        symbols are known once an account on it is active), NOT_FOUND (no price
-        seen yet).
+        Errors: INVALID_ARGUMENT (unknown exchange or symbol), FAILED_PRECONDITION
+        (a real exchange with no active account: its markets load once one is),
+        NOT_FOUND (no price seen yet).
         """
 
     @_abc_1.abstractmethod
@@ -166,7 +170,8 @@ class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
         """Server stream of the price ticks of a set of instruments, live (after
         their last prices, with `with_last_prices`), in the order they are
         applied. Errors: INVALID_ARGUMENT (no instrument,
-        unknown exchange or symbol), RESOURCE_EXHAUSTED (the client did not keep
+        unknown exchange or symbol), FAILED_PRECONDITION (a real exchange with no
+        active account), RESOURCE_EXHAUSTED (the client did not keep
         up with its bounded buffer; or, at the start, as many price streams are
         open as the server allows, `max_price_streams`), UNAVAILABLE (server
         shutting down).
@@ -180,8 +185,9 @@ class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_market_data_service_pb2.GetMarketResponse, _abc.Awaitable[_market_data_service_pb2.GetMarketResponse]]:
         """Returns one market's trading rules: its amount step, minimum amount,
         price tick and contract size, for a strategy to size and round its
-        orders. Errors: INVALID_ARGUMENT (unknown exchange or symbol; a real
-        exchange's markets are known once an account on it is active).
+        orders. Errors: INVALID_ARGUMENT (unknown exchange or symbol),
+        FAILED_PRECONDITION (a real exchange with no active account: its markets
+        load once one is).
         """
 
 def add_MarketDataServiceServicer_to_server(servicer: MarketDataServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

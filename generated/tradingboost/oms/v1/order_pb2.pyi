@@ -38,8 +38,9 @@ class Side(_Side, metaclass=_SideEnumTypeWrapper):
 
     - Decimals (quantities, prices, fees, PnL) are strings holding a plain finite
       decimal: digits with an optional fractional part ("0.01", "45000.5"), no
-      sign, exponent, separators or whitespace, at most 32 characters. Responses
-      use the same form without trailing zeros ("45000", "0.0000225", "0");
+      sign, exponent, separators or whitespace, at most 32 characters in a
+      request. Responses use the same form without trailing zeros ("45000",
+      "0.0000225", "0"), exact, so a product (fees, notional) may be longer;
       signed output values (PnL) start with "-" when negative.
     - Quantities are in the exchange's order unit as ccxt uses it (contracts for
       derivatives); prices are in the market's quote currency.

@@ -1,7 +1,8 @@
 """Fixtures of the tests against the local fake exchange: each test runs once per venue.
 
 A module may set `LIVE_POLICY` (ExchangeSettings fields) to change how the OMS treats the
-exchange in its tests, such as a slower poll.
+exchange in its tests, such as a slower poll; a test may add its own with
+`@pytest.mark.live_policy(field=value)`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ def exchange(request: pytest.FixtureRequest) -> FakeExchange:
 async def _followed(
     redis_url: str, exchange: FakeExchange, request: pytest.FixtureRequest
 ) -> AsyncIterator[LiveTrading]:
-    policy = getattr(request.module, "LIVE_POLICY", {})
+    policy = dict(getattr(request.module, "LIVE_POLICY", {}))
+    for marker in request.node.iter_markers("live_policy"):
+        policy |= marker.kwargs
     trading = await live_trading(redis_url, exchange, **policy)
     await exchange.wait_for_private_feed(API_KEY)
     try:

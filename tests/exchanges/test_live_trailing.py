@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from fixtures.client_streams import until
 from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import (
     API_KEY,
@@ -227,6 +228,29 @@ async def test_a_mark_whose_trailing_move_fails_still_sends_the_held_stop_and_co
     await live.until_stop(stop.trailing_stop_id, lambda s: s.stop_price == "50490")
 
 
+@pytest.mark.parametrize("failing", [0, 1], ids=["tighter-fails", "looser-fails"])
+async def test_one_stop_whose_move_fails_does_not_keep_the_mark_from_the_others(
+    live_via_proxy: LiveTrading, proxy: RedisFaultProxy, failing: int
+) -> None:
+    # Two stops on one position; Redis refuses every write of one of them (whichever the
+    # mark reaches first, across the two runs). The other still follows the mark, and the
+    # failed one moves at that same mark once Redis takes it.
+    live, exchange = live_via_proxy, live_via_proxy.exchange
+    await long_with_mark(live)
+    stops = [await create(live, callback_rate="0.01"), await create(live, callback_rate="0.02")]
+    moved_to = ["50490", "49980"]  # at 51000
+    failed, other = stops[failing], stops[1 - failing]
+    marker = f'"trailing_stop_id":"{failed.trailing_stop_id}"'.encode()
+    proxy.refuse(marker, LOADING, times=1000)
+    exchange.set_price(BTC, Decimal("51000"))
+    await live.until_stop(other.trailing_stop_id, lambda s: s.stop_price == moved_to[1 - failing])
+    assert (await live.until_stop(failed.trailing_stop_id, lambda s: True)).stop_price == (
+        failed.stop_price
+    )
+    proxy.refuse(marker, LOADING, times=0)
+    await live.until_stop(failed.trailing_stop_id, lambda s: s.stop_price == moved_to[failing])
+
+
 async def test_a_stop_whose_cancel_landed_unanswered_never_triggers(
     live_via_proxy: LiveTrading, proxy: RedisFaultProxy
 ) -> None:
@@ -251,6 +275,50 @@ async def test_a_stop_whose_cancel_landed_unanswered_never_triggers(
         "49500",
     )
     assert len([o for o in exchange.orders(API_KEY) if o.side == "sell"]) == 0
+
+
+async def trigger_landed_unanswered(
+    live: LiveTrading, proxy: RedisFaultProxy, caplog: pytest.LogCaptureFixture
+) -> T.TrailingStop:
+    """A stop on a long triggered by a mark; the trigger (the stop TRIGGERED, its close
+    stored) lands, and the reply to it and to every retry is lost."""
+    await long_with_mark(live)
+    stop = await create(live)
+    triggering = b'"kind":"trailing_stop","type":"TRIGGERED"'
+    proxy.lose_reply_to(triggering, times=1000)
+    live.exchange.set_price(BTC, Decimal("49000"))
+    triggered = await live.until_stop(
+        stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
+    )
+    await until(lambda: any("store unreachable" in r.getMessage() for r in caplog.records))
+    proxy.lose_reply_to(triggering, times=0)
+    return triggered
+
+
+@pytest.mark.live_policy(lookup_grace_s=60)
+async def test_a_close_whose_trigger_landed_unanswered_is_sent_at_once(
+    live_via_proxy: LiveTrading, proxy: RedisFaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The close never left: it goes at once, not a lookup grace later (60 s here) as an
+    # order the exchange might yet have taken would.
+    live, exchange = live_via_proxy, live_via_proxy.exchange
+    triggered = await trigger_landed_unanswered(live, proxy, caplog)
+    await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    [close] = [o for o in exchange.orders(API_KEY) if o.side == "sell"]
+    assert (close.client_id, close.filled) == (f"oms{triggered.order_id}", Decimal("0.02"))
+
+
+async def test_a_close_whose_trigger_landed_unanswered_is_sent_even_past_its_grace(
+    live_via_proxy: LiveTrading, proxy: RedisFaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its lookups fail until its grace (0.5 s) has passed: a stop that fired is owed all
+    # the same, never REJECTED as a new order that never left would be.
+    live, exchange = live_via_proxy, live_via_proxy.exchange
+    lookup = {"binanceusdm": "/fapi/v1/order", "okx": "/api/v5/trade/order"}[exchange.venue]
+    exchange.fail_requests("GET", lookup, count=4)
+    triggered = await trigger_landed_unanswered(live, proxy, caplog)
+    ended = await live.until(triggered.order_id, lambda o: o.status != S.ORDER_STATUS_PENDING_NEW)
+    assert (ended.status, ended.filled_quantity) == (S.ORDER_STATUS_FILLED, "0.02")
 
 
 async def test_a_stop_whose_create_landed_unanswered_is_watched_once_its_retry_finds_it(

@@ -238,6 +238,11 @@ class LiveExchanges:
         if followed is not None:
             followed.start(f"send:{order.order_id}", self._send_in_background(followed, order))
 
+    def unsent(self, order: Order, why: str) -> None:
+        followed = self._accounts.get((order.user_id, order.exchange))
+        if followed is not None:
+            followed.unsent[order.order_id] = why
+
     async def _send_in_background(self, followed: FollowedAccount, order: Order) -> None:
         try:
             await self.send(followed, order)

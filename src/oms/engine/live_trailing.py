@@ -48,6 +48,11 @@ class Venue(Protocol):
         """Send a committed PENDING_NEW order in the background."""
         ...
 
+    def unsent(self, order: Order, why: str) -> None:
+        """`order`'s commit failed UNAVAILABLE, so it never left: if the commit landed all
+        the same, the poll's lookup sends it at once."""
+        ...
+
 
 class LiveTrailingStops:
     def __init__(
@@ -288,10 +293,15 @@ class LiveTrailingStops:
             return
         order = stop.close_order(self._new_id(), position.size, now)
         triggered = stop.trigger(price, order.order_id, now)
-        outcome = await self._journal.record(
-            [OrderChange(order, None, [OrderUpdated(OrderEventType.CREATED, order)])],
-            updates=[TrailingStopUpdated(TrailingStopEventType.TRIGGERED, triggered)],
-        )
+        try:
+            outcome = await self._journal.record(
+                [OrderChange(order, None, [OrderUpdated(OrderEventType.CREATED, order)])],
+                updates=[TrailingStopUpdated(TrailingStopEventType.TRIGGERED, triggered)],
+            )
+        except Unavailable as error:
+            # Landed or not. If it did not, the next mark triggers the stop again.
+            self._venue.unsent(order, error.message)
+            raise
         book.remove(stop)
         if isinstance(outcome, Conflict):
             # Its close order exists: it triggered before (a repeat after a crash).

@@ -139,9 +139,10 @@ class OrderLookups:
     async def _send_unsent(
         self, followed: FollowedAccount, seen: Order, policy: VenuePolicy
     ) -> Order:
-        """The exchange answers again and has not got `seen`, a new order that never left:
-        sent now, within its grace, as if the exchange had been slow; REJECTED past it;
-        CANCELED if a cancel came meanwhile."""
+        """The exchange answers again and has not got `seen`, an order that never left:
+        sent now, within its grace, as if the exchange had been slow; REJECTED past it,
+        unless it fired (a stop is owed whenever it can go); CANCELED if a cancel came
+        meanwhile."""
         past_grace = self._past_grace(followed, seen, policy)
         claimed = False
 
@@ -154,7 +155,7 @@ class OrderLookups:
             why = followed.unsent.pop(current.order_id)
             if current.status is OrderStatus.PENDING_CANCEL:
                 return [OrderCanceled(current.cancel_reason)]
-            if past_grace:
+            if past_grace and not current.triggered:
                 reason = f"not sent within {policy.lookup_grace_s:g} s: {why}"[:256]
                 return refusal_events(current, reason)
             claimed = True

@@ -15,6 +15,7 @@ from oms_client.client import (
     PositionUpdateStream,
     RuleUpdateStream,
     TrailingStopEventStream,
+    new_client_order_id,
 )
 from oms_client.retry import (
     NO_RETRY,
@@ -24,7 +25,7 @@ from oms_client.retry import (
     RetryPolicy,
 )
 from oms_client.rounding import PriceRounding, round_price, round_quantity
-from oms_client.streams import RESUMABLE_CODES, EventStream, PriceStream
+from oms_client.streams import RESUMABLE_CODES, EventStream, PriceStream, resumable
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -45,6 +46,8 @@ __all__ = [
     "RetryPolicy",
     "RuleUpdateStream",
     "TrailingStopEventStream",
+    "new_client_order_id",
+    "resumable",
     "round_price",
     "round_quantity",
 ]

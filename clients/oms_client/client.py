@@ -90,6 +90,7 @@ __all__ = [
     "PositionUpdateStream",
     "RuleUpdateStream",
     "TrailingStopEventStream",
+    "new_client_order_id",
 ]
 
 Req = TypeVar("Req")
@@ -1338,7 +1339,10 @@ def _copy(message: M) -> M:
     return duplicate
 
 
-def _new_client_id() -> str:
+def new_client_order_id() -> str:
+    """A fresh client order id (or trailing stop client_id), as the client makes for a call
+    given none. Make it before a call that may be cancelled (asyncio.wait_for) and send it
+    again with the retry: an id the client made dies with a cancelled call."""
     return f"c-{uuid.uuid4().hex}"
 
 
@@ -1351,7 +1355,7 @@ def _with_client_order_id(request: C) -> C:
     if request.client_order_id:
         return request
     prepared = _copy(request)
-    prepared.client_order_id = _new_client_id()
+    prepared.client_order_id = new_client_order_id()
     return prepared
 
 
@@ -1361,7 +1365,7 @@ def _with_client_id(request: K) -> K:
     if request.client_id:
         return request
     prepared = _copy(request)
-    prepared.client_id = _new_client_id()
+    prepared.client_id = new_client_order_id()
     return prepared
 
 

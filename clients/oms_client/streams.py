@@ -18,19 +18,22 @@ at all gives no such point (0 asks for live-only): such a stream reconnects `fro
 which replays whatever came meanwhile.
 
 A consumer that stops waiting for a message (asyncio.wait_for) leaves the call open: the read
-goes on, and its message is the next one delivered.
+goes on, and its message is the next one delivered. A consumer that leaves its loop (break,
+return) and drops the stream ends its call, as `aclose()` does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import Any, Generic, Literal, Protocol, Self, TypeVar
+from typing import Any, Generic, Literal, Protocol, Self, TypeVar, cast
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 from tradingboost.oms.v1 import (
     conditional_rule_pb2,
     heartbeat_pb2,
@@ -50,6 +53,7 @@ __all__ = [
     "fill_payload",
     "order_update_payload",
     "position_update_payload",
+    "resumable",
     "rule_update_payload",
     "sequenced_payload",
     "trailing_stop_event_payload",
@@ -62,7 +66,34 @@ RESUMABLE_CODES = frozenset(
 (UNAVAILABLE, or CANCELLED by a server that stopped as the stream reconnected: the caller's
 own cancel is asyncio.CancelledError in grpc.aio), or the consumer fell behind its bounded
 buffer (RESOURCE_EXHAUSTED). OUT_OF_RANGE and every other code are raised: reconnecting
-would fail the same way."""
+would fail the same way; so is a RESOURCE_EXHAUSTED whose google.rpc.ErrorInfo reason is
+STREAM_LIMIT (as many streams open as the server allows: close one first)."""
+
+STREAM_LIMIT_REASON = "STREAM_LIMIT"
+
+
+def resumable(error: grpc.aio.AioRpcError) -> bool:
+    """Whether opening the stream again may cure what ended it (RESUMABLE_CODES)."""
+    if error.code() not in RESUMABLE_CODES:
+        return False
+    if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return True
+    return STREAM_LIMIT_REASON not in _error_reasons(error)
+
+
+def _error_reasons(error: grpc.aio.AioRpcError) -> set[str]:
+    """The google.rpc.ErrorInfo reasons in the error's status details."""
+    # An AioRpcError's trailing metadata is a grpc.aio.Metadata (its stub says a tuple too).
+    trailers = cast(grpc.aio.Metadata, error.trailing_metadata() or grpc.aio.Metadata())
+    details = trailers.get("grpc-status-details-bin")
+    if not isinstance(details, bytes):
+        return set()
+    reasons = set()
+    for detail in status_pb2.Status.FromString(details).details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reasons.add(info.reason)
+    return reasons
 
 
 class Sequenced(Protocol):
@@ -134,7 +165,7 @@ class _ReconnectingStream(ABC, Generic[R, T]):
             raise
         except grpc.aio.AioRpcError as error:
             self._drop_call()
-            if error.code() not in RESUMABLE_CODES:
+            if not resumable(error):
                 raise
             await self._back_off(error)
             return None
@@ -184,6 +215,14 @@ class _ReconnectingStream(ABC, Generic[R, T]):
         """Ends the stream: cancels the current call; iteration then stops."""
         self._closed = True
         self._drop_call()
+
+    def __del__(self) -> None:
+        # Dropped unclosed (a consumer that left its loop): the call would stay open on the
+        # server, which allows each user a bounded number of streams. (At interpreter exit
+        # the loop may be closed already, and the call with it.)
+        if not getattr(self, "_closed", True):  # (False once __init__ ran)
+            with contextlib.suppress(RuntimeError):
+                self._drop_call()
 
     async def __aenter__(self) -> Self:
         return self
@@ -259,8 +298,11 @@ class EventStream(_ReconnectingStream[R, E]):
         return item
 
     def _open(self) -> grpc.aio.UnaryStreamCall[Any, R]:
-        # Only a live-only stream that read nothing has _read_through 0 (module doc).
-        after_sequence = self._read_through or self._heartbeat_sequence
+        # Only a live-only stream that read nothing resumes from a heartbeat (module doc):
+        # one replaying from the oldest replays from the oldest again.
+        after_sequence = self._read_through or (
+            0 if self._from_oldest else self._heartbeat_sequence
+        )
         from_oldest = not after_sequence and (self._from_oldest or self._live_before_any_event)
         return self._open_call(after_sequence, from_oldest)
 

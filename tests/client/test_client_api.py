@@ -69,6 +69,8 @@ def test_public_names() -> None:
         "RetryPolicy",
         "RuleUpdateStream",
         "TrailingStopEventStream",
+        "new_client_order_id",
+        "resumable",
         "round_price",
         "round_quantity",
     }

@@ -18,7 +18,13 @@ from fixtures.client_streams import restartable_servers
 from fixtures.lossy_network import LoseRequests, LoseResponses, client_with
 from fixtures.oms_server import OmsHarness
 from fixtures.tcp_proxy import SilencingProxy
-from oms_client import CHANNEL_OPTIONS, OmsClient, OutcomeUnknown, RetryPolicy
+from oms_client import (
+    CHANNEL_OPTIONS,
+    OmsClient,
+    OutcomeUnknown,
+    RetryPolicy,
+    new_client_order_id,
+)
 from tradingboost.oms.v1 import market_data_pb2, order_pb2
 
 S = order_pb2
@@ -69,6 +75,37 @@ async def test_a_lost_place_order_response_is_retried_with_the_same_id_and_place
         assert orders == [order]
         fills = [f async for f in client.list_fills(user_id=USER)]
         assert [f.order_id for f in fills] == [order.order_id]  # sent to the exchange once
+
+
+class HoldFirstAnswer(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """The first call is answered by the server, and the answer never reaches the caller."""
+
+    def __init__(self) -> None:
+        self.held = False
+
+    async def intercept_unary_unary(
+        self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        call = await continuation(details, request)
+        if not self.held:
+            self.held = True
+            await call
+            await asyncio.Event().wait()
+        return call
+
+
+async def test_a_call_the_caller_gave_up_on_is_sent_again_with_its_own_id_and_places_once(
+    oms_priced: OmsHarness,
+) -> None:
+    # A caller's own timeout cancels the call, and the id the client would have made with
+    # it: a bot that times calls out makes the id first and sends it again.
+    hold = HoldFirstAnswer()
+    async with client_with(oms_priced.address, hold) as client:
+        key = new_client_order_id()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.place_order(**LIMIT_BUY, client_order_id=key), 0.5)
+        order = await client.place_order(**LIMIT_BUY, client_order_id=key)
+        assert [o async for o in client.list_orders(user_id=USER)] == [order]
 
 
 async def test_retries_give_up_after_the_policy_attempts(oms_priced: OmsHarness) -> None:

@@ -252,6 +252,29 @@ async def test_a_resuming_stream_never_skips_ahead_to_a_heartbeat(oms: OmsHarnes
         await consumer.task
 
 
+async def test_a_stream_from_the_oldest_dropped_before_any_event_replays_from_the_oldest_again(
+    oms: OmsHarness,
+) -> None:
+    # Its going-live heartbeat is past 0 (the BTC orders) and may be past ETH events still
+    # on their way to it: resuming from it could skip them.
+    streams = RecordStreams(drop_first_after_live=True)
+    async with client_with(oms.address, streams) as client:
+        await tick(client, "50000")
+        await tick(client, "3000", symbol=ETH)
+        await buy(client)
+        eth_fills = client.stream_fills(USER, exchange="paper", symbol=ETH, from_oldest=True)
+        consumer = Consumer(eth_fills)
+        await asyncio.wait_for(streams.live.wait(), 5)
+        eth = await buy(client, symbol=ETH)
+        streams.drop.set()
+        got = await consumer.until(1)
+
+        assert [(r.after_sequence, r.from_oldest) for r in streams.requests] == [(0, True)] * 2
+        assert [f.order_id for f in got] == [eth.order_id]
+        await eth_fills.aclose()
+        await consumer.task
+
+
 async def test_a_silent_connection_is_reconnected_without_losing_events(redis_url: str) -> None:
     # Heartbeats every 15 s against a 0.3 s idle limit: the client takes the quiet stream
     # for a dead connection, as it would one that vanished without a reset.
@@ -467,7 +490,43 @@ async def test_aclose_ends_a_waiting_consumer_cleanly(oms: OmsHarness) -> None:
         assert consumer.items == []
 
 
+async def test_a_consumer_that_leaves_its_loop_ends_the_stream_s_call(redis_url: str) -> None:
+    # `break` out of `async for` drops the stream: its call must not stay open on the
+    # server, which allows each user a bounded number (two here).
+    oms = await make_oms(redis_url, max_streams_per_user=2)
+    try:
+        async with client_with(oms.address) as client:
+            await tick(client, "50000")
+            await buy(client)
+            for _ in range(4):
+                async for update in client.stream_order_updates(USER, from_oldest=True):
+                    assert update.event_type == S.ORDER_EVENT_TYPE_ACCEPTED
+                    break
+                await until(lambda: oms.app.hub.following(USER) == 0)
+    finally:
+        await oms.close()
+
+
 # Errors that reconnecting would not cure
+
+
+async def test_the_stream_limit_is_raised_after_one_attempt(redis_url: str) -> None:
+    # Unlike a slow consumer's cut-off (RESOURCE_EXHAUSTED too), opening again cannot cure it.
+    oms = await make_oms(redis_url, max_streams_per_user=1)
+    streams = RecordStreams()
+    try:
+        async with (
+            client_with(oms.address, streams) as client,
+            client.stream_fills(USER) as first,
+        ):
+            await first.wait_live()
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await anext(client.stream_order_updates(USER))
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_streams_per_user" in (error.value.details() or "")
+        assert len(streams.requests) == 2
+    finally:
+        await oms.close()
 
 
 async def test_out_of_range_is_raised_after_one_attempt(oms: OmsHarness) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from oms.domain.errors import (
@@ -28,6 +28,7 @@ from oms.domain.errors import (
     OmsError,
     OutOfRange,
     ResourceExhausted,
+    StreamLimit,
     Unavailable,
 )
 from oms.engine.subscriptions import ended_by
@@ -49,17 +50,36 @@ _CODES: dict[type[OmsError], grpc.StatusCode] = {
 }
 
 
-def _status_of(error: OmsError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
-    code = _CODES.get(type(error), grpc.StatusCode.INTERNAL)
-    if not isinstance(error, InvalidArgument):
-        return code, error.message, ()
-    violation = error_details_pb2.BadRequest.FieldViolation(
-        field=error.field, description=error.description
-    )
+STREAM_LIMIT_REASON = "STREAM_LIMIT"
+"""google.rpc.ErrorInfo reason of a RESOURCE_EXHAUSTED that opening again cannot cure."""
+ERROR_DOMAIN = "tradingboost.oms.v1"
+
+
+def _detail_of(error: OmsError) -> any_pb2.Any | None:
+    """The google.rpc detail that tells a program what was wrong, where one is due."""
     detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    if isinstance(error, InvalidArgument):
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=error.field, description=error.description
+        )
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    elif isinstance(error, StreamLimit):
+        detail.Pack(error_details_pb2.ErrorInfo(reason=STREAM_LIMIT_REASON, domain=ERROR_DOMAIN))
+    else:
+        return None
+    return detail
+
+
+def _status_of(error: OmsError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
+    code = next(
+        (_CODES[kind] for kind in type(error).__mro__ if kind in _CODES),
+        grpc.StatusCode.INTERNAL,
+    )
+    detail = _detail_of(error)
+    if detail is None:
+        return code, error.message, ()
     status = rpc_status.to_status(
-        status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=error.message, details=[detail])
+        status_pb2.Status(code=code.value[0], message=error.message, details=[detail])
     )
     return (
         status.code,

@@ -40,6 +40,11 @@ class ResourceExhausted(OmsError):
     pass
 
 
+class StreamLimit(ResourceExhausted):
+    """As many streams open as allowed: opening again meets the same refusal until one of
+    them closes (unlike a stream cut off for falling behind, which resumes at once)."""
+
+
 class Unavailable(OmsError):
     pass
 

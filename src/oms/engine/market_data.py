@@ -14,6 +14,7 @@ from oms.domain.errors import (
     NotFound,
     OmsError,
     ResourceExhausted,
+    StreamLimit,
     Unavailable,
 )
 from oms.domain.markets import Market, MarketCatalog
@@ -147,7 +148,7 @@ class MarketData:
             )
         )
         if len(self._subscriptions) >= self._max_streams:
-            raise ResourceExhausted(
+            raise StreamLimit(
                 f"{len(self._subscriptions)} price streams are open, as many as "
                 "max_price_streams allows: close one first (one stream takes many instruments)"
             )

@@ -19,6 +19,7 @@ from oms.domain.errors import (
     OmsError,
     OutOfRange,
     ResourceExhausted,
+    StreamLimit,
     Unavailable,
 )
 from oms.domain.events import Heartbeat, SequencedEvent, UserEvent, event_user
@@ -197,7 +198,7 @@ class EventHub:
         if self._closed:
             raise Unavailable("server is shutting down")
         if (open_now := self.following(user_id)) >= self._max_per_user:
-            raise ResourceExhausted(
+            raise StreamLimit(
                 f"user_id {user_id!r} already has {open_now} streams open, as many as "
                 "max_streams_per_user allows: close one first"
             )

@@ -104,7 +104,8 @@ class MarketDataServiceServicer:
         unknown exchange or symbol), FAILED_PRECONDITION (a real exchange with no
         active account), RESOURCE_EXHAUSTED (the client did not keep
         up with its bounded buffer; or, at the start, as many price streams are
-        open as the server allows, `max_price_streams`), UNAVAILABLE (server
+        open as the server allows, `max_price_streams`: ErrorInfo reason
+        STREAM_LIMIT), UNAVAILABLE (server
         shutting down).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -64,7 +64,8 @@ class MarketDataServiceStub:
     unknown exchange or symbol), FAILED_PRECONDITION (a real exchange with no
     active account), RESOURCE_EXHAUSTED (the client did not keep
     up with its bounded buffer; or, at the start, as many price streams are
-    open as the server allows, `max_price_streams`), UNAVAILABLE (server
+    open as the server allows, `max_price_streams`: ErrorInfo reason
+    STREAM_LIMIT), UNAVAILABLE (server
     shutting down).
     """
     GetMarket: _grpc.UnaryUnaryMultiCallable[_market_data_service_pb2.GetMarketRequest, _market_data_service_pb2.GetMarketResponse]
@@ -111,7 +112,8 @@ class MarketDataServiceAsyncStub(MarketDataServiceStub):
     unknown exchange or symbol), FAILED_PRECONDITION (a real exchange with no
     active account), RESOURCE_EXHAUSTED (the client did not keep
     up with its bounded buffer; or, at the start, as many price streams are
-    open as the server allows, `max_price_streams`), UNAVAILABLE (server
+    open as the server allows, `max_price_streams`: ErrorInfo reason
+    STREAM_LIMIT), UNAVAILABLE (server
     shutting down).
     """
     GetMarket: _aio.UnaryUnaryMultiCallable[_market_data_service_pb2.GetMarketRequest, _market_data_service_pb2.GetMarketResponse]  # type: ignore[assignment]
@@ -173,7 +175,8 @@ class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
         unknown exchange or symbol), FAILED_PRECONDITION (a real exchange with no
         active account), RESOURCE_EXHAUSTED (the client did not keep
         up with its bounded buffer; or, at the start, as many price streams are
-        open as the server allows, `max_price_streams`), UNAVAILABLE (server
+        open as the server allows, `max_price_streams`: ErrorInfo reason
+        STREAM_LIMIT), UNAVAILABLE (server
         shutting down).
         """
 

@@ -243,8 +243,11 @@ class OrderServiceServicer:
         filter), OUT_OF_RANGE (`after_sequence` older than the retained history,
         the message names the oldest available sequence, or newer than the
         newest), RESOURCE_EXHAUSTED (the client did not keep up with its bounded
-        buffer: resume from the last sequence received), UNAVAILABLE (server
-        shutting down: resume elsewhere).
+        buffer: resume from the last sequence received; or, at the start, the
+        user has as many streams of any kind open as `max_streams_per_user`
+        allows: a google.rpc.ErrorInfo with reason STREAM_LIMIT says so, and
+        opening again fails alike until one closes), UNAVAILABLE (server shutting
+        down: resume elsewhere).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -126,8 +126,11 @@ class OrderServiceStub:
     filter), OUT_OF_RANGE (`after_sequence` older than the retained history,
     the message names the oldest available sequence, or newer than the
     newest), RESOURCE_EXHAUSTED (the client did not keep up with its bounded
-    buffer: resume from the last sequence received), UNAVAILABLE (server
-    shutting down: resume elsewhere).
+    buffer: resume from the last sequence received; or, at the start, the
+    user has as many streams of any kind open as `max_streams_per_user`
+    allows: a google.rpc.ErrorInfo with reason STREAM_LIMIT says so, and
+    opening again fails alike until one closes), UNAVAILABLE (server shutting
+    down: resume elsewhere).
     """
     StreamFills: _grpc.UnaryStreamMultiCallable[_order_service_pb2.StreamFillsRequest, _order_service_pb2.StreamFillsResponse]
     """Server stream of every fill of the user (optionally one exchange or
@@ -272,8 +275,11 @@ class OrderServiceAsyncStub(OrderServiceStub):
     filter), OUT_OF_RANGE (`after_sequence` older than the retained history,
     the message names the oldest available sequence, or newer than the
     newest), RESOURCE_EXHAUSTED (the client did not keep up with its bounded
-    buffer: resume from the last sequence received), UNAVAILABLE (server
-    shutting down: resume elsewhere).
+    buffer: resume from the last sequence received; or, at the start, the
+    user has as many streams of any kind open as `max_streams_per_user`
+    allows: a google.rpc.ErrorInfo with reason STREAM_LIMIT says so, and
+    opening again fails alike until one closes), UNAVAILABLE (server shutting
+    down: resume elsewhere).
     """
     StreamFills: _aio.UnaryStreamMultiCallable[_order_service_pb2.StreamFillsRequest, _order_service_pb2.StreamFillsResponse]  # type: ignore[assignment]
     """Server stream of every fill of the user (optionally one exchange or
@@ -463,8 +469,11 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         filter), OUT_OF_RANGE (`after_sequence` older than the retained history,
         the message names the oldest available sequence, or newer than the
         newest), RESOURCE_EXHAUSTED (the client did not keep up with its bounded
-        buffer: resume from the last sequence received), UNAVAILABLE (server
-        shutting down: resume elsewhere).
+        buffer: resume from the last sequence received; or, at the start, the
+        user has as many streams of any kind open as `max_streams_per_user`
+        allows: a google.rpc.ErrorInfo with reason STREAM_LIMIT says so, and
+        opening again fails alike until one closes), UNAVAILABLE (server shutting
+        down: resume elsewhere).
         """
 
     @_abc_1.abstractmethod

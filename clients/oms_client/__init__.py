@@ -1,8 +1,9 @@
 """Typed async client of the OMS (tradingboost.oms.v1), on grpcio and the generated stubs:
 `OmsClient` over OrderService (conditional rules included), PositionService,
 TrailingStopService, MarketDataService and AccountService (retrying unary calls, pages as
-`async for`, streams that resume by themselves) and the rounding helpers for amount steps and
-price ticks.
+`async for`, streams that resume by themselves), the rounding helpers for amount steps and
+price ticks, and readers of what an error's status details say (`field_violations`,
+`error_reasons`).
 """
 
 from oms_client.client import (
@@ -17,6 +18,7 @@ from oms_client.client import (
     TrailingStopEventStream,
     new_client_order_id,
 )
+from oms_client.errors import STREAM_LIMIT_REASON, error_reasons, field_violations
 from oms_client.retry import (
     NO_RETRY,
     NOT_TAKEN_CODES,
@@ -35,6 +37,7 @@ __all__ = [
     "NO_RETRY",
     "RESUMABLE_CODES",
     "RETRYABLE_CODES",
+    "STREAM_LIMIT_REASON",
     "EventStream",
     "FillStream",
     "OmsClient",
@@ -46,6 +49,8 @@ __all__ = [
     "RetryPolicy",
     "RuleUpdateStream",
     "TrailingStopEventStream",
+    "error_reasons",
+    "field_violations",
     "new_client_order_id",
     "resumable",
     "round_price",

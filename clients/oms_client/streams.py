@@ -30,10 +30,9 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import Any, Generic, Literal, Protocol, Self, TypeVar, cast
+from typing import Any, Generic, Literal, Protocol, Self, TypeVar
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 from tradingboost.oms.v1 import (
     conditional_rule_pb2,
     heartbeat_pb2,
@@ -44,6 +43,7 @@ from tradingboost.oms.v1 import (
 )
 from tradingboost.oms.v1 import market_data_service_pb2 as md
 
+from oms_client.errors import STREAM_LIMIT_REASON, error_reasons
 from oms_client.retry import RetryPolicy
 
 __all__ = [
@@ -69,8 +69,6 @@ buffer (RESOURCE_EXHAUSTED). OUT_OF_RANGE and every other code are raised: recon
 would fail the same way; so is a RESOURCE_EXHAUSTED whose google.rpc.ErrorInfo reason is
 STREAM_LIMIT (as many streams open as the server allows: close one first)."""
 
-STREAM_LIMIT_REASON = "STREAM_LIMIT"
-
 
 def resumable(error: grpc.aio.AioRpcError) -> bool:
     """Whether opening the stream again may cure what ended it (RESUMABLE_CODES)."""
@@ -78,22 +76,7 @@ def resumable(error: grpc.aio.AioRpcError) -> bool:
         return False
     if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
         return True
-    return STREAM_LIMIT_REASON not in _error_reasons(error)
-
-
-def _error_reasons(error: grpc.aio.AioRpcError) -> set[str]:
-    """The google.rpc.ErrorInfo reasons in the error's status details."""
-    # An AioRpcError's trailing metadata is a grpc.aio.Metadata (its stub says a tuple too).
-    trailers = cast(grpc.aio.Metadata, error.trailing_metadata() or grpc.aio.Metadata())
-    details = trailers.get("grpc-status-details-bin")
-    if not isinstance(details, bytes):
-        return set()
-    reasons = set()
-    for detail in status_pb2.Status.FromString(details).details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            reasons.add(info.reason)
-    return reasons
+    return STREAM_LIMIT_REASON not in error_reasons(error)
 
 
 class Sequenced(Protocol):

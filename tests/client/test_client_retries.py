@@ -23,6 +23,8 @@ from oms_client import (
     OmsClient,
     OutcomeUnknown,
     RetryPolicy,
+    error_reasons,
+    field_violations,
     new_client_order_id,
 )
 from tradingboost.oms.v1 import market_data_pb2, order_pb2
@@ -219,7 +221,10 @@ async def test_invalid_argument_is_raised_after_one_attempt(oms_priced: OmsHarne
                 quantity="0.0101",  # off the 0.001 step: the OMS never rounds
             )
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "quantity" in (error.value.details() or "")
+        assert field_violations(error.value) == {
+            "quantity": "0.0101 is not a multiple of the amount step 0.001"
+        }
+        assert error_reasons(error.value) == set()
         assert len(count.requests) == 1
 
 

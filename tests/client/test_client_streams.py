@@ -22,7 +22,7 @@ from fixtures.lossy_network import client_with
 from fixtures.oms_process import OmsProcess
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.tcp_proxy import SilencingProxy
-from oms_client import OmsClient, RetryPolicy
+from oms_client import STREAM_LIMIT_REASON, OmsClient, RetryPolicy, error_reasons
 from tradingboost.oms.v1 import market_data_pb2, order_pb2
 
 S = order_pb2
@@ -524,6 +524,7 @@ async def test_the_stream_limit_is_raised_after_one_attempt(redis_url: str) -> N
                 await anext(client.stream_order_updates(USER))
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_streams_per_user" in (error.value.details() or "")
+        assert error_reasons(error.value) == {STREAM_LIMIT_REASON}
         assert len(streams.requests) == 2
     finally:
         await oms.close()

@@ -18,7 +18,7 @@ import grpc
 import pytest
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.positions import ETH, SOL, expect_code, expect_invalid, redis_snapshot
-from fixtures.redis_proxy import RedisFaultProxy
+from fixtures.redis_proxy import RedisFaultProxy, landed_unanswered
 from fixtures.rules import (
     ACTIVE,
     CANCELED,
@@ -163,6 +163,39 @@ async def test_a_rule_fired_by_a_tick_whose_caller_goes_away_is_still_finished(
                     break
                 await asyncio.sleep(0.02)
         assert_triggered(fired, all_cancelled(b.order_id))
+        await assert_cancelled_by_rule(oms.orders, user, b.order_id)
+    finally:
+        await oms.close()
+
+
+@pytest.mark.parametrize("retried", [False, True], ids=["store-check", "client-retry"])
+async def test_a_rule_whose_firing_at_creation_landed_unanswered_is_finished(
+    proxy: RedisFaultProxy, retried: bool
+) -> None:
+    # Its trigger has filled: the rule fires as it is created, and every reply to that
+    # commit is lost (UNAVAILABLE). Its cancels are owed all the same: the retry under its
+    # client_id makes them, or, with no retry, the next store check that finds Redis
+    # answering (not the next start).
+    oms = await make_oms(await proxy.start())
+    try:
+        user = fresh_user()
+        await publish(oms.market, "50000")
+        b = await resting(oms.orders, user, B_PRICE)
+        trigger = await _filled(oms, user)
+        request = create_request(user, trigger.order_id, FILLED, [b.order_id])
+        request.client_id = "fired-unanswered"
+        creating = oms.orders.CreateConditionalRule(request)
+        await landed_unanswered(proxy, b'"client_id":"fired-unanswered"', creating)
+        if retried:
+            rule = (await oms.orders.CreateConditionalRule(request)).rule
+        else:
+            async with asyncio.timeout(5):
+                while True:  # finished by the store check, in the background
+                    [rule] = await all_rules(oms.orders, user)
+                    if rule.results:
+                        break
+                    await asyncio.sleep(0.05)
+        assert_triggered(rule, all_cancelled(b.order_id))
         await assert_cancelled_by_rule(oms.orders, user, b.order_id)
     finally:
         await oms.close()

@@ -22,7 +22,13 @@ from oms.domain.conditional_rules import (
     check_order_id,
     validate_create_rule,
 )
-from oms.domain.errors import ConcurrentModification, FailedPrecondition, NotFound, OmsError
+from oms.domain.errors import (
+    ConcurrentModification,
+    FailedPrecondition,
+    NotFound,
+    OmsError,
+    Unavailable,
+)
 from oms.domain.events import Heartbeat, RuleUpdated, SequencedEvent
 from oms.domain.identifiers import check_one_ref, check_user_id
 from oms.domain.orders import Order
@@ -69,7 +75,8 @@ class ConditionalRules:
         self._new_id = new_id
         self._clock_ns = clock_ns
         self._unfinished: dict[str, ConditionalRule] = {}
-        """Fired rules whose cancels or results a store failure cut short, by rule id."""
+        """Rules whose cancels or results a store failure cut short, or whose firing it left
+        unknown, by rule id: read back and finished once the store answers."""
         self._creating: KeyedLocks[tuple[str, str]] = KeyedLocks()
         paper.run_rules_with(self.finish)
         live.run_rules_with(self.finish)
@@ -89,7 +96,8 @@ class ConditionalRules:
             existing = await self._store.get_rule_by_client_id(*key)
             if existing is not None:
                 existing.same_as(trigger_id, condition, cancel_ids)
-                return existing
+                # Fired by a first attempt whose reply was lost: its cancels are owed.
+                return await self.finish(existing) if existing.pending else existing
             return await self._create(command, trigger_id, condition, cancel_ids)
 
     async def _create(
@@ -119,14 +127,19 @@ class ConditionalRules:
             updated_at_ns=now,
             client_id=command.client_id,
         )
-        if trigger.is_open:
-            added = await self._venue(trigger.exchange).add_rule(rule)
-            if added is not None:
-                # Fired at once: the desk's caller has waited for the cancels too.
-                return await self._reread(added) if added.pending else added
-            # The trigger ended meanwhile; a terminal order never changes again.
-            trigger = await self._order(user, trigger_id)
-        return await self._fire_on_terminal(rule, trigger)
+        try:
+            if trigger.is_open:
+                added = await self._venue(trigger.exchange).add_rule(rule)
+                if added is not None:
+                    # Fired at once: the desk's caller has waited for the cancels too.
+                    return await self._reread(added) if added.pending else added
+                # The trigger ended meanwhile; a terminal order never changes again.
+                trigger = await self._order(user, trigger_id)
+            return await self._fire_on_terminal(rule, trigger)
+        except Unavailable:
+            # Its commit may have landed, fired: then it is finished once the store answers.
+            self._unfinished[rule.rule_id] = rule
+            raise
 
     async def _fire_on_terminal(self, rule: ConditionalRule, trigger: Order) -> ConditionalRule:
         fired = rule.on_trigger_change(trigger, self._clock_ns())
@@ -162,9 +175,16 @@ class ConditionalRules:
             return rule
 
     async def finish_unfinished(self) -> None:
-        """Finish again the fired rules a store failure cut short; call once it answers."""
+        """Finish the fired rules a store failure cut short; call once it answers."""
         for rule in list(self._unfinished.values()):
-            await self.finish(rule)
+            try:
+                stored = await self._store.get_rule(rule.user_id, rule.rule_id)
+            except OmsError:
+                return  # gone again: at the next check that finds it answering
+            if stored is not None and stored.pending:
+                await self.finish(stored)
+            else:  # finished meanwhile, or its firing never landed
+                self._unfinished.pop(rule.rule_id, None)
 
     async def _cancel(self, rule: ConditionalRule, order: Order) -> RuleCancelResult:
         if order.is_open:

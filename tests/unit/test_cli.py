@@ -48,9 +48,12 @@ def test_a_start_up_failure_is_one_line_naming_the_cause(
         taken.listen()
         port = taken.getsockname()[1]
         err = fails("--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "a"))
-        assert f"cannot listen on 127.0.0.1:{port}" in err
+        assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in err
         err = fails("--metrics-listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "m"))
         assert f"metrics_listen 127.0.0.1:{port}: " in err
+    # Not an address of this host (TEST-NET-3): the reason is the system's, not a guess.
+    err = fails("--listen", "203.0.113.5:50051", "--insecure", "--data-dir", str(tmp_path / "n"))
+    assert "cannot listen on 203.0.113.5:50051: Cannot assign requested address" in err
     with EmbeddedRedis(tmp_path / "b"):
         assert "in use by another OMS process" in fails("--data-dir", str(tmp_path / "b"))
     (tmp_path / "file").write_text("")

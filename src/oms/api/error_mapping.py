@@ -167,6 +167,8 @@ async def _refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> 
 
 
 _KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+# Answered while the server stops, so that load balancers and tools see it NOT_SERVING.
+_ALWAYS_ANSWERED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -179,8 +181,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         """Calls refused since `refuse_calls`."""
 
     def refuse_calls(self) -> None:
-        """From now on every call is answered UNAVAILABLE without running: calls gRPC had
-        already queued then end retryably, not CANCELLED as server.stop would end them."""
+        """From now on every call but health checks and reflection is answered UNAVAILABLE
+        without running: calls gRPC had already queued then end retryably, not CANCELLED as
+        server.stop would end them."""
         self._refusing = True
 
     async def intercept_service(
@@ -197,7 +200,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
             if handler is None:  # unknown method: grpc answers UNIMPLEMENTED
                 return None  # type: ignore[return-value]
             wrapped = self._wrapped[method] = _wrap(handler)
-        if self._refusing:
+        if self._refusing and not method.startswith(_ALWAYS_ANSWERED):
             self.refused += 1
             refusal: Any = wrapped
             return refusal._replace(  # type: ignore[no-any-return]

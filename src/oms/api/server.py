@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -148,8 +149,8 @@ class OmsServer:
     def bind(self, listen: str) -> int:
         try:
             return self.server.add_insecure_port(listen)
-        except RuntimeError as error:  # grpc's "Failed to bind": in use, or not ours
-            raise OSError(f"cannot listen on {listen} (in use by another process?)") from error
+        except RuntimeError as error:  # grpc's "Failed to bind", and no more
+            raise OSError(f"cannot listen on {listen}: {_why_not_bound(listen)}") from error
 
     async def start(self) -> None:
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -186,3 +187,19 @@ class OmsServer:
         await self.health.set(health.OVERALL_HEALTH, status)
         for name in SERVICE_NAMES:
             await self.health.set(name, status)
+
+
+def _why_not_bound(listen: str) -> str:
+    """The operating system's reason a TCP address cannot be listened on, found by binding
+    it here (grpc logs it only to stderr)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if listen.startswith("unix") or not port.isdigit():
+        return "grpc could not bind it"
+    try:
+        family = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, int(port)))
+    except OSError as error:
+        return error.strerror or str(error)
+    return "in use by another process?"

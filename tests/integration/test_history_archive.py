@@ -5,6 +5,7 @@ or while it was down; trading never waits for it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 import redis
+from fixtures.client_streams import until
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.redis_server import free_port, go_back_to, snapshot
 from fixtures.trading import USER, place, tick
@@ -20,6 +22,7 @@ from tradingboost.oms.v1 import order_service_pb2 as pb
 
 from oms.adapters.postgres_archive import PostgresArchive
 from oms.domain.errors import Unavailable
+from oms.engine.archiving import Archiver
 
 
 async def newest_sequence(oms: OmsHarness) -> int:
@@ -117,6 +120,41 @@ async def test_trading_goes_on_while_the_archive_is_down_and_it_catches_up(
     assert [row["sequence"] for row in rows] == list(range(1, newest + 1))
 
 
+async def test_an_archive_that_stays_down_is_retried_less_and_less_often(
+    redis_url: str, postgres_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each failed pass waits twice as long as the one before, up to a cap: an archive down
+    # for hours costs a log line every half-minute (here 0.04 s), not one a second.
+    caplog.set_level(logging.INFO, logger="oms.engine.archiving")
+    name = f"test_backoff_{uuid.uuid4().hex[:8]}"
+    dsn = f"{postgres_server}/{name}"
+    oms = await make_oms(redis_url)
+    archiver = Archiver(oms.app.store, PostgresArchive(dsn), retry_s=0.01, max_retry_s=0.04)
+    copying = asyncio.create_task(archiver.run())
+    try:
+        await tick(oms, "50000")
+
+        def waits() -> list[str]:
+            return [
+                message.rpartition("again in ")[2]
+                for message in (r.getMessage() for r in caplog.records)
+                if message.startswith("history archive") and f"/{name})" in message
+            ]
+
+        await until(lambda: len(waits()) >= 5)
+        assert waits()[:5] == ["0.01 s", "0.02 s", "0.04 s", "0.04 s", "0.04 s"]
+        admin = await asyncpg.connect(f"{postgres_server}/postgres")
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        await until(lambda: any("caught up after" in r.getMessage() for r in caplog.records))
+    finally:
+        copying.cancel()
+        await archiver.close()
+        await oms.close()
+
+
 async def test_events_trimmed_before_they_were_archived_are_reported(
     redis_url: str, postgres_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -144,7 +182,7 @@ async def test_the_archive_says_whether_it_was_unreachable_or_refused(
     postgres_server: str, postgres_dsn: str
 ) -> None:
     closed = PostgresArchive(f"postgresql://oms@127.0.0.1:{free_port()}/none", timeout_s=2)
-    with pytest.raises(Unavailable, match="history archive unreachable"):
+    with pytest.raises(Unavailable, match=r"history archive unreachable \(127\.0\.0\.1:\d+/none\)"):
         await closed.last_sequences()
     # A role that may connect but not create the archive's tables (PostgreSQL 15 and later
     # give PUBLIC no CREATE on schema public).
@@ -157,7 +195,7 @@ async def test_the_archive_says_whether_it_was_unreachable_or_refused(
         await admin.close()
     reader = PostgresArchive(postgres_dsn.replace("//oms@", f"//{role}@"), timeout_s=5)
     with pytest.raises(
-        Unavailable, match="history archive refused: InsufficientPrivilegeError: permission"
+        Unavailable, match=r"history archive refused \(.*\): InsufficientPrivilegeError: permission"
     ):
         await reader.last_sequences()
     await reader.close()

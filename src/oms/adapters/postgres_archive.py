@@ -12,6 +12,7 @@ writes) are moved to oms_events_superseded, so that their sequences can be archi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -82,6 +83,9 @@ class PostgresArchive:
 
     def __init__(self, dsn: str, timeout_s: float = 10.0) -> None:
         self._dsn = dsn
+        parts = urlsplit(dsn)
+        # Where, for messages: never the password (nor the user).
+        self._where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
         self._timeout_s = timeout_s
         self._pool: asyncpg.Pool | None = None
 
@@ -92,7 +96,7 @@ class PostgresArchive:
                 "SELECT user_id, sequence FROM oms_archive_cursors", timeout=self._timeout_s
             )
         except _DOWN as error:
-            raise _unavailable(error) from error
+            raise _unavailable(error, self._where) from error
         return {row["user_id"]: row["sequence"] for row in rows}
 
     async def append(self, user_id: str, docs: Sequence[tuple[int, bytes]]) -> None:
@@ -103,7 +107,7 @@ class PostgresArchive:
                 await connection.executemany(_INSERT, rows, timeout=self._timeout_s)
                 await connection.execute(_ADVANCE, user_id, docs[-1][0], timeout=self._timeout_s)
         except _DOWN as error:
-            raise _unavailable(error) from error
+            raise _unavailable(error, self._where) from error
 
     async def first_mismatch(self, user_id: str, docs: Sequence[tuple[int, bytes]]) -> int | None:
         pool = await self._connected()
@@ -116,7 +120,7 @@ class PostgresArchive:
                 timeout=self._timeout_s,
             )
         except _DOWN as error:
-            raise _unavailable(error) from error
+            raise _unavailable(error, self._where) from error
         return found
 
     async def set_aside(self, user_id: str, from_sequence: int) -> int:
@@ -133,7 +137,7 @@ class PostgresArchive:
                     timeout=self._timeout_s,
                 )
         except _DOWN as error:
-            raise _unavailable(error) from error
+            raise _unavailable(error, self._where) from error
         return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
 
     async def close(self) -> None:
@@ -144,16 +148,18 @@ class PostgresArchive:
     async def _connected(self) -> asyncpg.Pool:
         if self._pool is None:
             try:
+                # No floor of idle connections: asyncpg would log a traceback each time it
+                # failed to restore one while PostgreSQL is down.
                 pool = await asyncpg.create_pool(
-                    self._dsn, min_size=1, max_size=2, timeout=self._timeout_s
+                    self._dsn, min_size=0, max_size=2, timeout=self._timeout_s
                 )
             except _DOWN as error:
-                raise _unavailable(error) from error
+                raise _unavailable(error, self._where) from error
             try:
                 await pool.execute(_SCHEMA, timeout=self._timeout_s)
             except _DOWN as error:
                 await pool.close()
-                raise _unavailable(error) from error
+                raise _unavailable(error, self._where) from error
             self._pool = pool
         return self._pool
 
@@ -161,9 +167,8 @@ class PostgresArchive:
 _UNREACHABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError)
 
 
-def _unavailable(error: BaseException) -> Unavailable:
-    # asyncpg's messages name the host and database, never the password.
+def _unavailable(error: BaseException, where: str) -> Unavailable:
     if isinstance(error, _UNREACHABLE):
-        return Unavailable(f"history archive unreachable: {error}")
+        return Unavailable(f"history archive unreachable ({where}): {error}")
     # Reached, and it said no: a missing privilege, a full disk, a broken schema.
-    return Unavailable(f"history archive refused: {type(error).__name__}: {error}")
+    return Unavailable(f"history archive refused ({where}): {type(error).__name__}: {error}")

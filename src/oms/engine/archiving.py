@@ -21,10 +21,19 @@ BATCH_EVENTS = 500
 
 
 class Archiver:
-    def __init__(self, source: EventSource, archive: EventArchive, retry_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        source: EventSource,
+        archive: EventArchive,
+        retry_s: float = 1.0,
+        max_retry_s: float = 30.0,
+    ) -> None:
+        """A failed pass is tried again after `retry_s`, doubling up to `max_retry_s`: an
+        archive down for hours costs a log line a half-minute, not one a second."""
         self._source = source
         self._archive = archive
         self._retry_s = retry_s
+        self._max_retry_s = max_retry_s
         self._cursors: dict[str, int] | None = None
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -38,18 +47,24 @@ class Archiver:
 
     async def run(self) -> None:
         """Copy until cancelled; an unreachable store or archive is retried."""
+        failures = 0
         while True:
             self._wake.clear()
             try:
                 await self.copy_pending()
             except Exception as error:
+                wait_s = min(self._retry_s * 2**failures, self._max_retry_s)
+                failures += 1
                 if isinstance(error, Unavailable):
-                    log.warning("history archive: %s; again in %g s", error, self._retry_s)
+                    log.warning("%s; again in %g s", error, wait_s)
                 else:
                     # Not a reason to stop archiving for good: say so loudly and go on.
-                    log.exception("history archive: copy failed; again in %g s", self._retry_s)
-                await asyncio.sleep(self._retry_s)
+                    log.exception("history archive: copy failed; again in %g s", wait_s)
+                await asyncio.sleep(wait_s)
                 continue
+            if failures:
+                log.info("history archive: caught up after %d failed attempts", failures)
+                failures = 0
             await self._wake.wait()
 
     async def close(self) -> None:

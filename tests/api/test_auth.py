@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from fixtures.client_streams import until
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.trading import BTC, order_request
 from grpc_health.v1 import health_pb2
@@ -255,12 +256,25 @@ async def test_an_address_making_calls_without_a_token_is_slowed_down(
         )
     # Calls with a valid token are not counted, and are not held back.
     await oms.orders.ListOrders(request, metadata=bearer(ALICE))
-    entries = [json.loads(r.getMessage()) for r in caplog.records if r.name == "oms.audit"]
-    assert [(e["outcome"], e["token"]) for e in entries] == [
+    # A flood from the address: audited as one line a second, counting the calls.
+    flood = 200
+    for _ in range(flood):
+        await status_of(oms.orders.ListOrders(request))
+
+    def entries() -> list[dict[str, Any]]:
+        return [json.loads(r.getMessage()) for r in caplog.records if r.name == "oms.audit"]
+
+    await until(lambda: sum(e.get("calls", 1) for e in entries()) == 8 + 1 + 2 + flood)
+    audited = entries()
+    assert [(e["outcome"], e["token"]) for e in audited[:9]] == [
         *8 * [("UNAUTHENTICATED", None)],
-        *2 * [("RESOURCE_EXHAUSTED", None)],
         ("ACCEPTED", "alice-bot"),
     ]
+    limited = audited[9:]
+    assert {(e["outcome"], e["peer"], e["method"]) for e in limited} == {
+        ("RESOURCE_EXHAUSTED", "ipv4:127.0.0.1", "/tradingboost.oms.v1.OrderService/ListOrders")
+    }
+    assert len(limited) <= 4  # one a second, however many calls
 
 
 async def test_health_and_reflection_need_no_token(oms: OmsHarness) -> None:

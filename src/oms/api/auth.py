@@ -9,6 +9,7 @@ Health and reflection stay open, so probes and
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -62,6 +63,27 @@ class PeerLimits:
         return bucket.take()
 
 
+class HeldBack:
+    """Calls without a valid token that an address makes past its limit, audited as one line
+    per address and method a second, which says how many calls it stands for: a flood costs
+    the audit log what a trickle does, and every call is still counted."""
+
+    def __init__(self, window_s: float = 1.0) -> None:
+        self._window_s = window_s
+        self._calls: dict[tuple[str, str], int] = {}
+
+    def add(self, peer: str, method: str) -> None:
+        key = (peer.rpartition(":")[0] or peer, method)
+        if key not in self._calls:
+            self._calls[key] = 0
+            asyncio.get_running_loop().call_later(self._window_s, self._write, key)
+        self._calls[key] += 1
+
+    def _write(self, key: tuple[str, str]) -> None:
+        address, method = key
+        _write_audit(address, method, None, None, "RESOURCE_EXHAUSTED", self._calls.pop(key))
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(
         self,
@@ -76,6 +98,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             for digest, grant, rate, burst in tokens
         }
         self._strangers = PeerLimits(*unauthenticated, clock_s)
+        self._held_back = HeldBack()
 
     async def intercept_service(
         self,
@@ -132,11 +155,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         once its address has made too many."""
         user_id: str | None = getattr(request, "user_id", None)
         if not self._strangers.take(context.peer()):
-            await _deny(
-                context,
-                method,
-                None,
-                user_id,
+            self._held_back.add(context.peer(), method)
+            await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "too many calls without a valid token from this address: slow down",
             )
@@ -210,12 +230,25 @@ def audit_to_file(path: Path) -> logging.Handler:
 def _record(
     context: Context, method: str, grant: Grant | None, user_id: str | None, outcome: str
 ) -> None:
-    entry = {
+    _write_audit(context.peer(), method, grant, user_id, outcome)
+
+
+def _write_audit(
+    peer: str,
+    method: str,
+    grant: Grant | None,
+    user_id: str | None,
+    outcome: str,
+    calls: int = 1,
+) -> None:
+    entry: dict[str, object] = {
         "time": time.time(),
         "outcome": outcome,
-        "peer": context.peer(),  # who, when no token names them
+        "peer": peer,  # who, when no token names them
         "method": method,
         "token": None if grant is None else grant.name,
         "user_id": None if user_id is None else user_id[:64],
     }
+    if calls != 1:
+        entry["calls"] = calls
     audit.info(json.dumps(entry))

@@ -306,15 +306,21 @@ async def test_every_decision_is_audited_and_no_token_is_shown(
 async def test_the_audit_log_file_gets_a_json_line_per_decision(
     oms: OmsHarness, tmp_path: Path
 ) -> None:
-    handler = audit_to_file(tmp_path / "audit.jsonl")
+    path = tmp_path / "audit.jsonl"
+    handler = audit_to_file(path)
     try:
         await oms.orders.ListOrders(pb.ListOrdersRequest(user_id="alice"), metadata=bearer(ALICE))
+        path.rename(tmp_path / "audit.jsonl.1")  # logrotate, without telling the server
         await status_of(oms.orders.ListOrders(pb.ListOrdersRequest(user_id="alice")))
     finally:
         logging.getLogger("oms.audit").removeHandler(handler)
         handler.close()
-    lines = (tmp_path / "audit.jsonl").read_text().splitlines()
-    assert [json.loads(line)["outcome"] for line in lines] == ["ACCEPTED", "UNAUTHENTICATED"]
+    rotated = (tmp_path / "audit.jsonl.1").read_text().splitlines()
+    assert [json.loads(line)["outcome"] for line in rotated] == ["ACCEPTED"]
+    assert [json.loads(line)["outcome"] for line in path.read_text().splitlines()] == [
+        "UNAUTHENTICATED"
+    ]
+    assert path.stat().st_mode & 0o777 == 0o600  # who called whom is no one else's to read
 
 
 async def test_the_client_library_sends_its_token(oms: OmsHarness) -> None:

@@ -10,8 +10,11 @@ Health and reflection stay open, so probes and
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import logging.handlers
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -219,9 +222,17 @@ def _denial(method: str, grant: Grant, user_id: str | None) -> str:
     return f"user_id: token {grant.name} may not act for {user_id[:64]!r}"
 
 
+class _OwnerOnlyFileHandler(logging.handlers.WatchedFileHandler):
+    def _open(self) -> io.TextIOWrapper:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        return open(os.open(self.baseFilename, flags, 0o600), "a", encoding=self.encoding)
+
+
 def audit_to_file(path: Path) -> logging.Handler:
-    """Also append the audit log to `path`, one JSON line per decision; returns the handler."""
-    handler = logging.FileHandler(path)
+    """Also append the audit log to `path`, one JSON line per decision; returns the handler.
+    A new file is readable by its owner only; one that logrotate moved or removed is opened
+    anew at the next line."""
+    handler = _OwnerOnlyFileHandler(path)
     handler.setFormatter(logging.Formatter("%(message)s"))
     audit.addHandler(handler)
     return handler

@@ -314,6 +314,7 @@ class Application:
         if not self._lease_holder:
             return
         deadline = time.monotonic() + self._lease_s + 1
+        told = ""
         while (held := await self.store.hold_lease(self._lease_holder, self._lease_s)) is not None:
             holder, left_s = held
             if time.monotonic() + min(left_s, 0.5) > deadline:
@@ -321,7 +322,11 @@ class Application:
                     f"another OMS writes this Redis ({holder}): stop it first. Two servers on "
                     "one store would each decide on a paper book of their own"
                 )
-            log.warning("waiting %.1f s for the lease of %s on this Redis", left_s, holder)
+            if holder != told:  # once per holder, not at every look
+                log.warning(
+                    "waiting up to %.1f s for the lease of %s on this Redis", left_s, holder
+                )
+                told = holder
             await asyncio.sleep(min(left_s, 0.5))
         # From now until it is given back: through recovery, reconciliation and draining.
         self._renewing = asyncio.get_running_loop().create_task(

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 import uvloop
 
+from oms import failpoints
 from oms.adapters.redis_store.embedded import EmbeddedRedis, EmbeddedRedisError
 from oms.api.auth import audit_to_file
 from oms.bootstrap import StartupError, serve
-from oms.config import ConfigError, Settings, is_loopback, load_settings
+from oms.config import (
+    ConfigError,
+    Settings,
+    is_loopback,
+    load_settings,
+    unknown_env_settings,
+)
+
+log = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for line in unknown_env_settings(os.environ, others=[failpoints.ENV]):
+        log.warning("environment: %s", line)
     refusal = listen_refusal(settings)
     if refusal:
         print(f"oms: {refusal}", file=sys.stderr)

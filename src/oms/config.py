@@ -30,10 +30,11 @@ and would round silently. Example::
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -554,6 +555,20 @@ def load_settings(argv_overrides: Mapping[str, object] | None = None) -> Setting
             else:
                 lines.append(f"  {key}: {message} (got {_shorten(repr(error['input']))})")
         raise ConfigError("invalid settings:\n" + "\n".join(lines)) from exc
+
+
+def unknown_env_settings(environ: Mapping[str, str], others: Iterable[str] = ()) -> list[str]:
+    """A line for each `OMS_*` variable in `environ` that names no setting (nor one of
+    `others`, variables read elsewhere): a misspelt `OMS_REDIS_URI` would otherwise start
+    an embedded Redis without a word."""
+    known = {f"OMS_{name.upper()}" for name in Settings.model_fields} | set(others)
+    lines = []
+    for name in sorted(environ):
+        if name.startswith("OMS_") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            lines.append(f"{name} names no setting and is ignored{hint}")
+    return lines
 
 
 def _shorten(text: str, limit: int = 80) -> str:

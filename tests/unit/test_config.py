@@ -19,6 +19,7 @@ from oms.config import (
     Settings,
     is_loopback,
     load_settings,
+    unknown_env_settings,
 )
 
 
@@ -451,3 +452,18 @@ def test_a_lookup_never_gives_up_on_an_order_before_its_request_window_closed() 
     policy = venue_policy(settings)
     assert policy("okx").lookup_grace_s == 3.0  # the exchange may take it until then
     assert policy("binanceusdm").lookup_grace_s == 15.0
+
+
+def test_an_oms_variable_that_names_no_setting_is_reported_with_the_nearest_name() -> None:
+    # A misspelt OMS_REDIS_URL would otherwise start an embedded Redis without a word.
+    environ = {
+        "OMS_REDIS_URI": "redis://10.0.0.5:6379",
+        "OMS_LISTEN": "127.0.0.1:50051",
+        "OMS_FAILPOINTS": "rule-fired",
+        "OMS_ZZZ": "1",
+        "PATH": "/usr/bin",
+    }
+    assert unknown_env_settings(environ, others=["OMS_FAILPOINTS"]) == [
+        "OMS_REDIS_URI names no setting and is ignored (did you mean OMS_REDIS_URL?)",
+        "OMS_ZZZ names no setting and is ignored",
+    ]

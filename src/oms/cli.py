@@ -25,18 +25,36 @@ from oms.config import (
 log = logging.getLogger(__name__)
 
 
+def _default(setting: str) -> object:
+    return Settings.model_fields[setting].default
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oms", description="gRPC order-management service")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("serve", help="run the gRPC server")
+    run = commands.add_parser(
+        "serve",
+        help="run the gRPC server",
+        description="Run the gRPC server. Flags win over OMS_* environment variables, which "
+        "win over the --config TOML file.",
+        epilog="Every other setting (auth tokens, exchanges, paper markets and fees, timeouts, "
+        "limits) is an OMS_* environment variable or a key of the TOML file: see the README's "
+        "configuration table.",
+    )
     # Every flag defaults to None so that an absent flag leaves env and TOML in force.
-    run.add_argument("--listen", default=None, help="HOST:PORT (env OMS_LISTEN)")
+    run.add_argument(
+        "--listen", default=None, help=f"HOST:PORT (env OMS_LISTEN; default {_default('listen')})"
+    )
     run.add_argument(
         "--redis-url",
         default=None,
         help="Redis URL; unset starts an embedded Redis (env OMS_REDIS_URL)",
     )
-    run.add_argument("--data-dir", default=None, help="embedded Redis data (env OMS_DATA_DIR)")
+    run.add_argument(
+        "--data-dir",
+        default=None,
+        help=f"embedded Redis data (env OMS_DATA_DIR; default {_default('data_dir')})",
+    )
     run.add_argument("--config", default=None, help="TOML settings file (env OMS_CONFIG)")
     run.add_argument(
         "--postgres-dsn", default=None, help="history archive; unset: none (env OMS_POSTGRES_DSN)"

@@ -74,3 +74,15 @@ def test_a_redis_url_of_another_scheme_is_a_settings_error(
 ) -> None:
     assert main(["serve", "--redis-url", "http://x"]) == 2
     assert "redis_url" in capsys.readouterr().err
+
+
+def test_help_gives_the_defaults_and_where_the_other_settings_are(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # no line breaks inside a value
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--help"])
+    assert exited.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "default 127.0.0.1:50051" in shown and "default .oms-data" in shown
+    assert "OMS_* environment variable or a key of the TOML file" in shown

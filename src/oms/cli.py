@@ -105,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for line in unknown_env_settings(os.environ, others=[failpoints.ENV]):
         log.warning("environment: %s", line)
+    for line in settings.auth.doubts:
+        log.warning("auth: %s", line)
     refusal = listen_refusal(settings)
     if refusal:
         print(f"oms: {refusal}", file=sys.stderr)

@@ -31,6 +31,7 @@ and would round silently. Example::
 from __future__ import annotations
 
 import difflib
+import hashlib
 import ipaddress
 import re
 import tomllib
@@ -339,6 +340,10 @@ class TokenSettings(BaseModel):
         return token_digest(self.token.get_secret_value())
 
 
+# The README's sample price-feeder token, given by its SHA-256 there.
+_SAMPLE_TOKEN_SHA256 = hashlib.sha256(b"price-feeder-token-change-me").hexdigest()
+
+
 class AuthSettings(BaseModel):
     """API tokens; none configured means auth is off (loopback only, or --insecure)."""
 
@@ -367,6 +372,20 @@ class AuthSettings(BaseModel):
     @property
     def enabled(self) -> bool:
         return bool(self.tokens)
+
+    @property
+    def doubts(self) -> list[str]:
+        """What these settings allow but is likely a mistake, a line each: said at start."""
+        lines = [
+            f"token {token.name} is a sample one ('change-me' in it): anyone who read the "
+            "README can use it"
+            for token in self.tokens
+            if (token.token is not None and "change-me" in token.token.get_secret_value())
+            or token.token_sha256 == _SAMPLE_TOKEN_SHA256
+        ]
+        if self.audit_log is not None and not self.tokens:
+            lines.append("audit_log is set, but no token is: auth is off and nothing is audited")
+        return lines
 
 
 class Settings(BaseSettings):

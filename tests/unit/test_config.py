@@ -440,6 +440,24 @@ def test_the_readme_sample_file_loads_as_written(tmp_path: Path) -> None:
     )
     assert "DOGE/USDT:USDT" in [market.symbol for market in settings.paper.markets]
     assert settings.exchanges["okx"].lookup_grace_s == 15.0
+    # Loaded, and its sample tokens said to be samples at start: all three, the hashed one too.
+    assert [line.split(" is ")[0] for line in settings.auth.doubts] == [
+        "token rsi-bot",
+        "token ops",
+        "token price-feeder",
+    ]
+
+
+def test_an_audit_log_without_tokens_is_doubted_and_real_tokens_are_not(tmp_path: Path) -> None:
+    lonely = load_settings({"config": write_toml(tmp_path, '[auth]\naudit_log = "a.jsonl"\n')})
+    assert lonely.auth.doubts == [
+        "audit_log is set, but no token is: auth is off and nothing is audited"
+    ]
+    real = write_toml(
+        tmp_path,
+        '[[auth.tokens]]\nname = "bot"\ntoken = "k3J9xQ2mV8pL5wR7tY1z"\nusers = ["alice"]\n',
+    )
+    assert load_settings({"config": real}).auth.doubts == []
 
 
 def test_a_lookup_never_gives_up_on_an_order_before_its_request_window_closed() -> None:

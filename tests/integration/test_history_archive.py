@@ -182,7 +182,7 @@ async def test_the_archive_says_whether_it_was_unreachable_or_refused(
     postgres_server: str, postgres_dsn: str
 ) -> None:
     closed = PostgresArchive(f"postgresql://oms@127.0.0.1:{free_port()}/none", timeout_s=2)
-    with pytest.raises(Unavailable, match=r"history archive unreachable \(127\.0\.0\.1:\d+/none\)"):
+    with pytest.raises(Unavailable, match=r"PostgreSQL unreachable \(127\.0\.0\.1:\d+/none\)"):
         await closed.last_sequences()
     # A role that may connect but not create the archive's tables (PostgreSQL 15 and later
     # give PUBLIC no CREATE on schema public).
@@ -195,7 +195,7 @@ async def test_the_archive_says_whether_it_was_unreachable_or_refused(
         await admin.close()
     reader = PostgresArchive(postgres_dsn.replace("//oms@", f"//{role}@"), timeout_s=5)
     with pytest.raises(
-        Unavailable, match=r"history archive refused \(.*\): InsufficientPrivilegeError: permission"
+        Unavailable, match=r"PostgreSQL refused \(.*\): InsufficientPrivilegeError: permission"
     ):
         await reader.last_sequences()
     await reader.close()

@@ -169,6 +169,6 @@ _UNREACHABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError
 
 def _unavailable(error: BaseException, where: str) -> Unavailable:
     if isinstance(error, _UNREACHABLE):
-        return Unavailable(f"history archive unreachable ({where}): {error}")
+        return Unavailable(f"PostgreSQL unreachable ({where}): {error}")
     # Reached, and it said no: a missing privilege, a full disk, a broken schema.
-    return Unavailable(f"history archive refused ({where}): {type(error).__name__}: {error}")
+    return Unavailable(f"PostgreSQL refused ({where}): {type(error).__name__}: {error}")

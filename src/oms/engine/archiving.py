@@ -56,7 +56,7 @@ class Archiver:
                 wait_s = min(self._retry_s * 2**failures, self._max_retry_s)
                 failures += 1
                 if isinstance(error, Unavailable):
-                    log.warning("%s; again in %g s", error, wait_s)
+                    log.warning("history archive: %s; again in %g s", error, wait_s)
                 else:
                     # Not a reason to stop archiving for good: say so loudly and go on.
                     log.exception("history archive: copy failed; again in %g s", wait_s)

@@ -45,6 +45,11 @@ class _Caller:
         self.limit = limit
 
 
+def _address(peer: str) -> str:
+    """The address of a gRPC peer, not its port: "ipv4:10.0.0.7:53120" -> "ipv4:10.0.0.7"."""
+    return peer.rpartition(":")[0] or peer
+
+
 class PeerLimits:
     """A token bucket per peer address, for the calls that bring no valid token."""
 
@@ -56,7 +61,7 @@ class PeerLimits:
         self._buckets: dict[str, TokenBucket] = {}
 
     def take(self, peer: str) -> bool:
-        address = peer.rpartition(":")[0] or peer  # "ipv4:10.0.0.7:53120": not the port
+        address = _address(peer)
         bucket = self._buckets.get(address)
         if bucket is None:
             if len(self._buckets) >= self._MAX_PEERS:
@@ -76,7 +81,7 @@ class HeldBack:
         self._calls: dict[tuple[str, str], int] = {}
 
     def add(self, peer: str, method: str) -> None:
-        key = (peer.rpartition(":")[0] or peer, method)
+        key = (_address(peer), method)
         if key not in self._calls:
             self._calls[key] = 0
             asyncio.get_running_loop().call_later(self._window_s, self._write, key)

@@ -6,6 +6,7 @@ import asyncio
 
 import grpc
 import pytest
+from fixtures.client_streams import until
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.redis_proxy import RedisFaultProxy
 from grpc_health.v1 import health_pb2
@@ -89,7 +90,7 @@ async def test_while_calls_finish_at_shutdown_health_checks_and_reflection_still
                 )
             )
         )
-        await asyncio.sleep(0.2)
+        await until(lambda: proxy.held == 1)  # the call is running: its commit is held
         stopping = asyncio.create_task(oms.app.stop())
         check = health_pb2.HealthCheckRequest(service=SERVICES[0])
         async with asyncio.timeout(5):

@@ -11,7 +11,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
@@ -229,6 +229,8 @@ class Application:
             self.archiver = Archiver(self.store, archive)
             self.hub.add_listener(self.archiver.committed)
         self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()
+        """Set by a second stop signal: the stop waits for nothing more."""
         self._watching: asyncio.Task[None] | None = None
         self._floor_file: CommitFloorFile | None = None
         self._renewing: asyncio.Task[None] | None = None
@@ -444,6 +446,18 @@ class Application:
     def request_stop(self) -> None:
         self._stopping.set()
 
+    def on_stop_signal(self) -> None:
+        """SIGTERM or SIGINT: the first stops gracefully, the next cuts the stop short (an
+        operator who will not wait out the grace, as with Ctrl-C pressed twice)."""
+        if not self._stopping.is_set():
+            self.request_stop()
+        elif not self._hurry.is_set():
+            log.warning(
+                "asked to stop again: not waiting any longer for running calls (cancelled, "
+                "their clients see UNAVAILABLE), the history archive or the state store"
+            )
+            self._hurry.set()
+
     def lose_store(self, reason: str) -> None:
         """The state went from under the server: stop, and exit 1 (see `serve`)."""
         log.error("%s: stopping", reason)
@@ -462,18 +476,33 @@ class Application:
         await self.server.begin_shutdown()
         self.hub.close()
         self.market_data.close()
-        await self.server.stop(self.settings.shutdown_grace_s)
+        if not await self._unless_hurried(self.server.stop(self.settings.shutdown_grace_s)):
+            await self.server.stop_now()
         # Calls whose clients gave up run on (engine/run_to_end.py): to their end, within a
         # grace of their own, before the exchanges and the store close under them.
-        await finish_running(self.settings.shutdown_grace_s)
+        await self._unless_hurried(finish_running(self.settings.shutdown_grace_s))
         # Together: closing each ccxt client sleeps 250 ms, the accounts' and the public ones'.
         await asyncio.gather(self.exchanges.close(), self.connector.close())
-        await self._stop_archiving()
+        await self._unless_hurried(self._stop_archiving())
         self._save_floor()  # above all when Redis lost commits: the next start must know
-        await self._release_lease()
+        # Else the lease lapses by itself, and the next server waits that long.
+        await self._unless_hurried(self._release_lease())
         await self.store.close()
         if self.metrics is not None:
             self.metrics.close()
+
+    async def _unless_hurried(self, step: Coroutine[Any, Any, None]) -> bool:
+        """Run `step` of the stop to its end, or cancel it at a second stop signal;
+        returns whether it ended by itself."""
+        running = asyncio.ensure_future(step)
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        await asyncio.wait((running, hurry), return_when=asyncio.FIRST_COMPLETED)
+        hurry.cancel()
+        if not running.done():
+            running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        return not running.cancelled()
 
     async def _stop_archiving(self) -> None:
         """One last pass within the grace period; the next start copies what it missed."""
@@ -514,7 +543,7 @@ async def serve(
     freeze_startup_heap()  # before the first call can be stalled by it
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, app.request_stop)
+        loop.add_signal_handler(signum, app.on_stop_signal)
     port = await app.start()
     listen = settings.listen
     # A unix socket has no port (grpc answers 1 for it).

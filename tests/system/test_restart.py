@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -12,8 +13,11 @@ from typing import cast
 import grpc
 import pytest
 import redis
+from fixtures.client_streams import until
 from fixtures.oms_process import OmsProcess
+from fixtures.redis_proxy import RedisFaultProxy
 from fixtures.trading import BTC, USER, order_request
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tradingboost.oms.v1 import market_data_pb2, order_pb2
 from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_service_pb2 as pb
@@ -169,4 +173,46 @@ async def test_a_store_that_comes_back_without_its_data_stops_the_server(
         assert process.process is not None and process.process.stdout is not None
         assert "the state store lost its data" in process.process.stdout.read()
     finally:
+        process.stop()
+
+
+async def test_a_second_sigterm_stops_at_once_without_waiting_out_the_grace(
+    tmp_path: Path, proxy: RedisFaultProxy
+) -> None:
+    # A call stuck in a stalled Redis would hold the stop for the whole grace (a minute
+    # here): an operator's second signal cancels it (UNAVAILABLE, so the client retries
+    # under the same client_order_id) and the process exits cleanly at once.
+    env = {"OMS_REDIS_URL": await proxy.start(), "OMS_SHUTDOWN_GRACE_S": "60"}
+    process = OmsProcess(tmp_path / "data", env=env)
+    await asyncio.to_thread(process.start)  # the proxy runs on this loop
+    try:
+        async with process.channel() as channel:
+            orders, market = process.stubs(channel)
+            await market.PublishPrices(_tick("50000"))
+            proxy.hold_request(b"held-at-stop")
+            placing = asyncio.ensure_future(
+                orders.PlaceOrder(order_request(client_order_id="held-at-stop"))
+            )
+            await until(lambda: proxy.held == 1)
+            assert process.process is not None
+            process.process.send_signal(signal.SIGTERM)
+            health = health_pb2_grpc.HealthStub(channel)
+            async with asyncio.timeout(10):
+                while True:  # until the stop has begun
+                    status = (await health.Check(health_pb2.HealthCheckRequest())).status
+                    if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                        break
+                    await asyncio.sleep(0.02)
+            stopping_since = time.monotonic()
+            process.process.send_signal(signal.SIGTERM)
+            with pytest.raises(grpc.aio.AioRpcError) as cut:
+                await placing
+            assert cut.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert await asyncio.to_thread(process.wait_exit, 30) == 0
+            # Half the grace at most, not the whole of it (it took ~1 s).
+            assert time.monotonic() - stopping_since < 30
+        assert process.process.stdout is not None
+        assert "asked to stop again" in process.process.stdout.read()
+    finally:
+        await proxy.release_held()
         process.stop()

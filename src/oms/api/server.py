@@ -181,6 +181,11 @@ class OmsServer:
             await asyncio.sleep(_QUIET_S)
         await self.server.stop(max(0.0, grace_s - (loop.time() - started)))
 
+    async def stop_now(self) -> None:
+        """Stop without waiting: calls still running are cancelled (grpc answers them
+        UNAVAILABLE), also while a `stop` waits for them."""
+        await self.server.stop(None)
+
     async def _set_all(
         self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
     ) -> None:

@@ -635,3 +635,20 @@ async def test_a_connection_gone_silent_is_dropped_by_keepalive_and_the_stream_r
             await consumer.task
     finally:
         await proxy.close()
+
+
+async def test_closing_the_client_ends_its_streams_and_refuses_later_calls(
+    oms: OmsHarness,
+) -> None:
+    client = OmsClient.connect(oms.address)
+    await tick(client, "50000")
+    fills = client.stream_fills(USER, from_oldest=True)
+    await buy(client)
+    consumer = Consumer(fills)
+    [fill] = await consumer.until(1)
+    await client.close()
+    # The loop ends as a complete stream does: no reconnect against a closed channel.
+    await asyncio.wait_for(consumer.task, 5)
+    assert [f.order_id for f in consumer.items] == [fill.order_id]
+    with pytest.raises(grpc.aio.UsageError, match="Channel is closed"):
+        await client.get_price(exchange="paper", symbol=BTC)

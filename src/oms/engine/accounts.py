@@ -23,6 +23,7 @@ from oms.domain.accounts import (
 from oms.domain.errors import FailedPrecondition, NotFound, Unavailable
 from oms.domain.identifiers import check_user_id
 from oms.domain.paging import decode_key_token, page_size
+from oms.engine.backoff import Backoff
 from oms.engine.keyed_locks import KeyedLocks
 from oms.engine.ports import AccountStore, Vault
 from oms.engine.run_to_end import run_to_end
@@ -172,7 +173,7 @@ class Accounts:
         await asyncio.gather(*(self._resume(a) for a in await self._store.all_active()))
 
     async def _resume(self, account: Account) -> None:
-        delay = self._resume_backoff_s
+        backoff = Backoff(self._resume_backoff_s, 30.0)
         while True:
             try:
                 _, credentials = await self._load(account.user_id, account.exchange)
@@ -192,10 +193,9 @@ class Accounts:
                     account.user_id,
                     account.exchange,
                     error.message,
-                    delay,
+                    backoff.next_s,
                 )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            await backoff.wait()
 
     async def _load(self, user_id: str, exchange: str) -> tuple[Account, Credentials]:
         stored = await self._store.get(user_id, exchange)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 from oms.domain.errors import Unavailable
+from oms.engine.backoff import Backoff
 from oms.engine.ports import EventArchive, EventSource
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,7 @@ class Archiver:
         archive down for hours costs a log line a half-minute, not one a second."""
         self._source = source
         self._archive = archive
-        self._retry_s = retry_s
-        self._max_retry_s = max_retry_s
+        self._backoff = Backoff(retry_s, max_retry_s)
         self._cursors: dict[str, int] | None = None
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -53,18 +53,19 @@ class Archiver:
             try:
                 await self.copy_pending()
             except Exception as error:
-                wait_s = min(self._retry_s * 2**failures, self._max_retry_s)
                 failures += 1
+                again_s = self._backoff.next_s
                 if isinstance(error, Unavailable):
-                    log.warning("history archive: %s; again in %g s", error, wait_s)
+                    log.warning("history archive: %s; again in %g s", error, again_s)
                 else:
                     # Not a reason to stop archiving for good: say so loudly and go on.
-                    log.exception("history archive: copy failed; again in %g s", wait_s)
-                await asyncio.sleep(wait_s)
+                    log.exception("history archive: copy failed; again in %g s", again_s)
+                await self._backoff.wait()
                 continue
             if failures:
                 log.info("history archive: caught up after %d failed attempts", failures)
                 failures = 0
+                self._backoff.reset()
             await self._wake.wait()
 
     async def close(self) -> None:

@@ -67,6 +67,7 @@ from oms.domain.venue_reports import (
     unsent_trigger,
     unsettled,
 )
+from oms.engine.backoff import Backoff
 from oms.engine.followed_accounts import FollowedAccount
 from oms.engine.gateway import (
     AccountAccess,
@@ -623,15 +624,14 @@ class LiveExchanges:
         arrives while it waits, so a reader that stopped to apply a batch would leave the
         next update unseen until yet another message came."""
         policy = self._policy(followed.exchange)
-        delay = policy.lookup_backoff_s
+        backoff = Backoff(policy.lookup_backoff_s, policy.max_backoff_s)
         while True:
             try:
                 batches.put_nowait(await followed.gateway.watch_orders())
-                delay = policy.lookup_backoff_s
+                backoff.reset()
             except GatewayError as error:
                 batches.put_nowait(error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, policy.max_backoff_s)
+                await backoff.wait()
 
     async def known_order(self, followed: FollowedAccount, report: OrderReport) -> Order | None:
         """The OMS order an exchange report is about: one it sent (by the client id it gave
@@ -821,9 +821,9 @@ class LiveExchanges:
 
         async def again() -> None:
             policy = self._policy(followed.exchange)
-            delay = policy.lookup_backoff_s
+            backoff = Backoff(policy.lookup_backoff_s, policy.max_backoff_s)
             while True:
-                await asyncio.sleep(delay)
+                await backoff.wait()
                 try:
                     await step()
                     return
@@ -835,7 +835,6 @@ class LiveExchanges:
                         name,
                         failure,
                     )
-                delay = min(delay * 2, policy.max_backoff_s)
 
         followed.start(name, again())
 

@@ -32,6 +32,7 @@ from oms.domain.venue_reports import (
     unsent_trigger,
     unsettled,
 )
+from oms.engine.backoff import Backoff
 from oms.engine.followed_accounts import FollowedAccount
 from oms.engine.gateway import GatewayError
 from oms.engine.ports import StateStore, stored_order
@@ -91,7 +92,7 @@ class OrderLookups:
 
     async def _resolve(self, followed: FollowedAccount, order_id: str) -> None:
         policy = self._policy(followed.exchange)
-        delay = policy.lookup_backoff_s
+        backoff = Backoff(policy.lookup_backoff_s, policy.max_backoff_s)
         client_id = exchange_client_id(order_id)
         while True:
             try:
@@ -101,7 +102,7 @@ class OrderLookups:
                     return
                 if order_id in followed.refused_sends:
                     await self._send_again(followed, order)
-                    delay = policy.lookup_backoff_s
+                    backoff.reset()
                     continue
                 report = await followed.gateway.fetch_order(order, client_id)
                 if report is None and order_id in followed.unsent:
@@ -124,7 +125,7 @@ class OrderLookups:
                         # sending): a stop that fired is still owed, so it goes again.
                         log.warning("order %s: %s; sending it again", order_id, reason)
                         await self._send_again(followed, order)
-                        delay = policy.lookup_backoff_s
+                        backoff.reset()
                         continue
                     order = await self._sender.commit(followed, order_id, _refuse(reason))
                 if not unsettled(order):
@@ -133,8 +134,7 @@ class OrderLookups:
                 log.warning("order %s: lookup failed, retrying: %s", order_id, error)
             except Exception:
                 log.exception("order %s: lookup failed, retrying", order_id)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, policy.max_backoff_s)
+            await backoff.wait()
 
     async def _send_unsent(
         self, followed: FollowedAccount, seen: Order, policy: VenuePolicy

@@ -110,6 +110,22 @@ async def test_bad_place_order_is_invalid_argument_and_leaves_no_state(
     assert await redis_snapshot(redis_url) == before
 
 
+async def test_an_id_left_out_is_required_and_a_malformed_one_says_its_form(
+    oms: OmsHarness,
+) -> None:
+    for request, said in [
+        (order_request(user_id=""), "user_id: is required"),
+        (order_request(user_id="bad user!"), "user_id: must be 1 to 64 characters of"),
+        (order_request(client_order_id="bad id!"), "client_order_id: must be 1 to 64"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await oms.orders.PlaceOrder(request)
+        assert (error.value.details() or "").startswith(said)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await oms.orders.GetOrder(pb.GetOrderRequest(user_id=USER, order_id="bad id!"))
+    assert (error.value.details() or "").startswith("order_id: must be an id of 1 to 64")
+
+
 @pytest.mark.parametrize(
     ("field", "request_"),
     [

@@ -18,22 +18,25 @@ _PAIR_SHIFTS = range(120, -1, -10)
 
 
 def check_user_id(raw: str, field: str = "user_id") -> str:
-    if not _USER_ID.fullmatch(raw):
-        raise InvalidArgument(field, "must be 1 to 64 characters of [A-Za-z0-9_.-]")
-    return raw
+    return _well_formed(_USER_ID, raw, field, "1 to 64 characters of [A-Za-z0-9_.-]")
 
 
 def check_id(raw: str, field: str) -> str:
     """An id the OMS made (order, rule, trailing stop, position) as a request names it: only
     its form is checked here; one that names nothing is NOT_FOUND later."""
-    if not _CLIENT_ORDER_ID.fullmatch(raw):
-        raise InvalidArgument(field, "must be an id of 1 to 64 characters of [A-Za-z0-9_.:/-]")
-    return raw
+    return _well_formed(
+        _CLIENT_ORDER_ID, raw, field, "an id of 1 to 64 characters of [A-Za-z0-9_.:/-]"
+    )
 
 
 def check_client_order_id(raw: str, field: str = "client_order_id") -> str:
-    if not _CLIENT_ORDER_ID.fullmatch(raw):
-        raise InvalidArgument(field, "must be 1 to 64 characters of [A-Za-z0-9_.:/-]")
+    return _well_formed(_CLIENT_ORDER_ID, raw, field, "1 to 64 characters of [A-Za-z0-9_.:/-]")
+
+
+def _well_formed(form: re.Pattern[str], raw: str, field: str, described: str) -> str:
+    if not form.fullmatch(raw):
+        # An empty field is one the caller left out, more often than not.
+        raise InvalidArgument(field, f"must be {described}" if raw else "is required")
     return raw
 
 

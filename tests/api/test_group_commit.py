@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from decimal import Decimal
 
-from fixtures.oms_server import OmsHarness
-from fixtures.trading import USER, fills_of, order_request, place, tick
+import pytest
+from fixtures.client_streams import until
+from fixtures.oms_server import OmsHarness, make_oms
+from fixtures.redis_proxy import RedisFaultProxy
+from fixtures.trading import BTC, USER, fills_of, order_request, place, tick
 from tradingboost.oms.v1 import order_pb2
 from tradingboost.oms.v1 import order_service_pb2 as pb
+
+from oms.domain.errors import FailedPrecondition
+from oms.domain.orders import Order
 
 
 async def all_orders(oms: OmsHarness) -> pb.ListOrdersResponse:
@@ -83,3 +91,55 @@ async def test_a_burst_of_calls_is_queued_and_answered_never_cancelled(oms: OmsH
     responses = await asyncio.gather(*(oms.orders.PlaceOrder(r) for r in requests))
     assert {r.order.status for r in responses} == {order_pb2.ORDER_STATUS_OPEN}
     assert len({r.order.order_id for r in responses}) == len(requests)
+
+
+async def test_a_cancel_decided_after_a_tick_that_filled_its_order_sees_the_fill(
+    redis_url: str, proxy: RedisFaultProxy
+) -> None:
+    # The tick and the cancel share a batch: the tick takes the order off the book, so the
+    # cancel is refused and reports the order as the store has it. It must be told only once
+    # the tick's commit landed, or it finds the order still open there (ABORTED, once).
+    oms = await make_oms(await proxy.start())
+    try:
+        await tick(oms, "50000")
+        placed = await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000")
+        order = oms.app.paper.resting_order(USER, placed.order_id, "")
+        assert order is not None
+        proxy.hold_request(placed.order_id.encode())  # the tick's commit, with the fill
+        ticking = asyncio.ensure_future(oms.app.paper.on_price(BTC, Decimal("48000")))
+        canceling = asyncio.ensure_future(oms.app.paper.cancel(order, "by its user"))
+        await until(lambda: proxy.held == 1)
+        await asyncio.sleep(0.1)  # time enough to read the store, were it told already
+        assert not canceling.done()
+        await proxy.release_held()
+        await ticking
+        with pytest.raises(FailedPrecondition, match="FILLED"):
+            await canceling
+    finally:
+        await oms.close()
+
+
+async def test_a_refused_op_in_a_batch_that_conflicts_is_decided_again_and_answered(
+    oms: OmsHarness,
+) -> None:
+    # The repeat of a filled order fails the batch's client order id guard; the cancel the
+    # same batch refused must still get its answer after the batch is decided again.
+    await tick(oms, "50000")
+    filled = await place(oms, client_order_id="m1")
+    order = await oms.app.store.get_order(USER, filled.order_id)
+    assert order is not None
+    # The same order placed anew (a new order id, nothing filled): as a retry decides it.
+    given = {
+        f.name: getattr(order, f.name)
+        for f in dataclasses.fields(Order)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    repeat = Order(**(given | {"order_id": "01KAQZ3V9Q6R8W2M4N5P7T0XYZ"}))
+    async with asyncio.timeout(5):
+        again, canceled = await asyncio.gather(
+            oms.app.paper.place(repeat),
+            oms.app.paper.cancel(order, "by its user"),
+            return_exceptions=True,
+        )
+    assert again == (order, False)
+    assert isinstance(canceled, FailedPrecondition) and "FILLED" in str(canceled)

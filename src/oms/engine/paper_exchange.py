@@ -708,6 +708,10 @@ class _Desk:
             results: dict[int, Any] = {}
             decided: list[_Op] = []
             deferred: list[_Op] = []
+            # Told only once what was decided before them is committed: a cancel that found
+            # its order gone from the book (a tick in this batch filled it) reads the store
+            # next, and must find the fill there.
+            refused: dict[int, OmsError | _NotResting] = {}
             for op in ops:
                 mark = batch.mark()
                 try:
@@ -719,8 +723,9 @@ class _Desk:
                     # A refused op leaves nothing behind, even if it failed half-way.
                     if batch.mark() != mark:
                         batch.rollback(self, to=mark)
-                    _settle(op, error=error)
+                    refused[id(op)] = error
             if not decided:
+                _settle_refused(ops, refused)
                 ops = deferred
                 continue
             if any(op.prerender is not None for op in decided):
@@ -738,6 +743,7 @@ class _Desk:
                     owner.followups.append(self._exchange.rule_fired(rule))
                 for op in decided:
                     _settle(op, result=results[id(op)])
+                _settle_refused(ops, refused)
                 ops = deferred
                 continue
             culprit, ahead, existing = _blame(batch, outcome)
@@ -772,7 +778,18 @@ class _Desk:
                 )
             else:
                 culprit.redecided = again = True
-            ops = [op for op in decided if op is not culprit or again] + deferred
+            # The refused ones are decided again too: what refused them is rolled back.
+            ops = [
+                op
+                for op in ops
+                if id(op) in refused or (id(op) in results and (op is not culprit or again))
+            ] + deferred
+
+
+def _settle_refused(ops: list[_Op], refused: dict[int, OmsError | _NotResting]) -> None:
+    for op in ops:
+        if id(op) in refused:
+            _settle(op, error=refused[id(op)])
 
 
 def _render_ahead(decided: list[_Op], results: dict[int, Any]) -> None:

@@ -27,15 +27,17 @@ RETRYABLE_CODES = frozenset(
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.ABORTED,
     }
 )
 """Transient by the contract: Redis or the exchange unreachable, a server shutting down, an
-attempt that ran out of time, a rate limit. CANCELLED here is never the caller's own cancel
-(grpc.aio raises asyncio.CancelledError for that): it is a server that stopped with the call
-queued or still running, which, like a lost reply, an idempotent call may repeat. Every other
-code (INVALID_ARGUMENT, ALREADY_EXISTS, NOT_FOUND, FAILED_PRECONDITION, UNKNOWN, INTERNAL...)
-would fail the same way again, or means something the caller must look at, so it is raised
-after the first attempt."""
+attempt that ran out of time, a rate limit; ABORTED, the state the call was decided on
+changed under it before anything was written ("try again"). CANCELLED here is never the
+caller's own cancel (grpc.aio raises asyncio.CancelledError for that): it is a server that
+stopped with the call queued or still running, which, like a lost reply, an idempotent call
+may repeat. Every other code (INVALID_ARGUMENT, ALREADY_EXISTS, NOT_FOUND,
+FAILED_PRECONDITION, UNKNOWN, INTERNAL...) would fail the same way again, or means something
+the caller must look at, so it is raised after the first attempt."""
 
 # gRPC's connection-backoff spec: +/-20% spreads clients that failed together, while keeping
 # the total wait predictable (full jitter can make a whole retry budget collapse to ~0 s).
@@ -144,8 +146,9 @@ async def call_with_retry(
         await asyncio.sleep(wait)
 
 
-NOT_TAKEN_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED})
-"""Retryable codes of a call the server did not act on: a rate limit, a throttled account."""
+NOT_TAKEN_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED})
+"""Retryable codes of a call the server did not act on: a rate limit, a throttled account,
+a decision whose state changed under it."""
 
 
 class OutcomeUnknown(grpc.aio.AioRpcError):

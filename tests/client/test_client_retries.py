@@ -345,16 +345,19 @@ async def test_a_place_order_that_runs_out_of_attempts_hands_back_its_client_ord
         assert [o async for o in client.list_orders(user_id=USER)] == [order]
 
 
+# RESOURCE_EXHAUSTED: a rate limit. ABORTED: the state changed under the decision ("try
+# again"). Either way nothing was done, and the caller is told so when every attempt got it.
+@pytest.mark.parametrize("code", [grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED])
 async def test_a_place_order_refused_at_every_attempt_is_no_unknown_outcome(
-    oms_priced: OmsHarness,
+    oms_priced: OmsHarness, code: grpc.StatusCode
 ) -> None:
-    # RESOURCE_EXHAUSTED (a rate limit) each time: nothing was done, and the caller is told so.
-    throttle = LoseRequests("PlaceOrder", times=3, code=grpc.StatusCode.RESOURCE_EXHAUSTED)
+    throttle = LoseRequests("PlaceOrder", times=3, code=code)
     async with client_with(oms_priced.address, throttle, retry=FAST_RETRY) as client:
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await client.place_order(**LIMIT_BUY)
-        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error.value.code() == code
         assert not isinstance(error.value, OutcomeUnknown)
+        assert len(throttle.requests) == 3  # retried
         assert [o async for o in client.list_orders(user_id=USER)] == []
 
 

@@ -38,6 +38,8 @@ class OrderServiceStub:
     - UNAVAILABLE: Redis (or the exchange) is unreachable after retries, or the
       server is shutting down. Safe to retry: mutations are idempotent by
       `client_order_id`.
+    - ABORTED: the state a mutation was decided on changed under it, and
+      deciding again did not settle it (rare); nothing was written. Retry it.
     Orders, fills and rules are looked up within the request's user: another
     user's id is NOT_FOUND.
     """
@@ -190,6 +192,8 @@ class OrderServiceAsyncStub(OrderServiceStub):
     - UNAVAILABLE: Redis (or the exchange) is unreachable after retries, or the
       server is shutting down. Safe to retry: mutations are idempotent by
       `client_order_id`.
+    - ABORTED: the state a mutation was decided on changed under it, and
+      deciding again did not settle it (rare); nothing was written. Retry it.
     Orders, fills and rules are looked up within the request's user: another
     user's id is NOT_FOUND.
     """
@@ -338,6 +342,8 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
     - UNAVAILABLE: Redis (or the exchange) is unreachable after retries, or the
       server is shutting down. Safe to retry: mutations are idempotent by
       `client_order_id`.
+    - ABORTED: the state a mutation was decided on changed under it, and
+      deciding again did not settle it (rare); nothing was written. Retry it.
     Orders, fills and rules are looked up within the request's user: another
     user's id is NOT_FOUND.
     """

@@ -32,8 +32,10 @@ class PositionServiceStub:
     Every RPC may also answer UNAUTHENTICATED (missing or unknown token),
     PERMISSION_DENIED (the token may not act for `user_id`),
     RESOURCE_EXHAUSTED (rate limit) and UNAVAILABLE (Redis or the exchange
-    unreachable after retries, or the server is shutting down). Positions are
-    looked up within the request's user: another user's id is NOT_FOUND.
+    unreachable after retries, or the server is shutting down). A mutation may
+    also answer ABORTED (rare: the state it was decided on changed under it and
+    deciding again did not settle it; nothing was written): retry it. Positions
+    are looked up within the request's user: another user's id is NOT_FOUND.
     """
 
     def __init__(self, channel):
@@ -81,8 +83,10 @@ class PositionServiceServicer:
     Every RPC may also answer UNAUTHENTICATED (missing or unknown token),
     PERMISSION_DENIED (the token may not act for `user_id`),
     RESOURCE_EXHAUSTED (rate limit) and UNAVAILABLE (Redis or the exchange
-    unreachable after retries, or the server is shutting down). Positions are
-    looked up within the request's user: another user's id is NOT_FOUND.
+    unreachable after retries, or the server is shutting down). A mutation may
+    also answer ABORTED (rare: the state it was decided on changed under it and
+    deciding again did not settle it; nothing was written): retry it. Positions
+    are looked up within the request's user: another user's id is NOT_FOUND.
     """
 
     def GetPosition(self, request, context):
@@ -235,8 +239,10 @@ class PositionService:
     Every RPC may also answer UNAUTHENTICATED (missing or unknown token),
     PERMISSION_DENIED (the token may not act for `user_id`),
     RESOURCE_EXHAUSTED (rate limit) and UNAVAILABLE (Redis or the exchange
-    unreachable after retries, or the server is shutting down). Positions are
-    looked up within the request's user: another user's id is NOT_FOUND.
+    unreachable after retries, or the server is shutting down). A mutation may
+    also answer ABORTED (rare: the state it was decided on changed under it and
+    deciding again did not settle it; nothing was written): retry it. Positions
+    are looked up within the request's user: another user's id is NOT_FOUND.
     """
 
     @staticmethod

@@ -33,8 +33,10 @@ class PositionServiceStub:
     Every RPC may also answer UNAUTHENTICATED (missing or unknown token),
     PERMISSION_DENIED (the token may not act for `user_id`),
     RESOURCE_EXHAUSTED (rate limit) and UNAVAILABLE (Redis or the exchange
-    unreachable after retries, or the server is shutting down). Positions are
-    looked up within the request's user: another user's id is NOT_FOUND.
+    unreachable after retries, or the server is shutting down). A mutation may
+    also answer ABORTED (rare: the state it was decided on changed under it and
+    deciding again did not settle it; nothing was written): retry it. Positions
+    are looked up within the request's user: another user's id is NOT_FOUND.
     """
 
     @_typing.overload
@@ -128,8 +130,10 @@ class PositionServiceAsyncStub(PositionServiceStub):
     Every RPC may also answer UNAUTHENTICATED (missing or unknown token),
     PERMISSION_DENIED (the token may not act for `user_id`),
     RESOURCE_EXHAUSTED (rate limit) and UNAVAILABLE (Redis or the exchange
-    unreachable after retries, or the server is shutting down). Positions are
-    looked up within the request's user: another user's id is NOT_FOUND.
+    unreachable after retries, or the server is shutting down). A mutation may
+    also answer ABORTED (rare: the state it was decided on changed under it and
+    deciding again did not settle it; nothing was written): retry it. Positions
+    are looked up within the request's user: another user's id is NOT_FOUND.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -219,8 +223,10 @@ class PositionServiceServicer(metaclass=_abc_1.ABCMeta):
     Every RPC may also answer UNAUTHENTICATED (missing or unknown token),
     PERMISSION_DENIED (the token may not act for `user_id`),
     RESOURCE_EXHAUSTED (rate limit) and UNAVAILABLE (Redis or the exchange
-    unreachable after retries, or the server is shutting down). Positions are
-    looked up within the request's user: another user's id is NOT_FOUND.
+    unreachable after retries, or the server is shutting down). A mutation may
+    also answer ABORTED (rare: the state it was decided on changed under it and
+    deciding again did not settle it; nothing was written): retry it. Positions
+    are looked up within the request's user: another user's id is NOT_FOUND.
     """
 
     @_abc_1.abstractmethod

@@ -32,7 +32,9 @@ class TrailingStopServiceStub:
     Every RPC may also answer UNAUTHENTICATED (missing or unknown token),
     PERMISSION_DENIED (the token may not act for `user_id`),
     RESOURCE_EXHAUSTED (rate limit) and UNAVAILABLE (Redis unreachable, or the
-    server is shutting down). Trailing stops are looked up within the
+    server is shutting down). A mutation may also answer ABORTED (rare: the
+    state it was decided on changed under it and deciding again did not settle
+    it; nothing was written): retry it. Trailing stops are looked up within the
     request's user: another user's id is NOT_FOUND.
     """
 
@@ -76,7 +78,9 @@ class TrailingStopServiceServicer:
     Every RPC may also answer UNAUTHENTICATED (missing or unknown token),
     PERMISSION_DENIED (the token may not act for `user_id`),
     RESOURCE_EXHAUSTED (rate limit) and UNAVAILABLE (Redis unreachable, or the
-    server is shutting down). Trailing stops are looked up within the
+    server is shutting down). A mutation may also answer ABORTED (rare: the
+    state it was decided on changed under it and deciding again did not settle
+    it; nothing was written): retry it. Trailing stops are looked up within the
     request's user: another user's id is NOT_FOUND.
     """
 
@@ -185,7 +189,9 @@ class TrailingStopService:
     Every RPC may also answer UNAUTHENTICATED (missing or unknown token),
     PERMISSION_DENIED (the token may not act for `user_id`),
     RESOURCE_EXHAUSTED (rate limit) and UNAVAILABLE (Redis unreachable, or the
-    server is shutting down). Trailing stops are looked up within the
+    server is shutting down). A mutation may also answer ABORTED (rare: the
+    state it was decided on changed under it and deciding again did not settle
+    it; nothing was written): retry it. Trailing stops are looked up within the
     request's user: another user's id is NOT_FOUND.
     """
 

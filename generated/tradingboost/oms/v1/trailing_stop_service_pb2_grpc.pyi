@@ -33,7 +33,9 @@ class TrailingStopServiceStub:
     Every RPC may also answer UNAUTHENTICATED (missing or unknown token),
     PERMISSION_DENIED (the token may not act for `user_id`),
     RESOURCE_EXHAUSTED (rate limit) and UNAVAILABLE (Redis unreachable, or the
-    server is shutting down). Trailing stops are looked up within the
+    server is shutting down). A mutation may also answer ABORTED (rare: the
+    state it was decided on changed under it and deciding again did not settle
+    it; nothing was written): retry it. Trailing stops are looked up within the
     request's user: another user's id is NOT_FOUND.
     """
 
@@ -92,7 +94,9 @@ class TrailingStopServiceAsyncStub(TrailingStopServiceStub):
     Every RPC may also answer UNAUTHENTICATED (missing or unknown token),
     PERMISSION_DENIED (the token may not act for `user_id`),
     RESOURCE_EXHAUSTED (rate limit) and UNAVAILABLE (Redis unreachable, or the
-    server is shutting down). Trailing stops are looked up within the
+    server is shutting down). A mutation may also answer ABORTED (rare: the
+    state it was decided on changed under it and deciding again did not settle
+    it; nothing was written): retry it. Trailing stops are looked up within the
     request's user: another user's id is NOT_FOUND.
     """
 
@@ -147,7 +151,9 @@ class TrailingStopServiceServicer(metaclass=_abc_1.ABCMeta):
     Every RPC may also answer UNAUTHENTICATED (missing or unknown token),
     PERMISSION_DENIED (the token may not act for `user_id`),
     RESOURCE_EXHAUSTED (rate limit) and UNAVAILABLE (Redis unreachable, or the
-    server is shutting down). Trailing stops are looked up within the
+    server is shutting down). A mutation may also answer ABORTED (rare: the
+    state it was decided on changed under it and deciding again did not settle
+    it; nothing was written): retry it. Trailing stops are looked up within the
     request's user: another user's id is NOT_FOUND.
     """
 

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -286,11 +287,13 @@ async def test_every_decision_is_audited_and_no_token_is_shown(
     oms: OmsHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="oms.audit")
+    started = datetime.now(UTC)
     await oms.orders.ListOrders(pb.ListOrdersRequest(user_id="alice"), metadata=bearer(ALICE))
     await status_of(
         oms.orders.ListOrders(pb.ListOrdersRequest(user_id="bob"), metadata=bearer(ALICE))
     )
     await status_of(oms.orders.ListOrders(pb.ListOrdersRequest(user_id="bob")))
+    ended = datetime.now(UTC)
     entries = [json.loads(r.getMessage()) for r in caplog.records if r.name == "oms.audit"]
     method = "/tradingboost.oms.v1.OrderService/ListOrders"
     assert [(e["outcome"], e["method"], e["token"], e["user_id"]) for e in entries] == [
@@ -300,6 +303,11 @@ async def test_every_decision_is_audited_and_no_token_is_shown(
     ]
     # Where the call came from: all there is to go on when no token names the caller.
     assert all(e["peer"].startswith("ipv4:127.0.0.1:") for e in entries)
+    # When, in UTC (RFC 3339), in the order the calls were made.
+    times = [e["time"] for e in entries]
+    assert all(t.endswith("Z") for t in times)
+    parsed = [datetime.fromisoformat(t) for t in times]
+    assert started <= parsed[0] <= parsed[1] <= parsed[2] <= ended
     assert not any(ALICE in r.getMessage() for r in caplog.records)
 
 

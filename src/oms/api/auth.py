@@ -17,6 +17,7 @@ import logging.handlers
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -258,7 +259,8 @@ def _write_audit(
     calls: int = 1,
 ) -> None:
     entry: dict[str, object] = {
-        "time": time.time(),
+        # RFC 3339 in UTC, as log shippers and people read it.
+        "time": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
         "outcome": outcome,
         "peer": peer,  # who, when no token names them
         "method": method,

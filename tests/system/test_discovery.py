@@ -9,6 +9,7 @@ import pytest
 from fixtures.client_streams import until
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.redis_proxy import RedisFaultProxy
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tradingboost.oms.v1 import market_data_pb2, order_pb2
@@ -46,7 +47,37 @@ async def listed_services(oms: OmsHarness) -> set[str]:
 async def test_reflection_lists_every_service(oms: OmsHarness) -> None:
     names = await listed_services(oms)
     assert set(SERVICES) <= names
-    assert "grpc.health.v1.Health" in names
+    assert {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+async def test_reflection_describes_every_service_it_lists(oms: OmsHarness, version: str) -> None:
+    # What `grpcurl describe` or `buf curl --list-methods` asks for each listed service.
+    info = oms.channel.stream_stream(
+        f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    call = info(None)  # requests written one at a time
+    files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+    for name in await listed_services(oms):
+        await call.write(reflection_pb2.ServerReflectionRequest(file_containing_symbol=name))
+        response = await call.read()
+        assert isinstance(response, reflection_pb2.ServerReflectionResponse)
+        assert response.WhichOneof("message_response") == "file_descriptor_response", name
+        for raw in response.file_descriptor_response.file_descriptor_proto:
+            file = descriptor_pb2.FileDescriptorProto.FromString(raw)
+            files[file.name] = file
+        assert name in {f"{f.package}.{s.name}" for f in files.values() for s in f.service}
+    await call.done_writing()
+    # The renamed service's method takes and gives its own package's messages.
+    (method,) = files["grpc/reflection/v1/reflection.proto"].service[0].method
+    assert method.input_type == ".grpc.reflection.v1.ServerReflectionRequest"
+    assert method.output_type == ".grpc.reflection.v1.ServerReflectionResponse"
 
 
 async def test_health_watch_follows_the_status_until_shutdown(redis_url: str) -> None:

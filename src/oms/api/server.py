@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from tradingboost.oms.v1 import (
@@ -131,8 +132,9 @@ class OmsServer:
         self.health = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, target)
         # What reflection.enable_server_reflection does for a grpc.aio server.
+        _describe_reflection_v1()
         reflector = reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            (*SERVICE_NAMES, health.SERVICE_NAME, _REFLECTION_V1, reflection.SERVICE_NAME)
         )
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, target)
         # grpc.reflection.v1 is v1alpha renamed, the same messages on the wire; grpcio-reflection
@@ -192,6 +194,31 @@ class OmsServer:
         await self.health.set(health.OVERALL_HEALTH, status)
         for name in SERVICE_NAMES:
             await self.health.set(name, status)
+
+
+def _describe_reflection_v1() -> None:
+    """Adds grpc.reflection.v1's file (v1alpha's, renamed) to the descriptor pool reflection
+    reads, so that tools which list the services can describe v1 too."""
+    pool = descriptor_pool.Default()
+    name = "grpc/reflection/v1/reflection.proto"
+    try:
+        pool.FindFileByName(name)
+        return  # added by an earlier server, or shipped by a newer grpcio-reflection
+    except KeyError:
+        pass
+    file = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(file)
+    file.name, file.package = name, "grpc.reflection.v1"
+    file.ClearField("options")  # v1alpha's: deprecated, and other languages' package names
+    old, new = ".grpc.reflection.v1alpha.", ".grpc.reflection.v1."
+    for message in file.message_type:
+        for field in message.field:
+            if field.type_name:  # set only on message fields: an empty one would read as set
+                field.type_name = field.type_name.replace(old, new)
+    for method in file.service[0].method:
+        method.input_type = method.input_type.replace(old, new)
+        method.output_type = method.output_type.replace(old, new)
+    pool.AddSerializedFile(file.SerializeToString())
 
 
 def _why_not_bound(listen: str) -> str:

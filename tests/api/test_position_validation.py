@@ -108,6 +108,8 @@ BAD_OPENS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("time_in_force",), {"time_in_force": 9}),
     (("strategy",), {"strategy": "s" * 65}),
     (("metadata",), {"metadata": {f"k{i}": "v" for i in range(33)}}),
+    (("strategy",), {"strategy": "grid\x00"}),
+    (("metadata[note]",), {"metadata": {"note": "a\x00b"}}),
 ]
 
 

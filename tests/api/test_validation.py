@@ -81,6 +81,10 @@ BAD_ORDERS: list[tuple[str, dict[str, Any]]] = [
     ("metadata", {"metadata": {f"k{i}": "v" for i in range(33)}}),
     ("metadata[k]", {"metadata": {"k": "v" * 257}}),
     ("metadata", {"metadata": {"k" * 65: "v"}}),
+    # NUL: no store or archive downstream should have to take it.
+    ("strategy", {"strategy": "dca\x00"}),
+    ("metadata", {"metadata": {"k\x00": "v"}}),
+    ("metadata[k]", {"metadata": {"k": "\x00"}}),
 ]
 
 

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 import redis
 from fixtures.client_streams import until
@@ -258,3 +259,102 @@ async def test_events_a_store_lost_are_set_aside_and_their_sequences_archived_an
     assert await _client_order_ids(postgres_dsn, "oms_events_superseded") == ["lost-1", "lost-2"]
     [said] = [r for r in caplog.records if "no longer holds" in r.getMessage()]
     assert said.levelname == "ERROR"
+
+
+class _Relay:
+    """A TCP relay in front of PostgreSQL that can hang: while hung it passes nothing either
+    way and keeps every connection open, as a frozen server or a dropped network does."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def hang(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._port)
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(source, sink))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                await self._flowing.wait()
+                sink.write(data)
+                await sink.drain()
+        except ConnectionError:
+            pass
+        finally:
+            sink.close()
+
+
+async def test_a_hung_archive_fails_the_call_in_time_and_is_used_again_once_it_answers(
+    postgres_dsn: str,
+) -> None:
+    # Left to asyncpg, a statement that timed out waits for the hung server to take its
+    # cancel request, with no end: the archive then stalled, silent, until the server came
+    # back.
+    host, _, rest = postgres_dsn.removeprefix("postgresql://oms@").partition(":")
+    port, _, database = rest.partition("/")
+    relay = _Relay(int(port))
+    archive = PostgresArchive(f"postgresql://oms@{host}:{await relay.start()}/{database}", 1)
+    try:
+        assert await archive.last_sequences() == {}  # connected, tables made
+        relay.hang()
+        doc = b'{"kind":"order","sequence":1}'
+        async with asyncio.timeout(10):  # rather than forever
+            with pytest.raises(Unavailable, match=r"did not answer within 1 s \(127\.0\.0\.1:"):
+                await archive.append(USER, [(1, doc)])
+            with pytest.raises(Unavailable, match="did not answer within 1 s"):
+                await archive.last_sequences()
+        relay.resume()
+        await archive.append(USER, [(1, doc)])
+        assert await archive.last_sequences() == {USER: 1}
+        assert await archive.first_mismatch(USER, [(1, doc)]) is None
+    finally:
+        relay.resume()
+        await archive.close()
+        await relay.close()
+
+
+async def test_a_nul_in_an_event_is_archived_as_a_replacement_character(
+    postgres_dsn: str,
+) -> None:
+    # jsonb takes every character but NUL. Requests refuse it; text an exchange sends (a
+    # reject reason, an order id) is not checked, and must not keep the user's later events
+    # out of the archive.
+    archive = PostgresArchive(postgres_dsn)
+    event = {"kind": "order", "reject_reason": "bad\x00char", "note": "\\u0000 typed as text"}
+    doc = orjson.dumps(event)
+    try:
+        await archive.append(USER, [(1, doc), (2, b'{"kind":"fill"}')])
+        assert await archive.first_mismatch(USER, [(1, doc)]) is None
+    finally:
+        await archive.close()
+    connection = await asyncpg.connect(postgres_dsn)
+    try:
+        rows = await connection.fetch("SELECT sequence, event FROM oms_events ORDER BY sequence")
+    finally:
+        await connection.close()
+    assert [row["sequence"] for row in rows] == [1, 2]
+    assert orjson.loads(rows[0]["event"]) == {**event, "reject_reason": "bad\ufffdchar"}

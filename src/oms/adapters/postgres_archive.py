@@ -11,7 +11,10 @@ writes) are moved to oms_events_superseded, so that their sequences can be archi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -74,7 +77,20 @@ INSERT INTO oms_events_superseded (user_id, sequence, event, archived_at)
 SELECT user_id, sequence, event, archived_at FROM moved
 """
 
-_DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# InternalClientError: a connection in a state asyncpg did not expect, as after a restart.
+_DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+
+# PostgreSQL's jsonb takes every character but NUL, which JSON writes as \u0000 (an escape
+# preceded by an even number of backslashes; an odd one would escape the backslash instead).
+_NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _jsonb_text(doc: bytes) -> str:
+    """An event document as jsonb takes it: a NUL (from an exchange's message, say) becomes
+    U+FFFD rather than keep the user's every later event out of the archive."""
+    if b"\\u0000" in doc:
+        doc = _NUL_ESCAPE.sub(rb"\1\\ufffd", doc)
+    return doc.decode()
 
 
 class PostgresArchive:
@@ -82,6 +98,8 @@ class PostgresArchive:
     that is down when the OMS starts delays the archive, not trading."""
 
     def __init__(self, dsn: str, timeout_s: float = 10.0) -> None:
+        """`timeout_s`: about the most each call takes, whatever PostgreSQL does (a hung
+        server or a dropped network included)."""
         self._dsn = dsn
         parts = urlsplit(dsn)
         # Where, for messages: never the password (nor the user).
@@ -90,54 +108,42 @@ class PostgresArchive:
         self._pool: asyncpg.Pool | None = None
 
     async def last_sequences(self) -> dict[str, int]:
-        pool = await self._connected()
-        try:
-            rows = await pool.fetch(
-                "SELECT user_id, sequence FROM oms_archive_cursors", timeout=self._timeout_s
-            )
-        except _DOWN as error:
-            raise _unavailable(error, self._where) from error
+        async with self._session() as pool:
+            rows = await pool.fetch("SELECT user_id, sequence FROM oms_archive_cursors")
         return {row["user_id"]: row["sequence"] for row in rows}
 
     async def append(self, user_id: str, docs: Sequence[tuple[int, bytes]]) -> None:
-        pool = await self._connected()
-        rows = [(user_id, sequence, doc.decode()) for sequence, doc in docs]
-        try:
-            async with pool.acquire() as connection, connection.transaction():
-                await connection.executemany(_INSERT, rows, timeout=self._timeout_s)
-                await connection.execute(_ADVANCE, user_id, docs[-1][0], timeout=self._timeout_s)
-        except _DOWN as error:
-            raise _unavailable(error, self._where) from error
+        rows = [(user_id, sequence, _jsonb_text(doc)) for sequence, doc in docs]
+        async with (
+            self._session() as pool,
+            pool.acquire() as connection,
+            connection.transaction(),
+        ):
+            await connection.executemany(_INSERT, rows)
+            await connection.execute(_ADVANCE, user_id, docs[-1][0])
 
     async def first_mismatch(self, user_id: str, docs: Sequence[tuple[int, bytes]]) -> int | None:
-        pool = await self._connected()
-        try:
+        async with self._session() as pool:
             found: int | None = await pool.fetchval(
                 _FIRST_MISMATCH,
                 user_id,
                 [sequence for sequence, _ in docs],
-                [doc.decode() for _, doc in docs],
-                timeout=self._timeout_s,
+                [_jsonb_text(doc) for _, doc in docs],
             )
-        except _DOWN as error:
-            raise _unavailable(error, self._where) from error
         return found
 
     async def set_aside(self, user_id: str, from_sequence: int) -> int:
-        pool = await self._connected()
-        try:
-            async with pool.acquire() as connection, connection.transaction():
-                status = await connection.execute(
-                    _SET_ASIDE, user_id, from_sequence, timeout=self._timeout_s
-                )
-                await connection.execute(
-                    "UPDATE oms_archive_cursors SET sequence = $2 WHERE user_id = $1",
-                    user_id,
-                    from_sequence - 1,
-                    timeout=self._timeout_s,
-                )
-        except _DOWN as error:
-            raise _unavailable(error, self._where) from error
+        async with (
+            self._session() as pool,
+            pool.acquire() as connection,
+            connection.transaction(),
+        ):
+            status = await connection.execute(_SET_ASIDE, user_id, from_sequence)
+            await connection.execute(
+                "UPDATE oms_archive_cursors SET sequence = $2 WHERE user_id = $1",
+                user_id,
+                from_sequence - 1,
+            )
         return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
 
     async def close(self) -> None:
@@ -145,26 +151,53 @@ class PostgresArchive:
             await self._pool.close()
             self._pool = None
 
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[asyncpg.Pool]:
+        """The pool, for one call bounded by the timeout. A statement that times out (or is
+        cancelled) waits, shielded, for the server to take a cancel request, which a hung
+        server never does: the pool's command timeout bounds that wait. Once the deadline
+        passes, the pool's connections, whose state is then unknown, make way for new ones."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                yield await self._connected()
+        except TimeoutError as error:
+            self._drop_pool()
+            raise Unavailable(
+                f"PostgreSQL did not answer within {self._timeout_s:g} s ({self._where})"
+            ) from error
+        except _DOWN as error:
+            if isinstance(error, _UNREACHABLE):
+                self._drop_pool()
+            raise _unavailable(error, self._where) from error
+
+    def _drop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+
     async def _connected(self) -> asyncpg.Pool:
         if self._pool is None:
+            # No floor of idle connections: asyncpg would log a traceback each time it
+            # failed to restore one while PostgreSQL is down. The command timeout bounds a
+            # statement, then its cancel request: half the call's deadline each.
+            pool = await asyncpg.create_pool(
+                self._dsn, min_size=0, max_size=2, command_timeout=self._timeout_s / 2
+            )
             try:
-                # No floor of idle connections: asyncpg would log a traceback each time it
-                # failed to restore one while PostgreSQL is down.
-                pool = await asyncpg.create_pool(
-                    self._dsn, min_size=0, max_size=2, timeout=self._timeout_s
-                )
-            except _DOWN as error:
-                raise _unavailable(error, self._where) from error
-            try:
-                await pool.execute(_SCHEMA, timeout=self._timeout_s)
-            except _DOWN as error:
-                await pool.close()
-                raise _unavailable(error, self._where) from error
+                await pool.execute(_SCHEMA)
+            except BaseException:
+                pool.terminate()
+                raise
             self._pool = pool
         return self._pool
 
 
-_UNREACHABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError)
+_UNREACHABLE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+)
 
 
 def _unavailable(error: BaseException, where: str) -> Unavailable:

@@ -155,15 +155,24 @@ def check_metadata(metadata: dict[str, str], field: str = "metadata") -> None:
     for key, value in metadata.items():
         if not key or len(key) > MAX_METADATA_KEY_CHARS:
             raise InvalidArgument(field, f"keys must be 1 to {MAX_METADATA_KEY_CHARS} characters")
+        _check_text(field, key)
         if len(value) > MAX_METADATA_VALUE_CHARS:
             raise InvalidArgument(
                 f"{field}[{key}]", f"is longer than {MAX_METADATA_VALUE_CHARS} characters"
             )
+        _check_text(f"{field}[{key}]", value)
 
 
 def check_strategy(strategy: str) -> None:
     if len(strategy) > MAX_STRATEGY_CHARS:
         raise InvalidArgument("strategy", f"is longer than {MAX_STRATEGY_CHARS} characters")
+    _check_text("strategy", strategy)
+
+
+def _check_text(field: str, text: str) -> None:
+    # NUL ends C strings and is the one character PostgreSQL's text and jsonb refuse.
+    if "\x00" in text:
+        raise InvalidArgument(field, "must not contain NUL (U+0000)")
 
 
 def check_grid_level(level: int | None) -> None:

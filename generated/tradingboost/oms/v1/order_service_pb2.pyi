@@ -132,13 +132,13 @@ class PlaceOrderRequest(_message.Message):
     parameters match, else ALREADY_EXISTS.
     """
     strategy: _builtins.str
-    """Optional strategy tag, up to 64 characters."""
+    """Optional strategy tag, up to 64 characters, no NUL (U+0000)."""
     grid_level: _builtins.int
     """Optional grid level, 0 to 20, for grid bots."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Optional key/value tags: at most 32 entries, keys 1 to 64 characters,
-        values up to 256 characters.
+        values up to 256 characters, no NUL (U+0000) in either.
         """
 
     def __init__(

@@ -271,8 +271,8 @@ class OpenPositionRequest(_message.Message):
     and that fill would have no exits.
     """
     strategy: _builtins.str
-    """Optional strategy tag, up to 64 characters, set on the entry and linked
-    orders.
+    """Optional strategy tag, up to 64 characters, no NUL (U+0000), set on the
+    entry and linked orders.
     """
     grid_level: _builtins.int
     """Optional grid level, 0 to 20, set on the entry and linked orders."""
@@ -285,7 +285,7 @@ class OpenPositionRequest(_message.Message):
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Optional key/value tags for the entry order: at most 32 entries, keys 1
-        to 64 characters, values up to 256 characters.
+        to 64 characters, values up to 256 characters, no NUL (U+0000) in either.
         """
 
     def __init__(

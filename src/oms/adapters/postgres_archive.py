@@ -77,8 +77,14 @@ INSERT INTO oms_events_superseded (user_id, sequence, event, archived_at)
 SELECT user_id, sequence, event, archived_at FROM moved
 """
 
-# InternalClientError: a connection in a state asyncpg did not expect, as after a restart.
-_DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+_UNREACHABLE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    # A connection in a state asyncpg did not expect, as after a restart.
+    asyncpg.InternalClientError,
+    OSError,
+)
+_DOWN = (asyncpg.PostgresError, *_UNREACHABLE)
 
 # PostgreSQL's jsonb takes every character but NUL, which JSON writes as \u0000 (an escape
 # preceded by an even number of backslashes; an odd one would escape the backslash instead).
@@ -190,14 +196,6 @@ class PostgresArchive:
                 raise
             self._pool = pool
         return self._pool
-
-
-_UNREACHABLE = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    OSError,
-)
 
 
 def _unavailable(error: BaseException, where: str) -> Unavailable:

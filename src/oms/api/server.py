@@ -132,13 +132,13 @@ class OmsServer:
         self.health = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, target)
         # What reflection.enable_server_reflection does for a grpc.aio server.
-        _describe_reflection_v1()
         reflector = reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
             (*SERVICE_NAMES, health.SERVICE_NAME, _REFLECTION_V1, reflection.SERVICE_NAME)
         )
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, target)
         # grpc.reflection.v1 is v1alpha renamed, the same messages on the wire; grpcio-reflection
         # ships only v1alpha, and tools that speak only v1 would find no reflection at all.
+        _describe_reflection_v1()
         v1 = grpc.stream_stream_rpc_method_handler(
             reflector.ServerReflectionInfo,
             request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,

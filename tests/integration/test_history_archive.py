@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 import uuid
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 import redis
 from fixtures.client_streams import until
 from fixtures.oms_server import OmsHarness, make_oms
+from fixtures.postgres_server import private_postgres
 from fixtures.redis_server import free_port, go_back_to, snapshot
 from fixtures.trading import USER, place, tick
 from tradingboost.oms.v1 import order_pb2
@@ -358,3 +360,38 @@ async def test_a_nul_in_an_event_is_archived_as_a_replacement_character(
         await connection.close()
     assert [row["sequence"] for row in rows] == [1, 2]
     assert orjson.loads(rows[0]["event"]) == {**event, "reject_reason": "bad\ufffdchar"}
+
+
+async def test_a_statement_kept_waiting_fails_the_call_and_says_so(postgres_dsn: str) -> None:
+    archive = PostgresArchive(postgres_dsn, timeout_s=2)
+    holder = await asyncpg.connect(postgres_dsn)
+    try:
+        await archive.append(USER, [(1, b'{"kind":"order","sequence":1}')])
+        async with holder.transaction():
+            await holder.execute(
+                "SELECT 1 FROM oms_archive_cursors WHERE user_id = $1 FOR UPDATE", USER
+            )
+            with pytest.raises(
+                Unavailable, match=r"did not answer a statement within 1 s \(127\.0\.0\.1:"
+            ):
+                await archive.append(USER, [(2, b'{"kind":"order","sequence":2}')])
+        assert await archive.last_sequences() == {USER: 1}
+    finally:
+        await holder.close()
+        await archive.close()
+
+
+async def test_a_server_shutting_down_is_unreachable_not_refused() -> None:
+    # PostgreSQL answers a new connection with an error while it shuts down (or starts, or
+    # recovers from a crash): a passing state, not a refusal of what the archive asked.
+    with private_postgres() as (dsn, server):
+        session = await asyncpg.connect(f"{dsn}/postgres")
+        try:
+            server.send_signal(signal.SIGTERM)  # a smart shutdown: it waits for `session`
+            archive = PostgresArchive(f"{dsn}/postgres", timeout_s=5)
+            with pytest.raises(
+                Unavailable, match=r"PostgreSQL unreachable \(.*\): the database system is shut"
+            ):
+                await archive.last_sequences()
+        finally:
+            await session.close()

@@ -82,6 +82,10 @@ _UNREACHABLE = (
     asyncpg.InterfaceError,
     # A connection in a state asyncpg did not expect, as after a restart.
     asyncpg.InternalClientError,
+    # The server is starting, shutting down or restarting after a crash: not a refusal.
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
     OSError,
 )
 _DOWN = (asyncpg.PostgresError, *_UNREACHABLE)
@@ -163,14 +167,20 @@ class PostgresArchive:
         cancelled) waits, shielded, for the server to take a cancel request, which a hung
         server never does: the pool's command timeout bounds that wait. Once the deadline
         passes, the pool's connections, whose state is then unknown, make way for new ones."""
+        deadline = asyncio.timeout(self._timeout_s)
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with deadline:
                 yield await self._connected()
         except TimeoutError as error:
             self._drop_pool()
-            raise Unavailable(
-                f"PostgreSQL did not answer within {self._timeout_s:g} s ({self._where})"
-            ) from error
+            # Either the call's deadline, or first the pool's timeout on one statement (one
+            # waiting for a lock, say).
+            waited = (
+                f"within {self._timeout_s:g} s"
+                if deadline.expired()
+                else f"a statement within {self._timeout_s / 2:g} s"
+            )
+            raise Unavailable(f"PostgreSQL did not answer {waited} ({self._where})") from error
         except _DOWN as error:
             if isinstance(error, _UNREACHABLE):
                 self._drop_pool()

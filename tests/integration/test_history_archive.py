@@ -395,3 +395,49 @@ async def test_a_server_shutting_down_is_unreachable_not_refused() -> None:
                 await archive.last_sequences()
         finally:
             await session.close()
+
+
+async def test_events_the_archive_refuses_hold_back_their_user_only(
+    redis_url: str, postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    held = "held-user"
+    archive = PostgresArchive(postgres_dsn)
+    await archive.last_sequences()  # makes the tables
+    admin = await asyncpg.connect(postgres_dsn)
+    # A rule of the operator's that refuses one user's events.
+    await admin.execute(f"""
+        CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.user_id = '{held}' THEN RAISE EXCEPTION 'not this user'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse BEFORE INSERT ON oms_events FOR EACH ROW EXECUTE FUNCTION refuse();
+    """)
+    oms = await make_oms(redis_url)
+    # Tried again only after an hour: the others' events cannot be waiting for that.
+    archiver = Archiver(oms.app.store, archive, retry_s=3600, max_retry_s=3600)
+    oms.app.hub.add_listener(archiver.committed)
+    copying = asyncio.create_task(archiver.run())
+    try:
+        await tick(oms, "50000")
+        await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", user_id=held)
+        for price in ("48000", "47000"):
+            await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price=price)
+            newest = await newest_sequence(oms)
+            assert (await archived(postgres_dsn, newest))[-1]["sequence"] == newest
+        [said] = [r for r in caplog.records if "not this user" in r.getMessage()]
+        assert said.levelname == "ERROR"
+        assert "PostgreSQL refused" in said.getMessage()
+        assert said.getMessage().endswith(f"{held}'s events again in 3600 s")
+        copying.cancel()
+        await admin.execute("DROP TRIGGER refuse ON oms_events")
+        # Nothing of the held user's was skipped: a pass once it is due copies it all.
+        again = Archiver(oms.app.store, archive)
+        await again.copy_pending()
+        rows = await admin.fetch("SELECT sequence FROM oms_events WHERE user_id = $1", held)
+        assert [row["sequence"] for row in rows] == [1]
+    finally:
+        copying.cancel()
+        await archive.close()
+        await admin.close()
+        await oms.close()

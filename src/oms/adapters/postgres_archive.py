@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from oms.domain.errors import Unavailable
+from oms.domain.errors import FailedPrecondition, Unavailable
 
 __all__ = ["PostgresArchive"]
 
@@ -89,6 +89,9 @@ _UNREACHABLE = (
     OSError,
 )
 _DOWN = (asyncpg.PostgresError, *_UNREACHABLE)
+# SQLSTATE classes one user's events can cause: a data exception (a value PostgreSQL will
+# not take), an integrity constraint, an exception raised by a trigger of the operator's.
+_USER_REFUSED = ("22", "23", "P0")
 
 # PostgreSQL's jsonb takes every character but NUL, which JSON writes as \u0000 (an escape
 # preceded by an even number of backslashes; an odd one would escape the backslash instead).
@@ -184,7 +187,7 @@ class PostgresArchive:
         except _DOWN as error:
             if isinstance(error, _UNREACHABLE):
                 self._drop_pool()
-            raise _unavailable(error, self._where) from error
+            raise _domain_error(error, self._where) from error
 
     def _drop_pool(self) -> None:
         if self._pool is not None:
@@ -208,8 +211,11 @@ class PostgresArchive:
         return self._pool
 
 
-def _unavailable(error: BaseException, where: str) -> Unavailable:
+def _domain_error(error: BaseException, where: str) -> Unavailable | FailedPrecondition:
     if isinstance(error, _UNREACHABLE):
         return Unavailable(f"PostgreSQL unreachable ({where}): {error}")
-    # Reached, and it said no: a missing privilege, a full disk, a broken schema.
-    return Unavailable(f"PostgreSQL refused ({where}): {type(error).__name__}: {error}")
+    refused = f"PostgreSQL refused ({where}): {type(error).__name__}: {error}"
+    if isinstance(error, asyncpg.PostgresError) and error.sqlstate[:2] in _USER_REFUSED:
+        return FailedPrecondition(refused)  # these events, not the archive
+    # Reached, and it said no to anything: a missing privilege, a full disk, a broken schema.
+    return Unavailable(refused)

@@ -4,21 +4,32 @@ The store's per-user streams are the source: the archiver keeps, per user, the n
 sequence the archive holds and copies what follows, in order, in batches. Whatever was
 committed while the archive was down, or while no OMS ran, is copied on the next pass, and a
 batch copied twice is harmless (the archive ignores sequences it has). The archive may lag
-the store; it never slows a commit.
+the store; it never slows a commit. An archive that refuses one user's events (a value or
+a rule of its own it will not take) holds that user back, with its own retries, not everyone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from dataclasses import dataclass
 
-from oms.domain.errors import Unavailable
+from oms.domain.errors import FailedPrecondition, Unavailable
 from oms.engine.backoff import Backoff
 from oms.engine.ports import EventArchive, EventSource
 
 log = logging.getLogger(__name__)
 
 BATCH_EVENTS = 500
+
+
+@dataclass(slots=True)
+class _Held:
+    """A user whose events the archive refused: tried again at `due` (the loop's clock)."""
+
+    due: float
+    wait_s: float
 
 
 class Archiver:
@@ -30,12 +41,14 @@ class Archiver:
         max_retry_s: float = 30.0,
     ) -> None:
         """A failed pass is tried again after `retry_s`, doubling up to `max_retry_s`: an
-        archive down for hours costs a log line a half-minute, not one a second."""
+        archive down for hours costs a log line a half-minute, not one a second. A user whose
+        events the archive refuses is tried again on the same terms, alone."""
         self._source = source
         self._archive = archive
         self._backoff = Backoff(retry_s, max_retry_s)
         self._cursors: dict[str, int] | None = None
         self._dirty: set[str] = set()
+        self._held: dict[str, _Held] = {}
         self._wake = asyncio.Event()
 
     def committed(self, user_id: str, newest: int) -> None:
@@ -66,26 +79,56 @@ class Archiver:
                 log.info("history archive: caught up after %d failed attempts", failures)
                 failures = 0
                 self._backoff.reset()
-            await self._wake.wait()
+            due = min((held.due for held in self._held.values()), default=None)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(due):
+                    await self._wake.wait()
 
     async def close(self) -> None:
         await self._archive.close()
 
     async def copy_pending(self) -> None:
-        """Copy every event the archive lacks, as far as the store has them now."""
+        """Copy every event the archive lacks, as far as the store has them now, but for
+        users held back until their retry is due."""
         if self._cursors is None:
             users = await self._source.users_with_events()
             self._cursors = await self._archive.last_sequences()
             self._dirty.update(users)
+        now = asyncio.get_running_loop().time()
+        self._dirty.update(user for user, held in self._held.items() if held.due <= now)
         while self._dirty:
             user_id = self._dirty.pop()
+            held = self._held.get(user_id)
+            if held is not None and held.due > now:
+                continue  # its own retry comes
             try:
                 more = await self._copy(user_id, self._cursors)
+            except Unavailable:  # the store or the archive, for everyone
+                self._dirty.add(user_id)
+                raise
+            except Exception as error:
+                self._hold(user_id, error, now)
+                continue
             except BaseException:
                 self._dirty.add(user_id)
                 raise
+            if self._held.pop(user_id, None) is not None:
+                log.info("history archive: %s's events are archived again", user_id)
             if more:
                 self._dirty.add(user_id)
+
+    def _hold(self, user_id: str, error: Exception, now: float) -> None:
+        held = self._held.get(user_id)
+        wait_s = self._backoff.first_s
+        if held is not None:
+            wait_s = min(held.wait_s * 2, self._backoff.max_s)
+        self._held[user_id] = _Held(now + wait_s, wait_s)
+        if isinstance(error, FailedPrecondition):
+            log.error("history archive: %s; %s's events again in %g s", error, user_id, wait_s)
+        else:
+            log.exception(
+                "history archive: copying %s's events failed; again in %g s", user_id, wait_s
+            )
 
     async def _copy(self, user_id: str, cursors: dict[str, int]) -> bool:
         """One batch of `user_id`'s events; whether more may follow."""

@@ -10,14 +10,14 @@ class Backoff:
     success starts again from `first_s`."""
 
     def __init__(self, first_s: float, max_s: float) -> None:
-        self._first_s = first_s
-        self._max_s = max_s
+        self.first_s = first_s
+        self.max_s = max_s
         self.next_s = first_s
         """The next wait, for a log line that says when the next attempt comes."""
 
     def reset(self) -> None:
-        self.next_s = self._first_s
+        self.next_s = self.first_s
 
     async def wait(self) -> None:
         await asyncio.sleep(self.next_s)
-        self.next_s = min(self.next_s * 2, self._max_s)
+        self.next_s = min(self.next_s * 2, self.max_s)

@@ -311,7 +311,9 @@ class EventSource(Protocol):
 
 
 class EventArchive(Protocol):
-    """Where events are kept for good. Appending a sequence already kept changes nothing."""
+    """Where events are kept for good. Appending a sequence already kept changes nothing.
+    Fails Unavailable when the archive cannot be used now, FailedPrecondition when it refuses
+    the given events (they hold that user back, not everyone)."""
 
     async def last_sequences(self) -> dict[str, int]:
         """The newest archived sequence of each user."""

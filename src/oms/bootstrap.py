@@ -252,6 +252,11 @@ class Application:
             "Open orders resting on the paper exchange's books.",
             lambda: self.paper.resting_orders,
         )
+        metrics.gauge(
+            "oms_archive_held_users",
+            "Users whose events the history archive refuses now, each waiting for its retry.",
+            lambda: self.archiver.held_users if self.archiver is not None else 0,
+        )
         return metrics
 
     async def start(self) -> int:
@@ -511,9 +516,13 @@ class Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._archiving
         if self.archiver is not None:
-            with contextlib.suppress(Unavailable, TimeoutError):
+            try:
                 async with asyncio.timeout(self.settings.shutdown_grace_s):
                     await self.archiver.copy_pending()
+            except (Unavailable, TimeoutError):
+                pass
+            except Exception:  # the stop goes on: the lease, the store
+                log.exception("history archive: the last pass failed")
             await self.archiver.close()
 
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import urllib.request
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from fixtures.client_streams import until
+from fixtures.metrics import plain, scrape
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.streams import StreamReader
 from fixtures.trading import USER, order_request, place, tick
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from tradingboost.oms.v1 import order_pb2
 from tradingboost.oms.v1 import order_service_pb2 as pb
@@ -26,28 +24,8 @@ STREAM = "/tradingboost.oms.v1.OrderService/StreamOrderUpdates"
 TOKEN = "metrics-test-token-0123456789"
 
 
-async def scrape(oms: OmsHarness) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample on /metrics, by name and labels."""
-    url = f"http://127.0.0.1:{oms.app.metrics_port}/metrics"
-
-    def get() -> str:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return str(response.read().decode())
-
-    text = await asyncio.to_thread(get)
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 def calls(method: str, code: str) -> tuple[str, frozenset[tuple[str, str]]]:
     return "oms_rpc_calls_total", frozenset({("method", method), ("code", code)})
-
-
-def plain(name: str) -> tuple[str, frozenset[tuple[str, str]]]:
-    return name, frozenset()
 
 
 @pytest.fixture

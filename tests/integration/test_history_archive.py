@@ -5,10 +5,13 @@ or while it was down; trading never waits for it."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import signal
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -16,6 +19,7 @@ import orjson
 import pytest
 import redis
 from fixtures.client_streams import until
+from fixtures.metrics import plain, scrape
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.postgres_server import private_postgres
 from fixtures.redis_server import free_port, go_back_to, snapshot
@@ -397,47 +401,159 @@ async def test_a_server_shutting_down_is_unreachable_not_refused() -> None:
             await session.close()
 
 
-async def test_events_the_archive_refuses_hold_back_their_user_only(
-    redis_url: str, postgres_dsn: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    held = "held-user"
+HELD = "held-user"
+
+
+async def _refuse_held_user(admin: asyncpg.Connection) -> None:
+    """A rule of the operator's that refuses one user's events: a check, as one added to
+    the archive's table later might be (NOT VALID: the rows it holds are not checked)."""
+    await admin.execute(
+        f"ALTER TABLE oms_events ADD CONSTRAINT refuse CHECK (user_id <> '{HELD}') NOT VALID"
+    )
+
+
+async def _held_user_rows(admin: asyncpg.Connection) -> list[int]:
+    rows = await admin.fetch("SELECT sequence FROM oms_events WHERE user_id = $1", HELD)
+    return [row["sequence"] for row in rows]
+
+
+@asynccontextmanager
+async def _archiving_with_held_user(
+    redis_url: str, postgres_dsn: str, retry_s: float
+) -> AsyncIterator[tuple[OmsHarness, Archiver, asyncpg.Connection]]:
+    """A server, and an archiver of the test's own (a held user tried again after
+    `retry_s`) copying into an archive that refuses HELD's events; an admin connection."""
     archive = PostgresArchive(postgres_dsn)
     await archive.last_sequences()  # makes the tables
     admin = await asyncpg.connect(postgres_dsn)
-    # A rule of the operator's that refuses one user's events.
-    await admin.execute(f"""
-        CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.user_id = '{held}' THEN RAISE EXCEPTION 'not this user'; END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER refuse BEFORE INSERT ON oms_events FOR EACH ROW EXECUTE FUNCTION refuse();
-    """)
+    await _refuse_held_user(admin)
     oms = await make_oms(redis_url)
-    # Tried again only after an hour: the others' events cannot be waiting for that.
-    archiver = Archiver(oms.app.store, archive, retry_s=3600, max_retry_s=3600)
+    archiver = Archiver(oms.app.store, archive, retry_s=retry_s, max_retry_s=retry_s)
     oms.app.hub.add_listener(archiver.committed)
     copying = asyncio.create_task(archiver.run())
     try:
+        yield oms, archiver, admin
+    finally:
+        copying.cancel()
+        await archive.close()
+        await admin.close()
+        await oms.close()
+
+
+async def test_events_the_archive_refuses_hold_back_their_user_only(
+    redis_url: str, postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Tried again only after an hour: the others' events cannot be waiting for that.
+    async with _archiving_with_held_user(redis_url, postgres_dsn, 3600) as (oms, archiver, admin):
         await tick(oms, "50000")
-        await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", user_id=held)
+        await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", user_id=HELD)
         for price in ("48000", "47000"):
             await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price=price)
             newest = await newest_sequence(oms)
             assert (await archived(postgres_dsn, newest))[-1]["sequence"] == newest
-        [said] = [r for r in caplog.records if "not this user" in r.getMessage()]
+        assert archiver.held_users == 1
+        [said] = [r for r in caplog.records if "CheckViolationError" in r.getMessage()]
         assert said.levelname == "ERROR"
-        assert "PostgreSQL refused" in said.getMessage()
-        assert said.getMessage().endswith(f"{held}'s events again in 3600 s")
-        copying.cancel()
-        await admin.execute("DROP TRIGGER refuse ON oms_events")
+        # One line, without the DETAIL that would repeat the refused row.
+        assert said.getMessage().startswith("history archive: PostgreSQL refused (127.0.0.1:")
+        assert "\n" not in said.getMessage()
+        assert f"{HELD}'s events are held back, tried again in 3600 s" in said.getMessage()
+        await admin.execute("ALTER TABLE oms_events DROP CONSTRAINT refuse")
         # Nothing of the held user's was skipped: a pass once it is due copies it all.
-        again = Archiver(oms.app.store, archive)
+        again = Archiver(oms.app.store, PostgresArchive(postgres_dsn))
         await again.copy_pending()
-        rows = await admin.fetch("SELECT sequence FROM oms_events WHERE user_id = $1", held)
-        assert [row["sequence"] for row in rows] == [1]
+        await again.close()
+        assert await _held_user_rows(admin) == [1]
+
+
+async def test_a_held_user_is_tried_again_when_due_while_others_commit_all_the_time(
+    redis_url: str, postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="oms.engine.archiving")
+    busy = asyncio.Event()
+    stop = asyncio.Event()
+    async with _archiving_with_held_user(redis_url, postgres_dsn, 0.05) as (oms, archiver, admin):
+
+        async def commit_all_the_time(user_id: str) -> None:
+            for n in itertools.count():
+                if stop.is_set():
+                    return
+                await place(
+                    oms,
+                    type=order_pb2.ORDER_TYPE_LIMIT,
+                    price="49000",
+                    user_id=user_id,
+                    client_order_id=f"b{n}",
+                )
+                busy.set()
+
+        # Users placing order after order: commits land while each batch is copied, and
+        # some user always has events pending.
+        load = asyncio.gather(*(commit_all_the_time(f"busy-{k}") for k in range(8)))
+        try:
+            await tick(oms, "50000")
+            await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", user_id=HELD)
+            await until(lambda: archiver.held_users == 1)
+            await busy.wait()
+            await asyncio.sleep(0.3)  # a few retries, each refused
+            await admin.execute("ALTER TABLE oms_events DROP CONSTRAINT refuse")
+            await until(lambda: archiver.held_users == 0)
+            assert not load.done()  # the others' commits went on all along
+            assert await _held_user_rows(admin) == [1]
+            # Said when it was held and when it was archived again, not at every retry.
+            said = [r.getMessage() for r in caplog.records if HELD in r.getMessage()]
+            assert len(said) == 2, said
+            assert said[1] == f"history archive: {HELD}'s events are archived again"
+        finally:
+            stop.set()
+            await load
+
+
+async def test_a_refusal_while_connecting_is_the_archive_s_not_one_user_s(
+    redis_url: str, postgres_dsn: str
+) -> None:
+    await PostgresArchive(postgres_dsn).last_sequences()  # the tables, made
+    admin = await asyncpg.connect(postgres_dsn)
+    try:
+        # An operator's rule against DDL: it refuses the CREATE ... IF NOT EXISTS a new
+        # connection runs, whoever's events were to follow.
+        await admin.execute("""
+            CREATE FUNCTION no_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'no DDL here'; END $$;
+            CREATE EVENT TRIGGER no_ddl ON ddl_command_start EXECUTE FUNCTION no_ddl();
+        """)
+        archive = PostgresArchive(postgres_dsn)
+        with pytest.raises(Unavailable, match=r"PostgreSQL refused .*: RaiseError: no DDL here"):
+            await archive.append(USER, [(1, b'{"kind":"order","sequence":1}')])
+        # And a server whose last pass meets it still stops as it should.
+        oms = await make_oms(redis_url, postgres_dsn=postgres_dsn)
+        await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000")
+        await oms.close()
     finally:
-        copying.cancel()
-        await archive.close()
+        await admin.execute("DROP EVENT TRIGGER no_ddl")
+        await admin.close()
+
+
+async def test_users_held_back_are_gauged(redis_url: str, postgres_dsn: str) -> None:
+    await PostgresArchive(postgres_dsn).last_sequences()
+    admin = await asyncpg.connect(postgres_dsn)
+    oms = await make_oms(redis_url, postgres_dsn=postgres_dsn, metrics_listen="127.0.0.1:0")
+
+    async def gauged(users: int) -> None:
+        async with asyncio.timeout(10):  # the app's archiver tries again after 1 s
+            while True:
+                if (await scrape(oms))[plain("oms_archive_held_users")] == users:
+                    return
+                await asyncio.sleep(0.05)
+
+    try:
+        await _refuse_held_user(admin)
+        await tick(oms, "50000")
+        await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", user_id=HELD)
+        await gauged(1)
+        await admin.execute("ALTER TABLE oms_events DROP CONSTRAINT refuse")
+        await gauged(0)
+        assert await _held_user_rows(admin) == [1]
+    finally:
         await admin.close()
         await oms.close()

@@ -128,7 +128,7 @@ class PostgresArchive:
     async def append(self, user_id: str, docs: Sequence[tuple[int, bytes]]) -> None:
         rows = [(user_id, sequence, _jsonb_text(doc)) for sequence, doc in docs]
         async with (
-            self._session() as pool,
+            self._session(events=True) as pool,
             pool.acquire() as connection,
             connection.transaction(),
         ):
@@ -136,7 +136,7 @@ class PostgresArchive:
             await connection.execute(_ADVANCE, user_id, docs[-1][0])
 
     async def first_mismatch(self, user_id: str, docs: Sequence[tuple[int, bytes]]) -> int | None:
-        async with self._session() as pool:
+        async with self._session(events=True) as pool:
             found: int | None = await pool.fetchval(
                 _FIRST_MISMATCH,
                 user_id,
@@ -147,7 +147,7 @@ class PostgresArchive:
 
     async def set_aside(self, user_id: str, from_sequence: int) -> int:
         async with (
-            self._session() as pool,
+            self._session(events=True) as pool,
             pool.acquire() as connection,
             connection.transaction(),
         ):
@@ -165,17 +165,25 @@ class PostgresArchive:
             self._pool = None
 
     @asynccontextmanager
-    async def _session(self) -> AsyncIterator[asyncpg.Pool]:
-        """The pool, for one call bounded by the timeout. A statement that times out (or is
-        cancelled) waits, shielded, for the server to take a cancel request, which a hung
-        server never does: the pool's command timeout bounds that wait. Once the deadline
-        passes, the pool's connections, whose state is then unknown, make way for new ones."""
+    async def _session(self, events: bool = False) -> AsyncIterator[asyncpg.Pool]:
+        """The pool, for one call bounded by the timeout; `events`: a call on one user's
+        events, which PostgreSQL may refuse as such (FailedPrecondition, not Unavailable).
+
+        A statement that times out (or is cancelled) waits, shielded, for the server to take
+        a cancel request, which a hung server never does: the pool's command timeout bounds
+        that wait. Once the deadline passes, the pool's connections, whose state is then
+        unknown, make way for new ones."""
         deadline = asyncio.timeout(self._timeout_s)
+        connected = False
         try:
             async with deadline:
-                yield await self._connected()
+                pool = await self._connected()
+                connected = True
+                yield pool
         except TimeoutError as error:
             self._drop_pool()
+            if error.errno is not None:  # the network's own (ETIMEDOUT), not a deadline
+                raise _domain_error(error, self._where, events=False) from error
             # Either the call's deadline, or first the pool's timeout on one statement (one
             # waiting for a lock, say).
             waited = (
@@ -187,7 +195,8 @@ class PostgresArchive:
         except _DOWN as error:
             if isinstance(error, _UNREACHABLE):
                 self._drop_pool()
-            raise _domain_error(error, self._where) from error
+            # A refusal while connecting (making the tables) is the archive's, not the events'.
+            raise _domain_error(error, self._where, events and connected) from error
 
     def _drop_pool(self) -> None:
         if self._pool is not None:
@@ -211,11 +220,14 @@ class PostgresArchive:
         return self._pool
 
 
-def _domain_error(error: BaseException, where: str) -> Unavailable | FailedPrecondition:
+def _domain_error(
+    error: BaseException, where: str, events: bool
+) -> Unavailable | FailedPrecondition:
     if isinstance(error, _UNREACHABLE):
         return Unavailable(f"PostgreSQL unreachable ({where}): {error}")
-    refused = f"PostgreSQL refused ({where}): {type(error).__name__}: {error}"
-    if isinstance(error, asyncpg.PostgresError) and error.sqlstate[:2] in _USER_REFUSED:
+    said = str(error).partition("\n")[0]  # a DETAIL would repeat the refused row
+    refused = f"PostgreSQL refused ({where}): {type(error).__name__}: {said}"
+    if events and isinstance(error, asyncpg.PostgresError) and error.sqlstate[:2] in _USER_REFUSED:
         return FailedPrecondition(refused)  # these events, not the archive
     # Reached, and it said no to anything: a missing privilege, a full disk, a broken schema.
     return Unavailable(refused)

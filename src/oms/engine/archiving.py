@@ -30,6 +30,7 @@ class _Held:
 
     due: float
     wait_s: float
+    reason: str
 
 
 class Archiver:
@@ -76,7 +77,11 @@ class Archiver:
                 await self._backoff.wait()
                 continue
             if failures:
-                log.info("history archive: caught up after %d failed attempts", failures)
+                log.info(
+                    "history archive: caught up after %d failed attempts (users held back: %d)",
+                    failures,
+                    len(self._held),
+                )
                 failures = 0
                 self._backoff.reset()
             due = min((held.due for held in self._held.values()), default=None)
@@ -88,47 +93,64 @@ class Archiver:
         await self._archive.close()
 
     async def copy_pending(self) -> None:
-        """Copy every event the archive lacks, as far as the store has them now, but for
-        users held back until their retry is due."""
+        """Copy every event the archive lacks, as far as the store has them now, but those
+        of users held back until their retry is due."""
         if self._cursors is None:
             users = await self._source.users_with_events()
             self._cursors = await self._archive.last_sequences()
             self._dirty.update(users)
-        now = asyncio.get_running_loop().time()
-        self._dirty.update(user for user, held in self._held.items() if held.due <= now)
-        while self._dirty:
-            user_id = self._dirty.pop()
-            held = self._held.get(user_id)
-            if held is not None and held.due > now:
-                continue  # its own retry comes
+        loop = asyncio.get_running_loop()
+        # Pass after pass, each over the users pending at its start: under steady commits
+        # users are pending all the time, and a held user's retry must come all the same.
+        while True:
+            now = loop.time()
+            users = [user for user in self._dirty if user not in self._held]
+            users += [user for user, held in self._held.items() if held.due <= now]
+            self._dirty.clear()  # a held user not due yet comes back when it is
+            if not users:
+                return
+            done = 0
             try:
-                more = await self._copy(user_id, self._cursors)
-            except Unavailable:  # the store or the archive, for everyone
-                self._dirty.add(user_id)
-                raise
-            except Exception as error:
-                self._hold(user_id, error, now)
-                continue
-            except BaseException:
-                self._dirty.add(user_id)
-                raise
-            if self._held.pop(user_id, None) is not None:
-                log.info("history archive: %s's events are archived again", user_id)
-            if more:
-                self._dirty.add(user_id)
+                for user_id in users:
+                    try:
+                        more = await self._copy(user_id, self._cursors)
+                    except Unavailable:  # the store's or the archive's: everyone's
+                        raise
+                    except Exception as error:
+                        self._hold(user_id, error, loop.time())
+                    else:
+                        if self._held.pop(user_id, None) is not None:
+                            log.info("history archive: %s's events are archived again", user_id)
+                        if more:
+                            self._dirty.add(user_id)
+                    done += 1
+            finally:
+                self._dirty.update(users[done:])
+
+    @property
+    def held_users(self) -> int:
+        """How many users' events the archive refuses now (each waiting for its retry)."""
+        return len(self._held)
 
     def _hold(self, user_id: str, error: Exception, now: float) -> None:
+        """Hold `user_id` back until its retry is due, from `now`. Said once per cause: one
+        line per held user, however long it stays held."""
         held = self._held.get(user_id)
         wait_s = self._backoff.first_s
         if held is not None:
             wait_s = min(held.wait_s * 2, self._backoff.max_s)
-        self._held[user_id] = _Held(now + wait_s, wait_s)
+        reason = str(error)
+        self._held[user_id] = _Held(now + wait_s, wait_s, reason)
+        if held is not None and held.reason == reason:
+            return
+        again = (
+            f"{user_id}'s events are held back, tried again in {wait_s:g} s and then less "
+            f"and less often (up to every {self._backoff.max_s:g} s); the others' go on"
+        )
         if isinstance(error, FailedPrecondition):
-            log.error("history archive: %s; %s's events again in %g s", error, user_id, wait_s)
+            log.error("history archive: %s; %s", error, again)
         else:
-            log.exception(
-                "history archive: copying %s's events failed; again in %g s", user_id, wait_s
-            )
+            log.exception("history archive: copying %s's events failed; %s", user_id, again)
 
     async def _copy(self, user_id: str, cursors: dict[str, int]) -> bool:
         """One batch of `user_id`'s events; whether more may follow."""
@@ -147,7 +169,8 @@ class Archiver:
             docs = await self._source.read_event_docs(user_id, 0, BATCH_EVENTS)
         if not docs:
             return False
-        if docs[0][0] > after + 1:
+        await self._archive.append(user_id, docs)
+        if docs[0][0] > after + 1:  # said once: after the append, which may be refused
             log.error(
                 "history archive: %s's events %d to %d left the store's retention before "
                 "they were archived",
@@ -155,7 +178,6 @@ class Archiver:
                 after + 1,
                 docs[0][0] - 1,
             )
-        await self._archive.append(user_id, docs)
         cursors[user_id] = docs[-1][0]
         return len(docs) == BATCH_EVENTS
 

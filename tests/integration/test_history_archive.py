@@ -392,6 +392,13 @@ async def test_a_server_shutting_down_is_unreachable_not_refused() -> None:
         session = await asyncpg.connect(f"{dsn}/postgres")
         try:
             server.send_signal(signal.SIGTERM)  # a smart shutdown: it waits for `session`
+            async with asyncio.timeout(10):  # the server takes the signal in its own time
+                while True:
+                    try:
+                        await (await asyncpg.connect(f"{dsn}/postgres")).close()
+                    except asyncpg.CannotConnectNowError:
+                        break
+                    await asyncio.sleep(0.01)
             archive = PostgresArchive(f"{dsn}/postgres", timeout_s=5)
             with pytest.raises(
                 Unavailable, match=r"PostgreSQL unreachable \(.*\): the database system is shut"

@@ -519,8 +519,12 @@ class Application:
             try:
                 async with asyncio.timeout(self.settings.shutdown_grace_s):
                     await self.archiver.copy_pending()
-            except (Unavailable, TimeoutError):
-                pass
+            except (Unavailable, TimeoutError) as error:
+                log.warning(
+                    "history archive: the last pass did not finish (%s); the next start "
+                    "copies what it missed",
+                    str(error) or f"not within the {self.settings.shutdown_grace_s:g} s grace",
+                )
             except Exception:  # the stop goes on: the lease, the store
                 log.exception("history archive: the last pass failed")
             await self.archiver.close()

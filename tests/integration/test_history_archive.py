@@ -10,7 +10,7 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -314,16 +314,51 @@ class _Relay:
             sink.close()
 
 
+async def _relayed(postgres_dsn: str) -> tuple[_Relay, str]:
+    """A relay in front of the test database, and the DSN through it."""
+    host, _, rest = postgres_dsn.removeprefix("postgresql://oms@").partition(":")
+    port, _, database = rest.partition("/")
+    relay = _Relay(int(port))
+    return relay, f"postgresql://oms@{host}:{await relay.start()}/{database}"
+
+
+@asynccontextmanager
+async def _committing_all_the_time(oms: OmsHarness) -> AsyncIterator[asyncio.Future[Any]]:
+    """Users placing order after order (commits land while each batch is copied, and some
+    user always has events pending) until the block ends; yields once they are at it."""
+    stop = asyncio.Event()
+    busy = asyncio.Event()
+
+    async def commit(user_id: str) -> None:
+        for n in itertools.count():
+            if stop.is_set():
+                return
+            await place(
+                oms,
+                type=order_pb2.ORDER_TYPE_LIMIT,
+                price="49000",
+                user_id=user_id,
+                client_order_id=f"b{n}",
+            )
+            busy.set()
+
+    load = asyncio.gather(*(commit(f"busy-{k}") for k in range(8)))
+    try:
+        await busy.wait()
+        yield load
+    finally:
+        stop.set()
+        await load
+
+
 async def test_a_hung_archive_fails_the_call_in_time_and_is_used_again_once_it_answers(
     postgres_dsn: str,
 ) -> None:
     # Left to asyncpg, a statement that timed out waits for the hung server to take its
     # cancel request, with no end: the archive then stalled, silent, until the server came
     # back.
-    host, _, rest = postgres_dsn.removeprefix("postgresql://oms@").partition(":")
-    port, _, database = rest.partition("/")
-    relay = _Relay(int(port))
-    archive = PostgresArchive(f"postgresql://oms@{host}:{await relay.start()}/{database}", 1)
+    relay, dsn = await _relayed(postgres_dsn)
+    archive = PostgresArchive(dsn, 1)
     try:
         assert await archive.last_sequences() == {}  # connected, tables made
         relay.hang()
@@ -464,7 +499,7 @@ async def test_events_the_archive_refuses_hold_back_their_user_only(
         # One line, without the DETAIL that would repeat the refused row.
         assert said.getMessage().startswith("history archive: PostgreSQL refused (127.0.0.1:")
         assert "\n" not in said.getMessage()
-        assert f"{HELD}'s events are held back, tried again in 3600 s" in said.getMessage()
+        assert f"events held back: {HELD}; each tried again after 3600 s" in said.getMessage()
         await admin.execute("ALTER TABLE oms_events DROP CONSTRAINT refuse")
         # Nothing of the held user's was skipped: a pass once it is due copies it all.
         again = Archiver(oms.app.store, PostgresArchive(postgres_dsn))
@@ -477,43 +512,20 @@ async def test_a_held_user_is_tried_again_when_due_while_others_commit_all_the_t
     redis_url: str, postgres_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="oms.engine.archiving")
-    busy = asyncio.Event()
-    stop = asyncio.Event()
     async with _archiving_with_held_user(redis_url, postgres_dsn, 0.05) as (oms, archiver, admin):
-
-        async def commit_all_the_time(user_id: str) -> None:
-            for n in itertools.count():
-                if stop.is_set():
-                    return
-                await place(
-                    oms,
-                    type=order_pb2.ORDER_TYPE_LIMIT,
-                    price="49000",
-                    user_id=user_id,
-                    client_order_id=f"b{n}",
-                )
-                busy.set()
-
-        # Users placing order after order: commits land while each batch is copied, and
-        # some user always has events pending.
-        load = asyncio.gather(*(commit_all_the_time(f"busy-{k}") for k in range(8)))
-        try:
-            await tick(oms, "50000")
-            await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", user_id=HELD)
-            await until(lambda: archiver.held_users == 1)
-            await busy.wait()
+        await tick(oms, "50000")
+        await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", user_id=HELD)
+        await until(lambda: archiver.held_users == 1)
+        async with _committing_all_the_time(oms) as load:
             await asyncio.sleep(0.3)  # a few retries, each refused
             await admin.execute("ALTER TABLE oms_events DROP CONSTRAINT refuse")
             await until(lambda: archiver.held_users == 0)
             assert not load.done()  # the others' commits went on all along
-            assert await _held_user_rows(admin) == [1]
-            # Said when it was held and when it was archived again, not at every retry.
-            said = [r.getMessage() for r in caplog.records if HELD in r.getMessage()]
-            assert len(said) == 2, said
-            assert said[1] == f"history archive: {HELD}'s events are archived again"
-        finally:
-            stop.set()
-            await load
+        assert await _held_user_rows(admin) == [1]
+        # Said when it was held and when it was archived again, not at every retry.
+        said = [r.getMessage() for r in caplog.records if HELD in r.getMessage()]
+        assert len(said) == 2, said
+        assert said[1] == f"history archive: {HELD}'s events are archived again"
 
 
 async def test_a_refusal_while_connecting_is_the_archive_s_not_one_user_s(
@@ -563,4 +575,119 @@ async def test_users_held_back_are_gauged(redis_url: str, postgres_dsn: str) -> 
         assert await _held_user_rows(admin) == [1]
     finally:
         await admin.close()
+        await oms.close()
+
+
+class _Recording(PostgresArchive):
+    """The archive, noting whose events each call was for (in order)."""
+
+    def __init__(self, dsn: str, timeout_s: float = 10.0) -> None:
+        super().__init__(dsn, timeout_s)
+        self.appends: list[str] = []
+
+    async def append(self, user_id: str, docs: Sequence[tuple[int, bytes]]) -> None:
+        self.appends.append(user_id)
+        await super().append(user_id, docs)
+
+
+async def test_a_pass_tries_again_only_a_few_held_users_the_earliest_due_first(
+    redis_url: str, postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Many users held (a rule that refuses everyone's events, say) must not make every pass,
+    # and with it the others' wait, as long as their number.
+    archive = _Recording(postgres_dsn)
+    await archive.last_sequences()
+    admin = await asyncpg.connect(postgres_dsn)
+    await admin.execute(
+        "ALTER TABLE oms_events ADD CONSTRAINT refuse CHECK (user_id NOT LIKE 'held-%') NOT VALID"
+    )
+    oms = await make_oms(redis_url)
+    archiver = Archiver(oms.app.store, archive, retry_s=0.01, max_retry_s=0.01)
+    oms.app.hub.add_listener(archiver.committed)
+    try:
+        await tick(oms, "50000")
+        held = [f"held-{n:02}" for n in range(20)]
+        for user_id in held:
+            await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", user_id=user_id)
+        await archiver.copy_one_pass()  # each of them refused, and held
+        assert archiver.held_users == 20
+        # One line for the one reason, naming some.
+        [said] = [r.getMessage() for r in caplog.records if "CheckViolationError" in r.getMessage()]
+        assert "events held back: held-00, held-01," in said
+        assert "held-09 and 10 more; each tried again after 0.01 s" in said
+        await asyncio.sleep(0.05)  # every retry due
+        await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000")
+        archive.appends.clear()
+        await archiver.copy_one_pass()
+        assert archive.appends == [USER, *held[:8]]
+        archive.appends.clear()
+        await archiver.copy_one_pass()
+        assert archive.appends == held[8:16]
+    finally:
+        await archive.close()
+        await admin.close()
+        await oms.close()
+
+
+async def test_a_pass_that_goes_well_under_steady_commits_ends_the_back_off(
+    redis_url: str, postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="oms.engine.archiving")
+    relay, dsn = await _relayed(postgres_dsn)
+    archive = PostgresArchive(dsn, 1)
+    oms = await make_oms(redis_url)
+    archiver = Archiver(oms.app.store, archive, retry_s=0.01, max_retry_s=0.01)
+    oms.app.hub.add_listener(archiver.committed)
+    copying = asyncio.create_task(archiver.run())
+    try:
+        await tick(oms, "50000")
+        async with _committing_all_the_time(oms) as load:
+            relay.hang()
+            await until(lambda: any("did not answer" in r.getMessage() for r in caplog.records))
+            relay.resume()
+            await until(lambda: any("caught up after" in r.getMessage() for r in caplog.records))
+            assert not load.done()  # the commits went on all along
+    finally:
+        relay.resume()
+        copying.cancel()
+        await archive.close()
+        await relay.close()
+        await oms.close()
+
+
+async def test_after_a_pass_failed_at_one_user_the_others_go_first(
+    redis_url: str, postgres_dsn: str
+) -> None:
+    # One user's cursor row locked (an operator's transaction left open): that user's
+    # statement waits out its timeout, which fails the pass; the others are not stuck behind.
+    archive = PostgresArchive(postgres_dsn, timeout_s=1)
+    oms = await make_oms(redis_url)
+    archiver = Archiver(oms.app.store, archive)
+    oms.app.hub.add_listener(archiver.committed)
+    holder = await asyncpg.connect(postgres_dsn)
+    users = ["first", "second", "third"]
+    try:
+        await tick(oms, "50000")
+        for user_id in users:
+            await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", user_id=user_id)
+        await archiver.copy_pending()
+        async with holder.transaction():
+            await holder.execute(
+                "SELECT 1 FROM oms_archive_cursors WHERE user_id = 'first' FOR UPDATE"
+            )
+            for user_id in users:  # "first" pending first
+                await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="48000", user_id=user_id)
+            with pytest.raises(Unavailable, match="did not answer a statement"):
+                await archiver.copy_one_pass()
+            with pytest.raises(Unavailable, match="did not answer a statement"):
+                await archiver.copy_one_pass()
+            rows = await holder.fetch("SELECT user_id, sequence FROM oms_archive_cursors")
+        assert {row["user_id"]: row["sequence"] for row in rows} == {
+            "first": 1,
+            "second": 2,
+            "third": 2,
+        }
+    finally:
+        await holder.close()
+        await archive.close()
         await oms.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ from oms.engine.ports import EventArchive, EventSource
 log = logging.getLogger(__name__)
 
 BATCH_EVENTS = 500
+_RETRIES_PER_PASS = 8
+_NAMED = 10
 
 
 @dataclass(slots=True)
@@ -48,7 +51,8 @@ class Archiver:
         self._archive = archive
         self._backoff = Backoff(retry_s, max_retry_s)
         self._cursors: dict[str, int] | None = None
-        self._dirty: set[str] = set()
+        # In the order they became pending (a dict): a user the pass failed at goes last.
+        self._dirty: dict[str, None] = {}
         self._held: dict[str, _Held] = {}
         self._wake = asyncio.Event()
 
@@ -56,7 +60,7 @@ class Archiver:
         """`user_id` has events up to `newest` in the store (an EventHub listener)."""
         # Behind the archive too: a store that lost its last writes numbers anew from there.
         if self._cursors is None or self._cursors.get(user_id, 0) != newest:
-            self._dirty.add(user_id)
+            self._dirty[user_id] = None
             self._wake.set()
 
     async def run(self) -> None:
@@ -65,7 +69,7 @@ class Archiver:
         while True:
             self._wake.clear()
             try:
-                await self.copy_pending()
+                copied = await self.copy_one_pass()
             except Exception as error:
                 failures += 1
                 again_s = self._backoff.next_s
@@ -84,6 +88,8 @@ class Archiver:
                 )
                 failures = 0
                 self._backoff.reset()
+            if copied:
+                continue  # what was committed meanwhile
             due = min((held.due for held in self._held.values()), default=None)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(due):
@@ -95,62 +101,81 @@ class Archiver:
     async def copy_pending(self) -> None:
         """Copy every event the archive lacks, as far as the store has them now, but those
         of users held back until their retry is due."""
-        if self._cursors is None:
-            users = await self._source.users_with_events()
-            self._cursors = await self._archive.last_sequences()
-            self._dirty.update(users)
-        loop = asyncio.get_running_loop()
-        # Pass after pass, each over the users pending at its start: under steady commits
-        # users are pending all the time, and a held user's retry must come all the same.
-        while True:
-            now = loop.time()
-            users = [user for user in self._dirty if user not in self._held]
-            users += [user for user, held in self._held.items() if held.due <= now]
-            self._dirty.clear()  # a held user not due yet comes back when it is
-            if not users:
-                return
-            done = 0
-            try:
-                for user_id in users:
-                    try:
-                        more = await self._copy(user_id, self._cursors)
-                    except Unavailable:  # the store's or the archive's: everyone's
-                        raise
-                    except Exception as error:
-                        self._hold(user_id, error, loop.time())
-                    else:
-                        if self._held.pop(user_id, None) is not None:
-                            log.info("history archive: %s's events are archived again", user_id)
-                        if more:
-                            self._dirty.add(user_id)
-                    done += 1
-            finally:
-                self._dirty.update(users[done:])
+        while await self.copy_one_pass():
+            pass
 
     @property
     def held_users(self) -> int:
         """How many users' events the archive refuses now (each waiting for its retry)."""
         return len(self._held)
 
-    def _hold(self, user_id: str, error: Exception, now: float) -> None:
-        """Hold `user_id` back until its retry is due, from `now`. Said once per cause: one
-        line per held user, however long it stays held."""
+    async def copy_one_pass(self) -> bool:
+        """One batch for each user pending now, and for a few held users whose retry is due;
+        whether there was any. Passes stay short under steady commits, so that a held user's
+        retry comes when due and a pass that went well is seen to."""
+        if self._cursors is None:
+            users = await self._source.users_with_events()
+            self._cursors = await self._archive.last_sequences()
+            self._dirty.update(dict.fromkeys(users))
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        users = [user for user in self._dirty if user not in self._held]
+        # Earliest first, and only a few: many users held (a rule that refuses everyone's
+        # events) must not make the others' wait grow with their number.
+        users += heapq.nsmallest(
+            _RETRIES_PER_PASS,
+            (user for user, held in self._held.items() if held.due <= now),
+            key=lambda user: self._held[user].due,
+        )
+        self._dirty.clear()  # a held user not due yet comes back when it is
+        refused: dict[str, tuple[Exception, list[str]]] = {}
+        done = 0
+        try:
+            for user_id in users:
+                try:
+                    more = await self._copy(user_id, self._cursors)
+                except Unavailable:  # the store's or the archive's: everyone's
+                    raise
+                except Exception as error:
+                    if self._hold(user_id, error, loop.time()):
+                        refused.setdefault(str(error), (error, []))[1].append(user_id)
+                else:
+                    if self._held.pop(user_id, None) is not None:
+                        log.info("history archive: %s's events are archived again", user_id)
+                    if more:
+                        self._dirty[user_id] = None
+                done += 1
+        finally:
+            # The one it failed at last: the others go first next time.
+            pending = dict.fromkeys([*users[done + 1 :], *users[done : done + 1]])
+            self._dirty = pending | self._dirty
+            self._say_held(refused)
+        return bool(users)
+
+    def _hold(self, user_id: str, error: Exception, now: float) -> bool:
+        """Hold `user_id` back until its retry is due, from `now`; whether that is news (a
+        user held anew, or for another reason)."""
         held = self._held.get(user_id)
         wait_s = self._backoff.first_s
         if held is not None:
             wait_s = min(held.wait_s * 2, self._backoff.max_s)
         reason = str(error)
         self._held[user_id] = _Held(now + wait_s, wait_s, reason)
-        if held is not None and held.reason == reason:
-            return
-        again = (
-            f"{user_id}'s events are held back, tried again in {wait_s:g} s and then less "
-            f"and less often (up to every {self._backoff.max_s:g} s); the others' go on"
-        )
-        if isinstance(error, FailedPrecondition):
-            log.error("history archive: %s; %s", error, again)
-        else:
-            log.exception("history archive: copying %s's events failed; %s", user_id, again)
+        return held is None or held.reason != reason
+
+    def _say_held(self, refused: dict[str, tuple[Exception, list[str]]]) -> None:
+        """One line per reason, however many users it holds back."""
+        for reason, (error, users) in refused.items():
+            named = ", ".join(users[:_NAMED])
+            if len(users) > _NAMED:
+                named += f" and {len(users) - _NAMED} more"
+            said = (
+                f"history archive: {reason}; events held back: {named}; each tried again "
+                f"after {self._backoff.first_s:g} s, then less and less often (up to every "
+                f"{self._backoff.max_s:g} s), while the others' go on"
+            )
+            # A refusal is the archive's answer; anything else is ours: with its traceback.
+            log.error("%s", said, exc_info=None if isinstance(error, FailedPrecondition) else error)
 
     async def _copy(self, user_id: str, cursors: dict[str, int]) -> bool:
         """One batch of `user_id`'s events; whether more may follow."""

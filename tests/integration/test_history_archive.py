@@ -623,6 +623,12 @@ async def test_a_pass_tries_again_only_a_few_held_users_the_earliest_due_first(
         archive.appends.clear()
         await archiver.copy_one_pass()
         assert archive.appends == held[8:16]
+        # A stop's last pass tries none of them again: it would spend the grace in vain.
+        await asyncio.sleep(0.05)
+        await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="48000")
+        archive.appends.clear()
+        await archiver.copy_pending()
+        assert archive.appends == [USER]
     finally:
         await archive.close()
         await admin.close()
@@ -655,39 +661,85 @@ async def test_a_pass_that_goes_well_under_steady_commits_ends_the_back_off(
         await oms.close()
 
 
+async def _cursors(connection: asyncpg.Connection) -> dict[str, int]:
+    rows = await connection.fetch("SELECT user_id, sequence FROM oms_archive_cursors")
+    return {row["user_id"]: row["sequence"] for row in rows}
+
+
+async def _lock_cursor(connection: asyncpg.Connection, user_id: str) -> None:
+    """In `connection`'s open transaction: `user_id`'s archive statements wait for it."""
+    await connection.execute(
+        "SELECT 1 FROM oms_archive_cursors WHERE user_id = $1 FOR UPDATE", user_id
+    )
+
+
 async def test_after_a_pass_failed_at_one_user_the_others_go_first(
     redis_url: str, postgres_dsn: str
 ) -> None:
     # One user's cursor row locked (an operator's transaction left open): that user's
-    # statement waits out its timeout, which fails the pass; the others are not stuck behind.
-    archive = PostgresArchive(postgres_dsn, timeout_s=1)
+    # statement waits out its timeout, which fails the pass; the others are not stuck behind,
+    # not even those with events committed while the pass waited.
+    archive = PostgresArchive(postgres_dsn, timeout_s=2)
     oms = await make_oms(redis_url)
     archiver = Archiver(oms.app.store, archive)
     oms.app.hub.add_listener(archiver.committed)
     holder = await asyncpg.connect(postgres_dsn)
-    users = ["first", "second", "third"]
     try:
         await tick(oms, "50000")
-        for user_id in users:
+        for user_id in ("locked", "second", "third"):
             await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", user_id=user_id)
         await archiver.copy_pending()
         async with holder.transaction():
-            await holder.execute(
-                "SELECT 1 FROM oms_archive_cursors WHERE user_id = 'first' FOR UPDATE"
-            )
-            for user_id in users:  # "first" pending first
+            await _lock_cursor(holder, "locked")
+            for user_id in ("second", "third", "locked"):  # "locked" pending last
                 await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="48000", user_id=user_id)
+            waiting = asyncio.create_task(archiver.copy_one_pass())
+            await asyncio.sleep(0.3)  # "second" and "third" copied, "locked" waits
+            for user_id in ("second", "third"):
+                await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="47000", user_id=user_id)
+            with pytest.raises(Unavailable, match="did not answer a statement"):
+                await waiting
             with pytest.raises(Unavailable, match="did not answer a statement"):
                 await archiver.copy_one_pass()
-            with pytest.raises(Unavailable, match="did not answer a statement"):
-                await archiver.copy_one_pass()
-            rows = await holder.fetch("SELECT user_id, sequence FROM oms_archive_cursors")
-        assert {row["user_id"]: row["sequence"] for row in rows} == {
-            "first": 1,
-            "second": 2,
-            "third": 2,
-        }
+            assert await _cursors(holder) == {"locked": 1, "second": 3, "third": 3}
     finally:
         await holder.close()
+        await archive.close()
+        await oms.close()
+
+
+async def test_a_held_user_whose_retry_fails_the_pass_does_not_keep_the_other_held_back(
+    redis_url: str, postgres_dsn: str
+) -> None:
+    archive = PostgresArchive(postgres_dsn, timeout_s=2)
+    oms = await make_oms(redis_url)
+    archiver = Archiver(oms.app.store, archive, retry_s=0.5, max_retry_s=0.5)
+    oms.app.hub.add_listener(archiver.committed)
+    admin = await asyncpg.connect(postgres_dsn)
+    held = ["held-0", "held-1", "held-2"]
+    try:
+        await tick(oms, "50000")
+        for user_id in held:
+            await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", user_id=user_id)
+        await archiver.copy_pending()
+        await admin.execute(
+            "ALTER TABLE oms_events ADD CONSTRAINT refuse CHECK (user_id NOT LIKE 'held-%')"
+            " NOT VALID"
+        )
+        for user_id in held:  # "held-0" held first, so due first
+            await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="48000", user_id=user_id)
+            await archiver.copy_one_pass()
+        assert archiver.held_users == 3
+        await admin.execute("ALTER TABLE oms_events DROP CONSTRAINT refuse")
+        await asyncio.sleep(0.6)  # every retry due
+        async with admin.transaction():
+            await _lock_cursor(admin, "held-0")
+            with pytest.raises(Unavailable, match="did not answer a statement"):
+                await archiver.copy_one_pass()
+            await archiver.copy_one_pass()
+            assert archiver.held_users == 1
+            assert await _cursors(admin) == {"held-0": 1, "held-1": 2, "held-2": 2}
+    finally:
+        await admin.close()
         await archive.close()
         await oms.close()

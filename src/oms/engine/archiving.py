@@ -100,8 +100,8 @@ class Archiver:
 
     async def copy_pending(self) -> None:
         """Copy every event the archive lacks, as far as the store has them now, but those
-        of users held back until their retry is due."""
-        while await self.copy_one_pass():
+        of users held back (as at a stop: their retries would take its time, in vain)."""
+        while await self.copy_one_pass(retry_held=False):
             pass
 
     @property
@@ -109,7 +109,7 @@ class Archiver:
         """How many users' events the archive refuses now (each waiting for its retry)."""
         return len(self._held)
 
-    async def copy_one_pass(self) -> bool:
+    async def copy_one_pass(self, retry_held: bool = True) -> bool:
         """One batch for each user pending now, and for a few held users whose retry is due;
         whether there was any. Passes stay short under steady commits, so that a held user's
         retry comes when due and a pass that went well is seen to."""
@@ -122,11 +122,12 @@ class Archiver:
         users = [user for user in self._dirty if user not in self._held]
         # Earliest first, and only a few: many users held (a rule that refuses everyone's
         # events) must not make the others' wait grow with their number.
-        users += heapq.nsmallest(
-            _RETRIES_PER_PASS,
-            (user for user, held in self._held.items() if held.due <= now),
-            key=lambda user: self._held[user].due,
-        )
+        if retry_held:
+            users += heapq.nsmallest(
+                _RETRIES_PER_PASS,
+                (user for user, held in self._held.items() if held.due <= now),
+                key=lambda user: self._held[user].due,
+            )
         self._dirty.clear()  # a held user not due yet comes back when it is
         refused: dict[str, tuple[Exception, list[str]]] = {}
         done = 0
@@ -135,6 +136,9 @@ class Archiver:
                 try:
                     more = await self._copy(user_id, self._cursors)
                 except Unavailable:  # the store's or the archive's: everyone's
+                    held = self._held.get(user_id)
+                    if held is not None:  # not first again among the held (a row locked)
+                        held.due = loop.time() + held.wait_s
                     raise
                 except Exception as error:
                     if self._hold(user_id, error, loop.time()):
@@ -146,9 +150,11 @@ class Archiver:
                         self._dirty[user_id] = None
                 done += 1
         finally:
-            # The one it failed at last: the others go first next time.
-            pending = dict.fromkeys([*users[done + 1 :], *users[done : done + 1]])
-            self._dirty = pending | self._dirty
+            # Those not reached first next time, and the one it failed at last of all.
+            self._dirty = dict.fromkeys(users[done + 1 :]) | self._dirty
+            for failed in users[done : done + 1]:
+                self._dirty.pop(failed, None)
+                self._dirty[failed] = None
             self._say_held(refused)
         return bool(users)
 

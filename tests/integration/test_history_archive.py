@@ -673,19 +673,33 @@ async def _lock_cursor(connection: asyncpg.Connection, user_id: str) -> None:
     )
 
 
+@asynccontextmanager
+async def _passes_by_hand(
+    redis_url: str, postgres_dsn: str, retry_s: float = 1.0
+) -> AsyncIterator[tuple[OmsHarness, Archiver, asyncpg.Connection]]:
+    """A server, an archiver of the test's own whose passes the test runs (a statement
+    waits 1 s at most), and an admin connection; a first price set."""
+    archive = PostgresArchive(postgres_dsn, timeout_s=2)
+    oms = await make_oms(redis_url)
+    archiver = Archiver(oms.app.store, archive, retry_s=retry_s, max_retry_s=retry_s)
+    oms.app.hub.add_listener(archiver.committed)
+    admin = await asyncpg.connect(postgres_dsn)
+    try:
+        await tick(oms, "50000")
+        yield oms, archiver, admin
+    finally:
+        await admin.close()
+        await archive.close()
+        await oms.close()
+
+
 async def test_after_a_pass_failed_at_one_user_the_others_go_first(
     redis_url: str, postgres_dsn: str
 ) -> None:
     # One user's cursor row locked (an operator's transaction left open): that user's
     # statement waits out its timeout, which fails the pass; the others are not stuck behind,
     # not even those with events committed while the pass waited.
-    archive = PostgresArchive(postgres_dsn, timeout_s=2)
-    oms = await make_oms(redis_url)
-    archiver = Archiver(oms.app.store, archive)
-    oms.app.hub.add_listener(archiver.committed)
-    holder = await asyncpg.connect(postgres_dsn)
-    try:
-        await tick(oms, "50000")
+    async with _passes_by_hand(redis_url, postgres_dsn) as (oms, archiver, holder):
         for user_id in ("locked", "second", "third"):
             await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", user_id=user_id)
         await archiver.copy_pending()
@@ -699,26 +713,18 @@ async def test_after_a_pass_failed_at_one_user_the_others_go_first(
                 await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="47000", user_id=user_id)
             with pytest.raises(Unavailable, match="did not answer a statement"):
                 await waiting
+            # And not behind it either: one with events committed after that pass.
+            await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", user_id="late")
             with pytest.raises(Unavailable, match="did not answer a statement"):
                 await archiver.copy_one_pass()
-            assert await _cursors(holder) == {"locked": 1, "second": 3, "third": 3}
-    finally:
-        await holder.close()
-        await archive.close()
-        await oms.close()
+            assert await _cursors(holder) == {"locked": 1, "second": 3, "third": 3, "late": 1}
 
 
 async def test_a_held_user_whose_retry_fails_the_pass_does_not_keep_the_other_held_back(
     redis_url: str, postgres_dsn: str
 ) -> None:
-    archive = PostgresArchive(postgres_dsn, timeout_s=2)
-    oms = await make_oms(redis_url)
-    archiver = Archiver(oms.app.store, archive, retry_s=0.5, max_retry_s=0.5)
-    oms.app.hub.add_listener(archiver.committed)
-    admin = await asyncpg.connect(postgres_dsn)
     held = ["held-0", "held-1", "held-2"]
-    try:
-        await tick(oms, "50000")
+    async with _passes_by_hand(redis_url, postgres_dsn, retry_s=0.5) as (oms, archiver, admin):
         for user_id in held:
             await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", user_id=user_id)
         await archiver.copy_pending()
@@ -739,7 +745,25 @@ async def test_a_held_user_whose_retry_fails_the_pass_does_not_keep_the_other_he
             await archiver.copy_one_pass()
             assert archiver.held_users == 1
             assert await _cursors(admin) == {"held-0": 1, "held-1": 2, "held-2": 2}
-    finally:
-        await admin.close()
-        await archive.close()
-        await oms.close()
+
+
+async def test_held_users_are_tried_again_before_the_one_a_pass_failed_at(
+    redis_url: str, postgres_dsn: str
+) -> None:
+    async with _passes_by_hand(redis_url, postgres_dsn, retry_s=0.1) as (oms, archiver, admin):
+        await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", user_id="locked")
+        await archiver.copy_pending()
+        await _refuse_held_user(admin)
+        await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", user_id=HELD)
+        await archiver.copy_one_pass()
+        assert archiver.held_users == 1
+        await admin.execute("ALTER TABLE oms_events DROP CONSTRAINT refuse")
+        await asyncio.sleep(0.2)  # its retry due
+        async with admin.transaction():
+            await _lock_cursor(admin, "locked")
+            await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="48000", user_id="locked")
+            for _ in range(2):
+                with pytest.raises(Unavailable, match="did not answer a statement"):
+                    await archiver.copy_one_pass()
+            assert archiver.held_users == 0
+            assert await _cursors(admin) == {"locked": 1, HELD: 1}

@@ -54,6 +54,8 @@ class Archiver:
         # In the order they became pending (a dict): a user the pass failed at goes last.
         self._dirty: dict[str, None] = {}
         self._held: dict[str, _Held] = {}
+        self._failed_at: str | None = None
+        """The user the last pass failed at (not held): tried after everyone else next."""
         self._wake = asyncio.Event()
 
     def committed(self, user_id: str, newest: int) -> None:
@@ -119,7 +121,8 @@ class Archiver:
             self._dirty.update(dict.fromkeys(users))
         loop = asyncio.get_running_loop()
         now = loop.time()
-        users = [user for user in self._dirty if user not in self._held]
+        failed_at, self._failed_at = self._failed_at, None
+        users = [user for user in self._dirty if user not in self._held and user != failed_at]
         # Earliest first, and only a few: many users held (a rule that refuses everyone's
         # events) must not make the others' wait grow with their number.
         if retry_held:
@@ -128,6 +131,8 @@ class Archiver:
                 (user for user, held in self._held.items() if held.due <= now),
                 key=lambda user: self._held[user].due,
             )
+        if failed_at is not None and failed_at not in self._held:
+            users.append(failed_at)
         self._dirty.clear()  # a held user not due yet comes back when it is
         refused: dict[str, tuple[Exception, list[str]]] = {}
         done = 0
@@ -150,11 +155,10 @@ class Archiver:
                         self._dirty[user_id] = None
                 done += 1
         finally:
-            # Those not reached first next time, and the one it failed at last of all.
+            # Those not reached first next time, the one it failed at after all others.
             self._dirty = dict.fromkeys(users[done + 1 :]) | self._dirty
-            for failed in users[done : done + 1]:
-                self._dirty.pop(failed, None)
-                self._dirty[failed] = None
+            if done < len(users) and users[done] not in self._held:
+                self._failed_at = users[done]
             self._say_held(refused)
         return bool(users)
 

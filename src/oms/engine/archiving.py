@@ -51,7 +51,7 @@ class Archiver:
         self._archive = archive
         self._backoff = Backoff(retry_s, max_retry_s)
         self._cursors: dict[str, int] | None = None
-        # In the order they became pending (a dict): a user the pass failed at goes last.
+        # In the order they became pending (a dict): those a failed pass did not reach first.
         self._dirty: dict[str, None] = {}
         self._held: dict[str, _Held] = {}
         self._failed_at: str | None = None

@@ -460,6 +460,22 @@ async def _held_user_rows(admin: asyncpg.Connection) -> list[int]:
 
 
 @asynccontextmanager
+async def _own_archiver(
+    redis_url: str, archive: PostgresArchive, retry_s: float
+) -> AsyncIterator[tuple[OmsHarness, Archiver]]:
+    """A server, and an archiver of the test's own into `archive` (a held user tried again
+    after `retry_s`, always), told of every commit; both closed after, the archive too."""
+    oms = await make_oms(redis_url)
+    archiver = Archiver(oms.app.store, archive, retry_s=retry_s, max_retry_s=retry_s)
+    oms.app.hub.add_listener(archiver.committed)
+    try:
+        yield oms, archiver
+    finally:
+        await archive.close()
+        await oms.close()
+
+
+@asynccontextmanager
 async def _archiving_with_held_user(
     redis_url: str, postgres_dsn: str, retry_s: float
 ) -> AsyncIterator[tuple[OmsHarness, Archiver, asyncpg.Connection]]:
@@ -469,17 +485,15 @@ async def _archiving_with_held_user(
     await archive.last_sequences()  # makes the tables
     admin = await asyncpg.connect(postgres_dsn)
     await _refuse_held_user(admin)
-    oms = await make_oms(redis_url)
-    archiver = Archiver(oms.app.store, archive, retry_s=retry_s, max_retry_s=retry_s)
-    oms.app.hub.add_listener(archiver.committed)
-    copying = asyncio.create_task(archiver.run())
     try:
-        yield oms, archiver, admin
+        async with _own_archiver(redis_url, archive, retry_s) as (oms, archiver):
+            copying = asyncio.create_task(archiver.run())
+            try:
+                yield oms, archiver, admin
+            finally:
+                copying.cancel()
     finally:
-        copying.cancel()
-        await archive.close()
         await admin.close()
-        await oms.close()
 
 
 async def test_events_the_archive_refuses_hold_back_their_user_only(
@@ -601,38 +615,36 @@ async def test_a_pass_tries_again_only_a_few_held_users_the_earliest_due_first(
     await admin.execute(
         "ALTER TABLE oms_events ADD CONSTRAINT refuse CHECK (user_id NOT LIKE 'held-%') NOT VALID"
     )
-    oms = await make_oms(redis_url)
-    archiver = Archiver(oms.app.store, archive, retry_s=0.01, max_retry_s=0.01)
-    oms.app.hub.add_listener(archiver.committed)
     try:
-        await tick(oms, "50000")
-        held = [f"held-{n:02}" for n in range(20)]
-        for user_id in held:
-            await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", user_id=user_id)
-        await archiver.copy_one_pass()  # each of them refused, and held
-        assert archiver.held_users == 20
-        # One line for the one reason, naming some.
-        [said] = [r.getMessage() for r in caplog.records if "CheckViolationError" in r.getMessage()]
-        assert "events held back: held-00, held-01," in said
-        assert "held-09 and 10 more; each tried again after 0.01 s" in said
-        await asyncio.sleep(0.05)  # every retry due
-        await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000")
-        archive.appends.clear()
-        await archiver.copy_one_pass()
-        assert archive.appends == [USER, *held[:8]]
-        archive.appends.clear()
-        await archiver.copy_one_pass()
-        assert archive.appends == held[8:16]
-        # A stop's last pass tries none of them again: it would spend the grace in vain.
-        await asyncio.sleep(0.05)
-        await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="48000")
-        archive.appends.clear()
-        await archiver.copy_pending()
-        assert archive.appends == [USER]
+        async with _own_archiver(redis_url, archive, 0.01) as (oms, archiver):
+            await tick(oms, "50000")
+            held = [f"held-{n:02}" for n in range(20)]
+            for user_id in held:
+                await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", user_id=user_id)
+            await archiver.copy_one_pass()  # each of them refused, and held
+            assert archiver.held_users == 20
+            # One line for the one reason, naming some.
+            [said] = [
+                r.getMessage() for r in caplog.records if "CheckViolationError" in r.getMessage()
+            ]
+            assert "events held back: held-00, held-01," in said
+            assert "held-09 and 10 more; each tried again after 0.01 s" in said
+            await asyncio.sleep(0.05)  # every retry due
+            await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000")
+            archive.appends.clear()
+            await archiver.copy_one_pass()
+            assert archive.appends == [USER, *held[:8]]
+            archive.appends.clear()
+            await archiver.copy_one_pass()
+            assert archive.appends == held[8:16]
+            # A stop's last pass tries none of them again: it would spend the grace in vain.
+            await asyncio.sleep(0.05)
+            await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="48000")
+            archive.appends.clear()
+            await archiver.copy_pending()
+            assert archive.appends == [USER]
     finally:
-        await archive.close()
         await admin.close()
-        await oms.close()
 
 
 async def test_a_pass_that_goes_well_under_steady_commits_ends_the_back_off(
@@ -641,24 +653,26 @@ async def test_a_pass_that_goes_well_under_steady_commits_ends_the_back_off(
     caplog.set_level(logging.INFO, logger="oms.engine.archiving")
     relay, dsn = await _relayed(postgres_dsn)
     archive = PostgresArchive(dsn, 1)
-    oms = await make_oms(redis_url)
-    archiver = Archiver(oms.app.store, archive, retry_s=0.01, max_retry_s=0.01)
-    oms.app.hub.add_listener(archiver.committed)
-    copying = asyncio.create_task(archiver.run())
     try:
-        await tick(oms, "50000")
-        async with _committing_all_the_time(oms) as load:
-            relay.hang()
-            await until(lambda: any("did not answer" in r.getMessage() for r in caplog.records))
-            relay.resume()
-            await until(lambda: any("caught up after" in r.getMessage() for r in caplog.records))
-            assert not load.done()  # the commits went on all along
+        async with _own_archiver(redis_url, archive, 0.01) as (oms, archiver):
+            copying = asyncio.create_task(archiver.run())
+            try:
+                await tick(oms, "50000")
+                async with _committing_all_the_time(oms) as load:
+                    relay.hang()
+                    await until(
+                        lambda: any("did not answer" in r.getMessage() for r in caplog.records)
+                    )
+                    relay.resume()
+                    await until(
+                        lambda: any("caught up after" in r.getMessage() for r in caplog.records)
+                    )
+                    assert not load.done()  # the commits went on all along
+            finally:
+                copying.cancel()
     finally:
         relay.resume()
-        copying.cancel()
-        await archive.close()
         await relay.close()
-        await oms.close()
 
 
 async def _cursors(connection: asyncpg.Connection) -> dict[str, int]:
@@ -679,18 +693,14 @@ async def _passes_by_hand(
 ) -> AsyncIterator[tuple[OmsHarness, Archiver, asyncpg.Connection]]:
     """A server, an archiver of the test's own whose passes the test runs (a statement
     waits 1 s at most), and an admin connection; a first price set."""
-    archive = PostgresArchive(postgres_dsn, timeout_s=2)
-    oms = await make_oms(redis_url)
-    archiver = Archiver(oms.app.store, archive, retry_s=retry_s, max_retry_s=retry_s)
-    oms.app.hub.add_listener(archiver.committed)
     admin = await asyncpg.connect(postgres_dsn)
     try:
-        await tick(oms, "50000")
-        yield oms, archiver, admin
+        archive = PostgresArchive(postgres_dsn, timeout_s=2)
+        async with _own_archiver(redis_url, archive, retry_s) as (oms, archiver):
+            await tick(oms, "50000")
+            yield oms, archiver, admin
     finally:
         await admin.close()
-        await archive.close()
-        await oms.close()
 
 
 async def test_after_a_pass_failed_at_one_user_the_others_go_first(

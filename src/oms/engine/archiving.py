@@ -131,7 +131,7 @@ class Archiver:
                 (user for user, held in self._held.items() if held.due <= now),
                 key=lambda user: self._held[user].due,
             )
-        if failed_at is not None and failed_at not in self._held:
+        if failed_at is not None:  # never held: only a pass holds, and then it is not set
             users.append(failed_at)
         self._dirty.clear()  # a held user not due yet comes back when it is
         refused: dict[str, tuple[Exception, list[str]]] = {}

@@ -472,7 +472,7 @@ async def test_ambiguous_cancel(client: Any, exchange: FakeExchange, kind: str) 
 
 async def test_fault_kinds_are_checked_per_venue(exchange: FakeExchange) -> None:
     foreign = "okx_50004" if exchange.venue == "binanceusdm" else "binance_1007"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"fault kind '{foreign}' does not apply"):
         exchange.faults.fail_before_accept(foreign)
 
 

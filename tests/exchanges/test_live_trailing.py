@@ -4,7 +4,7 @@ on the exchange's mark price, triggering a reduce-only market close sent to the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -173,32 +173,39 @@ async def test_a_close_order_the_exchange_never_took_is_sent_again(
     assert position.size == "0"
 
 
+Read = Callable[[str], Awaitable[list[Any]]]
+
+
 async def test_a_stop_that_triggers_during_a_key_rotation_stays_triggered(
     live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # It triggers (under the connection that still follows) while new keys are being taken
-    # on; nothing read before that brings it back to work, or to be cancelled later.
+    # It triggers while new keys are being taken on, in the first of the new connection's
+    # reads of working stops or open orders; nothing read around it brings it back to work,
+    # or to be cancelled later.
     await long_with_mark(live)
     stop = await create(live)
     store = live.oms.app.store
-    read = store.working_trailing_stops_on
     raced = False
 
-    async def racing_read(exchange_id: str) -> list[Any]:
-        nonlocal raced
-        raced = True
-        stops = await read(exchange_id)
-        exchange.set_price(BTC, Decimal("49400"))
-        await live.until_stop(
-            stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
-        )
-        return stops
+    def racing(read: Read) -> Read:
+        async def racing_read(key: str) -> list[Any]:
+            nonlocal raced
+            result = await read(key)
+            if not raced:
+                raced = True
+                exchange.set_price(BTC, Decimal("49400"))
+                await live.until_stop(
+                    stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
+                )
+            return result
 
-    monkeypatch.setattr(store, "working_trailing_stops_on", racing_read)
+        return racing_read
+
+    for name in ("working_trailing_stops_on", "open_orders"):
+        monkeypatch.setattr(store, name, racing(getattr(store, name)))
     await live.register_keys_again()
     monkeypatch.undo()
-    if not raced:  # the new connection read nothing back: the stop triggers now
-        exchange.set_price(BTC, Decimal("49400"))
+    assert raced
     triggered = await live.until_stop(
         stop.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
     )

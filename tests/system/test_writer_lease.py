@@ -73,9 +73,18 @@ async def test_the_lease_of_a_server_that_died_is_waited_out(redis_url: str) -> 
     renewing: Any = first.app._renewing
     renewing.cancel()  # it renews no more, as if killed
     try:
-        second = second_server(redis_url)
-        await second.start()
-        await second.stop()
+        async with redis.Redis.from_url(redis_url) as client:
+            held_by_first = await client.get(keys.writer_lease())
+            left_s = await client.pttl(keys.writer_lease()) / 1000
+            assert 0 < left_s <= LEASE["writer_lease_s"]
+            second = second_server(redis_url)
+            started = time.monotonic()
+            await second.start()
+            try:
+                assert time.monotonic() - started >= left_s - 0.05
+                assert await client.get(keys.writer_lease()) not in (None, held_by_first)
+            finally:
+                await second.stop()
     finally:
         await first.close()
 

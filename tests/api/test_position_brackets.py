@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -423,6 +423,34 @@ async def test_open_position_is_idempotent_on_client_order_id(oms: OmsHarness) -
     late = await oms.positions.OpenPosition(request)
     assert late.entry_order.order_id == first.entry_order.order_id
     assert await order_count(oms) == 3
+    await check_invariants(oms)
+
+
+async def test_an_open_retried_while_the_first_is_in_flight_gets_the_same_entry(
+    oms: OmsHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first call has judged its stop-loss against 50000 and looked its client order id
+    # up; its lookup answers late, and meanwhile the price falls below the stop-loss. The
+    # retry must be answered with the first call's entry, not judged against the new price.
+    lookup = oms.app.store.get_order_by_client_id
+    looked = asyncio.Event()
+
+    async def slow_lookup(user_id: str, client_order_id: str) -> Any:
+        found = await lookup(user_id, client_order_id)
+        looked.set()
+        await asyncio.sleep(0.2)
+        return found
+
+    monkeypatch.setattr(oms.app.store, "get_order_by_client_id", slow_lookup)
+    await tick(oms, "50000")
+    request = open_request(client_order_id="op-1", stop_loss_price="49990")
+    first = asyncio.ensure_future(oms.positions.OpenPosition(request))
+    await looked.wait()
+    await tick(oms, "49980")
+    again = await oms.positions.OpenPosition(request)
+    assert again.entry_order.order_id == (await first).entry_order.order_id
+    assert again.stop_loss_order_id == (await first).stop_loss_order_id
+    assert await order_count(oms) == 2  # one entry, one stop-loss
     await check_invariants(oms)
 
 

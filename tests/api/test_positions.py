@@ -6,6 +6,8 @@ Paper fees: taker 0.0005, maker 0.0002 of notional; contract size 1. Every test 
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from fixtures.oms_server import OmsHarness
@@ -550,6 +552,25 @@ async def test_close_position_partially_then_fully(oms: OmsHarness) -> None:
     assert closed.status == P.POSITION_STATUS_CLOSED
     assert closed.realized_pnl == "-10"  # 10 + (49000 - 50000) x 0.02
     assert closed.fees == "1.495"  # 0.75 + 0.255 + 0.49
+    await check_invariants(oms)
+
+
+async def test_a_close_retried_while_the_first_is_in_flight_gets_the_same_order(
+    oms: OmsHarness,
+) -> None:
+    # The retry's lookup can run before the first attempt's order lands; it must not then be
+    # refused on the flat position that order left.
+    await tick(oms, "50000")
+    for attempt in range(5):
+        await place(oms, quantity="0.01")
+        request = close_request(client_order_id=f"close-{attempt}")
+        first, again = await asyncio.gather(
+            oms.positions.ClosePosition(request), oms.positions.ClosePosition(request)
+        )
+        assert again.order.order_id == first.order.order_id
+        assert first.order.status == S.ORDER_STATUS_FILLED
+        assert (await position(oms)).status == P.POSITION_STATUS_CLOSED
+    assert await order_count(oms) == 10  # five opening orders, five closes
     await check_invariants(oms)
 
 

@@ -7,6 +7,7 @@ them; this module reads them and turns OpenPosition / ClosePosition into orders.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -24,8 +25,10 @@ from oms.domain.positions import (
     PositionKey,
     summarize,
 )
+from oms.engine.keyed_locks import KeyedLocks
 from oms.engine.order_lifecycle import OrderLifecycle, StreamFilter
 from oms.engine.ports import Page, PositionQuery, StateStore, fetch_page
+from oms.engine.run_to_end import run_to_end
 from oms.engine.subscriptions import EventHub
 
 
@@ -72,6 +75,7 @@ class Positions:
         self._orders = orders
         self._hub = hub
         self._last_price = last_price
+        self._attempts: KeyedLocks[tuple[str, str]] = KeyedLocks()
 
     async def get(self, ref: PositionRef) -> Position:
         check_user_id(ref.user_id)
@@ -140,17 +144,24 @@ class Positions:
 
         return self._hub.follow(query.user_id, query.after_sequence, accept, query.from_oldest)
 
+    @run_to_end
     async def open(self, command: OpenPosition) -> OpenedPosition:
         self._orders.check_tradable(command.user_id, command.exchange)
         market = self._catalog.resolve(command.exchange, command.symbol)
-        last = self._last_price(market.exchange, market.symbol)
         if command.client_order_id:
             check_user_id(command.user_id)
             check_new_client_order_id(command.client_order_id)
-            # A retry is answered by idempotency, not judged again against a price that has
-            # moved since the first attempt.
-            if await self._orders.find_by_client_id(command.user_id, command.client_order_id):
-                last = None
+        async with self._one_attempt(command.user_id, command.client_order_id):
+            return await self._open(command, market)
+
+    async def _open(self, command: OpenPosition, market: Market) -> OpenedPosition:
+        last = self._last_price(market.exchange, market.symbol)
+        # A retry is answered by idempotency, not judged again against a price that has
+        # moved since the first attempt.
+        if command.client_order_id and await self._orders.find_by_client_id(
+            command.user_id, command.client_order_id
+        ):
+            last = None
         spec = validate_open_position(command, self._catalog, last)
         entry = await self._orders.submit(spec)
         bracket = entry.bracket
@@ -163,6 +174,7 @@ class Positions:
             else "",
         )
 
+    @run_to_end
     async def close(self, command: ClosePosition) -> Order:
         check_user_id(command.user_id)
         self._orders.check_tradable(command.user_id, command.exchange)
@@ -174,7 +186,14 @@ class Positions:
             market.check_quantity("quantity", quantity)
         if command.client_order_id:
             check_new_client_order_id(command.client_order_id)
-            done = await self._orders.find_by_client_id(command.user_id, command.client_order_id)
+        async with self._one_attempt(command.user_id, command.client_order_id):
+            return await self._close(key, market, quantity, command.client_order_id)
+
+    async def _close(
+        self, key: PositionKey, market: Market, quantity: Decimal | None, client_order_id: str
+    ) -> Order:
+        if client_order_id:
+            done = await self._orders.find_by_client_id(key.user_id, client_order_id)
             if done is not None:
                 return self._same_close(done, key, market, quantity)
         position = await self._store.current_position(key)
@@ -196,10 +215,22 @@ class Positions:
                 key,
                 market,
                 quantity if quantity is not None else position.size,
-                command.client_order_id,
+                client_order_id,
                 partial=quantity is not None,
             )
         )
+
+    def _one_attempt(
+        self, user_id: str, client_order_id: str
+    ) -> AbstractAsyncContextManager[object]:
+        """Runs the attempts that share a client order id one after the other: a retry sent
+        while the first is in flight would otherwise miss its order in the lookup and be judged
+        on the state that order left (a flat position, a price its fill moved). This process is
+        its store's only writer, so a lock here covers every attempt; and an attempt whose
+        caller gave up runs to its end (run_to_end) holding it."""
+        if not client_order_id:
+            return nullcontext()
+        return self._attempts((user_id, client_order_id))
 
     @staticmethod
     def _same_close(

@@ -12,6 +12,7 @@ Every test uses its own user and publishes its own starting price.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -710,6 +711,42 @@ async def test_create_is_idempotent_on_client_id(oms: OmsHarness, redis_url: str
     assert (await get_stop(oms, user, client_id="trail-1")).trailing_stop_id == (
         first.trailing_stop_id
     )
+
+
+async def test_a_create_retried_while_the_first_is_in_flight_gets_its_stop(
+    oms: OmsHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The retry looks its client id up before the first attempt's stop lands, and that stop
+    # triggers (closing the position) before the retry is decided: the retry must still be
+    # answered with that stop, not refused for want of a position to protect.
+    lookup = oms.app.store.get_trailing_stop_by_client_id
+    looked = [asyncio.Event(), asyncio.Event()]
+    answer = [asyncio.Event(), asyncio.Event()]
+
+    async def held_lookup(user_id: str, client_id: str) -> Any:
+        found = await lookup(user_id, client_id)
+        turn = sum(event.is_set() for event in looked)
+        looked[turn].set()
+        await answer[turn].wait()
+        return found
+
+    monkeypatch.setattr(oms.app.store, "get_trailing_stop_by_client_id", held_lookup)
+    user = new_user()
+    await publish(oms, "100")
+    await open_side(oms, user)
+    request = create_request(user, callback_rate="0.02", client_id="trail-9")
+    first = asyncio.ensure_future(oms.trailing_stops.CreateTrailingStop(request))
+    await looked[0].wait()
+    retry = asyncio.ensure_future(oms.trailing_stops.CreateTrailingStop(request))
+    await asyncio.sleep(0.1)  # for the retry to look up, unless it waits for the first
+    answer[0].set()
+    stop = (await first).trailing_stop
+    await publish(oms, "97")  # through its stop at 98
+    answer[1].set()
+    again = (await retry).trailing_stop
+    assert again.trailing_stop_id == stop.trailing_stop_id
+    assert (await get_stop(oms, user, stop.trailing_stop_id)).status == TRIGGERED
+    assert len(await list_stops(oms, user)) == 1
 
 
 async def test_get_and_cancel_by_client_id_and_cancel_twice(oms: OmsHarness) -> None:

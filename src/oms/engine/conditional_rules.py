@@ -34,7 +34,7 @@ from oms.domain.identifiers import check_one_ref, check_user_id
 from oms.domain.orders import Order
 from oms.domain.paging import page_size
 from oms.engine.journal import Journal
-from oms.engine.keyed_locks import KeyedLocks
+from oms.engine.keyed_locks import ClientIdTurns
 from oms.engine.paper_exchange import PAPER, PaperExchange
 from oms.engine.ports import Page, RuleQuery, StateStore, fetch_page
 from oms.engine.run_to_end import run_to_end
@@ -77,7 +77,7 @@ class ConditionalRules:
         self._unfinished: dict[str, ConditionalRule] = {}
         """Rules whose cancels or results a store failure cut short, or whose firing it left
         unknown, by rule id: read back and finished once the store answers."""
-        self._creating: KeyedLocks[tuple[str, str]] = KeyedLocks()
+        self._creating = ClientIdTurns()
         paper.run_rules_with(self.finish)
         live.run_rules_with(self.finish)
 
@@ -89,11 +89,8 @@ class ConditionalRules:
         trigger_id, condition, cancel_ids = validate_create_rule(command)
         if not command.client_id:
             return await self._create(command, trigger_id, condition, cancel_ids)
-        # This process is its store's only writer: one create per key at a time makes the
-        # lookup and the create one step.
-        key = (command.user_id, command.client_id)
-        async with self._creating(key):
-            existing = await self._store.get_rule_by_client_id(*key)
+        async with self._creating(command.user_id, command.client_id):
+            existing = await self._store.get_rule_by_client_id(command.user_id, command.client_id)
             if existing is not None:
                 existing.same_as(trigger_id, condition, cancel_ids)
                 # Fired by a first attempt whose reply was lost: its cancels are owed.

@@ -7,7 +7,6 @@ them; this module reads them and turns OpenPosition / ClosePosition into orders.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -25,7 +24,7 @@ from oms.domain.positions import (
     PositionKey,
     summarize,
 )
-from oms.engine.keyed_locks import KeyedLocks
+from oms.engine.keyed_locks import ClientIdTurns
 from oms.engine.order_lifecycle import OrderLifecycle, StreamFilter
 from oms.engine.ports import Page, PositionQuery, StateStore, fetch_page
 from oms.engine.run_to_end import run_to_end
@@ -75,7 +74,7 @@ class Positions:
         self._orders = orders
         self._hub = hub
         self._last_price = last_price
-        self._attempts: KeyedLocks[tuple[str, str]] = KeyedLocks()
+        self._turns = ClientIdTurns()
 
     async def get(self, ref: PositionRef) -> Position:
         check_user_id(ref.user_id)
@@ -151,7 +150,7 @@ class Positions:
         if command.client_order_id:
             check_user_id(command.user_id)
             check_new_client_order_id(command.client_order_id)
-        async with self._one_attempt(command.user_id, command.client_order_id):
+        async with self._turns(command.user_id, command.client_order_id):
             return await self._open(command, market)
 
     async def _open(self, command: OpenPosition, market: Market) -> OpenedPosition:
@@ -186,7 +185,7 @@ class Positions:
             market.check_quantity("quantity", quantity)
         if command.client_order_id:
             check_new_client_order_id(command.client_order_id)
-        async with self._one_attempt(command.user_id, command.client_order_id):
+        async with self._turns(command.user_id, command.client_order_id):
             return await self._close(key, market, quantity, command.client_order_id)
 
     async def _close(
@@ -219,18 +218,6 @@ class Positions:
                 partial=quantity is not None,
             )
         )
-
-    def _one_attempt(
-        self, user_id: str, client_order_id: str
-    ) -> AbstractAsyncContextManager[object]:
-        """Runs the attempts that share a client order id one after the other: a retry sent
-        while the first is in flight would otherwise miss its order in the lookup and be judged
-        on the state that order left (a flat position, a price its fill moved). This process is
-        its store's only writer, so a lock here covers every attempt; and an attempt whose
-        caller gave up runs to its end (run_to_end) holding it."""
-        if not client_order_id:
-            return nullcontext()
-        return self._attempts((user_id, client_order_id))
 
     @staticmethod
     def _same_close(

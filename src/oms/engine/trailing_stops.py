@@ -23,9 +23,11 @@ from oms.domain.trailing_stops import (
     TrailingStopStatus,
     validate_create_trailing_stop,
 )
+from oms.engine.keyed_locks import ClientIdTurns
 from oms.engine.order_lifecycle import OrderLifecycle, StreamFilter
 from oms.engine.paper_exchange import PAPER, PaperExchange
 from oms.engine.ports import Page, StateStore, TrailingStopQuery, fetch_page
+from oms.engine.run_to_end import run_to_end
 from oms.engine.subscriptions import EventHub
 
 
@@ -66,10 +68,16 @@ class TrailingStops:
         self._live = live
         self._hub = hub
         self._new_id = new_id
+        self._turns = ClientIdTurns()
 
+    @run_to_end
     async def create(self, command: CreateTrailingStop) -> TrailingStop:
         self._orders.check_tradable(command.user_id, command.exchange)
         spec = validate_create_trailing_stop(command, self._catalog)
+        async with self._turns(spec.user_id, spec.client_id):
+            return await self._create(spec)
+
+    async def _create(self, spec: TrailingStopSpec) -> TrailingStop:
         if spec.client_id:
             # A retry is answered by idempotency, not judged again against a moved price.
             existing = await self._store.get_trailing_stop_by_client_id(

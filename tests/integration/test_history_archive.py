@@ -461,16 +461,20 @@ async def _held_user_rows(admin: asyncpg.Connection) -> list[int]:
 
 @asynccontextmanager
 async def _own_archiver(
-    redis_url: str, archive: PostgresArchive, retry_s: float
+    redis_url: str, archive: PostgresArchive, retry_s: float, *, running: bool = False
 ) -> AsyncIterator[tuple[OmsHarness, Archiver]]:
     """A server, and an archiver of the test's own into `archive` (a held user tried again
-    after `retry_s`, always), told of every commit; both closed after, the archive too."""
+    after `retry_s`, always), told of every commit, and copying all along if `running`
+    (else the test runs its passes); both closed after, the archive too."""
     oms = await make_oms(redis_url)
     archiver = Archiver(oms.app.store, archive, retry_s=retry_s, max_retry_s=retry_s)
     oms.app.hub.add_listener(archiver.committed)
+    copying = asyncio.create_task(archiver.run()) if running else None
     try:
         yield oms, archiver
     finally:
+        if copying is not None:
+            copying.cancel()
         await archive.close()
         await oms.close()
 
@@ -486,12 +490,8 @@ async def _archiving_with_held_user(
     admin = await asyncpg.connect(postgres_dsn)
     await _refuse_held_user(admin)
     try:
-        async with _own_archiver(redis_url, archive, retry_s) as (oms, archiver):
-            copying = asyncio.create_task(archiver.run())
-            try:
-                yield oms, archiver, admin
-            finally:
-                copying.cancel()
+        async with _own_archiver(redis_url, archive, retry_s, running=True) as (oms, archiver):
+            yield oms, archiver, admin
     finally:
         await admin.close()
 
@@ -654,22 +654,16 @@ async def test_a_pass_that_goes_well_under_steady_commits_ends_the_back_off(
     relay, dsn = await _relayed(postgres_dsn)
     archive = PostgresArchive(dsn, 1)
     try:
-        async with _own_archiver(redis_url, archive, 0.01) as (oms, archiver):
-            copying = asyncio.create_task(archiver.run())
-            try:
-                await tick(oms, "50000")
-                async with _committing_all_the_time(oms) as load:
-                    relay.hang()
-                    await until(
-                        lambda: any("did not answer" in r.getMessage() for r in caplog.records)
-                    )
-                    relay.resume()
-                    await until(
-                        lambda: any("caught up after" in r.getMessage() for r in caplog.records)
-                    )
-                    assert not load.done()  # the commits went on all along
-            finally:
-                copying.cancel()
+        async with _own_archiver(redis_url, archive, 0.01, running=True) as (oms, _):
+            await tick(oms, "50000")
+            async with _committing_all_the_time(oms) as load:
+                relay.hang()
+                await until(lambda: any("did not answer" in r.getMessage() for r in caplog.records))
+                relay.resume()
+                await until(
+                    lambda: any("caught up after" in r.getMessage() for r in caplog.records)
+                )
+                assert not load.done()  # the commits went on all along
     finally:
         relay.resume()
         await relay.close()

@@ -15,6 +15,7 @@ from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import (
     API_KEY,
     BTC,
+    CANCEL_ROUTE,
     USER,
     LiveTrading,
     live_trading,
@@ -202,12 +203,6 @@ async def test_a_close_to_flat_cancels_the_rest_of_a_partly_filled_entry(
     assert (await live.get(waiting.entry_order.order_id)).status == S.ORDER_STATUS_OPEN
 
 
-CANCEL_REQUEST = {
-    "binanceusdm": ("DELETE", "/fapi/v1/order"),
-    "okx": ("POST", "/api/v5/trade/cancel-order"),
-}
-
-
 async def late_filled_entry(live: LiveTrading, exchange: FakeExchange) -> tuple[str, Any]:
     """An OpenPosition entry half filled, its take-profit fired; the cancel of the entry's
     rest is slow to land, and the price comes back through the entry meanwhile: its rest
@@ -218,7 +213,7 @@ async def late_filled_entry(live: LiveTrading, exchange: FakeExchange) -> tuple[
     )
     entry_id = begun.entry_order.order_id
     trade = (await assert_open_with(live, "0.01")).position_id
-    exchange.delay_requests(*CANCEL_REQUEST[live.venue], 1.0)
+    exchange.delay_requests(*CANCEL_ROUTE[live.venue], 1.0)
     exchange.set_price(BTC, Decimal("52100"))
     await live.until(begun.take_profit_order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
     await live.until(entry_id, lambda o: o.status == S.ORDER_STATUS_PENDING_CANCEL)
@@ -226,7 +221,7 @@ async def late_filled_entry(live: LiveTrading, exchange: FakeExchange) -> tuple[
     entry = await live.until(entry_id, lambda o: o.filled_quantity == "0.02")
     [late] = [fill for fill in await live.fills(entry_id) if fill.position_id != trade]
     assert entry.position_id == late.position_id != trade
-    exchange.delay_requests(*CANCEL_REQUEST[live.venue], 0)
+    exchange.delay_requests(*CANCEL_ROUTE[live.venue], 0)
     return entry_id, late
 
 

@@ -12,7 +12,7 @@ from decimal import Decimal
 import grpc
 import pytest
 from fixtures.fake_exchange import FakeExchange
-from fixtures.live_trading import API_KEY, BTC, USER, LiveTrading, live_trading
+from fixtures.live_trading import API_KEY, BTC, CANCEL_ROUTE, USER, LiveTrading, live_trading
 from tradingboost.oms.v1 import market_data_pb2
 from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_pb2 as S
@@ -261,6 +261,29 @@ async def test_cancelling_a_filled_order_is_a_failed_precondition(live: LiveTrad
         await live.cancel(order.order_id)
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "FILLED" in (error.value.details() or "")
+
+
+async def test_a_cancel_retried_while_the_first_is_in_flight_answers_the_same_cancel(
+    live: LiveTrading,
+) -> None:
+    # The exchange is slow to answer the cancel: the retry finds the order PENDING_CANCEL
+    # (the first attempt's), which is not terminal, and answers it.
+    order = await live.place(price="49000")
+    live.exchange.delay_requests(*CANCEL_ROUTE[live.venue], 0.5)
+    first, again = await asyncio.gather(live.cancel(order.order_id), live.cancel(order.order_id))
+    assert {first.order_id, again.order_id} == {order.order_id}
+    answered = {first.status, again.status}
+    assert answered <= {S.ORDER_STATUS_PENDING_CANCEL, S.ORDER_STATUS_CANCELED}, answered
+    assert (await live.until(order.order_id, settled)).status == S.ORDER_STATUS_CANCELED
+
+    # CancelAllOrders twice at once: each lists the orders it found open.
+    orders = [await live.place(price=price) for price in ("48000", "47000")]
+    request = pb.CancelAllOrdersRequest(user_id=USER, exchange=live.venue)
+    responses = await asyncio.gather(
+        live.oms.orders.CancelAllOrders(request), live.oms.orders.CancelAllOrders(request)
+    )
+    for response in responses:
+        assert {o.order_id for o in response.orders} == {o.order_id for o in orders}
 
 
 async def test_cancel_all_cancels_every_open_order_at_the_exchange(live: LiveTrading) -> None:

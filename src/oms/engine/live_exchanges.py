@@ -494,8 +494,15 @@ class LiveExchanges:
                 return order
         if order.status is OrderStatus.PENDING_CANCEL:
             return order
+        asked_already = False
 
         def cancel(current: Order) -> list[OrderEvent]:
+            nonlocal asked_already
+            if current.status is OrderStatus.PENDING_CANCEL:
+                # A cancel that read the order open before this one committed (the retry of
+                # a cancel in flight): that one asks the exchange, and this one answers it.
+                asked_already = True
+                return []
             if current.order_id in followed.unsent and current.order_id not in followed.sending:
                 # It never left, and its lookup has not started sending it: nothing to ask.
                 del followed.unsent[current.order_id]
@@ -503,7 +510,7 @@ class LiveExchanges:
             return [OrderPendingCancel(reason)]
 
         after = await self._commit(followed, order.order_id, cancel)
-        if not after.is_open:
+        if asked_already or not after.is_open:
             return after
         if unacknowledged(after):
             # Sent, but its exchange id is not known yet: read it (by our client id) first.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,8 +40,10 @@ may repeat. Every other code (INVALID_ARGUMENT, ALREADY_EXISTS, NOT_FOUND,
 FAILED_PRECONDITION, UNKNOWN, INTERNAL...) would fail the same way again, or means something
 the caller must look at, so it is raised after the first attempt."""
 
-# gRPC's connection-backoff spec: +/-20% spreads clients that failed together, while keeping
-# the total wait predictable (full jitter can make a whole retry budget collapse to ~0 s).
+# Up to 20% off each wait (gRPC's connection-backoff spec spreads by +/-20%; only below, so
+# that the cap stays a cap and spreads clients at it too): clients that failed together do
+# not retry in step, and the total wait stays predictable (full jitter can make a whole
+# retry budget collapse to ~0 s).
 _JITTER = 0.2
 
 _DEFAULT_ATTEMPTS = 6
@@ -84,9 +87,18 @@ class RetryPolicy:
             raise ValueError(f"deadline_s must be positive, not {self.deadline_s}")
 
     def backoff_s(self, retry: int) -> float:
-        """The wait before retry number `retry` (1 for the first retry)."""
-        base = self.initial_backoff_s * self.multiplier ** (retry - 1)
-        return min(self.max_backoff_s, base * random.uniform(1 - _JITTER, 1 + _JITTER))
+        """The wait before retry number `retry` (1 for the first retry), jittered below its
+        nominal value: clients at the cap do not retry in step."""
+        # Below the cap or not is decided on logarithms: a deadline-only policy retries
+        # without end, and the power itself would overflow a float after ~1,000 retries.
+        nominal = self.max_backoff_s
+        if self.initial_backoff_s == 0:
+            nominal = 0.0
+        elif (retry - 1) * math.log(self.multiplier) < math.log(
+            self.max_backoff_s / self.initial_backoff_s
+        ):
+            nominal = self.initial_backoff_s * self.multiplier ** (retry - 1)
+        return nominal * random.uniform(1 - _JITTER, 1)
 
     def gives_up_after(self, failures: int) -> bool:
         """Whether `failures` failed attempts in a row use up `attempts` (6 when neither

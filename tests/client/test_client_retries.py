@@ -203,6 +203,15 @@ async def test_a_deadline_cuts_an_attempt_short_on_a_connection_gone_silent(
         await proxy.close()
 
 
+def test_waits_grow_to_the_cap_jittered_below_and_never_overflow() -> None:
+    retry = RetryPolicy(initial_backoff_s=0.1, max_backoff_s=1.0, deadline_s=3600)
+    for number, nominal in ((1, 0.1), (2, 0.2), (4, 0.8), (5, 1.0), (5000, 1.0)):
+        waits = {retry.backoff_s(number) for _ in range(50)}
+        assert all(0.8 * nominal <= wait <= nominal for wait in waits), (number, waits)
+        assert len(waits) > 1  # jittered, at the cap too
+    assert RetryPolicy(initial_backoff_s=0, max_backoff_s=0).backoff_s(3) == 0
+
+
 def test_a_deadline_must_be_positive() -> None:
     with pytest.raises(ValueError, match="deadline_s"):
         RetryPolicy(deadline_s=0)

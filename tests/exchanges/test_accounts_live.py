@@ -24,8 +24,9 @@ from fixtures.live_trading import (
     exchange_settings,
     live_trading,
 )
-from fixtures.oms_server import make_oms
+from fixtures.oms_server import connect, make_oms, new_app
 from fixtures.redis_proxy import RedisFaultProxy, landed_unanswered
+from fixtures.redis_server import free_port
 from tradingboost.oms.v1 import account_pb2
 from tradingboost.oms.v1 import account_service_pb2 as pb
 from tradingboost.oms.v1 import order_pb2 as S
@@ -148,6 +149,45 @@ async def test_an_active_account_is_followed_again_after_a_restart(
         await live.assert_invariants()
     finally:
         await restarted.close()
+
+
+async def test_an_account_deactivated_while_the_start_waits_for_its_exchange_stays_inactive(
+    redis_url: str, binance_exchange: FakeExchange
+) -> None:
+    # The server listens (NOT_SERVING) while its start waits for the exchange of an active
+    # account; a DeactivateAccount answered meanwhile is not undone once the exchange is back.
+    binance_exchange.set_price(BTC, Decimal("50000"))
+    live = await live_trading(redis_url, binance_exchange)
+    await live.oms.close()
+    await binance_exchange.stop()
+    port = free_port()
+    app = new_app(
+        redis_url,
+        listen=f"127.0.0.1:{port}",
+        master_key=MASTER_KEY,
+        exchanges=exchange_settings(binance_exchange),
+    )
+    starting = asyncio.create_task(app.start())
+    live.oms = oms = connect(app, port)
+    try:
+        deactivated = await oms.accounts.DeactivateAccount(
+            pb.DeactivateAccountRequest(user_id=USER, exchange="binanceusdm"),
+            wait_for_ready=True,
+            timeout=10,
+        )
+        assert deactivated.account.status == account_pb2.ACCOUNT_STATUS_INACTIVE
+        assert not starting.done()
+        await binance_exchange.start()
+        assert await asyncio.wait_for(starting, 10) == port
+        listed = await oms.accounts.ListActiveAccounts(pb.ListActiveAccountsRequest())
+        assert list(listed.accounts) == []
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await live.place(price="49000")
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert binance_exchange.orders(API_KEY) == []
+    finally:
+        starting.cancel()
+        await oms.close()
 
 
 async def test_history_reads_after_a_restart_with_no_active_account(

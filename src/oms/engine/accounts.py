@@ -174,10 +174,15 @@ class Accounts:
 
     async def _resume(self, account: Account) -> None:
         backoff = Backoff(self._resume_backoff_s, 30.0)
+        user_id, exchange = account.user_id, account.exchange
         while True:
             try:
-                _, credentials = await self._load(account.user_id, account.exchange)
-                await self._follower.follow(account, credentials)
+                # The server takes calls meanwhile: each attempt reads the account again,
+                # which a call may have deactivated, given new credentials, or followed.
+                async with self._lock(_owner(user_id, exchange)):
+                    current, credentials = await self._load(user_id, exchange)
+                    if current.is_active and not self._follower.follows(user_id, exchange):
+                        await self._follower.follow(current, credentials)
                 return
             except FailedPrecondition as error:
                 log.error(

@@ -865,8 +865,9 @@ async def open_without_stop_loss(
     live: LiveTrading, proxy: RedisFaultProxy
 ) -> pos.OpenPositionResponse:
     """An OpenPosition whose entry fills while every reply to a write of its stop-loss is
-    lost (a failover, say): answered with its entry, the stop-loss stored at most, never
-    held. The replies stay lost."""
+    lost (a failover, say): answered with its entry, the stop-loss stored at most (and
+    accepted at most by the poll, which finds it stored, its reply lost too), never held.
+    The replies stay lost."""
     proxy.lose_reply_to(STOP_LOSS, times=1000)
     opened = await live.oms.positions.OpenPosition(entry_with_exits(live.venue))
     entry = opened.entry_order
@@ -875,6 +876,7 @@ async def open_without_stop_loss(
     assert {o.order_id: o.status for o in listed.orders}.get(opened.stop_loss_order_id) in (
         None,
         S.ORDER_STATUS_PENDING_NEW,
+        S.ORDER_STATUS_OPEN,
     )
     return opened
 

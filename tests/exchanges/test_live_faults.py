@@ -34,6 +34,8 @@ from tradingboost.oms.v1 import account_service_pb2 as acc
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as pb
 
+from oms.engine.ports import Conflict
+
 GRACE_S = 1.0
 LIVE_POLICY = {"lookup_grace_s": GRACE_S}
 TRADES = {"binanceusdm": "/fapi/v1/userTrades", "okx": "/api/v5/trade/fills-history"}
@@ -451,3 +453,53 @@ async def test_a_stop_whose_commit_landed_unanswered_is_held_by_the_retry(
     assert retried.status == S.ORDER_STATUS_OPEN
     live.exchange.set_price(BTC, Decimal("51000"))
     await live.until(retried.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+
+
+async def test_a_stop_whose_commit_landed_unanswered_and_was_never_retried_is_held_by_the_poll(
+    live_via_proxy: LiveTrading, proxy: RedisFaultProxy
+) -> None:
+    live = live_via_proxy
+    stop: dict[str, Any] = {"type": S.ORDER_TYPE_STOP_MARKET, "price": "", "stop_price": "51000"}
+    placing = live.place(client_order_id="never-retried", **stop)
+    await landed_unanswered(proxy, b"never-retried", placing)
+    order = await live.until_found("never-retried")
+    await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
+    live.exchange.set_price(BTC, Decimal("51000"))
+    await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert placements(live.exchange) == 1
+    await live.assert_invariants()
+
+
+async def test_a_stop_retried_while_its_first_attempt_triggers_is_sent_once(
+    live: LiveTrading, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The retry's commit finds the first attempt's stop PENDING_NEW, and its answer comes
+    # late (a slow Redis reply): meanwhile the first attempt has held the stop, and a mark has
+    # triggered it and is sending it (the exchange is slow to answer). The retry must not
+    # send it a second time.
+    record = live.oms.app.journal.record
+
+    async def conflicts_answered_late(*args: Any, **kwargs: Any) -> Any:
+        outcome = await record(*args, **kwargs)
+        if isinstance(outcome, Conflict):
+            await asyncio.sleep(0.5)
+        return outcome
+
+    monkeypatch.setattr(live.oms.app.journal, "record", conflicts_answered_late)
+    for method, path in (ORDER_ROUTE[live.venue], ("POST", "/api/v5/trade/batch-orders")):
+        live.exchange.delay_requests(method, path, 0.8)
+    stop: dict[str, Any] = {"type": S.ORDER_TYPE_STOP_MARKET, "price": "", "stop_price": "51000"}
+
+    async def reached_soon() -> None:
+        await asyncio.sleep(0.15)
+        live.exchange.set_price(BTC, Decimal("51000"))
+
+    first, again, _ = await asyncio.gather(
+        live.place(client_order_id="retried-stop", **stop),
+        live.place(client_order_id="retried-stop", **stop),
+        reached_soon(),
+    )
+    assert first.order_id == again.order_id
+    await live.until(first.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert len(live.exchange.orders(API_KEY)) == 1
+    await live.assert_invariants()

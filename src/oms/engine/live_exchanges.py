@@ -330,25 +330,31 @@ class LiveExchanges:
         paper exchange and Binance do when the price has reached it already; the exit of a
         filled entry that is reached already (its entry filled through it) is sent at once."""
         last = self._marks.last(order.exchange, order.symbol)
+        fired = False
 
         async def decide(current: Order) -> list[OrderEvent]:
+            nonlocal fired
+            fired = False
             if current.status is not OrderStatus.PENDING_NEW:
-                return []  # cancelled while its placement was committed
+                # Cancelled while its placement was committed, or accepted (and maybe
+                # triggered and sent: its send is that trigger's) by another attempt.
+                return []
             if current.parent_order_id and not await self._trade_open(current):
                 # Closed (and maybe reopened by the next trade) before the exit was stored:
                 # the close took stock of the side's exits without it (see _left_moot).
                 return [OrderCanceled("position closed")]
             if last is not None and stop_reached(current, last):
                 if current.parent_order_id:
+                    fired = True
                     return [OrderAccepted(""), OrderTriggered()]
                 return [OrderRejected(f"order would trigger immediately (mark price {last})")]
             return [OrderAccepted("")]
 
         held = await self.commit(followed, order.order_id, decide)
-        if held.triggered and held.is_open:
+        if fired:
             log.info("order %s reached at mark price %s when placed: sent now", held.order_id, last)
             return await self.send(followed, held)
-        if held.is_open:
+        if is_held(held):
             self._held.hold(held)
             # A mark that came in while the hold was committed found it not held yet.
             mark = self._marks.last(order.exchange, order.symbol)
@@ -356,6 +362,14 @@ class LiveExchanges:
                 self._trigger_reached(order.exchange, order.symbol, mark)
             self._marks.nudge(order.exchange)
         return held
+
+    async def _accept_stored(self, followed: FollowedAccount, order: Order) -> None:
+        try:
+            await self._hold(followed, order)
+        except Exception:
+            log.exception(
+                "order %s: stored but not accepted yet; the next poll tries again", order.order_id
+            )
 
     @run_to_end
     async def send(self, followed: FollowedAccount, order: Order) -> Order:
@@ -689,7 +703,11 @@ class LiveExchanges:
         for order in await self._store.open_orders(followed.user_id):
             if order.exchange != followed.exchange:
                 continue
-            if is_held(order):
+            if is_held(order) and order.status is OrderStatus.PENDING_NEW:
+                # Its placement's reply was lost and no retry came (or it is still running):
+                # accepted, or refused, as that placement would, which its retry then finds.
+                followed.start(f"hold:{order.order_id}", self._accept_stored(followed, order))
+            elif is_held(order):
                 self._held.hold(order)
             elif unsettled(order):
                 self._lookups.start(followed, order.order_id)

@@ -4,18 +4,16 @@ Resume point. Each event carries the user's `sequence`; a stream remembers the l
 delivered and reconnects with `after_sequence` set to it, so the server replays exactly what
 the consumer has not seen yet: no gap, no duplicate.
 
-Heartbeats are not resume points, as heartbeat.proto says, and the server shows why: a
-heartbeat carries `max(stream cursor, user's newest sequence)`. When it goes out, events
-above the stream's cursor can still sit in the stream's buffer, unsent: at the going-live
-heartbeat (events committed during the replay), and at an idle one when a push races the idle
-timer. Resuming from such a heartbeat would skip those events.
-
-One exception: a live-only stream (`after_sequence` 0) that has delivered nothing yet. Its only
-other choice is to reconnect live-only, which starts at the newest sequence at reconnect time,
-later than any heartbeat it saw; so the latest heartbeat loses nothing that live-only would
-not lose too, and keeps every event committed during the outage. A user who had no events
-at all gives no such point (0 asks for live-only): such a stream reconnects `from_oldest`,
-which replays whatever came meanwhile.
+A heartbeat's `latest_sequence` is no resume point, as heartbeat.proto says, and the server
+shows why: it is `max(stream cursor, user's newest sequence)`, and when it goes out, events
+above the stream's cursor can still sit in the stream's buffer, unsent (at the going-live
+heartbeat: events committed during the replay; at an idle one: a push that raced the idle
+timer). Its `resume_after_sequence`, the stream's cursor, is: every event up to it that the
+stream carries came before it. A reconnect resumes from the later of that and the last event
+read, so a quiet filtered stream (fills of one symbol on a busy account) does not fall out of
+the retained history while the user's other events go by. A user who had no events at all
+gives no such point (0 asks for live-only): such a stream reconnects `from_oldest`, which
+replays whatever came meanwhile.
 
 A consumer that stops waiting for a message (asyncio.wait_for) leaves the call open: the read
 goes on, and its message is the next one delivered. A consumer that leaves its loop (break,
@@ -246,9 +244,9 @@ class EventStream(_ReconnectingStream[R, E]):
         self._from_oldest = from_oldest
         self._last_sequence = after_sequence
         self._read_through = after_sequence
-        """The last event read from the server: where a reconnect resumes. Ahead of
-        `_last_sequence` while wait_live holds events read ahead."""
-        self._heartbeat_sequence = 0
+        """Where a reconnect resumes: the last event read from the server, or a later
+        heartbeat's resume point. Ahead of `_last_sequence` while wait_live holds events read
+        ahead."""
         self._live_before_any_event = False
         """Went live (after_sequence 0) for a user who had no events at all."""
         self._live_at: int | None = None
@@ -281,11 +279,7 @@ class EventStream(_ReconnectingStream[R, E]):
         return item
 
     def _open(self) -> grpc.aio.UnaryStreamCall[Any, R]:
-        # Only a live-only stream that read nothing resumes from a heartbeat (module doc):
-        # one replaying from the oldest replays from the oldest again.
-        after_sequence = self._read_through or (
-            0 if self._from_oldest else self._heartbeat_sequence
-        )
+        after_sequence = self._read_through
         from_oldest = not after_sequence and (self._from_oldest or self._live_before_any_event)
         return self._open_call(after_sequence, from_oldest)
 
@@ -296,7 +290,7 @@ class EventStream(_ReconnectingStream[R, E]):
         if isinstance(item, heartbeat_pb2.Heartbeat):
             if item.latest_sequence == 0 and self._read_through == 0:
                 self._live_before_any_event = True
-            self._heartbeat_sequence = max(self._heartbeat_sequence, item.latest_sequence)
+            self._read_through = max(self._read_through, item.resume_after_sequence)
             if self._live_at is None:
                 self._live_at = item.latest_sequence
             return None

@@ -290,6 +290,7 @@ async def test_idle_stream_sends_heartbeats_with_the_latest_sequence(redis_url: 
         beat = await stream.next_message(timeout_s=2)
         assert beat.WhichOneof("payload") == "heartbeat"
         assert beat.heartbeat.latest_sequence == 4
+        assert beat.heartbeat.resume_after_sequence == 4  # live only: from the newest on
         stream.cancel()
     finally:
         await oms.close()

@@ -51,19 +51,24 @@ async def tick(client: OmsClient, price: str, symbol: str = BTC) -> None:
 
 
 class RecordStreams(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
-    """Records each stream request; `drop_first_after_live` turns the first connection into
-    one that is lost right after the server's going-live heartbeat, once `drop` is set,
-    ending with `drop_code` (UNAVAILABLE: a lost connection; CANCELLED: a stopping server)."""
+    """Records each stream request, and the resume point of the latest heartbeat;
+    `drop_first_after_live` turns the first connection into one that is lost once `drop`
+    is set, ending with `drop_code` (UNAVAILABLE: a lost connection; CANCELLED: a stopping
+    server): right after the server's going-live heartbeat, or, `reading_until_drop`, at
+    the first message after `drop` is set."""
 
     def __init__(
         self,
         *,
         drop_first_after_live: bool = False,
         drop_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+        reading_until_drop: bool = False,
     ) -> None:
         self.requests: list[Any] = []
+        self.resume_after_sequence = 0
         self._drop_first = drop_first_after_live
         self._drop_code = drop_code
+        self._reading_until_drop = reading_until_drop
         self.live = asyncio.Event()
         self.drop = asyncio.Event()
 
@@ -77,10 +82,14 @@ class RecordStreams(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type
 
         async def lost_after_live() -> AsyncIterator[Any]:
             async for response in call:
+                if self.drop.is_set():
+                    break
                 yield response
                 if response.WhichOneof("payload") == "heartbeat":
-                    break
-            self.live.set()
+                    self.resume_after_sequence = response.heartbeat.resume_after_sequence
+                    self.live.set()
+                    if not self._reading_until_drop:
+                        break
             await self.drop.wait()
             call.cancel()
             raise grpc.aio.AioRpcError(
@@ -246,17 +255,53 @@ async def test_a_resuming_stream_never_skips_ahead_to_a_heartbeat(oms: OmsHarnes
         streams.drop.set()
         got = await consumer.until(1)
 
-        assert [r.after_sequence for r in streams.requests] == [snapshot.as_of_sequence] * 2
+        # Resumed after the BTC events the stream passed over (the heartbeat's resume point),
+        # yet before the ETH fill it had not sent (the heartbeat's latest sequence).
+        first_request, resumed = streams.requests
+        assert first_request.after_sequence == snapshot.as_of_sequence
+        assert snapshot.as_of_sequence < resumed.after_sequence < got[0].sequence
         assert [f.order_id for f in got] == [eth.order_id]
         await eth_fills.aclose()
         await consumer.task
 
 
-async def test_a_stream_from_the_oldest_dropped_before_any_event_replays_from_the_oldest_again(
+async def test_a_quiet_filtered_stream_resumes_inside_the_retained_history(
+    redis_url: str,
+) -> None:
+    # One ETH fill, then many more BTC events than retention keeps: the stream's last event
+    # has left the history, but its heartbeats moved its resume point past the BTC events.
+    oms = await make_oms(redis_url, retention_events=50, heartbeat_interval_s=0.1)
+    streams = RecordStreams(drop_first_after_live=True, reading_until_drop=True)
+    try:
+        async with client_with(oms.address, streams) as client:
+            await tick(client, "50000")
+            await tick(client, "3000", symbol=ETH)
+            eth_fills = client.stream_fills(USER, exchange="paper", symbol=ETH)
+            consumer = Consumer(eth_fills)
+            await asyncio.wait_for(streams.live.wait(), 5)
+            placed = [await buy(client, symbol=ETH)]
+            await consumer.until(1)
+            for _ in range(40):
+                await buy(client)
+            newest = (await client.list_orders_page(user_id=USER)).as_of_sequence
+            await until(lambda: streams.resume_after_sequence == newest)
+            streams.drop.set()
+            placed.append(await buy(client, symbol=ETH))
+            got = await consumer.until(2)
+
+            assert [f.order_id for f in got] == [order.order_id for order in placed]
+            assert streams.requests[1].after_sequence == newest
+            await eth_fills.aclose()
+            await consumer.task
+    finally:
+        await oms.close()
+
+
+async def test_a_stream_from_the_oldest_dropped_before_any_event_resumes_after_what_it_replayed(
     oms: OmsHarness,
 ) -> None:
-    # Its going-live heartbeat is past 0 (the BTC orders) and may be past ETH events still
-    # on their way to it: resuming from it could skip them.
+    # Its going-live heartbeat's resume point is past the BTC orders it replayed and passed
+    # over, and before the ETH fill it had not sent.
     streams = RecordStreams(drop_first_after_live=True)
     async with client_with(oms.address, streams) as client:
         await tick(client, "50000")
@@ -269,7 +314,10 @@ async def test_a_stream_from_the_oldest_dropped_before_any_event_replays_from_th
         streams.drop.set()
         got = await consumer.until(1)
 
-        assert [(r.after_sequence, r.from_oldest) for r in streams.requests] == [(0, True)] * 2
+        first_request, resumed = streams.requests
+        assert (first_request.after_sequence, first_request.from_oldest) == (0, True)
+        assert not resumed.from_oldest
+        assert 0 < resumed.after_sequence < got[0].sequence
         assert [f.order_id for f in got] == [eth.order_id]
         await eth_fills.aclose()
         await consumer.task
@@ -296,7 +344,8 @@ async def test_a_silent_connection_is_reconnected_without_losing_events(redis_ur
             assert [(u.order.order_id, u.event_type) for u in got] == [
                 (order.order_id, kind) for order in (first, second) for kind in BOTH_KINDS
             ]
-            assert streams.requests[-1].after_sequence == got[1].sequence
+            # From its last event, or a heartbeat's resume point past it.
+            assert got[1].sequence <= streams.requests[-1].after_sequence < got[2].sequence
             await stream.aclose()
             await consumer.task
     finally:

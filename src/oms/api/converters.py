@@ -229,7 +229,9 @@ def order_update_to_proto(item: SequencedEvent) -> order_pb2.OrderUpdate:
 
 def heartbeat_to_proto(heartbeat: Heartbeat) -> heartbeat_pb2.Heartbeat:
     return heartbeat_pb2.Heartbeat(
-        latest_sequence=heartbeat.latest_sequence, time=timestamp(heartbeat.time_ns)
+        latest_sequence=heartbeat.latest_sequence,
+        time=timestamp(heartbeat.time_ns),
+        resume_after_sequence=heartbeat.resume_after_sequence,
     )
 
 

@@ -136,10 +136,12 @@ def apply_all(order: Order, events: list[OrderEvent], now_ns: int) -> tuple[Orde
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """Sent on an idle stream: the user's newest sequence, so quiet is told from dead."""
+    """Sent on an idle stream: the user's newest sequence, so quiet is told from dead, and
+    the stream's own: every event up to it that the stream carries was sent before."""
 
     latest_sequence: int
     time_ns: int
+    resume_after_sequence: int
 
 
 def event_user(event: UserEvent) -> str:

@@ -236,13 +236,13 @@ class EventHub:
                     break
             subscription.replaying = False
             # Tells the client it is live: everything committed from here on reaches it.
-            yield Heartbeat(max(cursor, self._latest.get(user_id, 0)), time.time_ns())
+            yield self._heartbeat(user_id, cursor)
             last_sent = time.monotonic()
             while True:
                 wait_s = max(0.0, self._heartbeat_s - (time.monotonic() - last_sent))
                 live = await subscription.next_batch(wait_s)
                 if live is None:
-                    yield Heartbeat(max(cursor, self._latest.get(user_id, 0)), time.time_ns())
+                    yield self._heartbeat(user_id, cursor)
                     last_sent = time.monotonic()
                     continue
                 for event in live:
@@ -268,6 +268,11 @@ class EventHub:
                 if not subscribers:
                     del self._subscribers[user_id]
                     self._latest.pop(user_id, None)
+
+    def _heartbeat(self, user_id: str, cursor: int) -> Heartbeat:
+        """`cursor`: the stream has sent every event up to it that it carries (they were
+        yielded before), while newer ones may still wait in its buffer."""
+        return Heartbeat(max(cursor, self._latest.get(user_id, 0)), time.time_ns(), cursor)
 
     async def _start_cursor(self, user_id: str, after_sequence: int, from_oldest: bool) -> int:
         oldest, newest = await self._store.sequence_bounds(user_id)

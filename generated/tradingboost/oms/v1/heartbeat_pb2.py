@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#tradingboost/oms/v1/heartbeat.proto\x12\x13tradingboost.oms.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"N\n\tHeartbeat\x12\x17\n\x0flatest_sequence\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#tradingboost/oms/v1/heartbeat.proto\x12\x13tradingboost.oms.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"m\n\tHeartbeat\x12\x17\n\x0flatest_sequence\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15resume_after_sequence\x18\x03 \x01(\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tradingboost.oms.v1.heartbe
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HEARTBEAT']._serialized_start=93
-  _globals['_HEARTBEAT']._serialized_end=171
+  _globals['_HEARTBEAT']._serialized_end=202
 # @@protoc_insertion_point(module_scope)

@@ -24,17 +24,27 @@ class Heartbeat(_message.Message):
     every new event reaches the stream. It lets a client tell a quiet stream from a dead one, and tells it how far
     the user's event sequence has advanced even when none of those events match
     the stream's kind or filters. A heartbeat carries no event: a client resumes
-    from the `sequence` of the last event it received, not from a heartbeat.
+    from the `sequence` of the last event it received, or from a later
+    `resume_after_sequence`, never from `latest_sequence`.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     LATEST_SEQUENCE_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    RESUME_AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     latest_sequence: _builtins.int
     """The user's newest event sequence at the time of the heartbeat, across all
     event kinds (order updates, fills, positions, trailing stops, rules).
-    0 when the user has no events yet. Output only.
+    0 when the user has no events yet. Events up to it may still be on their
+    way to this stream: not a resume point. Output only.
+    """
+    resume_after_sequence: _builtins.int
+    """Every event up to this sequence that this stream carries was sent before
+    this heartbeat; the others did not match its kind or filters. Resuming
+    with `after_sequence` set to it misses nothing, and keeps a quiet stream
+    (one whose last event is old) inside the retained history. 0 when the user
+    has no events yet. Output only.
     """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
@@ -45,10 +55,11 @@ class Heartbeat(_message.Message):
         *,
         latest_sequence: _builtins.int = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        resume_after_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["latest_sequence", b"latest_sequence", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["latest_sequence", b"latest_sequence", "resume_after_sequence", b"resume_after_sequence", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -512,6 +512,7 @@ class LiveExchanges:
 
         def cancel(current: Order) -> list[OrderEvent]:
             nonlocal asked_already
+            asked_already = False
             if current.status is OrderStatus.PENDING_CANCEL:
                 # A cancel that read the order open before this one committed (the retry of
                 # a cancel in flight): that one asks the exchange, and this one answers it.

@@ -93,8 +93,8 @@ class _ReconnectingStream(ABC, Generic[R, T]):
 
     `retry.attempts` bounds the connection attempts in a row that receive nothing at all
     (no bound with only a `deadline_s`), and `retry.deadline_s` the time from the first of
-    them; any message received starts both again, so a long-lived stream survives any number
-    of separate outages.
+    them; any message received (for a price stream, the headers of a call taken) starts both
+    again, so a long-lived stream survives any number of separate outages.
     """
 
     def __init__(self, retry: RetryPolicy, idle_timeout_s: float | None) -> None:
@@ -313,9 +313,22 @@ class PriceStream(_ReconnectingStream[md.StreamPricesResponse, market_data_pb2.P
         # No idle limit: a quiet market sends nothing, and this stream has no heartbeat.
         super().__init__(retry, idle_timeout_s=None)
         self._open_call = open_call
+        self._connecting: asyncio.Future[None] | None = None
+        """Watches the current call's headers (held here: the loop keeps tasks weakly)."""
 
     def _open(self) -> grpc.aio.UnaryStreamCall[Any, md.StreamPricesResponse]:
-        return self._open_call()
+        call = self._open_call()
+        self._connecting = asyncio.ensure_future(self._connected(call))
+        return call
+
+    async def _connected(self, call: grpc.aio.UnaryStreamCall[Any, Any]) -> None:
+        """An outage ends once a new call is taken (the server sends every stream's headers
+        at once), not at the next tick, which a quiet instrument may not see for long: separate
+        outages are not counted as one."""
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            await call.initial_metadata()
+            if not call.done():
+                self._failures = 0
 
     def _accept(self, response: md.StreamPricesResponse) -> market_data_pb2.Price:
         return response.price

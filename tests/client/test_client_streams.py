@@ -654,6 +654,59 @@ async def test_stream_prices_starts_with_the_last_price(oms: OmsHarness) -> None
         await prices.aclose()
 
 
+class Outages(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+    """Each stream call is lost (UNAVAILABLE) once `drop` is set, message or not; `taken`
+    is set when the server has taken the call (its headers came)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.taken = asyncio.Event()
+        self.drop = asyncio.Event()
+
+    async def intercept_unary_stream(
+        self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        call = await continuation(details, request)
+        self.calls += 1
+
+        async def lost_when_dropped() -> AsyncIterator[Any]:
+            await call.initial_metadata()
+            self.taken.set()
+            await self.drop.wait()
+            self.drop.clear()
+            self.taken.clear()
+            call.cancel()
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                details="connection lost (test)",
+                debug_error_string="",
+            )
+            yield  # an async generator, which the raise ends
+
+        return lost_when_dropped()
+
+
+async def test_a_quiet_price_stream_counts_separate_outages_apart(oms: OmsHarness) -> None:
+    # No price for the instrument, so no message between the outages: each reconnect the
+    # server takes ends an outage all the same, and two attempts in a row are never used up.
+    outages = Outages()
+    retry = RetryPolicy(attempts=2, initial_backoff_s=0.01, max_backoff_s=0.01)
+    async with client_with(oms.address, outages, stream_retry=retry) as client:
+        prices = client.stream_prices([market_data_pb2.Instrument(exchange="paper", symbol=ETH)])
+        reading = asyncio.ensure_future(anext(prices))
+        for _ in range(3):
+            await asyncio.wait_for(outages.taken.wait(), 5)
+            outages.drop.set()
+            await until(lambda: not outages.drop.is_set())
+        await asyncio.wait_for(outages.taken.wait(), 5)
+        assert not reading.done()
+        assert outages.calls == 4
+        reading.cancel()
+        await prices.aclose()
+
+
 async def test_a_connection_gone_silent_is_dropped_by_keepalive_and_the_stream_resumes(
     oms: OmsHarness,
 ) -> None:

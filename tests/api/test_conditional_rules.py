@@ -724,6 +724,35 @@ async def test_get_and_delete_by_client_id(oms: OmsHarness) -> None:
     await expect_code(oms.orders.GetConditionalRule(stranger), NOT_FOUND)
 
 
+async def test_one_cancels_other_holds_against_ticks_that_come_together(
+    oms: OmsHarness,
+) -> None:
+    # A buy below the price and a sell above it, each one's fill cancelling the other; two
+    # ticks, one through each, from two publishers at once (decided in one batch): the one
+    # that fills first fires its rule, and the other order is never filled after that.
+    user = fresh_user()
+    await publish(oms.market, "100", symbol=SOL)
+    for attempt in range(5):
+        buy = await resting(oms.orders, user, "99", symbol=SOL)
+        sell = await place_order(
+            oms.orders,
+            user,
+            symbol=SOL,
+            side=S.SIDE_SELL,
+            position_side=S.POSITION_SIDE_SHORT,
+            type=S.ORDER_TYPE_LIMIT,
+            price="101",
+        )
+        for trigger, other in ((buy, sell), (sell, buy)):
+            await create_rule(oms.orders, user, trigger.order_id, FILLED, [other.order_id])
+        await asyncio.gather(
+            publish(oms.market, "99", symbol=SOL), publish(oms.market, "101", symbol=SOL)
+        )
+        statuses = sorted([await status_of(oms, user, o.order_id) for o in (buy, sell)])
+        assert statuses == sorted([S.ORDER_STATUS_FILLED, S.ORDER_STATUS_CANCELED]), attempt
+        await publish(oms.market, "100", symbol=SOL)
+
+
 async def test_concurrent_creates_under_one_client_id_arm_one_rule(
     oms: OmsHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -169,6 +169,33 @@ class _RuleBook:
         return [rule for rules in self._by_trigger.values() for rule in rules.values()]
 
 
+class _Cancelling:
+    """Resting orders of this desk that a fired rule lists: its cancels follow the commit
+    that fired it, and no later tick may fill them meanwhile (one queued behind the firing
+    tick, from another publisher, would: one-cancels-other would fill both)."""
+
+    def __init__(self) -> None:
+        self._rules: dict[str, set[str]] = {}
+        """order id -> ids of the fired rules that list it"""
+
+    def put(self, item: tuple[str, str]) -> None:
+        order_id, rule_id = item
+        self._rules.setdefault(order_id, set()).add(rule_id)
+
+    def remove(self, item: tuple[str, str]) -> None:
+        order_id, rule_id = item
+        rules = self._rules[order_id]
+        rules.discard(rule_id)
+        if not rules:
+            del self._rules[order_id]
+
+    def order_ids(self) -> frozenset[str]:
+        return frozenset(self._rules)
+
+    def of(self, order_id: str) -> list[tuple[str, str]]:
+        return [(order_id, rule_id) for rule_id in self._rules.get(order_id, ())]
+
+
 class _Keeps(Protocol[T_contra]):
     def put(self, item: T_contra) -> None: ...
 
@@ -258,11 +285,14 @@ class _Tick(_Op):
         update = PriceUpdate(PAPER, desk.symbol, self.price, now)
         batch.prices.append(update)
         batch.set_last(desk, update)
+        # Those a rule fired by an earlier tick is cancelling; one price still fills every
+        # order it crosses before a rule it fires can cancel (as on an exchange).
+        held_back = desk.cancelling.order_ids()
         for reached in desk.book.reached_by(self.price):
             # As it stands now: an earlier fill of this tick may have ended it (one-cancels-
             # other) or changed it (an exit grown by its entry's fill, still to trigger).
             order = desk.book.get(reached.order_id)
-            if order is None:
+            if order is None or order.order_id in held_back:
                 continue
             events = on_tick(order, self.price, desk.context(order, now))
             if events:
@@ -469,6 +499,7 @@ class _Desk:
         self.book = _RestingBook()
         self.trailing = TrailingBook()
         self.rules = _RuleBook()
+        self.cancelling = _Cancelling()
         self.last: PriceUpdate | None = None
         self.positions: dict[PositionSlot, Position] = {}
         """The open record of each (user, side) on this symbol. A side leaves when its
@@ -527,6 +558,9 @@ class _Desk:
             batch.remove(self.book, before)
         if after.is_open:
             batch.put(self.book, after)
+        else:
+            for mark in self.cancelling.of(after.order_id):
+                batch.remove(self.cancelling, mark)
         self.judge_rules(owner, batch, after, now)
         if not any(isinstance(event, OrderFilled) for event in events):
             return after
@@ -620,6 +654,9 @@ class _Desk:
         batch.note(owner, RuleUpdated(after))
         if after.pending:
             batch.fired.append((owner, after))
+            for order_id in after.cancel_order_ids:
+                if self.book.get(order_id) is not None:
+                    batch.put(self.cancelling, (order_id, after.rule_id))
 
     def _start_trailing(
         self, owner: _Op, batch: _Batch, entry: Order, exit: TrailingExit, now: int

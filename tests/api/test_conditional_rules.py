@@ -774,6 +774,44 @@ async def test_concurrent_creates_under_one_client_id_arm_one_rule(
     assert len(await all_rules(oms.orders, bk.user)) == 1
 
 
+async def test_a_rule_finished_by_its_firing_and_by_a_retry_at_once_finishes_once(
+    oms: OmsHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The firing tick's follow-up reads the listed orders slowly; meanwhile the create's retry
+    # finds the rule fired, not finished, and finishes it too: one finish, one event of it.
+    get_orders = oms.app.store.get_orders
+    reading = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def first_read_held(user_id: str, order_ids: Any) -> Any:
+        found = await get_orders(user_id, order_ids)
+        if not reading.is_set():
+            reading.set()
+            await go_on.wait()
+        return found
+
+    bk = await book(oms)
+    start = (await list_rules(oms.orders, bk.user)).as_of_sequence
+    request = create_request(bk.user, bk.a.order_id, FILLED, [bk.b.order_id])
+    request.client_id = "oco-9"
+    rule = (await oms.orders.CreateConditionalRule(request)).rule
+    monkeypatch.setattr(oms.app.store, "get_orders", first_read_held)
+    firing = asyncio.ensure_future(publish(oms.market, A_PRICE))
+    await reading.wait()
+    retry = asyncio.ensure_future(oms.orders.CreateConditionalRule(request))
+    await asyncio.sleep(0.1)  # for the retry to reach the rule's finish, unless it waits
+    go_on.set()
+    await firing
+    retried = (await retry).rule
+    assert retried.rule_id == rule.rule_id
+    assert_triggered(retried, all_cancelled(bk.b.order_id))
+    stream = rule_stream(oms, bk.user, start)
+    updates = await stream.events(3)  # created, fired, finished
+    assert [len(u.rule.results) for u in updates] == [0, 0, 1]
+    assert await stream.no_event_within(0.2)
+    stream.cancel()
+
+
 # --- stream ---------------------------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ from oms.domain.identifiers import check_one_ref, check_user_id
 from oms.domain.orders import Order
 from oms.domain.paging import page_size
 from oms.engine.journal import Journal
-from oms.engine.keyed_locks import ClientIdTurns
+from oms.engine.keyed_locks import ClientIdTurns, KeyedLocks
 from oms.engine.paper_exchange import PAPER, PaperExchange
 from oms.engine.ports import Page, RuleQuery, StateStore, fetch_page
 from oms.engine.run_to_end import run_to_end
@@ -78,6 +78,7 @@ class ConditionalRules:
         """Rules whose cancels or results a store failure cut short, or whose firing it left
         unknown, by rule id: read back and finished once the store answers."""
         self._creating = ClientIdTurns()
+        self._finishing: KeyedLocks[str] = KeyedLocks()
         paper.run_rules_with(self.finish)
         live.run_rules_with(self.finish)
 
@@ -152,24 +153,30 @@ class ConditionalRules:
         """Cancel the listed orders of a fired rule and commit what happened to each.
 
         Safe to repeat after a crash: an order this rule already cancelled reads as CANCELED
-        with the rule's reason, and is reported as cancelled by it.
+        with the rule's reason, and is reported as cancelled by it. One at a time per rule
+        (the desk's follow-up and a create's retry may both finish it): a rule the store
+        holds finished already is returned as it is, not finished twice.
         """
         crash_point("rule-fired")
-        try:
-            orders = await self._store.get_orders(rule.user_id, rule.cancel_order_ids)
-            results = await asyncio.gather(
-                *(self._cancel(rule, order) for order in orders if order is not None)
-            )
-            finished = rule.finish(results, self._clock_ns())
-            await self._journal.record([], (), [RuleUpdated(finished)])
-            self._unfinished.pop(rule.rule_id, None)
-            return finished
-        except OmsError:
-            # Left pending in the store: finished once the store answers again (or, should
-            # this process end first, at the next start).
-            log.exception("conditional rule %s: cancels not finished", rule.rule_id)
-            self._unfinished[rule.rule_id] = rule
-            return rule
+        async with self._finishing(rule.rule_id):
+            try:
+                stored = await self._store.get_rule(rule.user_id, rule.rule_id)
+                if stored is not None and not stored.pending:
+                    return stored
+                orders = await self._store.get_orders(rule.user_id, rule.cancel_order_ids)
+                results = await asyncio.gather(
+                    *(self._cancel(rule, order) for order in orders if order is not None)
+                )
+                finished = rule.finish(results, self._clock_ns())
+                await self._journal.record([], (), [RuleUpdated(finished)])
+                self._unfinished.pop(rule.rule_id, None)
+                return finished
+            except OmsError:
+                # Left pending in the store: finished once the store answers again (or,
+                # should this process end first, at the next start).
+                log.exception("conditional rule %s: cancels not finished", rule.rule_id)
+                self._unfinished[rule.rule_id] = rule
+                return rule
 
     async def finish_unfinished(self) -> None:
         """Finish the fired rules a store failure cut short; call once it answers."""

@@ -490,14 +490,15 @@ async def test_a_stop_retried_while_its_first_attempt_triggers_is_sent_once(
         live.exchange.delay_requests(method, path, 0.8)
     stop: dict[str, Any] = {"type": S.ORDER_TYPE_STOP_MARKET, "price": "", "stop_price": "51000"}
 
-    async def reached_soon() -> None:
-        await asyncio.sleep(0.15)
+    async def reached_once_held() -> None:
+        held = await live.until_found("retried-stop")
+        await live.until(held.order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
         live.exchange.set_price(BTC, Decimal("51000"))
 
     first, again, _ = await asyncio.gather(
         live.place(client_order_id="retried-stop", **stop),
         live.place(client_order_id="retried-stop", **stop),
-        reached_soon(),
+        reached_once_held(),
     )
     assert first.order_id == again.order_id
     await live.until(first.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)

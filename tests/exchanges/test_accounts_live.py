@@ -34,6 +34,9 @@ from tradingboost.oms.v1 import order_service_pb2 as orders_pb
 from tradingboost.oms.v1 import position_service_pb2 as pos
 from tradingboost.oms.v1 import trailing_stop_service_pb2 as ts
 
+from oms.domain.paging import encode_key_token, listing_of
+from oms.engine.accounts import ActiveAccountQuery
+
 
 async def test_activation_lists_the_account_and_deactivation_stops_trading(
     redis_url: str, okx_exchange: FakeExchange
@@ -124,6 +127,24 @@ async def test_active_accounts_page_in_user_order_and_filter(
             pb.ListActiveAccountsRequest(exchange="binanceusdm")
         )
         assert list(other_exchange.accounts) == []
+
+        # A page token is bound to its listing's filters...
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await oms.accounts.ListActiveAccounts(
+                pb.ListActiveAccountsRequest(user_id="bob", page_token=first.next_page_token)
+            )
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "page_token" in (error.value.details() or "")
+        # ...and one made up for bob's listing (tokens are not signed) still lists only bob's
+        # accounts: never those of a user whose id sorts before his.
+        listing = listing_of(ActiveAccountQuery("bob", ""))
+        for after in ("a", "ann", "bob", "dave"):
+            crafted = await oms.accounts.ListActiveAccounts(
+                pb.ListActiveAccountsRequest(
+                    user_id="bob", page_token=encode_key_token(after, listing)
+                )
+            )
+            assert {a.user_id for a in crafted.accounts} <= {"bob"}, after
     finally:
         await oms.close()
 

@@ -9,7 +9,6 @@ from tradingboost.oms.v1 import account_service_pb2 as pb
 from tradingboost.oms.v1 import account_service_pb2_grpc
 
 from oms.api.converters import account_to_proto, register_credentials_command
-from oms.domain.paging import encode_key_token
 from oms.engine.accounts import Accounts
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -45,5 +44,5 @@ class AccountService(account_service_pb2_grpc.AccountServiceServicer):
         )
         return pb.ListActiveAccountsResponse(
             accounts=[account_to_proto(account) for account in page.accounts],
-            next_page_token=encode_key_token(page.next_key),
+            next_page_token=page.next_page_token,
         )

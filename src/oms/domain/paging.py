@@ -60,20 +60,26 @@ def decode_page_token(token: str, listing: str) -> int | None:
     return int(cursor)
 
 
-def encode_key_token(key: str | None) -> str:
+def encode_key_token(key: str | None, listing: str) -> str:
     """A token for listings ordered by a string key (the last key of the page)."""
     if key is None:
         return ""
-    return base64.urlsafe_b64encode(f"k1:{key}".encode()).decode()
+    return base64.urlsafe_b64encode(f"k2:{listing}:{key}".encode()).decode()
 
 
-def decode_key_token(token: str) -> str:
+def decode_key_token(token: str, listing: str) -> str:
+    """The key in `token`, which a page of the same `listing` must have produced. Not proof
+    that it did (a token is not signed): a listing must keep its key within its filters."""
     if not token:
         return ""
     try:
-        version, key = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
+        version, bound, key = base64.urlsafe_b64decode(token.encode()).decode().split(":", 2)
     except (ValueError, binascii.Error, UnicodeDecodeError) as error:
         raise InvalidArgument("page_token", "is not a token from a previous page") from error
-    if version != "k1" or not key:
+    if version != "k2" or not key:
         raise InvalidArgument("page_token", "is not a token from a previous page")
+    if bound != listing:
+        raise InvalidArgument(
+            "page_token", "comes from another listing: keep the filters of the first page"
+        )
     return key

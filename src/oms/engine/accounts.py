@@ -22,7 +22,7 @@ from oms.domain.accounts import (
 )
 from oms.domain.errors import FailedPrecondition, NotFound, Unavailable
 from oms.domain.identifiers import check_user_id
-from oms.domain.paging import decode_key_token, page_size
+from oms.domain.paging import decode_key_token, encode_key_token, listing_of, page_size
 from oms.engine.backoff import Backoff
 from oms.engine.keyed_locks import KeyedLocks
 from oms.engine.ports import AccountStore, Vault
@@ -47,6 +47,19 @@ class Follower(Protocol):
 class AccountPage:
     accounts: list[Account]
     next_key: str | None
+    listing: str
+
+    @property
+    def next_page_token(self) -> str:
+        return encode_key_token(self.next_key, self.listing)
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveAccountQuery:
+    """What a ListActiveAccounts page token is bound to."""
+
+    user_id: str
+    exchange: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,12 +161,13 @@ class Accounts:
         if exchange:
             check_account_exchange(exchange, self._known)
         limit = page_size(size)
-        after = decode_key_token(page_token)
+        listing = listing_of(ActiveAccountQuery(user_id, exchange))
+        after = decode_key_token(page_token, listing)
         members = await self._store.list_active(user_id, exchange, after, limit + 1)
         more = len(members) > limit
         members = members[:limit]
         accounts = await self._store.get_many(members)
-        return AccountPage(accounts, members[-1] if more else None)
+        return AccountPage(accounts, members[-1] if more else None, listing)
 
     async def resume(self) -> None:
         """Start-up: prove the master key is the one the stored credentials were sealed

@@ -87,7 +87,8 @@ class RedisAccountStore:
         `limit` of those matching the filters (the caller fetches one more to page)."""
         if user_id:
             low = account_member(user_id, "")
-            start = f"({after}" if after else f"[{low}"
+            # Never before the user's own range, whatever the page token says.
+            start = f"({after}" if after > low else f"[{low}"
             stop = f"[{low}\xff"
         else:
             start, stop = (f"({after}" if after else "-"), "+"

@@ -236,6 +236,15 @@ async def test_over_its_rate_limit_a_token_is_resource_exhausted(oms: OmsHarness
     assert await status_of(oms.orders.ListOrders(request, metadata=bearer(SLOW))) == (
         grpc.StatusCode.RESOURCE_EXHAUSTED
     )
+    # A request that does not parse counts too: it costs a parse and an audit line.
+    raw = oms.channel.unary_unary(
+        "/tradingboost.oms.v1.OrderService/ListOrders",
+        request_serializer=bytes,
+        response_deserializer=bytes,
+    )
+    assert await status_of(raw(b"\xff\xff\xff", metadata=bearer(SLOW))) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
     # Other tokens have buckets of their own.
     await oms.orders.ListOrders(pb.ListOrdersRequest(user_id="alice"), metadata=bearer(ALICE))
 

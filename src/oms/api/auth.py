@@ -183,11 +183,8 @@ async def _admit(method: str, caller: _Caller, request: Any, context: Context) -
     """Return to go on; abort the call with the status the contract names otherwise."""
     user_id: str | None = getattr(request, "user_id", None)
     grant = caller.grant
-    if type(request) is MalformedRequest:
-        # No user_id to judge: the handler's wrapper answers INVALID_ARGUMENT.
-        _record(context, method, grant, None, "INVALID_ARGUMENT")
-        return
     if not caller.limit.take():
+        # Malformed calls count too: they cost an audit line and a parse each.
         await _deny(
             context,
             method,
@@ -196,6 +193,10 @@ async def _admit(method: str, caller: _Caller, request: Any, context: Context) -
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"token {grant.name} is over its rate limit",
         )
+    if type(request) is MalformedRequest:
+        # No user_id to judge: the handler's wrapper answers INVALID_ARGUMENT.
+        _record(context, method, grant, None, "INVALID_ARGUMENT")
+        return
     denial = _denial(method, grant, user_id)
     if denial:
         await _deny(context, method, grant, user_id, grpc.StatusCode.PERMISSION_DENIED, denial)

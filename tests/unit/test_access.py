@@ -34,3 +34,15 @@ def test_calls_without_a_token_are_limited_per_address_whatever_the_port() -> No
     assert limits.take("ipv6:[::1]:40001")  # another address: a bucket of its own
     now[0] = 1.0
     assert limits.take("ipv4:10.0.0.7:40004") and not limits.take("ipv4:10.0.0.7:40005")
+
+
+def test_an_ipv6_client_is_limited_per_64_and_a_mapped_ipv4_one_per_address() -> None:
+    limits = PeerLimits(rate_per_s=1.0, burst=1, clock_s=lambda: 0.0)
+    assert limits.take("ipv6:[2001:db8:0:1::7]:40001")
+    # Another address of the same /64 (a host picks any it likes): the same bucket.
+    assert not limits.take("ipv6:[2001:db8:0:1:ffff::1]:40002")
+    assert limits.take("ipv6:[2001:db8:0:2::7]:40003")  # another /64
+    # IPv4 clients of a dual-stack listener arrive mapped into ::ffff:0:0/96, one /64.
+    assert limits.take("ipv6:[::ffff:10.0.0.7]:40004")
+    assert limits.take("ipv6:[::ffff:10.0.0.8]:40005")
+    assert not limits.take("ipv4:10.0.0.7:40006")  # the same address as the mapped one

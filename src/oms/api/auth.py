@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import ipaddress
 import json
 import logging
 import logging.handlers
@@ -47,8 +48,19 @@ class _Caller:
 
 
 def _address(peer: str) -> str:
-    """The address of a gRPC peer, not its port: "ipv4:10.0.0.7:53120" -> "ipv4:10.0.0.7"."""
-    return peer.rpartition(":")[0] or peer
+    """The address of a gRPC peer, not its port: "ipv4:10.0.0.7:53120" -> "ipv4:10.0.0.7";
+    for IPv6, its /64, which one host commonly holds whole (an IPv4 address mapped into IPv6
+    stays that one address)."""
+    address = peer.rpartition(":")[0] or peer
+    if address.startswith("ipv6:[") and address.endswith("]"):
+        try:
+            ip = ipaddress.IPv6Address(address[6:-1])
+        except ValueError:
+            return address
+        if ip.ipv4_mapped is not None:
+            return f"ipv4:{ip.ipv4_mapped}"
+        return f"ipv6:{ipaddress.IPv6Network((ip, 64), strict=False)}"
+    return address
 
 
 class PeerLimits:

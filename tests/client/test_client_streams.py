@@ -18,7 +18,7 @@ from fixtures.client_streams import (
     restartable_servers,
     until,
 )
-from fixtures.lossy_network import client_with
+from fixtures.lossy_network import client_with, lost
 from fixtures.oms_process import OmsProcess
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.tcp_proxy import SilencingProxy
@@ -92,13 +92,7 @@ class RecordStreams(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type
                         break
             await self.drop.wait()
             call.cancel()
-            raise grpc.aio.AioRpcError(
-                self._drop_code,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
-                details="connection lost (test)",
-                debug_error_string="",
-            )
+            raise lost("connection lost (test)", self._drop_code)
 
         return lost_after_live()
 
@@ -676,13 +670,7 @@ class Outages(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
             self.drop.clear()
             self.taken.clear()
             call.cancel()
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.UNAVAILABLE,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
-                details="connection lost (test)",
-                debug_error_string="",
-            )
+            raise lost("connection lost (test)", grpc.StatusCode.UNAVAILABLE)
             yield  # an async generator, which the raise ends
 
         return lost_when_dropped()

@@ -442,28 +442,27 @@ async def test_an_order_whose_commit_landed_unanswered_is_sent_not_rejected(
         await live.oms.close()
 
 
-async def test_a_stop_whose_commit_landed_unanswered_is_held_by_the_retry(
-    live_via_proxy: LiveTrading, proxy: RedisFaultProxy
+STOP_AT_51000: dict[str, Any] = {
+    "type": S.ORDER_TYPE_STOP_MARKET,
+    "price": "",
+    "stop_price": "51000",
+}
+
+
+@pytest.mark.parametrize("retried", [True, False], ids=["by-the-retry", "by-the-poll"])
+async def test_a_stop_whose_commit_landed_unanswered_is_held(
+    live_via_proxy: LiveTrading, proxy: RedisFaultProxy, retried: bool
 ) -> None:
+    # Held by the client's retry, or, when none comes, by the poll that finds it stored.
     live = live_via_proxy
-    stop: dict[str, Any] = {"type": S.ORDER_TYPE_STOP_MARKET, "price": "", "stop_price": "51000"}
-    placing = live.place(client_order_id="unanswered-stop", **stop)
+    placing = live.place(client_order_id="unanswered-stop", **STOP_AT_51000)
     await landed_unanswered(proxy, b"unanswered-stop", placing)
-    retried = await live.place(client_order_id="unanswered-stop", **stop)
-    assert retried.status == S.ORDER_STATUS_OPEN
-    live.exchange.set_price(BTC, Decimal("51000"))
-    await live.until(retried.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
-
-
-async def test_a_stop_whose_commit_landed_unanswered_and_was_never_retried_is_held_by_the_poll(
-    live_via_proxy: LiveTrading, proxy: RedisFaultProxy
-) -> None:
-    live = live_via_proxy
-    stop: dict[str, Any] = {"type": S.ORDER_TYPE_STOP_MARKET, "price": "", "stop_price": "51000"}
-    placing = live.place(client_order_id="never-retried", **stop)
-    await landed_unanswered(proxy, b"never-retried", placing)
-    order = await live.until_found("never-retried")
-    await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
+    if retried:
+        order = await live.place(client_order_id="unanswered-stop", **STOP_AT_51000)
+        assert order.status == S.ORDER_STATUS_OPEN
+    else:
+        order = await live.until_found("unanswered-stop")
+        await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_OPEN)
     live.exchange.set_price(BTC, Decimal("51000"))
     await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
     assert placements(live.exchange) == 1
@@ -488,7 +487,6 @@ async def test_a_stop_retried_while_its_first_attempt_triggers_is_sent_once(
     monkeypatch.setattr(live.oms.app.journal, "record", conflicts_answered_late)
     for method, path in (ORDER_ROUTE[live.venue], ("POST", "/api/v5/trade/batch-orders")):
         live.exchange.delay_requests(method, path, 0.8)
-    stop: dict[str, Any] = {"type": S.ORDER_TYPE_STOP_MARKET, "price": "", "stop_price": "51000"}
 
     async def reached_once_held() -> None:
         held = await live.until_found("retried-stop")
@@ -496,8 +494,8 @@ async def test_a_stop_retried_while_its_first_attempt_triggers_is_sent_once(
         live.exchange.set_price(BTC, Decimal("51000"))
 
     first, again, _ = await asyncio.gather(
-        live.place(client_order_id="retried-stop", **stop),
-        live.place(client_order_id="retried-stop", **stop),
+        live.place(client_order_id="retried-stop", **STOP_AT_51000),
+        live.place(client_order_id="retried-stop", **STOP_AT_51000),
         reached_once_held(),
     )
     assert first.order_id == again.order_id

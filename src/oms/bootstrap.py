@@ -114,6 +114,7 @@ def auth_interceptor(auth: AuthSettings) -> AuthInterceptor | None:
                 Grant(token.name, frozenset(token.users), token.admin, token.publish_prices),
                 token.rate_limit_per_s,
                 token.burst,
+                token.max_price_streams,
             )
             for token in auth.tokens
         ],

@@ -301,6 +301,9 @@ class TokenSettings(BaseModel):
     """Calls a second on average; more are RESOURCE_EXHAUSTED."""
     burst: int = Field(default=200, ge=1)
     """Calls allowed at once above the average rate."""
+    max_price_streams: int = Field(default=100, ge=1)
+    """Price streams it may hold open at once; more are RESOURCE_EXHAUSTED (STREAM_LIMIT).
+    The server's max_price_streams bounds every client's together."""
 
     @field_validator("token")
     @classmethod

@@ -18,7 +18,7 @@ from fixtures.client_streams import until
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.trading import BTC, order_request
 from grpc_health.v1 import health_pb2
-from oms_client import OmsClient
+from oms_client import STREAM_LIMIT_REASON, OmsClient, error_reasons
 from pydantic import SecretStr
 from tradingboost.oms.v1 import account_service_pb2 as apb
 from tradingboost.oms.v1 import market_data_pb2
@@ -34,6 +34,7 @@ ADMIN = "admin-token-0123456789"
 FEEDER = "feeder-token-0123456789"
 SLOW = "slow-token-0123456789"
 DAVE = "dave-token-0123456789"  # configured by its SHA-256 only
+WATCHER = "watcher-token-0123456789"
 
 TOKENS = [
     TokenSettings(name="alice-bot", token=SecretStr(ALICE), users=["alice"]),
@@ -45,6 +46,7 @@ TOKENS = [
     TokenSettings(
         name="dave-bot", token_sha256=hashlib.sha256(DAVE.encode()).hexdigest(), users=["dave"]
     ),
+    TokenSettings(name="watcher", token=SecretStr(WATCHER), users=["erin"], max_price_streams=2),
 ]
 
 
@@ -247,6 +249,39 @@ async def test_over_its_rate_limit_a_token_is_resource_exhausted(oms: OmsHarness
     )
     # Other tokens have buckets of their own.
     await oms.orders.ListOrders(pb.ListOrdersRequest(user_id="alice"), metadata=bearer(ALICE))
+
+
+async def test_a_token_holds_no_more_price_streams_than_its_own_limit(
+    oms: OmsHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Far below the server's max_price_streams: one tenant cannot take every place.
+    caplog.set_level(logging.INFO, logger="oms.audit")
+    request = md.StreamPricesRequest(
+        instruments=[market_data_pb2.Instrument(exchange="paper", symbol=BTC)]
+    )
+
+    def open_stream(token: str) -> Any:
+        return oms.market.StreamPrices(request, metadata=bearer(token))
+
+    first, second = open_stream(WATCHER), open_stream(WATCHER)
+    await until(lambda: oms.app.market_data.streams == 2)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await open_stream(WATCHER).read()
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "token watcher holds 2 price streams open" in (error.value.details() or "")
+    assert error_reasons(error.value) == {STREAM_LIMIT_REASON}
+    outcomes = [json.loads(r.getMessage())["outcome"] for r in caplog.records]
+    assert outcomes[-1] == "RESOURCE_EXHAUSTED"
+
+    other = open_stream(ALICE)  # other tokens have places of their own
+    await until(lambda: oms.app.market_data.streams == 3)
+    first.cancel()  # frees its place
+    await until(lambda: oms.app.market_data.streams == 2)
+    again = open_stream(WATCHER)
+    await until(lambda: oms.app.market_data.streams == 3)
+    await oms.market.PublishPrices(tick("50000"), metadata=bearer(FEEDER))
+    for stream in (second, again, other):
+        assert (await stream.read()).price.price == "50000"
 
 
 async def test_an_address_making_calls_without_a_token_is_slowed_down(

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from oms.api.error_mapping import MalformedRequest
+from oms.api.error_mapping import MalformedRequest, abort_with
 from oms.domain.access import Grant, TokenBucket, token_digest
+from oms.domain.errors import StreamLimit
 
 if TYPE_CHECKING:  # generic only in the stubs
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -36,15 +37,20 @@ audit.setLevel(logging.INFO)  # whatever the log level: every decision is record
 
 _OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _PUBLISH_PRICES = "/tradingboost.oms.v1.MarketDataService/PublishPrices"
+_STREAM_PRICES = "/tradingboost.oms.v1.MarketDataService/StreamPrices"
 # Where an empty user_id means every user; anywhere else it is malformed (INVALID_ARGUMENT,
 # which the handler answers).
 _EVERY_USER = "/tradingboost.oms.v1.AccountService/ListActiveAccounts"
 
 
 class _Caller:
-    def __init__(self, grant: Grant, limit: TokenBucket) -> None:
+    def __init__(self, grant: Grant, limit: TokenBucket, max_price_streams: int) -> None:
         self.grant = grant
         self.limit = limit
+        # Price streams are not per user: without a share of its own, one token could take
+        # every place the server's max_price_streams has and lock out every other tenant.
+        self.max_price_streams = max_price_streams
+        self.price_streams = 0
 
 
 def _address(peer: str) -> str:
@@ -108,15 +114,16 @@ class HeldBack:
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(
         self,
-        tokens: Sequence[tuple[bytes, Grant, float, int]],
+        tokens: Sequence[tuple[bytes, Grant, float, int, int]],
         unauthenticated: tuple[float, int],
         clock_s: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`tokens`: (the token's digest, grant, calls a second, burst) each;
-        `unauthenticated`: (calls a second, burst) per peer address of calls without one."""
+        """`tokens`: (the token's digest, grant, calls a second, burst, price streams open at
+        once) each; `unauthenticated`: (calls a second, burst) per peer address of calls
+        without one."""
         self._callers = {
-            digest: _Caller(grant, TokenBucket(rate, burst, clock_s))
-            for digest, grant, rate, burst in tokens
+            digest: _Caller(grant, TokenBucket(rate, burst, clock_s), price_streams)
+            for digest, grant, rate, burst, price_streams in tokens
         }
         self._strangers = PeerLimits(*unauthenticated, clock_s)
         self._held_back = HeldBack()
@@ -167,7 +174,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 await self._refuse(method, request, context)
             assert caller is not None
             await _admit(method, caller, request, context)
-            return await behavior(request, context)
+            if method != _STREAM_PRICES:
+                return await behavior(request, context)
+            # Counted from its admission, with no await in between: no two opens take the
+            # same last place.
+            caller.price_streams += 1
+            try:
+                return await behavior(request, context)
+            finally:
+                caller.price_streams -= 1
 
         return guarded
 
@@ -212,6 +227,16 @@ async def _admit(method: str, caller: _Caller, request: Any, context: Context) -
     denial = _denial(method, grant, user_id)
     if denial:
         await _deny(context, method, grant, user_id, grpc.StatusCode.PERMISSION_DENIED, denial)
+    if method == _STREAM_PRICES and caller.price_streams >= caller.max_price_streams:
+        _record(context, method, grant, user_id, "RESOURCE_EXHAUSTED")
+        await abort_with(
+            context,
+            StreamLimit(
+                f"token {grant.name} holds {caller.price_streams} price streams open, as many "
+                "as its max_price_streams allows: close one first (one stream takes many "
+                "instruments)"
+            ),
+        )
     _record(context, method, grant, user_id, "ACCEPTED")
 
 

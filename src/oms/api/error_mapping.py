@@ -88,7 +88,8 @@ def _status_of(error: OmsError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, 
     )
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: OmsError) -> None:
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: OmsError) -> None:
+    """End the call with the status, and the google.rpc detail, `error` maps to (raises)."""
     code, message, trailers = _status_of(error)
     if code is grpc.StatusCode.INTERNAL:
         log.error("unmapped domain error: %r", error)
@@ -122,7 +123,7 @@ def _wrap_unary(
                 raise request.error
             return await behavior(request, context)
         except OmsError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
 
     return unary
 
@@ -142,7 +143,7 @@ def _wrap_stream(
                 async for response in responses:
                     await context.write(response)
         except OmsError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             ended = ended_by(task)
@@ -151,7 +152,7 @@ def _wrap_stream(
             # The engine ended the stream (engine.subscriptions.cut_off): answer with its error.
             task.uncancel()
             try:
-                await _abort(context, ended)
+                await abort_with(context, ended)
             except grpc.aio.InternalError:
                 # Its batch failed: the status waited behind a message a stalled client never
                 # read, and the client has gone since. Nobody is left to answer.

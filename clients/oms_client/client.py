@@ -10,6 +10,7 @@ and `retry` (its `deadline_s` bounds the whole call, retries included). Errors a
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
@@ -1285,17 +1286,21 @@ class OmsClient:
         """`cancel`, retried. A retry whose lost predecessor did cancel meets
         FAILED_PRECONDITION (the thing is terminal now): then `read` it, and return it when
         `cancelled` says it ended as a cancel ends it, since that is the outcome asked for;
-        otherwise the error stands."""
+        otherwise the error stands. The read shares its attempt's time: with none left it
+        ends DEADLINE_EXCEEDED, and the retry policy decides on that."""
         attempts = 0
+        loop = asyncio.get_running_loop()
 
         async def attempt(within_s: float | None) -> Result:
             nonlocal attempts
             attempts += 1
+            started = loop.time()
             try:
                 return await cancel(within_s)
             except grpc.aio.AioRpcError as error:
                 if attempts > 1 and error.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                    current = await read(within_s)
+                    spent = loop.time() - started
+                    current = await read(None if within_s is None else max(within_s - spent, 0))
                     if cancelled(current):
                         return current
                 raise

@@ -275,6 +275,42 @@ async def test_a_retried_cancel_whose_first_attempt_cancelled_returns_the_cancel
         assert canceled.status == S.ORDER_STATUS_CANCELED
 
 
+class SlowRetriedCancel(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """Holds the second CancelOrder for `delay_s`, as a congested network would, and records
+    the timeout each GetOrder is sent with."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.cancels = 0
+        self.read_timeouts: list[float | None] = []
+
+    async def intercept_unary_unary(
+        self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        if method.endswith("/CancelOrder"):
+            self.cancels += 1
+            if self.cancels == 2:
+                await asyncio.sleep(self.delay_s)
+        elif method.endswith("/GetOrder"):
+            self.read_timeouts.append(details.timeout)
+        return await continuation(details, request)
+
+
+async def test_the_read_after_a_retried_cancel_gets_only_what_is_left_of_its_attempts_time(
+    oms_priced: OmsHarness,
+) -> None:
+    slow = SlowRetriedCancel(delay_s=1.0)
+    lose = LoseResponses("CancelOrder", times=1)
+    async with client_with(oms_priced.address, slow, lose, retry=FAST_RETRY) as client:
+        resting = await client.place_order(**LIMIT_BUY)
+        canceled = await client.cancel_order(user_id=USER, order_id=resting.order_id, timeout_s=3.0)
+    assert canceled.status == S.ORDER_STATUS_CANCELED
+    # The retry took a second of its three: the read gets at most the two left.
+    [read_timeout] = slow.read_timeouts
+    assert read_timeout is not None and read_timeout <= 2.0
+
+
 async def test_cancelling_a_filled_order_stays_failed_precondition(
     oms_priced: OmsHarness,
 ) -> None:

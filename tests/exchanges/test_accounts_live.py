@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -172,42 +173,87 @@ async def test_an_active_account_is_followed_again_after_a_restart(
         await restarted.close()
 
 
-async def test_an_account_deactivated_while_the_start_waits_for_its_exchange_stays_inactive(
-    redis_url: str, binance_exchange: FakeExchange
-) -> None:
-    # The server listens (NOT_SERVING) while its start waits for the exchange of an active
-    # account; a DeactivateAccount answered meanwhile is not undone once the exchange is back.
-    binance_exchange.set_price(BTC, Decimal("50000"))
-    live = await live_trading(redis_url, binance_exchange)
+@asynccontextmanager
+async def restarting_with_exchange_down(
+    live: LiveTrading, redis_url: str, exchange: FakeExchange
+) -> AsyncIterator[asyncio.Task[int]]:
+    """Stops `live`'s server and exchange, then starts the server again: yields its start,
+    which waits for the exchange, with `live.oms` on the server meanwhile (it listens,
+    NOT_SERVING, and takes calls)."""
     await live.oms.close()
-    await binance_exchange.stop()
+    await exchange.stop()
     port = free_port()
     app = new_app(
         redis_url,
         listen=f"127.0.0.1:{port}",
         master_key=MASTER_KEY,
-        exchanges=exchange_settings(binance_exchange),
+        exchanges=exchange_settings(exchange),
     )
     starting = asyncio.create_task(app.start())
-    live.oms = oms = connect(app, port)
+    live.oms = connect(app, port)
     try:
-        deactivated = await oms.accounts.DeactivateAccount(
+        yield starting
+    finally:
+        starting.cancel()
+        await live.oms.close()
+
+
+async def test_an_account_deactivated_while_the_start_waits_for_its_exchange_stays_inactive(
+    redis_url: str, binance_exchange: FakeExchange
+) -> None:
+    # A DeactivateAccount answered while the start waits is not undone once the exchange is
+    # back.
+    binance_exchange.set_price(BTC, Decimal("50000"))
+    live = await live_trading(redis_url, binance_exchange)
+    async with restarting_with_exchange_down(live, redis_url, binance_exchange) as starting:
+        deactivated = await live.oms.accounts.DeactivateAccount(
             pb.DeactivateAccountRequest(user_id=USER, exchange="binanceusdm"),
             wait_for_ready=True,
             timeout=10,
         )
         assert deactivated.account.status == account_pb2.ACCOUNT_STATUS_INACTIVE
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await live.place(price="49000")
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # inactive now
+        assert not starting.done()
         await binance_exchange.start()
-        assert await asyncio.wait_for(starting, 10) == port
-        listed = await oms.accounts.ListActiveAccounts(pb.ListActiveAccountsRequest())
+        await asyncio.wait_for(starting, 10)
+        listed = await live.oms.accounts.ListActiveAccounts(pb.ListActiveAccountsRequest())
         assert list(listed.accounts) == []
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await live.place(price="49000")
         assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert binance_exchange.orders(API_KEY) == []
-    finally:
-        starting.cancel()
-        await oms.close()
+
+
+async def test_while_the_start_waits_for_its_exchange_an_active_account_is_unavailable(
+    redis_url: str, binance_exchange: FakeExchange
+) -> None:
+    # Not FAILED_PRECONDITION "no active account, activate it first": that is not so, and a
+    # client would not retry. UNAVAILABLE is retried, and the retry of an order placed
+    # before the restart then answers that order.
+    binance_exchange.set_price(BTC, Decimal("50000"))
+    live = await live_trading(redis_url, binance_exchange)
+    placed = await live.place(price="49000", client_order_id="dca-1")
+    async with restarting_with_exchange_down(live, redis_url, binance_exchange) as starting:
+        await live.oms.orders.GetOrder(
+            orders_pb.GetOrderRequest(user_id=USER, order_id=placed.order_id),
+            wait_for_ready=True,
+            timeout=10,
+        )
+        for client_order_id in ("dca-1", "dca-2"):
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await live.place(price="49000", client_order_id=client_order_id)
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "is active, but binanceusdm has not been reached" in (
+                error.value.details() or ""
+            )
+        assert not starting.done()
+        await binance_exchange.start()
+        await asyncio.wait_for(starting, 10)
+        again = await live.place(price="49000", client_order_id="dca-1")
+        assert again.order_id == placed.order_id
+        assert len(binance_exchange.orders(API_KEY)) == 1
 
 
 async def test_history_reads_after_a_restart_with_no_active_account(

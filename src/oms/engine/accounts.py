@@ -42,6 +42,10 @@ class Follower(Protocol):
         """Whether the account is followed now."""
         ...
 
+    def resuming(self, user_id: str, exchange: str, why: str | None) -> None:
+        """The start has yet to follow this active account, for `why`; None: no longer."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class AccountPage:
@@ -189,32 +193,33 @@ class Accounts:
     async def _resume(self, account: Account) -> None:
         backoff = Backoff(self._resume_backoff_s, 30.0)
         user_id, exchange = account.user_id, account.exchange
-        while True:
-            try:
-                # The server takes calls meanwhile: each attempt reads the account again,
-                # which a call may have deactivated, given new credentials, or followed.
-                async with self._lock(_owner(user_id, exchange)):
-                    current, credentials = await self._load(user_id, exchange)
-                    if current.is_active and not self._follower.follows(user_id, exchange):
-                        await self._follower.follow(current, credentials)
-                return
-            except FailedPrecondition as error:
-                log.error(
-                    "account %s on %s not followed: %s",
-                    account.user_id,
-                    account.exchange,
-                    error.message,
-                )
-                return
-            except Unavailable as error:
-                log.warning(
-                    "account %s on %s: %s; retrying in %.1f s",
-                    account.user_id,
-                    account.exchange,
-                    error.message,
-                    backoff.next_s,
-                )
-            await backoff.wait()
+        self._follower.resuming(user_id, exchange, "it has not answered yet")
+        try:
+            while True:
+                try:
+                    # The server takes calls meanwhile: each attempt reads the account again,
+                    # which a call may have deactivated, given new credentials, or followed.
+                    async with self._lock(_owner(user_id, exchange)):
+                        current, credentials = await self._load(user_id, exchange)
+                        if current.is_active and not self._follower.follows(user_id, exchange):
+                            await self._follower.follow(current, credentials)
+                    return
+                except FailedPrecondition as error:
+                    log.error("account %s on %s not followed: %s", user_id, exchange, error.message)
+                    return
+                except Unavailable as error:
+                    # Not while deactivated: only an active account's follow gets this far.
+                    self._follower.resuming(user_id, exchange, error.message)
+                    log.warning(
+                        "account %s on %s: %s; retrying in %.1f s",
+                        user_id,
+                        exchange,
+                        error.message,
+                        backoff.next_s,
+                    )
+                await backoff.wait()
+        finally:
+            self._follower.resuming(user_id, exchange, None)
 
     async def _load(self, user_id: str, exchange: str) -> tuple[Account, Credentials]:
         stored = await self._store.get(user_id, exchange)

@@ -130,6 +130,8 @@ class LiveExchanges:
         self._clock_ns = clock_ns
         self._policy = policy
         self._accounts: dict[tuple[str, str], FollowedAccount] = {}
+        self._resuming: dict[tuple[str, str], str] = {}
+        """Active accounts the start has not followed yet -> why (see `resuming`)."""
         self._marks = MarkPrices(
             store,
             journal,
@@ -193,6 +195,7 @@ class LiveExchanges:
         # rules) goes on as it is: read again, it could come back from before a change.
         previous = self._accounts.get((account.user_id, account.exchange))
         self._accounts[(account.user_id, account.exchange)] = followed
+        self._resuming.pop((account.user_id, account.exchange), None)
         if previous is not None:
             await previous.stop()
 
@@ -214,7 +217,17 @@ class LiveExchanges:
         followed.start("poll", self._poll(followed))
         self._marks.follow(account.exchange)
 
+    def resuming(self, user_id: str, exchange: str, why: str | None) -> None:
+        """The account is active, but its exchange has not been reached since the start, for
+        `why`: its calls are UNAVAILABLE (retry later), not refused as if it were inactive,
+        until it is followed or deactivated. None: no longer."""
+        if why is None:
+            self._resuming.pop((user_id, exchange), None)
+        else:
+            self._resuming[(user_id, exchange)] = why
+
     async def unfollow(self, account: Account) -> None:
+        self._resuming.pop((account.user_id, account.exchange), None)
         followed = self._accounts.pop((account.user_id, account.exchange), None)
         if followed is not None:
             await followed.stop()
@@ -1102,6 +1115,12 @@ class LiveExchanges:
 
     def check_followed(self, user_id: str, exchange: str) -> None:
         if self.is_real(exchange) and (user_id, exchange) not in self._accounts:
+            why = self._resuming.get((user_id, exchange))
+            if why is not None:
+                raise Unavailable(
+                    f"the account of {user_id[:64]} on {exchange} is active, but {exchange} "
+                    f"has not been reached since the server started ({why}): retry later"
+                )
             raise FailedPrecondition(
                 f"user {user_id[:64]} has no active account on {exchange}: "
                 "register credentials and activate the account first"

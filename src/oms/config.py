@@ -33,8 +33,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import ipaddress
+import os
 import re
 import tomllib
+import typing
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -570,13 +572,46 @@ def load_settings(argv_overrides: Mapping[str, object] | None = None) -> Setting
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_url=False):
-            key = ".".join(str(part) for part in error["loc"]) or "settings"
+            loc = error["loc"]
+            key = ".".join(str(part) for part in loc) or "settings"
             message = error["msg"].removeprefix("Value error, ")
-            if error["loc"][:1] in (("auth",), ("master_key",), ("postgres_dsn",)):
-                lines.append(f"  {key}: {message}")  # what was given may hold a secret
-            else:
-                lines.append(f"  {key}: {message} (got {_shorten(repr(error['input']))})")
+            if error["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(str(loc[-1]), _names_beside(loc), n=1)
+                message = "names no setting" + (f" (did you mean {close[0]}?)" if close else "")
+            elif loc[:1] in (("auth",), ("master_key",), ("postgres_dsn",)):
+                pass  # what was given may hold a secret: never shown
+            elif (given := repr(error["input"])) not in message:
+                message += f" (got {_shorten(given)})"
+            lines.append(f"  {key}: {message}{_source_of(loc, overrides)}")
         raise ConfigError("invalid settings:\n" + "\n".join(lines)) from exc
+
+
+def _source_of(loc: tuple[int | str, ...], overrides: Mapping[str, object]) -> str:
+    """Where the bad value came from, as the user wrote it there."""
+    if not loc:
+        return ""
+    name = str(loc[0])
+    if len(loc) == 1 and name in overrides:
+        return f" (from --{name.replace('_', '-')})"
+    variable = f"OMS_{name.upper()}"
+    if len(loc) == 1 and os.environ.get(variable):
+        return f" (from {variable})"
+    config = overrides.get("config") or os.environ.get("OMS_CONFIG")
+    return f" (in {config})" if config else ""
+
+
+def _names_beside(loc: tuple[int | str, ...]) -> list[str]:
+    """The setting names a key at `loc` could have meant: its table's fields."""
+    kind: Any = Settings
+    for part in loc[:-1]:
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            field = kind.model_fields.get(str(part))
+            kind = None if field is None else field.annotation
+        else:  # a list's index or a dict's key (an exchange's id): on to its items
+            kind = next((a for a in typing.get_args(kind) if a is not str), None)
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return list(kind.model_fields)
+    return []
 
 
 def unknown_env_settings(environ: Mapping[str, str], others: Iterable[str] = ()) -> list[str]:

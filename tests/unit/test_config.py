@@ -278,6 +278,38 @@ def test_invalid_toml_value_names_the_key(tmp_path: Path, toml: str, key: str) -
         load_settings({"config": config})
 
 
+def test_a_key_that_names_no_setting_gets_the_nearest_name_and_the_file(tmp_path: Path) -> None:
+    config = write_toml(
+        tmp_path,
+        'listne = "127.0.0.1:6000"\n[paper]\nmaker_fee = "0.1"\n'
+        "[exchanges.okx]\ntimout_ms = 5000\n",
+    )
+
+    with pytest.raises(ConfigError) as error:
+        load_settings({"config": config})
+    assert str(error.value).splitlines()[1:] == [
+        f"  paper.maker_fee: names no setting (did you mean maker_fee_rate?) (in {config})",
+        f"  exchanges.okx.timout_ms: names no setting (did you mean timeout_ms?) (in {config})",
+        f"  listne: names no setting (did you mean listen?) (in {config})",
+    ]
+
+
+def test_a_bad_value_is_reported_where_it_was_given(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("OMS_REDIS_TIMEOUT_S", "-1")
+    config = write_toml(tmp_path, "heartbeat_interval_s = 99\n")
+
+    with pytest.raises(ConfigError) as error:
+        load_settings({"config": config, "listen": "localhost"})
+    assert str(error.value).splitlines()[1:] == [
+        "  listen: 'localhost' is not HOST:PORT (e.g. '127.0.0.1:50051') or unix:PATH"
+        " (from --listen)",
+        "  redis_timeout_s: Input should be greater than 0 (got '-1') (from OMS_REDIS_TIMEOUT_S)",
+        f"  heartbeat_interval_s: Input should be less than or equal to 15 (got 99) (in {config})",
+    ]
+
+
 def test_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^config: cannot read settings file .*nope\.toml"):
         load_settings({"config": tmp_path / "nope.toml"})

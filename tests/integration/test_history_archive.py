@@ -22,6 +22,7 @@ from fixtures.client_streams import until
 from fixtures.metrics import plain, scrape
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.postgres_server import private_postgres
+from fixtures.redis_proxy import RedisFaultProxy, landed_unanswered
 from fixtures.redis_server import free_port, go_back_to, snapshot
 from fixtures.trading import USER, place, tick
 from tradingboost.oms.v1 import order_pb2
@@ -83,6 +84,36 @@ async def test_every_event_is_archived_in_order_with_its_sequence(
     finally:
         await connection.close()
     assert cursor == newest
+
+
+@pytest.mark.parametrize("replies_lost", ["one", "all"])
+async def test_a_commit_whose_reply_was_lost_is_archived_all_the_same(
+    proxy: RedisFaultProxy, postgres_dsn: str, replies_lost: str
+) -> None:
+    # Its events never reached this process: with no stream open for the user, nothing told
+    # the archiver, and they waited for the user's next commit or the next start.
+    oms = await make_oms(
+        await proxy.start(),
+        postgres_dsn=postgres_dsn,
+        redis_timeout_s=0.2,
+        store_check_interval_s=0.05,
+    )
+    try:
+        await tick(oms, "50000")
+        await place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000", client_order_id="a")
+        await archived(postgres_dsn, await newest_sequence(oms))
+        later = place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="48000", client_order_id="b")
+        if replies_lost == "one":  # the commit's retry answers that it landed already
+            proxy.lose_reply_to(b"EVALSHA")
+            await later
+            assert proxy.lost_replies == 1
+        else:  # every attempt's: the next store check reads its events back
+            await landed_unanswered(proxy, b"EVALSHA", later)
+        newest = await newest_sequence(oms)
+        rows = await archived(postgres_dsn, newest)
+    finally:
+        await oms.close()
+    assert [row["sequence"] for row in rows] == list(range(1, newest + 1))
 
 
 async def test_what_was_committed_without_the_archive_is_copied_at_start(
@@ -376,6 +407,57 @@ async def test_a_hung_archive_fails_the_call_in_time_and_is_used_again_once_it_a
         relay.resume()
         await archive.close()
         await relay.close()
+
+
+async def test_closing_an_archive_whose_server_hangs_ends_in_time_without_an_error(
+    postgres_dsn: str,
+) -> None:
+    # A graceful close waits for the server to see each connection out; a hung one never
+    # does, and the close raised TimeoutError: the stop of the OMS ended there, its lease
+    # not released, its commit floor not saved.
+    relay, dsn = await _relayed(postgres_dsn)
+    archive = PostgresArchive(dsn, 2)
+    try:
+        assert await archive.last_sequences() == {}  # an idle connection in the pool
+        relay.hang()
+        started = time.monotonic()
+        await archive.close()
+        assert time.monotonic() - started < 2
+    finally:
+        relay.resume()
+        await relay.close()
+
+
+async def test_an_archive_too_slow_for_a_whole_batch_takes_smaller_ones(
+    redis_url: str, postgres_dsn: str
+) -> None:
+    # 2 ms a row (a trigger of the operator's, a starved disk): no batch of 500 lands
+    # within the 1 s given a call, and the same batch retried at the same size never did.
+    archive = PostgresArchive(postgres_dsn, timeout_s=1)
+    await archive.last_sequences()  # makes the tables
+    admin = await asyncpg.connect(postgres_dsn)
+    await admin.execute(
+        "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$;"
+        "CREATE TRIGGER slow BEFORE INSERT ON oms_events FOR EACH ROW EXECUTE FUNCTION slow_row()"
+    )
+    try:
+        async with _own_archiver(redis_url, archive, 0.01) as (oms, archiver):
+            await tick(oms, "50000")
+            for _ in range(8):
+                await asyncio.gather(
+                    *(place(oms, type=order_pb2.ORDER_TYPE_LIMIT, price="49000") for _ in range(50))
+                )
+            newest = await newest_sequence(oms)
+            copying = asyncio.create_task(archiver.run())
+            try:
+                rows = await archived(postgres_dsn, newest)  # within 10 s: here ~2
+            finally:
+                copying.cancel()
+    finally:
+        await admin.close()
+    assert newest >= 400
+    assert [row["sequence"] for row in rows] == list(range(1, newest + 1))
 
 
 async def test_a_nul_in_an_event_is_archived_as_a_replacement_character(

@@ -160,9 +160,16 @@ class PostgresArchive:
         return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        """Say goodbye to the server on each connection, or, should it not answer within a
+        second (hung, or the network gone), just drop them: a stop must not wait on it."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            async with asyncio.timeout(1):
+                await pool.close()
+        except (TimeoutError, *_DOWN):
+            pool.terminate()
 
     @asynccontextmanager
     async def _session(self, events: bool = False) -> AsyncIterator[asyncpg.Pool]:

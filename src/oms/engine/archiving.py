@@ -57,6 +57,10 @@ class Archiver:
         self._failed_at: str | None = None
         """The user the last pass failed at (not held): tried after everyone else next."""
         self._wake = asyncio.Event()
+        self._batch = BATCH_EVENTS
+        """Events a batch copies now: halved at each failed append, a quarter more at each
+        that lands (a server too slow for a whole batch within its time takes smaller ones,
+        and the size stays near what it takes)."""
 
     def committed(self, user_id: str, newest: int) -> None:
         """`user_id` has events up to `newest` in the store (an EventHub listener)."""
@@ -190,21 +194,27 @@ class Archiver:
     async def _copy(self, user_id: str, cursors: dict[str, int]) -> bool:
         """One batch of `user_id`'s events; whether more may follow."""
         after = cursors.get(user_id, 0)
+        limit = self._batch
         if after:
             # From the newest archived event on: the store must still hold it as archived.
-            docs = await self._source.read_event_docs(user_id, after - 1, BATCH_EVENTS + 1)
+            docs = await self._source.read_event_docs(user_id, after - 1, limit + 1)
             anchored = bool(docs) and docs[0][0] == after
             if not docs or (
                 anchored and await self._archive.first_mismatch(user_id, docs[:1]) is not None
             ):
                 await self._realign(user_id, after, cursors)
                 return True
-            docs = docs[1:] if anchored else docs[:BATCH_EVENTS]
+            docs = docs[1:] if anchored else docs[:limit]
         else:
-            docs = await self._source.read_event_docs(user_id, 0, BATCH_EVENTS)
+            docs = await self._source.read_event_docs(user_id, 0, limit)
         if not docs:
             return False
-        await self._archive.append(user_id, docs)
+        try:
+            await self._archive.append(user_id, docs)
+        except Unavailable:
+            self._batch = max(1, limit // 2)
+            raise
+        self._batch = min(BATCH_EVENTS, limit + limit // 4 + 1)
         if docs[0][0] > after + 1:  # said once: after the append, which may be refused
             log.error(
                 "history archive: %s's events %d to %d left the store's retention before "
@@ -214,7 +224,7 @@ class Archiver:
                 docs[0][0] - 1,
             )
         cursors[user_id] = docs[-1][0]
-        return len(docs) == BATCH_EVENTS
+        return len(docs) == limit
 
     async def _realign(self, user_id: str, after: int, cursors: dict[str, int]) -> None:
         """The store no longer holds `user_id`'s events up to `after` as archived: it lost

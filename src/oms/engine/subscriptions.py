@@ -147,11 +147,16 @@ class EventHub:
 
     async def catch_up(self, user_ids: set[str]) -> None:
         """Publish what the store holds past the newest event published for each followed
-        user: events committed whose sequences this process never learnt."""
+        user: events committed whose sequences this process never learnt. The listeners
+        (the history archive) learn every user's newest sequence, followed or not."""
         for user_id in user_ids:
             if user_id in self._subscribers:
                 after = self._latest.get(user_id, 0)
                 self.publish(await self._store.read_events(user_id, after, _REPLAY_BATCH))
+            elif self._listeners:
+                _, newest = await self._store.sequence_bounds(user_id)
+                for listener in self._listeners:
+                    listener(user_id, newest)
 
     @property
     def streams(self) -> int:

@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 from fixtures.client_streams import until
 from fixtures.oms_server import OmsHarness, make_oms
+from fixtures.positions import position_stream
 from fixtures.redis_proxy import RedisFaultProxy
 from fixtures.trading import BTC, USER, fills_of, order_request, place, tick
 from tradingboost.oms.v1 import order_pb2
@@ -117,6 +118,34 @@ async def test_a_cancel_decided_after_a_tick_that_filled_its_order_sees_the_fill
             await canceling
     finally:
         await oms.close()
+
+
+async def test_orders_filling_on_one_position_in_one_commit_publish_an_update_each(
+    redis_url: str, proxy: RedisFaultProxy
+) -> None:
+    # CONTRACT section 4: an update on every change, coalesced only within a price tick.
+    # Orders queued behind a held commit are decided in one batch.
+    oms = await make_oms(await proxy.start())
+    try:
+        await tick(oms, "50000")
+        stream = position_stream(oms)
+        await stream.until_live()
+        proxy.hold_request(b"first")
+        first = asyncio.ensure_future(place(oms, quantity="0.001", client_order_id="first"))
+        await until(lambda: proxy.held == 1)
+        queued = [
+            asyncio.ensure_future(place(oms, quantity="0.001", client_order_id=f"more-{n}"))
+            for n in range(4)
+        ]
+        await asyncio.sleep(0.2)  # all four wait in the desk's queue by now
+        await proxy.release_held()
+        await asyncio.gather(first, *queued)
+        updates = await stream.events(5)
+        stream.cancel()
+    finally:
+        await oms.close()
+    assert [u.position.size for u in updates] == ["0.001", "0.002", "0.003", "0.004", "0.005"]
+    assert len({u.sequence for u in updates}) == 5
 
 
 async def test_a_refused_op_in_a_batch_that_conflicts_is_decided_again_and_answered(

@@ -391,9 +391,12 @@ class _Batch:
         self.new_client_ids: dict[tuple[str, str, str], None] = {}
         """(kind, user, client id) created in this batch."""
         self.touched: dict[str, Position] = {}
-        """Position records changed in this batch, by id in order, as last set: one event
-        each, coalesced. By record, not side: a side that closes and opens again in one batch
-        writes both records."""
+        """Position records the op being decided changed, by id in order, as last set: one
+        event each, coalesced (a tick's fills on one position make one update). By record,
+        not side: a side that closes and opens again writes both records."""
+        self.positions: list[Position] = []
+        """The records each op decided before changed, one event each: every op's change
+        is seen (concurrent orders filling on one position are as many updates)."""
         self._undo: list[Callable[[], None]] = []
 
     def _parts(self) -> tuple[list[Any] | dict[Any, Any], ...]:
@@ -406,6 +409,7 @@ class _Batch:
             self.fired,
             self.new_client_ids,
             self.touched,
+            self.positions,
             self._undo,
         )
 
@@ -439,7 +443,7 @@ class _Batch:
         user_id, side = slot
         return next(
             p
-            for p in reversed(self.touched.values())
+            for p in reversed([*self.positions, *self.touched.values()])
             if (p.user_id, p.position_side) == (user_id, side) and not p.is_open
         )
 
@@ -467,10 +471,15 @@ class _Batch:
 
         self._undo.append(undo)
 
+    def op_decided(self) -> None:
+        """The op being decided is done: its position changes are final."""
+        self.positions += self.touched.values()
+        self.touched.clear()
+
     def all_updates(self) -> list[Update]:
         """What the commit writes besides order changes: the noted updates, then one event
-        per touched position record."""
-        return [*self.updates, *map(PositionUpdated, self.touched.values())]
+        per position record each op changed."""
+        return [*self.updates, *map(PositionUpdated, self.positions)]
 
     def mark(self) -> tuple[int, ...]:
         """Where the batch stands now, for `rollback(desk, to=mark)`."""
@@ -753,6 +762,7 @@ class _Desk:
                 mark = batch.mark()
                 try:
                     results[id(op)] = op.decide(self, batch)
+                    batch.op_decided()
                     decided.append(op)
                 except _Deferred:
                     deferred.append(op)

@@ -258,6 +258,11 @@ class Application:
             "Users whose events the history archive refuses now, each waiting for its retry.",
             lambda: self.archiver.held_users if self.archiver is not None else 0,
         )
+        metrics.counter(
+            "oms_archive_missed_events",
+            "Events the store's retention trimmed before the history archive copied them.",
+            lambda: self.archiver.missed_events if self.archiver is not None else 0,
+        )
         return metrics
 
     async def start(self) -> int:

@@ -204,11 +204,15 @@ async def test_events_trimmed_before_they_were_archived_are_reported(
         newest = await newest_sequence(oms)
     finally:
         await oms.close()
-    oms = await make_oms(redis_url, retention_events=3, postgres_dsn=postgres_dsn)
+    oms = await make_oms(
+        redis_url, retention_events=3, postgres_dsn=postgres_dsn, metrics_listen="127.0.0.1:0"
+    )
     try:
         rows = await archived(postgres_dsn, newest)
+        missed = (await scrape(oms))[plain("oms_archive_missed_events_total")]
     finally:
         await oms.close()
+    assert missed == newest - 3
     # Only what Redis still held could be copied, and the hole is said out loud.
     assert [row["sequence"] for row in rows] == [newest - 2, newest - 1, newest]
     [gap] = [r for r in caplog.records if "left the store's retention" in r.getMessage()]
@@ -237,6 +241,12 @@ async def test_the_archive_says_whether_it_was_unreachable_or_refused(
     ):
         await reader.last_sequences()
     await reader.close()
+    # PostgreSQL quotes the user it refused; the log names no user.
+    stranger = f"nobody_{uuid.uuid4().hex[:12]}"
+    unknown = PostgresArchive(postgres_dsn.replace("//oms@", f"//{stranger}@"), timeout_s=5)
+    with pytest.raises(Unavailable, match=r'PostgreSQL refused \(.*\): .*role "<user>"') as error:
+        await unknown.last_sequences()
+    assert stranger not in str(error.value)
 
 
 async def _client_order_ids(dsn: str, table: str) -> list[str]:

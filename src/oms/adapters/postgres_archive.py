@@ -117,6 +117,8 @@ class PostgresArchive:
         parts = urlsplit(dsn)
         # Where, for messages: never the password (nor the user).
         self._where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+        # PostgreSQL's own messages quote it ('role "x" does not exist').
+        self._user = f'"{parts.username}"' if parts.username else None
         self._timeout_s = timeout_s
         self._pool: asyncpg.Pool | None = None
 
@@ -190,7 +192,7 @@ class PostgresArchive:
         except TimeoutError as error:
             self._drop_pool()
             if error.errno is not None:  # the network's own (ETIMEDOUT), not a deadline
-                raise _domain_error(error, self._where, events=False) from error
+                raise self._domain_error(error, events=False) from error
             # Either the call's deadline, or first the pool's timeout on one statement (one
             # waiting for a lock, say).
             waited = (
@@ -203,7 +205,10 @@ class PostgresArchive:
             if isinstance(error, _UNREACHABLE):
                 self._drop_pool()
             # A refusal while connecting (making the tables) is the archive's, not the events'.
-            raise _domain_error(error, self._where, events and connected) from error
+            raise self._domain_error(error, events and connected) from error
+
+    def _domain_error(self, error: BaseException, events: bool) -> Unavailable | FailedPrecondition:
+        return _domain_error(error, self._where, events, self._user)
 
     def _drop_pool(self) -> None:
         if self._pool is not None:
@@ -228,11 +233,12 @@ class PostgresArchive:
 
 
 def _domain_error(
-    error: BaseException, where: str, events: bool
+    error: BaseException, where: str, events: bool, user: str | None
 ) -> Unavailable | FailedPrecondition:
+    said = str(error) if user is None else str(error).replace(user, '"<user>"')
     if isinstance(error, _UNREACHABLE):
-        return Unavailable(f"PostgreSQL unreachable ({where}): {error}")
-    said = str(error).partition("\n")[0]  # a DETAIL would repeat the refused row
+        return Unavailable(f"PostgreSQL unreachable ({where}): {said}")
+    said = said.partition("\n")[0]  # a DETAIL would repeat the refused row
     refused = f"PostgreSQL refused ({where}): {type(error).__name__}: {said}"
     if events and isinstance(error, asyncpg.PostgresError) and error.sqlstate[:2] in _USER_REFUSED:
         return FailedPrecondition(refused)  # these events, not the archive

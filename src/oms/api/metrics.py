@@ -7,7 +7,7 @@ import asyncio
 import inspect
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
@@ -22,6 +22,8 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from oms.domain.events import FillRecorded, OrderUpdated, SequencedEvent, TrailingStopUpdated
 
@@ -88,6 +90,10 @@ class Metrics:
         """A gauge read when scraped."""
         Gauge(name, documentation, registry=self.registry).set_function(read)
 
+    def counter(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """A counter read when scraped (`read` never goes down): `name`_total."""
+        self.registry.register(_ReadCounter(name, documentation, read))
+
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics from a thread of its own; returns the port (`port` 0: any free)."""
         self._http = start_http_server(port, host, registry=self.registry)
@@ -100,6 +106,14 @@ class Metrics:
             server.server_close()
             thread.join()
             self._http = None
+
+
+class _ReadCounter(Collector):
+    def __init__(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        self._name, self._documentation, self._read = name, documentation, read
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self._read())
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]

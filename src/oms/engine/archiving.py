@@ -58,6 +58,8 @@ class Archiver:
         """The user the last pass failed at (not held): tried after everyone else next."""
         self._wake = asyncio.Event()
         self._batch = BATCH_EVENTS
+        self.missed_events = 0
+        """Events the store no longer held when their turn to be copied came (retention)."""
         """Events a batch copies now: halved at each failed append, a quarter more at each
         that lands (a server too slow for a whole batch within its time takes smaller ones,
         and the size stays near what it takes)."""
@@ -216,6 +218,7 @@ class Archiver:
             raise
         self._batch = min(BATCH_EVENTS, limit + limit // 4 + 1)
         if docs[0][0] > after + 1:  # said once: after the append, which may be refused
+            self.missed_events += docs[0][0] - after - 1
             log.error(
                 "history archive: %s's events %d to %d left the store's retention before "
                 "they were archived",
@@ -245,7 +248,8 @@ class Archiver:
         moved = await self._archive.set_aside(user_id, diverged)
         log.error(
             "history archive: the store no longer holds %s's events from %d on as they were "
-            "archived (Redis lost acknowledged writes, or its data was replaced); the %d "
+            "archived (Redis lost acknowledged writes or its data was replaced, or the database "
+            "was restored from an older backup or holds another deployment's events); the %d "
             "archived ones were moved to oms_events_superseded and the store's are copied",
             user_id,
             diverged,

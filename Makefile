@@ -16,8 +16,11 @@ run: proto
 	$(VENV)/bin/oms serve $(ARGS)
 
 # Every check CI runs: lint, types, proto lint, and the whole test suite.
+# Two workers (one per core here): most tests wait on timers and I/O, and each worker starts
+# its own private Redis and PostgreSQL. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: lint lint-proto
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(VENV_STAMP)
 	$(VENV)/bin/ruff check src tests clients bench

@@ -172,6 +172,8 @@ class Application:
             settings.stream_buffer_events,
             self.connector.exchanges,
             settings.max_price_streams,
+            # Read at each call: the exchanges are wired next.
+            lambda exchange: self.exchanges.not_reached(exchange),
         )
         self.exchanges = LiveExchanges(
             self.store,

@@ -30,6 +30,7 @@ from fixtures.redis_proxy import RedisFaultProxy, landed_unanswered
 from fixtures.redis_server import free_port
 from tradingboost.oms.v1 import account_pb2
 from tradingboost.oms.v1 import account_service_pb2 as pb
+from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as orders_pb
 from tradingboost.oms.v1 import position_service_pb2 as pos
@@ -248,6 +249,9 @@ async def test_while_the_start_waits_for_its_exchange_an_active_account_is_unava
             assert "is active, but binanceusdm has not been reached" in (
                 error.value.details() or ""
             )
+        with pytest.raises(grpc.aio.AioRpcError) as error:  # its markets are not loaded yet
+            await live.oms.market.GetMarket(md.GetMarketRequest(exchange="binanceusdm", symbol=BTC))
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
         assert not starting.done()
         await binance_exchange.start()
         await asyncio.wait_for(starting, 10)

@@ -226,6 +226,11 @@ class LiveExchanges:
         else:
             self._resuming[(user_id, exchange)] = why
 
+    def not_reached(self, exchange: str) -> str | None:
+        """Why the start has not reached `exchange`, where an account is active; None if
+        no such account waits."""
+        return next((why for (_, on), why in self._resuming.items() if on == exchange), None)
+
     async def unfollow(self, account: Account) -> None:
         self._resuming.pop((account.user_id, account.exchange), None)
         followed = self._accounts.pop((account.user_id, account.exchange), None)

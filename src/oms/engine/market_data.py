@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Container, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -64,11 +64,14 @@ class MarketData:
         buffer_events: int,
         real_exchanges: Container[str],
         max_streams: int = 1000,
+        not_reached: Callable[[str], str | None] = lambda exchange: None,
     ) -> None:
         """`real_exchanges`: every real exchange's id, its markets loaded or not.
-        `max_streams`: price streams open at once, all clients'."""
+        `max_streams`: price streams open at once, all clients'. `not_reached`: why the
+        start has not reached an exchange with an active account yet; None if it has none."""
         self._catalog = catalog
         self._real = real_exchanges
+        self._not_reached = not_reached
         self._paper = paper
         self._capacity = buffer_events
         self._max_streams = max_streams
@@ -193,6 +196,11 @@ class MarketData:
     def _resolve(self, exchange: str, symbol: str, prefix: str) -> Market:
         dot = f"{prefix}." if prefix else ""
         if exchange in self._real and not self._catalog.has_exchange(exchange):
+            if (why := self._not_reached(exchange)) is not None:
+                raise Unavailable(
+                    f"{dot}exchange: an account is active on {exchange}, but it has not been "
+                    f"reached since the server started ({why}): retry later"
+                )
             raise FailedPrecondition(
                 f"{dot}exchange: no account is active on {exchange}: its markets and prices "
                 "load once one is"

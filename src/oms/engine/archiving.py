@@ -58,11 +58,11 @@ class Archiver:
         """The user the last pass failed at (not held): tried after everyone else next."""
         self._wake = asyncio.Event()
         self._batch = BATCH_EVENTS
-        self.missed_events = 0
-        """Events the store no longer held when their turn to be copied came (retention)."""
         """Events a batch copies now: halved at each failed append, a quarter more at each
         that lands (a server too slow for a whole batch within its time takes smaller ones,
         and the size stays near what it takes)."""
+        self.missed_events = 0
+        """Events the store no longer held when their turn to be copied came (retention)."""
 
     def committed(self, user_id: str, newest: int) -> None:
         """`user_id` has events up to `newest` in the store (an EventHub listener)."""

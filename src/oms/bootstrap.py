@@ -260,6 +260,11 @@ class Application:
             "Users whose events the history archive refuses now, each waiting for its retry.",
             lambda: self.archiver.held_users if self.archiver is not None else 0,
         )
+        metrics.gauge(
+            "oms_accounts_not_reached",
+            "Active accounts whose exchange the start has not reached yet (calls UNAVAILABLE).",
+            lambda: self.exchanges.accounts_not_reached,
+        )
         metrics.counter(
             "oms_archive_missed_events",
             "Events the store's retention trimmed before the history archive copied them.",

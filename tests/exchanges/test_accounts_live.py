@@ -25,6 +25,7 @@ from fixtures.live_trading import (
     exchange_settings,
     live_trading,
 )
+from fixtures.metrics import plain, scrape
 from fixtures.oms_server import connect, make_oms, new_app
 from fixtures.redis_proxy import RedisFaultProxy, landed_unanswered
 from fixtures.redis_server import free_port
@@ -176,11 +177,11 @@ async def test_an_active_account_is_followed_again_after_a_restart(
 
 @asynccontextmanager
 async def restarting_with_exchange_down(
-    live: LiveTrading, redis_url: str, exchange: FakeExchange
+    live: LiveTrading, redis_url: str, exchange: FakeExchange, **overrides: Any
 ) -> AsyncIterator[asyncio.Task[int]]:
-    """Stops `live`'s server and exchange, then starts the server again: yields its start,
-    which waits for the exchange, with `live.oms` on the server meanwhile (it listens,
-    NOT_SERVING, and takes calls)."""
+    """Stops `live`'s server and exchange, then starts the server again (with `overrides`
+    of its settings): yields its start, which waits for the exchange, with `live.oms` on the
+    server meanwhile (it listens, NOT_SERVING, and takes calls)."""
     await live.oms.close()
     await exchange.stop()
     port = free_port()
@@ -189,6 +190,7 @@ async def restarting_with_exchange_down(
         listen=f"127.0.0.1:{port}",
         master_key=MASTER_KEY,
         exchanges=exchange_settings(exchange),
+        **overrides,
     )
     starting = asyncio.create_task(app.start())
     live.oms = connect(app, port)
@@ -236,7 +238,9 @@ async def test_while_the_start_waits_for_its_exchange_an_active_account_is_unava
     binance_exchange.set_price(BTC, Decimal("50000"))
     live = await live_trading(redis_url, binance_exchange)
     placed = await live.place(price="49000", client_order_id="dca-1")
-    async with restarting_with_exchange_down(live, redis_url, binance_exchange) as starting:
+    async with restarting_with_exchange_down(
+        live, redis_url, binance_exchange, metrics_listen="127.0.0.1:0"
+    ) as starting:
         await live.oms.orders.GetOrder(
             orders_pb.GetOrderRequest(user_id=USER, order_id=placed.order_id),
             wait_for_ready=True,
@@ -252,9 +256,11 @@ async def test_while_the_start_waits_for_its_exchange_an_active_account_is_unava
         with pytest.raises(grpc.aio.AioRpcError) as error:  # its markets are not loaded yet
             await live.oms.market.GetMarket(md.GetMarketRequest(exchange="binanceusdm", symbol=BTC))
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert (await scrape(live.oms))[plain("oms_accounts_not_reached")] == 1
         assert not starting.done()
         await binance_exchange.start()
         await asyncio.wait_for(starting, 10)
+        assert (await scrape(live.oms))[plain("oms_accounts_not_reached")] == 0
         again = await live.place(price="49000", client_order_id="dca-1")
         assert again.order_id == placed.order_id
         assert len(binance_exchange.orders(API_KEY)) == 1

@@ -226,6 +226,11 @@ class LiveExchanges:
         else:
             self._resuming[(user_id, exchange)] = why
 
+    @property
+    def accounts_not_reached(self) -> int:
+        """Active accounts whose exchange the start has not reached yet."""
+        return len(self._resuming)
+
     def not_reached(self, exchange: str) -> str | None:
         """Why the start has not reached `exchange`, where an account is active; None if
         no such account waits."""

@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import grpc
 import pytest
+import redis.asyncio as redis
 from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import API_KEY, BTC, CANCEL_ROUTE, USER, LiveTrading, live_trading
 from tradingboost.oms.v1 import market_data_pb2
@@ -18,6 +19,8 @@ from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as pb
 from tradingboost.oms.v1 import position_service_pb2 as pos
+
+from oms.adapters.redis_store import keys
 
 VENUES = ["binanceusdm", "okx"]
 BACKOFF_S = 0.3
@@ -57,6 +60,51 @@ async def test_a_resting_order_fills_when_the_exchange_fills_it(live: LiveTradin
         "0.02",
         "49000",
     )
+
+
+async def test_fills_of_two_symbols_with_the_same_trade_id_are_both_applied(
+    live: LiveTrading,
+) -> None:
+    # Binance and OKX number trades per symbol: the fill of ETH's trade 5001 is not the
+    # fill of BTC's trade 5001, already applied (the ETH order stayed OPEN, unfilled).
+    eth = "ETH/USDT:USDT"
+    live.exchange.set_price(eth, Decimal("3000"))
+    live.exchange.engine.number_trades_from(5001)
+    btc_order = await live.place(price="49000", quantity="0.01")
+    live.exchange.set_price(BTC, Decimal("48000"))
+    await live.until(btc_order.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    live.exchange.engine.number_trades_from(5001)
+    eth_order = await live.place(symbol=eth, price="2900", quantity="0.1")
+    live.exchange.set_price(eth, Decimal("2800"))
+    filled = await live.until(eth_order.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    assert (filled.filled_quantity, filled.average_fill_price) == ("0.1", "2900")
+    [btc_fill] = await live.fills(btc_order.order_id)
+    [eth_fill] = await live.fills(eth_order.order_id)
+    assert btc_fill.exchange_trade_id == eth_fill.exchange_trade_id == "5001"
+
+
+async def test_a_fill_applied_under_the_former_trade_field_still_counts_as_applied(
+    live: LiveTrading, redis_url: str
+) -> None:
+    # Fills applied before trade ids were kept per symbol are listed again by a
+    # reconciliation's lookback: they must not be applied twice.
+    order = await live.place(price="49000", quantity="0.01")
+    live.exchange.set_price(BTC, Decimal("48000"))
+    await live.until(order.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    [fill] = await live.fills(order.order_id)
+    trade_id = fill.exchange_trade_id
+    client = redis.Redis.from_url(redis_url)
+    try:
+        field = keys.trade_field(live.venue, BTC, trade_id)
+        fill_id = await client.hget(keys.trade_ids(USER), field)
+        await client.hdel(keys.trade_ids(USER), field)
+        await client.hset(
+            keys.trade_ids(USER), keys.legacy_trade_field(live.venue, trade_id), fill_id
+        )
+    finally:
+        await client.aclose()
+    store = live.oms.app.store
+    assert await store.applied_trade_ids(USER, live.venue, BTC, [trade_id, "1"]) == {trade_id}
 
 
 async def test_partial_fills_are_applied_one_by_one(live: LiveTrading) -> None:

@@ -33,7 +33,7 @@ class Fill:
     liquidity: Liquidity
     time_ns: int
     exchange_trade_id: str
-    """The venue's trade id: a fill is applied once per (exchange, exchange_trade_id)."""
+    """The venue's trade id: a fill is applied once per (exchange, symbol, exchange_trade_id)."""
     strategy: str = ""
     """The order's, so that a grid bot knows a fill's level without reading its order."""
     grid_level: int | None = None

@@ -90,7 +90,8 @@ class PositionReport:
 
 @dataclass(frozen=True, slots=True)
 class FillReport:
-    """One execution as the exchange reports it; `trade_id` makes it unique per exchange."""
+    """One execution as the exchange reports it; `trade_id` makes it unique per exchange and
+    symbol (Binance and OKX number trades per symbol)."""
 
     trade_id: str
     exchange_order_id: str

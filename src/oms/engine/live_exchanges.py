@@ -600,7 +600,7 @@ class LiveExchanges:
 
         async def decide(current: Order) -> list[OrderEvent]:
             applied = await self._store.applied_trade_ids(
-                current.user_id, current.exchange, trade_ids
+                current.user_id, current.exchange, current.symbol, trade_ids
             )
             new = [
                 fill_of(current, fill, self._new_id())

@@ -163,7 +163,7 @@ class Reconciliation:
         if exchange_order_id in followed.foreign_orders:
             return None
         applied = await self._store.applied_trade_ids(
-            followed.user_id, followed.exchange, [fill.trade_id for fill in fills]
+            followed.user_id, followed.exchange, symbol, [fill.trade_id for fill in fills]
         )
         if all(fill.trade_id in applied for fill in fills):
             return None

@@ -57,8 +57,20 @@ def fill_index(user_id: str) -> str:
 
 
 def trade_ids(user_id: str) -> str:
-    """Hash '<exchange>|<exchange_trade_id>' -> fill_id: each fill is applied once."""
+    """Hash trade_field(...) -> fill_id: each fill is applied once."""
     return user_key(user_id, "trade_ids")
+
+
+def trade_field(exchange: str, symbol: str, trade_id: str) -> str:
+    """A fill's field in trade_ids. Exchanges number trades per symbol (Binance, OKX): the
+    same id on two symbols is two fills."""
+    return f"{exchange}|{symbol}|{trade_id}"
+
+
+def legacy_trade_field(exchange: str, trade_id: str) -> str:
+    """The field fills applied before trade_field had; still read as applied, so that such a
+    fill listed again (a reconciliation's lookback) is not applied twice."""
+    return f"{exchange}|{trade_id}"
 
 
 def positions(user_id: str) -> str:

@@ -388,9 +388,13 @@ class RedisStore:
                     guard_owner[guard] = (ConflictKind.STALE_VERSION, index)
             for event in change.events:
                 if isinstance(event, FillRecorded):
-                    trade_key = f"{event.fill.exchange}|{event.fill.exchange_trade_id}"
-                    guard = tx.absent(keys.trade_ids(user), trade_key)
-                    guard_owner[guard] = (ConflictKind.DUPLICATE_FILL, index)
+                    fill = event.fill
+                    for field in (
+                        keys.trade_field(fill.exchange, fill.symbol, fill.exchange_trade_id),
+                        keys.legacy_trade_field(fill.exchange, fill.exchange_trade_id),
+                    ):
+                        guard = tx.absent(keys.trade_ids(user), field)
+                        guard_owner[guard] = (ConflictKind.DUPLICATE_FILL, index)
         for index, update in enumerate(updates):
             if (
                 isinstance(update, TrailingStopUpdated)
@@ -461,7 +465,9 @@ class RedisStore:
                 tx.hset(keys.fills(user), fill.fill_id, encode_fill(fill))
                 tx.zadd_at_event(keys.fill_index(user), event_no, fill.fill_id)
                 tx.hset(
-                    keys.trade_ids(user), f"{fill.exchange}|{fill.exchange_trade_id}", fill.fill_id
+                    keys.trade_ids(user),
+                    keys.trade_field(fill.exchange, fill.symbol, fill.exchange_trade_id),
+                    fill.fill_id,
                 )
         tx.hset(keys.orders(user), order.order_id, doc)
         tx.hset(keys.order_versions(user), order.order_id, str(order.version))
@@ -566,13 +572,19 @@ class RedisStore:
 
     @unavailable_when_down
     async def applied_trade_ids(
-        self, user_id: str, exchange: str, trade_ids: Sequence[str]
+        self, user_id: str, exchange: str, symbol: str, trade_ids: Sequence[str]
     ) -> set[str]:
         if not trade_ids:
             return set()
-        fields = [f"{exchange}|{trade_id}" for trade_id in trade_ids]
+        fields = [keys.trade_field(exchange, symbol, trade_id) for trade_id in trade_ids]
+        fields += [keys.legacy_trade_field(exchange, trade_id) for trade_id in trade_ids]
         found = await self._redis.hmget(keys.trade_ids(user_id), fields)  # type: ignore[misc]
-        return {trade_id for trade_id, hit in zip(trade_ids, found, strict=True) if hit is not None}
+        now, before = found[: len(trade_ids)], found[len(trade_ids) :]
+        return {
+            trade_id
+            for trade_id, hit, legacy_hit in zip(trade_ids, now, before, strict=True)
+            if hit is not None or legacy_hit is not None
+        }
 
     @unavailable_when_down
     async def open_orders_on(self, exchange: str) -> list[Order]:

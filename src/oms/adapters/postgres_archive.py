@@ -208,7 +208,20 @@ class PostgresArchive:
             raise self._domain_error(error, events and connected) from error
 
     def _domain_error(self, error: BaseException, events: bool) -> Unavailable | FailedPrecondition:
-        return _domain_error(error, self._where, events, self._user)
+        said = str(error) if self._user is None else str(error).replace(self._user, '"<user>"')
+        if isinstance(error, _UNREACHABLE):
+            return Unavailable(f"PostgreSQL unreachable ({self._where}): {said}")
+        said = said.partition("\n")[0]  # a DETAIL would repeat the refused row
+        refused = f"PostgreSQL refused ({self._where}): {type(error).__name__}: {said}"
+        if (
+            events
+            and isinstance(error, asyncpg.PostgresError)
+            and error.sqlstate[:2] in _USER_REFUSED
+        ):
+            return FailedPrecondition(refused)  # these events, not the archive
+        # Reached, and it said no to anything: a missing privilege, a full disk, a broken
+        # schema.
+        return Unavailable(refused)
 
     def _drop_pool(self) -> None:
         if self._pool is not None:
@@ -230,17 +243,3 @@ class PostgresArchive:
                 raise
             self._pool = pool
         return self._pool
-
-
-def _domain_error(
-    error: BaseException, where: str, events: bool, user: str | None
-) -> Unavailable | FailedPrecondition:
-    said = str(error) if user is None else str(error).replace(user, '"<user>"')
-    if isinstance(error, _UNREACHABLE):
-        return Unavailable(f"PostgreSQL unreachable ({where}): {said}")
-    said = said.partition("\n")[0]  # a DETAIL would repeat the refused row
-    refused = f"PostgreSQL refused ({where}): {type(error).__name__}: {said}"
-    if events and isinstance(error, asyncpg.PostgresError) and error.sqlstate[:2] in _USER_REFUSED:
-        return FailedPrecondition(refused)  # these events, not the archive
-    # Reached, and it said no to anything: a missing privilege, a full disk, a broken schema.
-    return Unavailable(refused)

@@ -22,6 +22,7 @@ from fixtures.live_trading import (
     ORDER_ROUTE,
     PASSWORD,
     SECRET,
+    TRADES_ROUTE,
     USER,
     LiveTrading,
     exchange_settings,
@@ -38,7 +39,6 @@ from oms.engine.ports import Conflict
 
 GRACE_S = 1.0
 LIVE_POLICY = {"lookup_grace_s": GRACE_S}
-TRADES = {"binanceusdm": "/fapi/v1/userTrades", "okx": "/api/v5/trade/fills-history"}
 TICKER = {"binanceusdm": "/fapi/v1/ticker/24hr", "okx": "/api/v5/market/ticker"}
 
 
@@ -107,7 +107,7 @@ async def test_a_taken_order_whose_fills_cannot_be_read_is_answered_and_settled_
     live: LiveTrading, exchange: FakeExchange
 ) -> None:
     exchange.faults.mute_private_feeds()  # only the submit path and the poll settle it
-    exchange.fail_requests("GET", TRADES[exchange.venue], count=1)
+    exchange.fail_requests(*TRADES_ROUTE[exchange.venue], count=1)
     order = await live.place(type=S.ORDER_TYPE_MARKET, price="")
     # Not UNKNOWN: the exchange has it, and says so.
     assert order.status in (S.ORDER_STATUS_OPEN, S.ORDER_STATUS_FILLED)

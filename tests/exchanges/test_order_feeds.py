@@ -8,8 +8,18 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
+from fixtures.client_streams import until
 from fixtures.fake_exchange import FakeExchange
-from fixtures.live_trading import API_KEY, BTC, USER, LiveTrading, long_side, outside_client
+from fixtures.live_trading import (
+    API_KEY,
+    BTC,
+    TRADES_ROUTE,
+    USER,
+    LiveTrading,
+    long_side,
+    open_order_reads,
+    outside_client,
+)
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as pb
 
@@ -44,6 +54,34 @@ async def test_fills_while_the_socket_was_down_are_backfilled(
     second = await live.place(price="47000")
     exchange.set_price(BTC, Decimal("46000"))
     await live.until(second.order_id, filled)
+
+
+async def test_a_fill_between_the_backfill_and_the_new_subscription_is_read_back(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    order = await live.place(price="49000")
+    listed_before = open_order_reads(exchange)
+    exchange.faults.delay_private_readiness(1.0)
+    exchange.faults.drop_private_feeds(lose_events_until_reconnect=True)
+    # The OMS backfills over REST at once; the fill comes after that read and before the
+    # new socket gets events: neither saw it.
+    await until(lambda: open_order_reads(exchange) > listed_before)
+    exchange.set_price(BTC, Decimal("48000"))
+    done = await live.until(order.order_id, filled, timeout_s=8)
+    assert done.average_fill_price == "49000"
+
+
+async def test_a_fill_the_feed_reports_before_rest_lists_it_is_read_again_soon(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    order = await live.place(price="49000")
+    exchange.fail_requests(*TRADES_ROUTE[exchange.venue], count=1)
+    exchange.set_price(BTC, Decimal("48000"))
+    # The feed says FILLED; the trades cannot be read yet. Read again in a moment, not at
+    # the next poll a minute later.
+    done = await live.until(order.order_id, filled, timeout_s=5)
+    assert done.average_fill_price == "49000"
+    assert len(await live.fills(order.order_id)) == 1
 
 
 async def test_a_fill_reported_after_the_cancel_is_still_applied(

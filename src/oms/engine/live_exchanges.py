@@ -98,6 +98,10 @@ log = logging.getLogger(__name__)
 _COMMIT_ATTEMPTS = 3
 _CUT_SHORT = (Unavailable, ConcurrentModification, GatewayError)
 """Failures that pass: what they cut short is run again (LiveExchanges._until_done)."""
+_RESUBSCRIBED_S = 2.0
+"""How long a new feed socket's watch must hold (no error) to count as subscribed."""
+_FeedItem = list[OrderReport] | GatewayError | None
+"""A batch of the order feed, its drop, or None: subscribed again after a drop."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -581,8 +585,10 @@ class LiveExchanges:
         fills: Sequence[FillReport] = (),
     ) -> Order:
         """Bring the order in line with a report: its fills first, then its status. Without
-        `fills` they are read from the exchange when the report says more filled."""
+        `fills` they are read from the exchange when the report says more filled; those it
+        does not list yet are read again shortly (`_read_fills_again`)."""
         order = await stored_order(self._store, followed.user_id, order_id)
+        reported = order.filled_quantity if report is None else report.filled_quantity
         if (
             not fills
             and report is not None
@@ -609,7 +615,33 @@ class LiveExchanges:
             ]
             return settlement_events(current, report, new)
 
-        return await self.commit(followed, order_id, decide)
+        after = await self.commit(followed, order_id, decide)
+        if after.filled_quantity < reported and not after.status.is_terminal:
+            followed.start(
+                f"fills:{order_id}", self._read_fills_again(followed, order_id, reported)
+            )
+        return after
+
+    async def _read_fills_again(
+        self, followed: FollowedAccount, order_id: str, reported: Decimal
+    ) -> None:
+        """Settle an order again, with backoff, until the fills the exchange reported are in:
+        its REST may list a trade a moment after its feed reported it, and the next poll may
+        be a minute away. Past `lookup_grace_s`, the poll is left to it."""
+        policy = self._policy(followed.exchange)
+        backoff = Backoff(policy.lookup_backoff_s, policy.max_backoff_s)
+        give_up_at = time.monotonic() + policy.lookup_grace_s
+        while time.monotonic() < give_up_at:
+            await backoff.wait()
+            try:
+                order = await stored_order(self._store, followed.user_id, order_id)
+                if order.filled_quantity >= reported or order.status.is_terminal:
+                    return
+                await self._refresh(followed, order)
+            except (ConcurrentModification, Unavailable) as error:
+                log.warning("order %s: fills not read again: %s", order_id, error)
+            except Exception:
+                log.exception("order %s: fills not read again", order_id)
 
     async def _refresh(self, followed: FollowedAccount, order: Order) -> Order:
         """Read the order back from the exchange and settle it; unchanged if unreadable."""
@@ -622,19 +654,27 @@ class LiveExchanges:
 
     async def _feed(self, followed: FollowedAccount) -> None:
         """Apply the account's websocket order feed. When the socket drops, the reader's
-        next watch reconnects; what happened meanwhile is read back over REST (the poll
-        covers the moment between that backfill and the new subscription)."""
-        batches: asyncio.Queue[list[OrderReport] | GatewayError] = asyncio.Queue()
+        next watch reconnects; what happened meanwhile is read back over REST, at once and
+        again once the new subscription has held (what happened between the two is in
+        neither the first backfill nor the new socket)."""
+        batches: asyncio.Queue[_FeedItem] = asyncio.Queue()
         followed.start("feed-reader", self._read_feed(followed, batches))
         while True:
             batch = await batches.get()
-            if isinstance(batch, GatewayError):
-                log.warning(
-                    "%s %s: order feed dropped, backfilling over REST: %s",
-                    followed.exchange,
-                    followed.user_id,
-                    batch,
-                )
+            if batch is None or isinstance(batch, GatewayError):
+                if batch is None:
+                    log.info(
+                        "%s %s: order feed back, backfilling over REST again",
+                        followed.exchange,
+                        followed.user_id,
+                    )
+                else:
+                    log.warning(
+                        "%s %s: order feed dropped, backfilling over REST: %s",
+                        followed.exchange,
+                        followed.user_id,
+                        batch,
+                    )
                 try:
                     await self._sync(followed, reconcile=True)
                 except (GatewayError, ConcurrentModification, Unavailable) as failed:
@@ -663,20 +703,31 @@ class LiveExchanges:
                     )
 
     async def _read_feed(
-        self, followed: FollowedAccount, batches: asyncio.Queue[list[OrderReport] | GatewayError]
+        self, followed: FollowedAccount, batches: asyncio.Queue[_FeedItem]
     ) -> None:
         """Keep a watch pending at all times: ccxt wakes a watch only for a message that
         arrives while it waits, so a reader that stopped to apply a batch would leave the
-        next update unseen until yet another message came."""
+        next update unseen until yet another message came. After a drop, None once the new
+        subscription has held for `_RESUBSCRIBED_S` (or brought a message)."""
         policy = self._policy(followed.exchange)
         backoff = Backoff(policy.lookup_backoff_s, policy.max_backoff_s)
+        dropped = False
         while True:
+            watch = asyncio.ensure_future(followed.gateway.watch_orders())
             try:
-                batches.put_nowait(await followed.gateway.watch_orders())
+                if dropped:
+                    await asyncio.wait({watch}, timeout=_RESUBSCRIBED_S)
+                    if not watch.done() or watch.exception() is None:
+                        batches.put_nowait(None)
+                        dropped = False
+                batches.put_nowait(await watch)
                 backoff.reset()
             except GatewayError as error:
                 batches.put_nowait(error)
+                dropped = True
                 await backoff.wait()
+            finally:
+                watch.cancel()
 
     async def known_order(self, followed: FollowedAccount, report: OrderReport) -> Order | None:
         """The OMS order an exchange report is about: one it sent (by the client id it gave

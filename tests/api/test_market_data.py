@@ -218,6 +218,30 @@ async def test_get_market_names_what_it_does_not_know(
     assert message.startswith(field)
 
 
+@pytest.mark.parametrize(
+    ("symbol", "hint"),
+    [
+        ("BTC/USDT", "(did you mean 'BTC/USDT:USDT'?)"),
+        ("btc-usdt-swap", "(did you mean 'BTC-USDT-SWAP'?)"),
+        ("eth/usdt:usdt", "(did you mean 'ETH/USDT:USDT'?)"),
+        ("BTC/USTD:USDT", "(did you mean 'BTC/USDT:USDT'?)"),
+    ],
+)
+async def test_an_unknown_symbol_names_the_nearest_one(
+    oms: OmsHarness, symbol: str, hint: str
+) -> None:
+    request = md.GetMarketRequest(exchange="paper", symbol=symbol)
+    message = await expect_code(oms.market.GetMarket(request), grpc.StatusCode.INVALID_ARGUMENT)
+    assert message == f"symbol: unknown symbol {symbol!r} on paper {hint}"
+
+
+async def test_a_market_the_exchange_does_not_have_gets_no_hint(oms: OmsHarness) -> None:
+    # Not a typo of SOL/USDT:USDT, though most of it is the same.
+    request = md.GetMarketRequest(exchange="paper", symbol="DOGE/USDT:USDT")
+    message = await expect_code(oms.market.GetMarket(request), grpc.StatusCode.INVALID_ARGUMENT)
+    assert message == "symbol: unknown symbol 'DOGE/USDT:USDT' on paper"
+
+
 async def test_a_real_exchange_without_an_active_account_is_failed_precondition(
     oms: OmsHarness,
 ) -> None:

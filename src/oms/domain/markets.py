@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -86,8 +87,19 @@ class MarketCatalog:
             raise InvalidArgument(field, "is required")
         market = self._by_key.get((exchange, symbol))
         if market is None:
-            raise InvalidArgument(field, f"unknown symbol {symbol[:64]!r} on {exchange}")
+            raise InvalidArgument(
+                field, f"unknown symbol {symbol[:64]!r} on {exchange}{self._hint(exchange, symbol)}"
+            )
         return market
+
+    def _hint(self, exchange: str, symbol: str) -> str:
+        """The symbol or market id meant, ignoring case: the shortest that begins with
+        `symbol` ('BTC/USDT:USDT' for 'BTC/USDT'), else one a typo away."""
+        names = {name.upper(): name for ex, name in self._by_key if ex == exchange}
+        typed = symbol[:64].upper()
+        longer = sorted((n for n in names if n.startswith(typed)), key=len)
+        close = longer or difflib.get_close_matches(typed, names, n=1, cutoff=0.85)
+        return f" (did you mean {names[close[0]]!r}?)" if close else ""
 
     def markets(self, exchange: str) -> list[Market]:
         return sorted(

@@ -38,24 +38,33 @@ async def test_equivalent_spellings_are_the_same_parameters(oms: OmsHarness) -> 
 
 
 @pytest.mark.parametrize(
-    "changed",
+    ("changed", "named"),
     [
-        {"quantity": "0.02"},
-        {"side": order_pb2.SIDE_SELL},
-        {"type": order_pb2.ORDER_TYPE_LIMIT, "price": "49000"},
-        {"strategy": "other"},
-        {"metadata": {"k": "v"}},
+        ({"quantity": "0.02"}, "quantity 0.01 there, 0.02 here"),
+        (
+            {"side": order_pb2.SIDE_SELL},
+            "side BUY there, SELL here; position_side LONG there, SHORT here",
+        ),
+        (
+            {"type": order_pb2.ORDER_TYPE_LIMIT, "price": "49000"},
+            "type MARKET there, LIMIT here; price none there, 49000 here",
+        ),
+        ({"strategy": "other"}, 'strategy "" there, other here'),
+        ({"metadata": {"k": "v"}}, "metadata {} there, {k=v} here"),
     ],
 )
 async def test_same_client_order_id_with_changed_parameters_is_already_exists(
-    oms: OmsHarness, changed: dict[str, object]
+    oms: OmsHarness, changed: dict[str, object], named: str
 ) -> None:
     await tick(oms, "50000")
     first = await place(oms, client_order_id="c1")
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await place(oms, client_order_id="c1", **changed)
     assert error.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert first.order_id in (error.value.details() or "")
+    assert error.value.details() == (
+        f"client_order_id 'c1' already names order {first.order_id} "
+        f"with different parameters: {named}"
+    )
     assert len(await fills_of(oms, first.order_id)) == 1
 
 

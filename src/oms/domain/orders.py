@@ -388,6 +388,48 @@ _SLOT_SETTERS = tuple(Order.__dict__[name].__set__ for name in _FIELD_NAMES)
 _SLOT_SETTER = dict(zip(_FIELD_NAMES, _SLOT_SETTERS, strict=True))
 
 
+_REQUEST_FIELDS = (
+    "exchange",
+    "symbol",
+    "side",
+    "type",
+    "time_in_force",
+    "quantity",
+    "price",
+    "stop_price",
+    "reduce_only",
+    "position_side",
+    "leverage",
+    "strategy",
+    "grid_level",
+    "metadata",
+)
+
+
+def changed_parameters(placed: Order, retried: Order) -> str:
+    """What a request reusing `placed`'s client order id changed, for its ALREADY_EXISTS:
+    "price 40000 there, 41000 here" for each of the order's own fields that differ, or
+    "different parameters" when only what the order does not keep (an entry's exits) does."""
+    changes = [
+        f"{name} {_shown(getattr(placed, name))} there, {_shown(getattr(retried, name))} here"
+        for name in _REQUEST_FIELDS
+        if getattr(placed, name) != getattr(retried, name)
+    ]
+    return "different parameters: " + "; ".join(changes) if changes else "different parameters"
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "none"
+    if value == "":
+        return '""'
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={v}" for k, v in sorted(value.items()))[:64] + "}"
+    return str(value)[:64]
+
+
 def reducing_order(
     *,
     order_id: str,

@@ -28,7 +28,7 @@ from oms.domain.events import FillRecorded, Heartbeat, OrderUpdated, SequencedEv
 from oms.domain.fills import Fill
 from oms.domain.identifiers import check_id, check_one_ref, check_user_id
 from oms.domain.markets import MarketCatalog
-from oms.domain.orders import Bracket, Order, OrderStatus, Side
+from oms.domain.orders import Bracket, Order, OrderStatus, Side, changed_parameters
 from oms.domain.paging import page_size
 from oms.engine.paper_exchange import PAPER, PaperExchange
 from oms.engine.ports import FillQuery, OrderQuery, Page, StateStore, fetch_page
@@ -197,7 +197,7 @@ class OrderLifecycle:
         if not created and placed.fingerprint != fingerprint:
             raise AlreadyExists(
                 f"client_order_id {order.client_order_id!r} already names order "
-                f"{placed.order_id} with different parameters"
+                f"{placed.order_id} with {changed_parameters(placed, order)}"
             )
         return placed
 

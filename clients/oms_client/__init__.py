@@ -3,7 +3,7 @@
 TrailingStopService, MarketDataService and AccountService (retrying unary calls, pages as
 `async for`, streams that resume by themselves), the rounding helpers for amount steps and
 price ticks, and readers of what an error's status details say (`field_violations`,
-`error_reasons`).
+`error_reasons`, `error_info`).
 """
 
 from oms_client.client import (
@@ -18,7 +18,14 @@ from oms_client.client import (
     TrailingStopEventStream,
     new_client_order_id,
 )
-from oms_client.errors import STREAM_LIMIT_REASON, error_reasons, field_violations
+from oms_client.errors import (
+    HISTORY_TRIMMED_REASON,
+    SEQUENCE_AHEAD_REASON,
+    STREAM_LIMIT_REASON,
+    error_info,
+    error_reasons,
+    field_violations,
+)
 from oms_client.retry import (
     NO_RETRY,
     NOT_TAKEN_CODES,
@@ -33,10 +40,12 @@ __all__ = [
     "CHANNEL_OPTIONS",
     "DEFAULT_RETRY",
     "DEFAULT_STREAM_RETRY",
+    "HISTORY_TRIMMED_REASON",
     "NOT_TAKEN_CODES",
     "NO_RETRY",
     "RESUMABLE_CODES",
     "RETRYABLE_CODES",
+    "SEQUENCE_AHEAD_REASON",
     "STREAM_LIMIT_REASON",
     "EventStream",
     "FillStream",
@@ -49,6 +58,7 @@ __all__ = [
     "RetryPolicy",
     "RuleUpdateStream",
     "TrailingStopEventStream",
+    "error_info",
     "error_reasons",
     "field_violations",
     "new_client_order_id",

@@ -9,12 +9,26 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-__all__ = ["STREAM_LIMIT_REASON", "error_reasons", "field_violations"]
+__all__ = [
+    "HISTORY_TRIMMED_REASON",
+    "SEQUENCE_AHEAD_REASON",
+    "STREAM_LIMIT_REASON",
+    "error_info",
+    "error_reasons",
+    "field_violations",
+]
 
 D = TypeVar("D", bound=Message)
 
 STREAM_LIMIT_REASON = "STREAM_LIMIT"
 """A RESOURCE_EXHAUSTED stream start: as many streams open as the server allows."""
+HISTORY_TRIMMED_REASON = "HISTORY_TRIMMED"
+"""An OUT_OF_RANGE stream: events after its resume point left the retained history. Its
+`error_info` metadata `oldest_sequence` is the oldest still there: list again (the
+snapshot's `as_of_sequence`), then stream after that."""
+SEQUENCE_AHEAD_REASON = "SEQUENCE_AHEAD"
+"""An OUT_OF_RANGE stream: its resume point is beyond the user's newest sequence (metadata
+`newest_sequence`): a cursor kept from another server, or from a store that was reset."""
 
 
 def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
@@ -31,6 +45,14 @@ def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
 def error_reasons(error: grpc.aio.AioRpcError) -> set[str]:
     """The google.rpc.ErrorInfo reasons the error carries (`STREAM_LIMIT_REASON`)."""
     return {info.reason for info in _details(error, error_details_pb2.ErrorInfo)}
+
+
+def error_info(error: grpc.aio.AioRpcError) -> dict[str, dict[str, str]]:
+    """The google.rpc.ErrorInfo the error carries, by reason, each with its metadata
+    (`{"HISTORY_TRIMMED": {"oldest_sequence": "1201"}}`)."""
+    return {
+        info.reason: dict(info.metadata) for info in _details(error, error_details_pb2.ErrorInfo)
+    }
 
 
 def _details(error: grpc.aio.AioRpcError, kind: type[D]) -> list[D]:

@@ -14,6 +14,7 @@ from fixtures.streams import StreamReader
 from fixtures.tcp_proxy import SilencingProxy
 from fixtures.trading import BTC, USER, place, tick
 from grpc_health.v1 import health_pb2
+from oms_client import HISTORY_TRIMMED_REASON, SEQUENCE_AHEAD_REASON, error_info
 from tradingboost.oms.v1 import (
     market_data_pb2,
     market_data_service_pb2_grpc,
@@ -198,6 +199,7 @@ async def test_resume_point_in_the_future_is_out_of_range(oms: OmsHarness) -> No
     assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
     # ACCEPTED, fill, FILLED and the position's update.
     assert "newest sequence 4" in (error.value.details() or "")
+    assert error_info(error.value) == {SEQUENCE_AHEAD_REASON: {"newest_sequence": "4"}}
 
 
 async def test_resume_point_older_than_retention_is_out_of_range(redis_url: str) -> None:
@@ -210,6 +212,7 @@ async def test_resume_point_older_than_retention_is_out_of_range(redis_url: str)
             await order_stream(oms, after=10).next_message()
         assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
         assert "oldest available sequence is 12" in (error.value.details() or "")
+        assert error_info(error.value) == {HISTORY_TRIMMED_REASON: {"oldest_sequence": "12"}}
         # Resuming right before the oldest retained event still works.
         ok = order_stream(oms, after=11)
         [first] = await ok.events(1)
@@ -645,6 +648,7 @@ async def test_events_trimmed_during_a_replay_end_the_stream_out_of_range(redis_
                 last = update.sequence
         assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
         assert "oldest available sequence is 1401" in (error.value.details() or "")
+        assert error_info(error.value) == {HISTORY_TRIMMED_REASON: {"oldest_sequence": "1401"}}
     finally:
         await slow_channel.close(grace=None)
         await oms.close()

@@ -28,6 +28,7 @@ from oms.domain.errors import (
     OmsError,
     OutOfRange,
     ResourceExhausted,
+    ResumeOutOfRange,
     StreamLimit,
     Unavailable,
 )
@@ -65,6 +66,12 @@ def _detail_of(error: OmsError) -> any_pb2.Any | None:
         detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
     elif isinstance(error, StreamLimit):
         detail.Pack(error_details_pb2.ErrorInfo(reason=STREAM_LIMIT_REASON, domain=ERROR_DOMAIN))
+    elif isinstance(error, ResumeOutOfRange):
+        detail.Pack(
+            error_details_pb2.ErrorInfo(
+                reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+            )
+        )
     else:
         return None
     return detail

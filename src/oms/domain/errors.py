@@ -36,6 +36,25 @@ class OutOfRange(OmsError):
     pass
 
 
+class ResumeOutOfRange(OutOfRange):
+    """A stream's resume point outside the retained history. `reason` and `metadata` (the
+    sequence it may resume from, or the newest) go into a google.rpc.ErrorInfo, so that a
+    program need not read them out of the message."""
+
+    def __init__(self, message: str, reason: str, **metadata: int) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.metadata = {name: str(value) for name, value in metadata.items()}
+
+
+HISTORY_TRIMMED = "HISTORY_TRIMMED"
+"""ResumeOutOfRange reason: events after the resume point left the retained history;
+metadata `oldest_sequence`."""
+SEQUENCE_AHEAD = "SEQUENCE_AHEAD"
+"""ResumeOutOfRange reason: a resume point beyond the newest sequence; metadata
+`newest_sequence`."""
+
+
 class ResourceExhausted(OmsError):
     pass
 

@@ -15,10 +15,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from oms.domain.errors import (
+    HISTORY_TRIMMED,
+    SEQUENCE_AHEAD,
     InvalidArgument,
     OmsError,
-    OutOfRange,
     ResourceExhausted,
+    ResumeOutOfRange,
     StreamLimit,
     Unavailable,
 )
@@ -288,13 +290,17 @@ class EventHub:
         if not after_sequence:
             return newest
         if after_sequence > newest:
-            raise OutOfRange(
-                f"after_sequence {after_sequence} is beyond the newest sequence {newest}"
+            raise ResumeOutOfRange(
+                f"after_sequence {after_sequence} is beyond the newest sequence {newest}",
+                SEQUENCE_AHEAD,
+                newest_sequence=newest,
             )
         if after_sequence < oldest - 1:
-            raise OutOfRange(
+            raise ResumeOutOfRange(
                 f"after_sequence {after_sequence} is older than the retained history; "
-                f"the oldest available sequence is {oldest}"
+                f"the oldest available sequence is {oldest}",
+                HISTORY_TRIMMED,
+                oldest_sequence=oldest,
             )
         return after_sequence
 
@@ -303,9 +309,11 @@ def _check_follows(cursor: int, first: int) -> None:
     """Events read after `cursor` must start right after it: retention may trim the stream
     while a slow client catches up, and a stream never skips events silently."""
     if first != cursor + 1:
-        raise OutOfRange(
+        raise ResumeOutOfRange(
             f"events after sequence {cursor} left the retained history while this stream "
-            f"caught up; the oldest available sequence is {first}"
+            f"caught up; the oldest available sequence is {first}",
+            HISTORY_TRIMMED,
+            oldest_sequence=first,
         )
 
 

@@ -244,9 +244,10 @@ class OrderServiceServicer:
         Heartbeat at least every 15 s while idle. With `after_sequence` > 0 the
         server first replays every retained change after it, then continues
         live, with no gap and no duplicate. Ends with: INVALID_ARGUMENT (bad
-        filter), OUT_OF_RANGE (`after_sequence` older than the retained history,
-        the message names the oldest available sequence, or newer than the
-        newest), RESOURCE_EXHAUSTED (the client did not keep up with its bounded
+        filter), OUT_OF_RANGE (`after_sequence` older than the retained history:
+        a google.rpc.ErrorInfo with reason HISTORY_TRIMMED and metadata
+        `oldest_sequence`; or newer than the newest: reason SEQUENCE_AHEAD,
+        metadata `newest_sequence`), RESOURCE_EXHAUSTED (the client did not keep up with its bounded
         buffer: resume from the last sequence received; or, at the start, the
         user has as many streams of any kind open as `max_streams_per_user`
         allows: a google.rpc.ErrorInfo with reason STREAM_LIMIT says so, and

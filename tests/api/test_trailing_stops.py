@@ -660,6 +660,31 @@ async def test_two_stops_crossed_by_one_tick_close_the_position_once(oms: OmsHar
     await check_invariants(oms, user)
 
 
+@pytest.mark.parametrize(
+    ("side", "near", "far", "gap"),
+    [
+        (LONG, {"callback_rate": "0.01"}, {"callback_rate": "0.05"}, "90"),  # stops 99, 95
+        (SHORT, {"callback_rate": "0.01"}, {"callback_rate": "0.05"}, "110"),  # 101, 105
+    ],
+)
+async def test_a_gap_through_two_stops_triggers_the_nearer_first(
+    oms: OmsHarness, side: int, near: dict[str, str], far: dict[str, str], gap: str
+) -> None:
+    # The move passes the nearer stop first: it closes its part, the farther one the rest.
+    # Created farther first, so that neither creation order nor id order decides.
+    user = new_user()
+    await publish(oms, "100")
+    await open_side(oms, user, side=side, quantity="0.02")
+    farther = await create_stop(oms, user, position_side=side, **far)
+    nearer = await create_stop(oms, user, position_side=side, quantity="0.005", **near)
+    await publish(oms, gap)
+    nearer, farther = [await get_stop(oms, user, s.trailing_stop_id) for s in (nearer, farther)]
+    await assert_close_order(oms, nearer, quantity="0.005")
+    await assert_close_order(oms, farther, quantity="0.015")
+    assert (await current_position(oms, user, side)).status == CLOSED
+    await check_invariants(oms, user)
+
+
 # --- idempotency, get and cancel -----------------------------------------------------------------
 
 

@@ -105,12 +105,12 @@ class TrailingBook:
         return self._stops(ids)
 
     def crossed_by(self, price: Decimal) -> list[TrailingStop]:
-        """Active stops `price` triggers (LONG price <= stop, SHORT price >= stop)."""
-        ids = [
-            *self._long.stops.irange(minimum=(price, _LOW)),
-            *self._short.stops.irange(maximum=(price, _HIGH)),
-        ]
-        return self._stops(ids)
+        """Active stops `price` triggers (LONG price <= stop, SHORT price >= stop), each side
+        in the order a price moving there reaches them: LONG stops highest first, SHORT ones
+        lowest first (equal stops by id). A gap through two stops of one position triggers
+        the nearer one first, as the move did."""
+        longs = sorted(self._long.stops.irange(minimum=(price, _LOW)), key=lambda entry: -entry[0])
+        return self._stops([*longs, *self._short.stops.irange(maximum=(price, _HIGH))])
 
     def _stops(self, entries: list[Entry]) -> list[TrailingStop]:
         return [self._by_id[stop_id] for _, stop_id in entries]

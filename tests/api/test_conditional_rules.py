@@ -10,6 +10,7 @@ below runs right after the call, with no waiting.
 from __future__ import annotations
 
 import asyncio
+from asyncio import Event
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,8 @@ from fixtures.trading import BTC
 from tradingboost.oms.v1 import conditional_rule_pb2, market_data_pb2, order_pb2
 from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_service_pb2 as opb
+
+from oms.domain.events import RuleUpdated
 
 S = order_pb2
 R = conditional_rule_pb2
@@ -751,6 +754,94 @@ async def test_one_cancels_other_holds_against_ticks_that_come_together(
         statuses = sorted([await status_of(oms, user, o.order_id) for o in (buy, sell)])
         assert statuses == sorted([S.ORDER_STATUS_FILLED, S.ORDER_STATUS_CANCELED]), attempt
         await publish(oms.market, "100", symbol=SOL)
+
+
+def hold_the_firing(oms: OmsHarness, monkeypatch: pytest.MonkeyPatch) -> tuple[Event, Event]:
+    """The next commit that fires a rule waits, once it is decided, until the second event
+    is set; the first says it is waiting."""
+    record = oms.app.journal.record
+    waiting, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held(changes: Any, prices: Any = (), updates: Any = ()) -> Any:
+        fires = any(isinstance(u, RuleUpdated) and u.rule.pending for u in updates)
+        if fires and not waiting.is_set():
+            waiting.set()
+            await go_on.wait()
+        return await record(changes, prices, updates)
+
+    monkeypatch.setattr(oms.app.journal, "record", held)
+    return waiting, go_on
+
+
+async def test_a_fired_rule_holds_back_its_orders_on_other_symbols(
+    oms: OmsHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fills on BTC and fires the rule; B rests on ETH. An ETH tick that reaches B while the
+    # firing commit is on its way must not fill B: the rule cancels it.
+    user = fresh_user()
+    await publish(oms.market, "50000")
+    await publish(oms.market, "3000", symbol=ETH)
+    a = await resting(oms.orders, user, A_PRICE)
+    b = await resting(oms.orders, user, "2900", symbol=ETH)
+    rule = await create_rule(oms.orders, user, a.order_id, FILLED, [b.order_id])
+    waiting, go_on = hold_the_firing(oms, monkeypatch)
+    firing = asyncio.ensure_future(publish(oms.market, A_PRICE))
+    await waiting.wait()
+    await publish(oms.market, "2900", symbol=ETH)  # reaches B: held back
+    go_on.set()
+    await firing
+    assert_triggered(await get_rule(oms.orders, user, rule.rule_id), all_cancelled(b.order_id))
+    await assert_cancelled_by_rule(oms.orders, user, b.order_id)
+    assert await fill_count(oms.orders, user, b.order_id) == 0
+
+
+async def test_a_rule_firing_at_creation_holds_back_its_orders(
+    oms: OmsHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its trigger has filled: the rule fires as it is created, not through a tick. A tick
+    # that reaches B while that commit is on its way must not fill B.
+    user = fresh_user()
+    await publish(oms.market, "50000")
+    b = await resting(oms.orders, user, B_PRICE)
+    trigger = await _filled(oms, user)
+    waiting, go_on = hold_the_firing(oms, monkeypatch)
+    creating = asyncio.ensure_future(
+        create_rule(oms.orders, user, trigger.order_id, FILLED, [b.order_id])
+    )
+    await waiting.wait()
+    await publish(oms.market, B_PRICE)  # reaches B: held back
+    go_on.set()
+    assert_triggered(await creating, all_cancelled(b.order_id))
+    await assert_cancelled_by_rule(oms.orders, user, b.order_id)
+    assert await fill_count(oms.orders, user, b.order_id) == 0
+
+
+async def test_a_rule_fired_by_a_tick_whose_commit_landed_unanswered_is_finished(
+    proxy: RedisFaultProxy,
+) -> None:
+    # The tick's commit fills A and fires the rule, and every reply to it is lost: the tick
+    # is UNAVAILABLE. The server goes on running: the rule is finished once the store
+    # answers (not at the next start), and no tick meanwhile fills B.
+    oms = await make_oms(await proxy.start())
+    try:
+        user = fresh_user()
+        await publish(oms.market, "50000")
+        a = await resting(oms.orders, user, A_PRICE, client_order_id="trigger-a")
+        b = await resting(oms.orders, user, B_PRICE)
+        rule = await create_rule(oms.orders, user, a.order_id, FILLED, [b.order_id])
+        await landed_unanswered(proxy, b"trigger-a", publish(oms.market, A_PRICE))
+        await publish(oms.market, B_PRICE)  # reaches B
+        async with asyncio.timeout(5):
+            while True:  # finished by the store check, in the background
+                fired = await get_rule(oms.orders, user, rule.rule_id)
+                if fired.results:
+                    break
+                await asyncio.sleep(0.05)
+        assert_triggered(fired, all_cancelled(b.order_id))
+        await assert_cancelled_by_rule(oms.orders, user, b.order_id)
+        assert await fill_count(oms.orders, user, b.order_id) == 0
+    finally:
+        await oms.close()
 
 
 async def test_concurrent_creates_under_one_client_id_arm_one_rule(

@@ -79,7 +79,7 @@ class ConditionalRules:
         unknown, by rule id: read back and finished once the store answers."""
         self._creating = ClientIdTurns()
         self._finishing: KeyedLocks[str] = KeyedLocks()
-        paper.run_rules_with(self.finish)
+        paper.run_rules_with(self.finish, unsure=self._finish_later)
         live.run_rules_with(self.finish)
 
     def _venue(self, exchange: str) -> RuleVenue:
@@ -146,8 +146,20 @@ class ConditionalRules:
                 f"trigger order {trigger.order_id} is {trigger.status.value}: it can never "
                 f"become {rule.condition.value}, so the rule could never fire"
             )
-        await self._journal.record([], (), [RuleUpdated(fired)])
+        # Not through a desk: no tick may fill a listed paper order from the firing on.
+        self._paper.hold_back(fired)
+        try:
+            await self._journal.record([], (), [RuleUpdated(fired)])
+        except Unavailable:
+            raise  # may have landed: _create leaves it to finish_unfinished
+        except BaseException:
+            self._paper.release(fired)
+            raise
         return await self.finish(fired)
+
+    def _finish_later(self, rule: ConditionalRule) -> None:
+        """A rule whose firing commit failed, landed or not: finish_unfinished finds out."""
+        self._unfinished[rule.rule_id] = rule
 
     async def finish(self, rule: ConditionalRule) -> ConditionalRule:
         """Cancel the listed orders of a fired rule and commit what happened to each.
@@ -162,6 +174,7 @@ class ConditionalRules:
             try:
                 stored = await self._store.get_rule(rule.user_id, rule.rule_id)
                 if stored is not None and not stored.pending:
+                    self._done(rule)
                     return stored
                 orders = await self._store.get_orders(rule.user_id, rule.cancel_order_ids)
                 results = await asyncio.gather(
@@ -169,7 +182,7 @@ class ConditionalRules:
                 )
                 finished = rule.finish(results, self._clock_ns())
                 await self._journal.record([], (), [RuleUpdated(finished)])
-                self._unfinished.pop(rule.rule_id, None)
+                self._done(rule)
                 return finished
             except OmsError:
                 # Left pending in the store: finished once the store answers again (or,
@@ -188,7 +201,12 @@ class ConditionalRules:
             if stored is not None and stored.pending:
                 await self.finish(stored)
             else:  # finished meanwhile, or its firing never landed
-                self._unfinished.pop(rule.rule_id, None)
+                self._done(rule)
+
+    def _done(self, rule: ConditionalRule) -> None:
+        """Finished, or found never to have fired: nothing more is owed."""
+        self._unfinished.pop(rule.rule_id, None)
+        self._paper.release(rule)
 
     async def _cancel(self, rule: ConditionalRule, order: Order) -> RuleCancelResult:
         if order.is_open:

@@ -170,9 +170,10 @@ class _RuleBook:
 
 
 class _Cancelling:
-    """Resting orders of this desk that a fired rule lists: its cancels follow the commit
-    that fired it, and no later tick may fill them meanwhile (one queued behind the firing
-    tick, from another publisher, would: one-cancels-other would fill both)."""
+    """Orders that a fired rule lists, on every desk: its cancels follow the commit that
+    fired it, and no later tick may fill them meanwhile (a tick queued behind the firing one,
+    from another publisher or on another symbol, would: one-cancels-other would fill both).
+    A mark goes when its order ends or its rule is finished."""
 
     def __init__(self) -> None:
         self._rules: dict[str, set[str]] = {}
@@ -183,11 +184,22 @@ class _Cancelling:
         self._rules.setdefault(order_id, set()).add(rule_id)
 
     def remove(self, item: tuple[str, str]) -> None:
+        # Tolerant: a rule finished meanwhile may have released it already.
         order_id, rule_id = item
-        rules = self._rules[order_id]
+        rules = self._rules.get(order_id)
+        if rules is None:
+            return
         rules.discard(rule_id)
         if not rules:
             del self._rules[order_id]
+
+    def hold(self, rule: ConditionalRule) -> None:
+        for order_id in rule.cancel_order_ids:
+            self.put((order_id, rule.rule_id))
+
+    def release(self, rule: ConditionalRule) -> None:
+        for order_id in rule.cancel_order_ids:
+            self.remove((order_id, rule.rule_id))
 
     def order_ids(self) -> frozenset[str]:
         return frozenset(self._rules)
@@ -508,7 +520,7 @@ class _Desk:
         self.book = _RestingBook()
         self.trailing = TrailingBook()
         self.rules = _RuleBook()
-        self.cancelling = _Cancelling()
+        self.cancelling = exchange.cancelling
         self.last: PriceUpdate | None = None
         self.positions: dict[PositionSlot, Position] = {}
         """The open record of each (user, side) on this symbol. A side leaves when its
@@ -664,8 +676,7 @@ class _Desk:
         if after.pending:
             batch.fired.append((owner, after))
             for order_id in after.cancel_order_ids:
-                if self.book.get(order_id) is not None:
-                    batch.put(self.cancelling, (order_id, after.rule_id))
+                batch.put(self.cancelling, (order_id, after.rule_id))
 
     def _start_trailing(
         self, owner: _Op, batch: _Batch, entry: Order, exit: TrailingExit, now: int
@@ -783,7 +794,12 @@ class _Desk:
                     batch.changes, batch.prices, batch.all_updates()
                 )
             except BaseException:
+                fired = [rule for _, rule in batch.fired]
                 batch.rollback(self)
+                for rule in fired:
+                    # The commit may have landed: finished once the store answers, its
+                    # orders held back until then.
+                    self._exchange.rule_unsure(rule)
                 raise
             if not isinstance(outcome, Conflict):
                 for owner, rule in batch.fired:
@@ -896,15 +912,35 @@ class PaperExchange:
         self._fees = fees
         self._maker_fill_limit = maker_fill_limit
         self._desks: dict[str, _Desk] = {}
+        self.cancelling = _Cancelling()
         self._rule_runner: RuleRunner | None = None
+        self._unsure: Callable[[ConditionalRule], None] | None = None
 
-    def run_rules_with(self, runner: RuleRunner) -> None:
-        """Who sends a fired rule's cancels (the engine's ConditionalRules)."""
+    def run_rules_with(
+        self, runner: RuleRunner, unsure: Callable[[ConditionalRule], None] | None = None
+    ) -> None:
+        """Who sends a fired rule's cancels (the engine's ConditionalRules), and who is
+        told of a rule whose firing commit failed, landed or not (to finish it once the
+        store answers, or find it never fired)."""
         self._rule_runner = runner
+        self._unsure = unsure
 
     def rule_fired(self, rule: ConditionalRule) -> asyncio.Future[object]:
         assert self._rule_runner is not None, "run_rules_with was not called"
         return asyncio.ensure_future(self._rule_runner(rule))
+
+    def rule_unsure(self, rule: ConditionalRule) -> None:
+        self.hold_back(rule)
+        if self._unsure is not None:
+            self._unsure(rule)
+
+    def hold_back(self, rule: ConditionalRule) -> None:
+        """No tick fills an order `rule` lists until `release`: it fired, or may have."""
+        self.cancelling.hold(rule)
+
+    def release(self, rule: ConditionalRule) -> None:
+        """`rule` is finished, or never fired: its orders fill again as ticks reach them."""
+        self.cancelling.release(rule)
 
     async def recover(self) -> None:
         """Rebuild prices and resting books from the store (the crash-recovery path)."""

@@ -138,6 +138,18 @@ async def test_filled_trigger_cancels_the_listed_orders_and_nothing_else(
     assert await get_rule(oms.orders, bk.user, rule.rule_id) == fired
 
 
+async def finished_in_background(
+    oms: OmsHarness, user: str, rule_id: str
+) -> conditional_rule_pb2.ConditionalRule:
+    """The rule once its results are in (within 5 s)."""
+    async with asyncio.timeout(5):
+        while True:
+            rule = await get_rule(oms.orders, user, rule_id)
+            if rule.results:
+                return rule
+            await asyncio.sleep(0.02)
+
+
 async def test_a_rule_fired_by_a_tick_whose_caller_goes_away_is_still_finished(
     proxy: RedisFaultProxy,
 ) -> None:
@@ -159,12 +171,7 @@ async def test_a_rule_fired_by_a_tick_whose_caller_goes_away_is_still_finished(
             await oms.market.PublishPrices(tick, timeout=0.3)
         assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await proxy.release_held()
-        async with asyncio.timeout(5):
-            while True:  # the cancel runs on in the background
-                fired = await get_rule(oms.orders, user, rule.rule_id)
-                if fired.results:
-                    break
-                await asyncio.sleep(0.02)
+        fired = await finished_in_background(oms, user, rule.rule_id)  # the cancel runs on
         assert_triggered(fired, all_cancelled(b.order_id))
         await assert_cancelled_by_rule(oms.orders, user, b.order_id)
     finally:
@@ -831,12 +838,7 @@ async def test_a_rule_fired_by_a_tick_whose_commit_landed_unanswered_is_finished
         rule = await create_rule(oms.orders, user, a.order_id, FILLED, [b.order_id])
         await landed_unanswered(proxy, b"trigger-a", publish(oms.market, A_PRICE))
         await publish(oms.market, B_PRICE)  # reaches B
-        async with asyncio.timeout(5):
-            while True:  # finished by the store check, in the background
-                fired = await get_rule(oms.orders, user, rule.rule_id)
-                if fired.results:
-                    break
-                await asyncio.sleep(0.05)
+        fired = await finished_in_background(oms, user, rule.rule_id)  # by the store check
         assert_triggered(fired, all_cancelled(b.order_id))
         await assert_cancelled_by_rule(oms.orders, user, b.order_id)
         assert await fill_count(oms.orders, user, b.order_id) == 0

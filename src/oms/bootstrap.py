@@ -96,6 +96,7 @@ def venue_policy(settings: Settings) -> Callable[[str], VenuePolicy]:
             # sets it to the request timeout): until then it may still take the order.
             lookup_grace_s=max(table.lookup_grace_s, table.timeout_ms / 1000),
             mark_interval_s=table.mark_interval_s,
+            position_mark_interval_s=settings.position_mark_interval_s,
             fill_lookback_s=table.fill_lookback_s,
             rate_limit_backoff_s=table.rate_limit_backoff_s,
             ban_backoff_s=table.ban_backoff_s,
@@ -163,7 +164,13 @@ class Application:
         fees = FeeSchedule(settings.paper.maker_fee_rate, settings.paper.taker_fee_rate)
         self.journal = journal = Journal(self.store, self.hub)
         self.paper = PaperExchange(
-            catalog, fees, journal, ids.new_id, time.time_ns, settings.paper.maker_fill_limit
+            catalog,
+            fees,
+            journal,
+            ids.new_id,
+            time.time_ns,
+            settings.paper.maker_fill_limit,
+            settings.position_mark_interval_s,
         )
         self.connector = ccxt_connector(settings)
         self.market_data = MarketData(

@@ -452,6 +452,10 @@ class Settings(BaseSettings):
     tick is written to every stream that names its instrument."""
     retention_events: int = Field(default=100_000, ge=1)
     """Events kept per user in the Redis stream; older resume points are OUT_OF_RANGE."""
+    position_mark_interval_s: float = Field(default=0.0, ge=0, le=3600)
+    """A mark-price move rewrites an open position (and streams its update) at most this
+    often; fills always do at once. 0: at every tick. More keeps more of a user's history
+    for resume when many positions are marked many times a second."""
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     """On SIGTERM, how long in-flight unary calls may take to finish."""
     log_level: LogLevel = "INFO"

@@ -22,6 +22,7 @@ from fixtures.positions import (
 )
 from fixtures.trading import BTC, USER, place, tick
 from tradingboost.oms.v1 import order_pb2, position_pb2
+from tradingboost.oms.v1 import position_service_pb2 as ppb
 
 from oms.adapters.redis_store import keys
 from oms.domain.orders import PositionSide
@@ -204,3 +205,31 @@ async def test_a_side_that_opens_again_while_its_closed_record_is_forgotten_keep
     assert await recovery_set(oms) == {member(USER)}
     assert desk_records(oms) == {(USER, PositionSide.LONG): (await position(oms)).position_id}
     await check_invariants(oms)
+
+
+async def test_a_mark_rewrites_a_position_at_most_every_position_mark_interval_s(
+    redis_url: str,
+) -> None:
+    # Ticks move the mark; only a fill rewrites the position within the interval, and it
+    # takes the mark of the moment. No event for the ticks between: history is kept.
+    oms = await make_oms(redis_url, position_mark_interval_s=3600)
+    try:
+        await tick(oms, "50000")
+        await place(oms)  # a market buy: fills at 50000
+        opened = await position(oms)
+        events = await newest_sequence(oms)
+        for price in ("51000", "52000"):
+            await tick(oms, price)
+        assert await position(oms) == opened
+        assert await newest_sequence(oms) == events
+        await place(oms)
+        grown = await position(oms)
+        assert (grown.size, grown.mark_price, grown.unrealized_pnl) == ("0.02", "52000", "20")
+        await check_invariants(oms, USER)
+    finally:
+        await oms.close()
+
+
+async def newest_sequence(oms: OmsHarness) -> int:
+    response = await oms.positions.ListPositions(ppb.ListPositionsRequest(user_id=USER))
+    return response.as_of_sequence

@@ -422,6 +422,23 @@ async def test_marks_follow_the_ticker_feed_between_rest_reads(
         await live.oms.close()
 
 
+async def test_a_mark_rewrites_a_position_at_most_every_position_mark_interval_s(
+    exchange: FakeExchange, redis_url: str
+) -> None:
+    live = await live_trading(redis_url, exchange, {"position_mark_interval_s": 3600})
+    try:
+        await live.place(type=S.ORDER_TYPE_MARKET, price="")
+        listed = pos.ListPositionsRequest(user_id=USER)
+        [opened] = (await live.oms.positions.ListPositions(listed)).positions
+        exchange.set_price(BTC, Decimal("51000"))
+        await live.until_mark("51000")
+        await asyncio.sleep(0.3)  # for the mark to reach the position, were it to
+        [now] = (await live.oms.positions.ListPositions(listed)).positions
+        assert now == opened
+    finally:
+        await live.oms.close()
+
+
 async def test_get_market_gives_the_exchange_s_own_rules(live: LiveTrading) -> None:
     # Quantities are in contracts as ccxt counts them: OKX's BTC swap contract is 0.01 BTC.
     expected = {

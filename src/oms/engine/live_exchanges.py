@@ -143,7 +143,7 @@ class LiveExchanges:
             self,
             observe_prices,
             clock_ns,
-            lambda exchange: policy(exchange).mark_interval_s,
+            policy,
         )
         self._held = HeldStops()
         self._trailing = LiveTrailingStops(store, journal, self, new_id, clock_ns)

@@ -22,6 +22,7 @@ from oms.domain.positions import Position
 from oms.engine.gateway import GatewayConnector, GatewayError
 from oms.engine.journal import Journal
 from oms.engine.ports import PriceUpdate, StateStore
+from oms.engine.venue_policy import VenuePolicy
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class MarkPrices:
         accounts: Accounts,
         observe: Callable[[Sequence[PriceUpdate]], None],
         clock_ns: Callable[[], int],
-        interval_s: Callable[[str], float],
+        policy: Callable[[str], VenuePolicy],
     ) -> None:
         self._store = store
         self._journal = journal
@@ -54,7 +55,7 @@ class MarkPrices:
         self._accounts = accounts
         self._observe = observe
         self._clock_ns = clock_ns
-        self._interval_s = interval_s
+        self._policy = policy
         self._followers: dict[str, asyncio.Task[None]] = {}
         self._last: dict[tuple[str, str], Decimal] = {}
         self._unapplied: set[tuple[str, str]] = set()
@@ -104,7 +105,7 @@ class MarkPrices:
                         self._watch(exchange, symbols, watchers)
                 nudged = self._nudged[exchange]
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._interval_s(exchange)):
+                    async with asyncio.timeout(self._policy(exchange).mark_interval_s):
                         await nudged.wait()
                 nudged.clear()
         finally:
@@ -129,10 +130,15 @@ class MarkPrices:
             except (GatewayError, Unavailable, ConcurrentModification) as error:
                 # The REST read at the next interval covers the gap; the next watch reconnects.
                 log.warning("%s %s ticker feed: %s", exchange, symbol, error)
-                await asyncio.sleep(self._interval_s(exchange))
+                await asyncio.sleep(self._policy(exchange).mark_interval_s)
             except Exception:
                 log.exception("%s %s ticker feed", exchange, symbol)
-                await asyncio.sleep(self._interval_s(exchange))
+                await asyncio.sleep(self._policy(exchange).mark_interval_s)
+
+    def _due(self, position: Position, now_ns: int) -> bool:
+        """Whether a mark may rewrite `position` now (position_mark_interval_s)."""
+        interval_s = self._policy(position.exchange).position_mark_interval_s
+        return not interval_s or now_ns - position.updated_at_ns >= interval_s * 1e9
 
     async def refresh(self, exchange: str) -> list[str]:
         """Read the marks of the symbols in use on `exchange` over REST and apply the ones
@@ -205,11 +211,11 @@ class MarkPrices:
     ) -> None:
         updates = []
         for stale in positions:
-            if stale.symbol not in marks:
-                continue
+            if stale.symbol not in marks or not self._due(stale, now_ns):
+                continue  # the record only grows newer than the listing's
             # Re-read under the account's lock: a fill may have moved it since the listing.
             current = await self._store.current_position(stale.key)
-            if current is not None and current.is_open:
+            if current is not None and current.is_open and self._due(current, now_ns):
                 updates.append(PositionUpdated(current.mark(marks[stale.symbol], now_ns)))
         if updates:
             await self._journal.record([], updates=updates)

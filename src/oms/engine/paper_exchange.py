@@ -310,8 +310,11 @@ class _Tick(_Op):
             if events:
                 desk.record(self, batch, order, events, now)
         desk.trail(self, batch, self.price, now)
+        interval = desk.mark_interval_ns
         for key, position in list(desk.positions.items()):
-            if position.mark_price != self.price:
+            if position.mark_price != self.price and (
+                not interval or now - position.updated_at_ns >= interval
+            ):
                 batch.set_position(desk, key, position.mark(self.price, now))
         return update
 
@@ -526,6 +529,7 @@ class _Desk:
         """The open record of each (user, side) on this symbol. A side leaves when its
         position closes: its record lives on in the store, and its next fill opens a new one."""
         self.clock_ns = exchange.clock_ns
+        self.mark_interval_ns = exchange.mark_interval_ns
         self._exchange = exchange
         self._queue: list[_Op] = []
         self._worker: asyncio.Task[None] | None = None
@@ -904,8 +908,11 @@ class PaperExchange:
         new_id: Callable[[], str],
         clock_ns: Callable[[], int],
         maker_fill_limit: Decimal | None = None,
+        position_mark_interval_s: float = 0.0,
     ) -> None:
         self.journal = journal
+        self.mark_interval_ns = int(position_mark_interval_s * 1e9)
+        """A tick rewrites an open position's mark at most this often (fills always do)."""
         self.clock_ns = clock_ns
         self.new_id = new_id
         self._catalog = catalog

@@ -19,6 +19,8 @@ class VenuePolicy:
     max_backoff_s: float = 5.0
     mark_interval_s: float = 1.0
     """How often the marks of the symbols in use are read over REST (under the ticker feed)."""
+    position_mark_interval_s: float = 0.0
+    """A mark move rewrites a position at most this often (0: at every mark)."""
     fill_lookback_s: float = 86_400.0
     """How far back reconciliation reads the exchange's fills of finished orders."""
     rate_limit_backoff_s: float = 1.0

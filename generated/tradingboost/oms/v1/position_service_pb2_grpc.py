@@ -169,12 +169,13 @@ class PositionServiceServicer:
         """Server stream of every position change of the user (optionally one
         exchange or exchange and symbol) as PositionUpdate, in sequence order,
         including mark price moves (coalesced: at most one update per position
-        per price tick), with a Heartbeat at least every 15 s while idle. With
-        `after_sequence` > 0 the server first replays every retained update
-        after it, then continues live, with no gap and no duplicate. Ends with:
-        INVALID_ARGUMENT (bad filter), OUT_OF_RANGE (`after_sequence` older than
-        the retained history, the message names the oldest available sequence,
-        or newer than the newest), RESOURCE_EXHAUSTED (the client did not keep
+        per price tick, and per `position_mark_interval_s` where the server sets
+        one; a fill's update always comes, with the mark of the moment), with a
+        Heartbeat at least every 15 s while idle. With `after_sequence` > 0 the
+        server first replays every retained update after it, then continues
+        live, with no gap and no duplicate. Ends with: INVALID_ARGUMENT (bad
+        filter), OUT_OF_RANGE (as StreamOrderUpdates: `after_sequence` older than
+        the retained history, or newer than the newest), RESOURCE_EXHAUSTED (the client did not keep
         up: resume from the last sequence received), UNAVAILABLE (server
         shutting down: resume elsewhere).
         """

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from asyncio import Event
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +58,9 @@ from tradingboost.oms.v1 import conditional_rule_pb2, market_data_pb2, order_pb2
 from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_service_pb2 as opb
 
+from oms.domain.errors import Unavailable
 from oms.domain.events import RuleUpdated
+from oms.engine.ports import OrderChange
 
 S = order_pb2
 R = conditional_rule_pb2
@@ -763,21 +765,121 @@ async def test_one_cancels_other_holds_against_ticks_that_come_together(
         await publish(oms.market, "100", symbol=SOL)
 
 
+Commit = tuple[Sequence[OrderChange], Sequence[Any]]
+
+
+def intercept_commits(
+    oms: OmsHarness, monkeypatch: pytest.MonkeyPatch, before: Callable[[Commit], Awaitable[None]]
+) -> None:
+    """Every commit, once decided, goes through `before` first, which may wait, or raise (a
+    commit Redis refused: nothing written)."""
+    record = oms.app.journal.record
+
+    async def intercepted(changes: Any, prices: Any = (), updates: Any = ()) -> Any:
+        await before((changes, updates))
+        return await record(changes, prices, updates)
+
+    monkeypatch.setattr(oms.app.journal, "record", intercepted)
+
+
+def fires_a_rule(commit: Commit) -> bool:
+    return any(isinstance(u, RuleUpdated) and u.rule.pending for u in commit[1])
+
+
+def ends(order_id: str) -> Callable[[Commit], bool]:
+    return lambda commit: any(
+        c.order.order_id == order_id and not c.order.is_open for c in commit[0]
+    )
+
+
 def hold_the_firing(oms: OmsHarness, monkeypatch: pytest.MonkeyPatch) -> tuple[Event, Event]:
     """The next commit that fires a rule waits, once it is decided, until the second event
     is set; the first says it is waiting."""
-    record = oms.app.journal.record
     waiting, go_on = asyncio.Event(), asyncio.Event()
 
-    async def held(changes: Any, prices: Any = (), updates: Any = ()) -> Any:
-        fires = any(isinstance(u, RuleUpdated) and u.rule.pending for u in updates)
-        if fires and not waiting.is_set():
+    async def hold(commit: Commit) -> None:
+        if fires_a_rule(commit) and not waiting.is_set():
             waiting.set()
             await go_on.wait()
-        return await record(changes, prices, updates)
 
-    monkeypatch.setattr(oms.app.journal, "record", held)
+    intercept_commits(oms, monkeypatch, hold)
     return waiting, go_on
+
+
+async def cross_symbol_rule(
+    oms: OmsHarness,
+) -> tuple[str, order_pb2.Order, conditional_rule_pb2.ConditionalRule]:
+    """A fresh user, B and the rule: when A (a BTC buy at A_PRICE) fills, cancel B (an ETH
+    buy at 2900, ETH at 3000)."""
+    user = fresh_user()
+    await publish(oms.market, "50000")
+    await publish(oms.market, "3000", symbol=ETH)
+    a = await resting(oms.orders, user, A_PRICE)
+    b = await resting(oms.orders, user, "2900", symbol=ETH)
+    return user, b, await create_rule(oms.orders, user, a.order_id, FILLED, [b.order_id])
+
+
+async def test_a_refused_firing_settled_as_never_fired_keeps_the_hold_of_a_firing_since(
+    oms: OmsHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first firing is refused (nothing written): A and the rule stay as they were, and
+    # B is held until the store check settles it. The next tick fires the rule for good;
+    # while that commit is on its way, the check finds the rule ACTIVE (never fired). That
+    # must not lift the new firing's hold: an ETH tick reaching B then would fill both legs.
+    user, b, rule = await cross_symbol_rule(oms)
+    firings = 0
+    waiting, go_on = asyncio.Event(), asyncio.Event()
+
+    async def refuse_then_hold(commit: Commit) -> None:
+        nonlocal firings
+        if fires_a_rule(commit):
+            firings += 1
+            if firings == 1:
+                raise Unavailable("refused")
+            waiting.set()
+            await go_on.wait()
+
+    intercept_commits(oms, monkeypatch, refuse_then_hold)
+    await expect_code(publish(oms.market, A_PRICE), grpc.StatusCode.UNAVAILABLE)
+    firing = asyncio.ensure_future(publish(oms.market, A_PRICE))
+    await waiting.wait()
+    await oms.app.rules.finish_unfinished()  # the store check: ACTIVE, never fired
+    await publish(oms.market, "2900", symbol=ETH)  # reaches B: held back still
+    go_on.set()
+    await firing
+    assert_triggered(await get_rule(oms.orders, user, rule.rule_id), all_cancelled(b.order_id))
+    assert await fill_count(oms.orders, user, b.order_id) == 0
+
+
+async def test_a_hold_lifted_while_a_failing_commit_ends_the_order_is_not_put_back(
+    oms: OmsHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The firing is refused, so B is held. B's own cancel is decided (taking B off the book)
+    # and its commit is on its way when the store check finds the rule never fired and lifts
+    # the hold; then that commit fails too. B is open again, and must fill like any order.
+    bk = await book(oms)
+    user, b = bk.user, bk.b
+    await create_rule(oms.orders, user, bk.a.order_id, FILLED, [b.order_id])
+    waiting, go_on, refused = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def refuse(commit: Commit) -> None:
+        if fires_a_rule(commit) and not refused.is_set():
+            refused.set()
+            raise Unavailable("refused")
+        if ends(b.order_id)(commit) and not waiting.is_set():
+            waiting.set()
+            await go_on.wait()
+            raise Unavailable("refused")
+
+    intercept_commits(oms, monkeypatch, refuse)
+    await expect_code(publish(oms.market, A_PRICE), grpc.StatusCode.UNAVAILABLE)
+    cancelling = asyncio.ensure_future(cancel_order(oms.orders, user, b.order_id))
+    await waiting.wait()
+    await oms.app.rules.finish_unfinished()  # the store check: ACTIVE, never fired
+    go_on.set()
+    await expect_code(cancelling, grpc.StatusCode.UNAVAILABLE)
+    await publish(oms.market, "48900")  # through A and B: one price fills both
+    assert await status_of(oms, user, b.order_id) == S.ORDER_STATUS_FILLED
 
 
 async def test_a_fired_rule_holds_back_its_orders_on_other_symbols(
@@ -785,12 +887,7 @@ async def test_a_fired_rule_holds_back_its_orders_on_other_symbols(
 ) -> None:
     # A fills on BTC and fires the rule; B rests on ETH. An ETH tick that reaches B while the
     # firing commit is on its way must not fill B: the rule cancels it.
-    user = fresh_user()
-    await publish(oms.market, "50000")
-    await publish(oms.market, "3000", symbol=ETH)
-    a = await resting(oms.orders, user, A_PRICE)
-    b = await resting(oms.orders, user, "2900", symbol=ETH)
-    rule = await create_rule(oms.orders, user, a.order_id, FILLED, [b.order_id])
+    user, b, rule = await cross_symbol_rule(oms)
     waiting, go_on = hold_the_firing(oms, monkeypatch)
     firing = asyncio.ensure_future(publish(oms.market, A_PRICE))
     await waiting.wait()

@@ -153,7 +153,7 @@ class ConditionalRules:
         except Unavailable:
             raise  # may have landed: _create leaves it to finish_unfinished
         except BaseException:
-            self._paper.release(fired)
+            self._paper.stop_holding(fired)
             raise
         return await self.finish(fired)
 
@@ -200,11 +200,14 @@ class ConditionalRules:
                 return  # gone again: at the next check that finds it answering
             if stored is not None and stored.pending:
                 await self.finish(stored)
-            else:  # finished meanwhile, or its firing never landed
-                self._done(rule)
+            else:
+                # Finished meanwhile (released then), or its firing never landed: a firing
+                # decided since holds its orders by marks of its own, which stay.
+                self._unfinished.pop(rule.rule_id, None)
+                self._paper.stop_holding(rule)
 
     def _done(self, rule: ConditionalRule) -> None:
-        """Finished, or found never to have fired: nothing more is owed."""
+        """Finished: nothing more is owed, and its orders are not held back any longer."""
         self._unfinished.pop(rule.rule_id, None)
         self._paper.release(rule)
 

@@ -173,11 +173,16 @@ class _Cancelling:
     """Orders that a fired rule lists, on every desk: its cancels follow the commit that
     fired it, and no later tick may fill them meanwhile (a tick queued behind the firing one,
     from another publisher or on another symbol, would: one-cancels-other would fill both).
-    A mark goes when its order ends or its rule is finished."""
+    A mark (put and removed by the desks' batches) goes when its order ends or its rule is
+    finished. Apart from them, holds by rule: rules that may have fired (their firing
+    commit failed, landed or not, or runs outside a desk), until that is settled; kept
+    apart so that settling one never takes a mark of a firing decided since."""
 
     def __init__(self) -> None:
         self._rules: dict[str, set[str]] = {}
         """order id -> ids of the fired rules that list it"""
+        self._maybe: dict[str, tuple[str, ...]] = {}
+        """rule id -> the orders it lists, for rules that may have fired"""
 
     def put(self, item: tuple[str, str]) -> None:
         order_id, rule_id = item
@@ -194,15 +199,18 @@ class _Cancelling:
             del self._rules[order_id]
 
     def hold(self, rule: ConditionalRule) -> None:
-        for order_id in rule.cancel_order_ids:
-            self.put((order_id, rule.rule_id))
+        self._maybe[rule.rule_id] = rule.cancel_order_ids
+
+    def unhold(self, rule: ConditionalRule) -> None:
+        self._maybe.pop(rule.rule_id, None)
 
     def release(self, rule: ConditionalRule) -> None:
+        self.unhold(rule)
         for order_id in rule.cancel_order_ids:
             self.remove((order_id, rule.rule_id))
 
     def order_ids(self) -> frozenset[str]:
-        return frozenset(self._rules)
+        return frozenset(self._rules).union(*self._maybe.values())
 
     def of(self, order_id: str) -> list[tuple[str, str]]:
         return [(order_id, rule_id) for rule_id in self._rules.get(order_id, ())]
@@ -942,11 +950,17 @@ class PaperExchange:
             self._unsure(rule)
 
     def hold_back(self, rule: ConditionalRule) -> None:
-        """No tick fills an order `rule` lists until `release`: it fired, or may have."""
+        """No tick fills an order `rule` lists until `stop_holding` or `release`: it may
+        have fired."""
         self.cancelling.hold(rule)
 
+    def stop_holding(self, rule: ConditionalRule) -> None:
+        """`rule` never fired then: the hold of `hold_back` goes, not those of a firing
+        decided since."""
+        self.cancelling.unhold(rule)
+
     def release(self, rule: ConditionalRule) -> None:
-        """`rule` is finished, or never fired: its orders fill again as ticks reach them."""
+        """`rule` is finished: its orders fill again as ticks reach them."""
         self.cancelling.release(rule)
 
     async def recover(self) -> None:

@@ -882,6 +882,37 @@ async def test_a_hold_lifted_while_a_failing_commit_ends_the_order_is_not_put_ba
     assert await status_of(oms, user, b.order_id) == S.ORDER_STATUS_FILLED
 
 
+async def test_a_failing_commit_on_another_symbol_puts_back_no_mark_of_a_failed_firing(
+    oms: OmsHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis refuses every write for a moment. The firing (BTC) is decided, holding B, and so
+    # is B's cancel (ETH); the firing fails first, and the store check finds the rule never
+    # fired; then the cancel fails. Nothing may be left holding B: A and the rule stand as
+    # before, and B fills like any order.
+    user, b, _ = await cross_symbol_rule(oms)
+    firing, cancel = (asyncio.Event(), asyncio.Event()), (asyncio.Event(), asyncio.Event())
+
+    async def held_then_refused(commit: Commit) -> None:
+        for (seen, go_on), matches in ((firing, fires_a_rule), (cancel, ends(b.order_id))):
+            if matches(commit) and not seen.is_set():
+                seen.set()
+                await go_on.wait()
+                raise Unavailable("refused")
+
+    intercept_commits(oms, monkeypatch, held_then_refused)
+    ticking = asyncio.ensure_future(publish(oms.market, A_PRICE))
+    await firing[0].wait()
+    cancelling = asyncio.ensure_future(cancel_order(oms.orders, user, b.order_id))
+    await cancel[0].wait()
+    firing[1].set()
+    await expect_code(ticking, grpc.StatusCode.UNAVAILABLE)
+    await oms.app.rules.finish_unfinished()  # the store check: ACTIVE, never fired
+    cancel[1].set()
+    await expect_code(cancelling, grpc.StatusCode.UNAVAILABLE)
+    await publish(oms.market, "2900", symbol=ETH)
+    assert await status_of(oms, user, b.order_id) == S.ORDER_STATUS_FILLED
+
+
 async def test_a_fired_rule_holds_back_its_orders_on_other_symbols(
     oms: OmsHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

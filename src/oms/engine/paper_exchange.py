@@ -173,10 +173,12 @@ class _Cancelling:
     """Orders that a fired rule lists, on every desk: its cancels follow the commit that
     fired it, and no later tick may fill them meanwhile (a tick queued behind the firing one,
     from another publisher or on another symbol, would: one-cancels-other would fill both).
-    A mark (put and removed by the desks' batches) goes when its order ends or its rule is
-    finished. Apart from them, holds by rule: rules that may have fired (their firing
-    commit failed, landed or not, or runs outside a desk), until that is settled; kept
-    apart so that settling one never takes a mark of a firing decided since."""
+    A mark, put by the firing's batch, goes when its rule is finished (or that batch rolls
+    back), not when its order ends: a batch on another desk that ends the order and then
+    rolls back would put back a mark its rule had released meanwhile. Apart from them, holds
+    by rule: rules that may have fired (their firing commit failed, landed or not, or runs
+    outside a desk), until that is settled; kept apart so that settling one never takes a
+    mark of a firing decided since."""
 
     def __init__(self) -> None:
         self._rules: dict[str, set[str]] = {}
@@ -211,9 +213,6 @@ class _Cancelling:
 
     def order_ids(self) -> frozenset[str]:
         return frozenset(self._rules).union(*self._maybe.values())
-
-    def of(self, order_id: str) -> list[tuple[str, str]]:
-        return [(order_id, rule_id) for rule_id in self._rules.get(order_id, ())]
 
 
 class _Keeps(Protocol[T_contra]):
@@ -591,9 +590,6 @@ class _Desk:
             batch.remove(self.book, before)
         if after.is_open:
             batch.put(self.book, after)
-        else:
-            for mark in self.cancelling.of(after.order_id):
-                batch.remove(self.cancelling, mark)
         self.judge_rules(owner, batch, after, now)
         if not any(isinstance(event, OrderFilled) for event in events):
             return after

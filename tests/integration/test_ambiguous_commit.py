@@ -40,6 +40,7 @@ from oms.engine.ports import OrderChange
 from oms.engine.prerender import Prerender
 
 COMMIT = b"EVALSHA"
+OOM = "OOM command not allowed when used memory > 'maxmemory'."
 
 
 @pytest.fixture
@@ -360,16 +361,31 @@ async def test_a_commit_that_meets_a_redis_still_loading_is_sent_again_once_it_i
     assert [o.order_id for o in listing.orders] == [order.order_id]
 
 
-async def test_a_redis_loading_for_longer_than_the_retries_is_unavailable_not_unknown(
-    oms_via_proxy: OmsHarness, proxy: RedisFaultProxy
+@pytest.mark.parametrize(
+    "error",
+    [
+        LOADING,  # for longer than the commit's retries
+        f"ERR Error running script (call to f_0): @user_script:34: @user_script: 34: -{OOM}",
+        "ERR Error running script (call to f_0): @user_script:34: @user_script: 34: -MISCONF "
+        "Redis is configured to save RDB snapshots, but it's currently unable to persist to disk",
+    ],
+)
+async def test_a_commit_redis_refuses_for_now_is_unavailable_not_unknown(
+    oms_via_proxy: OmsHarness, proxy: RedisFaultProxy, error: str
 ) -> None:
+    # Redis refuses the writes (loading, maxmemory reached, snapshots failing): nothing is
+    # written, and the same order goes in once it takes them.
     oms = oms_via_proxy
     await tick(oms, "50000")
-    proxy.refuse(COMMIT, LOADING, times=100)
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await place(oms, client_order_id="still-loading", type=S.ORDER_TYPE_LIMIT, price="1")
-    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "loading the dataset" in (error.value.details() or "")
+    proxy.refuse(COMMIT, error, times=100)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await place(oms, client_order_id="refused", type=S.ORDER_TYPE_LIMIT, price="1")
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    said = error.split(": -")[-1].split(" ", 1)[1]  # what Redis said, past its reason word
+    assert said in (raised.value.details() or "")
+    proxy.refuse(COMMIT, error, times=0)
+    order = await place(oms, client_order_id="refused", type=S.ORDER_TYPE_LIMIT, price="1")
+    assert order.status == S.ORDER_STATUS_OPEN
 
 
 async def test_a_fired_rule_whose_results_met_a_redis_loading_is_finished_once_it_is_ready(
@@ -408,6 +424,7 @@ async def test_a_fired_rule_whose_results_met_a_redis_loading_is_finished_once_i
         "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
         "READONLY You can't write against a read only replica.",
         "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+        OOM,
     ],
 )
 async def test_a_read_from_a_redis_that_cannot_serve_it_now_is_unavailable(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from decimal import Decimal
@@ -16,7 +17,13 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MasterDownError, ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import (
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from oms.adapters.redis_store import keys
@@ -148,12 +155,22 @@ def unavailable_when_down(
             # (A replica that lost its master, or that writes were sent to: down for us.)
             raise _down(error) from error
         except ResponseError as error:
-            if not str(error).startswith("BUSY "):  # another client's script running long
+            if not _refused_for_now(error):
                 raise
             raise _down(error) from error
 
     functools.update_wrapper(guarded, method)
     return guarded
+
+
+_REFUSED_FOR_NOW = re.compile(r"(?:(?:ERR )?Error running script .*: -)?(?:BUSY|OOM|MISCONF) ")
+
+
+def _refused_for_now(error: ResponseError) -> bool:
+    """Redis refusing a command for now: another client's script running long, memory full
+    (maxmemory), snapshots failing. A script names the refusal after its line: commit.lua's
+    first write meets it, so nothing was written."""
+    return isinstance(error, OutOfMemoryError) or bool(_REFUSED_FOR_NOW.match(str(error)))
 
 
 def _down(error: Exception) -> BaseException:
@@ -421,6 +438,10 @@ class RedisStore:
             reply = await self._commit(keys=tx.keys, args=tx.args)
         except RedisConnectionError as error:
             raise _unreachable(error) from error
+        except ResponseError as error:
+            if not _refused_for_now(error):
+                raise
+            raise Unavailable(f"state store refused the commit: {error}") from error
         except Rewound as error:
             if not await self._same_identity():
                 raise _store_lost() from error  # restarted empty, not merely older

@@ -21,6 +21,7 @@ from fixtures.live_trading import (
 )
 from fixtures.redis_proxy import LOADING, RedisFaultProxy, landed_unanswered
 from tradingboost.oms.v1 import order_pb2 as S
+from tradingboost.oms.v1 import order_service_pb2 as opb
 from tradingboost.oms.v1 import position_service_pb2 as pos
 from tradingboost.oms.v1 import trailing_stop_pb2 as T
 from tradingboost.oms.v1 import trailing_stop_service_pb2 as ts
@@ -85,6 +86,31 @@ async def test_a_long_stop_follows_the_mark_up_and_closes_on_the_way_down(
         )
     ).positions
     assert position.size == "0"
+
+
+async def test_two_stops_crossed_by_one_mark_close_the_position_once(
+    live: LiveTrading, exchange: FakeExchange
+) -> None:
+    # The nearer stop's close is on its way (not filled yet) when the farther one is reached
+    # by the same mark: it covers the whole position, so the farther one sends nothing, and
+    # ends as on paper once that close has closed the position.
+    await long_with_mark(live)
+    farther = await create(live, callback_rate="0.01")  # stop 49500
+    nearer = await create(live, callback_rate="0.005")  # stop 49750
+    exchange.set_price(BTC, Decimal("49400"))
+    triggered = await live.until_stop(
+        nearer.trailing_stop_id, lambda s: s.status == T.TRAILING_STOP_STATUS_TRIGGERED
+    )
+    await live.until(triggered.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    other = await live.until_stop(
+        farther.trailing_stop_id, lambda s: s.status != T.TRAILING_STOP_STATUS_ACTIVE
+    )
+    assert (other.status, other.status_reason) == (
+        T.TRAILING_STOP_STATUS_CANCELED,
+        "position_closed",
+    )
+    listed = await live.oms.orders.ListOrders(opb.ListOrdersRequest(user_id=USER))
+    assert [o.client_order_id[:3] for o in listed.orders].count("ts-") == 1
 
 
 async def test_closing_the_position_cancels_the_stop(live: LiveTrading) -> None:

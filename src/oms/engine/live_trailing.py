@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Protocol
 
+from oms.domain.decimals import total
 from oms.domain.errors import ConcurrentModification, FailedPrecondition, OmsError, Unavailable
 from oms.domain.events import OrderEventType, OrderUpdated, TrailingStopUpdated, WatermarkMoved
 from oms.domain.markets import Market
-from oms.domain.orders import Order, PositionSide, TrailingExit
+from oms.domain.orders import Order, OrderType, PositionSide, TrailingExit
 from oms.domain.positions import PositionKey
 from oms.domain.trailing_stops import (
     CANCELED_BY_USER,
@@ -291,6 +292,12 @@ class LiveTrailingStops:
                 book, stop, stop.cancel(POSITION_CLOSED, now), TrailingStopEventType.CANCELED
             )
             return
+        if await self._closing(position.key) >= position.size:
+            # Closes on their way cover the whole position (another stop's, from this very
+            # mark; a ClosePosition): the stored size shrinks only once their fills are
+            # reported. One that fills closes the position, which cancels this stop; should
+            # they all fail, the next mark that reaches it triggers it.
+            return
         order = stop.close_order(self._new_id(), position.size, now)
         triggered = stop.trigger(price, order.order_id, now)
         try:
@@ -309,6 +316,17 @@ class LiveTrailingStops:
             return
         log.info("trailing stop %s triggered at %s", stop.trailing_stop_id, price)
         self._venue.send_later(order)
+
+    async def _closing(self, key: PositionKey) -> Decimal:
+        """What the side's open reduce-only market orders have still to close."""
+        return total(
+            order.remaining_quantity
+            for order in await self._store.open_orders(key.user_id)
+            if order.reduce_only
+            and order.type is OrderType.MARKET
+            and (order.exchange, order.symbol, order.position_side)
+            == (key.exchange, key.symbol, key.position_side)
+        )
 
     async def _change(
         self,

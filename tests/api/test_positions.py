@@ -307,6 +307,16 @@ async def test_leverage_is_the_latest_opening_orders_and_percentage_defaults_to_
     # A reducing order's leverage does not change the position's.
     await place(oms, side=S.SIDE_SELL, reduce_only=True, quantity="0.01", leverage=20)
     assert (await position(oms)).leverage == 5
+
+    # Closed and reopened without leverage: the exchange would still be at 5x, so is the
+    # new record.
+    await place(oms, side=S.SIDE_SELL, reduce_only=True, quantity="0.07")
+    closed = await position(oms)
+    assert closed.status == P.POSITION_STATUS_CLOSED
+    await place(oms, quantity="0.01")
+    reopened = await position(oms)
+    assert reopened.position_id != closed.position_id
+    assert reopened.leverage == 5
     await check_invariants(oms)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fixtures.oms_process import OmsProcess
 from fixtures.positions import LONG, assert_position_invariants, list_positions, open_request
-from fixtures.trading import BTC, USER
+from fixtures.trading import BTC, USER, order_request
 from tradingboost.oms.v1 import market_data_pb2, order_pb2, position_pb2
 from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_service_pb2 as opb
@@ -167,3 +167,27 @@ async def test_kill_9_before_the_entry_fills_keeps_the_pending_exits(
         assert closed.status == P.POSITION_STATUS_CLOSED
         assert closed.realized_pnl == "-25"  # (47000 - 49500) x 0.01
         await assert_position_invariants(orders, positions)
+
+
+async def test_a_side_closed_before_a_restart_reopens_at_its_last_leverage(
+    oms_process: OmsProcess,
+) -> None:
+    oms_process.start()
+    async with oms_process.channel() as channel:
+        orders, market = oms_process.stubs(channel)
+        positions = oms_process.positions(channel)
+        await market.PublishPrices(_tick("50000"))
+        await orders.PlaceOrder(order_request(leverage=10))
+        await orders.PlaceOrder(order_request(side=S.SIDE_SELL, reduce_only=True))
+        closed = (await positions.GetPosition(_side())).position
+        assert (closed.status, closed.leverage) == (P.POSITION_STATUS_CLOSED, 10)
+    oms_process.kill9()
+
+    oms_process.start()
+    async with oms_process.channel() as channel:
+        orders, _ = oms_process.stubs(channel)
+        positions = oms_process.positions(channel)
+        await orders.PlaceOrder(order_request())  # names no leverage
+        reopened = (await positions.GetPosition(_side())).position
+        assert reopened.position_id != closed.position_id
+        assert (reopened.status, reopened.leverage) == (P.POSITION_STATUS_OPEN, 10)

@@ -21,6 +21,7 @@ class _DeskState:
     def __init__(self) -> None:
         self.book = _RestingBook()
         self.positions: dict[Any, Any] = {}
+        self.closed: dict[Any, Any] = {}
 
 
 def test_rollback_to_a_mark_keeps_what_came_before_it() -> None:
@@ -75,6 +76,7 @@ def test_a_side_that_closes_and_opens_again_writes_both_records_and_keeps_the_op
     closed = replace(marked, status=PositionStatus.CLOSED, size=Decimal(0), closed_at_ns=3)
     batch.set_position(desk, SLOT, closed)
     assert state.positions == {}
+    assert state.closed == {SLOT: closed}  # the side reopens at its leverage
     second = long_of_size("P2", 2)
     batch.set_position(desk, SLOT, second)
 
@@ -84,6 +86,7 @@ def test_a_side_that_closes_and_opens_again_writes_both_records_and_keeps_the_op
 
     batch.rollback(desk, to=mark)
     assert state.positions == {SLOT: marked}
+    assert state.closed == {}
     batch.op_decided()
     assert batch.all_updates() == [PositionUpdated(marked)]
 

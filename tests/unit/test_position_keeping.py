@@ -71,6 +71,22 @@ def test_an_opening_fill_on_a_flat_side_starts_a_new_record_at_the_orders_levera
         Decimal("52000"),
     )
     assert second.realized_pnl == 0
+    assert second.leverage == 5
+
+
+def test_a_side_reopened_by_an_order_without_leverage_keeps_its_last_records() -> None:
+    # The exchange keeps the account's leverage: a DCA bot that opened at 10x and closed
+    # reopens at 10x, not at 1x, when its next entry names none.
+    ids = iter(["p1", "p2", "p3"])
+    entry = replace(new_order(), leverage=10)
+    first = take_fill(None, entry, fill(Side.BUY, "0.01", "50000"), MARKET, lambda: next(ids))
+    closing = replace(new_order(), side=Side.SELL, leverage=20)  # a reduction's is ignored
+    closed = take_fill(first, closing, fill(Side.SELL, "0.01", "51000"), MARKET, lambda: "-")
+    again = fill(Side.BUY, "0.01", "52000")
+    second = take_fill(closed, new_order(), again, MARKET, lambda: next(ids))
+    assert (second.position_id, second.leverage) == ("p2", 10)
+    fresh = take_fill(None, new_order(), again, MARKET, lambda: next(ids))
+    assert (fresh.position_id, fresh.leverage) == ("p3", 1)
 
 
 def test_a_fill_that_would_reduce_a_flat_side_or_below_zero_is_refused() -> None:

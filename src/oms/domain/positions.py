@@ -142,14 +142,20 @@ def take_fill(
     position: Position | None, order: Order, fill: Fill, market: Market, new_id: Callable[[], str]
 ) -> Position:
     """The record of the order's side after its fill: `position` (the side's latest record)
-    grown or reduced, or a new record (id from `new_id`) when the fill opens a flat side.
+    grown or reduced, or a new record (id from `new_id`) when the fill opens a flat side, at
+    the order's leverage or else at that of the side's last record.
     ValueError for a fill that would reduce a flat side, or reduce it below zero."""
     opening = not reduces(fill.side, order.position_side)
+    leverage = order.leverage if opening else None
     if position is None or not position.is_open:
         if not opening:
             raise ValueError(f"fill {fill.fill_id} reduces a flat position")
+        if position is not None and leverage is None:
+            # An exchange keeps the account's leverage until an order sets another: the side
+            # reopens at the leverage its last record ended at.
+            leverage = position.leverage
         position = open_record(new_id(), order.user_id, market, order.position_side, fill.time_ns)
-    return apply_fill(position, fill, order.grid_level, order.leverage if opening else None)
+    return apply_fill(position, fill, order.grid_level, leverage)
 
 
 def apply_fill(

@@ -473,10 +473,12 @@ class _Batch:
         """Write `position` in this commit and make it the slot's record in memory, or leave
         the slot empty once it is closed (only a reducing fill closes, so the slot held it)."""
         previous = desk.positions.get(slot)
+        previous_closed = desk.closed.get(slot)
         if position.is_open:
             desk.positions[slot] = position
         else:
             del desk.positions[slot]
+            desk.closed[slot] = position
         record_id = position.position_id
         written = self.touched.get(record_id)
         self.touched[record_id] = position
@@ -486,6 +488,10 @@ class _Batch:
                 del desk.positions[slot]
             else:
                 desk.positions[slot] = previous
+            if previous_closed is None:
+                desk.closed.pop(slot, None)
+            else:
+                desk.closed[slot] = previous_closed
             # An earlier state of the record goes back; a record first touched here leaves
             # `touched` when the rollback cuts it to its mark.
             if written is not None:
@@ -535,6 +541,9 @@ class _Desk:
         self.positions: dict[PositionSlot, Position] = {}
         """The open record of each (user, side) on this symbol. A side leaves when its
         position closes: its record lives on in the store, and its next fill opens a new one."""
+        self.closed: dict[PositionSlot, Position] = {}
+        """The last closed record of each (user, side) that has one: the side reopens at its
+        leverage unless the opening order names one, as an exchange keeps an account's."""
         self.clock_ns = exchange.clock_ns
         self.mark_interval_ns = exchange.mark_interval_ns
         self._exchange = exchange
@@ -735,7 +744,8 @@ class _Desk:
         fill = filled.fill
         slot = (order.user_id, order.position_side)
         market = self._exchange.market(self.symbol)
-        after = take_fill(self.positions.get(slot), order, fill, market, self._exchange.new_id)
+        latest = self.positions.get(slot) or self.closed.get(slot)
+        after = take_fill(latest, order, fill, market, self._exchange.new_id)
         mark = self.last.price if self.last else fill.price
         batch.set_position(self, slot, after.mark(mark, fill.time_ns))
         return OrderFilled(replace(fill, position_id=after.position_id))
@@ -973,6 +983,7 @@ class PaperExchange:
         desk.rules = fresh.rules
         desk.last = fresh.last
         desk.positions = fresh.positions
+        desk.closed = fresh.closed
 
     async def _load(self) -> list[_Desk]:
         store = self.journal.store
@@ -988,6 +999,9 @@ class PaperExchange:
         for position in await store.open_positions_on(PAPER):
             desk = desks.setdefault(position.symbol, _Desk(self, position.symbol))
             desk.positions[(position.user_id, position.position_side)] = position
+        for position in await store.closed_positions_on(PAPER):
+            desk = desks.setdefault(position.symbol, _Desk(self, position.symbol))
+            desk.closed[(position.user_id, position.position_side)] = position
         for stop in await store.working_trailing_stops_on(PAPER):
             desks.setdefault(stop.symbol, _Desk(self, stop.symbol)).trailing.put(stop)
         for rule in await store.active_rules_on(PAPER):

@@ -164,6 +164,7 @@ class StateStore(Protocol):
     | get_position           | one position record by id, within the user                  |
     | current_position       | the current record of one (user, exchange, symbol, side)    |
     | open_positions_on      | every open record on one exchange (recovery)               |
+    | closed_positions_on    | the current record of every flat side on one exchange      |
     | all_positions          | every record of a user, open and closed                    |
     | list_positions         | one page, newest record first, with its sequence            |
     | get_orders             | several orders by id, within the user (None where unknown) |
@@ -210,6 +211,8 @@ class StateStore(Protocol):
     async def current_position(self, key: PositionKey) -> Position | None: ...
 
     async def open_positions_on(self, exchange: str) -> list[Position]: ...
+
+    async def closed_positions_on(self, exchange: str) -> list[Position]: ...
 
     async def all_positions(self, user_id: str) -> list[Position]: ...
 

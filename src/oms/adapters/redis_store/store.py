@@ -533,6 +533,7 @@ class RedisStore:
         else:
             tx.srem(keys.open_positions(user), position.position_id)
             tx.srem(keys.exchange_positions(position.exchange), _side_member(position))
+            tx.sadd(keys.exchange_closed_sides(position.exchange), _side_member(position))
 
     def _write_trailing_stop(
         self, tx: _Transaction, update: TrailingStopUpdated, stop: TrailingStop
@@ -728,6 +729,26 @@ class RedisStore:
         """Every open record on one exchange. A side found closed (written before a close
         took its side out of the set) is removed from the set, so it is read once only."""
         index = keys.exchange_positions(exchange)
+        found = await self._current_records(index)
+        closed = [position for position in found if not position.is_open]
+        if closed:
+            await self._forget_closed_sides(
+                keys=[index, *(keys.current_positions(p.user_id) for p in closed)],
+                args=[
+                    arg for p in closed for arg in (_side_member(p), p.key.field(), p.position_id)
+                ],
+            )
+        return [position for position in found if position.is_open]
+
+    @unavailable_when_down
+    async def closed_positions_on(self, exchange: str) -> list[Position]:
+        """The current record of every side on one exchange that is flat now, having been
+        open before (recovery: its leverage is the side's when it reopens)."""
+        found = await self._current_records(keys.exchange_closed_sides(exchange))
+        return [position for position in found if not position.is_open]
+
+    async def _current_records(self, index: str) -> list[Position]:
+        """The current record of each side in the set `index`."""
         members = await self._redis.smembers(index)  # type: ignore[misc]
         pipe = self._redis.pipeline(transaction=False)
         users = []
@@ -739,16 +760,7 @@ class RedisStore:
         pipe = self._redis.pipeline(transaction=False)
         for user_id, position_id in zip(users, ids, strict=True):
             pipe.hget(keys.positions(user_id), position_id)
-        found = [decode_position(doc) for doc in await pipe.execute() if doc is not None]
-        closed = [position for position in found if not position.is_open]
-        if closed:
-            await self._forget_closed_sides(
-                keys=[index, *(keys.current_positions(p.user_id) for p in closed)],
-                args=[
-                    arg for p in closed for arg in (_side_member(p), p.key.field(), p.position_id)
-                ],
-            )
-        return [position for position in found if position.is_open]
+        return [decode_position(doc) for doc in await pipe.execute() if doc is not None]
 
     @unavailable_when_down
     async def all_positions(self, user_id: str) -> list[Position]:

@@ -67,6 +67,7 @@ def paper_catalog(settings: Settings) -> MarketCatalog:
             min_amount=market.min_amount,
             price_tick=market.price_tick,
             maintenance_margin_rate=market.maintenance_margin_rate,
+            max_leverage=market.max_leverage or market.highest_leverage,
         )
         for market in settings.paper.markets
     )

@@ -56,6 +56,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from oms.adapters.credential_vault import parse_master_key
 from oms.domain.access import token_digest
+from oms.domain.markets import MAX_LEVERAGE, highest_leverage
 
 __all__ = [
     "DEFAULT_PAPER_MARKETS",
@@ -131,6 +132,9 @@ class MarketSettings(BaseModel):
     """Prices must be a multiple of this, in the quote currency."""
     maintenance_margin_rate: Annotated[ExactDecimal, Field(gt=0, lt=1)] = Decimal("0.005")
     """Fraction of notional, used for the isolated-margin liquidation estimate."""
+    max_leverage: Annotated[int, Field(ge=1, le=MAX_LEVERAGE)] | None = None
+    """The highest leverage an order may set; unset: the highest whose initial margin stays
+    above the maintenance margin (at most 125: 125 at 0.005, 99 at 0.01)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -164,7 +168,17 @@ class MarketSettings(BaseModel):
             raise ValueError(
                 f"{self.symbol}: paper markets are linear swaps, settle must equal quote"
             )
+        if self.max_leverage is not None and self.max_leverage > self.highest_leverage:
+            raise ValueError(
+                f"{self.symbol}: max_leverage {self.max_leverage} leaves an initial margin at "
+                f"or below the maintenance margin rate {self.maintenance_margin_rate}: a "
+                f"position would open liquidatable (at most {self.highest_leverage})"
+            )
         return self
+
+    @property
+    def highest_leverage(self) -> int:
+        return highest_leverage(self.maintenance_margin_rate)
 
 
 def _paper_swap(base: str) -> MarketSettings:

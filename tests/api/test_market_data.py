@@ -200,6 +200,7 @@ async def test_get_market_gives_the_trading_rules_by_symbol_or_market_id(oms: Om
             amount_step="0.001",
             min_amount="0.001",
             price_tick="0.01",
+            max_leverage=125,
         )
 
 

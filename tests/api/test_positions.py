@@ -7,10 +7,11 @@ Paper fees: taker 0.0005, maker 0.0002 of notional; contract size 1. Every test 
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 
 import grpc
 import pytest
-from fixtures.oms_server import OmsHarness
+from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.positions import (
     ETH,
     LONG,
@@ -28,8 +29,11 @@ from fixtures.positions import (
     ticks,
 )
 from fixtures.trading import BTC, USER, fills_of, get, order_request, place, tick
+from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_pb2, position_pb2
 from tradingboost.oms.v1 import position_service_pb2 as ppb
+
+from oms.config import MarketSettings, PaperSettings
 
 S = order_pb2
 P = position_pb2
@@ -318,6 +322,38 @@ async def test_leverage_is_the_latest_opening_orders_and_percentage_defaults_to_
     assert reopened.position_id != closed.position_id
     assert reopened.leverage == 5
     await check_invariants(oms)
+
+
+async def test_a_paper_market_refuses_a_leverage_that_would_open_liquidatable(
+    redis_url: str,
+) -> None:
+    # At 100x on a 1% maintenance margin the initial margin is the maintenance margin: the
+    # liquidation price is the entry. The highest such a market takes is 99x.
+    doge = MarketSettings(
+        symbol="DOGE/USDT:USDT", market_id="DOGE-USDT-SWAP", maintenance_margin_rate=Decimal("0.01")
+    )
+    oms = await make_oms(redis_url, paper=PaperSettings(markets=(doge,)))
+    try:
+        market = (
+            await oms.market.GetMarket(md.GetMarketRequest(exchange="paper", symbol=doge.symbol))
+        ).market
+        btc = (await oms.market.GetMarket(md.GetMarketRequest(exchange="paper", symbol=BTC))).market
+        assert (market.max_leverage, btc.max_leverage) == (99, 125)
+        await tick(oms, "0.2", symbol=doge.symbol)
+
+        too_high = order_request(symbol=doge.symbol, quantity="1", leverage=100)
+        message = await expect_code(
+            oms.orders.PlaceOrder(too_high), grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert message == "leverage: 100 is above the maximum 99 for DOGE/USDT:USDT"
+        assert await order_count(oms) == 0
+
+        await place(oms, symbol=doge.symbol, quantity="1", leverage=99)
+        held = await position(oms, symbol=doge.symbol)
+        assert held.leverage == 99
+        assert Decimal(held.liquidation_price) < Decimal(held.entry_price)
+    finally:
+        await oms.close()
 
 
 # --- reduce-only capping and hedge-mode flips -------------------------------------------------

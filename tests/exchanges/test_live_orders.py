@@ -450,7 +450,7 @@ async def test_get_market_gives_the_exchange_s_own_rules(live: LiveTrading) -> N
             md.GetMarketRequest(exchange=live.venue, symbol=symbol)
         )
         market = got.market
-        assert (market.symbol, market.settle) == (BTC, "USDT")
+        assert (market.symbol, market.settle, market.max_leverage) == (BTC, "USDT", 125)
         assert (
             market.market_id,
             market.contract_size,

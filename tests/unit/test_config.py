@@ -16,6 +16,7 @@ from oms.config import (
     DEFAULT_PAPER_MARKETS,
     ConfigError,
     ExchangeSettings,
+    MarketSettings,
     Settings,
     is_loopback,
     load_settings,
@@ -68,6 +69,21 @@ def test_defaults() -> None:
     assert btc.min_amount == Decimal("0.001")
     assert btc.price_tick == Decimal("0.01")
     assert btc.maintenance_margin_rate == Decimal("0.005")
+    assert (btc.max_leverage, btc.highest_leverage) == (None, 125)
+
+
+@pytest.mark.parametrize(
+    ("rate", "highest"),
+    [("0.005", 125), ("0.008", 124), ("0.01", 99), ("0.02", 49), ("0.03", 33), ("0.5", 1)],
+)
+def test_a_paper_markets_highest_leverage_keeps_its_initial_margin_above_maintenance(
+    rate: str, highest: int
+) -> None:
+    market = MarketSettings(
+        symbol="X/USDT:USDT", market_id="X", maintenance_margin_rate=Decimal(rate)
+    )
+    assert market.highest_leverage == highest
+    assert 1 / Decimal(highest) > Decimal(rate) >= 1 / Decimal(highest + 1) or highest == 125
 
 
 def test_env_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -269,6 +285,16 @@ def test_invalid_env_value_names_the_key(
             "paper.markets",
         ),
         ('[[paper.markets]]\nsymbol = "X/USDT:USDT"\nmarket_id = "X"\nprice_tick = "0"\n', "paper"),
+        # 1/100 of the notional as margin, 0.01 to maintain: it would open liquidatable.
+        (
+            '[[paper.markets]]\nsymbol = "X/USDT:USDT"\nmarket_id = "X"\n'
+            'maintenance_margin_rate = "0.01"\nmax_leverage = 100\n',
+            "paper.markets.0",
+        ),
+        (
+            '[[paper.markets]]\nsymbol = "X/USDT:USDT"\nmarket_id = "X"\nmax_leverage = 126\n',
+            "paper",
+        ),
     ],
 )
 def test_invalid_toml_value_names_the_key(tmp_path: Path, toml: str, key: str) -> None:

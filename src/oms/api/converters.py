@@ -254,6 +254,7 @@ def market_to_proto(market: Market) -> market_data_pb2.Market:
         amount_step=fmt(market.amount_step),
         min_amount=fmt(market.min_amount),
         price_tick=fmt(market.price_tick),
+        max_leverage=market.max_leverage,
     )
 
 

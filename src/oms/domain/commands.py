@@ -12,7 +12,7 @@ import orjson
 from oms.domain.decimals import fmt, parse_positive
 from oms.domain.errors import InvalidArgument
 from oms.domain.identifiers import check_new_client_order_id, check_user_id
-from oms.domain.markets import Market, MarketCatalog
+from oms.domain.markets import MAX_LEVERAGE, Market, MarketCatalog
 from oms.domain.orders import (
     OrderType,
     PositionSide,
@@ -33,7 +33,6 @@ MAX_STRATEGY_CHARS = 64
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 256
-MAX_LEVERAGE = 125
 MAX_GRID_LEVEL = 20
 
 
@@ -224,6 +223,7 @@ def validate_place_order(command: PlaceOrder, catalog: MarketCatalog) -> OrderSp
     market = catalog.resolve(command.exchange, command.symbol)
     order_type, quantity = checked.type, checked.quantity
     market.check_quantity("quantity", quantity)
+    market.check_leverage("leverage", command.leverage)
     kind = order_type.value
     price = _optional_price("price", command.price, market, order_type.needs_price, kind)
     stop_price = _optional_price(

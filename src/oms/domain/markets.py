@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -12,6 +13,9 @@ from oms.domain.errors import InvalidArgument
 
 PAPER = "paper"
 """The built-in deterministic exchange: always present, needs no account."""
+
+MAX_LEVERAGE = 125
+"""The highest leverage any order may set (the highest any exchange offers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +31,15 @@ class Market:
     min_amount: Decimal
     price_tick: Decimal
     maintenance_margin_rate: Decimal
+    max_leverage: int = MAX_LEVERAGE
+    """The highest leverage an order may set here. A real exchange's own limit, often lower
+    and tiered by size, is its to enforce: an order above it is REJECTED with its reason."""
+
+    def check_leverage(self, field: str, leverage: int | None) -> None:
+        if leverage is not None and leverage > self.max_leverage:
+            raise InvalidArgument(
+                field, f"{leverage} is above the maximum {self.max_leverage} for {self.symbol}"
+            )
 
     def check_quantity(self, field: str, quantity: Decimal) -> None:
         if quantity < self.min_amount:
@@ -43,6 +56,13 @@ class Market:
             raise InvalidArgument(
                 field, f"{price} is not a multiple of the price tick {self.price_tick}"
             )
+
+
+def highest_leverage(maintenance_margin_rate: Decimal) -> int:
+    """The highest leverage whose initial margin (1/leverage of the notional) stays above the
+    maintenance margin, at most MAX_LEVERAGE: at or past 1/rate a position opens already
+    liquidatable, its liquidation price at or beyond its entry."""
+    return min(MAX_LEVERAGE, math.ceil(1 / maintenance_margin_rate) - 1)
 
 
 class MarketCatalog:

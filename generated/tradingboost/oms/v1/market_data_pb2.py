@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%tradingboost/oms/v1/market_data.proto\x12\x13tradingboost.oms.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"b\n\x05Price\x12\x10\n\x08\x65xchange\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\tPriceTick\x12\x10\n\x08\x65xchange\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\t\".\n\nInstrument\x12\x10\n\x08\x65xchange\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\"\xa1\x01\n\x06Market\x12\x10\n\x08\x65xchange\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\x11\n\tmarket_id\x18\x03 \x01(\t\x12\x0e\n\x06settle\x18\x04 \x01(\t\x12\x15\n\rcontract_size\x18\x05 \x01(\t\x12\x13\n\x0b\x61mount_step\x18\x06 \x01(\t\x12\x12\n\nmin_amount\x18\x07 \x01(\t\x12\x12\n\nprice_tick\x18\x08 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%tradingboost/oms/v1/market_data.proto\x12\x13tradingboost.oms.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"b\n\x05Price\x12\x10\n\x08\x65xchange\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\tPriceTick\x12\x10\n\x08\x65xchange\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\t\".\n\nInstrument\x12\x10\n\x08\x65xchange\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\"\xb7\x01\n\x06Market\x12\x10\n\x08\x65xchange\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\x11\n\tmarket_id\x18\x03 \x01(\t\x12\x0e\n\x06settle\x18\x04 \x01(\t\x12\x15\n\rcontract_size\x18\x05 \x01(\t\x12\x13\n\x0b\x61mount_step\x18\x06 \x01(\t\x12\x12\n\nmin_amount\x18\x07 \x01(\t\x12\x12\n\nprice_tick\x18\x08 \x01(\t\x12\x14\n\x0cmax_leverage\x18\t \x01(\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,5 +39,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INSTRUMENT']._serialized_start=257
   _globals['_INSTRUMENT']._serialized_end=303
   _globals['_MARKET']._serialized_start=306
-  _globals['_MARKET']._serialized_end=467
+  _globals['_MARKET']._serialized_end=489
 # @@protoc_insertion_point(module_scope)

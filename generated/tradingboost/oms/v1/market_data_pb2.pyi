@@ -132,6 +132,7 @@ class Market(_message.Message):
     AMOUNT_STEP_FIELD_NUMBER: _builtins.int
     MIN_AMOUNT_FIELD_NUMBER: _builtins.int
     PRICE_TICK_FIELD_NUMBER: _builtins.int
+    MAX_LEVERAGE_FIELD_NUMBER: _builtins.int
     exchange: _builtins.str
     """The ccxt exchange id. Output only."""
     symbol: _builtins.str
@@ -150,6 +151,12 @@ class Market(_message.Message):
     """The smallest quantity accepted. A decimal > 0. Output only."""
     price_tick: _builtins.str
     """Every price is a multiple of this. A decimal > 0. Output only."""
+    max_leverage: _builtins.int
+    """The highest leverage an order may set here (INVALID_ARGUMENT above it).
+    On paper, from the market's configuration; on a real exchange 125, and
+    the exchange's own limit, often lower and tiered by size, is its to
+    enforce (the order ends REJECTED). Output only.
+    """
     def __init__(
         self,
         *,
@@ -161,10 +168,11 @@ class Market(_message.Message):
         amount_step: _builtins.str = ...,
         min_amount: _builtins.str = ...,
         price_tick: _builtins.str = ...,
+        max_leverage: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_step", b"amount_step", "contract_size", b"contract_size", "exchange", b"exchange", "market_id", b"market_id", "min_amount", b"min_amount", "price_tick", b"price_tick", "settle", b"settle", "symbol", b"symbol"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_step", b"amount_step", "contract_size", b"contract_size", "exchange", b"exchange", "market_id", b"market_id", "max_leverage", b"max_leverage", "min_amount", b"min_amount", "price_tick", b"price_tick", "settle", b"settle", "symbol", b"symbol"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

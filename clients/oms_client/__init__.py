@@ -21,6 +21,7 @@ from oms_client.client import (
 from oms_client.errors import (
     HISTORY_TRIMMED_REASON,
     SEQUENCE_AHEAD_REASON,
+    SHUTTING_DOWN_REASON,
     STREAM_LIMIT_REASON,
     error_info,
     error_reasons,
@@ -46,6 +47,7 @@ __all__ = [
     "RESUMABLE_CODES",
     "RETRYABLE_CODES",
     "SEQUENCE_AHEAD_REASON",
+    "SHUTTING_DOWN_REASON",
     "STREAM_LIMIT_REASON",
     "EventStream",
     "FillStream",

@@ -64,12 +64,12 @@ from oms_client.request_fields import (
     build_request,
 )
 from oms_client.retry import (
-    NO_RETRY,
     NOT_TAKEN_CODES,
     RETRYABLE_CODES,
     OutcomeUnknown,
     RetryPolicy,
     call_with_retry,
+    not_run,
 )
 from oms_client.streams import (
     EventStream,
@@ -143,8 +143,8 @@ class OmsClient:
 
     Args:
         token: sent as `authorization: Bearer <token>` on every call when auth is on.
-        retry: for unary calls (PublishPrices excepted, see `publish_prices`); only
-            RETRYABLE_CODES are retried.
+        retry: for unary calls; only RETRYABLE_CODES are retried (PublishPrices only when
+            the server did not run it, see `publish_prices`).
         stream_retry: reconnects of the resuming streams.
         default_timeout_s: deadline of each attempt when a call gives no `timeout_s`;
             None for no deadline.
@@ -1143,18 +1143,20 @@ class OmsClient:
         *,
         timeout_s: float | None = None,
         rpc_metadata: Mapping[str, str] | None = None,
-        retry: RetryPolicy = NO_RETRY,
+        retry: RetryPolicy | None = None,
         **fields: Unpack[PublishPricesFields],
     ) -> list[market_data_pb2.Price]:
         """Applies price ticks (paper exchange); returns once all they cause is committed.
 
-        Not retried by default: a tick is an event, not an idempotent state write. If a
-        response is lost after the server applied the tick, a retry applies it a second time,
-        which streams it twice and matches it again against orders resting since. Pass a
-        `retry` only where a repeated tick is harmless. A call that never reached the server
-        is safe to repeat, and needs no retry: the call waits for the channel to be connected
-        (gRPC's wait-for-ready), within its `timeout_s`, instead of failing at once while the
-        server restarts.
+        By default retried only when the server refused it without running it, as it stopped
+        (SHUTTING_DOWN_REASON), under the client's retry policy: a tick is an event, not an
+        idempotent state write. If a response is lost after the server applied the tick, a
+        retry applies it a second time, which streams it twice and matches it again against
+        orders resting since. Pass a `retry` (any retryable failure retried) only where a
+        repeated tick is harmless, or NO_RETRY for none at all. A call that never reached the
+        server is safe to repeat, and needs no retry: the call waits for the channel to be
+        connected (gRPC's wait-for-ready), within its `timeout_s`, instead of failing at once
+        while the server restarts.
         """
         prepared = build_request(md.PublishPricesRequest, request, fields)
         response = await self._unary(
@@ -1164,6 +1166,7 @@ class OmsClient:
             rpc_metadata,
             retry,
             wait_for_ready=True,
+            only=not_run if retry is None else None,
         )
         return list(response.prices)
 
@@ -1239,6 +1242,7 @@ class OmsClient:
         *,
         wait_for_ready: bool | None = None,
         failed: Callable[[grpc.aio.AioRpcError], None] | None = None,
+        only: Callable[[grpc.aio.AioRpcError], bool] | None = None,
     ) -> Resp:
         metadata = self._metadata(rpc_metadata)
         return await call_with_retry(
@@ -1248,6 +1252,7 @@ class OmsClient:
             ),
             self._attempt_timeout(timeout_s),
             failed,
+            only,
         )
 
     async def _keyed(
@@ -1266,7 +1271,7 @@ class OmsClient:
 
         def failed(error: grpc.aio.AioRpcError) -> None:
             nonlocal maybe_taken
-            maybe_taken |= error.code() not in NOT_TAKEN_CODES
+            maybe_taken |= error.code() not in NOT_TAKEN_CODES and not not_run(error)
 
         try:
             return await self._unary(method, request, timeout_s, rpc_metadata, retry, failed=failed)

@@ -12,6 +12,7 @@ from google.rpc import error_details_pb2, status_pb2
 __all__ = [
     "HISTORY_TRIMMED_REASON",
     "SEQUENCE_AHEAD_REASON",
+    "SHUTTING_DOWN_REASON",
     "STREAM_LIMIT_REASON",
     "error_info",
     "error_reasons",
@@ -26,6 +27,9 @@ HISTORY_TRIMMED_REASON = "HISTORY_TRIMMED"
 """An OUT_OF_RANGE stream: events after its resume point left the retained history. Its
 `error_info` metadata `oldest_sequence` is the oldest still there: list again (the
 snapshot's `as_of_sequence`), then stream after that."""
+SHUTTING_DOWN_REASON = "SHUTTING_DOWN"
+"""An UNAVAILABLE call the server refused without running it, as it stopped: nothing was done,
+so it may be sent again, even a PublishPrices (the client does so by itself)."""
 SEQUENCE_AHEAD_REASON = "SEQUENCE_AHEAD"
 """An OUT_OF_RANGE stream: its resume point is beyond the user's newest sequence (metadata
 `newest_sequence`): a cursor kept from another server, or from a store that was reset."""

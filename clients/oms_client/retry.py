@@ -11,6 +11,8 @@ from typing import TypeVar, cast
 
 import grpc
 
+from oms_client.errors import SHUTTING_DOWN_REASON, error_reasons
+
 __all__ = [
     "NOT_TAKEN_CODES",
     "NO_RETRY",
@@ -18,6 +20,7 @@ __all__ = [
     "OutcomeUnknown",
     "RetryPolicy",
     "call_with_retry",
+    "not_run",
 ]
 
 T = TypeVar("T")
@@ -122,7 +125,7 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(attempts=1)
-"""One attempt: for calls that must not be repeated blindly (PublishPrices)."""
+"""One attempt: for calls that must not be repeated blindly."""
 
 
 async def call_with_retry(
@@ -130,12 +133,13 @@ async def call_with_retry(
     attempt: Callable[[float | None], Awaitable[T]],
     attempt_timeout_s: float | None,
     failed: Callable[[grpc.aio.AioRpcError], None] | None = None,
+    only: Callable[[grpc.aio.AioRpcError], bool] | None = None,
 ) -> T:
-    """Runs `attempt(timeout_s)` until it succeeds, fails with a code outside RETRYABLE_CODES,
-    or `policy.attempts` or `policy.deadline_s` are used up; then raises the last
-    grpc.aio.AioRpcError unchanged. Each attempt gets `attempt_timeout_s`, cut to what is left
-    of the deadline; the wait before the last one is cut so that it still gets 0.1 s.
-    `failed` is told each attempt's error."""
+    """Runs `attempt(timeout_s)` until it succeeds, fails with a code outside RETRYABLE_CODES
+    (or an error `only` refuses, when given), or `policy.attempts` or `policy.deadline_s` are
+    used up; then raises the last grpc.aio.AioRpcError unchanged. Each attempt gets
+    `attempt_timeout_s`, cut to what is left of the deadline; the wait before the last one is
+    cut so that it still gets 0.1 s. `failed` is told each attempt's error."""
     loop = asyncio.get_running_loop()
     give_up_at = None if policy.deadline_s is None else loop.time() + policy.deadline_s
     retry = 0
@@ -150,7 +154,7 @@ async def call_with_retry(
             if failed is not None:
                 failed(error)
             retry += 1
-            if error.code() not in RETRYABLE_CODES:
+            if error.code() not in RETRYABLE_CODES or (only is not None and not only(error)):
                 raise
             wait = policy.wait_before(retry, give_up_at, loop.time())
             if wait is None:
@@ -160,7 +164,15 @@ async def call_with_retry(
 
 NOT_TAKEN_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED})
 """Retryable codes of a call the server did not act on: a rate limit, a throttled account,
-a decision whose state changed under it."""
+a decision whose state changed under it. An UNAVAILABLE with SHUTTING_DOWN_REASON is one
+too (`not_run`)."""
+
+
+def not_run(error: grpc.aio.AioRpcError) -> bool:
+    """Whether the server refused the call without running it, as it stopped."""
+    return error.code() is grpc.StatusCode.UNAVAILABLE and SHUTTING_DOWN_REASON in error_reasons(
+        error
+    )
 
 
 class OutcomeUnknown(grpc.aio.AioRpcError):

@@ -60,6 +60,7 @@ def test_public_names() -> None:
         "RESUMABLE_CODES",
         "RETRYABLE_CODES",
         "SEQUENCE_AHEAD_REASON",
+        "SHUTTING_DOWN_REASON",
         "STREAM_LIMIT_REASON",
         "EventStream",
         "FillStream",

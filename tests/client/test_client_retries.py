@@ -20,6 +20,8 @@ from fixtures.oms_server import OmsHarness
 from fixtures.tcp_proxy import SilencingProxy
 from oms_client import (
     CHANNEL_OPTIONS,
+    NO_RETRY,
+    SHUTTING_DOWN_REASON,
     OmsClient,
     OutcomeUnknown,
     RetryPolicy,
@@ -340,6 +342,46 @@ async def test_publish_prices_is_not_retried_because_a_tick_is_not_idempotent(
             )
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
         assert len(lose.requests) == 1
+        assert (await client.get_price(exchange="paper", symbol=BTC)).price == "51000"
+
+
+async def test_a_server_that_stops_refuses_calls_as_not_run_and_nothing_is_taken_for_unknown(
+    oms_priced: OmsHarness,
+) -> None:
+    # Refused before they ran: a PlaceOrder that ran out of attempts is no OutcomeUnknown, and
+    # PublishPrices, not idempotent, is retried by default all the same.
+    sent = LoseRequests("PublishPrices")  # loses nothing: counts the attempts
+    async with client_with(oms_priced.address, sent, retry=FAST_RETRY) as client:
+        await oms_priced.app.server.begin_shutdown()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.place_order(**LIMIT_BUY)
+        assert not isinstance(refused.value, OutcomeUnknown)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_reasons(refused.value) == {SHUTTING_DOWN_REASON}
+        assert "was not run" in (refused.value.details() or "")
+
+        tick = [market_data_pb2.PriceTick(exchange="paper", symbol=BTC, price="51000")]
+        with pytest.raises(grpc.aio.AioRpcError) as publish_refused:
+            await client.publish_prices(prices=tick)
+        assert error_reasons(publish_refused.value) == {SHUTTING_DOWN_REASON}
+        assert len(sent.requests) == 3  # FAST_RETRY's attempts
+        with pytest.raises(grpc.aio.AioRpcError):
+            await client.publish_prices(prices=tick, retry=NO_RETRY)
+        assert len(sent.requests) == 4
+
+
+async def test_a_publish_prices_refused_unrun_is_sent_again_and_applied_once(
+    oms_priced: OmsHarness,
+) -> None:
+    # As a server answers while it stops (above), the first attempt never ran: the second is
+    # the only one the server applies.
+    refused = LoseRequests("PublishPrices", times=1, reason=SHUTTING_DOWN_REASON)
+    async with client_with(oms_priced.address, refused, retry=FAST_RETRY) as client:
+        prices = await client.publish_prices(
+            prices=[market_data_pb2.PriceTick(exchange="paper", symbol=BTC, price="51000")]
+        )
+        assert [p.price for p in prices] == ["51000"]
+        assert len(refused.requests) == 2
         assert (await client.get_price(exchange="paper", symbol=BTC)).price == "51000"
 
 

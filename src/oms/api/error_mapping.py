@@ -53,6 +53,10 @@ _CODES: dict[type[OmsError], grpc.StatusCode] = {
 
 STREAM_LIMIT_REASON = "STREAM_LIMIT"
 """google.rpc.ErrorInfo reason of a RESOURCE_EXHAUSTED that opening again cannot cure."""
+SHUTTING_DOWN_REASON = "SHUTTING_DOWN"
+"""google.rpc.ErrorInfo reason of an UNAVAILABLE answered without running the call, as the
+server stops: nothing was done, so even a call that is not idempotent (PublishPrices) may be
+sent again."""
 ERROR_DOMAIN = "tradingboost.oms.v1"
 
 
@@ -85,8 +89,14 @@ def _status_of(error: OmsError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, 
     detail = _detail_of(error)
     if detail is None:
         return code, error.message, ()
+    return _with_detail(code, error.message, detail)
+
+
+def _with_detail(
+    code: grpc.StatusCode, message: str, detail: any_pb2.Any
+) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
     status = rpc_status.to_status(
-        status_pb2.Status(code=code.value[0], message=error.message, details=[detail])
+        status_pb2.Status(code=code.value[0], message=message, details=[detail])
     )
     return (
         status.code,
@@ -168,10 +178,19 @@ def _wrap_stream(
     return stream
 
 
+def _refusal() -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=SHUTTING_DOWN_REASON, domain=ERROR_DOMAIN))
+    message = "server is shutting down, the call was not run: retry on another instance"
+    return _with_detail(grpc.StatusCode.UNAVAILABLE, message, detail)
+
+
+_REFUSAL = _refusal()
+
+
 async def _refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    await context.abort(
-        grpc.StatusCode.UNAVAILABLE, "server is shutting down: retry on another instance"
-    )
+    code, message, trailers = _REFUSAL
+    await context.abort(code, message, trailers)
 
 
 _KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")

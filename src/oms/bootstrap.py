@@ -45,6 +45,7 @@ from oms.engine.journal import Journal
 from oms.engine.live_exchanges import LiveExchanges
 from oms.engine.market_data import MarketData
 from oms.engine.order_lifecycle import OrderLifecycle
+from oms.engine.order_retention import OrderRetention
 from oms.engine.paper_exchange import PAPER, PaperExchange
 from oms.engine.positions import Positions
 from oms.engine.run_to_end import finish_running
@@ -239,6 +240,11 @@ class Application:
             archive = PostgresArchive(settings.postgres_dsn.get_secret_value())
             self.archiver = Archiver(self.store, archive)
             self.hub.add_listener(self.archiver.committed)
+        retention_s = settings.finished_order_retention_s
+        self.retention = (
+            None if retention_s is None else OrderRetention(self.store, retention_s, time.time_ns)
+        )
+        self._retaining: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
         """Set by a second stop signal: the stop waits for nothing more."""
@@ -329,6 +335,10 @@ class Application:
         if self.archiver is not None:
             self._archiving = asyncio.get_running_loop().create_task(
                 self.archiver.run(), name="archive"
+            )
+        if self.retention is not None:
+            self._retaining = asyncio.get_running_loop().create_task(
+                self.retention.run(), name="order-retention"
             )
         await self.server.ready()
         self._watching = asyncio.get_running_loop().create_task(
@@ -495,10 +505,11 @@ class Application:
 
     async def stop(self) -> None:
         """NOT_SERVING, end streams with UNAVAILABLE, drain unary calls, close the store."""
-        if self._watching is not None:
-            self._watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watching
+        for task in (self._watching, self._retaining):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.server.begin_shutdown()
         self.hub.close()
         self.market_data.close()

@@ -313,6 +313,30 @@ class EventSource(Protocol):
         ...
 
 
+class RetainedOrders(Protocol):
+    """Orders as the store keeps them, for the retention of finished ones."""
+
+    async def users_with_orders(self) -> list[str]: ...
+
+    async def open_orders(self, user_id: str) -> list[Order]: ...
+
+    async def orders_from_oldest(
+        self, user_id: str, after: int, count: int
+    ) -> list[tuple[int, Order | None]]:
+        """Up to `count` orders in the order they were placed, each with its place in that
+        order, from the first after `after` (0: the oldest); None for one gone meanwhile."""
+        ...
+
+    async def forget_orders(self, user_id: str, orders: Sequence[Order]) -> int:
+        """Remove finished orders and their fills, each only if unchanged since it was read;
+        returns how many went."""
+        ...
+
+    async def rule_order_ids(self) -> set[tuple[str, str]]:
+        """(user, order id) of every order a conditional rule may still act on."""
+        ...
+
+
 class EventArchive(Protocol):
     """Where events are kept for good. Appending a sequence already kept changes nothing.
     Fails Unavailable when the archive cannot be used now, FailedPrecondition when it refuses

@@ -290,6 +290,7 @@ class RedisStore:
         self._list_page = redis.register_script(_script("list_page.lua"))
         self._forget_closed_sides = redis.register_script(_script("forget_closed_sides.lua"))
         self._get_by_key = redis.register_script(_script("get_by_key.lua"))
+        self._forget_orders = redis.register_script(_script("forget_orders.lua"))
         # Renewed on the probe's connection too, for the same reason: a burst of reads must
         # not hold up a renewal until the lease lapses.
         self._writer_lease = self._probe.register_script(_script("writer_lease.lua"))
@@ -593,6 +594,68 @@ class RedisStore:
         return [decode_order(doc) for doc in docs if doc is not None]
 
     @unavailable_when_down
+    async def users_with_orders(self) -> list[str]:
+        return await self._users_with(keys.order_index("*"))
+
+    @unavailable_when_down
+    async def orders_from_oldest(
+        self, user_id: str, after: int, count: int
+    ) -> list[tuple[int, Order | None]]:
+        """Up to `count` of the user's orders in the order they were placed, each with its
+        place in that order (the sequence of its first event), from the first after `after`;
+        None for one gone meanwhile."""
+        index = await self._redis.zrangebyscore(
+            keys.order_index(user_id), f"({after}", "+inf", start=0, num=count, withscores=True
+        )
+        if not index:
+            return []
+        docs = await self._redis.hmget(keys.orders(user_id), [oid for oid, _ in index])  # type: ignore[misc]
+        return [
+            (int(score), None if doc is None else decode_order(doc))
+            for (_, score), doc in zip(index, docs, strict=True)
+        ]
+
+    @unavailable_when_down
+    async def forget_orders(self, user_id: str, orders: Sequence[Order]) -> int:
+        """Remove finished orders and their fills, each only if unchanged since it was read;
+        returns how many went. The fills' trade ids stay: a trade reported again is still
+        known as applied."""
+        args: list[str | int] = []
+        for order in orders:
+            assert order.status.is_terminal
+            args += [order.order_id, order.version, order.client_order_id, len(order.fill_ids)]
+            args += order.fill_ids
+        forgotten = await self._forget_orders(
+            keys=[
+                keys.orders(user_id),
+                keys.order_versions(user_id),
+                keys.client_order_ids(user_id),
+                keys.order_index(user_id),
+                keys.fills(user_id),
+                keys.fill_index(user_id),
+            ],
+            args=args,
+        )
+        return int(forgotten)
+
+    @unavailable_when_down
+    async def rule_order_ids(self) -> set[tuple[str, str]]:
+        """(user, order id) of every trigger and listed order of a rule that is ACTIVE, or
+        fired with its cancels unfinished, on any exchange."""
+        active = keys.exchange_active_rules("*")
+        members_keys = [keys.pending_rules()]
+        members_keys += [
+            key.decode() async for key in self._redis.scan_iter(match=active, count=1000)
+        ]
+        found = set()
+        for members_key in members_keys:
+            for doc in await self._members_docs(members_key, keys.rules):
+                rule = decode_rule(doc)
+                for order_id in (rule.trigger_order_id, *rule.cancel_order_ids):
+                    found.add((rule.user_id, order_id))
+        return found
+
+    @unavailable_when_down
     async def applied_trade_ids(
         self, user_id: str, exchange: str, symbol: str, trade_ids: Sequence[str]
     ) -> set[str]:
@@ -692,7 +755,10 @@ class RedisStore:
 
     @unavailable_when_down
     async def users_with_events(self) -> list[str]:
-        pattern = keys.sequence("*")
+        return await self._users_with(keys.sequence("*"))
+
+    async def _users_with(self, pattern: str) -> list[str]:
+        """The users whose key of `pattern` (a user key with the user as '*') exists."""
         head, _, tail = pattern.partition("*")
         return [
             key.decode()[len(head) : -len(tail)]

@@ -193,6 +193,7 @@ class Application:
             time.time_ns,
             venue_policy(settings),
             self.market_data.observe,
+            self.paper,
         )
         orders = OrderLifecycle(
             self.store, catalog, self.paper, self.exchanges, self.hub, ids.new_id, time.time_ns

@@ -10,13 +10,13 @@ below runs right after the call, with no waiting.
 from __future__ import annotations
 
 import asyncio
-from asyncio import Event
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
+from fixtures.commits import Commit, ends, fires_a_rule, hold_the_firing, intercept_commits
 from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.positions import ETH, SOL, expect_code, expect_invalid, redis_snapshot
 from fixtures.redis_proxy import RedisFaultProxy, landed_unanswered
@@ -59,8 +59,6 @@ from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_service_pb2 as opb
 
 from oms.domain.errors import Unavailable
-from oms.domain.events import RuleUpdated
-from oms.engine.ports import OrderChange
 
 S = order_pb2
 R = conditional_rule_pb2
@@ -763,47 +761,6 @@ async def test_one_cancels_other_holds_against_ticks_that_come_together(
         statuses = sorted([await status_of(oms, user, o.order_id) for o in (buy, sell)])
         assert statuses == sorted([S.ORDER_STATUS_FILLED, S.ORDER_STATUS_CANCELED]), attempt
         await publish(oms.market, "100", symbol=SOL)
-
-
-Commit = tuple[Sequence[OrderChange], Sequence[Any]]
-
-
-def intercept_commits(
-    oms: OmsHarness, monkeypatch: pytest.MonkeyPatch, before: Callable[[Commit], Awaitable[None]]
-) -> None:
-    """Every commit, once decided, goes through `before` first, which may wait, or raise (a
-    commit Redis refused: nothing written)."""
-    record = oms.app.journal.record
-
-    async def intercepted(changes: Any, prices: Any = (), updates: Any = ()) -> Any:
-        await before((changes, updates))
-        return await record(changes, prices, updates)
-
-    monkeypatch.setattr(oms.app.journal, "record", intercepted)
-
-
-def fires_a_rule(commit: Commit) -> bool:
-    return any(isinstance(u, RuleUpdated) and u.rule.pending for u in commit[1])
-
-
-def ends(order_id: str) -> Callable[[Commit], bool]:
-    return lambda commit: any(
-        c.order.order_id == order_id and not c.order.is_open for c in commit[0]
-    )
-
-
-def hold_the_firing(oms: OmsHarness, monkeypatch: pytest.MonkeyPatch) -> tuple[Event, Event]:
-    """The next commit that fires a rule waits, once it is decided, until the second event
-    is set; the first says it is waiting."""
-    waiting, go_on = asyncio.Event(), asyncio.Event()
-
-    async def hold(commit: Commit) -> None:
-        if fires_a_rule(commit) and not waiting.is_set():
-            waiting.set()
-            await go_on.wait()
-
-    intercept_commits(oms, monkeypatch, hold)
-    return waiting, go_on
 
 
 async def cross_symbol_rule(

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from fixtures.commits import hold_the_firing
 from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import (
     API_KEY,
@@ -331,3 +332,29 @@ async def test_a_rule_whose_creation_landed_unanswered_fires(
     canceled = await live.until(b.order_id, lambda o: o.status == S.ORDER_STATUS_CANCELED)
     assert canceled.cancel_reason.startswith("conditional rule ")
     assert at_exchange(exchange, b) == "canceled"
+
+
+async def test_a_paper_order_a_rule_fired_here_lists_is_not_filled_before_its_cancel(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # When A (on the exchange) fills, cancel B (resting on paper): one-cancels-other across
+    # venues. A paper tick that reaches B while the firing commit is on its way must not fill
+    # it, as on paper alone.
+    await paper_tick(live.oms.market, "50000")
+    a = await live.place(price="49000")
+    b = await live.place(exchange="paper", price="49000")
+    rule = await create_rule(live, a.order_id, b.order_id)
+    waiting, go_on = hold_the_firing(live.oms, monkeypatch)
+    exchange.set_price(BTC, Decimal("48900"))
+    async with asyncio.timeout(10):
+        await waiting.wait()
+    await paper_tick(live.oms.market, "48900")  # reaches B: held back
+    go_on.set()
+    fired = await rule_until(live, rule.rule_id, lambda r: len(r.results) == 1)
+    assert [(r.order_id, r.outcome) for r in fired.results] == [(b.order_id, CANCELED)]
+    b_now = await live.get(b.order_id)
+    assert (b_now.status, b_now.filled_quantity) == (S.ORDER_STATUS_CANCELED, "0")
+    # Finished, the rule holds nothing back any more.
+    c = await live.place(exchange="paper", price="48800")
+    await paper_tick(live.oms.market, "48700")
+    assert (await live.get(c.order_id)).status == S.ORDER_STATUS_FILLED

@@ -83,7 +83,7 @@ from oms.engine.gateway import (
 )
 from oms.engine.held_stops import HeldStops, is_held
 from oms.engine.journal import Journal
-from oms.engine.live_rules import LiveRules, RuleRunner
+from oms.engine.live_rules import LiveRules, RuleHolds, RuleRunner
 from oms.engine.live_trailing import LiveTrailingStops
 from oms.engine.mark_prices import MarkPrices
 from oms.engine.order_lookups import OrderLookups
@@ -125,7 +125,9 @@ class LiveExchanges:
         clock_ns: Callable[[], int],
         policy: Callable[[str], VenuePolicy],
         observe_prices: Callable[[Sequence[PriceUpdate]], None],
+        rule_holds: RuleHolds,
     ) -> None:
+        """`rule_holds`: the paper exchange, whose orders a rule fired here may list."""
         self._store = store
         self._journal = journal
         self._catalog = catalog
@@ -147,7 +149,7 @@ class LiveExchanges:
         )
         self._held = HeldStops()
         self._trailing = LiveTrailingStops(store, journal, self, new_id, clock_ns)
-        self._rules = LiveRules(store, journal, self, clock_ns)
+        self._rules = LiveRules(store, journal, self, clock_ns, rule_holds)
         self._lookups = OrderLookups(store, self, clock_ns, policy)
         self._reconciliation = Reconciliation(
             store,

@@ -28,6 +28,15 @@ class Venue(Protocol):
     def account_lock(self, user_id: str, exchange: str) -> asyncio.Lock: ...
 
 
+class RuleHolds(Protocol):
+    """Where a fired rule's listed orders are kept from filling until its cancels: the paper
+    desks, whose ticks would fill them meanwhile (a real exchange's fill is its own)."""
+
+    def hold_back(self, rule: ConditionalRule) -> None: ...
+
+    def stop_holding(self, rule: ConditionalRule) -> None: ...
+
+
 class LiveRules:
     def __init__(
         self,
@@ -35,10 +44,12 @@ class LiveRules:
         journal: Journal,
         venue: Venue,
         clock_ns: Callable[[], int],
+        holds: RuleHolds,
     ) -> None:
         self._store = store
         self._journal = journal
         self._venue = venue
+        self._holds = holds
         self._clock_ns = clock_ns
         self._by_trigger: defaultdict[str, dict[str, ConditionalRule]] = defaultdict(dict)
         self._unsure: defaultdict[str, set[tuple[str, str]]] = defaultdict(set)
@@ -60,7 +71,7 @@ class LiveRules:
             # A trigger past the condition already (a partial fill) fires it: never ACTIVE first.
             fired = rule.on_trigger_change(trigger, self._clock_ns())
             try:
-                await self._journal.record([], (), [RuleUpdated(fired or rule)])
+                await self._commit(fired or rule)
             except Unavailable:
                 self._unsure[rule.trigger_order_id].add((rule.user_id, rule.rule_id))
                 raise
@@ -98,8 +109,10 @@ class LiveRules:
                     self._forget(rule)
                     if stored is not None and stored.pending:
                         fired.append(stored)
+                    else:  # a firing of this copy, if any, never landed
+                        self._holds.stop_holding(rule)
                     continue
-                await self._journal.record([], (), [RuleUpdated(after)])
+                await self._commit(after)
                 self._forget(rule)
                 fired.append(after)
         for rule in fired:
@@ -131,6 +144,23 @@ class LiveRules:
             for rule in list(rules.values()):
                 if (rule.user_id, rule.trigger_exchange) == (user_id, exchange):
                     self._forget(rule)
+
+    async def _commit(self, rule: ConditionalRule) -> None:
+        """Commit `rule` as judged. A firing holds back its listed paper orders from before
+        its commit until it is finished, as a paper desk's firing does: a tick meanwhile
+        would fill an order its cancels are on their way to."""
+        if rule.pending:
+            self._holds.hold_back(rule)
+        try:
+            await self._journal.record([], (), [RuleUpdated(rule)])
+        except Unavailable:
+            # It may have landed: held until the rule is finished, or settled as never
+            # fired (ConditionalRules.finish_unfinished, or this trigger judged again).
+            raise
+        except BaseException:
+            if rule.pending:
+                self._holds.stop_holding(rule)
+            raise
 
     def _forget(self, rule: ConditionalRule) -> None:
         rules = self._by_trigger[rule.trigger_order_id]

@@ -164,15 +164,19 @@ async def call_with_retry(
 
 NOT_TAKEN_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED})
 """Retryable codes of a call the server did not act on: a rate limit, a throttled account,
-a decision whose state changed under it. An UNAVAILABLE with SHUTTING_DOWN_REASON is one
-too (`not_run`)."""
+a decision whose state changed under it. Some UNAVAILABLE ones are too (`not_run`)."""
+
+# gRPC's own words for a call that failed to pick a connection: it was never sent.
+_NEVER_SENT = "failed to connect to all addresses"
 
 
 def not_run(error: grpc.aio.AioRpcError) -> bool:
-    """Whether the server refused the call without running it, as it stopped."""
-    return error.code() is grpc.StatusCode.UNAVAILABLE and SHUTTING_DOWN_REASON in error_reasons(
-        error
-    )
+    """Whether the call certainly did not run: refused by a server that was stopping
+    (SHUTTING_DOWN_REASON), or never sent, no connection to the server being open."""
+    if error.code() is not grpc.StatusCode.UNAVAILABLE:
+        return False
+    never_sent = (error.details() or "").startswith(_NEVER_SENT)
+    return never_sent or SHUTTING_DOWN_REASON in error_reasons(error)
 
 
 class OutcomeUnknown(grpc.aio.AioRpcError):

@@ -17,6 +17,7 @@ import pytest
 from fixtures.client_streams import restartable_servers
 from fixtures.lossy_network import LoseRequests, LoseResponses, client_with
 from fixtures.oms_server import OmsHarness
+from fixtures.redis_server import free_port
 from fixtures.tcp_proxy import SilencingProxy
 from oms_client import (
     CHANNEL_OPTIONS,
@@ -368,6 +369,17 @@ async def test_a_server_that_stops_refuses_calls_as_not_run_and_nothing_is_taken
         with pytest.raises(grpc.aio.AioRpcError):
             await client.publish_prices(prices=tick, retry=NO_RETRY)
         assert len(sent.requests) == 4
+
+
+async def test_a_place_order_that_never_reached_a_server_is_no_unknown_outcome() -> None:
+    # Nothing listens: every attempt fails to connect, so none was sent, and the caller is
+    # told the plain error, not to look up an order that cannot exist.
+    address = f"127.0.0.1:{free_port()}"
+    async with OmsClient.connect(address, retry=FAST_RETRY) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await client.place_order(**LIMIT_BUY)
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert not isinstance(error.value, OutcomeUnknown)
 
 
 async def test_a_publish_prices_refused_unrun_is_sent_again_and_applied_once(

@@ -166,8 +166,9 @@ NOT_TAKEN_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode
 """Retryable codes of a call the server did not act on: a rate limit, a throttled account,
 a decision whose state changed under it. Some UNAVAILABLE ones are too (`not_run`)."""
 
-# gRPC's own words for a call that failed to pick a connection: it was never sent.
-_NEVER_SENT = "failed to connect to all addresses"
+# gRPC's own words for a call that found no connection to go on (its pick_first and
+# round_robin load balancing): it never left the client.
+_NEVER_SENT = ("failed to connect to all addresses", "connections to all backends failing")
 
 
 def not_run(error: grpc.aio.AioRpcError) -> bool:

@@ -506,11 +506,14 @@ class Application:
 
     async def stop(self) -> None:
         """NOT_SERVING, end streams with UNAVAILABLE, drain unary calls, close the store."""
-        for task in (self._watching, self._retaining):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
+        if self._retaining is not None:
+            self._retaining.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retaining
         await self.server.begin_shutdown()
         self.hub.close()
         self.market_data.close()

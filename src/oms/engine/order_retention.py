@@ -1,12 +1,16 @@
-"""Forgetting finished orders once they are older than the retention period.
+"""Forgetting finished paper orders once they are older than the retention period.
 
 The state store keeps every order and fill for good unless told otherwise: a grid bot at one
-order a second adds ~100 MB a day to Redis. With a retention period, a finished order (and
-its fills) goes from the store once it has been finished that long, unless something still
-acts on it: an open order linked to it, or a conditional rule still to act. Its events stay
-in the event stream (as retained) and in the history archive. Trade ids stay too, so a
-trade an exchange reports again is still known as applied; so do positions, whose records
-are not orders.
+order a second adds ~100 MB a day to Redis. With a retention period, a finished paper order
+(and its fills) goes from the store once it has been finished that long, unless something
+still acts on it: an open order linked to it, or a conditional rule still to act. Its events
+stay in the event stream (as retained) and in the history archive; positions stay, their
+records not being orders.
+
+Orders on real exchanges are kept for good: the OMS still acts on finished ones there, long
+after they finished (a fill the exchange lists late, within its lookback; the exits of an
+entry owed while its account was not followed; an exit re-made if missing), which a
+retention for them must first allow for.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 from collections.abc import Callable
 
 from oms.domain.errors import Unavailable
+from oms.domain.markets import PAPER
 from oms.domain.retention import forgettable
 from oms.engine.ports import RetainedOrders
 
@@ -45,7 +50,11 @@ class OrderRetention:
             after = 0
             while page := await self._store.orders_from_oldest(user, after, BATCH):
                 orders = [order for _, order in page if order is not None]
-                gone = [o for o in orders if forgettable(o, cutoff_ns, open_ids, kept_ids)]
+                gone = [
+                    o
+                    for o in orders
+                    if o.exchange == PAPER and forgettable(o, cutoff_ns, open_ids, kept_ids)
+                ]
                 if gone:
                     forgotten += await self._store.forget_orders(user, gone)
                 # Placed in this order: past one placed after the cutoff, none has ended
@@ -64,4 +73,6 @@ class OrderRetention:
                     log.info("order retention: forgot %d finished orders", forgotten)
             except Unavailable as error:
                 log.warning("order retention: pass not finished (%s)", error)
+            except Exception:  # a bug here must not end the retention, nor the server
+                log.exception("order retention: pass failed")
             await asyncio.sleep(self.interval_s)

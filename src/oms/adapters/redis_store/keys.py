@@ -147,12 +147,6 @@ def exchange_positions(exchange: str) -> str:
     return f"{PREFIX}:x:{exchange}:positions"
 
 
-def exchange_closed_sides(exchange: str) -> str:
-    """Set '<user_id>|<exchange>|<symbol>|<side>' of sides that closed a record (recovery: a
-    side reopens at its last record's leverage). A side that opens again stays a member."""
-    return f"{PREFIX}:x:{exchange}:closed_sides"
-
-
 def exchange_open_orders(exchange: str) -> str:
     """Set '<user_id>|<order_id>' of open orders on one exchange (start-up recovery)."""
     return f"{PREFIX}:x:{exchange}:open_orders"

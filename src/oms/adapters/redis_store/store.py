@@ -6,7 +6,7 @@ import asyncio
 import functools
 import re
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from decimal import Decimal
 from enum import Enum
 from importlib import resources
@@ -534,7 +534,6 @@ class RedisStore:
         else:
             tx.srem(keys.open_positions(user), position.position_id)
             tx.srem(keys.exchange_positions(position.exchange), _side_member(position))
-            tx.sadd(keys.exchange_closed_sides(position.exchange), _side_member(position))
 
     def _write_trailing_stop(
         self, tx: _Transaction, update: TrailingStopUpdated, stop: TrailingStop
@@ -795,7 +794,7 @@ class RedisStore:
         """Every open record on one exchange. A side found closed (written before a close
         took its side out of the set) is removed from the set, so it is read once only."""
         index = keys.exchange_positions(exchange)
-        found = await self._current_records(index)
+        found = await self._current_records(await self._redis.smembers(index))  # type: ignore[misc]
         closed = [position for position in found if not position.is_open]
         if closed:
             await self._forget_closed_sides(
@@ -809,17 +808,27 @@ class RedisStore:
     @unavailable_when_down
     async def closed_positions_on(self, exchange: str) -> list[Position]:
         """The current record of every side on one exchange that is flat now, having been
-        open before (recovery: its leverage is the side's when it reopens)."""
-        found = await self._current_records(keys.exchange_closed_sides(exchange))
+        open before (recovery: its leverage is the side's when it reopens). Reads every
+        user's current records: for a start or a reload, not for a call."""
+        users = await self._users_with(keys.current_positions("*"))
+        pipe = self._redis.pipeline(transaction=False)
+        for user_id in users:
+            pipe.hgetall(keys.current_positions(user_id))
+        sides = [
+            f"{user_id}|{field.decode()}"
+            for user_id, current in zip(users, await pipe.execute(), strict=True)
+            for field in current
+            if field.decode().startswith(f"{exchange}|")
+        ]
+        found = await self._current_records(sides)
         return [position for position in found if not position.is_open]
 
-    async def _current_records(self, index: str) -> list[Position]:
-        """The current record of each side in the set `index`."""
-        members = await self._redis.smembers(index)  # type: ignore[misc]
+    async def _current_records(self, members: Iterable[bytes | str]) -> list[Position]:
+        """The current record of each side '<user_id>|<field in current_positions>'."""
         pipe = self._redis.pipeline(transaction=False)
         users = []
-        for member in sorted(members):
-            user_id, field = member.decode().split("|", 1)
+        for member in sorted(m.decode() if isinstance(m, bytes) else m for m in members):
+            user_id, field = member.split("|", 1)
             users.append(user_id)
             pipe.hget(keys.current_positions(user_id), field)
         ids = await pipe.execute()

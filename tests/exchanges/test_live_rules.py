@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from asyncio import Event
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import grpc
 import pytest
-from fixtures.commits import hold_the_firing
+from fixtures.client_streams import until
+from fixtures.commits import Commit, fires_a_rule, hold_the_firing, intercept_commits
 from fixtures.fake_exchange import FakeExchange
 from fixtures.live_trading import (
     API_KEY,
@@ -31,6 +33,7 @@ from tradingboost.oms.v1 import market_data_service_pb2 as md
 from tradingboost.oms.v1 import order_pb2 as S
 from tradingboost.oms.v1 import order_service_pb2 as pb
 
+from oms.domain.errors import Unavailable
 from oms.engine import conditional_rules
 
 
@@ -354,7 +357,84 @@ async def test_a_paper_order_a_rule_fired_here_lists_is_not_filled_before_its_ca
     assert [(r.order_id, r.outcome) for r in fired.results] == [(b.order_id, CANCELED)]
     b_now = await live.get(b.order_id)
     assert (b_now.status, b_now.filled_quantity) == (S.ORDER_STATUS_CANCELED, "0")
-    # Finished, the rule holds nothing back any more.
-    c = await live.place(exchange="paper", price="48800")
-    await paper_tick(live.oms.market, "48700")
-    assert (await live.get(c.order_id)).status == S.ORDER_STATUS_FILLED
+    assert live.oms.app.paper.cancelling.order_ids() == frozenset()  # finished: released
+
+
+def refuse_firings(live: LiveTrading, monkeypatch: pytest.MonkeyPatch, skip: int = 0) -> Event:
+    """From the `skip`+1-th commit that fires a rule on, each is refused (Redis down, nothing
+    written) while the event returned is not set."""
+    healed, firings = asyncio.Event(), 0
+
+    async def before(commit: Commit) -> None:
+        nonlocal firings
+        if fires_a_rule(commit):
+            firings += 1
+            if firings > skip and not healed.is_set():
+                raise Unavailable("state store unreachable (test)")
+
+    intercept_commits(live.oms, monkeypatch, before)
+    return healed
+
+
+async def a_firing_refused(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> tuple[S.Order, R.ConditionalRule, Event]:
+    """B (resting on paper), and a rule "when A (on the exchange) fills, cancel B" whose
+    firing was refused as A filled (B held back since: it may have fired); the event lets the
+    store take commits again."""
+    await paper_tick(live.oms.market, "50000")
+    a = await live.place(price="49000")
+    b = await live.place(exchange="paper", price="47000")
+    rule = await create_rule(live, a.order_id, b.order_id)
+    healed = refuse_firings(live, monkeypatch)
+    exchange.set_price(BTC, Decimal("48900"))
+    await live.until(a.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
+    await until(lambda: bool(live.oms.app.paper.cancelling.order_ids()))
+    return b, rule, healed
+
+
+async def test_a_rule_deleted_after_its_firing_was_refused_holds_nothing_back(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b, rule, healed = await a_firing_refused(live, exchange, monkeypatch)
+    deleted = await live.oms.orders.DeleteConditionalRule(
+        pb.DeleteConditionalRuleRequest(user_id=USER, rule_id=rule.rule_id)
+    )
+    assert deleted.rule.status == R.RULE_STATUS_CANCELED
+    healed.set()
+    assert live.oms.app.paper.cancelling.order_ids() == frozenset()
+    await paper_tick(live.oms.market, "46900")  # B fills: the rule never fired
+    assert (await live.get(b.order_id)).status == S.ORDER_STATUS_FILLED
+
+
+async def test_rules_fired_before_another_s_firing_was_refused_are_finished(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two rules on A: the first fires, the second's firing is refused. The first's cancel is
+    # sent all the same, and the second fires when A is judged again.
+    await paper_tick(live.oms.market, "50000")
+    a = await live.place(price="49000")
+    b1, b2 = [await live.place(exchange="paper", price="47000") for _ in range(2)]
+    rules = [await create_rule(live, a.order_id, b.order_id) for b in (b1, b2)]
+    healed = refuse_firings(live, monkeypatch, skip=1)
+    exchange.set_price(BTC, Decimal("48900"))
+    first = await rule_until(live, rules[0].rule_id, lambda r: len(r.results) == 1)
+    assert [(r.order_id, r.outcome) for r in first.results] == [(b1.order_id, CANCELED)]
+    healed.set()
+    second = await rule_until(live, rules[1].rule_id, lambda r: len(r.results) == 1)
+    assert [(r.order_id, r.outcome) for r in second.results] == [(b2.order_id, CANCELED)]
+    assert live.oms.app.paper.cancelling.order_ids() == frozenset()
+
+
+async def test_a_refused_firing_of_an_account_no_longer_followed_is_settled_by_the_store(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The firing was refused, then the account deactivated: its trigger is judged here no
+    # more. Once the store answers, the rule is found never to have fired, and B is let go.
+    b, _, healed = await a_firing_refused(live, exchange, monkeypatch)
+    account = {"user_id": USER, "exchange": live.venue}
+    await live.accounts.DeactivateAccount(acc.DeactivateAccountRequest(**account))
+    healed.set()
+    await until(lambda: not live.oms.app.paper.cancelling.order_ids())
+    await paper_tick(live.oms.market, "46900")
+    assert (await live.get(b.order_id)).status == S.ORDER_STATUS_FILLED

@@ -87,6 +87,9 @@ def test_a_side_reopened_by_an_order_without_leverage_keeps_its_last_records() -
     assert (second.position_id, second.leverage) == ("p2", 10)
     fresh = take_fill(None, new_order(), again, MARKET, lambda: next(ids))
     assert (fresh.position_id, fresh.leverage) == ("p3", 1)
+    # Within what the market takes now (its max_leverage lowered since).
+    lowered = take_fill(closed, new_order(), again, replace(MARKET, max_leverage=5), lambda: "p4")
+    assert lowered.leverage == 5
 
 
 def test_a_fill_that_would_reduce_a_flat_side_or_below_zero_is_refused() -> None:

@@ -152,8 +152,9 @@ def take_fill(
             raise ValueError(f"fill {fill.fill_id} reduces a flat position")
         if position is not None and leverage is None:
             # An exchange keeps the account's leverage until an order sets another: the side
-            # reopens at the leverage its last record ended at.
-            leverage = position.leverage
+            # reopens at the leverage its last record ended at (within what the market takes
+            # now).
+            leverage = min(position.leverage, market.max_leverage)
         position = open_record(new_id(), order.user_id, market, order.position_side, fill.time_ns)
     return apply_fill(position, fill, order.grid_level, leverage)
 

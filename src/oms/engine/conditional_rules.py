@@ -47,7 +47,11 @@ log = logging.getLogger(__name__)
 class RuleVenue(Protocol):
     """Where a rule's trigger order lives: the paper desks or a real exchange's account."""
 
-    def run_rules_with(self, runner: Callable[[ConditionalRule], Awaitable[object]]) -> None: ...
+    def run_rules_with(
+        self,
+        runner: Callable[[ConditionalRule], Awaitable[object]],
+        unsure: Callable[[ConditionalRule], None] | None = None,
+    ) -> None: ...
 
     async def add_rule(self, rule: ConditionalRule) -> ConditionalRule | None: ...
 
@@ -80,7 +84,7 @@ class ConditionalRules:
         self._creating = ClientIdTurns()
         self._finishing: KeyedLocks[str] = KeyedLocks()
         paper.run_rules_with(self.finish, unsure=self._finish_later)
-        live.run_rules_with(self.finish)
+        live.run_rules_with(self.finish, unsure=self._finish_later)
 
     def _venue(self, exchange: str) -> RuleVenue:
         return self._paper if exchange == PAPER else self._live

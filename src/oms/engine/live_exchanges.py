@@ -291,8 +291,10 @@ class LiveExchanges:
     async def cancel_trailing_stop(self, stop: TrailingStop) -> TrailingStop | None:
         return await self._trailing.cancel(stop)
 
-    def run_rules_with(self, runner: RuleRunner) -> None:
-        self._rules.run_rules_with(runner)
+    def run_rules_with(
+        self, runner: RuleRunner, unsure: Callable[[ConditionalRule], None] | None = None
+    ) -> None:
+        self._rules.run_rules_with(runner, unsure)
 
     @run_to_end
     async def add_rule(self, rule: ConditionalRule) -> ConditionalRule | None:

@@ -56,10 +56,18 @@ class LiveRules:
         """By trigger order id: the (user_id, rule id) of rules whose creation's outcome is
         unknown (its replies lost): read back from the store when their trigger changes."""
         self._runner: RuleRunner | None = None
+        self._settle_later: Callable[[ConditionalRule], None] | None = None
+        self._maybe_fired: dict[str, ConditionalRule] = {}
+        """By rule id: rules whose firing commit failed, landed or not, still watched here
+        (their trigger is judged again until they are settled)."""
 
-    def run_rules_with(self, runner: RuleRunner) -> None:
-        """Who sends a fired rule's cancels (the engine's ConditionalRules)."""
+    def run_rules_with(
+        self, runner: RuleRunner, unsure: Callable[[ConditionalRule], None] | None = None
+    ) -> None:
+        """Who sends a fired rule's cancels (the engine's ConditionalRules), and who settles
+        a rule whose firing commit failed once it is no longer watched here."""
         self._runner = runner
+        self._settle_later = unsure
 
     async def add(self, rule: ConditionalRule) -> ConditionalRule | None:
         """The rule as committed with its trigger's current state (ACTIVE, or fired and
@@ -89,34 +97,47 @@ class LiveRules:
             deleted = current.delete(self._clock_ns())
             await self._journal.record([], (), [RuleUpdated(deleted)])
             self._forget(current)
+            # Deleted, it never fires: a firing of it that failed never landed.
+            self._maybe_fired.pop(current.rule_id, None)
+            self._holds.stop_holding(current)
             return deleted
 
     async def judge(self, trigger: Order) -> None:
         """Fire or retire the rules a committed change of their trigger order meets."""
         await self._read_back(trigger)
         fired = []
-        for rule in list(self._by_trigger.get(trigger.order_id, {}).values()):
-            async with self._venue.account_lock(rule.user_id, rule.trigger_exchange):
-                if self._by_trigger.get(rule.trigger_order_id, {}).get(rule.rule_id) is not rule:
-                    continue  # deleted or judged meanwhile
-                after = rule.on_trigger_change(trigger, self._clock_ns())
-                if after is None:
-                    continue
-                stored = await self._store.get_rule(rule.user_id, rule.rule_id)
-                if stored is None or stored.status is not RuleStatus.ACTIVE:
-                    # Changed by a write that landed unanswered: the store is right, the copy
-                    # here is not. Deleted, it does nothing; fired, its cancels are owed.
-                    self._forget(rule)
-                    if stored is not None and stored.pending:
-                        fired.append(stored)
-                    else:  # a firing of this copy, if any, never landed
-                        self._holds.stop_holding(rule)
-                    continue
-                await self._commit(after)
-                self._forget(rule)
-                fired.append(after)
-        for rule in fired:
-            await self._finish(rule)
+        try:
+            for rule in list(self._by_trigger.get(trigger.order_id, {}).values()):
+                async with self._venue.account_lock(rule.user_id, rule.trigger_exchange):
+                    if (now := await self._judged(rule, trigger)) is not None:
+                        fired.append(now)
+        finally:
+            # Those fired before a later rule's commit failed are finished all the same: the
+            # trigger judged again finds them fired no longer.
+            for rule in fired:
+                await self._finish(rule)
+
+    async def _judged(self, rule: ConditionalRule, trigger: Order) -> ConditionalRule | None:
+        """`rule` judged against `trigger` and committed so, under its account's lock; the
+        rule when it has fired (its cancels owed), None otherwise."""
+        if self._by_trigger.get(rule.trigger_order_id, {}).get(rule.rule_id) is not rule:
+            return None  # deleted or judged meanwhile
+        after = rule.on_trigger_change(trigger, self._clock_ns())
+        if after is None:
+            return None
+        stored = await self._store.get_rule(rule.user_id, rule.rule_id)
+        if stored is None or stored.status is not RuleStatus.ACTIVE:
+            # Changed by a write that landed unanswered: the store is right, the copy here is
+            # not. Deleted, it does nothing; fired, its cancels are owed.
+            self._forget(rule)
+            self._maybe_fired.pop(rule.rule_id, None)
+            if stored is not None and stored.pending:
+                return stored
+            self._holds.stop_holding(rule)  # a firing of this copy, if any, never landed
+            return None
+        await self._commit(after)
+        self._forget(rule)
+        return after if after.pending else None
 
     async def _read_back(self, trigger: Order) -> None:
         """Watch the rules on `trigger` whose creation landed unanswered."""
@@ -144,6 +165,11 @@ class LiveRules:
             for rule in list(rules.values()):
                 if (rule.user_id, rule.trigger_exchange) == (user_id, exchange):
                     self._forget(rule)
+                    # Its trigger is not judged again here: whether a failed firing landed
+                    # is settled once the store answers (its orders held back until then).
+                    maybe = self._maybe_fired.pop(rule.rule_id, None)
+                    if maybe is not None and self._settle_later is not None:
+                        self._settle_later(maybe)
 
     async def _commit(self, rule: ConditionalRule) -> None:
         """Commit `rule` as judged. A firing holds back its listed paper orders from before
@@ -155,12 +181,15 @@ class LiveRules:
             await self._journal.record([], (), [RuleUpdated(rule)])
         except Unavailable:
             # It may have landed: held until the rule is finished, or settled as never
-            # fired (ConditionalRules.finish_unfinished, or this trigger judged again).
+            # fired (this trigger judged again, or ConditionalRules.finish_unfinished).
+            if rule.pending:
+                self._maybe_fired[rule.rule_id] = rule
             raise
         except BaseException:
             if rule.pending:
                 self._holds.stop_holding(rule)
             raise
+        self._maybe_fired.pop(rule.rule_id, None)
 
     def _forget(self, rule: ConditionalRule) -> None:
         rules = self._by_trigger[rule.trigger_order_id]

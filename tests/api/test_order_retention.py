@@ -16,6 +16,7 @@ from fixtures.trading import BTC, USER, fills_of, get, place, tick
 from tradingboost.oms.v1 import order_pb2
 from tradingboost.oms.v1 import order_service_pb2 as pb
 
+from oms.adapters.redis_store import keys
 from oms.engine.order_retention import OrderRetention
 
 S = order_pb2
@@ -40,14 +41,18 @@ async def test_finished_orders_go_with_their_fills_and_what_is_still_acted_on_st
     oms: OmsHarness,
 ) -> None:
     await tick(oms, "50000")
+    # A trade opened and closed: both orders finished, their position too.
     filled = await place(oms, client_order_id="filled-once")
+    closed = await place(oms, side=S.SIDE_SELL, reduce_only=True)
     fill = await fills_of(oms, filled.order_id)
     [stored_fill] = await oms.app.store.get_fills(USER, [fill[0].fill_id])
     canceled = await place(oms, type=S.ORDER_TYPE_LIMIT, price="40000")
     await oms.orders.CancelOrder(pb.CancelOrderRequest(user_id=USER, order_id=canceled.order_id))
     resting = await place(oms, type=S.ORDER_TYPE_LIMIT, price="41000")
-    # An entry whose exits are open; a canceled order a rule on a resting one still lists.
+    # An entry whose exits are open; a filled order whose position is still open; a canceled
+    # order a rule on a resting one still lists.
     opened = await open_position(oms, take_profit_price="52000", stop_loss_price="49000")
+    added = await place(oms)
     listed = await place(oms, type=S.ORDER_TYPE_LIMIT, price="42000")
     await oms.orders.CancelOrder(pb.CancelOrderRequest(user_id=USER, order_id=listed.order_id))
     trigger = await place(oms, type=S.ORDER_TYPE_LIMIT, price="43000")
@@ -58,17 +63,18 @@ async def test_finished_orders_go_with_their_fills_and_what_is_still_acted_on_st
     now = OrderRetention(store, 3600, time.time_ns)
     assert await now.prune() == 0  # nothing has been finished an hour
     later = OrderRetention(store, 3600, lambda: time.time_ns() + 2 * HOUR_NS)
-    assert await later.prune() == 2
+    assert await later.prune() == 3
 
-    assert await listed_ids(oms) == everything - {filled.order_id, canceled.order_id}
-    for gone in (filled, canceled):
+    gone_ids = {filled.order_id, closed.order_id, canceled.order_id}
+    assert await listed_ids(oms) == everything - gone_ids
+    for gone in (filled, closed, canceled):
         await expect_code(get(oms, gone.order_id), grpc.StatusCode.NOT_FOUND)
     assert await fills_of(oms, filled.order_id) == []
     assert await store.get_fills(USER, [stored_fill.fill_id]) == []
     # Its trade is still known as applied: reported again, it would not count twice.
     trade = stored_fill.exchange_trade_id
     assert await store.applied_trade_ids(USER, "paper", BTC, [trade]) == {trade}
-    for kept in (resting, opened.entry_order, listed, trigger):
+    for kept in (resting, opened.entry_order, added, listed, trigger):
         assert (await get(oms, kept.order_id)).order_id == kept.order_id
     assert await later.prune() == 0
 
@@ -129,3 +135,18 @@ async def test_a_pass_that_fails_is_logged_and_the_next_goes_on(
         assert "order retention: pass failed" in caplog.text
     finally:
         await oms.close()  # the stop is not cut short by the failed pass
+
+
+async def test_a_server_whose_writer_lease_was_taken_forgets_nothing(oms: OmsHarness) -> None:
+    await tick(oms, "50000")
+    order = await place(oms)
+    store = oms.app.store
+    [stored] = await store.get_orders(USER, [order.order_id])
+    assert stored is not None
+    lease = await store.redis.get(keys.writer_lease())
+    await store.redis.set(keys.writer_lease(), "another server")
+    try:
+        assert await store.forget_orders(USER, [stored]) == 0
+    finally:
+        await store.redis.set(keys.writer_lease(), lease)
+    assert await store.forget_orders(USER, [stored]) == 1

@@ -619,7 +619,7 @@ class RedisStore:
         """Remove finished orders and their fills, each only if unchanged since it was read;
         returns how many went. The fills' trade ids stay: a trade reported again is still
         known as applied."""
-        args: list[str | int] = []
+        args: list[str | int] = [self._lease_holder]
         for order in orders:
             assert order.status.is_terminal
             args += [order.order_id, order.version, order.client_order_id, len(order.fill_ids)]
@@ -632,10 +632,16 @@ class RedisStore:
                 keys.order_index(user_id),
                 keys.fills(user_id),
                 keys.fill_index(user_id),
+                keys.writer_lease(),
             ],
             args=args,
         )
         return int(forgotten)
+
+    @unavailable_when_down
+    async def open_position_ids(self, user_id: str) -> set[str]:
+        ids = await self._redis.smembers(keys.open_positions(user_id))  # type: ignore[misc]
+        return {position_id.decode() for position_id in ids}
 
     @unavailable_when_down
     async def rule_order_ids(self) -> set[tuple[str, str]]:

@@ -2,11 +2,15 @@
 -- version is still the one the caller judged, so that an order changed since (a late fill)
 -- is kept. Not a state transition: no event, and the sequence does not move.
 --
--- KEYS: orders, order_versions, client_order_ids, order_index, fills, fill_index (one user).
--- ARGV: per order, its id, version, client order id, fill count, then its fill ids.
--- Returns how many orders were forgotten.
+-- KEYS: orders, order_versions, client_order_ids, order_index, fills, fill_index (one user),
+-- then the writer lease. ARGV[1]: this server's lease holder ('' when it holds none: nothing
+-- is forgotten by a server whose lease another has taken). Then per order, its id, version,
+-- client order id, fill count, then its fill ids. Returns how many orders were forgotten.
+if ARGV[1] ~= '' and redis.call('GET', KEYS[7]) ~= ARGV[1] then
+  return 0
+end
 local forgotten = 0
-local i = 1
+local i = 2
 while i <= #ARGV do
   local id, version, client_id = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local fills = tonumber(ARGV[i + 3])

@@ -13,7 +13,7 @@ from fixtures.oms_server import OmsHarness, make_oms
 from fixtures.positions import expect_code, open_position
 from fixtures.rules import FILLED, create_rule
 from fixtures.trading import BTC, USER, fills_of, get, place, tick
-from tradingboost.oms.v1 import order_pb2
+from tradingboost.oms.v1 import conditional_rule_pb2, order_pb2
 from tradingboost.oms.v1 import order_service_pb2 as pb
 
 from oms.adapters.redis_store import keys
@@ -150,3 +150,32 @@ async def test_a_server_whose_writer_lease_was_taken_forgets_nothing(oms: OmsHar
     finally:
         await store.redis.set(keys.writer_lease(), lease)
     assert await store.forget_orders(USER, [stored]) == 1
+
+
+async def test_a_rule_whose_listed_order_was_forgotten_meanwhile_still_finishes(
+    oms: OmsHarness,
+) -> None:
+    # A rule made while a pass forgot the order it lists (the pass had read the rules
+    # before): its firing reports that order ALREADY_TERMINAL, status unknown, and the rule
+    # is finished, not left owing cancels for good.
+    await tick(oms, "50000")
+    listed = await place(oms, type=S.ORDER_TYPE_LIMIT, price="42000")
+    await oms.orders.CancelOrder(pb.CancelOrderRequest(user_id=USER, order_id=listed.order_id))
+    trigger = await place(oms, type=S.ORDER_TYPE_LIMIT, price="43000")
+    rule = await create_rule(oms.orders, USER, trigger.order_id, FILLED, [listed.order_id])
+    [stored] = await oms.app.store.get_orders(USER, [listed.order_id])
+    assert stored is not None
+    assert await oms.app.store.forget_orders(USER, [stored]) == 1
+    await tick(oms, "42900")  # fills the trigger: the rule fires
+    fired = (
+        await oms.orders.GetConditionalRule(
+            pb.GetConditionalRuleRequest(user_id=USER, rule_id=rule.rule_id)
+        )
+    ).rule
+    [result] = fired.results
+    assert (result.order_id, result.outcome, result.order_status) == (
+        listed.order_id,
+        conditional_rule_pb2.RULE_CANCEL_OUTCOME_ALREADY_TERMINAL,
+        S.ORDER_STATUS_UNSPECIFIED,
+    )
+    assert await oms.app.store.pending_rules() == []

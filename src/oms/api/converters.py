@@ -437,7 +437,9 @@ def rule_to_proto(rule: ConditionalRule) -> conditional_rule_pb2.ConditionalRule
             conditional_rule_pb2.RuleCancelResult(
                 order_id=result.order_id,
                 outcome=CANCEL_OUTCOMES.to_proto[result.outcome],
-                order_status=ORDER_STATUSES.to_proto[result.order_status],
+                order_status=ORDER_STATUSES.to_proto[result.order_status]
+                if result.order_status is not None
+                else order_pb2.ORDER_STATUS_UNSPECIFIED,
                 error=result.error,
             )
             for result in rule.results

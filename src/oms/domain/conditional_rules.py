@@ -56,7 +56,8 @@ class CancelOutcome(StrEnum):
 class RuleCancelResult:
     order_id: str
     outcome: CancelOutcome
-    order_status: OrderStatus
+    order_status: OrderStatus | None
+    """None: the order was no longer stored (finished past the retention period)."""
     error: str = ""
 
 

@@ -182,7 +182,10 @@ class ConditionalRules:
                     return stored
                 orders = await self._store.get_orders(rule.user_id, rule.cancel_order_ids)
                 results = await asyncio.gather(
-                    *(self._cancel(rule, order) for order in orders if order is not None)
+                    *(
+                        self._cancel(rule, order) if order is not None else _forgotten(order_id)
+                        for order_id, order in zip(rule.cancel_order_ids, orders, strict=True)
+                    )
                 )
                 finished = rule.finish(results, self._clock_ns())
                 await self._journal.record([], (), [RuleUpdated(finished)])
@@ -316,3 +319,11 @@ class ConditionalRules:
 
     async def _reread(self, rule: ConditionalRule) -> ConditionalRule:
         return await self.get(rule.user_id, rule.rule_id)
+
+
+async def _forgotten(order_id: str) -> RuleCancelResult:
+    """The result for a listed order no longer stored: only finished orders are forgotten
+    (OrderRetention), so it had ended before the rule acted."""
+    return RuleCancelResult(
+        order_id, CancelOutcome.ALREADY_TERMINAL, None, "no longer stored (retention)"
+    )

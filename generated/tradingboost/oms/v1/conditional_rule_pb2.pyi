@@ -243,7 +243,10 @@ class RuleCancelResult(_message.Message):
     outcome: Global___RuleCancelOutcome.ValueType
     """Cancelled, already terminal, or failed. Output only."""
     order_status: _order_pb2.OrderStatus.ValueType
-    """The order's status right after the rule acted on it. Output only."""
+    """The order's status right after the rule acted on it; UNSPECIFIED for an
+    order the OMS no longer stored (a finished paper order past
+    OMS_FINISHED_ORDER_RETENTION_S: ALREADY_TERMINAL then). Output only.
+    """
     error: _builtins.str
     """Why the cancel failed (FAILED only); empty otherwise. Output only."""
     def __init__(

@@ -364,7 +364,12 @@ def rule_from_dict(doc: dict[str, Any]) -> ConditionalRule:
         status=RuleStatus(doc["status"]),
         status_reason=doc["status_reason"],
         results=tuple(
-            RuleCancelResult(order_id, CancelOutcome(outcome), OrderStatus(status), error)
+            RuleCancelResult(
+                order_id,
+                CancelOutcome(outcome),
+                None if status is None else OrderStatus(status),
+                error,
+            )
             for order_id, outcome, status, error in doc["results"]
         ),
         triggered_at_ns=doc["triggered_at_ns"],

@@ -111,13 +111,14 @@ class PlaceOrderRequest(_message.Message):
     with SHORT) is INVALID_ARGUMENT.
     """
     leverage: _builtins.int
-    """Optional leverage for the position, 1 to 125. Absent: the account's
-    current leverage applies. On a real exchange an opening order goes at it:
-    the account's leverage on the symbol is set first (Binance: the
-    symbol's; OKX: the instrument's, cross margin). If the exchange refuses
-    it, the order is REJECTED ("leverage N not set: ...") and not sent; if it
-    does not answer, the order waits unsent, as when the exchange cannot be
-    reached.
+    """Optional leverage for the position, 1 to the market's max_leverage
+    (GetMarket; 125 on real exchanges): INVALID_ARGUMENT above it. Absent: the
+    account's current leverage applies. On a real exchange an opening order
+    goes at it: the account's leverage on the symbol is set first (Binance:
+    the symbol's; OKX: the instrument's, cross margin). If the exchange
+    refuses it, the order is REJECTED ("leverage N not set: ...") and not
+    sent; if it does not answer, the order waits unsent, as when the exchange
+    cannot be reached.
     """
     client_order_id: _builtins.str
     """Optional idempotency key: 1 to 64 characters of [A-Za-z0-9_.:/-], unique

@@ -133,7 +133,9 @@ class Position(_message.Message):
     """
     leverage: _builtins.int
     """Leverage of the position: the one of the latest opening order that set
-    one; 1 when none did. Output only.
+    one; when none did, the side's previous record's (the exchange keeps the
+    account's leverage; at most the market's max_leverage), else 1. Output
+    only.
     """
     notional: _builtins.str
     """size x contract size x mark price; "0" when CLOSED or without a mark

@@ -243,8 +243,9 @@ class OpenPositionRequest(_message.Message):
     decimal > 0 on the market's price tick.
     """
     leverage: _builtins.int
-    """Optional leverage for the position, 1 to 125. Absent: the account's
-    current leverage applies. On a real exchange an opening order goes at it:
+    """Optional leverage for the position, 1 to the market's max_leverage
+    (GetMarket; 125 on real exchanges). Absent: the account's current
+    leverage applies. On a real exchange an opening order goes at it:
     the account's leverage on the symbol is set first (Binance: the
     symbol's; OKX: the instrument's, cross margin). If the exchange refuses
     it, the order is REJECTED ("leverage N not set: ...") and not sent; if it

@@ -468,10 +468,9 @@ class Settings(BaseSettings):
     """Events kept per user in the Redis stream; older resume points are OUT_OF_RANGE."""
     finished_order_retention_s: float | None = Field(default=None, gt=0)
     """A finished paper order (and its fills) is removed from Redis once it has been finished
-    this long, unless an open order linked to it, a conditional rule still to act or an
-    open position its fills went into keeps it; its events stay in the event stream (as
-    retained) and the history archive. Orders on real exchanges are kept. None: every order
-    kept for good."""
+    this long, unless an open order linked to it or a conditional rule still to act keeps
+    it; its events stay in the event stream (as retained) and the history archive. Orders
+    on real exchanges are kept. None: every order kept for good."""
     position_mark_interval_s: float = Field(default=0.0, ge=0, le=3600)
     """A mark-price move rewrites an open position (and streams its update) at most this
     often; fills always do at once. 0: at every tick. More keeps more of a user's history

@@ -49,8 +49,8 @@ async def test_finished_orders_go_with_their_fills_and_what_is_still_acted_on_st
     canceled = await place(oms, type=S.ORDER_TYPE_LIMIT, price="40000")
     await oms.orders.CancelOrder(pb.CancelOrderRequest(user_id=USER, order_id=canceled.order_id))
     resting = await place(oms, type=S.ORDER_TYPE_LIMIT, price="41000")
-    # An entry whose exits are open; a filled order whose position is still open; a canceled
-    # order a rule on a resting one still lists.
+    # An entry whose exits are open; a filled order whose position is still open (it goes:
+    # a grid bot's side may never be flat); a canceled order a rule on a resting one lists.
     opened = await open_position(oms, take_profit_price="52000", stop_loss_price="49000")
     added = await place(oms)
     listed = await place(oms, type=S.ORDER_TYPE_LIMIT, price="42000")
@@ -63,18 +63,18 @@ async def test_finished_orders_go_with_their_fills_and_what_is_still_acted_on_st
     now = OrderRetention(store, 3600, time.time_ns)
     assert await now.prune() == 0  # nothing has been finished an hour
     later = OrderRetention(store, 3600, lambda: time.time_ns() + 2 * HOUR_NS)
-    assert await later.prune() == 3
+    assert await later.prune() == 4
 
-    gone_ids = {filled.order_id, closed.order_id, canceled.order_id}
+    gone_ids = {filled.order_id, closed.order_id, canceled.order_id, added.order_id}
     assert await listed_ids(oms) == everything - gone_ids
-    for gone in (filled, closed, canceled):
+    for gone in (filled, closed, canceled, added):
         await expect_code(get(oms, gone.order_id), grpc.StatusCode.NOT_FOUND)
     assert await fills_of(oms, filled.order_id) == []
     assert await store.get_fills(USER, [stored_fill.fill_id]) == []
     # Its trade is still known as applied: reported again, it would not count twice.
     trade = stored_fill.exchange_trade_id
     assert await store.applied_trade_ids(USER, "paper", BTC, [trade]) == {trade}
-    for kept in (resting, opened.entry_order, added, listed, trigger):
+    for kept in (resting, opened.entry_order, listed, trigger):
         assert (await get(oms, kept.order_id)).order_id == kept.order_id
     assert await later.prune() == 0
 

@@ -337,16 +337,24 @@ async def test_a_rule_whose_creation_landed_unanswered_fires(
     assert at_exchange(exchange, b) == "canceled"
 
 
+async def a_rule_on_a_live_order(
+    live: LiveTrading, b_price: str
+) -> tuple[S.Order, R.ConditionalRule]:
+    """B, a paper buy at `b_price` (paper at 50000), and the rule "when A (a buy at 49000 on
+    the exchange, at 50000) fills, cancel B"."""
+    await paper_tick(live.oms.market, "50000")
+    a = await live.place(price="49000")
+    b = await live.place(exchange="paper", price=b_price)
+    return b, await create_rule(live, a.order_id, b.order_id)
+
+
 async def test_a_paper_order_a_rule_fired_here_lists_is_not_filled_before_its_cancel(
     live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # When A (on the exchange) fills, cancel B (resting on paper): one-cancels-other across
     # venues. A paper tick that reaches B while the firing commit is on its way must not fill
     # it, as on paper alone.
-    await paper_tick(live.oms.market, "50000")
-    a = await live.place(price="49000")
-    b = await live.place(exchange="paper", price="49000")
-    rule = await create_rule(live, a.order_id, b.order_id)
+    b, rule = await a_rule_on_a_live_order(live, b_price="49000")
     waiting, go_on = hold_the_firing(live.oms, monkeypatch)
     exchange.set_price(BTC, Decimal("48900"))
     async with asyncio.timeout(10):
@@ -382,14 +390,10 @@ async def a_firing_refused(
     """B (resting on paper), and a rule "when A (on the exchange) fills, cancel B" whose
     firing was refused as A filled (B held back since: it may have fired); the event lets the
     store take commits again."""
-    await paper_tick(live.oms.market, "50000")
-    a = await live.place(price="49000")
-    b = await live.place(exchange="paper", price="47000")
-    rule = await create_rule(live, a.order_id, b.order_id)
+    b, rule = await a_rule_on_a_live_order(live, b_price="47000")
     healed = refuse_firings(live, monkeypatch)
     exchange.set_price(BTC, Decimal("48900"))
-    await live.until(a.order_id, lambda o: o.status == S.ORDER_STATUS_FILLED)
-    await until(lambda: bool(live.oms.app.paper.cancelling.order_ids()))
+    await until(lambda: bool(live.oms.app.paper.cancelling.order_ids()))  # A filled
     return b, rule, healed
 
 
@@ -438,3 +442,75 @@ async def test_a_refused_firing_of_an_account_no_longer_followed_is_settled_by_t
     await until(lambda: not live.oms.app.paper.cancelling.order_ids())
     await paper_tick(live.oms.market, "46900")
     assert (await live.get(b.order_id)).status == S.ORDER_STATUS_FILLED
+
+
+def pause_the_firing(
+    live: LiveTrading,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    landed: bool,
+    then: BaseException | None = None,
+) -> tuple[Event, Event]:
+    """The next commit that fires a rule waits, before it lands or once it `landed`, until
+    the second event is set (the first says it waits); then it lands, if it had not, and
+    answers by raising `then` (a reply lost), if given."""
+    waiting, go_on = asyncio.Event(), asyncio.Event()
+    record = live.oms.app.journal.record
+
+    async def intercepted(changes: Any, prices: Any = (), updates: Any = ()) -> Any:
+        if not fires_a_rule((changes, updates)) or waiting.is_set():
+            return await record(changes, prices, updates)
+        done = await record(changes, prices, updates) if landed else None
+        waiting.set()
+        await go_on.wait()
+        if not landed:
+            done = await record(changes, prices, updates)
+        if then is not None:
+            raise then
+        return done
+
+    monkeypatch.setattr(live.oms.app.journal, "record", intercepted)
+    return waiting, go_on
+
+
+async def test_a_delete_that_waited_for_a_firing_landed_unanswered_leaves_it_fired(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The delete read the rule ACTIVE, then waited for the account while the firing landed
+    # unanswered: the rule stays fired, and its cancel is still sent.
+    b, rule = await a_rule_on_a_live_order(live, b_price="47000")
+    lost = Unavailable("reply lost (test)")
+    waiting, go_on = pause_the_firing(live, monkeypatch, landed=False, then=lost)
+    exchange.set_price(BTC, Decimal("48900"))
+    async with asyncio.timeout(10):
+        await waiting.wait()
+    deleting = asyncio.ensure_future(
+        live.oms.orders.DeleteConditionalRule(
+            pb.DeleteConditionalRuleRequest(user_id=USER, rule_id=rule.rule_id)
+        )
+    )
+    await asyncio.sleep(0.5)  # it has read the rule and waits for the account's lock
+    go_on.set()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await deleting
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    fired = await rule_until(live, rule.rule_id, lambda r: len(r.results) == 1)
+    assert [(r.order_id, r.outcome) for r in fired.results] == [(b.order_id, CANCELED)]
+    await until(lambda: not live.oms.app.paper.cancelling.order_ids())
+
+
+async def test_a_firing_cut_short_by_a_deactivation_once_landed_is_finished(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The account is deactivated while the firing commit, landed, waits for its reply: the
+    # rule is finished all the same (its paper order cancelled), not left owing its cancels.
+    b, rule = await a_rule_on_a_live_order(live, b_price="47000")
+    waiting, _ = pause_the_firing(live, monkeypatch, landed=True)
+    exchange.set_price(BTC, Decimal("48900"))
+    async with asyncio.timeout(10):
+        await waiting.wait()
+    account = {"user_id": USER, "exchange": live.venue}
+    await live.accounts.DeactivateAccount(acc.DeactivateAccountRequest(**account))
+    fired = await rule_until(live, rule.rule_id, lambda r: len(r.results) == 1)
+    assert [(r.order_id, r.outcome) for r in fired.results] == [(b.order_id, CANCELED)]
+    await until(lambda: not live.oms.app.paper.cancelling.order_ids())

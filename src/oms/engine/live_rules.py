@@ -82,6 +82,8 @@ class LiveRules:
                 await self._commit(fired or rule)
             except Unavailable:
                 self._unsure[rule.trigger_order_id].add((rule.user_id, rule.rule_id))
+                # Its creator settles it (ConditionalRules._create), not this trigger.
+                self._maybe_fired.pop(rule.rule_id, None)
                 raise
             if fired is None:
                 self._by_trigger[rule.trigger_order_id][rule.rule_id] = rule
@@ -94,6 +96,15 @@ class LiveRules:
             current = self._by_trigger.get(rule.trigger_order_id, {}).get(rule.rule_id)
             if current is None:
                 return None
+            if (maybe := self._maybe_fired.get(current.rule_id)) is not None:
+                # Its firing failed unanswered: deleted only if that never landed.
+                stored = await self._store.get_rule(current.user_id, current.rule_id)
+                if stored is None or stored.status is not RuleStatus.ACTIVE:
+                    self._forget(current)
+                    del self._maybe_fired[current.rule_id]
+                    if self._settle_later is not None:
+                        self._settle_later(maybe)  # finished once the store check runs
+                    return None
             deleted = current.delete(self._clock_ns())
             await self._journal.record([], (), [RuleUpdated(deleted)])
             self._forget(current)
@@ -179,7 +190,7 @@ class LiveRules:
             self._holds.hold_back(rule)
         try:
             await self._journal.record([], (), [RuleUpdated(rule)])
-        except Unavailable:
+        except (Unavailable, asyncio.CancelledError):
             # It may have landed: held until the rule is finished, or settled as never
             # fired (this trigger judged again, or ConditionalRules.finish_unfinished).
             if rule.pending:

@@ -3,10 +3,10 @@
 The state store keeps every order and fill for good unless told otherwise: a grid bot at one
 order a second adds ~100 MB a day to Redis. With a retention period, a finished paper order
 (and its fills) goes from the store once it has been finished that long, unless something
-still acts on it: an open order linked to it, or a conditional rule still to act; or its
-fills went into a position still open (listed by ListFills of that position). Its events
+still acts on it: an open order linked to it, or a conditional rule still to act. Its events
 stay in the event stream (as retained) and in the history archive; positions stay, their
-records not being orders.
+records not being orders (a position open for longer than the period, as a grid bot's may
+be, keeps its record, while ListFills of it lists only the fills not forgotten).
 
 Orders on real exchanges are kept for good: the OMS still acts on finished ones there, long
 after they finished (a fill the exchange lists late, within its lookback; the exits of an
@@ -48,16 +48,13 @@ class OrderRetention:
         for user in await self._store.users_with_orders():
             open_ids = {order.order_id for order in await self._store.open_orders(user)}
             kept_ids = {order_id for owner, order_id in kept if owner == user}
-            open_positions = await self._store.open_position_ids(user)
             after = 0
             while page := await self._store.orders_from_oldest(user, after, BATCH):
                 orders = [order for _, order in page if order is not None]
                 gone = [
                     o
                     for o in orders
-                    if o.exchange == PAPER
-                    and o.position_id not in open_positions
-                    and forgettable(o, cutoff_ns, open_ids, kept_ids)
+                    if o.exchange == PAPER and forgettable(o, cutoff_ns, open_ids, kept_ids)
                 ]
                 if gone:
                     forgotten += await self._store.forget_orders(user, gone)

@@ -320,8 +320,6 @@ class RetainedOrders(Protocol):
 
     async def open_orders(self, user_id: str) -> list[Order]: ...
 
-    async def open_position_ids(self, user_id: str) -> set[str]: ...
-
     async def orders_from_oldest(
         self, user_id: str, after: int, count: int
     ) -> list[tuple[int, Order | None]]:

@@ -639,11 +639,6 @@ class RedisStore:
         return int(forgotten)
 
     @unavailable_when_down
-    async def open_position_ids(self, user_id: str) -> set[str]:
-        ids = await self._redis.smembers(keys.open_positions(user_id))  # type: ignore[misc]
-        return {position_id.decode() for position_id in ids}
-
-    @unavailable_when_down
     async def rule_order_ids(self) -> set[tuple[str, str]]:
         """(user, order id) of every trigger and listed order of a rule that is ACTIVE, or
         fired with its cancels unfinished, on any exchange."""

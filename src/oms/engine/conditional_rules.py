@@ -78,9 +78,10 @@ class ConditionalRules:
         self._live = live
         self._new_id = new_id
         self._clock_ns = clock_ns
-        self._unfinished: dict[str, ConditionalRule] = {}
+        self._unfinished: dict[str, tuple[ConditionalRule, int | None]] = {}
         """Rules whose cancels or results a store failure cut short, or whose firing it left
-        unknown, by rule id: read back and finished once the store answers."""
+        unknown, by rule id, each with the hold on its orders then: read back and finished
+        once the store answers."""
         self._creating = ClientIdTurns()
         self._finishing: KeyedLocks[str] = KeyedLocks()
         paper.run_rules_with(self.finish, unsure=self._finish_later)
@@ -140,7 +141,7 @@ class ConditionalRules:
             return await self._fire_on_terminal(rule, trigger)
         except Unavailable:
             # Its commit may have landed, fired: then it is finished once the store answers.
-            self._unfinished[rule.rule_id] = rule
+            self._finish_later(rule)
             raise
 
     async def _fire_on_terminal(self, rule: ConditionalRule, trigger: Order) -> ConditionalRule:
@@ -163,7 +164,7 @@ class ConditionalRules:
 
     def _finish_later(self, rule: ConditionalRule) -> None:
         """A rule whose firing commit failed, landed or not: finish_unfinished finds out."""
-        self._unfinished[rule.rule_id] = rule
+        self._unfinished[rule.rule_id] = (rule, self._paper.hold_number(rule))
 
     async def finish(self, rule: ConditionalRule) -> ConditionalRule:
         """Cancel the listed orders of a fired rule and commit what happened to each.
@@ -195,12 +196,12 @@ class ConditionalRules:
                 # Left pending in the store: finished once the store answers again (or,
                 # should this process end first, at the next start).
                 log.exception("conditional rule %s: cancels not finished", rule.rule_id)
-                self._unfinished[rule.rule_id] = rule
+                self._finish_later(rule)
                 return rule
 
     async def finish_unfinished(self) -> None:
         """Finish the fired rules a store failure cut short; call once it answers."""
-        for rule in list(self._unfinished.values()):
+        for rule, hold in list(self._unfinished.values()):
             try:
                 stored = await self._store.get_rule(rule.user_id, rule.rule_id)
             except OmsError:
@@ -209,9 +210,10 @@ class ConditionalRules:
                 await self.finish(stored)
             else:
                 # Finished meanwhile (released then), or its firing never landed: a firing
-                # decided since holds its orders by marks of its own, which stay.
+                # decided since holds its orders by marks of its own (a desk's) or by a hold
+                # of its own (a live trigger judged again), which stay.
                 self._unfinished.pop(rule.rule_id, None)
-                self._paper.stop_holding(rule)
+                self._paper.stop_holding(rule, hold)
 
     def _done(self, rule: ConditionalRule) -> None:
         """Finished: nothing more is owed, and its orders are not held back any longer."""

@@ -183,8 +183,10 @@ class _Cancelling:
     def __init__(self) -> None:
         self._rules: dict[str, set[str]] = {}
         """order id -> ids of the fired rules that list it"""
-        self._maybe: dict[str, tuple[str, ...]] = {}
-        """rule id -> the orders it lists, for rules that may have fired"""
+        self._maybe: dict[str, tuple[tuple[str, ...], int]] = {}
+        """rule id -> the orders it lists and the hold's number, for rules that may have
+        fired"""
+        self._holds = 0
 
     def put(self, item: tuple[str, str]) -> None:
         order_id, rule_id = item
@@ -201,10 +203,19 @@ class _Cancelling:
             del self._rules[order_id]
 
     def hold(self, rule: ConditionalRule) -> None:
-        self._maybe[rule.rule_id] = rule.cancel_order_ids
+        self._holds += 1
+        self._maybe[rule.rule_id] = (rule.cancel_order_ids, self._holds)
 
-    def unhold(self, rule: ConditionalRule) -> None:
-        self._maybe.pop(rule.rule_id, None)
+    def hold_number(self, rule: ConditionalRule) -> int | None:
+        held = self._maybe.get(rule.rule_id)
+        return None if held is None else held[1]
+
+    def unhold(self, rule: ConditionalRule, number: int | None = None) -> None:
+        """Lift the hold of `rule`; with its `number`, only if no hold of a later firing of
+        the same rule has taken its place (that one is settled on its own)."""
+        held = self._maybe.get(rule.rule_id)
+        if held is not None and number in (None, held[1]):
+            del self._maybe[rule.rule_id]
 
     def release(self, rule: ConditionalRule) -> None:
         self.unhold(rule)
@@ -212,7 +223,7 @@ class _Cancelling:
             self.remove((order_id, rule.rule_id))
 
     def order_ids(self) -> frozenset[str]:
-        return frozenset(self._rules).union(*self._maybe.values())
+        return frozenset(self._rules).union(*(ids for ids, _ in self._maybe.values()))
 
 
 class _Keeps(Protocol[T_contra]):
@@ -960,10 +971,15 @@ class PaperExchange:
         have fired."""
         self.cancelling.hold(rule)
 
-    def stop_holding(self, rule: ConditionalRule) -> None:
-        """`rule` never fired then: the hold of `hold_back` goes, not those of a firing
-        decided since."""
-        self.cancelling.unhold(rule)
+    def stop_holding(self, rule: ConditionalRule, number: int | None = None) -> None:
+        """`rule` never fired then: the hold of `hold_back` goes (with its `number`: only if
+        no later firing of the rule has held it again since), not the marks of a desk's
+        firing decided since."""
+        self.cancelling.unhold(rule, number)
+
+    def hold_number(self, rule: ConditionalRule) -> int | None:
+        """Which `hold_back` of `rule` holds its orders now; None when none does."""
+        return self.cancelling.hold_number(rule)
 
     def release(self, rule: ConditionalRule) -> None:
         """`rule` is finished: its orders fill again as ticks reach them."""

@@ -514,3 +514,16 @@ async def test_a_firing_cut_short_by_a_deactivation_once_landed_is_finished(
     fired = await rule_until(live, rule.rule_id, lambda r: len(r.results) == 1)
     assert [(r.order_id, r.outcome) for r in fired.results] == [(b.order_id, CANCELED)]
     await until(lambda: not live.oms.app.paper.cancelling.order_ids())
+
+
+async def test_a_refused_firing_is_retried_by_the_connection_new_keys_open(
+    live: LiveTrading, exchange: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The firing was refused; the keys registered anew replace the connection whose retry
+    # would have fired it: the new one judges the trigger again.
+    b, rule, healed = await a_firing_refused(live, exchange, monkeypatch)
+    await live.register_keys_again()
+    healed.set()
+    fired = await rule_until(live, rule.rule_id, lambda r: len(r.results) == 1)
+    assert [(r.order_id, r.outcome) for r in fired.results] == [(b.order_id, CANCELED)]
+    await until(lambda: not live.oms.app.paper.cancelling.order_ids())

@@ -215,6 +215,9 @@ class LiveExchanges:
                     ]
                 )
                 await self._rules.load(account.user_id, account.exchange)
+            else:
+                # The previous connection's retries of failed firings ended with it.
+                await self._rules.judge_unsettled(account.user_id, account.exchange)
             await self._finish_follow_ups(followed)
             await self._cancel_exits_of_closed_trades(followed)
 

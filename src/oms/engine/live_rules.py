@@ -171,6 +171,15 @@ class LiveRules:
                 if trigger is not None:
                     await self.judge(trigger)
 
+    async def judge_unsettled(self, user_id: str, exchange: str) -> None:
+        """Judge again the triggers of the user's rules on `exchange` whose firing failed,
+        landed or not: a new connection takes over from the one whose retries would have."""
+        for rule in list(self._maybe_fired.values()):
+            if (rule.user_id, rule.trigger_exchange) == (user_id, exchange):
+                trigger = await self._store.get_order(user_id, rule.trigger_order_id)
+                if trigger is not None:
+                    await self.judge(trigger)
+
     def forget_user(self, user_id: str, exchange: str) -> None:
         for rules in list(self._by_trigger.values()):
             for rule in list(rules.values()):

@@ -470,3 +470,31 @@ async def test_an_activation_whose_reconciliation_meets_a_store_failure_leaves_n
     # Not followed: its feed and connection stopped with it (they ran on before).
     assert [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("okx")] == []
     await assert_activated_and_trading(okx_via_proxy)
+
+
+async def test_the_retry_of_an_order_placed_before_a_restart_gets_it_with_its_account_inactive(
+    redis_url: str, binance_exchange: FakeExchange
+) -> None:
+    # Its answer was lost; the account was deactivated and the OMS restarted: the markets of
+    # the exchange are not loaded, yet the retry is judged against the order it names.
+    binance_exchange.set_price(BTC, Decimal("50000"))
+    live = await live_trading(redis_url, binance_exchange)
+    placed = await live.place(price="49000", client_order_id="placed-before")
+    await live.oms.accounts.DeactivateAccount(
+        pb.DeactivateAccountRequest(user_id=USER, exchange="binanceusdm")
+    )
+    await live.oms.close()
+    live.oms = await make_oms(
+        redis_url, master_key=MASTER_KEY, exchanges=exchange_settings(binance_exchange)
+    )
+    try:
+        again = await live.place(price="49000", client_order_id="placed-before")
+        assert again.order_id == placed.order_id
+        with pytest.raises(grpc.aio.AioRpcError) as changed:
+            await live.place(price="48000", client_order_id="placed-before")
+        assert changed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(grpc.aio.AioRpcError) as new:
+            await live.place(price="49000", client_order_id="never-placed")
+        assert new.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        await live.oms.close()

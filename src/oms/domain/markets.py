@@ -58,6 +58,24 @@ class Market:
             )
 
 
+def as_placed(exchange: str, symbol: str) -> Market:
+    """A market that checks no precision: to judge a request again against an order placed
+    on `symbol` before (whose quantities and prices were checked then), while the exchange's
+    markets are not loaded."""
+    any_size = Decimal("1E-30")
+    return Market(
+        exchange=exchange,
+        symbol=symbol,
+        market_id=symbol,
+        settle="",
+        contract_size=Decimal(1),
+        amount_step=any_size,
+        min_amount=any_size,
+        price_tick=any_size,
+        maintenance_margin_rate=Decimal(0),
+    )
+
+
 def highest_leverage(maintenance_margin_rate: Decimal) -> int:
     """The highest leverage whose initial margin (1/leverage of the notional) stays above the
     maintenance margin, at most MAX_LEVERAGE: at or past 1/rate a position opens already

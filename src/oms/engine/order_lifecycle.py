@@ -27,7 +27,7 @@ from oms.domain.errors import (
 from oms.domain.events import FillRecorded, Heartbeat, OrderUpdated, SequencedEvent, UserEvent
 from oms.domain.fills import Fill
 from oms.domain.identifiers import check_id, check_one_ref, check_user_id
-from oms.domain.markets import MarketCatalog
+from oms.domain.markets import MarketCatalog, as_placed
 from oms.domain.orders import Bracket, Order, OrderStatus, Side, changed_parameters
 from oms.domain.paging import page_size
 from oms.engine.paper_exchange import PAPER, PaperExchange
@@ -135,8 +135,31 @@ class OrderLifecycle:
         venue allows (see Prerender)."""
         if not self._catalog.has_exchange(command.exchange):
             check_order_fields(command)  # malformed is INVALID_ARGUMENT, whatever the venue
-        self.check_tradable(command.user_id, command.exchange)
+            try:
+                self.check_tradable(command.user_id, command.exchange)
+            except FailedPrecondition:
+                # The retry of an order placed while its account was active (before a
+                # restart, say) gets that order, as the retry of one that landed does.
+                if (placed := await self._placed_before(command)) is None:
+                    raise
+                return placed
         return await self.submit(validate_place_order(command, self._catalog), prerender)
+
+    async def _placed_before(self, command: PlaceOrder) -> Order | None:
+        """The order `command`'s client order id names, if it asked for just that."""
+        if not command.client_order_id:
+            return None
+        existing = await self._store.get_order_by_client_id(
+            command.user_id, command.client_order_id
+        )
+        if existing is None or existing.exchange != command.exchange:
+            return None
+        catalog = MarketCatalog([as_placed(existing.exchange, existing.symbol)])
+        try:
+            spec = validate_place_order(command, catalog)
+        except InvalidArgument:  # another symbol, or the exchange's own id for it
+            return None
+        return existing if spec.fingerprint() == existing.fingerprint else None
 
     async def submit(self, spec: OrderSpec, prerender: Prerender[object] | None = None) -> Order:
         """Create the order a validated spec describes and send it to its venue; idempotent
